@@ -1,0 +1,48 @@
+# Two entry points for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Both install what they need. The venv sees Debian's python3-* packages (the same
+# ones the .deb depends on), so tests run against the runtime users actually get.
+SHELL := /bin/bash
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PY := /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+export MIPART_CACHE ?= $(HOME)/.cache/mipart-tests
+APT_PKGS := python3 python3-venv python3-pip python3-yaml python3-click python3-aiohttp \
+	python3-structlog python3-pydbus python3-gi python3-sdnotify nginx \
+	systemd-container debootstrap dpkg-dev curl procps iproute2
+PYTEST_ARGS ?=
+
+.PHONY: deps demo test test-fast test-system test-vllm bench deb clean
+
+$(VENV)/.deps-stamp: pyproject.toml Makefile
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null
+	$(PY) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.deps-stamp
+
+demo: deps
+	$(BIN)/python -m mipart.demo
+
+test: deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: deps
+	$(BIN)/python -m pytest -m 'not system and not vllm' $(PYTEST_ARGS)
+
+test-system: deps
+	$(BIN)/python -m pytest -m system $(PYTEST_ARGS)
+
+test-vllm: deps
+	$(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
+
+bench: deps
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+deb: deps
+	packaging/build-deb out
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

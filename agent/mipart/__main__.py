@@ -1,0 +1,3 @@
+from mipart.cli import main
+
+main()

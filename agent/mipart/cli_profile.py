@@ -1,0 +1,24 @@
+"""`mipart validate`: check a profile without touching the host."""
+
+from __future__ import annotations
+
+import click
+
+from mipart.cli import DEFAULT_PROFILE
+
+
+@click.command()
+@click.argument("path", required=False)
+@click.option("--profile", "profile_path", default=None, help=f"Profile to check (default {DEFAULT_PROFILE}).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when the profile is valid.")
+def validate(path: str | None, profile_path: str | None, quiet: bool) -> int:
+    """Check a profile; print every problem as PATH:LINE:COL: what; what is right."""
+    from mipart.profile import load_profile
+
+    if path and profile_path and path != profile_path:
+        raise click.UsageError("give the profile either as PATH or as --profile, not both")
+    target = path or profile_path or DEFAULT_PROFILE
+    profile = load_profile(target)
+    if not quiet:
+        click.echo(f"{target}: valid ({len(profile.services)} services)")
+    return 0

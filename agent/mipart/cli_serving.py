@@ -1,0 +1,81 @@
+"""`mipart plan` and `mipart render`: what the host will run, shown or written out, changing nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mipart.cli import profile_option
+
+
+def _planned(profile_path: str):
+    """Partition plan, then instances on the logical GPUs the host will have after it."""
+    from mipart.gpu.sysfs import LogicalGpu, sysfs_root
+    from mipart.instances import plan_instances
+    from mipart.partition.apply import plan_host
+    from mipart.profile import load_profile
+
+    profile = load_profile(profile_path)
+    state, partition_plan = plan_host(profile.gpus, sysfs_root())
+    bdf = {g.index: g.bdf for g in state.physical}
+    logical = tuple(
+        LogicalGpu(index=p.index, node_id=0, gpu_id=0, render_minor=p.render_minor, physical_index=p.physical, partition=p.partition, bdf=bdf[p.physical])
+        for p in partition_plan.logical
+    )
+    return profile, partition_plan, plan_instances(profile, logical)
+
+
+def _upstreams(profile, specs) -> list[dict]:
+    return [
+        {"service": s.name, "listen": str(s.listen), "model": s.model_name, "servers": [x.address for x in specs if x.service == s.name]}
+        for s in profile.services
+    ]
+
+
+@click.command("plan")
+@profile_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(profile_path: str, as_json: bool) -> int:
+    """Show partitions, instances and upstreams the profile asks of this host."""
+    from mipart.partition.plan import format_plan
+
+    profile, partition_plan, specs = _planned(profile_path)
+    if as_json:
+        click.echo(json.dumps({"partition": partition_plan.to_json(), "instances": [s.to_json() for s in specs], "upstreams": _upstreams(profile, specs)}, indent=2))
+        return 0
+    click.echo("partitions:\n" + format_plan(partition_plan))
+    rows = [("UNIT", "SERVICE", "GPUS", "PORT", "DEVICES", "RUNTIME")]
+    for s in specs:
+        rows.append((s.unit, s.service, ",".join(map(str, s.logical_gpus)), str(s.port), ",".join(s.devices), s.runtime))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    click.echo(f"instances: {len(specs)}")
+    for row in rows:
+        click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    click.echo("upstreams:")
+    for up in _upstreams(profile, specs):
+        click.echo(f"  {up['service']}: listen {up['listen']}, model {up['model']}, least_conn over {len(up['servers'])} instances")
+    return 0
+
+
+@click.command("render")
+@profile_option
+@click.option("--root", "root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Write files under this directory.")
+@click.option("--ready", type=click.Choice(["all", "none"]), default="all", show_default=True, help="Which instances the nginx config marks as up.")
+def render(profile_path: str, root: Path, ready: str) -> int:
+    """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
+    from mipart.fsutil import write_atomic
+    from mipart.nginx_conf import render_nginx
+    from mipart.paths import instance_spec_path, nginx_prefix
+
+    profile, _, specs = _planned(profile_path)
+    host_run = Path("/run/mipart")
+    up = frozenset(s.number for s in specs) if ready == "all" else frozenset()
+    files = {instance_spec_path(s.number, host_run): json.dumps(s.to_json(), indent=1, sort_keys=True) + "\n" for s in specs}
+    files[nginx_prefix(host_run) / "nginx.conf"] = render_nginx(profile, specs, up, nginx_prefix(host_run))
+    for path, text in sorted(files.items()):
+        target = root / path.relative_to("/")
+        write_atomic(target, text)
+        click.echo(str(target))
+    return 0

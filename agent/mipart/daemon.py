@@ -1,0 +1,317 @@
+"""`mipart agent`: keeps instances matching the profile, nginx matching readiness.
+
+It never owns the servers: systemd (or the local runner) does, so stopping or
+restarting the agent leaves serving alone. On start it first probes what already
+runs, so nginx keeps routing to ready instances across an agent restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from mipart.cli import profile_option
+from mipart.errors import UserError
+
+TICK = 0.1
+
+
+@dataclass
+class AgentStatus:
+    """What the agent knows, for STATUS=, logs and the status API."""
+
+    profile_digest: str = ""
+    profile_error: str = ""
+    nginx_error: str = ""
+    last_reconcile: float = 0.0
+    reconcile_error: str = ""
+    restarts: dict[int, int] = field(default_factory=dict)
+
+
+class Notifier:
+    """sd_notify, silent when not run by systemd (NOTIFY_SOCKET unset)."""
+
+    def __init__(self):
+        import sdnotify
+
+        self._notifier = sdnotify.SystemdNotifier()
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        self.watchdog_interval = usec / 2e6 if usec else 0.0
+        self._last_watchdog = 0.0
+
+    def send(self, message: str) -> None:
+        self._notifier.notify(message)
+
+    def watchdog(self) -> None:
+        now = time.monotonic()
+        if self.watchdog_interval and now - self._last_watchdog >= self.watchdog_interval:
+            self._last_watchdog = now
+            self.send("WATCHDOG=1")
+
+
+class Agent:
+    def __init__(self, profile_path: str, runner, run_dir: Path, sysfs_root: Path, log):
+        from mipart.nginx import NginxFiles
+        from mipart.paths import nginx_prefix
+
+        self.profile_path = profile_path
+        self.runner = runner
+        self.run_dir = run_dir
+        self.sysfs_root = sysfs_root
+        self.log = log
+        self.nginx = NginxFiles(nginx_prefix(run_dir))
+        self.notifier = Notifier()
+        self.status = AgentStatus()
+        self.profile = None
+        self.specs: dict = {}
+        self.health: dict = {}
+        self.stopping = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self._last_status_line = ""
+
+    # -- profile -----------------------------------------------------------------
+    def load_profile(self) -> bool:
+        """Adopt the profile if valid; else keep the last good one. Returns success."""
+        from mipart.profile import load_profile
+        from mipart.profile.load import ProfileError
+
+        try:
+            profile = load_profile(self.profile_path)
+        except ProfileError as exc:
+            self.status.profile_error = str(exc).splitlines()[0]
+            for line in str(exc).splitlines():
+                self.log.error("profile.invalid", problem=line, kept=self.status.profile_digest[:12] or "none")
+            return False
+        self.profile, self.status.profile_error = profile, ""
+        self.status.profile_digest = profile.digest
+        return True
+
+    # -- reconcile ---------------------------------------------------------------
+    async def reconcile(self) -> None:
+        from mipart.gpu.sysfs import discover
+        from mipart.health import InstanceHealth
+        from mipart.instances import plan_instances
+
+        try:
+            logical = (await asyncio.to_thread(discover, self.sysfs_root)).logical
+            specs = {s.number: s for s in plan_instances(self.profile, logical)}
+        except UserError as exc:
+            self.status.reconcile_error = str(exc)
+            self.log.error("reconcile.failed", reason=str(exc))
+            return
+        self.status.reconcile_error = ""
+        await asyncio.to_thread(self._write_specs, specs)
+        states = await asyncio.to_thread(self.runner.list_instances)
+        actions = self._plan(specs, states)
+        self.specs = specs
+        for number in specs:
+            self.health.setdefault(number, InstanceHealth(number))
+        await self._run_actions(actions)
+        for number in list(self.health):
+            if number not in specs:
+                del self.health[number]
+        await asyncio.to_thread(self._remove_stale_specs, specs)
+        self.status.last_reconcile = time.time()
+        await self.update_nginx()
+
+    def _plan(self, specs, states):
+        from mipart import procs
+        from mipart.launcher import DIGEST_VAR
+        from mipart.reconcile import plan_actions
+
+        digests = {n: procs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
+        return plan_actions(specs, states, digests)
+
+    async def _run_actions(self, actions) -> None:
+        """All starts (and stops) at once: one slow model load never delays the others."""
+        for number in actions.stop:
+            self.log.info("instance.stop", unit=f"mipart-vllm@{number}", reason="no longer in profile")
+        for number in actions.restart:
+            self.log.info("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="spec changed")
+            self.health[number].reset()
+        for number in actions.start:
+            self.log.info("instance.start", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="not running")
+        if actions.restart or actions.stop:
+            await self.update_nginx()  # out of rotation before they go down
+        jobs = [asyncio.to_thread(self.runner.stop, n) for n in actions.stop]
+        jobs += [asyncio.to_thread(self.runner.restart, n) for n in actions.restart]
+        jobs += [asyncio.to_thread(self.runner.start, n) for n in actions.start]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                self.log.error("instance.action_failed", reason=str(result))
+
+    def _gpus(self, number: int) -> str:
+        spec = self.specs.get(number)
+        return ",".join(map(str, spec.logical_gpus)) if spec else ""
+
+    def _write_specs(self, specs) -> None:
+        from mipart.fsutil import write_atomic
+        from mipart.paths import instance_spec_path
+
+        for number, spec in specs.items():
+            path = instance_spec_path(number, self.run_dir)
+            text = json.dumps(spec.to_json(), indent=1, sort_keys=True) + "\n"
+            try:
+                if path.read_text() == text:
+                    continue
+            except FileNotFoundError:
+                pass
+            write_atomic(path, text)
+
+    def _remove_stale_specs(self, specs) -> None:
+        directory = self.run_dir / "instances"
+        for path in directory.glob("*.json"):
+            if path.stem.isdigit() and int(path.stem) not in specs:
+                path.unlink(missing_ok=True)
+
+    # -- readiness and nginx -----------------------------------------------------------
+    async def update_nginx(self) -> None:
+        from mipart.nginx import NginxRejected, install_config
+        from mipart.nginx_conf import render_nginx
+
+        ready = frozenset(n for n, h in self.health.items() if h.ready and n in self.specs)
+        text = render_nginx(self.profile, tuple(self.specs.values()), ready, self.nginx.prefix)
+        try:
+            changed = await asyncio.to_thread(install_config, self.nginx, text)
+        except NginxRejected as exc:
+            if self.status.nginx_error != str(exc):
+                self.log.error("nginx.config_rejected", reason=str(exc), kept=str(self.nginx.conf), rejected=str(self.nginx.rejected))
+            self.status.nginx_error = str(exc)
+            return
+        self.status.nginx_error = ""
+        if changed or not self.runner.nginx_running(self.nginx):
+            await asyncio.to_thread(self.runner.ensure_nginx, self.nginx)
+            self.log.info("nginx.updated", ready=len(ready), instances=len(self.specs))
+
+    async def probe_all(self, session, force: bool = False) -> bool:
+        from mipart.health import probe
+
+        now = time.monotonic()
+        interval, timeout = self.profile.health.interval, self.profile.health.timeout
+        due = [h for n, h in self.health.items() if n in self.specs and (force or h.due(now, interval))]
+        if not due:
+            return False
+        for h in due:
+            h.last_probe = now
+        results = await asyncio.gather(*(probe(session, self.specs[h.number].port, timeout) for h in due))
+        changed = False
+        for h, (ok, error) in zip(due, results):
+            if h.record(ok, error, self.profile.health.unhealthy_after):
+                changed = True
+                self.log.info("instance.ready" if h.ready else "instance.unready", unit=f"mipart-vllm@{h.number}", gpu=self._gpus(h.number), reason=error or "/health 200")
+        return changed
+
+    def status_line(self) -> str:
+        ready = sum(1 for n, h in self.health.items() if h.ready and n in self.specs)
+        line = f"{ready}/{len(self.specs)} instances ready"
+        if self.status.profile_error:
+            line += f"; profile rejected, running the last good one: {self.status.profile_error}"
+        elif self.status.reconcile_error:
+            line += f"; {self.status.reconcile_error}"
+        elif self.status.nginx_error:
+            line += f"; nginx config rejected: {self.status.nginx_error}"
+        return line
+
+    def _notify_status(self) -> None:
+        line = self.status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self.notifier.send(f"STATUS={line}")
+
+    # -- main loop --------------------------------------------------------------------
+    async def run(self) -> None:
+        import aiohttp
+
+        if not self.load_profile():
+            raise UserError(f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        connector = aiohttp.TCPConnector(limit=256, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self.specs = {}
+            await self._first_reconcile(session)
+            self.notifier.send("READY=1")
+            self._notify_status()
+            self.log.info("agent.ready", status=self.status_line())
+            while not self.stopping.is_set():
+                if self.reload_requested.is_set():
+                    await self._reload()
+                if await self.probe_all(session):
+                    await self.update_nginx()
+                elif not self.runner.nginx_running(self.nginx):
+                    self.log.warning("nginx.gone", action="restart with the current config")
+                    await self.update_nginx()
+                self._notify_status()
+                self.notifier.watchdog()
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), TICK)
+                except asyncio.TimeoutError:
+                    pass
+        self.notifier.send("STOPPING=1")
+        self.log.info("agent.stopping", instances="left running")
+
+    async def _first_reconcile(self, session) -> None:
+        """Probe what already serves before touching nginx, so a restart drops nothing."""
+        from mipart.gpu.sysfs import discover
+        from mipart.health import InstanceHealth
+        from mipart.instances import plan_instances
+
+        try:
+            logical = (await asyncio.to_thread(discover, self.sysfs_root)).logical
+            self.specs = {s.number: s for s in plan_instances(self.profile, logical)}
+        except UserError:
+            self.specs = {}
+        self.health = {n: InstanceHealth(n) for n in self.specs}
+        await self.probe_all(session, force=True)
+        await self.reconcile()
+
+    async def _reload(self) -> None:
+        self.reload_requested.clear()
+        self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        self.log.info("agent.reload", profile=self.profile_path)
+        if self.load_profile():
+            await self.reconcile()
+        self.notifier.send("READY=1")
+
+
+def make_runner(kind: str, run_dir: Path):
+    if kind == "process":
+        from mipart.runner import ProcessRunner
+
+        return ProcessRunner(run_dir)
+    from mipart.systemd import SystemdRunner
+
+    return SystemdRunner()
+
+
+@click.command("agent")
+@profile_option
+@click.option("--runner", "runner_kind", type=click.Choice(["systemd", "process"]), default="systemd", show_default=True,
+              help="Who runs instances: systemd units, or local processes (demo, tests).")
+@click.option("--stop-on-exit", is_flag=True, help="Stop instances and nginx when the agent exits (process runner only).")
+def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
+    """Run the mipart agent: instances, nginx and readiness for the profile."""
+    from mipart.gpu.sysfs import sysfs_root
+    from mipart.log import get_logger
+    from mipart.paths import run_dir
+
+    base = run_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    runner = make_runner(runner_kind, base)
+    instance = Agent(profile_path, runner, base, sysfs_root(), get_logger("mipart.agent"))
+    try:
+        asyncio.run(instance.run())
+    finally:
+        if stop_on_exit and runner_kind == "process":
+            runner.shutdown(instance.nginx)
+    return 0

@@ -1,0 +1,1 @@
+"""The GPU side: partition rules, sysfs discovery and writes, driver reload, the simulator."""

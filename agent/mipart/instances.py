@@ -1,0 +1,177 @@
+"""Profile + discovered logical GPUs -> one instance spec per server: pure, no I/O.
+
+Instance N is the server whose first logical GPU is N (`mipart-vllm@N`), on port
+base_port + N. A spec holds everything the launcher needs, so a changed spec (and
+only that) is a reason to restart an instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from mipart.errors import UserError
+from mipart.gpu.sysfs import LogicalGpu
+from mipart.profile.fields import format_indices
+from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
+
+# Seed 003 (AMD's vLLM tuning guide): overridable defaults for every instance.
+ROCM_ENV_DEFAULTS = (
+    ("VLLM_ROCM_USE_AITER", "1"),
+    ("HIP_FORCE_DEV_KERNARG", "1"),
+    ("TORCH_BLAS_PREFER_HIPBLASLT", "1"),
+)
+MULTI_GPU_ENV_DEFAULTS = (("NCCL_MIN_NCHANNELS", "112"),)
+INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+CONTAINER_SHM = "16g"
+
+
+class InstancePlanError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    number: int
+    service: str
+    model: str
+    served_model_name: str
+    logical_gpus: tuple[int, ...]
+    physical_gpus: tuple[int, ...]
+    render_nodes: tuple[str, ...]
+    port: int
+    runtime: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    user: str | None  # None: root, which a container client needs for the daemon socket
+    hf_home: str
+
+    @property
+    def unit(self) -> str:
+        return f"mipart-vllm@{self.number}.service"
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return ("/dev/kfd", *self.render_nodes)
+
+    @property
+    def address(self) -> str:
+        return f"{INSTANCE_HOST}:{self.port}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InstanceSpec":
+        fields = {**data}
+        for key in ("logical_gpus", "physical_gpus", "render_nodes", "argv"):
+            fields[key] = tuple(fields[key])
+        fields["env"] = tuple(tuple(pair) for pair in fields["env"])
+        return cls(**fields)
+
+    def digest(self) -> str:
+        """Changes exactly when the running server would differ."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_instances(profile: Profile, logical: tuple[LogicalGpu, ...]) -> tuple[InstanceSpec, ...]:
+    """Raises InstancePlanError when the profile does not fit this host's logical GPUs."""
+    specs: list[InstanceSpec] = []
+    for service in profile.services:
+        indices = _service_partitions(service, logical)
+        tp = service.tensor_parallel
+        for start in range(0, len(indices), tp):
+            group = indices[start : start + tp]
+            specs.append(_instance(profile, service, tuple(logical[i] for i in group)))
+    return tuple(sorted(specs, key=lambda s: s.number))
+
+
+def _service_partitions(service: ServiceSpec, logical: tuple[LogicalGpu, ...]) -> list[int]:
+    present = len(logical)
+    if service.partitions is None:
+        indices = list(range(present))
+    else:
+        missing = [i for i in service.partitions if i >= present]
+        if missing:
+            have = f"logical GPUs 0-{present - 1}" if present else "no logical GPUs"
+            raise InstancePlanError(
+                f"services.{service.name}.partitions names logical GPU {format_indices(missing)}, but this host has {have}; "
+                "check gpus.compute or the partitions list"
+            )
+        indices = list(service.partitions)
+    if not indices:
+        raise InstancePlanError(f"services.{service.name} has no logical GPU on this host; check that amdgpu is loaded and gpus: is applied")
+    if len(indices) % service.tensor_parallel:
+        raise InstancePlanError(
+            f"services.{service.name}.tensor_parallel {service.tensor_parallel} does not divide its {len(indices)} logical GPUs on this host; "
+            f"use a divisor of {len(indices)}"
+        )
+    return indices
+
+
+def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...]) -> InstanceSpec:
+    number = group[0].index
+    if number >= INSTANCE_PORT_SPAN:
+        raise InstancePlanError(f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; this host has more logical GPUs than mipart supports")
+    port = profile.instances.base_port + number
+    container = service.runtime in ("docker", "podman")
+    env = _environment(profile, service, group, container)
+    serve = _serve_argv(service, port, container)
+    if container:
+        argv = _container_argv(service, number, port, group, env, profile.instances.hf_home) + serve
+    else:
+        argv = serve
+    return InstanceSpec(
+        number=number,
+        service=service.name,
+        model=service.model,
+        served_model_name=service.model_name,
+        logical_gpus=tuple(g.index for g in group),
+        physical_gpus=tuple(sorted({g.physical_index for g in group})),
+        render_nodes=tuple(g.render_node for g in group),
+        port=port,
+        runtime=service.runtime,
+        argv=tuple(argv),
+        env=env,
+        user=None if container else profile.instances.user,
+        hf_home=profile.instances.hf_home,
+    )
+
+
+def _environment(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...], container: bool) -> tuple[tuple[str, str], ...]:
+    env = dict(ROCM_ENV_DEFAULTS)
+    if service.tensor_parallel > 1:
+        env.update(MULTI_GPU_ENV_DEFAULTS)
+    env.update(service.env)
+    # Inside a container only its own render nodes exist, so its GPUs are 0..k-1 there.
+    visible = range(len(group)) if container else (g.index for g in group)
+    env[service.visible_devices_env] = ",".join(map(str, visible))
+    env["HF_HOME"] = CONTAINER_HF_HOME if container else profile.instances.hf_home
+    return tuple(sorted(env.items()))
+
+
+def _serve_argv(service: ServiceSpec, port: int, container: bool) -> list[str]:
+    """The engine's own command line: command, model, listener, TP, then the user's args."""
+    command = [part.replace("{model}", service.model) for part in service.command]
+    if not any("{model}" in part for part in service.command):
+        command += [service.model] if command[-1:] == ["serve"] else ["--model", service.model]
+    command += ["--host", "0.0.0.0" if container else INSTANCE_HOST, "--port", str(port)]
+    command += ["--served-model-name", service.model_name]
+    if service.tensor_parallel > 1:
+        command += ["--tensor-parallel-size", str(service.tensor_parallel)]
+    return command + list(service.args)
+
+
+def _container_argv(service: ServiceSpec, number: int, port: int, group, env, hf_home: str) -> list[str]:
+    """`docker|podman run` with only this instance's GPUs: no --privileged, no whole /dev/dri."""
+    argv = [service.runtime, "run", "--rm", "--name", f"mipart-vllm-{number}", "--init"]
+    argv += ["--device", "/dev/kfd"]
+    for gpu in group:
+        argv += ["--device", gpu.render_node]
+    argv += ["--group-add", "video", "--shm-size", CONTAINER_SHM]
+    argv += ["-p", f"{INSTANCE_HOST}:{port}:{port}", "-v", f"{hf_home}:{CONTAINER_HF_HOME}"]
+    for key, _ in env:
+        argv += ["-e", key]  # values come from the launcher's environment, never argv
+    return argv + [service.image or ""]

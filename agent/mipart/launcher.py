@@ -1,0 +1,79 @@
+"""`mipart exec N`: the ExecStart of mipart-vllm@N. Reads the spec, then execs the server,
+so the unit's main PID is vLLM itself (or the container client, which forwards signals).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import click
+
+from mipart.errors import UserError
+from mipart.paths import instance_spec_path
+
+# Tags the server's environment so the agent can tell, from /proc alone, which spec it runs.
+INSTANCE_VAR = "MIPART_INSTANCE"
+DIGEST_VAR = "MIPART_SPEC_DIGEST"
+RUN_DIR_VAR = "MIPART_RUN_DIR"
+
+
+def read_spec(number: int):
+    from mipart.instances import InstanceSpec
+
+    path = instance_spec_path(number)
+    try:
+        return InstanceSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UserError(f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status mipart-agent`), and only for instances the profile asks for")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"instance {number}: spec {path} is unreadable ({exc}); restart mipart-agent to rewrite it")
+
+
+def container_name(number: int) -> str:
+    return f"mipart-vllm-{number}"
+
+
+def remove_container(spec) -> None:
+    subprocess.run([spec.runtime, "rm", "-f", container_name(spec.number)], capture_output=True, timeout=120)
+
+
+def _drop_privileges(user: str, env: dict) -> None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UserError(f"system user {user!r} does not exist; reinstall mipart (it creates the user) or set instances.user")
+    os.setgroups(os.getgrouplist(user, entry.pw_gid))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    env["HOME"] = entry.pw_dir
+    env["USER"] = env["LOGNAME"] = user
+
+
+@click.command("exec")
+@click.argument("number", type=click.IntRange(0, 1023))
+@click.option("--cleanup", is_flag=True, help="Remove the instance's container (ExecStopPost).")
+def exec_instance(number: int, cleanup: bool) -> int:
+    """Run the server of instance NUMBER in the foreground (used by mipart-vllm@.service)."""
+    spec = read_spec(number)
+    container = spec.runtime in ("docker", "podman")
+    if cleanup:
+        if container:
+            remove_container(spec)
+        return 0
+    env = {**os.environ, **dict(spec.env), INSTANCE_VAR: str(number), DIGEST_VAR: spec.digest()}
+    env.setdefault(RUN_DIR_VAR, str(instance_spec_path(number).parent.parent))
+    if container:
+        remove_container(spec)  # a stale container of the same name would block `run --name`
+    elif spec.user and os.geteuid() == 0:
+        os.makedirs(spec.hf_home, exist_ok=True)
+        _drop_privileges(spec.user, env)
+    try:
+        os.execvpe(spec.argv[0], list(spec.argv), env)
+    except FileNotFoundError:
+        raise UserError(f"instance {number}: command {spec.argv[0]!r} not found; install it, or set services.{spec.service}.command")
+    except PermissionError:
+        raise UserError(f"instance {number}: cannot execute {spec.argv[0]!r} (permission denied); check the file mode")

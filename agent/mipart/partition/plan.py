@@ -1,0 +1,222 @@
+"""What a host must do to match the profile's `gpus:` section: pure, no I/O.
+
+The plan holds the fewest writes: one memory request for the whole hive (the driver
+applies it hive-wide), one driver reload at most, and compute writes only where the
+mode after that reload (the driver resets it from user_partt_mode) is not the wanted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from mipart.errors import UserError
+from mipart.gpu import modes
+from mipart.gpu.sysfs import HostState, PhysicalGpu
+from mipart.profile.fields import format_indices
+from mipart.profile.schema import GpuSpec
+
+MEMORY_ATTR = "current_memory_partition"
+COMPUTE_ATTR = "current_compute_partition"
+
+
+class PlanError(UserError):
+    """The profile asks for something this host cannot do."""
+
+
+@dataclass(frozen=True)
+class Write:
+    gpu: int
+    attribute: str
+    value: str
+    after_reload: bool
+
+
+@dataclass(frozen=True)
+class GpuChange:
+    index: int
+    bdf: str
+    compute_now: str
+    compute_want: str | None  # None: not managed by the profile
+    compute_final: str
+    memory_now: str
+    memory_want: str | None
+
+    @property
+    def matches(self) -> bool:
+        compute_ok = self.compute_want is None or self.compute_now == self.compute_want
+        memory_ok = self.memory_want is None or self.memory_now == self.memory_want
+        return compute_ok and memory_ok
+
+
+@dataclass(frozen=True)
+class LogicalPrediction:
+    index: int
+    physical: int
+    partition: int
+    render_minor: int
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    gpus: tuple[GpuChange, ...]
+    writes: tuple[Write, ...]
+    reload: bool
+    logical: tuple[LogicalPrediction, ...] = field(default=())
+
+    @property
+    def noop(self) -> bool:
+        return not self.writes and not self.reload
+
+    def to_json(self) -> dict:
+        return {
+            "reload": self.reload,
+            "writes": [asdict(w) for w in self.writes],
+            "gpus": [
+                {
+                    **asdict(g),
+                    "writes": [asdict(w) for w in self.writes if w.gpu == g.index],
+                }
+                for g in self.gpus
+            ],
+            "logical_gpus": [asdict(lg) for lg in self.logical],
+        }
+
+
+def compute_after_reload(memory: str, user_partt_mode: str) -> str:
+    """The compute mode the driver sets at load (hardware.md: AUTO derives it from NPS)."""
+    if user_partt_mode == "AUTO":
+        return modes.AUTO_COMPUTE_FOR_MEMORY[memory]
+    return user_partt_mode
+
+
+def plan_partitions(spec: GpuSpec, state: HostState, user_partt_mode: str = "AUTO") -> PartitionPlan:
+    """Raises PlanError (one line) when the host cannot reach what the profile asks."""
+    gpus = state.physical
+    if not gpus:
+        raise PlanError("no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)")
+    _check_selection(spec, gpus)
+    if spec.memory:
+        _check_memory(spec.memory, gpus)
+    reload = spec.memory is not None and any(g.memory != spec.memory for g in gpus)
+    memory_final = spec.memory or gpus[0].memory
+    writes: list[Write] = []
+    if reload:
+        writes.append(Write(gpus[0].index, MEMORY_ATTR, memory_final, after_reload=False))
+    changes = []
+    for gpu in gpus:
+        want = spec.compute_for(gpu.index)
+        start = compute_after_reload(memory_final, user_partt_mode) if reload else gpu.compute
+        if want is not None:
+            _check_compute(gpu, want, memory_final)
+            if start != want:
+                writes.append(Write(gpu.index, COMPUTE_ATTR, want, after_reload=reload))
+        changes.append(
+            GpuChange(
+                index=gpu.index,
+                bdf=gpu.bdf,
+                compute_now=gpu.compute,
+                compute_want=want,
+                compute_final=want or start,
+                memory_now=gpu.memory,
+                memory_want=spec.memory,
+            )
+        )
+    return PartitionPlan(gpus=tuple(changes), writes=tuple(writes), reload=reload, logical=_predict_logical(changes))
+
+
+def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:
+    present = {g.index for g in gpus}
+    wanted = set(spec.select or ()) | {i for o in spec.overrides for i in o.select}
+    missing = sorted(wanted - present)
+    if missing:
+        raise PlanError(
+            f"gpus.select/overrides name GPU {format_indices(missing)}, but this host has GPUs {format_indices(present)}; "
+            "select only GPUs that exist"
+        )
+
+
+def _check_memory(memory: str, gpus: tuple[PhysicalGpu, ...]) -> None:
+    for gpu in gpus:
+        if memory not in gpu.memory_available:
+            offered = ", ".join(gpu.memory_available) or "none"
+            raise PlanError(
+                f"GPU {gpu.index} ({gpu.bdf}) does not offer memory mode {memory} (available: {offered}); "
+                "choose one of those in gpus.memory"
+            )
+
+
+def _check_compute(gpu: PhysicalGpu, want: str, memory: str) -> None:
+    if want not in gpu.compute_available:
+        offered = ", ".join(gpu.compute_available) or "none"
+        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}); choose one of those")
+    if not modes.compatible(want, memory):
+        fits = ", ".join(modes.memory_modes_for(want))
+        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}): compute {want} cannot run under memory {memory}; set gpus.memory to {fits}")
+
+
+def _predict_logical(changes: list[GpuChange]) -> tuple[LogicalPrediction, ...]:
+    """Logical GPUs in KFD order: physical GPUs in PCI order, partitions within each."""
+    result = []
+    for gpu in changes:
+        for part in range(modes.partitions_per_gpu(gpu.compute_final)):
+            result.append(LogicalPrediction(len(result), gpu.index, part, 128 + 8 * gpu.index + part))
+    return tuple(result)
+
+
+def assert_lines(plan: PartitionPlan) -> list[str]:
+    """One line per GPU that differs from the profile; empty when the host matches."""
+    lines = []
+    for gpu in plan.gpus:
+        if gpu.matches:
+            continue
+        parts = []
+        if gpu.compute_want is not None and gpu.compute_now != gpu.compute_want:
+            parts.append(f"compute {gpu.compute_now}, want {gpu.compute_want}")
+        if gpu.memory_want is not None and gpu.memory_now != gpu.memory_want:
+            parts.append(f"memory {gpu.memory_now}, want {gpu.memory_want}")
+        lines.append(f"GPU {gpu.index} ({gpu.bdf}): " + "; ".join(parts))
+    return lines
+
+
+def export_gpus_yaml(state: HostState) -> str:
+    """The current layout as a profile that `validate` accepts and `assert` passes."""
+    gpus = state.physical
+    counts: dict[str, int] = {}
+    for gpu in gpus:
+        counts[gpu.compute] = counts.get(gpu.compute, 0) + 1
+    common = max(counts, key=lambda mode: (counts[mode], -modes.COMPUTE_MODES.index(mode)))
+    lines = ["version: 1", "gpus:", f"  compute: {common}", f"  memory: {gpus[0].memory}", "  select: all"]
+    others: dict[str, list[int]] = {}
+    for gpu in gpus:
+        if gpu.compute != common:
+            others.setdefault(gpu.compute, []).append(gpu.index)
+    if others:
+        lines.append("  overrides:")
+        for mode, indices in others.items():
+            lines.append(f"    - {{select: [{', '.join(map(str, indices))}], compute: {mode}}}")
+    else:
+        lines.append("  overrides: []")
+    return "\n".join(lines) + "\n"
+
+
+def format_plan(plan: PartitionPlan) -> str:
+    """Human table: current -> desired per GPU, the writes, the reload, the result."""
+    rows = [("GPU", "BDF", "COMPUTE", "MEMORY", "WRITES")]
+    for gpu in plan.gpus:
+        compute = gpu.compute_now if gpu.compute_final == gpu.compute_now else f"{gpu.compute_now} -> {gpu.compute_final}"
+        if gpu.compute_want is None:
+            compute += " (unmanaged)"
+        memory_want = gpu.memory_want or gpu.memory_now
+        memory = gpu.memory_now if memory_want == gpu.memory_now else f"{gpu.memory_now} -> {memory_want}"
+        writes = [f"{'after reload: ' if w.after_reload else ''}{w.attribute}={w.value}" for w in plan.writes if w.gpu == gpu.index]
+        rows.append((str(gpu.index), gpu.bdf, compute, memory, ", ".join(writes) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    if plan.noop:
+        out.append("nothing to do: the host already matches the profile (0 writes, 0 reloads)")
+    else:
+        reload = "1 driver reload (memory mode is applied hive-wide at reload)" if plan.reload else "no driver reload"
+        out.append(f"{len(plan.writes)} writes, {reload}")
+    count = len(plan.logical)
+    out.append(f"result: {count} logical GPUs ({format_indices(range(count))})" if count else "result: no logical GPUs")
+    return "\n".join(out)

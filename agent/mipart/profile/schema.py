@@ -1,0 +1,105 @@
+"""Profile v1 as typed, immutable values: what the rest of mipart consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
+# An 8-GPU hive in CPX shows 64 logical GPUs; the instance port range reserves that many.
+INSTANCE_PORT_SPAN = 64
+VISIBLE_DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+RUNTIMES = ("native", "docker", "podman")
+DEFAULT_NATIVE_COMMAND = ("vllm", "serve")
+# vLLM's default --max-num-seqs; sizes nginx when the service does not say otherwise.
+DEFAULT_MAX_CONCURRENCY = 256
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GpuOverride:
+    select: tuple[int, ...]
+    compute: str
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    compute: str | None = None
+    memory: str | None = None
+    select: tuple[int, ...] | None = None  # None = every GPU on the host
+    overrides: tuple[GpuOverride, ...] = ()
+    client_services: tuple[str, ...] = ()
+
+    def compute_for(self, gpu_index: int) -> str | None:
+        """Desired compute mode of one physical GPU, or None to leave it as is."""
+        if self.select is not None and gpu_index not in self.select:
+            return None
+        for override in self.overrides:
+            if gpu_index in override.select:
+                return override.compute
+        return self.compute
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    model: str
+    listen: Listen
+    partitions: tuple[int, ...] | None = None  # None = all logical GPUs not used elsewhere
+    tensor_parallel: int = 1
+    runtime: str = "native"
+    image: str | None = None
+    command: tuple[str, ...] = DEFAULT_NATIVE_COMMAND
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    served_model_name: str | None = None
+    visible_devices_env: str = "CUDA_VISIBLE_DEVICES"
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    request_timeout: float = 600.0
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+
+@dataclass(frozen=True)
+class InstancesSpec:
+    base_port: int = 8081
+    hf_home: str = DEFAULT_HF_HOME
+    user: str = "mipart"
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    interval: float = 2.0
+    timeout: float = 1.0
+    unhealthy_after: int = 3
+    startup_timeout: float = 1800.0
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 60.0
+    max_restarts: int = 5
+    queue_depth_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    listen: str = "127.0.0.1:8049"  # or "unix:/run/mipart/api.sock"
+
+
+@dataclass(frozen=True)
+class Profile:
+    version: int = 1
+    gpus: GpuSpec = field(default_factory=GpuSpec)
+    services: tuple[ServiceSpec, ...] = ()
+    instances: InstancesSpec = field(default_factory=InstancesSpec)
+    health: HealthSpec = field(default_factory=HealthSpec)
+    api: ApiSpec = field(default_factory=ApiSpec)
+    source: str = ""
+    digest: str = ""

@@ -1,0 +1,136 @@
+"""Running instances without systemd: a local process runner for the demo and tests.
+
+It mirrors the few things the agent asks of systemd (list, start, stop, restart, and
+nginx), and like systemd it keeps serving when the agent restarts: servers run in
+their own sessions and are found again through /proc by their MIPART_INSTANCE tag.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mipart import procs
+from mipart.launcher import INSTANCE_VAR, RUN_DIR_VAR
+from mipart.nginx import NginxFiles, signal_reload
+
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class UnitState:
+    number: int
+    active_state: str  # systemd's words: active, activating, deactivating, inactive, failed
+    sub_state: str
+    main_pid: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.active_state in ("active", "activating", "reloading")
+
+
+class ProcessRunner:
+    def __init__(self, run_dir: Path, log_dir: Path | None = None):
+        self.run_dir = run_dir
+        self.log_dir = log_dir or run_dir / "logs"
+        self.children: dict[int, subprocess.Popen] = {}
+        self.nginx: subprocess.Popen | None = None
+
+    # -- instances -----------------------------------------------------------
+    def _adopted(self) -> dict[int, int]:
+        """instance number -> pid of every live server tagged with our run dir."""
+        found = {}
+        for pid in procs.pids():
+            env = procs.environ_of(pid)
+            if env.get(RUN_DIR_VAR) == str(self.run_dir) and env.get(INSTANCE_VAR, "").isdigit() and procs.alive(pid):
+                found[int(env[INSTANCE_VAR])] = pid
+        return found
+
+    def list_instances(self) -> dict[int, UnitState]:
+        states = {n: UnitState(n, "active", "running", pid) for n, pid in self._adopted().items()}
+        for number, child in list(self.children.items()):
+            code = child.poll()
+            if code is None or number in states:
+                continue
+            states[number] = UnitState(number, "failed" if code else "inactive", "failed" if code else "dead")
+        return states
+
+    def start(self, number: int) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, RUN_DIR_VAR: str(self.run_dir)}
+        with open(self.log_dir / f"mipart-vllm@{number}.log", "ab") as log:
+            self.children[number] = subprocess.Popen(
+                [sys.executable, "-m", "mipart", "exec", str(number)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self, number: int) -> None:
+        pid = self._adopted().get(number)
+        child = self.children.pop(number, None)
+        if pid:
+            _terminate(pid)
+        if child:
+            if child.poll() is None:
+                _terminate(child.pid)
+            child.wait(timeout=STOP_TIMEOUT)
+
+    def restart(self, number: int) -> None:
+        self.stop(number)
+        self.start(number)
+
+    # -- nginx -----------------------------------------------------------------
+    def ensure_nginx(self, files: NginxFiles) -> None:
+        """Start nginx if none runs on our config, else make it re-read the file."""
+        if self.nginx is not None and self.nginx.poll() is None:
+            signal_reload(files)
+            return
+        if signal_reload(files) and _pid_file_alive(files):
+            return  # adopted: started by an earlier agent
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / "mipart-nginx.log", "ab") as log:
+            self.nginx = subprocess.Popen(files.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def nginx_running(self, files: NginxFiles) -> bool:
+        return (self.nginx is not None and self.nginx.poll() is None) or _pid_file_alive(files)
+
+    def shutdown(self, files: NginxFiles) -> None:
+        """Stop everything this runner serves (the demo's Ctrl-C)."""
+        for number in set(self._adopted()) | set(self.children):
+            self.stop(number)
+        if _pid_file_alive(files):
+            _terminate(int(files.pid_file.read_text().strip()), signal.SIGQUIT)
+        if self.nginx is not None:
+            self.nginx.wait(timeout=STOP_TIMEOUT)
+
+
+def _pid_file_alive(files: NginxFiles) -> bool:
+    try:
+        return procs.alive(int(files.pid_file.read_text().strip()))
+    except (OSError, ValueError):
+        return False
+
+
+def _terminate(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Ask, wait, then insist: what systemd's stop does with TimeoutStopSec."""
+    try:
+        os.kill(pid, sig)
+        os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) process cannot act on SIGTERM
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while procs.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if procs.alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

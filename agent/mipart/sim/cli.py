@@ -1,0 +1,98 @@
+"""`mipart sim ...`: create and poke a simulated host, so tests and demos can run the agent
+against it (MIPART_SYSFS_ROOT=DIR) and play the parts of GPU users, resets and reloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from mipart.cli import LazyGroup
+from mipart.gpu import simulator
+from mipart.gpu.models import MODELS
+from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
+
+sim_dir = click.argument("root", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+gpu_index = click.argument("gpu", type=int)
+
+
+@click.group(cls=LazyGroup, lazy={"engine": "mipart.sim.engine:engine"})
+def sim() -> None:
+    """Simulated AMD Instinct host: a sysfs tree plus the driver's partitioning rules."""
+
+
+@sim.command()
+@sim_dir
+@click.option("--model", type=click.Choice(sorted(MODELS), case_sensitive=False), default="mi300x",
+              show_default=True)
+@click.option("--gpus", type=int, default=8, show_default=True)
+@click.option("--compute", type=click.Choice(COMPUTE_MODES, case_sensitive=False), default="SPX",
+              show_default=True)
+@click.option("--memory", type=click.Choice(MEMORY_MODES, case_sensitive=False), default="NPS1",
+              show_default=True)
+def create(root: Path, model: str, gpus: int, compute: str, memory: str) -> None:
+    """Make DIR a simulated host; point the agent at it with MIPART_SYSFS_ROOT=DIR."""
+    simulator.create(root, model, gpus, compute, memory)
+
+
+@sim.command()
+@sim_dir
+@click.pass_context
+def reload(ctx: click.Context, root: Path) -> None:
+    """Unload and load amdgpu: apply a pending memory mode, reset compute modes."""
+    try:
+        simulator.reload(root)
+    except subprocess.CalledProcessError as exc:
+        click.echo(exc.stderr, nl=False, err=True)
+        ctx.exit(exc.returncode)
+
+
+@sim.command()
+@sim_dir
+@gpu_index
+@click.option("--pid", type=int, default=None, help="Holder's PID [default: the calling shell].")
+def hold(root: Path, gpu: int, pid: int | None) -> None:
+    """Make a process a ROCm user of physical GPU GPU."""
+    simulator.hold(root, gpu, os.getppid() if pid is None else pid)
+
+
+@sim.command()
+@sim_dir
+@click.argument("gpu", type=int, required=False)
+@click.option("--pid", type=int, default=None)
+def release(root: Path, gpu: int | None, pid: int | None) -> None:
+    """Drop holds (on GPU and/or by --pid; all holds when neither is given)."""
+    simulator.release(root, gpu, pid)
+
+
+@sim.command()
+@sim_dir
+@gpu_index
+@click.option("--on/--off", "on", required=True, help="Start or finish a GPU reset.")
+def reset(root: Path, gpu: int, on: bool) -> None:
+    """Mark GPU as resetting (compute writes fail with EPERM) or done."""
+    simulator.set_resetting(root, gpu, on)
+
+
+@sim.command()
+@sim_dir
+@click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON.")
+def show(root: Path, as_json: bool) -> None:
+    """Print the simulated host: GPUs, pending memory mode, holders, counters."""
+    state = simulator.read_state(root)
+    if as_json:
+        click.echo(json.dumps(asdict(state), indent=2))
+        return
+    partt = {number: name for name, number in USER_PARTT_MODE.items()}[state.user_partt_mode]
+    click.echo(f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt})")
+    for i, gpu in enumerate(state.gpus):
+        holders = sorted(pid for pid, held in state.holders.items() if i in held)
+        notes = ([f"held by {', '.join(map(str, holders))}"] if holders else []) + (
+            ["resetting"] if i in state.resetting else [])
+        click.echo(f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}" + "".join(f"; {n}" for n in notes))
+    click.echo(f"pending memory: {state.pending_memory or 'none'}")
+    click.echo(f"counters: writes={state.counters['writes']} reloads={state.counters['reloads']}")

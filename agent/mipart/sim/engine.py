@@ -1,0 +1,606 @@
+"""A fake OpenAI-compatible engine: a cheap test double for one vLLM server.
+
+It behaves like vLLM wherever the agent can observe it: the port refuses
+connections until the "model" is loaded, /health is 200 (503 once the engine
+is dead), /v1/models, /v1/completions and /v1/chat/completions (with SSE
+streaming paced at a fixed token rate) and /metrics with vLLM's metric names.
+Faults can be injected from the command line or at run time by signal:
+
+    SIGUSR1  engine dies, port stays open (/health 503, completions 500)
+    SIGUSR2  hang: connections are accepted but nothing is ever answered
+    SIGTERM  graceful exit 0 (also SIGINT)
+
+Every response carries `X-Fake-Engine: <host>:<port>` and generated ids embed
+the port, so a test behind a load balancer can tell which backend answered.
+Kept to stdlib + aiohttp + click so 64 of them fit on a small test machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import click
+from aiohttp import web
+
+FAULTS = ("none", "die", "hang", "503")
+HEALTHY, DEAD, HUNG = "healthy", "dead", "hung"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the command line fixed; never changes while the engine runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "fake-model"
+    startup_delay: float = 0.0
+    tokens_per_second: float = 50.0
+    max_tokens_default: int = 16
+    fault: str = "none"
+    fault_after: float = 0.0
+    max_num_seqs: int = 256
+    max_model_len: int = 4096
+    kv_cache_tokens: int = 65536
+
+    @property
+    def instance(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class EngineState:
+    """Everything that changes at run time: fault mode, load and counters."""
+
+    mode: str = HEALTHY
+    running: int = 0
+    waiting: int = 0
+    kv_tokens: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    success: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0})
+    next_id: int = 0
+    tasks: set = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    slots: asyncio.Semaphore | None = None
+
+
+class EngineDead(Exception):
+    """Raised inside a generation when the engine dies under it (SIGUSR1/503 fault)."""
+
+
+class BadRequest(Exception):
+    """A request vLLM would refuse; carries the HTTP status and OpenAI error type."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "BadRequestError"):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+# ---------------------------------------------------------------- logging
+
+
+def log(cfg: EngineConfig, message: str) -> None:
+    """One plain line on stderr; journald and test logs keep it as is."""
+    print(f"fake-engine {cfg.instance} pid={os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- faults
+
+
+def set_mode(cfg: EngineConfig, state: EngineState, mode: str) -> None:
+    """Switch fault mode; a hung engine stays hung (like a stopped process), only SIGTERM ends it."""
+    if state.mode == HUNG or state.mode == mode:
+        return
+    state.mode = mode
+    log(cfg, f"fault injected: {mode}")
+
+
+def die(cfg: EngineConfig) -> None:
+    """Crash like an engine that hit a fatal error: no cleanup, exit code 1."""
+    log(cfg, "fault injected: die (exit 1)")
+    os._exit(1)
+
+
+def apply_fault(cfg: EngineConfig, state: EngineState) -> None:
+    """Start the --fault chosen on the command line."""
+    if cfg.fault == "die":
+        die(cfg)
+    elif cfg.fault == "hang":
+        set_mode(cfg, state, HUNG)
+    elif cfg.fault == "503":
+        set_mode(cfg, state, DEAD)
+
+
+def schedule_fault(cfg: EngineConfig, state: EngineState, started: float) -> None:
+    """Fire the fault --fault-after seconds after process start (so it may hit during loading)."""
+    if cfg.fault == "none":
+        return
+    delay = max(0.0, cfg.fault_after - (time.monotonic() - started))
+    asyncio.get_running_loop().call_later(delay, apply_fault, cfg, state)
+
+
+def install_signals(cfg: EngineConfig, state: EngineState) -> None:
+    """Signals are the run-time fault switch; SIGTERM/SIGINT ask for a graceful stop."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, state.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, state.stopping.set)
+    loop.add_signal_handler(signal.SIGUSR1, set_mode, cfg, state, DEAD)
+    loop.add_signal_handler(signal.SIGUSR2, set_mode, cfg, state, HUNG)
+
+
+async def hang_forever(state: EngineState) -> web.Response:
+    """Never answer; only shutdown (which cancels this task) ends the wait."""
+    await state.stopping.wait()
+    raise web.HTTPServiceUnavailable()
+
+
+# ---------------------------------------------------------------- responses
+
+
+def error_response(message: str, status: int, kind: str) -> web.Response:
+    """vLLM's OpenAI error body."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return web.json_response(body, status=status)
+
+
+def engine_dead_response() -> web.Response:
+    """What vLLM answers to a completion once its engine core is dead."""
+    return error_response("EngineCore encountered an issue. See stack trace for the root cause.",
+                          500, "InternalServerError")
+
+
+def new_id(cfg: EngineConfig, state: EngineState, prefix: str) -> str:
+    """Unique id that names the port, so tests can count which backend answered."""
+    state.next_id += 1
+    return f"{prefix}-{cfg.port}-{state.next_id}-{os.urandom(4).hex()}"
+
+
+def token_text(i: int) -> str:
+    """Token i as it appears in the output; tokens join to 'tok0 tok1 ...'."""
+    return f"tok{i}" if i == 0 else f" tok{i}"
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+
+
+def sse(payload: dict | str) -> bytes:
+    """One server-sent event, as vLLM frames them."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+async def read_body(request: web.Request) -> dict:
+    """Parse the JSON body; vLLM answers malformed input with 400."""
+    try:
+        body = json.loads(await request.read() or b"null")
+    except ValueError as exc:
+        raise BadRequest(f"Invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return body
+
+
+def check_model(cfg: EngineConfig, body: dict) -> None:
+    """A wrong model name is a 404 in vLLM; a missing one means the served model."""
+    model = body.get("model")
+    if model is not None and model != cfg.model:
+        raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError")
+
+
+def count_words(text: str) -> int:
+    """Stand-in tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
+def completion_prompt_tokens(body: dict) -> int:
+    """Prompt length of a /v1/completions request (text or token ids; no batches)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return max(1, count_words(prompt))
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    raise BadRequest("`prompt` must be a string or a list of token ids (the fake engine does not batch)")
+
+
+def message_text(content) -> str:
+    """Text of a chat message content: a string or a list of {type: text} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def chat_prompt_tokens(body: dict) -> int:
+    """Prompt length of a /v1/chat/completions request."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("`messages` must be a non-empty list of message objects")
+    return max(1, sum(count_words(message_text(m.get("content"))) + 1 for m in messages))
+
+
+def max_tokens(cfg: EngineConfig, body: dict, prompt_tokens: int, *keys: str) -> int:
+    """Requested output length, validated like vLLM (>= 1, fits the context)."""
+    value = next((body[k] for k in keys if body.get(k) is not None), cfg.max_tokens_default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"max_tokens must be at least 1, got {value!r}.")
+    if prompt_tokens + value > cfg.max_model_len:
+        raise BadRequest(f"This model's maximum context length is {cfg.max_model_len} tokens. However, "
+                         f"you requested {prompt_tokens + value} tokens ({prompt_tokens} in the messages, "
+                         f"{value} in the completion). Please reduce the length of the messages or completion.")
+    return value
+
+
+def wants_usage_chunk(body: dict) -> bool:
+    """stream_options.include_usage adds a final usage-only chunk, as in vLLM."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+# ---------------------------------------------------------------- generation
+
+
+async def admit(cfg: EngineConfig, state: EngineState, prompt_tokens: int) -> None:
+    """Wait for one of --max-num-seqs slots (that wait is vllm:num_requests_waiting)."""
+    state.waiting += 1
+    try:
+        await state.slots.acquire()
+    finally:
+        state.waiting -= 1
+    state.running += 1
+    state.kv_tokens += prompt_tokens
+    state.prompt_tokens += prompt_tokens
+
+
+def release(state: EngineState, used_tokens: int, finished: str | None) -> None:
+    """Give the slot back; count success only for requests that finished."""
+    state.slots.release()
+    state.running -= 1
+    state.kv_tokens -= used_tokens
+    if finished:
+        state.success[finished] = state.success.get(finished, 0) + 1
+
+
+async def generate(cfg: EngineConfig, state: EngineState, n: int):
+    """Yield n tokens at --tokens-per-second; stall when hung, stop when the engine dies."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(n):
+        if cfg.tokens_per_second > 0:
+            await asyncio.sleep(max(0.0, start + (i + 1) / cfg.tokens_per_second - loop.time()))
+        if state.mode == HUNG:
+            await hang_forever(state)
+        if state.mode == DEAD:
+            raise EngineDead()
+        state.generation_tokens += 1
+        state.kv_tokens += 1
+        yield token_text(i)
+
+
+class Generation:
+    """One admitted request: holds its slot until finished, then updates the counters."""
+
+    def __init__(self, cfg: EngineConfig, state: EngineState, prompt_tokens: int, n: int):
+        self.cfg, self.state, self.prompt_tokens, self.n = cfg, state, prompt_tokens, n
+        self.produced = 0
+
+    async def __aenter__(self) -> Generation:
+        await admit(self.cfg, self.state, self.prompt_tokens)
+        return self
+
+    async def tokens(self):
+        """Tokens as produced; the last one is followed by no more."""
+        async for tok in generate(self.cfg, self.state, self.n):
+            self.produced += 1
+            yield tok
+
+    def finish(self, reason: str | None) -> None:
+        """Release before the last bytes go out, so /metrics is exact once a client sees the end."""
+        if self.state is not None:
+            release(self.state, self.prompt_tokens + self.produced, reason)
+            self.state = None
+
+    async def __aexit__(self, *exc) -> None:
+        self.finish(None)
+
+
+# ---------------------------------------------------------------- completions
+
+
+def completion_choice(text: str, finish: str | None) -> dict:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+
+
+def chat_choice(delta: dict, finish: str | None) -> dict:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+async def start_stream(request: web.Request) -> web.StreamResponse:
+    """SSE response headers; chunked so every token is flushed as produced."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    return resp
+
+
+async def stream_tokens(request, gen: Generation, chunk, first: dict | None, usage_chunk: dict | None):
+    """Send each token as its own SSE event, then [DONE]; on engine death an error event."""
+    resp = await start_stream(request)
+    if first is not None:
+        await resp.write(sse(first))
+    try:
+        last = None
+        async for tok in gen.tokens():
+            if last is not None:
+                await resp.write(sse(chunk(last, None)))
+            last = tok
+        gen.finish("length")
+        if last is not None:
+            await resp.write(sse(chunk(last, "length")))
+        if usage_chunk is not None:
+            usage_chunk["usage"] = usage(gen.prompt_tokens, gen.produced)
+            await resp.write(sse(usage_chunk))
+    except EngineDead:
+        gen.finish(None)
+        err = {"error": {"message": "EngineCore encountered an issue.", "type": "InternalServerError",
+                         "param": None, "code": 500}}
+        await resp.write(sse(err))
+    await resp.write(sse("[DONE]"))
+    await resp.write_eof()
+    return resp
+
+
+async def run_completion(cfg, state, request, body: dict, prompt_tokens: int, n: int):
+    """POST /v1/completions once validated."""
+    rid, created = new_id(cfg, state, "cmpl"), int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": cfg.model}
+    async with Generation(cfg, state, prompt_tokens, n) as gen:
+        if body.get("stream"):
+            def chunk(tok, finish):
+                return {**head, "choices": [completion_choice(tok, finish)]}
+            tail = {**head, "choices": []} if wants_usage_chunk(body) else None
+            return await stream_tokens(request, gen, chunk, None, tail)
+        text = "".join([tok async for tok in gen.tokens()])
+        gen.finish("length")
+    return web.json_response({**head, "choices": [completion_choice(text, "length")],
+                              "usage": usage(prompt_tokens, n)})
+
+
+async def run_chat(cfg, state, request, body: dict, prompt_tokens: int, n: int):
+    """POST /v1/chat/completions once validated."""
+    rid, created = new_id(cfg, state, "chatcmpl"), int(time.time())
+    kind = "chat.completion.chunk" if body.get("stream") else "chat.completion"
+    head = {"id": rid, "object": kind, "created": created, "model": cfg.model}
+    async with Generation(cfg, state, prompt_tokens, n) as gen:
+        if body.get("stream"):
+            def chunk(tok, finish):
+                return {**head, "choices": [chat_choice({"content": tok}, finish)]}
+            first = {**head, "choices": [chat_choice({"role": "assistant", "content": ""}, None)]}
+            tail = {**head, "choices": []} if wants_usage_chunk(body) else None
+            return await stream_tokens(request, gen, chunk, first, tail)
+        text = "".join([tok async for tok in gen.tokens()])
+        gen.finish("length")
+    message = {"role": "assistant", "content": text}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length", "stop_reason": None}
+    return web.json_response({**head, "choices": [choice],
+                              "usage": usage(prompt_tokens, n)})
+
+
+async def completions(cfg: EngineConfig, state: EngineState, request: web.Request):
+    """POST /v1/completions."""
+    try:
+        body = await read_body(request)
+        check_model(cfg, body)
+        prompt_tokens = completion_prompt_tokens(body)
+        n = max_tokens(cfg, body, prompt_tokens, "max_tokens")
+    except BadRequest as exc:
+        return error_response(str(exc), exc.status, exc.kind)
+    if state.mode == DEAD:
+        return engine_dead_response()
+    try:
+        return await run_completion(cfg, state, request, body, prompt_tokens, n)
+    except EngineDead:
+        return engine_dead_response()
+
+
+async def chat_completions(cfg: EngineConfig, state: EngineState, request: web.Request):
+    """POST /v1/chat/completions."""
+    try:
+        body = await read_body(request)
+        check_model(cfg, body)
+        prompt_tokens = chat_prompt_tokens(body)
+        n = max_tokens(cfg, body, prompt_tokens, "max_completion_tokens", "max_tokens")
+    except BadRequest as exc:
+        return error_response(str(exc), exc.status, exc.kind)
+    if state.mode == DEAD:
+        return engine_dead_response()
+    try:
+        return await run_chat(cfg, state, request, body, prompt_tokens, n)
+    except EngineDead:
+        return engine_dead_response()
+
+
+# ---------------------------------------------------------------- other endpoints
+
+
+async def health(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
+    """GET /health: empty 200, or 503 once the engine is dead (port still open)."""
+    return web.Response(status=503 if state.mode == DEAD else 200)
+
+
+async def models(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
+    """GET /v1/models in vLLM's shape."""
+    card = {"id": cfg.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+            "root": cfg.model, "parent": None, "max_model_len": cfg.max_model_len}
+    return web.json_response({"object": "list", "data": [card]})
+
+
+def label_value(value: str) -> str:
+    """Escape a Prometheus label value."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def metric(lines: list, name: str, kind: str, help_text: str, samples: list) -> None:
+    """Append one metric family in Prometheus text format (counters typed by base name)."""
+    base = name[:-len("_total")] if kind == "counter" and name.endswith("_total") else name
+    lines.append(f"# HELP {base} {help_text}")
+    lines.append(f"# TYPE {base} {kind}")
+    for labels, value in samples:
+        rendered = ",".join(f'{k}="{label_value(v)}"' for k, v in labels)
+        lines.append(f"{name}{{{rendered}}} {float(value)}")
+
+
+def render_metrics(cfg: EngineConfig, state: EngineState) -> str:
+    """The vLLM metrics the agent reads, with vLLM's names and model_name label."""
+    model = [("model_name", cfg.model)]
+    kv = min(1.0, state.kv_tokens / cfg.kv_cache_tokens) if cfg.kv_cache_tokens else 0.0
+    lines: list[str] = []
+    metric(lines, "vllm:num_requests_running", "gauge",
+           "Number of requests in model execution batches.", [(model, state.running)])
+    metric(lines, "vllm:num_requests_waiting", "gauge",
+           "Number of requests waiting to be processed.", [(model, state.waiting)])
+    metric(lines, "vllm:kv_cache_usage_perc", "gauge",
+           "KV-cache usage. 1 means 100 percent usage.", [(model, kv)])
+    metric(lines, "vllm:prompt_tokens_total", "counter",
+           "Number of prefill tokens processed.", [(model, state.prompt_tokens)])
+    metric(lines, "vllm:generation_tokens_total", "counter",
+           "Number of generation tokens processed.", [(model, state.generation_tokens)])
+    metric(lines, "vllm:request_success_total", "counter", "Count of successfully processed requests.",
+           [([("finished_reason", r)] + model, c) for r, c in sorted(state.success.items())])
+    return "\n".join(lines) + "\n"
+
+
+async def metrics(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
+    """GET /metrics (Prometheus text)."""
+    return web.Response(body=render_metrics(cfg, state).encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+# ---------------------------------------------------------------- app and lifecycle
+
+
+def make_guard(state: EngineState):
+    """Middleware: track handler tasks (cancelled at shutdown) and stall everything when hung."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        task = asyncio.current_task()
+        state.tasks.add(task)
+        try:
+            if state.mode == HUNG:
+                return await hang_forever(state)
+            return await handler(request)
+        finally:
+            state.tasks.discard(task)
+
+    return guard
+
+
+def make_app(cfg: EngineConfig, state: EngineState) -> web.Application:
+    """Routes, the hang/shutdown middleware and the X-Fake-Engine header on every response."""
+    app = web.Application(middlewares=[make_guard(state)])
+
+    async def tag(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Fake-Engine"] = cfg.instance
+
+    app.on_response_prepare.append(tag)
+    bind = functools.partial
+    app.router.add_get("/health", bind(health, cfg, state))
+    app.router.add_get("/v1/models", bind(models, cfg, state))
+    app.router.add_get("/metrics", bind(metrics, cfg, state))
+    app.router.add_post("/v1/completions", bind(completions, cfg, state))
+    app.router.add_post("/v1/chat/completions", bind(chat_completions, cfg, state))
+    return app
+
+
+async def load_model(cfg: EngineConfig, state: EngineState) -> bool:
+    """Sleep --startup-delay without listening (vLLM refuses connections while loading).
+
+    Returns False if asked to stop meanwhile."""
+    if cfg.startup_delay <= 0:
+        return True
+    try:
+        await asyncio.wait_for(state.stopping.wait(), cfg.startup_delay)
+        return False
+    except asyncio.TimeoutError:
+        return True
+
+
+async def shutdown(state: EngineState, runner: web.AppRunner) -> None:
+    """Cancel in-flight (possibly hung) handlers so the exit is quick, then close."""
+    for task in list(state.tasks):
+        task.cancel()
+    try:
+        await asyncio.wait_for(runner.cleanup(), 5)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def serve(cfg: EngineConfig, started: float) -> int:
+    """Run the engine until SIGTERM; returns the exit code."""
+    state = EngineState(slots=asyncio.Semaphore(cfg.max_num_seqs))
+    install_signals(cfg, state)
+    schedule_fault(cfg, state, started)
+    log(cfg, f"loading model={cfg.model} for {cfg.startup_delay}s (not listening yet)")
+    if not await load_model(cfg, state):
+        log(cfg, "stopped while loading")
+        return 0
+    runner = web.AppRunner(make_app(cfg, state), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+    except OSError as exc:
+        log(cfg, f"cannot listen: {exc}")
+        await runner.cleanup()
+        return 1
+    log(cfg, f"listening on http://{cfg.instance} model={cfg.model}")
+    await state.stopping.wait()
+    await shutdown(state, runner)
+    log(cfg, "stopped")
+    return 0
+
+
+@click.command("engine")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", required=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--model", default="fake-model", show_default=True, help="Model (served under this name unless --served-model-name).")
+@click.option("--served-model-name", default=None, help="Name clients use, as in vLLM.")
+@click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, help="Accepted as vLLM does; the fake has no GPUs.")
+@click.option("--startup-delay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="SECONDS", help="Do not listen at all until this has elapsed (model loading).")
+@click.option("--tokens-per-second", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="Generation speed per request; 0 = instant.")
+@click.option("--max-tokens-default", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Output length when a request gives no max_tokens.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Concurrent requests generating; more wait (vllm:num_requests_waiting).")
+@click.option("--fault", type=click.Choice(FAULTS), default="none", show_default=True,
+              help="die: exit 1; hang: never answer again; 503: engine dead, port open.")
+@click.option("--fault-after", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="SECONDS", help="When the fault starts, counted from process start.")
+def engine(host, port, model, served_model_name, tensor_parallel_size, startup_delay, tokens_per_second, max_tokens_default, max_num_seqs,
+           fault, fault_after):
+    """Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang)."""
+    started = time.monotonic()
+    cfg = EngineConfig(host=host, port=port, model=served_model_name or model, startup_delay=startup_delay,
+                       tokens_per_second=tokens_per_second, max_tokens_default=max_tokens_default,
+                       fault=fault, fault_after=fault_after, max_num_seqs=max_num_seqs)
+    sys.exit(asyncio.run(serve(cfg, started)))
+
+
+if __name__ == "__main__":
+    engine(prog_name="mipart sim engine")

@@ -1,0 +1,29 @@
+"""Shared helpers: run the real `mipart` CLI as a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT = REPO / "agent"
+
+
+def mipart(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(AGENT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mipart", *map(str, args)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def run_mipart():
+    return mipart

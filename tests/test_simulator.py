@@ -1,0 +1,279 @@
+"""The simulated amdgpu driver refuses and applies exactly what hardware.md says the kernel does."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import mipart
+from mipart.errors import UserError
+from mipart.gpu import simulator, sysfs
+from mipart.gpu.modes import USER_PARTT_MODE
+
+COMPUTE = "current_compute_partition"
+MEMORY = "current_memory_partition"
+GPU3 = "0000:65:00.0"
+
+
+@pytest.fixture
+def host(tmp_path):
+    def make(**kwargs):
+        root = tmp_path / "host"
+        simulator.create(root, **kwargs)
+        return root
+    return make
+
+
+def write_errno(root, bdf, attr, value):
+    with pytest.raises(OSError) as caught:
+        simulator.kernel_write(root, bdf, attr, value)
+    return caught.value.errno
+
+
+def modes(root):
+    return [(g.compute, g.memory) for g in sysfs.discover(root).physical]
+
+
+def test_compute_switch_is_immediate_and_case_insensitive(host):
+    root = host()
+    simulator.kernel_write(root, GPU3, COMPUTE, " cpx\n")
+    state = sysfs.discover(root)
+    assert state.physical[3].compute == "CPX"
+    assert len(state.logical) == 7 + 8
+    assert [lg.render_minor for lg in state.logical if lg.physical_index == 3] == list(range(152, 160))
+    assert [lg.render_minor for lg in state.logical if lg.physical_index == 4] == [160]
+
+
+@pytest.mark.parametrize("memory, value", [
+    ("NPS1", "XPX"),   # not a mode at all
+    ("NPS1", "TPX"),   # a driver mode, but not for 8 XCCs
+    ("NPS2", "SPX"),   # SPX needs NPS1
+    ("NPS4", "DPX"),   # DPX needs NPS1 or NPS2
+    ("NPS2", "QPX"),   # QPX needs NPS1 or NPS4 (driver rule)
+])
+def test_invalid_compute_mode_is_einval_and_changes_nothing(host, memory, value):
+    root = host(compute={"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory], memory=memory)
+    before = sysfs.discover(root)
+    assert write_errno(root, GPU3, COMPUTE, value) == errno.EINVAL
+    assert sysfs.discover(root) == before
+
+
+def test_writing_the_current_mode_succeeds_without_a_switch(host):
+    root = host(compute="DPX", memory="NPS2")
+    simulator.hold(root, 3, pid=99)  # a no-op write is not refused even while held
+    before = sysfs.discover(root)
+    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
+    simulator.kernel_write(root, GPU3, MEMORY, "nps2")
+    assert sysfs.discover(root) == before
+
+
+def test_held_gpu_is_ebusy_until_released(host):
+    root = host()
+    simulator.hold(root, 3, pid=1234)
+    assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EBUSY
+    simulator.kernel_write(root, "0000:85:00.0", COMPUTE, "DPX")  # GPU 4 is free
+    simulator.release(root, 3)
+    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
+    assert [c for c, _ in modes(root)] == ["SPX"] * 3 + ["DPX", "DPX"] + ["SPX"] * 3
+
+
+def test_release_by_pid_and_gpu(host):
+    root = host()
+    simulator.hold(root, 1, pid=10)
+    simulator.hold(root, 2, pid=10)
+    simulator.hold(root, 2, pid=11)
+    simulator.release(root, 2, pid=10)
+    assert simulator.read_state(root).holders == {10: [1], 11: [2]}
+    simulator.release(root, pid=11)
+    assert simulator.read_state(root).holders == {10: [1]}
+    simulator.release(root)
+    assert simulator.read_state(root).holders == {}
+
+
+def test_resetting_gpu_is_eperm_even_for_the_current_mode(host):
+    root = host()
+    simulator.set_resetting(root, 3, True)
+    assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EPERM
+    assert write_errno(root, GPU3, COMPUTE, "SPX") == errno.EPERM  # reset check comes first
+    assert write_errno(root, GPU3, COMPUTE, "bogus") == errno.EINVAL  # parsing comes before it
+    simulator.set_resetting(root, 3, False)
+    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
+
+
+def test_read_only_and_missing_attributes(host):
+    root = host()
+    assert write_errno(root, GPU3, "available_compute_partition", "SPX") == errno.EACCES
+    assert write_errno(root, GPU3, "vendor", "0x1002") == errno.EACCES
+    assert write_errno(root, GPU3, "no_such_attribute", "1") == errno.ENOENT
+    assert write_errno(root, "0000:99:00.0", COMPUTE, "SPX") == errno.ENOENT
+
+
+def test_memory_request_is_hive_wide_and_waits_for_reload(host):
+    root = host()
+    assert write_errno(root, GPU3, MEMORY, "NPS3") == errno.EINVAL
+    simulator.kernel_write(root, GPU3, MEMORY, "NPS4")
+    assert modes(root) == [("SPX", "NPS1")] * 8  # still reads the old mode
+    assert simulator.read_state(root).pending_memory == "NPS4"
+    simulator.kernel_write(root, GPU3, MEMORY, "NPS1")  # the current mode: a no-op
+    assert simulator.read_state(root).pending_memory == "NPS4"
+
+    simulator.reload(root)
+    assert modes(root) == [("CPX", "NPS4")] * 8  # AUTO: NPS4 -> CPX, on every GPU
+    assert len(sysfs.discover(root).logical) == 64
+    assert simulator.read_state(root).pending_memory is None
+
+
+def test_reload_resets_compute_from_nps_in_auto_mode(host):
+    root = host(compute="DPX", memory="NPS1")
+    simulator.kernel_write(root, GPU3, COMPUTE, "CPX")
+    simulator.reload(root)
+    assert modes(root) == [("SPX", "NPS1")] * 8
+
+
+@pytest.mark.parametrize("partt, pending, expected", [
+    ("QPX", "NPS4", "QPX"),
+    ("DPX", None, "DPX"),
+    ("SPX", "NPS2", "DPX"),  # the driver refuses SPX under NPS2: falls back to AUTO
+])
+def test_reload_takes_compute_from_user_partt_mode(host, partt, pending, expected):
+    root = host(compute="SPX", memory="NPS1")
+    simulator.set_user_partt_mode(root, USER_PARTT_MODE[partt])
+    if pending:
+        simulator.kernel_write(root, GPU3, MEMORY, pending)
+    simulator.reload(root)
+    assert [c for c, _ in modes(root)] == [expected] * 8
+
+
+def test_module_parameter_reads_as_on_a_real_host(host):
+    root = host()
+    param = root / "module/amdgpu/parameters/user_partt_mode"
+    assert param.read_text() == "4294967294\n"  # AUTO (-2) through the kernel's uint
+    simulator.set_user_partt_mode(root, USER_PARTT_MODE["CPX"])
+    assert param.read_text() == "4\n"
+    with pytest.raises(UserError):
+        simulator.set_user_partt_mode(root, 7)
+
+
+def test_reload_refused_while_a_gpu_is_held(host):
+    root = host()
+    simulator.kernel_write(root, GPU3, MEMORY, "NPS2")
+    simulator.hold(root, 6, pid=555)
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        simulator.reload(root)
+    assert caught.value.returncode == 1
+    assert caught.value.stderr == "modprobe: FATAL: Module amdgpu is in use.\n"
+    state = simulator.read_state(root)
+    assert (state.pending_memory, state.counters["reloads"]) == ("NPS2", 0)
+    assert modes(root) == [("SPX", "NPS1")] * 8
+
+
+def test_counters_count_every_write_and_each_reload(host):
+    root = host()
+    simulator.kernel_write(root, GPU3, COMPUTE, "SPX")  # no-op
+    write_errno(root, GPU3, COMPUTE, "XPX")  # refused
+    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
+    simulator.reload(root)
+    simulator.reload(root)
+    assert simulator.read_state(root).counters == {"writes": 3, "reloads": 2}
+    simulator.create(root)  # starting afresh resets them
+    assert simulator.read_state(root).counters == {"writes": 0, "reloads": 0}
+
+
+def test_gpu_ids_are_stable_for_a_layout(host):
+    root = host(compute="CPX", memory="NPS4")
+    ids = [lg.gpu_id for lg in sysfs.discover(root).logical]
+    simulator.hold(root, 1, pid=5)  # rebuilds the tree
+    simulator.release(root)
+    assert [lg.gpu_id for lg in sysfs.discover(root).logical] == ids
+
+
+def test_old_kfd_trees_are_cleaned_up(host):
+    root = host()
+    for i in range(5):
+        simulator.hold(root, i, pid=7)
+    assert len([p for p in os.listdir(root / ".mipart-sim") if p.startswith("kfd-")]) <= 2
+
+
+def test_more_than_eight_gpus_continue_in_the_next_pci_domain(host):
+    root = host(gpus=10, compute="DPX")
+    state = sysfs.discover(root)
+    assert [g.bdf for g in state.physical[7:]] == ["0000:e5:00.0", "0001:05:00.0", "0001:26:00.0"]
+    assert [(lg.physical_index, lg.render_minor) for lg in state.logical[-2:]] == [(9, 200), (9, 201)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"compute": "SPX", "memory": "NPS4"}, "compute mode SPX is not valid under memory mode NPS4"),
+    ({"model": "mi250"}, "unknown model 'mi250'"),
+    ({"gpus": 17}, "--gpus must be 1..16"),
+    ({"compute": "TPX"}, "mi300x has no compute mode TPX"),
+])
+def test_create_rejects_impossible_hosts(tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        simulator.create(tmp_path / "host", **kwargs)
+    assert not (tmp_path / "host").exists()
+
+
+def test_create_refuses_a_directory_that_is_not_a_simulator(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an empty directory or a simulated host"):
+        simulator.create(tmp_path)
+    assert os.listdir(tmp_path) == ["precious.txt"]
+
+
+def test_operations_on_a_plain_directory_fail_cleanly(tmp_path):
+    with pytest.raises(UserError, match="not a simulated host"):
+        simulator.reload(tmp_path)
+    simulator.create(tmp_path / "h")
+    with pytest.raises(UserError, match="no GPU 8"):
+        simulator.hold(tmp_path / "h", 8, pid=1)
+
+
+def test_cli_drives_a_simulated_host(tmp_path):
+    root = tmp_path / "host"
+    assert mipart("sim", "create", root, "--model", "mi325x", "--gpus", "4", "--compute", "cpx",
+                  "--memory", "NPS4").returncode == 0
+    assert len(sysfs.discover(root).logical) == 32
+    assert mipart("sim", "hold", root, "2", "--pid", "321").returncode == 0
+    assert mipart("sim", "reset", root, "1", "--on").returncode == 0
+
+    refused = mipart("sim", "reload", root)
+    assert (refused.returncode, refused.stderr) == (1, "modprobe: FATAL: Module amdgpu is in use.\n")
+
+    shown = mipart("sim", "show", root)
+    assert "GPU 2 0000:46:00.0 CPX NPS4; held by 321" in shown.stdout
+    assert "GPU 1 0000:26:00.0 CPX NPS4; resetting" in shown.stdout
+    assert "counters: writes=0 reloads=0" in shown.stdout
+
+    assert mipart("sim", "release", root, "--pid", "321").returncode == 0
+    assert mipart("sim", "reset", root, "1", "--off").returncode == 0
+    assert mipart("sim", "reload", root).returncode == 0
+    state = json.loads(mipart("sim", "show", root, "--json").stdout)
+    assert state["model"] == "mi325x"
+    assert state["counters"] == {"writes": 0, "reloads": 1}
+    assert state["holders"] == {} and state["resetting"] == []
+
+
+def test_cli_hold_defaults_to_the_calling_process(tmp_path):
+    root = tmp_path / "host"
+    assert mipart("sim", "create", root).returncode == 0
+    assert mipart("sim", "hold", root, "0").returncode == 0
+    assert simulator.read_state(root).holders == {os.getpid(): [0]}
+
+
+@pytest.mark.parametrize("args", [
+    ["sim", "create", "{root}", "--compute", "SPX", "--memory", "NPS2"],
+    ["sim", "hold", "{root}", "0"],
+    ["sim", "show", "{root}"],
+])
+def test_cli_mistakes_are_one_line_without_traceback(tmp_path, args):
+    (tmp_path / "host").mkdir()
+    if args[1] != "create":
+        (tmp_path / "host" / "file").write_text("")
+    result = mipart(*[a.format(root=tmp_path / "host") for a in args])
+    assert result.returncode != 0
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("mipart: ")
+    assert "Traceback" not in result.stderr
