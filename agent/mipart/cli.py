@@ -7,6 +7,7 @@ Subcommands live in their own modules and are imported only when invoked, so
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
@@ -74,8 +75,6 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes become one line on stderr and a non-zero exit."""
-    import importlib.util  # noqa: F401  (LazyGroup._available uses importlib.util)
-
     try:
         result = cli.main(args=argv, prog_name="mipart", standalone_mode=False)
     except click.exceptions.Exit as exc:

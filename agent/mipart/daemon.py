@@ -138,6 +138,10 @@ class Agent:
             self.health[number].reset()
         for number in actions.start:
             self.log.info("instance.start", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="not running")
+        grace = time.monotonic() + self.profile.health.interval
+        for number in actions.start + actions.restart:
+            h = self.health[number]
+            h.gave_up, h.restart_attempts, h.next_restart = False, 0, grace  # a fresh start, not a crash restart
         if actions.restart or actions.stop:
             await self.update_nginx()  # out of rotation before they go down
         jobs = [asyncio.to_thread(self.runner.stop, n) for n in actions.stop]
@@ -191,6 +195,37 @@ class Agent:
             await asyncio.to_thread(self.runner.ensure_nginx, self.nginx)
             self.log.info("nginx.updated", ready=len(ready), instances=len(self.specs))
 
+    async def check_units(self) -> bool:
+        """One state read for all units: dead ones leave rotation now and restart with backoff."""
+        try:
+            states = await asyncio.to_thread(self.runner.list_instances)
+        except UserError as exc:
+            self.log.error("units.unreadable", reason=str(exc))
+            return False
+        changed = False
+        now = time.monotonic()
+        for number, h in self.health.items():
+            state = states.get(number)
+            if number not in self.specs or (state is not None and state.active):
+                continue
+            changed |= h.reset()
+            reason = f"unit {state.active_state}/{state.sub_state}" if state else "unit not running"
+            if h.gave_up:
+                continue
+            if not h.restart_due(now):
+                continue
+            if h.restart_attempts >= self.profile.health.max_restarts:
+                h.give_up(f"{reason}; {h.restart_attempts} restarts did not help")
+                self.log.error("instance.failed", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=h.last_error)
+                continue
+            delay = h.schedule_restart(now, self.profile.health.restart_backoff, self.profile.health.restart_backoff_max, reason)
+            self.log.warning("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=reason, attempt=h.restart_attempts, next_backoff=f"{delay:g}s")
+            try:
+                await asyncio.to_thread(self.runner.start, number)
+            except Exception as exc:  # a D-Bus or exec failure must not kill the agent
+                self.log.error("instance.start_failed", unit=f"mipart-vllm@{number}", reason=str(exc))
+        return changed
+
     async def probe_all(self, session, force: bool = False) -> bool:
         from mipart.health import probe
 
@@ -243,13 +278,18 @@ class Agent:
             self.notifier.send("READY=1")
             self._notify_status()
             self.log.info("agent.ready", status=self.status_line())
+            next_check = 0.0
             while not self.stopping.is_set():
                 if self.reload_requested.is_set():
                     await self._reload()
-                if await self.probe_all(session):
-                    await self.update_nginx()
-                elif not self.runner.nginx_running(self.nginx):
-                    self.log.warning("nginx.gone", action="restart with the current config")
+                changed = await self.probe_all(session)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.profile.health.interval
+                    changed |= await self.check_units()
+                    if not await asyncio.to_thread(self.runner.nginx_running, self.nginx):
+                        self.log.warning("nginx.gone", action="start it with the current config")
+                        changed = True
+                if changed:
                     await self.update_nginx()
                 self._notify_status()
                 self.notifier.watchdog()

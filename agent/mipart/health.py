@@ -23,6 +23,10 @@ class InstanceHealth:
     since: float = field(default_factory=time.time)
     last_probe: float = 0.0
     last_error: str = ""
+    restart_attempts: int = 0  # restarts since it was last ready
+    restarts_total: int = 0
+    next_restart: float = 0.0
+    gave_up: bool = False
 
     def due(self, now: float, interval: float) -> bool:
         return now - self.last_probe >= (interval if self.ready else STARTING_PROBE_INTERVAL)
@@ -31,7 +35,7 @@ class InstanceHealth:
         """Returns True when readiness changed."""
         self.last_probe = time.monotonic()
         if ok:
-            self.failures, self.last_error = 0, ""
+            self.failures, self.last_error, self.restart_attempts = 0, "", 0
             if not self.ready:
                 self.ready, self.since = True, time.time()
                 return True
@@ -42,6 +46,21 @@ class InstanceHealth:
             self.ready, self.since = False, time.time()
             return True
         return False
+
+    def restart_due(self, now: float) -> bool:
+        return now >= self.next_restart
+
+    def schedule_restart(self, now: float, base: float, cap: float, reason: str) -> float:
+        """Exponential backoff: base, 2*base, 4*base ... up to cap, never a tight loop."""
+        delay = min(base * (2 ** self.restart_attempts), cap)
+        self.restart_attempts += 1
+        self.restarts_total += 1
+        self.next_restart = now + delay
+        self.last_error = reason
+        return delay
+
+    def give_up(self, reason: str) -> None:
+        self.gave_up, self.last_error = True, reason
 
     def reset(self) -> bool:
         """The process went away or was restarted: out of rotation now."""

@@ -54,10 +54,13 @@ class ProcessRunner:
     def list_instances(self) -> dict[int, UnitState]:
         states = {n: UnitState(n, "active", "running", pid) for n, pid in self._adopted().items()}
         for number, child in list(self.children.items()):
-            code = child.poll()
-            if code is None or number in states:
+            if number in states:
                 continue
-            states[number] = UnitState(number, "failed" if code else "inactive", "failed" if code else "dead")
+            code = child.poll()
+            if code is None:  # the launcher has not exec'd the server yet
+                states[number] = UnitState(number, "activating", "start", child.pid)
+            else:
+                states[number] = UnitState(number, "failed" if code else "inactive", "failed" if code else "dead")
         return states
 
     def start(self, number: int) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -20,6 +23,15 @@ def units_to_enable() -> list[str]:
 
 def enabled_state(m: Machine, unit: str) -> str:
     return m.run(f"systemctl is-enabled {unit}", check=False).stdout.strip()
+
+
+def test_lintian(deb):
+    if not shutil.which("lintian"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "lintian"], check=True,
+                       capture_output=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    p = subprocess.run(["lintian", "--allow-root", "--fail-on", "error", str(deb)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_apt_install_live(machine: Machine, deb):
@@ -50,10 +62,10 @@ def test_apt_install_live(machine: Machine, deb):
     assert int(user[2]) < 1000 and user[5] == "/var/lib/mipart", user
     assert machine.run("getent group mipart", check=False).returncode == 0
     assert machine.run("stat -c %U /var/lib/mipart").stdout.strip() == "mipart"
+    conffiles = machine.run("dpkg-query -W -f='${Conffiles}' mipart").stdout
     for f in (REPO / "etc").rglob("*"):
         if f.is_file():
-            rel = "/" + str(f.relative_to(REPO))
-            assert rel in machine.run("dpkg-query -W -f='${Conffiles}' mipart").stdout, rel
+            assert f"/{f.relative_to(REPO)} " in conffiles, f
 
 
 def test_image_bake(machine: Machine, deb):

@@ -38,6 +38,8 @@ def user_partt_mode(root: Path) -> str:
         value = int((root / USER_PARTT_PARAM).read_text().strip())
     except (OSError, ValueError):
         return "AUTO"
+    if value >= 2**31:  # the kernel declares the parameter uint: AUTO (-2) reads 4294967294
+        value -= 2**32
     names = {number: name for name, number in modes.USER_PARTT_MODE.items()}
     return names.get(value, "AUTO")
 

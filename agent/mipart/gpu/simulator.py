@@ -79,10 +79,9 @@ def create(root: Path, model: str = "mi300x", gpus: int = 8, compute: str = "SPX
     if spec is None:
         raise UserError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
     compute, memory = compute.upper(), memory.upper()
-    if compute not in spec.compute_modes:
-        raise UserError(f"{spec.name} has no compute mode {compute}; use one of {', '.join(spec.compute_modes)}")
-    if memory not in spec.memory_modes:
-        raise UserError(f"{spec.name} has no memory mode {memory}; use one of {', '.join(spec.memory_modes)}")
+    for kind, mode, known in (("compute", compute, spec.compute_modes), ("memory", memory, spec.memory_modes)):
+        if mode not in known:
+            raise UserError(f"{spec.name} has no {kind} mode {mode}; use one of {', '.join(known)}")
     if not compatible(compute, memory, spec.xcc_count):
         raise UserError(f"compute mode {compute} is not valid under memory mode {memory} (the driver refuses it)")
     if not 1 <= gpus <= MAX_GPUS:
@@ -211,7 +210,7 @@ def release(root: Path, gpu_index: int | None = None, pid: int | None = None) ->
         for holder in list(state.holders):
             if pid is not None and holder != pid:
                 continue
-            left = [i for i in state.holders[holder] if gpu_index is not None and i != gpu_index]
+            left = [] if gpu_index is None else [i for i in state.holders[holder] if i != gpu_index]
             if left:
                 state.holders[holder] = left
             else:

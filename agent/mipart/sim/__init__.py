@@ -1,1 +1,1 @@
-"""`mipart sim`: drive a simulated GPU host (and, in `engine`, a fake inference engine) for tests and demos."""
+"""`mipart sim`: a simulated GPU host (and, in `engine`, a fake inference engine) for tests and demos."""

@@ -90,9 +90,12 @@ def show(root: Path, as_json: bool) -> None:
     partt = {number: name for name, number in USER_PARTT_MODE.items()}[state.user_partt_mode]
     click.echo(f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt})")
     for i, gpu in enumerate(state.gpus):
+        line = f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}"
         holders = sorted(pid for pid, held in state.holders.items() if i in held)
-        notes = ([f"held by {', '.join(map(str, holders))}"] if holders else []) + (
-            ["resetting"] if i in state.resetting else [])
-        click.echo(f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}" + "".join(f"; {n}" for n in notes))
+        if holders:
+            line += f"; held by {', '.join(map(str, holders))}"
+        if i in state.resetting:
+            line += "; resetting"
+        click.echo(line)
     click.echo(f"pending memory: {state.pending_memory or 'none'}")
     click.echo(f"counters: writes={state.counters['writes']} reloads={state.counters['reloads']}")

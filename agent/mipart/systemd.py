@@ -1,0 +1,84 @@
+"""Instances and nginx as systemd units, through systemd's D-Bus API.
+
+pydbus is unmaintained and its calls block: it stays inside this module, and the agent
+calls these methods from worker threads. Unit states come from one
+ListUnitsByPatterns call for all instances, not a GLib main loop.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from mipart.errors import UserError
+from mipart.nginx import NginxFiles
+from mipart.runner import UnitState
+
+INSTANCE_PATTERN = "mipart-vllm@*.service"
+NGINX_UNIT = "mipart-nginx.service"
+
+
+def instance_unit(number: int) -> str:
+    return f"mipart-vllm@{number}.service"
+
+
+class SystemdRunner:
+    def __init__(self):
+        self._local = threading.local()
+
+    def _manager(self):
+        """One bus connection per worker thread; GLib connections are not shared across threads safely."""
+        manager = getattr(self._local, "manager", None)
+        if manager is None:
+            try:
+                from pydbus import SystemBus
+
+                bus = SystemBus()
+                manager = bus.get(".systemd1")
+            except Exception as exc:  # GLib.Error and friends: no bus, no systemd
+                raise UserError(f"cannot reach systemd over D-Bus ({exc}); run the agent under systemd, or use --runner process") from None
+            self._local.bus, self._local.manager = bus, manager
+        return manager
+
+    def _property(self, unit: str, name: str):
+        manager = self._manager()
+        path = manager.LoadUnit(unit)
+        return getattr(self._local.bus.get(".systemd1", path), name)
+
+    def list_instances(self) -> dict[int, UnitState]:
+        states = {}
+        for name, _desc, _load, active, sub, *_ in self._manager().ListUnitsByPatterns([], [INSTANCE_PATTERN]):
+            number = name[len("mipart-vllm@") : -len(".service")]
+            if number.isdigit():
+                states[int(number)] = UnitState(int(number), active, sub, self.main_pid(name) if active in ("active", "reloading") else 0)
+        return states
+
+    def main_pid(self, unit: str) -> int:
+        return int(self._property(unit, "MainPID") or 0)
+
+    def start(self, number: int) -> None:
+        unit = instance_unit(number)
+        if self._failed(unit):
+            self._manager().ResetFailedUnit(unit)
+        self._manager().StartUnit(unit, "replace")
+
+    def _failed(self, unit: str) -> bool:
+        return self._property(unit, "ActiveState") == "failed"
+
+    def stop(self, number: int) -> None:
+        self._manager().StopUnit(instance_unit(number), "replace")
+
+    def restart(self, number: int) -> None:
+        self._manager().RestartUnit(instance_unit(number), "replace")
+
+    def ensure_nginx(self, files: NginxFiles) -> None:
+        """mipart-nginx.service's ExecReload runs `nginx -t` and HUPs; start it when down."""
+        manager = self._manager()
+        if self._property(NGINX_UNIT, "ActiveState") == "active":
+            manager.ReloadUnit(NGINX_UNIT, "replace")
+        else:
+            if self._failed(NGINX_UNIT):
+                manager.ResetFailedUnit(NGINX_UNIT)
+            manager.StartUnit(NGINX_UNIT, "replace")
+
+    def nginx_running(self, files: NginxFiles) -> bool:
+        return self._property(NGINX_UNIT, "ActiveState") in ("active", "reloading", "activating")

@@ -1,0 +1,131 @@
+"""Serving through the real agent and a real nginx, with fake engines as instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from serving import ServingHost
+
+pytestmark = pytest.mark.nginx
+
+
+@pytest.fixture
+def host(tmp_path):
+    serving = ServingHost(tmp_path)
+    yield serving
+    serving.close()
+
+
+def test_sixteen_instances_serve_and_nginx_reaches_all(host):
+    host.start_agent()
+    host.wait_ready(16)
+    assert len(host.instance_pids()) == 16
+    backends = set()
+    for _ in range(96):
+        status, backend = host.backend_of_one_request()
+        assert status == 200
+        backends.add(backend)
+    assert backends == {f"127.0.0.1:{host.base + n}" for n in range(16)}
+    conf = host.nginx_conf()
+    assert "least_conn;" in conf and "zone mipart_chat" in conf and "proxy_buffering off;" in conf
+    # sized from what the instances accept (16 x 256 seqs x 2 connections + headroom), not a constant
+    assert "worker_connections 8704;" in conf
+
+
+def test_streaming_arrives_token_by_token(host):
+    host.write_profile(tps=20)
+    host.start_agent()
+    host.wait_ready(16)
+    response = host.request(max_tokens=10, stream=True)
+    assert response.status == 200
+    assert response.getheader("Content-Type").startswith("text/event-stream")
+    arrivals = []
+    for raw in response:
+        line = raw.decode().strip()
+        if line.startswith("data: {"):
+            arrivals.append(time.monotonic())
+    assert len(arrivals) == 10
+    # 10 tokens at 20/s: nginx must pass each as it comes, not hold them until the end
+    assert arrivals[-1] - arrivals[0] >= 0.3
+
+
+def test_a_service_with_no_ready_instance_answers_503_json(tmp_path):
+    host = ServingHost(tmp_path, delay=30)
+    try:
+        host.start_agent()
+        host.wait_for(lambda: "upstream mipart_chat" in host.nginx_conf(), what="nginx config")
+        time.sleep(0.5)
+        response = host.request()
+        body = json.loads(response.read())
+        assert response.status == 503
+        assert body["error"]["type"] == "ServiceUnavailable"
+        assert host.nginx_conf().count(" down;") == 16  # the whole service listed, none routed to
+    finally:
+        host.close()
+
+
+def test_an_instance_that_is_not_ready_is_never_routed_to(host):
+    host.start_agent()
+    host.wait_ready(16)
+    pids = host.instance_pids()
+    os.kill(pids[5], signal.SIGUSR1)  # engine dead, port open: /health 503
+    host.wait_ready(15, timeout=10)
+    assert f"server 127.0.0.1:{host.base + 5} down;" in host.nginx_conf()
+    for _ in range(64):
+        status, backend = host.backend_of_one_request()
+        assert (status, backend) != (200, f"127.0.0.1:{host.base + 5}")
+        assert backend != f"127.0.0.1:{host.base + 5}"
+
+
+def test_nginx_refused_config_keeps_the_old_one_serving(host):
+    host.start_agent()
+    host.wait_ready(16)
+    before = host.nginx_conf()
+    pids = host.instance_pids()
+    # Valid for mipart (a host name), refused by nginx -t: the name does not resolve.
+    host.write_profile(listen_host="no-such-host.invalid")
+    host.hup()
+    host.wait_for(lambda: "nginx.config_rejected" in host.log_text(), what="the rejection in the log")
+    assert host.nginx_conf() == before
+    assert "listen no-such-host.invalid:" in (host.run_dir / "nginx/nginx.conf.rejected").read_text()
+    rejection = next(line for line in host.log_text().splitlines() if "nginx.config_rejected" in line)
+    assert 'host not found in \\"no-such-host.invalid' in rejection or "host not found" in rejection, rejection
+    assert host.backend_of_one_request()[0] == 200
+    assert host.instance_pids() == pids
+
+
+@pytest.mark.parametrize("breakage", [
+    ("model", "    model: test/fake-llm", '    model: "test/fake\\nExecStart=/bin/sh"', "services.chat.model contains a control character"),
+    ("args", "    args: []", '    args: ["--x\\u0007"]', "services.chat.args[0] contains a control character"),
+    ("env", "    args: []", '    args: []\n    env: {A: "x\\ny"}', "services.chat.env.A contains a control character"),
+    ("ports", "instances:", '  other: {model: a/b, listen: "127.0.0.1:LISTEN", partitions: [0]}\ninstances:', "already used by services.chat.listen"),
+    ("unreadable", None, None, "is a directory"),
+], ids=["model-newline", "args-control", "env-newline", "duplicate-port", "unreadable"])
+def test_bad_profile_on_reload_changes_nothing_that_runs(host, breakage):
+    kind, old, new, message = breakage
+    host.start_agent()
+    host.wait_ready(16)
+    pids = host.instance_pids()
+    conf = host.nginx_conf()
+    if kind == "unreadable":
+        host.profile.unlink()
+        host.profile.mkdir()
+    else:
+        text = host.profile.read_text()
+        assert old in text
+        host.profile.write_text(text.replace(old, new.replace("LISTEN", str(host.listen)), 1))
+    host.hup()
+    host.wait_for(lambda: "profile.invalid" in host.log_text(), what="the rejection in the log")
+    rejected = [line for line in host.log_text().splitlines() if "profile.invalid" in line]
+    assert any(message in line for line in rejected), rejected
+    time.sleep(1.0)
+    assert host.agent.poll() is None
+    assert host.instance_pids() == pids
+    assert host.nginx_conf() == conf
+    assert host.backend_of_one_request()[0] == 200
+    assert "Traceback" not in host.log_text()
