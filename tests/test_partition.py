@@ -22,7 +22,11 @@ class Host:
         self.tmp = tmp_path
         done = mipart("sim", "create", self.root, "--model", model, "--gpus", "8", "--compute", compute, "--memory", memory)
         assert done.returncode == 0, done.stderr
-        self.env = {"MIPART_SYSFS_ROOT": str(self.root), "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {self.root}"}
+        self.env = {
+            "MIPART_SYSFS_ROOT": str(self.root),
+            "MIPART_RUN_DIR": str(tmp_path / "run"),
+            "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {self.root}",
+        }
 
     def profile(self, text: str):
         path = self.tmp / "profile.yaml"
@@ -53,6 +57,8 @@ def test_spx_to_dpx_nps2_takes_one_reload_and_gives_16(tmp_path, model):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "applied: 1 writes, 1 reloads; 16 logical GPUs"
     assert host.counters() == {"writes": 1, "reloads": 1}  # AUTO after the reload already gives DPX
+    record = json.loads((tmp_path / "run/partition.json").read_text())
+    assert record["ok"] is True and record["result"]["writes"] == 1 and record["result"]["reloads"] == 1
     assert host.logical_count() == 16
     assert host.run("partition", "assert", "--profile", profile).returncode == 0
 

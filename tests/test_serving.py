@@ -69,17 +69,27 @@ def test_a_service_with_no_ready_instance_answers_503_json(tmp_path):
         host.close()
 
 
-def test_an_instance_that_is_not_ready_is_never_routed_to(host):
+def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(host):
     host.start_agent()
     host.wait_ready(16)
     pids = host.instance_pids()
-    os.kill(pids[5], signal.SIGUSR1)  # engine dead, port open: /health 503
-    host.wait_ready(15, timeout=10)
-    assert f"server 127.0.0.1:{host.base + 5} down;" in host.nginx_conf()
-    for _ in range(64):
+    os.kill(pids[5], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
+    marked_down = f"server 127.0.0.1:{host.base + 5} down;"
+    host.wait_for(lambda: marked_down in host.nginx_conf(), timeout=10, what="instance 5 out of rotation")
+    checked = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        down_before = marked_down in host.nginx_conf()
         status, backend = host.backend_of_one_request()
-        assert (status, backend) != (200, f"127.0.0.1:{host.base + 5}")
-        assert backend != f"127.0.0.1:{host.base + 5}"
+        if down_before and marked_down in host.nginx_conf():
+            checked += 1
+            assert backend != f"127.0.0.1:{host.base + 5}", "routed to an instance marked down"
+            assert status == 200
+    assert checked > 10
+    # The agent restarts it; it rejoins only once its /health answers 200 again.
+    host.wait_for(lambda: host.instance_pids().get(5) not in (None, pids[5]), timeout=15, what="a new instance 5")
+    host.wait_ready(16, timeout=15)
+    assert "event='instance.restart' unit='mipart-vllm@5'" in host.log_text()
 
 
 def test_nginx_refused_config_keeps_the_old_one_serving(host):

@@ -44,11 +44,18 @@ def plan_cmd(profile_path: str, as_json: bool) -> int:
 @profile_option
 def apply_cmd(profile_path: str) -> int:
     """Apply the layout: memory first, one driver reload at most, then compute; verify."""
+    from mipart.errors import UserError
     from mipart.log import get_logger
     from mipart.partition.apply import apply
+    from mipart.partition.record import record_apply
 
     profile = _load(profile_path)
-    result = apply(profile.gpus, _root(), get_logger("mipart.partition"))
+    try:
+        result = apply(profile.gpus, _root(), get_logger("mipart.partition"))
+    except UserError as exc:
+        record_apply(ok=False, error=str(exc), profile_digest=profile.digest)
+        raise
+    record_apply(ok=not result.not_restarted, result=result, profile_digest=profile.digest)
     click.echo(f"applied: {result.writes} writes, {result.reloads} reloads; {result.logical_gpus} logical GPUs")
     if result.not_restarted:
         click.echo(f"mipart: client services did not start again: {', '.join(result.not_restarted)}; see `systemctl status`", err=True)

@@ -135,13 +135,10 @@ class Agent:
             self.log.info("instance.stop", unit=f"mipart-vllm@{number}", reason="no longer in profile")
         for number in actions.restart:
             self.log.info("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="spec changed")
-            self.health[number].reset()
         for number in actions.start:
             self.log.info("instance.start", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="not running")
-        grace = time.monotonic() + self.profile.health.interval
         for number in actions.start + actions.restart:
-            h = self.health[number]
-            h.gave_up, h.restart_attempts, h.next_restart = False, 0, grace  # a fresh start, not a crash restart
+            self.health[number].fresh_start(grace=self.profile.health.interval)
         if actions.restart or actions.stop:
             await self.update_nginx()  # out of rotation before they go down
         jobs = [asyncio.to_thread(self.runner.stop, n) for n in actions.stop]
@@ -181,7 +178,7 @@ class Agent:
         from mipart.nginx import NginxRejected, install_config
         from mipart.nginx_conf import render_nginx
 
-        ready = frozenset(n for n, h in self.health.items() if h.ready and n in self.specs)
+        ready = frozenset(n for n, h in self.health.items() if h.in_rotation and n in self.specs)
         text = render_nginx(self.profile, tuple(self.specs.values()), ready, self.nginx.prefix)
         try:
             changed = await asyncio.to_thread(install_config, self.nginx, text)
@@ -196,56 +193,79 @@ class Agent:
             self.log.info("nginx.updated", ready=len(ready), instances=len(self.specs))
 
     async def check_units(self) -> bool:
-        """One state read for all units: dead ones leave rotation now and restart with backoff."""
+        """One state read for all units: a dead one leaves rotation at once."""
         try:
             states = await asyncio.to_thread(self.runner.list_instances)
         except UserError as exc:
             self.log.error("units.unreadable", reason=str(exc))
             return False
         changed = False
-        now = time.monotonic()
         for number, h in self.health.items():
             state = states.get(number)
-            if number not in self.specs or (state is not None and state.active):
-                continue
-            changed |= h.reset()
-            reason = f"unit {state.active_state}/{state.sub_state}" if state else "unit not running"
-            if h.gave_up:
-                continue
-            if not h.restart_due(now):
-                continue
-            if h.restart_attempts >= self.profile.health.max_restarts:
-                h.give_up(f"{reason}; {h.restart_attempts} restarts did not help")
-                self.log.error("instance.failed", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=h.last_error)
-                continue
-            delay = h.schedule_restart(now, self.profile.health.restart_backoff, self.profile.health.restart_backoff_max, reason)
-            self.log.warning("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=reason, attempt=h.restart_attempts, next_backoff=f"{delay:g}s")
-            try:
-                await asyncio.to_thread(self.runner.start, number)
-            except Exception as exc:  # a D-Bus or exec failure must not kill the agent
-                self.log.error("instance.start_failed", unit=f"mipart-vllm@{number}", reason=str(exc))
+            if number in self.specs and (state is None or not state.active):
+                reason = f"unit {state.active_state}/{state.sub_state}" if state else "unit not running"
+                if h.unit_gone(reason):
+                    changed = True
+                    self.log.warning("instance.unhealthy", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=reason)
         return changed
+
+    async def check_files(self) -> bool:
+        """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone."""
+        missing = await asyncio.to_thread(self._missing_specs)
+        if missing:
+            self.log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")
+            await asyncio.to_thread(self._write_specs, self.specs)
+        if not self.nginx.conf.exists():
+            self.log.warning("files.missing", file=str(self.nginx.conf), action="rewrite")
+            return True
+        if not await asyncio.to_thread(self.runner.nginx_running, self.nginx):
+            self.log.warning("nginx.gone", action="start it with the current config")
+            return True
+        return False
+
+    def _missing_specs(self) -> list[int]:
+        from mipart.paths import instance_spec_path
+
+        return [n for n in self.specs if not instance_spec_path(n, self.run_dir).exists()]
+
+    async def restart_due(self) -> None:
+        """Restart unhealthy or stuck instances, with backoff; runs after nginx dropped them."""
+        now, spec = time.monotonic(), self.profile.health
+        for number, h in list(self.health.items()):
+            if number not in self.specs or not h.needs_restart(now, spec):
+                continue
+            delay = h.begin_restart(now, spec)
+            unit = f"mipart-vllm@{number}"
+            if delay is None:
+                self.log.error("instance.failed", unit=unit, gpu=self._gpus(number), reason=h.last_error)
+                continue
+            self.log.warning("instance.restart", unit=unit, gpu=self._gpus(number), reason=h.last_error, attempt=h.restart_attempts, next_backoff=f"{delay:g}s")
+            try:
+                await asyncio.to_thread(self.runner.restart, number)
+            except Exception as exc:  # a D-Bus or exec failure must not kill the agent
+                self.log.error("instance.restart_failed", unit=unit, reason=str(exc))
 
     async def probe_all(self, session, force: bool = False) -> bool:
         from mipart.health import probe
 
-        now = time.monotonic()
-        interval, timeout = self.profile.health.interval, self.profile.health.timeout
-        due = [h for n, h in self.health.items() if n in self.specs and (force or h.due(now, interval))]
+        now, spec = time.monotonic(), self.profile.health
+        due = [h for n, h in self.health.items() if n in self.specs and (force or h.due(now, spec))]
         if not due:
             return False
         for h in due:
             h.last_probe = now
-        results = await asyncio.gather(*(probe(session, self.specs[h.number].port, timeout) for h in due))
+        results = await asyncio.gather(*(probe(session, self.specs[h.number].port, spec.timeout) for h in due))
         changed = False
         for h, (ok, error) in zip(due, results):
-            if h.record(ok, error, self.profile.health.unhealthy_after):
-                changed = True
-                self.log.info("instance.ready" if h.ready else "instance.unready", unit=f"mipart-vllm@{h.number}", gpu=self._gpus(h.number), reason=error or "/health 200")
+            before = h.state
+            changed |= h.record(ok, error, spec)
+            if h.state != before:
+                log = self.log.info if h.state == "ready" else self.log.warning
+                log(f"instance.{h.state}", unit=f"mipart-vllm@{h.number}", gpu=self._gpus(h.number), reason=error or "/health 200", was=before)
         return changed
 
     def status_line(self) -> str:
-        ready = sum(1 for n, h in self.health.items() if h.ready and n in self.specs)
+        ready = sum(1 for n, h in self.health.items() if h.in_rotation and n in self.specs)
         line = f"{ready}/{len(self.specs)} instances ready"
         if self.status.profile_error:
             line += f"; profile rejected, running the last good one: {self.status.profile_error}"
@@ -286,11 +306,10 @@ class Agent:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.profile.health.interval
                     changed |= await self.check_units()
-                    if not await asyncio.to_thread(self.runner.nginx_running, self.nginx):
-                        self.log.warning("nginx.gone", action="start it with the current config")
-                        changed = True
+                    changed |= await self.check_files()
                 if changed:
                     await self.update_nginx()
+                await self.restart_due()
                 self._notify_status()
                 self.notifier.watchdog()
                 try:

@@ -1,8 +1,10 @@
-"""Readiness of each instance from its /health, as nginx membership follows it.
+"""Per-instance health: a small state machine fed by /health probes and unit states.
 
-An instance becomes ready on its first 200 and leaves rotation after `unhealthy_after`
-failed probes in a row (one slow answer does not flap the pool), or at once when its
-process is gone.
+starting -> ready -> degraded -> unhealthy -> restarting -> ready ... or failed.
+Only ready and degraded instances are in nginx. Startup is not a failure (model loads
+take minutes): it has its own timeout. Restarts back off exponentially, and after
+max_restarts in a row without becoming ready the instance is left `failed`, with the
+reason kept, never restarted in a tight loop.
 """
 
 from __future__ import annotations
@@ -11,62 +13,95 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from mipart.profile.schema import HealthSpec
+
 # Starting instances are probed this often, so a fresh server joins nginx quickly.
 STARTING_PROBE_INTERVAL = 0.2
+IN_ROTATION = ("ready", "degraded")
 
 
 @dataclass
 class InstanceHealth:
     number: int
-    ready: bool = False
+    state: str = "starting"
+    since: float = field(default_factory=time.time)  # wall clock, for people
+    started_at: float = field(default_factory=time.monotonic)
     failures: int = 0
-    since: float = field(default_factory=time.time)
     last_probe: float = 0.0
     last_error: str = ""
     restart_attempts: int = 0  # restarts since it was last ready
     restarts_total: int = 0
     next_restart: float = 0.0
-    gave_up: bool = False
 
-    def due(self, now: float, interval: float) -> bool:
-        return now - self.last_probe >= (interval if self.ready else STARTING_PROBE_INTERVAL)
+    @property
+    def in_rotation(self) -> bool:
+        return self.state in IN_ROTATION
 
-    def record(self, ok: bool, error: str, unhealthy_after: int) -> bool:
-        """Returns True when readiness changed."""
-        self.last_probe = time.monotonic()
-        if ok:
-            self.failures, self.last_error, self.restart_attempts = 0, "", 0
-            if not self.ready:
-                self.ready, self.since = True, time.time()
-                return True
+    def _enter(self, state: str) -> bool:
+        """Returns True when nginx membership changed."""
+        if state == self.state:
             return False
+        was = self.in_rotation
+        self.state, self.since = state, time.time()
+        return was != self.in_rotation
+
+    def probe_interval(self, spec: HealthSpec) -> float:
+        if self.state == "ready":
+            return spec.interval
+        if self.state == "degraded":
+            return min(spec.interval, spec.timeout)  # confirm or clear a failure quickly
+        return STARTING_PROBE_INTERVAL
+
+    def due(self, now: float, spec: HealthSpec) -> bool:
+        return self.state not in ("unhealthy", "failed") and now - self.last_probe >= self.probe_interval(spec)
+
+    def record(self, ok: bool, error: str, spec: HealthSpec) -> bool:
+        if ok:
+            self.failures, self.restart_attempts = 0, 0
+            self.last_error = "" if self.state != "degraded" else self.last_error
+            return self._enter("ready")
         self.failures += 1
         self.last_error = error
-        if self.ready and self.failures >= unhealthy_after:
-            self.ready, self.since = False, time.time()
+        if self.state == "ready":
+            return self._enter("unhealthy" if self.failures >= spec.unhealthy_after else "degraded")
+        if self.state == "degraded" and self.failures >= spec.unhealthy_after:
+            return self._enter("unhealthy")
+        return False  # starting/restarting: not ready yet is not a failure
+
+    def unit_gone(self, reason: str) -> bool:
+        """The process died (or never ran): out of rotation at once."""
+        if self.state in ("failed", "unhealthy") or (self.state in ("starting", "restarting") and time.monotonic() < self.next_restart):
+            return False
+        self.last_error = reason
+        return self._enter("unhealthy")
+
+    def needs_restart(self, now: float, spec: HealthSpec) -> bool:
+        if self.state == "unhealthy":
+            return now >= self.next_restart
+        if self.state in ("starting", "restarting") and now - self.started_at > spec.startup_timeout:
+            self.last_error = f"not ready within health.startup_timeout ({spec.startup_timeout:g}s)"
             return True
         return False
 
-    def restart_due(self, now: float) -> bool:
-        return now >= self.next_restart
-
-    def schedule_restart(self, now: float, base: float, cap: float, reason: str) -> float:
-        """Exponential backoff: base, 2*base, 4*base ... up to cap, never a tight loop."""
-        delay = min(base * (2 ** self.restart_attempts), cap)
+    def begin_restart(self, now: float, spec: HealthSpec) -> float | None:
+        """Schedules the restart; None when it should give up (the state is then failed)."""
+        if self.restart_attempts >= spec.max_restarts:
+            self.last_error = f"{self.last_error}; gave up after {self.restart_attempts} restarts"
+            self._enter("failed")
+            return None
+        delay = min(spec.restart_backoff * (2**self.restart_attempts), spec.restart_backoff_max)
         self.restart_attempts += 1
         self.restarts_total += 1
-        self.next_restart = now + delay
-        self.last_error = reason
+        self.failures = 0
+        self.started_at, self.next_restart = now, now + delay
+        self._enter("restarting")
         return delay
 
-    def give_up(self, reason: str) -> None:
-        self.gave_up, self.last_error = True, reason
-
-    def reset(self) -> bool:
-        """The process went away or was restarted: out of rotation now."""
-        changed = self.ready
-        self.ready, self.failures, self.since = False, 0, time.time() if changed else self.since
-        return changed
+    def fresh_start(self, grace: float) -> bool:
+        """Started or restarted for a new spec: a new life, not a crash."""
+        self.restart_attempts, self.failures, self.last_error = 0, 0, ""
+        self.started_at, self.next_restart = time.monotonic(), time.monotonic() + grace
+        return self._enter("starting")
 
 
 async def probe(session, port: int, timeout: float) -> tuple[bool, str]:

@@ -94,16 +94,22 @@ class ProcessRunner:
     def ensure_nginx(self, files: NginxFiles) -> None:
         """Start nginx if none runs on our config, else make it re-read the file."""
         if self.nginx is not None and self.nginx.poll() is None:
-            signal_reload(files)
+            os.kill(self.nginx.pid, signal.SIGHUP)  # by our own handle: the pid file may be gone
             return
-        if signal_reload(files) and _pid_file_alive(files):
-            return  # adopted: started by an earlier agent
+        if self.nginx is not None:
+            _kill_group(self.nginx.pid)  # its workers outlive a killed master and hold the port
+            self.nginx = None
+        elif _pid_file_alive(files):
+            signal_reload(files)  # adopted: started by an earlier agent
+            return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "mipart-nginx.log", "ab") as log:
             self.nginx = subprocess.Popen(files.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def nginx_running(self, files: NginxFiles) -> bool:
-        return (self.nginx is not None and self.nginx.poll() is None) or _pid_file_alive(files)
+        if self.nginx is not None:
+            return self.nginx.poll() is None
+        return _pid_file_alive(files)
 
     def shutdown(self, files: NginxFiles) -> None:
         """Stop everything this runner serves (the demo's Ctrl-C)."""
@@ -120,6 +126,13 @@ def _pid_file_alive(files: NginxFiles) -> bool:
         return procs.alive(int(files.pid_file.read_text().strip()))
     except (OSError, ValueError):
         return False
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _terminate(pid: int, sig: int = signal.SIGTERM) -> None:

@@ -1,0 +1,210 @@
+"""The agent's read-only HTTP API: status, instances, Prometheus metrics and targets.
+
+It runs on the agent's own event loop, so handlers only read the Agent's fields;
+the host-side facts (sysfs, the last apply, unit states) come from a snapshot taken
+in a worker thread at most about once a second. Every error is JSON:
+{"error": {"code": 404, "message": "..."}}. See openapi.yaml beside this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import socket
+import stat
+import time
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from mipart import status
+from mipart.errors import UserError
+
+DEFAULT_LISTEN = "127.0.0.1:8049"
+HOST_CACHE_SECONDS = 1.0
+SOCKET_MODE = 0o660
+AGENT_KEY = web.AppKey("agent", object) if hasattr(web, "AppKey") else "agent"
+CACHE_KEY = web.AppKey("host_cache", object) if hasattr(web, "AppKey") else "host_cache"
+
+
+class HostCache:
+    """status.collect_host() in a worker thread, shared by requests for HOST_CACHE_SECONDS."""
+
+    def __init__(self, agent, max_age: float = HOST_CACHE_SECONDS):
+        self.agent = agent
+        self.max_age = max_age
+        self._snapshot: status.HostSnapshot | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> status.HostSnapshot:
+        if self._fresh():
+            return self._snapshot
+        async with self._lock:  # one refresh at a time; the others wait and share it
+            if not self._fresh():
+                self._snapshot = await asyncio.to_thread(status.collect_host, self.agent)
+            return self._snapshot
+
+    def _fresh(self) -> bool:
+        return self._snapshot is not None and time.monotonic() - self._snapshot.taken < self.max_age
+
+
+def error_response(code: int, message: str, headers: dict | None = None) -> web.Response:
+    body = json.dumps({"error": {"code": code, "message": message}})
+    return web.Response(status=code, text=body, content_type="application/json", headers=headers)
+
+
+def _json(data) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=1) + "\n", content_type="application/json")
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(405, f"method {request.method} not allowed on {request.path}; use {allowed}", {"Allow": allowed})
+    except web.HTTPNotFound:
+        return error_response(404, f"no such path: {request.path}; see /openapi.yaml for the API")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug must answer 500 JSON, and never take the agent down
+        log = getattr(request.app[AGENT_KEY], "log", None)
+        if log is not None:
+            log.error("api.error", path=request.path, reason=f"{exc.__class__.__name__}: {exc}")
+        return error_response(500, f"internal error: {exc.__class__.__name__}")
+
+
+def _agent(request: web.Request):
+    return request.app[AGENT_KEY]
+
+
+async def _status(request: web.Request) -> web.Response:
+    host = await request.app[CACHE_KEY].get()
+    return _json(status.snapshot_status(_agent(request), host))
+
+
+async def _instances(request: web.Request) -> web.Response:
+    host = await request.app[CACHE_KEY].get()
+    return _json(status.snapshot_instances(_agent(request), host))
+
+
+async def _instance(request: web.Request) -> web.Response:
+    raw = request.match_info["n"]
+    if not (raw.isascii() and raw.isdigit()):
+        return error_response(400, f"instance number must be a non-negative integer, not {raw!r}")
+    agent, number = _agent(request), int(raw)
+    if number not in agent.specs:
+        known = ", ".join(map(str, sorted(agent.specs))) or "none"
+        return error_response(404, f"no instance {number}; instances: {known}")
+    host = await request.app[CACHE_KEY].get()
+    return _json(status.snapshot_instance(agent, number, host))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    stopping = getattr(_agent(request), "stopping", None)
+    if stopping is not None and stopping.is_set():
+        return error_response(503, "the agent is stopping")
+    return _json({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = status.prometheus_metrics(_agent(request))
+    return web.Response(body=text.encode(), headers={"Content-Type": status.PROMETHEUS_CONTENT_TYPE})
+
+
+async def _targets(request: web.Request) -> web.Response:
+    return _json(status.prometheus_targets(_agent(request)))
+
+
+def openapi_text() -> str:
+    return resources.files("mipart").joinpath("openapi.yaml").read_text(encoding="utf-8")
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(text=openapi_text(), content_type="application/yaml")
+
+
+def make_app(agent) -> web.Application:
+    app = web.Application(middlewares=[_errors_as_json])
+    app[AGENT_KEY] = agent
+    app[CACHE_KEY] = HostCache(agent)
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/instances", _instances)
+    app.router.add_get("/v1/instances/{n}", _instance)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/targets", _targets)
+    app.router.add_get("/openapi.yaml", _openapi)
+    return app
+
+
+# -- listening ------------------------------------------------------------------------------
+
+
+def parse_listen(listen: str) -> tuple[str, int] | str:
+    """"host:port" / "[v6]:port" -> (host, port); "unix:/path" -> "/path"."""
+    if listen.startswith("unix:"):
+        return listen[5:]
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"api.listen {listen!r}: expected host:port or unix:/run/mipart/NAME.sock")
+    return host.strip("[]"), int(port)
+
+
+async def start_api(agent, listen: str) -> web.AppRunner:
+    """Serve the API on `listen`; returns the AppRunner to `await runner.cleanup()` at exit."""
+    where = parse_listen(listen or DEFAULT_LISTEN)
+    runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        if isinstance(where, str):
+            _prepare_socket_path(listen, Path(where))
+            site = web.UnixSite(runner, where)
+            await site.start()
+            os.chmod(where, SOCKET_MODE)
+        else:
+            site = web.TCPSite(runner, where[0], where[1])
+            await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            hint = "choose a free port in api.listen" if not isinstance(where, str) else "stop the other agent or choose another path in api.listen"
+            raise UserError(f"api.listen {listen}: address already in use; {hint}") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise UserError(f"api.listen {listen}: permission denied; use a port above 1023 or run as root") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UserError(f"api.listen {listen}: no such local address; use 127.0.0.1 or an address of this host") from None
+        raise UserError(f"api.listen {listen}: cannot listen: {exc.strerror or exc}") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def _prepare_socket_path(listen: str, path: Path) -> None:
+    """Make the socket's directory; remove a socket nobody answers on (left by a killed agent)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UserError(f"api.listen {listen}: {path} exists and is not a socket; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # stale: nobody listens there
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "address already in use")

@@ -1,0 +1,279 @@
+"""`mipart status`: what the agent reports, or what the units report when it does not answer.
+
+Exit status follows `systemctl status`: 0 when every instance is ready, 3 when some are
+not (or the agent is not answering), 1 on user errors.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import time
+from datetime import datetime, timezone
+
+import click
+
+from mipart.cli import profile_option
+
+DEFAULT_API = "127.0.0.1:8049"
+TIMEOUT = 2.0
+EXIT_NOT_READY = 3
+ERROR_WIDTH = 80
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix stream socket (the agent's api.listen: unix:/run/mipart/api.sock)."""
+
+    def __init__(self, socket_path: str, timeout: float = TIMEOUT):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AgentDown(Exception):
+    """The agent did not answer; str() is the reason, e.g. 'connection refused'."""
+
+
+class Api:
+    """Where the agent answers: host:port, http://host:port, unix:/path or /path."""
+
+    def __init__(self, where: str):
+        where = where.strip()
+        self.unix = None
+        if where.startswith("unix:"):
+            self.unix = where[5:]
+        elif where.startswith("/"):
+            self.unix = where
+        else:
+            rest = where.split("://", 1)[1] if "://" in where else where
+            rest = rest.split("/", 1)[0]
+            host, sep, port = rest.rpartition(":")
+            if not sep or not port.isdigit():
+                host, port = rest, "80"
+            self.host, self.port = host.strip("[]"), int(port)
+        self.label = f"unix:{self.unix}" if self.unix else rest
+
+    def get(self, path: str) -> dict | list:
+        conn = UnixHTTPConnection(self.unix) if self.unix else http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            body = response.read()
+        except ConnectionRefusedError:
+            raise AgentDown("connection refused") from None
+        except FileNotFoundError:
+            raise AgentDown("no such socket") from None
+        except PermissionError:
+            raise AgentDown("permission denied; run as root or as a member of the socket's group") from None
+        except (socket.timeout, TimeoutError):
+            raise AgentDown(f"no answer within {TIMEOUT:g}s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentDown(getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__) from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise AgentDown(f"{path} answered {response.status} without JSON; is this the mipart API?") from None
+        if response.status != 200:
+            message = data.get("error", {}).get("message", "") if isinstance(data, dict) else ""
+            raise AgentDown(f"{path} answered {response.status}: {message}")
+        return data
+
+
+def _default_api(profile_path: str) -> str:
+    from mipart.profile import load_profile
+    from mipart.profile.load import ProfileError
+
+    try:
+        return load_profile(profile_path).api.listen
+    except ProfileError:
+        return DEFAULT_API
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def relative(when: float | None, now: float | None = None) -> str:
+    """Seconds since `when` as systemctl puts it: '12s ago', '3min ago', '2h 5min ago'."""
+    if when is None:
+        return "-"
+    seconds = max(0, int((now if now is not None else time.time()) - when))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes}min ago"
+    hours = minutes // 60
+    if hours < 24:
+        return f"{hours}h {minutes % 60}min ago" if minutes % 60 else f"{hours}h ago"
+    days = hours // 24
+    return f"{days}d {hours % 24}h ago" if hours % 24 else f"{days}d ago"
+
+
+def _parse_iso(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _short(text: str) -> str:
+    text = " ".join((text or "").split())
+    if not text:
+        return "-"
+    return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 3] + "..."
+
+
+HEADER = ("UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
+
+
+def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
+    counts = status["instances"]
+    partition = status["partition"]
+    if partition["matches"] is True:
+        match = f"partitions match ({len(partition['gpus'])} GPUs, {partition['logical_gpus']} logical)"
+    elif partition["matches"] is False:
+        wrong = [g for g in partition["gpus"] if not g["matches"]]
+        match = f"partitions DO NOT match on {len(wrong)} of {len(partition['gpus'])} GPUs"
+    else:
+        match = "partitions unknown"
+    others = ", ".join(f"{counts[s]} {s}" for s in ("starting", "degraded", "unhealthy", "restarting", "failed") if counts.get(s))
+    digest = status["profile"]["digest"][:12] or "none"
+    lines = [
+        f"mipart-agent {status['version']} on {api}: profile {status['profile']['path']} (digest {digest}), {match}, "
+        f"{counts['ready']}/{counts['total']} instances ready" + (f" ({others})" if others else "")
+    ]
+    if status["profile_error"]:
+        lines.append(f"  profile rejected, running the last good one: {status['profile_error']}")
+    if partition["error"]:
+        lines.append(f"  partition: {partition['error']}")
+    for gpu in partition["gpus"]:
+        if not gpu["matches"]:
+            lines.append(f"  GPU {gpu['index']} ({gpu['bdf']}): compute {gpu['compute']}, memory {gpu['memory']}; "
+                         f"want {gpu['compute_want'] or gpu['compute']}, {gpu['memory_want'] or gpu['memory']}")
+    last = status.get("last_apply")
+    if last and not last["ok"]:
+        lines.append(f"  last partition apply failed: {last['error']}")
+    if status["reconcile"]["error"]:
+        lines.append(f"  reconcile: {status['reconcile']['error']}")
+    if status["nginx"]["error"]:
+        lines.append(f"  nginx config rejected (the previous one still serves): {status['nginx']['error']}")
+    if status["nginx"]["running"] is False:
+        lines.append("  nginx is not running")
+    rows = [HEADER]
+    now = time.time()
+    for i in instances:
+        rows.append((i["unit"], i["service"], ",".join(map(str, i["logical_gpus"])), str(i["port"]), i["state"],
+                     relative(_parse_iso(i["since"]), now), str(i["restarts"]), _short(i["last_error"])))
+    return lines + ([""] + _table(rows) if instances else ["no instances"])
+
+
+# -- the agent is down: ask the units -----------------------------------------------------
+
+
+def unit_states(units: list[str]) -> dict[str, dict]:
+    """ActiveState/SubState/start time of each unit, in one systemctl call; {} when unknown."""
+    if not units:
+        return {}
+    try:
+        done = subprocess.run(
+            ["systemctl", "show", "--timestamp=unix", "-p", "Id,ActiveState,SubState,ExecMainStartTimestamp", "--", *units],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if done.returncode != 0:
+        return {}
+    found: dict[str, dict] = {}
+    blocks = [b for b in done.stdout.strip().split("\n\n") if b.strip()]
+    for unit, block in zip(units, blocks):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        found[props.get("Id", unit)] = props
+    return found
+
+
+def _started(props: dict) -> float | None:
+    raw = props.get("ExecMainStartTimestamp", "").strip()
+    if raw.startswith("@"):
+        try:
+            return float(raw[1:])
+        except ValueError:
+            return None
+    return None
+
+
+def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[list[str], list[dict]]:
+    lines = [f"mipart-agent is not answering on {api} ({reason}); showing what the units report"]
+    rows, report = [HEADER], []
+    now = time.time()
+    for spec in specs:
+        props = states.get(spec.unit)
+        state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}" if props else "unknown"
+        started = _started(props) if props else None
+        since = relative(started, now) if started else "-"
+        rows.append((spec.unit, spec.service, ",".join(map(str, spec.logical_gpus)), str(spec.port), state, since, "-", "-"))
+        report.append({
+            "number": spec.number, "unit": spec.unit, "service": spec.service, "model": spec.served_model_name,
+            "port": spec.port, "logical_gpus": list(spec.logical_gpus), "physical_gpus": list(spec.physical_gpus),
+            "active_state": props.get("ActiveState") if props else None, "sub_state": props.get("SubState") if props else None,
+            "started": datetime.fromtimestamp(started, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if started else None,
+        })
+    if not states and specs:
+        lines.append("unit states unknown: systemctl is missing or cannot reach systemd")
+    return lines + ([""] + _table(rows) if specs else ["no instances"]), report
+
+
+@click.command("status")
+@profile_option
+@click.option("--json", "as_json", is_flag=True, help="Print what the agent reports as JSON.")
+@click.option("--api", "api", default=None, metavar="URL|PATH",
+              help="Where the agent answers: host:port, http://host:port or a unix socket path [default: the profile's api.listen].")
+def status(profile_path: str, as_json: bool, api: str | None) -> int:
+    """Show partitions and instances as the agent sees them (exit 3 when some are not ready)."""
+    target = Api(api or _default_api(profile_path))
+    try:
+        st = target.get("/v1/status")
+        instances = target.get("/v1/instances")["instances"]
+    except AgentDown as exc:
+        return _down(profile_path, target.label, str(exc), as_json)
+    all_ready = st["instances"]["total"] == st["instances"]["ready"]
+    if as_json:
+        click.echo(json.dumps({"agent": {"answering": True, "api": target.label}, "status": st, "instances": instances}, indent=2))
+    else:
+        click.echo("\n".join(format_live(st, instances, target.label)))
+    return 0 if all_ready else EXIT_NOT_READY
+
+
+def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
+    from mipart.cli_serving import _planned
+
+    first = f"mipart-agent is not answering on {api} ({reason}); showing what the units report"
+    if not as_json:
+        click.echo(first)  # before planning, which may fail on a bad profile
+    _, _, specs = _planned(profile_path)
+    states = unit_states([s.unit for s in specs])
+    lines, report = format_down(api, reason, specs, states)
+    if as_json:
+        click.echo(json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2))
+    else:
+        click.echo("\n".join(lines[1:]))
+    return EXIT_NOT_READY
