@@ -34,10 +34,14 @@ health: {{interval: {interval}, timeout: 300ms, unhealthy_after: {unhealthy_afte
 
 
 def free_ports(count: int) -> tuple[int, int]:
-    """A free listener port and a base port with `count` free ports after it."""
+    """A free listener port and a base port with `count` free ports after it.
+
+    Below the kernel's ephemeral range (32768+), where an outgoing connection could hold
+    a port an instance must bind again after a restart.
+    """
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(10000, 32768 - count)
         ports = [base - 1, *range(base, base + count)]
         if all(_free(p) for p in ports):
             return base - 1, base
@@ -144,6 +148,12 @@ class ServingHost:
         response = self.request()
         response.read()
         return response.status, response.getheader("X-Fake-Engine", "")
+
+    def backend_of_one_request_or_none(self) -> int | None:
+        try:
+            return self.backend_of_one_request()[0]
+        except OSError:
+            return None
 
     # -- cleanup ------------------------------------------------------------------
     def close(self) -> None:

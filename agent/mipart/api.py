@@ -116,7 +116,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    text = status.prometheus_metrics(_agent(request))
+    host = await request.app[CACHE_KEY].get()
+    text = status.prometheus_metrics(_agent(request), host)
     return web.Response(body=text.encode(), headers={"Content-Type": status.PROMETHEUS_CONTENT_TYPE})
 
 
@@ -149,6 +150,17 @@ def make_app(agent) -> web.Application:
 # -- listening ------------------------------------------------------------------------------
 
 
+def _protocol_log():
+    """aiohttp logs every malformed request (a port scan, a bad method) as an ERROR with a
+    traceback; those never reach a handler and are no fault of the agent: keep them out of
+    the journal. Handler failures are logged by _errors_as_json instead."""
+    import logging
+
+    log = logging.getLogger("mipart.api.protocol")
+    log.setLevel(logging.CRITICAL)
+    return log
+
+
 def parse_listen(listen: str) -> tuple[str, int] | str:
     """"host:port" / "[v6]:port" -> (host, port); "unix:/path" -> "/path"."""
     if listen.startswith("unix:"):
@@ -162,7 +174,7 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
 async def start_api(agent, listen: str) -> web.AppRunner:
     """Serve the API on `listen`; returns the AppRunner to `await runner.cleanup()` at exit."""
     where = parse_listen(listen or DEFAULT_LISTEN)
-    runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False, logger=_protocol_log())
     await runner.setup()
     try:
         if isinstance(where, str):

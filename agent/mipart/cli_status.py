@@ -1,7 +1,7 @@
 """`mipart status`: what the agent reports, or what the units report when it does not answer.
 
-Exit status follows `systemctl status`: 0 when every instance is ready, 3 when some are
-not (or the agent is not answering), 1 on user errors.
+Exit status follows `systemctl status`: 0 when every instance is ready (degraded counts:
+it is still in rotation), 3 when some are not or the agent is not answering, 1 on user errors.
 """
 
 from __future__ import annotations
@@ -156,11 +156,12 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
         match = f"partitions DO NOT match on {len(wrong)} of {len(partition['gpus'])} GPUs"
     else:
         match = "partitions unknown"
-    others = ", ".join(f"{counts[s]} {s}" for s in ("starting", "degraded", "unhealthy", "restarting", "failed") if counts.get(s))
+    serving = counts["ready"] + counts["degraded"]  # in nginx rotation, as the agent's STATUS= line counts them
+    others = ", ".join(f"{counts[s]} {s}" for s in ("degraded", "starting", "unhealthy", "restarting", "failed") if counts.get(s))
     digest = status["profile"]["digest"][:12] or "none"
     lines = [
         f"mipart-agent {status['version']} on {api}: profile {status['profile']['path']} (digest {digest}), {match}, "
-        f"{counts['ready']}/{counts['total']} instances ready" + (f" ({others})" if others else "")
+        f"{serving}/{counts['total']} instances ready" + (f" ({others})" if others else "")
     ]
     if status["profile_error"]:
         lines.append(f"  profile rejected, running the last good one: {status['profile_error']}")
@@ -255,7 +256,8 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
         instances = target.get("/v1/instances")["instances"]
     except AgentDown as exc:
         return _down(profile_path, target.label, str(exc), as_json)
-    all_ready = st["instances"]["total"] == st["instances"]["ready"]
+    counts = st["instances"]
+    all_ready = counts["ready"] + counts["degraded"] == counts["total"]  # degraded still serves
     if as_json:
         click.echo(json.dumps({"agent": {"answering": True, "api": target.label}, "status": st, "instances": instances}, indent=2))
     else:

@@ -91,7 +91,21 @@ class Agent:
             return False
         self.profile, self.status.profile_error = profile, ""
         self.status.profile_digest = profile.digest
+        self._warn_ephemeral_ports(profile)
         return True
+
+    def _warn_ephemeral_ports(self, profile) -> None:
+        """Ports inside the kernel's ephemeral range can be taken by any outgoing connection."""
+        from mipart.profile.schema import INSTANCE_PORT_SPAN
+
+        try:
+            low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        except (OSError, ValueError):
+            return
+        base = profile.instances.base_port
+        if base <= high and base + INSTANCE_PORT_SPAN - 1 >= low:
+            self.log.warning("profile.ephemeral_ports", ports=f"{base}-{base + INSTANCE_PORT_SPAN - 1}", ephemeral=f"{low}-{high}",
+                             advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range (net.ipv4.ip_local_port_range)")
 
     # -- reconcile ---------------------------------------------------------------
     async def reconcile(self) -> None:

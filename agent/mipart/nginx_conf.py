@@ -45,6 +45,10 @@ def render_nginx(profile: Profile, specs: tuple[InstanceSpec, ...], ready: froze
         "}",
         "http {",
         "    access_log off;",
+        # Membership changes need a reload, and a reloading worker closes idle keep-alive
+        # connections: a client reusing one at that instant gets a reset. One connection
+        # per request (cheap next to an LLM request) removes that race.
+        "    keepalive_timeout 0;",
         "    server_tokens off;",
         f"    client_body_temp_path {prefix}/client_body;",
         f"    proxy_temp_path {prefix}/proxy;",

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from mipart import __version__
 
 STATES = ("starting", "ready", "degraded", "unhealthy", "restarting", "failed")
+IN_ROTATION = ("ready", "degraded")  # the states nginx routes to
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -39,22 +40,30 @@ class HostSnapshot:
 def instance_state(h) -> str:
     """One word for an instance, from its InstanceHealth (None: not probed yet).
 
-    failed: the agent gave up restarting it. ready: in rotation (degraded when recent
-    probes failed but not yet enough to take it out). restarting: its process died and
-    a restart is under way. unhealthy: it was ready, then failed `unhealthy_after`
-    probes in a row. starting: anything else (the model is still loading).
+    The health state machine keeps the word itself (InstanceHealth.state); this is the
+    one place the API and `mipart status` read it. For a health record without a
+    `state` it is derived: failed (gave up restarting), ready / degraded (in rotation,
+    degraded when recent probes failed), restarting (its process died, a restart is
+    under way), unhealthy (was ready, then failed probes), else starting.
     """
     if h is None:
         return "starting"
-    if h.gave_up:
+    state = getattr(h, "state", None)
+    if state in STATES:
+        return state
+    if getattr(h, "gave_up", False):
         return "failed"
-    if h.ready:
+    if getattr(h, "ready", False):
         return "degraded" if h.failures > 0 else "ready"
-    if h.restart_attempts > 0:
+    if getattr(h, "restart_attempts", 0) > 0:
         return "restarting"
-    if h.failures > 0 and getattr(h, "was_ready", False):
+    if getattr(h, "failures", 0) > 0 and getattr(h, "was_ready", False):
         return "unhealthy"
     return "starting"
+
+
+def in_rotation(h) -> bool:
+    return instance_state(h) in IN_ROTATION
 
 
 def iso_utc(timestamp: float | None) -> str | None:
@@ -125,13 +134,14 @@ def snapshot_instance(agent, n: int, host: HostSnapshot | None = None) -> dict |
         return None
     h = agent.health.get(n)
     unit = host.units.get(n) if host is not None and host.units is not None else None
+    state = instance_state(h)
     return {
         "number": spec.number,
         "unit": spec.unit,
         "service": spec.service,
         "model": spec.served_model_name,
-        "state": instance_state(h),
-        "ready": bool(h and h.ready),
+        "state": state,
+        "ready": state in IN_ROTATION,
         "since": iso_utc(h.since) if h else None,
         "last_error": h.last_error if h else "",
         "restarts": h.restarts_total if h else 0,
@@ -243,8 +253,12 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def prometheus_metrics(agent) -> str:
-    """The agent's own metrics; the engines' metrics are scraped from them (see /v1/targets)."""
+def prometheus_metrics(agent, host: HostSnapshot | None = None) -> str:
+    """The agent's own metrics; the engines' metrics are scraped from them (see /v1/targets).
+
+    Without a host snapshot it reads nothing but the Agent; with one (the API passes its
+    cached one) it adds whether the partitions match the profile and whether nginx runs.
+    """
     out = _Exposition()
     out.family("mipart_agent_info", "gauge", "mipart agent build information.", [({"version": __version__}, 1)])
     out.family("mipart_profile_valid", "gauge", "1 when the profile on disk was accepted, 0 when the agent runs the last good one.",
@@ -255,6 +269,12 @@ def prometheus_metrics(agent) -> str:
     if agent.status.last_reconcile:
         out.family("mipart_last_reconcile_timestamp_seconds", "gauge", "When the agent last reconciled instances with the profile.",
                    [({}, float(agent.status.last_reconcile))])
+    if host is not None:
+        if host.gpus and not host.partition_error:
+            out.family("mipart_partition_matches", "gauge", "1 when every GPU is in the compute and memory mode the profile asks for.",
+                       [({}, all(g["matches"] for g in host.gpus))])
+        if host.nginx_running is not None:
+            out.family("mipart_nginx_running", "gauge", "1 when mipart's nginx is running.", [({}, host.nginx_running)])
     counts = state_counts(agent)
     out.family("mipart_instances", "gauge", "Instances by state.", [({"state": s}, counts[s]) for s in STATES])
     specs = [spec for _, spec in sorted(agent.specs.items())]
@@ -262,8 +282,8 @@ def prometheus_metrics(agent) -> str:
     def labels(spec) -> dict:
         return {"service": spec.service, "instance": spec.unit, "gpu": _gpu_label(spec)}
 
-    out.family("mipart_instance_ready", "gauge", "1 when the instance is in nginx rotation.",
-               [(labels(s), bool(agent.health.get(s.number) and agent.health[s.number].ready)) for s in specs])
+    out.family("mipart_instance_ready", "gauge", "1 when the instance is in nginx rotation (ready or degraded).",
+               [(labels(s), in_rotation(agent.health.get(s.number))) for s in specs])
     out.family("mipart_instance_restarts_total", "counter", "Restarts of the instance by the agent since the agent started.",
-               [(labels(s), agent.health[s.number].restarts_total if s.number in agent.health else 0) for s in specs])
+               [(labels(s), getattr(agent.health.get(s.number), "restarts_total", 0)) for s in specs])
     return out.text()

@@ -1,0 +1,223 @@
+"""Faults a serving host must survive, with the real agent, real nginx and fake engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from serving import ServingHost
+
+pytestmark = pytest.mark.nginx
+
+
+@pytest.fixture
+def host(tmp_path):
+    serving = ServingHost(tmp_path, instances=8, interval="500ms", unhealthy_after=2)
+    serving.write_profile(compute="CPX", memory="NPS4")
+    text = serving.profile.read_text().replace("    args: []", '    partitions: "0-7"\n    args: []')
+    serving.profile.write_text(text)
+    yield serving
+    serving.close()
+
+
+def all_instance_pids(host) -> dict[int, list[int]]:
+    """Every live process tagged with this host's run dir, per instance: duplicates show up."""
+    from mipart import procs
+
+    found: dict[int, list[int]] = {}
+    for pid in procs.pids():
+        env = procs.environ_of(pid)
+        if env.get("MIPART_RUN_DIR") == str(host.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.alive(pid):
+            found.setdefault(int(env["MIPART_INSTANCE"]), []).append(pid)
+    return found
+
+
+def test_killed_instance_leaves_rotation_and_comes_back(host):
+    host.start_agent()
+    host.wait_ready()
+    victim = host.instance_pids()[3]
+    os.kill(victim, signal.SIGKILL)
+    host.wait_for(lambda: f"server 127.0.0.1:{host.base + 3} down;" in host.nginx_conf(), timeout=5, what="instance 3 out")
+    host.wait_ready(timeout=20)
+    assert host.instance_pids()[3] != victim
+    assert re.search(r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='unit (not running|failed/failed)'", host.log_text())
+
+
+def test_hung_instance_is_out_of_rotation_within_the_bound(host):
+    host.start_agent()
+    host.wait_ready()
+    victim = host.instance_pids()[2]
+    marked_down = f"server 127.0.0.1:{host.base + 2} down;"
+    hung_at = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        host.wait_for(lambda: marked_down in host.nginx_conf(), timeout=10, what="hung instance out of rotation")
+        took = time.monotonic() - hung_at
+        assert took <= 0.5 * 2 + 1.0, f"out of rotation after {took:.2f}s"  # interval x unhealthy_after + 1 s
+        host.wait_for(lambda: host.instance_pids().get(2) not in (None, victim), timeout=20, what="a fresh instance 2")
+        host.wait_ready(timeout=20)
+    finally:
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(host):
+    host.write_profile(compute="CPX", memory="NPS4")
+    text = host.profile.read_text().replace("    args: []", '    partitions: "0-1"\n    args: ["--fault", "die", "--fault-after", "0"]')
+    host.profile.write_text(text.replace("restart_backoff: 200ms", "restart_backoff: 100ms, max_restarts: 3"))
+    host.start_agent()
+    host.wait_for(lambda: "event='instance.failed' unit='mipart-vllm@1'" in host.log_text(), timeout=30, what="instance 1 failed")
+    time.sleep(1.5)
+    restarts = re.findall(r"event='instance.restart' unit='mipart-vllm@1'.*attempt=(\d)", host.log_text())
+    assert restarts == ["1", "2", "3"]  # backoff 0.1, 0.2, 0.4 s, then it stays failed
+    failed = next(line for line in host.log_text().splitlines() if "instance.failed' unit='mipart-vllm@1'" in line)
+    assert "gave up after 3 restarts" in failed
+
+
+def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):
+    host.start_agent()
+    host.wait_ready()
+    # Change every spec, SIGHUP, and kill the agent while it restarts them.
+    host.profile.write_text(host.profile.read_text().replace("--tokens-per-second", "--max-tokens-default\", \"4\", \"--tokens-per-second"))
+    host.hup()
+    host.wait_for(lambda: "reason='spec changed'" in host.log_text(), timeout=10, what="the reconcile")
+    host.agent.send_signal(signal.SIGKILL)
+    host.agent.wait(timeout=10)
+    host.start_agent()
+    host.wait_for(lambda: host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="agent ready again")
+    host.wait_ready(timeout=30)
+    time.sleep(1.0)
+    pids = all_instance_pids(host)
+    assert sorted(pids) == list(range(8))
+    assert all(len(p) == 1 for p in pids.values()), pids
+    for number, [pid] in pids.items():
+        cmdline = open(f"/proc/{pid}/cmdline").read()
+        assert "--max-tokens-default\x004" in cmdline, f"instance {number} runs an old spec"
+    assert host.backend_of_one_request()[0] == 200
+
+
+def test_deleted_run_files_are_rewritten_and_restarts_still_work(host):
+    host.start_agent()
+    host.wait_ready()
+    shutil.rmtree(host.run_dir / "instances")
+    (host.run_dir / "nginx/nginx.conf").unlink()
+    host.wait_for(lambda: (host.run_dir / "instances/5.json").exists() and (host.run_dir / "nginx/nginx.conf").exists(),
+                  timeout=5, what="files rewritten")
+    victim = host.instance_pids()[5]
+    os.kill(victim, signal.SIGKILL)
+    host.wait_for(lambda: host.instance_pids().get(5) not in (None, victim), timeout=15, what="instance 5 back")
+    host.wait_ready(timeout=15)
+    assert host.backend_of_one_request()[0] == 200
+
+
+def test_killed_nginx_is_restarted_with_the_current_config(host):
+    host.start_agent()
+    host.wait_ready()
+    master = int((host.run_dir / "nginx/nginx.pid").read_text())
+    os.kill(master, signal.SIGKILL)
+    host.wait_for(lambda: _nginx_master_changed(host, master), timeout=10, what="a new nginx master")
+    host.wait_for(lambda: host.backend_of_one_request_or_none() == 200, timeout=10, what="serving again")
+    assert "server 127.0.0.1" in host.nginx_conf()
+
+
+def _nginx_master_changed(host, old: int) -> bool:
+    try:
+        return int((host.run_dir / "nginx/nginx.pid").read_text()) != old
+    except (OSError, ValueError):
+        return False
+
+
+LOAD_CLIENT = r'''
+import asyncio, json, sys, time
+import aiohttp
+
+async def client(session, url, until, results, think):
+    while time.monotonic() < until:
+        started = time.monotonic()
+        try:
+            async with session.post(url, json={"prompt": "hi", "max_tokens": 2}, timeout=aiohttp.ClientTimeout(total=15)) as r:
+                await r.read()
+                results.append((started, time.monotonic(), r.status, r.headers.get("X-Fake-Engine", "")))
+        except Exception as exc:
+            results.append((started, time.monotonic(), 0, type(exc).__name__))
+        await asyncio.sleep(think)
+
+async def main(port, clients, seconds, think):
+    until = time.monotonic() + seconds
+    results = []
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(session, f"http://127.0.0.1:{port}/v1/completions", until, results, think) for _ in range(clients)))
+    offset = time.time() - time.monotonic()
+    json.dump([(s + offset, e + offset, st, b) for s, e, st, b in results], sys.stdout)
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])))
+'''
+
+
+def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host, tmp_path):
+    """1,000 concurrent clients while one instance is killed, one hangs, one's engine dies,
+    and the agent itself is restarted: any failed request started before its instance left."""
+    host.write_profile(compute="CPX", memory="NPS4", interval="1s", tps=0)
+    text = host.profile.read_text().replace("    args: []", '    partitions: "0-7"\n    args: []').replace("timeout: 300ms", "timeout: 1s")
+    host.profile.write_text(text)
+    host.start_agent()
+    host.wait_ready()
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_CLIENT)
+    load = subprocess.Popen([sys.executable, str(script), str(host.listen), "1000", "30", "2.0"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        pids = host.instance_pids()
+        faults = {1: signal.SIGKILL, 4: signal.SIGSTOP, 6: signal.SIGUSR1}
+        fault_time = {}
+        for number, sig in faults.items():
+            fault_time[number] = time.time()
+            os.kill(pids[number], sig)
+            time.sleep(3)
+        host.agent.send_signal(signal.SIGTERM)
+        host.agent.wait(timeout=20)
+        host.start_agent()
+        out, _ = load.communicate(timeout=90)
+    finally:
+        if load.poll() is None:
+            load.kill()
+        try:
+            os.kill(pids[4], signal.SIGCONT)
+        except (ProcessLookupError, NameError):
+            pass
+    results = json.loads(out)
+    assert len(results) > 5000
+    left_rotation = _left_rotation_times(host.log_text())
+    bad = []
+    for started, ended, status, backend in results:
+        if status == 200:
+            continue
+        # allowed: a request that started while a faulted instance was still in rotation
+        allowed = any(fault_time[n] - 0.05 <= started <= left_rotation.get(n, float("inf")) + 0.5 for n in faults)
+        if not allowed:
+            bad.append((round(started, 3), status, backend))
+    assert not bad, f"{len(bad)} failures outside fault windows, e.g. {bad[:5]}; left rotation at {left_rotation}"
+
+
+def _left_rotation_times(log: str) -> dict[int, float]:
+    """When the agent took each instance out (the first unhealthy event after its fault)."""
+    from datetime import datetime
+
+    times: dict[int, float] = {}
+    for line in log.splitlines():
+        match = re.search(r"timestamp='([^']+)' level='\w+' event='instance.unhealthy' unit='mipart-vllm@(\d+)'", line)
+        if match:
+            number = int(match.group(2))
+            times.setdefault(number, datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp())
+    return times
