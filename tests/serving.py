@@ -30,11 +30,12 @@ services:
     args: {args}
 instances: {{base_port: {base}, user: root}}
 health: {{interval: {interval}, timeout: 300ms, unhealthy_after: {unhealthy_after}, restart_backoff: 200ms}}
+api: {{listen: "127.0.0.1:{api}"}}
 """
 
 
 def free_ports(count: int) -> tuple[int, int]:
-    """A free listener port and a base port with `count` free ports after it.
+    """A free listener port (base - 1; base - 2 is left for the API) and a base port with `count` free ports after it.
 
     Below the kernel's ephemeral range (32768+), where an outgoing connection could hold
     a port an instance must bind again after a restart.
@@ -42,7 +43,7 @@ def free_ports(count: int) -> tuple[int, int]:
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(10000, 32768 - count)
-        ports = [base - 1, *range(base, base + count)]
+        ports = [base - 2, base - 1, *range(base, base + count)]
         if all(_free(p) for p in ports):
             return base - 1, base
     raise RuntimeError("no free loopback port range")
@@ -72,7 +73,7 @@ class ServingHost:
         assert done.returncode == 0, done.stderr
         self.profile = tmp / "profile.yaml"
         self.values = dict(listen_host="127.0.0.1", compute=compute, memory=memory, listen=self.listen, python=sys.executable, delay=delay, tps=tps,
-                           args=args, base=self.base, interval=interval, unhealthy_after=unhealthy_after)
+                           args=args, base=self.base, api=self.base - 2, interval=interval, unhealthy_after=unhealthy_after)
         self.write_profile()
         self.agent: subprocess.Popen | None = None
         self.log = tmp / "agent.log"
@@ -130,6 +131,8 @@ class ServingHost:
             assert self.agent.poll() is None, self.log_text()[-3000:]
             assert time.monotonic() < deadline, f"{self.ready_count()}/{count} ready after {timeout}s\n{self.log_text()[-3000:]}"
             time.sleep(0.1)
+        if count:  # the config is written before nginx has reloaded it: wait until it serves
+            self.wait_for(lambda: self.backend_of_one_request_or_none() == 200, timeout=10, what="nginx serving the new config")
 
     def wait_for(self, predicate, timeout: float = 30, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout

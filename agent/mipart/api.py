@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -31,20 +32,29 @@ CACHE_KEY = web.AppKey("host_cache", object) if hasattr(web, "AppKey") else "hos
 
 
 class HostCache:
-    """status.collect_host() in a worker thread, shared by requests for HOST_CACHE_SECONDS."""
+    """status.collect_host() in a worker thread, shared by requests for HOST_CACHE_SECONDS.
+
+    The thread is the API's own: the agent's many to_thread() jobs (unit starts, nginx -t)
+    never make a status request queue behind them.
+    """
 
     def __init__(self, agent, max_age: float = HOST_CACHE_SECONDS):
         self.agent = agent
         self.max_age = max_age
         self._snapshot: status.HostSnapshot | None = None
         self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mipart-api")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
 
     async def get(self) -> status.HostSnapshot:
         if self._fresh():
             return self._snapshot
         async with self._lock:  # one refresh at a time; the others wait and share it
             if not self._fresh():
-                self._snapshot = await asyncio.to_thread(status.collect_host, self.agent)
+                loop = asyncio.get_running_loop()
+                self._snapshot = await loop.run_in_executor(self._executor, status.collect_host, self.agent)
             return self._snapshot
 
     def _fresh(self) -> bool:
@@ -137,6 +147,11 @@ def make_app(agent) -> web.Application:
     app = web.Application(middlewares=[_errors_as_json])
     app[AGENT_KEY] = agent
     app[CACHE_KEY] = HostCache(agent)
+
+    async def close_cache(app: web.Application) -> None:
+        app[CACHE_KEY].close()
+
+    app.on_cleanup.append(close_cache)
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/instances", _instances)
     app.router.add_get("/v1/instances/{n}", _instance)

@@ -197,7 +197,7 @@ def unit_states(units: list[str]) -> dict[str, dict]:
         return {}
     try:
         done = subprocess.run(
-            ["systemctl", "show", "--timestamp=unix", "-p", "Id,ActiveState,SubState,ExecMainStartTimestamp", "--", *units],
+            ["systemctl", "show", "-p", "Id,ActiveState,SubState,ExecMainStartTimestampMonotonic", "--", *units],
             capture_output=True, text=True, timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
@@ -213,13 +213,15 @@ def unit_states(units: list[str]) -> dict[str, dict]:
 
 
 def _started(props: dict) -> float | None:
-    raw = props.get("ExecMainStartTimestamp", "").strip()
-    if raw.startswith("@"):
-        try:
-            return float(raw[1:])
-        except ValueError:
-            return None
-    return None
+    """The main process's start as wall-clock time, from systemd's CLOCK_MONOTONIC microseconds.
+
+    The monotonic property reads the same on every systemd version (--timestamp=unix
+    needs 251, newer than Ubuntu 22.04's), and needs no time zone parsing.
+    """
+    raw = props.get("ExecMainStartTimestampMonotonic", "").strip()
+    if not raw.isdigit() or int(raw) == 0:
+        return None
+    return time.time() - (time.monotonic() - int(raw) / 1e6)
 
 
 def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[list[str], list[dict]]:

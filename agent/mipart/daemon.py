@@ -213,12 +213,12 @@ class Agent:
         except UserError as exc:
             self.log.error("units.unreadable", reason=str(exc))
             return False
-        changed = False
+        changed, now = False, time.monotonic()
         for number, h in self.health.items():
             state = states.get(number)
             if number in self.specs and (state is None or not state.active):
                 reason = f"unit {state.active_state}/{state.sub_state}" if state else "unit not running"
-                if h.unit_gone(reason):
+                if h.unit_gone(reason, now):
                     changed = True
                     self.log.warning("instance.unhealthy", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=reason)
         return changed
@@ -268,7 +268,7 @@ class Agent:
             return False
         for h in due:
             h.last_probe = now
-        results = await asyncio.gather(*(probe(session, self.specs[h.number].port, spec.timeout) for h in due))
+        results = await asyncio.gather(*(probe(session, self.specs[h.number].port, spec) for h in due))
         changed = False
         for h, (ok, error) in zip(due, results):
             before = h.state
@@ -297,14 +297,25 @@ class Agent:
 
     # -- main loop --------------------------------------------------------------------
     async def run(self) -> None:
-        import aiohttp
-
         if not self.load_profile():
             raise UserError(f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        from mipart.api import start_api
+
+        api = await start_api(self, self.profile.api.listen)  # a port in use is one clear line
+        try:
+            await self._serve()
+        finally:
+            await api.cleanup()
+        self.notifier.send("STOPPING=1")
+        self.log.info("agent.stopping", instances="left running")
+
+    async def _serve(self) -> None:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(limit=256, force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             self.specs = {}
@@ -330,8 +341,6 @@ class Agent:
                     await asyncio.wait_for(self.stopping.wait(), TICK)
                 except asyncio.TimeoutError:
                     pass
-        self.notifier.send("STOPPING=1")
-        self.log.info("agent.stopping", instances="left running")
 
     async def _first_reconcile(self, session) -> None:
         """Probe what already serves before touching nginx, so a restart drops nothing."""

@@ -38,6 +38,7 @@ services:
     args: ["--max-num-seqs", "64"]
 instances: {{base_port: {base}, user: root}}
 health: {{interval: 1s, timeout: 500ms, unhealthy_after: 2}}
+api: {{listen: "127.0.0.1:{api}"}}
 """
 
 
@@ -87,7 +88,8 @@ def stream_once(port: int) -> tuple[str, list[str]]:
 
 
 def main() -> None:
-    busy = [p for p in (LISTEN_PORT, *range(BASE_PORT, BASE_PORT + 16)) if not port_free(p)]
+    api_port = BASE_PORT - 2
+    busy = [p for p in (LISTEN_PORT, api_port, *range(BASE_PORT, BASE_PORT + 16)) if not port_free(p)]
     if busy:
         raise SystemExit(f"demo: port(s) {busy} already in use; set MIPART_DEMO_PORT / MIPART_DEMO_BASE_PORT to free ones")
     work = Path(tempfile.mkdtemp(prefix="mipart-demo-"))
@@ -99,7 +101,7 @@ def main() -> None:
         "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {sim}",
     }
     profile = work / "profile.yaml"
-    profile.write_text(PROFILE.format(listen=LISTEN_PORT, base=BASE_PORT, python=sys.executable))
+    profile.write_text(PROFILE.format(listen=LISTEN_PORT, base=BASE_PORT, api=api_port, python=sys.executable))
     say(f"== simulated host: 8 x MI300X in SPX/NPS1 under {sim}")
     mipart("sim", "create", str(sim), "--model", "mi300x", "--gpus", "8", "--compute", "SPX", "--memory", "NPS1", env=env)
     say(f"== profile {profile}:\n{profile.read_text()}")

@@ -56,10 +56,10 @@ class InstanceHealth:
         return self.state not in ("unhealthy", "failed") and now - self.last_probe >= self.probe_interval(spec)
 
     def record(self, ok: bool, error: str, spec: HealthSpec) -> bool:
+        """`ok` with an `error` means healthy but overloaded (queue depth): degraded, still serving."""
         if ok:
-            self.failures, self.restart_attempts = 0, 0
-            self.last_error = "" if self.state != "degraded" else self.last_error
-            return self._enter("ready")
+            self.failures, self.restart_attempts, self.last_error = 0, 0, error
+            return self._enter("degraded" if error else "ready")
         self.failures += 1
         self.last_error = error
         if self.state == "ready":
@@ -68,9 +68,9 @@ class InstanceHealth:
             return self._enter("unhealthy")
         return False  # starting/restarting: not ready yet is not a failure
 
-    def unit_gone(self, reason: str) -> bool:
+    def unit_gone(self, reason: str, now: float) -> bool:
         """The process died (or never ran): out of rotation at once."""
-        if self.state in ("failed", "unhealthy") or (self.state in ("starting", "restarting") and time.monotonic() < self.next_restart):
+        if self.state in ("failed", "unhealthy") or (self.state in ("starting", "restarting") and now < self.next_restart):
             return False
         self.last_error = reason
         return self._enter("unhealthy")
@@ -104,13 +104,35 @@ class InstanceHealth:
         return self._enter("starting")
 
 
-async def probe(session, port: int, timeout: float) -> tuple[bool, str]:
+async def probe(session, port: int, spec: HealthSpec) -> tuple[bool, str]:
     import aiohttp
 
+    timeout = aiohttp.ClientTimeout(total=spec.timeout)
     try:
-        async with session.get(f"http://127.0.0.1:{port}/health", timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            return response.status == 200, "" if response.status == 200 else f"/health answered {response.status}"
+        async with session.get(f"http://127.0.0.1:{port}/health", timeout=timeout) as response:
+            if response.status != 200:
+                return False, f"/health answered {response.status}"
+        if spec.queue_depth_limit is None:
+            return True, ""
+        async with session.get(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+            waiting = queue_depth(await response.text())
+        if waiting is not None and waiting > spec.queue_depth_limit:
+            return True, f"{waiting:g} requests waiting > health.queue_depth_limit {spec.queue_depth_limit}"
+        return True, ""
     except asyncio.TimeoutError:
-        return False, f"/health did not answer within {timeout:g}s"
+        return False, f"/health did not answer within {spec.timeout:g}s"
     except aiohttp.ClientError as exc:
         return False, f"/health failed: {exc.__class__.__name__}"
+
+
+def queue_depth(metrics: str) -> float | None:
+    """vllm:num_requests_waiting summed over its label sets, from Prometheus text."""
+    total, seen = 0.0, False
+    for line in metrics.splitlines():
+        if line.startswith("vllm:num_requests_waiting"):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+                seen = True
+            except ValueError:
+                continue
+    return total if seen else None

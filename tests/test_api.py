@@ -1,0 +1,528 @@
+"""The agent's status API on a real mipart Agent over a simulated 8 x MI300X host (DPX/NPS2: 16 instances)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import AGENT, mipart
+
+PROFILE = """\
+version: 1
+gpus: {{compute: DPX, memory: NPS2}}
+services:
+  chat:
+    model: test/fake-llm
+    listen: "127.0.0.1:{listen}"
+    command: ["{python}", "-m", "mipart.sim.engine"]
+instances: {{base_port: {base}, user: root}}
+api: {{listen: "{api}"}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DummyRunner:
+    """What the agent asks of systemd, answered from a dict."""
+
+    def __init__(self):
+        from mipart.runner import UnitState
+
+        self.states = {n: UnitState(n, "active", "running", 0) for n in range(16)}
+        self.nginx = True
+
+    def list_instances(self):
+        return dict(self.states)
+
+    def nginx_running(self, files) -> bool:
+        return self.nginx
+
+
+class QuietLog:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class SimHost:
+    """A simulated host, a profile, and an Agent filled in by hand (no loop, no processes)."""
+
+    def __init__(self, tmp: Path, api: str | None = None):
+        self.tmp = tmp
+        self.root, self.run_dir = tmp / "sys", tmp / "run"
+        self.run_dir.mkdir()
+        done = mipart("sim", "create", self.root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2")
+        assert done.returncode == 0, done.stderr
+        self.api_port = free_port()
+        self.api = api or f"127.0.0.1:{self.api_port}"
+        self.profile = tmp / "profile.yaml"
+        self.profile.write_text(PROFILE.format(listen=free_port(), base=21000, python=sys.executable, api=self.api))
+        self.env = {"MIPART_SYSFS_ROOT": str(self.root), "MIPART_RUN_DIR": str(self.run_dir), "PYTHONPATH": str(AGENT)}
+        self.agent = self._agent()
+
+    def _agent(self):
+        from mipart.daemon import Agent
+        from mipart.gpu.sysfs import discover
+        from mipart.health import InstanceHealth
+        from mipart.instances import plan_instances
+
+        agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
+        assert agent.load_profile()
+        agent.specs = {s.number: s for s in plan_instances(agent.profile, discover(self.root).logical)}
+        now = time.time()
+        agent.health = {n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs}
+        h = agent.health
+        h[1] = InstanceHealth(1, state="degraded", since=now - 2, failures=1, last_error="/health did not answer within 1s")
+        h[2] = InstanceHealth(2, state="starting", since=now - 5)
+        h[3] = InstanceHealth(3, state="restarting", since=now - 20, restart_attempts=2, restarts_total=2, last_error="unit failed/failed")
+        h[4] = InstanceHealth(4, state="failed", since=now - 60, restarts_total=5, last_error="unit failed/failed; gave up after 5 restarts")
+        h[5] = InstanceHealth(5, state="unhealthy", since=now - 30, failures=3, last_error="/health answered 503")
+        agent.status.last_reconcile = now - 10
+        return agent
+
+
+class LiveApi:
+    """start_api() on an event loop in a thread, as the agent runs it; stopped by close()."""
+
+    def __init__(self, agent, listen: str):
+        from mipart.api import start_api
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        try:
+            self.runner = asyncio.run_coroutine_threadsafe(start_api(agent, listen), self.loop).result(10)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
+    return SimHost(tmp_path)
+
+
+@pytest.fixture
+def live(host):
+    api = LiveApi(host.agent, host.api)
+    yield api
+    api.close()
+
+
+def get(host: SimHost, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", host.api_port, timeout=5)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def get_json(host: SimHost, path: str, expect: int = 200):
+    status, headers, body = get(host, path)
+    assert status == expect, body
+    assert headers["content-type"].startswith("application/json")
+    return json.loads(body)
+
+
+# -- status and instances ------------------------------------------------------------------
+
+
+def test_status_reports_profile_partitions_apply_and_counts(host, live):
+    from mipart.partition.apply import ApplyResult
+    from mipart.partition.record import record_apply
+
+    record_apply(True, host.agent.profile.digest, ApplyResult(writes=2, reloads=1, logical_gpus=16))
+    st = get_json(host, "/v1/status")
+    assert st["version"] == __import__("mipart").__version__
+    assert st["profile"] == {"path": str(host.profile), "digest": host.agent.profile.digest, "loaded": True}
+    assert st["profile_error"] == ""
+    part = st["partition"]
+    assert part["matches"] is True and part["logical_gpus"] == 16 and part["error"] == ""
+    assert [g["index"] for g in part["gpus"]] == list(range(8))
+    assert part["gpus"][0] == {"index": 0, "bdf": part["gpus"][0]["bdf"], "compute": "DPX", "memory": "NPS2",
+                               "compute_want": "DPX", "memory_want": "NPS2", "matches": True, "logical_gpus": [0, 1]}
+    assert re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", part["gpus"][0]["bdf"])
+    assert st["last_apply"]["ok"] is True and st["last_apply"]["result"]["reloads"] == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", st["last_apply"]["time"])
+    assert st["instances"] == {"total": 16, "ready": 11, "degraded": 1, "starting": 1, "restarting": 1, "failed": 1, "unhealthy": 1}
+    assert st["nginx"] == {"config_valid": True, "error": "", "running": True}
+    assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
+
+
+def test_status_shows_errors_and_a_partition_mismatch(host, live):
+    host.agent.status.profile_error = "profile.yaml:3:5: bad; good"
+    host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    host.agent.status.reconcile_error = "services.chat has no logical GPU"
+    gpu0 = sorted(p for p in (host.root / "bus/pci/devices").iterdir() if (p / "current_compute_partition").exists())[0]
+    time.sleep(1.1)  # past the host cache
+    before = (gpu0 / "current_compute_partition").read_text()
+    (gpu0 / "current_compute_partition").write_text("SPX\n")
+    try:
+        st = get_json(host, "/v1/status")
+    finally:
+        (gpu0 / "current_compute_partition").write_text(before)
+    assert st["profile_error"].startswith("profile.yaml:3:5")
+    assert st["nginx"]["config_valid"] is False and "unknown directive" in st["nginx"]["error"]
+    assert st["reconcile"]["error"].startswith("services.chat")
+    assert st["partition"]["matches"] is False
+    assert [g["matches"] for g in st["partition"]["gpus"]].count(False) == 1
+
+
+def test_host_facts_are_cached_not_read_per_request(host, live, monkeypatch):
+    import mipart.status
+
+    calls = []
+    real = mipart.status.collect_host
+    monkeypatch.setattr(mipart.status, "collect_host", lambda agent: calls.append(1) or real(agent))
+    time.sleep(1.1)
+    for _ in range(20):
+        get_json(host, "/v1/status")
+        get_json(host, "/v1/instances")
+    assert len(calls) <= 2
+
+
+def test_instances_list_and_one(host, live):
+    data = get_json(host, "/v1/instances")
+    instances = data["instances"]
+    assert [i["number"] for i in instances] == list(range(16))
+    states = {i["number"]: i["state"] for i in instances}
+    assert states[0] == "ready" and states[1] == "degraded" and states[2] == "starting"
+    assert states[3] == "restarting" and states[4] == "failed" and states[5] == "unhealthy"
+    one = get_json(host, "/v1/instances/3")
+    assert one == instances[3]
+    assert one["unit"] == "mipart-vllm@3.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
+    assert one["port"] == 21003 and one["address"] == "127.0.0.1:21003"
+    assert one["logical_gpus"] == [3] and one["physical_gpus"] == [1]
+    assert one["devices"][0] == "/dev/kfd" and one["devices"][1].startswith("/dev/dri/renderD")
+    assert one["restarts"] == 2 and one["last_error"] == "unit failed/failed"
+    assert (one["active_state"], one["sub_state"]) == ("active", "running")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", one["since"])
+
+
+def test_instance_state_comes_from_the_health_state_machine():
+    from types import SimpleNamespace
+
+    from mipart.health import InstanceHealth
+    from mipart.profile.schema import HealthSpec
+    from mipart.status import STATES, instance_state
+
+    assert instance_state(None) == "starting"
+    spec = HealthSpec(unhealthy_after=2)
+    h = InstanceHealth(0)
+    assert instance_state(h) == "starting"
+    h.record(True, "", spec)
+    assert instance_state(h) == "ready"
+    h.record(False, "x", spec)
+    assert instance_state(h) == "degraded"
+    h.record(False, "x", spec)
+    assert instance_state(h) == "unhealthy"
+    assert all(instance_state(InstanceHealth(0, state=s)) == s for s in STATES)
+    # a health record without a state word: derived from its fields
+    legacy = dict(ready=False, failures=0, restart_attempts=0, gave_up=False)
+    assert instance_state(SimpleNamespace(**{**legacy, "ready": True, "failures": 1})) == "degraded"
+    assert instance_state(SimpleNamespace(**{**legacy, "restart_attempts": 1})) == "restarting"
+    assert instance_state(SimpleNamespace(**{**legacy, "restart_attempts": 1, "gave_up": True})) == "failed"
+    assert instance_state(SimpleNamespace(**{**legacy, "failures": 3})) == "starting"
+    assert instance_state(SimpleNamespace(**{**legacy, "failures": 3, "was_ready": True})) == "unhealthy"
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def assert_error(status: int, headers: dict, body: bytes, code: int) -> dict:
+    assert status == code
+    assert headers["content-type"].startswith("application/json")
+    data = json.loads(body)
+    assert set(data) == {"error"} and set(data["error"]) == {"code", "message"}
+    assert data["error"]["code"] == code and data["error"]["message"]
+    return data
+
+
+def test_errors_are_json(host, live):
+    data = assert_error(*get(host, "/v1/instances/99"), 404)
+    assert "no instance 99" in data["error"]["message"]
+    data = assert_error(*get(host, "/v1/instances/abc"), 400)
+    assert "integer" in data["error"]["message"]
+    for bad in ("-1", "1.5", "1_0", "%C2%B3"):
+        assert_error(*get(host, f"/v1/instances/{bad}"), 400)
+    assert_error(*get(host, "/nope"), 404)
+    assert_error(*get(host, "/v1/status/"), 404)
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        status, headers, body = get(host, "/v1/status", method)
+        assert_error(status, headers, body, 405)
+        assert "GET" in headers["allow"].split(", ")
+
+
+def test_healthz(host, live):
+    assert get_json(host, "/healthz") == {"status": "ok"}
+    host.agent.stopping.set()
+    assert_error(*get(host, "/healthz"), 503)
+
+
+# -- Prometheus --------------------------------------------------------------------------------
+
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
+LABELS = rf"\{{(?:[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE}(?:,[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE})*)?\}}"
+VALUE = r"(?:[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?Inf|NaN)"
+SAMPLE = re.compile(rf"({NAME})({LABELS})? ({VALUE})(?: -?\d+)?")
+HELP = re.compile(rf"# HELP ({NAME}) (?:[^\\\n]|\\[\\n])*")
+TYPE = re.compile(rf"# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)")
+LABEL_PAIR = re.compile(rf'([a-zA-Z_][a-zA-Z0-9_]*)=({LABEL_VALUE})')
+
+
+def parse_exposition(text: str) -> dict[str, list[tuple[dict, float]]]:
+    """Strict text format 0.0.4: every line matches; HELP/TYPE once per family, before its samples."""
+    assert text.endswith("\n")
+    families: dict[str, list] = {}
+    typed: dict[str, str] = {}
+    helped: set[str] = set()
+    for line in text.splitlines():
+        if m := HELP.fullmatch(line):
+            assert m[1] not in helped, line
+            helped.add(m[1])
+        elif m := TYPE.fullmatch(line):
+            assert m[1] not in typed and m[1] not in families, line
+            typed[m[1]] = m[2]
+            families[m[1]] = []
+        elif m := SAMPLE.fullmatch(line):
+            assert m[1] in typed, f"sample before its TYPE: {line}"
+            labels = {k: json.loads(v) for k, v in LABEL_PAIR.findall(m[2] or "")}
+            families[m[1]].append((labels, float(m[3])))
+        else:
+            raise AssertionError(f"not exposition format: {line!r}")
+    return families
+
+
+def test_metrics_text_format(host, live):
+    status, headers, body = get(host, "/metrics")
+    assert status == 200
+    assert headers["content-type"].replace(" ", "").split(";")[:2] == ["text/plain", "version=0.0.4"]
+    families = parse_exposition(body.decode())
+    assert families["mipart_agent_info"] == [({"version": __import__("mipart").__version__}, 1.0)]
+    assert families["mipart_profile_valid"] == [({}, 1.0)]
+    assert families["mipart_nginx_config_valid"] == [({}, 1.0)]
+    assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == [({}, 1.0)]
+    by_state = {labels["state"]: value for labels, value in families["mipart_instances"]}
+    assert by_state == {"starting": 1, "ready": 11, "degraded": 1, "unhealthy": 1, "restarting": 1, "failed": 1}
+    ready = {labels["instance"]: (labels, value) for labels, value in families["mipart_instance_ready"]}
+    assert len(ready) == 16
+    assert ready["mipart-vllm@3.service"] == ({"service": "chat", "instance": "mipart-vllm@3.service", "gpu": "3"}, 0.0)
+    assert ready["mipart-vllm@0.service"][1] == 1.0
+    restarts = {labels["instance"]: value for labels, value in families["mipart_instance_restarts_total"]}
+    assert restarts["mipart-vllm@4.service"] == 5 and restarts["mipart-vllm@0.service"] == 0
+
+
+def test_metrics_escape_label_values_and_follow_errors(host):
+    from mipart.status import prometheus_metrics
+
+    agent = host.agent
+    agent.specs[0] = replace(agent.specs[0], service='we"ird\\name\nx', logical_gpus=(0, 1))
+    agent.status.profile_error, agent.status.nginx_error = "bad", "bad"
+    families = parse_exposition(prometheus_metrics(agent))
+    labels = [lb for lb, _ in families["mipart_instance_ready"] if lb["instance"] == "mipart-vllm@0.service"][0]
+    assert labels == {"service": 'we"ird\\name\nx', "instance": "mipart-vllm@0.service", "gpu": "0,1"}
+    assert families["mipart_profile_valid"] == [({}, 0.0)] and families["mipart_nginx_config_valid"] == [({}, 0.0)]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")
+def test_metrics_pass_promtool(host, live):
+    _, _, body = get(host, "/metrics")
+    done = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_targets_are_prometheus_http_sd(host, live):
+    groups = get_json(host, "/v1/targets")
+    assert isinstance(groups, list) and len(groups) == 16
+    for n, group in enumerate(groups):
+        assert set(group) == {"targets", "labels"}
+        assert group["targets"] == [f"127.0.0.1:{21000 + n}"]
+        labels = group["labels"]
+        assert labels["service"] == "chat" and labels["instance_unit"] == f"mipart-vllm@{n}.service"
+        assert labels["gpu"] == str(n) and labels["__metrics_path__"] == "/metrics"
+        assert all(isinstance(v, str) for v in labels.values())
+        assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) for k in labels)
+
+
+PROMETHEUS_CONFIG = """\
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: mipart-agent
+    static_configs: [{{targets: ["127.0.0.1:{api}"]}}]
+  - job_name: mipart-vllm
+    http_sd_configs: [{{url: "http://127.0.0.1:{api}/v1/targets", refresh_interval: 1s}}]
+"""
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (Debian package) not installed")
+def test_a_real_prometheus_discovers_the_instances_and_scrapes_the_agent(host, live, tmp_path):
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.format(api=host.api_port))
+    web = free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{web}"], stdout=log, stderr=subprocess.STDOUT)
+
+    def api(path: str):
+        conn = http.client.HTTPConnection("127.0.0.1", web, timeout=5)
+        try:
+            conn.request("GET", path)
+            return json.loads(conn.getresponse().read())["data"]
+        finally:
+            conn.close()
+
+    try:
+        deadline = time.monotonic() + 45
+        targets, ready = [], []
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                targets = api("/api/v1/targets")["activeTargets"]
+                ready = api("/api/v1/query?query=mipart_instance_ready")["result"]
+            except (OSError, ValueError, KeyError):
+                continue
+            agent = [t for t in targets if t["labels"]["job"] == "mipart-agent"]
+            if len(targets) == 17 and agent and agent[0]["health"] == "up" and len(ready) == 16:
+                break
+        vllm = sorted((t for t in targets if t["labels"]["job"] == "mipart-vllm"), key=lambda t: int(t["labels"]["gpu"].split(",")[0]))
+        assert len(vllm) == 16, (tmp_path / "prometheus.log").read_text()[-3000:]
+        assert vllm[3]["scrapeUrl"] == "http://127.0.0.1:21003/metrics"
+        assert {k: vllm[3]["labels"][k] for k in ("service", "instance_unit", "gpu")} == {"service": "chat", "instance_unit": "mipart-vllm@3.service", "gpu": "3"}
+        assert len(ready) == 16
+        assert {r["metric"]["gpu"]: r["value"][1] for r in ready}["3"] == "0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def test_openapi_document_is_served_and_shipped(host, live):
+    from mipart.api import openapi_text
+
+    status, headers, body = get(host, "/openapi.yaml")
+    assert status == 200 and "yaml" in headers["content-type"]
+    doc = yaml.safe_load(body)
+    assert doc["openapi"] == "3.0.3"
+    assert set(doc["paths"]) == {"/v1/status", "/v1/instances", "/v1/instances/{n}", "/healthz", "/metrics", "/v1/targets", "/openapi.yaml"}
+    assert body.decode() == openapi_text()
+    assert (AGENT / "mipart" / "openapi.yaml").read_text() == openapi_text()
+
+
+# -- listening ---------------------------------------------------------------------------------
+
+
+def test_unix_socket_mode(host, tmp_path):
+    from mipart.cli_status import UnixHTTPConnection
+
+    path = tmp_path / "sock" / "api.sock"
+    path.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # left behind by a killed agent: nobody listens
+    stale.close()
+    api = LiveApi(host.agent, f"unix:{path}")
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        conn = UnixHTTPConnection(str(path))
+        try:
+            conn.request("GET", "/v1/status")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert json.loads(response.read())["instances"]["total"] == 16
+        finally:
+            conn.close()
+        from mipart.errors import UserError
+
+        with pytest.raises(UserError, match="address already in use"):
+            LiveApi(host.agent, f"unix:{path}")  # a live socket is never taken over
+    finally:
+        api.close()
+
+
+def test_unix_socket_directory_is_created(host, tmp_path):
+    path = tmp_path / "new" / "dir" / "api.sock"
+    api = LiveApi(host.agent, f"unix:{path}")
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+    finally:
+        api.close()
+
+
+def test_port_in_use_is_one_clear_line(host):
+    from mipart.errors import UserError
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(UserError) as caught:
+            LiveApi(host.agent, f"127.0.0.1:{port}")
+    assert str(caught.value) == f"api.listen 127.0.0.1:{port}: address already in use; choose a free port in api.listen"
+
+
+# -- schemathesis ------------------------------------------------------------------------------
+
+
+# aiohttp 3.8's HTTP parser (llhttp, Debian 12's python3-aiohttp) refuses methods it does not
+# know, such as the draft QUERY method, with 400 before any route runs; every method it
+# parses gets 405 + Allow.
+SCHEMATHESIS_TOML = """\
+[phases.coverage]
+unexpected-methods = ["get", "put", "post", "delete", "options", "patch", "trace"]
+"""
+
+
+def test_schemathesis_against_the_shipped_document(host, live, tmp_path):
+    """Every documented operation of the shipped openapi.yaml, all checks, on the live API."""
+    pytest.importorskip("schemathesis")
+    from mipart.api import openapi_text
+
+    document = tmp_path / "openapi.yaml"
+    document.write_text(openapi_text())
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_TOML)
+    cli = Path(sys.executable).with_name("schemathesis")
+    argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "schemathesis.cli"]
+    done = subprocess.run(
+        [*argv, "--config-file", str(config), "run", str(document), "--url", f"http://127.0.0.1:{host.api_port}",
+         "--checks", "all", "--max-examples", "100", "--phases", "examples,coverage,fuzzing", "--generation-database", "none",
+         "--request-timeout", "5", "--workers", "1", "--no-color"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "7 selected / 7 total" in done.stdout
