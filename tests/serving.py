@@ -9,9 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,27 +33,11 @@ api: {{listen: "127.0.0.1:{api}"}}
 
 
 def free_ports(count: int) -> tuple[int, int]:
-    """A free listener port (base - 1; base - 2 is left for the API) and a base port with `count` free ports after it.
+    """A listener port (base - 1) and a base port with `count` ports after it; base - 2 is the API's."""
+    from mipart.sim.ports import free_block
 
-    Below the kernel's ephemeral range (32768+), where an outgoing connection could hold
-    a port an instance must bind again after a restart.
-    """
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10000, 32768 - count)
-        ports = [base - 2, base - 1, *range(base, base + count)]
-        if all(_free(p) for p in ports):
-            return base - 1, base
-    raise RuntimeError("no free loopback port range")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    base = free_block(count + 2) + 2
+    return base - 1, base
 
 
 class ServingHost:

@@ -7,23 +7,9 @@ import re
 import socket
 import time
 
-import pytest
 
 from conftest import mipart
-from test_api import LiveApi, SimHost
-
-
-@pytest.fixture
-def host(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
-    return SimHost(tmp_path)
-
-
-@pytest.fixture
-def live(host):
-    api = LiveApi(host.agent, host.api)
-    yield api
-    api.close()
+from test_api import LiveApi, SimHost, host, live  # noqa: F401  (fixtures shared with the API tests)
 
 
 def status(host: SimHost, *args: str, path: str | None = None):

@@ -12,12 +12,13 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mipart.sim.ports import port_free
 
 LISTEN_PORT = int(os.environ.get("MIPART_DEMO_PORT", "8040"))
 BASE_PORT = int(os.environ.get("MIPART_DEMO_BASE_PORT", "18081"))
@@ -51,15 +52,6 @@ def mipart(*args: str, env: dict) -> str:
     if done.returncode != 0:
         raise SystemExit(f"demo: `mipart {' '.join(args)}` failed:\n{done.stderr.strip()}")
     return done.stdout.rstrip()
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def health(port: int) -> bool:
