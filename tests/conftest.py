@@ -27,3 +27,20 @@ def mipart(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
 @pytest.fixture
 def run_mipart():
     return mipart
+
+
+@pytest.fixture
+def live_pids():
+    """PIDs of real processes (sorted) for simulated KFD holders: the kernel, and the
+    simulator, forget holders whose process has exited. Killed by PID afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def make(count: int) -> list[int]:
+        for _ in range(count):
+            started.append(subprocess.Popen(["sleep", "300"]))
+        return sorted(p.pid for p in started[-count:])
+
+    yield make
+    for proc in started:
+        proc.kill()
+        proc.wait()

@@ -127,16 +127,17 @@ def test_corrupt_attribute_is_one_error_naming_the_file(tmp_path, relative, text
     assert "\n" not in str(caught.value)
 
 
-def test_kfd_users_map_to_physical_gpus(tmp_path):
+def test_kfd_users_map_to_physical_gpus(tmp_path, live_pids):
+    P = live_pids(2)
     root = sim(tmp_path, compute="CPX", memory="NPS4")
-    simulator.hold(root, 2, pid=4242)
-    simulator.hold(root, 5, pid=4242)
-    simulator.hold(root, 0, pid=77)
+    simulator.hold(root, 2, pid=P[1])
+    simulator.hold(root, 5, pid=P[1])
+    simulator.hold(root, 0, pid=P[0])
     state = sysfs.discover(root)
-    assert sysfs.kfd_users(root, state) == [GpuUser(77, (0,)), GpuUser(4242, (2, 5))]
+    assert sysfs.kfd_users(root, state) == [GpuUser(P[0], (0,)), GpuUser(P[1], (2, 5))]
 
     (root / "class/kfd/kfd/proc/9999").mkdir()  # KFD open, no GPU memory yet: could be any
-    assert sysfs.kfd_users(root, state)[-1] == GpuUser(9999, tuple(range(8)))
+    assert GpuUser(9999, tuple(range(8))) in sysfs.kfd_users(root, state)
 
 
 def test_write_on_real_sysfs_writes_value_and_newline(tmp_path):
@@ -201,9 +202,10 @@ def test_describe_write_error(tmp_path, code, name, value, memory, expected):
     assert sysfs.describe_write_error(OSError(code, os.strerror(code)), gpu, name, value) == expected
 
 
-def test_describe_what_the_simulated_kernel_raises(tmp_path):
+def test_describe_what_the_simulated_kernel_raises(tmp_path, live_pids):
+    P = live_pids(2)
     root = sim(tmp_path)
-    simulator.hold(root, 3, pid=1234)
+    simulator.hold(root, 3, pid=P[0])
     gpu = sysfs.discover(root).physical[3]
     with pytest.raises(OSError) as caught:
         sysfs.write_attribute(root, gpu, "current_compute_partition", "CPX")

@@ -62,18 +62,20 @@ def test_invalid_compute_mode_is_einval_and_changes_nothing(host, memory, value)
     assert sysfs.discover(root) == before
 
 
-def test_writing_the_current_mode_succeeds_without_a_switch(host):
+def test_writing_the_current_mode_succeeds_without_a_switch(host, live_pids):
+    P = live_pids(2)
     root = host(compute="DPX", memory="NPS2")
-    simulator.hold(root, 3, pid=99)  # a no-op write is not refused even while held
+    simulator.hold(root, 3, pid=P[0])  # a no-op write is not refused even while held
     before = sysfs.discover(root)
     simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
     simulator.kernel_write(root, GPU3, MEMORY, "nps2")
     assert sysfs.discover(root) == before
 
 
-def test_held_gpu_is_ebusy_until_released(host):
+def test_held_gpu_is_ebusy_until_released(host, live_pids):
+    P = live_pids(2)
     root = host()
-    simulator.hold(root, 3, pid=1234)
+    simulator.hold(root, 3, pid=P[0])
     assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EBUSY
     simulator.kernel_write(root, "0000:85:00.0", COMPUTE, "DPX")  # GPU 4 is free
     simulator.release(root, 3)
@@ -81,15 +83,16 @@ def test_held_gpu_is_ebusy_until_released(host):
     assert [c for c, _ in modes(root)] == ["SPX"] * 3 + ["DPX", "DPX"] + ["SPX"] * 3
 
 
-def test_release_by_pid_and_gpu(host):
+def test_release_by_pid_and_gpu(host, live_pids):
+    P = live_pids(2)
     root = host()
-    simulator.hold(root, 1, pid=10)
-    simulator.hold(root, 2, pid=10)
-    simulator.hold(root, 2, pid=11)
-    simulator.release(root, 2, pid=10)
-    assert simulator.read_state(root).holders == {10: [1], 11: [2]}
-    simulator.release(root, pid=11)
-    assert simulator.read_state(root).holders == {10: [1]}
+    simulator.hold(root, 1, pid=P[0])
+    simulator.hold(root, 2, pid=P[0])
+    simulator.hold(root, 2, pid=P[1])
+    simulator.release(root, 2, pid=P[0])
+    assert simulator.read_state(root).holders == {P[0]: [1], P[1]: [2]}
+    simulator.release(root, pid=P[1])
+    assert simulator.read_state(root).holders == {P[0]: [1]}
     simulator.release(root)
     assert simulator.read_state(root).holders == {}
 
@@ -158,10 +161,11 @@ def test_module_parameter_reads_as_on_a_real_host(host):
         simulator.set_user_partt_mode(root, 7)
 
 
-def test_reload_refused_while_a_gpu_is_held(host):
+def test_reload_refused_while_a_gpu_is_held(host, live_pids):
+    P = live_pids(2)
     root = host()
     simulator.kernel_write(root, GPU3, MEMORY, "NPS2")
-    simulator.hold(root, 6, pid=555)
+    simulator.hold(root, 6, pid=P[0])
     with pytest.raises(subprocess.CalledProcessError) as caught:
         simulator.reload(root)
     assert caught.value.returncode == 1
@@ -183,18 +187,20 @@ def test_counters_count_every_write_and_each_reload(host):
     assert simulator.read_state(root).counters == {"writes": 0, "reloads": 0}
 
 
-def test_gpu_ids_are_stable_for_a_layout(host):
+def test_gpu_ids_are_stable_for_a_layout(host, live_pids):
+    P = live_pids(2)
     root = host(compute="CPX", memory="NPS4")
     ids = [lg.gpu_id for lg in sysfs.discover(root).logical]
-    simulator.hold(root, 1, pid=5)  # rebuilds the tree
+    simulator.hold(root, 1, pid=P[0])  # rebuilds the tree
     simulator.release(root)
     assert [lg.gpu_id for lg in sysfs.discover(root).logical] == ids
 
 
-def test_old_kfd_trees_are_cleaned_up(host):
+def test_old_kfd_trees_are_cleaned_up(host, live_pids):
+    P = live_pids(2)
     root = host()
     for i in range(5):
-        simulator.hold(root, i, pid=7)
+        simulator.hold(root, i, pid=P[0])
     assert len([p for p in os.listdir(root / ".mipart-sim") if p.startswith("kfd-")]) <= 2
 
 
@@ -232,23 +238,24 @@ def test_operations_on_a_plain_directory_fail_cleanly(tmp_path):
         simulator.hold(tmp_path / "h", 8, pid=1)
 
 
-def test_cli_drives_a_simulated_host(tmp_path):
+def test_cli_drives_a_simulated_host(tmp_path, live_pids):
     root = tmp_path / "host"
     assert mipart("sim", "create", root, "--model", "mi325x", "--gpus", "4", "--compute", "cpx",
                   "--memory", "NPS4").returncode == 0
     assert len(sysfs.discover(root).logical) == 32
-    assert mipart("sim", "hold", root, "2", "--pid", "321").returncode == 0
+    holder = str(live_pids(1)[0])
+    assert mipart("sim", "hold", root, "2", "--pid", holder).returncode == 0
     assert mipart("sim", "reset", root, "1", "--on").returncode == 0
 
     refused = mipart("sim", "reload", root)
     assert (refused.returncode, refused.stderr) == (1, "modprobe: FATAL: Module amdgpu is in use.\n")
 
     shown = mipart("sim", "show", root)
-    assert "GPU 2 0000:46:00.0 CPX NPS4; held by 321" in shown.stdout
+    assert f"GPU 2 0000:46:00.0 CPX NPS4; held by {holder}" in shown.stdout
     assert "GPU 1 0000:26:00.0 CPX NPS4; resetting" in shown.stdout
     assert "counters: writes=0 reloads=0" in shown.stdout
 
-    assert mipart("sim", "release", root, "--pid", "321").returncode == 0
+    assert mipart("sim", "release", root, "--pid", holder).returncode == 0
     assert mipart("sim", "reset", root, "1", "--off").returncode == 0
     assert mipart("sim", "reload", root).returncode == 0
     state = json.loads(mipart("sim", "show", root, "--json").stdout)
@@ -277,3 +284,17 @@ def test_cli_mistakes_are_one_line_without_traceback(tmp_path, args):
     assert result.returncode != 0
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("mipart: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_holder_that_exits_is_forgotten_like_the_kernel_does(host):
+    import subprocess
+
+    root = host()
+    holder = subprocess.Popen(["sleep", "300"])
+    simulator.hold(root, 0, pid=holder.pid)
+    with pytest.raises(subprocess.CalledProcessError):
+        simulator.reload(root)
+    holder.kill()
+    holder.wait()
+    simulator.reload(root)  # no KFD user left
+    assert simulator.read_state(root).holders == {}

@@ -118,6 +118,7 @@ def kernel_write(root: Path, bdf: str, attr: str, value: str) -> None:
     with _lock(root):
         state = read_state(root)
         state.counters["writes"] += 1
+        _drop_exited(state)
         try:
             changed = _apply_write(state, root / "bus/pci/devices" / bdf / attr, bdf, attr, value)
         except OSError:
@@ -168,6 +169,7 @@ def reload(root: Path) -> None:
     root = Path(root)
     with _lock(root):
         state = read_state(root)
+        _drop_exited(state)
         if state.holders:
             raise subprocess.CalledProcessError(1, ["modprobe", "-r", "amdgpu"], "", MODULE_IN_USE)
         for gpu in state.gpus:
@@ -185,6 +187,23 @@ def _compute_at_load(state: SimState, memory: str) -> str:
     if wanted in state.spec.compute_modes and compatible(wanted, memory, state.spec.xcc_count):
         return wanted
     return AUTO_COMPUTE_FOR_MEMORY[memory]
+
+
+def _drop_exited(state: SimState) -> bool:
+    """The kernel forgets a KFD user when its process exits; so does the simulator."""
+    gone = [pid for pid in state.holders if not os.path.exists(f"/proc/{pid}")]
+    for pid in gone:
+        del state.holders[pid]
+    return bool(gone)
+
+
+def prune_exited(root: Path) -> None:
+    """Bring ROOT/class/kfd/kfd/proc up to date with which holders still run."""
+    root = Path(root)
+    with _lock(root):
+        state = read_state(root)
+        if _drop_exited(state):
+            _commit(root, state)
 
 
 def hold(root: Path, gpu_index: int, pid: int) -> None:

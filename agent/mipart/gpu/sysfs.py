@@ -153,6 +153,8 @@ def kfd_users(root: Path, state: HostState) -> list[GpuUser]:
     whose files name no GPU we know is counted as using all of them: stopping too much is
     safer than an EBUSY halfway through a repartition.
     """
+    if simulator.is_sim(Path(root)):
+        simulator.prune_exited(Path(root))
     proc = Path(root) / KFD / "proc"
     if not proc.is_dir():
         return []
