@@ -137,6 +137,8 @@ def _nginx_master_changed(host, old: int) -> bool:
         return False
 
 
+CLIENT_TIMEOUT = 15
+
 LOAD_CLIENT = r'''
 import asyncio, json, sys, time
 import aiohttp
@@ -203,8 +205,16 @@ def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host,
     for started, ended, status, backend in results:
         if status == 200:
             continue
-        # allowed: a request that started while a faulted instance was still in rotation
-        allowed = any(fault_time[n] - 0.05 <= started <= left_rotation.get(n, float("inf")) + 0.5 for n in faults)
+        # Allowed: a request that started before its (faulted) instance left rotation. A failure
+        # that names a backend is charged to that backend only; one that cannot (a reset, a 5xx
+        # from nginx) to any fault. The client stamps a request when its coroutine runs, which
+        # under this load can be seconds before nginx sees it, hence no lower bound but the
+        # client timeout.
+        allowed = any(
+            backend in ("", f"127.0.0.1:{host.base + n}") or not backend.startswith("127.")
+            for n in faults
+            if fault_time[n] - CLIENT_TIMEOUT <= started <= left_rotation.get(n, float("inf")) + 0.5
+        )
         if not allowed:
             bad.append((round(started, 3), status, backend))
     assert not bad, f"{len(bad)} failures outside fault windows, e.g. {bad[:5]}; left rotation at {left_rotation}"

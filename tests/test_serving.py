@@ -139,3 +139,25 @@ def test_bad_profile_on_reload_changes_nothing_that_runs(host, breakage):
     assert host.nginx_conf() == conf
     assert host.backend_of_one_request()[0] == 200
     assert "Traceback" not in host.log_text()
+
+
+def test_changed_spec_restarts_rolling_and_the_service_keeps_serving(host):
+    host.start_agent()
+    host.wait_ready(16)
+    before = host.instance_pids()
+    host.profile.write_text(host.profile.read_text().replace("    args: []", '    args: ["--max-tokens-default", "8"]'))
+    host.hup()
+    lowest, failures, deadline = 16, 0, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lowest = min(lowest, host.ready_count())
+        status = host.backend_of_one_request_or_none()
+        failures += status != 200
+        pids = host.instance_pids()
+        if len(pids) == 16 and all(pids[n] != before[n] for n in range(16)) and host.ready_count() == 16:
+            break
+    else:
+        raise AssertionError(f"rolling restart did not finish\n{host.log_text()[-3000:]}")
+    assert lowest >= 12, f"{lowest}/16 ready at the worst moment: more than a quarter restarted at once"
+    assert failures == 0
+    restarts = [line for line in host.log_text().splitlines() if "reason='spec changed'" in line]
+    assert len(restarts) == 16

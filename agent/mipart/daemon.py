@@ -72,6 +72,8 @@ class Agent:
         self.profile = None
         self.specs: dict = {}
         self.health: dict = {}
+        self.rolling: dict[int, None] = {}  # instances waiting for their turn to restart, in order
+        self.rolling_active: set[int] = set()
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self._last_status_line = ""
@@ -136,32 +138,74 @@ class Agent:
         await self.update_nginx()
 
     def _plan(self, specs, states):
-        from mipart import procs
-        from mipart.launcher import DIGEST_VAR
         from mipart.reconcile import plan_actions
 
-        digests = {n: procs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
-        return plan_actions(specs, states, digests)
+        return plan_actions(specs, states, self._running_digests(states))
+
+    @staticmethod
+    def _running_digests(states) -> dict:
+        """The spec digest each running server was started with (from its environment)."""
+        from mipart import procs
+        from mipart.launcher import DIGEST_VAR
+
+        return {n: procs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
 
     async def _run_actions(self, actions) -> None:
-        """All starts (and stops) at once: one slow model load never delays the others."""
+        """All starts (and stops) at once: one slow model load never delays the others.
+
+        Changed instances restart rolling (see roll), so a service keeps serving.
+        """
         for number in actions.stop:
             self.log.info("instance.stop", unit=f"mipart-vllm@{number}", reason="no longer in profile")
-        for number in actions.restart:
-            self.log.info("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="spec changed")
+            self.rolling.pop(number, None)
         for number in actions.start:
             self.log.info("instance.start", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="not running")
-        for number in actions.start + actions.restart:
             self.health[number].fresh_start(grace=self.profile.health.interval)
-        if actions.restart or actions.stop:
-            await self.update_nginx()  # out of rotation before they go down
+        for number in actions.restart:
+            self.rolling[number] = None
         jobs = [asyncio.to_thread(self.runner.stop, n) for n in actions.stop]
-        jobs += [asyncio.to_thread(self.runner.restart, n) for n in actions.restart]
         jobs += [asyncio.to_thread(self.runner.start, n) for n in actions.start]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        for result in results:
+        await self._gather(jobs)
+        await self.roll()
+
+    async def _gather(self, jobs) -> None:
+        for result in await asyncio.gather(*jobs, return_exceptions=True):
             if isinstance(result, Exception):
                 self.log.error("instance.action_failed", reason=str(result))
+
+    def _batch_size(self, service: str) -> int:
+        """A quarter of the service at a time, or all of it when none of it serves anyway."""
+        members = [n for n, spec in self.specs.items() if spec.service == service]
+        if not any(self.health[n].in_rotation for n in members if n in self.health and n not in self.rolling_active):
+            return len(members)
+        return max(1, len(members) // 4)
+
+    async def roll(self) -> None:
+        """Restart the next batch of changed instances once the previous batch is ready."""
+        settled = [n for n in self.rolling_active if n not in self.specs or self.health[n].state in ("ready", "degraded", "failed")]
+        if settled:
+            # Ready must mean the new server: a queued systemd restart can leave the old one answering.
+            digests = self._running_digests(await asyncio.to_thread(self.runner.list_instances))
+            for number in settled:
+                if number not in self.specs or self.health[number].state == "failed" or digests.get(number) == self.specs[number].digest():
+                    self.rolling_active.discard(number)
+        busy = {self.specs[n].service for n in self.rolling_active}
+        waiting: dict[str, list[int]] = {}
+        for number in list(self.rolling):
+            if number not in self.specs:
+                del self.rolling[number]
+            elif self.specs[number].service not in busy:
+                waiting.setdefault(self.specs[number].service, []).append(number)
+        batch = [n for service, numbers in waiting.items() for n in numbers[: self._batch_size(service)]]
+        if not batch:
+            return
+        for number in batch:
+            del self.rolling[number]
+            self.rolling_active.add(number)
+            self.health[number].fresh_start(grace=self.profile.health.interval)
+            self.log.info("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="spec changed", waiting=len(self.rolling))
+        await self.update_nginx()  # out of rotation before they go down
+        await self._gather([asyncio.to_thread(self.runner.restart, n) for n in batch])
 
     def _gpus(self, number: int) -> str:
         spec = self.specs.get(number)
@@ -335,6 +379,7 @@ class Agent:
                 if changed:
                     await self.update_nginx()
                 await self.restart_due()
+                await self.roll()
                 self._notify_status()
                 self.notifier.watchdog()
                 try:

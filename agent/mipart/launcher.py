@@ -39,13 +39,17 @@ def remove_container(spec) -> None:
     subprocess.run([spec.runtime, "rm", "-f", container_name(spec.number)], capture_output=True, timeout=120)
 
 
-def _drop_privileges(user: str, env: dict) -> None:
+def _drop_privileges(user: str, env: dict, hf_home: str) -> None:
+    """Become the instance user; a model cache we create must be theirs to write."""
     import pwd
 
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise UserError(f"system user {user!r} does not exist; reinstall mipart (it creates the user) or set instances.user")
+    if not os.path.isdir(hf_home):
+        os.makedirs(hf_home, exist_ok=True)
+        os.chown(hf_home, entry.pw_uid, entry.pw_gid)
     os.setgroups(os.getgrouplist(user, entry.pw_gid))
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -69,8 +73,7 @@ def exec_instance(number: int, cleanup: bool) -> int:
     if container:
         remove_container(spec)  # a stale container of the same name would block `run --name`
     elif spec.user and os.geteuid() == 0:
-        os.makedirs(spec.hf_home, exist_ok=True)
-        _drop_privileges(spec.user, env)
+        _drop_privileges(spec.user, env, spec.hf_home)
     try:
         os.execvpe(spec.argv[0], list(spec.argv), env)
     except FileNotFoundError:
