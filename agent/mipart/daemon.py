@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -32,7 +32,6 @@ class AgentStatus:
     nginx_error: str = ""
     last_reconcile: float = 0.0
     reconcile_error: str = ""
-    restarts: dict[int, int] = field(default_factory=dict)
 
 
 class Notifier:
@@ -110,9 +109,9 @@ class Agent:
                              advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range (net.ipv4.ip_local_port_range)")
 
     # -- reconcile ---------------------------------------------------------------
-    async def reconcile(self) -> None:
+    async def desired_specs(self) -> dict | None:
+        """Instance specs for the profile on this host's logical GPUs; None (logged) when they do not fit."""
         from mipart.gpu.sysfs import discover
-        from mipart.health import InstanceHealth
         from mipart.instances import plan_instances
 
         try:
@@ -121,8 +120,16 @@ class Agent:
         except UserError as exc:
             self.status.reconcile_error = str(exc)
             self.log.error("reconcile.failed", reason=str(exc))
-            return
+            return None
         self.status.reconcile_error = ""
+        return specs
+
+    async def reconcile(self, specs: dict | None = None) -> None:
+        from mipart.health import InstanceHealth
+
+        specs = specs if specs is not None else await self.desired_specs()
+        if specs is None:
+            return
         await asyncio.to_thread(self._write_specs, specs)
         states = await asyncio.to_thread(self.runner.list_instances)
         actions = self._plan(specs, states)
@@ -389,18 +396,16 @@ class Agent:
 
     async def _first_reconcile(self, session) -> None:
         """Probe what already serves before touching nginx, so a restart drops nothing."""
-        from mipart.gpu.sysfs import discover
         from mipart.health import InstanceHealth
-        from mipart.instances import plan_instances
 
-        try:
-            logical = (await asyncio.to_thread(discover, self.sysfs_root)).logical
-            self.specs = {s.number: s for s in plan_instances(self.profile, logical)}
-        except UserError:
-            self.specs = {}
+        specs = await self.desired_specs()
+        self.specs = specs or {}
         self.health = {n: InstanceHealth(n) for n in self.specs}
         await self.probe_all(session, force=True)
-        await self.reconcile()
+        if specs is None:
+            await self.update_nginx()  # nothing fits: listeners answer 503 with the reason logged
+        else:
+            await self.reconcile(specs)
 
     async def _reload(self) -> None:
         self.reload_requested.clear()
