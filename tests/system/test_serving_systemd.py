@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import re
-import socket
 import threading
 import time
 
@@ -24,7 +22,7 @@ pytestmark = pytest.mark.system
 
 SIM = "/var/lib/mipart-sim"
 ENGINE = '["/usr/bin/python3", "-m", "mipart.sim.engine", "--startup-delay", "1"]'
-CHAT, CODE = (0, 1, 2, 3), (4, 5, 6, 7)
+CHAT = (0, 1, 2, 3)
 PROFILE = """\
 version: 1
 gpus: {{compute: DPX, memory: NPS2}}
@@ -50,25 +48,15 @@ api: {{listen: "127.0.0.1:{api_port}"}}
 
 
 # -- ports and the profile ------------------------------------------------------------------------
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def free_ports(span: int = 16) -> dict[str, int]:
-    """A base port with SPAN free ports after it and three listeners just below it (the profile
-    reserves base_port .. base_port + 63 for instances), all free on the host now."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - 64)
-        ports = [base - 3, base - 2, base - 1, *range(base, base + span)]
-        if all(_free(p) for p in ports):
-            return {"base": base, "chat_port": ports[0], "code_port": ports[1], "api_port": ports[2]}
-    raise RuntimeError("no free loopback port range")
+    """Three listeners just below a base port with SPAN free ports after it (the profile
+    reserves base_port .. base_port + 63 for instances), all below the ephemeral range: a
+    SIGKILLed instance must be able to bind its port again."""
+    from mipart.sim.ports import free_block
+
+    first = free_block(span + 3)
+    base = first + 3
+    return {"base": base, "chat_port": first, "code_port": first + 1, "api_port": first + 2}
 
 
 class Host:
