@@ -36,6 +36,7 @@ services:
     command: ["{python}", "-m", "mipart.sim.engine", "--startup-delay", "{delay}", "--tokens-per-second", "{tps}"]
 instances: {{base_port: {base}, user: root, hf_home: "{hf_home}"}}
 health: {{interval: {interval}, timeout: {timeout}, unhealthy_after: {unhealthy_after}, restart_backoff: {restart_backoff}}}
+api: {{listen: "127.0.0.1:{api_port}"}}
 """
 
 MODEL = "test/fake-llm"
@@ -152,12 +153,13 @@ class BenchHost:
                  interval: str = "2s", timeout: str = "1s", unhealthy_after: int = 3, restart_backoff: str = "1s"):
         self.tmp = tmp
         self.root, self.run_dir = tmp / "sys", tmp / "run"
-        self.listen, self.base = free_ports(64)
+        self.listen, self.base = free_ports(65)  # nginx listener, 64 instance ports, the agent's API
+        self.api_port = self.base + 64
         wall(mipart_argv("sim", "create", str(self.root), "--model", "mi300x", "--gpus", "8", "--compute", compute, "--memory", memory))
         self.env = {**ENV, "MIPART_SYSFS_ROOT": str(self.root), "MIPART_RUN_DIR": str(self.run_dir)}
         self.profile = tmp / "profile.yaml"
         self.values = dict(compute=compute, memory=memory, listen=self.listen, partitions=json.dumps(partitions), python=sys.executable, delay=delay,
-                           tps=tps, base=self.base, hf_home=str(tmp / "hf"), interval=interval, timeout=timeout, unhealthy_after=unhealthy_after,
+                           tps=tps, base=self.base, hf_home=str(tmp / "hf"), api_port=self.api_port, interval=interval, timeout=timeout, unhealthy_after=unhealthy_after,
                            restart_backoff=restart_backoff)
         self.profile.write_text(PROFILE.format(**self.values))
         self.log = tmp / "agent.log"

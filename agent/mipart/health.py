@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from mipart.profile.schema import HealthSpec
 
 # Starting instances are probed this often, so a fresh server joins nginx quickly.
-STARTING_PROBE_INTERVAL = 0.2
+STARTING_PROBE_INTERVAL = 0.1  # a refused connection costs next to nothing
 IN_ROTATION = ("ready", "degraded")
 
 

@@ -7,14 +7,11 @@ only that) is a reason to restart an instance.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
-
 from mipart.errors import UserError
 from mipart.gpu.sysfs import LogicalGpu
 from mipart.profile.fields import format_indices
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
+from mipart.spec import INSTANCE_HOST, InstanceSpec
 
 # Seed 003 (AMD's vLLM tuning guide): overridable defaults for every instance.
 ROCM_ENV_DEFAULTS = (
@@ -23,57 +20,12 @@ ROCM_ENV_DEFAULTS = (
     ("TORCH_BLAS_PREFER_HIPBLASLT", "1"),
 )
 MULTI_GPU_ENV_DEFAULTS = (("NCCL_MIN_NCHANNELS", "112"),)
-INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
 CONTAINER_SHM = "16g"
 
 
 class InstancePlanError(UserError):
     pass
-
-
-@dataclass(frozen=True)
-class InstanceSpec:
-    number: int
-    service: str
-    model: str
-    served_model_name: str
-    logical_gpus: tuple[int, ...]
-    physical_gpus: tuple[int, ...]
-    render_nodes: tuple[str, ...]
-    port: int
-    runtime: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    user: str | None  # None: root, which a container client needs for the daemon socket
-    hf_home: str
-
-    @property
-    def unit(self) -> str:
-        return f"mipart-vllm@{self.number}.service"
-
-    @property
-    def devices(self) -> tuple[str, ...]:
-        return ("/dev/kfd", *self.render_nodes)
-
-    @property
-    def address(self) -> str:
-        return f"{INSTANCE_HOST}:{self.port}"
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "InstanceSpec":
-        fields = {**data}
-        for key in ("logical_gpus", "physical_gpus", "render_nodes", "argv"):
-            fields[key] = tuple(fields[key])
-        fields["env"] = tuple(tuple(pair) for pair in fields["env"])
-        return cls(**fields)
-
-    def digest(self) -> str:
-        """Changes exactly when the running server would differ."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan_instances(profile: Profile, logical: tuple[LogicalGpu, ...]) -> tuple[InstanceSpec, ...]:

@@ -20,7 +20,7 @@ RUN_DIR_VAR = "MIPART_RUN_DIR"
 
 
 def read_spec(number: int):
-    from mipart.instances import InstanceSpec
+    from mipart.spec import InstanceSpec
 
     path = instance_spec_path(number)
     try:

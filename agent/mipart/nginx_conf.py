@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mipart.instances import InstanceSpec
+from mipart.spec import InstanceSpec
 from mipart.profile.schema import Profile, ServiceSpec
 
 KEEPALIVE_PER_INSTANCE = 8

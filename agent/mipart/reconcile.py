@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mipart.instances import InstanceSpec
+from mipart.spec import InstanceSpec
 from mipart.runner import UnitState
 
 
