@@ -96,6 +96,13 @@ def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):
     host.start_agent()
     host.wait_for(lambda: host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="agent ready again")
     host.wait_ready(timeout=30)
+
+    def rolled() -> bool:  # the new agent finishes the rolling restart the old one began
+        found = all_instance_pids(host)
+        return sorted(found) == list(range(8)) and all(
+            "--max-tokens-default\x004" in open(f"/proc/{p[0]}/cmdline").read() for p in found.values() if len(p) == 1)
+
+    host.wait_for(rolled, timeout=60, what="every instance on the new spec")
     time.sleep(1.0)
     pids = all_instance_pids(host)
     assert sorted(pids) == list(range(8))

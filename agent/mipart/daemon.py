@@ -21,6 +21,10 @@ from mipart.cli import profile_option
 from mipart.errors import UserError
 
 TICK = 0.1
+# After nginx is told to drop an instance, its new workers take over within this.
+NGINX_SWITCH_GRACE = 0.5
+# A planned restart waits at most this long (or request_timeout) for in-flight requests.
+DRAIN_MAX = 60.0
 
 
 @dataclass
@@ -73,6 +77,8 @@ class Agent:
         self.health: dict = {}
         self.rolling: dict[int, None] = {}  # instances waiting for their turn to restart, in order
         self.rolling_active: set[int] = set()
+        self.session = None  # the probe session, shared with draining
+        self.tasks: set[asyncio.Task] = set()
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self._last_status_line = ""
@@ -170,9 +176,10 @@ class Agent:
             self.health[number].fresh_start(grace=self.profile.health.interval)
         for number in actions.restart:
             self.rolling[number] = None
-        jobs = [asyncio.to_thread(self.runner.stop, n) for n in actions.stop]
-        jobs += [asyncio.to_thread(self.runner.start, n) for n in actions.start]
-        await self._gather(jobs)
+        if actions.stop:
+            await self.update_nginx()  # out of rotation first
+            self._background(self._drain_then(list(actions.stop), self.runner.stop))
+        await self._gather([asyncio.to_thread(self.runner.start, n) for n in actions.start])
         await self.roll()
 
     async def _gather(self, jobs) -> None:
@@ -189,13 +196,10 @@ class Agent:
 
     async def roll(self) -> None:
         """Restart the next batch of changed instances once the previous batch is ready."""
-        settled = [n for n in self.rolling_active if n not in self.specs or self.health[n].state in ("ready", "degraded", "failed")]
-        if settled:
-            # Ready must mean the new server: a queued systemd restart can leave the old one answering.
-            digests = self._running_digests(await asyncio.to_thread(self.runner.list_instances))
-            for number in settled:
-                if number not in self.specs or self.health[number].state == "failed" or digests.get(number) == self.specs[number].digest():
-                    self.rolling_active.discard(number)
+        # Ready here means the new server (see _only_new_servers).
+        for number in list(self.rolling_active):
+            if number not in self.specs or self.health[number].state in ("ready", "degraded", "failed"):
+                self.rolling_active.discard(number)
         busy = {self.specs[n].service for n in self.rolling_active}
         waiting: dict[str, list[int]] = {}
         for number in list(self.rolling):
@@ -209,10 +213,33 @@ class Agent:
         for number in batch:
             del self.rolling[number]
             self.rolling_active.add(number)
-            self.health[number].fresh_start(grace=self.profile.health.interval)
+            self.health[number].drain()
             self.log.info("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="spec changed", waiting=len(self.rolling))
         await self.update_nginx()  # out of rotation before they go down
-        await self._gather([asyncio.to_thread(self.runner.restart, n) for n in batch])
+        self._background(self._drain_then(batch, self.runner.restart))
+
+    def _background(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _drain_then(self, numbers: list[int], action) -> None:
+        """Let nginx switch workers and in-flight requests finish, then act (bounded)."""
+        from mipart.health import running_requests
+
+        await asyncio.sleep(NGINX_SWITCH_GRACE)
+        ports = [self.specs[n].port for n in numbers if n in self.specs]
+        timeout = self.profile.health.timeout
+        deadline = time.monotonic() + min(DRAIN_MAX, max((s.request_timeout for s in self.profile.services), default=DRAIN_MAX))
+        while self.session is not None and time.monotonic() < deadline:
+            running = await asyncio.gather(*(running_requests(self.session, p, timeout) for p in ports))
+            if not any(running):
+                break
+            await asyncio.sleep(0.2)
+        await self._gather([asyncio.to_thread(action, n) for n in numbers])
+        for number in numbers:  # probed again only now: the old server can no longer answer
+            if number in self.health:
+                self.health[number].fresh_start(grace=self.profile.health.interval)
 
     def _gpus(self, number: int) -> str:
         spec = self.specs.get(number)
@@ -320,6 +347,7 @@ class Agent:
         for h in due:
             h.last_probe = now
         results = await asyncio.gather(*(probe(session, self.specs[h.number].port, spec) for h in due))
+        results = await self._only_new_servers(due, results)
         changed = False
         for h, (ok, error) in zip(due, results):
             before = h.state
@@ -328,6 +356,19 @@ class Agent:
                 log = self.log.info if h.state == "ready" else self.log.warning
                 log(f"instance.{h.state}", unit=f"mipart-vllm@{h.number}", gpu=self._gpus(h.number), reason=error or "/health 200", was=before)
         return changed
+
+    async def _only_new_servers(self, due, results):
+        """A rolling restart's instance is ready only once the server answering runs the new spec."""
+        pending = [i for i, h in enumerate(due) if results[i][0] and h.number in self.rolling_active and not h.in_rotation]
+        if not pending:
+            return results
+        digests = self._running_digests(await asyncio.to_thread(self.runner.list_instances))
+        results = list(results)
+        for i in pending:
+            number = due[i].number
+            if digests.get(number) != self.specs[number].digest():
+                results[i] = (False, "the previous server is still answering")
+        return results
 
     def status_line(self) -> str:
         ready = sum(1 for n, h in self.health.items() if h.in_rotation and n in self.specs)
@@ -369,6 +410,7 @@ class Agent:
 
         connector = aiohttp.TCPConnector(limit=256, force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
+            self.session = session
             self.specs = {}
             await self._first_reconcile(session)
             self.notifier.send("READY=1")
@@ -393,6 +435,10 @@ class Agent:
                     await asyncio.wait_for(self.stopping.wait(), TICK)
                 except asyncio.TimeoutError:
                     pass
+            for task in self.tasks:
+                task.cancel()  # a pending drain: the restart it waited for is left to the next agent
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            self.session = None
 
     async def _first_reconcile(self, session) -> None:
         """Probe what already serves before touching nginx, so a restart drops nothing."""

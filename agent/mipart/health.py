@@ -1,6 +1,7 @@
 """Per-instance health: a small state machine fed by /health probes and unit states.
 
-starting -> ready -> degraded -> unhealthy -> restarting -> ready ... or failed.
+starting -> ready -> degraded -> unhealthy -> restarting -> ready ... or failed;
+draining: out of rotation, finishing its requests before a planned restart.
 Only ready and degraded instances are in nginx. Startup is not a failure (model loads
 take minutes): it has its own timeout. Restarts back off exponentially, and after
 max_restarts in a row without becoming ready the instance is left `failed`, with the
@@ -53,7 +54,7 @@ class InstanceHealth:
         return STARTING_PROBE_INTERVAL
 
     def due(self, now: float, spec: HealthSpec) -> bool:
-        return self.state not in ("unhealthy", "failed") and now - self.last_probe >= self.probe_interval(spec)
+        return self.state not in ("unhealthy", "failed", "draining") and now - self.last_probe >= self.probe_interval(spec)
 
     def record(self, ok: bool, error: str, spec: HealthSpec) -> bool:
         """`ok` with an `error` means healthy but overloaded (queue depth): degraded, still serving."""
@@ -97,6 +98,9 @@ class InstanceHealth:
         self._enter("restarting")
         return delay
 
+    def drain(self) -> bool:
+        return self._enter("draining")
+
     def fresh_start(self, grace: float) -> bool:
         """Started or restarted for a new spec: a new life, not a crash."""
         self.restart_attempts, self.failures, self.last_error = 0, 0, ""
@@ -126,13 +130,28 @@ async def probe(session, port: int, spec: HealthSpec) -> tuple[bool, str]:
 
 
 def queue_depth(metrics: str) -> float | None:
-    """vllm:num_requests_waiting summed over its label sets, from Prometheus text."""
+    return metric_sum(metrics, "vllm:num_requests_waiting")
+
+
+def metric_sum(metrics: str, name: str) -> float | None:
+    """A vLLM gauge summed over its label sets, from Prometheus text; None when absent."""
     total, seen = 0.0, False
     for line in metrics.splitlines():
-        if line.startswith("vllm:num_requests_waiting"):
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
             try:
                 total += float(line.rsplit(" ", 1)[1])
                 seen = True
             except ValueError:
                 continue
     return total if seen else None
+
+
+async def running_requests(session, port: int, timeout: float) -> float:
+    """Requests an instance is still generating (0 when it cannot tell)."""
+    import aiohttp
+
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            return metric_sum(await response.text(), "vllm:num_requests_running") or 0.0
+    except (asyncio.TimeoutError, aiohttp.ClientError):
+        return 0.0
