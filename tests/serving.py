@@ -90,8 +90,9 @@ class ServingHost:
         found = {}
         for pid in procs.pids():
             env = procs.environ_of(pid)
-            if env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.alive(pid):
-                found[int(env["MIPART_INSTANCE"])] = pid
+            if (env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit()
+                    and procs.session_leader(pid) and procs.alive(pid)):
+                found[int(env["MIPART_INSTANCE"])] = pid  # the server: its children share the tag
         return found
 
     def nginx_conf(self) -> str:
@@ -144,7 +145,7 @@ class ServingHost:
     def close(self) -> None:
         self.stop_agent()
         for pid in self.instance_pids().values():
-            _kill(pid)
+            _kill_group(pid)  # the server and its children (vLLM's engine core)
         try:
             master = int((self.run_dir / "nginx/nginx.pid").read_text())
             os.killpg(master, signal.SIGKILL)  # nginx runs in its own session: master and workers
@@ -152,8 +153,8 @@ class ServingHost:
             pass
 
 
-def _kill(pid: int) -> None:
+def _kill_group(pid: int) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass

@@ -35,7 +35,7 @@ def all_instance_pids(host) -> dict[int, list[int]]:
     found: dict[int, list[int]] = {}
     for pid in procs.pids():
         env = procs.environ_of(pid)
-        if env.get("MIPART_RUN_DIR") == str(host.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.alive(pid):
+        if env.get("MIPART_RUN_DIR") == str(host.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.session_leader(pid) and procs.alive(pid):
             found.setdefault(int(env["MIPART_INSTANCE"]), []).append(pid)
     return found
 

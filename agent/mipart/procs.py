@@ -26,11 +26,11 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def start_time_ticks(pid: int) -> int:
+def session_leader(pid: int) -> bool:
     try:
-        return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def pids() -> list[int]:

@@ -43,11 +43,15 @@ class ProcessRunner:
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
-        """instance number -> pid of every live server tagged with our run dir."""
+        """instance number -> pid of every live server tagged with our run dir.
+
+        Servers start in their own session, so the server is the session leader; its
+        children (vLLM's engine core, a resource tracker) inherit the tag but are not it.
+        """
         found = {}
         for pid in procs.pids():
             env = procs.environ_of(pid)
-            if env.get(RUN_DIR_VAR) == str(self.run_dir) and env.get(INSTANCE_VAR, "").isdigit() and procs.alive(pid):
+            if env.get(RUN_DIR_VAR) == str(self.run_dir) and env.get(INSTANCE_VAR, "").isdigit() and procs.session_leader(pid) and procs.alive(pid):
                 found[int(env[INSTANCE_VAR])] = pid
         return found
 
@@ -77,13 +81,13 @@ class ProcessRunner:
             )
 
     def stop(self, number: int) -> None:
+        """Like systemd's KillMode=mixed: SIGTERM the server, then SIGKILL whatever is left of it."""
         pid = self._adopted().get(number)
         child = self.children.pop(number, None)
-        if pid:
-            _terminate(pid)
+        for leader in {pid, child.pid if child else None} - {None}:
+            _terminate(leader)
+            _kill_group(leader)  # its own children (vLLM's engine core) must not outlive it
         if child:
-            if child.poll() is None:
-                _terminate(child.pid)
             child.wait(timeout=STOP_TIMEOUT)
 
     def restart(self, number: int) -> None:

