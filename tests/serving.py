@@ -36,7 +36,7 @@ def free_ports(count: int) -> tuple[int, int]:
     """A listener port (base - 1) and a base port with `count` ports after it; base - 2 is the API's."""
     from mipart.sim.ports import free_block
 
-    base = free_block(count + 2) + 2
+    base = free_block(count + 2, low=20000) + 2  # benchmarks take 10001-19999
     return base - 1, base
 
 

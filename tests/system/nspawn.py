@@ -9,7 +9,6 @@ reach the archive.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import itertools
 import os
@@ -17,11 +16,12 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from testcache import cache_dir, cached
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = "http://deb.debian.org/debian"
@@ -42,9 +42,6 @@ GUEST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 _names = itertools.count()
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MIPART_CACHE", Path.home() / ".cache" / "mipart-tests"))
-
 
 def _sh(args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run a host command, raising with its output on failure."""
@@ -63,31 +60,13 @@ def ensure_host_tools() -> None:
 
 
 def ensure_rootfs() -> Path:
-    """Return the cached bookworm rootfs, debootstrapping it first if needed.
+    """The cached bookworm rootfs, debootstrapped first if needed (see testcache)."""
+    return cached(cache_dir(), ROOTFS_NAME, _build_rootfs)
 
-    Built in a temp dir beside the cache and renamed into place, under a lock,
-    so a crash or a parallel run never leaves (or sees) a half-built cache.
-    """
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / ROOTFS_NAME
-    with open(root / f"{ROOTFS_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.is_dir():
-            return final
-        for stale in root.glob(f".{ROOTFS_NAME}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{ROOTFS_NAME}.", dir=root))
-        try:
-            _sh(["debootstrap", "--variant=minbase", f"--include={PACKAGES}",
-                 "bookworm", str(tmp), MIRROR], timeout=1800)
-            _customise(tmp)
-            tmp.chmod(0o755)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+
+def _build_rootfs(tmp: Path) -> None:
+    _sh(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(tmp), MIRROR], timeout=1800)
+    _customise(tmp)
 
 
 def _customise(rootfs: Path) -> None:

