@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.request
 
-from bench_health import make_host
+from bench_health import make_host, revision
 from host import cpu_seconds, machine, workdir
 
 INSTANCES = 64
@@ -125,6 +125,7 @@ def main() -> None:
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
     print(machine())
+    print(revision() if not args.agent_pythonpath else f"agent from {args.agent_pythonpath}")
     with workdir() as tmp:
         host = make_host(tmp, INSTANCES)
         try:

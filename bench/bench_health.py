@@ -96,10 +96,11 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(s
 
 
 def free_api_port(avoid: range) -> int:
-    """A free loopback port below the ephemeral range, outside the instances' and listener's ports."""
+    """A free loopback port in the benches' 10001-19999 (below the ephemeral range and the tests' ports),
+    outside the instances' and listener's ports."""
     rng = random.Random()
     for _ in range(500):
-        port = rng.randrange(10001, 32768)
+        port = rng.randrange(10001, 20000)
         if port in avoid:
             continue
         with socket.socket() as sock:
@@ -136,6 +137,17 @@ def make_host(tmp: Path, instances: int = INSTANCES) -> BenchHost:
     host.profile.write_text(PROFILE.format(listen=host.listen, partitions=partitions, python=sys.executable, base=host.base, hf_home=tmp / "hf",
                                            interval=INTERVAL, timeout=TIMEOUT, unhealthy_after=UNHEALTHY_AFTER, api=host.api_port))
     return host
+
+
+def revision() -> str:
+    """The commit the agent under test comes from, and whether agent/ has uncommitted changes."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "agent"], check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "revision unknown"
+    return f"agent from {head or 'unknown'}{' + uncommitted changes in agent/' if dirty else ''}"
 
 
 def settle(host: BenchHost, quiet: float = 1.0, timeout: float = 60.0) -> None:
@@ -388,6 +400,7 @@ def main() -> None:
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
     print(machine())
+    print(revision())
     with workdir() as tmp:
         host = make_host(tmp)
         try:

@@ -13,10 +13,8 @@ import contextlib
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,8 @@ import time
 from pathlib import Path
 
 from common import ENV, mipart_argv, wall
+from mipart import procs
+from mipart.sim.ports import free_block
 
 PROFILE = """\
 version: 1
@@ -42,55 +42,12 @@ api: {{listen: "127.0.0.1:{api_port}"}}
 MODEL = "test/fake-llm"
 
 
-def ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def free_ports(count: int) -> tuple[int, int]:
-    """A free listener port and a base port with `count` free ports after it (loopback).
-
-    Taken from 10001-19999: below the kernel's ephemeral range (the thousands of client
-    connections a benchmark makes take ephemeral ports, and one holding an instance's port
-    makes that engine's bind fail) and below tests/serving.py's 20000-60000, so a test suite
-    running beside a benchmark cannot pick the same ports after our check.
-    """
-    rng = random.Random()
-    high = min(20000, ephemeral_low()) - count - 1
-    for _ in range(200):
-        base = rng.randrange(10001, high)
-        if all(_free(p) for p in [base - 1, *range(base, base + count)]):
-            return base - 1, base
-    raise RuntimeError("no free loopback port range")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def environ_of(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
-
-
-def alive(pid: int) -> bool:
-    """A live process; a zombie counts as dead."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    """A listener port and a base port with `count` ports after it, and one more for the API
+    (base + count), all free: from 10001-19999, below the kernel's ephemeral range and apart
+    from the test suite's 20000-32767."""
+    base = free_block(count + 2, low=10001, high=20000) + 1
+    return base - 1, base
 
 
 def cpu_seconds(pid: int) -> float:
@@ -192,12 +149,11 @@ class BenchHost:
     # -- what runs -----------------------------------------------------------------
     def instance_pids(self) -> dict[int, int]:
         found = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            env = environ_of(int(name))
-            if env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and alive(int(name)):
-                found[int(env["MIPART_INSTANCE"])] = int(name)
+        for pid in procs.pids():
+            env = procs.environ_of(pid)
+            if (env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit()
+                    and procs.session_leader(pid) and procs.alive(pid)):
+                found[int(env["MIPART_INSTANCE"])] = pid  # the server, not its children
         return found
 
     def nginx_conf(self) -> str:
@@ -254,7 +210,7 @@ class BenchHost:
                 agent.wait(timeout=10)
         master = self.nginx_master()
         for name in os.listdir("/proc"):  # launchers and engines tagged with our run dir
-            if name.isdigit() and int(name) != os.getpid() and environ_of(int(name)).get("MIPART_RUN_DIR") == str(self.run_dir):
+            if name.isdigit() and int(name) != os.getpid() and procs.environ_of(int(name)).get("MIPART_RUN_DIR") == str(self.run_dir):
                 if int(name) != master:
                     kill(int(name))
         if master:

@@ -109,6 +109,19 @@ class InstanceHealth:
 
 
 async def probe(session, port: int, spec: HealthSpec) -> tuple[bool, str]:
+    """One probe; a kept-alive connection the server had just closed gets one retry, not a failure."""
+    import aiohttp
+
+    try:
+        return await _probe_once(session, port, spec)
+    except aiohttp.ServerDisconnectedError:
+        try:
+            return await _probe_once(session, port, spec)
+        except aiohttp.ServerDisconnectedError:
+            return False, "/health failed: ServerDisconnectedError"
+
+
+async def _probe_once(session, port: int, spec: HealthSpec) -> tuple[bool, str]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=spec.timeout)
@@ -125,6 +138,8 @@ async def probe(session, port: int, spec: HealthSpec) -> tuple[bool, str]:
         return True, ""
     except asyncio.TimeoutError:
         return False, f"/health did not answer within {spec.timeout:g}s"
+    except aiohttp.ServerDisconnectedError:
+        raise
     except aiohttp.ClientError as exc:
         return False, f"/health failed: {exc.__class__.__name__}"
 
