@@ -148,13 +148,7 @@ class BenchHost:
 
     # -- what runs -----------------------------------------------------------------
     def instance_pids(self) -> dict[int, int]:
-        found = {}
-        for pid in procs.pids():
-            env = procs.environ_of(pid)
-            if (env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit()
-                    and procs.session_leader(pid) and procs.alive(pid)):
-                found[int(env["MIPART_INSTANCE"])] = pid  # the server, not its children
-        return found
+        return procs.tagged_servers(str(self.run_dir))
 
     def nginx_conf(self) -> str:
         try:

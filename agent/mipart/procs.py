@@ -35,3 +35,17 @@ def session_leader(pid: int) -> bool:
 
 def pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+
+
+def tagged_servers(run_dir: str, instance_var: str = "MIPART_INSTANCE", run_dir_var: str = "MIPART_RUN_DIR") -> dict[int, int]:
+    """instance number -> pid of each live server started for `run_dir`.
+
+    Servers start in their own session, so the server is the session leader; its children
+    (vLLM's engine core, a resource tracker) inherit the tags but are not it.
+    """
+    found = {}
+    for pid in pids():
+        env = environ_of(pid)
+        if env.get(run_dir_var) == run_dir and env.get(instance_var, "").isdigit() and session_leader(pid) and alive(pid):
+            found[int(env[instance_var])] = pid
+    return found

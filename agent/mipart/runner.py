@@ -43,17 +43,7 @@ class ProcessRunner:
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
-        """instance number -> pid of every live server tagged with our run dir.
-
-        Servers start in their own session, so the server is the session leader; its
-        children (vLLM's engine core, a resource tracker) inherit the tag but are not it.
-        """
-        found = {}
-        for pid in procs.pids():
-            env = procs.environ_of(pid)
-            if env.get(RUN_DIR_VAR) == str(self.run_dir) and env.get(INSTANCE_VAR, "").isdigit() and procs.session_leader(pid) and procs.alive(pid):
-                found[int(env[INSTANCE_VAR])] = pid
-        return found
+        return procs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
 
     def list_instances(self) -> dict[int, UnitState]:
         states = {n: UnitState(n, "active", "running", pid) for n, pid in self._adopted().items()}
