@@ -88,3 +88,14 @@ def test_queue_depth_marks_degraded_but_keeps_serving():
     assert h.record(True, "12 requests waiting > health.queue_depth_limit 10", SPEC) is False
     assert h.state == "degraded" and h.in_rotation
     assert h.record(True, "", SPEC) is False and h.state == "ready"
+
+
+def test_a_draining_instance_is_left_to_its_planned_restart():
+    """Its old server stopping is expected: no second, crash-style restart (it made duplicates)."""
+    h = InstanceHealth(0)
+    h.record(True, "", SPEC)
+    assert h.drain() is True and not h.in_rotation
+    now = time.monotonic()
+    assert h.unit_gone("unit not running", now) is False
+    assert h.state == "draining" and not h.needs_restart(now + 1000, SPEC)
+    assert not h.due(now + 1000, SPEC)  # not probed: the old server must not rejoin

@@ -70,8 +70,11 @@ class InstanceHealth:
         return False  # starting/restarting: not ready yet is not a failure
 
     def unit_gone(self, reason: str, now: float) -> bool:
-        """The process died (or never ran): out of rotation at once."""
-        if self.state in ("failed", "unhealthy") or (self.state in ("starting", "restarting") and now < self.next_restart):
+        """The process died (or never ran): out of rotation at once.
+
+        Not while draining: that instance's planned restart is already under way.
+        """
+        if self.state in ("failed", "unhealthy", "draining") or (self.state in ("starting", "restarting") and now < self.next_restart):
             return False
         self.last_error = reason
         return self._enter("unhealthy")
