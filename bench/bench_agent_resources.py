@@ -70,7 +70,7 @@ def memory(pid: int) -> dict[str, float]:
 def proc_scan_ms(run_dir: Path) -> tuple[float, float, int]:
     """Median CPU ms and wall ms of ProcessRunner.list_instances() here, and how many processes /proc held."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-    from mipart.runner import ProcessRunner
+    from mipart.runners.process import ProcessRunner
 
     runner = ProcessRunner(run_dir)
     cpu, wall = [], []

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from common import ENV, mipart_argv, wall
-from mipart import procs
+from mipart.runners import procs
 from mipart.sim.ports import free_block
 
 PROFILE = """\

@@ -44,3 +44,22 @@ def live_pids():
     for proc in started:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def host(tmp_path):
+    """Env for the CLI on a simulated 8 x MI300X host in DPX/NPS2 (16 logical GPUs)."""
+    root = tmp_path / "sys"
+    assert mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2").returncode == 0
+    return {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run")}
+
+
+TIER_FOLDERS = ("nginx", "system", "vllm")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
+
+
+def pytest_collection_modifyitems(config, items):
+    """The folder is the tier: a test under tests/nginx/ is marked nginx, and so on."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+        if parts[0] in TIER_FOLDERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

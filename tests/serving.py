@@ -85,7 +85,7 @@ class ServingHost:
 
     # -- what runs -------------------------------------------------------------
     def instance_pids(self) -> dict[int, int]:
-        from mipart import procs
+        from mipart.runners import procs
 
         return procs.tagged_servers(str(self.run_dir))
 

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from mipart import status
 from mipart.errors import UserError
+from mipart.names import DEFAULT_API_LISTEN
 
-DEFAULT_LISTEN = "127.0.0.1:8049"
 HOST_CACHE_SECONDS = 1.0
 SOCKET_MODE = 0o660
 AGENT_KEY = web.AppKey("agent", object) if hasattr(web, "AppKey") else "agent"
@@ -196,7 +196,7 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
 
 async def start_api(agent, listen: str) -> web.AppRunner:
     """Serve the API on `listen`; returns the AppRunner to `await runner.cleanup()` at exit."""
-    where = parse_listen(listen or DEFAULT_LISTEN)
+    where = parse_listen(listen or DEFAULT_API_LISTEN)
     runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False, logger=_protocol_log())
     await runner.setup()
     try:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from mipart.names import DEFAULT_RUN_DIR, RUN_DIR_VAR
 
 
 def run_dir() -> Path:
-    return Path(os.environ.get("MIPART_RUN_DIR", "/run/mipart"))
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("MIPART_STATE_DIR", "/var/lib/mipart"))
+    return Path(os.environ.get(RUN_DIR_VAR, DEFAULT_RUN_DIR))
 
 
 def instance_spec_path(number: int, base: Path | None = None) -> Path:

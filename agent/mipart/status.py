@@ -78,7 +78,7 @@ def iso_utc(timestamp: float | None) -> str | None:
 def collect_host(agent) -> HostSnapshot:
     """Partition state per physical GPU, the last apply, unit states and nginx: never raises."""
     from mipart.errors import UserError
-    from mipart.gpu.sysfs import discover
+    from mipart.gpu.amdgpu import discover
     from mipart.partition.record import last_apply
 
     snap = HostSnapshot()

@@ -61,7 +61,7 @@ class VllmHost(ServingHost):
     # setproctitle("VLLM::EngineCore") overwrites the environment /proc shows.
     def tagged(self) -> dict[int, int]:
         """pid -> instance of every live process that shows this host's instance tag."""
-        from mipart import procs
+        from mipart.runners import procs
 
         found = {}
         for pid in procs.pids():
@@ -156,13 +156,13 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _children(pid: int) -> list[int]:
-    from mipart import procs
+    from mipart.runners import procs
 
     return [child for child in procs.pids() if _ppid(child) == pid]
 
 
 def _descendants(roots: set[int]) -> set[int]:
-    from mipart import procs
+    from mipart.runners import procs
 
     parents = {pid: _ppid(pid) for pid in procs.pids()}
     found, frontier = set(roots), set(roots)

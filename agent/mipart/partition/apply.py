@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu import driver, sysfs
+from mipart.gpu import amdgpu as sysfs, driver
+from mipart.values import HostState
 from mipart.partition.clients import SystemdClients, describe_holders
 from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
 from mipart.profile.schema import GpuSpec
@@ -32,7 +33,7 @@ class GpuBusyError(UserError):
     pass
 
 
-def plan_host(spec: GpuSpec, root: Path) -> tuple[sysfs.HostState, PartitionPlan]:
+def plan_host(spec: GpuSpec, root: Path) -> tuple[HostState, PartitionPlan]:
     state = sysfs.discover(root)
     return state, plan_partitions(spec, state, driver.user_partt_mode(root))
 
@@ -68,7 +69,7 @@ def apply(spec: GpuSpec, root: Path, log) -> ApplyResult:
     return result
 
 
-def _refuse_while_busy(root: Path, state: sysfs.HostState, plan: PartitionPlan, wait: bool) -> None:
+def _refuse_while_busy(root: Path, state: HostState, plan: PartitionPlan, wait: bool) -> None:
     """A reload needs every GPU free; a compute write needs its own GPU free (else EBUSY).
 
     With `wait`, stopped client units get a moment to release /dev/kfd.
@@ -88,7 +89,7 @@ def _refuse_while_busy(root: Path, state: sysfs.HostState, plan: PartitionPlan, 
         )
 
 
-def _write_all(root: Path, state: sysfs.HostState, writes: list[Write], result: ApplyResult, log) -> None:
+def _write_all(root: Path, state: HostState, writes: list[Write], result: ApplyResult, log) -> None:
     by_index = {g.index: g for g in state.physical}
     for write in writes:
         gpu = by_index[write.gpu]

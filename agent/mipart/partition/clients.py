@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu.sysfs import GpuUser
+from mipart.values import GpuUser
 
 PROC = Path("/proc")
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from mipart.errors import UserError
 from mipart.gpu import modes
-from mipart.gpu.sysfs import HostState, PhysicalGpu
+from mipart.values import HostState, PhysicalGpu
 from mipart.profile.fields import format_indices
 from mipart.profile.schema import GpuSpec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from mipart.names import DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
 # An 8-GPU hive in CPX shows 64 logical GPUs; the instance port range reserves that many.
@@ -90,7 +91,7 @@ class HealthSpec:
 
 @dataclass(frozen=True)
 class ApiSpec:
-    listen: str = "127.0.0.1:8049"  # or "unix:/run/mipart/api.sock"
+    listen: str = DEFAULT_API_LISTEN  # or "unix:/run/mipart/api.sock"
 
 
 @dataclass(frozen=True)

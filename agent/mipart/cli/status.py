@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 import click
 
 from mipart.cli import profile_option
+from mipart.names import DEFAULT_API_LISTEN
 
-DEFAULT_API = "127.0.0.1:8049"
 TIMEOUT = 2.0
 EXIT_NOT_READY = 3
 ERROR_WIDTH = 80
@@ -99,7 +99,7 @@ def _default_api(profile_path: str) -> str:
     try:
         return load_profile(profile_path).api.listen
     except ProfileError:
-        return DEFAULT_API
+        return DEFAULT_API_LISTEN
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
 
 
 def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
-    from mipart.cli_serving import _planned
+    from mipart.cli.serving import _planned
 
     first = f"mipart-agent is not answering on {api} ({reason}); showing what the units report"
     if not as_json:

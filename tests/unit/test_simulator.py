@@ -11,7 +11,8 @@ import pytest
 
 from conftest import mipart
 from mipart.errors import UserError
-from mipart.gpu import simulator, sysfs
+from mipart.gpu import amdgpu as sysfs
+from mipart.sim import kernel as simulator
 from mipart.gpu.modes import USER_PARTT_MODE
 
 COMPUTE = "current_compute_partition"

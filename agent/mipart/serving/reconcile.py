@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mipart.spec import InstanceSpec
-from mipart.runner import UnitState
+from mipart.serving.spec import InstanceSpec
+from mipart.values import UnitState
 
 
 @dataclass(frozen=True)

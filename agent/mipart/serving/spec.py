@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from mipart.names import instance_unit
 
 INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
 
@@ -30,7 +31,7 @@ class InstanceSpec:
 
     @property
     def unit(self) -> str:
-        return f"mipart-vllm@{self.number}.service"
+        return instance_unit(self.number)
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ def _load(profile_path: str):
 
 
 def _root():
-    from mipart.gpu.sysfs import sysfs_root
+    from mipart.gpu.amdgpu import sysfs_root
 
     return sysfs_root()
 
@@ -81,7 +81,7 @@ def assert_cmd(profile_path: str) -> int:
 @partition.command("export")
 def export_cmd() -> int:
     """Print the host's current layout as a profile `gpus:` section."""
-    from mipart.gpu.sysfs import discover
+    from mipart.gpu.amdgpu import discover
     from mipart.partition.plan import PlanError, export_gpus_yaml
 
     state = discover(_root())

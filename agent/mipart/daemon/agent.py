@@ -15,10 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from mipart.cli import profile_option
 from mipart.errors import UserError
+from mipart.names import instance_name
 
 TICK = 0.1
 # After nginx is told to drop an instance, its new workers take over within this.
@@ -61,7 +59,7 @@ class Notifier:
 
 class Agent:
     def __init__(self, profile_path: str, runner, run_dir: Path, sysfs_root: Path, log):
-        from mipart.nginx import NginxFiles
+        from mipart.serving.nginx import NginxFiles
         from mipart.paths import nginx_prefix
 
         self.profile_path = profile_path
@@ -117,8 +115,8 @@ class Agent:
     # -- reconcile ---------------------------------------------------------------
     async def desired_specs(self) -> dict | None:
         """Instance specs for the profile on this host's logical GPUs; None (logged) when they do not fit."""
-        from mipart.gpu.sysfs import discover
-        from mipart.instances import plan_instances
+        from mipart.gpu.amdgpu import discover
+        from mipart.serving.instances import plan_instances
 
         try:
             logical = (await asyncio.to_thread(discover, self.sysfs_root)).logical
@@ -151,15 +149,15 @@ class Agent:
         await self.update_nginx()
 
     def _plan(self, specs, states):
-        from mipart.reconcile import plan_actions
+        from mipart.serving.reconcile import plan_actions
 
         return plan_actions(specs, states, self._running_digests(states))
 
     @staticmethod
     def _running_digests(states) -> dict:
         """The spec digest each running server was started with (from its environment)."""
-        from mipart import procs
-        from mipart.launcher import DIGEST_VAR
+        from mipart.runners import procs
+        from mipart.names import DIGEST_VAR
 
         return {n: procs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
 
@@ -169,10 +167,10 @@ class Agent:
         Changed instances restart rolling (see roll), so a service keeps serving.
         """
         for number in actions.stop:
-            self.log.info("instance.stop", unit=f"mipart-vllm@{number}", reason="no longer in profile")
+            self.log.info("instance.stop", unit=instance_name(number), reason="no longer in profile")
             self.rolling.pop(number, None)
         for number in actions.start:
-            self.log.info("instance.start", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="not running")
+            self.log.info("instance.start", unit=instance_name(number), gpu=self._gpus(number), reason="not running")
             self.health[number].fresh_start(grace=self.profile.health.interval)
         for number in actions.restart:
             self.rolling[number] = None
@@ -214,7 +212,7 @@ class Agent:
             del self.rolling[number]
             self.rolling_active.add(number)
             self.health[number].drain()
-            self.log.info("instance.restart", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason="spec changed", waiting=len(self.rolling))
+            self.log.info("instance.restart", unit=instance_name(number), gpu=self._gpus(number), reason="spec changed", waiting=len(self.rolling))
         await self.update_nginx()  # out of rotation before they go down
         self._background(self._drain_then(batch, self.runner.restart))
 
@@ -267,8 +265,8 @@ class Agent:
 
     # -- readiness and nginx -----------------------------------------------------------
     async def update_nginx(self) -> None:
-        from mipart.nginx import NginxRejected, install_config
-        from mipart.nginx_conf import render_nginx
+        from mipart.serving.nginx import NginxRejected, install_config
+        from mipart.serving.nginx_conf import render_nginx
 
         ready = frozenset(n for n, h in self.health.items() if h.in_rotation and n in self.specs)
         text = render_nginx(self.profile, tuple(self.specs.values()), ready, self.nginx.prefix)
@@ -298,7 +296,7 @@ class Agent:
                 reason = f"unit {state.active_state}/{state.sub_state}" if state else "unit not running"
                 if h.unit_gone(reason, now):
                     changed = True
-                    self.log.warning("instance.unhealthy", unit=f"mipart-vllm@{number}", gpu=self._gpus(number), reason=reason)
+                    self.log.warning("instance.unhealthy", unit=instance_name(number), gpu=self._gpus(number), reason=reason)
         return changed
 
     async def check_files(self) -> bool:
@@ -327,7 +325,7 @@ class Agent:
             if number not in self.specs or not h.needs_restart(now, spec):
                 continue
             delay = h.begin_restart(now, spec)
-            unit = f"mipart-vllm@{number}"
+            unit = instance_name(number)
             if delay is None:
                 self.log.error("instance.failed", unit=unit, gpu=self._gpus(number), reason=h.last_error)
                 continue
@@ -354,7 +352,7 @@ class Agent:
             changed |= h.record(ok, error, spec)
             if h.state != before:
                 log = self.log.info if h.state == "ready" else self.log.warning
-                log(f"instance.{h.state}", unit=f"mipart-vllm@{h.number}", gpu=self._gpus(h.number), reason=error or "/health 200", was=before)
+                log(f"instance.{h.state}", unit=instance_name(h.number), gpu=self._gpus(h.number), reason=error or "/health 200", was=before)
         return changed
 
     async def _only_new_servers(self, due, results):
@@ -461,36 +459,3 @@ class Agent:
         if self.load_profile():
             await self.reconcile()
         self.notifier.send("READY=1")
-
-
-def make_runner(kind: str, run_dir: Path):
-    if kind == "process":
-        from mipart.runner import ProcessRunner
-
-        return ProcessRunner(run_dir)
-    from mipart.systemd import SystemdRunner
-
-    return SystemdRunner()
-
-
-@click.command("agent")
-@profile_option
-@click.option("--runner", "runner_kind", type=click.Choice(["systemd", "process"]), default="systemd", show_default=True,
-              help="Who runs instances: systemd units, or local processes (demo, tests).")
-@click.option("--stop-on-exit", is_flag=True, help="Stop instances and nginx when the agent exits (process runner only).")
-def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
-    """Run the mipart agent: instances, nginx and readiness for the profile."""
-    from mipart.gpu.sysfs import sysfs_root
-    from mipart.log import get_logger
-    from mipart.paths import run_dir
-
-    base = run_dir()
-    base.mkdir(parents=True, exist_ok=True)
-    runner = make_runner(runner_kind, base)
-    instance = Agent(profile_path, runner, base, sysfs_root(), get_logger("mipart.agent"))
-    try:
-        asyncio.run(instance.run())
-    finally:
-        if stop_on_exit and runner_kind == "process":
-            runner.shutdown(instance.nginx)
-    return 0

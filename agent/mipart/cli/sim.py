@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mipart.cli import LazyGroup
-from mipart.gpu import simulator
+from mipart.sim import kernel as simulator
 from mipart.gpu.models import MODELS
 from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
 
@@ -20,7 +20,7 @@ sim_dir = click.argument("root", metavar="DIR", type=click.Path(file_okay=False,
 gpu_index = click.argument("gpu", type=int)
 
 
-@click.group(cls=LazyGroup, lazy={"engine": "mipart.sim.engine:engine"})
+@click.group(cls=LazyGroup, lazy={"engine": "mipart.cli.engine:engine"})
 def sim() -> None:
     """Simulated AMD Instinct host: a sysfs tree plus the driver's partitioning rules."""
 

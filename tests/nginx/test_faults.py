@@ -30,7 +30,7 @@ def host(tmp_path):
 
 def all_instance_pids(host) -> dict[int, list[int]]:
     """Every live process tagged with this host's run dir, per instance: duplicates show up."""
-    from mipart import procs
+    from mipart.runners import procs
 
     found: dict[int, list[int]] = {}
     for pid in procs.pids():

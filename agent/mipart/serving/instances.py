@@ -8,10 +8,10 @@ only that) is a reason to restart an instance.
 from __future__ import annotations
 
 from mipart.errors import UserError
-from mipart.gpu.sysfs import LogicalGpu
+from mipart.values import LogicalGpu
 from mipart.profile.fields import format_indices
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
-from mipart.spec import INSTANCE_HOST, InstanceSpec
+from mipart.serving.spec import INSTANCE_HOST, InstanceSpec
 
 # Seed 003 (AMD's vLLM tuning guide): overridable defaults for every instance.
 ROCM_ENV_DEFAULTS = (

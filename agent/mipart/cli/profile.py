@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mipart.cli import DEFAULT_PROFILE
+from mipart.names import DEFAULT_PROFILE
 
 
 @click.command()

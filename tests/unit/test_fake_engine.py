@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-AGENT = Path(__file__).resolve().parents[1] / "agent"
+from conftest import AGENT
 
 
 def free_port() -> int:

@@ -10,19 +10,12 @@ from __future__ import annotations
 import threading
 
 from mipart.errors import UserError
-from mipart.nginx import NginxFiles
-from mipart.runner import UnitState
-
-INSTANCE_PATTERN = "mipart-vllm@*.service"
-NGINX_UNIT = "mipart-nginx.service"
-
-
-def instance_unit(number: int) -> str:
-    return f"mipart-vllm@{number}.service"
-
+from mipart.serving.nginx import NginxFiles
+from mipart.values import UnitState
+from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
 
 class SystemdRunner:
-    def __init__(self):
+    def __init__(self, run_dir=None):  # units find the run dir through /etc/default/mipart
         self._local = threading.local()
 
     def _manager(self):
@@ -47,9 +40,9 @@ class SystemdRunner:
     def list_instances(self) -> dict[int, UnitState]:
         states = {}
         for name, _desc, _load, active, sub, *_ in self._manager().ListUnitsByPatterns([], [INSTANCE_PATTERN]):
-            number = name[len("mipart-vllm@") : -len(".service")]
-            if number.isdigit():
-                states[int(number)] = UnitState(int(number), active, sub, self.main_pid(name) if active in ("active", "reloading") else 0)
+            number = instance_number(name)
+            if number is not None:
+                states[number] = UnitState(number, active, sub, self.main_pid(name) if active in ("active", "reloading") else 0)
         return states
 
     def main_pid(self, unit: str) -> int:

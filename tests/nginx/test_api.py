@@ -45,7 +45,7 @@ class DummyRunner:
     """What the agent asks of systemd, answered from a dict."""
 
     def __init__(self):
-        from mipart.runner import UnitState
+        from mipart.values import UnitState
 
         self.states = {n: UnitState(n, "active", "running", 0) for n in range(16)}
         self.nginx = True
@@ -79,10 +79,10 @@ class SimHost:
         self.agent = self._agent()
 
     def _agent(self):
-        from mipart.daemon import Agent
-        from mipart.gpu.sysfs import discover
+        from mipart.daemon.agent import Agent
+        from mipart.gpu.amdgpu import discover
         from mipart.health import InstanceHealth
-        from mipart.instances import plan_instances
+        from mipart.serving.instances import plan_instances
 
         agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
         assert agent.load_profile()
@@ -447,7 +447,7 @@ def test_openapi_document_is_served_and_shipped(host, live):
 
 
 def test_unix_socket_mode(host, tmp_path):
-    from mipart.cli_status import UnixHTTPConnection
+    from mipart.cli.status import UnixHTTPConnection
 
     path = tmp_path / "sock" / "api.sock"
     path.parent.mkdir()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mipart.spec import InstanceSpec
+from mipart.serving.spec import InstanceSpec
 from mipart.profile.schema import Profile, ServiceSpec
+from mipart.names import instance_name
 
 KEEPALIVE_PER_INSTANCE = 8
 # Each proxied request holds two connections (client + upstream) against worker_connections.
@@ -79,7 +80,7 @@ def _service_block(service: ServiceSpec, members: tuple[InstanceSpec, ...], read
     lines = [f"    # service {service.name}: {len(live)}/{len(members)} instances ready", f"    upstream {name} {{", f"        zone {name} 256k;", "        least_conn;"]
     for spec in members:
         state = "" if spec.number in ready else " down"
-        lines.append(f"        server {spec.address}{state};  # mipart-vllm@{spec.number}")
+        lines.append(f"        server {spec.address}{state};  # {instance_name(spec.number)}")
     if not members:
         lines.append("        server 127.0.0.1:9 down;  # no instances planned")
     lines += [f"        keepalive {max(KEEPALIVE_PER_INSTANCE * len(members), KEEPALIVE_PER_INSTANCE)};", "    }"]

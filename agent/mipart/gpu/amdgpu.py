@@ -9,60 +9,22 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu import simulator
+from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.sim import kernel as simulator
 from mipart.gpu.models import model_for_device
 from mipart.gpu.modes import memory_modes_for
+from mipart.names import DEFAULT_SYSFS_ROOT, SYSFS_ROOT_VAR
 
 AMD_VENDOR_ID = 0x1002
 PCI_DEVICES = Path("bus/pci/devices")
 KFD = Path("class/kfd/kfd")
 
 
-@dataclass(frozen=True)
-class PhysicalGpu:
-    index: int  # position in PCI address order; the "GPU index" the profile's select uses
-    bdf: str
-    device_id: int
-    compute: str
-    compute_available: tuple[str, ...]
-    memory: str  # "" when the driver exposes no memory partitioning
-    memory_available: tuple[str, ...]
-    path: Path  # the PCI device dir that carries the partition attributes
-
-
-@dataclass(frozen=True)
-class LogicalGpu:
-    index: int  # KFD topology order among GPU nodes = the CUDA/HIP_VISIBLE_DEVICES index
-    node_id: int
-    gpu_id: int
-    render_minor: int
-    physical_index: int
-    partition: int  # order within its physical GPU
-    bdf: str
-
-    @property
-    def render_node(self) -> str:
-        return f"/dev/dri/renderD{self.render_minor}"
-
-
-@dataclass(frozen=True)
-class HostState:
-    physical: tuple[PhysicalGpu, ...]
-    logical: tuple[LogicalGpu, ...]
-
-
-@dataclass(frozen=True)
-class GpuUser:
-    pid: int
-    physical_indices: tuple[int, ...]
-
-
 def sysfs_root() -> Path:
-    return Path(os.environ.get("MIPART_SYSFS_ROOT", "/sys"))
+    return Path(os.environ.get(SYSFS_ROOT_VAR, DEFAULT_SYSFS_ROOT))
 
 
 def discover(root: Path) -> HostState:

@@ -12,26 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from mipart import procs
-from mipart.launcher import INSTANCE_VAR, RUN_DIR_VAR
-from mipart.nginx import NginxFiles, signal_reload
+from mipart.runners import procs
+from mipart.values import UnitState
+from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
+from mipart.serving.nginx import NginxFiles, signal_reload
 
 STOP_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class UnitState:
-    number: int
-    active_state: str  # systemd's words: active, activating, deactivating, inactive, failed
-    sub_state: str
-    main_pid: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.active_state in ("active", "activating", "reloading")
 
 
 class ProcessRunner:
@@ -60,7 +48,7 @@ class ProcessRunner:
     def start(self, number: int) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, RUN_DIR_VAR: str(self.run_dir)}
-        with open(self.log_dir / f"mipart-vllm@{number}.log", "ab") as log:
+        with open(self.log_dir / f"{instance_name(number)}.log", "ab") as log:
             self.children[number] = subprocess.Popen(
                 [sys.executable, "-m", "mipart", "exec", str(number)],
                 env=env,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from mipart.names import INSTANCE_VAR, RUN_DIR_VAR
 
 PROC = Path("/proc")
 
@@ -37,7 +38,7 @@ def pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
 
-def tagged_servers(run_dir: str, instance_var: str = "MIPART_INSTANCE", run_dir_var: str = "MIPART_RUN_DIR") -> dict[int, int]:
+def tagged_servers(run_dir: str, instance_var: str = INSTANCE_VAR, run_dir_var: str = RUN_DIR_VAR) -> dict[int, int]:
     """instance number -> pid of each live server started for `run_dir`.
 
     Servers start in their own session, so the server is the session leader; its children

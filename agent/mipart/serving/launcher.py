@@ -8,19 +8,12 @@ import json
 import os
 import subprocess
 
-import click
-
 from mipart.errors import UserError
 from mipart.paths import instance_spec_path
-
-# Tags the server's environment so the agent can tell, from /proc alone, which spec it runs.
-INSTANCE_VAR = "MIPART_INSTANCE"
-DIGEST_VAR = "MIPART_SPEC_DIGEST"
-RUN_DIR_VAR = "MIPART_RUN_DIR"
-
+from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR
 
 def read_spec(number: int):
-    from mipart.spec import InstanceSpec
+    from mipart.serving.spec import InstanceSpec
 
     path = instance_spec_path(number)
     try:
@@ -57,11 +50,8 @@ def _drop_privileges(user: str, env: dict, hf_home: str) -> None:
     env["USER"] = env["LOGNAME"] = user
 
 
-@click.command("exec")
-@click.argument("number", type=click.IntRange(0, 1023))
-@click.option("--cleanup", is_flag=True, help="Remove the instance's container (ExecStopPost).")
-def exec_instance(number: int, cleanup: bool) -> int:
-    """Run the server of instance NUMBER in the foreground (used by mipart-vllm@.service)."""
+def launch(number: int, cleanup: bool) -> int:
+    """Exec the server for instance NUMBER (or, with cleanup, remove its container)."""
     spec = read_spec(number)
     container = spec.runtime in ("docker", "podman")
     if cleanup:

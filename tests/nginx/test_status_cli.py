@@ -184,7 +184,7 @@ def test_bad_profile_with_the_agent_down_is_a_user_error(host):
 
 
 def test_relative_times():
-    from mipart.cli_status import relative
+    from mipart.cli.status import relative
 
     assert relative(None) == "-"
     assert relative(100, now=112) == "12s ago"
@@ -196,6 +196,7 @@ def test_relative_times():
 
 
 def test_default_api_falls_back_when_the_profile_is_unreadable(tmp_path):
-    from mipart.cli_status import DEFAULT_API, _default_api
+    from mipart.cli.status import _default_api
+    from mipart.names import DEFAULT_API_LISTEN as DEFAULT_API
 
     assert _default_api(str(tmp_path / "missing.yaml")) == DEFAULT_API == "127.0.0.1:8049"

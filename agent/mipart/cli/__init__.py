@@ -13,19 +13,18 @@ import sys
 import click
 
 from mipart.errors import UserError
-
-DEFAULT_PROFILE = "/etc/mipart/profile.yaml"
+from mipart.names import DEFAULT_PROFILE
 
 # name -> "module:attribute"; a command is imported only when it runs (or for --help).
 COMMANDS = {
-    "validate": "mipart.cli_profile:validate",
-    "partition": "mipart.cli_partition:partition",
-    "sim": "mipart.sim.cli:sim",
-    "plan": "mipart.cli_serving:plan",
-    "render": "mipart.cli_serving:render",
-    "exec": "mipart.launcher:exec_instance",
-    "agent": "mipart.daemon:agent",
-    "status": "mipart.cli_status:status",
+    "validate": "mipart.cli.profile:validate",
+    "partition": "mipart.cli.partition:partition",
+    "sim": "mipart.cli.sim:sim",
+    "plan": "mipart.cli.serving:plan",
+    "render": "mipart.cli.serving:render",
+    "exec": "mipart.cli.exec:exec_instance",
+    "agent": "mipart.cli.agent:agent",
+    "status": "mipart.cli.status:status",
 }
 
 

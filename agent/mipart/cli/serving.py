@@ -12,8 +12,9 @@ from mipart.cli import profile_option
 
 def _planned(profile_path: str):
     """Partition plan, then instances on the logical GPUs the host will have after it."""
-    from mipart.gpu.sysfs import LogicalGpu, sysfs_root
-    from mipart.instances import plan_instances
+    from mipart.gpu.amdgpu import sysfs_root
+    from mipart.values import LogicalGpu
+    from mipart.serving.instances import plan_instances
     from mipart.partition.apply import plan_host
     from mipart.profile import load_profile
 
@@ -66,7 +67,7 @@ def plan(profile_path: str, as_json: bool) -> int:
 def render(profile_path: str, root: Path, ready: str) -> int:
     """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
     from mipart.fsutil import write_atomic
-    from mipart.nginx_conf import render_nginx
+    from mipart.serving.nginx_conf import render_nginx
     from mipart.paths import instance_spec_path, nginx_prefix
 
     profile, _, specs = _planned(profile_path)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from mipart.errors import UserError
-from mipart.gpu import simulator, sysfs
-from mipart.gpu.sysfs import GpuUser, HostState
+from mipart.gpu import amdgpu as sysfs
+from mipart.sim import kernel as simulator
+from mipart.values import GpuUser, HostState
 
 NODES = "class/kfd/kfd/topology/nodes"
 BDFS = ["0000:05:00.0", "0000:26:00.0", "0000:46:00.0", "0000:65:00.0",

@@ -1,0 +1,41 @@
+"""The names mipart is known by outside Python: units, files, env vars, the API address.
+
+Each is spelled here once; systemd units, docs and tests use the same words.
+"""
+
+from __future__ import annotations
+
+INSTANCE_UNIT_PREFIX = "mipart-vllm@"
+INSTANCE_PATTERN = f"{INSTANCE_UNIT_PREFIX}*.service"
+NGINX_UNIT = "mipart-nginx.service"
+AGENT_UNIT = "mipart-agent.service"
+PARTITION_UNIT = "mipart-partition.service"
+
+DEFAULT_PROFILE = "/etc/mipart/profile.yaml"
+DEFAULT_RUN_DIR = "/run/mipart"
+DEFAULT_SYSFS_ROOT = "/sys"
+DEFAULT_API_LISTEN = "127.0.0.1:8049"  # loopback only, unless the profile says otherwise
+
+# Environment the launcher and runners use; the tags let the agent find, from /proc alone,
+# which server runs which instance spec.
+RUN_DIR_VAR = "MIPART_RUN_DIR"
+SYSFS_ROOT_VAR = "MIPART_SYSFS_ROOT"
+INSTANCE_VAR = "MIPART_INSTANCE"
+DIGEST_VAR = "MIPART_SPEC_DIGEST"
+
+
+def instance_name(number: int) -> str:
+    """`mipart-vllm@N`, as people type it and logs show it."""
+    return f"{INSTANCE_UNIT_PREFIX}{number}"
+
+
+def instance_unit(number: int) -> str:
+    return f"{instance_name(number)}.service"
+
+
+def instance_number(unit: str) -> int | None:
+    """N of `mipart-vllm@N.service`; None for any other name."""
+    if not (unit.startswith(INSTANCE_UNIT_PREFIX) and unit.endswith(".service")):
+        return None
+    number = unit[len(INSTANCE_UNIT_PREFIX) : -len(".service")]
+    return int(number) if number.isdigit() and number.isascii() else None

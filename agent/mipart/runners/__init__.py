@@ -1,0 +1,20 @@
+"""Who runs instances and nginx: systemd units, or local processes (demo, tests).
+
+Each runner is a sibling module implementing runners.base.Runner; register a new one in RUNNERS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+# kind -> "module:class"; imported only when chosen (pydbus is slow to import and may be absent).
+RUNNERS = {
+    "systemd": "mipart.runners.systemd:SystemdRunner",
+    "process": "mipart.runners.process:ProcessRunner",
+}
+
+
+def make_runner(kind: str, run_dir: Path):
+    module, name = RUNNERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)(run_dir)

@@ -1,0 +1,61 @@
+"""Value types shared across the seams: what a GPU backend reports and what a runner reports.
+
+Frozen dataclasses, no behaviour beyond derived names: planners take them, backends and
+runners make them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PhysicalGpu:
+    index: int  # position in PCI address order; the "GPU index" the profile's select uses
+    bdf: str
+    device_id: int
+    compute: str
+    compute_available: tuple[str, ...]
+    memory: str  # "" when the driver exposes no memory partitioning
+    memory_available: tuple[str, ...]
+    path: Path  # the PCI device dir that carries the partition attributes
+
+
+@dataclass(frozen=True)
+class LogicalGpu:
+    index: int  # KFD topology order among GPU nodes = the CUDA/HIP_VISIBLE_DEVICES index
+    node_id: int
+    gpu_id: int
+    render_minor: int
+    physical_index: int
+    partition: int  # order within its physical GPU
+    bdf: str
+
+    @property
+    def render_node(self) -> str:
+        return f"/dev/dri/renderD{self.render_minor}"
+
+
+@dataclass(frozen=True)
+class HostState:
+    physical: tuple[PhysicalGpu, ...]
+    logical: tuple[LogicalGpu, ...]
+
+
+@dataclass(frozen=True)
+class GpuUser:
+    pid: int
+    physical_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UnitState:
+    number: int
+    active_state: str  # systemd's words: active, activating, deactivating, inactive, failed
+    sub_state: str
+    main_pid: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.active_state in ("active", "activating", "reloading")
