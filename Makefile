@@ -24,7 +24,7 @@ $(VENV)/.deps-stamp: pyproject.toml Makefile
 deps: $(VENV)/.deps-stamp
 
 demo: deps
-	$(BIN)/python -m mipart.demo
+	$(BIN)/python -m mipart.sim.demo
 
 # The system tier fails (rather than skips) where systemd-nspawn cannot run: CI proves it.
 test: deps

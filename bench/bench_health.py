@@ -43,7 +43,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -95,48 +94,13 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(s
 # -- the host -------------------------------------------------------------------------------
 
 
-def free_api_port(avoid: range) -> int:
-    """A free loopback port in the benches' 10001-19999 (below the ephemeral range and the tests' ports),
-    outside the instances' and listener's ports."""
-    rng = random.Random()
-    for _ in range(500):
-        port = rng.randrange(10001, 20000)
-        if port in avoid:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free loopback port for the API")
-
-
-PROFILE = """\
-version: 1
-gpus: {{compute: CPX, memory: NPS4}}
-services:
-  chat:
-    model: test/fake-llm
-    listen: "127.0.0.1:{listen}"
-    partitions: "{partitions}"
-    command: ["{python}", "-m", "mipart.sim.engine", "--startup-delay", "1.0", "--tokens-per-second", "50"]
-instances: {{base_port: {base}, user: root, hf_home: "{hf_home}"}}
-health: {{interval: {interval:g}s, timeout: {timeout:g}s, unhealthy_after: {unhealthy_after}, restart_backoff: 1s}}
-api: {{listen: "127.0.0.1:{api}"}}
-"""
-
-
 def make_host(tmp: Path, instances: int = INSTANCES) -> BenchHost:
-    """BenchHost's sim tree, ports and cleanup, with this bench's own profile (its API on a free TCP port).
+    """This bench's host, with the default health settings and 50 tokens/s engines.
 
     Also used by bench_api.py and bench_agent_resources.py (64 instances: partitions all)."""
     partitions = "all" if instances == 64 else f"0-{instances - 1}"
-    host = BenchHost(tmp, compute="CPX", memory="NPS4", partitions=partitions)
-    host.api_port = free_api_port(range(host.listen, host.base + 64))
-    host.profile.write_text(PROFILE.format(listen=host.listen, partitions=partitions, python=sys.executable, base=host.base, hf_home=tmp / "hf",
-                                           interval=INTERVAL, timeout=TIMEOUT, unhealthy_after=UNHEALTHY_AFTER, api=host.api_port))
-    return host
+    return BenchHost(tmp, compute="CPX", memory="NPS4", partitions=partitions, delay=1.0, tps=50, interval=f"{INTERVAL:g}s",
+                     timeout=f"{TIMEOUT:g}s", unhealthy_after=UNHEALTHY_AFTER, restart_backoff="1s")
 
 
 def revision() -> str:

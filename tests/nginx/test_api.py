@@ -80,8 +80,8 @@ class SimHost:
 
     def _agent(self):
         from mipart.daemon.agent import Agent
-        from mipart.gpu.amdgpu import discover
-        from mipart.health import InstanceHealth
+        from mipart.gpu import discover
+        from mipart.health.machine import InstanceHealth
         from mipart.serving.instances import plan_instances
 
         agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
@@ -103,7 +103,7 @@ class LiveApi:
     """start_api() on an event loop in a thread, as the agent runs it; stopped by close()."""
 
     def __init__(self, agent, listen: str):
-        from mipart.api import start_api
+        from mipart.api.server import start_api
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -163,6 +163,7 @@ def test_status_reports_profile_partitions_apply_and_counts(host, live):
 
     record_apply(True, host.agent.profile.digest, ApplyResult(writes=2, reloads=1, logical_gpus=16))
     st = get_json(host, "/v1/status")
+    assert st["api_version"] == 1
     assert st["version"] == __import__("mipart").__version__
     assert st["profile"] == {"path": str(host.profile), "digest": host.agent.profile.digest, "loaded": True}
     assert st["profile_error"] == ""
@@ -174,7 +175,7 @@ def test_status_reports_profile_partitions_apply_and_counts(host, live):
     assert re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", part["gpus"][0]["bdf"])
     assert st["last_apply"]["ok"] is True and st["last_apply"]["result"]["reloads"] == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", st["last_apply"]["time"])
-    assert st["instances"] == {"total": 16, "ready": 11, "degraded": 1, "starting": 1, "restarting": 1, "failed": 1, "unhealthy": 1}
+    assert st["instances"] == {"total": 16, "ready": 11, "degraded": 1, "starting": 1, "restarting": 1, "failed": 1, "unhealthy": 1, "draining": 0}
     assert st["nginx"] == {"config_valid": True, "error": "", "running": True}
     assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
 
@@ -199,11 +200,9 @@ def test_status_shows_errors_and_a_partition_mismatch(host, live):
 
 
 def test_host_facts_are_cached_not_read_per_request(host, live, monkeypatch):
-    import mipart.status
-
     calls = []
-    real = mipart.status.collect_host
-    monkeypatch.setattr(mipart.status, "collect_host", lambda agent: calls.append(1) or real(agent))
+    real = host.agent.host_snapshot
+    monkeypatch.setattr(host.agent, "host_snapshot", lambda: calls.append(1) or real())
     time.sleep(1.1)
     for _ in range(20):
         get_json(host, "/v1/status")
@@ -213,13 +212,14 @@ def test_host_facts_are_cached_not_read_per_request(host, live, monkeypatch):
 
 def test_instances_list_and_one(host, live):
     data = get_json(host, "/v1/instances")
+    assert data["api_version"] == 1
     instances = data["instances"]
     assert [i["number"] for i in instances] == list(range(16))
     states = {i["number"]: i["state"] for i in instances}
     assert states[0] == "ready" and states[1] == "degraded" and states[2] == "starting"
     assert states[3] == "restarting" and states[4] == "failed" and states[5] == "unhealthy"
     one = get_json(host, "/v1/instances/3")
-    assert one == instances[3]
+    assert one == instances[3] and one["api_version"] == 1
     assert one["unit"] == "mipart-vllm@3.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
     assert one["port"] == 21003 and one["address"] == "127.0.0.1:21003"
     assert one["logical_gpus"] == [3] and one["physical_gpus"] == [1]
@@ -229,12 +229,21 @@ def test_instances_list_and_one(host, live):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", one["since"])
 
 
-def test_instance_state_comes_from_the_health_state_machine():
-    from types import SimpleNamespace
+def test_a_draining_instance_is_reported_as_draining(host, live):
+    from mipart.health.machine import InstanceHealth
 
-    from mipart.health import InstanceHealth
+    host.agent.health[6] = InstanceHealth(6, state="ready")
+    host.agent.health[6].drain()
+    assert get_json(host, "/v1/instances/6")["state"] == "draining"
+    assert get_json(host, "/v1/instances/6")["ready"] is False
+    assert get_json(host, "/v1/status")["instances"]["draining"] == 1
+
+
+def test_instance_state_comes_from_the_health_state_machine():
+    from mipart.daemon.snapshot import instance_state
+    from mipart.health.machine import InstanceHealth
+    from mipart.health.states import STATES
     from mipart.profile.schema import HealthSpec
-    from mipart.status import STATES, instance_state
 
     assert instance_state(None) == "starting"
     spec = HealthSpec(unhealthy_after=2)
@@ -246,14 +255,8 @@ def test_instance_state_comes_from_the_health_state_machine():
     assert instance_state(h) == "degraded"
     h.record(False, "x", spec)
     assert instance_state(h) == "unhealthy"
+    assert "draining" in STATES
     assert all(instance_state(InstanceHealth(0, state=s)) == s for s in STATES)
-    # a health record without a state word: derived from its fields
-    legacy = dict(ready=False, failures=0, restart_attempts=0, gave_up=False)
-    assert instance_state(SimpleNamespace(**{**legacy, "ready": True, "failures": 1})) == "degraded"
-    assert instance_state(SimpleNamespace(**{**legacy, "restart_attempts": 1})) == "restarting"
-    assert instance_state(SimpleNamespace(**{**legacy, "restart_attempts": 1, "gave_up": True})) == "failed"
-    assert instance_state(SimpleNamespace(**{**legacy, "failures": 3})) == "starting"
-    assert instance_state(SimpleNamespace(**{**legacy, "failures": 3, "was_ready": True})) == "unhealthy"
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -334,7 +337,7 @@ def test_metrics_text_format(host, live):
     assert families["mipart_nginx_config_valid"] == [({}, 1.0)]
     assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == [({}, 1.0)]
     by_state = {labels["state"]: value for labels, value in families["mipart_instances"]}
-    assert by_state == {"starting": 1, "ready": 11, "degraded": 1, "unhealthy": 1, "restarting": 1, "failed": 1}
+    assert by_state == {"starting": 1, "ready": 11, "degraded": 1, "unhealthy": 1, "restarting": 1, "draining": 0, "failed": 1}
     ready = {labels["instance"]: (labels, value) for labels, value in families["mipart_instance_ready"]}
     assert len(ready) == 16
     assert ready["mipart-vllm@3.service"] == ({"service": "chat", "instance": "mipart-vllm@3.service", "gpu": "3"}, 0.0)
@@ -344,12 +347,12 @@ def test_metrics_text_format(host, live):
 
 
 def test_metrics_escape_label_values_and_follow_errors(host):
-    from mipart.status import prometheus_metrics
+    from mipart.api.metrics import prometheus_metrics
 
     agent = host.agent
     agent.specs[0] = replace(agent.specs[0], service='we"ird\\name\nx', logical_gpus=(0, 1))
     agent.status.profile_error, agent.status.nginx_error = "bad", "bad"
-    families = parse_exposition(prometheus_metrics(agent))
+    families = parse_exposition(prometheus_metrics(agent.snapshot()))
     labels = [lb for lb, _ in families["mipart_instance_ready"] if lb["instance"] == "mipart-vllm@0.service"][0]
     assert labels == {"service": 'we"ird\\name\nx', "instance": "mipart-vllm@0.service", "gpu": "0,1"}
     assert families["mipart_profile_valid"] == [({}, 0.0)] and families["mipart_nginx_config_valid"] == [({}, 0.0)]
@@ -432,7 +435,7 @@ def test_a_real_prometheus_discovers_the_instances_and_scrapes_the_agent(host, l
 
 
 def test_openapi_document_is_served_and_shipped(host, live):
-    from mipart.api import openapi_text
+    from mipart.api.server import openapi_text
 
     status, headers, body = get(host, "/openapi.yaml")
     assert status == 200 and "yaml" in headers["content-type"]
@@ -440,7 +443,7 @@ def test_openapi_document_is_served_and_shipped(host, live):
     assert doc["openapi"] == "3.0.3"
     assert set(doc["paths"]) == {"/v1/status", "/v1/instances", "/v1/instances/{n}", "/healthz", "/metrics", "/v1/targets", "/openapi.yaml"}
     assert body.decode() == openapi_text()
-    assert (AGENT / "mipart" / "openapi.yaml").read_text() == openapi_text()
+    assert (AGENT / "mipart" / "api" / "openapi.yaml").read_text() == openapi_text()
 
 
 # -- listening ---------------------------------------------------------------------------------
@@ -510,7 +513,7 @@ unexpected-methods = ["get", "put", "post", "delete", "options", "patch", "trace
 def test_schemathesis_against_the_shipped_document(host, live, tmp_path):
     """Every documented operation of the shipped openapi.yaml, all checks, on the live API."""
     pytest.importorskip("schemathesis")
-    from mipart.api import openapi_text
+    from mipart.api.server import openapi_text
 
     document = tmp_path / "openapi.yaml"
     document.write_text(openapi_text())

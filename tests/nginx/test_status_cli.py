@@ -63,7 +63,7 @@ def test_human_table_from_the_live_api(host, live):
 
 
 def test_exit_zero_when_every_instance_serves(host, live):
-    from mipart.health import InstanceHealth
+    from mipart.health.machine import InstanceHealth
 
     host.agent.health = {n: InstanceHealth(n, state="ready") for n in host.agent.specs}
     host.agent.health[7].state = "degraded"  # still in rotation

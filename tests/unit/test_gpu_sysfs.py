@@ -1,16 +1,23 @@
-"""GPU discovery and writes through sysfs, read from simulated and hand-made trees."""
+"""The amdgpu backend (discovery and writes through sysfs) and the backend registry, on
+simulated and hand-made trees."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 from mipart.errors import UserError
-from mipart.gpu import amdgpu as sysfs
-from mipart.sim import kernel as simulator
+from mipart.gpu import discover, open_backend, sysfs_root
+from mipart.gpu.amdgpu import AmdgpuBackend
+from mipart.gpu.backend import GpuBackend
+from mipart.sim import kernel
+from mipart.sim.backend import SimBackend
+from mipart.sim.state import read_state
 from mipart.values import GpuUser, HostState
 
 NODES = "class/kfd/kfd/topology/nodes"
@@ -20,12 +27,12 @@ BDFS = ["0000:05:00.0", "0000:26:00.0", "0000:46:00.0", "0000:65:00.0",
 
 def sim(tmp_path: Path, **kwargs) -> Path:
     root = tmp_path / "host"
-    simulator.create(root, **kwargs)
+    kernel.create(root, **kwargs)
     return root
 
 
 def test_spx_nps1_host_shows_one_logical_gpu_per_physical(tmp_path):
-    state = sysfs.discover(sim(tmp_path, compute="SPX", memory="NPS1"))
+    state = discover(sim(tmp_path, compute="SPX", memory="NPS1"))
 
     assert [g.bdf for g in state.physical] == BDFS
     assert [g.index for g in state.physical] == list(range(8))
@@ -39,7 +46,7 @@ def test_spx_nps1_host_shows_one_logical_gpu_per_physical(tmp_path):
 
 
 def test_cpx_nps4_host_shows_64_logical_gpus_in_render_order(tmp_path):
-    state = sysfs.discover(sim(tmp_path, compute="CPX", memory="NPS4"))
+    state = discover(sim(tmp_path, compute="CPX", memory="NPS4"))
 
     assert len(state.logical) == 64
     gpu1_first = state.logical[8]
@@ -68,7 +75,7 @@ def test_partition_number_in_location_id_high_bits_still_maps(tmp_path):
                 lines[i] = f"location_id {(value & ~7) | (value & 7) << 28}"
         props.write_text("\n".join(lines) + "\n")
 
-    state = sysfs.discover(root)
+    state = discover(root)
     assert [(lg.physical_index, lg.partition) for lg in state.logical] == [
         (k, p) for k in range(8) for p in range(2)]
 
@@ -78,7 +85,7 @@ def test_kfd_gpu_without_partition_attributes_still_takes_an_index(tmp_path):
     props = root / NODES / "2" / "properties"
     props.write_text(props.read_text().replace("location_id 1280", "location_id 1024"))  # 04:00.0
 
-    assert [(lg.index, lg.physical_index) for lg in sysfs.discover(root).logical] == [(1, 1)]
+    assert [(lg.index, lg.physical_index) for lg in discover(root).logical] == [(1, 1)]
 
 
 def test_other_pci_devices_are_not_gpus(tmp_path):
@@ -91,14 +98,14 @@ def test_other_pci_devices_are_not_gpus(tmp_path):
     (nic / "vendor").write_text("0x15b3\n")
     (nic / "current_compute_partition").write_text("SPX\n")
 
-    assert [g.bdf for g in sysfs.discover(root).physical] == BDFS
+    assert [g.bdf for g in discover(root).physical] == BDFS
 
 
 def test_host_without_partitionable_gpus_is_empty(tmp_path):
-    assert sysfs.discover(tmp_path) == HostState((), ())
+    assert discover(tmp_path) == HostState((), ())
     (tmp_path / "bus/pci/devices/0000:00:00.0").mkdir(parents=True)
     (tmp_path / "bus/pci/devices/0000:00:00.0/vendor").write_text("0x1022\n")
-    assert sysfs.discover(tmp_path) == HostState((), ())
+    assert discover(tmp_path) == HostState((), ())
 
 
 def test_single_memory_mode_and_unsupported_compute(tmp_path):
@@ -107,7 +114,7 @@ def test_single_memory_mode_and_unsupported_compute(tmp_path):
     (dev / "available_memory_partition").unlink()  # only there with more than one mode
     (dev / "available_compute_partition").write_text("Not supported\n")
 
-    gpu = sysfs.discover(root).physical[0]
+    gpu = discover(root).physical[0]
     assert gpu.memory_available == ("NPS1",)
     assert gpu.compute_available == ()
 
@@ -123,7 +130,7 @@ def test_corrupt_attribute_is_one_error_naming_the_file(tmp_path, relative, text
     root = sim(tmp_path)
     (root / relative).write_text(text)
     with pytest.raises(UserError) as caught:
-        sysfs.discover(root)
+        discover(root)
     assert str(root / relative) in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -131,14 +138,14 @@ def test_corrupt_attribute_is_one_error_naming_the_file(tmp_path, relative, text
 def test_kfd_users_map_to_physical_gpus(tmp_path, live_pids):
     P = live_pids(2)
     root = sim(tmp_path, compute="CPX", memory="NPS4")
-    simulator.hold(root, 2, pid=P[1])
-    simulator.hold(root, 5, pid=P[1])
-    simulator.hold(root, 0, pid=P[0])
-    state = sysfs.discover(root)
-    assert sysfs.kfd_users(root, state) == [GpuUser(P[0], (0,)), GpuUser(P[1], (2, 5))]
+    kernel.hold(root, 2, pid=P[1])
+    kernel.hold(root, 5, pid=P[1])
+    kernel.hold(root, 0, pid=P[0])
+    state = discover(root)
+    assert open_backend(root).gpu_users(state) == [GpuUser(P[0], (0,)), GpuUser(P[1], (2, 5))]
 
     (root / "class/kfd/kfd/proc/9999").mkdir()  # KFD open, no GPU memory yet: could be any
-    assert GpuUser(9999, tuple(range(8))) in sysfs.kfd_users(root, state)
+    assert GpuUser(9999, tuple(range(8))) in open_backend(root).gpu_users(state)
 
 
 def test_write_on_real_sysfs_writes_value_and_newline(tmp_path):
@@ -148,35 +155,35 @@ def test_write_on_real_sysfs_writes_value_and_newline(tmp_path):
                        ("available_compute_partition", "SPX, DPX, QPX, CPX"),
                        ("current_memory_partition", "NPS1")]:
         (dev / name).write_text(text + "\n")
-    gpu = sysfs.discover(tmp_path).physical[0]
+    gpu = discover(tmp_path).physical[0]
     assert gpu.memory_available == ("NPS1",)
 
-    sysfs.write_attribute(tmp_path, gpu, "current_compute_partition", "DPX")
+    open_backend(tmp_path).write_attribute(gpu, "current_compute_partition", "DPX")
     assert (dev / "current_compute_partition").read_text() == "DPX\n"
     with pytest.raises(OSError) as caught:
-        sysfs.write_attribute(tmp_path, gpu, "current_partition_mode", "DPX")
+        open_backend(tmp_path).write_attribute(gpu, "current_partition_mode", "DPX")
     assert caught.value.errno == errno.ENOENT
     assert not (dev / "current_partition_mode").exists()
 
 
 def test_write_on_simulated_host_goes_to_the_simulated_driver(tmp_path):
     root = sim(tmp_path)
-    gpu = sysfs.discover(root).physical[3]
-    sysfs.write_attribute(root, gpu, "current_compute_partition", "qpx")
+    gpu = discover(root).physical[3]
+    open_backend(root).write_attribute(gpu, "current_compute_partition", "qpx")
 
-    state = sysfs.discover(root)
+    state = discover(root)
     assert state.physical[3].compute == "QPX"
     assert len(state.logical) == 7 + 4
-    assert simulator.read_state(root).counters["writes"] == 1
+    assert read_state(root).counters["writes"] == 1
     with pytest.raises(OSError) as caught:
-        sysfs.write_attribute(root, gpu, "current_memory_partition", "NPS3")
+        open_backend(root).write_attribute(gpu, "current_memory_partition", "NPS3")
     assert caught.value.errno == errno.EINVAL
 
 
 def _gpu(tmp_path, memory="NPS1"):
     compute = {"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory]
     root = sim(tmp_path, compute=compute, memory=memory)
-    return sysfs.discover(root).physical[3]
+    return AmdgpuBackend(root), discover(root).physical[3]
 
 
 @pytest.mark.parametrize("code, name, value, memory, expected", [
@@ -199,23 +206,63 @@ def _gpu(tmp_path, memory="NPS1"):
      "GPU 3 (0000:65:00.0): current_compute_partition missing: amdgpu driver too old or not loaded"),
 ])
 def test_describe_write_error(tmp_path, code, name, value, memory, expected):
-    gpu = _gpu(tmp_path, memory)
-    assert sysfs.describe_write_error(OSError(code, os.strerror(code)), gpu, name, value) == expected
+    backend, gpu = _gpu(tmp_path, memory)
+    assert backend.describe_write_error(OSError(code, os.strerror(code)), gpu, name, value) == expected
 
 
 def test_describe_what_the_simulated_kernel_raises(tmp_path, live_pids):
     P = live_pids(2)
     root = sim(tmp_path)
-    simulator.hold(root, 3, pid=P[0])
-    gpu = sysfs.discover(root).physical[3]
+    kernel.hold(root, 3, pid=P[0])
+    gpu = discover(root).physical[3]
+    backend = open_backend(root)
     with pytest.raises(OSError) as caught:
-        sysfs.write_attribute(root, gpu, "current_compute_partition", "CPX")
-    assert "busy: a ROCm process holds the GPU" in sysfs.describe_write_error(
+        backend.write_attribute(gpu, "current_compute_partition", "CPX")
+    assert "busy: a ROCm process holds the GPU" in backend.describe_write_error(
         caught.value, gpu, "current_compute_partition", "CPX")
 
 
 def test_sysfs_root_from_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MIPART_SYSFS_ROOT", raising=False)
-    assert sysfs.sysfs_root() == Path("/sys")
+    assert sysfs_root() == Path("/sys")
     monkeypatch.setenv("MIPART_SYSFS_ROOT", str(tmp_path))
-    assert sysfs.sysfs_root() == tmp_path
+    assert sysfs_root() == tmp_path
+
+
+def test_the_registry_gives_a_simulated_root_its_own_backend(tmp_path, monkeypatch):
+    root = sim(tmp_path)
+    assert type(open_backend(root)) is SimBackend
+    assert type(open_backend(tmp_path / "elsewhere")) is AmdgpuBackend
+    monkeypatch.setenv("MIPART_SYSFS_ROOT", str(root))
+    assert type(open_backend()) is SimBackend and open_backend().root == root
+    assert isinstance(open_backend(root), GpuBackend) and isinstance(open_backend(tmp_path), GpuBackend)
+
+
+def test_pair_table_and_partitions_are_the_kernel_rules_for_eight_xccs(tmp_path):
+    backend = open_backend(sim(tmp_path))
+    gpu = backend.discover().physical[0]
+    assert backend.pair_table(gpu) == {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "TPX": (),
+                                       "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS2", "NPS4")}
+    assert [backend.partitions(gpu, mode) for mode in ("SPX", "DPX", "QPX", "CPX")] == [1, 2, 4, 8]
+
+
+def test_compute_after_reload_follows_user_partt_mode(tmp_path):
+    root = sim(tmp_path)
+    backend = open_backend(root)
+    assert [backend.compute_after_reload(m) for m in ("NPS1", "NPS2", "NPS4")] == ["SPX", "DPX", "CPX"]
+    kernel.set_user_partt_mode(root, 3)  # QPX
+    assert backend.compute_after_reload("NPS4") == "QPX"
+
+
+def test_a_simulated_host_reloads_its_own_driver_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIPART_RELOAD_CMD", raising=False)
+    root = sim(tmp_path)
+    backend = open_backend(root)
+    assert backend.reload_command() == shlex.join([sys.executable, "-m", "mipart", "sim", "reload", str(root)])
+    assert AmdgpuBackend(tmp_path).reload_command() == "modprobe -r amdgpu && modprobe amdgpu"
+    kernel.kernel_write(root, BDFS[0], "current_memory_partition", "NPS4")
+    backend.reload(lambda: True)
+    assert read_state(root).counters["reloads"] == 1
+    assert {g.memory for g in discover(root).physical} == {"NPS4"}
+    monkeypatch.setenv("MIPART_RELOAD_CMD", "true")
+    assert backend.reload_command() == "true"

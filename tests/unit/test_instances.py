@@ -98,3 +98,16 @@ def test_launcher_errors_are_one_line(tmp_path, host):
     done = mipart("exec", "0", env={**host, "MIPART_RUN_DIR": str(out / "run/mipart")})
     assert done.returncode == 1
     assert done.stderr.strip() == "mipart: instance 0: command 'no-such-engine' not found; install it, or set services.chat.command"
+
+
+def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, host):
+    profile = write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["/bin/true"]}\ninstances: {user: root}\n')
+    out = tmp_path / "root"
+    assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
+    path = out / "run/mipart/instances/0.json"
+    spec = json.loads(path.read_text())
+    assert spec["version"] == 1
+    path.write_text(json.dumps({**spec, "version": 2}))
+    done = mipart("exec", "0", env={**host, "MIPART_RUN_DIR": str(out / "run/mipart")})
+    assert done.returncode == 1
+    assert done.stderr == f"mipart: instance 0: spec {path} has version 2, but this mipart reads version 1; restart mipart-agent to rewrite it\n"

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import mipart
 from mipart.errors import UserError
-from mipart.gpu import amdgpu as sysfs
-from mipart.sim import kernel as simulator
+from mipart.gpu import discover
+from mipart.sim import kernel
+from mipart.sim.state import read_state
 from mipart.gpu.modes import USER_PARTT_MODE
 
 COMPUTE = "current_compute_partition"
@@ -24,25 +25,25 @@ GPU3 = "0000:65:00.0"
 def host(tmp_path):
     def make(**kwargs):
         root = tmp_path / "host"
-        simulator.create(root, **kwargs)
+        kernel.create(root, **kwargs)
         return root
     return make
 
 
 def write_errno(root, bdf, attr, value):
     with pytest.raises(OSError) as caught:
-        simulator.kernel_write(root, bdf, attr, value)
+        kernel.kernel_write(root, bdf, attr, value)
     return caught.value.errno
 
 
 def modes(root):
-    return [(g.compute, g.memory) for g in sysfs.discover(root).physical]
+    return [(g.compute, g.memory) for g in discover(root).physical]
 
 
 def test_compute_switch_is_immediate_and_case_insensitive(host):
     root = host()
-    simulator.kernel_write(root, GPU3, COMPUTE, " cpx\n")
-    state = sysfs.discover(root)
+    kernel.kernel_write(root, GPU3, COMPUTE, " cpx\n")
+    state = discover(root)
     assert state.physical[3].compute == "CPX"
     assert len(state.logical) == 7 + 8
     assert [lg.render_minor for lg in state.logical if lg.physical_index == 3] == list(range(152, 160))
@@ -58,54 +59,54 @@ def test_compute_switch_is_immediate_and_case_insensitive(host):
 ])
 def test_invalid_compute_mode_is_einval_and_changes_nothing(host, memory, value):
     root = host(compute={"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory], memory=memory)
-    before = sysfs.discover(root)
+    before = discover(root)
     assert write_errno(root, GPU3, COMPUTE, value) == errno.EINVAL
-    assert sysfs.discover(root) == before
+    assert discover(root) == before
 
 
 def test_writing_the_current_mode_succeeds_without_a_switch(host, live_pids):
     P = live_pids(2)
     root = host(compute="DPX", memory="NPS2")
-    simulator.hold(root, 3, pid=P[0])  # a no-op write is not refused even while held
-    before = sysfs.discover(root)
-    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
-    simulator.kernel_write(root, GPU3, MEMORY, "nps2")
-    assert sysfs.discover(root) == before
+    kernel.hold(root, 3, pid=P[0])  # a no-op write is not refused even while held
+    before = discover(root)
+    kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
+    kernel.kernel_write(root, GPU3, MEMORY, "nps2")
+    assert discover(root) == before
 
 
 def test_held_gpu_is_ebusy_until_released(host, live_pids):
     P = live_pids(2)
     root = host()
-    simulator.hold(root, 3, pid=P[0])
+    kernel.hold(root, 3, pid=P[0])
     assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EBUSY
-    simulator.kernel_write(root, "0000:85:00.0", COMPUTE, "DPX")  # GPU 4 is free
-    simulator.release(root, 3)
-    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
+    kernel.kernel_write(root, "0000:85:00.0", COMPUTE, "DPX")  # GPU 4 is free
+    kernel.release(root, 3)
+    kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
     assert [c for c, _ in modes(root)] == ["SPX"] * 3 + ["DPX", "DPX"] + ["SPX"] * 3
 
 
 def test_release_by_pid_and_gpu(host, live_pids):
     P = live_pids(2)
     root = host()
-    simulator.hold(root, 1, pid=P[0])
-    simulator.hold(root, 2, pid=P[0])
-    simulator.hold(root, 2, pid=P[1])
-    simulator.release(root, 2, pid=P[0])
-    assert simulator.read_state(root).holders == {P[0]: [1], P[1]: [2]}
-    simulator.release(root, pid=P[1])
-    assert simulator.read_state(root).holders == {P[0]: [1]}
-    simulator.release(root)
-    assert simulator.read_state(root).holders == {}
+    kernel.hold(root, 1, pid=P[0])
+    kernel.hold(root, 2, pid=P[0])
+    kernel.hold(root, 2, pid=P[1])
+    kernel.release(root, 2, pid=P[0])
+    assert read_state(root).holders == {P[0]: [1], P[1]: [2]}
+    kernel.release(root, pid=P[1])
+    assert read_state(root).holders == {P[0]: [1]}
+    kernel.release(root)
+    assert read_state(root).holders == {}
 
 
 def test_resetting_gpu_is_eperm_even_for_the_current_mode(host):
     root = host()
-    simulator.set_resetting(root, 3, True)
+    kernel.set_resetting(root, 3, True)
     assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EPERM
     assert write_errno(root, GPU3, COMPUTE, "SPX") == errno.EPERM  # reset check comes first
     assert write_errno(root, GPU3, COMPUTE, "bogus") == errno.EINVAL  # parsing comes before it
-    simulator.set_resetting(root, 3, False)
-    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
+    kernel.set_resetting(root, 3, False)
+    kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
 
 
 def test_read_only_and_missing_attributes(host):
@@ -119,22 +120,22 @@ def test_read_only_and_missing_attributes(host):
 def test_memory_request_is_hive_wide_and_waits_for_reload(host):
     root = host()
     assert write_errno(root, GPU3, MEMORY, "NPS3") == errno.EINVAL
-    simulator.kernel_write(root, GPU3, MEMORY, "NPS4")
+    kernel.kernel_write(root, GPU3, MEMORY, "NPS4")
     assert modes(root) == [("SPX", "NPS1")] * 8  # still reads the old mode
-    assert simulator.read_state(root).pending_memory == "NPS4"
-    simulator.kernel_write(root, GPU3, MEMORY, "NPS1")  # the current mode: a no-op
-    assert simulator.read_state(root).pending_memory == "NPS4"
+    assert read_state(root).pending_memory == "NPS4"
+    kernel.kernel_write(root, GPU3, MEMORY, "NPS1")  # the current mode: a no-op
+    assert read_state(root).pending_memory == "NPS4"
 
-    simulator.reload(root)
+    kernel.reload(root)
     assert modes(root) == [("CPX", "NPS4")] * 8  # AUTO: NPS4 -> CPX, on every GPU
-    assert len(sysfs.discover(root).logical) == 64
-    assert simulator.read_state(root).pending_memory is None
+    assert len(discover(root).logical) == 64
+    assert read_state(root).pending_memory is None
 
 
 def test_reload_resets_compute_from_nps_in_auto_mode(host):
     root = host(compute="DPX", memory="NPS1")
-    simulator.kernel_write(root, GPU3, COMPUTE, "CPX")
-    simulator.reload(root)
+    kernel.kernel_write(root, GPU3, COMPUTE, "CPX")
+    kernel.reload(root)
     assert modes(root) == [("SPX", "NPS1")] * 8
 
 
@@ -145,10 +146,10 @@ def test_reload_resets_compute_from_nps_in_auto_mode(host):
 ])
 def test_reload_takes_compute_from_user_partt_mode(host, partt, pending, expected):
     root = host(compute="SPX", memory="NPS1")
-    simulator.set_user_partt_mode(root, USER_PARTT_MODE[partt])
+    kernel.set_user_partt_mode(root, USER_PARTT_MODE[partt])
     if pending:
-        simulator.kernel_write(root, GPU3, MEMORY, pending)
-    simulator.reload(root)
+        kernel.kernel_write(root, GPU3, MEMORY, pending)
+    kernel.reload(root)
     assert [c for c, _ in modes(root)] == [expected] * 8
 
 
@@ -156,58 +157,58 @@ def test_module_parameter_reads_as_on_a_real_host(host):
     root = host()
     param = root / "module/amdgpu/parameters/user_partt_mode"
     assert param.read_text() == "4294967294\n"  # AUTO (-2) through the kernel's uint
-    simulator.set_user_partt_mode(root, USER_PARTT_MODE["CPX"])
+    kernel.set_user_partt_mode(root, USER_PARTT_MODE["CPX"])
     assert param.read_text() == "4\n"
     with pytest.raises(UserError):
-        simulator.set_user_partt_mode(root, 7)
+        kernel.set_user_partt_mode(root, 7)
 
 
 def test_reload_refused_while_a_gpu_is_held(host, live_pids):
     P = live_pids(2)
     root = host()
-    simulator.kernel_write(root, GPU3, MEMORY, "NPS2")
-    simulator.hold(root, 6, pid=P[0])
+    kernel.kernel_write(root, GPU3, MEMORY, "NPS2")
+    kernel.hold(root, 6, pid=P[0])
     with pytest.raises(subprocess.CalledProcessError) as caught:
-        simulator.reload(root)
+        kernel.reload(root)
     assert caught.value.returncode == 1
     assert caught.value.stderr == "modprobe: FATAL: Module amdgpu is in use.\n"
-    state = simulator.read_state(root)
+    state = read_state(root)
     assert (state.pending_memory, state.counters["reloads"]) == ("NPS2", 0)
     assert modes(root) == [("SPX", "NPS1")] * 8
 
 
 def test_counters_count_every_write_and_each_reload(host):
     root = host()
-    simulator.kernel_write(root, GPU3, COMPUTE, "SPX")  # no-op
+    kernel.kernel_write(root, GPU3, COMPUTE, "SPX")  # no-op
     write_errno(root, GPU3, COMPUTE, "XPX")  # refused
-    simulator.kernel_write(root, GPU3, COMPUTE, "DPX")
-    simulator.reload(root)
-    simulator.reload(root)
-    assert simulator.read_state(root).counters == {"writes": 3, "reloads": 2}
-    simulator.create(root)  # starting afresh resets them
-    assert simulator.read_state(root).counters == {"writes": 0, "reloads": 0}
+    kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
+    kernel.reload(root)
+    kernel.reload(root)
+    assert read_state(root).counters == {"writes": 3, "reloads": 2}
+    kernel.create(root)  # starting afresh resets them
+    assert read_state(root).counters == {"writes": 0, "reloads": 0}
 
 
 def test_gpu_ids_are_stable_for_a_layout(host, live_pids):
     P = live_pids(2)
     root = host(compute="CPX", memory="NPS4")
-    ids = [lg.gpu_id for lg in sysfs.discover(root).logical]
-    simulator.hold(root, 1, pid=P[0])  # rebuilds the tree
-    simulator.release(root)
-    assert [lg.gpu_id for lg in sysfs.discover(root).logical] == ids
+    ids = [lg.gpu_id for lg in discover(root).logical]
+    kernel.hold(root, 1, pid=P[0])  # rebuilds the tree
+    kernel.release(root)
+    assert [lg.gpu_id for lg in discover(root).logical] == ids
 
 
 def test_old_kfd_trees_are_cleaned_up(host, live_pids):
     P = live_pids(2)
     root = host()
     for i in range(5):
-        simulator.hold(root, i, pid=P[0])
+        kernel.hold(root, i, pid=P[0])
     assert len([p for p in os.listdir(root / ".mipart-sim") if p.startswith("kfd-")]) <= 2
 
 
 def test_more_than_eight_gpus_continue_in_the_next_pci_domain(host):
     root = host(gpus=10, compute="DPX")
-    state = sysfs.discover(root)
+    state = discover(root)
     assert [g.bdf for g in state.physical[7:]] == ["0000:e5:00.0", "0001:05:00.0", "0001:26:00.0"]
     assert [(lg.physical_index, lg.render_minor) for lg in state.logical[-2:]] == [(9, 200), (9, 201)]
 
@@ -220,30 +221,30 @@ def test_more_than_eight_gpus_continue_in_the_next_pci_domain(host):
 ])
 def test_create_rejects_impossible_hosts(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
-        simulator.create(tmp_path / "host", **kwargs)
+        kernel.create(tmp_path / "host", **kwargs)
     assert not (tmp_path / "host").exists()
 
 
 def test_create_refuses_a_directory_that_is_not_a_simulator(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an empty directory or a simulated host"):
-        simulator.create(tmp_path)
+        kernel.create(tmp_path)
     assert os.listdir(tmp_path) == ["precious.txt"]
 
 
 def test_operations_on_a_plain_directory_fail_cleanly(tmp_path):
     with pytest.raises(UserError, match="not a simulated host"):
-        simulator.reload(tmp_path)
-    simulator.create(tmp_path / "h")
+        kernel.reload(tmp_path)
+    kernel.create(tmp_path / "h")
     with pytest.raises(UserError, match="no GPU 8"):
-        simulator.hold(tmp_path / "h", 8, pid=1)
+        kernel.hold(tmp_path / "h", 8, pid=1)
 
 
 def test_cli_drives_a_simulated_host(tmp_path, live_pids):
     root = tmp_path / "host"
     assert mipart("sim", "create", root, "--model", "mi325x", "--gpus", "4", "--compute", "cpx",
                   "--memory", "NPS4").returncode == 0
-    assert len(sysfs.discover(root).logical) == 32
+    assert len(discover(root).logical) == 32
     holder = str(live_pids(1)[0])
     assert mipart("sim", "hold", root, "2", "--pid", holder).returncode == 0
     assert mipart("sim", "reset", root, "1", "--on").returncode == 0
@@ -269,7 +270,7 @@ def test_cli_hold_defaults_to_the_calling_process(tmp_path):
     root = tmp_path / "host"
     assert mipart("sim", "create", root).returncode == 0
     assert mipart("sim", "hold", root, "0").returncode == 0
-    assert simulator.read_state(root).holders == {os.getpid(): [0]}
+    assert read_state(root).holders == {os.getpid(): [0]}
 
 
 @pytest.mark.parametrize("args", [
@@ -292,10 +293,10 @@ def test_a_holder_that_exits_is_forgotten_like_the_kernel_does(host):
 
     root = host()
     holder = subprocess.Popen(["sleep", "300"])
-    simulator.hold(root, 0, pid=holder.pid)
+    kernel.hold(root, 0, pid=holder.pid)
     with pytest.raises(subprocess.CalledProcessError):
-        simulator.reload(root)
+        kernel.reload(root)
     holder.kill()
     holder.wait()
-    simulator.reload(root)  # no KFD user left
-    assert simulator.read_state(root).holders == {}
+    kernel.reload(root)  # no KFD user left
+    assert read_state(root).holders == {}

@@ -8,16 +8,20 @@ tests share that host and run in file order; the last one kills a vLLM engine.
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from serving import ServingHost
+from mipart.prometheus import metric_sum
+from mipart.sim.host import Ports, SimulatedHost
+from serving import TEST_PORTS
+
+from streaming import Inconclusive, SseReader, prove_live
 
 pytestmark = pytest.mark.vllm
 
@@ -42,19 +46,35 @@ services:
     env: {{HF_HUB_OFFLINE: "1", VLLM_CPU_KVCACHE_SPACE: "1", VLLM_NO_USAGE_STATS: "1", DO_NOT_TRACK: "1", VLLM_CPU_OMP_THREADS_BIND: nobind}}
 instances: {{base_port: {base}, user: root, hf_home: "{hf_home}"}}
 health: {{interval: 1s, timeout: 1s, unhealthy_after: 2, startup_timeout: 10m, restart_backoff: 1s}}
+api: {{listen: "127.0.0.1:{api}"}}
 """
 
 
-class VllmHost(ServingHost):
-    """ServingHost with a profile whose instances are real vLLM servers."""
+@dataclass(frozen=True)
+class VllmProfile:
+    """The profile of a host whose instances are real vLLM servers (for mipart.sim.host)."""
+
+    ports: Ports
+    vllm_python: Path
+    weights: Path
+    hf_home: Path
+    vllm_args: str = VLLM_ARGS
+    compute: str = "DPX"
+    memory: str = "NPS2"
+    listen_host: str = "127.0.0.1"
+    model: str = SERVED  # what clients ask for
+
+    def text(self) -> str:
+        return PROFILE.format(compute=self.compute, memory=self.memory, model=self.weights, served=self.model, listen_host=self.listen_host,
+                              listen=self.ports.listen, vllm_python=self.vllm_python, vllm_args=self.vllm_args, base=self.ports.base,
+                              hf_home=self.hf_home, api=self.ports.api)
+
+
+class VllmHost(SimulatedHost):
+    """The simulated host serving real vLLM servers."""
 
     def __init__(self, tmp: Path, vllm_python: Path, model: Path):
-        self.extra = {"vllm_python": vllm_python, "model": model, "served": SERVED, "hf_home": tmp / "hf", "vllm_args": VLLM_ARGS}
-        super().__init__(tmp, compute="DPX", memory="NPS2", instances=2)
-
-    def write_profile(self, **changes) -> None:
-        self.values.update(changes)
-        self.profile.write_text(PROFILE.format(**{**self.extra, **self.values}))
+        super().__init__(tmp, VllmProfile(Ports.free(64, low=TEST_PORTS), vllm_python, model, tmp / "hf"), expected=2)
 
     # -- processes: a vLLM server is a process tree. The launcher's tag (its environment)
     # is on the API server and its plain children, but not on the engine core: vLLM's
@@ -101,7 +121,7 @@ class VllmHost(ServingHost):
                 except ProcessLookupError:
                     pass
             time.sleep(0.2)
-        self.close()  # nginx, and anything ServingHost knows of
+        self.close()  # nginx, and anything else tagged with our run dir
 
     # -- clients ----------------------------------------------------------------
     def call(self, method: str, path: str, body: dict | None = None, port: int | None = None, timeout: float = 60):
@@ -112,13 +132,6 @@ class VllmHost(ServingHost):
             return response.status, response.read()
         finally:
             conn.close()
-
-    def request(self, prompt="hi", max_tokens=1, stream=False, timeout=30):
-        """ServingHost's request (its wait_ready uses it), for the served model."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.listen, timeout=timeout)
-        body = json.dumps({"model": SERVED, "prompt": prompt, "max_tokens": max_tokens, "stream": stream})
-        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        return conn.getresponse()
 
     def complete(self, max_tokens: int = 4, timeout: float = 60) -> tuple[int, dict]:
         status, raw = self.call("POST", "/v1/completions", {"model": SERVED, "prompt": "Hello", "max_tokens": max_tokens, "ignore_eos": True}, timeout=timeout)
@@ -213,7 +226,7 @@ def test_models_lists_the_served_name(host):
     assert status == 200, raw
     models = json.loads(raw)["data"]
     assert [m["id"] for m in models] == [SERVED]
-    assert models[0]["root"] == str(host.extra["model"])
+    assert models[0]["root"] == str(host.spec.weights)
 
 
 def test_completion_and_chat_completion_through_nginx(host):
@@ -233,35 +246,68 @@ def test_completion_and_chat_completion_through_nginx(host):
     assert body["usage"]["completion_tokens"] == 8
 
 
-def test_streaming_arrives_chunk_by_chunk(host):
+STREAM_TOKENS = 400  # long enough that the freezes land mid-generation; prompt + this fit --max-model-len 512
+
+
+def _generation_tokens(host: VllmHost) -> int:
+    """Tokens both servers have sent so far (vLLM counts them in its API server, which a frozen engine leaves running)."""
+    total = 0.0
+    for n in (0, 1):
+        status, raw = host.call("GET", "/metrics", port=host.base + n, timeout=10)
+        assert status == 200, raw
+        total += metric_sum(raw.decode(), "vllm:generation_tokens_total") or 0.0
+    return int(total)
+
+
+def _stream(host: VllmHost, engines: list[int]) -> tuple[SseReader, list[tuple[int, int]], int]:
+    """One long streamed completion, frozen a few times mid-way: (reader at the end, freezes, tokens the servers sent)."""
+    before = _generation_tokens(host)
     conn = http.client.HTTPConnection("127.0.0.1", host.listen, timeout=60)
-    body = {"model": SERVED, "prompt": "Hello", "max_tokens": 48, "ignore_eos": True, "stream": True}
+    body = {"model": SERVED, "prompt": "Hello", "max_tokens": STREAM_TOKENS, "ignore_eos": True, "stream": True, "return_token_ids": True}
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = conn.getresponse()
-    assert response.status == 200
+    assert response.status == 200, response.read()
     assert response.getheader("Content-Type").startswith("text/event-stream")
-    arrivals, done = [], False
-    for raw in response:
-        line = raw.decode().strip()
-        if line.startswith("data: {"):
-            arrivals.append(time.monotonic())
-            assert json.loads(line[6:])["choices"], line
-        elif line == "data: [DONE]":
-            done = True
-    conn.close()
-    assert done
-    assert len(arrivals) >= 10, f"{len(arrivals)} chunks"
-    # Passed on as the engine makes them, not held until the end: spread over the
-    # generation in several separate arrivals rather than one burst. (vLLM on CPU with a
-    # tiny model emits tokens in bursts, so the count of separate arrivals varies with load;
-    # a buffered response would arrive as one. Token-by-token pacing through nginx is proven
-    # with the fake engine at a fixed rate in tests/test_serving.py.)
-    span = arrivals[-1] - arrivals[0]
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    separate = sum(1 for g in gaps if g > 0.001)
-    print(f"\n{len(arrivals)} chunks over {span * 1000:.0f} ms, {separate} separate arrivals, median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
-    assert separate >= 3, gaps
-    assert span >= 0.05, gaps
+    reader = SseReader(response)
+
+    def freeze() -> None:
+        for pid in engines:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw() -> None:
+        for pid in engines:
+            os.kill(pid, signal.SIGCONT)
+
+    try:
+        freezes = prove_live(reader, freeze, thaw, lambda: _generation_tokens(host) - before, STREAM_TOKENS)
+    finally:
+        thaw()
+        reader.wait_end(120)
+        conn.close()
+    return reader, freezes, _generation_tokens(host) - before
+
+
+def test_streaming_arrives_chunk_by_chunk(host):
+    """Passed on as the engine makes them, not held until the end: proven by causality (see
+    tests/vllm/streaming.py), not by arrival times, which vLLM on CPU makes bursty. With both
+    engines frozen (SIGSTOP) mid-generation, the client holds every token the servers have sent;
+    a buffered response leaves it short until the end, so this fails for one every time."""
+    host.wait_ready(2, timeout=60)
+    engines = [host.engine_core(n) for n in (0, 1)]
+    for attempt in range(3):  # a freeze lands after the last token only if this process starved for the whole generation
+        try:
+            reader, freezes, sent = _stream(host, engines)
+            break
+        except Inconclusive as exc:
+            print(f"\nattempt {attempt + 1} inconclusive: {exc}")
+    else:
+        pytest.fail("three streams ended before the engines could be frozen mid-way")
+    print(f"\n{reader.events} chunks, {reader.tokens} tokens; with the engines frozen the client held (client, server) tokens {freezes}")
+    assert reader.done
+    assert not reader.chunks_without_choices, reader.chunks_without_choices[:3]
+    assert reader.events >= 10, f"{reader.events} chunks"
+    assert reader.tokens == sent == STREAM_TOKENS  # the client saw all, and the servers' counter counts what they sent
+    assert len(freezes) == 3 and all(client == server for client, server in freezes), freezes
 
 
 def test_instance_metrics_are_vllms(host):

@@ -18,7 +18,7 @@ from mipart.runners import RUNNERS
 def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     """Run the mipart agent: instances, nginx and readiness for the profile."""
     from mipart.daemon.agent import Agent
-    from mipart.gpu.amdgpu import sysfs_root
+    from mipart.gpu import sysfs_root
     from mipart.log import get_logger
     from mipart.paths import run_dir
     from mipart.runners import make_runner

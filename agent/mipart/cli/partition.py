@@ -1,4 +1,4 @@
-"""`mipart partition plan|apply|assert|export`: the verbs of mig-parted, for amdgpu."""
+"""`mipart partition plan|apply|assert|export`: the verbs of mig-parted, for AMD Instinct GPUs."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ def _load(profile_path: str):
     return load_profile(profile_path)
 
 
-def _root():
-    from mipart.gpu.amdgpu import sysfs_root
+def _backend():
+    from mipart.gpu import open_backend
 
-    return sysfs_root()
+    return open_backend()
 
 
 @click.group()
@@ -35,7 +35,7 @@ def plan_cmd(profile_path: str, as_json: bool) -> int:
     from mipart.partition.plan import format_plan
 
     profile = _load(profile_path)
-    _, plan = plan_host(profile.gpus, _root())
+    _, plan = plan_host(profile.gpus, _backend())
     click.echo(json.dumps(plan.to_json(), indent=2) if as_json else format_plan(plan))
     return 0
 
@@ -51,7 +51,7 @@ def apply_cmd(profile_path: str) -> int:
 
     profile = _load(profile_path)
     try:
-        result = apply(profile.gpus, _root(), get_logger("mipart.partition"))
+        result = apply(profile.gpus, _backend(), get_logger("mipart.partition"))
     except UserError as exc:
         record_apply(ok=False, error=str(exc), profile_digest=profile.digest)
         raise
@@ -71,7 +71,7 @@ def assert_cmd(profile_path: str) -> int:
     from mipart.partition.plan import assert_lines
 
     profile = _load(profile_path)
-    _, plan = plan_host(profile.gpus, _root())
+    _, plan = plan_host(profile.gpus, _backend())
     lines = assert_lines(plan)
     for line in lines:
         click.echo(line)
@@ -81,10 +81,9 @@ def assert_cmd(profile_path: str) -> int:
 @partition.command("export")
 def export_cmd() -> int:
     """Print the host's current layout as a profile `gpus:` section."""
-    from mipart.gpu.amdgpu import discover
     from mipart.partition.plan import PlanError, export_gpus_yaml
 
-    state = discover(_root())
+    state = _backend().discover()
     if not state.physical:
         raise PlanError("no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)")
     click.echo(export_gpus_yaml(state), nl=False)

@@ -10,22 +10,14 @@ import click
 from mipart.cli import profile_option
 
 
-def _planned(profile_path: str):
-    """Partition plan, then instances on the logical GPUs the host will have after it."""
-    from mipart.gpu.amdgpu import sysfs_root
-    from mipart.values import LogicalGpu
-    from mipart.serving.instances import plan_instances
-    from mipart.partition.apply import plan_host
+def planned(profile_path: str):
+    """The profile, and what the host will serve under it (serving.planned.PlannedHost)."""
+    from mipart.gpu import open_backend
     from mipart.profile import load_profile
+    from mipart.serving.planned import plan_serving
 
     profile = load_profile(profile_path)
-    state, partition_plan = plan_host(profile.gpus, sysfs_root())
-    bdf = {g.index: g.bdf for g in state.physical}
-    logical = tuple(
-        LogicalGpu(index=p.index, node_id=0, gpu_id=0, render_minor=p.render_minor, physical_index=p.physical, partition=p.partition, bdf=bdf[p.physical])
-        for p in partition_plan.logical
-    )
-    return profile, partition_plan, plan_instances(profile, logical)
+    return profile, plan_serving(profile, open_backend())
 
 
 def _upstreams(profile, specs) -> list[dict]:
@@ -42,7 +34,8 @@ def plan(profile_path: str, as_json: bool) -> int:
     """Show partitions, instances and upstreams the profile asks of this host."""
     from mipart.partition.plan import format_plan
 
-    profile, partition_plan, specs = _planned(profile_path)
+    profile, host = planned(profile_path)
+    partition_plan, specs = host.partition, host.instances
     if as_json:
         click.echo(json.dumps({"partition": partition_plan.to_json(), "instances": [s.to_json() for s in specs], "upstreams": _upstreams(profile, specs)}, indent=2))
         return 0
@@ -70,10 +63,11 @@ def render(profile_path: str, root: Path, ready: str) -> int:
     from mipart.serving.nginx_conf import render_nginx
     from mipart.paths import instance_spec_path, nginx_prefix
 
-    profile, _, specs = _planned(profile_path)
+    profile, host = planned(profile_path)
+    specs = host.instances
     host_run = Path("/run/mipart")
     up = frozenset(s.number for s in specs) if ready == "all" else frozenset()
-    files = {instance_spec_path(s.number, host_run): json.dumps(s.to_json(), indent=1, sort_keys=True) + "\n" for s in specs}
+    files = {instance_spec_path(s.number, host_run): s.file_text() for s in specs}
     files[nginx_prefix(host_run) / "nginx.conf"] = render_nginx(profile, specs, up, nginx_prefix(host_run))
     for path, text in sorted(files.items()):
         target = root / path.relative_to("/")

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import click
 
-from mipart.cli import LazyGroup
-from mipart.sim import kernel as simulator
 from mipart.gpu.models import MODELS
 from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
+from mipart.sim import kernel
+from mipart.sim.state import read_state
 
 sim_dir = click.argument("root", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 gpu_index = click.argument("gpu", type=int)
 
 
-@click.group(cls=LazyGroup, lazy={"engine": "mipart.cli.engine:engine"})
+@click.group()
 def sim() -> None:
     """Simulated AMD Instinct host: a sysfs tree plus the driver's partitioning rules."""
 
@@ -36,7 +36,7 @@ def sim() -> None:
               show_default=True)
 def create(root: Path, model: str, gpus: int, compute: str, memory: str) -> None:
     """Make DIR a simulated host; point the agent at it with MIPART_SYSFS_ROOT=DIR."""
-    simulator.create(root, model, gpus, compute, memory)
+    kernel.create(root, model, gpus, compute, memory)
 
 
 @sim.command()
@@ -45,7 +45,7 @@ def create(root: Path, model: str, gpus: int, compute: str, memory: str) -> None
 def reload(ctx: click.Context, root: Path) -> None:
     """Unload and load amdgpu: apply a pending memory mode, reset compute modes."""
     try:
-        simulator.reload(root)
+        kernel.reload(root)
     except subprocess.CalledProcessError as exc:
         click.echo(exc.stderr, nl=False, err=True)
         ctx.exit(exc.returncode)
@@ -57,7 +57,7 @@ def reload(ctx: click.Context, root: Path) -> None:
 @click.option("--pid", type=int, default=None, help="Holder's PID [default: the calling shell].")
 def hold(root: Path, gpu: int, pid: int | None) -> None:
     """Make a process a ROCm user of physical GPU GPU."""
-    simulator.hold(root, gpu, os.getppid() if pid is None else pid)
+    kernel.hold(root, gpu, os.getppid() if pid is None else pid)
 
 
 @sim.command()
@@ -66,7 +66,7 @@ def hold(root: Path, gpu: int, pid: int | None) -> None:
 @click.option("--pid", type=int, default=None)
 def release(root: Path, gpu: int | None, pid: int | None) -> None:
     """Drop holds (on GPU and/or by --pid; all holds when neither is given)."""
-    simulator.release(root, gpu, pid)
+    kernel.release(root, gpu, pid)
 
 
 @sim.command()
@@ -75,7 +75,7 @@ def release(root: Path, gpu: int | None, pid: int | None) -> None:
 @click.option("--on/--off", "on", required=True, help="Start or finish a GPU reset.")
 def reset(root: Path, gpu: int, on: bool) -> None:
     """Mark GPU as resetting (compute writes fail with EPERM) or done."""
-    simulator.set_resetting(root, gpu, on)
+    kernel.set_resetting(root, gpu, on)
 
 
 @sim.command()
@@ -83,7 +83,7 @@ def reset(root: Path, gpu: int, on: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON.")
 def show(root: Path, as_json: bool) -> None:
     """Print the simulated host: GPUs, pending memory mode, holders, counters."""
-    state = simulator.read_state(root)
+    state = read_state(root)
     if as_json:
         click.echo(json.dumps(asdict(state), indent=2))
         return
@@ -99,3 +99,12 @@ def show(root: Path, as_json: bool) -> None:
         click.echo(line)
     click.echo(f"pending memory: {state.pending_memory or 'none'}")
     click.echo(f"counters: writes={state.counters['writes']} reloads={state.counters['reloads']}")
+
+
+@sim.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def engine(args: tuple[str, ...]) -> int:
+    """Fake vLLM-like engine, a test double (`mipart sim engine --help` for its flags)."""
+    from mipart.sim.engine.server import main
+
+    return main(list(args))

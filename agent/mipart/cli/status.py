@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import click
 
 from mipart.cli import profile_option
+from mipart.health.states import READY, STATES
 from mipart.names import DEFAULT_API_LISTEN
 
 TIMEOUT = 2.0
@@ -157,7 +158,7 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
     else:
         match = "partitions unknown"
     serving = counts["ready"] + counts["degraded"]  # in nginx rotation, as the agent's STATUS= line counts them
-    others = ", ".join(f"{counts[s]} {s}" for s in ("degraded", "starting", "unhealthy", "restarting", "failed") if counts.get(s))
+    others = ", ".join(f"{counts[s]} {s}" for s in STATES if s != READY and counts.get(s))
     digest = status["profile"]["digest"][:12] or "none"
     lines = [
         f"mipart-agent {status['version']} on {api}: profile {status['profile']['path']} (digest {digest}), {match}, "
@@ -268,12 +269,12 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
 
 
 def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
-    from mipart.cli.serving import _planned
+    from mipart.cli.serving import planned
 
     first = f"mipart-agent is not answering on {api} ({reason}); showing what the units report"
     if not as_json:
         click.echo(first)  # before planning, which may fail on a bad profile
-    _, _, specs = _planned(profile_path)
+    specs = planned(profile_path)[1].instances
     states = unit_states([s.unit for s in specs])
     lines, report = format_down(api, reason, specs, states)
     if as_json:

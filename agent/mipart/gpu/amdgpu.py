@@ -1,76 +1,147 @@
-"""GPU discovery and partition writes through sysfs (hardware.md, "Kernel sysfs interface").
+"""The amdgpu backend: discovery and partition writes through sysfs, and the driver reload
+(hardware.md, "Kernel sysfs interface").
 
-Every path hangs off a root (default /sys) so tests and the simulator can point it at a
-temp dir. Reading is plain file I/O either way; a write goes to the simulator's in-process
-driver when the root is a simulated host, so it fails with the errno the kernel would use.
+Every path hangs off a root (default /sys), so tests and the simulator point it at a
+directory; reading a simulated host is the same file I/O as reading a real one.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from mipart.errors import UserError
-from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
-from mipart.sim import kernel as simulator
+from mipart.gpu import attrs, driver, modes
+from mipart.gpu.backend import MEMORY_ATTR
 from mipart.gpu.models import model_for_device
-from mipart.gpu.modes import memory_modes_for
-from mipart.names import DEFAULT_SYSFS_ROOT, SYSFS_ROOT_VAR
+from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002
 PCI_DEVICES = Path("bus/pci/devices")
 KFD = Path("class/kfd/kfd")
+USER_PARTT_PARAM = Path("module/amdgpu/parameters/user_partt_mode")
+DEFAULT_XCC_COUNT = 8  # every MI300-class part mipart knows; used for a GPU it has no model for
 
 
-def sysfs_root() -> Path:
-    return Path(os.environ.get(SYSFS_ROOT_VAR, DEFAULT_SYSFS_ROOT))
+class AmdgpuBackend:
+    """An AMD Instinct host as the amdgpu driver shows it under `root`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def claims(cls, root: Path) -> bool:
+        return True  # the fallback: a root without GPUs reads as an empty host
+
+    def discover(self) -> HostState:
+        physical = physical_gpus(self.root)
+        return HostState(physical, logical_gpus(self.root, physical))
+
+    def pair_table(self, gpu: PhysicalGpu) -> dict[str, tuple[str, ...]]:
+        xccs = xcc_count(gpu)
+        return {c: tuple(modes.memory_modes_for(c, xccs)) for c in modes.KERNEL_COMPUTE_MODES}
+
+    def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
+        return modes.partitions_per_gpu(compute, xcc_count(gpu))
+
+    def compute_after_reload(self, memory: str) -> str:
+        """hardware.md: amdgpu.user_partt_mode decides; AUTO derives the mode from NPS."""
+        wanted = user_partt_mode(self.root)
+        return modes.AUTO_COMPUTE_FOR_MEMORY[memory] if wanted == "AUTO" else wanted
+
+    def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
+        # No O_CREAT: a missing attribute must fail with ENOENT, not become a new file.
+        fd = os.open(gpu.path / name, os.O_WRONLY)
+        try:
+            os.write(fd, (value + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def describe_write_error(self, exc: OSError, gpu: PhysicalGpu, name: str, value: str) -> str:
+        where = f"GPU {gpu.index} ({gpu.bdf}): {name}"
+        if exc.errno == errno.EBUSY:
+            return f"{where} busy: a ROCm process holds the GPU; stop GPU users first"
+        if exc.errno == errno.EINVAL:
+            return f"{where} rejected {value}: {self._invalid_reason(gpu, name, value.strip().upper())}"
+        if exc.errno == errno.EPERM:
+            return f"{where}: GPU reset in progress; retry after it finishes"
+        if exc.errno == errno.EACCES:
+            return f"{where}: permission denied; run as root"
+        if exc.errno == errno.ENOENT:
+            return f"{where} missing: amdgpu driver too old or not loaded"
+        return f"{where}: writing {value} failed: {exc.strerror or exc}"
+
+    def _invalid_reason(self, gpu: PhysicalGpu, name: str, value: str) -> str:
+        if name == MEMORY_ATTR:
+            return f"not a memory mode this GPU supports (available: {_join(gpu.memory_available)})"
+        if value in gpu.compute_available and gpu.memory:
+            needs = self.pair_table(gpu).get(value, ())
+            return (f"not valid under the current memory mode {gpu.memory}"
+                    f" ({value} needs {' or '.join(needs) or 'another GPU'})")
+        return f"not a compute mode this GPU supports (available: {_join(gpu.compute_available)})"
+
+    def reload_command(self) -> str:
+        return driver.reload_command()
+
+    def reload(self, wait_until_back: Callable[[], bool]) -> None:
+        driver.run_reload(self.reload_command(), wait_until_back)
+
+    def gpu_users(self, state: HostState) -> list[GpuUser]:
+        return kfd_users(self.root, state)
 
 
-def discover(root: Path) -> HostState:
-    """Partition-capable AMD GPUs and the logical GPUs (KFD nodes) they currently show.
-
-    A host without such GPUs gives an empty state; an unreadable or garbled attribute
-    raises UserError naming the file.
-    """
-    physical = _physical_gpus(Path(root))
-    return HostState(physical, _logical_gpus(Path(root), physical))
+def xcc_count(gpu: PhysicalGpu) -> int:
+    model = model_for_device(gpu.device_id)
+    return model.xcc_count if model else DEFAULT_XCC_COUNT
 
 
-def _physical_gpus(root: Path) -> tuple[PhysicalGpu, ...]:
+def user_partt_mode(root: Path) -> str:
+    """The compute mode the driver picks at load: AUTO unless amdgpu.user_partt_mode says otherwise."""
+    try:
+        value = int((root / USER_PARTT_PARAM).read_text().strip())
+    except (OSError, ValueError):
+        return "AUTO"
+    if value >= 2**31:  # the kernel declares the parameter uint: AUTO (-2) reads 4294967294
+        value -= 2**32
+    names = {number: name for name, number in modes.USER_PARTT_MODE.items()}
+    return names.get(value, "AUTO")
+
+
+def physical_gpus(root: Path) -> tuple[PhysicalGpu, ...]:
     devices = root / PCI_DEVICES
     if not devices.is_dir():
         return ()
     found = []
     for dev in devices.iterdir():
-        if (dev / "current_compute_partition").exists() and _hex(dev / "vendor") == AMD_VENDOR_ID:
+        if (dev / "current_compute_partition").exists() and attrs.hex_number(dev / "vendor") == AMD_VENDOR_ID:
             found.append(dev)
-    found.sort(key=lambda d: _pci_address(d.name, d))
+    found.sort(key=lambda d: attrs.pci_address(d.name, d))
     return tuple(_physical_gpu(i, dev) for i, dev in enumerate(found))
 
 
 def _physical_gpu(index: int, dev: Path) -> PhysicalGpu:
     memory_file = dev / "current_memory_partition"
-    memory = _word(memory_file) if memory_file.exists() else ""
+    memory = attrs.word(memory_file) if memory_file.exists() else ""
     # available_memory_partition exists only where more than one mode is supported.
     available_file = dev / "available_memory_partition"
     if available_file.exists():
-        memory_available = _mode_list(available_file)
+        memory_available = attrs.mode_list(available_file)
     else:
         memory_available = (memory,) if memory else ()
     return PhysicalGpu(
         index=index,
         bdf=dev.name,
-        device_id=_hex(dev / "device"),
-        compute=_word(dev / "current_compute_partition"),
-        compute_available=_mode_list(dev / "available_compute_partition"),
+        device_id=attrs.hex_number(dev / "device"),
+        compute=attrs.word(dev / "current_compute_partition"),
+        compute_available=attrs.mode_list(dev / "available_compute_partition"),
         memory=memory,
         memory_available=memory_available,
         path=dev,
     )
 
 
-def _logical_gpus(root: Path, physical: tuple[PhysicalGpu, ...]) -> tuple[LogicalGpu, ...]:
+def logical_gpus(root: Path, physical: tuple[PhysicalGpu, ...]) -> tuple[LogicalGpu, ...]:
     nodes_dir = root / KFD / "topology/nodes"
     if not nodes_dir.is_dir():
         return ()
@@ -79,17 +150,17 @@ def _logical_gpus(root: Path, physical: tuple[PhysicalGpu, ...]) -> tuple[Logica
     # is bus<<8 | devfn, but partitioned GPUs OR their node id into it, into bits 31:28 on
     # some kernels and into the function bits on others (kfd_topology_add_device in
     # kfd_topology.c). The GPU itself is always function 0 of its device.
-    by_device = {_pci_address(g.bdf, g.path)[:3]: g for g in physical}
+    by_device = {attrs.pci_address(g.bdf, g.path)[:3]: g for g in physical}
     logical: list[LogicalGpu] = []
     per_gpu: dict[int, int] = {}
     gpu_nodes = 0
     for node in nodes:
-        gpu_id = _int(node / "gpu_id")
+        gpu_id = attrs.integer(node / "gpu_id")
         if gpu_id == 0:  # a CPU node
             continue
         index = gpu_nodes
         gpu_nodes += 1
-        props = _properties(node / "properties")
+        props = attrs.properties(node / "properties", ("location_id", "domain", "drm_render_minor"))
         location = props["location_id"]
         owner = by_device.get((props["domain"], (location >> 8) & 0xFF, (location >> 3) & 0x1F))
         if owner is None:  # a GPU without partition attributes; it still takes an index
@@ -115,9 +186,7 @@ def kfd_users(root: Path, state: HostState) -> list[GpuUser]:
     whose files name no GPU we know is counted as using all of them: stopping too much is
     safer than an EBUSY halfway through a repartition.
     """
-    if simulator.is_sim(Path(root)):
-        simulator.prune_exited(Path(root))
-    proc = Path(root) / KFD / "proc"
+    proc = root / KFD / "proc"
     if not proc.is_dir():
         return []
     owner = {g.gpu_id: g.physical_index for g in state.logical}
@@ -134,119 +203,5 @@ def kfd_users(root: Path, state: HostState) -> list[GpuUser]:
     return users
 
 
-def write_attribute(root: Path, gpu: PhysicalGpu, name: str, value: str) -> None:
-    """Write one partition attribute; failures surface as OSError with the kernel's errno."""
-    if simulator.is_sim(Path(root)):
-        simulator.kernel_write(Path(root), gpu.bdf, name, value)
-        return
-    # No O_CREAT: a missing attribute must fail with ENOENT, not become a new file.
-    fd = os.open(gpu.path / name, os.O_WRONLY)
-    try:
-        os.write(fd, (value + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def describe_write_error(exc: OSError, gpu: PhysicalGpu, name: str, value: str) -> str:
-    """One line saying what the kernel's refusal means and what to do about it."""
-    where = f"GPU {gpu.index} ({gpu.bdf}): {name}"
-    if exc.errno == errno.EBUSY:
-        return f"{where} busy: a ROCm process holds the GPU; stop GPU users first"
-    if exc.errno == errno.EINVAL:
-        return f"{where} rejected {value}: {_invalid_reason(gpu, name, value.strip().upper())}"
-    if exc.errno == errno.EPERM:
-        return f"{where}: GPU reset in progress; retry after it finishes"
-    if exc.errno == errno.EACCES:
-        return f"{where}: permission denied; run as root"
-    if exc.errno == errno.ENOENT:
-        return f"{where} missing: amdgpu driver too old or not loaded"
-    return f"{where}: writing {value} failed: {exc.strerror or exc}"
-
-
-def _invalid_reason(gpu: PhysicalGpu, name: str, value: str) -> str:
-    if name == "current_memory_partition":
-        return f"not a memory mode this GPU supports (available: {_join(gpu.memory_available)})"
-    if value in gpu.compute_available and gpu.memory:
-        model = model_for_device(gpu.device_id)
-        needs = memory_modes_for(value, model.xcc_count if model else 8)
-        return (f"not valid under the current memory mode {gpu.memory}"
-                f" ({value} needs {' or '.join(needs) or 'another GPU'})")
-    return f"not a compute mode this GPU supports (available: {_join(gpu.compute_available)})"
-
-
-def _join(modes: tuple[str, ...]) -> str:
-    return ", ".join(modes) or "none"
-
-
-# --- reading attribute files -------------------------------------------------------------
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"{path}: cannot read: {reason}") from exc
-
-
-def _corrupt(path: Path, text: str) -> UserError:
-    return UserError(f"{path}: unexpected content {text.strip()[:60]!r}")
-
-
-def _word(path: Path) -> str:
-    text = _read(path)
-    word = text.strip().upper()
-    if not word.isalnum():
-        raise _corrupt(path, text)
-    return word
-
-
-def _int(path: Path, base: int = 10) -> int:
-    text = _read(path)
-    try:
-        return int(text.strip(), base)
-    except ValueError:
-        raise _corrupt(path, text) from None
-
-
-def _hex(path: Path) -> int:
-    return _int(path, 16)
-
-
-def _mode_list(path: Path) -> tuple[str, ...]:
-    """`SPX, DPX, QPX, CPX` -> ("SPX", ...); `Not supported` -> ()."""
-    text = _read(path)
-    if text.strip().lower() == "not supported":
-        return ()
-    modes = tuple(m.strip().upper() for m in text.replace(",", " ").split())
-    if not all(m.isalnum() for m in modes):
-        raise _corrupt(path, text)
-    return modes
-
-
-def _properties(path: Path) -> dict[str, int]:
-    text = _read(path)
-    props = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            key, value = parts
-            props[key] = int(value)
-        except ValueError:
-            raise _corrupt(path, line) from None
-    for key in ("location_id", "domain", "drm_render_minor"):
-        if key not in props:
-            raise UserError(f"{path}: no {key} line")
-    return props
-
-
-def _pci_address(bdf: str, path: Path) -> tuple[int, int, int, int]:
-    """`0000:05:00.0` -> (domain, bus, device, function)."""
-    try:
-        domain, bus, rest = bdf.split(":")
-        device, function = rest.split(".")
-        return int(domain, 16), int(bus, 16), int(device, 16), int(function, 16)
-    except ValueError:
-        raise UserError(f"{path}: not a PCI address: {bdf!r}") from None
+def _join(found: tuple[str, ...]) -> str:
+    return ", ".join(found) or "none"

@@ -1,52 +1,43 @@
-"""Reloading the amdgpu driver: the one step that makes a memory mode take effect."""
+"""Reloading the amdgpu driver: the one step that makes a memory mode take effect.
+
+The amdgpu backend's reload; MIPART_RELOAD_CMD replaces the command (a simulated host,
+a test that injects a failure).
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from mipart.errors import UserError
-from mipart.gpu import modes
+from mipart.names import RELOAD_CMD_VAR, RELOAD_TIMEOUT_VAR
 
 DEFAULT_RELOAD_CMD = "modprobe -r amdgpu && modprobe amdgpu"
 # hardware.md: a reload takes up to about 140 s on a real 8-GPU node.
 DEFAULT_RELOAD_TIMEOUT = 300.0
-USER_PARTT_PARAM = "module/amdgpu/parameters/user_partt_mode"
 
 
 class ReloadError(UserError):
     pass
 
 
-def reload_command() -> str:
-    return os.environ.get("MIPART_RELOAD_CMD", DEFAULT_RELOAD_CMD)
+def reload_command(default: str = DEFAULT_RELOAD_CMD) -> str:
+    return os.environ.get(RELOAD_CMD_VAR, default)
 
 
 def reload_timeout() -> float:
-    raw = os.environ.get("MIPART_RELOAD_TIMEOUT", "")
+    raw = os.environ.get(RELOAD_TIMEOUT_VAR, "")
     try:
         return float(raw) if raw else DEFAULT_RELOAD_TIMEOUT
     except ValueError:
-        raise ReloadError(f"MIPART_RELOAD_TIMEOUT={raw!r} is not a number of seconds; e.g. MIPART_RELOAD_TIMEOUT=300")
+        raise ReloadError(f"{RELOAD_TIMEOUT_VAR}={raw!r} is not a number of seconds; e.g. {RELOAD_TIMEOUT_VAR}=300")
 
 
-def user_partt_mode(root: Path) -> str:
-    """The compute mode the driver picks at load: AUTO unless amdgpu.user_partt_mode says otherwise."""
-    try:
-        value = int((root / USER_PARTT_PARAM).read_text().strip())
-    except (OSError, ValueError):
-        return "AUTO"
-    if value >= 2**31:  # the kernel declares the parameter uint: AUTO (-2) reads 4294967294
-        value -= 2**32
-    names = {number: name for name, number in modes.USER_PARTT_MODE.items()}
-    return names.get(value, "AUTO")
-
-
-def run_reload(wait_until_back) -> None:
+def run_reload(command: str, wait_until_back: Callable[[], bool]) -> None:
     """Run the reload command, then wait (bounded) until `wait_until_back()` is true."""
-    command, timeout = reload_command(), reload_timeout()
+    timeout = reload_timeout()
     started = time.monotonic()
     try:
         done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout)
@@ -62,4 +53,3 @@ def run_reload(wait_until_back) -> None:
         if time.monotonic() - started > timeout:
             raise ReloadError(f"GPUs did not come back within {timeout:g}s after `{command}`; check `journalctl -k` and `lspci -d 1002:`")
         time.sleep(0.2)
-

@@ -1,7 +1,8 @@
 """Compute/memory partition rules of the amdgpu driver (hardware.md), as pure functions.
 
-Shared by the profile validator (reject impossible pairs before any write), the planner,
-and the simulator (which must refuse exactly what the kernel refuses).
+Shared by the profile validator (reject impossible pairs before any write), the amdgpu
+backend (its pair table, which the planner reads), and the simulator (which must refuse
+exactly what the kernel refuses).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ COMPUTE_MODES: tuple[str, ...] = ("SPX", "DPX", "QPX", "CPX")
 MEMORY_MODES: tuple[str, ...] = ("NPS1", "NPS2", "NPS4")
 # The driver also knows TPX (3 partitions) for 6-XCC parts; it never fits 8 XCCs.
 KERNEL_COMPUTE_MODES: tuple[str, ...] = ("SPX", "DPX", "TPX", "QPX", "CPX")
-KERNEL_MEMORY_MODES: tuple[str, ...] = ("NPS1", "NPS2", "NPS4", "NPS8")
 
 # amdgpu.user_partt_mode values; -2 is AUTO (derive compute from NPS at load).
 USER_PARTT_MODE = {"AUTO": -2, "SPX": 0, "DPX": 1, "TPX": 2, "QPX": 3, "CPX": 4}

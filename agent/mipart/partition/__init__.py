@@ -1,1 +1,1 @@
-"""The partition engine: plan (pure), apply/assert/export (effects on sysfs and the driver)."""
+"""The partition engine: plan (pure), apply/assert/export (effects through the GPU backend)."""

@@ -1,4 +1,5 @@
-"""Carry out a partition plan on a host: writes, at most one reload, verify.
+"""Carry out a partition plan on a host, through its GPU backend: writes, at most one
+reload, verify.
 
 Order is AMD's own: memory request, one driver reload, compute modes, read back.
 Every step re-reads the host, so a rerun after any crash finishes the job.
@@ -8,13 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu import amdgpu as sysfs, driver
+from mipart.gpu.backend import GpuBackend
 from mipart.values import HostState
 from mipart.partition.clients import SystemdClients, describe_holders
-from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
+from mipart.partition.plan import HostRules, PartitionPlan, PlanError, Write, assert_lines, plan_partitions
 from mipart.profile.schema import GpuSpec
 
 USERS_GONE_TIMEOUT = 10.0
@@ -33,13 +33,22 @@ class GpuBusyError(UserError):
     pass
 
 
-def plan_host(spec: GpuSpec, root: Path) -> tuple[HostState, PartitionPlan]:
-    state = sysfs.discover(root)
-    return state, plan_partitions(spec, state, driver.user_partt_mode(root))
+def plan_host(spec: GpuSpec, backend: GpuBackend) -> tuple[HostState, PartitionPlan]:
+    state = backend.discover()
+    return state, plan_partitions(spec, state, read_rules(spec, backend, state))
 
 
-def apply(spec: GpuSpec, root: Path, log) -> ApplyResult:
-    state, plan = plan_host(spec, root)
+def read_rules(spec: GpuSpec, backend: GpuBackend, state: HostState) -> HostRules:
+    pairs = {g.index: backend.pair_table(g) for g in state.physical}
+    return HostRules(
+        pairs=pairs,
+        partitions={g.index: {c: backend.partitions(g, c) for c in pairs[g.index]} for g in state.physical},
+        compute_after_reload=backend.compute_after_reload(spec.memory) if spec.memory else None,
+    )
+
+
+def apply(spec: GpuSpec, backend: GpuBackend, log) -> ApplyResult:
+    state, plan = plan_host(spec, backend)
     result = ApplyResult(logical_gpus=len(state.logical))
     if plan.noop:
         log.info("partition.unchanged", gpus=len(state.physical), logical_gpus=len(state.logical))
@@ -49,15 +58,15 @@ def apply(spec: GpuSpec, root: Path, log) -> ApplyResult:
     for unit in result.stopped:
         log.info("partition.client_stopped", unit=unit)
     try:
-        _refuse_while_busy(root, state, plan, wait=bool(result.stopped))
-        _write_all(root, state, [w for w in plan.writes if not w.after_reload], result, log)
+        _refuse_while_busy(backend, state, plan, wait=bool(result.stopped))
+        _write_all(backend, state, [w for w in plan.writes if not w.after_reload], result, log)
         if plan.reload:
-            log.info("partition.reload", command=driver.reload_command())
-            driver.run_reload(lambda: _gpus_back(root, len(state.physical)))
+            log.info("partition.reload", command=backend.reload_command())
+            backend.reload(lambda: _gpus_back(backend, len(state.physical)))
             result.reloads += 1
-            state, plan = plan_host(spec, root)
-            _write_all(root, state, list(plan.writes), result, log)
-        final_state, final_plan = plan_host(spec, root)
+            state, plan = plan_host(spec, backend)
+            _write_all(backend, state, list(plan.writes), result, log)
+        final_state, final_plan = plan_host(spec, backend)
         diff = assert_lines(final_plan)
         if diff:
             raise PlanError(f"read-back does not match the profile after apply: {diff[0]}; rerun `mipart partition apply`")
@@ -69,7 +78,7 @@ def apply(spec: GpuSpec, root: Path, log) -> ApplyResult:
     return result
 
 
-def _refuse_while_busy(root: Path, state: HostState, plan: PartitionPlan, wait: bool) -> None:
+def _refuse_while_busy(backend: GpuBackend, state: HostState, plan: PartitionPlan, wait: bool) -> None:
     """A reload needs every GPU free; a compute write needs its own GPU free (else EBUSY).
 
     With `wait`, stopped client units get a moment to release /dev/kfd.
@@ -77,7 +86,7 @@ def _refuse_while_busy(root: Path, state: HostState, plan: PartitionPlan, wait: 
     touched = {g.index for g in state.physical} if plan.reload else {w.gpu for w in plan.writes}
     deadline = time.monotonic() + (USERS_GONE_TIMEOUT if wait else 0)
     while True:
-        users = [u for u in sysfs.kfd_users(root, state) if touched & set(u.physical_indices)]
+        users = [u for u in backend.gpu_users(state) if touched & set(u.physical_indices)]
         if not users or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -89,20 +98,20 @@ def _refuse_while_busy(root: Path, state: HostState, plan: PartitionPlan, wait: 
         )
 
 
-def _write_all(root: Path, state: HostState, writes: list[Write], result: ApplyResult, log) -> None:
+def _write_all(backend: GpuBackend, state: HostState, writes: list[Write], result: ApplyResult, log) -> None:
     by_index = {g.index: g for g in state.physical}
     for write in writes:
         gpu = by_index[write.gpu]
         try:
-            sysfs.write_attribute(root, gpu, write.attribute, write.value)
+            backend.write_attribute(gpu, write.attribute, write.value)
         except OSError as exc:
-            raise UserError(sysfs.describe_write_error(exc, gpu, write.attribute, write.value))
+            raise UserError(backend.describe_write_error(exc, gpu, write.attribute, write.value))
         result.writes += 1
         log.info("partition.write", gpu=gpu.index, bdf=gpu.bdf, attribute=write.attribute, value=write.value)
 
 
-def _gpus_back(root: Path, expected: int) -> bool:
+def _gpus_back(backend: GpuBackend, expected: int) -> bool:
     try:
-        return len(sysfs.discover(root).physical) == expected
+        return len(backend.discover().physical) == expected
     except UserError:
         return False

@@ -10,17 +10,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from mipart.errors import UserError
-from mipart.gpu import modes
+from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.values import HostState, PhysicalGpu
-from mipart.profile.fields import format_indices
+from mipart.profile.fields import COMPUTE_CHOICES, format_indices
 from mipart.profile.schema import GpuSpec
-
-MEMORY_ATTR = "current_memory_partition"
-COMPUTE_ATTR = "current_compute_partition"
 
 
 class PlanError(UserError):
     """The profile asks for something this host cannot do."""
+
+
+@dataclass(frozen=True)
+class HostRules:
+    """What the host's driver allows and does, read from its GPU backend before planning."""
+
+    pairs: dict[int, dict[str, tuple[str, ...]]]  # physical GPU -> compute mode -> memory modes it runs under
+    partitions: dict[int, dict[str, int]]  # physical GPU -> compute mode -> logical GPUs it shows
+    compute_after_reload: str | None  # every GPU's mode after a reload into gpus.memory; None: none asked
 
 
 @dataclass(frozen=True)
@@ -82,14 +88,7 @@ class PartitionPlan:
         }
 
 
-def compute_after_reload(memory: str, user_partt_mode: str) -> str:
-    """The compute mode the driver sets at load (hardware.md: AUTO derives it from NPS)."""
-    if user_partt_mode == "AUTO":
-        return modes.AUTO_COMPUTE_FOR_MEMORY[memory]
-    return user_partt_mode
-
-
-def plan_partitions(spec: GpuSpec, state: HostState, user_partt_mode: str = "AUTO") -> PartitionPlan:
+def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> PartitionPlan:
     """Raises PlanError (one line) when the host cannot reach what the profile asks."""
     gpus = state.physical
     if not gpus:
@@ -105,9 +104,9 @@ def plan_partitions(spec: GpuSpec, state: HostState, user_partt_mode: str = "AUT
     changes = []
     for gpu in gpus:
         want = spec.compute_for(gpu.index)
-        start = compute_after_reload(memory_final, user_partt_mode) if reload else gpu.compute
+        start = rules.compute_after_reload if reload else gpu.compute
         if want is not None:
-            _check_compute(gpu, want, memory_final)
+            _check_compute(gpu, want, memory_final, rules.pairs[gpu.index])
             if start != want:
                 writes.append(Write(gpu.index, COMPUTE_ATTR, want, after_reload=reload))
         changes.append(
@@ -121,7 +120,8 @@ def plan_partitions(spec: GpuSpec, state: HostState, user_partt_mode: str = "AUT
                 memory_want=spec.memory,
             )
         )
-    return PartitionPlan(gpus=tuple(changes), writes=tuple(writes), reload=reload, logical=_predict_logical(changes))
+    logical = _predict_logical(changes, rules.partitions)
+    return PartitionPlan(gpus=tuple(changes), writes=tuple(writes), reload=reload, logical=logical)
 
 
 def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:
@@ -145,20 +145,20 @@ def _check_memory(memory: str, gpus: tuple[PhysicalGpu, ...]) -> None:
             )
 
 
-def _check_compute(gpu: PhysicalGpu, want: str, memory: str) -> None:
+def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tuple[str, ...]]) -> None:
     if want not in gpu.compute_available:
         offered = ", ".join(gpu.compute_available) or "none"
         raise PlanError(f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}); choose one of those")
-    if not modes.compatible(want, memory):
-        fits = ", ".join(modes.memory_modes_for(want))
+    if memory not in pairs.get(want, ()):
+        fits = ", ".join(pairs.get(want, ()))
         raise PlanError(f"GPU {gpu.index} ({gpu.bdf}): compute {want} cannot run under memory {memory}; set gpus.memory to {fits}")
 
 
-def _predict_logical(changes: list[GpuChange]) -> tuple[LogicalPrediction, ...]:
+def _predict_logical(changes: list[GpuChange], partitions: dict[int, dict[str, int]]) -> tuple[LogicalPrediction, ...]:
     """Logical GPUs in KFD order: physical GPUs in PCI order, partitions within each."""
     result = []
     for gpu in changes:
-        for part in range(modes.partitions_per_gpu(gpu.compute_final)):
+        for part in range(partitions[gpu.index][gpu.compute_final]):
             result.append(LogicalPrediction(len(result), gpu.index, part, 128 + 8 * gpu.index + part))
     return tuple(result)
 
@@ -184,7 +184,7 @@ def export_gpus_yaml(state: HostState) -> str:
     counts: dict[str, int] = {}
     for gpu in gpus:
         counts[gpu.compute] = counts.get(gpu.compute, 0) + 1
-    common = max(counts, key=lambda mode: (counts[mode], -modes.COMPUTE_MODES.index(mode)))
+    common = max(counts, key=lambda mode: (counts[mode], -COMPUTE_CHOICES.index(mode)))
     lines = ["version: 1", "gpus:", f"  compute: {common}", f"  memory: {gpus[0].memory}", "  select: all"]
     others: dict[str, list[int]] = {}
     for gpu in gpus:

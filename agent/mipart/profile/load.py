@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import yaml
 
-from mipart.errors import UserError
 from mipart.profile import fields as f
+from mipart.profile.problems import Problem, ProfileError
 from mipart.profile.schema import (
     INSTANCE_PORT_SPAN,
     ApiSpec,
@@ -28,29 +28,6 @@ try:  # libyaml is ~10x faster; fall back quietly where it is missing.
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the build of PyYAML
     _Loader = yaml.SafeLoader
-
-
-@dataclass(frozen=True)
-class Problem:
-    line: int
-    column: int
-    message: str
-
-    def format(self, path: str) -> str:
-        if self.line == 0:  # about the file as a whole: there is no line to point at
-            return f"{path}: {self.message}"
-        return f"{path}:{self.line}:{self.column}: {self.message}"
-
-
-class ProfileError(UserError):
-    """All problems of one profile; str() is one line per problem, each already located."""
-
-    prefix = False
-
-    def __init__(self, path: str, problems: list[Problem]):
-        self.path = path
-        self.problems = sorted(problems, key=lambda p: (p.line, p.column))
-        super().__init__("\n".join(p.format(path) for p in self.problems))
 
 
 def read_profile_text(path: str) -> str:

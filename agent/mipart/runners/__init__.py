@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from mipart.runners.base import Runner
+
 # kind -> "module:class"; imported only when chosen (pydbus is slow to import and may be absent).
 RUNNERS = {
     "systemd": "mipart.runners.systemd:SystemdRunner",
@@ -15,6 +17,6 @@ RUNNERS = {
 }
 
 
-def make_runner(kind: str, run_dir: Path):
+def make_runner(kind: str, run_dir: Path) -> Runner:
     module, name = RUNNERS[kind].split(":")
     return getattr(importlib.import_module(module), name)(run_dir)

@@ -23,6 +23,8 @@ STOP_TIMEOUT = 10.0
 
 
 class ProcessRunner:
+    """runners.base.Runner on local processes; `shutdown` also stops what it serves."""
+
     def __init__(self, run_dir: Path, log_dir: Path | None = None):
         self.run_dir = run_dir
         self.log_dir = log_dir or run_dir / "logs"

@@ -14,7 +14,10 @@ from mipart.serving.nginx import NginxFiles
 from mipart.values import UnitState
 from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
 
+
 class SystemdRunner:
+    """runners.base.Runner on systemd: instances and nginx are the units that mipart.names names."""
+
     def __init__(self, run_dir=None):  # units find the run dir through /etc/default/mipart
         self._local = threading.local()
 

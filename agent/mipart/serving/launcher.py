@@ -4,20 +4,21 @@ so the unit's main PID is vLLM itself (or the container client, which forwards s
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
 from mipart.errors import UserError
-from mipart.paths import instance_spec_path
 from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR
+from mipart.paths import instance_spec_path
+from mipart.serving.spec import InstanceSpec, SpecVersionError
 
-def read_spec(number: int):
-    from mipart.serving.spec import InstanceSpec
 
+def read_spec(number: int) -> InstanceSpec:
     path = instance_spec_path(number)
     try:
-        return InstanceSpec.from_json(json.loads(path.read_text()))
+        return InstanceSpec.from_file_text(path.read_text())
+    except SpecVersionError as exc:
+        raise UserError(f"instance {number}: spec {path} has {exc}; restart mipart-agent to rewrite it")
     except FileNotFoundError:
         raise UserError(f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status mipart-agent`), and only for instances the profile asks for")
     except (ValueError, TypeError, KeyError) as exc:
@@ -28,7 +29,7 @@ def container_name(number: int) -> str:
     return f"mipart-vllm-{number}"
 
 
-def remove_container(spec) -> None:
+def remove_container(spec: InstanceSpec) -> None:
     subprocess.run([spec.runtime, "rm", "-f", container_name(spec.number)], capture_output=True, timeout=120)
 
 

@@ -18,10 +18,6 @@ class Actions:
     stop: tuple[int, ...] = ()
     restart: tuple[int, ...] = ()
 
-    @property
-    def empty(self) -> bool:
-        return not (self.start or self.stop or self.restart)
-
 
 def plan_actions(specs: dict[int, InstanceSpec], states: dict[int, UnitState], running_digests: dict[int, str | None]) -> Actions:
     start, restart = [], []

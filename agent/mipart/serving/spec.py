@@ -1,5 +1,8 @@
 """An instance spec: everything the launcher needs to exec one server.
 
+Its file is the contract between the agent (writer) and the launcher (reader), which
+may come from different mipart versions during an upgrade: `file_text` carries
+SPEC_VERSION, and a file without one predates versions and is version 1.
 Kept free of profile and GPU imports: `mipart exec` reads it at every instance start.
 """
 
@@ -11,6 +14,11 @@ from dataclasses import asdict, dataclass
 from mipart.names import instance_unit
 
 INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
+SPEC_VERSION = 1
+
+
+class SpecVersionError(ValueError):
+    """A spec file of a format this mipart does not read (written by another version)."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +53,25 @@ class InstanceSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "InstanceSpec":
+    def from_json(cls, data: dict) -> InstanceSpec:
         fields = {**data}
         for key in ("logical_gpus", "physical_gpus", "render_nodes", "argv"):
             fields[key] = tuple(fields[key])
         fields["env"] = tuple(tuple(pair) for pair in fields["env"])
         return cls(**fields)
+
+    def file_text(self) -> str:
+        """The spec file the agent writes and `mipart exec` reads: the fields and the format's version."""
+        return json.dumps({"version": SPEC_VERSION, **self.to_json()}, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_file_text(cls, text: str) -> InstanceSpec:
+        """Raises SpecVersionError for another version; ValueError, TypeError or KeyError for a bad file."""
+        fields = {**json.loads(text)}
+        version = fields.pop("version", 1)
+        if version != SPEC_VERSION:
+            raise SpecVersionError(f"version {version!r}, but this mipart reads version {SPEC_VERSION}")
+        return cls.from_json(fields)
 
     def digest(self) -> str:
         """Changes exactly when the running server would differ."""

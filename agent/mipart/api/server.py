@@ -1,8 +1,8 @@
-"""The agent's read-only HTTP API: status, instances, Prometheus metrics and targets.
+"""The agent's read-only HTTP API server: status, instances, Prometheus metrics and targets.
 
-It runs on the agent's own event loop, so handlers only read the Agent's fields;
-the host-side facts (sysfs, the last apply, unit states) come from a snapshot taken
-in a worker thread at most about once a second. Every error is JSON:
+It runs on the agent's own event loop, so handlers read only an AgentSnapshot, taken per
+request from the StatusSource (the agent), and a HostSnapshot (sysfs, the last apply,
+unit states) taken in a worker thread at most about once a second. Every error is JSON:
 {"error": {"code": 404, "message": "..."}}. See openapi.yaml beside this file.
 """
 
@@ -15,33 +15,51 @@ import os
 import socket
 import stat
 import time
+from dataclasses import is_dataclass
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from mipart import status
+from mipart.api import views
+from mipart.api.contract import to_json_text
+from mipart.api.host import HostSnapshot
+from mipart.api.metrics import prometheus_metrics
+from mipart.daemon.snapshot import AgentSnapshot
 from mipart.errors import UserError
 from mipart.names import DEFAULT_API_LISTEN
+from mipart.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
 HOST_CACHE_SECONDS = 1.0
 SOCKET_MODE = 0o660
-AGENT_KEY = web.AppKey("agent", object) if hasattr(web, "AppKey") else "agent"
+SOURCE_KEY = web.AppKey("source", object) if hasattr(web, "AppKey") else "source"
 CACHE_KEY = web.AppKey("host_cache", object) if hasattr(web, "AppKey") else "host_cache"
 
 
+class StatusSource(Protocol):
+    """What the API reads: the agent (daemon.agent.Agent), or a test's stand-in."""
+
+    log: Any
+
+    def snapshot(self) -> AgentSnapshot: ...
+
+    def host_snapshot(self) -> HostSnapshot:
+        """Blocking: the API calls it in its own worker thread."""
+
+
 class HostCache:
-    """status.collect_host() in a worker thread, shared by requests for HOST_CACHE_SECONDS.
+    """source.host_snapshot() in a worker thread, shared by requests for HOST_CACHE_SECONDS.
 
     The thread is the API's own: the agent's many to_thread() jobs (unit starts, nginx -t)
     never make a status request queue behind them.
     """
 
-    def __init__(self, agent, max_age: float = HOST_CACHE_SECONDS):
-        self.agent = agent
+    def __init__(self, source: StatusSource, max_age: float = HOST_CACHE_SECONDS):
+        self.source = source
         self.max_age = max_age
-        self._snapshot: status.HostSnapshot | None = None
+        self._snapshot: HostSnapshot | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mipart-api")
@@ -49,7 +67,7 @@ class HostCache:
     def close(self) -> None:
         self._executor.shutdown(wait=False)
 
-    async def get(self) -> status.HostSnapshot:
+    async def get(self) -> HostSnapshot:
         """The snapshot at once; a stale one is refreshed in the background (only the first request waits)."""
         if self._snapshot is None:
             async with self._lock:
@@ -62,7 +80,7 @@ class HostCache:
 
     async def _refresh(self) -> None:
         loop = asyncio.get_running_loop()
-        self._snapshot = await loop.run_in_executor(self._executor, status.collect_host, self.agent)
+        self._snapshot = await loop.run_in_executor(self._executor, self.source.host_snapshot)
 
     def _fresh(self) -> bool:
         return self._snapshot is not None and time.monotonic() - self._snapshot.taken < self.max_age
@@ -73,9 +91,10 @@ def error_response(code: int, message: str, headers: dict | None = None) -> web.
     return web.Response(status=code, text=body, content_type="application/json", headers=headers)
 
 
-def _json(data) -> web.Response:
-    # Compact: CPython's C encoder runs only without indent (4x cheaper for /v1/instances).
-    return web.Response(text=json.dumps(data) + "\n", content_type="application/json")
+def _json(response) -> web.Response:
+    """A response type of api.contract (or, for /v1/targets and /healthz, plain JSON values)."""
+    text = to_json_text(response) if is_dataclass(response) else json.dumps(response) + "\n"
+    return web.Response(text=text, content_type="application/json")
 
 
 @web.middleware
@@ -94,67 +113,66 @@ async def _errors_as_json(request: web.Request, handler):
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a bug must answer 500 JSON, and never take the agent down
-        log = getattr(request.app[AGENT_KEY], "log", None)
+        log = getattr(request.app[SOURCE_KEY], "log", None)
         if log is not None:
             log.error("api.error", path=request.path, reason=f"{exc.__class__.__name__}: {exc}")
         return error_response(500, f"internal error: {exc.__class__.__name__}")
 
 
-def _agent(request: web.Request):
-    return request.app[AGENT_KEY]
+def _snapshot(request: web.Request) -> AgentSnapshot:
+    return request.app[SOURCE_KEY].snapshot()
 
 
 async def _status(request: web.Request) -> web.Response:
     host = await request.app[CACHE_KEY].get()
-    return _json(status.snapshot_status(_agent(request), host))
+    return _json(views.status(_snapshot(request), host))
 
 
 async def _instances(request: web.Request) -> web.Response:
     host = await request.app[CACHE_KEY].get()
-    return _json(status.snapshot_instances(_agent(request), host))
+    return _json(views.instances(_snapshot(request), host))
 
 
 async def _instance(request: web.Request) -> web.Response:
     raw = request.match_info["n"]
     if not (raw.isascii() and raw.isdigit()):
         return error_response(400, f"instance number must be a non-negative integer, not {raw!r}")
-    agent, number = _agent(request), int(raw)
-    if number not in agent.specs:
-        known = ", ".join(map(str, sorted(agent.specs))) or "none"
+    number, snap = int(raw), _snapshot(request)
+    if number not in snap.instances:
+        known = ", ".join(map(str, snap.instances)) or "none"
         return error_response(404, f"no instance {number}; instances: {known}")
     host = await request.app[CACHE_KEY].get()
-    return _json(status.snapshot_instance(agent, number, host))
+    return _json(views.instance(snap.instances[number], host))
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    stopping = getattr(_agent(request), "stopping", None)
-    if stopping is not None and stopping.is_set():
+    if _snapshot(request).stopping:
         return error_response(503, "the agent is stopping")
     return _json({"status": "ok"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
     host = await request.app[CACHE_KEY].get()
-    text = status.prometheus_metrics(_agent(request), host)
-    return web.Response(body=text.encode(), headers={"Content-Type": status.PROMETHEUS_CONTENT_TYPE})
+    text = prometheus_metrics(_snapshot(request), host)
+    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
 async def _targets(request: web.Request) -> web.Response:
-    return _json(status.prometheus_targets(_agent(request)))
+    return _json(views.targets(_snapshot(request)))
 
 
 def openapi_text() -> str:
-    return resources.files("mipart").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return resources.files("mipart.api").joinpath("openapi.yaml").read_text(encoding="utf-8")
 
 
 async def _openapi(request: web.Request) -> web.Response:
     return web.Response(text=openapi_text(), content_type="application/yaml")
 
 
-def make_app(agent) -> web.Application:
+def make_app(source: StatusSource) -> web.Application:
     app = web.Application(middlewares=[_errors_as_json])
-    app[AGENT_KEY] = agent
-    app[CACHE_KEY] = HostCache(agent)
+    app[SOURCE_KEY] = source
+    app[CACHE_KEY] = HostCache(source)
 
     async def close_cache(app: web.Application) -> None:
         app[CACHE_KEY].close()
@@ -194,10 +212,10 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
     return host.strip("[]"), int(port)
 
 
-async def start_api(agent, listen: str) -> web.AppRunner:
+async def start_api(source: StatusSource, listen: str) -> web.AppRunner:
     """Serve the API on `listen`; returns the AppRunner to `await runner.cleanup()` at exit."""
     where = parse_listen(listen or DEFAULT_API_LISTEN)
-    runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False, logger=_protocol_log())
+    runner = web.AppRunner(make_app(source), access_log=None, handle_signals=False, logger=_protocol_log())
     await runner.setup()
     try:
         if isinstance(where, str):

@@ -1,160 +1,26 @@
-"""A fake OpenAI-compatible engine: a cheap test double for one vLLM server.
-
-It behaves like vLLM wherever the agent can observe it: the port refuses
-connections until the "model" is loaded, /health is 200 (503 once the engine
-is dead), /v1/models, /v1/completions and /v1/chat/completions (with SSE
-streaming paced at a fixed token rate) and /metrics with vLLM's metric names.
-Faults can be injected from the command line or at run time by signal:
-
-    SIGUSR1  engine dies, port stays open (/health 503, completions 500)
-    SIGUSR2  hang: connections are accepted but nothing is ever answered
-    SIGTERM  graceful exit 0 (also SIGINT)
-
-Every response carries `X-Fake-Engine: <host>:<port>` and generated ids embed
-the port, so a test behind a load balancer can tell which backend answered.
-Kept to stdlib + aiohttp + click so 64 of them fit on a small test machine.
-"""
+"""The fake engine's OpenAI-compatible HTTP API: completions, chat, streaming, /health, /metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
-import signal
-import sys
 import time
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
-FAULTS = ("none", "die", "hang", "503")
-HEALTHY, DEAD, HUNG = "healthy", "dead", "hung"
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """What the command line fixed; never changes while the engine runs."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: str = "fake-model"
-    startup_delay: float = 0.0
-    tokens_per_second: float = 50.0
-    max_tokens_default: int = 16
-    fault: str = "none"
-    fault_after: float = 0.0
-    max_num_seqs: int = 256
-    max_model_len: int = 4096
-    kv_cache_tokens: int = 65536
-
-    @property
-    def instance(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass
-class EngineState:
-    """Everything that changes at run time: fault mode, load and counters."""
-
-    mode: str = HEALTHY
-    running: int = 0
-    waiting: int = 0
-    kv_tokens: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    success: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0})
-    next_id: int = 0
-    tasks: set = field(default_factory=set)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    slots: asyncio.Semaphore | None = None
-
-
-class EngineDead(Exception):
-    """Raised inside a generation when the engine dies under it (SIGUSR1/503 fault)."""
-
-
-class BadRequest(Exception):
-    """A request vLLM would refuse; carries the HTTP status and OpenAI error type."""
-
-    def __init__(self, message: str, status: int = 400, kind: str = "BadRequestError"):
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-
-
-# ---------------------------------------------------------------- logging
-
-
-def log(cfg: EngineConfig, message: str) -> None:
-    """One plain line on stderr; journald and test logs keep it as is."""
-    print(f"fake-engine {cfg.instance} pid={os.getpid()}: {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- faults
-
-
-def set_mode(cfg: EngineConfig, state: EngineState, mode: str) -> None:
-    """Switch fault mode; a hung engine stays hung (like a stopped process), only SIGTERM ends it."""
-    if state.mode == HUNG or state.mode == mode:
-        return
-    state.mode = mode
-    log(cfg, f"fault injected: {mode}")
-
-
-def die(cfg: EngineConfig) -> None:
-    """Crash like an engine that hit a fatal error: no cleanup, exit code 1."""
-    log(cfg, "fault injected: die (exit 1)")
-    os._exit(1)
-
-
-def apply_fault(cfg: EngineConfig, state: EngineState) -> None:
-    """Start the --fault chosen on the command line."""
-    if cfg.fault == "die":
-        die(cfg)
-    elif cfg.fault == "hang":
-        set_mode(cfg, state, HUNG)
-    elif cfg.fault == "503":
-        set_mode(cfg, state, DEAD)
-
-
-def schedule_fault(cfg: EngineConfig, state: EngineState, started: float) -> None:
-    """Fire the fault --fault-after seconds after process start (so it may hit during loading)."""
-    if cfg.fault == "none":
-        return
-    delay = max(0.0, cfg.fault_after - (time.monotonic() - started))
-    asyncio.get_running_loop().call_later(delay, apply_fault, cfg, state)
-
-
-def install_signals(cfg: EngineConfig, state: EngineState) -> None:
-    """Signals are the run-time fault switch; SIGTERM/SIGINT ask for a graceful stop."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, state.stopping.set)
-    loop.add_signal_handler(signal.SIGINT, state.stopping.set)
-    loop.add_signal_handler(signal.SIGUSR1, set_mode, cfg, state, DEAD)
-    loop.add_signal_handler(signal.SIGUSR2, set_mode, cfg, state, HUNG)
-
-
-async def hang_forever(state: EngineState) -> web.Response:
-    """Never answer; only shutdown (which cancels this task) ends the wait."""
-    await state.stopping.wait()
-    raise web.HTTPServiceUnavailable()
-
-
-# ---------------------------------------------------------------- responses
-
-
-def error_response(message: str, status: int, kind: str) -> web.Response:
-    """vLLM's OpenAI error body."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return web.json_response(body, status=status)
-
-
-def engine_dead_response() -> web.Response:
-    """What vLLM answers to a completion once its engine core is dead."""
-    return error_response("EngineCore encountered an issue. See stack trace for the root cause.",
-                          500, "InternalServerError")
+from mipart.prometheus import CONTENT_TYPE, Exposition
+from mipart.sim.engine.state import (
+    DEAD,
+    HUNG,
+    BadRequest,
+    EngineConfig,
+    EngineDead,
+    EngineState,
+    engine_dead_response,
+    error_response,
+    hang_forever,
+)
 
 
 def new_id(cfg: EngineConfig, state: EngineState, prefix: str) -> str:
@@ -402,39 +268,29 @@ async def run_chat(cfg, state, request, body: dict, prompt_tokens: int, n: int):
 
 async def completions(cfg: EngineConfig, state: EngineState, request: web.Request):
     """POST /v1/completions."""
-    try:
-        body = await read_body(request)
-        check_model(cfg, body)
-        prompt_tokens = completion_prompt_tokens(body)
-        n = max_tokens(cfg, body, prompt_tokens, "max_tokens")
-    except BadRequest as exc:
-        return error_response(str(exc), exc.status, exc.kind)
-    if state.mode == DEAD:
-        return engine_dead_response()
-    try:
-        return await run_completion(cfg, state, request, body, prompt_tokens, n)
-    except EngineDead:
-        return engine_dead_response()
+    return await _generate_request(cfg, state, request, completion_prompt_tokens, ("max_tokens",), run_completion)
 
 
 async def chat_completions(cfg: EngineConfig, state: EngineState, request: web.Request):
     """POST /v1/chat/completions."""
+    return await _generate_request(cfg, state, request, chat_prompt_tokens, ("max_completion_tokens", "max_tokens"), run_chat)
+
+
+async def _generate_request(cfg, state, request, count_prompt, length_keys: tuple[str, ...], run):
+    """vLLM's order: a bad request is 400 even when the engine is dead; a dead engine is 500."""
     try:
         body = await read_body(request)
         check_model(cfg, body)
-        prompt_tokens = chat_prompt_tokens(body)
-        n = max_tokens(cfg, body, prompt_tokens, "max_completion_tokens", "max_tokens")
+        prompt_tokens = count_prompt(body)
+        n = max_tokens(cfg, body, prompt_tokens, *length_keys)
     except BadRequest as exc:
         return error_response(str(exc), exc.status, exc.kind)
     if state.mode == DEAD:
         return engine_dead_response()
     try:
-        return await run_chat(cfg, state, request, body, prompt_tokens, n)
+        return await run(cfg, state, request, body, prompt_tokens, n)
     except EngineDead:
         return engine_dead_response()
-
-
-# ---------------------------------------------------------------- other endpoints
 
 
 async def health(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
@@ -449,131 +305,29 @@ async def models(cfg: EngineConfig, state: EngineState, request: web.Request) ->
     return web.json_response({"object": "list", "data": [card]})
 
 
-def label_value(value: str) -> str:
-    """Escape a Prometheus label value."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def metric(lines: list, name: str, kind: str, help_text: str, samples: list) -> None:
-    """Append one metric family in Prometheus text format (counters typed by base name)."""
-    base = name[:-len("_total")] if kind == "counter" and name.endswith("_total") else name
-    lines.append(f"# HELP {base} {help_text}")
-    lines.append(f"# TYPE {base} {kind}")
-    for labels, value in samples:
-        rendered = ",".join(f'{k}="{label_value(v)}"' for k, v in labels)
-        lines.append(f"{name}{{{rendered}}} {float(value)}")
-
-
 def render_metrics(cfg: EngineConfig, state: EngineState) -> str:
-    """The vLLM metrics the agent reads, with vLLM's names and model_name label."""
-    model = [("model_name", cfg.model)]
+    """The vLLM metrics the agent reads, with vLLM's names and model_name label (values as floats, like vLLM)."""
+    model = {"model_name": cfg.model}
     kv = min(1.0, state.kv_tokens / cfg.kv_cache_tokens) if cfg.kv_cache_tokens else 0.0
-    lines: list[str] = []
-    metric(lines, "vllm:num_requests_running", "gauge",
-           "Number of requests in model execution batches.", [(model, state.running)])
-    metric(lines, "vllm:num_requests_waiting", "gauge",
-           "Number of requests waiting to be processed.", [(model, state.waiting)])
-    metric(lines, "vllm:kv_cache_usage_perc", "gauge",
-           "KV-cache usage. 1 means 100 percent usage.", [(model, kv)])
-    metric(lines, "vllm:prompt_tokens_total", "counter",
-           "Number of prefill tokens processed.", [(model, state.prompt_tokens)])
-    metric(lines, "vllm:generation_tokens_total", "counter",
-           "Number of generation tokens processed.", [(model, state.generation_tokens)])
-    metric(lines, "vllm:request_success_total", "counter", "Count of successfully processed requests.",
-           [([("finished_reason", r)] + model, c) for r, c in sorted(state.success.items())])
-    return "\n".join(lines) + "\n"
+    out = Exposition()
+    out.family("vllm:num_requests_running", "gauge",
+               "Number of requests in model execution batches.", [(model, float(state.running))])
+    out.family("vllm:num_requests_waiting", "gauge",
+               "Number of requests waiting to be processed.", [(model, float(state.waiting))])
+    out.family("vllm:kv_cache_usage_perc", "gauge",
+               "KV-cache usage. 1 means 100 percent usage.", [(model, float(kv))])
+    out.family("vllm:prompt_tokens_total", "counter",
+               "Number of prefill tokens processed.", [(model, float(state.prompt_tokens))])
+    out.family("vllm:generation_tokens_total", "counter",
+               "Number of generation tokens processed.", [(model, float(state.generation_tokens))])
+    out.family("vllm:request_success_total", "counter", "Count of successfully processed requests.",
+               [({"finished_reason": r, **model}, float(c)) for r, c in sorted(state.success.items())])
+    return out.text()
 
 
 async def metrics(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
     """GET /metrics (Prometheus text)."""
-    return web.Response(body=render_metrics(cfg, state).encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    return web.Response(body=render_metrics(cfg, state).encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 # ---------------------------------------------------------------- app and lifecycle
-
-
-def make_guard(state: EngineState):
-    """Middleware: track handler tasks (cancelled at shutdown) and stall everything when hung."""
-
-    @web.middleware
-    async def guard(request: web.Request, handler):
-        task = asyncio.current_task()
-        state.tasks.add(task)
-        try:
-            if state.mode == HUNG:
-                return await hang_forever(state)
-            return await handler(request)
-        finally:
-            state.tasks.discard(task)
-
-    return guard
-
-
-def make_app(cfg: EngineConfig, state: EngineState) -> web.Application:
-    """Routes, the hang/shutdown middleware and the X-Fake-Engine header on every response."""
-    app = web.Application(middlewares=[make_guard(state)])
-
-    async def tag(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["X-Fake-Engine"] = cfg.instance
-
-    app.on_response_prepare.append(tag)
-    bind = functools.partial
-    app.router.add_get("/health", bind(health, cfg, state))
-    app.router.add_get("/v1/models", bind(models, cfg, state))
-    app.router.add_get("/metrics", bind(metrics, cfg, state))
-    app.router.add_post("/v1/completions", bind(completions, cfg, state))
-    app.router.add_post("/v1/chat/completions", bind(chat_completions, cfg, state))
-    return app
-
-
-async def load_model(cfg: EngineConfig, state: EngineState) -> bool:
-    """Sleep --startup-delay without listening (vLLM refuses connections while loading).
-
-    Returns False if asked to stop meanwhile."""
-    if cfg.startup_delay <= 0:
-        return True
-    try:
-        await asyncio.wait_for(state.stopping.wait(), cfg.startup_delay)
-        return False
-    except asyncio.TimeoutError:
-        return True
-
-
-async def shutdown(state: EngineState, runner: web.AppRunner) -> None:
-    """Cancel in-flight (possibly hung) handlers so the exit is quick, then close."""
-    for task in list(state.tasks):
-        task.cancel()
-    try:
-        await asyncio.wait_for(runner.cleanup(), 5)
-    except asyncio.TimeoutError:
-        pass
-
-
-async def serve(cfg: EngineConfig, started: float) -> int:
-    """Run the engine until SIGTERM; returns the exit code."""
-    state = EngineState(slots=asyncio.Semaphore(cfg.max_num_seqs))
-    install_signals(cfg, state)
-    schedule_fault(cfg, state, started)
-    log(cfg, f"loading model={cfg.model} for {cfg.startup_delay}s (not listening yet)")
-    if not await load_model(cfg, state):
-        log(cfg, "stopped while loading")
-        return 0
-    runner = web.AppRunner(make_app(cfg, state), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
-    except OSError as exc:
-        log(cfg, f"cannot listen: {exc}")
-        await runner.cleanup()
-        return 1
-    log(cfg, f"listening on http://{cfg.instance} model={cfg.model}")
-    await state.stopping.wait()
-    await shutdown(state, runner)
-    log(cfg, "stopped")
-    return 0
-
-
-if __name__ == "__main__":
-    from mipart.cli.engine import engine
-
-    engine(prog_name="mipart sim engine")

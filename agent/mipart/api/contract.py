@@ -1,0 +1,147 @@
+"""The status responses, defined once: /v1/status, /v1/instances and /v1/instances/{n}.
+
+Each carries api_version (API_VERSION). It goes up when a field is removed or changes
+meaning; adding a field keeps it. openapi.yaml describes exactly these types (a unit
+test checks that every field is there, with its type, and nothing else).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+
+API_VERSION = 1
+
+
+def iso_utc(timestamp: float | None) -> str | None:
+    """Times in responses: ISO 8601 UTC to the second; None when unknown (or 0)."""
+    if not timestamp:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_json_text(response) -> str:
+    # Compact: CPython's C encoder runs only without indent (4x cheaper for /v1/instances).
+    return json.dumps(_plain(response)) + "\n"
+
+
+def _plain(value):
+    """JSON values of a response; dataclasses.asdict would deep-copy, at twice the cost."""
+    if value is None or type(value) in (str, int, bool, float):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+
+
+@cache
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class Instance:
+    api_version: int = field(default=API_VERSION, kw_only=True)
+    number: int
+    unit: str
+    service: str
+    model: str  # the served model name
+    state: str  # one of health.states.STATES
+    ready: bool  # in nginx rotation
+    since: str | None  # when the state last changed
+    last_error: str
+    restarts: int  # by the agent since it started
+    port: int
+    address: str
+    devices: tuple[str, ...]
+    logical_gpus: tuple[int, ...]
+    physical_gpus: tuple[int, ...]
+    active_state: str | None  # the unit's; None when unknown
+    sub_state: str | None
+
+
+@dataclass(frozen=True)
+class Instances:
+    api_version: int = field(default=API_VERSION, kw_only=True)
+    instances: tuple[Instance, ...]
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    path: str
+    digest: str
+    loaded: bool
+
+
+@dataclass(frozen=True)
+class PartitionGpu:
+    index: int
+    bdf: str
+    compute: str
+    memory: str
+    compute_want: str | None  # None: the profile leaves it as is
+    memory_want: str | None
+    matches: bool
+    logical_gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Partition:
+    matches: bool | None  # None: unknown
+    error: str
+    logical_gpus: int
+    gpus: tuple[PartitionGpu, ...]
+
+
+@dataclass(frozen=True)
+class LastApply:
+    time: str | None
+    ok: bool
+    error: str
+    profile_digest: str
+    result: dict | None  # partition.apply.ApplyResult as recorded
+
+
+@dataclass(frozen=True)
+class InstanceCounts:
+    """total, and one count per health state (health.states.STATES)."""
+
+    total: int
+    ready: int
+    degraded: int
+    starting: int
+    unhealthy: int
+    restarting: int
+    draining: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Nginx:
+    config_valid: bool
+    error: str
+    running: bool | None
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    last: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class Status:
+    api_version: int = field(default=API_VERSION, kw_only=True)
+    version: str  # the agent's
+    profile: ProfileInfo
+    profile_error: str
+    partition: Partition
+    last_apply: LastApply | None
+    instances: InstanceCounts
+    nginx: Nginx
+    reconcile: Reconcile
+    units_error: str

@@ -1,0 +1,43 @@
+"""The agent's own metrics, from an AgentSnapshot: pure. The engines' metrics are scraped
+from the engines themselves (see /v1/targets)."""
+
+from __future__ import annotations
+
+from mipart import __version__
+from mipart.api.host import HostSnapshot
+from mipart.daemon.snapshot import AgentSnapshot, gpu_label
+from mipart.health.states import STATES
+from mipart.prometheus import Exposition
+
+
+def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) -> str:
+    """With a host snapshot (the API passes its cached one) it adds whether the partitions
+    match the profile and whether nginx runs."""
+    st = snap.status
+    out = Exposition()
+    out.family("mipart_agent_info", "gauge", "mipart agent build information.", [({"version": __version__}, 1)])
+    out.family("mipart_profile_valid", "gauge", "1 when the profile on disk was accepted, 0 when the agent runs the last good one.",
+               [({}, not st.profile_error)])
+    out.family("mipart_nginx_config_valid", "gauge", "1 when the last generated nginx config passed nginx -t.", [({}, not st.nginx_error)])
+    out.family("mipart_reconcile_ok", "gauge", "1 when the last reconcile succeeded.", [({}, not st.reconcile_error)])
+    if st.last_reconcile:
+        out.family("mipart_last_reconcile_timestamp_seconds", "gauge", "When the agent last reconciled instances with the profile.",
+                   [({}, float(st.last_reconcile))])
+    if host is not None:
+        if host.partitions_match is not None:
+            out.family("mipart_partition_matches", "gauge", "1 when every GPU is in the compute and memory mode the profile asks for.",
+                       [({}, host.partitions_match)])
+        if host.nginx_running is not None:
+            out.family("mipart_nginx_running", "gauge", "1 when mipart's nginx is running.", [({}, host.nginx_running)])
+    counts = snap.counts()
+    out.family("mipart_instances", "gauge", "Instances by state.", [({"state": s}, counts[s]) for s in STATES])
+    views = list(snap.instances.values())
+
+    def labels(view) -> dict:
+        return {"service": view.spec.service, "instance": view.spec.unit, "gpu": gpu_label(view.spec)}
+
+    out.family("mipart_instance_ready", "gauge", "1 when the instance is in nginx rotation (ready or degraded).",
+               [(labels(v), v.in_rotation) for v in views])
+    out.family("mipart_instance_restarts_total", "counter", "Restarts of the instance by the agent since the agent started.",
+               [(labels(v), v.restarts) for v in views])
+    return out.text()

@@ -1,0 +1,67 @@
+"""The status responses (api.contract), filled from an AgentSnapshot and a HostSnapshot: pure."""
+
+from __future__ import annotations
+
+from mipart import __version__
+from mipart.api.contract import Instance, InstanceCounts, Instances, Nginx, Partition, ProfileInfo, Reconcile, Status, iso_utc
+from mipart.api.host import HostSnapshot
+from mipart.daemon.snapshot import AgentSnapshot, InstanceView, gpu_label
+
+
+def instance(view: InstanceView, host: HostSnapshot | None = None) -> Instance:
+    spec = view.spec
+    unit = host.units.get(spec.number) if host is not None and host.units is not None else None
+    return Instance(
+        number=spec.number,
+        unit=spec.unit,
+        service=spec.service,
+        model=spec.served_model_name,
+        state=view.state,
+        ready=view.in_rotation,
+        since=iso_utc(view.since),
+        last_error=view.last_error,
+        restarts=view.restarts,
+        port=spec.port,
+        address=spec.address,
+        devices=tuple(spec.devices),
+        logical_gpus=tuple(spec.logical_gpus),
+        physical_gpus=tuple(spec.physical_gpus),
+        active_state=unit[0] if unit else None,
+        sub_state=unit[1] if unit else None,
+    )
+
+
+def instances(snap: AgentSnapshot, host: HostSnapshot | None = None) -> Instances:
+    return Instances(instances=tuple(instance(view, host) for view in snap.instances.values()))
+
+
+def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
+    st = snap.status
+    return Status(
+        version=__version__,
+        profile=ProfileInfo(path=snap.profile_path, digest=st.profile_digest, loaded=snap.profile_loaded),
+        profile_error=st.profile_error,
+        partition=Partition(matches=host.partitions_match, error=host.partition_error, logical_gpus=host.logical_gpus, gpus=host.gpus),
+        last_apply=host.last_apply,
+        instances=InstanceCounts(total=len(snap.instances), **snap.counts()),
+        nginx=Nginx(config_valid=not st.nginx_error, error=st.nginx_error, running=host.nginx_running),
+        reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
+        units_error=host.units_error,
+    )
+
+
+def targets(snap: AgentSnapshot) -> list[dict]:
+    """Prometheus HTTP service discovery (Prometheus's own format): every instance's /metrics."""
+    return [
+        {
+            "targets": [view.spec.address],
+            "labels": {
+                "service": view.spec.service,
+                "instance_unit": view.spec.unit,
+                "gpu": gpu_label(view.spec),
+                "model": view.spec.served_model_name,
+                "__metrics_path__": "/metrics",
+            },
+        }
+        for view in snap.instances.values()
+    ]

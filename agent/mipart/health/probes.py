@@ -1,0 +1,42 @@
+"""The probes run on every instance, in order, and how their results combine.
+
+To add a probe (a GPU's RAS counters, a generation check), write a sibling module with
+a class implementing health.probe.Probe and add one line to PROBES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mipart.health.endpoint import HealthEndpoint
+from mipart.health.probe import Probe, ProbeResult
+from mipart.health.queue import QueueDepth
+from mipart.profile.schema import HealthSpec
+from mipart.serving.spec import InstanceSpec
+
+PROBES: tuple[Probe, ...] = (
+    HealthEndpoint(),
+    QueueDepth(),
+)
+
+
+async def probe(session, spec: InstanceSpec, health: HealthSpec, probes: tuple[Probe, ...] = PROBES) -> ProbeResult:
+    """The first failure decides (later probes are not run); else the first warning, if any.
+
+    A server that does not answer is reported in /health's words whichever probe asked:
+    it is the same server, and these are the words operators and tests know.
+    """
+    import aiohttp
+
+    warning = ""
+    for one in probes:
+        try:
+            result = await one.check(session, spec, health)
+        except asyncio.TimeoutError:
+            return ProbeResult(False, f"/health did not answer within {health.timeout:g}s")
+        except aiohttp.ClientError as exc:
+            return ProbeResult(False, f"/health failed: {exc.__class__.__name__}")
+        if not result.ok:
+            return result
+        warning = warning or result.error
+    return ProbeResult(True, warning)

@@ -1,0 +1,33 @@
+"""The runner seam: who starts, stops and lists the servers, and runs nginx.
+
+The agent asks for what should change and never owns the servers: a runner's
+instances and nginx keep serving when the agent restarts. A runner is built with the
+run directory (`Runner(run_dir)`, by mipart.runners.make_runner); its calls block, so
+the agent makes them from worker threads.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from mipart.serving.nginx import NginxFiles
+from mipart.values import UnitState
+
+
+@runtime_checkable
+class Runner(Protocol):
+    def list_instances(self) -> dict[int, UnitState]:
+        """Every instance the runner knows of, running or not, by instance number."""
+        ...
+
+    def start(self, number: int) -> None: ...
+
+    def stop(self, number: int) -> None: ...
+
+    def restart(self, number: int) -> None: ...
+
+    def ensure_nginx(self, files: NginxFiles) -> None:
+        """Start nginx on `files`, or make a running one re-read its config."""
+        ...
+
+    def nginx_running(self, files: NginxFiles) -> bool: ...

@@ -1,0 +1,125 @@
+"""`make demo`: mipart's whole job on a simulated 8 x MI300X host, with no GPU and no systemd.
+
+Repartitions the simulated host SPX/NPS1 -> DPX/NPS2, starts the agent with fake engines
+under the local process runner and a real nginx (the host of mipart.sim.host), sends a
+streamed request through the load balancer, then serves until Ctrl-C or SIGTERM, with or
+without a terminal. Stopping it stops the agent, the instances and nginx, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from mipart.sim.host import FakeEngineProfile, HostError, Ports, SimulatedHost
+from mipart.sim.ports import port_free
+
+LISTEN_PORT = int(os.environ.get("MIPART_DEMO_PORT", "8040"))
+BASE_PORT = int(os.environ.get("MIPART_DEMO_BASE_PORT", "18081"))
+INSTANCES = 16
+READY_TIMEOUT = 120.0
+MODEL = "mipart-demo/fake-llm"
+
+
+class Stop(Exception):
+    """A signal asked the demo to stop."""
+
+
+def _stop(signum, frame) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main() -> None:
+    ports = Ports(api=BASE_PORT - 2, listen=LISTEN_PORT, base=BASE_PORT)
+    busy = [p for p in ports.all(INSTANCES) if not port_free(p)]
+    if busy:
+        raise SystemExit(f"demo: port(s) {busy} already in use; set MIPART_DEMO_PORT / MIPART_DEMO_BASE_PORT to free ones")
+    profile = FakeEngineProfile(ports, compute="DPX", memory="NPS2", model=MODEL, partitions="all", delay=3, tps=20,
+                                args='["--max-num-seqs", "64"]', interval="1s", timeout="500ms", unhealthy_after=2, restart_backoff="1s")
+    work = Path(tempfile.mkdtemp(prefix="mipart-demo-"))
+    say(f"== simulated host: 8 x MI300X in SPX/NPS1 under {work / 'sys'}")
+    try:
+        host = SimulatedHost(work, profile, compute="SPX", memory="NPS1", expected=INSTANCES)
+    except HostError as exc:
+        raise SystemExit(f"demo: {exc}") from None
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        partition(host)
+        serve(host)
+    except Stop:
+        print()
+    except HostError as exc:
+        raise SystemExit(f"demo: {exc}") from None
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        say("== stopping the agent, the instances and nginx")
+        host.stop_agent()
+        host.close()
+        say(f"== done (logs kept in {work})")
+
+
+def partition(host: SimulatedHost) -> None:
+    say(f"== profile {host.profile}:\n{host.profile.read_text()}")
+    say("== mipart validate\n" + host.mipart("validate", str(host.profile)))
+    say("== mipart partition plan\n" + host.mipart("partition", "plan", "--profile", str(host.profile)))
+    say("== mipart partition apply\n" + host.mipart("partition", "apply", "--profile", str(host.profile)))
+    say("== mipart partition apply (again: nothing to do)\n" + host.mipart("partition", "apply", "--profile", str(host.profile)))
+    say("== mipart plan (instances and upstreams)\n" + host.mipart("plan", "--profile", str(host.profile)))
+
+
+def serve(host: SimulatedHost) -> None:
+    agent = host.start_agent(stop_on_exit=True)
+    say(f"== agent started (pid {agent.pid}, log {host.log}); waiting for {INSTANCES} instances to be ready")
+    host.wait_ready(INSTANCES, READY_TIMEOUT, progress=ready_printer())
+    say(f"== a streamed completion through nginx on :{host.listen}")
+    response = host.request(prompt="hello", max_tokens=8, stream=True)
+    tokens = []
+    print("  streamed:", end="", flush=True)
+    for raw in response:
+        line = raw.decode().strip()
+        if line.startswith("data: {"):
+            tokens.append(json.loads(line[6:])["choices"][0]["text"])
+            print(tokens[-1], end="", flush=True)
+    print()
+    say(f"  {len(tokens)} tokens from backend {response.getheader('X-Fake-Engine', '?')}")
+    seen = {host.backend_of_one_request()[1] for _ in range(32)}
+    say(f"== 32 more requests reached {len(seen)} distinct instances")
+    lb, api = f"http://127.0.0.1:{host.listen}", f"http://127.0.0.1:{host.api_port}"
+    say("== serving until Ctrl-C (or SIGTERM). Try:\n"
+        f"  curl {lb}/v1/models\n"
+        f"  curl {lb}/v1/completions -H 'Content-Type: application/json' -d '{{\"prompt\": \"hello\", \"max_tokens\": 8}}'\n"
+        f"  curl {api}/v1/status")
+    show = ready_printer()
+    while True:
+        if agent.poll() is not None:
+            raise HostError(f"the agent exited ({agent.returncode}); see {host.log}")
+        ready = host.api_ready()
+        show(-1 if ready is None else ready)
+        time.sleep(1)
+
+
+def ready_printer():
+    """A progress callback that prints a line only when the number of ready instances changes."""
+    started, last = time.monotonic(), [None]
+
+    def show(ready: int) -> None:
+        if ready != last[0]:
+            last[0] = ready
+            count = "status API not answering" if ready < 0 else f"{ready}/{INSTANCES} instances ready"
+            say(f"  {time.strftime('%H:%M:%S')} {count} (+{time.monotonic() - started:.1f}s)")
+
+    return show
+
+
+if __name__ == "__main__":
+    main()

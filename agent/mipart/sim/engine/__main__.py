@@ -1,0 +1,5 @@
+import sys
+
+from mipart.sim.engine.server import main
+
+sys.exit(main())

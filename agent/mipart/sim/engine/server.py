@@ -1,0 +1,151 @@
+"""The fake engine's server: the app, model "loading", shutdown and its vLLM-like flags."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+from aiohttp import web
+
+from mipart.sim.engine.openai import (
+    chat_completions,
+    completions,
+    health,
+    metrics,
+    models,
+)
+from mipart.sim.engine.state import (
+    FAULTS,
+    HUNG,
+    EngineConfig,
+    EngineState,
+    hang_forever,
+    install_signals,
+    log,
+    schedule_fault,
+)
+
+
+def make_guard(state: EngineState):
+    """Middleware: track handler tasks (cancelled at shutdown) and stall everything when hung."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        task = asyncio.current_task()
+        state.tasks.add(task)
+        try:
+            if state.mode == HUNG:
+                return await hang_forever(state)
+            return await handler(request)
+        finally:
+            state.tasks.discard(task)
+
+    return guard
+
+
+def make_app(cfg: EngineConfig, state: EngineState) -> web.Application:
+    """Routes, the hang/shutdown middleware and the X-Fake-Engine header on every response."""
+    app = web.Application(middlewares=[make_guard(state)])
+
+    async def tag(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Fake-Engine"] = cfg.instance
+
+    app.on_response_prepare.append(tag)
+    bind = functools.partial
+    app.router.add_get("/health", bind(health, cfg, state))
+    app.router.add_get("/v1/models", bind(models, cfg, state))
+    app.router.add_get("/metrics", bind(metrics, cfg, state))
+    app.router.add_post("/v1/completions", bind(completions, cfg, state))
+    app.router.add_post("/v1/chat/completions", bind(chat_completions, cfg, state))
+    return app
+
+
+async def load_model(cfg: EngineConfig, state: EngineState) -> bool:
+    """Sleep --startup-delay without listening (vLLM refuses connections while loading).
+
+    Returns False if asked to stop meanwhile."""
+    if cfg.startup_delay <= 0:
+        return True
+    try:
+        await asyncio.wait_for(state.stopping.wait(), cfg.startup_delay)
+        return False
+    except asyncio.TimeoutError:
+        return True
+
+
+async def shutdown(state: EngineState, runner: web.AppRunner) -> None:
+    """Cancel in-flight (possibly hung) handlers so the exit is quick, then close."""
+    for task in list(state.tasks):
+        task.cancel()
+    try:
+        await asyncio.wait_for(runner.cleanup(), 5)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def serve(cfg: EngineConfig, started: float) -> int:
+    """Run the engine until SIGTERM; returns the exit code."""
+    state = EngineState(slots=asyncio.Semaphore(cfg.max_num_seqs))
+    install_signals(cfg, state)
+    schedule_fault(cfg, state, started)
+    log(cfg, f"loading model={cfg.model} for {cfg.startup_delay}s (not listening yet)")
+    if not await load_model(cfg, state):
+        log(cfg, "stopped while loading")
+        return 0
+    runner = web.AppRunner(make_app(cfg, state), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+    except OSError as exc:
+        log(cfg, f"cannot listen: {exc}")
+        await runner.cleanup()
+        return 1
+    log(cfg, f"listening on http://{cfg.instance} model={cfg.model}")
+    await state.stopping.wait()
+    await shutdown(state, runner)
+    log(cfg, "stopped")
+    return 0
+
+
+
+def parse_args(argv: list[str] | None = None) -> EngineConfig:
+    """vLLM-like flags; argparse keeps the double free of the CLI package (it is exec'd 64 times)."""
+    import argparse
+
+    def at_least(low, kind):
+        def check(text: str):
+            value = kind(text)
+            if value < low:
+                raise argparse.ArgumentTypeError(f"must be >= {low}")
+            return value
+        return check
+
+    parser = argparse.ArgumentParser(prog="mipart sim engine",
+                                     description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang).")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
+    parser.add_argument("--port", required=True, type=at_least(1, int), help="Port to listen on.")
+    parser.add_argument("--model", default="fake-model", help="Model (served under this name unless --served-model-name).")
+    parser.add_argument("--served-model-name", default=None, help="Name clients use, as in vLLM.")
+    parser.add_argument("--tensor-parallel-size", type=at_least(1, int), default=1, help="Accepted as vLLM does; the fake has no GPUs.")
+    parser.add_argument("--startup-delay", type=at_least(0, float), default=0.0, metavar="SECONDS",
+                        help="Do not listen at all until this has elapsed (model loading).")
+    parser.add_argument("--tokens-per-second", type=at_least(0, float), default=50.0, help="Generation speed per request; 0 = instant.")
+    parser.add_argument("--max-tokens-default", type=at_least(1, int), default=16, help="Output length when a request gives no max_tokens.")
+    parser.add_argument("--max-num-seqs", type=at_least(1, int), default=256,
+                        help="Concurrent requests generating; more wait (vllm:num_requests_waiting).")
+    parser.add_argument("--fault", choices=FAULTS, default="none", help="die: exit 1; hang: never answer again; 503: engine dead, port open.")
+    parser.add_argument("--fault-after", type=at_least(0, float), default=0.0, metavar="SECONDS",
+                        help="When the fault starts, counted from process start.")
+    args = parser.parse_args(argv)
+    if args.port > 65535:
+        parser.error("--port must be <= 65535")
+    return EngineConfig(host=args.host, port=args.port, model=args.served_model_name or args.model, startup_delay=args.startup_delay,
+                        tokens_per_second=args.tokens_per_second, max_tokens_default=args.max_tokens_default,
+                        fault=args.fault, fault_after=args.fault_after, max_num_seqs=args.max_num_seqs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    return asyncio.run(serve(parse_args(argv), started))
+

@@ -1,0 +1,322 @@
+"""A simulated GPU host that serves: the real agent under the process runner, a real nginx, fake engines.
+
+The demo, the serving tests and the benchmarks all build their host here, so they start,
+wait and clean up the same way. A host lives in a work dir of its own (the sysfs tree,
+the profile, the agent's run dir and log), and it stops only what it started, by PID:
+the agents it spawned, every process whose environment carries MIPART_RUN_DIR=<its run
+dir> (launchers, servers and their process groups), and the nginx master named by its
+pid file, checked to be ours first. Readiness is read through the agent's status API and
+nginx.conf, and proven by one request through nginx.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Protocol
+
+from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.runners import procs
+from mipart.sim.ports import EPHEMERAL_START, free_block
+
+PACKAGE_PATH = str(Path(__file__).resolve().parents[2])  # the dir holding mipart/, for PYTHONPATH
+SERVICE = "chat"
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The agent's API, the nginx listener, and instance N on base + N, in one block of loopback ports."""
+
+    api: int
+    listen: int
+    base: int
+
+    @classmethod
+    def free(cls, instances: int = 64, low: int = 20000, high: int = EPHEMERAL_START) -> Ports:
+        start = free_block(instances + 2, low=low, high=high)
+        return cls(api=start, listen=start + 1, base=start + 2)
+
+    def all(self, instances: int) -> list[int]:
+        return [self.api, self.listen, *range(self.base, self.base + instances)]
+
+
+class HostError(RuntimeError):
+    """The host did not get where it was asked to; the message ends with the agent's log."""
+
+
+class ProfileSource(Protocol):
+    """What a host needs of its profile: partition modes, the service's model, its ports, and the YAML text."""
+
+    compute: str
+    memory: str
+    model: str
+    ports: Ports
+
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class FakeEngineProfile:
+    """A profile whose one service, `chat`, runs the fake engine (mipart.sim.engine).
+
+    Fields are YAML text where the profile has them as such (durations, `args`, `partitions`);
+    `partitions`, `args` and `hf_home` are left out of the file when None.
+    """
+
+    ports: Ports
+    compute: str = "DPX"
+    memory: str = "NPS2"
+    model: str = "test/fake-llm"
+    listen_host: str = "127.0.0.1"
+    partitions: str | None = None
+    delay: float = 0.5
+    tps: float = 50
+    args: str | None = "[]"
+    interval: str = "500ms"
+    timeout: str = "300ms"
+    unhealthy_after: int = 2
+    restart_backoff: str = "200ms"
+    hf_home: str | None = None
+    python: str = sys.executable
+
+    def text(self) -> str:
+        engine = [self.python, "-m", "mipart.sim.engine", "--startup-delay", f"{self.delay}", "--tokens-per-second", f"{self.tps}"]
+        lines = [
+            "version: 1",
+            f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
+            "services:",
+            f"  {SERVICE}:",
+            f"    model: {self.model}",
+            f'    listen: "{self.listen_host}:{self.ports.listen}"',
+            *([f"    partitions: {self.partitions}"] if self.partitions is not None else []),
+            f"    command: {json.dumps(engine)}",
+            *([f"    args: {self.args}"] if self.args is not None else []),
+            f"instances: {{base_port: {self.ports.base}, user: root{'' if self.hf_home is None else f', hf_home: {json.dumps(self.hf_home)}'}}}",
+            f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, restart_backoff: {self.restart_backoff}}}",
+            f'api: {{listen: "127.0.0.1:{self.ports.api}"}}',
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def completion(port: int, model: str, prompt: str = "hi", max_tokens: int = 1, stream: bool = False, timeout: float = 30) -> http.client.HTTPResponse:
+    """POST /v1/completions on a loopback port; the response is unread (a stream reads on)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+class SimulatedHost:
+    """One simulated 8-GPU host in `work`, serving `profile` once start_agent() is called.
+
+    The sysfs tree starts in the profile's partition modes unless `compute`/`memory` say
+    otherwise (the demo starts it elsewhere and applies the profile).
+    """
+
+    def __init__(self, work: Path, profile: ProfileSource, compute: str | None = None, memory: str | None = None,
+                 gpus: int = 8, model: str = "mi300x", expected: int = 16):
+        self.work = work
+        self.root, self.run_dir, self.log = work / "sys", work / "run", work / "agent.log"
+        self.profile = work / "profile.yaml"
+        self.spec = profile
+        self.expected = expected  # instances wait_ready() waits for by default
+        # What the agent and the CLI need on top of our own environment.
+        self.env = {
+            "PYTHONPATH": PACKAGE_PATH,
+            SYSFS_ROOT_VAR: str(self.root),
+            RUN_DIR_VAR: str(self.run_dir),
+            RELOAD_CMD_VAR: f"{sys.executable} -m mipart sim reload {self.root}",
+        }
+        self.agent: subprocess.Popen | None = None
+        self.spawned: list[subprocess.Popen] = []  # every agent this host started, for close()
+        self.mipart("sim", "create", str(self.root), "--model", model, "--gpus", str(gpus),
+                    "--compute", compute or profile.compute, "--memory", memory or profile.memory)
+        self.write_profile()
+
+    def write_profile(self, **changes) -> None:
+        """Rewrite the profile with some fields changed (the agent reads it at start and on SIGHUP)."""
+        self.spec = replace(self.spec, **changes)
+        self.ports = self.spec.ports
+        self.listen, self.base, self.api_port = self.ports.listen, self.ports.base, self.ports.api
+        self.profile.write_text(self.spec.text())
+
+    def mipart(self, *args: str) -> str:
+        """Run the real CLI against this host, as a user would; its stdout, or HostError with its stderr."""
+        done = subprocess.run([sys.executable, "-m", "mipart", *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise HostError(f"`mipart {' '.join(args)}` exited {done.returncode}:\n{done.stderr.strip()}")
+        return done.stdout.rstrip()
+
+    # -- the agent ---------------------------------------------------------------------------
+    def start_agent(self, extra_env: dict | None = None, stop_on_exit: bool = False) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "mipart", "agent", "--profile", str(self.profile), "--runner", "process"]
+        with open(self.log, "ab") as log:
+            self.agent = subprocess.Popen(argv + ["--stop-on-exit"] * stop_on_exit, env={**os.environ, **self.env, **(extra_env or {})},
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.spawned.append(self.agent)
+        return self.agent
+
+    def stop_agent(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, as systemd stops it; SIGKILL if it has not exited within `timeout`."""
+        if self.agent is not None:
+            _stop(self.agent, timeout)
+
+    def hup(self) -> None:
+        self.agent.send_signal(signal.SIGHUP)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_text()[-chars:]
+
+    # -- what runs -----------------------------------------------------------------------------
+    def instance_pids(self) -> dict[int, int]:
+        """Instance number -> its server's pid, found by the tags the runner gave it."""
+        return procs.tagged_servers(str(self.run_dir))
+
+    def nginx_conf(self) -> str:
+        try:
+            return (self.run_dir / "nginx/nginx.conf").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def ready_line(self) -> tuple[int, int]:
+        """(ready, planned) from nginx.conf's `# service chat: R/N instances ready` comment."""
+        for line in self.nginx_conf().splitlines():
+            line = line.strip()
+            if line.startswith(f"# service {SERVICE}:"):
+                ready, planned = line.split(":")[1].split()[0].split("/")
+                return int(ready), int(planned)
+        return 0, 0
+
+    def ready_count(self) -> int:
+        return self.ready_line()[0]
+
+    def api_get(self, path: str, timeout: float = 5) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise HostError(f"GET {path} on the agent's API answered {response.status}: {body[:300]!r}")
+        return json.loads(body)
+
+    def api_ready(self) -> int | None:
+        """Instances the status API reports ready; None while it does not answer."""
+        try:
+            return sum(1 for i in self.api_get("/v1/instances", timeout=2)["instances"] if i["ready"])
+        except (OSError, ValueError, KeyError, TypeError, HostError):
+            return None
+
+    def nginx_master(self) -> int | None:
+        """The nginx master pid from our pid file, only if its command line names our run dir."""
+        try:
+            pid = int((self.run_dir / "nginx/nginx.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.run_dir) in cmdline else None
+
+    def nginx_workers(self) -> set[int]:
+        """Children of our nginx master (workers, old workers shutting down, cache helpers)."""
+        master = self.nginx_master()
+        if not master:
+            return set()
+        try:
+            return {int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
+        except OSError:
+            return set()
+
+    # -- waiting -------------------------------------------------------------------------------
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30, what: str = "condition", poll: float = 0.05) -> float:
+        """Seconds until predicate() held; HostError on timeout or when the agent has exited."""
+        started = time.monotonic()
+        while not predicate():
+            if self.agent is not None and self.agent.poll() is not None:
+                raise HostError(f"the agent exited ({self.agent.returncode}) while waiting for {what}\n{self.log_tail()}")
+            if time.monotonic() - started > timeout:
+                raise HostError(f"timed out after {timeout:g}s waiting for {what}\n{self.log_tail()}")
+            time.sleep(poll)
+        return time.monotonic() - started
+
+    def wait_ready(self, count: int | None = None, timeout: float = 90, progress: Callable[[int], None] | None = None) -> float:
+        """Wait until `count` instances are ready in nginx.conf and in the status API, and nginx
+        serves on that config (it is written before nginx re-reads it); returns the seconds waited."""
+        count = self.expected if count is None else count
+
+        def ready() -> bool:
+            in_conf = self.ready_count()
+            if progress:
+                progress(in_conf)
+            return in_conf == count and self.api_ready() == count
+
+        started = time.monotonic()
+        self.wait_for(ready, timeout, f"{count} instances ready", poll=0.1)
+        if count:
+            self.wait_for(lambda: self.status_of_one_request() == 200, timeout=10, what="nginx serving the new config")
+        return time.monotonic() - started
+
+    # -- clients -------------------------------------------------------------------------------
+    def request(self, prompt: str = "hi", max_tokens: int = 1, stream: bool = False, timeout: float = 30) -> http.client.HTTPResponse:
+        """One completion through nginx, for the service's model."""
+        return completion(self.listen, self.spec.model, prompt, max_tokens, stream, timeout)
+
+    def backend_of_one_request(self) -> tuple[int, str]:
+        """(status, X-Fake-Engine) of one completion through nginx; OSError when it fails."""
+        response = self.request()
+        response.read()
+        return response.status, response.getheader("X-Fake-Engine", "")
+
+    def status_of_one_request(self) -> int | None:
+        try:
+            return self.backend_of_one_request()[0]
+        except OSError:
+            return None
+
+    # -- cleanup -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop everything this host started, by PID; safe to call more than once."""
+        for agent in self.spawned:
+            _stop(agent, timeout=10)
+        master = self.nginx_master()
+        for pid in procs.pids():  # launchers and servers carry our run dir in their environment
+            if pid not in (os.getpid(), master) and procs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
+                _kill(pid, group=procs.session_leader(pid))  # a server's group holds its children
+        if master:
+            _kill(master, group=True)  # its own session: master, workers, old workers
+
+
+def _stop(process: subprocess.Popen, timeout: float) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def _kill(pid: int, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,73 @@
+"""The simulated host's state: one JSON file under ROOT/.mipart-sim, changed under flock.
+
+Several processes (the CLI, the tests, the agent) drive one simulated host, so every
+change is read-modify-write under the lock, and the file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mipart.errors import UserError
+from mipart.gpu.models import MODELS, GpuModel
+from mipart.gpu.modes import USER_PARTT_MODE
+
+SIM_DIR = ".mipart-sim"
+AUTO = USER_PARTT_MODE["AUTO"]
+
+
+@dataclass
+class SimState:
+    model: str
+    gpus: list[dict[str, str]]  # per GPU in PCI order: bdf, compute, memory
+    user_partt_mode: int = AUTO
+    pending_memory: str | None = None  # requested NPS mode, applied hive-wide at reload
+    holders: dict[int, list[int]] = field(default_factory=dict)  # pid -> physical indices
+    resetting: list[int] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=lambda: {"writes": 0, "reloads": 0})
+
+    @property
+    def spec(self) -> GpuModel:
+        return MODELS[self.model]
+
+
+def is_sim(root: Path) -> bool:
+    return (Path(root) / SIM_DIR).is_dir()
+
+
+def read_state(root: Path) -> SimState:
+    path = Path(root) / SIM_DIR / "state.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{root}: not a simulated host (make one with 'mipart sim create')") from None
+    data["holders"] = {int(pid): held for pid, held in data["holders"].items()}
+    return SimState(**data)
+
+
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    sim = root / SIM_DIR
+    if not sim.is_dir():
+        raise UserError(f"{root}: not a simulated host (make one with 'mipart sim create')")
+    with open(sim / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def save(root: Path, state: SimState) -> None:
+    sim = root / SIM_DIR
+    fd, tmp = tempfile.mkstemp(dir=sim, prefix=".state-")
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "w") as out:
+        json.dump(asdict(state), out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, sim / "state.json")

@@ -1,0 +1,119 @@
+"""The probe registry (mipart.health.probes) on a stand-in HTTP session: results, order, error words."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from mipart.health.endpoint import HealthEndpoint
+from mipart.health.probe import ProbeResult
+from mipart.health.probes import PROBES, probe
+from mipart.health.queue import QueueDepth
+from mipart.profile.schema import HealthSpec
+from mipart.serving.spec import InstanceSpec
+
+SPEC = InstanceSpec(number=3, service="chat", model="m", served_model_name="m", logical_gpus=(3,), physical_gpus=(1,),
+                    render_nodes=("/dev/dri/renderD131",), port=21003, runtime="native", argv=(), env=(), user=None, hf_home="/tmp")
+HEALTH = HealthSpec(timeout=1.0)
+
+
+class Response:
+    def __init__(self, status: int, text: str = ""):
+        self.status, self._text = status, text
+
+    async def text(self) -> str:
+        return self._text
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+class Session:
+    """Answers GETs from a list per path: a Response, or an exception to raise."""
+
+    def __init__(self, **answers):
+        self.answers = {"/" + path: list(items) for path, items in answers.items()}
+        self.asked: list[str] = []
+
+    def get(self, url: str, timeout=None):
+        path = "/" + url.split("/", 3)[3]
+        assert url.startswith(f"http://{SPEC.address}/")
+        self.asked.append(path)
+        answer = self.answers[path].pop(0) if len(self.answers[path]) > 1 else self.answers[path][0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def run(session, health=HEALTH, probes=PROBES) -> ProbeResult:
+    return asyncio.run(probe(session, SPEC, health, probes))
+
+
+def test_the_registry_runs_the_health_endpoint_then_the_queue_depth():
+    assert [p.name for p in PROBES] == ["health", "queue_depth"]
+    assert isinstance(PROBES[0], HealthEndpoint) and isinstance(PROBES[1], QueueDepth)
+
+
+def test_healthy_without_a_queue_limit_reads_no_metrics():
+    session = Session(health=[Response(200)])
+    assert run(session) == ProbeResult(True, "")
+    assert session.asked == ["/health"]
+
+
+def test_a_refusal_stops_the_round():
+    session = Session(health=[Response(503)], metrics=[Response(200, "vllm:num_requests_waiting 99\n")])
+    assert run(session, HealthSpec(queue_depth_limit=10)) == ProbeResult(False, "/health answered 503")
+    assert session.asked == ["/health"]
+
+
+def test_queue_depth_over_the_limit_is_a_warning():
+    metrics = 'vllm:num_requests_waiting{model_name="a"} 7.0\nvllm:num_requests_waiting{model_name="b"} 5.0\n'
+    session = Session(health=[Response(200)], metrics=[Response(200, metrics)])
+    assert run(session, HealthSpec(queue_depth_limit=10)) == ProbeResult(True, "12 requests waiting > health.queue_depth_limit 10")
+    session = Session(health=[Response(200)], metrics=[Response(200, metrics)])
+    assert run(session, HealthSpec(queue_depth_limit=12)) == ProbeResult(True, "")
+
+
+@pytest.mark.parametrize("error, words", [
+    (asyncio.TimeoutError(), "/health did not answer within 1s"),
+    (aiohttp.ClientConnectionError(), "/health failed: ClientConnectionError"),
+])
+def test_a_server_that_does_not_answer(error, words):
+    assert run(Session(health=[error])) == ProbeResult(False, words)
+    # the same words when it stops answering on /metrics: it is the same server
+    assert run(Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)) == ProbeResult(False, words)
+
+
+def test_a_closed_keep_alive_connection_gets_one_retry():
+    session = Session(health=[aiohttp.ServerDisconnectedError(), Response(200)])
+    assert run(session) == ProbeResult(True, "")
+    assert session.asked == ["/health", "/health"]
+    session = Session(health=[aiohttp.ServerDisconnectedError()])
+    assert run(session) == ProbeResult(False, "/health failed: ServerDisconnectedError")
+    assert session.asked == ["/health", "/health"]
+
+
+def test_a_new_probe_slots_in_and_the_first_warning_is_kept():
+    class Warns:
+        name = "warns"
+
+        def __init__(self, words):
+            self.words = words
+
+        async def check(self, session, spec, health):
+            return ProbeResult(True, self.words)
+
+    class Fails:
+        name = "fails"
+
+        async def check(self, session, spec, health):
+            return ProbeResult(False, "ras: uncorrectable errors")
+
+    session = Session(health=[Response(200)])
+    assert run(session, probes=(*PROBES, Warns("first"), Warns("second"))) == ProbeResult(True, "first")
+    assert run(session, probes=(*PROBES, Warns("first"), Fails())) == ProbeResult(False, "ras: uncorrectable errors")
