@@ -9,10 +9,10 @@ BIN := $(VENV)/bin
 export MIPART_CACHE ?= $(HOME)/.cache/mipart-tests
 APT_PKGS := python3 python3-venv python3-pip python3-yaml python3-click python3-aiohttp \
 	python3-structlog python3-pydbus python3-gi python3-sdnotify nginx \
-	systemd-container debootstrap dpkg-dev curl procps iproute2
+	systemd-container debootstrap dpkg-dev curl procps iproute2 lintian reprepro gnupg
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test test-fast test-system test-vllm bench deb clean
+.PHONY: deps demo test test-fast test-system test-vllm bench clean
 
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -42,8 +42,7 @@ test-vllm: deps
 bench: deps
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
-deb: deps
-	packaging/build-deb out
+include packaging/deb.mk
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -104,9 +104,10 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def build_deb(outdir: Path) -> Path:
-    """Build the package with packaging/build-deb, as a release would."""
-    out = _sh([str(REPO / "packaging" / "build-deb"), str(outdir)]).stdout.strip().splitlines()
+def build_deb(outdir: Path, version: str = "") -> Path:
+    """Build the package with `make deb` (debhelper), as a release would; VERSION for a second build."""
+    args = ["make", "-s", "-C", str(REPO), "deb", f"DEB_OUT={outdir}", f"DEB_BUILD={outdir}/build"]
+    out = _sh(args + ([f"DEB_VERSION={version}"] if version else [])).stdout.strip().splitlines()
     return Path(out[-1])
 
 
