@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent")]
 
 from system.nspawn import Machine, build_deb  # noqa: E402
-from system.test_image import SIM, bake, prepare_first_boot  # noqa: E402
+from system.test_image import bake, prepare_first_boot  # noqa: E402
 from system.test_serving_systemd import Host  # noqa: E402
 
 

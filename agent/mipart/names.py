@@ -24,6 +24,10 @@ RELOAD_CMD_VAR = "MIPART_RELOAD_CMD"
 RELOAD_TIMEOUT_VAR = "MIPART_RELOAD_TIMEOUT"
 INSTANCE_VAR = "MIPART_INSTANCE"
 DIGEST_VAR = "MIPART_SPEC_DIGEST"
+DEVICES_VAR = "MIPART_DEVICES"  # on a simulated host only: the device files the server holds open
+
+# What an operator runs to apply an edited `gpus:` while mipart serves (docs/repartition.md).
+REPARTITION_COMMAND = f"systemctl reload {AGENT_UNIT.removesuffix('.service')}"
 
 
 def instance_name(number: int) -> str:

@@ -176,7 +176,9 @@ def test_status_reports_profile_partitions_apply_and_counts(host, live):
     assert st["last_apply"]["ok"] is True and st["last_apply"]["result"]["reloads"] == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", st["last_apply"]["time"])
     assert st["instances"] == {"total": 16, "ready": 11, "degraded": 1, "starting": 1, "restarting": 1, "failed": 1, "unhealthy": 1, "draining": 0}
-    assert st["nginx"] == {"config_valid": True, "error": "", "running": True}
+    nginx = st["nginx"]  # issue 13 added what nginx serves: generation, serving_generation, current, stray_workers, problem
+    assert {k: nginx[k] for k in ("config_valid", "error", "running")} == {"config_valid": True, "error": "", "running": True}
+    assert nginx["stray_workers"] == 0 and nginx["problem"] == "" and st["files_error"] == ""
     assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
 
 

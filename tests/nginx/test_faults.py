@@ -20,8 +20,8 @@ pytestmark = pytest.mark.nginx
 
 @pytest.fixture
 def host(tmp_path):
-    serving = ServingHost(tmp_path, instances=8, interval="500ms", unhealthy_after=2)
-    serving.write_profile(compute="CPX", memory="NPS4")
+    # The host in the profile's layout: a reload with gpus: differing from the host repartitions.
+    serving = ServingHost(tmp_path, compute="CPX", memory="NPS4", instances=8, interval="500ms", unhealthy_after=2)
     text = serving.profile.read_text().replace("    args: []", '    partitions: "0-7"\n    args: []')
     serving.profile.write_text(text)
     yield serving

@@ -71,7 +71,7 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, host):
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["run/mipart/instances/0.json", "run/mipart/instances/1.json", "run/mipart/nginx/nginx.conf"]
     conf = (out / "run/mipart/nginx/nginx.conf").read_text()
-    assert "pid /run/mipart/nginx/nginx.pid;" in conf and "server 127.0.0.1:8082;" in conf
+    assert "pid /run/mipart/nginx/nginx.pid;" in conf and "server 127.0.0.1:8082 max_fails=1 fail_timeout=2s;" in conf
     assert not (tmp_path / "run").exists()  # nothing outside --root
 
 

@@ -102,7 +102,9 @@ def nginx_conf(text: str, ready, compute: str = "DPX") -> str:
 def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
     conf = nginx_conf(CHAT, ready={0, 2})
     assert "# service chat: 2/16 instances ready" in conf
-    assert "server 127.0.0.1:8081;  # mipart-vllm@0" in conf and "server 127.0.0.1:8083;  # mipart-vllm@2" in conf
+    # a ready instance leaves every worker's choice for a health interval after one failure (issue 13)
+    assert "server 127.0.0.1:8081 max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
+    assert "server 127.0.0.1:8083 max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
     assert "server 127.0.0.1:8082 down;  # mipart-vllm@1" in conf
     assert conf.count(" down;") == 14
     assert "proxy_pass http://mipart_chat;" in conf and "least_conn;" in conf

@@ -95,6 +95,18 @@ class Partition:
     error: str
     logical_gpus: int
     gpus: tuple[PartitionGpu, ...]
+    drift: bool  # the host's layout differs from the profile's gpus: (a manual change, a failed apply)
+    action: str  # what to run about the drift; "" when there is none or a repartition runs
+
+
+@dataclass(frozen=True)
+class Repartition:
+    """The agent's repartition while serving (a reload with gpus: changed): the one running, or the last."""
+
+    phase: str  # draining, stopping, applying, starting; "" when none runs
+    started: str | None
+    finished: str | None
+    error: str  # what the last one failed on; "" when it worked or none ran
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,11 @@ class Nginx:
     config_valid: bool
     error: str
     running: bool | None
+    generation: str  # of the nginx.conf installed last
+    serving_generation: str  # the one nginx's accepting workers run; "" until known
+    current: bool  # nginx serves the installed config, and no stray worker serves an older one
+    stray_workers: int  # nginx workers of ours serving without their master (a frozen config)
+    problem: str  # what is wrong with the nginx in force; "" when nothing is
 
 
 @dataclass(frozen=True)
@@ -140,8 +157,10 @@ class Status:
     profile: ProfileInfo
     profile_error: str
     partition: Partition
+    repartition: Repartition
     last_apply: LastApply | None
     instances: InstanceCounts
     nginx: Nginx
     reconcile: Reconcile
     units_error: str
+    files_error: str  # a file the agent could not write under its run dir (retried with backoff)

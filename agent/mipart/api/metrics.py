@@ -7,6 +7,7 @@ from mipart import __version__
 from mipart.api.host import HostSnapshot
 from mipart.daemon.snapshot import AgentSnapshot, gpu_label
 from mipart.health.states import STATES
+from mipart.names import REPARTITION_COMMAND
 from mipart.prometheus import Exposition
 
 
@@ -20,6 +21,11 @@ def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) ->
                [({}, not st.profile_error)])
     out.family("mipart_nginx_config_valid", "gauge", "1 when the last generated nginx config passed nginx -t.", [({}, not st.nginx_error)])
     out.family("mipart_reconcile_ok", "gauge", "1 when the last reconcile succeeded.", [({}, not st.reconcile_error)])
+    out.family("mipart_nginx_config_current", "gauge", "1 when nginx serves the config installed last (0 while a reload takes).",
+               [({}, st.nginx_current)])
+    out.family("mipart_nginx_stray_workers", "gauge", "nginx workers of mipart's serving a frozen config without their master.",
+               [({}, st.nginx_strays)])
+    out.family("mipart_files_ok", "gauge", "1 when the agent could write every file it keeps under its run dir.", [({}, not st.files_error)])
     if st.last_reconcile:
         out.family("mipart_last_reconcile_timestamp_seconds", "gauge", "When the agent last reconciled instances with the profile.",
                    [({}, float(st.last_reconcile))])
@@ -27,8 +33,16 @@ def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) ->
         if host.partitions_match is not None:
             out.family("mipart_partition_matches", "gauge", "1 when every GPU is in the compute and memory mode the profile asks for.",
                        [({}, host.partitions_match)])
+            out.family("mipart_partition_drift", "gauge",
+                       f"1 when the host's layout differs from the profile's gpus: (repartition with {REPARTITION_COMMAND}).",
+                       [({}, not host.partitions_match)])
         if host.nginx_running is not None:
             out.family("mipart_nginx_running", "gauge", "1 when mipart's nginx is running.", [({}, host.nginx_running)])
+    out.family("mipart_repartition_running", "gauge", "1 while the agent repartitions (drains, stops, applies gpus:, starts).",
+               [({}, bool(st.repartition_phase))])
+    if st.repartition_finished:
+        out.family("mipart_repartition_last_ok", "gauge", "1 when the agent's last repartition applied the profile's gpus:.",
+                   [({}, not st.repartition_error)])
     counts = snap.counts()
     out.family("mipart_instances", "gauge", "Instances by state.", [({"state": s}, counts[s]) for s in STATES])
     views = list(snap.instances.values())

@@ -3,7 +3,8 @@
 It runs on the agent's own event loop, so handlers read only an AgentSnapshot, taken per
 request from the StatusSource (the agent), and a HostSnapshot (sysfs, the last apply,
 unit states) taken in a worker thread at most about once a second. Every error is JSON:
-{"error": {"code": 404, "message": "..."}}. See openapi.yaml beside this file.
+{"error": {"code": 404, "message": "..."}}. See openapi.yaml beside this file. How many
+connections it holds, and for how long, is api.connections' concern.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from mipart.api import views
+from mipart.api.connections import GUARD_KEY, IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit, mark_busy
 from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.api.metrics import prometheus_metrics
@@ -170,9 +172,10 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 def make_app(source: StatusSource) -> web.Application:
-    app = web.Application(middlewares=[_errors_as_json])
+    app = web.Application(middlewares=[mark_busy, _errors_as_json])
     app[SOURCE_KEY] = source
     app[CACHE_KEY] = HostCache(source)
+    app[GUARD_KEY] = ConnectionGuard(connection_limit())
 
     async def close_cache(app: web.Application) -> None:
         app[CACHE_KEY].close()
@@ -207,7 +210,7 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
     if listen.startswith("unix:"):
         return listen[5:]
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise UserError(f"api.listen {listen!r}: expected host:port or unix:/run/mipart/NAME.sock")
     return host.strip("[]"), int(port)
 
@@ -215,17 +218,16 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
 async def start_api(source: StatusSource, listen: str) -> web.AppRunner:
     """Serve the API on `listen`; returns the AppRunner to `await runner.cleanup()` at exit."""
     where = parse_listen(listen or DEFAULT_API_LISTEN)
-    runner = web.AppRunner(make_app(source), access_log=None, handle_signals=False, logger=_protocol_log())
+    _log_accept_failures(asyncio.get_running_loop(), getattr(source, "log", None))
+    app = make_app(source)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=_protocol_log(), keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
     try:
         if isinstance(where, str):
             _prepare_socket_path(listen, Path(where))
-            site = web.UnixSite(runner, where)
-            await site.start()
+        await GuardedSite(runner, app[GUARD_KEY], where).start()
+        if isinstance(where, str):
             os.chmod(where, SOCKET_MODE)
-        else:
-            site = web.TCPSite(runner, where[0], where[1])
-            await site.start()
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
@@ -240,6 +242,27 @@ async def start_api(source: StatusSource, listen: str) -> web.AppRunner:
         await runner.cleanup()
         raise
     return runner
+
+
+ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _log_accept_failures(loop: asyncio.AbstractEventLoop, log) -> None:
+    """accept() out of file descriptors: asyncio retries a second later (the listener keeps
+    serving) and reports it with a traceback; log it as one line instead."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop, context) -> None:
+        exc = context.get("exception")
+        if log is not None and isinstance(exc, OSError) and exc.errno in ACCEPT_ERRNOS and "accept" in context.get("message", ""):
+            log.error("api.accept_failed", reason=os.strerror(exc.errno), action="retry in 1s; see LimitNOFILE in mipart-agent.service")
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _prepare_socket_path(listen: str, path: Path) -> None:

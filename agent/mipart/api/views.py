@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from mipart import __version__
-from mipart.api.contract import Instance, InstanceCounts, Instances, Nginx, Partition, ProfileInfo, Reconcile, Status, iso_utc
+from mipart.api.contract import Instance, InstanceCounts, Instances, Nginx, Partition, ProfileInfo, Reconcile, Repartition, Status, iso_utc
 from mipart.api.host import HostSnapshot
-from mipart.daemon.snapshot import AgentSnapshot, InstanceView, gpu_label
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, gpu_label
+from mipart.names import REPARTITION_COMMAND
 
 
 def instance(view: InstanceView, host: HostSnapshot | None = None) -> Instance:
@@ -41,13 +42,26 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
         version=__version__,
         profile=ProfileInfo(path=snap.profile_path, digest=st.profile_digest, loaded=snap.profile_loaded),
         profile_error=st.profile_error,
-        partition=Partition(matches=host.partitions_match, error=host.partition_error, logical_gpus=host.logical_gpus, gpus=host.gpus),
+        partition=partition(host, st),
+        repartition=Repartition(phase=st.repartition_phase, started=iso_utc(st.repartition_started),
+                                finished=iso_utc(st.repartition_finished), error=st.repartition_error),
         last_apply=host.last_apply,
         instances=InstanceCounts(total=len(snap.instances), **snap.counts()),
-        nginx=Nginx(config_valid=not st.nginx_error, error=st.nginx_error, running=host.nginx_running),
+        nginx=Nginx(config_valid=not st.nginx_error, error=st.nginx_error, running=host.nginx_running, generation=st.nginx_generation,
+                    serving_generation=st.nginx_serving, current=st.nginx_current, stray_workers=st.nginx_strays, problem=st.nginx_problem),
         reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
         units_error=host.units_error,
+        files_error=st.files_error,
     )
+
+
+def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
+    drift = host.partitions_match is False
+    action = ""
+    if drift and not st.repartition_phase:
+        action = f"run `{REPARTITION_COMMAND}` to apply the profile's gpus: while serving (it drains, stops and restarts the instances)"
+    return Partition(matches=host.partitions_match, error=host.partition_error, logical_gpus=host.logical_gpus, gpus=host.gpus,
+                     drift=drift, action=action)
 
 
 def targets(snap: AgentSnapshot) -> list[dict]:

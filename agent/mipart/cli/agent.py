@@ -23,13 +23,16 @@ def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     from mipart.paths import run_dir
     from mipart.runners import make_runner
 
+    if stop_on_exit and runner_kind != "process":
+        raise click.UsageError("--stop-on-exit works with --runner process only: under systemd, instances are units of their own "
+                               "(stop them with `systemctl stop mipart-vllm.target`)")
     base = run_dir()
     base.mkdir(parents=True, exist_ok=True)
     runner = make_runner(runner_kind, base)
-    instance = Agent(profile_path, runner, base, sysfs_root(), get_logger("mipart.agent"))
+    instance = Agent(profile_path, runner, base, sysfs_root(), get_logger("mipart.agent"), stops_instances=stop_on_exit)
     try:
         asyncio.run(instance.run())
     finally:
-        if stop_on_exit and runner_kind == "process":
+        if stop_on_exit:
             runner.shutdown(instance.nginx)
     return 0

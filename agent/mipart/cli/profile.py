@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mipart.errors import UserError
 from mipart.names import DEFAULT_PROFILE
 
 
@@ -14,11 +15,18 @@ from mipart.names import DEFAULT_PROFILE
 def validate(path: str | None, profile_path: str | None, quiet: bool) -> int:
     """Check a profile; print every problem as PATH:LINE:COL: what; what is right."""
     from mipart.profile import load_profile
+    from mipart.profile.problems import Problem, ProfileError
 
     if path and profile_path and path != profile_path:
         raise click.UsageError("give the profile either as PATH or as --profile, not both")
     target = path or profile_path or DEFAULT_PROFILE
-    profile = load_profile(target)
+    try:
+        profile = load_profile(target)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug in validation: still one line, never a traceback
+        reason = f"the profile could not be checked ({exc.__class__.__name__}: {exc}); please report this with the file"
+        raise ProfileError(target, [Problem(0, 0, reason)]) from None
     if not quiet:
         click.echo(f"{target}: valid ({len(profile.services)} services)")
     return 0

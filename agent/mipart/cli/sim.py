@@ -56,7 +56,7 @@ def reload(ctx: click.Context, root: Path) -> None:
 @gpu_index
 @click.option("--pid", type=int, default=None, help="Holder's PID [default: the calling shell].")
 def hold(root: Path, gpu: int, pid: int | None) -> None:
-    """Make a process a ROCm user of physical GPU GPU."""
+    """Make a process a ROCm user of physical GPU GPU (one that opens no device files under DIR)."""
     kernel.hold(root, gpu, os.getppid() if pid is None else pid)
 
 
@@ -83,6 +83,7 @@ def reset(root: Path, gpu: int, on: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON.")
 def show(root: Path, as_json: bool) -> None:
     """Print the simulated host: GPUs, pending memory mode, holders, counters."""
+    kernel.refresh_users(root)
     state = read_state(root)
     if as_json:
         click.echo(json.dumps(asdict(state), indent=2))
@@ -91,7 +92,7 @@ def show(root: Path, as_json: bool) -> None:
     click.echo(f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt})")
     for i, gpu in enumerate(state.gpus):
         line = f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}"
-        holders = sorted(pid for pid, held in state.holders.items() if i in held)
+        holders = kernel.holders_of(state, i)
         if holders:
             line += f"; held by {', '.join(map(str, holders))}"
         if i in state.resetting:

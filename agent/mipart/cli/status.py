@@ -9,13 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import click
 
-from mipart.cli import profile_option
+from mipart.cli import profile_option, units
+from mipart.errors import UserError
 from mipart.health.states import READY, STATES
 from mipart.names import DEFAULT_API_LISTEN
 
@@ -62,6 +62,8 @@ class Api:
             host, sep, port = rest.rpartition(":")
             if not sep or not port.isdigit():
                 host, port = rest, "80"
+            if not (port.isascii() and len(port) <= 5 and 1 <= int(port) <= 65535):
+                raise UserError(f"--api {where}: port {port} is not a port; use 1-65535, e.g. 127.0.0.1:8049")
             self.host, self.port = host.strip("[]"), int(port)
         self.label = f"unix:{self.unix}" if self.unix else rest
 
@@ -172,15 +174,26 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
         if not gpu["matches"]:
             lines.append(f"  GPU {gpu['index']} ({gpu['bdf']}): compute {gpu['compute']}, memory {gpu['memory']}; "
                          f"want {gpu['compute_want'] or gpu['compute']}, {gpu['memory_want'] or gpu['memory']}")
+    if partition.get("action"):
+        lines.append(f"  partition drift: {partition['action']}")
+    repartition = status.get("repartition") or {}
+    if repartition.get("phase"):
+        lines.append(f"  repartitioning: {repartition['phase']}")
     last = status.get("last_apply")
     if last and not last["ok"]:
         lines.append(f"  last partition apply failed: {last['error']}")
+    elif repartition.get("error"):
+        lines.append(f"  last repartition failed: {repartition['error']}")
     if status["reconcile"]["error"]:
         lines.append(f"  reconcile: {status['reconcile']['error']}")
     if status["nginx"]["error"]:
         lines.append(f"  nginx config rejected (the previous one still serves): {status['nginx']['error']}")
     if status["nginx"]["running"] is False:
         lines.append("  nginx is not running")
+    if status["nginx"].get("problem"):
+        lines.append(f"  nginx: {status['nginx']['problem']}")
+    if status.get("files_error"):
+        lines.append(f"  files: {status['files_error']} (the agent retries)")
     rows = [HEADER]
     now = time.time()
     for i in instances:
@@ -192,54 +205,23 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
 # -- the agent is down: ask the units -----------------------------------------------------
 
 
-def unit_states(units: list[str]) -> dict[str, dict]:
-    """ActiveState/SubState/start time of each unit, in one systemctl call; {} when unknown."""
-    if not units:
-        return {}
-    try:
-        done = subprocess.run(
-            ["systemctl", "show", "-p", "Id,ActiveState,SubState,ExecMainStartTimestampMonotonic", "--", *units],
-            capture_output=True, text=True, timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if done.returncode != 0:
-        return {}
-    found: dict[str, dict] = {}
-    blocks = [b for b in done.stdout.strip().split("\n\n") if b.strip()]
-    for unit, block in zip(units, blocks):
-        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        found[props.get("Id", unit)] = props
-    return found
-
-
-def _started(props: dict) -> float | None:
-    """The main process's start as wall-clock time, from systemd's CLOCK_MONOTONIC microseconds.
-
-    The monotonic property reads the same on every systemd version (--timestamp=unix
-    needs 251, newer than Ubuntu 22.04's), and needs no time zone parsing.
-    """
-    raw = props.get("ExecMainStartTimestampMonotonic", "").strip()
-    if not raw.isdigit() or int(raw) == 0:
-        return None
-    return time.time() - (time.monotonic() - int(raw) / 1e6)
-
-
 def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[list[str], list[dict]]:
     lines = [f"mipart-agent is not answering on {api} ({reason}); showing what the units report"]
     rows, report = [HEADER], []
     now = time.time()
+    errors = units.last_errors(specs, states)
     for spec in specs:
         props = states.get(spec.unit)
         state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}" if props else "unknown"
-        started = _started(props) if props else None
+        started = units.started(props) if props else None
         since = relative(started, now) if started else "-"
-        rows.append((spec.unit, spec.service, ",".join(map(str, spec.logical_gpus)), str(spec.port), state, since, "-", "-"))
+        rows.append((spec.unit, spec.service, ",".join(map(str, spec.logical_gpus)), str(spec.port), state, since, "-",
+                     _short(errors.get(spec.number, ""))))
         report.append({
             "number": spec.number, "unit": spec.unit, "service": spec.service, "model": spec.served_model_name,
             "port": spec.port, "logical_gpus": list(spec.logical_gpus), "physical_gpus": list(spec.physical_gpus),
             "active_state": props.get("ActiveState") if props else None, "sub_state": props.get("SubState") if props else None,
-            "started": datetime.fromtimestamp(started, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if started else None,
+            "started": units.iso(started), "last_error": errors.get(spec.number, ""),
         })
     if not states and specs:
         lines.append("unit states unknown: systemctl is missing or cannot reach systemd")
@@ -269,16 +251,44 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
 
 
 def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
-    from mipart.cli.serving import planned
+    from mipart.profile.problems import ProfileError
 
-    first = f"mipart-agent is not answering on {api} ({reason}); showing what the units report"
-    if not as_json:
-        click.echo(first)  # before planning, which may fail on a bad profile
-    specs = planned(profile_path)[1].instances
-    states = unit_states([s.unit for s in specs])
+    first = f"mipart-agent is not answering on {api} ({reason})"
+    try:
+        specs, unplanned = _planned_instances(profile_path)
+    except ProfileError:
+        if not as_json:
+            click.echo(f"{first}; showing what the units report")  # then the profile's problems, on stderr
+        raise
+    if unplanned:
+        if as_json:
+            click.echo(json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": [], "error": unplanned}, indent=2))
+        else:
+            click.echo(f"{first}, and {unplanned}: no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH")
+        return EXIT_NOT_READY
+    states = units.unit_states([s.unit for s in specs])
     lines, report = format_down(api, reason, specs, states)
     if as_json:
         click.echo(json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2))
     else:
-        click.echo("\n".join(lines[1:]))
+        click.echo("\n".join(lines))
     return EXIT_NOT_READY
+
+
+def _planned_instances(profile_path: str):
+    """(the instances the profile plans on this host, "") or ((), what could not be read).
+
+    A profile with problems in it is the user's to fix (ProfileError, exit 1); a profile
+    that is not there, or a host whose GPUs cannot be read, only limits what is shown.
+    """
+    from mipart.cli.serving import planned
+    from mipart.profile.problems import ProfileError
+
+    try:
+        return planned(profile_path)[1].instances, ""
+    except ProfileError as exc:
+        if exc.problems and exc.problems[0].line == 0:  # about the file as a whole: missing, unreadable
+            return (), f"the profile {profile_path} cannot be read either ({exc.problems[0].message.split(';')[0]})"
+        raise
+    except (UserError, LookupError, OSError) as exc:
+        return (), f"the instances the profile plans cannot be worked out ({exc})"

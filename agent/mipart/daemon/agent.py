@@ -6,9 +6,10 @@ runs, so nginx keeps routing to ready instances across an agent restart.
 
 The Agent orchestrates; each concern is a sibling module: profiles (reading the profile),
 specfiles (/run/mipart/instances), rollout (which changed instances restart when: pure),
-drain (before a planned stop), probing (health probes into the state machines), recovery
-(dead and stuck instances), routing (nginx), notify (sd_notify) and snapshot (what the
-status API and STATUS= read, never the Agent's fields).
+drain (before a planned stop), repartition (a changed gpus: applied while serving),
+probing (health probes into the state machines), recovery (dead and stuck instances),
+routing (nginx), notify (sd_notify) and snapshot (what the status API and STATUS= read,
+never the Agent's fields).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import traceback
 from pathlib import Path
 
 from mipart.api.host import HostSnapshot, collect_host
 from mipart.api.server import start_api
-from mipart.daemon import drain, probing, recovery, rollout, routing, specfiles
+from mipart.daemon import drain, probing, recovery, repartition, rollout, routing, specfiles
 from mipart.daemon.notify import Notifier, status_line
-from mipart.daemon.profiles import read_profile
+from mipart.daemon.profiles import read_profile, read_profile_off_loop
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, gpu_label
 from mipart.errors import UserError
 from mipart.gpu import discover
@@ -35,18 +37,23 @@ from mipart.serving.nginx import NginxFiles
 from mipart.serving.reconcile import plan_actions
 
 TICK = 0.1
+STEP_RETRY = 1.0
 
 
 class Agent:
-    def __init__(self, profile_path: str, runner, run_dir: Path, sysfs_root: Path, log):
+    def __init__(self, profile_path: str, runner, run_dir: Path, sysfs_root: Path, log, stops_instances: bool = False):
         self.profile_path = profile_path
         self.runner = runner
+        self.stops_instances = stops_instances  # --stop-on-exit: the caller stops them after run()
         self.run_dir = run_dir
         self.sysfs_root = sysfs_root
         self.log = log
         self.nginx = NginxFiles(nginx_prefix(run_dir))
         self.notifier = Notifier()
         self.status = AgentStatus()
+        self.router = routing.Router(self.nginx, runner, log, self.status)
+        self.spec_files = specfiles.SpecFiles(run_dir, log, self.status)
+        self.prober = probing.Prober()
         self.profile = None
         self.specs: dict = {}
         self.health: dict[int, InstanceHealth] = {}
@@ -66,9 +73,9 @@ class Agent:
         profile = self.profile
         return collect_host(self.sysfs_root, self.runner, self.nginx, profile.gpus if profile is not None else None)
 
-    def load_profile(self) -> bool:
-        """Adopt the profile if valid; else keep the last good one. Returns success."""
-        profile, self.status.profile_error = read_profile(self.profile_path, self.log, self.status.profile_digest)
+    def load_profile(self, read: tuple | None = None) -> bool:
+        """Adopt the profile read (default: read it now) if valid; else keep the last good one. Returns success."""
+        profile, self.status.profile_error = read or read_profile(self.profile_path, self.log, self.status.profile_digest)
         if profile is None:
             return False
         self.profile, self.status.profile_digest = profile, profile.digest
@@ -91,7 +98,7 @@ class Agent:
         specs = specs if specs is not None else await self.desired_specs()
         if specs is None:
             return
-        await asyncio.to_thread(specfiles.write_specs, self.run_dir, specs)
+        await asyncio.to_thread(self.spec_files.write, specs)  # a failure is reported and retried, never raised
         states = await asyncio.to_thread(self.runner.list_instances)
         actions = plan_actions(specs, states, self._running_digests(states))
         self.specs = specs
@@ -101,7 +108,7 @@ class Agent:
         for number in list(self.health):
             if number not in specs:
                 del self.health[number]
-        await asyncio.to_thread(specfiles.remove_stale_specs, self.run_dir, specs)
+        await asyncio.to_thread(self.spec_files.remove_stale, specs)
         self.status.last_reconcile = time.time()
         await self.update_nginx()
 
@@ -155,7 +162,7 @@ class Agent:
 
     async def _drain_then(self, numbers: list[int], action) -> None:
         """Let nginx switch workers and in-flight requests finish, then act (bounded)."""
-        await asyncio.sleep(drain.NGINX_SWITCH_GRACE)
+        await self.router.wait_settled()  # no nginx worker from before the reload picks them any more
         addresses = [self.specs[n].address for n in numbers if n in self.specs]
         await drain.wait_drained(self.session, addresses, self.profile.health.timeout, drain.drain_limit(self.profile))
         await self._gather([asyncio.to_thread(action, n) for n in numbers])
@@ -166,7 +173,7 @@ class Agent:
     # -- readiness and nginx -----------------------------------------------------------
     async def update_nginx(self) -> None:
         ready = frozenset(n for n, h in self.health.items() if h.in_rotation and n in self.specs)
-        self.status.nginx_error = await routing.update_nginx(self.nginx, self.runner, self.log, self.profile, self.specs, ready, self.status.nginx_error)
+        await self.router.update(self.profile, self.specs, ready)
 
     async def check_units(self) -> bool:
         """One state read for all units: a dead one leaves rotation at once."""
@@ -179,17 +186,11 @@ class Agent:
 
     async def check_files(self) -> bool:
         """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone."""
-        await asyncio.to_thread(specfiles.restore_missing, self.run_dir, self.specs, self.log)
-        if not self.nginx.conf.exists():
-            self.log.warning("files.missing", file=str(self.nginx.conf), action="rewrite")
-            return True
-        if not await asyncio.to_thread(self.runner.nginx_running, self.nginx):
-            self.log.warning("nginx.gone", action="start it with the current config")
-            return True
-        return False
+        await asyncio.to_thread(self.spec_files.restore, self.specs)
+        return await self.router.needs_update()
 
     async def probe_all(self, session, force: bool = False) -> bool:
-        due, results = await probing.probe_due(session, self.health, self.specs, self.profile.health, force)
+        due, results = await self.prober.round(session, self.health, self.specs, self.profile.health, force, self.router.upstream_failures())
         if not due:
             return False
         results = await probing.only_new_servers(due, results, self.rolling_active, self.specs, self._digests_now)
@@ -212,7 +213,7 @@ class Agent:
         finally:
             await api.cleanup()
         self.notifier.send("STOPPING=1")
-        self.log.info("agent.stopping", instances="left running")
+        self.log.info("agent.stopping", instances="stopping them (--stop-on-exit)" if self.stops_instances else "left running")
 
     async def _serve(self) -> None:
         import aiohttp
@@ -228,27 +229,37 @@ class Agent:
             self.log.info("agent.ready", status=status_line(self.snapshot()))
             next_check = 0.0
             while not self.stopping.is_set():
-                if self.reload_requested.is_set():
-                    await self._reload()
-                changed = await self.probe_all(session)
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + self.profile.health.interval
-                    changed |= await self.check_units()
-                    changed |= await self.check_files()
-                if changed:
-                    await self.update_nginx()
-                await recovery.restart_due(self.health, self.specs, self.profile.health, self.runner, self.log)
-                await self.roll()
+                pause = TICK
+                try:
+                    next_check = await self._tick(session, next_check)
+                except Exception as exc:  # no step's failure ends the agent: logged, tried again after a pause
+                    where = traceback.extract_tb(exc.__traceback__)[-1]
+                    self.log.error("agent.step_failed", reason=f"{exc.__class__.__name__}: {exc}", at=f"{where.filename}:{where.lineno}", action="retry in 1s")
+                    pause = STEP_RETRY
                 self.notifier.status(status_line(self.snapshot()))
                 self.notifier.watchdog()
                 try:
-                    await asyncio.wait_for(self.stopping.wait(), TICK)
+                    await asyncio.wait_for(self.stopping.wait(), pause)
                 except asyncio.TimeoutError:
                     pass
             for task in self.tasks:
                 task.cancel()  # a pending drain: the restart it waited for is left to the next agent
             await asyncio.gather(*self.tasks, return_exceptions=True)
             self.session = None
+
+    async def _tick(self, session, next_check: float) -> float:
+        if self.reload_requested.is_set():
+            await self._reload()
+        changed = await self.probe_all(session)
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + self.profile.health.interval
+            changed |= await self.check_units()
+            changed |= await self.check_files()
+        if changed:
+            await self.update_nginx()
+        await recovery.restart_due(self.health, self.specs, self.profile.health, self.runner, self.log, self.router.settled)
+        await self.roll()
+        return next_check
 
     async def _first_reconcile(self, session) -> None:
         """Probe what already serves before touching nginx, so a restart drops nothing."""
@@ -265,6 +276,7 @@ class Agent:
         self.reload_requested.clear()
         self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         self.log.info("agent.reload", profile=self.profile_path)
-        if self.load_profile():
+        read = await read_profile_off_loop(self.profile_path, self.log, self.status.profile_digest)  # any failure keeps the last good one
+        if self.load_profile(read) and not await repartition.if_needed(self):  # a changed gpus: is applied while serving
             await self.reconcile()
         self.notifier.send("READY=1")

@@ -11,13 +11,18 @@ from mipart.daemon.snapshot import AgentSnapshot
 def status_line(snap: AgentSnapshot) -> str:
     """One line for `systemctl status mipart-agent`: readiness, then the first problem."""
     line = f"{snap.ready_count}/{len(snap.instances)} instances ready"
-    if snap.status.profile_error:
-        line += f"; profile rejected, running the last good one: {snap.status.profile_error}"
-    elif snap.status.reconcile_error:
-        line += f"; {snap.status.reconcile_error}"
-    elif snap.status.nginx_error:
-        line += f"; nginx config rejected: {snap.status.nginx_error}"
-    return line
+    st = snap.status
+    problems = (
+        st.profile_error and f"profile rejected, running the last good one: {st.profile_error}",
+        st.repartition_phase and f"repartitioning: {st.repartition_phase}",
+        st.repartition_error and f"repartition failed: {st.repartition_error}",
+        st.reconcile_error,
+        st.nginx_error and f"nginx config rejected: {st.nginx_error}",
+        st.nginx_problem,
+        st.files_error and f"{st.files_error} (retrying)",
+    )
+    first = next((problem for problem in problems if problem), "")
+    return f"{line}; {first}" if first else line
 
 
 class Notifier:

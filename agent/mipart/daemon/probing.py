@@ -1,31 +1,117 @@
-"""One probe round: probe the due instances, feed the results to their state machines, log changes."""
+"""Probing: probes run in the background, their results feed the state machines, changes are logged.
+
+A probe never holds up the agent's loop (a hung instance used to stall it for a full timeout).
+A probe of an instance in rotation that stays unanswered gets confirming probes of its own,
+started `confirm_spacing` apart while it waits, each with the full timeout: a hang is then
+confirmed unhealthy_after failures later within interval x unhealthy_after + 0.5 s of its
+start, whatever the phase of the probe schedule. nginx's own reports of failed upstreams
+count as one failed observation and bring a probe at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
+from dataclasses import dataclass
 
 from mipart.daemon.snapshot import gpu_label
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
 from mipart.health.probes import probe
-from mipart.health.states import READY
+from mipart.health.states import DRAINING, FAILED, READY, UNHEALTHY
 from mipart.names import instance_name
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 
 OLD_SERVER = ProbeResult(False, "the previous server is still answering")
+# What a confirmation must leave room for: the loop's tick before a probe starts, the tick
+# before its result is read, nginx -t and the reload without the instance, and some slack.
+CONFIRM_MARGIN = 0.4
+MIN_SPACING = 0.05
 
 
-async def probe_due(session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec,
-                    force: bool = False) -> tuple[list[InstanceHealth], list[ProbeResult]]:
-    """Every due instance at once (all of them when forced); the results in the same order."""
-    now = time.monotonic()
-    due = [h for n, h in health.items() if n in specs and (force or h.due(now, spec))]
-    for h in due:
-        h.last_probe = now
-    return due, list(await asyncio.gather(*(probe(session, specs[h.number], spec) for h in due)))
+def confirm_spacing(spec: HealthSpec) -> float:
+    """How far apart confirming probes start while the first is unanswered: as far as the bound allows, at most a timeout."""
+    if spec.unhealthy_after < 2:
+        return spec.timeout
+    room = spec.interval * (spec.unhealthy_after - 1) + 0.5 - spec.timeout - CONFIRM_MARGIN
+    return max(MIN_SPACING, min(spec.timeout, room / (spec.unhealthy_after - 1)))
+
+
+@dataclass
+class Flight:
+    task: asyncio.Task
+    started: float
+    life: float  # the instance's started_at then: a restart since makes the answer another server's
+
+
+class Prober:
+    """The probes in flight, per instance, in the order they started."""
+
+    def __init__(self):
+        self.flights: dict[int, list[Flight]] = {}
+
+    async def round(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec,
+                    force: bool = False, suspects: Mapping[str, str] | None = None) -> tuple[list[InstanceHealth], list[ProbeResult]]:
+        """Results that arrived (and nginx's reports), in order; starts the probes now due.
+
+        force: probe every instance and wait for all answers (the agent's start).
+        """
+        due, results = self._harvest(health)
+        for h in health.values():
+            what = (suspects or {}).get(specs[h.number].address) if h.number in specs else None
+            if what is not None and h.in_rotation:
+                due.append(h)
+                results.append(ProbeResult(False, f"nginx: {what}"))
+                h.last_probe = 0.0  # probe it now
+        self._launch(session, health, specs, spec, force)
+        if force:
+            await asyncio.gather(*(f.task for flights in self.flights.values() for f in flights), return_exceptions=True)
+            more = self._harvest(health)
+            due, results = due + more[0], results + more[1]
+        return due, results
+
+    def _launch(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, force: bool) -> None:
+        now = time.monotonic()
+        spacing = confirm_spacing(spec)
+        for number, h in health.items():
+            if number not in specs:
+                continue
+            flights = self.flights.setdefault(number, [])
+            if flights:
+                confirm = h.in_rotation and len(flights) + h.failures < spec.unhealthy_after and now - flights[-1].started >= spacing
+                if not confirm:
+                    continue
+            elif not (force or h.due(now, spec)):
+                continue
+            h.last_probe = now
+            flights.append(Flight(asyncio.ensure_future(probe(session, specs[number], spec)), now, h.started_at))
+
+    def _harvest(self, health: Mapping[int, InstanceHealth]) -> tuple[list[InstanceHealth], list[ProbeResult]]:
+        due, results = [], []
+        for number, flights in list(self.flights.items()):
+            h = health.get(number)
+            while flights and flights[0].task.done():
+                flight = flights.pop(0)
+                if h is None or h.started_at != flight.life or h.state in (UNHEALTHY, FAILED, DRAINING):
+                    continue  # the instance moved on: not probed in that state, or a new server
+                due.append(h)
+                results.append(_result(flight.task))
+            if h is None:
+                for flight in flights:
+                    flight.task.cancel()
+                del self.flights[number]
+        return due, results
+
+
+def _result(task: asyncio.Task) -> ProbeResult:
+    if task.cancelled():
+        return ProbeResult(False, "probe cancelled")
+    exc = task.exception()
+    if exc is not None:
+        return ProbeResult(False, f"probe failed: {exc.__class__.__name__}: {exc}")
+    return task.result()
 
 
 async def only_new_servers(due: list[InstanceHealth], results: list[ProbeResult], rolling: Set[int], specs: Mapping[int, InstanceSpec],

@@ -1,7 +1,15 @@
-"""The agent's profile: read and checked at start and on SIGHUP; a bad one never replaces a good one."""
+"""The agent's profile: read and checked at start and on SIGHUP; a bad one never replaces a good one.
+
+On SIGHUP the file is read in a worker thread, within LOAD_TIMEOUT, so the event loop keeps
+probing and answering the API meanwhile; whatever goes wrong (a problem in the file, a
+file that cannot be read, a bug in validation itself, a read that takes too long) comes
+back as the one line shown as profile_error, and the agent keeps the profile it runs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import traceback
 from pathlib import Path
 
 from mipart.profile import load_profile
@@ -9,19 +17,38 @@ from mipart.profile.load import ProfileError
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# A profile is at most 1 MiB (profile.source): it validates in well under a second.
+LOAD_TIMEOUT = 10.0
 
 
 def read_profile(path: str, log, kept_digest: str) -> tuple[Profile | None, str]:
     """(profile, "") when valid; else (None, its first problem), every problem logged."""
+    kept = kept_digest[:12] or "none"
     try:
         profile = load_profile(path)
     except ProfileError as exc:
         lines = str(exc).splitlines()
         for line in lines:
-            log.error("profile.invalid", problem=line, kept=kept_digest[:12] or "none")
+            log.error("profile.invalid", problem=line, kept=kept)
         return None, lines[0]
+    except Exception as exc:  # noqa: BLE001 - a bug in validation must not take serving down
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        line = (f"{path}: the profile could not be checked ({exc.__class__.__name__}: {exc}); "
+                "the last good profile is kept; please report this with the file")
+        log.error("profile.check_failed", problem=line, at=f"{where.filename}:{where.lineno}", kept=kept)
+        return None, line
     warn_ephemeral_ports(profile, log)
     return profile, ""
+
+
+async def read_profile_off_loop(path: str, log, kept_digest: str, timeout: float = LOAD_TIMEOUT) -> tuple[Profile | None, str]:
+    """read_profile in a worker thread, given up on after `timeout` seconds (its answer is then dropped)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(read_profile, path, log, kept_digest), timeout)
+    except asyncio.TimeoutError:
+        line = f"{path}: reading the profile took longer than {timeout:g}s; the last good profile is kept"
+        log.error("profile.invalid", problem=line, kept=kept_digest[:12] or "none")
+        return None, line
 
 
 def warn_ephemeral_ports(profile: Profile, log, range_file: Path = EPHEMERAL_RANGE) -> None:

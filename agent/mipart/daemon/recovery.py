@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from mipart.daemon.snapshot import gpu_label
 from mipart.health.machine import InstanceHealth
@@ -27,12 +27,20 @@ def mark_gone(health: Mapping[int, InstanceHealth], specs: Mapping[int, Instance
     return changed
 
 
-async def restart_due(health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, runner, log) -> None:
-    """Restart unhealthy or stuck instances, with backoff; runs after nginx dropped them."""
+async def restart_due(health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, runner, log,
+                      routed: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """Restart unhealthy or stuck instances, with backoff; runs after nginx dropped them.
+
+    routed(): whether nginx's reload without them has taken (no worker from before it picks
+    them any more); until then they are left alone, so no request is sent to a server
+    being stopped. The agent's loop asks again on its next tick.
+    """
     now = time.monotonic()
-    for number, h in list(health.items()):
-        if number not in specs or not h.needs_restart(now, spec):
-            continue
+    waiting = [n for n, h in health.items() if n in specs and h.needs_restart(now, spec)]
+    if not waiting or (routed is not None and not await routed()):
+        return
+    for number in waiting:
+        h = health[number]
         delay = h.begin_restart(now, spec)
         unit, gpu = instance_name(number), gpu_label(specs[number])
         if delay is None:

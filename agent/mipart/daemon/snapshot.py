@@ -21,6 +21,35 @@ class AgentStatus:
     nginx_error: str = ""
     last_reconcile: float = 0.0
     reconcile_error: str = ""
+    nginx_generation: str = ""  # of the nginx.conf installed last
+    nginx_serving: str = ""  # the generation nginx's accepting workers run ("" until known)
+    nginx_strays: int = 0  # nginx workers of ours accepting without their master
+    nginx_overdue: bool = False  # the last reload has not taken within routing.SWITCH_LIMIT
+    nginx_files_error: str = ""  # writing nginx.conf or starting nginx failed (retried)
+    spec_files_error: str = ""  # writing instance spec files failed (retried)
+
+    repartition_phase: str = ""  # daemon.repartition's step while one runs
+    repartition_started: float = 0.0
+    repartition_finished: float = 0.0
+    repartition_error: str = ""  # what the last one failed on ("" when it worked, or none ran)
+
+    @property
+    def files_error(self) -> str:
+        return self.nginx_files_error or self.spec_files_error
+
+    @property
+    def nginx_current(self) -> bool:
+        """nginx serves the config installed last, and only nginx of ours does (False while a reload takes)."""
+        return bool(self.nginx_generation) and self.nginx_serving == self.nginx_generation and not self.nginx_strays
+
+    @property
+    def nginx_problem(self) -> str:
+        """What is wrong with the nginx in force, in one phrase; "" when nothing is (or a reload is still taking)."""
+        if self.nginx_strays:
+            return f"{self.nginx_strays} nginx workers serve a frozen config without their master"
+        if self.nginx_overdue:
+            return f"nginx still serves config generation {self.nginx_serving or 'unknown'}, not {self.nginx_generation}"
+        return ""
 
 
 def instance_state(h: InstanceHealth | None) -> str:

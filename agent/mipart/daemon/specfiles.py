@@ -1,41 +1,99 @@
 """The instance spec files under /run/mipart/instances/: what each launcher reads at start.
 
-Blocking file I/O: the agent calls these from a worker thread.
+Blocking file I/O: the agent calls these from a worker thread. Nothing here raises on a
+damaged run dir (instances/ replaced by a file, a spec path taken by a directory, a full
+disk): the first problem is returned in one line, SpecFiles reports it in the status and
+tries again with backoff, and the servers that run keep running.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from mipart.daemon.retry import Backoff, describe
+from mipart.daemon.snapshot import AgentStatus
 from mipart.fsutil import write_atomic
 from mipart.paths import instance_spec_path
 from mipart.serving.spec import InstanceSpec
 
 
-def write_specs(run_dir: Path, specs: Mapping[int, InstanceSpec]) -> None:
-    """Each spec atomically; one whose file already says the same is left untouched."""
+def write_specs(run_dir: Path, specs: Mapping[int, InstanceSpec]) -> str:
+    """Each spec atomically; one whose file already says the same is left untouched.
+
+    Returns the first failure ("" when every file is right); the others are still tried.
+    """
+    problem = ""
     for number, spec in specs.items():
         path = instance_spec_path(number, run_dir)
         text = spec.file_text()
         try:
-            if path.read_text() == text:
-                continue
-        except FileNotFoundError:
-            pass
-        write_atomic(path, text)
+            try:
+                if path.read_text() == text:
+                    continue
+            except FileNotFoundError:
+                pass
+            write_atomic(path, text)
+        except OSError as exc:
+            problem = problem or describe(exc)
+    return problem
 
 
 def remove_stale_specs(run_dir: Path, keep: Iterable[int]) -> None:
     keep = set(keep)
-    for path in (run_dir / "instances").glob("*.json"):
+    try:
+        paths = list((run_dir / "instances").glob("*.json"))
+    except OSError:
+        return
+    for path in paths:
         if path.stem.isdigit() and int(path.stem) not in keep:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # a directory in its place: left for a person, it names no instance we run
 
 
-def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log) -> None:
-    """Someone removed spec files under /run/mipart: write them again."""
-    missing = [n for n in specs if not instance_spec_path(n, run_dir).exists()]
-    if missing:
-        log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")
-        write_specs(run_dir, specs)
+def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log) -> str:
+    """Someone removed spec files under /run/mipart: write them again. Returns the first failure."""
+    missing = [n for n in specs if not instance_spec_path(n, run_dir).is_file()]
+    if not missing:
+        return ""
+    log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")
+    return write_specs(run_dir, specs)
+
+
+class SpecFiles:
+    """The spec files with their failures reported (status.spec_files_error) and retried with backoff."""
+
+    def __init__(self, run_dir: Path, log, status: AgentStatus):
+        self.run_dir, self.log, self.status = run_dir, log, status
+        self.retry = Backoff()
+
+    def write(self, specs: Mapping[int, InstanceSpec]) -> bool:
+        return self._outcome(write_specs(self.run_dir, specs))
+
+    def restore(self, specs: Mapping[int, InstanceSpec]) -> None:
+        """Periodic: rewrite missing specs, or all of them when the last write failed and is due again."""
+        if self.retry.error:
+            if self.retry.due(time.monotonic()):
+                self.write(specs)
+            return
+        self._outcome(restore_missing(self.run_dir, specs, self.log))
+
+    def remove_stale(self, keep: Iterable[int]) -> None:
+        remove_stale_specs(self.run_dir, keep)
+
+    def _outcome(self, problem: str) -> bool:
+        if not problem:
+            if self.retry.error:
+                self.log.info("files.ok", dir=str(self.run_dir / "instances"))
+            self.retry.succeeded()
+            self.status.spec_files_error = ""
+            return True
+        new = problem != self.retry.error
+        delay = self.retry.failed(problem, time.monotonic())
+        self.status.spec_files_error = problem
+        if new:
+            self.log.error("files.write_failed", reason=problem, action=f"running instances keep serving; retries with backoff (next in {delay:g}s)")
+        return False

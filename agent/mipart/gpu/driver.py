@@ -7,14 +7,18 @@ a test that injects a failure).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import PurePath
 
 from mipart.errors import UserError
 from mipart.names import RELOAD_CMD_VAR, RELOAD_TIMEOUT_VAR
 
 DEFAULT_RELOAD_CMD = "modprobe -r amdgpu && modprobe amdgpu"
+# Programs that load or unload the real kernel module: never run for a simulated host.
+MODULE_TOOLS = ("modprobe", "rmmod", "insmod")
 # hardware.md: a reload takes up to about 140 s on a real 8-GPU node.
 DEFAULT_RELOAD_TIMEOUT = 300.0
 
@@ -25,6 +29,11 @@ class ReloadError(UserError):
 
 def reload_command(default: str = DEFAULT_RELOAD_CMD) -> str:
     return os.environ.get(RELOAD_CMD_VAR, default)
+
+
+def reloads_real_driver(command: str) -> bool:
+    """Whether a reload command runs a kernel module tool (as a word of the shell line)."""
+    return any(PurePath(word).name in MODULE_TOOLS for word in re.split(r"[\s;&|()<>`'\"]+", command) if word)
 
 
 def reload_timeout() -> float:

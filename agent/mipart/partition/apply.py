@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from mipart.errors import UserError
 from mipart.gpu.backend import GpuBackend
-from mipart.values import HostState
-from mipart.partition.clients import SystemdClients, describe_holders
+from mipart.names import REPARTITION_COMMAND, instance_name
+from mipart.partition.clients import Holder, SystemdClients, describe_holders
 from mipart.partition.plan import HostRules, PartitionPlan, PlanError, Write, assert_lines, plan_partitions
 from mipart.profile.schema import GpuSpec
+from mipart.values import GpuUser, HostState
 
 USERS_GONE_TIMEOUT = 10.0
 
@@ -47,18 +48,25 @@ def read_rules(spec: GpuSpec, backend: GpuBackend, state: HostState) -> HostRule
     )
 
 
-def apply(spec: GpuSpec, backend: GpuBackend, log) -> ApplyResult:
+def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = False) -> ApplyResult:
+    """`instances_stopped`: the agent has just stopped mipart's own instances for this apply
+    (their servers may still be exiting). Otherwise an instance holding a GPU refuses the
+    apply, with the command that repartitions while serving."""
     state, plan = plan_host(spec, backend)
     result = ApplyResult(logical_gpus=len(state.logical))
     if plan.noop:
         log.info("partition.unchanged", gpus=len(state.physical), logical_gpus=len(state.logical))
         return result
+    if plan.reload:
+        backend.reload_command()  # a command the backend refuses fails before anything changed
+    if not instances_stopped:
+        _refuse_while_serving(busy_holders(backend, state, plan))
     clients = SystemdClients(spec.client_services)
     result.stopped = clients.stop_active()
     for unit in result.stopped:
         log.info("partition.client_stopped", unit=unit)
     try:
-        _refuse_while_busy(backend, state, plan, wait=bool(result.stopped))
+        _refuse_while_busy(backend, state, plan, wait=bool(result.stopped) or instances_stopped)
         _write_all(backend, state, [w for w in plan.writes if not w.after_reload], result, log)
         if plan.reload:
             log.info("partition.reload", command=backend.reload_command())
@@ -78,15 +86,45 @@ def apply(spec: GpuSpec, backend: GpuBackend, log) -> ApplyResult:
     return result
 
 
-def _refuse_while_busy(backend: GpuBackend, state: HostState, plan: PartitionPlan, wait: bool) -> None:
-    """A reload needs every GPU free; a compute write needs its own GPU free (else EBUSY).
-
-    With `wait`, stopped client units get a moment to release /dev/kfd.
-    """
+def _users_in_the_way(backend: GpuBackend, state: HostState, plan: PartitionPlan) -> list[GpuUser]:
+    """A reload needs every GPU free; a compute write needs its own GPU free (else EBUSY)."""
     touched = {g.index for g in state.physical} if plan.reload else {w.gpu for w in plan.writes}
+    return [u for u in backend.gpu_users(state) if touched & set(u.physical_indices)]
+
+
+def busy_holders(backend: GpuBackend, state: HostState, plan: PartitionPlan) -> list[Holder]:
+    """The processes that would make this plan fail, named."""
+    return describe_holders(_users_in_the_way(backend, state, plan))
+
+
+def refuse_unmanaged(holders: list[Holder], client_services: tuple[str, ...]) -> None:
+    """The agent's check before it stops anything: a holder it cannot stop (neither one of its
+    instances nor a client service) would fail the apply after serving went down."""
+    unmanaged = [h for h in holders if h.instance is None and h.unit not in client_services]
+    if unmanaged:
+        raise GpuBusyError(
+            f"GPUs in use by processes mipart does not manage: {'; '.join(h.describe() for h in unmanaged)}; "
+            "nothing was stopped or changed: stop these processes, or list their units in gpus.client_services, "
+            f"then run `{REPARTITION_COMMAND}` again"
+        )
+
+
+def _refuse_while_serving(holders: list[Holder]) -> None:
+    instances = sorted({h.instance for h in holders if h.instance is not None})
+    if instances:
+        names = ", ".join(instance_name(n) for n in instances[:3]) + (f" and {len(instances) - 3} more" if len(instances) > 3 else "")
+        raise GpuBusyError(
+            f"mipart's own instances hold these GPUs ({names}), so the agent is serving on them; "
+            f"apply gpus: while serving with `{REPARTITION_COMMAND}` (it drains and stops them, applies the layout "
+            "and starts them on it); nothing was changed"
+        )
+
+
+def _refuse_while_busy(backend: GpuBackend, state: HostState, plan: PartitionPlan, wait: bool) -> None:
+    """With `wait`, stopped units get a moment to release /dev/kfd."""
     deadline = time.monotonic() + (USERS_GONE_TIMEOUT if wait else 0)
     while True:
-        users = [u for u in backend.gpu_users(state) if touched & set(u.physical_indices)]
+        users = _users_in_the_way(backend, state, plan)
         if not users or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mipart.errors import UserError
+from mipart.names import INSTANCE_VAR, instance_number
+from mipart.runners.procs import environ_of
 from mipart.values import GpuUser
 
 PROC = Path("/proc")
@@ -19,11 +21,22 @@ class Holder:
     gpus: tuple[int, ...]
     command: str
     unit: str | None
+    instance: int | None = None  # the mipart instance this process serves, if it is one
 
     def describe(self) -> str:
         where = self.unit or "no unit"
         gpus = ",".join(map(str, self.gpus))
         return f"PID {self.pid} ({self.command}, {where}) on GPU {gpus}"
+
+
+def instance_of(pid: int, unit: str | None) -> int | None:
+    """mipart's own instance N: its unit is mipart-vllm@N (systemd), or the process runner's
+    tag is in its environment (the launcher puts it there either way)."""
+    number = instance_number(unit) if unit else None
+    if number is not None:
+        return number
+    tag = environ_of(pid).get(INSTANCE_VAR, "")
+    return int(tag) if tag.isdigit() and tag.isascii() else None
 
 
 def unit_of_pid(pid: int) -> str | None:
@@ -47,7 +60,8 @@ def describe_holders(users: list[GpuUser]) -> list[Holder]:
             command = (PROC / str(user.pid) / "comm").read_text().strip()
         except OSError:
             command = "exited"
-        holders.append(Holder(user.pid, user.physical_indices, command, unit_of_pid(user.pid)))
+        unit = unit_of_pid(user.pid)
+        holders.append(Holder(user.pid, user.physical_indices, command, unit, instance_of(user.pid, unit)))
     return holders
 
 

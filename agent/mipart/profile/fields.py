@@ -12,8 +12,9 @@ from typing import Iterable
 import yaml
 
 from mipart.gpu import modes
-from mipart.profile.nodes import NodeChecker
-from mipart.profile.schema import RUNTIMES, VISIBLE_DEVICE_VARS, GpuOverride, Listen
+from mipart.profile.nodes import INT, NodeChecker, cut, shown
+from mipart.profile import addresses
+from mipart.profile.schema import INSTANCE_PORT_SPAN, RUNTIMES, VISIBLE_DEVICE_VARS, GpuOverride, Listen
 
 COMPUTE_CHOICES = modes.COMPUTE_MODES
 MEMORY_CHOICES = modes.MEMORY_MODES
@@ -23,15 +24,27 @@ VISIBLE_CHOICES = VISIBLE_DEVICE_VARS
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:+@-]{0,199}")
-IMAGE_REF = re.compile(r"[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_.-]{1,128})?(@sha256:[0-9a-f]{64})?")
-ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?(\.(service|socket|scope|slice|target|mount|path|timer))?")
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+@-]{0,199}")  # no ':' either: docker -v splits on it
+# docker's reference grammar: [registry[:port]/]name[/name...][:tag][@sha256:digest]
+_IMAGE_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = r"(?:(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|localhost)(?::[0-9]{1,5})?|[A-Za-z0-9-]+:[0-9]{1,5})/"
+IMAGE_REF = re.compile(rf"(?:{_REGISTRY})?{_IMAGE_PART}(?:/{_IMAGE_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?")
+MAX_IMAGE = 255
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}(@[A-Za-z0-9:_.\\-]{0,50})?(\.(service|socket|scope|slice|target|mount|path|timer))?")
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-RANGE_TEXT = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*")
-HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]|\*")
+RANGE_TEXT = re.compile(r"\s*[0-9]{1,4}\s*(-\s*[0-9]{1,4}\s*)?(,\s*[0-9]{1,4}\s*(-\s*[0-9]{1,4}\s*)?)*", re.ASCII)
+SEQS = re.compile(r"[1-9][0-9]{0,8}")
 MAX_INDEX = 1023
+MAX_LOGICAL = INSTANCE_PORT_SPAN - 1  # instance N listens on base_port + N
 ALL = "all"  # index_set's answer for 'all', kept apart from None (= invalid)
 ENV_SET_BY_MIPART = ("HF_HOME",)
+RESERVED_ENV_PREFIX = "MIPART_"  # the runner finds servers by these tags in /proc/PID/environ
+# execve(2) takes at most MAX_ARG_STRLEN (32 pages: 131072 bytes, with its NUL) per argument or
+# KEY=value entry, and argv and environment together within ARG_MAX (a quarter of the 8 MiB
+# default stack: 2 MiB); one instance's whole exec stays under half of that.
+MAX_ARG_STRLEN = 131072
+MAX_EXEC_BYTES = 1 << 20
 
 
 def format_indices(indices: Iterable[int]) -> str:
@@ -55,15 +68,15 @@ def max_num_seqs(args: tuple[str, ...]) -> int | None:
         value = arg.split("=", 1)[1] if arg.startswith("--max-num-seqs=") else None
         if arg == "--max-num-seqs" and i + 1 < len(args):
             value = args[i + 1]
-        if value is not None and value.isdigit() and int(value) > 0:
+        if value is not None and SEQS.fullmatch(value):
             return int(value)
     return None
 
 
-def api_port(listen: str) -> int | None:
-    if listen.startswith("unix:"):
-        return None
-    return int(listen.rsplit(":", 1)[1])
+def exec_bytes(argv: Iterable[str], env: Iterable[tuple[str, str]]) -> int:
+    """What execve copies: each argument and KEY=value entry with its NUL, and the pointers."""
+    total = sum(len(a.encode()) + 1 + 8 for a in argv)
+    return total + sum(len(k.encode()) + len(v.encode()) + 2 + 8 for k, v in env)
 
 
 class Checker(NodeChecker):
@@ -77,12 +90,12 @@ class Checker(NodeChecker):
         if value is None:
             return None
         if value.startswith("/"):
-            if not SAFE_TOKEN.fullmatch(value[1:]) or "/../" in value + "/" :
-                self.problem(node, f"{where} {value!r} is not a plain absolute path; use letters, digits and . _ / - only")
+            if not SAFE_TOKEN.fullmatch(value[1:]) or not _no_dots(value):
+                self.problem(node, f"{where} {shown(value)} is not a plain absolute path; use letters, digits and . _ / - only")
                 return None
             return value
         if not HUB_ID.fullmatch(value):
-            self.problem(node, f"{where} {value!r} is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama")
+            self.problem(node, f"{where} {shown(value)} is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama")
             return None
         return value
 
@@ -90,13 +103,17 @@ class Checker(NodeChecker):
         value = self.string(node, where, "an absolute path")
         if value is None:
             return None
-        if not value.startswith("/") or not SAFE_TOKEN.fullmatch(value[1:] or "x") or "/../" in value + "/":
-            self.problem(node, f"{where} {value!r} is not a plain absolute path; e.g. /var/lib/mipart/huggingface")
+        if not PLAIN_PATH.fullmatch(value) or not _no_dots(value):
+            self.problem(node, f"{where} {shown(value)} is not a plain absolute path; e.g. /var/lib/mipart/huggingface")
             return None
         return value
 
     def image(self, node, where) -> str | None:
-        return self.patterned(node, where, IMAGE_REF, "an image reference; e.g. rocm/vllm:latest")
+        value = self.string(node, where, "an image reference")
+        if value is not None and (len(value) > MAX_IMAGE or not IMAGE_REF.fullmatch(value)):
+            self.problem(node, f"{where} {shown(value)} is not an image reference; e.g. rocm/vllm:latest")
+            return None
+        return value
 
     def user_name(self, node, where) -> str | None:
         return self.patterned(node, where, USER_NAME, "a system user name; e.g. mipart")
@@ -106,6 +123,10 @@ class Checker(NodeChecker):
             self.problem(node, f"{where} must be a list of strings, e.g. [\"--max-num-seqs\", \"512\"]")
             return None
         values = [self.string(item, f"{where}[{i}]", "a string") for i, item in enumerate(node.value)]
+        for i, (item, value) in enumerate(zip(node.value, values)):
+            if value is not None and len(value.encode()) >= MAX_ARG_STRLEN:
+                self.problem(item, f"{where}[{i}] is {len(value.encode())} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per argument (MAX_ARG_STRLEN)")
+                values[i] = None
         if any(v is None for v in values):
             return None
         if non_empty and not values:
@@ -117,114 +138,106 @@ class Checker(NodeChecker):
         items = self.mapping(node, where, None)
         if items is None:
             return None
-        pairs = []
+        pairs, ok = [], True
         for key, value_node in items.items():
             key_node = self.key_nodes[id(value_node)]
+            value = self.string(value_node, f"{where}.{cut(key)}")
             if not ENV_KEY.fullmatch(key):
-                self.problem(key_node, f"{where} key {key!r} is not a variable name; use letters, digits and _, not starting with a digit")
-                continue
-            if key in VISIBLE_DEVICE_VARS or key in ENV_SET_BY_MIPART:
+                self.problem(key_node, f"{where} key {shown(key)} is not a variable name; use letters, digits and _, not starting with a digit")
+            elif key in VISIBLE_DEVICE_VARS or key in ENV_SET_BY_MIPART:
                 self.problem(key_node, f"{where}.{key} is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)")
-                continue
-            value = self.string(value_node, f"{where}.{key}")
-            if value is not None:
+            elif key.startswith(RESERVED_ENV_PREFIX):
+                self.problem(key_node, f"{where}.{key} is reserved: mipart tags its servers with {RESERVED_ENV_PREFIX}* variables; use another name")
+            elif value is not None and len(key) + len(value.encode()) + 2 > MAX_ARG_STRLEN:
+                entry = len(key) + len(value.encode()) + 2
+                self.problem(value_node, f"{where}.{key} makes a {entry}-byte KEY=value entry; the kernel takes at most {MAX_ARG_STRLEN} bytes per entry, its NUL included (MAX_ARG_STRLEN)")
+            elif value is not None:
                 pairs.append((key, value))
-        return tuple(pairs)
+                continue
+            ok = False
+        return tuple(pairs) if ok else None
 
     def unit_names(self, node, where) -> tuple[str, ...]:
         names = self.argv(node, where) or ()
         good = []
         for item, name in zip(node.value, names):
             if not UNIT_NAME.fullmatch(name) or name.startswith("-"):
-                self.problem(item, f"{where} entry {name!r} is not a systemd unit name; e.g. my-inference.service")
+                self.problem(item, f"{where} entry {shown(name)} is not a systemd unit name; e.g. my-inference.service")
             else:
                 good.append(name if "." in name.split("@")[-1] else name + ".service")
         return tuple(good)
 
-    # -- ports and addresses -----------------------------------------------
-    def port(self, node, where, value) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            self.problem(node, f"{where} port {value!r} is out of range; use 1-65535")
-            return None
-        return value
-
+    # -- addresses ---------------------------------------------------------
     def listen(self, node, where) -> Listen | None:
-        raw = self.scalar(node, where, "a port or host:port")
-        if raw is None:
-            return None
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            port = self.port(node, where, raw)
-            return Listen("0.0.0.0", port) if port else None
-        text = str(raw)
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not port_text.isdigit() or not HOST.fullmatch(host):
-            self.problem(node, f"{where} {text!r} is not a port or host:port; e.g. 8040 or 127.0.0.1:8040")
-            return None
-        port = self.port(node, where, int(port_text))
-        return Listen(host.strip("[]"), port) if port else None
+        return self._address(node, where, "a port or host:port", addresses.parse_listen)
 
     def api_listen(self, node, where) -> str | None:
-        text = self.string(node, where, "host:port or unix:/run/mipart/NAME.sock")
+        return self._address(node, where, "host:port or unix:/run/mipart/NAME.sock", addresses.parse_api_listen)
+
+    def _address(self, node, where, want: str, parse):
+        text = self.text(node, where, want)
         if text is None:
             return None
-        if text.startswith("unix:"):
-            path = text[5:]
-            if not path.startswith("/run/mipart/") or not SAFE_TOKEN.fullmatch(path[1:]):
-                self.problem(node, f"{where} socket {path!r} must be a plain path under /run/mipart/, e.g. unix:/run/mipart/api.sock")
-                return None
-            return text
-        listen = self.listen(node, where)
-        return str(listen) if listen else None
+        value, error = parse(text)
+        if error:
+            self.problem(node, f"{where} {error}")
+        return value
 
     # -- index sets: all | 3 | [0, 1] | "0-7,12" --------------------------
-    def index_set(self, node, where, noun: str) -> tuple[int, ...] | None:
+    def index_set(self, node, where, noun: str, high: int = MAX_INDEX) -> tuple[int, ...] | None:
         """ALL for 'all', None when the value was bad (and reported)."""
-        hint = f"use all, a list like [0, 1], or a range like \"0-7\" of {noun} indices"
+        want = f"all, a list like [0, 1], or a range like \"0-7\" of {noun} indices"
+        hint = "use " + want
         if isinstance(node, yaml.SequenceNode):
-            values = [self.integer(item, f"{where}[{i}]", 0, MAX_INDEX) for i, item in enumerate(node.value)]
+            if len(node.value) > high + 1:
+                self.problem(node, f"{where} lists {len(node.value)} indices, more than the {high + 1} {noun}s there can be; list each once")
+                return None
+            values = [self.integer(item, f"{where}[{i}]", 0, high) for i, item in enumerate(node.value)]
             if any(v is None for v in values):
                 return None
+        elif isinstance(node, yaml.ScalarNode) and node.tag == INT:
+            value = self.integer(node, where, 0, high)
+            if value is None:
+                return None
+            values = [value]
         else:
-            raw = self.scalar(node, where, hint)
+            raw = self.text(node, where, want)
             if raw is None:
                 return None
             if raw == "all":
                 return ALL
-            if isinstance(raw, int) and not isinstance(raw, bool):
-                values = [raw]
-            elif isinstance(raw, str) and RANGE_TEXT.fullmatch(raw):
-                values = self._expand_ranges(node, where, raw)
-                if values is None:
-                    return None
-            else:
-                self.problem(node, f"{where} is {node.value!r}; {hint}")
+            if not RANGE_TEXT.fullmatch(raw):
+                self.problem(node, f"{where} is {shown(raw)}; {hint}")
+                return None
+            values = self._expand_ranges(node, where, raw, noun, high)
+            if values is None:
                 return None
         if not values:
             self.problem(node, f"{where} is empty; {hint}")
             return None
-        duplicates = sorted({v for v in values if values.count(v) > 1})
+        seen: set[int] = set()
+        duplicates = sorted({v for v in values if v in seen or seen.add(v)})
         if duplicates:
             self.problem(node, f"{where} lists {format_indices(duplicates)} more than once; list each index once")
             return None
-        if any(v < 0 or v > MAX_INDEX for v in values):
-            self.problem(node, f"{where} has an index outside 0-{MAX_INDEX}; {hint}")
-            return None
         return tuple(sorted(values))
 
-    def _expand_ranges(self, node, where, text: str) -> list[int] | None:
-        values: list[int] = []
+    def _expand_ranges(self, node, where, text: str, noun: str, high: int) -> list[int] | None:
+        bounds = []
         for part in text.replace(" ", "").split(","):
-            low, _, high = part.partition("-")
-            start, end = int(low), int(high or low)
+            low, _, top = part.partition("-")
+            start, end = int(low), int(top or low)
             if end < start:
                 self.problem(node, f"{where} range {part!r} runs backwards; write it low-high, e.g. \"{end}-{start}\"")
                 return None
-            if end > MAX_INDEX:
-                self.problem(node, f"{where} range {part!r} goes past {MAX_INDEX}; use real indices")
+            if end > high:
+                self.problem(node, f"{where} range {part!r} goes past {high}; use real {noun} indices (0-{high})")
                 return None
-            values.extend(range(start, end + 1))
-        return values
-
+            bounds.append((start, end))
+        if sum(end - start + 1 for start, end in bounds) > high + 1:
+            self.problem(node, f"{where} names more than the {high + 1} {noun}s there can be; list each index once")
+            return None
+        return [i for start, end in bounds for i in range(start, end + 1)]
     # -- cross-field rules that need the node ------------------------------
     def compute_memory_pair(self, node, compute: str, memory: str, where: str) -> bool:
         if modes.compatible(compute, memory):
@@ -237,6 +250,10 @@ class Checker(NodeChecker):
         if not isinstance(node, yaml.SequenceNode):
             self.problem(node, "gpus.overrides must be a list, e.g. [{select: [6, 7], compute: CPX}]")
             return ()
+        if len(node.value) > MAX_INDEX + 1:
+            self.problem(node, f"gpus.overrides has {len(node.value)} entries, more than there can be GPUs; give each GPU one override")
+            return ()
+        selected = set(select) if select is not None else None
         result: list[GpuOverride] = []
         claimed: dict[int, int] = {}
         for i, item in enumerate(node.value):
@@ -254,7 +271,7 @@ class Checker(NodeChecker):
             if memory and not modes.compatible(compute, memory):
                 fits = ", ".join(modes.memory_modes_for(compute))
                 self.problem(items["compute"], f"{where}.compute {compute} conflicts with the hive-wide gpus.memory {memory}; {compute} needs {fits}, and memory mode is the same for every GPU")
-            outside = [g for g in chosen if select is not None and g not in select]
+            outside = [g for g in chosen if selected is not None and g not in selected]
             if outside:
                 self.problem(items["select"], f"{where}.select {format_indices(outside)} is not in gpus.select; override only selected GPUs")
             overlap = [g for g in chosen if g in claimed]
@@ -264,3 +281,8 @@ class Checker(NodeChecker):
                 claimed.setdefault(g, i)
             result.append(GpuOverride(select=chosen, compute=compute))
         return tuple(result)
+
+
+def _no_dots(path: str) -> bool:
+    """No '.' or '..' component: the path means what it says, with nothing to resolve."""
+    return not any(part in (".", "..") for part in path.split("/"))

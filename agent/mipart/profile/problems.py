@@ -19,12 +19,20 @@ class Problem:
         return f"{path}:{self.line}:{self.column}: {self.message}"
 
 
+MAX_SHOWN = 100  # a file of a million bad lines is answered in a page, not a million lines
+
+
 class ProfileError(UserError):
-    """All problems of one profile; str() is one line per problem, each already located."""
+    """All problems of one profile, the first MAX_SHOWN of them; str() is one located line each."""
 
     prefix = False
 
     def __init__(self, path: str, problems: list[Problem]):
         self.path = path
-        self.problems = sorted(problems, key=lambda p: (p.line, p.column))
+        ordered = sorted(problems, key=lambda p: (p.line, p.column))
+        if len(ordered) > MAX_SHOWN:
+            first_left = ordered[MAX_SHOWN]
+            more = Problem(first_left.line, first_left.column, f"and {len(ordered) - MAX_SHOWN} more problems from here on; fix the ones above first")
+            ordered = ordered[:MAX_SHOWN] + [more]
+        self.problems = ordered
         super().__init__("\n".join(p.format(path) for p in self.problems))

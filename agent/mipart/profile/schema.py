@@ -17,10 +17,15 @@ DEFAULT_MAX_CONCURRENCY = 256
 
 @dataclass(frozen=True)
 class Listen:
+    """Where nginx listens for a service: host and port, or (path set) a unix socket."""
+
     host: str
     port: int
+    path: str | None = None
 
     def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 

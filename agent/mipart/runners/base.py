@@ -27,7 +27,8 @@ class Runner(Protocol):
     def restart(self, number: int) -> None: ...
 
     def ensure_nginx(self, files: NginxFiles) -> None:
-        """Start nginx on `files`, or make a running one re-read its config."""
+        """Start nginx on `files`, or make a running one re-read its config; nginx workers of
+        ours left without their master (runners.nginx_procs strays) must not keep the port."""
         ...
 
     def nginx_running(self, files: NginxFiles) -> bool: ...

@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from mipart.runners import procs
+from mipart.runners import nginx_procs, procs
 from mipart.values import UnitState
 from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
-from mipart.serving.nginx import NginxFiles, signal_reload
+from mipart.serving.nginx import NginxFiles
 
 STOP_TIMEOUT = 10.0
+RELEASE_TIMEOUT = 2.0  # a stray told to quit closes its listeners at once
+NGINX_INHERIT_VAR = "NGINX"  # nginx reads listening sockets to take over from it at start
 
 
 class ProcessRunner:
@@ -76,40 +78,68 @@ class ProcessRunner:
 
     # -- nginx -----------------------------------------------------------------
     def ensure_nginx(self, files: NginxFiles) -> None:
-        """Start nginx if none runs on our config, else make it re-read the file."""
-        if self.nginx is not None and self.nginx.poll() is None:
-            os.kill(self.nginx.pid, signal.SIGHUP)  # by our own handle: the pid file may be gone
-            return
-        if self.nginx is not None:
-            _kill_group(self.nginx.pid)  # its workers outlive a killed master and hold the port
-            self.nginx = None
-        elif _pid_file_alive(files):
-            signal_reload(files)  # adopted: started by an earlier agent
-            return
+        """Reload the master of ours that runs, or start one; strays (workers whose master died,
+        still serving a frozen config) hand their listening sockets to it and quit gracefully."""
+        found = nginx_procs.scan(files.prefix)
+        master = self.nginx.pid if self.nginx is not None and self.nginx.poll() is None else next(iter(found.masters), None)
+        if master is not None:
+            os.kill(master, signal.SIGHUP)  # by pid, not the pid file: it may be gone
+        else:
+            self._start_nginx(files, found.strays)
+        nginx_procs.quit_gracefully(found.strays)
+
+    def _start_nginx(self, files: NginxFiles, strays: list[int]) -> None:
+        inherited = _inherit_sockets(strays)
+        if strays and not inherited:  # no copy of their sockets: free the port first (a short gap)
+            nginx_procs.quit_gracefully(strays)
+            _wait_released(strays)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / "mipart-nginx.log", "ab") as log:
-            self.nginx = subprocess.Popen(files.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, NGINX_INHERIT_VAR: "".join(f"{fd};" for fd in inherited)} if inherited else None
+        try:
+            with open(self.log_dir / "mipart-nginx.log", "ab") as log:
+                self.nginx = subprocess.Popen(files.argv(), cwd=files.prefix, env=env, pass_fds=inherited, stdin=subprocess.DEVNULL,
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            for fd in inherited:
+                os.close(fd)
 
     def nginx_running(self, files: NginxFiles) -> bool:
-        if self.nginx is not None:
-            return self.nginx.poll() is None
-        return _pid_file_alive(files)
+        if self.nginx is not None and self.nginx.poll() is None:
+            return True
+        return bool(nginx_procs.scan(files.prefix).masters)
 
     def shutdown(self, files: NginxFiles) -> None:
         """Stop everything this runner serves (the demo's Ctrl-C)."""
         for number in set(self._adopted()) | set(self.children):
             self.stop(number)
-        if _pid_file_alive(files):
-            _terminate(int(files.pid_file.read_text().strip()), signal.SIGQUIT)
+        found = nginx_procs.scan(files.prefix)
+        nginx_procs.quit_gracefully(found.strays)
+        for master in found.masters:
+            _terminate(master, signal.SIGQUIT)
         if self.nginx is not None:
             self.nginx.wait(timeout=STOP_TIMEOUT)
 
 
-def _pid_file_alive(files: NginxFiles) -> bool:
-    try:
-        return procs.alive(int(files.pid_file.read_text().strip()))
-    except (OSError, ValueError):
-        return False
+def _inherit_sockets(strays: list[int]) -> list[int]:
+    """Copies of the strays' listening sockets, one per socket, for a new master to take over
+    (nginx's own hand-over: NGINX=fd;fd;). The socket, and connections waiting in its accept
+    queue, live on in the new master: nothing is refused. Empty when they cannot be copied."""
+    copies: dict[int, int] = {}
+    for pid in strays:
+        for inode, fd in nginx_procs.listening_sockets(pid).items():
+            if inode in copies:
+                continue
+            try:
+                copies[inode] = nginx_procs.take_fd(pid, fd)
+            except OSError:
+                continue
+    return list(copies.values())
+
+
+def _wait_released(strays: list[int]) -> None:
+    deadline = time.monotonic() + RELEASE_TIMEOUT
+    while any(nginx_procs.listening_sockets(pid) for pid in strays) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _kill_group(pgid: int) -> None:
@@ -120,10 +150,14 @@ def _kill_group(pgid: int) -> None:
 
 
 def _terminate(pid: int, sig: int = signal.SIGTERM) -> None:
-    """Ask, wait, then insist: what systemd's stop does with TimeoutStopSec."""
+    """Ask, wait, then insist: what systemd's stop does with TimeoutStopSec.
+
+    A frozen (SIGSTOPped) server is killed as it is: woken to act on SIGTERM, it would start
+    answering the requests that queued up while it was frozen and then cut them; killed, it
+    resets them before any byte and nginx passes them to another instance.
+    """
     try:
-        os.kill(pid, sig)
-        os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) process cannot act on SIGTERM
+        os.kill(pid, signal.SIGKILL if procs.stopped(pid) else sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + STOP_TIMEOUT

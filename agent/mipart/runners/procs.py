@@ -27,6 +27,15 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def stopped(pid: int) -> bool:
+    """Frozen by SIGSTOP (or a tracer): it can act on no signal but SIGKILL until it is continued."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 def session_leader(pid: int) -> bool:
     try:
         return os.getsid(pid) == pid

@@ -7,9 +7,11 @@ ListUnitsByPatterns call for all instances, not a GLib main loop.
 
 from __future__ import annotations
 
+import signal
 import threading
 
 from mipart.errors import UserError
+from mipart.runners import nginx_procs, procs
 from mipart.serving.nginx import NginxFiles
 from mipart.values import UnitState
 from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
@@ -64,7 +66,13 @@ class SystemdRunner:
         self._manager().StopUnit(instance_unit(number), "replace")
 
     def restart(self, number: int) -> None:
-        self._manager().RestartUnit(instance_unit(number), "replace")
+        """A frozen (SIGSTOPped) server is SIGKILLed first: systemd's stop would wake it with
+        SIGCONT, and woken it starts answering what queued up, then cuts it (runners.process)."""
+        unit = instance_unit(number)
+        pid = self.main_pid(unit)
+        if pid and procs.stopped(pid):
+            self._manager().KillUnit(unit, "all", signal.SIGKILL)
+        self._manager().RestartUnit(unit, "replace")
 
     def ensure_nginx(self, files: NginxFiles) -> None:
         """mipart-nginx.service's ExecReload runs `nginx -t` and HUPs; start it when down."""
@@ -72,6 +80,8 @@ class SystemdRunner:
         if self._property(NGINX_UNIT, "ActiveState") == "active":
             manager.ReloadUnit(NGINX_UNIT, "replace")
         else:
+            # Workers of a master that died outside the unit's cgroup would hold the port: they quit gracefully.
+            nginx_procs.quit_gracefully(nginx_procs.scan(files.prefix).strays)
             if self._failed(NGINX_UNIT):
                 manager.ResetFailedUnit(NGINX_UNIT)
             manager.StartUnit(NGINX_UNIT, "replace")

@@ -8,9 +8,11 @@ import os
 import subprocess
 
 from mipart.errors import UserError
+from mipart.gpu import sysfs_root
 from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR
 from mipart.paths import instance_spec_path
 from mipart.serving.spec import InstanceSpec, SpecVersionError
+from mipart.sim.devices import device_env
 
 
 def read_spec(number: int) -> InstanceSpec:
@@ -63,8 +65,10 @@ def launch(number: int, cleanup: bool) -> int:
     env.setdefault(RUN_DIR_VAR, str(instance_spec_path(number).parent.parent))
     if container:
         remove_container(spec)  # a stale container of the same name would block `run --name`
-    elif spec.user and os.geteuid() == 0:
-        _drop_privileges(spec.user, env, spec.hf_home)
+    else:
+        env.update(device_env(sysfs_root(), spec.devices))  # a simulated host's device files; on a real host none
+        if spec.user and os.geteuid() == 0:
+            _drop_privileges(spec.user, env, spec.hf_home)
     try:
         os.execvpe(spec.argv[0], list(spec.argv), env)
     except FileNotFoundError:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.fsutil import write_atomic
+from mipart.serving.nginx_conf import UPSTREAM_LOG
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -45,6 +45,10 @@ class NginxFiles:
     @property
     def pid_file(self) -> Path:
         return self.prefix / "nginx.pid"
+
+    @property
+    def upstream_log(self) -> Path:
+        return self.prefix / UPSTREAM_LOG
 
     def argv(self) -> list[str]:
         return [nginx_binary(), "-c", str(self.conf), "-p", str(self.prefix), "-g", "daemon off;"]
@@ -82,14 +86,4 @@ def install_config(files: NginxFiles, text: str) -> bool:
         os.replace(files.candidate, files.rejected)
         raise
     os.replace(files.candidate, files.conf)
-    return True
-
-
-def signal_reload(files: NginxFiles) -> bool:
-    """HUP the master named in the pid file; False when none runs (a start will read the file)."""
-    try:
-        pid = int(files.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return False
     return True

@@ -2,8 +2,10 @@
 
 Reading is the amdgpu backend's own file I/O. Only what plain files cannot do differs:
 a write goes to the simulated driver (sim/kernel.py), which refuses it with the errno
-the kernel would use; holders that exited are forgotten before anyone asks; and a
-reload, unless MIPART_RELOAD_CMD says otherwise, is the simulator's.
+the kernel would use; the KFD users are brought up to date (who has the root's device
+files open) before anyone asks; and a reload, unless MIPART_RELOAD_CMD says otherwise,
+is the simulator's. A reload command that would run the real driver's module tools is
+refused: on a GPU host it would unload amdgpu under the real GPUs' users.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from mipart.gpu import driver
 from mipart.gpu.amdgpu import AmdgpuBackend
+from mipart.names import RELOAD_CMD_VAR
 from mipart.sim import kernel
 from mipart.sim.state import is_sim
 from mipart.values import GpuUser, HostState, PhysicalGpu
@@ -25,11 +28,19 @@ class SimBackend(AmdgpuBackend):
         return is_sim(root)
 
     def reload_command(self) -> str:
-        return driver.reload_command(shlex.join([sys.executable, "-m", "mipart", "sim", "reload", str(self.root)]))
+        """Raises ReloadError for a command that would reload the real driver."""
+        own = shlex.join([sys.executable, "-m", "mipart", "sim", "reload", str(self.root)])
+        command = driver.reload_command(own)
+        if driver.reloads_real_driver(command):
+            raise driver.ReloadError(
+                f"{RELOAD_CMD_VAR}={command!r} would reload the real amdgpu driver, but {self.root} is a simulated host; "
+                f"unset {RELOAD_CMD_VAR} (the simulator reloads itself) or set it to `mipart sim reload {self.root}`"
+            )
+        return command
 
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
         kernel.kernel_write(self.root, gpu.bdf, name, value)
 
     def gpu_users(self, state: HostState) -> list[GpuUser]:
-        kernel.prune_exited(self.root)
+        kernel.refresh_users(self.root)
         return super().gpu_users(state)

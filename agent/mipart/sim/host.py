@@ -204,7 +204,7 @@ class SimulatedHost:
     def ready_count(self) -> int:
         return self.ready_line()[0]
 
-    def api_get(self, path: str, timeout: float = 5) -> dict:
+    def api_text(self, path: str, timeout: float = 5) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
         try:
             conn.request("GET", path)
@@ -214,7 +214,10 @@ class SimulatedHost:
             conn.close()
         if response.status != 200:
             raise HostError(f"GET {path} on the agent's API answered {response.status}: {body[:300]!r}")
-        return json.loads(body)
+        return body.decode()
+
+    def api_get(self, path: str, timeout: float = 5) -> dict:
+        return json.loads(self.api_text(path, timeout))
 
     def api_ready(self) -> int | None:
         """Instances the status API reports ready; None while it does not answer."""

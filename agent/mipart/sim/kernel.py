@@ -6,6 +6,8 @@ host's, and it refuses partition writes and driver reloads the way the kernel do
 
 State lives in ROOT/.mipart-sim/state.json (sim/state.py); every change happens under
 its lock, so the CLI, the tests and the agent can drive one host from several processes.
+A GPU's users are the processes that have its device files open (sim/devices.py), plus
+the holders `mipart sim hold` declares for processes that open nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mipart.errors import UserError
 from mipart.gpu.amdgpu import PCI_DEVICES
 from mipart.gpu.models import MODELS
 from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, KERNEL_COMPUTE_MODES, USER_PARTT_MODE, compatible
-from mipart.sim import tree
+from mipart.sim import devices, tree
 from mipart.sim.state import SIM_DIR, SimState, is_sim, locked, read_state, save
 
 # PCI addresses of the 8 GPUs on a typical 8 x MI300X board; more GPUs go to further domains.
@@ -67,13 +69,13 @@ def kernel_write(root: Path, bdf: str, attr: str, value: str) -> None:
     with locked(root):
         state = read_state(root)
         state.counters["writes"] += 1
-        _drop_exited(state)
+        users_changed = _refresh_users(root, state)
         try:
             changed = _apply_write(state, root / PCI_DEVICES / bdf / attr, bdf, attr, value)
         except OSError:
-            save(root, state)
+            _commit(root, state, render=users_changed)
             raise
-        _commit(root, state, render=changed)
+        _commit(root, state, render=changed or users_changed)
 
 
 def _apply_write(state: SimState, path: Path, bdf: str, attr: str, value: str) -> bool:
@@ -92,7 +94,7 @@ def _apply_write(state: SimState, path: Path, bdf: str, attr: str, value: str) -
             return False
         if mode not in spec.compute_modes or not compatible(mode, gpu["memory"], spec.xcc_count):
             raise _error(errno.EINVAL, path)
-        if any(index in held for held in state.holders.values()):
+        if index in _gpus_in_use(state):
             raise _error(errno.EBUSY, path)
         gpu["compute"] = mode
         return True
@@ -118,8 +120,10 @@ def reload(root: Path) -> None:
     root = Path(root)
     with locked(root):
         state = read_state(root)
-        _drop_exited(state)
-        if state.holders:
+        users_changed = _refresh_users(root, state)
+        if state.holders or state.openers:
+            if users_changed:
+                _commit(root, state)
             raise subprocess.CalledProcessError(1, ["modprobe", "-r", "amdgpu"], "", MODULE_IN_USE)
         for gpu in state.gpus:
             gpu["memory"] = state.pending_memory or gpu["memory"]
@@ -138,20 +142,36 @@ def _compute_at_load(state: SimState, memory: str) -> str:
     return AUTO_COMPUTE_FOR_MEMORY[memory]
 
 
-def _drop_exited(state: SimState) -> bool:
-    """The kernel forgets a KFD user when its process exits; so does the simulator."""
+def _refresh_users(root: Path, state: SimState) -> bool:
+    """Who uses the GPUs now: the kernel forgets a KFD user when its process exits or closes
+    its devices; so does the simulator. True when that changed anything."""
     gone = [pid for pid in state.holders if not os.path.exists(f"/proc/{pid}")]
     for pid in gone:
         del state.holders[pid]
-    return bool(gone)
+    openers = devices.openers(root)
+    changed = bool(gone) or openers != state.openers
+    state.openers = openers
+    return changed
 
 
-def prune_exited(root: Path) -> None:
-    """Bring ROOT/class/kfd/kfd/proc up to date with which holders still run."""
+def _gpus_in_use(state: SimState) -> set[int]:
+    held = {index for indices in state.holders.values() for index in indices}
+    return held | devices.gpus_in_use(state.openers, len(state.gpus))
+
+
+def holders_of(state: SimState, index: int) -> list[int]:
+    """PIDs that use physical GPU `index`: declared holders and device openers."""
+    pids = {pid for pid, held in state.holders.items() if index in held}
+    pids |= {pid for pid, minors in state.openers.items() if index in devices.gpus_in_use({pid: minors}, len(state.gpus))}
+    return sorted(pids)
+
+
+def refresh_users(root: Path) -> None:
+    """Bring ROOT/class/kfd/kfd/proc up to date with who has the GPUs open now."""
     root = Path(root)
     with locked(root):
         state = read_state(root)
-        if _drop_exited(state):
+        if _refresh_users(root, state):
             _commit(root, state)
 
 
@@ -204,8 +224,9 @@ def _editing(root: Path, gpu_index: int | None = None, render: bool = True) -> I
         state = read_state(root)
         if gpu_index is not None:
             _check_index(state, gpu_index)
+        users_changed = _refresh_users(root, state)
         yield state
-        _commit(root, state, render)
+        _commit(root, state, render or users_changed)
 
 
 def _check_index(state: SimState, gpu_index: int) -> None:

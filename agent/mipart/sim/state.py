@@ -29,7 +29,8 @@ class SimState:
     gpus: list[dict[str, str]]  # per GPU in PCI order: bdf, compute, memory
     user_partt_mode: int = AUTO
     pending_memory: str | None = None  # requested NPS mode, applied hive-wide at reload
-    holders: dict[int, list[int]] = field(default_factory=dict)  # pid -> physical indices
+    holders: dict[int, list[int]] = field(default_factory=dict)  # pid -> physical indices (`mipart sim hold`)
+    openers: dict[int, list[int]] = field(default_factory=dict)  # pid -> render minors, as last seen open (sim/devices.py)
     resetting: list[int] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: {"writes": 0, "reloads": 0})
 
@@ -48,7 +49,8 @@ def read_state(root: Path) -> SimState:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{root}: not a simulated host (make one with 'mipart sim create')") from None
-    data["holders"] = {int(pid): held for pid, held in data["holders"].items()}
+    for users in ("holders", "openers"):
+        data[users] = {int(pid): held for pid, held in data.get(users, {}).items()}
     return SimState(**data)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from mipart.gpu.amdgpu import KFD, PCI_DEVICES, USER_PARTT_PARAM
 from mipart.gpu.modes import partitions_per_gpu
+from mipart.sim import devices
 from mipart.sim.state import SIM_DIR, SimState
 
 # What ROOT holds besides SIM_DIR.
-TOP_DIRS = ("bus", "class", "devices", "module")
+TOP_DIRS = ("bus", "class", "dev", "devices", "module")
 # (bdf, vendor, device, class): PCI devices that discovery must skip.
 DECOYS = (
     ("0000:00:00.0", "0x1022", "0x14a4", "0x060000"),  # AMD (CPU vendor id) host bridge
@@ -37,7 +38,7 @@ def clear(root: Path) -> None:
 
 
 def build_static(root: Path, state: SimState) -> None:
-    """The parts a partition switch leaves alone: PCI devices and amdgpu_xcp platform devices."""
+    """The parts a partition switch leaves alone: PCI devices, amdgpu_xcp platform devices, /dev."""
     spec = state.spec
     pci = root / PCI_DEVICES
     pci.mkdir(parents=True)
@@ -67,6 +68,7 @@ def build_static(root: Path, state: SimState) -> None:
             (drm / f"renderD{128 + 8 * k + p}").mkdir()
     (root / KFD).parent.mkdir(parents=True)
     (root / USER_PARTT_PARAM).parent.mkdir(parents=True)
+    devices.build(root, len(state.gpus))
 
 
 def render(root: Path, state: SimState) -> None:
@@ -99,7 +101,12 @@ def render(root: Path, state: SimState) -> None:
 
 
 def _build_kfd(tree: Path, state: SimState) -> None:
-    """topology/nodes: CPU nodes, then one node per partition in PCI order; proc: holders."""
+    """topology/nodes: CPU nodes, then one node per partition in PCI order; proc: KFD users.
+
+    A holder (`mipart sim hold`) uses every partition of its GPUs; an opener the partitions
+    whose render nodes it has open, or (none open) no GPU the tree names, which readers
+    count as all of them, as the simulated driver does.
+    """
     spec = state.spec
     nodes = tree / "topology/nodes"
     proc = tree / "proc"
@@ -127,11 +134,17 @@ def _build_kfd(tree: Path, state: SimState) -> None:
                 unique_id=_hash64("unique", gpu["bdf"], str(p)),
             ))
             n += 1
+    used: dict[int, set[int]] = {}
     for pid, held in state.holders.items():
+        used.setdefault(pid, set()).update(gpu_id for k in held for gpu_id in gpu_ids[k])
+    for pid, minors in state.openers.items():
+        opened = used.setdefault(pid, set())
+        for k, p in ((devices.physical_of(m), devices.partition_of(m)) for m in minors if devices.physical_of(m) < len(gpu_ids)):
+            opened.update(gpu_ids[k][p : p + 1] or gpu_ids[k])  # a partition the mode lacks: its GPU
+    for pid, gpu_id_set in used.items():
         (proc / str(pid)).mkdir()
-        for k in held:
-            for gpu_id in gpu_ids[k]:
-                _put(proc / str(pid) / f"vram_{gpu_id}", "0\n")
+        for gpu_id in sorted(gpu_id_set):
+            _put(proc / str(pid) / f"vram_{gpu_id}", "0\n")
 
 
 def _put_node(node: Path, gpu_id: int, properties: str) -> None:

@@ -15,6 +15,7 @@ from mipart.sim.engine.openai import (
     metrics,
     models,
 )
+from mipart.sim.devices import open_devices
 from mipart.sim.engine.state import (
     FAULTS,
     HUNG,
@@ -147,5 +148,13 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
-    return asyncio.run(serve(parse_args(argv), started))
+    cfg = parse_args(argv)
+    try:
+        held = open_devices()  # vLLM holds its GPUs' /dev/kfd and render nodes until it exits
+    except OSError as exc:
+        log(cfg, f"cannot open GPU device {exc.filename}: {exc.strerror}")
+        return 1
+    if held:
+        log(cfg, f"holding {len(held)} GPU device files")
+    return asyncio.run(serve(cfg, started))
 

@@ -1,0 +1,173 @@
+"""The `services:` section: each service's values, then the rules across services (their
+partitions and their ports), which run even on partly bad services so one run shows all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from mipart.profile import durations
+from mipart.profile import fields as f
+from mipart.profile.addresses import api_port
+from mipart.profile.nodes import shown
+from mipart.profile.schema import DEFAULT_NATIVE_COMMAND, INSTANCE_PORT_SPAN, ApiSpec, InstancesSpec, ServiceSpec
+
+SERVICE_KEYS = (
+    "model",
+    "served_model_name",
+    "partitions",
+    "tensor_parallel",
+    "listen",
+    "runtime",
+    "image",
+    "command",
+    "args",
+    "env",
+    "visible_devices_env",
+    "max_concurrency",
+    "request_timeout",
+)
+REQUEST_TIMEOUT = durations.Bounds(1, durations.DAY_MS)
+
+
+@dataclass
+class Checked:
+    """One service as checked: its good values, its value nodes by key, and its name's node."""
+
+    values: dict
+    items: dict
+    node: yaml.Node
+
+    @property
+    def name(self) -> str:
+        return self.values["name"]
+
+    def node_of(self, key: str) -> yaml.Node:
+        return self.items.get(key) or self.node
+
+
+def check_services(c: f.Checker, node: yaml.Node) -> list[Checked]:
+    entries = c.mapping(node, "services", None)
+    if entries is None:
+        return []
+    services = []
+    for name, value in entries.items():
+        key_node = c.key_nodes[id(value)]
+        if not f.SERVICE_NAME.fullmatch(name):
+            c.problem(key_node, f"service name {shown(name)} is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)")
+        checked = _check_service(c, name, value, key_node)
+        if checked:
+            services.append(checked)
+    _check_partitions_disjoint(c, services)
+    return services
+
+
+def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node) -> Checked | None:
+    where = f"services.{name}"
+    items = c.mapping(node, where, SERVICE_KEYS, required=("model", "listen"))
+    if items is None:
+        return None
+    checks = {
+        "model": lambda n, w: c.model(n, w),
+        "served_model_name": lambda n, w: c.safe_token(n, w),
+        "partitions": lambda n, w: c.index_set(n, w, "logical GPU", f.MAX_LOGICAL),
+        "tensor_parallel": lambda n, w: c.integer(n, w, 1, 64),
+        "listen": lambda n, w: c.listen(n, w),
+        "runtime": lambda n, w: c.enum(n, w, f.RUNTIME_CHOICES),
+        "image": lambda n, w: c.image(n, w),
+        "command": lambda n, w: c.argv(n, w, non_empty=True),
+        "args": lambda n, w: c.argv(n, w),
+        "env": lambda n, w: c.env(n, w),
+        "visible_devices_env": lambda n, w: c.enum(n, w, f.VISIBLE_CHOICES),
+        "max_concurrency": lambda n, w: c.integer(n, w, 1, 65536),
+        "request_timeout": lambda n, w: c.duration(n, w, REQUEST_TIMEOUT),
+    }
+    values: dict = {"name": name}
+    for key, check in checks.items():
+        if key in items:
+            values[key] = check(items[key], f"{where}.{key}")
+    checked = Checked(values, items, key_node)
+    runtime = values.get("runtime") or ServiceSpec.runtime
+    _check_runtime_fields(c, runtime, items, where)
+    partitions, tp = values.get("partitions"), values.get("tensor_parallel")
+    if partitions and partitions != f.ALL and tp and len(partitions) % tp:
+        c.problem(items["tensor_parallel"], f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of {len(partitions)} or list a multiple of {tp} partitions")
+    _check_exec_size(c, checked, where)
+    return checked
+
+
+def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:
+    """argv and environment of one instance together, as execve(2) will copy them."""
+    values = checked.values
+    parts = (values.get("command") or DEFAULT_NATIVE_COMMAND) + (values.get("args") or ())
+    size = f.exec_bytes(parts + (values.get("model") or "",), values.get("env") or ())
+    if size > f.MAX_EXEC_BYTES:
+        c.problem(checked.node, f"{where}: its command line and environment come to {size} bytes; keep them under {f.MAX_EXEC_BYTES} (the kernel's ARG_MAX is 2 MiB)")
+
+
+def build_service(values: dict) -> ServiceSpec:
+    values = dict(values)
+    if values.get("partitions") == f.ALL:
+        values["partitions"] = None
+    if "max_concurrency" not in values:
+        values["max_concurrency"] = f.max_num_seqs(values.get("args", ())) or ServiceSpec.max_concurrency
+    return ServiceSpec(**values)
+
+
+def _check_runtime_fields(c: f.Checker, runtime: str, items: dict, where: str) -> None:
+    container = runtime in ("docker", "podman")
+    if container and "image" not in items:
+        c.problem(items["runtime"], f"{where}: runtime {runtime} needs an image; add 'image: rocm/vllm:latest' or use runtime: native")
+    if not container and "image" in items:
+        c.problem(items["image"], f"{where}.image is only used with runtime docker or podman; remove it or set runtime: docker")
+
+
+def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
+    """Each logical GPU serves one service: a service left with none would answer 503 forever."""
+    claimed: dict[int, str] = {}
+    whole: str | None = None
+    for service in services:
+        name, partitions = service.name, service.values.get("partitions", f.ALL)
+        if partitions is None:
+            continue  # invalid, already reported
+        node = service.node_of("partitions")
+        if partitions == f.ALL:
+            if whole or claimed:
+                other = whole or next(iter(claimed.values()))
+                c.problem(node, f"services.{name}.partitions is all but service {other} also needs partitions; give each service its own list, e.g. partitions: \"0-7\"")
+            whole = name
+            continue
+        if whole:
+            c.problem(node, f"services.{name}.partitions overlaps service {whole}, which takes all partitions; give each service its own list")
+            continue
+        clash = sorted(i for i in partitions if i in claimed)
+        if clash:
+            c.problem(node, f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; services' partitions must not overlap")
+        for index in partitions:
+            claimed.setdefault(index, name)
+
+
+def check_ports(c: f.Checker, api_node, services: list[Checked], instances: InstancesSpec, api: ApiSpec, api_given: bool = True) -> None:
+    low, high = instances.base_port, instances.base_port + INSTANCE_PORT_SPAN - 1
+    seen: dict[int | str, str] = {}
+    port = api_port(api.listen)
+    seen[port if port is not None else api.listen[5:]] = "api.listen"
+    for service in services:
+        listen = service.values.get("listen")
+        if not listen:
+            continue
+        where, node = f"services.{service.name}.listen", service.items["listen"]
+        if listen.path is not None:
+            if listen.path in seen:
+                c.problem(node, f"{where} socket {listen.path} is already used by {seen[listen.path]}; give each listener its own socket")
+            seen.setdefault(listen.path, where)
+            continue
+        if listen.port in seen:
+            c.problem(node, f"{where} port {listen.port} is already used by {seen[listen.port]}; give each listener its own port")
+        elif low <= listen.port <= high:
+            c.problem(node, f"{where} port {listen.port} is inside the instance port range {low}-{high} (instances.base_port + logical GPU); choose a port outside it")
+        seen.setdefault(listen.port, where)
+    if port is not None and low <= port <= high:
+        which = "api.listen" if api_given else f"the default api.listen {api.listen}"
+        c.problem(api_node, f"{which} port {port} is inside the instance port range {low}-{high}; choose a port outside it")

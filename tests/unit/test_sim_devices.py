@@ -1,0 +1,198 @@
+"""The simulator holds GPUs the way the kernel does: a process with a simulated GPU's device
+files open is a KFD user of it, until it closes them or exits; and a simulated root never
+runs the real driver's reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import AGENT, mipart
+from mipart.gpu import open_backend
+from mipart.gpu.driver import ReloadError, reloads_real_driver
+from mipart.names import DEVICES_VAR, INSTANCE_VAR
+from mipart.sim import kernel
+from mipart.sim.devices import device_env
+from mipart.sim.state import read_state
+
+HOLD = "from mipart.sim.devices import open_devices; import time; held = open_devices(); print('open', flush=True); time.sleep(300)"
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "sys"
+    kernel.create(root, compute="DPX", memory="NPS2")  # GPU k shows render minors 128+8k and 129+8k
+    return root
+
+
+@pytest.fixture
+def opener():
+    """Start a process that opens device files (as the fake engine does) and waits; killed by PID after."""
+    started: list[subprocess.Popen] = []
+
+    def start(paths: list[str], extra: dict | None = None) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(extra or {})}
+        proc = subprocess.Popen([sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "open"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def devices(root, *minors: int) -> list[str]:
+    return [str(root / "dev/kfd"), *(str(root / f"dev/dri/renderD{m}") for m in minors)]
+
+
+def test_an_open_render_node_makes_a_kfd_user_of_its_gpu_only(root, opener):
+    proc = opener(devices(root, 136))  # GPU 1, partition 0
+    backend = open_backend(root)
+    state = backend.discover()
+    users = backend.gpu_users(state)
+    assert [(u.pid, u.physical_indices) for u in users] == [(proc.pid, (1,))]
+    # The KFD tree shows it as the kernel would: one vram_<gpu_id> for the partition it opened.
+    entry = root / "class/kfd/kfd/proc" / str(proc.pid)
+    gpu_id = next(g.gpu_id for g in state.logical if g.render_minor == 136)
+    assert os.listdir(entry) == [f"vram_{gpu_id}"]
+    with pytest.raises(OSError) as busy:
+        kernel.kernel_write(root, state.physical[1].bdf, "current_compute_partition", "CPX")
+    assert busy.value.errno == 16  # EBUSY
+    kernel.kernel_write(root, state.physical[0].bdf, "current_compute_partition", "CPX")  # another GPU: free
+    with pytest.raises(subprocess.CalledProcessError) as in_use:
+        kernel.reload(root)
+    assert "Module amdgpu is in use" in in_use.value.stderr
+
+
+def test_closing_by_exit_frees_the_gpu(root, opener):
+    proc = opener(devices(root, 128))
+    backend = open_backend(root)
+    assert backend.gpu_users(backend.discover())
+    proc.kill()
+    proc.wait()
+    assert backend.gpu_users(backend.discover()) == []
+    kernel.reload(root)
+    assert read_state(root).counters["reloads"] == 1 and read_state(root).openers == {}
+
+
+def test_kfd_alone_counts_as_every_gpu(root, opener):
+    proc = opener(devices(root))
+    backend = open_backend(root)
+    assert [(u.pid, u.physical_indices) for u in backend.gpu_users(backend.discover())] == [(proc.pid, tuple(range(8)))]
+
+
+def test_another_hosts_devices_are_not_this_hosts_users(tmp_path, root, opener):
+    other = tmp_path / "other"
+    kernel.create(other, compute="DPX", memory="NPS2")
+    opener(devices(other, 128))
+    backend = open_backend(root)
+    assert backend.gpu_users(backend.discover()) == []
+
+
+def test_sim_show_names_openers(root, opener):
+    proc = opener(devices(root, 144))  # GPU 2
+    shown = mipart("sim", "show", root)
+    assert shown.returncode == 0, shown.stderr
+    assert f"GPU 2 0000:46:00.0 DPX NPS2; held by {proc.pid}" in shown.stdout.splitlines()
+
+
+def test_launcher_env_names_the_devices_under_a_simulated_root_only(root, tmp_path):
+    spec_devices = ("/dev/kfd", "/dev/dri/renderD136")
+    assert device_env(root, spec_devices) == {DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136"}
+    assert device_env(tmp_path / "plain", spec_devices) == {}
+    assert device_env(tmp_path.parent / "sys-not-there", spec_devices) == {}
+
+
+def test_fake_engine_holds_its_devices_and_refuses_a_missing_one(root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(devices(root, 137))}
+    argv = [sys.executable, "-m", "mipart.sim.engine", "--port", "9", "--startup-delay", "60"]
+    engine = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "holding 2 GPU device files" in engine.stderr.readline()
+        backend = open_backend(root)
+        assert [(u.pid, u.physical_indices) for u in backend.gpu_users(backend.discover())] == [(engine.pid, (1,))]
+    finally:
+        engine.kill()
+        engine.wait()
+    missing = subprocess.run(argv, env={**env, DEVICES_VAR: str(root / "dev/dri/renderD999")}, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1
+    assert f"cannot open GPU device {root}/dev/dri/renderD999: No such file or directory" in missing.stderr
+
+
+@pytest.mark.parametrize("command, real", [
+    ("modprobe -r amdgpu && modprobe amdgpu", True),
+    ("/sbin/modprobe -r amdgpu", True),
+    ("sudo rmmod amdgpu;insmod x.ko", True),
+    ("sh -c 'modprobe amdgpu'", True),
+    ("mipart sim reload /var/lib/mipart-sim", False),
+    ("echo modprobe-free && true", False),
+])
+def test_real_driver_reload_commands_are_recognised(command, real):
+    assert reloads_real_driver(command) is real
+
+
+def test_a_simulated_root_refuses_the_real_reload_before_any_write(root, monkeypatch, tmp_path):
+    monkeypatch.setenv("MIPART_RELOAD_CMD", "modprobe -r amdgpu && modprobe amdgpu")
+    with pytest.raises(ReloadError):
+        open_backend(root).reload_command()
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("version: 1\ngpus: {compute: CPX, memory: NPS4}\n")  # needs a reload
+    env = {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run"), "MIPART_RELOAD_CMD": "/sbin/modprobe -r amdgpu"}
+    done = mipart("partition", "apply", "--profile", profile, env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"mipart: MIPART_RELOAD_CMD='/sbin/modprobe -r amdgpu' would reload the real amdgpu driver, but {root} is a simulated host; "
+        f"unset MIPART_RELOAD_CMD (the simulator reloads itself) or set it to `mipart sim reload {root}`"
+    ]
+    assert read_state(root).counters == {"writes": 0, "reloads": 0}
+
+
+def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(root, opener, tmp_path):
+    """The agent serves on them: the one line says what repartitions while serving."""
+    for number, minor in ((0, 128), (1, 129), (2, 136), (3, 137), (4, 144)):
+        opener(devices(root, minor), {INSTANCE_VAR: str(number)})
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("version: 1\ngpus: {compute: CPX, memory: NPS2}\n")
+    env = {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run")}
+    done = mipart("partition", "apply", "--profile", profile, env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "mipart: mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@2 and 2 more), "
+        "so the agent is serving on them; apply gpus: while serving with `systemctl reload mipart-agent` "
+        "(it drains and stops them, applies the layout and starts them on it); nothing was changed"
+    ]
+    assert read_state(root).counters == {"writes": 0, "reloads": 0}
+    record = json.loads((tmp_path / "run/partition.json").read_text())
+    assert record["ok"] is False and "systemctl reload mipart-agent" in record["error"]
+
+
+def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(root, opener, tmp_path):
+    """apply(instances_stopped=True), as the agent calls it: servers still exiting get a moment."""
+    from mipart.log import get_logger
+    from mipart.partition.apply import apply
+    from mipart.profile.schema import GpuSpec
+
+    proc = opener(devices(root, 128), {INSTANCE_VAR: "0"})
+    killer = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill {proc.pid}"])  # a server that takes a moment to exit
+    try:
+        result = apply(GpuSpec(compute="CPX", memory="NPS2"), open_backend(root), get_logger("test"), instances_stopped=True)
+    finally:
+        killer.wait(timeout=5)
+    assert result.logical_gpus == 64 and read_state(root).counters["writes"] == 8
+
+
+def test_any_change_of_the_host_forgets_users_that_exited(root, opener):
+    """Even one that re-renders nothing of its own (a reset): the KFD tree must not keep a dead user."""
+    proc = opener(devices(root, 128))
+    backend = open_backend(root)
+    assert backend.gpu_users(backend.discover())  # the KFD tree shows it
+    proc.kill()
+    proc.wait()
+    kernel.set_resetting(root, 5, True)
+    assert os.listdir(root / "class/kfd/kfd/proc") == []
