@@ -214,7 +214,7 @@ def test_both_instances_become_ready_behind_nginx(host):
     conf = host.nginx_conf()
     assert "# service chat: 2/2 instances ready" in conf
     for n in (0, 1):
-        assert f"server 127.0.0.1:{host.base + n};" in conf  # in rotation (not "down;")
+        assert f"server 127.0.0.1:{host.base + n} max_fails=" in conf  # in rotation (not "down;")
         assert host.main_pid(n), host.tagged()
     assert sorted(host.instance_pids()) == [0, 1]
     log = host.log_text()
