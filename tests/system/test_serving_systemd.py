@@ -157,10 +157,15 @@ class Host:
     def wait_serving(self, service: str, timeout: float = 10) -> float:
         """Until nginx answers 200 for SERVICE; returns how long that took."""
         start = time.monotonic()
-        while (answer := self.request(service))[0] != 200:
+        while True:
+            try:
+                answer = self.request(service)
+            except OSError as exc:  # a new nginx master not listening yet is not serving yet
+                answer = (repr(exc), "")
+            if answer[0] == 200:
+                return time.monotonic() - start
             assert time.monotonic() - start < timeout, (service, answer, self.status_text())
             time.sleep(0.05)
-        return time.monotonic() - start
 
     def backends(self, service: str, count: int) -> set[int]:
         """Instances that answered COUNT sequential requests (after the first 200: the agent
