@@ -9,8 +9,10 @@ BIN := $(VENV)/bin
 export MIPART_CACHE ?= $(HOME)/.cache/mipart-tests
 APT_PKGS := python3 python3-venv python3-pip python3-yaml python3-click python3-aiohttp \
 	python3-structlog python3-pydbus python3-gi python3-sdnotify nginx \
-	systemd-container debootstrap dpkg-dev curl procps iproute2 lintian reprepro gnupg
+	systemd-container debootstrap dpkg-dev curl procps iproute2 lintian reprepro gnupg python3-matplotlib
 PYTEST_ARGS ?=
+TOOLS := $(abspath $(VENV))/tools
+TEST_ENV := PATH=$(TOOLS):$$PATH
 
 .PHONY: deps demo test test-fast test-system test-vllm bench clean
 
@@ -19,6 +21,10 @@ $(VENV)/.deps-stamp: pyproject.toml Makefile
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null
 	$(PY) -m venv --system-site-packages $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
+	@# promtool checks the alert rules. Only the tool is unpacked from Debian's prometheus
+	@# package, so no Prometheus server is installed or started on the developer's host.
+	mkdir -p $(TOOLS) && cd $(TOOLS) && rm -f prometheus_*.deb && apt-get download -qq prometheus 2>/dev/null \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool && chmod 755 promtool && rm -f prometheus_*.deb
 	touch $@
 
 deps: $(VENV)/.deps-stamp
@@ -28,16 +34,16 @@ demo: deps
 
 # The system tier fails (rather than skips) where systemd-nspawn cannot run: CI proves it.
 test: deps
-	MIPART_REQUIRE_SYSTEM=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) MIPART_REQUIRE_SYSTEM=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: deps
-	$(BIN)/python -m pytest -m 'not system and not vllm' $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m 'not system and not vllm' $(PYTEST_ARGS)
 
 test-system: deps
-	$(BIN)/python -m pytest -m system $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m system $(PYTEST_ARGS)
 
 test-vllm: deps
-	$(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 bench: deps
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,15 +1,18 @@
-"""Faults under load, as a client sees them: the table in docs/faults.md.
+"""Faults under load, as a client sees them: the process runner's table in docs/faults.md.
 
 For each fault a fresh host of the issue's kind (bench/faults.py: 2 x MI300X in DPX/NPS2, 4
 fake engines, the agent under the process runner, nginx; interval 1 s, timeout 1 s,
 unhealthy_after 2), --clients closed-loop streaming clients through nginx for --seconds, the
 fault injected --fault-at seconds in. Per request: start, end, instance, outcome; a failure
-is excused only if it was in flight on the faulted instance at the fault. The hang is
-sampled --hangs times on one host (a random phase against the probe schedule each time).
+is excused only if it was in flight on the faulted instance at the fault, and nginx's 503 JSON
+answer to a request started in a documented gap (repartition) is counted in a column of its
+own. The hang is sampled --hangs times on one host (a random phase against the probe schedule).
 
-Columns: requests, failed, excused, failed not excused; "out" is the time from the fault to
-the instance marked down in nginx.conf (instance faults), or to the recovery named in the
-notes (nginx, agent and file faults). Loopback only, bounded: BENCH_DEADLINE for the whole run.
+The faults are written against a Target (what a runner's host offers the bench); this file's
+is the process runner's, bench/bench_faults_systemd.py has the systemd one in nspawn and runs
+the same FAULTS. Columns: requests, failed, excused, gap 503s, failed not excused; "out" is the
+time from the fault to the instance marked down in nginx.conf (instance faults), or to the
+recovery named in the notes. Loopback only, bounded: BENCH_DEADLINE for the whole run.
 
 Run: .venv/bin/python bench/bench_faults.py [--clients 100] [--seconds 10] [--hangs 12] [--only NAME]
 """
@@ -17,8 +20,10 @@ Run: .venv/bin/python bench/bench_faults.py [--clients 100] [--seconds 10] [--ha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -27,11 +32,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import faults as harness
 from host import BENCH_PORTS, machine, workdir
 from mipart.runners import nginx_procs
-from mipart.sim.host import HostError
+from mipart.serving.nginx_conf import generation_of
+from mipart.sim.host import HostError, SimulatedHost
 
 # An injection returns (the fault, seconds until out of rotation or recovered, notes, an undo or None).
 Injected = tuple[harness.Fault, float, str, Callable[[], None] | None]
@@ -39,14 +46,79 @@ Injected = tuple[harness.Fault, float, str, Callable[[], None] | None]
 BENCH_DEADLINE = 1800.0
 POLL = 0.005
 WAIT = 30.0
+SERVING = re.compile(r"server \S+ max_fails=")  # an instance in rotation, in nginx.conf
+
+
+class Target(Protocol):
+    """A serving host as the faults see it, whatever runs it. Paths and PIDs are the bench's view."""
+
+    listen: int  # nginx's port
+    count: int  # instances it serves now
+    run_dir: Path
+    profile: Path
+
+    def address(self, number: int) -> str: ...
+    def instance_pid(self, number: int) -> int: ...
+    def master(self) -> int | None: ...
+    def nginx_conf(self) -> str: ...
+    def status(self) -> dict: ...  # /v1/status, {} while the agent does not answer
+    def ready_events(self) -> int: ...  # agent.ready lines logged so far
+    def stop_agent(self, sig: int) -> None: ...  # SIGTERM: a planned restart; SIGKILL: a crash; then back
+    def reload(self) -> None: ...  # what an operator runs after editing the profile
+    def write_profile(self, **changes) -> None: ...  # FakeEngineProfile fields
+    def wait_ready(self, count: int, timeout: float) -> None: ...
+    def problems(self) -> str: ...  # "" while the agent runs as it should
 
 
 @dataclass
-class Row:
-    fault: str
-    tally: harness.Tally
-    out: list[float]  # seconds, one per sample
-    notes: str
+class ProcessTarget:
+    """A SimulatedHost whose agent runs the process runner."""
+
+    host: SimulatedHost
+    count: int = harness.INSTANCES
+
+    def __post_init__(self) -> None:
+        self.listen, self.run_dir, self.profile = self.host.listen, self.host.run_dir, self.host.profile
+
+    def address(self, number: int) -> str:
+        return f"127.0.0.1:{self.host.base + number}"
+
+    def instance_pid(self, number: int) -> int:
+        return self.host.instance_pids()[number]
+
+    def master(self) -> int | None:
+        found = nginx_procs.scan(self.run_dir / "nginx").masters
+        return found[0] if found else None
+
+    def nginx_conf(self) -> str:
+        return self.host.nginx_conf()
+
+    def status(self) -> dict:
+        try:
+            return self.host.api_get("/v1/status", timeout=2)
+        except (OSError, ValueError, HostError):
+            return {}
+
+    def ready_events(self) -> int:
+        return self.host.log_text().count("event='agent.ready'")
+
+    def stop_agent(self, sig: int) -> None:
+        self.host.agent.send_signal(sig)
+        self.host.agent.wait(timeout=30)
+        self.host.start_agent()
+
+    def reload(self) -> None:
+        self.host.hup()
+
+    def write_profile(self, **changes) -> None:
+        self.host.write_profile(**changes)
+
+    def wait_ready(self, count: int, timeout: float) -> None:
+        self.host.wait_ready(count, timeout=timeout)
+
+    def problems(self) -> str:
+        code = self.host.agent.poll()
+        return "" if code is None else f"AGENT EXITED ({code})"
 
 
 def wait(predicate, what: str, timeout: float = WAIT) -> float:
@@ -59,26 +131,13 @@ def wait(predicate, what: str, timeout: float = WAIT) -> float:
     return time.monotonic() - started
 
 
-def master(host) -> int | None:
-    found = nginx_procs.scan(host.run_dir / "nginx").masters
-    return found[0] if found else None
+def nginx_current(target: Target) -> bool:
+    return bool(target.status().get("nginx", {}).get("current"))
 
 
-def nginx_status(host) -> dict:
-    """/v1/status, {} while the agent does not answer."""
-    try:
-        return host.api_get("/v1/status", timeout=2)
-    except (OSError, ValueError, HostError):
-        return {}
-
-
-def address(host, number: int) -> str:
-    return f"127.0.0.1:{host.base + number}"
-
-
-def settled(host) -> None:
-    host.wait_ready(timeout=60)
-    wait(lambda: nginx_status(host).get("nginx", {}).get("current"), "nginx serving the current config")
+def settled(target: Target, timeout: float = 60) -> None:
+    target.wait_ready(target.count, timeout)
+    wait(lambda: nginx_current(target), "nginx serving the current config")
     time.sleep(0.5)
 
 
@@ -86,13 +145,13 @@ def settled(host) -> None:
 
 
 def engine_signal(sig: int, label: str):
-    def inject(host) -> Injected:
-        number = random.randrange(harness.INSTANCES)
-        pid = host.instance_pids()[number]
-        fault = harness.Fault(label, time.time(), address(host, number))
+    def inject(target: Target) -> Injected:
+        number = random.randrange(target.count)
+        pid = target.instance_pid(number)
+        fault = harness.Fault(label, time.time(), target.address(number))
         os.kill(pid, sig)
         down = f"server {fault.instance} down;"
-        out = wait(lambda: down in host.nginx_conf(), "the instance out of nginx.conf")
+        out = wait(lambda: down in target.nginx_conf(), "the instance out of nginx.conf")
 
         def undo() -> None:
             try:
@@ -103,91 +162,135 @@ def engine_signal(sig: int, label: str):
     return inject
 
 
-def kill_master(host) -> Injected:
-    old = master(host)
+def kill_master(target: Target) -> Injected:
+    old = target.master()
     fault = harness.Fault("nginx master SIGKILL", time.time())
     os.kill(old, signal.SIGKILL)
-    out = wait(lambda: master(host) not in (None, old), "a new nginx master")
-    wait(lambda: nginx_status(host).get("nginx", {}).get("current"), "status: nginx current")
-    return fault, out, "a new master took over the sockets; status current", None
+    out = wait(lambda: target.master() not in (None, old), "a new nginx master")
+    wait(lambda: nginx_current(target), "status: nginx current")
+    return fault, out, "a new master serving; status current", None
 
 
 def agent_restart(sig: int, label: str):
-    def inject(host) -> Injected:
-        before = host.log_text().count("event='agent.ready'")
+    def inject(target: Target) -> Injected:
+        before = target.ready_events()
         fault = harness.Fault(label, time.time())
-        host.agent.send_signal(sig)
-        host.agent.wait(timeout=30)
-        host.start_agent()
-        out = wait(lambda: host.log_text().count("event='agent.ready'") > before, "the new agent ready")
+        target.stop_agent(sig)
+        out = wait(lambda: target.ready_events() > before, "the new agent ready")
         return fault, out, "the new agent ready", None
     return inject
 
 
-def nginx_dir_replaced(host) -> Injected:
-    run = host.run_dir
+def nginx_dir_replaced(target: Target) -> Injected:
+    run = target.run_dir
     fault = harness.Fault("run dir's nginx/ replaced by a file", time.time())
     shutil.move(run / "nginx", run / "nginx.moved")
     (run / "nginx").write_text("in the way\n")
-    out = wait(lambda: "nginx" in nginx_status(host).get("files_error", ""), "the damage reported")
+    out = wait(lambda: "nginx" in target.status().get("files_error", ""), "the damage reported")
 
     def undo() -> None:
         (run / "nginx").unlink()
         shutil.move(run / "nginx.moved", run / "nginx")
-        wait(lambda: nginx_status(host).get("files_error", "x") == "", "the error cleared", timeout=60)
+        wait(lambda: target.status().get("files_error", "x") == "", "the error cleared", timeout=60)
     return fault, out, "reported in status (files_error), agent alive", undo
 
 
-def run_deleted(host) -> Injected:
+def run_deleted(target: Target) -> Injected:
     fault = harness.Fault("/run deleted (the agent's run dir)", time.time())
-    shutil.rmtree(host.run_dir)
-    out = wait(lambda: (host.run_dir / "nginx/nginx.conf").exists() and (host.run_dir / "instances/0.json").exists(), "files rewritten")
-    wait(lambda: nginx_status(host).get("nginx", {}).get("current"), "status: nginx current")
+    shutil.rmtree(target.run_dir)
+    out = wait(lambda: (target.run_dir / "nginx/nginx.conf").exists() and (target.run_dir / "instances/0.json").exists(), "files rewritten")
+    wait(lambda: nginx_current(target), "status: nginx current")
     return fault, out, "nginx.conf and specs rewritten; status current", None
 
 
-def bad_profile(host) -> Injected:
-    good = host.profile.read_text()
-    fault = harness.Fault("bad profile + SIGHUP", time.time())
-    host.profile.write_text(good.replace("version: 1", "version: 1\nservices: [", 1))
-    host.hup()
-    out = wait(lambda: nginx_status(host).get("profile_error"), "the bad profile reported")
+def bad_profile(target: Target) -> Injected:
+    good = target.profile.read_text()
+    fault = harness.Fault("bad profile + reload", time.time())
+    target.profile.write_text(good.replace("version: 1", "version: 1\nservices: [", 1))
+    target.reload()
+    out = wait(lambda: target.status().get("profile_error"), "the bad profile reported")
 
     def undo() -> None:
-        host.profile.write_text(good)
+        target.profile.write_text(good)
+        target.reload()
+        wait(lambda: not target.status().get("profile_error"), "the good profile taken back")
     return fault, out, "rejected, the last good one kept", undo
 
 
-def after_agent_restart(host) -> None:
+def repartitioned(target: Target, compute: str, memory: str, count: int) -> tuple[float, float]:
+    """Edit gpus: and reload; (wall clock when nginx served the first new instance, seconds until all were ready).
+
+    The gap ends when nginx.conf has an instance in rotation and the agent reports that generation
+    in force (nginx.serving_generation): polled, so the gap measured is longer by a poll at most."""
+    def progress() -> tuple[str, str]:
+        state = target.status().get("repartition", {})
+        return state.get("finished") or "", state.get("error", "")
+
+    def served() -> bool:
+        finished, error = progress()
+        if error and error != before[1]:
+            raise SystemExit(f"the repartition to {compute}/{memory} failed: {error}")
+        conf = target.nginx_conf()
+        serving = target.status().get("nginx", {}).get("serving_generation")
+        return finished != before[0] and bool(SERVING.search(conf)) and serving == generation_of(conf)
+
+    before = progress()
+    started = time.monotonic()
+    target.write_profile(compute=compute, memory=memory)
+    target.reload()
+    wait(served, "an instance serving on the new layout", timeout=120)
+    first = time.time()
+    target.count = count
+    target.wait_ready(count, 180)
+    return first, time.monotonic() - started
+
+
+def repartition(target: Target) -> Injected:
+    """DPX/NPS2 -> CPX/NPS1 (4 -> 16 instances, a driver reload) under load; the way back is the undo, with no load left."""
+    fault = harness.Fault("repartition while serving", time.time())
+    first, out = repartitioned(target, "CPX", "NPS1", harness.INSTANCES * 4)
+    fault = dataclasses.replace(fault, gap=(fault.at, first))
+    return (fault, out, f"16 instances on CPX/NPS1; the 503 JSON gap {first - fault.at:.2f} s",
+            lambda: repartitioned(target, "DPX", "NPS2", harness.INSTANCES))
+
+
+def after_agent_restart(target: Target) -> None:
     """Restart the agent first: the nginx that serves is then one the new agent adopted."""
-    before = host.log_text().count("event='agent.ready'")
-    host.stop_agent()
-    host.start_agent()
-    wait(lambda: host.log_text().count("event='agent.ready'") > before, "the new agent ready")
-    settled(host)
+    before = target.ready_events()
+    target.stop_agent(signal.SIGTERM)
+    wait(lambda: target.ready_events() > before, "the new agent ready")
+    settled(target)
 
 
-# name -> (the table's words, what to do first or None, the injection)
+@dataclass(frozen=True)
+class Case:
+    label: str  # the table's words
+    inject: Callable[[Target], Injected]
+    prepare: Callable[[Target], None] | None = None
+
+
 FAULTS = {
-    "engine-500": ("engine dies, port stays open (500s)", None, engine_signal(signal.SIGUSR1, "engine 500")),
-    "nginx-master": ("nginx master SIGKILL", None, kill_master),
-    "nginx-master-after-agent-restart": ("nginx master SIGKILL after an agent restart", after_agent_restart, kill_master),
-    "nginx-dir-file": ("run dir's nginx/ replaced by a file", None, nginx_dir_replaced),
-    "engine-kill": ("engine SIGKILL", None, engine_signal(signal.SIGKILL, "engine SIGKILL")),
-    "agent-term": ("agent SIGTERM + restart", None, agent_restart(signal.SIGTERM, "agent SIGTERM")),
-    "agent-kill": ("agent SIGKILL + restart", None, agent_restart(signal.SIGKILL, "agent SIGKILL")),
-    "run-deleted": ("/run deleted (the agent's run dir)", None, run_deleted),
-    "bad-profile": ("bad profile + SIGHUP", None, bad_profile),
+    "engine-500": Case("engine dies, port stays open (500s)", engine_signal(signal.SIGUSR1, "engine 500")),
+    "nginx-master": Case("nginx master SIGKILL", kill_master),
+    "nginx-master-after-agent-restart": Case("nginx master SIGKILL after an agent restart", kill_master, after_agent_restart),
+    "nginx-dir-file": Case("run dir's nginx/ replaced by a file", nginx_dir_replaced),
+    "engine-kill": Case("engine SIGKILL", engine_signal(signal.SIGKILL, "engine SIGKILL")),
+    "agent-term": Case("agent SIGTERM + restart", agent_restart(signal.SIGTERM, "agent SIGTERM")),
+    "agent-kill": Case("agent SIGKILL + restart", agent_restart(signal.SIGKILL, "agent SIGKILL")),
+    "run-deleted": Case("/run deleted (the agent's run dir)", run_deleted),
+    "bad-profile": Case("bad profile + reload", bad_profile),
+    "repartition": Case("repartition while serving (DPX/NPS2 -> CPX/NPS1)", repartition),
 }
+HANG = "hang"
 
 
-def one_run(host, tmp: Path, inject, args) -> tuple[harness.Fault, harness.Tally, float, str]:
+def one_run(target: Target, tmp: Path, inject, args) -> tuple[harness.Fault, harness.Tally, float, str]:
     out_file = tmp / f"load-{time.monotonic_ns()}.json"
-    load = harness.start_load(host.listen, out_file, clients=args.clients, seconds=args.seconds, think=args.think, max_tokens=args.max_tokens)
+    load = harness.start_load(target.listen, out_file, clients=args.clients, seconds=args.seconds, think=args.think, max_tokens=args.max_tokens)
     undo = None
     try:
         time.sleep(args.fault_at)
-        fault, out, notes, undo = inject(host)
+        fault, out, notes, undo = inject(target)
         records = harness.finish_load(load, out_file, args.seconds)
     finally:
         if load.poll() is None:
@@ -195,93 +298,88 @@ def one_run(host, tmp: Path, inject, args) -> tuple[harness.Fault, harness.Tally
             load.wait(timeout=10)
         if undo:
             undo()
-    if host.agent.poll() is not None:
-        notes += f"; AGENT EXITED ({host.agent.returncode})"
+    if problem := target.problems():
+        notes += f"; {problem}"
     return fault, harness.tally(records, fault), out, notes
 
 
-def run_fault(name: str, tmp: Path, args) -> Row:
-    label, prepare, inject = FAULTS[name]
+def run_case(target: Target, name: str, cases: dict[str, Case], tmp: Path, args) -> harness.Row:
+    """One fault (or the hang samples) on a settled target."""
+    if name == HANG:
+        return run_hangs(target, tmp, args)
+    case = cases[name]
+    if case.prepare:
+        case.prepare(target)
+    fault, tally, out, notes = one_run(target, tmp, case.inject, args)
+    return harness.Row(case.label, tally, [out], notes)
+
+
+def run_hangs(target: Target, tmp: Path, args) -> harness.Row:
+    total, outs = harness.Tally(), []
+    inject = engine_signal(signal.SIGSTOP, "hang (SIGSTOP)")
+    for _ in range(args.hangs):
+        settled(target)
+        args_phase = argparse.Namespace(**{**vars(args), "fault_at": args.fault_at + random.uniform(0, harness.INTERVAL)})
+        fault, tally, out, _ = one_run(target, tmp, inject, args_phase)
+        outs.append(out)
+        print(f"    hang sample {len(outs)}: {fault.instance} out in {out:.2f} s; {tally.requests} requests, {tally.failed} failed, "
+              f"{tally.not_excused} not excused; loadavg {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
+        total.add(tally)
+    notes = (f"{args.hangs} samples; out median {statistics.median(outs):.2f} s, max {max(outs):.2f} s "
+             f"(bound {harness.BOUND:g} s: {'met' if max(outs) <= harness.BOUND else 'MISSED'})")
+    return harness.Row("hang (SIGSTOP)", total, outs, notes)
+
+
+def run_process(name: str, tmp: Path, args) -> harness.Row:
+    """A fresh host per fault, under the process runner."""
     host = harness.fault_host(tmp / name, BENCH_PORTS)
     try:
         host.start_agent()
-        settled(host)
-        if prepare:
-            prepare(host)
-        fault, tally, out, notes = one_run(host, tmp, inject, args)
-        return Row(label, tally, [out], notes)
+        target = ProcessTarget(host)
+        settled(target)
+        return run_case(target, name, FAULTS, tmp, args)
     finally:
         host.close()
         harness.end_nginx(host)  # after the agent: it would start nginx again
 
 
-def run_hangs(tmp: Path, args) -> Row:
-    host = harness.fault_host(tmp / "hang", BENCH_PORTS)
-    total, outs = harness.Tally(), []
-    inject = engine_signal(signal.SIGSTOP, "hang (SIGSTOP)")
-    try:
-        host.start_agent()
-        for _ in range(args.hangs):
-            settled(host)
-            args_phase = argparse.Namespace(**{**vars(args), "fault_at": args.fault_at + random.uniform(0, harness.INTERVAL)})
-            fault, tally, out, _ = one_run(host, tmp, inject, args_phase)
-            outs.append(out)
-            print(f"    hang sample {len(outs)}: {fault.instance} out in {out:.2f} s; {tally.requests} requests, {tally.failed} failed, "
-                  f"{tally.not_excused} not excused; loadavg {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
-            for key in ("requests", "failed", "excused"):
-                setattr(total, key, getattr(total, key) + getattr(tally, key))
-            total.kinds.update(tally.kinds)
-            total.examples += tally.examples[: 5 - len(total.examples)]
-        notes = (f"{args.hangs} samples; out median {statistics.median(outs):.2f} s, max {max(outs):.2f} s "
-                 f"(bound {harness.BOUND:g} s: {'met' if max(outs) <= harness.BOUND else 'MISSED'})")
-        return Row("hang (SIGSTOP)", total, outs, notes)
-    finally:
-        host.close()
-        harness.end_nginx(host)
+def parser(names: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--fault-at", type=float, default=4.0)
+    p.add_argument("--think", type=float, default=0.5)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--hangs", type=int, default=12)
+    p.add_argument("--only", choices=names, action="append")
+    return p
 
 
-def print_table(rows: list[Row]) -> None:
-    print("\n| fault | requests | failed | excused | failed, not excused | out / recovered | notes |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for row in rows:
-        t = row.tally
-        out = f"{max(row.out):.2f} s"
-        print(f"| {row.fault} | {t.requests} | {t.failed} | {t.excused} | {t.not_excused} | {out} | {row.notes} |")
-    for row in rows:
-        for example in row.tally.examples:
-            print(f"    {row.fault}: not excused (start - fault s, instance, outcome): {example}")
-        if row.tally.kinds:
-            print(f"    {row.fault}: failures by kind: {dict(row.tally.kinds)}")
-    bad = sum(r.tally.not_excused for r in rows)
-    print(f"\nfailed requests not excused: {bad} (goal 0: {'met' if bad == 0 else 'MISSED'})")
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fault-at", type=float, default=4.0)
-    parser.add_argument("--think", type=float, default=0.5)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--hangs", type=int, default=12)
-    parser.add_argument("--only", choices=[*FAULTS, "hang"], action="append")
-    args = parser.parse_args()
+def run_all(args, runner: str, run: Callable[[str], harness.Row], names: list[str]) -> list[harness.Row]:
+    """Every fault asked for, each row printed as it comes, then the table; bounded by BENCH_DEADLINE."""
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
     print(machine())
     print(f"{args.clients} streaming clients ({args.max_tokens} tokens at 50 tokens/s, {args.think:g} s think), {args.seconds:g} s each, "
           f"fault at {args.fault_at:g} s; 4 instances, interval {harness.INTERVAL:g}s timeout {harness.TIMEOUT:g}s "
-          f"unhealthy_after {harness.UNHEALTHY_AFTER}; process runner")
+          f"unhealthy_after {harness.UNHEALTHY_AFTER}; {runner} runner")
     rows = []
-    with workdir() as tmp:
-        for name in args.only or [*FAULTS, "hang"]:
-            row = run_hangs(tmp, args) if name == "hang" else run_fault(name, tmp, args)
-            rows.append(row)
-            t = row.tally
-            print(f"{row.fault}: {t.requests} requests, {t.failed} failed, {t.excused} excused, {t.not_excused} not excused; "
-                  f"out {max(row.out):.2f} s; {row.notes}", flush=True)
-    print_table(rows)
+    for name in args.only or names:
+        row = run(name)
+        rows.append(row)
+        t = row.tally
+        print(f"{row.fault}: {t.requests} requests, {t.failed} failed, {t.excused} excused, {t.gap} gap 503s, {t.not_excused} not excused; "
+              f"out {max(row.out):.2f} s; {row.notes}; loadavg {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
+    harness.print_table(rows)
     print(machine())
+    return rows
+
+
+def main() -> int:
+    names = [*FAULTS, HANG]
+    args = parser(names).parse_args()
+    with workdir() as tmp:
+        run_all(args, "process", lambda name: run_process(name, tmp, args), names)
     return 0
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     print(machine())
     rows = []
     with workdir() as tmp:
-        host = BenchHost(tmp, compute="DPX", memory="NPS2")
+        host = BenchHost(tmp, compute="DPX", memory="NPS2", rules="rocm-seed000")  # CPX/NPS2: seed 000's rules
         try:
             host.start_agent()
             host.wait_ready(16, timeout=300)

@@ -104,9 +104,11 @@ def service(draw, index: int, partitions: str, rate: float, **where):
         "command": st.sampled_from(['["vllm", "serve"]', "[python3, -m, vllm.entrypoints.openai.api_server]", '["{model}"]', "[vllm, serve, '{model}']"]),
         "args": args.map(lambda items: "[" + ", ".join(items) + "]"),
         "env": st.dictionaries(st.sampled_from(["A", "B_2", "VLLM", "_u"]), env_values, max_size=3).map(_flow),
+        "env_files": st.sampled_from(["[]", "[/etc/mipart/secrets/chat.env]", f"[{q('/etc/mipart/a.env')}, /etc/mipart/b.env]"]),
         "visible_devices_env": st.sampled_from(["CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]),
         "max_concurrency": st.integers(1, 65536).map(str),
         "request_timeout": durations,
+        "health": st.one_of(st.just("{}"), st.builds(lambda i, t: f"{{generation_probe: {{idle: {i}, timeout: {t}}}}}", durations, durations)),
     }
     assert set(good) == set(SERVICE_KEYS), "a service key without a generator: add one"
     chosen = {"model", "listen", "partitions"} | set(draw(st.sets(st.sampled_from(SERVICE_KEYS), max_size=6)))
@@ -174,7 +176,7 @@ def profile_text(draw, sock_dir: str = "/tmp", loopback_only: bool = False, rate
 def sim_backend(work: Path):
     """A simulated 8 x MI300X host, the largest layout (CPX: 64 logical GPUs) reachable from it."""
     root = work / "sys"
-    done = mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS2")
+    done = mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-seed000")
     assert done.returncode == 0, done.stderr
     return open_backend(root)
 

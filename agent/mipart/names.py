@@ -9,12 +9,12 @@ INSTANCE_UNIT_PREFIX = "mipart-vllm@"
 INSTANCE_PATTERN = f"{INSTANCE_UNIT_PREFIX}*.service"
 NGINX_UNIT = "mipart-nginx.service"
 AGENT_UNIT = "mipart-agent.service"
-PARTITION_UNIT = "mipart-partition.service"
 
 DEFAULT_PROFILE = "/etc/mipart/profile.yaml"
 DEFAULT_RUN_DIR = "/run/mipart"
 DEFAULT_SYSFS_ROOT = "/sys"
 DEFAULT_API_LISTEN = "127.0.0.1:8049"  # loopback only, unless the profile says otherwise
+CONTAINER_RUNTIMES = ("docker", "podman")  # clients that run as root and get a fixed environment
 
 # Environment the launcher and runners use; the tags let the agent find, from /proc alone,
 # which server runs which instance spec.
@@ -25,6 +25,10 @@ RELOAD_TIMEOUT_VAR = "MIPART_RELOAD_TIMEOUT"
 INSTANCE_VAR = "MIPART_INSTANCE"
 DIGEST_VAR = "MIPART_SPEC_DIGEST"
 DEVICES_VAR = "MIPART_DEVICES"  # on a simulated host only: the device files the server holds open
+RESERVED_ENV_PREFIX = "MIPART_"  # the runner finds servers by these tags in /proc/PID/environ
+# Set by mipart for each instance (its GPUs, its model cache): neither `env` nor an env file may.
+VISIBLE_DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+CACHE_VAR = "HF_HOME"
 
 # What an operator runs to apply an edited `gpus:` while mipart serves (docs/repartition.md).
 REPARTITION_COMMAND = f"systemctl reload {AGENT_UNIT.removesuffix('.service')}"

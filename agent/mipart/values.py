@@ -59,3 +59,26 @@ class UnitState:
     @property
     def active(self) -> bool:
         return self.active_state in ("active", "activating", "reloading")
+
+
+@dataclass(frozen=True)
+class GpuSignals:
+    """A physical GPU's own health readings (hardware.md: RAS counters and hwmon).
+
+    errors: (block, uncorrectable, correctable) per RAS block; empty where the driver has no RAS.
+    temperatures: (sensor, degrees Celsius) per hwmon sensor; power_w None where absent.
+    """
+
+    index: int
+    bdf: str
+    errors: tuple[tuple[str, int, int], ...] = ()
+    temperatures: tuple[tuple[str, float], ...] = ()
+    power_w: float | None = None
+
+    @property
+    def uncorrectable(self) -> int:
+        return sum(ue for _, ue, _ in self.errors)
+
+    @property
+    def correctable(self) -> int:
+        return sum(ce for _, _, ce in self.errors)

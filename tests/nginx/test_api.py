@@ -380,62 +380,6 @@ def test_targets_are_prometheus_http_sd(host, live):
         assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) for k in labels)
 
 
-PROMETHEUS_CONFIG = """\
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-scrape_configs:
-  - job_name: mipart-agent
-    static_configs: [{{targets: ["127.0.0.1:{api}"]}}]
-  - job_name: mipart-vllm
-    http_sd_configs: [{{url: "http://127.0.0.1:{api}/v1/targets", refresh_interval: 1s}}]
-"""
-
-
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (Debian package) not installed")
-def test_a_real_prometheus_discovers_the_instances_and_scrapes_the_agent(host, live, tmp_path):
-    config = tmp_path / "prometheus.yml"
-    config.write_text(PROMETHEUS_CONFIG.format(api=host.api_port))
-    web = free_port()
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{web}"], stdout=log, stderr=subprocess.STDOUT)
-
-    def api(path: str):
-        conn = http.client.HTTPConnection("127.0.0.1", web, timeout=5)
-        try:
-            conn.request("GET", path)
-            return json.loads(conn.getresponse().read())["data"]
-        finally:
-            conn.close()
-
-    try:
-        deadline = time.monotonic() + 45
-        targets, ready = [], []
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                targets = api("/api/v1/targets")["activeTargets"]
-                ready = api("/api/v1/query?query=mipart_instance_ready")["result"]
-            except (OSError, ValueError, KeyError):
-                continue
-            agent = [t for t in targets if t["labels"]["job"] == "mipart-agent"]
-            if len(targets) == 17 and agent and agent[0]["health"] == "up" and len(ready) == 16:
-                break
-        vllm = sorted((t for t in targets if t["labels"]["job"] == "mipart-vllm"), key=lambda t: int(t["labels"]["gpu"].split(",")[0]))
-        assert len(vllm) == 16, (tmp_path / "prometheus.log").read_text()[-3000:]
-        assert vllm[3]["scrapeUrl"] == "http://127.0.0.1:21003/metrics"
-        assert {k: vllm[3]["labels"][k] for k in ("service", "instance_unit", "gpu")} == {"service": "chat", "instance_unit": "mipart-vllm@3.service", "gpu": "3"}
-        assert len(ready) == 16
-        assert {r["metric"]["gpu"]: r["value"][1] for r in ready}["3"] == "0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
-
-
 def test_openapi_document_is_served_and_shipped(host, live):
     from mipart.api.server import openapi_text
 

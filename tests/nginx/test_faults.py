@@ -48,7 +48,9 @@ def test_killed_instance_leaves_rotation_and_comes_back(host):
     host.wait_for(lambda: f"server 127.0.0.1:{host.base + 3} down;" in host.nginx_conf(), timeout=5, what="instance 3 out")
     host.wait_ready(timeout=20)
     assert host.instance_pids()[3] != victim
-    assert re.search(r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='unit (not running|failed/failed)'", host.log_text())
+    # LAST ERROR is how the server ended (the runner's return code) and its last log line, not the probe's view.
+    assert re.search(r"event='instance.exited' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\); ", host.log_text())
+    assert re.search(r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\)", host.log_text())
 
 
 def test_hung_instance_is_out_of_rotation_within_the_bound(host):
@@ -82,6 +84,10 @@ def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(host):
     assert restarts == ["1", "2", "3"]  # backoff 0.1, 0.2, 0.4 s, then it stays failed
     failed = next(line for line in host.log_text().splitlines() if "instance.failed' unit='mipart-vllm@1'" in line)
     assert "gave up after 3 restarts" in failed
+    # What the agent shows while it runs: the exit status and the server's own last line.
+    [one] = [i for i in host.api_get("/v1/instances")["instances"] if i["unit"] == "mipart-vllm@1.service"]
+    assert one["state"] == "failed"
+    assert one["last_error"].startswith("exited with status 1 (exit-code); ") and "fault injected: die (exit 1)" in one["last_error"], one
 
 
 def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):

@@ -26,7 +26,7 @@ RECORD = "partition.json"
 
 @pytest.fixture
 def host(tmp_path):
-    serving = ServingHost(tmp_path)  # 8 x MI300X in DPX/NPS2: 16 instances
+    serving = ServingHost(tmp_path, rules="rocm-seed000")  # 8 x MI300X in DPX/NPS2: 16 instances; CPX/NPS2 needs seed 000's rules
     yield serving
     serving.close()
 

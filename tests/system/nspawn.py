@@ -40,6 +40,13 @@ GUEST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
              "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive",
              "SYSTEMD_PAGER": "", "TERM": "dumb"}
 _names = itertools.count()
+# For a container whose units' DevicePolicy=/DeviceAllow= must hold (Machine(**DEVICE_POLICY)).
+# systemd enforces them with a cgroup BPF program: that needs the unified cgroup hierarchy
+# (nspawn gives the legacy one on a host that boots with it) and bpf(), which nspawn's own
+# seccomp filter refuses unless asked and which needs CAP_BPF. Without them systemd logs
+# "BPF device control is not supported" and lets every unit open every device.
+DEVICE_POLICY = {"args": ("--capability=CAP_BPF", "--system-call-filter=bpf"),
+                 "env": {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}}
 
 
 
@@ -123,6 +130,8 @@ class Machine:
     base: Path = field(default_factory=ensure_rootfs)
     name: str = ""
     boot_timeout: float = 60
+    args: tuple[str, ...] = ()  # more systemd-nspawn options (e.g. --bind-ro=, DEVICE_POLICY)
+    env: dict[str, str] = field(default_factory=dict)  # more environment for systemd-nspawn
     rootfs: Path = field(init=False)
     log: Path = field(init=False)
     _proc: subprocess.Popen | None = field(default=None, init=False)
@@ -182,9 +191,9 @@ class Machine:
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
                 ["systemd-nspawn", "-D", str(self.rootfs), "-M", self.name, "-b",
-                 "--register=no", "--keep-unit"],
+                 "--register=no", "--keep-unit", *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=GUEST_ENV)
+                start_new_session=True, env={**GUEST_ENV, **self.env})
         deadline = time.monotonic() + self.boot_timeout
         while self.leader is None:
             self._check_alive()

@@ -32,7 +32,7 @@ def test_lintian(deb):
     p = subprocess.run(["lintian", "--allow-root", "--fail-on", "error,warning", str(deb)],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
-    # Overrides exist only for info tags, each with its reason (debian/mipart.lintian-overrides).
+    # Each override has its reason beside it (debian/mipart.lintian-overrides).
     assert not [line for line in p.stdout.splitlines() if line[:2] in ("E:", "W:")], p.stdout
 
 
@@ -42,6 +42,9 @@ def test_package_carries_units_conffiles_sysctl_and_debian_dependencies(deb):
                  "./usr/lib/sysusers.d/mipart.conf", "./usr/lib/tmpfiles.d/mipart.conf",
                  *(f"./lib/systemd/system/{p.name}" for p in (REPO / "units").glob("*") if p.is_file())]:
         assert f" {path}\n" in files + "\n", path
+    # The profile may carry a token in env: root-only, as docs/security.md says.
+    [profile_line] = [line for line in files.splitlines() if line.endswith(" ./etc/mipart/profile.yaml")]
+    assert profile_line.startswith("-rw-r----- root/root "), profile_line
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True, check=True).stdout
     for package in ("python3-yaml", "python3-click", "python3-aiohttp", "python3-structlog", "python3-pydbus", "python3-sdnotify"):
         assert package in depends, (package, depends)

@@ -149,6 +149,40 @@ def test_restarts_back_off_and_log():
     assert log.events == [("warning", "instance.restart", {"unit": "mipart-vllm@1", "gpu": "1", "reason": "/health answered 503", "attempt": 1, "next_backoff": "2s"})]
 
 
+def test_last_error_is_how_the_server_ended_read_once_per_death():
+    class Runner:
+        asked: list[int] = []
+
+        def last_exit(self, n):
+            self.asked.append(n)
+            if n == 2:
+                raise RuntimeError("bus gone")
+            return "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
+
+    log, runner = Log(), Runner()
+    health = {0: InstanceHealth(0, state="ready"), 1: InstanceHealth(1, state="unhealthy", last_error="ClientConnectorError"),
+              2: InstanceHealth(2, state="unhealthy", last_error="unit not running"), 3: InstanceHealth(3, state="starting")}
+    states = {0: UnitState(0, "active", "running"), 1: UnitState(1, "failed", "failed")}  # 3: its first start not listed yet
+    asyncio.run(recovery.tell_exits(health, SPECS, states, runner, log))
+    assert runner.asked == [1, 2]  # not the running one, nor one still starting
+    assert health[1].last_error == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
+    assert health[2].last_error == "unit not running"  # a runner that cannot tell leaves the reason as it was
+    assert [e[1] for e in log.events] == ["instance.exited"]
+    asyncio.run(recovery.tell_exits(health, SPECS, states, runner, log))
+    assert runner.asked == [1, 2]  # once per death
+    health[1].begin_restart(time.monotonic(), HealthSpec())
+    asyncio.run(recovery.tell_exits(health, SPECS, {**states, 1: UnitState(1, "failed", "failed")}, runner, log))
+    assert runner.asked == [1, 2, 1]  # the next death is read again
+
+
+def test_a_return_code_reads_like_systemd_says_it():
+    from mipart.runners import exits
+
+    assert exits.exit_status(exits.returncode_props(3)) == "exited with status 3 (exit-code)"
+    assert exits.exit_status(exits.returncode_props(-9)) == "killed by signal 9 (signal)"
+    assert exits.exit_status(exits.returncode_props(0)) == exits.exit_status(exits.returncode_props(None)) == ""
+
+
 # -- the profile ----------------------------------------------------------------------------------
 
 

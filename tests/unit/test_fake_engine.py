@@ -266,6 +266,23 @@ def test_sigusr2_hangs_then_sigterm_exits(start_engine):
     assert engine.proc.wait(timeout=5) == 0
 
 
+@pytest.mark.parametrize("how", ["signal", "flag"])
+def test_a_wedged_engine_answers_health_and_metrics_but_generates_nothing(start_engine, how):
+    engine = start_engine(*(["--fault", "wedge"] if how == "flag" else []))
+    if how == "signal":
+        assert request(engine.port, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})[0] == 200
+        engine.signal(signal.SIGWINCH)
+        time.sleep(0.3)  # the signal is handled on the engine's loop
+    before = metric_value(engine.port, "vllm:generation_tokens_total")
+    with pytest.raises((socket.timeout, TimeoutError)):
+        request(engine.port, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}, timeout=1.5)
+    assert request(engine.port, "GET", "/health")[0] == 200
+    assert metric_value(engine.port, "vllm:generation_tokens_total") == before
+    assert metric_value(engine.port, "vllm:num_requests_running") == 1  # the hung request holds its slot
+    engine.signal(signal.SIGTERM)
+    assert engine.proc.wait(timeout=5) == 0
+
+
 def test_fault_503_after_delay(start_engine):
     engine = start_engine("--fault", "503", "--fault-after", "1")
     wait_until(lambda: request(engine.port, "GET", "/health")[0] == 503, timeout=10)

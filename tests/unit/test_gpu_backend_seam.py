@@ -15,10 +15,11 @@ import pytest
 
 from mipart.errors import UserError
 from mipart.gpu.backend import MEMORY_ATTR, GpuBackend
+from mipart.gpu.rules import PairTable
 from mipart.partition.apply import GpuBusyError, apply, plan_host
 from mipart.partition.plan import PlanError, assert_lines
 from mipart.profile.schema import GpuSpec
-from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
 
 
 class MemoryBackend:
@@ -49,8 +50,11 @@ class MemoryBackend:
                 logical.append(LogicalGpu(n, n, 100 + n, 128 + n, gpu.index, part, gpu.bdf))
         return HostState(physical, tuple(logical))
 
-    def pair_table(self, gpu: PhysicalGpu) -> dict[str, tuple[str, ...]]:
-        return self.PAIRS
+    def pair_table(self, gpu: PhysicalGpu) -> PairTable:
+        return PairTable(self.PAIRS, "in-memory driver")
+
+    def drm_conflicts(self) -> tuple[str, ...]:
+        return ()
 
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
         return self.PARTS[compute]
@@ -86,6 +90,9 @@ class MemoryBackend:
 
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return list(self.users)
+
+    def signals(self, gpu: PhysicalGpu) -> GpuSignals:
+        return GpuSignals(gpu.index, gpu.bdf)
 
 
 class Log:
@@ -129,7 +136,8 @@ def test_a_pair_the_backend_refuses_stops_the_plan_before_any_write():
     backend = MemoryBackend()
     with pytest.raises(PlanError) as caught:
         apply(GpuSpec(compute="CPX", memory="NPS1"), backend, Log())
-    assert str(caught.value) == "GPU 0 (mem:0): compute CPX cannot run under memory NPS1; set gpus.memory to NPS2"
+    assert str(caught.value) == ("GPU 0 (mem:0): compute CPX cannot run under memory NPS1; set gpus.memory to NPS2: "
+                                 "CPX takes NPS2 on this host (per the in-memory driver); nothing was written or reloaded")
     assert backend.writes == [] and backend.reloads == 0
 
 

@@ -183,7 +183,7 @@ def test_write_on_simulated_host_goes_to_the_simulated_driver(tmp_path):
 def _gpu(tmp_path, memory="NPS1"):
     compute = {"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory]
     root = sim(tmp_path, compute=compute, memory=memory)
-    return AmdgpuBackend(root), discover(root).physical[3]
+    return open_backend(root), discover(root).physical[3]  # the simulator's backend previews through its kernel
 
 
 @pytest.mark.parametrize("code, name, value, memory, expected", [
@@ -241,8 +241,9 @@ def test_the_registry_gives_a_simulated_root_its_own_backend(tmp_path, monkeypat
 def test_pair_table_and_partitions_are_the_kernel_rules_for_eight_xccs(tmp_path):
     backend = open_backend(sim(tmp_path))
     gpu = backend.discover().physical[0]
-    assert backend.pair_table(gpu) == {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "TPX": (),
-                                       "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS2", "NPS4")}
+    table = backend.pair_table(gpu)  # mainline's table, read from the simulated compute_partition_config/
+    assert table.pairs == {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS4")}
+    assert table.source == "kernel"
     assert [backend.partitions(gpu, mode) for mode in ("SPX", "DPX", "QPX", "CPX")] == [1, 2, 4, 8]
 
 

@@ -52,8 +52,8 @@ def test_containers_get_only_their_own_gpus(tmp_path, host):
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "--device"]
     assert devices == ["/dev/kfd", "/dev/dri/renderD145"]  # logical 5 = GPU 2, partition 1
     assert "-p" in argv and argv[argv.index("-p") + 1] == "127.0.0.1:8086:8086"
-    assert "s3cr3t" not in " ".join(argv)  # env values never in argv: `-e KEY` only
-    assert argv[argv.index("SECRET_TOKEN") - 1] == "-e"
+    assert "s3cr3t" not in " ".join(argv) and "SECRET_TOKEN" not in argv  # env never in argv
+    assert "-e" not in argv and "--env" not in argv  # the launcher adds an --env-file (test_security_container_env)
     assert dict(plan["instances"][0]["env"])["CUDA_VISIBLE_DEVICES"] == "0"  # inside, its only GPU
     assert plan["instances"][0]["user"] is None
 
@@ -80,10 +80,12 @@ def test_launcher_execs_the_server_with_its_spec(tmp_path, host):
     out = tmp_path / "root"
     assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
     run = out / "run/mipart"
-    done = mipart("exec", "2", env={**host, "MIPART_RUN_DIR": str(run)})
+    # A visible-devices variable in the unit's environment (/etc/default/mipart) must not reach the server.
+    done = mipart("exec", "2", env={**host, "MIPART_RUN_DIR": str(run), "HIP_VISIBLE_DEVICES": "0,1", "ROCR_VISIBLE_DEVICES": "0"})
     assert done.returncode == 0, done.stderr
     env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     assert env["FOO"] == "bar" and env["CUDA_VISIBLE_DEVICES"] == "2" and env["MIPART_INSTANCE"] == "2"
+    assert "HIP_VISIBLE_DEVICES" not in env and "ROCR_VISIBLE_DEVICES" not in env
     spec = json.loads((run / "instances/2.json").read_text())
     assert len(env["MIPART_SPEC_DIGEST"]) == 16 and spec["argv"][:3] == ["/bin/sh", "-c", "env"]
 

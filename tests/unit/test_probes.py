@@ -8,29 +8,18 @@ import aiohttp
 import pytest
 
 from mipart.health.endpoint import HealthEndpoint
+from mipart.health.generation import GenerationCheck
+from mipart.health.gpu_errors import GpuErrors
 from mipart.health.probe import ProbeResult
 from mipart.health.probes import PROBES, probe
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
+from responses import Response
 
 SPEC = InstanceSpec(number=3, service="chat", model="m", served_model_name="m", logical_gpus=(3,), physical_gpus=(1,),
                     render_nodes=("/dev/dri/renderD131",), port=21003, runtime="native", argv=(), env=(), user=None, hf_home="/tmp")
 HEALTH = HealthSpec(timeout=1.0)
-
-
-class Response:
-    def __init__(self, status: int, text: str = ""):
-        self.status, self._text = status, text
-
-    async def text(self) -> str:
-        return self._text
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return False
 
 
 class Session:
@@ -54,9 +43,10 @@ def run(session, health=HEALTH, probes=PROBES) -> ProbeResult:
     return asyncio.run(probe(session, SPEC, health, probes))
 
 
-def test_the_registry_runs_the_health_endpoint_then_the_queue_depth():
-    assert [p.name for p in PROBES] == ["health", "queue_depth"]
-    assert isinstance(PROBES[0], HealthEndpoint) and isinstance(PROBES[1], QueueDepth)
+def test_the_registry_runs_the_gpu_errors_health_endpoint_generation_then_the_queue_depth():
+    assert [p.name for p in PROBES] == ["gpu_errors", "health", "generation", "queue_depth"]
+    assert isinstance(PROBES[0], GpuErrors) and isinstance(PROBES[1], HealthEndpoint)
+    assert isinstance(PROBES[2], GenerationCheck) and isinstance(PROBES[3], QueueDepth)
 
 
 def test_healthy_without_a_queue_limit_reads_no_metrics():

@@ -78,3 +78,11 @@ def test_mipart_status_shows_drift_the_phase_and_the_failure():
     running = lines(snapshot(repartition_phase="starting"), DRIFTING)
     assert "  repartitioning: starting" in running and not any("partition drift" in line for line in running)
     assert not any("drift" in line or "repartition" in line for line in lines(snapshot(), MATCHING))
+
+
+def test_mipart_status_shows_the_hosts_known_traps():
+    warned = HostSnapshot(gpus=MATCHING.gpus, logical_gpus=3, units={}, nginx_running=True,
+                          warnings=("GPU 1 (0000:01:00.0) in CPX shows 1 of its 2 logical GPUs: the BMC's `ast` DRM driver is loaded",))
+    shown = format_live(json.loads(to_json_text(views.status(snapshot(), warned))), [], "127.0.0.1:8049")
+    assert "  warning: GPU 1 (0000:01:00.0) in CPX shows 1 of its 2 logical GPUs: the BMC's `ast` DRM driver is loaded" in shown
+    assert not any(line.startswith("  warning:") for line in format_live(json.loads(to_json_text(views.status(snapshot(), MATCHING))), [], "x"))

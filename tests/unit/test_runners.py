@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
-from mipart.runners import RUNNERS, make_runner
+from mipart.daemon.specfiles import remove_stale_specs
+from mipart.runners import RUNNERS, make_runner, procs
 from mipart.runners.base import Runner
 
-PROTOCOL_METHODS = ("list_instances", "start", "stop", "restart", "ensure_nginx", "nginx_running")
+PROTOCOL_METHODS = ("list_instances", "start", "stop", "restart", "last_exit", "ensure_nginx", "nginx_running")
 
 
 def runner_class(kind: str) -> type:
@@ -35,3 +40,26 @@ def test_each_method_takes_what_the_protocol_says(kind, method):
     actual = inspect.signature(getattr(runner_class(kind), method))
     assert list(actual.parameters) == list(expected.parameters)
     assert actual.return_annotation == expected.return_annotation
+
+
+def test_a_tag_that_is_not_ascii_digits_is_not_an_instance(tmp_path):
+    """Any local process may carry our tags; '²'.isdigit() is True and int('²') raises."""
+    started = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True,
+                                env={**os.environ, "MIPART_RUN_DIR": str(tmp_path), "MIPART_INSTANCE": tag}) for tag in ("\u00b2", "3")]
+    try:
+        def found() -> dict:
+            return procs.tagged_servers(str(tmp_path))
+
+        deadline = time.monotonic() + 10
+        while found() != {3: started[1].pid} and time.monotonic() < deadline:
+            time.sleep(0.05)  # the environment is in /proc once the interpreter runs
+        assert found() == {3: started[1].pid}
+    finally:
+        for child in started:
+            child.kill()
+            child.wait()
+    (tmp_path / "instances").mkdir()
+    (tmp_path / "instances" / "\u00b2.json").write_text("{}")
+    (tmp_path / "instances" / "5.json").write_text("{}")
+    remove_stale_specs(tmp_path, keep=[])
+    assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == ["\u00b2.json"]

@@ -30,6 +30,14 @@ def root(tmp_path):
 
 
 @pytest.fixture
+def seed_root(tmp_path):
+    """As `root`, with seed 000's ROCm rules, under which CPX runs with NPS2 (mainline refuses it)."""
+    root = tmp_path / "sys"
+    kernel.create(root, compute="DPX", memory="NPS2", rules="rocm-seed000")
+    return root
+
+
+@pytest.fixture
 def opener():
     """Start a process that opens device files (as the fake engine does) and waits; killed by PID after."""
     started: list[subprocess.Popen] = []
@@ -51,7 +59,8 @@ def devices(root, *minors: int) -> list[str]:
     return [str(root / "dev/kfd"), *(str(root / f"dev/dri/renderD{m}") for m in minors)]
 
 
-def test_an_open_render_node_makes_a_kfd_user_of_its_gpu_only(root, opener):
+def test_an_open_render_node_makes_a_kfd_user_of_its_gpu_only(seed_root, opener):
+    root = seed_root
     proc = opener(devices(root, 136))  # GPU 1, partition 0
     backend = open_backend(root)
     state = backend.discover()
@@ -153,8 +162,9 @@ def test_a_simulated_root_refuses_the_real_reload_before_any_write(root, monkeyp
     assert read_state(root).counters == {"writes": 0, "reloads": 0}
 
 
-def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(root, opener, tmp_path):
+def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root, opener, tmp_path):
     """The agent serves on them: the one line says what repartitions while serving."""
+    root = seed_root
     for number, minor in ((0, 128), (1, 129), (2, 136), (3, 137), (4, 144)):
         opener(devices(root, minor), {INSTANCE_VAR: str(number)})
     profile = tmp_path / "profile.yaml"
@@ -172,8 +182,9 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(root, open
     assert record["ok"] is False and "systemctl reload mipart-agent" in record["error"]
 
 
-def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(root, opener, tmp_path):
+def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root, opener, tmp_path):
     """apply(instances_stopped=True), as the agent calls it: servers still exiting get a moment."""
+    root = seed_root
     from mipart.log import get_logger
     from mipart.partition.apply import apply
     from mipart.profile.schema import GpuSpec

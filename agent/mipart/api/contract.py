@@ -90,6 +90,21 @@ class PartitionGpu:
 
 
 @dataclass(frozen=True)
+class PairRule:
+    compute: str
+    memory: tuple[str, ...]  # the memory modes this compute mode runs under
+
+
+@dataclass(frozen=True)
+class PartitionRules:
+    """One pair table of the host's kernel and the GPUs it holds for (kernels differ: hardware.md)."""
+
+    gpus: tuple[int, ...]
+    source: str  # "kernel" (compute_partition_config/), or "mainline fallback (why)"
+    pairs: tuple[PairRule, ...]
+
+
+@dataclass(frozen=True)
 class Partition:
     matches: bool | None  # None: unknown
     error: str
@@ -97,6 +112,8 @@ class Partition:
     gpus: tuple[PartitionGpu, ...]
     drift: bool  # the host's layout differs from the profile's gpus: (a manual change, a failed apply)
     action: str  # what to run about the drift; "" when there is none or a repartition runs
+    rules: tuple[PartitionRules, ...]  # the pair tables plans are checked against
+    warnings: tuple[str, ...]  # known traps seen on the host, one line each (e.g. a BMC's `ast` hiding partitions)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,14 @@ from pathlib import Path
 
 from mipart.api.contract import LastApply, PartitionGpu, iso_utc
 from mipart.errors import UserError
-from mipart.gpu import discover
+from mipart.gpu import open_backend
 from mipart.names import SYSFS_ROOT_VAR
+from mipart.partition.plan import RuleGroup
 from mipart.partition.record import last_apply
+from mipart.partition.rules import kept_rule_groups
+from mipart.partition.traps import hidden_partitions
 from mipart.profile.schema import GpuSpec
+from mipart.values import GpuSignals
 
 NO_GPUS = f"no AMD Instinct GPU with partition support found (is amdgpu loaded? is {SYSFS_ROOT_VAR} right?)"
 
@@ -30,6 +34,9 @@ class HostSnapshot:
     units: dict[int, tuple[str, str]] | None = None  # number -> (ActiveState, SubState); None: unknown
     units_error: str = ""
     nginx_running: bool | None = None
+    rules: tuple[RuleGroup, ...] = ()  # the kernel's pair tables (partition.rules)
+    warnings: tuple[str, ...] = ()  # known traps seen on the host (partition.traps)
+    signals: tuple[GpuSignals, ...] = ()  # each GPU's RAS counters and hwmon sensors
 
     @property
     def partitions_match(self) -> bool | None:
@@ -41,12 +48,20 @@ def collect_host(sysfs_root: Path, runner, nginx, gpu_spec: GpuSpec | None) -> H
     """Never raises: what cannot be read is reported in the snapshot's error fields."""
     snap = HostSnapshot()
     try:
-        state = discover(sysfs_root)
+        backend = open_backend(sysfs_root)
+        state = backend.discover()
     except (UserError, OSError) as exc:
         snap.partition_error = str(exc)
     else:
         snap.logical_gpus = len(state.logical)
         snap.gpus = tuple(_partition_gpu(gpu, state, gpu_spec) for gpu in state.physical)
+        try:
+            snap.rules = kept_rule_groups(backend, state)
+        except (UserError, OSError) as exc:  # the table could not be read: say so, keep the rest
+            snap.partition_error = f"partition rules: {exc}"
+        implied = {g.index: {g.compute: backend.partitions(g, g.compute)} for g in state.physical}
+        snap.warnings = tuple(hidden_partitions(state, implied, backend.drm_conflicts()))
+        snap.signals = tuple(backend.signals(gpu) for gpu in state.physical)
         if not state.physical:
             snap.partition_error = NO_GPUS
     snap.last_apply = _last_apply(last_apply())

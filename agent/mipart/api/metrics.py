@@ -38,6 +38,7 @@ def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) ->
                        [({}, not host.partitions_match)])
         if host.nginx_running is not None:
             out.family("mipart_nginx_running", "gauge", "1 when mipart's nginx is running.", [({}, host.nginx_running)])
+        gpu_metrics(out, host)
     out.family("mipart_repartition_running", "gauge", "1 while the agent repartitions (drains, stops, applies gpus:, starts).",
                [({}, bool(st.repartition_phase))])
     if st.repartition_finished:
@@ -55,3 +56,29 @@ def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) ->
     out.family("mipart_instance_restarts_total", "counter", "Restarts of the instance by the agent since the agent started.",
                [(labels(v), v.restarts) for v in views])
     return out.text()
+
+
+def gpu_metrics(out: Exposition, host: HostSnapshot) -> None:
+    """Per physical GPU: its partition modes, RAS counters and hwmon sensors; per logical GPU
+    (partition) the GPU it is on, so a partition's series join its GPU's by the gpu label."""
+    if not host.gpus:
+        return
+    out.family("mipart_gpu_partition_info", "gauge", "The GPU's compute and memory partition modes (always 1).",
+               [({"gpu": str(g.index), "bdf": g.bdf, "compute": g.compute, "memory": g.memory}, 1) for g in host.gpus])
+    out.family("mipart_logical_gpu_info", "gauge", "Which physical GPU a logical GPU (partition) is on (always 1).",
+               [({"logical_gpu": str(lg), "gpu": str(g.index), "partition": str(p)}, 1)
+                for g in host.gpus for p, lg in enumerate(g.logical_gpus)])
+
+    def gpu(s, **more) -> dict:
+        return {"gpu": str(s.index), "bdf": s.bdf, **more}
+
+    signals = host.signals
+    out.family("mipart_gpu_ras_uncorrectable_errors_total", "counter",
+               "Uncorrectable RAS errors the driver counted, per block (a rise takes the GPU's instances out of rotation).",
+               [(gpu(s, block=block), ue) for s in signals for block, ue, _ in s.errors])
+    out.family("mipart_gpu_ras_correctable_errors_total", "counter", "Correctable RAS errors the driver counted, per block.",
+               [(gpu(s, block=block), ce) for s in signals for block, _, ce in s.errors])
+    out.family("mipart_gpu_temperature_celsius", "gauge", "The GPU's hwmon temperatures, per sensor.",
+               [(gpu(s, sensor=sensor), float(c)) for s in signals for sensor, c in s.temperatures])
+    out.family("mipart_gpu_power_watts", "gauge", "The GPU's average power draw (hwmon).",
+               [(gpu(s), float(s.power_w)) for s in signals if s.power_w is not None])

@@ -32,6 +32,7 @@ from mipart.api.metrics import prometheus_metrics
 from mipart.daemon.snapshot import AgentSnapshot
 from mipart.errors import UserError
 from mipart.names import DEFAULT_API_LISTEN
+from mipart.profile.addresses import API_SOCKET_DIR, is_loopback
 from mipart.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
 HOST_CACHE_SECONDS = 1.0
@@ -228,6 +229,9 @@ async def start_api(source: StatusSource, listen: str) -> web.AppRunner:
         await GuardedSite(runner, app[GUARD_KEY], where).start()
         if isinstance(where, str):
             os.chmod(where, SOCKET_MODE)
+        elif not is_loopback(where[0]) and getattr(source, "log", None) is not None:
+            source.log.warning("api.exposed", listen=listen, reason="api.listen is not a loopback address: anyone who reaches it reads status and metrics",
+                               action="keep it behind a firewall, or use 127.0.0.1 or a unix socket under " + API_SOCKET_DIR)
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
@@ -266,8 +270,14 @@ def _log_accept_failures(loop: asyncio.AbstractEventLoop, log) -> None:
 
 
 def _prepare_socket_path(listen: str, path: Path) -> None:
-    """Make the socket's directory; remove a socket nobody answers on (left by a killed agent)."""
+    """Make the socket's directory; remove a socket nobody answers on (left by a killed agent).
+
+    No symbolic link on the way, checked here too and not only by `mipart validate`: a link
+    made since then must not move the socket out of the run directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    real = os.path.realpath(path.parent)
+    if real != os.path.normpath(path.parent):
+        raise UserError(f"api.listen {listen}: {path.parent} is a symbolic link to {real}; remove the link or choose a path under {API_SOCKET_DIR} without one")
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:

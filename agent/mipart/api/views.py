@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mipart import __version__
-from mipart.api.contract import Instance, InstanceCounts, Instances, Nginx, Partition, ProfileInfo, Reconcile, Repartition, Status, iso_utc
+from mipart.api.contract import (Instance, InstanceCounts, Instances, Nginx, PairRule, Partition, PartitionRules, ProfileInfo, Reconcile,
+                                 Repartition, Status, iso_utc)
 from mipart.api.host import HostSnapshot
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, gpu_label
 from mipart.names import REPARTITION_COMMAND
@@ -60,8 +61,9 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
     action = ""
     if drift and not st.repartition_phase:
         action = f"run `{REPARTITION_COMMAND}` to apply the profile's gpus: while serving (it drains, stops and restarts the instances)"
+    rules = tuple(PartitionRules(gpus=g.gpus, source=g.source, pairs=tuple(PairRule(c, m) for c, m in g.pairs.items())) for g in host.rules)
     return Partition(matches=host.partitions_match, error=host.partition_error, logical_gpus=host.logical_gpus, gpus=host.gpus,
-                     drift=drift, action=action)
+                     drift=drift, action=action, rules=rules, warnings=host.warnings)
 
 
 def targets(snap: AgentSnapshot) -> list[dict]:

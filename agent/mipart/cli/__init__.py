@@ -25,6 +25,7 @@ COMMANDS = {
     "exec": "mipart.cli.exec:exec_instance",
     "agent": "mipart.cli.agent:agent",
     "status": "mipart.cli.status:status",
+    "bench": "mipart.cli.bench:bench",
 }
 
 

@@ -57,6 +57,8 @@ def apply_cmd(profile_path: str) -> int:
         raise
     record_apply(ok=not result.not_restarted, result=result, profile_digest=profile.digest)
     click.echo(f"applied: {result.writes} writes, {result.reloads} reloads; {result.logical_gpus} logical GPUs")
+    for warning in result.warnings:
+        click.echo(f"mipart: warning: {warning}", err=True)
     if result.not_restarted:
         click.echo(f"mipart: client services did not start again: {', '.join(result.not_restarted)}; see `systemctl status`", err=True)
         return 1
@@ -75,16 +77,20 @@ def assert_cmd(profile_path: str) -> int:
     lines = assert_lines(plan)
     for line in lines:
         click.echo(line)
+    for warning in plan.warnings:
+        click.echo(f"mipart: warning: {warning}", err=True)
     return 1 if lines else 0
 
 
 @partition.command("export")
 def export_cmd() -> int:
-    """Print the host's current layout as a profile `gpus:` section."""
-    from mipart.partition.plan import PlanError, export_gpus_yaml
+    """Print the host's current layout as a profile `gpus:` section, with the kernel's pair table as comments."""
+    from mipart.partition.plan import PlanError, export_gpus_yaml, rule_groups
+    from mipart.partition.rules import read_rules
 
-    state = _backend().discover()
+    backend = _backend()
+    state = backend.discover()
     if not state.physical:
         raise PlanError("no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)")
-    click.echo(export_gpus_yaml(state), nl=False)
+    click.echo(export_gpus_yaml(state, rule_groups(read_rules(backend, state))), nl=False)
     return 0

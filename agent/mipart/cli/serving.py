@@ -33,9 +33,12 @@ def _upstreams(profile, specs) -> list[dict]:
 def plan(profile_path: str, as_json: bool) -> int:
     """Show partitions, instances and upstreams the profile asks of this host."""
     from mipart.partition.plan import format_plan
+    from mipart.partition.traps import tensor_parallel_on_cpx
 
     profile, host = planned(profile_path)
     partition_plan, specs = host.partition, host.instances
+    for warning in tensor_parallel_on_cpx(partition_plan.compute_of_logical(), ((s.service, tuple(s.logical_gpus)) for s in specs)):
+        click.echo(f"mipart: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps({"partition": partition_plan.to_json(), "instances": [s.to_json() for s in specs], "upstreams": _upstreams(profile, specs)}, indent=2))
         return 0
@@ -61,16 +64,17 @@ def render(profile_path: str, root: Path, ready: str) -> int:
     """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
     from mipart.fsutil import write_atomic
     from mipart.serving.nginx_conf import render_nginx
-    from mipart.paths import instance_spec_path, nginx_prefix
+    from mipart.daemon.specfiles import SPEC_MODE, instance_files
+    from mipart.paths import nginx_prefix
 
     profile, host = planned(profile_path)
     specs = host.instances
     host_run = Path("/run/mipart")
     up = frozenset(s.number for s in specs) if ready == "all" else frozenset()
-    files = {instance_spec_path(s.number, host_run): s.file_text() for s in specs}
-    files[nginx_prefix(host_run) / "nginx.conf"] = render_nginx(profile, specs, up, nginx_prefix(host_run))
-    for path, text in sorted(files.items()):
+    files = {path: (text, SPEC_MODE) for s in specs for path, text in instance_files(host_run, s).items()}
+    files[nginx_prefix(host_run) / "nginx.conf"] = (render_nginx(profile, specs, up, nginx_prefix(host_run)), 0o644)
+    for path, (text, mode) in sorted(files.items()):
         target = root / path.relative_to("/")
-        write_atomic(target, text)
+        write_atomic(target, text, mode)
         click.echo(str(target))
     return 0

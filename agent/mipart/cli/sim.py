@@ -13,6 +13,7 @@ import click
 
 from mipart.gpu.models import MODELS
 from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
+from mipart.gpu.rules import MAINLINE, RULE_SETS
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -34,9 +35,15 @@ def sim() -> None:
               show_default=True)
 @click.option("--memory", type=click.Choice(MEMORY_MODES, case_sensitive=False), default="NPS1",
               show_default=True)
-def create(root: Path, model: str, gpus: int, compute: str, memory: str) -> None:
+@click.option("--rules", type=click.Choice(sorted(RULE_SETS)), default=MAINLINE, show_default=True,
+              help="The kernel's compute/memory pair table: mainline amdgpu, or seed 000's ROCm host.")
+@click.option("--partition-config/--no-partition-config", default=True, show_default=True,
+              help="Whether the kernel has compute_partition_config/ (older kernels do not).")
+@click.option("--bmc-ast", is_flag=True, help="A BMC's `ast` DRM driver is loaded and takes a DRM minor.")
+def create(root: Path, model: str, gpus: int, compute: str, memory: str, rules: str, partition_config: bool,
+           bmc_ast: bool) -> None:
     """Make DIR a simulated host; point the agent at it with MIPART_SYSFS_ROOT=DIR."""
-    kernel.create(root, model, gpus, compute, memory)
+    kernel.create(root, model, gpus, compute, memory, rules, partition_config, bmc_ast)
 
 
 @sim.command()
@@ -89,7 +96,7 @@ def show(root: Path, as_json: bool) -> None:
         click.echo(json.dumps(asdict(state), indent=2))
         return
     partt = {number: name for name, number in USER_PARTT_MODE.items()}[state.user_partt_mode]
-    click.echo(f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt})")
+    click.echo(f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt}), rules {state.rules}")
     for i, gpu in enumerate(state.gpus):
         line = f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}"
         holders = kernel.holders_of(state, i)
@@ -109,3 +116,21 @@ def engine(args: tuple[str, ...]) -> int:
     from mipart.sim.engine.server import main
 
     return main(list(args))
+
+
+@sim.command(name="gpu-signals")
+@sim_dir
+@gpu_index
+@click.option("--uncorrectable", type=click.IntRange(0), default=0, help="Add this many uncorrectable RAS errors.")
+@click.option("--correctable", type=click.IntRange(0), default=0, help="Add this many correctable RAS errors.")
+@click.option("--block", default="umc", show_default=True, help="RAS block the errors are counted in.")
+@click.option("--temperature", type=float, default=None, help="Set the junction temperature (degrees Celsius).")
+@click.option("--power", type=float, default=None, help="Set the average power (watts).")
+def gpu_signals(root: Path, gpu: int, uncorrectable: int, correctable: int, block: str, temperature: float | None, power: float | None) -> None:
+    """Make physical GPU GPU report RAS errors, a temperature or a power draw."""
+    from mipart.sim import gpu_signals as signals
+
+    if uncorrectable or correctable:
+        ue, ce = signals.add_errors(root, gpu, block, uncorrectable, correctable)
+        click.echo(f"GPU {gpu} {block}: ue {ue}, ce {ce}")
+    signals.set_sensors(root, gpu, temperature, power)

@@ -176,6 +176,7 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
                          f"want {gpu['compute_want'] or gpu['compute']}, {gpu['memory_want'] or gpu['memory']}")
     if partition.get("action"):
         lines.append(f"  partition drift: {partition['action']}")
+    lines.extend(f"  warning: {warning}" for warning in partition.get("warnings") or ())  # known traps (partition/traps.py)
     repartition = status.get("repartition") or {}
     if repartition.get("phase"):
         lines.append(f"  repartitioning: {repartition['phase']}")

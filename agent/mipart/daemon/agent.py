@@ -182,7 +182,9 @@ class Agent:
         except UserError as exc:
             self.log.error("units.unreadable", reason=str(exc))
             return False
-        return recovery.mark_gone(self.health, self.specs, states, self.log)
+        changed = recovery.mark_gone(self.health, self.specs, states, self.log)
+        await recovery.tell_exits(self.health, self.specs, states, self.runner, self.log)
+        return changed
 
     async def check_files(self) -> bool:
         """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone."""

@@ -8,8 +8,6 @@ import time
 from mipart.profile.schema import Profile
 from mipart.prometheus import metric_sum
 
-# After nginx is told to drop an instance, its new workers take over within this.
-NGINX_SWITCH_GRACE = 0.5
 # A planned restart waits at most this long (or request_timeout) for in-flight requests.
 DRAIN_MAX = 60.0
 POLL = 0.2

@@ -137,7 +137,10 @@ def record_results(due: list[InstanceHealth], results: list[ProbeResult], spec: 
     changed = False
     for h, result in zip(due, results):
         before = h.state
-        changed |= h.record(result.ok, result.error, spec)
+        if not result.ok and result.decisive:
+            changed |= h.condemn(result.error, result.restart)
+        else:
+            changed |= h.record(result.ok, result.error, spec)
         if h.state != before:
             emit = log.info if h.state == READY else log.warning
             emit(f"instance.{h.state}", unit=instance_name(h.number), gpu=gpu_label(specs[h.number]), reason=result.error or "/health 200", was=before)

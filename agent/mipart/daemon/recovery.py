@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from mipart.daemon.snapshot import gpu_label
 from mipart.health.machine import InstanceHealth
+from mipart.health.states import FAILED, UNHEALTHY
 from mipart.names import instance_name
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
@@ -25,6 +26,38 @@ def mark_gone(health: Mapping[int, InstanceHealth], specs: Mapping[int, Instance
                 changed = True
                 log.warning("instance.unhealthy", unit=instance_name(number), gpu=gpu_label(specs[number]), reason=reason)
     return changed
+
+
+def exits_unread(health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState]) -> list[int]:
+    """Instances whose server has ended and whose exit is not yet told. A unit systemd no
+    longer lists counts only once mark_gone took it out (not while its first start is pending)."""
+    def ended(n: int, h: InstanceHealth) -> bool:
+        state = states.get(n)
+        return not state.active if state else h.state in (UNHEALTHY, FAILED)
+
+    return [n for n, h in health.items() if n in specs and not h.exit_read and not h.in_rotation and ended(n, h)]
+
+
+def read_exits(runner, numbers: list[int]) -> dict[int, str]:
+    """Blocking (journal, D-Bus): run in a worker thread. A runner that cannot tell says nothing."""
+    reasons = {}
+    for number in numbers:
+        try:
+            reasons[number] = runner.last_exit(number)
+        except Exception:  # a D-Bus hiccup must not cost the agent; the probe's reason stays
+            reasons[number] = ""
+    return reasons
+
+
+async def tell_exits(health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], runner, log) -> None:
+    """LAST ERROR says how the server ended and what it last logged, not how a probe failed."""
+    unread = exits_unread(health, specs, states)
+    if not unread:
+        return
+    for number, reason in (await asyncio.to_thread(read_exits, runner, unread)).items():
+        health[number].exited(reason)
+        if reason:
+            log.warning("instance.exited", unit=instance_name(number), gpu=gpu_label(specs[number]), reason=reason)
 
 
 async def restart_due(health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, runner, log,

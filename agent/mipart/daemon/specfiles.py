@@ -1,4 +1,4 @@
-"""The instance spec files under /run/mipart/instances/: what each launcher reads at start.
+"""The instance files under /run/mipart/instances/: what each launcher reads at start.
 
 Blocking file I/O: the agent calls these from a worker thread. Nothing here raises on a
 damaged run dir (instances/ replaced by a file, a spec path taken by a directory, a full
@@ -8,6 +8,7 @@ tries again with backoff, and the servers that run keep running.
 
 from __future__ import annotations
 
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,39 +16,56 @@ from pathlib import Path
 from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import AgentStatus
 from mipart.fsutil import write_atomic
-from mipart.paths import instance_spec_path
+from mipart.envfile import EnvFileError
+from mipart.paths import instance_env_path, instance_spec_path
 from mipart.serving.spec import InstanceSpec
+
+# A spec and an env file carry the instance's env, which may hold a token: only root (the launcher) reads them.
+SPEC_MODE = 0o600
+
+
+def instance_files(run_dir: Path, spec: InstanceSpec) -> dict[Path, str]:
+    """What the launcher of one instance reads: its spec and, for a container, its env file
+    (first: the spec that names it is written after it)."""
+    files = {instance_env_path(spec.number, run_dir): spec.env_file_text()} if spec.container else {}
+    return {**files, instance_spec_path(spec.number, run_dir): spec.file_text()}
 
 
 def write_specs(run_dir: Path, specs: Mapping[int, InstanceSpec]) -> str:
-    """Each spec atomically; one whose file already says the same is left untouched.
+    """Each instance's files atomically; one that already says the same is left untouched.
 
     Returns the first failure ("" when every file is right); the others are still tried.
     """
     problem = ""
-    for number, spec in specs.items():
-        path = instance_spec_path(number, run_dir)
-        text = spec.file_text()
+    for spec in specs.values():
         try:
-            try:
-                if path.read_text() == text:
-                    continue
-            except FileNotFoundError:
-                pass
-            write_atomic(path, text)
-        except OSError as exc:
-            problem = problem or describe(exc)
+            for path, text in instance_files(run_dir, spec).items():
+                _write(path, text)
+        except (OSError, EnvFileError) as exc:
+            problem = problem or (describe(exc) if isinstance(exc, OSError) else f"instance {spec.number}: {exc}")
     return problem
 
 
+def _write(path: Path, text: str) -> None:
+    try:
+        if path.read_text() == text:
+            if stat.S_IMODE(path.stat().st_mode) != SPEC_MODE:
+                path.chmod(SPEC_MODE)  # written by a mipart that made specs world-readable
+            return
+    except FileNotFoundError:
+        pass
+    write_atomic(path, text, mode=SPEC_MODE)
+
+
 def remove_stale_specs(run_dir: Path, keep: Iterable[int]) -> None:
+    """Spec files, and env files a killed launcher left, of instances no longer planned."""
     keep = set(keep)
     try:
-        paths = list((run_dir / "instances").glob("*.json"))
+        paths = [p for pattern in ("*.json", "*.env") for p in (run_dir / "instances").glob(pattern)]
     except OSError:
         return
     for path in paths:
-        if path.stem.isdigit() and int(path.stem) not in keep:
+        if path.stem.isascii() and path.stem.isdigit() and int(path.stem) not in keep:
             try:
                 path.unlink(missing_ok=True)
             except OSError:
@@ -56,7 +74,8 @@ def remove_stale_specs(run_dir: Path, keep: Iterable[int]) -> None:
 
 def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log) -> str:
     """Someone removed spec files under /run/mipart: write them again. Returns the first failure."""
-    missing = [n for n in specs if not instance_spec_path(n, run_dir).is_file()]
+    missing = [n for n, spec in specs.items()
+               if not instance_spec_path(n, run_dir).is_file() or (spec.container and not instance_env_path(n, run_dir).is_file())]
     if not missing:
         return ""
     log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")

@@ -12,15 +12,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from mipart.gpu import attrs, driver, modes
+from mipart.gpu import attrs, driver, modes, signals
 from mipart.gpu.backend import MEMORY_ATTR
+from mipart.gpu.kernel_table import read_table
 from mipart.gpu.models import model_for_device
-from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.gpu.rules import PairTable
+from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002
 PCI_DEVICES = Path("bus/pci/devices")
 KFD = Path("class/kfd/kfd")
 USER_PARTT_PARAM = Path("module/amdgpu/parameters/user_partt_mode")
+AST_MODULE = Path("module/ast")  # a BMC's DRM driver, loaded (hardware.md, "Known traps")
 DEFAULT_XCC_COUNT = 8  # every MI300-class part mipart knows; used for a GPU it has no model for
 
 
@@ -38,9 +41,10 @@ class AmdgpuBackend:
         physical = physical_gpus(self.root)
         return HostState(physical, logical_gpus(self.root, physical))
 
-    def pair_table(self, gpu: PhysicalGpu) -> dict[str, tuple[str, ...]]:
-        xccs = xcc_count(gpu)
-        return {c: tuple(modes.memory_modes_for(c, xccs)) for c in modes.KERNEL_COMPUTE_MODES}
+    def pair_table(self, gpu: PhysicalGpu) -> PairTable:
+        """The kernel's own table where it has one; else mainline's rules, masked by the GPU's memory modes."""
+        return read_table(gpu.path, lambda name, value: self.write_attribute(gpu, name, value),
+                          xcc_count(gpu), gpu.memory_available or modes.MEMORY_MODES)
 
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
         return modes.partitions_per_gpu(compute, xcc_count(gpu))
@@ -75,11 +79,13 @@ class AmdgpuBackend:
     def _invalid_reason(self, gpu: PhysicalGpu, name: str, value: str) -> str:
         if name == MEMORY_ATTR:
             return f"not a memory mode this GPU supports (available: {_join(gpu.memory_available)})"
-        if value in gpu.compute_available and gpu.memory:
-            needs = self.pair_table(gpu).get(value, ())
-            return (f"not valid under the current memory mode {gpu.memory}"
-                    f" ({value} needs {' or '.join(needs) or 'another GPU'})")
-        return f"not a compute mode this GPU supports (available: {_join(gpu.compute_available)})"
+        pairs = self.pair_table(gpu).pairs
+        if value in pairs and gpu.memory:
+            return f"not valid under the current memory mode {gpu.memory} ({value} needs {' or '.join(pairs[value])})"
+        return f"not a compute mode this GPU supports (available: {_join(tuple(pairs))})"
+
+    def drm_conflicts(self) -> tuple[str, ...]:
+        return ("ast",) if (self.root / AST_MODULE).is_dir() else ()
 
     def reload_command(self) -> str:
         return driver.reload_command()
@@ -89,6 +95,9 @@ class AmdgpuBackend:
 
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return kfd_users(self.root, state)
+
+    def signals(self, gpu: PhysicalGpu) -> GpuSignals:
+        return signals.read_signals(gpu)
 
 
 def xcc_count(gpu: PhysicalGpu) -> int:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from mipart.values import GpuUser, HostState, PhysicalGpu
+from mipart.gpu.rules import PairTable
+from mipart.values import GpuSignals, GpuUser, HostState, PhysicalGpu
 
 # The two attributes a partition plan writes. Named as amdgpu's sysfs files, which the
 # plan's output shows; another backend maps them onto its own interface.
@@ -36,8 +37,16 @@ class GpuBackend(Protocol):
         """
         ...
 
-    def pair_table(self, gpu: PhysicalGpu) -> dict[str, tuple[str, ...]]:
-        """The driver's rule for this GPU: compute mode -> the memory modes it runs under."""
+    def pair_table(self, gpu: PhysicalGpu) -> PairTable:
+        """The driver's rule for this GPU: compute mode -> the memory modes it runs under, and its source.
+
+        Kernels differ, so it is read from the host where the driver shows it; a write it
+        needs for that (a preview) changes no partition.
+        """
+        ...
+
+    def drm_conflicts(self) -> tuple[str, ...]:
+        """Other DRM drivers loaded that take device minors and can hide partitions' nodes."""
         ...
 
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
@@ -49,7 +58,8 @@ class GpuBackend(Protocol):
         ...
 
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
-        """Write COMPUTE_ATTR or MEMORY_ATTR; a refusal is an OSError with the kernel's errno."""
+        """Write COMPUTE_ATTR, MEMORY_ATTR (or a file pair_table previews with); a refusal is an
+        OSError with the kernel's errno."""
         ...
 
     def describe_write_error(self, exc: OSError, gpu: PhysicalGpu, name: str, value: str) -> str:
@@ -69,4 +79,8 @@ class GpuBackend(Protocol):
 
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         """Processes that hold GPUs of `state`; a partition change needs them gone."""
+        ...
+
+    def signals(self, gpu: PhysicalGpu) -> GpuSignals:
+        """The GPU's RAS error counters and hwmon sensors; empty where the host has none."""
         ...

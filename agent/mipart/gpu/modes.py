@@ -1,16 +1,14 @@
-"""Compute/memory partition rules of the amdgpu driver (hardware.md), as pure functions.
+"""Compute/memory partition names and the rules that hold on EVERY amdgpu kernel, as pure functions.
 
-Shared by the profile validator (reject impossible pairs before any write), the amdgpu
-backend (its pair table, which the planner reads), and the simulator (which must refuse
-exactly what the kernel refuses).
+Kernels differ in which pairs they accept (hardware.md, "the host's kernel is the
+authority"), so offline validation refuses only what no kernel allows: SPX with more
+than one memory partition. A host's own table is in gpu/rules.py (and the backend).
 """
 
 from __future__ import annotations
 
-COMPUTE_MODES: tuple[str, ...] = ("SPX", "DPX", "QPX", "CPX")
+COMPUTE_MODES: tuple[str, ...] = ("SPX", "DPX", "TPX", "QPX", "CPX")
 MEMORY_MODES: tuple[str, ...] = ("NPS1", "NPS2", "NPS4")
-# The driver also knows TPX (3 partitions) for 6-XCC parts; it never fits 8 XCCs.
-KERNEL_COMPUTE_MODES: tuple[str, ...] = ("SPX", "DPX", "TPX", "QPX", "CPX")
 
 # amdgpu.user_partt_mode values; -2 is AUTO (derive compute from NPS at load).
 USER_PARTT_MODE = {"AUTO": -2, "SPX": 0, "DPX": 1, "TPX": 2, "QPX": 3, "CPX": 4}
@@ -23,29 +21,11 @@ def partitions_per_gpu(compute: str, xcc_count: int = 8) -> int:
     return xcc_count if compute == "CPX" else fixed[compute]
 
 
-def nps_count(memory: str) -> int:
-    return int(memory[3:])
+def compatible(compute: str, memory: str) -> bool:
+    """Whether some kernel runs `compute` under `memory`: only SPX+NPS>1 is refused by all."""
+    return compute != "SPX" or memory == "NPS1"
 
 
-def compute_fits_xccs(compute: str, xcc_count: int = 8) -> bool:
-    return xcc_count % partitions_per_gpu(compute, xcc_count) == 0
-
-
-def compatible(compute: str, memory: str, xcc_count: int = 8) -> bool:
-    """The driver's rule for a compute mode under a memory mode (MI300-class)."""
-    if not compute_fits_xccs(compute, xcc_count):
-        return False
-    if compute == "SPX":
-        return memory == "NPS1"
-    if compute == "DPX":
-        return memory in ("NPS1", "NPS2")
-    if compute == "QPX":
-        return memory in ("NPS1", "NPS4")
-    if compute == "TPX":
-        return memory == "NPS1"
-    return xcc_count % nps_count(memory) == 0  # CPX
-
-
-def memory_modes_for(compute: str, xcc_count: int = 8) -> list[str]:
-    """What a user could pair with `compute`; used in 'what would be right' hints."""
-    return [m for m in MEMORY_MODES if compatible(compute, m, xcc_count)]
+def memory_modes_for(compute: str) -> list[str]:
+    """What a user could pair with `compute` on some kernel; used in 'what would be right' hints."""
+    return [m for m in MEMORY_MODES if compatible(compute, m)]

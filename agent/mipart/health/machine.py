@@ -30,6 +30,7 @@ class InstanceHealth:
     restart_attempts: int = 0  # restarts since it was last ready
     restarts_total: int = 0
     next_restart: float = 0.0
+    exit_read: bool = False  # why the last server ended is in last_error; read once per death
 
     @property
     def in_rotation(self) -> bool:
@@ -66,6 +67,20 @@ class InstanceHealth:
             return self._enter(UNHEALTHY)
         return False  # starting/restarting: not ready yet is not a failure
 
+    def condemn(self, reason: str, restart: bool) -> bool:
+        """A decisive failure (see ProbeResult): out of rotation now; failed when a restart cannot help.
+
+        A starting server is not condemned for a failed generation (it is not ready yet), but a
+        GPU fault fails it too.
+        """
+        self.failures += 1
+        self.last_error = reason
+        if self.state in (FAILED, DRAINING):
+            return False
+        if not restart:
+            return self._enter(FAILED)
+        return self._enter(UNHEALTHY) if self.in_rotation else False
+
     def unit_gone(self, reason: str, now: float) -> bool:
         """The process died (or never ran): out of rotation at once.
 
@@ -75,6 +90,13 @@ class InstanceHealth:
             return False
         self.last_error = reason
         return self._enter(UNHEALTHY)
+
+    def exited(self, reason: str) -> None:
+        """The runner's account of the death (exit status, last log line) replaces whatever the
+        probes saw of it (a refused connection says nothing an operator can act on)."""
+        self.exit_read = True
+        if reason:
+            self.last_error = reason if self.state != FAILED else f"{reason}; {self.last_error}"
 
     def needs_restart(self, now: float, spec: HealthSpec) -> bool:
         if self.state == UNHEALTHY:
@@ -93,7 +115,7 @@ class InstanceHealth:
         delay = min(spec.restart_backoff * (2**self.restart_attempts), spec.restart_backoff_max)
         self.restart_attempts += 1
         self.restarts_total += 1
-        self.failures = 0
+        self.failures, self.exit_read = 0, False
         self.started_at, self.next_restart = now, now + delay
         self._enter(RESTARTING)
         return delay
@@ -103,6 +125,6 @@ class InstanceHealth:
 
     def fresh_start(self, grace: float) -> bool:
         """Started or restarted for a new spec: a new life, not a crash."""
-        self.restart_attempts, self.failures, self.last_error = 0, 0, ""
+        self.restart_attempts, self.failures, self.last_error, self.exit_read = 0, 0, "", False
         self.started_at, self.next_restart = time.monotonic(), time.monotonic() + grace
         return self._enter(STARTING)

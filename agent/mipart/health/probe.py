@@ -16,10 +16,17 @@ from mipart.serving.spec import InstanceSpec
 @dataclass(frozen=True)
 class ProbeResult:
     """ok=False counts as a failed probe (toward unhealthy); ok with an error is a warning:
-    degraded, still in rotation (e.g. too many requests waiting)."""
+    degraded, still in rotation (e.g. too many requests waiting).
+
+    decisive: the failure needs no confirming probes (the probe already waited out its own
+    timeout, or the GPU itself reports the fault): out of rotation at once. restart=False:
+    restarting the server cannot help (a GPU fault), so the instance is left failed.
+    """
 
     ok: bool
     error: str = ""
+    decisive: bool = False
+    restart: bool = True
 
 
 PASSED = ProbeResult(True)

@@ -1,7 +1,7 @@
 """The probes run on every instance, in order, and how their results combine.
 
-To add a probe (a GPU's RAS counters, a generation check), write a sibling module with
-a class implementing health.probe.Probe and add one line to PROBES.
+To add a probe, write a sibling module with a class implementing health.probe.Probe and add
+one line to PROBES. The GPU's own errors come first: a faulted GPU needs no HTTP round.
 """
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 
 from mipart.health.endpoint import HealthEndpoint
+from mipart.health.generation import GenerationCheck
+from mipart.health.gpu_errors import GpuErrors
 from mipart.health.probe import Probe, ProbeResult
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 
 PROBES: tuple[Probe, ...] = (
+    GpuErrors(),
     HealthEndpoint(),
+    GenerationCheck(),
     QueueDepth(),
 )
 

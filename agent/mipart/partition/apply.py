@@ -14,7 +14,8 @@ from mipart.errors import UserError
 from mipart.gpu.backend import GpuBackend
 from mipart.names import REPARTITION_COMMAND, instance_name
 from mipart.partition.clients import Holder, SystemdClients, describe_holders
-from mipart.partition.plan import HostRules, PartitionPlan, PlanError, Write, assert_lines, plan_partitions
+from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
+from mipart.partition.rules import read_rules
 from mipart.profile.schema import GpuSpec
 from mipart.values import GpuUser, HostState
 
@@ -26,6 +27,7 @@ class ApplyResult:
     writes: int = 0
     reloads: int = 0
     logical_gpus: int = 0
+    warnings: list[str] = field(default_factory=list)  # known traps seen on the host after the apply
     stopped: list[str] = field(default_factory=list)
     not_restarted: list[str] = field(default_factory=list)
 
@@ -36,16 +38,7 @@ class GpuBusyError(UserError):
 
 def plan_host(spec: GpuSpec, backend: GpuBackend) -> tuple[HostState, PartitionPlan]:
     state = backend.discover()
-    return state, plan_partitions(spec, state, read_rules(spec, backend, state))
-
-
-def read_rules(spec: GpuSpec, backend: GpuBackend, state: HostState) -> HostRules:
-    pairs = {g.index: backend.pair_table(g) for g in state.physical}
-    return HostRules(
-        pairs=pairs,
-        partitions={g.index: {c: backend.partitions(g, c) for c in pairs[g.index]} for g in state.physical},
-        compute_after_reload=backend.compute_after_reload(spec.memory) if spec.memory else None,
-    )
+    return state, plan_partitions(spec, state, read_rules(backend, state, spec.memory))
 
 
 def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = False) -> ApplyResult:
@@ -56,6 +49,7 @@ def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = Fal
     result = ApplyResult(logical_gpus=len(state.logical))
     if plan.noop:
         log.info("partition.unchanged", gpus=len(state.physical), logical_gpus=len(state.logical))
+        _report_traps(result, plan, log)
         return result
     if plan.reload:
         backend.reload_command()  # a command the backend refuses fails before anything changed
@@ -79,11 +73,18 @@ def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = Fal
         if diff:
             raise PlanError(f"read-back does not match the profile after apply: {diff[0]}; rerun `mipart partition apply`")
         result.logical_gpus = len(final_state.logical)
+        _report_traps(result, final_plan, log)
     finally:
         result.not_restarted = clients.start(result.stopped)
         for unit in result.stopped:
             log.info("partition.client_started", unit=unit, ok=unit not in result.not_restarted)
     return result
+
+
+def _report_traps(result: ApplyResult, plan: PartitionPlan, log) -> None:
+    result.warnings = list(plan.warnings)
+    for warning in result.warnings:
+        log.warning("partition.trap", problem=warning)
 
 
 def _users_in_the_way(backend: GpuBackend, state: HostState, plan: PartitionPlan) -> list[GpuUser]:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 from mipart.errors import UserError
 from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
+from mipart.gpu.rules import FROM_KERNEL
+from mipart.partition.traps import hidden_partitions
 from mipart.values import HostState, PhysicalGpu
 from mipart.profile.fields import COMPUTE_CHOICES, format_indices
 from mipart.profile.schema import GpuSpec
@@ -27,6 +29,29 @@ class HostRules:
     pairs: dict[int, dict[str, tuple[str, ...]]]  # physical GPU -> compute mode -> memory modes it runs under
     partitions: dict[int, dict[str, int]]  # physical GPU -> compute mode -> logical GPUs it shows
     compute_after_reload: str | None  # every GPU's mode after a reload into gpus.memory; None: none asked
+    sources: dict[int, str] = field(default_factory=dict)  # physical GPU -> where its pairs came from (gpu.rules)
+    drm_conflicts: tuple[str, ...] = ()  # other DRM drivers loaded (a BMC's `ast`)
+
+
+@dataclass(frozen=True)
+class RuleGroup:
+    """GPUs that share one pair table, as `plan`, `export` and /v1/status show it."""
+
+    gpus: tuple[int, ...]
+    source: str
+    pairs: dict[str, tuple[str, ...]]
+
+    def line(self) -> str:
+        table = "; ".join(f"{c}: {', '.join(m)}" for c, m in self.pairs.items()) or "no compute modes"
+        return f"partition rules for GPUs {format_indices(self.gpus)} ({self.source}): {table}"
+
+
+def rule_groups(rules: HostRules) -> tuple[RuleGroup, ...]:
+    groups: dict[tuple, list[int]] = {}
+    for index, pairs in sorted(rules.pairs.items()):
+        key = (rules.sources.get(index, FROM_KERNEL), tuple(pairs.items()))
+        groups.setdefault(key, []).append(index)
+    return tuple(RuleGroup(tuple(gpus), source, dict(pairs)) for (source, pairs), gpus in groups.items())
 
 
 @dataclass(frozen=True)
@@ -68,10 +93,17 @@ class PartitionPlan:
     writes: tuple[Write, ...]
     reload: bool
     logical: tuple[LogicalPrediction, ...] = field(default=())
+    rules: tuple[RuleGroup, ...] = ()
+    warnings: tuple[str, ...] = ()  # known traps on this host (partition.traps)
 
     @property
     def noop(self) -> bool:
         return not self.writes and not self.reload
+
+    def compute_of_logical(self) -> dict[int, str]:
+        """Logical GPU -> the compute mode of its physical GPU once the plan is applied."""
+        final = {g.index: g.compute_final for g in self.gpus}
+        return {lg.index: final[lg.physical] for lg in self.logical}
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +117,8 @@ class PartitionPlan:
                 for g in self.gpus
             ],
             "logical_gpus": [asdict(lg) for lg in self.logical],
+            "rules": [asdict(group) for group in self.rules],
+            "warnings": list(self.warnings),
         }
 
 
@@ -106,7 +140,7 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
         want = spec.compute_for(gpu.index)
         start = rules.compute_after_reload if reload else gpu.compute
         if want is not None:
-            _check_compute(gpu, want, memory_final, rules.pairs[gpu.index])
+            _check_compute(gpu, want, memory_final, rules.pairs[gpu.index], rules.sources.get(gpu.index, FROM_KERNEL))
             if start != want:
                 writes.append(Write(gpu.index, COMPUTE_ATTR, want, after_reload=reload))
         changes.append(
@@ -121,7 +155,8 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
             )
         )
     logical = _predict_logical(changes, rules.partitions)
-    return PartitionPlan(gpus=tuple(changes), writes=tuple(writes), reload=reload, logical=logical)
+    return PartitionPlan(gpus=tuple(changes), writes=tuple(writes), reload=reload, logical=logical, rules=rule_groups(rules),
+                         warnings=tuple(hidden_partitions(state, rules.partitions, rules.drm_conflicts)))
 
 
 def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:
@@ -145,13 +180,16 @@ def _check_memory(memory: str, gpus: tuple[PhysicalGpu, ...]) -> None:
             )
 
 
-def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tuple[str, ...]]) -> None:
-    if want not in gpu.compute_available:
-        offered = ", ".join(gpu.compute_available) or "none"
-        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}); choose one of those")
-    if memory not in pairs.get(want, ()):
-        fits = ", ".join(pairs.get(want, ()))
-        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}): compute {want} cannot run under memory {memory}; set gpus.memory to {fits}")
+def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tuple[str, ...]], source: str) -> None:
+    """Against the host's own table, before anything is written (a reload costs minutes)."""
+    where = "the kernel's table" if source == FROM_KERNEL else f"the {source}"
+    if want not in pairs:
+        offered = ", ".join(pairs) or "none"
+        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}, per {where}); choose one of those")
+    if memory not in pairs[want]:
+        fits = " or ".join(pairs[want])
+        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}): compute {want} cannot run under memory {memory}; set gpus.memory to {fits}: "
+                        f"{want} takes {fits} on this host (per {where}); nothing was written or reloaded")
 
 
 def _predict_logical(changes: list[GpuChange], partitions: dict[int, dict[str, int]]) -> tuple[LogicalPrediction, ...]:
@@ -178,14 +216,16 @@ def assert_lines(plan: PartitionPlan) -> list[str]:
     return lines
 
 
-def export_gpus_yaml(state: HostState) -> str:
-    """The current layout as a profile that `validate` accepts and `assert` passes."""
+def export_gpus_yaml(state: HostState, rules: tuple[RuleGroup, ...] = ()) -> str:
+    """The current layout as a profile that `validate` accepts and `assert` passes; the host's
+    pair tables ride along as comments."""
     gpus = state.physical
     counts: dict[str, int] = {}
     for gpu in gpus:
         counts[gpu.compute] = counts.get(gpu.compute, 0) + 1
     common = max(counts, key=lambda mode: (counts[mode], -COMPUTE_CHOICES.index(mode)))
-    lines = ["version: 1", "gpus:", f"  compute: {common}", f"  memory: {gpus[0].memory}", "  select: all"]
+    lines = [f"# {group.line()}" for group in rules]
+    lines += ["version: 1", "gpus:", f"  compute: {common}", f"  memory: {gpus[0].memory}", "  select: all"]
     others: dict[str, list[int]] = {}
     for gpu in gpus:
         if gpu.compute != common:
@@ -211,7 +251,8 @@ def format_plan(plan: PartitionPlan) -> str:
         writes = [f"{'after reload: ' if w.after_reload else ''}{w.attribute}={w.value}" for w in plan.writes if w.gpu == gpu.index]
         rows.append((str(gpu.index), gpu.bdf, compute, memory, ", ".join(writes) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    out = [group.line() for group in plan.rules]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     if plan.noop:
         out.append("nothing to do: the host already matches the profile (0 writes, 0 reloads)")
     else:
@@ -219,4 +260,5 @@ def format_plan(plan: PartitionPlan) -> str:
         out.append(f"{len(plan.writes)} writes, {reload}")
     count = len(plan.logical)
     out.append(f"result: {count} logical GPUs ({format_indices(range(count))})" if count else "result: no logical GPUs")
+    out += [f"warning: {w}" for w in plan.warnings]
     return "\n".join(out)

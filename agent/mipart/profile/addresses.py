@@ -3,20 +3,24 @@
 nginx takes `port`, `address:port`, `[ipv6]:port` and `unix:path`; it looks host names up
 once, when it starts, and reads a relative unix path against its prefix directory; a
 unix socket path fits sockaddr_un.sun_path, 108 bytes with its NUL. Each function returns
-(value, "") or (None, the rest of a problem line after the field's name).
+(value, "") or (None, the rest of a problem line after the field's name). Pure but for
+one read: an API socket path has its symbolic links resolved before it is checked.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
+from mipart.names import DEFAULT_RUN_DIR
 from mipart.profile.nodes import cut, shown
 from mipart.profile.schema import Listen
 
 UNIX_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
 SUN_PATH_MAX = 107  # bytes before the NUL in sockaddr_un.sun_path
-API_SOCKET_DIR = "/run/mipart/"
+API_SOCKET_DIR = DEFAULT_RUN_DIR + "/"
+LOOPBACK = "127.0.0.1"
 EXAMPLE = "e.g. 8040 or 127.0.0.1:8040"
 HOST_HINT = "use an IP address such as 127.0.0.1 or [::1], or * or localhost (nginx looks names up only when it starts)"
 
@@ -75,7 +79,9 @@ def unix_path(path: str, under: str = "") -> tuple[str | None, str]:
     if not path.startswith("/"):
         return None, (f"socket unix:{cut(path)} is relative, and nginx would read it against its own prefix directory; "
                       f"give an absolute path, e.g. unix:{under or '/run/'}NAME.sock")
-    if not UNIX_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")) or path.endswith("/"):
+    if any(part in (".", "..") for part in path.split("/")):
+        return None, f"socket {shown(path)} is not a plain absolute path: it has a '.' or '..' component; write the path it means, e.g. unix:{under or '/run/'}NAME.sock"
+    if not UNIX_PATH.fullmatch(path) or path.endswith("/"):
         return None, f"socket {shown(path)} is not a plain absolute path; use letters, digits and . _ / + @ - only"
     if len(path.encode()) > SUN_PATH_MAX:
         return None, f"socket path is {len(path.encode())} bytes; a unix socket path has at most {SUN_PATH_MAX}"
@@ -85,14 +91,35 @@ def unix_path(path: str, under: str = "") -> tuple[str | None, str]:
 
 
 def parse_api_listen(text: str) -> tuple[str | None, str]:
-    """The agent's own API: host:port (a bare port means every address) or unix:/run/mipart/NAME.sock."""
+    """The agent's own API: host:port, a bare port (loopback: every other address must be
+    written out) or unix:/run/mipart/NAME.sock."""
     if text.startswith("unix:"):
         path, error = unix_path(text[5:], under=API_SOCKET_DIR)
+        if path and not resolves_under(path, API_SOCKET_DIR):
+            return None, f"socket {shown(path)} resolves to {shown(os.path.realpath(path))} through a symbolic link, outside {API_SOCKET_DIR}; give a path under {API_SOCKET_DIR} without links"
         return (f"unix:{path}" if path else None), error
+    if text.isascii() and text.isdigit():
+        port, error = parse_port(text)
+        return (f"{LOOPBACK}:{port}" if port else None), error
     listen, error = parse_listen(text)
     if listen is not None and listen.host == "*":
         return None, "host * is nginx's word, the agent binds an address; use 0.0.0.0 or [::] for every address"
     return (str(listen) if listen else None), error
+
+
+def resolves_under(path: str, directory: str) -> bool:
+    """PATH, its symbolic links followed (it need not exist yet), still inside DIRECTORY."""
+    top = os.path.realpath(directory)
+    return os.path.realpath(path).startswith(top.rstrip("/") + "/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_port(listen: str) -> int | None:

@@ -11,10 +11,12 @@ from typing import Iterable
 
 import yaml
 
+from mipart.cachedir import cache_dir_problem
 from mipart.gpu import modes
+from mipart.names import CACHE_VAR, RESERVED_ENV_PREFIX, VISIBLE_DEVICE_VARS
 from mipart.profile.nodes import INT, NodeChecker, cut, shown
 from mipart.profile import addresses
-from mipart.profile.schema import INSTANCE_PORT_SPAN, RUNTIMES, VISIBLE_DEVICE_VARS, GpuOverride, Listen
+from mipart.profile.schema import INSTANCE_PORT_SPAN, RUNTIMES, GpuOverride, Listen
 
 COMPUTE_CHOICES = modes.COMPUTE_MODES
 MEMORY_CHOICES = modes.MEMORY_MODES
@@ -38,8 +40,6 @@ SEQS = re.compile(r"[1-9][0-9]{0,8}")
 MAX_INDEX = 1023
 MAX_LOGICAL = INSTANCE_PORT_SPAN - 1  # instance N listens on base_port + N
 ALL = "all"  # index_set's answer for 'all', kept apart from None (= invalid)
-ENV_SET_BY_MIPART = ("HF_HOME",)
-RESERVED_ENV_PREFIX = "MIPART_"  # the runner finds servers by these tags in /proc/PID/environ
 # execve(2) takes at most MAX_ARG_STRLEN (32 pages: 131072 bytes, with its NUL) per argument or
 # KEY=value entry, and argv and environment together within ARG_MAX (a quarter of the 8 MiB
 # default stack: 2 MiB); one instance's whole exec stays under half of that.
@@ -108,6 +108,28 @@ class Checker(NodeChecker):
             return None
         return value
 
+    def cache_dir(self, node, where) -> str | None:
+        """A dedicated directory: it is mounted read-write into every container and chowned."""
+        value = self.abs_path(node, where)
+        problem = cache_dir_problem(value) if value else ""
+        if problem:
+            self.problem(node, f"{where} {shown(value)} {problem}")
+            return None
+        return value
+
+    def env_files(self, node, where) -> tuple[str, ...] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, f"{where} must be a list of absolute paths, e.g. [/etc/mipart/secrets/chat.env]")
+            return None
+        paths = [self.abs_path(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+        if any(p is None for p in paths):
+            return None
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            self.problem(node, f"{where} lists {shown(twice[0])} more than once; list each file once")
+            return None
+        return tuple(paths)
+
     def image(self, node, where) -> str | None:
         value = self.string(node, where, "an image reference")
         if value is not None and (len(value) > MAX_IMAGE or not IMAGE_REF.fullmatch(value)):
@@ -144,7 +166,7 @@ class Checker(NodeChecker):
             value = self.string(value_node, f"{where}.{cut(key)}")
             if not ENV_KEY.fullmatch(key):
                 self.problem(key_node, f"{where} key {shown(key)} is not a variable name; use letters, digits and _, not starting with a digit")
-            elif key in VISIBLE_DEVICE_VARS or key in ENV_SET_BY_MIPART:
+            elif key in VISIBLE_DEVICE_VARS or key == CACHE_VAR:
                 self.problem(key_node, f"{where}.{key} is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)")
             elif key.startswith(RESERVED_ENV_PREFIX):
                 self.problem(key_node, f"{where}.{key} is reserved: mipart tags its servers with {RESERVED_ENV_PREFIX}* variables; use another name")

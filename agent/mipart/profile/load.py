@@ -74,6 +74,7 @@ def _check_root(c: f.Checker, root: yaml.Node) -> Profile:
     if c.problems:
         return Profile()
     built = tuple(build_service(service.values) for service in services)
+    health = replace(health, generation_probes=tuple((s.name, s.generation_probe) for s in built if s.generation_probe))
     return Profile(gpus=gpus, services=built, instances=instances, health=health, api=api)
 
 
@@ -106,7 +107,7 @@ def _check_instances(c: f.Checker, node: yaml.Node) -> InstancesSpec:
     base_port = spec.base_port
     if "base_port" in items:
         base_port = c.integer(items["base_port"], "instances.base_port", 1, 65536 - INSTANCE_PORT_SPAN) or base_port
-    hf_home = c.abs_path(items["hf_home"], "instances.hf_home") if "hf_home" in items else spec.hf_home
+    hf_home = c.cache_dir(items["hf_home"], "instances.hf_home") if "hf_home" in items else spec.hf_home
     user = c.user_name(items["user"], "instances.user") if "user" in items else spec.user
     return InstancesSpec(base_port=base_port, hf_home=hf_home or spec.hf_home, user=user or spec.user)
 

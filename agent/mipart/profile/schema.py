@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from mipart.names import DEFAULT_API_LISTEN
+from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
 # An 8-GPU hive in CPX shows 64 logical GPUs; the instance port range reserves that many.
 INSTANCE_PORT_SPAN = 64
-VISIBLE_DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
-RUNTIMES = ("native", "docker", "podman")
+RUNTIMES = ("native", *CONTAINER_RUNTIMES)
 DEFAULT_NATIVE_COMMAND = ("vllm", "serve")
 # vLLM's default --max-num-seqs; sizes nginx when the service does not say otherwise.
 DEFAULT_MAX_CONCURRENCY = 256
@@ -54,6 +53,15 @@ class GpuSpec:
 
 
 @dataclass(frozen=True)
+class GenerationProbe:
+    """A one-token completion when the instance has shown no generated token for `idle` seconds:
+    /health alone misses a wedged engine (docs/gpu-health.md)."""
+
+    idle: float = 30.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     model: str
@@ -65,10 +73,12 @@ class ServiceSpec:
     command: tuple[str, ...] = DEFAULT_NATIVE_COMMAND
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    env_files: tuple[str, ...] = ()  # read by the launcher at each start, never copied into a spec
     served_model_name: str | None = None
     visible_devices_env: str = "CUDA_VISIBLE_DEVICES"
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     request_timeout: float = 600.0
+    generation_probe: GenerationProbe | None = None  # services.NAME.health.generation_probe
 
     @property
     def model_name(self) -> str:
@@ -92,6 +102,10 @@ class HealthSpec:
     restart_backoff_max: float = 60.0
     max_restarts: int = 5
     queue_depth_limit: int | None = None
+    generation_probes: tuple[tuple[str, GenerationProbe], ...] = ()  # by service, from the services' health:
+
+    def generation_probe(self, service: str) -> GenerationProbe | None:
+        return dict(self.generation_probes).get(service)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 import yaml
 
+from mipart import envfile
+from mipart.names import CONTAINER_RUNTIMES
 from mipart.profile import durations
 from mipart.profile import fields as f
 from mipart.profile.addresses import api_port
-from mipart.profile.nodes import shown
-from mipart.profile.schema import DEFAULT_NATIVE_COMMAND, INSTANCE_PORT_SPAN, ApiSpec, InstancesSpec, ServiceSpec
+from mipart.profile.nodes import CONTROL, cut, shown
+from mipart.profile.schema import DEFAULT_NATIVE_COMMAND, INSTANCE_PORT_SPAN, ApiSpec, GenerationProbe, InstancesSpec, ServiceSpec
 
 SERVICE_KEYS = (
     "model",
@@ -24,11 +26,15 @@ SERVICE_KEYS = (
     "command",
     "args",
     "env",
+    "env_files",
     "visible_devices_env",
     "max_concurrency",
     "request_timeout",
+    "health",
 )
 REQUEST_TIMEOUT = durations.Bounds(1, durations.DAY_MS)
+GENERATION_IDLE = durations.Bounds(100, durations.DAY_MS)
+GENERATION_TIMEOUT = durations.Bounds(1, durations.HOUR_MS)
 
 
 @dataclass
@@ -79,14 +85,18 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
         "command": lambda n, w: c.argv(n, w, non_empty=True),
         "args": lambda n, w: c.argv(n, w),
         "env": lambda n, w: c.env(n, w),
+        "env_files": lambda n, w: c.env_files(n, w),
         "visible_devices_env": lambda n, w: c.enum(n, w, f.VISIBLE_CHOICES),
         "max_concurrency": lambda n, w: c.integer(n, w, 1, 65536),
         "request_timeout": lambda n, w: c.duration(n, w, REQUEST_TIMEOUT),
+        "health": lambda n, w: _check_service_health(c, n, w),
     }
     values: dict = {"name": name}
     for key, check in checks.items():
         if key in items:
             values[key] = check(items[key], f"{where}.{key}")
+    if "health" in values:
+        values["generation_probe"] = values.pop("health")
     checked = Checked(values, items, key_node)
     runtime = values.get("runtime") or ServiceSpec.runtime
     _check_runtime_fields(c, runtime, items, where)
@@ -95,6 +105,21 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
         c.problem(items["tensor_parallel"], f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of {len(partitions)} or list a multiple of {tp} partitions")
     _check_exec_size(c, checked, where)
     return checked
+
+
+def _check_service_health(c: f.Checker, node: yaml.Node, where: str) -> GenerationProbe | None:
+    """services.NAME.health: {generation_probe: {idle: 30s, timeout: 10s}}."""
+    items = c.mapping(node, where, ("generation_probe",))
+    if not items or "generation_probe" not in items:
+        return None
+    where = f"{where}.generation_probe"
+    probe = c.mapping(items["generation_probe"], where, ("idle", "timeout"))
+    if probe is None:
+        return None
+    default = GenerationProbe()
+    idle = c.duration(probe["idle"], f"{where}.idle", GENERATION_IDLE) if "idle" in probe else default.idle
+    timeout = c.duration(probe["timeout"], f"{where}.timeout", GENERATION_TIMEOUT) if "timeout" in probe else default.timeout
+    return GenerationProbe(idle=idle or default.idle, timeout=timeout or default.timeout)
 
 
 def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:
@@ -116,11 +141,21 @@ def build_service(values: dict) -> ServiceSpec:
 
 
 def _check_runtime_fields(c: f.Checker, runtime: str, items: dict, where: str) -> None:
-    container = runtime in ("docker", "podman")
+    container = runtime in CONTAINER_RUNTIMES
     if container and "image" not in items:
         c.problem(items["runtime"], f"{where}: runtime {runtime} needs an image; add 'image: rocm/vllm:latest' or use runtime: native")
     if not container and "image" in items:
         c.problem(items["image"], f"{where}.image is only used with runtime docker or podman; remove it or set runtime: docker")
+    if container and isinstance(items.get("env"), yaml.MappingNode):
+        _check_env_file_values(c, runtime, items["env"], where)
+
+
+def _check_env_file_values(c: f.Checker, runtime: str, node: yaml.MappingNode, where: str) -> None:
+    """A container's env reaches it through an env file (never the client's environment)."""
+    for key_node, value_node in node.value:
+        problem = envfile.value_problem(value_node.value) if isinstance(value_node, yaml.ScalarNode) and value_node.value and not CONTROL.search(value_node.value) else ""
+        if problem:
+            c.problem(value_node, f"{where}.env.{cut(key_node.value)} {problem} (runtime {runtime} gets env through an env file)")
 
 
 def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:

@@ -26,6 +26,11 @@ class Runner(Protocol):
 
     def restart(self, number: int) -> None: ...
 
+    def last_exit(self, number: int) -> str:
+        """Why instance NUMBER's server last ended ("exited with status 1 (exit-code); <its last
+        log line>"), for LAST ERROR; "" when nothing is known. Read once per death."""
+        ...
+
     def ensure_nginx(self, files: NginxFiles) -> None:
         """Start nginx on `files`, or make a running one re-read its config; nginx workers of
         ours left without their master (runners.nginx_procs strays) must not keep the port."""

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mipart.runners import nginx_procs, procs
+from mipart.runners import exits, nginx_procs, procs
 from mipart.values import UnitState
 from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
 from mipart.serving.nginx import NginxFiles
@@ -75,6 +75,12 @@ class ProcessRunner:
     def restart(self, number: int) -> None:
         self.stop(number)
         self.start(number)
+
+    def last_exit(self, number: int) -> str:
+        """The return code of a server this runner started (unknown for an adopted one) and its last log line."""
+        child = self.children.get(number)
+        status = exits.exit_status(exits.returncode_props(child.poll() if child else None))
+        return exits.describe(status, exits.log_file_line(number, self.log_dir))
 
     # -- nginx -----------------------------------------------------------------
     def ensure_nginx(self, files: NginxFiles) -> None:

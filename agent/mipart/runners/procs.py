@@ -56,6 +56,7 @@ def tagged_servers(run_dir: str, instance_var: str = INSTANCE_VAR, run_dir_var: 
     found = {}
     for pid in pids():
         env = environ_of(pid)
-        if env.get(run_dir_var) == run_dir and env.get(instance_var, "").isdigit() and session_leader(pid) and alive(pid):
-            found[int(env[instance_var])] = pid
+        tag = env.get(instance_var, "")  # any process may carry any value: ASCII digits only ('²'.isdigit() is True)
+        if env.get(run_dir_var) == run_dir and tag.isascii() and tag.isdigit() and session_leader(pid) and alive(pid):
+            found[int(tag)] = pid
     return found

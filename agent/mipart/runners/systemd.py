@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.runners import nginx_procs, procs
+from mipart.paths import run_dir as default_run_dir
+from mipart.runners import exits, nginx_procs, procs
+from mipart.runners.devices import UNIT_DIR
+from mipart.runners.dropins import Dropins
 from mipart.serving.nginx import NginxFiles
 from mipart.values import UnitState
 from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
@@ -20,8 +24,9 @@ from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance
 class SystemdRunner:
     """runners.base.Runner on systemd: instances and nginx are the units that mipart.names names."""
 
-    def __init__(self, run_dir=None):  # units find the run dir through /etc/default/mipart
+    def __init__(self, run_dir: Path | None = None, unit_dir: Path = UNIT_DIR):  # units find the run dir through /etc/default/mipart
         self._local = threading.local()
+        self._dropins = Dropins(run_dir or default_run_dir(), unit_dir)
 
     def _manager(self):
         """One bus connection per worker thread; GLib connections are not shared across threads safely."""
@@ -53,8 +58,15 @@ class SystemdRunner:
     def main_pid(self, unit: str) -> int:
         return int(self._property(unit, "MainPID") or 0)
 
+    def _prepare(self, number: int) -> None:
+        """The instance's devices and cache as a drop-in (runners/devices.py), loaded before it starts."""
+        refused = self._dropins.sync(self._manager().Reload).get(number)
+        if refused:
+            raise UserError(refused)
+
     def start(self, number: int) -> None:
         unit = instance_unit(number)
+        self._prepare(number)
         if self._failed(unit):
             self._manager().ResetFailedUnit(unit)
         self._manager().StartUnit(unit, "replace")
@@ -63,7 +75,9 @@ class SystemdRunner:
         return self._property(unit, "ActiveState") == "failed"
 
     def stop(self, number: int) -> None:
+        """Its drop-in goes with it; systemd reads that at the next reload (the next start's)."""
         self._manager().StopUnit(instance_unit(number), "replace")
+        self._dropins.remove(number)
 
     def restart(self, number: int) -> None:
         """A frozen (SIGSTOPped) server is SIGKILLed first: systemd's stop would wake it with
@@ -72,6 +86,7 @@ class SystemdRunner:
         pid = self.main_pid(unit)
         if pid and procs.stopped(pid):
             self._manager().KillUnit(unit, "all", signal.SIGKILL)
+        self._prepare(number)
         self._manager().RestartUnit(unit, "replace")
 
     def ensure_nginx(self, files: NginxFiles) -> None:
@@ -88,3 +103,9 @@ class SystemdRunner:
 
     def nginx_running(self, files: NginxFiles) -> bool:
         return self._property(NGINX_UNIT, "ActiveState") in ("active", "reloading", "activating")
+
+    def last_exit(self, number: int) -> str:
+        """How the unit's main process last ended, from systemd, and its last journal line."""
+        unit = instance_unit(number)
+        props = {name: str(self._property(unit, name)) for name in ("Result", "ExecMainCode", "ExecMainStatus")}
+        return exits.describe(exits.exit_status(props), exits.journal_line(number))

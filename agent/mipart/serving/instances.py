@@ -8,6 +8,7 @@ only that) is a reason to restart an instance.
 from __future__ import annotations
 
 from mipart.errors import UserError
+from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES
 from mipart.values import LogicalGpu
 from mipart.profile.fields import format_indices
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
@@ -68,11 +69,11 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
     if number >= INSTANCE_PORT_SPAN:
         raise InstancePlanError(f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; this host has more logical GPUs than mipart supports")
     port = profile.instances.base_port + number
-    container = service.runtime in ("docker", "podman")
+    container = service.runtime in CONTAINER_RUNTIMES
     env = _environment(profile, service, group, container)
     serve = _serve_argv(service, port, container)
     if container:
-        argv = _container_argv(service, number, port, group, env, profile.instances.hf_home) + serve
+        argv = _container_argv(service, number, port, group, profile.instances.hf_home) + serve
     else:
         argv = serve
     return InstanceSpec(
@@ -89,6 +90,8 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
         env=env,
         user=None if container else profile.instances.user,
         hf_home=profile.instances.hf_home,
+        env_files=service.env_files,
+        cache_owner=profile.instances.user if container else None,
     )
 
 
@@ -100,7 +103,7 @@ def _environment(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu
     # Inside a container only its own render nodes exist, so its GPUs are 0..k-1 there.
     visible = range(len(group)) if container else (g.index for g in group)
     env[service.visible_devices_env] = ",".join(map(str, visible))
-    env["HF_HOME"] = CONTAINER_HF_HOME if container else profile.instances.hf_home
+    env[CACHE_VAR] = CONTAINER_HF_HOME if container else profile.instances.hf_home
     return tuple(sorted(env.items()))
 
 
@@ -116,14 +119,14 @@ def _serve_argv(service: ServiceSpec, port: int, container: bool) -> list[str]:
     return command + list(service.args)
 
 
-def _container_argv(service: ServiceSpec, number: int, port: int, group, env, hf_home: str) -> list[str]:
-    """`docker|podman run` with only this instance's GPUs: no --privileged, no whole /dev/dri."""
+def _container_argv(service: ServiceSpec, number: int, port: int, group, hf_home: str) -> list[str]:
+    """`docker|podman run` with only this instance's GPUs: no --privileged, no whole /dev/dri.
+
+    The env is not here: the launcher puts it in env files (serving.launcher.client_argv)."""
     argv = [service.runtime, "run", "--rm", "--name", f"mipart-vllm-{number}", "--init"]
     argv += ["--device", "/dev/kfd"]
     for gpu in group:
         argv += ["--device", gpu.render_node]
     argv += ["--group-add", "video", "--shm-size", CONTAINER_SHM]
     argv += ["-p", f"{INSTANCE_HOST}:{port}:{port}", "-v", f"{hf_home}:{CONTAINER_HF_HOME}"]
-    for key, _ in env:
-        argv += ["-e", key]  # values come from the launcher's environment, never argv
     return argv + [service.image or ""]

@@ -5,12 +5,15 @@ so the unit's main PID is vLLM itself (or the container client, which forwards s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
+from mipart.cachedir import cache_dir_problem
 from mipart.errors import UserError
 from mipart.gpu import sysfs_root
-from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR
+from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR, VISIBLE_DEVICE_VARS
 from mipart.paths import instance_spec_path
+from mipart.serving.execenv import CLIENT_PATH, checked_env_file, client_argv, client_env, read_env_files
 from mipart.serving.spec import InstanceSpec, SpecVersionError
 from mipart.sim.devices import device_env
 
@@ -31,21 +34,45 @@ def container_name(number: int) -> str:
     return f"mipart-vllm-{number}"
 
 
-def remove_container(spec: InstanceSpec) -> None:
-    subprocess.run([spec.runtime, "rm", "-f", container_name(spec.number)], capture_output=True, timeout=120)
+def container_client(spec: InstanceSpec) -> str:
+    """docker or podman, found on the fixed PATH only (never the profile's, nor the unit's)."""
+    client = shutil.which(spec.runtime, path=CLIENT_PATH)
+    if client is None:
+        raise UserError(f"instance {spec.number}: {spec.runtime} not found in {CLIENT_PATH} (the container client's fixed PATH); install it there")
+    return client
 
 
-def _drop_privileges(user: str, env: dict, hf_home: str) -> None:
-    """Become the instance user; a model cache we create must be theirs to write."""
+def remove_container(client: str, spec: InstanceSpec, env: dict) -> None:
+    subprocess.run([client, "rm", "-f", container_name(spec.number)], capture_output=True, timeout=120, env=env)
+
+
+def prepare_cache(spec: InstanceSpec) -> None:
+    """hf_home, its links followed, must still be a directory of its own; one we create is the instance user's."""
+    real = os.path.realpath(spec.hf_home)
+    problem = cache_dir_problem(real)
+    if problem:
+        raise UserError(f"instance {spec.number}: instances.hf_home {spec.hf_home} resolves to {real}, which {problem}")
+    owner = spec.cache_owner or spec.user
+    if owner and os.geteuid() == 0 and not os.path.isdir(real):
+        import pwd
+
+        entry = _user(owner, pwd)
+        os.makedirs(real, exist_ok=True)
+        os.chown(real, entry.pw_uid, entry.pw_gid)
+
+
+def _user(name: str, pwd):
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise UserError(f"system user {name!r} does not exist; reinstall mipart (it creates the user) or set instances.user")
+
+
+def _drop_privileges(user: str, env: dict) -> None:
+    """Become the instance user before the server's env is ever used (execve comes after)."""
     import pwd
 
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise UserError(f"system user {user!r} does not exist; reinstall mipart (it creates the user) or set instances.user")
-    if not os.path.isdir(hf_home):
-        os.makedirs(hf_home, exist_ok=True)
-        os.chown(hf_home, entry.pw_uid, entry.pw_gid)
+    entry = _user(user, pwd)
     os.setgroups(os.getgrouplist(user, entry.pw_gid))
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -56,22 +83,29 @@ def _drop_privileges(user: str, env: dict, hf_home: str) -> None:
 def launch(number: int, cleanup: bool) -> int:
     """Exec the server for instance NUMBER (or, with cleanup, remove its container)."""
     spec = read_spec(number)
-    container = spec.runtime in ("docker", "podman")
+    tags = {INSTANCE_VAR: str(number), DIGEST_VAR: spec.digest(), RUN_DIR_VAR: str(instance_spec_path(number).parent.parent)}
     if cleanup:
-        if container:
-            remove_container(spec)
+        if spec.container:
+            remove_container(container_client(spec), spec, client_env(tags))
         return 0
-    env = {**os.environ, **dict(spec.env), INSTANCE_VAR: str(number), DIGEST_VAR: spec.digest()}
-    env.setdefault(RUN_DIR_VAR, str(instance_spec_path(number).parent.parent))
-    if container:
-        remove_container(spec)  # a stale container of the same name would block `run --name`
+    secrets = read_env_files(spec)  # checked before anything starts; for a container, its client reads them
+    prepare_cache(spec)
+    if spec.container:
+        program, env, argv = container_client(spec), client_env(tags), client_argv(spec, checked_env_file(spec))
+        remove_container(program, spec, env)  # a stale container of the same name would block `run --name`
     else:
+        # A visible-devices variable inherited from the unit (/etc/default/mipart) would pick GPUs
+        # beside the one the spec sets; only the spec's choice reaches the server.
+        inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
+        env = {**inherited, **dict(spec.env), **secrets, **tags}
         env.update(device_env(sysfs_root(), spec.devices))  # a simulated host's device files; on a real host none
         if spec.user and os.geteuid() == 0:
-            _drop_privileges(spec.user, env, spec.hf_home)
+            _drop_privileges(spec.user, env)
+        argv = list(spec.argv)
+        program = shutil.which(argv[0], path=os.environ.get("PATH", os.defpath))  # mipart's PATH, not the profile's
+        if program is None:
+            raise UserError(f"instance {number}: command {argv[0]!r} not found; install it, or set services.{spec.service}.command")
     try:
-        os.execvpe(spec.argv[0], list(spec.argv), env)
-    except FileNotFoundError:
-        raise UserError(f"instance {number}: command {spec.argv[0]!r} not found; install it, or set services.{spec.service}.command")
+        os.execve(program, argv, env)
     except PermissionError:
-        raise UserError(f"instance {number}: cannot execute {spec.argv[0]!r} (permission denied); check the file mode")
+        raise UserError(f"instance {number}: cannot execute {program!r} (permission denied); check the file mode")

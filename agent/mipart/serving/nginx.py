@@ -43,10 +43,6 @@ class NginxFiles:
         return self.prefix / "nginx.conf.rejected"
 
     @property
-    def pid_file(self) -> Path:
-        return self.prefix / "nginx.pid"
-
-    @property
     def upstream_log(self) -> Path:
         return self.prefix / UPSTREAM_LOG
 

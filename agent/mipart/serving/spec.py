@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from mipart.names import instance_unit
+
+from mipart import envfile
+from mipart.names import CONTAINER_RUNTIMES, instance_unit
 
 INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
 SPEC_VERSION = 1
+OPTIONAL_FIELDS = ("env_files", "cache_owner")
 
 
 class SpecVersionError(ValueError):
@@ -36,6 +39,9 @@ class InstanceSpec:
     env: tuple[tuple[str, str], ...]
     user: str | None  # None: root, which a container client needs for the daemon socket
     hf_home: str
+    # Added within version 1, written only when set: a file without them reads (and digests) as before.
+    env_files: tuple[str, ...] = ()  # root-only files the launcher passes on at each start (secrets)
+    cache_owner: str | None = None  # who owns hf_home when the launcher creates it; None: `user`
 
     @property
     def unit(self) -> str:
@@ -49,14 +55,23 @@ class InstanceSpec:
     def address(self) -> str:
         return f"{INSTANCE_HOST}:{self.port}"
 
+    @property
+    def container(self) -> bool:
+        return self.runtime in CONTAINER_RUNTIMES
+
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for key in OPTIONAL_FIELDS:
+            if data[key] == self.__dataclass_fields__[key].default:
+                del data[key]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> InstanceSpec:
         fields = {**data}
-        for key in ("logical_gpus", "physical_gpus", "render_nodes", "argv"):
-            fields[key] = tuple(fields[key])
+        for key in ("logical_gpus", "physical_gpus", "render_nodes", "argv", "env_files"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
         fields["env"] = tuple(tuple(pair) for pair in fields["env"])
         return cls(**fields)
 
@@ -72,6 +87,10 @@ class InstanceSpec:
         if version != SPEC_VERSION:
             raise SpecVersionError(f"version {version!r}, but this mipart reads version {SPEC_VERSION}")
         return cls.from_json(fields)
+
+    def env_file_text(self) -> str:
+        """The env file a container client reads (`--env-file`); raises envfile.EnvFileError for a value it cannot carry."""
+        return envfile.render(self.env)
 
     def digest(self) -> str:
         """Changes exactly when the running server would differ."""

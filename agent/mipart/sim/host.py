@@ -118,11 +118,12 @@ class SimulatedHost:
     """One simulated 8-GPU host in `work`, serving `profile` once start_agent() is called.
 
     The sysfs tree starts in the profile's partition modes unless `compute`/`memory` say
-    otherwise (the demo starts it elsewhere and applies the profile).
+    otherwise (the demo starts it elsewhere and applies the profile). `rules` is the simulated
+    kernel's pair table (gpu.rules.RULE_SETS), recorded in the root for every process.
     """
 
     def __init__(self, work: Path, profile: ProfileSource, compute: str | None = None, memory: str | None = None,
-                 gpus: int = 8, model: str = "mi300x", expected: int = 16):
+                 gpus: int = 8, model: str = "mi300x", expected: int = 16, rules: str = "mainline"):
         self.work = work
         self.root, self.run_dir, self.log = work / "sys", work / "run", work / "agent.log"
         self.profile = work / "profile.yaml"
@@ -138,7 +139,7 @@ class SimulatedHost:
         self.agent: subprocess.Popen | None = None
         self.spawned: list[subprocess.Popen] = []  # every agent this host started, for close()
         self.mipart("sim", "create", str(self.root), "--model", model, "--gpus", str(gpus),
-                    "--compute", compute or profile.compute, "--memory", memory or profile.memory)
+                    "--compute", compute or profile.compute, "--memory", memory or profile.memory, "--rules", rules)
         self.write_profile()
 
     def write_profile(self, **changes) -> None:

@@ -21,38 +21,46 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.gpu.amdgpu import PCI_DEVICES
+from mipart.gpu.kernel_table import XCP_CONFIG
 from mipart.gpu.models import MODELS
-from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, KERNEL_COMPUTE_MODES, USER_PARTT_MODE, compatible
+from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, COMPUTE_MODES, USER_PARTT_MODE
+from mipart.gpu.rules import MAINLINE, RULE_SETS
 from mipart.sim import devices, tree
 from mipart.sim.state import SIM_DIR, SimState, is_sim, locked, read_state, save
 
 # PCI addresses of the 8 GPUs on a typical 8 x MI300X board; more GPUs go to further domains.
 BOARD_BUSES = ("05", "26", "46", "65", "85", "a6", "c6", "e5")
 MAX_GPUS = 16  # render minors run 128..255, 8 per GPU
-READ_ONLY = {"vendor", "device", "class", "available_compute_partition", "available_memory_partition"}
+READ_ONLY = {"vendor", "device", "class", "available_compute_partition", "available_memory_partition",
+             "compute_partition_config/supported_xcp_configs", "compute_partition_config/supported_nps_configs"}
 MODULE_IN_USE = "modprobe: FATAL: Module amdgpu is in use.\n"
 
 
 def create(root: Path, model: str = "mi300x", gpus: int = 8, compute: str = "SPX",
-           memory: str = "NPS1") -> None:
-    """Make ROOT a simulated host (or start an existing one afresh)."""
+           memory: str = "NPS1", rules: str = MAINLINE, partition_config: bool = True,
+           bmc_ast: bool = False) -> None:
+    """Make ROOT a simulated host (or start an existing one afresh) whose kernel has `rules`."""
     root = Path(root)
     spec = MODELS.get(model.lower())
     if spec is None:
         raise UserError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    if rules not in RULE_SETS:
+        raise UserError(f"unknown rule set {rules!r}; known: {', '.join(RULE_SETS)}")
     compute, memory = compute.upper(), memory.upper()
-    for kind, mode, known in (("compute", compute, spec.compute_modes), ("memory", memory, spec.memory_modes)):
+    state = SimState(spec.name, [], rules=rules, partition_config=partition_config, bmc_ast=bmc_ast)
+    for kind, mode, known in (("compute", compute, tuple(state.pairs)), ("memory", memory, state.memory_modes)):
         if mode not in known:
-            raise UserError(f"{spec.name} has no {kind} mode {mode}; use one of {', '.join(known)}")
-    if not compatible(compute, memory, spec.xcc_count):
-        raise UserError(f"compute mode {compute} is not valid under memory mode {memory} (the driver refuses it)")
+            raise UserError(f"{spec.name} has no {kind} mode {mode} under the {rules} rules; use one of {', '.join(known)}")
+    if memory not in state.pairs[compute]:
+        raise UserError(f"compute mode {compute} is not valid under memory mode {memory} with the {rules} rules "
+                        f"(the driver refuses it; {compute} takes {' or '.join(state.pairs[compute])})")
     if not 1 <= gpus <= MAX_GPUS:
         raise UserError(f"--gpus must be 1..{MAX_GPUS}, not {gpus}")
     if root.exists() and not (root.is_dir() and (is_sim(root) or not any(root.iterdir()))):
         raise UserError(f"{root}: exists and is not an empty directory or a simulated host")
     (root / SIM_DIR).mkdir(parents=True, exist_ok=True)
     bdfs = [f"{i // 8:04x}:{BOARD_BUSES[i % 8]}:00.0" for i in range(gpus)]
-    state = SimState(spec.name, [{"bdf": b, "compute": compute, "memory": memory} for b in bdfs])
+    state.gpus = [{"bdf": b, "compute": compute, "memory": memory} for b in bdfs]
     with locked(root):
         tree.clear(root)
         tree.build_static(root, state)
@@ -62,12 +70,18 @@ def create(root: Path, model: str = "mi300x", gpus: int = 8, compute: str = "SPX
 def kernel_write(root: Path, bdf: str, attr: str, value: str) -> None:
     """What the driver does when ROOT/bus/pci/devices/BDF/ATTR is written.
 
-    Raises OSError with the kernel's errno. Every call counts as a write, failed or not,
-    so tests can prove that nothing was written.
+    Raises OSError with the kernel's errno. Every call to a partition attribute counts as
+    a write, failed or not, so tests can prove that nothing was written; a preview (the
+    xcp_config file) is no write: it changes no partition.
     """
     root = Path(root)
     with locked(root):
         state = read_state(root)
+        if attr == XCP_CONFIG:
+            index = _select_preview(state, root / PCI_DEVICES / bdf / attr, bdf, value)
+            save(root, state)
+            tree.render_config(root, state, index)
+            return
         state.counters["writes"] += 1
         users_changed = _refresh_users(root, state)
         try:
@@ -78,28 +92,47 @@ def kernel_write(root: Path, bdf: str, attr: str, value: str) -> None:
         _commit(root, state, render=changed or users_changed)
 
 
-def _apply_write(state: SimState, path: Path, bdf: str, attr: str, value: str) -> bool:
-    """Apply one write to the state; True when the tree must be rebuilt."""
+def _select_preview(state: SimState, path: Path, bdf: str, value: str) -> int:
+    """compute_partition_config/xcp_config: choose which mode the other files describe."""
+    index = _gpu_of(state, path, bdf)
+    mode = value.strip().upper()
+    if not state.partition_config or mode not in state.pairs:
+        raise _error(errno.EINVAL if state.partition_config else errno.ENOENT, path)
+    gpu = state.gpus[index]
+    if mode == gpu["compute"]:
+        gpu.pop("xcp_config", None)  # shows the mode it runs, as before any preview
+    else:
+        gpu["xcp_config"] = mode
+    return index
+
+
+def _gpu_of(state: SimState, path: Path, bdf: str) -> int:
     index = next((i for i, g in enumerate(state.gpus) if g["bdf"] == bdf), None)
     if index is None:
         raise _error(errno.ENOENT, path)
-    gpu, spec, mode = state.gpus[index], state.spec, value.strip().upper()
+    return index
+
+
+def _apply_write(state: SimState, path: Path, bdf: str, attr: str, value: str) -> bool:
+    """Apply one write to the state; True when the tree must be rebuilt."""
+    index = _gpu_of(state, path, bdf)
+    gpu, mode = state.gpus[index], value.strip().upper()
     if attr == "current_compute_partition":
         # Order as in amdgpu_gfx_set_compute_partition and aqua_vanjaram_switch_partition_mode.
-        if mode not in KERNEL_COMPUTE_MODES:
+        if mode not in COMPUTE_MODES:
             raise _error(errno.EINVAL, path)
         if index in state.resetting:
             raise _error(errno.EPERM, path)
         if mode == gpu["compute"]:
             return False
-        if mode not in spec.compute_modes or not compatible(mode, gpu["memory"], spec.xcc_count):
+        if gpu["memory"] not in state.pairs.get(mode, ()):
             raise _error(errno.EINVAL, path)
         if index in _gpus_in_use(state):
             raise _error(errno.EBUSY, path)
         gpu["compute"] = mode
         return True
     if attr == "current_memory_partition":
-        if mode not in spec.memory_modes:
+        if mode not in state.memory_modes:
             raise _error(errno.EINVAL, path)
         if mode != gpu["memory"]:
             state.pending_memory = mode  # the whole hive switches at the next driver load
@@ -128,6 +161,7 @@ def reload(root: Path) -> None:
         for gpu in state.gpus:
             gpu["memory"] = state.pending_memory or gpu["memory"]
             gpu["compute"] = _compute_at_load(state, gpu["memory"])
+            gpu.pop("xcp_config", None)  # a fresh driver previews the mode it runs
         state.pending_memory = None
         state.counters["reloads"] += 1
         _commit(root, state)
@@ -137,7 +171,7 @@ def _compute_at_load(state: SimState, memory: str) -> str:
     """amdgpu.user_partt_mode decides; AUTO, or a mode the driver refuses, derives it from NPS."""
     names = {number: name for name, number in USER_PARTT_MODE.items()}
     wanted = names[state.user_partt_mode]
-    if wanted in state.spec.compute_modes and compatible(wanted, memory, state.spec.xcc_count):
+    if memory in state.pairs.get(wanted, ()):
         return wanted
     return AUTO_COMPUTE_FOR_MEMORY[memory]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from mipart.errors import UserError
 from mipart.gpu.models import MODELS, GpuModel
 from mipart.gpu.modes import USER_PARTT_MODE
+from mipart.gpu.rules import MAINLINE, memory_modes_of, pairs_for
 
 SIM_DIR = ".mipart-sim"
 AUTO = USER_PARTT_MODE["AUTO"]
@@ -26,17 +27,30 @@ AUTO = USER_PARTT_MODE["AUTO"]
 @dataclass
 class SimState:
     model: str
-    gpus: list[dict[str, str]]  # per GPU in PCI order: bdf, compute, memory
+    gpus: list[dict[str, str]]  # per GPU in PCI order: bdf, compute, memory; xcp_config once previewed
+    rules: str = MAINLINE  # the kernel's pair table (gpu.rules.RULE_SETS), the same for every process
+    partition_config: bool = True  # the kernel has compute_partition_config/ (older ones do not)
+    bmc_ast: bool = False  # a BMC's `ast` DRM driver is loaded and holds a DRM minor
     user_partt_mode: int = AUTO
     pending_memory: str | None = None  # requested NPS mode, applied hive-wide at reload
     holders: dict[int, list[int]] = field(default_factory=dict)  # pid -> physical indices (`mipart sim hold`)
     openers: dict[int, list[int]] = field(default_factory=dict)  # pid -> render minors, as last seen open (sim/devices.py)
     resetting: list[int] = field(default_factory=list)
+    # writes: to current_*_partition, refused or not (a preview through xcp_config is no write)
     counters: dict[str, int] = field(default_factory=lambda: {"writes": 0, "reloads": 0})
 
     @property
     def spec(self) -> GpuModel:
         return MODELS[self.model]
+
+    @property
+    def pairs(self) -> dict[str, tuple[str, ...]]:
+        """The simulated kernel's table: compute mode -> the memory modes it runs under."""
+        return pairs_for(self.rules, self.spec.xcc_count, self.spec.memory_modes)
+
+    @property
+    def memory_modes(self) -> tuple[str, ...]:
+        return memory_modes_of(self.rules, self.spec.memory_modes)
 
 
 def is_sim(root: Path) -> bool:

@@ -15,7 +15,8 @@ import zlib
 from contextlib import suppress
 from pathlib import Path
 
-from mipart.gpu.amdgpu import KFD, PCI_DEVICES, USER_PARTT_PARAM
+from mipart.gpu.amdgpu import AST_MODULE, KFD, PCI_DEVICES, USER_PARTT_PARAM
+from mipart.gpu.kernel_table import PARTITION_CONFIG
 from mipart.gpu.modes import partitions_per_gpu
 from mipart.sim import devices
 from mipart.sim.state import SIM_DIR, SimState
@@ -28,6 +29,9 @@ DECOYS = (
     ("0000:04:00.0", "0x1002", "0x1478", "0x060400"),  # AMD/ATI switch port: no partitions
 )
 CPU_NODES = 2
+# DRM numbers 64 primary (card) minors; a BMC's `ast` driver takes card0, so amdgpu's 64th
+# partition of a host gets no DRM node and ROCm does not see it (hardware.md, "Known traps").
+DRM_CARD_MINORS = 64
 PROPERTY_KEYS = ("cpu_cores_count", "simd_count", "mem_banks_count", "vendor_id", "device_id",
                  "location_id", "domain", "drm_render_minor", "hive_id", "num_xcc", "unique_id")
 
@@ -53,10 +57,14 @@ def build_static(root: Path, state: SimState) -> None:
             ("vendor", "0x1002"),
             ("device", f"0x{spec.device_id:04x}"),
             ("class", "0x120000"),  # processing accelerator
-            ("available_compute_partition", ", ".join(spec.compute_modes)),
-            ("available_memory_partition", ", ".join(spec.memory_modes)),
         ):
             _put(dev / name, text + "\n")
+        # This file exists only where more than one mode is supported (hardware.md).
+        if len(state.memory_modes) > 1:
+            _put(dev / "available_memory_partition", ", ".join(state.memory_modes) + "\n")
+        if state.partition_config:
+            (dev / PARTITION_CONFIG).mkdir()
+            _put(dev / PARTITION_CONFIG / "supported_xcp_configs", ", ".join(state.pairs) + "\n")
         # The PCI device carries partition 0's DRM nodes; the driver pre-creates seven
         # amdgpu_xcp platform devices per GPU for partitions 1..7.
         (dev / f"drm/card{8 * k}").mkdir(parents=True)
@@ -68,6 +76,8 @@ def build_static(root: Path, state: SimState) -> None:
             (drm / f"renderD{128 + 8 * k + p}").mkdir()
     (root / KFD).parent.mkdir(parents=True)
     (root / USER_PARTT_PARAM).parent.mkdir(parents=True)
+    if state.bmc_ast:
+        (root / AST_MODULE).mkdir(parents=True)
     devices.build(root, len(state.gpus))
 
 
@@ -80,10 +90,14 @@ def render(root: Path, state: SimState) -> None:
     sim = root / SIM_DIR
     # The parameter is declared uint, so the kernel shows AUTO (-2) as 4294967294.
     _replace(root / USER_PARTT_PARAM, f"{state.user_partt_mode & 0xFFFFFFFF}\n")
-    for gpu in state.gpus:
+    for index, gpu in enumerate(state.gpus):
         dev = root / PCI_DEVICES / gpu["bdf"]
         _replace(dev / "current_compute_partition", gpu["compute"] + "\n")
         _replace(dev / "current_memory_partition", gpu["memory"] + "\n")
+        # Mainline lists only the modes valid under the current memory mode.
+        offered = [c for c, memory in state.pairs.items() if gpu["memory"] in memory]
+        _replace(dev / "available_compute_partition", (", ".join(offered) or "Not supported") + "\n")
+        render_config(root, state, index)
     tree = Path(tempfile.mkdtemp(prefix="kfd-", dir=sim))
     os.chmod(tree, 0o755)
     _build_kfd(tree, state)
@@ -98,6 +112,17 @@ def render(root: Path, state: SimState) -> None:
     for old in sim.glob("kfd-*"):
         if old.name not in (tree.name, previous):
             shutil.rmtree(old, ignore_errors=True)
+
+
+def render_config(root: Path, state: SimState, index: int) -> None:
+    """compute_partition_config/: the mode xcp_config previews, and the memory modes it runs under."""
+    if not state.partition_config:
+        return
+    gpu = state.gpus[index]
+    config = root / PCI_DEVICES / gpu["bdf"] / PARTITION_CONFIG
+    preview = gpu.get("xcp_config", gpu["compute"])
+    _replace(config / "xcp_config", preview + "\n")
+    _replace(config / "supported_nps_configs", (", ".join(state.pairs.get(preview, ())) or "Not supported") + "\n")
 
 
 def _build_kfd(tree: Path, state: SimState) -> None:
@@ -121,6 +146,8 @@ def _build_kfd(tree: Path, state: SimState) -> None:
         domain, bus, device, function = (int(x, 16) for x in gpu["bdf"].replace(".", ":").split(":"))
         parts = len(gpu_ids[k])
         for p, gpu_id in enumerate(gpu_ids[k]):
+            if state.bmc_ast and n - CPU_NODES >= DRM_CARD_MINORS - 1:
+                break  # no DRM node left for this partition: ROCm does not list it
             _put_node(nodes / str(n), gpu_id, _properties(
                 simd_count=spec.xcc_count // parts * spec.cus_per_xcc * 4,
                 vendor_id=0x1002,

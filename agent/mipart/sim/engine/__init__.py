@@ -8,6 +8,7 @@ Faults can be injected from the command line or at run time by signal:
 
     SIGUSR1  engine dies, port stays open (/health 503, completions 500)
     SIGUSR2  hang: connections are accepted but nothing is ever answered
+    SIGWINCH wedged: /health and /metrics answer 200, generations never produce another token
     SIGTERM  graceful exit 0 (also SIGINT)
 
 Every response carries `X-Fake-Engine: <host>:<port>` and generated ids embed

@@ -13,6 +13,7 @@ from mipart.prometheus import CONTENT_TYPE, Exposition
 from mipart.sim.engine.state import (
     DEAD,
     HUNG,
+    WEDGED,
     BadRequest,
     EngineConfig,
     EngineDead,
@@ -142,13 +143,13 @@ def release(state: EngineState, used_tokens: int, finished: str | None) -> None:
 
 
 async def generate(cfg: EngineConfig, state: EngineState, n: int):
-    """Yield n tokens at --tokens-per-second; stall when hung, stop when the engine dies."""
+    """Yield n tokens at --tokens-per-second; stall when hung or wedged, stop when the engine dies."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     for i in range(n):
         if cfg.tokens_per_second > 0:
             await asyncio.sleep(max(0.0, start + (i + 1) / cfg.tokens_per_second - loop.time()))
-        if state.mode == HUNG:
+        if state.mode in (HUNG, WEDGED):
             await hang_forever(state)
         if state.mode == DEAD:
             raise EngineDead()

@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         return check
 
     parser = argparse.ArgumentParser(prog="mipart sim engine",
-                                     description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang).")
+                                     description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: wedged).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", required=True, type=at_least(1, int), help="Port to listen on.")
     parser.add_argument("--model", default="fake-model", help="Model (served under this name unless --served-model-name).")
@@ -135,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
     parser.add_argument("--max-tokens-default", type=at_least(1, int), default=16, help="Output length when a request gives no max_tokens.")
     parser.add_argument("--max-num-seqs", type=at_least(1, int), default=256,
                         help="Concurrent requests generating; more wait (vllm:num_requests_waiting).")
-    parser.add_argument("--fault", choices=FAULTS, default="none", help="die: exit 1; hang: never answer again; 503: engine dead, port open.")
+    parser.add_argument("--fault", choices=FAULTS, default="none", help="die: exit 1; hang: never answer again; 503: engine dead, port open; "
+                        "wedge: /health 200, generations hang.")
     parser.add_argument("--fault-after", type=at_least(0, float), default=0.0, metavar="SECONDS",
                         help="When the fault starts, counted from process start.")
     args = parser.parse_args(argv)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-FAULTS = ("none", "die", "hang", "503")
-HEALTHY, DEAD, HUNG = "healthy", "dead", "hung"
+FAULTS = ("none", "die", "hang", "503", "wedge")
+HEALTHY, DEAD, HUNG, WEDGED = "healthy", "dead", "hung", "wedged"
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ def apply_fault(cfg: EngineConfig, state: EngineState) -> None:
         set_mode(cfg, state, HUNG)
     elif cfg.fault == "503":
         set_mode(cfg, state, DEAD)
+    elif cfg.fault == "wedge":
+        set_mode(cfg, state, WEDGED)
 
 
 def schedule_fault(cfg: EngineConfig, state: EngineState, started: float) -> None:
@@ -116,6 +118,7 @@ def install_signals(cfg: EngineConfig, state: EngineState) -> None:
     loop.add_signal_handler(signal.SIGINT, state.stopping.set)
     loop.add_signal_handler(signal.SIGUSR1, set_mode, cfg, state, DEAD)
     loop.add_signal_handler(signal.SIGUSR2, set_mode, cfg, state, HUNG)
+    loop.add_signal_handler(signal.SIGWINCH, set_mode, cfg, state, WEDGED)
 
 
 async def hang_forever(state: EngineState) -> web.Response:

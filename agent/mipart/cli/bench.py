@@ -1,0 +1,75 @@
+"""`mipart bench run` and `mipart bench compare`: the seed's benchmark as a verb (docs/bench.md)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mipart.cli import profile_option
+
+
+@click.group("bench")
+def bench() -> None:
+    """Measure the services' listeners with a pinned load tool, and compare runs."""
+
+
+@bench.command("run")
+@profile_option
+@click.option("--service", default=None, help="Drive only this service (default: every service in the profile).")
+@click.option("--preset", type=click.Choice(["small", "seed"]), default="small", show_default=True,
+              help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; seed: seed 000's sweep (10 rates, up to 1024 users, 30 s + 120 s).")
+@click.option("--concurrency", default=None, metavar="N,N,...", help="Streams per step, e.g. 1,8,64 (instead of the preset's levels).")
+@click.option("--rates", default=None, metavar="R,R,...", help="Requests per second per step, e.g. 0.5,2,8 (instead of streams).")
+@click.option("--warmup", type=float, default=None, metavar="SECONDS", help="Warm-up per step, not counted.")
+@click.option("--duration", type=float, default=None, metavar="SECONDS", help="Measured seconds per step.")
+@click.option("--prompt-tokens", type=int, default=None, help="Prompt length of each request.")
+@click.option("--output-tokens", type=int, default=None, help="Generated tokens asked of each request.")
+@click.option("--tokenizer", default=None, metavar="DIR", help="A local dir with the model's tokenizer (default: the model from the model cache; a word tokenizer for fake engines).")
+@click.option("--label", default=None, help="The series name in `bench compare` (default: the partition layout).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results file (default: mipart-bench-<UTC time>.json here).")
+@click.option("--progress/--no-progress", default=None, help="The load tool's live progress (default: when stderr is a terminal).")
+def run(profile_path: str, service, preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens, tokenizer,
+        label, output, progress) -> int:
+    """Drive each service's listener through a sweep of load levels; write a tagged results file."""
+    from mipart.loadtest.run import RunRequest, run_bench
+    from mipart.loadtest.sweep import build_sweep
+    from mipart.loadtest.table import markdown_table
+    from mipart.profile import load_profile
+
+    sweep = build_sweep(preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens)
+    profile = load_profile(profile_path)
+    output = output or Path(time.strftime("mipart-bench-%Y%m%d-%H%M%S.json", time.gmtime()))
+    show = sys.stderr.isatty() if progress is None else progress
+    request = RunRequest(profile, service, sweep, output, label, tokenizer, show)
+    results = run_bench(request, lambda line: click.echo(line, err=True))
+    click.echo(markdown_table([results]))
+    fake = " (fake engines: these figures measure the serving path, not a model)" if results.tags.engine_fake else ""
+    click.echo(f"\nresults: {output}; layout {results.tags.layout}; engine {results.tags.engine}{fake}")
+    return 0
+
+
+@bench.command("compare")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the figure into this PNG (needs python3-matplotlib).")
+def compare(files: tuple[Path, ...], output: Path | None) -> int:
+    """A Markdown table of results files, and with -o the seed's figure: throughput against latency, TTFT, ITL."""
+    from mipart.loadtest.plot import NO_MATPLOTLIB, draw, have_matplotlib
+    from mipart.loadtest.results import read_results
+    from mipart.loadtest.table import markdown_table, tags_lines
+
+    loaded = [read_results(path) for path in files]
+    click.echo(markdown_table(loaded))
+    click.echo("\n" + tags_lines(loaded, [str(p) for p in files]))
+    if output is None:
+        return 0
+    if not have_matplotlib():
+        click.echo(f"mipart: no figure written to {output}: {NO_MATPLOTLIB}", err=True)
+        return 1
+    draw(loaded, output)
+    click.echo(f"\nfigure: {output}")
+    return 0

@@ -1,0 +1,84 @@
+"""A GPU's own error counters: a rise in uncorrectable RAS errors takes every instance on that
+GPU out of rotation, failed with the reason (a restart on a faulted GPU cannot help; reset or
+replace the GPU, then restart mipart-agent). Correctable errors are only counted, in /metrics.
+
+Each reading is compared with the one before, per block, not with a fixed baseline: on some
+parts the driver resets a counter when it is read (docs/gpu-health.md), so a count can fall
+back and rise again below its old value. A GPU once seen faulted stays faulted for this agent.
+The counters are read through the GPU backend (backend.signals), once per probe round for all
+GPUs (a short cache), in a worker thread: sysfs reads never run on the agent's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from mipart.gpu import open_backend
+from mipart.health.probe import PASSED, ProbeResult
+from mipart.profile.schema import HealthSpec
+from mipart.serving.spec import InstanceSpec
+from mipart.values import GpuSignals, PhysicalGpu
+
+FRESH_FOR = 0.2  # seconds: every instance's probe in one round shares one reading
+REDISCOVER = 30.0  # seconds: the GPUs are found again this often (their counters are read every round)
+ADVICE = "reset or replace the GPU, then restart mipart-agent"
+
+
+def rises(before: Mapping[int, GpuSignals], now: Mapping[int, GpuSignals]) -> dict[int, str]:
+    """GPU index -> why it is faulted, for each GPU whose uncorrectable count rose since `before`.
+
+    A GPU seen for the first time sets the counts it is compared with next (the agent accepts them).
+    """
+    found = {}
+    for index, after in now.items():
+        if index not in before:
+            continue
+        old = {block: ue for block, ue, _ in before[index].errors}
+        blocks = [f"{block} {old.get(block, 0)} -> {ue}" for block, ue, _ in after.errors if ue > old.get(block, 0)]
+        if blocks:
+            found[index] = f"GPU {index} ({after.bdf}) uncorrectable RAS errors rose ({', '.join(blocks)}); {ADVICE}"
+    return found
+
+
+class GpuErrors:
+    name = "gpu_errors"
+
+    def __init__(self, root: Path | None = None, fresh_for: float = FRESH_FOR):
+        self.root, self.fresh_for = root, fresh_for
+        self.faulted: dict[int, str] = {}  # GPU index -> the reason, kept for this agent's life
+        self._last: dict[int, GpuSignals] = {}
+        self._reading: asyncio.Future | None = None
+        self._taken = 0.0
+        self._backend = None
+        self._gpus: tuple[PhysicalGpu, ...] = ()
+        self._found_at = 0.0
+
+    async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+        await self.refresh()
+        reasons = [self.faulted[g] for g in spec.physical_gpus if g in self.faulted]
+        return ProbeResult(False, "; ".join(reasons), decisive=True, restart=False) if reasons else PASSED
+
+    async def refresh(self) -> None:
+        """One reading shared by the probes of a round; a host that cannot be read gives no verdict."""
+        fresh = self._reading is not None and (not self._reading.done() or time.monotonic() - self._taken < self.fresh_for)
+        if not fresh:
+            self._taken = time.monotonic()
+            self._reading = asyncio.ensure_future(asyncio.to_thread(self._read))
+        try:
+            await asyncio.shield(self._reading)
+        except Exception:  # no sysfs, a GPU gone mid-read: no verdict this round
+            pass
+
+    def _read(self) -> None:
+        """Blocking; one runs at a time (the shared future)."""
+        now = time.monotonic()
+        if self._backend is None or now - self._found_at > REDISCOVER:
+            self._backend = open_backend(self.root)
+            self._gpus, self._found_at = self._backend.discover().physical, now
+        reading = {gpu.index: self._backend.signals(gpu) for gpu in self._gpus}
+        for index, reason in rises(self._last, reading).items():
+            self.faulted.setdefault(index, reason)
+        self._last = reading
