@@ -106,3 +106,14 @@ def test_names_are_spelled_in_one_module():
 def _is_docstring_like(text: str) -> bool:
     """Prose (docstrings, help and error text) may name a unit; code must take it from mipart.names."""
     return " " in text.strip()
+
+
+def test_test_modules_have_names_unique_across_the_tier_folders():
+    """Tier folders without __init__.py share one module namespace under pytest's default import
+    mode: a second tests/*/test_x.py fails collection when the whole suite runs (as CI does)."""
+    tests = AGENT.parent / "tests"
+    seen: dict[str, list[str]] = {}
+    for path in tests.glob("*/test_*.py"):
+        if not (path.parent / "__init__.py").exists():
+            seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}
