@@ -47,6 +47,9 @@ _names = itertools.count()
 # "BPF device control is not supported" and lets every unit open every device.
 DEVICE_POLICY = {"args": ("--capability=CAP_BPF", "--system-call-filter=bpf"),
                  "env": {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}}
+# Every container: nspawn's own seccomp filter refuses pidfd_getfd(2) (EPERM), which a host has
+# and mipart-nginx.service uses to take over a killed master's sockets (runners/nginx_exec.py).
+HOST_SYSCALLS = ("--system-call-filter=pidfd_getfd",)
 
 
 
@@ -191,7 +194,7 @@ class Machine:
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
                 ["systemd-nspawn", "-D", str(self.rootfs), "-M", self.name, "-b",
-                 "--register=no", "--keep-unit", *self.args],
+                 "--register=no", "--keep-unit", *HOST_SYSCALLS, *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env={**GUEST_ENV, **self.env})
         deadline = time.monotonic() + self.boot_timeout

@@ -3,9 +3,10 @@
 bench/bench_faults_systemd.py's machine (the .deb installed in nspawn, the issue's host of 4
 fake engines under mipart-vllm@, mipart-nginx and mipart-agent) and its own client, one record
 per request, the excused rule of bench/faults.py; fewer clients and seconds than the bench.
-Faults: the dead engine that answers 500s, an agent SIGKILL (Restart=always), /run/mipart
-deleted, then a repartition while serving (its 503 JSON gap counted apart) and a package upgrade. Each must end with 0
-failed requests not excused.
+Faults: the dead engine that answers 500s, a SIGKILLed nginx master (its workers' sockets taken
+over), an agent SIGKILL (Restart=always), /run/mipart deleted, then a repartition while serving
+(its 503 JSON gap counted apart) and a package upgrade. Each must end with 0 failed requests
+not excused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import bench_faults_systemd as systemd_bench  # noqa: E402
 pytestmark = pytest.mark.system
 
 # /run deleted before the repartition: the hardened units must still follow and serve the next config.
-FAULTS = ("engine-500", "agent-kill", "run-deleted", "repartition", "upgrade")
+FAULTS = ("engine-500", "nginx-master", "agent-kill", "run-deleted", "repartition", "upgrade")
 
 
 def test_faults_on_systemd_fail_no_request_that_is_not_excused(tmp_path, system_ready, deb, deb_next):  # noqa: F811

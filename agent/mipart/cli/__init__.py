@@ -23,6 +23,7 @@ COMMANDS = {
     "plan": "mipart.cli.serving:plan",
     "render": "mipart.cli.serving:render",
     "exec": "mipart.cli.exec:exec_instance",
+    "exec-nginx": "mipart.cli.exec:exec_nginx",
     "agent": "mipart.cli.agent:agent",
     "status": "mipart.cli.status:status",
     "bench": "mipart.cli.bench:bench",

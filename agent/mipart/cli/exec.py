@@ -1,4 +1,4 @@
-"""`mipart exec N`: the ExecStart of mipart-vllm@N (the launcher)."""
+"""`mipart exec N`: the ExecStart of mipart-vllm@N (the launcher); `mipart exec-nginx`, mipart-nginx's."""
 
 from __future__ import annotations
 
@@ -14,3 +14,11 @@ def exec_instance(number: int, cleanup: bool) -> int:
 
     return launch(number, cleanup)
 
+
+
+@click.command("exec-nginx")
+def exec_nginx() -> None:
+    """Run mipart's nginx in the foreground, taking over a killed master's sockets (used by mipart-nginx.service)."""
+    from mipart.runners.nginx_exec import exec_nginx as run
+
+    run()

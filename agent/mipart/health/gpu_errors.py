@@ -5,8 +5,10 @@ replace the GPU, then restart mipart-agent). Correctable errors are only counted
 Each reading is compared with the one before, per block, not with a fixed baseline: on some
 parts the driver resets a counter when it is read (docs/gpu-health.md), so a count can fall
 back and rise again below its old value. A GPU once seen faulted stays faulted for this agent.
-The counters are read through the GPU backend (backend.signals), once per probe round for all
-GPUs (a short cache), in a worker thread: sysfs reads never run on the agent's loop.
+The counters are read through the GPU backend (backend.signals), at most once per health
+interval for all GPUs (the probes of 64 instances are spread over the interval and share that
+reading: idle CPU stays within its goal), in a worker thread: sysfs reads never run on the
+agent's loop.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 from mipart.values import GpuSignals, PhysicalGpu
 
-FRESH_FOR = 0.2  # seconds: every instance's probe in one round shares one reading
 REDISCOVER = 30.0  # seconds: the GPUs are found again this often (their counters are read every round)
 ADVICE = "reset or replace the GPU, then restart mipart-agent"
 
@@ -46,7 +47,7 @@ def rises(before: Mapping[int, GpuSignals], now: Mapping[int, GpuSignals]) -> di
 class GpuErrors:
     name = "gpu_errors"
 
-    def __init__(self, root: Path | None = None, fresh_for: float = FRESH_FOR):
+    def __init__(self, root: Path | None = None, fresh_for: float | None = None):  # None: the health interval
         self.root, self.fresh_for = root, fresh_for
         self.faulted: dict[int, str] = {}  # GPU index -> the reason, kept for this agent's life
         self._last: dict[int, GpuSignals] = {}
@@ -57,13 +58,13 @@ class GpuErrors:
         self._found_at = 0.0
 
     async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
-        await self.refresh()
+        await self.refresh(health.interval if self.fresh_for is None else self.fresh_for)
         reasons = [self.faulted[g] for g in spec.physical_gpus if g in self.faulted]
         return ProbeResult(False, "; ".join(reasons), decisive=True, restart=False) if reasons else PASSED
 
-    async def refresh(self) -> None:
-        """One reading shared by the probes of a round; a host that cannot be read gives no verdict."""
-        fresh = self._reading is not None and (not self._reading.done() or time.monotonic() - self._taken < self.fresh_for)
+    async def refresh(self, fresh_for: float) -> None:
+        """One reading shared by the probes within `fresh_for` seconds; a host that cannot be read gives no verdict."""
+        fresh = self._reading is not None and (not self._reading.done() or time.monotonic() - self._taken < fresh_for)
         if not fresh:
             self._taken = time.monotonic()
             self._reading = asyncio.ensure_future(asyncio.to_thread(self._read))

@@ -4,7 +4,9 @@ Ours means started in our nginx prefix, never a process matched by name alone: b
 start nginx with the prefix as its working directory (workers inherit it and nginx never
 changes it), and a master's title keeps its command line (`-p PREFIX`). A worker whose
 master is gone (SIGKILLed: workers do not die with it) keeps the listening sockets and the
-config it had; that is a stray. How a stray is replaced is in runners.process.
+config it had; that is a stray. A new master takes over the strays' listening sockets
+(`take_over`), then they quit gracefully: the process runner does it when it starts nginx,
+and on systemd `mipart exec-nginx`, the ExecStart of mipart-nginx.service (runners.nginx_exec).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,8 @@ WORKER = "nginx: worker process"
 SHUTTING_DOWN = "nginx: worker process is shutting down"  # set just before it closes its listeners
 PIDFD_GETFD = 438  # the same number on every Linux architecture (added after the syscall tables merged)
 LISTEN_STATE = "0A"
+INHERIT_VAR = "NGINX"  # nginx takes over the listening sockets it names ("fd;fd;") at start
+RELEASE_TIMEOUT = 2.0  # a stray told to quit closes its listeners at once
 
 
 @dataclass
@@ -96,12 +102,41 @@ def take_fd(pid: int, fd: int) -> int:
         os.close(pidfd)
 
 
+def take_over(strays: list[int]) -> list[int]:
+    """Copies of the strays' listening sockets, one per socket, for a new master to inherit
+    (nginx's own hand-over, INHERIT_VAR). The socket, and the connections waiting in its accept
+    queue, live on in the new master: nothing is refused. Where none can be copied, the strays
+    are told to quit first and their port is waited for: a short gap, but the port is free."""
+    copies: dict[int, int] = {}
+    failed = ""
+    for pid in strays:
+        for inode, fd in listening_sockets(pid).items():
+            if inode in copies:
+                continue
+            try:
+                copies[inode] = take_fd(pid, fd)
+            except OSError as exc:
+                failed = str(exc)
+    if strays and not copies:
+        print(f"mipart: cannot take over the sockets of nginx workers {strays} ({failed or 'no listening socket found'}): "
+              "they quit first, and the port is closed for a moment", file=sys.stderr, flush=True)
+        quit_gracefully(strays)
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        while any(listening_sockets(pid) for pid in strays) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return list(copies.values())
+
+
+def inherit_env(fds: list[int]) -> dict[str, str]:
+    return {INHERIT_VAR: "".join(f"{fd};" for fd in fds)} if fds else {}
+
+
 def quit_gracefully(pids_: list[int]) -> None:
     """SIGQUIT: a worker closes its listeners at once and exits when its requests are done."""
     for pid in pids_:
         try:
             os.kill(pid, signal.SIGQUIT)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone, or (not root) never ours to stop
             pass
 
 

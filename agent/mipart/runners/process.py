@@ -20,8 +20,6 @@ from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
 from mipart.serving.nginx import NginxFiles
 
 STOP_TIMEOUT = 10.0
-RELEASE_TIMEOUT = 2.0  # a stray told to quit closes its listeners at once
-NGINX_INHERIT_VAR = "NGINX"  # nginx reads listening sockets to take over from it at start
 
 
 class ProcessRunner:
@@ -95,12 +93,9 @@ class ProcessRunner:
         nginx_procs.quit_gracefully(found.strays)
 
     def _start_nginx(self, files: NginxFiles, strays: list[int]) -> None:
-        inherited = _inherit_sockets(strays)
-        if strays and not inherited:  # no copy of their sockets: free the port first (a short gap)
-            nginx_procs.quit_gracefully(strays)
-            _wait_released(strays)
+        inherited = nginx_procs.take_over(strays)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, NGINX_INHERIT_VAR: "".join(f"{fd};" for fd in inherited)} if inherited else None
+        env = {**os.environ, **nginx_procs.inherit_env(inherited)} if inherited else None
         try:
             with open(self.log_dir / "mipart-nginx.log", "ab") as log:
                 self.nginx = subprocess.Popen(files.argv(), cwd=files.prefix, env=env, pass_fds=inherited, stdin=subprocess.DEVNULL,
@@ -124,28 +119,6 @@ class ProcessRunner:
             _terminate(master, signal.SIGQUIT)
         if self.nginx is not None:
             self.nginx.wait(timeout=STOP_TIMEOUT)
-
-
-def _inherit_sockets(strays: list[int]) -> list[int]:
-    """Copies of the strays' listening sockets, one per socket, for a new master to take over
-    (nginx's own hand-over: NGINX=fd;fd;). The socket, and connections waiting in its accept
-    queue, live on in the new master: nothing is refused. Empty when they cannot be copied."""
-    copies: dict[int, int] = {}
-    for pid in strays:
-        for inode, fd in nginx_procs.listening_sockets(pid).items():
-            if inode in copies:
-                continue
-            try:
-                copies[inode] = nginx_procs.take_fd(pid, fd)
-            except OSError:
-                continue
-    return list(copies.values())
-
-
-def _wait_released(strays: list[int]) -> None:
-    deadline = time.monotonic() + RELEASE_TIMEOUT
-    while any(nginx_procs.listening_sockets(pid) for pid in strays) and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def _kill_group(pgid: int) -> None:

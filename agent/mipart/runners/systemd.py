@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.paths import run_dir as default_run_dir
-from mipart.runners import exits, nginx_procs, procs
+from mipart.runners import exits, procs
 from mipart.runners.devices import UNIT_DIR
 from mipart.runners.dropins import Dropins
 from mipart.serving.nginx import NginxFiles
@@ -94,9 +94,7 @@ class SystemdRunner:
         manager = self._manager()
         if self._property(NGINX_UNIT, "ActiveState") == "active":
             manager.ReloadUnit(NGINX_UNIT, "replace")
-        else:
-            # Workers of a master that died outside the unit's cgroup would hold the port: they quit gracefully.
-            nginx_procs.quit_gracefully(nginx_procs.scan(files.prefix).strays)
+        else:  # the unit's `mipart exec-nginx` takes over the sockets of any strays (runners.nginx_exec)
             if self._failed(NGINX_UNIT):
                 manager.ResetFailedUnit(NGINX_UNIT)
             manager.StartUnit(NGINX_UNIT, "replace")
