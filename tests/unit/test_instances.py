@@ -102,6 +102,17 @@ def test_launcher_errors_are_one_line(tmp_path, host):
     assert done.stderr.strip() == "mipart: instance 0: command 'no-such-engine' not found; install it, or set services.chat.command"
 
 
+def test_exec_nginx_errors_are_one_line(tmp_path):
+    """mipart-nginx.service's ExecStart: a missing prefix or nginx binary says which, never a traceback."""
+    done = mipart("exec-nginx", env={"MIPART_RUN_DIR": str(tmp_path / "none")})
+    assert (done.returncode, done.stderr.strip()) == (1, f"mipart: nginx prefix {tmp_path}/none/nginx: No such file or directory; "
+                                                         "mipart-agent writes it and nginx.conf (is it running?)")
+    (tmp_path / "run/nginx").mkdir(parents=True)
+    done = mipart("exec-nginx", env={"MIPART_RUN_DIR": str(tmp_path / "run"), "MIPART_NGINX": "/nonexistent/nginx"})
+    assert (done.returncode, done.stderr.strip()) == (1, "mipart: cannot run nginx /nonexistent/nginx: No such file or directory; "
+                                                         "install nginx (apt-get install nginx-light or nginx)")
+
+
 def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, host):
     profile = write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["/bin/true"]}\ninstances: {user: root}\n')
     out = tmp_path / "root"

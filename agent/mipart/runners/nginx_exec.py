@@ -26,9 +26,12 @@ def exec_nginx() -> NoReturn:
     for fd in inherited:
         os.set_inheritable(fd, True)
     nginx_procs.quit_gracefully(strays)  # they close their copies at once; the sockets live on in ours
-    argv = files.argv()
     try:
         os.chdir(files.prefix)  # workers inherit it: how mipart finds them in /proc (runners.nginx_procs)
+    except OSError as exc:
+        raise UserError(f"nginx prefix {files.prefix}: {exc.strerror}; mipart-agent writes it and nginx.conf (is it running?)")
+    argv = files.argv()
+    try:
         os.execve(argv[0], argv, {**os.environ, **nginx_procs.inherit_env(inherited)})
     except OSError as exc:
-        raise UserError(f"cannot start nginx ({argv[0]}) in {files.prefix}: {exc.strerror}; is the agent running (it writes nginx.conf)?")
+        raise UserError(f"cannot run nginx {argv[0]}: {exc.strerror}; install nginx (apt-get install nginx-light or nginx)")
