@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+from common import finish_client
 from host import BenchHost, machine, request, workdir
 
 INSTANCES = 16
@@ -234,14 +235,7 @@ def run_load(host: BenchHost, tmp: Path, clients: int, seconds: float, think: fl
 
 
 def finish_load(load: subprocess.Popen, out: Path, seconds: float) -> list:
-    try:
-        load.wait(timeout=seconds + 90)
-    finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait(timeout=10)
-    if load.returncode != 0:
-        raise SystemExit(f"load client exited {load.returncode}")
+    finish_client(load, seconds + 90)
     return json.loads(out.read_text())
 
 

@@ -28,3 +28,15 @@ def median_ms(samples: list[float]) -> float:
 
 def mipart_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "mipart", *args]
+
+
+def finish_client(client: subprocess.Popen, timeout: float) -> None:
+    """Wait for a load client that writes its own results; a hung one is killed, so a bench ends."""
+    try:
+        client.wait(timeout=timeout)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=10)
+    if client.returncode != 0:
+        raise SystemExit(f"the load client exited {client.returncode}")

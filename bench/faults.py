@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import finish_client
 from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
 
 MODEL = "test/fake-llm"
@@ -160,14 +161,7 @@ def start_load(port: int, out: Path, clients: int = 100, seconds: float = 10.0, 
 
 
 def finish_load(load: subprocess.Popen, out: Path, seconds: float) -> list[Record]:
-    try:
-        load.wait(timeout=seconds + REQUEST_TIMEOUT + 30)
-    finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait(timeout=10)
-    if load.returncode != 0:
-        raise RuntimeError(f"the load client exited {load.returncode}")
+    finish_client(load, seconds + REQUEST_TIMEOUT + 30)
     return [Record(*row) for row in json.loads(out.read_text())]
 
 

@@ -44,6 +44,7 @@ HOSTILE_SCALARS = [
     '"\\ud800"', '"\\0"', "'a b'", "'a;b'", "'a{b}'", "\"a'b\"", "'$x'", "-1", "0", "99999999999999999999", "&anchor 5",
     "*nowhere", "'unix:rel.sock'", "'::1:8040'", "'[zz]:8040'", "'1.2.3:80'", "'127.0.0.01:80'", "'host.example:8040'",
     "'[fe80::1%eth0]:8040'", "0.5ms", "0s", "25h", "1.5", "'0-9999'", "'7-0'", "'0,0'", "ALL", "Native", "spx",
+    "'X_Session'", "'X.Id'", "'a$b'", "'x;}'", "'${x}'", "'-x'", "Random", "affinity", "round_robin",
 ]
 HOSTILE_SHAPES = ["[]", "{}", "[null]", "[[]]", "{a: b}", "[" * 20 + "]" * 20, "{a: " * 20 + "b" + "}" * 20, "[~, '']",
                   "&loop [*loop]", "!!set {a, b}", "!!omap [a: 1]"]
@@ -66,6 +67,17 @@ env_values = st.one_of(words.map(q), st.sampled_from([q("a b c"), q("x=y"), q("Ã
                        st.sampled_from([1000, 131000, 131066]).map(lambda n: q("v" * n)))
 args = st.lists(st.one_of(st.sampled_from(["--max-num-seqs", q("512"), "512", "--seed", q("010"), "--enforce-eager", q("0.90"),
                                            "0.9", "--gpu-memory-utilization", q("--x=y z")]), words), max_size=6)
+
+
+# Header names nginx reads as $http_*: letters, digits and '-' (the hostile pool has the rest).
+headers = st.one_of(st.sampled_from(["X-Session-Id", "x-conversation", q("Session-2"), "X-1", q("123"), "A" * 64]),
+                    st.text("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-", min_size=1, max_size=20).filter(
+                        lambda h: h[0].isalnum() and yaml.safe_load(h) == h))
+
+
+def routing(rate: float):
+    affinity = maybe_hostile(headers, rate).map(lambda h: f"{{affinity: {{header: {h}}}}}")
+    return st.one_of(st.sampled_from(["least_conn", q("least_conn")]), st.sampled_from(["random", q("random")]), affinity)
 
 
 def listen(index: int, sock_dir: str, loopback_only: bool, port_base: int, ipv6: bool):
@@ -108,10 +120,13 @@ def service(draw, index: int, partitions: str, rate: float, **where):
         "visible_devices_env": st.sampled_from(["CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]),
         "max_concurrency": st.integers(1, 65536).map(str),
         "request_timeout": durations,
+        "routing": routing(rate),
         "health": st.one_of(st.just("{}"), st.builds(lambda i, t: f"{{generation_probe: {{idle: {i}, timeout: {t}}}}}", durations, durations)),
     }
     assert set(good) == set(SERVICE_KEYS), "a service key without a generator: add one"
     chosen = {"model", "listen", "partitions"} | set(draw(st.sets(st.sampled_from(SERVICE_KEYS), max_size=6)))
+    if draw(st.booleans()):  # half the services set their routing, so every policy reaches nginx -t
+        chosen.add("routing")
     if runtime in ("docker", "podman"):
         chosen |= {"runtime", "image"}
     else:
@@ -211,10 +226,15 @@ def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")
     conf = render_nginx(profile, specs, frozenset(numbers), prefix)
     for service in profile.services:
         assert f"listen {service.listen};" in conf
+        assert f"routing {service.routing}\n" in conf and _BALANCERS[service.routing.policy] in conf
+        event(f"routing {service.routing.policy}")
         assert " 0s;" not in conf and "None" not in conf
     _execs(specs)
     event("accepted and served")
     return conf
+
+
+_BALANCERS = {"least_conn": "        least_conn;\n", "random": "        random two least_conn;\n", "affinity": "        hash $http_"}
 
 
 def _execs(specs) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from mipart.names import DEFAULT_RUN_DIR, RUN_DIR_VAR
+from mipart.names import DEFAULT_RUN_DIR, PROFILE_OVERRIDE, RUN_DIR_VAR
 
 
 def run_dir() -> Path:
@@ -22,3 +22,8 @@ def nginx_prefix(base: Path | None = None) -> Path:
 def instance_env_path(number: int, base: Path | None = None) -> Path:
     """The env file a container client reads (root only): beside the spec it comes from."""
     return (base or run_dir()) / "instances" / f"{number}.env"
+
+
+def profile_override_path(base: Path | None = None) -> Path:
+    """The profile override of `mipart bench sweep` (docs/bench.md): on tmpfs, so a reboot drops it."""
+    return (base or run_dir()) / PROFILE_OVERRIDE

@@ -165,7 +165,7 @@ def test_status_reports_profile_partitions_apply_and_counts(host, live):
     st = get_json(host, "/v1/status")
     assert st["api_version"] == 1
     assert st["version"] == __import__("mipart").__version__
-    assert st["profile"] == {"path": str(host.profile), "digest": host.agent.profile.digest, "loaded": True}
+    assert st["profile"] == {"path": str(host.profile), "digest": host.agent.profile.digest, "loaded": True, "override": ""}
     assert st["profile_error"] == ""
     part = st["partition"]
     assert part["matches"] is True and part["logical_gpus"] == 16 and part["error"] == ""

@@ -32,7 +32,7 @@ def test_one_instance_per_logical_gpu_with_its_own_devices_and_port(tmp_path, ho
     assert env["VLLM_ROCM_USE_AITER"] == "1" and "NCCL_MIN_NCHANNELS" not in env
     assert third["argv"][:3] == ["vllm", "serve", "org/m"]
     assert third["argv"][3:9] == ["--host", "127.0.0.1", "--port", "8084", "--served-model-name", "org/m"]
-    assert plan["upstreams"] == [{"service": "chat", "listen": "0.0.0.0:8040", "model": "org/m",
+    assert plan["upstreams"] == [{"service": "chat", "listen": "0.0.0.0:8040", "model": "org/m", "routing": "least_conn",
                                   "servers": [f"127.0.0.1:{8081 + n}" for n in range(16)]}]
 
 

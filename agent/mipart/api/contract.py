@@ -75,6 +75,7 @@ class ProfileInfo:
     path: str
     digest: str
     loaded: bool
+    override: str  # the profile override in force instead of `path` (mipart bench sweep's); "" when none
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
     st = snap.status
     return Status(
         version=__version__,
-        profile=ProfileInfo(path=snap.profile_path, digest=st.profile_digest, loaded=snap.profile_loaded),
+        profile=ProfileInfo(path=snap.profile_path, digest=st.profile_digest, loaded=snap.profile_loaded, override=st.profile_override),
         profile_error=st.profile_error,
         partition=partition(host, st),
         repartition=Repartition(phase=st.repartition_phase, started=iso_utc(st.repartition_started),

@@ -22,7 +22,7 @@ def planned(profile_path: str):
 
 def _upstreams(profile, specs) -> list[dict]:
     return [
-        {"service": s.name, "listen": str(s.listen), "model": s.model_name, "servers": [x.address for x in specs if x.service == s.name]}
+        {"service": s.name, "listen": str(s.listen), "model": s.model_name, "routing": str(s.routing), "servers": [x.address for x in specs if x.service == s.name]}
         for s in profile.services
     ]
 
@@ -52,7 +52,7 @@ def plan(profile_path: str, as_json: bool) -> int:
         click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     click.echo("upstreams:")
     for up in _upstreams(profile, specs):
-        click.echo(f"  {up['service']}: listen {up['listen']}, model {up['model']}, least_conn over {len(up['servers'])} instances")
+        click.echo(f"  {up['service']}: listen {up['listen']}, model {up['model']}, {up['routing']} over {len(up['servers'])} instances")
     return 0
 
 

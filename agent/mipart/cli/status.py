@@ -166,6 +166,9 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
         f"mipart-agent {status['version']} on {api}: profile {status['profile']['path']} (digest {digest}), {match}, "
         f"{serving}/{counts['total']} instances ready" + (f" ({others})" if others else "")
     ]
+    if status["profile"].get("override"):
+        lines.append(f"  profile override by mipart bench sweep: {status['profile']['override']} (in force instead of "
+                     f"{status['profile']['path']}; if no sweep runs, remove it with `mipart bench sweep --restore`)")
     if status["profile_error"]:
         lines.append(f"  profile rejected, running the last good one: {status['profile_error']}")
     if partition["error"]:

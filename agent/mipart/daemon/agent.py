@@ -24,7 +24,7 @@ from mipart.api.host import HostSnapshot, collect_host
 from mipart.api.server import start_api
 from mipart.daemon import drain, probing, recovery, repartition, rollout, routing, specfiles
 from mipart.daemon.notify import Notifier, status_line
-from mipart.daemon.profiles import read_profile, read_profile_off_loop
+from mipart.daemon.profiles import override_in_force, read_profile, read_profile_off_loop
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, gpu_label
 from mipart.errors import UserError
 from mipart.gpu import discover
@@ -75,10 +75,11 @@ class Agent:
 
     def load_profile(self, read: tuple | None = None) -> bool:
         """Adopt the profile read (default: read it now) if valid; else keep the last good one. Returns success."""
-        profile, self.status.profile_error = read or read_profile(self.profile_path, self.log, self.status.profile_digest)
+        profile, self.status.profile_error = read or read_profile(self.profile_path, self.log, self.status.profile_digest, self.run_dir)
         if profile is None:
             return False
         self.profile, self.status.profile_digest = profile, profile.digest
+        self.status.profile_override = override_in_force(profile, self.run_dir)
         return True
 
     # -- reconcile ---------------------------------------------------------------
@@ -278,7 +279,7 @@ class Agent:
         self.reload_requested.clear()
         self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         self.log.info("agent.reload", profile=self.profile_path)
-        read = await read_profile_off_loop(self.profile_path, self.log, self.status.profile_digest)  # any failure keeps the last good one
+        read = await read_profile_off_loop(self.profile_path, self.log, self.status.profile_digest, run_dir=self.run_dir)  # any failure keeps the last good one
         if self.load_profile(read) and not await repartition.if_needed(self):  # a changed gpus: is applied while serving
             await self.reconcile()
         self.notifier.send("READY=1")

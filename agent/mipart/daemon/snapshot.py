@@ -18,6 +18,7 @@ class AgentStatus:
 
     profile_digest: str = ""
     profile_error: str = ""
+    profile_override: str = ""  # the override in force (mipart bench sweep's, under the run dir); "" when none
     nginx_error: str = ""
     last_reconcile: float = 0.0
     reconcile_error: str = ""

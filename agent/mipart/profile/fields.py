@@ -37,6 +37,11 @@ UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}(@[A-Za-z0-9:_.\\-]{0,50})?(\.(
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 RANGE_TEXT = re.compile(r"\s*[0-9]{1,4}\s*(-\s*[0-9]{1,4}\s*)?(,\s*[0-9]{1,4}\s*(-\s*[0-9]{1,4}\s*)?)*", re.ASCII)
 SEQS = re.compile(r"[1-9][0-9]{0,8}")
+# A request header nginx can read as $http_<name>: RFC 9110 allows more token characters, but
+# nginx takes a header name with any but letters, digits and '-' as invalid and drops it
+# (ignore_invalid_headers on, underscores_in_headers off: their defaults). docs/routing.md.
+HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", re.ASCII)
+HTTP_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", re.ASCII)
 MAX_INDEX = 1023
 MAX_LOGICAL = INSTANCE_PORT_SPAN - 1  # instance N listens on base_port + N
 ALL = "all"  # index_set's answer for 'all', kept apart from None (= invalid)
@@ -136,6 +141,23 @@ class Checker(NodeChecker):
             self.problem(node, f"{where} {shown(value)} is not an image reference; e.g. rocm/vllm:latest")
             return None
         return value
+
+    def header_name(self, node, where) -> str | None:
+        """A request header name, as the client writes it (nginx matches it in any case)."""
+        value = self.string(node, where, "a request header name")
+        if value is None or HEADER_NAME.fullmatch(value):
+            return value
+        odd = sorted({ch for ch in value if not (ch.isascii() and (ch.isalnum() or ch == "-"))})
+        if len(value) > 64:
+            why = f"is {len(value)} characters; keep it to 64"
+        elif not HTTP_TOKEN.fullmatch(value):
+            why = "is not an HTTP header name (RFC 9110 token)"
+        elif odd:
+            why = f"has {shown(''.join(odd))}: nginx drops a request header whose name holds anything but letters, digits and '-'"
+        else:
+            why = "starts with '-'"
+        self.problem(node, f"{where} {shown(value)} {why}; use letters, digits and '-', e.g. X-Session-Id")
+        return None
 
     def user_name(self, node, where) -> str | None:
         return self.patterned(node, where, USER_NAME, "a system user name; e.g. mipart")

@@ -62,6 +62,21 @@ class GenerationProbe:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How nginx picks a service's instance (docs/routing.md): least_conn, random two
+    least_conn, or affinity, a consistent hash of one request header, so a conversation
+    returns to the instance that holds its prefix cache."""
+
+    policy: str = "least_conn"
+    header: str | None = None  # affinity only: the request header whose value picks the instance
+
+    def __str__(self) -> str:
+        if self.policy == "affinity":
+            return f"affinity on {self.header} (hash consistent)"
+        return "random two least_conn" if self.policy == "random" else self.policy
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     model: str
@@ -79,6 +94,7 @@ class ServiceSpec:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     request_timeout: float = 600.0
     generation_probe: GenerationProbe | None = None  # services.NAME.health.generation_probe
+    routing: Routing = Routing()
 
     @property
     def model_name(self) -> str:

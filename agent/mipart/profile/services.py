@@ -13,7 +13,7 @@ from mipart.profile import durations
 from mipart.profile import fields as f
 from mipart.profile.addresses import api_port
 from mipart.profile.nodes import CONTROL, cut, shown
-from mipart.profile.schema import DEFAULT_NATIVE_COMMAND, INSTANCE_PORT_SPAN, ApiSpec, GenerationProbe, InstancesSpec, ServiceSpec
+from mipart.profile.schema import DEFAULT_NATIVE_COMMAND, INSTANCE_PORT_SPAN, ApiSpec, GenerationProbe, InstancesSpec, Routing, ServiceSpec
 
 SERVICE_KEYS = (
     "model",
@@ -31,6 +31,7 @@ SERVICE_KEYS = (
     "max_concurrency",
     "request_timeout",
     "health",
+    "routing",
 )
 REQUEST_TIMEOUT = durations.Bounds(1, durations.DAY_MS)
 GENERATION_IDLE = durations.Bounds(100, durations.DAY_MS)
@@ -58,10 +59,14 @@ def check_services(c: f.Checker, node: yaml.Node) -> list[Checked]:
     if entries is None:
         return []
     services = []
+    nginx_names: dict[str, str] = {}
     for name, value in entries.items():
         key_node = c.key_nodes[id(value)]
         if not f.SERVICE_NAME.fullmatch(name):
             c.problem(key_node, f"service name {shown(name)} is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)")
+        elif (other := nginx_names.setdefault(name.replace("-", "_"), name)) != name:
+            # nginx.conf names the upstream (and its variables) mipart_<name> with '-' as '_'
+            c.problem(key_node, f"service name {shown(name)} and service {shown(other)} differ only in '-' against '_', which nginx.conf names alike; rename one")
         checked = _check_service(c, name, value, key_node)
         if checked:
             services.append(checked)
@@ -90,6 +95,7 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
         "max_concurrency": lambda n, w: c.integer(n, w, 1, 65536),
         "request_timeout": lambda n, w: c.duration(n, w, REQUEST_TIMEOUT),
         "health": lambda n, w: _check_service_health(c, n, w),
+        "routing": lambda n, w: _check_routing(c, n, w),
     }
     values: dict = {"name": name}
     for key, check in checks.items():
@@ -120,6 +126,38 @@ def _check_service_health(c: f.Checker, node: yaml.Node, where: str) -> Generati
     idle = c.duration(probe["idle"], f"{where}.idle", GENERATION_IDLE) if "idle" in probe else default.idle
     timeout = c.duration(probe["timeout"], f"{where}.timeout", GENERATION_TIMEOUT) if "timeout" in probe else default.timeout
     return GenerationProbe(idle=idle or default.idle, timeout=timeout or default.timeout)
+
+
+ROUTING_FORMS = "least_conn, random, or {affinity: {header: X-Session-Id}}"
+
+
+def _check_routing(c: f.Checker, node: yaml.Node, where: str) -> Routing | None:
+    """services.NAME.routing: least_conn | random | {affinity: {header: NAME}}."""
+    if isinstance(node, yaml.MappingNode):
+        items = c.mapping(node, where, ("affinity",), required=("affinity",))
+        if not items or "affinity" not in items:
+            return None
+        where, node = f"{where}.affinity", items["affinity"]
+        if not isinstance(node, yaml.MappingNode):
+            c.problem(node, f"{where} must be {{header: NAME}}, e.g. routing: {{affinity: {{header: X-Session-Id}}}}")
+            return None
+        affinity = c.mapping(node, where, ("header",), required=("header",))
+        header = c.header_name(affinity["header"], f"{where}.header") if affinity and "header" in affinity else None
+        return Routing("affinity", header) if header else None
+    word = c.text(node, where, ROUTING_FORMS)
+    if word is None:
+        return None
+    if word in ("least_conn", "random"):
+        return Routing(word)
+    same = [w for w in ("least_conn", "random") if w == word.lower()]
+    if same:
+        hint = f"did you mean '{same[0]}'?"
+    elif word.lower() == "affinity":
+        hint = "affinity needs the header to hash on: write routing: {affinity: {header: X-Session-Id}}"
+    else:
+        hint = f"use {ROUTING_FORMS}"
+    c.problem(node, f"{where} is {shown(word)}; {hint}")
+    return None
 
 
 def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mipart.serving.spec import InstanceSpec
 from mipart.profile.durations import nginx_time
-from mipart.profile.schema import Profile, ServiceSpec
+from mipart.profile.schema import Profile, Routing, ServiceSpec
 from mipart.names import instance_name
 
 KEEPALIVE_PER_INSTANCE = 8
@@ -83,8 +83,10 @@ def _body(profile: Profile, specs: tuple[InstanceSpec, ...], ready: frozenset[in
         "http {",
         "    access_log off;",
         # Membership changes need a reload, and a reloading worker closes idle keep-alive
-        # connections: a client reusing one at that instant gets a reset. One connection
-        # per request (cheap next to an LLM request) removes that race.
+        # connections: a client reusing one at that instant gets a reset or an EOF (nginx
+        # 1.18/1.22 have no keepalive_min_timeout, 1.27.4+). One connection per request
+        # removes that race; keep-alive here failed 3-11 % of requests across 20 reloads
+        # (bench/bench_balancer.py; docs/balancer.md measures the alternatives).
         "    keepalive_timeout 0;",
         "    server_tokens off;",
         f"    client_body_temp_path {prefix}/client_body;",
@@ -117,10 +119,22 @@ def _body(profile: Profile, specs: tuple[InstanceSpec, ...], ready: frozenset[in
     return lines
 
 
+def _balancer(routing: Routing) -> str:
+    """The upstream's balancing directive for a service's routing policy (docs/routing.md).
+
+    Under affinity, a request without the header (an empty key) is sent round robin by
+    nginx itself, so those spread instead of all meeting on one instance.
+    """
+    if routing.policy == "affinity":
+        return f"hash $http_{routing.header.lower().replace('-', '_')} consistent;"  # how nginx names a request header
+    return "random two least_conn;" if routing.policy == "random" else "least_conn;"
+
+
 def _service_block(service: ServiceSpec, members: tuple[InstanceSpec, ...], ready: frozenset[int], fail_timeout: str) -> list[str]:
     name = f"mipart_{service.name.replace('-', '_')}"
     live = [s for s in members if s.number in ready]
-    lines = [f"    # service {service.name}: {len(live)}/{len(members)} instances ready", f"    upstream {name} {{", f"        zone {name} 256k;", "        least_conn;"]
+    lines = [f"    # service {service.name}: {len(live)}/{len(members)} instances ready; routing {service.routing}",
+             f"    upstream {name} {{", f"        zone {name} 256k;", f"        {_balancer(service.routing)}"]
     for spec in members:
         state = f" max_fails={MAX_FAILS} fail_timeout={fail_timeout}" if spec.number in ready else " down"
         lines.append(f"        server {spec.address}{state};  # {instance_name(spec.number)}")
