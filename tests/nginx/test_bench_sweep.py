@@ -119,7 +119,10 @@ def test_ctrl_c_in_a_layouts_run_restores_the_operators_profile(host):
             "--dir", str(host.work / "interrupted")]
     errors = host.work / "interrupted.err"
     with open(errors, "w") as err:
-        sweep = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=host.work)
+        # A shell without job control starts background jobs with SIGINT ignored, and Python then
+        # keeps it ignored: give the sweep the disposition a terminal's Ctrl-C meets.
+        sweep = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=host.work,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         host.wait_for(lambda: "mipart: chat: 1 streams" in errors.read_text(), timeout=120, what="the first layout's run")
         assert host.api_get("/v1/status")["profile"]["override"] == str(profile_override_path(host.run_dir))
