@@ -14,6 +14,7 @@ DEFAULT_PROFILE = "/etc/mipart/profile.yaml"
 DEFAULT_RUN_DIR = "/run/mipart"
 # Under the run dir: the profile `mipart bench sweep` runs a layout with; read before --profile when present.
 PROFILE_OVERRIDE = "profile.override.yaml"
+SWEEP_LOCK = "bench-sweep.lock"  # held (flock) by the one sweep that owns the override
 DEFAULT_SYSFS_ROOT = "/sys"
 DEFAULT_API_LISTEN = "127.0.0.1:8049"  # loopback only, unless the profile says otherwise
 CONTAINER_RUNTIMES = ("docker", "podman")  # clients that run as root and get a fixed environment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from mipart.names import DEFAULT_RUN_DIR, PROFILE_OVERRIDE, RUN_DIR_VAR
+from mipart.names import DEFAULT_RUN_DIR, PROFILE_OVERRIDE, RUN_DIR_VAR, SWEEP_LOCK
 
 
 def run_dir() -> Path:
@@ -27,3 +27,8 @@ def instance_env_path(number: int, base: Path | None = None) -> Path:
 def profile_override_path(base: Path | None = None) -> Path:
     """The profile override of `mipart bench sweep` (docs/bench.md): on tmpfs, so a reboot drops it."""
     return (base or run_dir()) / PROFILE_OVERRIDE
+
+
+def sweep_lock_path(base: Path | None = None) -> Path:
+    """Held by the one sweep that owns the override (loadtest.override.owned)."""
+    return (base or run_dir()) / SWEEP_LOCK

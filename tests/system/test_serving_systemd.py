@@ -358,6 +358,33 @@ def test_reload_with_a_bad_profile_changes_nothing(host: Host):
     assert changed(before, host.units()) == set()
 
 
+def test_a_stale_sweep_override_is_said_and_restore_reloads_through_systemd(host: Host):
+    """bench sweep's systemd branch (loadtest/reload.py): the agent is told apart by its cgroup and
+    reloaded with `systemctl reload --no-block mipart-agent`, not a bare SIGHUP. A killed sweep's
+    override is said in STATUS= until `--restore` removes it; nothing restarts."""
+    before = host.units()
+    agent_pid = host.show("mipart-agent", "MainPID")["MainPID"]
+    override = "/run/mipart/profile.override.yaml"
+    host._put(override, "# left by a sweep killed with SIGKILL\n" + host.profile_text())
+    host.m.run("systemctl reload mipart-agent", timeout=60)
+    said = f"{len(host.numbers)}/{len(host.numbers)} instances ready; profile override by mipart bench sweep: {override}"
+    deadline = time.monotonic() + 30
+    while host.status_text() != said:
+        assert time.monotonic() < deadline, host.status_text()
+        time.sleep(0.2)
+    mark = host.cursor()
+    done = host.m.run("mipart bench sweep --restore", check=False, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "mipart: reloading the agent: `systemctl reload mipart-agent`" in done.stderr, done.stderr
+    assert "the operator's profile is in force again" in done.stdout, done.stdout
+    host.wait_ready(timeout=30)  # exactly N/N ready: the override is no longer said
+    assert host.m.run(f"test -e {override}", check=False).returncode == 1
+    assert host.m.run("cat /run/mipart/bench-sweep.lock").stdout.strip().isdigit()  # the sweep's PID, its flock gone with it
+    assert host.show("mipart-agent", "MainPID")["MainPID"] == agent_pid
+    assert "event='agent.reload'" in host.journal("mipart-agent", mark)
+    assert changed(before, host.units()) == set()
+
+
 def test_sigkilled_instance_is_restarted_through_systemd(host: Host):
     before = host.units()
     victim = 2

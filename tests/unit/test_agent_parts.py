@@ -85,6 +85,10 @@ def test_counts_and_status_line():
     assert status_line(snapshot(profile_error="p:1:1: bad", nginx_error="x")) == "2/4 instances ready; profile rejected, running the last good one: p:1:1: bad"
     assert status_line(snapshot(reconcile_error="does not fit", nginx_error="x")) == "2/4 instances ready; does not fit"
     assert status_line(snapshot(nginx_error="emerg")) == "2/4 instances ready; nginx config rejected: emerg"
+    sweeping = "profile override by mipart bench sweep: /run/mipart/profile.override.yaml"
+    assert status_line(snapshot(profile_override="/run/mipart/profile.override.yaml")) == f"2/4 instances ready; {sweeping}"
+    assert status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx_error="emerg")) == \
+        f"2/4 instances ready; nginx config rejected: emerg; {sweeping}"  # the override is said whatever else is wrong
 
 
 def test_views_fill_the_response_types():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from mipart.daemon import profiles
@@ -200,3 +201,30 @@ def test_a_profile_that_leaves_the_modes_as_is_cannot_be_restored_so_the_sweep_r
                               "set them in the profile (`mipart partition export` prints the host's) and reload; nothing was changed")
     path.write_text(PROFILE)
     check_restorable(load_profile(str(path)))
+
+
+def test_one_sweep_owns_the_override_and_a_dead_owner_never_blocks(tmp_path):
+    """A second sweep (or --restore) is refused with the owner's PID while the first holds the
+    lock; once that process is gone, however it went, the next one goes ahead."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+                               "from pathlib import Path; from mipart.loadtest.override import owned\n"
+                               "with owned(Path(sys.argv[2])):\n print('held', flush=True); time.sleep(60)",
+                               str(Path(override.__file__).parents[2]), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(UserError) as err:
+            with override.owned(tmp_path):
+                pass
+        assert str(err.value).startswith(f"another `mipart bench sweep` runs on this agent (PID {holder.pid}); ")
+        assert "nothing was changed" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with override.owned(tmp_path):
+        assert (tmp_path / "bench-sweep.lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(UserError, match=r"cannot open the sweep lock: No such file or directory; run as the agent's user"):
+        with override.owned(tmp_path / "absent"):
+            pass

@@ -103,6 +103,39 @@ def test_a_probe_left_unanswered_gets_an_overlapping_confirmation_and_results_co
     assert seen[-1] == (2, "unhealthy")
 
 
+def test_the_loop_is_told_when_the_next_probe_is_due_and_woken_by_a_failure_only(monkeypatch):
+    """The hang bound must not be spent waiting for ticks: the loop sleeps until next_start and a
+    failed probe wakes it; a passing one does not."""
+    answers = {0: ProbeResult(True), 1: ProbeResult(False, "/health answered 503")}
+
+    async def answer(session, instance, health):
+        await asyncio.sleep(0.01)
+        return answers[instance.number]
+
+    monkeypatch.setattr(probing, "probe", answer)
+    spec = HealthSpec(interval=1.0, timeout=1.0, unhealthy_after=2)
+    woken = []
+
+    async def run():
+        prober = probing.Prober(lambda: woken.append(asyncio.get_running_loop().time()))
+        health = {n: InstanceHealth(n, state="ready", last_probe=50.0 + n) for n in (0, 1)}
+        specs = {n: SPECS[n] for n in (0, 1)}
+        scheduled = prober.next_start(health, specs, spec)
+        health[0].last_probe = health[1].last_probe = 0.0
+        await prober.round(None, health, specs, spec)  # both due: launched
+        in_flight = prober.next_start(health, specs, spec)
+        await asyncio.sleep(0.05)
+        return scheduled, in_flight, health
+
+    scheduled, in_flight, health = asyncio.run(run())
+    assert scheduled == 51.0  # instance 0: probed at 50, interval 1 s
+    started = min(h.last_probe for h in health.values())
+    assert in_flight == pytest.approx(started + probing.confirm_spacing(spec))  # unanswered: a confirmation is next
+    assert len(woken) == 1  # the 503 woke the loop, the 200 did not
+    health[0].state = health[1].state = "unhealthy"
+    assert probing.Prober().next_start(health, {n: SPECS[n] for n in (0, 1)}, spec) == float("inf")
+
+
 def test_a_result_for_an_instance_that_moved_on_is_dropped(monkeypatch):
     async def ok(session, instance, health):
         return ProbeResult(True)

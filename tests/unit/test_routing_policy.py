@@ -6,12 +6,19 @@ The real nginx's behaviour under each policy is tests/nginx/test_routing.py.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from conftest import mipart
+from mipart.api import views
+from mipart.api.contract import to_json_text
+from mipart.api.host import HostSnapshot
+from mipart.cli.status import format_live
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
+from mipart.health.machine import InstanceHealth
 from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
 from mipart.profile.schema import Routing
@@ -125,3 +132,19 @@ def test_plan_says_each_services_policy(tmp_path):
     assert "other: listen 0.0.0.0:8001, model org/n, random two least_conn over 2 instances" in done.stdout
     as_json = mipart("plan", "--profile", path, "--json", env={"MIPART_SYSFS_ROOT": str(root)})
     assert '"routing": "random two least_conn"' in as_json.stdout
+
+
+def test_status_api_and_mipart_status_name_each_services_policy():
+    text = (service("{affinity: {header: X-Session-Id}}") + "  batch:\n    model: org/b\n    listen: 8001\n    partitions: \"4-7\"\n"
+            "    routing: random\n")
+    profile = check_profile(text, PATH)
+    specs = {s.number: s for s in plan_instances(profile, logical_gpus())}
+    health = {n: InstanceHealth(n, state="ready" if n == 0 else "starting") for n in specs}
+    snap = AgentSnapshot.of(PATH, True, AgentStatus(), specs, health, services=profile.services)
+    answer = json.loads(to_json_text(views.status(snap, HostSnapshot(gpus=(), logical_gpus=16, units={}, nginx_running=True))))
+    assert answer["services"] == [
+        {"name": "chat", "model": "org/m", "listen": "0.0.0.0:8000", "routing": {"policy": "affinity", "header": "X-Session-Id"}, "instances": 4, "ready": 1},
+        {"name": "batch", "model": "org/b", "listen": "0.0.0.0:8001", "routing": {"policy": "random", "header": None}, "instances": 4, "ready": 0}]
+    shown = format_live(answer, [], "127.0.0.1:8049")
+    assert "  service chat (org/m) on 0.0.0.0:8000: 1/4 ready, routing affinity on X-Session-Id (hash consistent)" in shown
+    assert "  service batch (org/b) on 0.0.0.0:8001: 0/4 ready, routing random two least_conn" in shown

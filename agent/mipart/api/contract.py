@@ -71,6 +71,22 @@ class Instances:
 
 
 @dataclass(frozen=True)
+class ServiceRouting:
+    policy: str  # least_conn, random (two least_conn) or affinity (docs/routing.md)
+    header: str | None  # affinity: the request header hashed; None otherwise
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    model: str  # the served model name
+    listen: str  # host:port, [v6]:port or unix:PATH, as nginx listens
+    routing: ServiceRouting
+    instances: int
+    ready: int  # in nginx rotation
+
+
+@dataclass(frozen=True)
 class ProfileInfo:
     path: str
     digest: str
@@ -178,6 +194,7 @@ class Status:
     repartition: Repartition
     last_apply: LastApply | None
     instances: InstanceCounts
+    services: tuple[Service, ...]
     nginx: Nginx
     reconcile: Reconcile
     units_error: str

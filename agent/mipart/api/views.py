@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mipart import __version__
 from mipart.api.contract import (Instance, InstanceCounts, Instances, Nginx, PairRule, Partition, PartitionRules, ProfileInfo, Reconcile,
-                                 Repartition, Status, iso_utc)
+                                 Repartition, Service, ServiceRouting, Status, iso_utc)
 from mipart.api.host import HostSnapshot
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, gpu_label
 from mipart.names import REPARTITION_COMMAND
@@ -48,12 +48,21 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
                                 finished=iso_utc(st.repartition_finished), error=st.repartition_error),
         last_apply=host.last_apply,
         instances=InstanceCounts(total=len(snap.instances), **snap.counts()),
+        services=services(snap),
         nginx=Nginx(config_valid=not st.nginx_error, error=st.nginx_error, running=host.nginx_running, generation=st.nginx_generation,
                     serving_generation=st.nginx_serving, current=st.nginx_current, stray_workers=st.nginx_strays, problem=st.nginx_problem),
         reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
         units_error=host.units_error,
         files_error=st.files_error,
     )
+
+
+def services(snap: AgentSnapshot) -> tuple[Service, ...]:
+    def members(name: str) -> list:
+        return [view for view in snap.instances.values() if view.spec.service == name]
+
+    return tuple(Service(name=s.name, model=s.model_name, listen=str(s.listen), routing=ServiceRouting(s.routing.policy, s.routing.header),
+                         instances=len(members(s.name)), ready=sum(view.in_rotation for view in members(s.name))) for s in snap.services)
 
 
 def partition(host: HostSnapshot, st: AgentStatus) -> Partition:

@@ -18,6 +18,7 @@ from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
 from mipart.names import DEFAULT_API_LISTEN
+from mipart.profile.schema import Routing
 
 TIMEOUT = 2.0
 EXIT_NOT_READY = 3
@@ -198,6 +199,9 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
         lines.append(f"  nginx: {status['nginx']['problem']}")
     if status.get("files_error"):
         lines.append(f"  files: {status['files_error']} (the agent retries)")
+    for service in status.get("services") or ():
+        lines.append(f"  service {service['name']} ({service['model']}) on {service['listen']}: {service['ready']}/{service['instances']} ready, "
+                     f"routing {Routing(**service['routing'])}")
     rows = [HEADER]
     now = time.time()
     for i in instances:

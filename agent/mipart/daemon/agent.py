@@ -36,7 +36,7 @@ from mipart.serving.instances import plan_instances
 from mipart.serving.nginx import NginxFiles
 from mipart.serving.reconcile import plan_actions
 
-TICK = 0.1
+TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a due probe, a failed one or a signal
 STEP_RETRY = 1.0
 
 
@@ -53,7 +53,8 @@ class Agent:
         self.status = AgentStatus()
         self.router = routing.Router(self.nginx, runner, log, self.status)
         self.spec_files = specfiles.SpecFiles(run_dir, log, self.status)
-        self.prober = probing.Prober()
+        self.wake = asyncio.Event()
+        self.prober = probing.Prober(self.wake.set)
         self.profile = None
         self.specs: dict = {}
         self.health: dict[int, InstanceHealth] = {}
@@ -66,7 +67,8 @@ class Agent:
 
     # -- what it knows, for the API and STATUS= ---------------------------------------
     def snapshot(self) -> AgentSnapshot:
-        return AgentSnapshot.of(self.profile_path, self.profile is not None, self.status, self.specs, self.health, self.stopping.is_set())
+        services = self.profile.services if self.profile is not None else ()
+        return AgentSnapshot.of(self.profile_path, self.profile is not None, self.status, self.specs, self.health, self.stopping.is_set(), services)
 
     def host_snapshot(self) -> HostSnapshot:
         """Blocking: the API calls it in its own thread."""
@@ -207,9 +209,9 @@ class Agent:
         if not self.load_profile():
             raise UserError(f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)")
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self._signalled, self.reload_requested)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._signalled, self.stopping)
         api = await start_api(self, self.profile.api.listen)  # a port in use is one clear line
         try:
             await self._serve()
@@ -232,9 +234,10 @@ class Agent:
             self.log.info("agent.ready", status=status_line(self.snapshot()))
             next_check = 0.0
             while not self.stopping.is_set():
-                pause = TICK
+                self.wake.clear()  # what comes during the tick wakes the next one at once
                 try:
                     next_check = await self._tick(session, next_check)
+                    pause = self.prober.pause(self.health, self.specs, self.profile.health, TICK)
                 except Exception as exc:  # no step's failure ends the agent: logged, tried again after a pause
                     where = traceback.extract_tb(exc.__traceback__)[-1]
                     self.log.error("agent.step_failed", reason=f"{exc.__class__.__name__}: {exc}", at=f"{where.filename}:{where.lineno}", action="retry in 1s")
@@ -242,13 +245,17 @@ class Agent:
                 self.notifier.status(status_line(self.snapshot()))
                 self.notifier.watchdog()
                 try:
-                    await asyncio.wait_for(self.stopping.wait(), pause)
+                    await asyncio.wait_for(self.wake.wait(), pause)
                 except asyncio.TimeoutError:
                     pass
             for task in self.tasks:
                 task.cancel()  # a pending drain: the restart it waited for is left to the next agent
             await asyncio.gather(*self.tasks, return_exceptions=True)
             self.session = None
+
+    def _signalled(self, event: asyncio.Event) -> None:
+        event.set()
+        self.wake.set()
 
     async def _tick(self, session, next_check: float) -> float:
         if self.reload_requested.is_set():

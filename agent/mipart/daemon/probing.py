@@ -11,6 +11,7 @@ count as one failed observation and bring a probe at once.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ OLD_SERVER = ProbeResult(False, "the previous server is still answering")
 # before its result is read, nginx -t and the reload without the instance, and some slack.
 CONFIRM_MARGIN = 0.4
 MIN_SPACING = 0.05
+MIN_PAUSE = 0.005
 
 
 def confirm_spacing(spec: HealthSpec) -> float:
@@ -47,10 +49,16 @@ class Flight:
 
 
 class Prober:
-    """The probes in flight, per instance, in the order they started."""
+    """The probes in flight, per instance, in the order they started.
 
-    def __init__(self):
+    wake is called when a probe fails: the loop reads a failure at once instead of at its next
+    tick, and with next_start it sleeps exactly until the next probe is due, so the hang bound
+    is not spent on tick quantisation.
+    """
+
+    def __init__(self, wake: Callable[[], None] = lambda: None):
         self.flights: dict[int, list[Flight]] = {}
+        self.wake = wake
 
     async def round(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec,
                     force: bool = False, suspects: Mapping[str, str] | None = None) -> tuple[list[InstanceHealth], list[ProbeResult]]:
@@ -72,6 +80,16 @@ class Prober:
             due, results = due + more[0], results + more[1]
         return due, results
 
+    def next_start(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec) -> float:
+        """When the next probe (scheduled or confirming) is due to start, monotonic; inf when none is."""
+        spacing = confirm_spacing(spec)
+        times = (_start_at(h, self.flights.get(number, []), spec, spacing) for number, h in health.items() if number in specs)
+        return min((at for at in times if at is not None), default=math.inf)
+
+    def pause(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, longest: float) -> float:
+        """How long the loop may sleep: until the next probe is due, at most `longest`."""
+        return min(longest, max(MIN_PAUSE, self.next_start(health, specs, spec) - time.monotonic()))
+
     def _launch(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, force: bool) -> None:
         now = time.monotonic()
         spacing = confirm_spacing(spec)
@@ -79,14 +97,17 @@ class Prober:
             if number not in specs:
                 continue
             flights = self.flights.setdefault(number, [])
-            if flights:
-                confirm = h.in_rotation and len(flights) + h.failures < spec.unhealthy_after and now - flights[-1].started >= spacing
-                if not confirm:
-                    continue
-            elif not (force or h.due(now, spec)):
+            at = _start_at(h, flights, spec, spacing)
+            if not (force and not flights) and (at is None or now < at):
                 continue
             h.last_probe = now
-            flights.append(Flight(asyncio.ensure_future(probe(session, specs[number], spec)), now, h.started_at))
+            task = asyncio.ensure_future(probe(session, specs[number], spec))
+            task.add_done_callback(self._on_done)
+            flights.append(Flight(task, now, h.started_at))
+
+    def _on_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and (task.exception() is not None or not task.result().ok):
+            self.wake()
 
     def _harvest(self, health: Mapping[int, InstanceHealth]) -> tuple[list[InstanceHealth], list[ProbeResult]]:
         due, results = [], []
@@ -103,6 +124,14 @@ class Prober:
                     flight.task.cancel()
                 del self.flights[number]
         return due, results
+
+
+def _start_at(h: InstanceHealth, flights: list[Flight], spec: HealthSpec, spacing: float) -> float | None:
+    """An unanswered probe of an instance in rotation gets confirming probes `spacing` apart; else the schedule."""
+    if flights:
+        confirm = h.in_rotation and len(flights) + h.failures < spec.unhealthy_after
+        return flights[-1].started + spacing if confirm else None
+    return h.next_probe_at(spec)
 
 
 def _result(task: asyncio.Task) -> ProbeResult:

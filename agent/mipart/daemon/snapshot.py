@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from mipart.health.machine import InstanceHealth
 from mipart.health.states import IN_ROTATION, STARTING, STATES
+from mipart.profile.schema import ServiceSpec
 from mipart.serving.spec import InstanceSpec
 
 
@@ -91,12 +92,13 @@ class AgentSnapshot:
     status: AgentStatus  # a copy
     instances: Mapping[int, InstanceView]  # every instance the profile asks for, by number, in order
     stopping: bool = False
+    services: tuple[ServiceSpec, ...] = ()  # the profile's in force
 
     @classmethod
     def of(cls, profile_path: str, profile_loaded: bool, status: AgentStatus, specs: Mapping[int, InstanceSpec],
-           health: Mapping[int, InstanceHealth], stopping: bool = False) -> AgentSnapshot:
+           health: Mapping[int, InstanceHealth], stopping: bool = False, services: tuple[ServiceSpec, ...] = ()) -> AgentSnapshot:
         views = {n: InstanceView.of(specs[n], health.get(n)) for n in sorted(specs)}
-        return cls(str(profile_path), profile_loaded, replace(status), views, stopping)
+        return cls(str(profile_path), profile_loaded, replace(status), views, stopping, services)
 
     @property
     def ready_count(self) -> int:

@@ -51,8 +51,15 @@ class InstanceHealth:
             return min(spec.interval, spec.timeout)  # confirm or clear a failure quickly
         return STARTING_PROBE_INTERVAL
 
+    def next_probe_at(self, spec: HealthSpec) -> float | None:
+        """When the next scheduled probe is due (monotonic); None in the states that are not probed."""
+        if self.state in (UNHEALTHY, FAILED, DRAINING):
+            return None
+        return self.last_probe + self.probe_interval(spec)
+
     def due(self, now: float, spec: HealthSpec) -> bool:
-        return self.state not in (UNHEALTHY, FAILED, DRAINING) and now - self.last_probe >= self.probe_interval(spec)
+        at = self.next_probe_at(spec)
+        return at is not None and now >= at
 
     def record(self, ok: bool, error: str, spec: HealthSpec) -> bool:
         """`ok` with an `error` means healthy but overloaded (queue depth): degraded, still serving."""

@@ -128,12 +128,13 @@ def restore(link: AgentLink, operator_path: str, services, timeout: float, say) 
 
 def restore_only(link: AgentLink, profile: Profile, timeout: float, say) -> bool:
     """`--restore`: remove a (stale) override and serve the operator's profile; False when there was none."""
-    status = link.get("/v1/status")
-    if not (override.existing(link.run_dir) or status["profile"].get("override")):
-        return False
-    reachable = [s for s in profile.services if s.listen.path is None]  # a unix-socket listener is not driven, so not proven
-    restore(link, profile.source, reachable, timeout, say)
-    return True
+    with override.owned(link.run_dir):  # never under a sweep that runs: it restores itself
+        status = link.get("/v1/status")
+        if not (override.existing(link.run_dir) or status["profile"].get("override")):
+            return False
+        reachable = [s for s in profile.services if s.listen.path is None]  # a unix-socket listener is not driven, so not proven
+        restore(link, profile.source, reachable, timeout, say)
+        return True
 
 
 @contextmanager
@@ -151,6 +152,11 @@ def interruptible():
 
 def run_sweep(request: SweepRequest, link: AgentLink, say) -> list[Results]:
     check_restorable(request.profile)
+    with override.owned(link.run_dir):
+        return _owned_sweep(request, link, say)
+
+
+def _owned_sweep(request: SweepRequest, link: AgentLink, say) -> list[Results]:
     check_agent(link, request.profile)
     services = chosen_services(request.profile, request.service)
     made = not request.directory.exists()

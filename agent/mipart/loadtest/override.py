@@ -8,14 +8,17 @@ and it must mean the operator's profile in every field but the layout, or it is 
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.fsutil import write_atomic
 from mipart.loadtest.layouts import Layout
-from mipart.paths import profile_override_path
+from mipart.paths import profile_override_path, sweep_lock_path
 from mipart.profile.load import ProfileError, check_profile, read_profile_text
 from mipart.profile.schema import Profile
 
@@ -46,6 +49,32 @@ def checked_override(operator: Profile, layout: Layout, path: Path) -> tuple[str
         raise UserError(f"{operator.source}: rewritten with layout {layout.word} it would mean something else besides the layout; "
                         "nothing was changed (please report this with the profile)")
     return text, profile
+
+
+@contextmanager
+def owned(run_dir: Path | None = None) -> Iterator[None]:
+    """One sweep (or --restore) at a time per agent: the override has a single owner, who restores it.
+
+    An flock on <run dir>/bench-sweep.lock, holding the owner's PID for the refusal's line; the
+    kernel drops it when the owner dies, however it dies, so a stale lock never blocks.
+    """
+    path = sweep_lock_path(run_dir)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot open the sweep lock: {exc.strerror}; run as the agent's user (root); nothing was changed") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"another `mipart bench sweep` runs on this agent (PID {owner}); wait for it, or stop it with Ctrl-C "
+                            f"or `kill {owner}` (it restores the operator's profile); nothing was changed") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def existing(run_dir: Path | None = None) -> Path | None:
