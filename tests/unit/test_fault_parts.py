@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -103,13 +104,14 @@ def test_a_probe_left_unanswered_gets_an_overlapping_confirmation_and_results_co
     assert seen[-1] == (2, "unhealthy")
 
 
-def test_the_loop_is_told_when_the_next_probe_is_due_and_woken_by_a_failure_only(monkeypatch):
-    """The hang bound must not be spent waiting for ticks: the loop sleeps until next_start and a
-    failed probe wakes it; a passing one does not."""
+def test_the_loop_sleeps_until_a_confirmation_is_due_and_a_failure_wakes_it(monkeypatch):
+    """The hang bound must not be spent waiting for ticks: the loop sleeps until the next
+    confirming probe and a failed probe wakes it; a passing one does not. Scheduled probes keep
+    the tick, so idle instances in many phases do not multiply the loop's wake-ups."""
     answers = {0: ProbeResult(True), 1: ProbeResult(False, "/health answered 503")}
 
     async def answer(session, instance, health):
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         return answers[instance.number]
 
     monkeypatch.setattr(probing, "probe", answer)
@@ -118,22 +120,22 @@ def test_the_loop_is_told_when_the_next_probe_is_due_and_woken_by_a_failure_only
 
     async def run():
         prober = probing.Prober(lambda: woken.append(asyncio.get_running_loop().time()))
-        health = {n: InstanceHealth(n, state="ready", last_probe=50.0 + n) for n in (0, 1)}
+        health = {n: InstanceHealth(n, state="ready", last_probe=time.monotonic() - 0.95) for n in (0, 1)}
         specs = {n: SPECS[n] for n in (0, 1)}
-        scheduled = prober.next_start(health, specs, spec)
+        idle = prober.pause(health, specs, spec, 0.1)  # a scheduled probe due in 0.05 s: the tick is kept
         health[0].last_probe = health[1].last_probe = 0.0
-        await prober.round(None, health, specs, spec)  # both due: launched
-        in_flight = prober.next_start(health, specs, spec)
-        await asyncio.sleep(0.05)
-        return scheduled, in_flight, health
+        await prober.round(None, health, specs, spec)  # both due: launched, unanswered
+        confirming = prober.pause(health, specs, spec, 0.1)
+        soon = prober.next_confirm(health, specs, spec) - min(h.last_probe for h in health.values())
+        await asyncio.sleep(0.1)
+        return idle, confirming, soon, health
 
-    scheduled, in_flight, health = asyncio.run(run())
-    assert scheduled == 51.0  # instance 0: probed at 50, interval 1 s
-    started = min(h.last_probe for h in health.values())
-    assert in_flight == pytest.approx(started + probing.confirm_spacing(spec))  # unanswered: a confirmation is next
+    idle, confirming, soon, health = asyncio.run(run())
+    assert idle == 0.1
+    assert soon == pytest.approx(probing.confirm_spacing(spec)) and confirming <= probing.confirm_spacing(spec)
     assert len(woken) == 1  # the 503 woke the loop, the 200 did not
     health[0].state = health[1].state = "unhealthy"
-    assert probing.Prober().next_start(health, {n: SPECS[n] for n in (0, 1)}, spec) == float("inf")
+    assert probing.Prober().next_confirm(health, {n: SPECS[n] for n in (0, 1)}, spec) == float("inf")
 
 
 def test_a_result_for_an_instance_that_moved_on_is_dropped(monkeypatch):

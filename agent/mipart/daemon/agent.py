@@ -36,7 +36,7 @@ from mipart.serving.instances import plan_instances
 from mipart.serving.nginx import NginxFiles
 from mipart.serving.reconcile import plan_actions
 
-TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a due probe, a failed one or a signal
+TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
 STEP_RETRY = 1.0
 
 

@@ -52,8 +52,9 @@ class Prober:
     """The probes in flight, per instance, in the order they started.
 
     wake is called when a probe fails: the loop reads a failure at once instead of at its next
-    tick, and with next_start it sleeps exactly until the next probe is due, so the hang bound
-    is not spent on tick quantisation.
+    tick, and pause lets it sleep exactly until a confirming probe is due, so the hang bound is
+    not spent on ticks. Scheduled probes start on the loop's tick: waking for each instance's own
+    phase would multiply the idle loop's wake-ups.
     """
 
     def __init__(self, wake: Callable[[], None] = lambda: None):
@@ -80,15 +81,15 @@ class Prober:
             due, results = due + more[0], results + more[1]
         return due, results
 
-    def next_start(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec) -> float:
-        """When the next probe (scheduled or confirming) is due to start, monotonic; inf when none is."""
+    def next_confirm(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec) -> float:
+        """When the next confirming probe is due to start, monotonic; inf when none is."""
         spacing = confirm_spacing(spec)
-        times = (_start_at(h, self.flights.get(number, []), spec, spacing) for number, h in health.items() if number in specs)
+        times = (_start_at(health[n], flights, spec, spacing) for n, flights in self.flights.items() if flights and n in health and n in specs)
         return min((at for at in times if at is not None), default=math.inf)
 
     def pause(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, longest: float) -> float:
-        """How long the loop may sleep: until the next probe is due, at most `longest`."""
-        return min(longest, max(MIN_PAUSE, self.next_start(health, specs, spec) - time.monotonic()))
+        """How long the loop may sleep: at most `longest`, less when a confirming probe is due sooner."""
+        return min(longest, max(MIN_PAUSE, self.next_confirm(health, specs, spec) - time.monotonic()))
 
     def _launch(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, force: bool) -> None:
         now = time.monotonic()
