@@ -46,7 +46,7 @@ test-vllm: deps
 	$(TEST_ENV) $(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 bench: deps
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in perf/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 include packaging/deb.mk
 

@@ -27,7 +27,7 @@ from mipart.gpu import open_backend
 from mipart.profile.load import GPU_KEYS, HEALTH_KEYS, INSTANCE_KEYS, check_profile
 from mipart.profile.problems import ProfileError
 from mipart.profile.services import SERVICE_KEYS
-from mipart.serving.nginx_conf import render_nginx
+from mipart.nginx.conf import render_nginx
 from mipart.serving.planned import plan_serving
 
 PATH = "/etc/mipart/profile.yaml"
@@ -191,7 +191,7 @@ def profile_text(draw, sock_dir: str = "/tmp", loopback_only: bool = False, rate
 def sim_backend(work: Path):
     """A simulated 8 x MI300X host, the largest layout (CPX: 64 logical GPUs) reachable from it."""
     root = work / "sys"
-    done = mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-seed000")
+    done = mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-mi300x")
     assert done.returncode == 0, done.stderr
     return open_backend(root)
 

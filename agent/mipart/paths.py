@@ -30,5 +30,5 @@ def profile_override_path(base: Path | None = None) -> Path:
 
 
 def sweep_lock_path(base: Path | None = None) -> Path:
-    """Held by the one sweep that owns the override (loadtest.override.owned)."""
+    """Held by the one sweep that owns the override (bench.override.owned)."""
     return (base or run_dir()) / SWEEP_LOCK

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import mipart
-from mipart.loadtest.results import read_results
+from mipart.bench.results import read_results
 from mipart.profile import load_profile
 from serving import ServingHost
 from testcache import cache_dir

@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from mipart.loadtest.results import read_results
+from mipart.bench.results import read_results
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
 from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost

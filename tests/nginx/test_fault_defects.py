@@ -1,6 +1,6 @@
 """The five serving defects of issue 13, each as the client (or nginx itself) sees it.
 
-Real agent (process runner), real nginx, fake engines, on the issue's host (bench/faults.py):
+Real agent (process runner), real nginx, fake engines, on the issue's host (perf/faults.py):
 2 x MI300X in DPX/NPS2, 4 instances, health interval 1 s, timeout 1 s, unhealthy_after 2.
 Load comes from the harness's own client (closed-loop streaming completions, one record per
 request); a failed request is excused only if it was in flight on the faulted instance when
@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mipart.runners import nginx_procs
+
+from mipart.nginx import procs as nginx_procs
 from mipart.sim.ports import EPHEMERAL_START
 
-sys.path.insert(0, str(REPO / "bench"))
-import faults as harness  # noqa: E402  (the fault harness: bench/faults.py)
+sys.path.insert(0, str(REPO / "perf"))
+import faults as harness  # noqa: E402  (the fault harness: perf/faults.py)
 
 pytestmark = pytest.mark.nginx
 TEST_PORTS = (20000, EPHEMERAL_START)

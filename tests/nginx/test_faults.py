@@ -30,12 +30,12 @@ def host(tmp_path):
 
 def all_instance_pids(host) -> dict[int, list[int]]:
     """Every live process tagged with this host's run dir, per instance: duplicates show up."""
-    from mipart.runners import procs
+    from mipart.runners import procfs
 
     found: dict[int, list[int]] = {}
-    for pid in procs.pids():
-        env = procs.environ_of(pid)
-        if env.get("MIPART_RUN_DIR") == str(host.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.session_leader(pid) and procs.alive(pid):
+    for pid in procfs.pids():
+        env = procfs.environ_of(pid)
+        if env.get("MIPART_RUN_DIR") == str(host.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procfs.session_leader(pid) and procfs.alive(pid):
             found.setdefault(int(env["MIPART_INSTANCE"]), []).append(pid)
     return found
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mipart.serving.nginx import TEMP_DIRS, NginxFiles, check_config
+from mipart.nginx.files import TEMP_DIRS, NginxFiles, check_config
 from mipart.sim.ports import free_block
 from profilegen import SETTINGS, profile_text, serve_or_refuse, sim_backend
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from mipart.names import DIGEST_VAR
-from mipart.runners import procs
+from mipart.runners import procfs
 from mipart.serving.spec import InstanceSpec
 from mipart.sim.clients import ClientLoop
 from mipart.sim.host import HostError
@@ -26,14 +26,14 @@ RECORD = "partition.json"
 
 @pytest.fixture
 def host(tmp_path):
-    serving = ServingHost(tmp_path, rules="rocm-seed000")  # 8 x MI300X in DPX/NPS2: 16 instances; CPX/NPS2 needs seed 000's rules
+    serving = ServingHost(tmp_path, rules="rocm-mi300x")  # 8 x MI300X in DPX/NPS2: 16 instances; CPX/NPS2 needs seed 000's rules
     yield serving
     serving.close()
 
 
 def running_digests(host) -> dict[int, str]:
     """The spec digest each live server was started with (the launcher puts it in its environment)."""
-    return {n: procs.environ_of(pid).get(DIGEST_VAR, "") for n, pid in host.instance_pids().items()}
+    return {n: procfs.environ_of(pid).get(DIGEST_VAR, "") for n, pid in host.instance_pids().items()}
 
 
 def spec_digests(host) -> dict[int, str]:

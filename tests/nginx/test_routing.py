@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mipart.serving.nginx_conf import generation_of
+from mipart.nginx.conf import generation_of
 from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
 from serving import TEST_PORTS
 

@@ -48,7 +48,7 @@ _names = itertools.count()
 DEVICE_POLICY = {"args": ("--capability=CAP_BPF", "--system-call-filter=bpf"),
                  "env": {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}}
 # Every container: nspawn's own seccomp filter refuses pidfd_getfd(2) (EPERM), which a host has
-# and mipart-nginx.service uses to take over a killed master's sockets (runners/nginx_exec.py).
+# and mipart-nginx.service uses to take over a killed master's sockets (nginx/launcher.py).
 HOST_SYSCALLS = ("--system-call-filter=pidfd_getfd",)
 
 

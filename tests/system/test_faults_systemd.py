@@ -1,8 +1,8 @@
 """The fault harness on a real systemd, short: the claim of docs/faults.md's systemd table, checked.
 
-bench/bench_faults_systemd.py's machine (the .deb installed in nspawn, the issue's host of 4
+perf/bench_faults_systemd.py's machine (the .deb installed in nspawn, the issue's host of 4
 fake engines under mipart-vllm@, mipart-nginx and mipart-agent) and its own client, one record
-per request, the excused rule of bench/faults.py; fewer clients and seconds than the bench.
+per request, the excused rule of perf/faults.py; fewer clients and seconds than the bench.
 Faults: the dead engine that answers 500s, a SIGKILLed nginx master (its workers' sockets taken
 over), an agent SIGKILL (Restart=always), /run/mipart deleted, then a repartition while serving
 (its 503 JSON gap counted apart) and a package upgrade. Each must end with 0 failed requests
@@ -18,7 +18,7 @@ import pytest
 from .nspawn import REPO, Machine
 from .test_packaging import NEXT, deb_next  # noqa: F401  (a newer build of the .deb: a fixture)
 
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "perf"))
 import bench_faults as bench  # noqa: E402  (the fault list and its runner)
 import bench_faults_systemd as systemd_bench  # noqa: E402
 

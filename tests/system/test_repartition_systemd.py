@@ -136,7 +136,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     m = machine
     install_deb(m, deb)
     host = Serving(m)
-    m.run(f"mipart sim create {SIM} --model mi300x --gpus 8 --compute DPX --memory NPS2 --rules rocm-seed000")
+    m.run(f"mipart sim create {SIM} --model mi300x --gpus 8 --compute DPX --memory NPS2 --rules rocm-mi300x")
     m.run(f"printf 'MIPART_SYSFS_ROOT={SIM}\\n' >/etc/default/mipart")  # the simulated root reloads itself
     host.write_profile("DPX")
     m.run(f"cat >/etc/systemd/system/gpu-client.service <<'EOF'\n{CLIENT_UNIT}EOF")

@@ -359,7 +359,7 @@ def test_reload_with_a_bad_profile_changes_nothing(host: Host):
 
 
 def test_a_stale_sweep_override_is_said_and_restore_reloads_through_systemd(host: Host):
-    """bench sweep's systemd branch (loadtest/reload.py): the agent is told apart by its cgroup and
+    """bench sweep's systemd branch (bench/reload.py): the agent is told apart by its cgroup and
     reloaded with `systemctl reload --no-block mipart-agent`, not a bare SIGHUP. A killed sweep's
     override is said in STATUS= until `--restore` removes it; nothing restarts."""
     before = host.units()

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mipart
 from mipart.errors import UserError
-from mipart.loadtest.normalise import steps_from_tool
-from mipart.loadtest.results import Quantiles, Results, ServiceRun, Step, Tags, from_json, read_results, write_results
-from mipart.loadtest.sweep import PRESETS, build_sweep
-from mipart.loadtest.table import markdown_table
-from mipart.loadtest.tags import client_address, layout_of
+from mipart.bench.normalise import steps_from_tool
+from mipart.bench.results import Quantiles, Results, ServiceRun, Step, Tags, from_json, read_results, write_results
+from mipart.bench.sweep import PRESETS, build_sweep
+from mipart.bench.table import markdown_table
+from mipart.bench.tags import client_address, layout_of
 from mipart.profile.schema import Listen
 from mipart.values import HostState, LogicalGpu, PhysicalGpu
 
@@ -35,8 +36,8 @@ def test_options_lay_over_the_preset_and_become_the_tools_arguments():
     assert "--warmup-percent" not in sweep(warmup=0).tool_args()
 
 
-def test_the_seed_preset_is_seed_000s_run():
-    s = PRESETS["seed"]
+def test_the_full_preset_is_the_hand_run_benchmark():
+    s = PRESETS["full"]
     assert (s.kind, s.levels, s.warmup, s.duration, s.max_concurrency) == ("sweep", (10,), 30, 120, 1024)
     assert (s.prompt.mean, s.prompt.low, s.prompt.high) == (512, 16, 1024) == (s.output.mean, s.output.low, s.output.high)
 
@@ -120,7 +121,7 @@ def test_layout_is_counted_by_mode_and_wildcards_are_reached_on_loopback():
 
 
 def test_the_tool_venv_is_reused_when_complete_and_rebuilt_when_half_made(tmp_path, monkeypatch):
-    from mipart.loadtest import tool
+    from mipart.bench import tool
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     builds = []
@@ -152,7 +153,7 @@ def test_the_tool_venv_is_reused_when_complete_and_rebuilt_when_half_made(tmp_pa
 
 
 def test_a_tool_failure_is_its_last_line_with_what_to_change():
-    from mipart.loadtest.drive import failure_line
+    from mipart.bench.drive import failure_line
 
     crash = "Traceback (most recent call last):\n  ...\nValueError: min() arg is an empty sequence\n"
     assert failure_line(crash) == "ValueError: min() arg is an empty sequence; a step had no request that started and ended within it: give a longer --duration"
@@ -164,13 +165,13 @@ def test_a_tool_failure_is_its_last_line_with_what_to_change():
 def test_a_sweep_describes_itself_for_the_operator():
     assert sweep().describe() == "1, 4, 16 streams, 2 s warm-up + 10 s a step"
     assert sweep(rates="0.5,2", duration=5).describe() == "0.5, 2 requests/s, 2 s warm-up + 5 s a step"
-    assert PRESETS["seed"].describe() == "a sweep of 10 benchmarks from one user to full throughput, 30 s warm-up + 120 s a step"
+    assert PRESETS["full"].describe() == "a sweep of 10 benchmarks from one user to full throughput, 30 s warm-up + 120 s a step"
 
 
 def test_a_listener_that_does_not_answer_is_one_line_before_anything_runs():
     import socket
 
-    from mipart.loadtest.drive import Target, check_reachable
+    from mipart.bench.drive import Target, check_reachable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,10 +181,17 @@ def test_a_listener_that_does_not_answer_is_one_line_before_anything_runs():
 
 
 def test_a_failing_tool_is_one_line_and_its_output_is_kept(tmp_path):
-    from mipart.loadtest.drive import Target, run_tool
+    from mipart.bench.drive import Target, run_tool
 
     log = tmp_path / "r.json.tool.log"
     with pytest.raises(UserError) as err:  # /bin/sh refuses `-m guidellm ...`: a real process that fails
         run_tool(Path("/bin/sh"), Target("http://127.0.0.1:1", "m", "t", None), sweep(duration=1), False, log)
     assert str(err.value).startswith("http://127.0.0.1:1: the load tool exited 2: ")
     assert str(err.value).endswith(f"(its output: {log})") and log.read_text().strip()
+
+
+def test_the_old_preset_name_is_still_taken(tmp_path):
+    """`--preset seed` was renamed `full` (named for what it is); the old word stays one release, not shown."""
+    done = mipart("bench", "run", "--preset", "seed", "--profile", tmp_path / "missing.yaml")
+    assert "--preset" not in done.stderr and "missing.yaml" in done.stderr
+    assert "full" in mipart("bench", "run", "--help").stdout and "seed:" not in mipart("bench", "run", "--help").stdout

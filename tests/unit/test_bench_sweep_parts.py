@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mipart.daemon import profiles
 from mipart.errors import UserError
-from mipart.loadtest import override
-from mipart.loadtest.layout_sweep import check_restorable
-from mipart.loadtest.layouts import (
+from mipart.bench import override
+from mipart.bench.layout_sweep import check_restorable
+from mipart.bench.layouts import (
     LatencyTarget,
     Layout,
     best_under,
@@ -19,9 +19,9 @@ from mipart.loadtest.layouts import (
     parse_target,
     verdict,
 )
-from mipart.loadtest.reload import is_agent_argv
-from mipart.loadtest.results import Quantiles, Results, ServiceRun, Step, Tags
-from mipart.loadtest.serving import Before, failed, waiting_for
+from mipart.bench.reload import is_agent_argv
+from mipart.bench.results import Quantiles, Results, ServiceRun, Step, Tags
+from mipart.bench.serving import Before, failed, waiting_for
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
 from test_agent_parts import Log
@@ -210,7 +210,7 @@ def test_one_sweep_owns_the_override_and_a_dead_owner_never_blocks(tmp_path):
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1])\n"
-                               "from pathlib import Path; from mipart.loadtest.override import owned\n"
+                               "from pathlib import Path; from mipart.bench.override import owned\n"
                                "with owned(Path(sys.argv[2])):\n print('held', flush=True); time.sleep(60)",
                                str(Path(override.__file__).parents[2]), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -24,8 +24,8 @@ from mipart.health.probe import ProbeResult
 from mipart.profile import check_profile
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sum
-from mipart.serving.nginx import NginxFiles
-from mipart.serving.nginx_conf import generation_of, render_nginx
+from mipart.nginx.files import NginxFiles
+from mipart.nginx.conf import generation_of, render_nginx
 from test_agent_parts import SPECS, Log
 
 

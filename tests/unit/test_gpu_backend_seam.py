@@ -15,7 +15,7 @@ import pytest
 
 from mipart.errors import UserError
 from mipart.gpu.backend import MEMORY_ATTR, GpuBackend
-from mipart.gpu.rules import PairTable
+from mipart.gpu.pair_tables import PairTable
 from mipart.partition.apply import GpuBusyError, apply, plan_host
 from mipart.partition.plan import PlanError, assert_lines
 from mipart.profile.schema import GpuSpec

@@ -65,7 +65,7 @@ def test_mainline_refuses_cpx_nps2_before_any_write_or_reload_naming_what_it_off
 
 
 def test_seed000_rules_apply_qpx_nps2_in_one_reload(tmp_path):
-    host = Host(tmp_path, "--rules", "rocm-seed000")
+    host = Host(tmp_path, "--rules", "rocm-mi300x")
     profile = host.profile("gpus: {compute: QPX, memory: NPS2}\n")
     done = host.run("partition", "apply", "--profile", profile)
     assert done.returncode == 0, done.stderr
@@ -75,7 +75,7 @@ def test_seed000_rules_apply_qpx_nps2_in_one_reload(tmp_path):
 
 
 def test_plan_shows_the_table_it_used_and_where_it_came_from(tmp_path):
-    host = Host(tmp_path, "--rules", "rocm-seed000")
+    host = Host(tmp_path, "--rules", "rocm-mi300x")
     profile = host.profile("gpus: {compute: CPX, memory: NPS2}\n")
     text = host.run("partition", "plan", "--profile", profile).stdout.splitlines()
     assert text[0] == "partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS2; CPX: NPS1, NPS2"
@@ -86,7 +86,7 @@ def test_plan_shows_the_table_it_used_and_where_it_came_from(tmp_path):
 
 
 def test_without_compute_partition_config_the_mainline_rules_stand_in_and_say_so(tmp_path):
-    host = Host(tmp_path, "--rules", "rocm-seed000", "--no-partition-config")
+    host = Host(tmp_path, "--rules", "rocm-mi300x", "--no-partition-config")
     assert not (host.root / "bus/pci/devices" / BDF0 / "compute_partition_config").exists()
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
@@ -121,7 +121,7 @@ def test_the_simulator_refuses_to_create_a_layout_its_kernel_refuses(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == ("mipart: compute mode CPX is not valid under memory mode NPS2 with the mainline rules "
                                    "(the driver refuses it; CPX takes NPS1 or NPS4)")
-    assert mipart("sim", "create", tmp_path / "b", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-seed000").returncode == 0
+    assert mipart("sim", "create", tmp_path / "b", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-mi300x").returncode == 0
     done = mipart("sim", "create", tmp_path / "c", "--model", "mi300a", "--compute", "TPX")
     assert done.returncode == 0, done.stderr
     assert mipart("sim", "show", tmp_path / "c").stdout.splitlines()[0].endswith("rules mainline")
@@ -150,7 +150,7 @@ def test_export_carries_the_table_as_comments_and_still_validates(tmp_path):
 
 
 def test_status_api_carries_the_table(tmp_path, monkeypatch):
-    host = Host(tmp_path, "--rules", "rocm-seed000", gpus=2)
+    host = Host(tmp_path, "--rules", "rocm-mi300x", gpus=2)
     monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
     snap = collect_host(host.root, runner=None, nginx=None, gpu_spec=None)  # runner/nginx unknown: reported as such
     sent = json.loads(to_json_text(partition_view(snap, AgentStatus())))
@@ -207,3 +207,10 @@ def test_a_visible_devices_variable_in_env_that_conflicts_with_mipart_s_is_refus
         path.write_text(f"version: 1\nservices:\n  chat: {{model: org/m, listen: 18040, env: {{{var}: '0'}}}}\n")
         done = mipart("validate", path)
         assert done.returncode == 1 and f"services.chat.env.{var} is set by mipart for each instance" in done.stderr, done.stderr
+
+
+def test_the_old_rule_set_name_is_still_taken(tmp_path):
+    """`--rules rocm-seed000` was renamed rocm-mi300x (named for the hosts it describes); the old word stays one release."""
+    assert mipart("sim", "create", tmp_path / "old", "--rules", "rocm-seed000").returncode == 0
+    assert '"rules": "rocm-mi300x"' in (tmp_path / "old/.mipart-sim/state.json").read_text()
+    assert "rocm-seed000" not in mipart("sim", "create", "--help").stdout

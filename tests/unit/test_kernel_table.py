@@ -1,6 +1,6 @@
 """Reading a pair table from compute_partition_config/ (gpu/kernel_table.py) against a driver
 written here: a dict of compute mode -> memory modes behind files, as amdgpu shows them; and
-how often the status API reads it (partition/rules.py)."""
+how often the status API reads it (partition/host_rules.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from mipart.errors import UserError
 from mipart.gpu.kernel_table import read_table
-from mipart.gpu.rules import PairTable
-from mipart.partition import rules
+from mipart.gpu.pair_tables import PairTable
+from mipart.partition import host_rules
 from mipart.values import HostState, PhysicalGpu
 
 PAIRS = {"SPX": "NPS1", "DPX": "NPS1, NPS2", "QPX": "NPS1, NPS2", "CPX": "NPS1, NPS2"}
@@ -104,11 +104,11 @@ def test_the_status_api_reads_the_table_once_for_the_same_gpus(tmp_path, monkeyp
         return HostState((PhysicalGpu(0, bdf, 0x74A1, "SPX", ("SPX",), "NPS1", ("NPS1",), tmp_path),), ())
 
     clock = [1000.0]
-    monkeypatch.setattr(rules.time, "monotonic", lambda: clock[0])
-    first = rules.kept_rule_groups(Counting(), state("0000:05:00.0"))
-    assert rules.kept_rule_groups(Counting(), state("0000:05:00.0")) == first and Counting.reads == 1
-    rules.kept_rule_groups(Counting(), state("0000:26:00.0"))  # other GPUs: read again
+    monkeypatch.setattr(host_rules.time, "monotonic", lambda: clock[0])
+    first = host_rules.kept_rule_groups(Counting(), state("0000:05:00.0"))
+    assert host_rules.kept_rule_groups(Counting(), state("0000:05:00.0")) == first and Counting.reads == 1
+    host_rules.kept_rule_groups(Counting(), state("0000:26:00.0"))  # other GPUs: read again
     assert Counting.reads == 2
-    clock[0] += rules.KEEP_SECONDS
-    rules.kept_rule_groups(Counting(), state("0000:26:00.0"))  # kept long enough: read again (a new driver shows)
+    clock[0] += host_rules.KEEP_SECONDS
+    host_rules.kept_rule_groups(Counting(), state("0000:26:00.0"))  # kept long enough: read again (a new driver shows)
     assert Counting.reads == 3

@@ -14,7 +14,7 @@ import pytest
 from conftest import mipart
 
 MODELS = ["mi300x", "mi325x", "mi355x"]
-SEED000 = "rocm-seed000"  # seed 000's ROCm table: CPX runs under NPS2 (mainline refuses that pair)
+ROCM_MI300X = "rocm-mi300x"  # seed 000's ROCm table: CPX runs under NPS2 (mainline refuses that pair)
 
 
 class Host:
@@ -77,7 +77,7 @@ def test_to_cpx_nps4_gives_64(tmp_path, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_dpx_nps2_to_cpx_nps2_needs_no_reload(tmp_path, model):
-    host = Host(tmp_path, model, "DPX", "NPS2", rules=SEED000)
+    host = Host(tmp_path, model, "DPX", "NPS2", rules=ROCM_MI300X)
     profile = host.profile("gpus: {compute: CPX, memory: NPS2}\n")
     plan = json.loads(host.run("partition", "plan", "--json", "--profile", profile).stdout)
     assert plan["reload"] is False
@@ -89,7 +89,7 @@ def test_dpx_nps2_to_cpx_nps2_needs_no_reload(tmp_path, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_second_apply_makes_no_write_and_no_reload(tmp_path, model):
-    host = Host(tmp_path, model, rules=SEED000)
+    host = Host(tmp_path, model, rules=ROCM_MI300X)
     profile = host.profile("gpus:\n  compute: DPX\n  memory: NPS2\n  overrides: [{select: [6, 7], compute: CPX}]\n")
     assert host.run("partition", "apply", "--profile", profile).returncode == 0
     first = host.counters()
@@ -121,7 +121,7 @@ def test_busy_gpu_is_refused_with_pid_and_nothing_changes(tmp_path):
 
 def test_busy_gpu_outside_the_change_does_not_block_a_compute_write(tmp_path):
     """Without a reload only the GPUs being written must be free."""
-    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=SEED000)
+    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=ROCM_MI300X)
     assert host.run("sim", "hold", host.root, "0", "--pid", "1").returncode == 0
     profile = host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [5], compute: CPX}]}\n")
     done = host.run("partition", "apply", "--profile", profile)
@@ -169,7 +169,7 @@ def test_failed_reload_says_what_happened_and_a_rerun_finishes(tmp_path):
 
 
 def test_gpu_reset_in_progress_is_reported_as_the_kernel_says(tmp_path):
-    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=SEED000)
+    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=ROCM_MI300X)
     assert host.run("sim", "reset", host.root, "2", "--on").returncode == 0
     done = host.run("partition", "apply", "--profile", host.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
@@ -178,7 +178,7 @@ def test_gpu_reset_in_progress_is_reported_as_the_kernel_says(tmp_path):
 
 
 def test_assert_prints_one_line_per_differing_gpu(tmp_path):
-    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=SEED000)
+    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=ROCM_MI300X)
     profile = host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [1, 4], compute: CPX}]}\n")
     done = host.run("partition", "assert", "--profile", profile)
     assert done.returncode == 1
@@ -189,7 +189,7 @@ def test_assert_prints_one_line_per_differing_gpu(tmp_path):
 
 
 def test_export_is_a_valid_profile_that_asserts(tmp_path):
-    host = Host(tmp_path, "mi325x", "DPX", "NPS2", rules=SEED000)
+    host = Host(tmp_path, "mi325x", "DPX", "NPS2", rules=ROCM_MI300X)
     assert host.run("partition", "apply", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [7], compute: CPX}]}\n")).returncode == 0
     exported = host.run("partition", "export")
     assert exported.returncode == 0

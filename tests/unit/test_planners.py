@@ -17,7 +17,7 @@ from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
-from mipart.serving.nginx_conf import render_nginx
+from mipart.nginx.conf import render_nginx
 from mipart.serving.reconcile import plan_actions
 from mipart.values import HostState, LogicalGpu, PhysicalGpu, UnitState
 

@@ -14,7 +14,7 @@ from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
 from mipart.profile.source import MAX_BYTES
 from mipart.serving.instances import plan_instances
-from mipart.serving.nginx_conf import render_nginx
+from mipart.nginx.conf import render_nginx
 from test_planners import logical_gpus
 
 B = "version: 1\ngpus: {compute: DPX, memory: NPS2}\n"

@@ -23,7 +23,7 @@ from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
 from mipart.profile.schema import Routing
 from mipart.serving.instances import plan_instances
-from mipart.serving.nginx_conf import render_nginx
+from mipart.nginx.conf import render_nginx
 from test_planners import logical_gpus
 
 PATH = "/etc/mipart/profile.yaml"

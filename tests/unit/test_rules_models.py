@@ -21,13 +21,13 @@ from mipart.sim.state import read_state
 GPUS = 2
 EIGHT_XCDS = ("mi300x", "mi325x", "mi350x", "mi355x")
 MAINLINE_8 = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS4")}
-SEED000_8 = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS2"), "CPX": ("NPS1", "NPS2")}
+ROCM_MI300X_8 = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS2"), "CPX": ("NPS1", "NPS2")}
 # MI300A: 6 XCDs (SPX, TPX, CPX); the simulated platform offers NPS1 only. Seed 000's table has no TPX row.
 TABLES = {
     **{(m, "mainline"): MAINLINE_8 for m in EIGHT_XCDS},
-    **{(m, "rocm-seed000"): SEED000_8 for m in EIGHT_XCDS},
+    **{(m, "rocm-mi300x"): ROCM_MI300X_8 for m in EIGHT_XCDS},
     ("mi300a", "mainline"): {"SPX": ("NPS1",), "TPX": ("NPS1",), "CPX": ("NPS1",)},
-    ("mi300a", "rocm-seed000"): {"SPX": ("NPS1",), "CPX": ("NPS1",)},
+    ("mi300a", "rocm-mi300x"): {"SPX": ("NPS1",), "CPX": ("NPS1",)},
 }
 XCDS = {"mi300a": 6, **{m: 8 for m in EIGHT_XCDS}}
 PER_GPU = {"SPX": 1, "DPX": 2, "TPX": 3, "QPX": 4}  # CPX: one per XCD

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mipart.daemon.specfiles import remove_stale_specs
-from mipart.runners import RUNNERS, make_runner, procs
+from mipart.runners import RUNNERS, make_runner, procfs
 from mipart.runners.base import Runner
 
 PROTOCOL_METHODS = ("list_instances", "start", "stop", "restart", "last_exit", "ensure_nginx", "nginx_running")
@@ -48,7 +48,7 @@ def test_a_tag_that_is_not_ascii_digits_is_not_an_instance(tmp_path):
                                 env={**os.environ, "MIPART_RUN_DIR": str(tmp_path), "MIPART_INSTANCE": tag}) for tag in ("\u00b2", "3")]
     try:
         def found() -> dict:
-            return procs.tagged_servers(str(tmp_path))
+            return procfs.tagged_servers(str(tmp_path))
 
         deadline = time.monotonic() + 10
         while found() != {3: started[1].pid} and time.monotonic() < deadline:

@@ -33,7 +33,7 @@ def root(tmp_path):
 def seed_root(tmp_path):
     """As `root`, with seed 000's ROCm rules, under which CPX runs with NPS2 (mainline refuses it)."""
     root = tmp_path / "sys"
-    kernel.create(root, compute="DPX", memory="NPS2", rules="rocm-seed000")
+    kernel.create(root, compute="DPX", memory="NPS2", rules="rocm-mi300x")
     return root
 
 

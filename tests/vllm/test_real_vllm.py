@@ -81,12 +81,12 @@ class VllmHost(SimulatedHost):
     # setproctitle("VLLM::EngineCore") overwrites the environment /proc shows.
     def tagged(self) -> dict[int, int]:
         """pid -> instance of every live process that shows this host's instance tag."""
-        from mipart.runners import procs
+        from mipart.runners import procfs
 
         found = {}
-        for pid in procs.pids():
-            env = procs.environ_of(pid)
-            if env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procs.alive(pid):
+        for pid in procfs.pids():
+            env = procfs.environ_of(pid)
+            if env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procfs.alive(pid):
                 found[pid] = int(env["MIPART_INSTANCE"])
         return found
 
@@ -169,15 +169,15 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _children(pid: int) -> list[int]:
-    from mipart.runners import procs
+    from mipart.runners import procfs
 
-    return [child for child in procs.pids() if _ppid(child) == pid]
+    return [child for child in procfs.pids() if _ppid(child) == pid]
 
 
 def _descendants(roots: set[int]) -> set[int]:
-    from mipart.runners import procs
+    from mipart.runners import procfs
 
-    parents = {pid: _ppid(pid) for pid in procs.pids()}
+    parents = {pid: _ppid(pid) for pid in procfs.pids()}
     found, frontier = set(roots), set(roots)
     while frontier:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}

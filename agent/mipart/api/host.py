@@ -16,7 +16,7 @@ from mipart.gpu import open_backend
 from mipart.names import SYSFS_ROOT_VAR
 from mipart.partition.plan import RuleGroup
 from mipart.partition.record import last_apply
-from mipart.partition.rules import kept_rule_groups
+from mipart.partition.host_rules import kept_rule_groups
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.schema import GpuSpec
 from mipart.values import GpuSignals
@@ -34,7 +34,7 @@ class HostSnapshot:
     units: dict[int, tuple[str, str]] | None = None  # number -> (ActiveState, SubState); None: unknown
     units_error: str = ""
     nginx_running: bool | None = None
-    rules: tuple[RuleGroup, ...] = ()  # the kernel's pair tables (partition.rules)
+    rules: tuple[RuleGroup, ...] = ()  # the kernel's pair tables (partition.host_rules)
     warnings: tuple[str, ...] = ()  # known traps seen on the host (partition.traps)
     signals: tuple[GpuSignals, ...] = ()  # each GPU's RAS counters and hwmon sensors
 

@@ -58,6 +58,17 @@ class LazyGroup(click.Group):
         return found
 
 
+class Choice(click.Choice):
+    """A choice whose old spellings (`aliases`: old -> new) are still taken, for one release, and not shown."""
+
+    def __init__(self, choices, aliases: dict[str, str] | None = None, **kwargs):
+        super().__init__(choices, **kwargs)
+        self.aliases = aliases or {}
+
+    def convert(self, value, param, ctx):
+        return super().convert(self.aliases.get(value, value), param, ctx)
+
+
 profile_option = click.option(
     "--profile",
     "profile_path",

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import click
 
-from mipart.cli import profile_option
+from mipart.cli import Choice, profile_option
 from mipart.errors import UserError
+
+
+PRESET_NAMES = ("small", "full")  # mipart.bench.sweep.PRESETS, spelled here so `--help` imports nothing
+OLD_PRESETS = {"seed": "full"}  # the old name, still taken for one release
 
 
 @click.group("bench")
@@ -37,8 +41,9 @@ def sweep_options(command):
 @bench.command("run")
 @profile_option
 @click.option("--service", default=None, help="Drive only this service (default: every service in the profile).")
-@click.option("--preset", type=click.Choice(["small", "seed"]), default="small", show_default=True,
-              help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; seed: seed 000's sweep (10 rates, up to 1024 users, 30 s + 120 s).")
+@click.option("--preset", type=Choice(PRESET_NAMES, aliases=OLD_PRESETS), default="small", show_default=True,
+              help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; full: a sweep of 10 rates up to 1024 users, 30 s + 120 s a step "
+                   "(the hand-run benchmark mipart replaces).")
 @sweep_options
 @click.option("--tokenizer", default=None, metavar="DIR", help="A local dir with the model's tokenizer (default: the model from the model cache; a word tokenizer for fake engines).")
 @click.option("--label", default=None, help="The series name in `bench compare` (default: the partition layout).")
@@ -48,9 +53,9 @@ def sweep_options(command):
 def run(profile_path: str, service, preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens, tokenizer,
         label, output, progress) -> int:
     """Drive each service's listener through a sweep of load levels; write a tagged results file."""
-    from mipart.loadtest.run import RunRequest, run_bench
-    from mipart.loadtest.sweep import build_sweep
-    from mipart.loadtest.table import markdown_table
+    from mipart.bench.run import RunRequest, run_bench
+    from mipart.bench.sweep import build_sweep
+    from mipart.bench.table import markdown_table
     from mipart.profile import load_profile
 
     sweep = build_sweep(preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens)
@@ -74,7 +79,7 @@ def run(profile_path: str, service, preset, concurrency, rates, warmup, duration
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where <layout>.json go (default: mipart-sweep-<UTC time> here).")
 @click.option("--service", default=None, help="Drive only this service (default: every service in the profile).")
-@click.option("--preset", type=click.Choice(["small", "seed"]), default="small", show_default=True, help="As for `bench run`.")
+@click.option("--preset", type=Choice(PRESET_NAMES, aliases=OLD_PRESETS), default="small", show_default=True, help="As for `bench run`.")
 @sweep_options
 @click.option("--tokenizer", default=None, metavar="DIR", help="As for `bench run`.")
 @click.option("--ready-timeout", type=click.FloatRange(1, 86400), default=1800.0, show_default=True, metavar="SECONDS",
@@ -83,10 +88,10 @@ def run(profile_path: str, service, preset, concurrency, rates, warmup, duration
 def sweep(profile_path: str, layouts, latency_target, restore_only, directory, service, preset, concurrency, rates, warmup, duration,
           prompt_tokens, output_tokens, tokenizer, ready_timeout, progress) -> int:
     """Repartition through each layout in turn (as `systemctl reload mipart-agent` does), run the sweep, restore the profile's layout."""
-    from mipart.loadtest import layout_sweep
-    from mipart.loadtest.layouts import parse_layouts, parse_target, verdict
-    from mipart.loadtest.sweep import build_sweep
-    from mipart.loadtest.table import markdown_table, tags_lines
+    from mipart.bench import layout_sweep
+    from mipart.bench.layouts import parse_layouts, parse_target, verdict
+    from mipart.bench.sweep import build_sweep
+    from mipart.bench.table import markdown_table, tags_lines
     from mipart.profile import load_profile
 
     if restore_only:
@@ -116,8 +121,8 @@ def _say(line: str) -> None:
 def _agent_link(profile):
     """The agent as `mipart status` reaches it (the profile's api.listen), and as the operator reloads it."""
     from mipart.cli.status import AgentDown, Api
-    from mipart.loadtest.layout_sweep import AgentLink
-    from mipart.loadtest.reload import find_agent
+    from mipart.bench.layout_sweep import AgentLink
+    from mipart.bench.reload import find_agent
     from mipart.paths import run_dir
 
     api = Api(profile.api.listen)
@@ -138,9 +143,9 @@ def _agent_link(profile):
               help="Draw the figure into this PNG (needs python3-matplotlib).")
 def compare(files: tuple[Path, ...], output: Path | None) -> int:
     """A Markdown table of results files, and with -o the seed's figure: throughput against latency, TTFT, ITL."""
-    from mipart.loadtest.plot import NO_MATPLOTLIB, draw, have_matplotlib
-    from mipart.loadtest.results import read_results
-    from mipart.loadtest.table import markdown_table, tags_lines
+    from mipart.bench.plot import NO_MATPLOTLIB, draw, have_matplotlib
+    from mipart.bench.results import read_results
+    from mipart.bench.table import markdown_table, tags_lines
 
     loaded = [read_results(path) for path in files]
     click.echo(markdown_table(loaded))

@@ -19,6 +19,6 @@ def exec_instance(number: int, cleanup: bool) -> int:
 @click.command("exec-nginx")
 def exec_nginx() -> None:
     """Run mipart's nginx in the foreground, taking over a killed master's sockets (used by mipart-nginx.service)."""
-    from mipart.runners.nginx_exec import exec_nginx as run
+    from mipart.nginx.launcher import exec_nginx as run
 
     run()

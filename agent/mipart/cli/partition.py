@@ -86,7 +86,7 @@ def assert_cmd(profile_path: str) -> int:
 def export_cmd() -> int:
     """Print the host's current layout as a profile `gpus:` section, with the kernel's pair table as comments."""
     from mipart.partition.plan import PlanError, export_gpus_yaml, rule_groups
-    from mipart.partition.rules import read_rules
+    from mipart.partition.host_rules import read_rules
 
     backend = _backend()
     state = backend.discover()

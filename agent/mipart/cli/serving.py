@@ -63,7 +63,7 @@ def plan(profile_path: str, as_json: bool) -> int:
 def render(profile_path: str, root: Path, ready: str) -> int:
     """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
     from mipart.fsutil import write_atomic
-    from mipart.serving.nginx_conf import render_nginx
+    from mipart.nginx.conf import render_nginx
     from mipart.daemon.specfiles import SPEC_MODE, instance_files
     from mipart.paths import nginx_prefix
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from mipart.gpu.models import MODELS
+from mipart.gpu.parts import MODELS
 from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
-from mipart.gpu.rules import MAINLINE, RULE_SETS
+from mipart.cli import Choice
+from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -35,8 +36,8 @@ def sim() -> None:
               show_default=True)
 @click.option("--memory", type=click.Choice(MEMORY_MODES, case_sensitive=False), default="NPS1",
               show_default=True)
-@click.option("--rules", type=click.Choice(sorted(RULE_SETS)), default=MAINLINE, show_default=True,
-              help="The kernel's compute/memory pair table: mainline amdgpu, or seed 000's ROCm host.")
+@click.option("--rules", type=Choice(sorted(RULE_SETS), aliases={"rocm-seed000": "rocm-mi300x"}), default=MAINLINE, show_default=True,
+              help="The kernel's compute/memory pair table: mainline amdgpu, or a ROCm (amdgpu-dkms) MI300X host's, where QPX and CPX run under NPS2.")
 @click.option("--partition-config/--no-partition-config", default=True, show_default=True,
               help="Whether the kernel has compute_partition_config/ (older kernels do not).")
 @click.option("--bmc-ast", is_flag=True, help="A BMC's `ast` DRM driver is loaded and takes a DRM minor.")

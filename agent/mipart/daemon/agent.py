@@ -31,9 +31,9 @@ from mipart.gpu import discover
 from mipart.health.machine import InstanceHealth
 from mipart.names import DIGEST_VAR, instance_name
 from mipart.paths import nginx_prefix
-from mipart.runners import procs
+from mipart.runners import procfs
 from mipart.serving.instances import plan_instances
-from mipart.serving.nginx import NginxFiles
+from mipart.nginx.files import NginxFiles
 from mipart.serving.reconcile import plan_actions
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
@@ -118,7 +118,7 @@ class Agent:
     @staticmethod
     def _running_digests(states) -> dict:
         """The spec digest each running server was started with (from its environment)."""
-        return {n: procs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
+        return {n: procfs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
 
     async def _run_actions(self, actions) -> None:
         """All starts (and stops) at once: one slow model load never delays the others.

@@ -4,7 +4,7 @@ The Router also knows what nginx actually serves. A reload is taken only once no
 from before it accepts connections any more (old workers close their listeners when told
 to shut down; until then they still pick instances from the old config): then the config's
 generation is the one served (status: nginx.serving_generation). Workers of ours left
-without a master are strays (runners.nginx_procs); nginx.conf damage and nginx refusing a
+without a master are strays (nginx.procs); nginx.conf damage and nginx refusing a
 config are reported, never raised, and a failed write is tried again with backoff.
 """
 
@@ -17,12 +17,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mipart.nginx import procs as nginx_procs
 from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import AgentStatus
 from mipart.errors import UserError
-from mipart.runners import nginx_procs
-from mipart.serving.nginx import NginxFiles, NginxRejected, install_config
-from mipart.serving.nginx_conf import generation_of, render_nginx
+
+from mipart.nginx.files import NginxFiles, NginxRejected, install_config
+from mipart.nginx.conf import generation_of, render_nginx
 from mipart.serving.spec import InstanceSpec
 
 # A reload whose old workers still accept after this is reported; restarts waiting for it go ahead.

@@ -15,8 +15,8 @@ from pathlib import Path
 from mipart.gpu import attrs, driver, modes, signals
 from mipart.gpu.backend import MEMORY_ATTR
 from mipart.gpu.kernel_table import read_table
-from mipart.gpu.models import model_for_device
-from mipart.gpu.rules import PairTable
+from mipart.gpu.parts import model_for_device
+from mipart.gpu.pair_tables import PairTable
 from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from mipart.gpu.rules import PairTable
+from mipart.gpu.pair_tables import PairTable
 from mipart.values import GpuSignals, GpuUser, HostState, PhysicalGpu
 
 # The two attributes a partition plan writes. Named as amdgpu's sysfs files, which the

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu import attrs, rules
+from mipart.gpu import attrs, pair_tables
 
 PARTITION_CONFIG = "compute_partition_config"
 XCP_CONFIG = f"{PARTITION_CONFIG}/xcp_config"
@@ -23,7 +23,7 @@ PREVIEW_TRIES = 3
 
 
 def read_table(device: Path, write: Callable[[str, str], None], xcc_count: int,
-               memory_modes: tuple[str, ...]) -> rules.PairTable:
+               memory_modes: tuple[str, ...]) -> pair_tables.PairTable:
     """`write(attribute, value)` writes one of the device's files (the backend's own write)."""
     config = device / PARTITION_CONFIG
     if not config.is_dir():
@@ -40,12 +40,12 @@ def read_table(device: Path, write: Callable[[str, str], None], xcc_count: int,
         return fallback(xcc_count, memory_modes, f"{XCP_CONFIG} not writable ({exc.strerror}): run as root to read the kernel's table")
     finally:
         _restore(config, write, selected)
-    return rules.PairTable(pairs, rules.FROM_KERNEL)
+    return pair_tables.PairTable(pairs, pair_tables.FROM_KERNEL)
 
 
-def fallback(xcc_count: int, memory_modes: tuple[str, ...], reason: str) -> rules.PairTable:
-    pairs = rules.pairs_for(rules.MAINLINE, xcc_count, memory_modes)
-    return rules.PairTable(pairs, f"{rules.FROM_FALLBACK} ({reason})")
+def fallback(xcc_count: int, memory_modes: tuple[str, ...], reason: str) -> pair_tables.PairTable:
+    pairs = pair_tables.pairs_for(pair_tables.MAINLINE, xcc_count, memory_modes)
+    return pair_tables.PairTable(pairs, f"{pair_tables.FROM_FALLBACK} ({reason})")
 
 
 def _preview(config: Path, write: Callable[[str, str], None], mode: str) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 Kernels differ in which pairs they accept (hardware.md, "the host's kernel is the
 authority"), so offline validation refuses only what no kernel allows: SPX with more
-than one memory partition. A host's own table is in gpu/rules.py (and the backend).
+than one memory partition. A host's own table is in gpu/pair_tables.py (and the backend).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mipart.gpu.backend import GpuBackend
 from mipart.names import REPARTITION_COMMAND, instance_name
 from mipart.partition.clients import Holder, SystemdClients, describe_holders
 from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
-from mipart.partition.rules import read_rules
+from mipart.partition.host_rules import read_rules
 from mipart.profile.schema import GpuSpec
 from mipart.values import GpuUser, HostState
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.names import INSTANCE_VAR, instance_number
-from mipart.runners.procs import environ_of
+from mipart.runners.procfs import environ_of
 from mipart.values import GpuUser
 
 PROC = Path("/proc")

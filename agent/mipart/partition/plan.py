@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from mipart.errors import UserError
 from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
-from mipart.gpu.rules import FROM_KERNEL
+from mipart.gpu.pair_tables import FROM_KERNEL
 from mipart.partition.traps import hidden_partitions
 from mipart.values import HostState, PhysicalGpu
 from mipart.profile.fields import COMPUTE_CHOICES, format_indices
@@ -29,7 +29,7 @@ class HostRules:
     pairs: dict[int, dict[str, tuple[str, ...]]]  # physical GPU -> compute mode -> memory modes it runs under
     partitions: dict[int, dict[str, int]]  # physical GPU -> compute mode -> logical GPUs it shows
     compute_after_reload: str | None  # every GPU's mode after a reload into gpus.memory; None: none asked
-    sources: dict[int, str] = field(default_factory=dict)  # physical GPU -> where its pairs came from (gpu.rules)
+    sources: dict[int, str] = field(default_factory=dict)  # physical GPU -> where its pairs came from (gpu.pair_tables)
     drm_conflicts: tuple[str, ...] = ()  # other DRM drivers loaded (a BMC's `ast`)
 
 

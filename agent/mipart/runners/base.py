@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from mipart.serving.nginx import NginxFiles
+from mipart.nginx.files import NginxFiles
 from mipart.values import UnitState
 
 
@@ -33,7 +33,7 @@ class Runner(Protocol):
 
     def ensure_nginx(self, files: NginxFiles) -> None:
         """Start nginx on `files`, or make a running one re-read its config; nginx workers of
-        ours left without their master (runners.nginx_procs strays) must not keep the port."""
+        ours left without their master (nginx.procs strays) must not keep the port."""
         ...
 
     def nginx_running(self, files: NginxFiles) -> bool: ...

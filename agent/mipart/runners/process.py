@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from mipart.runners import exits, nginx_procs, procs
+from mipart.nginx import procs as nginx_procs
+from mipart.runners import exits, procfs
 from mipart.values import UnitState
 from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
-from mipart.serving.nginx import NginxFiles
+from mipart.nginx.files import NginxFiles
 
 STOP_TIMEOUT = 10.0
 
@@ -33,7 +34,7 @@ class ProcessRunner:
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
-        return procs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
+        return procfs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
 
     def list_instances(self) -> dict[int, UnitState]:
         states = {n: UnitState(n, "active", "running", pid) for n, pid in self._adopted().items()}
@@ -136,13 +137,13 @@ def _terminate(pid: int, sig: int = signal.SIGTERM) -> None:
     resets them before any byte and nginx passes them to another instance.
     """
     try:
-        os.kill(pid, signal.SIGKILL if procs.stopped(pid) else sig)
+        os.kill(pid, signal.SIGKILL if procfs.stopped(pid) else sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + STOP_TIMEOUT
-    while procs.alive(pid) and time.monotonic() < deadline:
+    while procfs.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if procs.alive(pid):
+    if procfs.alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.paths import run_dir as default_run_dir
-from mipart.runners import exits, procs
+from mipart.runners import exits, procfs
 from mipart.runners.devices import UNIT_DIR
 from mipart.runners.dropins import Dropins
-from mipart.serving.nginx import NginxFiles
+from mipart.nginx.files import NginxFiles
 from mipart.values import UnitState
 from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
 
@@ -84,7 +84,7 @@ class SystemdRunner:
         SIGCONT, and woken it starts answering what queued up, then cuts it (runners.process)."""
         unit = instance_unit(number)
         pid = self.main_pid(unit)
-        if pid and procs.stopped(pid):
+        if pid and procfs.stopped(pid):
             self._manager().KillUnit(unit, "all", signal.SIGKILL)
         self._prepare(number)
         self._manager().RestartUnit(unit, "replace")
@@ -94,7 +94,7 @@ class SystemdRunner:
         manager = self._manager()
         if self._property(NGINX_UNIT, "ActiveState") == "active":
             manager.ReloadUnit(NGINX_UNIT, "replace")
-        else:  # the unit's `mipart exec-nginx` takes over the sockets of any strays (runners.nginx_exec)
+        else:  # the unit's `mipart exec-nginx` takes over the sockets of any strays (nginx.launcher)
             if self._failed(NGINX_UNIT):
                 manager.ResetFailedUnit(NGINX_UNIT)
             manager.StartUnit(NGINX_UNIT, "replace")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
-from mipart.runners import procs
+from mipart.runners import procfs
 from mipart.sim.ports import EPHEMERAL_START, free_block
 
 PACKAGE_PATH = str(Path(__file__).resolve().parents[2])  # the dir holding mipart/, for PYTHONPATH
@@ -119,7 +119,7 @@ class SimulatedHost:
 
     The sysfs tree starts in the profile's partition modes unless `compute`/`memory` say
     otherwise (the demo starts it elsewhere and applies the profile). `rules` is the simulated
-    kernel's pair table (gpu.rules.RULE_SETS), recorded in the root for every process.
+    kernel's pair table (gpu.pair_tables.RULE_SETS), recorded in the root for every process.
     """
 
     def __init__(self, work: Path, profile: ProfileSource, compute: str | None = None, memory: str | None = None,
@@ -185,7 +185,7 @@ class SimulatedHost:
     # -- what runs -----------------------------------------------------------------------------
     def instance_pids(self) -> dict[int, int]:
         """Instance number -> its server's pid, found by the tags the runner gave it."""
-        return procs.tagged_servers(str(self.run_dir))
+        return procfs.tagged_servers(str(self.run_dir))
 
     def nginx_conf(self) -> str:
         try:
@@ -298,9 +298,9 @@ class SimulatedHost:
         for agent in self.spawned:
             _stop(agent, timeout=10)
         master = self.nginx_master()
-        for pid in procs.pids():  # launchers and servers carry our run dir in their environment
-            if pid not in (os.getpid(), master) and procs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
-                _kill(pid, group=procs.session_leader(pid))  # a server's group holds its children
+        for pid in procfs.pids():  # launchers and servers carry our run dir in their environment
+            if pid not in (os.getpid(), master) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
+                _kill(pid, group=procfs.session_leader(pid))  # a server's group holds its children
         if master:
             _kill(master, group=True)  # its own session: master, workers, old workers
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from mipart.errors import UserError
 from mipart.gpu.amdgpu import PCI_DEVICES
 from mipart.gpu.kernel_table import XCP_CONFIG
-from mipart.gpu.models import MODELS
+from mipart.gpu.parts import MODELS
 from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, COMPUTE_MODES, USER_PARTT_MODE
-from mipart.gpu.rules import MAINLINE, RULE_SETS
+from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
 from mipart.sim import devices, tree
 from mipart.sim.state import SIM_DIR, SimState, is_sim, locked, read_state, save
 

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu.models import MODELS, GpuModel
+from mipart.gpu.parts import MODELS, GpuModel
 from mipart.gpu.modes import USER_PARTT_MODE
-from mipart.gpu.rules import MAINLINE, memory_modes_of, pairs_for
+from mipart.gpu.pair_tables import MAINLINE, memory_modes_of, pairs_for
 
 SIM_DIR = ".mipart-sim"
 AUTO = USER_PARTT_MODE["AUTO"]
@@ -28,7 +28,7 @@ AUTO = USER_PARTT_MODE["AUTO"]
 class SimState:
     model: str
     gpus: list[dict[str, str]]  # per GPU in PCI order: bdf, compute, memory; xcp_config once previewed
-    rules: str = MAINLINE  # the kernel's pair table (gpu.rules.RULE_SETS), the same for every process
+    rules: str = MAINLINE  # the kernel's pair table (gpu.pair_tables.RULE_SETS), the same for every process
     partition_config: bool = True  # the kernel has compute_partition_config/ (older ones do not)
     bmc_ast: bool = False  # a BMC's `ast` DRM driver is loaded and holds a DRM minor
     user_partt_mode: int = AUTO

@@ -1,0 +1,85 @@
+"""Putting a rendered nginx.conf into service: validate with `nginx -t`, then reload.
+
+A config nginx refuses never replaces the one that is serving: it is kept beside it
+as nginx.conf.rejected for a person to read, and the refusal is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mipart.errors import UserError
+from mipart.fsutil import write_atomic
+from mipart.nginx.conf import UPSTREAM_LOG
+
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def nginx_binary() -> str:
+    found = os.environ.get("MIPART_NGINX") or shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not found:
+        raise UserError("nginx is not installed; install it (apt-get install nginx-light or nginx) and restart mipart-agent")
+    return found
+
+
+@dataclass
+class NginxFiles:
+    prefix: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    @property
+    def candidate(self) -> Path:
+        return self.prefix / "nginx.conf.new"
+
+    @property
+    def rejected(self) -> Path:
+        return self.prefix / "nginx.conf.rejected"
+
+    @property
+    def upstream_log(self) -> Path:
+        return self.prefix / UPSTREAM_LOG
+
+    def argv(self) -> list[str]:
+        return [nginx_binary(), "-c", str(self.conf), "-p", str(self.prefix), "-g", "daemon off;"]
+
+
+class NginxRejected(Exception):
+    """nginx -t refused a config; the message is nginx's own last line."""
+
+
+def check_config(files: NginxFiles, path: Path) -> None:
+    done = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-c", str(path), "-p", str(files.prefix), "-g", "daemon off;"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if "emerg" in line or "error" in line] or done.stderr.splitlines() or ["no output"]
+        raise NginxRejected(lines[-1].strip())
+
+
+def install_config(files: NginxFiles, text: str) -> bool:
+    """Validate then swap in `text`; returns False when it equals what is there already."""
+    for name in TEMP_DIRS:
+        (files.prefix / name).mkdir(parents=True, exist_ok=True)
+    try:
+        if files.conf.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(files.candidate, text)
+    try:
+        check_config(files, files.candidate)
+    except NginxRejected:
+        os.replace(files.candidate, files.rejected)
+        raise
+    os.replace(files.candidate, files.conf)
+    return True

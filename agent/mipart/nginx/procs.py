@@ -1,0 +1,162 @@
+"""Our nginx in /proc: its masters, their workers, and workers left without a master (strays).
+
+Ours means started in our nginx prefix, never a process matched by name alone: both runners
+start nginx with the prefix as its working directory (workers inherit it and nginx never
+changes it), and a master's title keeps its command line (`-p PREFIX`). A worker whose
+master is gone (SIGKILLed: workers do not die with it) keeps the listening sockets and the
+config it had; that is a stray. A new master takes over the strays' listening sockets
+(`take_over`), then they quit gracefully: the process runner does it when it starts nginx,
+and on systemd `mipart exec-nginx`, the ExecStart of mipart-nginx.service (nginx.launcher).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mipart.runners.procfs import PROC, alive, pids
+
+MASTER = "nginx: master process"
+WORKER = "nginx: worker process"
+SHUTTING_DOWN = "nginx: worker process is shutting down"  # set just before it closes its listeners
+PIDFD_GETFD = 438  # the same number on every Linux architecture (added after the syscall tables merged)
+LISTEN_STATE = "0A"
+INHERIT_VAR = "NGINX"  # nginx takes over the listening sockets it names ("fd;fd;") at start
+RELEASE_TIMEOUT = 2.0  # a stray told to quit closes its listeners at once
+
+
+@dataclass
+class NginxProcs:
+    masters: list[int] = field(default_factory=list)
+    workers: list[int] = field(default_factory=list)  # accepting connections, under a master of ours
+    shutting_down: list[int] = field(default_factory=list)  # finishing their requests, listeners closed
+    strays: list[int] = field(default_factory=list)  # accepting, with no master of ours: a frozen config
+
+    @property
+    def accepting(self) -> list[int]:
+        return self.workers + self.strays
+
+
+def scan(prefix: Path) -> NginxProcs:
+    """One pass over /proc for the nginx processes started in `prefix`."""
+    found = NginxProcs()
+    prefix_text = str(prefix)
+    workers: list[tuple[int, int, str]] = []
+    for pid in pids():
+        if _read(pid, "comm").strip() != "nginx" or not alive(pid):
+            continue
+        title = _read(pid, "cmdline").replace("\0", " ").strip()
+        if title.startswith(MASTER) and (f" -p {prefix_text} " in f"{title} " or _cwd(pid) == prefix_text):
+            found.masters.append(pid)
+        elif title.startswith(WORKER) and _cwd(pid) == prefix_text:
+            workers.append((pid, _ppid(pid), title))
+    for pid, ppid, title in workers:
+        if title.startswith(SHUTTING_DOWN):
+            found.shutting_down.append(pid)
+        elif ppid in found.masters:
+            found.workers.append(pid)
+        else:
+            found.strays.append(pid)
+    return found
+
+
+def listening_sockets(pid: int) -> dict[int, int]:
+    """inode -> fd of each listening TCP socket the process holds (in its own network namespace)."""
+    listening = set()
+    for table in ("tcp", "tcp6"):
+        for line in _read(pid, f"net/{table}").splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == LISTEN_STATE:
+                listening.add(int(cols[9]))
+    held = {}
+    try:
+        fds = os.listdir(PROC / str(pid) / "fd")
+    except OSError:
+        return {}
+    for fd in fds:
+        try:
+            target = os.readlink(PROC / str(pid) / "fd" / fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and int(target[8:-1]) in listening:
+            held[int(target[8:-1])] = int(fd)
+    return held
+
+
+def take_fd(pid: int, fd: int) -> int:
+    """A copy of another process's file descriptor (pidfd_getfd(2); root or ptrace rights needed)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        copy = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)
+        if copy < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd on pid {pid}: {os.strerror(err)}")
+        return copy
+    finally:
+        os.close(pidfd)
+
+
+def take_over(strays: list[int]) -> list[int]:
+    """Copies of the strays' listening sockets, one per socket, for a new master to inherit
+    (nginx's own hand-over, INHERIT_VAR). The socket, and the connections waiting in its accept
+    queue, live on in the new master: nothing is refused. Where none can be copied, the strays
+    are told to quit first and their port is waited for: a short gap, but the port is free."""
+    copies: dict[int, int] = {}
+    failed = ""
+    for pid in strays:
+        for inode, fd in listening_sockets(pid).items():
+            if inode in copies:
+                continue
+            try:
+                copies[inode] = take_fd(pid, fd)
+            except OSError as exc:
+                failed = str(exc)
+    if strays and not copies:
+        print(f"mipart: cannot take over the sockets of nginx workers {strays} ({failed or 'no listening socket found'}): "
+              "they quit first, and the port is closed for a moment", file=sys.stderr, flush=True)
+        quit_gracefully(strays)
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        while any(listening_sockets(pid) for pid in strays) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return list(copies.values())
+
+
+def inherit_env(fds: list[int]) -> dict[str, str]:
+    return {INHERIT_VAR: "".join(f"{fd};" for fd in fds)} if fds else {}
+
+
+def quit_gracefully(pids_: list[int]) -> None:
+    """SIGQUIT: a worker closes its listeners at once and exits when its requests are done."""
+    for pid in pids_:
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except (ProcessLookupError, PermissionError):  # gone, or (not root) never ours to stop
+            pass
+
+
+def _read(pid: int, name: str) -> str:
+    try:
+        return (PROC / str(pid) / name).read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(PROC / str(pid) / "cwd").removesuffix(" (deleted)")
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int:
+    stat = _read(pid, "stat")
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (IndexError, ValueError):
+        return 0

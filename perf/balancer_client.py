@@ -1,0 +1,89 @@
+"""A keep-alive load client for short, non-streaming completions (aiohttp's pooled connections); prints one JSON line.
+
+guidellm (the bench's load tool) always streams, so the short-request row and the reload runs
+use this: `--concurrency` workers, each sending one request after another for `--seconds`, over
+one aiohttp connection pool that reuses connections as any HTTP/1.1 client library does. With
+several `--port`s, worker i uses port i mod n (the "direct" variant: the client balances).
+A failure is anything the client sees that is not a 2xx answer read to its end: a reset, an
+EOF (server disconnected), a timeout, a non-2xx status. Nothing is retried, as an OpenAI client
+does not retry a POST that failed on a reused connection.
+
+Run: PYTHONPATH=agent .venv/bin/python perf/balancer_client.py --port P [--port Q] --concurrency 64 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+
+import aiohttp
+
+MODEL = "test/fake-llm"
+
+
+async def worker(session: aiohttp.ClientSession, url: str, body: dict, stop: float, latencies: list[float], failures: Counter,
+                 tokens: list[int]) -> None:
+    while time.monotonic() < stop:
+        started = time.monotonic()
+        try:
+            async with session.post(url, json=body) as response:
+                data = await response.read()
+                if response.status // 100 != 2:
+                    failures[f"http {response.status}"] += 1
+                    continue
+                tokens[0] += json.loads(data)["usage"]["completion_tokens"]
+        except aiohttp.ServerDisconnectedError:
+            failures["server disconnected (EOF)"] += 1
+            continue
+        except aiohttp.ClientOSError as exc:
+            failures[f"os error {exc.errno}" if exc.errno else f"os error: {str(exc)[:50]}"] += 1
+            continue
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            failures[type(exc).__name__] += 1
+            continue
+        latencies.append(time.monotonic() - started)
+
+
+async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: int) -> dict:
+    opened = [0]
+
+    async def on_connection(session, context, params) -> None:
+        opened[0] += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_connection)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=60)
+    latencies: list[float] = []
+    failures: Counter = Counter()
+    tokens = [0]
+    body = {"model": MODEL, "prompt": "one two three four", "max_tokens": max_tokens, "stream": False}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
+        started = time.monotonic()
+        stop = started + seconds
+        await asyncio.gather(*(worker(session, f"http://127.0.0.1:{ports[i % len(ports)]}/v1/completions", body, stop, latencies, failures, tokens)
+                               for i in range(concurrency)))
+        elapsed = time.monotonic() - started
+    ordered = sorted(latencies)
+    return {"requests": len(ordered), "failures": dict(failures), "errors": sum(failures.values()), "elapsed_s": elapsed,
+            "tokens_per_s": tokens[0] / elapsed, "requests_per_s": len(ordered) / elapsed, "connections_opened": opened[0],
+            "latency_ms": {"p50": 1000 * statistics.median(ordered) if ordered else 0.0,
+                           "p99": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, action="append", required=True)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-tokens", type=int, default=1)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.port, args.concurrency, min(args.seconds, 600.0), args.max_tokens))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The balancer bench's processes: fake engines, and nginx run from a config text (one class per variant's config).
+
+Every process is started here and killed by its PID at the end (`Procs`). nginx runs in the
+foreground (`daemon off`) under a prefix of its own, so a reload is a SIGHUP to a master we know.
+CPU time is read from /proc (utime + stime), for a master with its workers, or any PID.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host import cpu_seconds, health_ok, kill
+
+from mipart.profile.load import check_profile
+from mipart.nginx.files import nginx_binary
+from mipart.nginx.conf import render_nginx
+from mipart.serving.spec import InstanceSpec
+
+MODEL = "test/fake-llm"
+SEED_CONF = Path(__file__).with_name("seed000_nginx.conf")  # verbatim from seed 000 (checked by `seed_text`)
+SEED_FILES = "/work/shared/seeds/000_*.txt"
+KEEPALIVE_0 = "    keepalive_timeout 0;"
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+@dataclass
+class Procs:
+    """What the bench started, by PID; `close` kills them all (nginx masters first, so workers follow)."""
+
+    popen: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, argv: list[str], log: Path, **kw) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **kw)
+        self.popen.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.popen):
+            kill(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.popen):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                kill(proc.pid)
+                proc.wait(timeout=10)
+
+
+def start_engines(procs: Procs, ports: list[int], tps: float, max_seqs: int, logs: Path) -> list[int]:
+    """Fake engines on `ports`, each admitting `max_seqs` streams at `tps` tokens/s; their PIDs once all answer /health."""
+    pids = []
+    for port in ports:
+        argv = [sys.executable, "-m", "mipart.sim.engine", "--port", str(port), "--model", MODEL, "--tokens-per-second", f"{tps:g}",
+                "--max-num-seqs", str(max_seqs)]
+        pids.append(procs.start(argv, logs / f"engine-{port}.log", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "agent")}).pid)
+    wait_for(lambda: all(health_ok(p) for p in ports), 30, "the fake engines to answer /health")
+    return pids
+
+
+def wait_for(ready, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Nginx:
+    """One nginx master under `prefix`, running `text`; `reload(text)` installs a new config and SIGHUPs it."""
+
+    def __init__(self, procs: Procs, prefix: Path, text: str, probe_port: int | None):
+        self.prefix = prefix
+        for name in TEMP_DIRS:
+            (prefix / name).mkdir(parents=True, exist_ok=True)
+        self.conf = prefix / "nginx.conf"
+        self.conf.write_text(text)
+        globals_ = "daemon off;" + ("" if "\npid " in text else f" pid {prefix}/nginx.pid;") + \
+            ("" if "\nerror_log " in text else f" error_log {prefix}/error.log notice;")
+        argv = [nginx_binary(), "-c", str(self.conf), "-p", str(prefix), "-g", globals_]
+        check = subprocess.run([*argv[:-2], "-t", "-q", "-g", globals_], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise SystemExit(f"nginx -t refused {self.conf}: {check.stderr.strip()}")
+        self.master = procs.start(argv, prefix / "nginx.out").pid
+        wait_for(lambda: len(self.workers()) > 0 and (probe_port is None or _listening(probe_port)), 15, f"nginx in {prefix}")
+
+    def workers(self) -> list[int]:
+        return children(self.master)
+
+    def cpu(self) -> float:
+        """CPU seconds of the master and its live workers (a worker that exited after a reload is not counted)."""
+        return tree_cpu(self.master)
+
+    def reloads_seen(self) -> int:
+        """SIGHUPs nginx logged (at notice level): proof that the reloads reached it."""
+        logs = [self.prefix / "nginx.out", self.prefix / "error.log"]
+        return sum(path.read_text(errors="replace").count("(SIGHUP) received") for path in logs if path.is_file())
+
+    def reload(self, text: str) -> None:
+        tmp = self.conf.with_suffix(".new")
+        tmp.write_text(text)
+        tmp.replace(self.conf)
+        os.kill(self.master, signal.SIGHUP)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (vLLM's engine core is a child of its API server)."""
+    return cpu_seconds(pid) + sum(tree_cpu(child) for child in children(pid))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def seed_text(listen: int, ports: list[int]) -> str:
+    """Seed 000's nginx_two_servers.conf, verbatim but for its two servers' and its listener's addresses."""
+    text = SEED_CONF.read_text()
+    for seed in glob.glob(SEED_FILES):
+        if text.strip() not in Path(seed).read_text():
+            raise SystemExit(f"{SEED_CONF} is no longer a verbatim part of {seed}")
+    for name, port in zip(("vllm_0:8000", "vllm_1:8000"), ports, strict=True):
+        text = text.replace(f"server {name} ", f"server 127.0.0.1:{port} ")
+    return text.replace("        listen 80;", f"        listen 127.0.0.1:{listen};")
+
+
+def mipart_text(listen: str, ports: list[int], ready: frozenset[int], prefix: Path, keepalive: str = "0", max_seqs: int = 256) -> str:
+    """What the agent writes for one service of these instances (render_nginx), `keepalive_timeout` set to `keepalive`."""
+    profile = check_profile("\n".join([
+        "version: 1", "gpus: {compute: DPX, memory: NPS2}", "services:", "  chat:", f"    model: {MODEL}", f'    listen: "{listen}"',
+        f'    partitions: "0-{len(ports) - 1}"', f'    args: ["--max-num-seqs", "{max_seqs}"]', "health: {interval: 2s}", ""]))
+    specs = tuple(InstanceSpec(number=i, service="chat", model=MODEL, served_model_name=MODEL, logical_gpus=(i,), physical_gpus=(0,),
+                               render_nodes=(), port=port, runtime="process", argv=(), env=(), user=None, hf_home="/nonexistent")
+                  for i, port in enumerate(ports))
+    text = render_nginx(profile, specs, ready, prefix)
+    if KEEPALIVE_0 not in text:
+        raise SystemExit("render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py's variants")
+    return text.replace(KEEPALIVE_0, f"    keepalive_timeout {keepalive};")
+
+
+def front_text(listen: int, back_socket: Path, prefix: Path) -> str:
+    """Design (a): a front nginx that never reloads on membership changes. It holds the clients' keep-alive
+    connections and passes each request, streaming, to the reloading layer over a unix socket, one connection each."""
+    return "\n".join([
+        "worker_processes auto;", f"pid {prefix}/nginx.pid;", f"error_log {prefix}/error.log notice;",
+        "events {", "    worker_connections 8192;", "}", "http {", "    access_log off;", "    keepalive_timeout 75s;",
+        "    server_tokens off;", "    client_max_body_size 64m;", "    proxy_http_version 1.1;", '    proxy_set_header Connection "";',
+        "    proxy_set_header Host $host;", "    proxy_buffering off;", "    proxy_request_buffering off;",
+        "    proxy_read_timeout 600s;", "    proxy_send_timeout 600s;",
+        f"    upstream back {{ server unix:{back_socket}; }}",  # no `keepalive`: the back layer's reload never meets an idle connection
+        "    server {", f"        listen 127.0.0.1:{listen};", "        location / { proxy_pass http://back; }", "    }", "}", ""])
