@@ -25,8 +25,15 @@ import aiohttp
 MODEL = "test/fake-llm"
 
 
-async def worker(session: aiohttp.ClientSession, url: str, body: dict, stop: float, latencies: list[float], failures: Counter,
-                 tokens: list[int]) -> None:
+async def worker(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict,
+    stop: float,
+    latencies: list[float],
+    failures: Counter,
+    tokens: list[int],
+) -> None:
     while time.monotonic() < stop:
         started = time.monotonic()
         try:
@@ -65,14 +72,35 @@ async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: in
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
         started = time.monotonic()
         stop = started + seconds
-        await asyncio.gather(*(worker(session, f"http://127.0.0.1:{ports[i % len(ports)]}/v1/completions", body, stop, latencies, failures, tokens)
-                               for i in range(concurrency)))
+        await asyncio.gather(
+            *(
+                worker(
+                    session,
+                    f"http://127.0.0.1:{ports[i % len(ports)]}/v1/completions",
+                    body,
+                    stop,
+                    latencies,
+                    failures,
+                    tokens,
+                )
+                for i in range(concurrency)
+            )
+        )
         elapsed = time.monotonic() - started
     ordered = sorted(latencies)
-    return {"requests": len(ordered), "failures": dict(failures), "errors": sum(failures.values()), "elapsed_s": elapsed,
-            "tokens_per_s": tokens[0] / elapsed, "requests_per_s": len(ordered) / elapsed, "connections_opened": opened[0],
-            "latency_ms": {"p50": 1000 * statistics.median(ordered) if ordered else 0.0,
-                           "p99": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0}}
+    return {
+        "requests": len(ordered),
+        "failures": dict(failures),
+        "errors": sum(failures.values()),
+        "elapsed_s": elapsed,
+        "tokens_per_s": tokens[0] / elapsed,
+        "requests_per_s": len(ordered) / elapsed,
+        "connections_opened": opened[0],
+        "latency_ms": {
+            "p50": 1000 * statistics.median(ordered) if ordered else 0.0,
+            "p99": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0,
+        },
+    }
 
 
 def main() -> None:

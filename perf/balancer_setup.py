@@ -19,9 +19,9 @@ from pathlib import Path
 
 from host import cpu_seconds, health_ok, kill
 
-from mipart.profile.load import check_profile
-from mipart.nginx.files import nginx_binary
 from mipart.nginx.conf import render_nginx
+from mipart.nginx.files import nginx_binary
+from mipart.profile.load import check_profile
 from mipart.serving.spec import InstanceSpec
 
 MODEL = "test/fake-llm"
@@ -58,9 +58,26 @@ def start_engines(procs: Procs, ports: list[int], tps: float, max_seqs: int, log
     """Fake engines on `ports`, each admitting `max_seqs` streams at `tps` tokens/s; their PIDs once all answer /health."""
     pids = []
     for port in ports:
-        argv = [sys.executable, "-m", "mipart.sim.engine", "--port", str(port), "--model", MODEL, "--tokens-per-second", f"{tps:g}",
-                "--max-num-seqs", str(max_seqs)]
-        pids.append(procs.start(argv, logs / f"engine-{port}.log", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "agent")}).pid)
+        argv = [
+            sys.executable,
+            "-m",
+            "mipart.sim.engine",
+            "--port",
+            str(port),
+            "--model",
+            MODEL,
+            "--tokens-per-second",
+            f"{tps:g}",
+            "--max-num-seqs",
+            str(max_seqs),
+        ]
+        pids.append(
+            procs.start(
+                argv,
+                logs / f"engine-{port}.log",
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "agent")},
+            ).pid
+        )
     wait_for(lambda: all(health_ok(p) for p in ports), 30, "the fake engines to answer /health")
     return pids
 
@@ -82,14 +99,19 @@ class Nginx:
             (prefix / name).mkdir(parents=True, exist_ok=True)
         self.conf = prefix / "nginx.conf"
         self.conf.write_text(text)
-        globals_ = "daemon off;" + ("" if "\npid " in text else f" pid {prefix}/nginx.pid;") + \
-            ("" if "\nerror_log " in text else f" error_log {prefix}/error.log notice;")
+        globals_ = (
+            "daemon off;"
+            + ("" if "\npid " in text else f" pid {prefix}/nginx.pid;")
+            + ("" if "\nerror_log " in text else f" error_log {prefix}/error.log notice;")
+        )
         argv = [nginx_binary(), "-c", str(self.conf), "-p", str(prefix), "-g", globals_]
         check = subprocess.run([*argv[:-2], "-t", "-q", "-g", globals_], capture_output=True, text=True)
         if check.returncode != 0:
             raise SystemExit(f"nginx -t refused {self.conf}: {check.stderr.strip()}")
         self.master = procs.start(argv, prefix / "nginx.out").pid
-        wait_for(lambda: len(self.workers()) > 0 and (probe_port is None or _listening(probe_port)), 15, f"nginx in {prefix}")
+        wait_for(
+            lambda: len(self.workers()) > 0 and (probe_port is None or _listening(probe_port)), 15, f"nginx in {prefix}"
+        )
 
     def workers(self) -> list[int]:
         return children(self.master)
@@ -139,28 +161,81 @@ def seed_text(listen: int, ports: list[int]) -> str:
     return text.replace("        listen 80;", f"        listen 127.0.0.1:{listen};")
 
 
-def mipart_text(listen: str, ports: list[int], ready: frozenset[int], prefix: Path, keepalive: str = "0", max_seqs: int = 256) -> str:
+def mipart_text(
+    listen: str, ports: list[int], ready: frozenset[int], prefix: Path, keepalive: str = "0", max_seqs: int = 256
+) -> str:
     """What the agent writes for one service of these instances (render_nginx), `keepalive_timeout` set to `keepalive`."""
-    profile = check_profile("\n".join([
-        "version: 1", "gpus: {compute: DPX, memory: NPS2}", "services:", "  chat:", f"    model: {MODEL}", f'    listen: "{listen}"',
-        f'    partitions: "0-{len(ports) - 1}"', f'    args: ["--max-num-seqs", "{max_seqs}"]', "health: {interval: 2s}", ""]))
-    specs = tuple(InstanceSpec(number=i, service="chat", model=MODEL, served_model_name=MODEL, logical_gpus=(i,), physical_gpus=(0,),
-                               render_nodes=(), port=port, runtime="process", argv=(), env=(), user=None, hf_home="/nonexistent")
-                  for i, port in enumerate(ports))
+    profile = check_profile(
+        "\n".join(
+            [
+                "version: 1",
+                "gpus: {compute: DPX, memory: NPS2}",
+                "services:",
+                "  chat:",
+                f"    model: {MODEL}",
+                f'    listen: "{listen}"',
+                f'    partitions: "0-{len(ports) - 1}"',
+                f'    args: ["--max-num-seqs", "{max_seqs}"]',
+                "health: {interval: 2s}",
+                "",
+            ]
+        )
+    )
+    specs = tuple(
+        InstanceSpec(
+            number=i,
+            service="chat",
+            model=MODEL,
+            served_model_name=MODEL,
+            logical_gpus=(i,),
+            physical_gpus=(0,),
+            render_nodes=(),
+            port=port,
+            runtime="process",
+            argv=(),
+            env=(),
+            user=None,
+            hf_home="/nonexistent",
+        )
+        for i, port in enumerate(ports)
+    )
     text = render_nginx(profile, specs, ready, prefix)
     if KEEPALIVE_0 not in text:
-        raise SystemExit("render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py's variants")
+        raise SystemExit(
+            "render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py's variants"
+        )
     return text.replace(KEEPALIVE_0, f"    keepalive_timeout {keepalive};")
 
 
 def front_text(listen: int, back_socket: Path, prefix: Path) -> str:
     """Design (a): a front nginx that never reloads on membership changes. It holds the clients' keep-alive
     connections and passes each request, streaming, to the reloading layer over a unix socket, one connection each."""
-    return "\n".join([
-        "worker_processes auto;", f"pid {prefix}/nginx.pid;", f"error_log {prefix}/error.log notice;",
-        "events {", "    worker_connections 8192;", "}", "http {", "    access_log off;", "    keepalive_timeout 75s;",
-        "    server_tokens off;", "    client_max_body_size 64m;", "    proxy_http_version 1.1;", '    proxy_set_header Connection "";',
-        "    proxy_set_header Host $host;", "    proxy_buffering off;", "    proxy_request_buffering off;",
-        "    proxy_read_timeout 600s;", "    proxy_send_timeout 600s;",
-        f"    upstream back {{ server unix:{back_socket}; }}",  # no `keepalive`: the back layer's reload never meets an idle connection
-        "    server {", f"        listen 127.0.0.1:{listen};", "        location / { proxy_pass http://back; }", "    }", "}", ""])
+    return "\n".join(
+        [
+            "worker_processes auto;",
+            f"pid {prefix}/nginx.pid;",
+            f"error_log {prefix}/error.log notice;",
+            "events {",
+            "    worker_connections 8192;",
+            "}",
+            "http {",
+            "    access_log off;",
+            "    keepalive_timeout 75s;",
+            "    server_tokens off;",
+            "    client_max_body_size 64m;",
+            "    proxy_http_version 1.1;",
+            '    proxy_set_header Connection "";',
+            "    proxy_set_header Host $host;",
+            "    proxy_buffering off;",
+            "    proxy_request_buffering off;",
+            "    proxy_read_timeout 600s;",
+            "    proxy_send_timeout 600s;",
+            f"    upstream back {{ server unix:{back_socket}; }}",  # no `keepalive`: the back layer's reload never meets an idle connection
+            "    server {",
+            f"        listen 127.0.0.1:{listen};",
+            "        location / { proxy_pass http://back; }",
+            "    }",
+            "}",
+            "",
+        ]
+    )

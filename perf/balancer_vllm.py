@@ -15,7 +15,13 @@ from host import health_ok
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 STARTUP = 300.0  # two servers loading at once on 2 cores take 25-80 s here
-ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+}
 
 
 def start_vllm(procs: Procs, ports: list[int], logs: Path, model: str) -> tuple[list[int], Path, str]:
@@ -26,8 +32,24 @@ def start_vllm(procs: Procs, ports: list[int], logs: Path, model: str) -> tuple[
     python, weights = ensure_vllm_venv(), ensure_tiny_model()
     pids = []
     for port in ports:
-        argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights), "--served-model-name", model,
-                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "bfloat16", "--enforce-eager"]
+        argv = [
+            str(python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(weights),
+            "--served-model-name",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "512",
+            "--dtype",
+            "bfloat16",
+            "--enforce-eager",
+        ]
         pids.append(procs.start(argv, logs / f"vllm-{port}.log", env={**os.environ, **ENV}).pid)
     wait_for(lambda: all(health_ok(p) for p in ports), STARTUP, f"vLLM on {ports} (logs in {logs})")
     return pids, weights, f"2 vLLM {VLLM_VERSION} CPU servers, tiny random Llama ({weights.name})"

@@ -61,9 +61,16 @@ def smaps_rollup(pid: int) -> dict[str, float]:
 def memory(pid: int) -> dict[str, float]:
     status, rollup = status_fields(pid), smaps_rollup(pid)
     return {
-        "rss": kb(status["VmRSS"]), "hwm": kb(status["VmHWM"]), "anon": kb(status["RssAnon"]), "file": kb(status["RssFile"]),
-        "pss": rollup.get("Pss", 0.0), "pss_anon": rollup.get("Pss_Anon", 0.0), "pss_file": rollup.get("Pss_File", 0.0),
-        "threads": int(status["Threads"]), "vcsw": int(status["voluntary_ctxt_switches"]), "ivcsw": int(status["nonvoluntary_ctxt_switches"]),
+        "rss": kb(status["VmRSS"]),
+        "hwm": kb(status["VmHWM"]),
+        "anon": kb(status["RssAnon"]),
+        "file": kb(status["RssFile"]),
+        "pss": rollup.get("Pss", 0.0),
+        "pss_anon": rollup.get("Pss_Anon", 0.0),
+        "pss_file": rollup.get("Pss_File", 0.0),
+        "threads": int(status["Threads"]),
+        "vcsw": int(status["voluntary_ctxt_switches"]),
+        "ivcsw": int(status["nonvoluntary_ctxt_switches"]),
     }
 
 
@@ -81,14 +88,21 @@ def proc_scan_ms(run_dir: Path) -> tuple[float, float, int]:
         wall.append(time.perf_counter() - started)
     if len(found) != INSTANCES:
         print(f"  (list_instances found {len(found)} instances)")
-    return statistics.median(cpu) * 1000, statistics.median(wall) * 1000, sum(1 for name in os.listdir("/proc") if name.isdigit())
+    return (
+        statistics.median(cpu) * 1000,
+        statistics.median(wall) * 1000,
+        sum(1 for name in os.listdir("/proc") if name.isdigit()),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="CPU measurement window")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after 64/64 ready before measuring")
-    parser.add_argument("--agent-pythonpath", help="run the agent from another source tree (to compare a change); default: this repo's agent/")
+    parser.add_argument(
+        "--agent-pythonpath",
+        help="run the agent from another source tree (to compare a change); default: this repo's agent/",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
@@ -102,8 +116,10 @@ def main() -> None:
             time.sleep(args.settle)
             print(f"{INSTANCES} instances ready in {took:.1f} s, then {args.settle:g} s settle; agent pid {agent.pid}")
             mem = memory(agent.pid)
-            print(f"memory: VmRSS {mem['rss']:.1f} MB (RssAnon {mem['anon']:.1f} + RssFile {mem['file']:.1f}), VmHWM {mem['hwm']:.1f} MB, "
-                  f"PSS {mem['pss']:.1f} MB (anon {mem['pss_anon']:.1f}, file {mem['pss_file']:.1f}), {mem['threads']} threads")
+            print(
+                f"memory: VmRSS {mem['rss']:.1f} MB (RssAnon {mem['anon']:.1f} + RssFile {mem['file']:.1f}), VmHWM {mem['hwm']:.1f} MB, "
+                f"PSS {mem['pss']:.1f} MB (anon {mem['pss_anon']:.1f}, file {mem['pss_file']:.1f}), {mem['threads']} threads"
+            )
             restarts_before = host.log_tail(10**8).count("event='instance.restart'")
             load_before = Path("/proc/loadavg").read_text().split()[0]
             cpu0, wall0, sw0 = cpu_seconds(agent.pid), time.monotonic(), mem["vcsw"]
@@ -119,16 +135,22 @@ def main() -> None:
             after = memory(agent.pid)
             restarts = host.log_tail(10**8).count("event='instance.restart'") - restarts_before
             ready = host.ready_line()
-            print(f"idle CPU over {wall:.0f} s: {cpu:.2f} % of one core (per {WINDOW:g} s: {', '.join(f'{w:.1f}' for w in windows)} %); "
-                  f"{(after['vcsw'] - sw0) / wall:.1f} voluntary context switches/s; "
-                  f"loadavg {load_before} -> {Path('/proc/loadavg').read_text().split()[0]}; "
-                  f"meanwhile {restarts} instance restarts, nginx.conf {ready[0]}/{ready[1]} ready")
+            print(
+                f"idle CPU over {wall:.0f} s: {cpu:.2f} % of one core (per {WINDOW:g} s: {', '.join(f'{w:.1f}' for w in windows)} %); "
+                f"{(after['vcsw'] - sw0) / wall:.1f} voluntary context switches/s; "
+                f"loadavg {load_before} -> {Path('/proc/loadavg').read_text().split()[0]}; "
+                f"meanwhile {restarts} instance restarts, nginx.conf {ready[0]}/{ready[1]} ready"
+            )
             print(f"memory after: VmRSS {after['rss']:.1f} MB, PSS {after['pss']:.1f} MB, VmHWM {after['hwm']:.1f} MB")
             scan_cpu, scan_wall, processes = proc_scan_ms(host.run_dir)
-            print(f"process runner's /proc scan (list_instances, once per interval), timed here: {scan_cpu:.2f} ms CPU ({scan_wall:.1f} ms wall) "
-                  f"with {processes} processes = {scan_cpu / 1000 / 2.0 * 100:.2f} % of one core at one scan per 2 s")
+            print(
+                f"process runner's /proc scan (list_instances, once per interval), timed here: {scan_cpu:.2f} ms CPU ({scan_wall:.1f} ms wall) "
+                f"with {processes} processes = {scan_cpu / 1000 / 2.0 * 100:.2f} % of one core at one scan per 2 s"
+            )
             rss_ok, cpu_ok = max(mem["rss"], after["rss"]) <= RSS_GOAL_MB, cpu <= CPU_GOAL
-            print(f"goal RSS <= {RSS_GOAL_MB:g} MB: {'met' if rss_ok else 'MISSED'}; goal idle CPU <= {CPU_GOAL:g} %: {'met' if cpu_ok else 'MISSED'}")
+            print(
+                f"goal RSS <= {RSS_GOAL_MB:g} MB: {'met' if rss_ok else 'MISSED'}; goal idle CPU <= {CPU_GOAL:g} %: {'met' if cpu_ok else 'MISSED'}"
+            )
         finally:
             host.close()
     print(machine())

@@ -62,7 +62,7 @@ class NotifySocket:
             self.sock.settimeout(left)
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-            except socket.timeout:
+            except TimeoutError:
                 return None
             arrived = time.monotonic()
             sender = None
@@ -87,7 +87,10 @@ class Clients:
         self.counts = {"short_ok": 0, "short_failed": 0, "stream_ok": 0, "stream_failed": 0}
         self.failures: list[str] = []
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._short, daemon=True), threading.Thread(target=self._streams, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._short, daemon=True),
+            threading.Thread(target=self._streams, daemon=True),
+        ]
 
     def __enter__(self):
         self.started = time.monotonic()
@@ -122,7 +125,9 @@ class Clients:
         while self._running():
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1000, "stream": True})  # 1 s at 1000 tokens/s
+                body = json.dumps(
+                    {"model": MODEL, "prompt": "hi", "max_tokens": 1000, "stream": True}
+                )  # 1 s at 1000 tokens/s
                 conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 text = response.read().decode(errors="replace")
@@ -172,21 +177,32 @@ def run_size(size: int, restarts: int) -> dict:
                     changed = sum(1 for n, pid in before.items() if after.get(n) != pid)
                     ready_line = host.ready_line()
                     rows.append((stopped, ready_at - started, changed))
-                    print(f"{index + 1:>3} {stopped:>6.2f} s {ready_at - started:>13.2f} s {changed:>18} {'%d/%d ready' % ready_line:>11}", flush=True)
+                    print(
+                        f"{index + 1:>3} {stopped:>6.2f} s {ready_at - started:>13.2f} s {changed:>18} {'%d/%d ready' % ready_line:>11}",
+                        flush=True,
+                    )
                 time.sleep(1.0)
             final = host.instance_pids()
             result = {
-                "size": size, "rows": rows, "counts": dict(clients.counts), "failures": list(clients.failures),
+                "size": size,
+                "rows": rows,
+                "counts": dict(clients.counts),
+                "failures": list(clients.failures),
                 "total_restarts": sum(1 for n, pid in pids.items() if final.get(n) != pid),
-                "nginx_same_master": host.nginx_master() == master, "conf_same": host.nginx_conf() == conf,
+                "nginx_same_master": host.nginx_master() == master,
+                "conf_same": host.nginx_conf() == conf,
             }
             ready = [r[1] for r in rows]
             c = result["counts"]
-            print(f"READY=1 median {statistics.median(ready):.2f} s, max {max(ready):.2f} s (goal <= 2 s); "
-                  f"instance restarts over all {restarts} agent restarts: {result['total_restarts']} (goal 0)")
-            print(f"through nginx meanwhile: short {c['short_ok']} ok / {c['short_failed']} failed, "
-                  f"1 s streams {c['stream_ok']} ok / {c['stream_failed']} failed; "
-                  f"nginx master unchanged: {result['nginx_same_master']}, nginx.conf unchanged: {result['conf_same']}")
+            print(
+                f"READY=1 median {statistics.median(ready):.2f} s, max {max(ready):.2f} s (goal <= 2 s); "
+                f"instance restarts over all {restarts} agent restarts: {result['total_restarts']} (goal 0)"
+            )
+            print(
+                f"through nginx meanwhile: short {c['short_ok']} ok / {c['short_failed']} failed, "
+                f"1 s streams {c['stream_ok']} ok / {c['stream_failed']} failed; "
+                f"nginx master unchanged: {result['nginx_same_master']}, nginx.conf unchanged: {result['conf_same']}"
+            )
             for failure in result["failures"][:5]:
                 print(f"  failed: {failure}")
             return result
@@ -197,7 +213,9 @@ def run_size(size: int, restarts: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="16,64", help="comma-separated instance counts (16 on DPX/NPS2, else CPX/NPS4)")
+    parser.add_argument(
+        "--sizes", default="16,64", help="comma-separated instance counts (16 on DPX/NPS2, else CPX/NPS4)"
+    )
     parser.add_argument("--restarts", type=int, default=5)
     args = parser.parse_args()
     print(machine())

@@ -120,7 +120,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per path (after 1 s warm-up)")
     parser.add_argument("--paths", default="/v1/status,/v1/instances,/metrics,/healthz")
-    parser.add_argument("--agent-pythonpath", help="run the agent from another source tree (to compare a change); default: this repo's agent/")
+    parser.add_argument(
+        "--agent-pythonpath",
+        help="run the agent from another source tree (to compare a change); default: this repo's agent/",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
@@ -135,11 +138,17 @@ def main() -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{host.api_port}/v1/status", timeout=10) as response:
                 status = json.load(response)
             counts = status["instances"]
-            print(f"{INSTANCES} instances ready in {took:.1f} s; /v1/status says total {counts['total']}, ready {counts['ready']}; "
-                  f"API on 127.0.0.1:{host.api_port}")
-            print(f"open loop: {args.rate:g} requests/s for {args.seconds:g} s per path (+{WARMUP:g} s warm-up), keep-alive connections")
-            print(f"{'path':<14} {'requests':>8} {'errors':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'client late p99':>15} "
-                  f"{'agent CPU':>9}")
+            print(
+                f"{INSTANCES} instances ready in {took:.1f} s; /v1/status says total {counts['total']}, ready {counts['ready']}; "
+                f"API on 127.0.0.1:{host.api_port}"
+            )
+            print(
+                f"open loop: {args.rate:g} requests/s for {args.seconds:g} s per path (+{WARMUP:g} s warm-up), keep-alive connections"
+            )
+            print(
+                f"{'path':<14} {'requests':>8} {'errors':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'client late p99':>15} "
+                f"{'agent CPU':>9}"
+            )
             verdicts = []
             for path in args.paths.split(","):
                 cpu_before, wall_before = cpu_seconds(agent.pid), time.monotonic()
@@ -149,12 +158,17 @@ def main() -> None:
                 late = [(sent - due) * 1000 for due, sent, _, _ in results]
                 errors = sum(1 for *_, st in results if st != 200)
                 p99 = percentile(latency, 0.99)
-                print(f"{path:<14} {len(results):>8} {errors:>6} {percentile(latency, 0.5):>6.1f}ms {percentile(latency, 0.9):>6.1f}ms "
-                      f"{p99:>6.1f}ms {max(latency):>6.1f}ms {percentile(late, 0.99):>13.1f}ms {cpu:>8.0f}%", flush=True)
+                print(
+                    f"{path:<14} {len(results):>8} {errors:>6} {percentile(latency, 0.5):>6.1f}ms {percentile(latency, 0.9):>6.1f}ms "
+                    f"{p99:>6.1f}ms {max(latency):>6.1f}ms {percentile(late, 0.99):>13.1f}ms {cpu:>8.0f}%",
+                    flush=True,
+                )
                 if path != "/healthz":
                     verdicts.append((path, p99, errors))
             missed = [p for p, p99, errors in verdicts if p99 > GOAL_MS or errors]
-            print(f"goal p99 <= {GOAL_MS:g} ms, no errors: {'met' if not missed else 'MISSED for ' + ', '.join(missed)}")
+            print(
+                f"goal p99 <= {GOAL_MS:g} ms, no errors: {'met' if not missed else 'MISSED for ' + ', '.join(missed)}"
+            )
             if host.agent.poll() is not None:
                 raise SystemExit(f"the agent exited during the bench\n{host.log_tail()}")
         finally:

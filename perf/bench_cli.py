@@ -19,7 +19,11 @@ ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 21
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "sim"
-        wall(mipart_argv("sim", "create", str(sim), "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS4"))
+        wall(
+            mipart_argv(
+                "sim", "create", str(sim), "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS4"
+            )
+        )
         env = {**ENV, "MIPART_SYSFS_ROOT": str(sim)}
         profile = REPO / "etc/mipart/profile.yaml"
         cases = {

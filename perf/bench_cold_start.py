@@ -71,10 +71,27 @@ def serial_start(n: int, delay: float) -> float:
     try:
         for number in range(n):
             port = base + number
-            engines.append(subprocess.Popen(
-                [sys.executable, "-m", "mipart.sim.engine", "--port", str(port), "--startup-delay", str(delay),
-                 "--tokens-per-second", "1000", "--model", "test/fake-llm"],
-                env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            engines.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mipart.sim.engine",
+                        "--port",
+                        str(port),
+                        "--startup-delay",
+                        str(delay),
+                        "--tokens-per-second",
+                        "1000",
+                        "--model",
+                        "test/fake-llm",
+                    ],
+                    env=ENV,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             while not health_ok(port, timeout=0.5):
                 if engines[-1].poll() is not None:
                     raise SystemExit(f"serial engine on port {port} exited {engines[-1].returncode}")
@@ -91,7 +108,9 @@ def serial_start(n: int, delay: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ns", default="1,4,16,64", help="comma-separated instance counts (1-64)")
-    parser.add_argument("--serial-max", type=int, default=16, help="measure the serial start only up to this N; extrapolate above")
+    parser.add_argument(
+        "--serial-max", type=int, default=16, help="measure the serial start only up to this N; extrapolate above"
+    )
     parser.add_argument("--startup-delay", type=float, default=5.0, help="fake engine load time, seconds")
     args = parser.parse_args()
     ns = [int(x) for x in args.ns.split(",")]
@@ -110,11 +129,16 @@ def main() -> None:
         else:
             serial, label = None, "extrapolated"
         rows.append((n, full, conf, serial, label, engines_cpu, agent_cpu))
-        print(f"  N={n}: mipart {full:.2f} s (conf N/N at {conf:.2f} s; CPU used by then: instances {engines_cpu:.1f} s, agent {agent_cpu:.1f} s)"
-              + (f", serial {serial:.2f} s" if serial else ""), flush=True)
+        print(
+            f"  N={n}: mipart {full:.2f} s (conf N/N at {conf:.2f} s; CPU used by then: instances {engines_cpu:.1f} s, agent {agent_cpu:.1f} s)"
+            + (f", serial {serial:.2f} s" if serial else ""),
+            flush=True,
+        )
     print()
     cpus = os.cpu_count() or 1
-    print(f"{'N':>3} {'mipart s':>9} {'(conf N/N)':>11} {'serial s':>9} {'serial is':>13} {'serial/mipart':>14} {'mipart - delay':>15} {'CPU floor':>10}")
+    print(
+        f"{'N':>3} {'mipart s':>9} {'(conf N/N)':>11} {'serial s':>9} {'serial is':>13} {'serial/mipart':>14} {'mipart - delay':>15} {'CPU floor':>10}"
+    )
     for n, full, conf, serial, label, engines_cpu, agent_cpu in rows:
         if serial is None:
             if per_instance is None:
@@ -124,11 +148,17 @@ def main() -> None:
                 serial_text, ratio_text = f"~{serial:.1f}", f"~{serial / full:.1f}x"
         else:
             serial_text, ratio_text = f"{serial:.1f}", f"{serial / full:.1f}x"
-        print(f"{n:>3} {full:>9.2f} {conf:>11.2f} {serial_text:>9} {label if serial else '-':>13} {ratio_text:>14} {full - args.startup_delay:>13.2f} s {(engines_cpu + agent_cpu) / cpus:>8.1f} s")
+        print(
+            f"{n:>3} {full:>9.2f} {conf:>11.2f} {serial_text:>9} {label if serial else '-':>13} {ratio_text:>14} {full - args.startup_delay:>13.2f} s {(engines_cpu + agent_cpu) / cpus:>8.1f} s"
+        )
     if per_instance is not None and any(r[3] is None for r in rows):
-        print(f"extrapolated serial = N x {per_instance:.2f} s (seconds per instance of the largest measured serial run)")
-    print(f"CPU floor = CPU seconds the instances (launcher + engine start) and the agent used until full serving, / {cpus} CPUs:"
-          " starting N interpreters at once needs about that much wall time before the last engine even begins its delay")
+        print(
+            f"extrapolated serial = N x {per_instance:.2f} s (seconds per instance of the largest measured serial run)"
+        )
+    print(
+        f"CPU floor = CPU seconds the instances (launcher + engine start) and the agent used until full serving, / {cpus} CPUs:"
+        " starting N interpreters at once needs about that much wall time before the last engine even begins its delay"
+    )
 
 
 if __name__ == "__main__":

@@ -159,7 +159,9 @@ def engine_signal(sig: int, label: str):
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
         return fault, out, f"instance {number} down in nginx.conf", undo
+
     return inject
 
 
@@ -179,6 +181,7 @@ def agent_restart(sig: int, label: str):
         target.stop_agent(sig)
         out = wait(lambda: target.ready_events() > before, "the new agent ready")
         return fault, out, "the new agent ready", None
+
     return inject
 
 
@@ -193,13 +196,17 @@ def nginx_dir_replaced(target: Target) -> Injected:
         (run / "nginx").unlink()
         shutil.move(run / "nginx.moved", run / "nginx")
         wait(lambda: target.status().get("files_error", "x") == "", "the error cleared", timeout=60)
+
     return fault, out, "reported in status (files_error), agent alive", undo
 
 
 def run_deleted(target: Target) -> Injected:
     fault = harness.Fault("/run deleted (the agent's run dir)", time.time())
     shutil.rmtree(target.run_dir)
-    out = wait(lambda: (target.run_dir / "nginx/nginx.conf").exists() and (target.run_dir / "instances/0.json").exists(), "files rewritten")
+    out = wait(
+        lambda: (target.run_dir / "nginx/nginx.conf").exists() and (target.run_dir / "instances/0.json").exists(),
+        "files rewritten",
+    )
     wait(lambda: nginx_current(target), "status: nginx current")
     return fault, out, "nginx.conf and specs rewritten; status current", None
 
@@ -215,6 +222,7 @@ def bad_profile(target: Target) -> Injected:
         target.profile.write_text(good)
         target.reload()
         wait(lambda: not target.status().get("profile_error"), "the good profile taken back")
+
     return fault, out, "rejected, the last good one kept", undo
 
 
@@ -223,6 +231,7 @@ def repartitioned(target: Target, compute: str, memory: str, count: int) -> tupl
 
     The gap ends when nginx.conf has an instance in rotation and the agent reports that generation
     in force (nginx.serving_generation): polled, so the gap measured is longer by a poll at most."""
+
     def progress() -> tuple[str, str]:
         state = target.status().get("repartition", {})
         return state.get("finished") or "", state.get("error", "")
@@ -251,8 +260,12 @@ def repartition(target: Target) -> Injected:
     fault = harness.Fault("repartition while serving", time.time())
     first, out = repartitioned(target, "CPX", "NPS1", harness.INSTANCES * 4)
     fault = dataclasses.replace(fault, gap=(fault.at, first))
-    return (fault, out, f"16 instances on CPX/NPS1; the 503 JSON gap {first - fault.at:.2f} s",
-            lambda: repartitioned(target, "DPX", "NPS2", harness.INSTANCES))
+    return (
+        fault,
+        out,
+        f"16 instances on CPX/NPS1; the 503 JSON gap {first - fault.at:.2f} s",
+        lambda: repartitioned(target, "DPX", "NPS2", harness.INSTANCES),
+    )
 
 
 def after_agent_restart(target: Target) -> None:
@@ -273,7 +286,9 @@ class Case:
 FAULTS = {
     "engine-500": Case("engine dies, port stays open (500s)", engine_signal(signal.SIGUSR1, "engine 500")),
     "nginx-master": Case("nginx master SIGKILL", kill_master),
-    "nginx-master-after-agent-restart": Case("nginx master SIGKILL after an agent restart", kill_master, after_agent_restart),
+    "nginx-master-after-agent-restart": Case(
+        "nginx master SIGKILL after an agent restart", kill_master, after_agent_restart
+    ),
     "nginx-dir-file": Case("run dir's nginx/ replaced by a file", nginx_dir_replaced),
     "engine-kill": Case("engine SIGKILL", engine_signal(signal.SIGKILL, "engine SIGKILL")),
     "agent-term": Case("agent SIGTERM + restart", agent_restart(signal.SIGTERM, "agent SIGTERM")),
@@ -287,7 +302,14 @@ HANG = "hang"
 
 def one_run(target: Target, tmp: Path, inject, args) -> tuple[harness.Fault, harness.Tally, float, str]:
     out_file = tmp / f"load-{time.monotonic_ns()}.json"
-    load = harness.start_load(target.listen, out_file, clients=args.clients, seconds=args.seconds, think=args.think, max_tokens=args.max_tokens)
+    load = harness.start_load(
+        target.listen,
+        out_file,
+        clients=args.clients,
+        seconds=args.seconds,
+        think=args.think,
+        max_tokens=args.max_tokens,
+    )
     undo = None
     try:
         time.sleep(args.fault_at)
@@ -320,14 +342,21 @@ def run_hangs(target: Target, tmp: Path, args) -> harness.Row:
     inject = engine_signal(signal.SIGSTOP, "hang (SIGSTOP)")
     for _ in range(args.hangs):
         settled(target)
-        args_phase = argparse.Namespace(**{**vars(args), "fault_at": args.fault_at + random.uniform(0, harness.INTERVAL)})
+        args_phase = argparse.Namespace(
+            **{**vars(args), "fault_at": args.fault_at + random.uniform(0, harness.INTERVAL)}
+        )
         fault, tally, out, _ = one_run(target, tmp, inject, args_phase)
         outs.append(out)
-        print(f"    hang sample {len(outs)}: {fault.instance} out in {out:.2f} s; {tally.requests} requests, {tally.failed} failed, "
-              f"{tally.not_excused} not excused; loadavg {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
+        print(
+            f"    hang sample {len(outs)}: {fault.instance} out in {out:.2f} s; {tally.requests} requests, {tally.failed} failed, "
+            f"{tally.not_excused} not excused; loadavg {Path('/proc/loadavg').read_text().split()[0]}",
+            flush=True,
+        )
         total.add(tally)
-    notes = (f"{args.hangs} samples; out median {statistics.median(outs):.2f} s, max {max(outs):.2f} s "
-             f"(bound {harness.BOUND:g} s: {'met' if max(outs) <= harness.BOUND else 'MISSED'})")
+    notes = (
+        f"{args.hangs} samples; out median {statistics.median(outs):.2f} s, max {max(outs):.2f} s "
+        f"(bound {harness.BOUND:g} s: {'met' if max(outs) <= harness.BOUND else 'MISSED'})"
+    )
     return harness.Row("hang (SIGSTOP)", total, outs, notes)
 
 
@@ -361,16 +390,21 @@ def run_all(args, runner: str, run: Callable[[str], harness.Row], names: list[st
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
     print(machine())
-    print(f"{args.clients} streaming clients ({args.max_tokens} tokens at 50 tokens/s, {args.think:g} s think), {args.seconds:g} s each, "
-          f"fault at {args.fault_at:g} s; 4 instances, interval {harness.INTERVAL:g}s timeout {harness.TIMEOUT:g}s "
-          f"unhealthy_after {harness.UNHEALTHY_AFTER}; {runner} runner")
+    print(
+        f"{args.clients} streaming clients ({args.max_tokens} tokens at 50 tokens/s, {args.think:g} s think), {args.seconds:g} s each, "
+        f"fault at {args.fault_at:g} s; 4 instances, interval {harness.INTERVAL:g}s timeout {harness.TIMEOUT:g}s "
+        f"unhealthy_after {harness.UNHEALTHY_AFTER}; {runner} runner"
+    )
     rows = []
     for name in args.only or names:
         row = run(name)
         rows.append(row)
         t = row.tally
-        print(f"{row.fault}: {t.requests} requests, {t.failed} failed, {t.excused} excused, {t.gap} gap 503s, {t.not_excused} not excused; "
-              f"out {max(row.out):.2f} s; {row.notes}; loadavg {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
+        print(
+            f"{row.fault}: {t.requests} requests, {t.failed} failed, {t.excused} excused, {t.gap} gap 503s, {t.not_excused} not excused; "
+            f"out {max(row.out):.2f} s; {row.notes}; loadavg {Path('/proc/loadavg').read_text().split()[0]}",
+            flush=True,
+        )
     harness.print_table(rows)
     print(machine())
     return rows

@@ -37,10 +37,11 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent")]
 import bench_faults as bench  # noqa: E402
 import faults as harness  # noqa: E402
 from host import BENCH_PORTS  # noqa: E402
-from mipart.names import AGENT_UNIT, NGINX_UNIT, RELOAD_CMD_VAR, SYSFS_ROOT_VAR, instance_unit  # noqa: E402
-from mipart.sim.host import FakeEngineProfile, Ports  # noqa: E402
 from system.nspawn import Machine, build_deb, create_sim_host, install_deb  # noqa: E402
 from system.test_packaging import NEXT  # noqa: E402  (the upgrade's version suffix)
+
+from mipart.names import AGENT_UNIT, NGINX_UNIT, RELOAD_CMD_VAR, SYSFS_ROOT_VAR, instance_unit  # noqa: E402
+from mipart.sim.host import FakeEngineProfile, Ports  # noqa: E402
 
 SIM = "/var/lib/mipart-sim"
 GUEST_PYTHON = "/usr/bin/python3"
@@ -71,7 +72,11 @@ class SystemdTarget:
         for entry in os.scandir("/proc"):
             try:
                 if entry.name.isdigit() and os.readlink(f"{entry.path}/ns/pid") == self._pidns:
-                    nspid = next(line for line in Path(entry.path, "status").read_text().splitlines() if line.startswith("NSpid:"))
+                    nspid = next(
+                        line
+                        for line in Path(entry.path, "status").read_text().splitlines()
+                        if line.startswith("NSpid:")
+                    )
                     if nspid.split()[-1] == inner:
                         return int(entry.name)
             except (OSError, StopIteration):
@@ -162,9 +167,11 @@ ORDER = [name for name in CASES if name not in LAST] + [bench.HANG, *LAST]
 
 def runner(target: SystemdTarget, tmp: Path, args) -> Callable[[str], harness.Row]:
     """name -> its row, on the one machine, settled again before each fault."""
+
     def run(name: str) -> harness.Row:
         bench.settled(target)
         return bench.run_case(target, name, CASES, tmp, args)
+
     return run
 
 
@@ -172,8 +179,12 @@ def serving(m: Machine, deb: Path, upgrade_deb: Path | None = None) -> SystemdTa
     """The package installed in a booted machine, serving the issue's host under systemd."""
     install_deb(m, deb)
     create_sim_host(m, SIM, gpus=2, compute="DPX", memory="NPS2")
-    m.run(f"printf '%s\\n' '{SYSFS_ROOT_VAR}={SIM}' '{RELOAD_CMD_VAR}=\"mipart sim reload {SIM}\"' >/etc/default/mipart")
-    target = SystemdTarget(m, harness.fault_profile(Ports.free(16, *BENCH_PORTS), python=GUEST_PYTHON), upgrade_deb=upgrade_deb)
+    m.run(
+        f"printf '%s\\n' '{SYSFS_ROOT_VAR}={SIM}' '{RELOAD_CMD_VAR}=\"mipart sim reload {SIM}\"' >/etc/default/mipart"
+    )
+    target = SystemdTarget(
+        m, harness.fault_profile(Ports.free(16, *BENCH_PORTS), python=GUEST_PYTHON), upgrade_deb=upgrade_deb
+    )
     target.write_profile()
     m.run("systemctl start mipart-partition mipart-agent", timeout=180)
     target.wait_ready(target.count, 180)
@@ -183,7 +194,9 @@ def serving(m: Machine, deb: Path, upgrade_deb: Path | None = None) -> SystemdTa
 def debs(tmp: Path) -> tuple[Path, Path]:
     """The tree's .deb and a newer build of it (its version + NEXT), as test_packaging builds them."""
     old = build_deb(tmp / "old")
-    version = subprocess.run(["dpkg-deb", "-f", str(old), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-deb", "-f", str(old), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return old, build_deb(tmp / "new", version + NEXT)
 
 

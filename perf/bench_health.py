@@ -61,7 +61,7 @@ BENCH_DEADLINE = 1800.0  # the whole run, whatever happens
 INTERVAL, TIMEOUT, UNHEALTHY_AFTER = 2.0, 1.0, 3
 GOAL = INTERVAL * UNHEALTHY_AFTER + 0.5
 
-LOAD_CLIENT = r'''
+LOAD_CLIENT = r"""
 import asyncio, json, sys, time
 import aiohttp
 
@@ -89,7 +89,7 @@ async def main(port, clients, seconds, think, out):
         json.dump(results, f)
 
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]))
-'''
+"""
 
 
 # -- the host -------------------------------------------------------------------------------
@@ -100,16 +100,38 @@ def make_host(tmp: Path, instances: int = INSTANCES) -> BenchHost:
 
     Also used by bench_api.py and bench_agent_resources.py (64 instances: partitions all)."""
     partitions = "all" if instances == 64 else f"0-{instances - 1}"
-    return BenchHost(tmp, compute="CPX", memory="NPS4", partitions=partitions, delay=1.0, tps=50, interval=f"{INTERVAL:g}s",
-                     timeout=f"{TIMEOUT:g}s", unhealthy_after=UNHEALTHY_AFTER, restart_backoff="1s")
+    return BenchHost(
+        tmp,
+        compute="CPX",
+        memory="NPS4",
+        partitions=partitions,
+        delay=1.0,
+        tps=50,
+        interval=f"{INTERVAL:g}s",
+        timeout=f"{TIMEOUT:g}s",
+        unhealthy_after=UNHEALTHY_AFTER,
+        restart_backoff="1s",
+    )
 
 
 def revision() -> str:
     """The commit the agent under test comes from, and whether agent/ has uncommitted changes."""
     repo = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "agent"], check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "agent"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "revision unknown"
     return f"agent from {head or 'unknown'}{' + uncommitted changes in agent/' if dirty else ''}"
@@ -179,9 +201,13 @@ def resume(pid: int) -> None:
 
 
 def out_of_rotation(host: BenchHost, repeats: int) -> list[dict]:
-    print(f"\n(a) hung instance (SIGSTOP) -> out of nginx rotation; {INSTANCES} instances, "
-          f"interval {INTERVAL:g}s timeout {TIMEOUT:g}s unhealthy_after {UNHEALTHY_AFTER}")
-    print(f"{'#':>3} {'inst':>4} {'pause':>6} {'degraded':>8} {'detect':>8} {'conf':>8} {'reload':>8}   after: requests ok / hung-or-failed")
+    print(
+        f"\n(a) hung instance (SIGSTOP) -> out of nginx rotation; {INSTANCES} instances, "
+        f"interval {INTERVAL:g}s timeout {TIMEOUT:g}s unhealthy_after {UNHEALTHY_AFTER}"
+    )
+    print(
+        f"{'#':>3} {'inst':>4} {'pause':>6} {'degraded':>8} {'detect':>8} {'conf':>8} {'reload':>8}   after: requests ok / hung-or-failed"
+    )
     rows = []
     victims = random.Random().sample(range(INSTANCES), k=min(repeats, INSTANCES)) * (repeats // INSTANCES + 1)
     for index in range(repeats):
@@ -197,16 +223,30 @@ def out_of_rotation(host: BenchHost, repeats: int) -> list[dict]:
             conf, reload = watch_out(host, number, workers, fault_at)
             with ThreadPoolExecutor(8) as pool:
                 after = list(pool.map(lambda _: request(host.listen, timeout=3), range(32)))
-            detected = [t for t in log_events(host, "instance.unhealthy", f"mipart-vllm@{number}") if t >= fault_at - 0.05]
+            detected = [
+                t for t in log_events(host, "instance.unhealthy", f"mipart-vllm@{number}") if t >= fault_at - 0.05
+            ]
             detect = detected[0] - fault_at if detected else float("nan")
             first = [t for t in log_events(host, "instance.degraded", f"mipart-vllm@{number}") if t >= fault_at - 0.05]
             degraded = first[0] - fault_at if first else float("nan")
             ok = sum(1 for status, _ in after if status == 200)
             on_victim = sum(1 for _, engine in after if engine == f"127.0.0.1:{host.base + number}")
-            row = {"instance": number, "pause": pause, "degraded": degraded, "detect": detect, "conf": conf - fault_at, "reload": reload - fault_at, "after_ok": ok,
-                   "after_bad": len(after) - ok, "after_on_victim": on_victim}
+            row = {
+                "instance": number,
+                "pause": pause,
+                "degraded": degraded,
+                "detect": detect,
+                "conf": conf - fault_at,
+                "reload": reload - fault_at,
+                "after_ok": ok,
+                "after_bad": len(after) - ok,
+                "after_on_victim": on_victim,
+            }
             rows.append(row)
-            print(f"{index + 1:>3} {number:>4} {pause:>4.2f} s {degraded:>6.2f} s {detect:>6.2f} s {row['conf']:>6.2f} s {row['reload']:>6.2f} s   {ok} / {len(after) - ok}", flush=True)
+            print(
+                f"{index + 1:>3} {number:>4} {pause:>4.2f} s {degraded:>6.2f} s {detect:>6.2f} s {row['conf']:>6.2f} s {row['reload']:>6.2f} s   {ok} / {len(after) - ok}",
+                flush=True,
+            )
             deadline = time.monotonic() + ROUND_TIMEOUT  # the agent restarts it: wait for a new process
             while host.instance_pids().get(number) in (None, pid):
                 if time.monotonic() > deadline:
@@ -216,10 +256,12 @@ def out_of_rotation(host: BenchHost, repeats: int) -> list[dict]:
             resume(pid)
     reloads = [r["reload"] for r in rows]
     detects = [r["detect"] for r in rows]
-    print(f"fault -> nginx reloaded without it: median {statistics.median(reloads):.2f} s, max {max(reloads):.2f} s "
-          f"(goal <= {GOAL:g} s: {'met' if max(reloads) <= GOAL else 'MISSED'}); "
-          f"fault -> agent detection median {statistics.median(detects):.2f} s, max {max(detects):.2f} s; "
-          f"requests after the reload that hung or failed: {sum(r['after_bad'] for r in rows)} of {32 * len(rows)}")
+    print(
+        f"fault -> nginx reloaded without it: median {statistics.median(reloads):.2f} s, max {max(reloads):.2f} s "
+        f"(goal <= {GOAL:g} s: {'met' if max(reloads) <= GOAL else 'MISSED'}); "
+        f"fault -> agent detection median {statistics.median(detects):.2f} s, max {max(detects):.2f} s; "
+        f"requests after the reload that hung or failed: {sum(r['after_bad'] for r in rows)} of {32 * len(rows)}"
+    )
     return rows
 
 
@@ -229,8 +271,10 @@ def out_of_rotation(host: BenchHost, repeats: int) -> list[dict]:
 def run_load(host: BenchHost, tmp: Path, clients: int, seconds: float, think: float) -> tuple[subprocess.Popen, Path]:
     script, out = tmp / "load.py", tmp / f"load-{time.monotonic_ns()}.json"
     script.write_text(LOAD_CLIENT)
-    load = subprocess.Popen([sys.executable, str(script), str(host.listen), str(clients), str(seconds), str(think), str(out)],
-                            stdin=subprocess.DEVNULL)
+    load = subprocess.Popen(
+        [sys.executable, str(script), str(host.listen), str(clients), str(seconds), str(think), str(out)],
+        stdin=subprocess.DEVNULL,
+    )
     return load, out
 
 
@@ -239,7 +283,9 @@ def finish_load(load: subprocess.Popen, out: Path, seconds: float) -> list:
     return json.loads(out.read_text())
 
 
-def fault_under_load(host: BenchHost, tmp: Path, kind: str, clients: int, seconds: float, think: float, fault_in: float) -> dict:
+def fault_under_load(
+    host: BenchHost, tmp: Path, kind: str, clients: int, seconds: float, think: float, fault_in: float
+) -> dict:
     settle(host)
     number = random.randrange(INSTANCES)
     pid = host.instance_pids()[number]
@@ -306,37 +352,66 @@ def fault_under_load(host: BenchHost, tmp: Path, kind: str, clients: int, second
     latencies = sorted(e - s for s, e, st, _ in results if st == 200)
     slow_starts = [s - fault_at for s, e, st, _ in results if st == 200 and e - s > 1.0]
     span = max(e for _, e, _, _ in results) - min(s for s, _, _, _ in results)
-    info.update(requests=len(results), failed=sum(1 for r in results if r[2] != 200), inflight=inflight, routed=routed, other=other,
-                examples=examples, kinds=kinds, rate=len(results) / span, p50=latencies[len(latencies) // 2],
-                p99=latencies[int(len(latencies) * 0.99)], max=latencies[-1],
-                slow=len(slow_starts), slow_window=(min(slow_starts), max(slow_starts)) if slow_starts else None,
-                load=Path("/proc/loadavg").read_text().split()[0],
-                min_ready=min_ready, same_master=host.nginx_master() == master)
+    info.update(
+        requests=len(results),
+        failed=sum(1 for r in results if r[2] != 200),
+        inflight=inflight,
+        routed=routed,
+        other=other,
+        examples=examples,
+        kinds=kinds,
+        rate=len(results) / span,
+        p50=latencies[len(latencies) // 2],
+        p99=latencies[int(len(latencies) * 0.99)],
+        max=latencies[-1],
+        slow=len(slow_starts),
+        slow_window=(min(slow_starts), max(slow_starts)) if slow_starts else None,
+        load=Path("/proc/loadavg").read_text().split()[0],
+        min_ready=min_ready,
+        same_master=host.nginx_master() == master,
+    )
     return info
 
 
 def under_load(host: BenchHost, tmp: Path, clients: int, seconds: float, think: float, fault_in: float) -> list[dict]:
-    print(f"\n(b) faults under load: {clients} clients through nginx for {seconds:g} s each, fault at {fault_in:g} s "
-          f"(5 tokens at 50 tokens/s per request, {think:g} s think time)")
-    print(f"{'fault':<16} {'requests':>8} {'req/s':>6} {'failed':>6} {'in-flight':>9} {'routed':>6} {'other':>5} "
-          f"{'p50':>7} {'p99':>7} {'max':>7} {'>1s ok':>6}  out of rotation / notes")
+    print(
+        f"\n(b) faults under load: {clients} clients through nginx for {seconds:g} s each, fault at {fault_in:g} s "
+        f"(5 tokens at 50 tokens/s per request, {think:g} s think time)"
+    )
+    print(
+        f"{'fault':<16} {'requests':>8} {'req/s':>6} {'failed':>6} {'in-flight':>9} {'routed':>6} {'other':>5} "
+        f"{'p50':>7} {'p99':>7} {'max':>7} {'>1s ok':>6}  out of rotation / notes"
+    )
     rows = []
-    for kind, label in (("none", "none (control)"), ("hang", "hang (SIGSTOP)"), ("kill", "kill (SIGKILL)"), ("agent", "agent restart")):
+    for kind, label in (
+        ("none", "none (control)"),
+        ("hang", "hang (SIGSTOP)"),
+        ("kill", "kill (SIGKILL)"),
+        ("agent", "agent restart"),
+    ):
         info = fault_under_load(host, tmp, kind, clients, seconds, think, fault_in)
         rows.append(info)
         if kind == "none":
             note = ""
         elif kind == "agent":
-            note = (f"agent stop {info['stop']:.2f} s, start->agent.ready {info['ready']:.2f} s, "
-                    f"fewest ready in nginx.conf {info['min_ready']}/{INSTANCES}, nginx master unchanged {info['same_master']}")
+            note = (
+                f"agent stop {info['stop']:.2f} s, start->agent.ready {info['ready']:.2f} s, "
+                f"fewest ready in nginx.conf {info['min_ready']}/{INSTANCES}, nginx master unchanged {info['same_master']}"
+            )
         else:
-            note = f"instance {info['instance']}: conf {info['conf']:.2f} s, reload {info['reload']:.2f} s after the fault"
-        print(f"{label:<16} {info['requests']:>8} {info['rate']:>6.0f} {info['failed']:>6} {info['inflight']:>9} {info['routed']:>6} "
-              f"{info['other']:>5} {info['p50'] * 1000:>5.0f}ms {info['p99'] * 1000:>5.0f}ms {info['max']:>6.2f}s {info['slow']:>6}  {note}",
-              flush=True)
+            note = (
+                f"instance {info['instance']}: conf {info['conf']:.2f} s, reload {info['reload']:.2f} s after the fault"
+            )
+        print(
+            f"{label:<16} {info['requests']:>8} {info['rate']:>6.0f} {info['failed']:>6} {info['inflight']:>9} {info['routed']:>6} "
+            f"{info['other']:>5} {info['p50'] * 1000:>5.0f}ms {info['p99'] * 1000:>5.0f}ms {info['max']:>6.2f}s {info['slow']:>6}  {note}",
+            flush=True,
+        )
         if info["slow_window"]:
-            print(f"    successes slower than 1 s started {info['slow_window'][0]:+.2f} .. {info['slow_window'][1]:+.2f} s from the fault "
-                  f"(1-min loadavg at the end: {info['load']})")
+            print(
+                f"    successes slower than 1 s started {info['slow_window'][0]:+.2f} .. {info['slow_window'][1]:+.2f} s from the fault "
+                f"(1-min loadavg at the end: {info['load']})"
+            )
         if info["kinds"]:
             print(f"    failures by status: {', '.join(f'{k} x{v}' for k, v in sorted(info['kinds'].items()))}")
         for example in info["examples"]:

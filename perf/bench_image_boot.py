@@ -62,8 +62,10 @@ def main() -> int:
                 figures[label].append(seconds)
                 print(f"round {i + 1}: {label:22s} {seconds:6.2f} s", flush=True)
     base, full = (statistics.median(figures[k]) for k in figures)
-    print(f"\nmedians over {args.rounds} rounds: boot {base:.2f} s; boot to 16 instances serving {full:.2f} s "
-          f"(+{full - base:.2f} s, x{full / base:.2f})")
+    print(
+        f"\nmedians over {args.rounds} rounds: boot {base:.2f} s; boot to 16 instances serving {full:.2f} s "
+        f"(+{full - base:.2f} s, x{full / base:.2f})"
+    )
     return 0
 
 

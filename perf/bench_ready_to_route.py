@@ -75,15 +75,22 @@ def one_round(host: BenchHost, number: int) -> dict[str, float]:
                 marks.setdefault("workers", marks["routed"])
         next_tick += PERIOD
         time.sleep(max(0.0, next_tick - time.monotonic()))
-    return {"left": left - killed, "down": marks["health"] - killed, "conf": marks["conf"] - marks["health"],
-            "workers": marks["workers"] - marks["health"],
-            "routed": marks["routed"] - marks["health"], "requests": requests}
+    return {
+        "left": left - killed,
+        "down": marks["health"] - killed,
+        "conf": marks["conf"] - marks["health"],
+        "workers": marks["workers"] - marks["health"],
+        "routed": marks["routed"] - marks["health"],
+        "requests": requests,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--instance", type=int, default=0, help="instance to kill (0-63); 0 is listed first in the upstream")
+    parser.add_argument(
+        "--instance", type=int, default=0, help="instance to kill (0-63); 0 is listed first in the upstream"
+    )
     parser.add_argument("--startup-delay", type=float, default=1.0, help="fake engine load time, seconds")
     args = parser.parse_args()
     with workdir() as tmp:
@@ -92,22 +99,33 @@ def main() -> None:
             host.start_agent()
             waited = host.wait_ready(64, timeout=300)
             print(f"{machine()}")
-            print(f"64 instances ready in {waited:.1f} s; killing instance {args.instance} {args.rounds} times "
-                  f"(startup delay {args.startup_delay:g} s, health interval 2s, restart_backoff 1s)")
-            print(f"{'round':>5} {'left rotation':>14} {'kill->health':>13} {'health->conf':>13} {'->new workers':>14} {'health->routed':>15} {'requests':>9}")
+            print(
+                f"64 instances ready in {waited:.1f} s; killing instance {args.instance} {args.rounds} times "
+                f"(startup delay {args.startup_delay:g} s, health interval 2s, restart_backoff 1s)"
+            )
+            print(
+                f"{'round':>5} {'left rotation':>14} {'kill->health':>13} {'health->conf':>13} {'->new workers':>14} {'health->routed':>15} {'requests':>9}"
+            )
             results = []
             for index in range(args.rounds):
                 host.wait_ready(64, timeout=120)
                 time.sleep(0.5)
                 r = one_round(host, args.instance)
                 results.append(r)
-                print(f"{index + 1:>5} {r['left']:>12.3f} s {r['down']:>11.3f} s {r['conf']:>11.3f} s {r['workers']:>12.3f} s {r['routed']:>13.3f} s {r['requests']:>9}", flush=True)
+                print(
+                    f"{index + 1:>5} {r['left']:>12.3f} s {r['down']:>11.3f} s {r['conf']:>11.3f} s {r['workers']:>12.3f} s {r['routed']:>13.3f} s {r['requests']:>9}",
+                    flush=True,
+                )
             conf = [r["conf"] for r in results]
             workers = [r["workers"] for r in results]
             routed = [r["routed"] for r in results]
             print(f"health->conf    median {statistics.median(conf) * 1000:6.0f} ms  max {max(conf) * 1000:6.0f} ms")
-            print(f"health->workers median {statistics.median(workers) * 1000:6.0f} ms  max {max(workers) * 1000:6.0f} ms")
-            print(f"health->routed  median {statistics.median(routed) * 1000:6.0f} ms  max {max(routed) * 1000:6.0f} ms   (goal: median <= 500 ms)")
+            print(
+                f"health->workers median {statistics.median(workers) * 1000:6.0f} ms  max {max(workers) * 1000:6.0f} ms"
+            )
+            print(
+                f"health->routed  median {statistics.median(routed) * 1000:6.0f} ms  max {max(routed) * 1000:6.0f} ms   (goal: median <= 500 ms)"
+            )
         finally:
             host.close()
 

@@ -56,8 +56,14 @@ def run_round(host: BenchHost, compute: str, count: int) -> dict:
     total = time.monotonic() - started
     log = host.log_text()[offset:]
     stop, applied, done = (first_time(log, EVENTS[k]) for k in ("stop", "applied", "done"))
-    return {"to": f"{compute} ({count})", "total": total, "drain": stop - sent, "stop": applied - stop,
-            "start": done - applied, "ready": total - (done - sent)}
+    return {
+        "to": f"{compute} ({count})",
+        "total": total,
+        "drain": stop - sent,
+        "stop": applied - stop,
+        "start": done - applied,
+        "ready": total - (done - sent),
+    }
 
 
 def main() -> None:
@@ -77,15 +83,22 @@ def main() -> None:
                     compute, count = LAYOUTS[(index + 1) % 2]
                     row = run_round(host, compute, count)
                     rows.append(row)
-                    print(f"{index + 1:>3} {row['to']:>9} {row['total']:>6.2f} s" + "".join(f" {row[k]:>5.2f} s" for k in ("drain", "stop", "start", "ready")),
-                          flush=True)
+                    print(
+                        f"{index + 1:>3} {row['to']:>9} {row['total']:>6.2f} s"
+                        + "".join(f" {row[k]:>5.2f} s" for k in ("drain", "stop", "start", "ready")),
+                        flush=True,
+                    )
                     time.sleep(1.0)
         finally:
             host.close()
     for target in {r["to"] for r in rows}:
         totals = [r["total"] for r in rows if r["to"] == target]
-        print(f"to {target}: command -> full serving median {statistics.median(totals):.2f} s, max {max(totals):.2f} s over {len(totals)} rounds")
-    print(f"answers through nginx meanwhile: {dict(sorted(clients.seen.items()))} (goal: only 200 and 503 ServiceUnavailable)")
+        print(
+            f"to {target}: command -> full serving median {statistics.median(totals):.2f} s, max {max(totals):.2f} s over {len(totals)} rounds"
+        )
+    print(
+        f"answers through nginx meanwhile: {dict(sorted(clients.seen.items()))} (goal: only 200 and 503 ServiceUnavailable)"
+    )
 
 
 if __name__ == "__main__":

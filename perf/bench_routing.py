@@ -37,9 +37,9 @@ from balancer_setup import Nginx, Procs
 from balancer_vllm import start_vllm
 from host import machine
 
+from mipart.nginx.conf import render_nginx
 from mipart.profile.load import check_profile
 from mipart.prometheus import metric_sum
-from mipart.nginx.conf import render_nginx
 from mipart.serving.spec import InstanceSpec
 from mipart.sim.ports import free_block
 
@@ -48,8 +48,7 @@ HEADER = "X-Session-Id"
 POLICIES = {"least_conn": "least_conn", "affinity": f"{{affinity: {{header: {HEADER}}}}}"}
 HITS, QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
 # Words the tiny model's tokenizer was trained on (tests/vllm/vllm_env.py): about one token each.
-WORDS = ("mipart runs one vLLM server per logical GPU behind nginx the quick brown fox jumps over lazy dog again "
-         "partitions memory all on hello how are you today I am fine thank tokens stream by as server sent events").split()
+WORDS = ["mipart", "runs", "one", "vLLM", "server", "per", "logical", "GPU", "behind", "nginx", "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "again", "partitions", "memory", "all", "on", "hello", "how", "are", "you", "today", "I", "am", "fine", "thank", "tokens", "stream", "by", "as", "server", "sent", "events"]
 REQUEST_TIMEOUT = 120.0
 
 
@@ -78,17 +77,43 @@ class Run:
 
 
 def profile_text(listen: int, ports: list[int], routing: str) -> str:
-    return "\n".join(["version: 1", "gpus: {compute: DPX, memory: NPS2}", "services:", "  chat:", f"    model: {MODEL}",
-                      f'    listen: "127.0.0.1:{listen}"', f'    partitions: "0-{len(ports) - 1}"', f"    routing: {routing}",
-                      "health: {interval: 2s}", ""])
+    return "\n".join(
+        [
+            "version: 1",
+            "gpus: {compute: DPX, memory: NPS2}",
+            "services:",
+            "  chat:",
+            f"    model: {MODEL}",
+            f'    listen: "127.0.0.1:{listen}"',
+            f'    partitions: "0-{len(ports) - 1}"',
+            f"    routing: {routing}",
+            "health: {interval: 2s}",
+            "",
+        ]
+    )
 
 
 def nginx_text(listen: int, ports: list[int], routing: str, prefix: Path) -> str:
     """What the agent writes for one service of these two servers under this routing (render_nginx)."""
     profile = check_profile(profile_text(listen, ports, routing))
-    specs = tuple(InstanceSpec(number=i, service="chat", model=MODEL, served_model_name=MODEL, logical_gpus=(i,), physical_gpus=(0,),
-                               render_nodes=(), port=port, runtime="process", argv=(), env=(), user=None, hf_home="/nonexistent")
-                  for i, port in enumerate(ports))
+    specs = tuple(
+        InstanceSpec(
+            number=i,
+            service="chat",
+            model=MODEL,
+            served_model_name=MODEL,
+            logical_gpus=(i,),
+            physical_gpus=(0,),
+            render_nodes=(),
+            port=port,
+            runtime="process",
+            argv=(),
+            env=(),
+            user=None,
+            hf_home="/nonexistent",
+        )
+        for i, port in enumerate(ports)
+    )
     return render_nginx(profile, specs, frozenset(range(len(ports))), prefix)
 
 
@@ -112,7 +137,9 @@ def first_token_ms(listen: int, session: str, prompt: str, max_tokens: int) -> f
     conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=REQUEST_TIMEOUT)
     started = time.perf_counter()
     try:
-        body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0})
+        body = json.dumps(
+            {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0}
+        )
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json", HEADER: session})
         response = conn.getresponse()
         if response.status != 200:
@@ -152,13 +179,24 @@ def one_run(plan: Plan, policy: str, salt: str, listen: int, ports: list[int]) -
                     ttfts.append(took)
     hits1, queries1 = counters(ports)
     cuts = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else ttfts * 9
-    return Run(policy, (hits1 - hits0) / max(queries1 - queries0, 1.0), statistics.median(ttfts) if ttfts else float("nan"),
-               cuts[8] if cuts else float("nan"), len(ttfts) + errors, errors)
+    return Run(
+        policy,
+        (hits1 - hits0) / max(queries1 - queries0, 1.0),
+        statistics.median(ttfts) if ttfts else float("nan"),
+        cuts[8] if cuts else float("nan"),
+        len(ttfts) + errors,
+        errors,
+    )
 
 
 def prompt_tokens(listen: int, prompt: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=REQUEST_TIMEOUT)
-    conn.request("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}), {"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}),
+        {"Content-Type": "application/json"},
+    )
     response = conn.getresponse()
     data = json.loads(response.read())
     conn.close()
@@ -169,7 +207,9 @@ def prompt_tokens(listen: int, prompt: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 sessions x 3 turns, one repetition: proves the bench works")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 sessions x 3 turns, one repetition: proves the bench works"
+    )
     parser.add_argument("-o", "--output", type=Path, help="also write the runs as JSON here")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
@@ -183,25 +223,35 @@ def main() -> int:
         nginx = Nginx(procs, prefix, nginx_text(listen, ports, "least_conn", prefix), listen)
         sample = prefixes(plan, "warmup")
         tokens = max(prompt_tokens(listen, p + " question 0: how are you today?") for p in sample.values())
-        print(f"{engines}; {plan.sessions} sessions x {plan.turns} turns, concurrency {plan.concurrency}, prompts of ~{tokens} tokens, "
-              f"{plan.max_tokens} tokens out; {machine()}", flush=True)
+        print(
+            f"{engines}; {plan.sessions} sessions x {plan.turns} turns, concurrency {plan.concurrency}, prompts of ~{tokens} tokens, "
+            f"{plan.max_tokens} tokens out; {machine()}",
+            flush=True,
+        )
         runs = []
         for rep in range(plan.reps):
             for policy, routing in POLICIES.items():
                 nginx.reload(nginx_text(listen, ports, routing, prefix))
                 time.sleep(1.0)  # the new workers take over; the old ones have no request to finish
                 run = one_run(plan, policy, f"r{rep}-{policy}", listen, ports)
-                print(f"  rep {rep + 1} {policy:<10} hit rate {run.hit_rate:6.1%}  TTFT p50 {run.ttft_p50_ms:7.1f} ms  "
-                      f"p90 {run.ttft_p90_ms:7.1f} ms  ({run.requests} requests, {run.errors} errors)", flush=True)
+                print(
+                    f"  rep {rep + 1} {policy:<10} hit rate {run.hit_rate:6.1%}  TTFT p50 {run.ttft_p50_ms:7.1f} ms  "
+                    f"p90 {run.ttft_p90_ms:7.1f} ms  ({run.requests} requests, {run.errors} errors)",
+                    flush=True,
+                )
                 runs.append(run)
         print("| policy | prefix cache hit rate | TTFT p50 | TTFT p90 | errors |\n|---|---|---|---|---|")
         for policy in POLICIES:
             mine = [r for r in runs if r.policy == policy]
             median = lambda key: statistics.median(getattr(r, key) for r in mine)  # noqa: E731
-            print(f"| {policy} | {median('hit_rate'):.1%} | {median('ttft_p50_ms'):.0f} ms | {median('ttft_p90_ms'):.0f} ms | "
-                  f"{sum(r.errors for r in mine)} |")
+            print(
+                f"| {policy} | {median('hit_rate'):.1%} | {median('ttft_p50_ms'):.0f} ms | {median('ttft_p90_ms'):.0f} ms | "
+                f"{sum(r.errors for r in mine)} |"
+            )
         if args.output:
-            args.output.write_text(json.dumps({"plan": asdict(plan), "engines": engines, "runs": [asdict(r) for r in runs]}, indent=2))
+            args.output.write_text(
+                json.dumps({"plan": asdict(plan), "engines": engines, "runs": [asdict(r) for r in runs]}, indent=2)
+            )
         failed = any(r.errors for r in runs)
         return 1 if failed else 0
     finally:

@@ -27,8 +27,14 @@ SWEEP_DEADLINE = 1200.0  # the whole sweep, both layouts and the restore
 
 
 def mipart(host: SimulatedHost, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mipart", *args], env={**os.environ, **host.env}, capture_output=True, text=True,
-                          timeout=SWEEP_DEADLINE, cwd=host.work)
+    return subprocess.run(
+        [sys.executable, "-m", "mipart", *args],
+        env={**os.environ, **host.env},
+        capture_output=True,
+        text=True,
+        timeout=SWEEP_DEADLINE,
+        cwd=host.work,
+    )
 
 
 def main() -> int:
@@ -41,18 +47,47 @@ def main() -> int:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mipart-sweep-figure-"))
-    profile = FakeEngineProfile(Ports.free(16), compute="SPX", memory="NPS1", delay=0.3, tps=50,
-                                args=f'["--max-num-seqs", "{args.max_num_seqs}"]', interval="1s", timeout="500ms")
+    profile = FakeEngineProfile(
+        Ports.free(16),
+        compute="SPX",
+        memory="NPS1",
+        delay=0.3,
+        tps=50,
+        args=f'["--max-num-seqs", "{args.max_num_seqs}"]',
+        interval="1s",
+        timeout="500ms",
+    )
     host = SimulatedHost(work, profile, gpus=2, expected=2)
     try:
         host.start_agent()
         host.wait_ready(2)
         started = time.monotonic()
-        done = mipart(host, "bench", "sweep", "--profile", str(host.profile), "--layouts", "SPX/NPS1,DPX/NPS2",
-                      "--concurrency", args.concurrency, "--warmup", "2", "--duration", args.duration,
-                      "--prompt-tokens", "64", "--output-tokens", "64", "--no-progress", "--dir", str(work / "sweep"))
-        print(f"$ mipart bench sweep --layouts SPX/NPS1,DPX/NPS2 --concurrency {args.concurrency} --duration {args.duration} "
-              f"({time.monotonic() - started:.0f} s, exit {done.returncode})")
+        done = mipart(
+            host,
+            "bench",
+            "sweep",
+            "--profile",
+            str(host.profile),
+            "--layouts",
+            "SPX/NPS1,DPX/NPS2",
+            "--concurrency",
+            args.concurrency,
+            "--warmup",
+            "2",
+            "--duration",
+            args.duration,
+            "--prompt-tokens",
+            "64",
+            "--output-tokens",
+            "64",
+            "--no-progress",
+            "--dir",
+            str(work / "sweep"),
+        )
+        print(
+            f"$ mipart bench sweep --layouts SPX/NPS1,DPX/NPS2 --concurrency {args.concurrency} --duration {args.duration} "
+            f"({time.monotonic() - started:.0f} s, exit {done.returncode})"
+        )
         print(done.stdout)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)

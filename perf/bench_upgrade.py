@@ -34,7 +34,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mipart-bench-upgrade-") as tmp:
         tmp = Path(tmp)
         old = build_deb(tmp / "old")
-        version = subprocess.run(["dpkg-deb", "-f", str(old), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+        version = subprocess.run(
+            ["dpkg-deb", "-f", str(old), "Version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         new = build_deb(tmp / "new", version + NEXT)
         with Machine(tmp / "machine") as m:
             host = serve_16(m, old)
@@ -51,8 +53,10 @@ def main() -> int:
                         took = time.monotonic() - start
                         time.sleep(1)
                     restarts = len(changed(before, host.units()))
-                    print(f"{label:10s} {traffic.ok + len(traffic.failures):9d} {len(traffic.failures):7d} {restarts:18d} {took:15.1f} s",
-                          flush=True)
+                    print(
+                        f"{label:10s} {traffic.ok + len(traffic.failures):9d} {len(traffic.failures):7d} {restarts:18d} {took:15.1f} s",
+                        flush=True,
+                    )
     return 0
 
 

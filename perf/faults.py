@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import finish_client
+
 from mipart.nginx import procs as nginx_procs
 from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
 
@@ -63,7 +64,9 @@ class Tally:
     failed: int = 0
     excused: int = 0
     gap: int = 0  # GAP_ANSWER in the documented gap: the designed outcome, counted apart, never hidden
-    examples: list[tuple[float, str, str]] = field(default_factory=list)  # (start - fault s, instance, outcome), not excused
+    examples: list[tuple[float, str, str]] = field(
+        default_factory=list
+    )  # (start - fault s, instance, outcome), not excused
     kinds: Counter = field(default_factory=Counter)
 
     @property
@@ -112,11 +115,15 @@ class Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    print("\n| fault | requests | failed | excused | 503 JSON in the gap | failed, not excused | out / recovered | notes |")
+    print(
+        "\n| fault | requests | failed | excused | 503 JSON in the gap | failed, not excused | out / recovered | notes |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         t = row.tally
-        print(f"| {row.fault} | {t.requests} | {t.failed} | {t.excused} | {t.gap} | {t.not_excused} | {max(row.out):.2f} s | {row.notes} |")
+        print(
+            f"| {row.fault} | {t.requests} | {t.failed} | {t.excused} | {t.gap} | {t.not_excused} | {max(row.out):.2f} s | {row.notes} |"
+        )
     for row in rows:
         for example in row.tally.examples:
             print(f"    {row.fault}: not excused (start - fault s, instance, outcome): {example}")
@@ -128,8 +135,19 @@ def print_table(rows: list[Row]) -> None:
 
 def fault_profile(ports: Ports, tps: float = 50, delay: float = 0.5, **more) -> FakeEngineProfile:
     """The issue's profile: DPX/NPS2, fake engines, interval 1 s, timeout 1 s, unhealthy_after 2 (whatever the runner)."""
-    return FakeEngineProfile(ports, compute="DPX", memory="NPS2", model=MODEL, delay=delay, tps=tps, interval=f"{INTERVAL:g}s",
-                             timeout=f"{TIMEOUT:g}s", unhealthy_after=UNHEALTHY_AFTER, restart_backoff="500ms", **more)
+    return FakeEngineProfile(
+        ports,
+        compute="DPX",
+        memory="NPS2",
+        model=MODEL,
+        delay=delay,
+        tps=tps,
+        interval=f"{INTERVAL:g}s",
+        timeout=f"{TIMEOUT:g}s",
+        unhealthy_after=UNHEALTHY_AFTER,
+        restart_backoff="500ms",
+        **more,
+    )
 
 
 def fault_host(work: Path, ports: tuple[int, int], tps: float = 50, delay: float = 0.5) -> SimulatedHost:
@@ -143,8 +161,6 @@ def end_nginx(host: SimulatedHost) -> None:
     import os
     import signal
 
-    
-
     found = nginx_procs.scan(host.run_dir / "nginx")
     for pid in found.masters + found.workers + found.strays + found.shutting_down:
         try:
@@ -156,7 +172,9 @@ def end_nginx(host: SimulatedHost) -> None:
 # -- the load client, in a process of its own --------------------------------------------------
 
 
-def start_load(port: int, out: Path, clients: int = 100, seconds: float = 10.0, think: float = 0.5, max_tokens: int = 8) -> subprocess.Popen:
+def start_load(
+    port: int, out: Path, clients: int = 100, seconds: float = 10.0, think: float = 0.5, max_tokens: int = 8
+) -> subprocess.Popen:
     argv = [sys.executable, __file__, str(port), str(out), str(clients), str(seconds), str(think), str(max_tokens)]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
@@ -173,12 +191,20 @@ async def _one(session, url: str, body: str) -> Record:
 
     start, instance, outcome = time.time(), "", OK
     try:
-        async with session.post(url, data=body, headers={"Content-Type": "application/json"},
-                                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as response:
+        async with session.post(
+            url,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+        ) as response:
             instance = response.headers.get("X-Fake-Engine", "")
             if response.status != 200:
                 body = await response.read()
-                outcome = GAP_ANSWER if response.status == 503 and b'"ServiceUnavailable"' in body else f"HTTP {response.status}"
+                outcome = (
+                    GAP_ANSWER
+                    if response.status == 503 and b'"ServiceUnavailable"' in body
+                    else f"HTTP {response.status}"
+                )
             else:
                 done = False
                 async for line in response.content:
@@ -215,8 +241,10 @@ async def _load(port: int, out: Path, clients: int, seconds: float, think: float
     until = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients, force_close=True)) as session:
         url = f"http://127.0.0.1:{port}/v1/completions"
-        await asyncio.wait_for(asyncio.gather(*(_client(session, url, body, until, think, records) for _ in range(clients))),
-                               seconds + REQUEST_TIMEOUT + 10)
+        await asyncio.wait_for(
+            asyncio.gather(*(_client(session, url, body, until, think, records) for _ in range(clients))),
+            seconds + REQUEST_TIMEOUT + 10,
+        )
     out.write_text(json.dumps([[r.start, r.end, r.instance, r.outcome] for r in records]))
 
 

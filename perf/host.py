@@ -84,11 +84,35 @@ def workdir():
 
 
 class BenchHost(SimulatedHost):
-    def __init__(self, tmp: Path, compute: str = "CPX", memory: str = "NPS4", partitions: str = "all", delay: float = 1.0, tps: float = 1000,
-                 interval: str = "2s", timeout: str = "1s", unhealthy_after: int = 3, restart_backoff: str = "1s", rules: str = "mainline"):
-        profile = FakeEngineProfile(Ports.free(64, *BENCH_PORTS), compute=compute, memory=memory, model=MODEL, partitions=json.dumps(partitions),
-                                    delay=delay, tps=tps, args=None, interval=interval, timeout=timeout, unhealthy_after=unhealthy_after,
-                                    restart_backoff=restart_backoff, hf_home=str(tmp / "hf"))
+    def __init__(
+        self,
+        tmp: Path,
+        compute: str = "CPX",
+        memory: str = "NPS4",
+        partitions: str = "all",
+        delay: float = 1.0,
+        tps: float = 1000,
+        interval: str = "2s",
+        timeout: str = "1s",
+        unhealthy_after: int = 3,
+        restart_backoff: str = "1s",
+        rules: str = "mainline",
+    ):
+        profile = FakeEngineProfile(
+            Ports.free(64, *BENCH_PORTS),
+            compute=compute,
+            memory=memory,
+            model=MODEL,
+            partitions=json.dumps(partitions),
+            delay=delay,
+            tps=tps,
+            args=None,
+            interval=interval,
+            timeout=timeout,
+            unhealthy_after=unhealthy_after,
+            restart_backoff=restart_backoff,
+            hf_home=str(tmp / "hf"),
+        )
         super().__init__(tmp, profile, expected=64, rules=rules)
 
 

@@ -50,7 +50,12 @@ def live_pids():
 def host(tmp_path):
     """Env for the CLI on a simulated 8 x MI300X host in DPX/NPS2 (16 logical GPUs)."""
     root = tmp_path / "sys"
-    assert mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2").returncode == 0
+    assert (
+        mipart(
+            "sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2"
+        ).returncode
+        == 0
+    )
     return {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run")}
 
 

@@ -17,38 +17,126 @@ import re
 import subprocess
 from pathlib import Path
 
+import yaml
+from conftest import mipart
 from hypothesis import HealthCheck, event
 from hypothesis import strategies as st
-import yaml
 
-from conftest import mipart
 from mipart.errors import UserError
 from mipart.gpu import open_backend
+from mipart.nginx.conf import render_nginx
 from mipart.profile.load import GPU_KEYS, HEALTH_KEYS, INSTANCE_KEYS, check_profile
 from mipart.profile.problems import ProfileError
 from mipart.profile.services import SERVICE_KEYS
-from mipart.nginx.conf import render_nginx
 from mipart.serving.planned import plan_serving
 
 PATH = "/etc/mipart/profile.yaml"
 LOCATED = re.compile(re.escape(PATH) + r":[1-9][0-9]*:[1-9][0-9]*: \S[^\n]*")
 # A fixed seed and no deadline (CI machines vary); example counts are set per test.
-SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 # -- hostile scalars and shapes: any position may get one -------------------------------------
 HOSTILE_SCALARS = [
-    "", "~", "null", "''", '""', "yes", "no", "on", "off", "Y", "3.10", "010", "0o17", "0x1F", "0b101", "1:30", "1_000",
-    "+5", "-0", ".inf", "-.inf", ".nan", "1e5", "1.0e+3", "2001-12-14", "2001-13-45", "!!int abc", "!!float x",
-    "!!binary aGk=", "!foo bar", "!!str 5", "!!int '7'", "!!timestamp x", "!!python/object:os.system x", "'٨٠٤٠'", "٨٠٤٠",
-    "'²'", "9" * 400, "9" * 400 + "s", "'" + "x" * 7000 + "'", '"a\\nb"', '"a\\tb"', '"\\u2028"', '"a\\x85b"',
-    '"\\ud800"', '"\\0"', "'a b'", "'a;b'", "'a{b}'", "\"a'b\"", "'$x'", "-1", "0", "99999999999999999999", "&anchor 5",
-    "*nowhere", "'unix:rel.sock'", "'::1:8040'", "'[zz]:8040'", "'1.2.3:80'", "'127.0.0.01:80'", "'host.example:8040'",
-    "'[fe80::1%eth0]:8040'", "0.5ms", "0s", "25h", "1.5", "'0-9999'", "'7-0'", "'0,0'", "ALL", "Native", "spx",
-    "'X_Session'", "'X.Id'", "'a$b'", "'x;}'", "'${x}'", "'-x'", "Random", "affinity", "round_robin",
+    "",
+    "~",
+    "null",
+    "''",
+    '""',
+    "yes",
+    "no",
+    "on",
+    "off",
+    "Y",
+    "3.10",
+    "010",
+    "0o17",
+    "0x1F",
+    "0b101",
+    "1:30",
+    "1_000",
+    "+5",
+    "-0",
+    ".inf",
+    "-.inf",
+    ".nan",
+    "1e5",
+    "1.0e+3",
+    "2001-12-14",
+    "2001-13-45",
+    "!!int abc",
+    "!!float x",
+    "!!binary aGk=",
+    "!foo bar",
+    "!!str 5",
+    "!!int '7'",
+    "!!timestamp x",
+    "!!python/object:os.system x",
+    "'٨٠٤٠'",
+    "٨٠٤٠",
+    "'²'",
+    "9" * 400,
+    "9" * 400 + "s",
+    "'" + "x" * 7000 + "'",
+    '"a\\nb"',
+    '"a\\tb"',
+    '"\\u2028"',
+    '"a\\x85b"',
+    '"\\ud800"',
+    '"\\0"',
+    "'a b'",
+    "'a;b'",
+    "'a{b}'",
+    '"a\'b"',
+    "'$x'",
+    "-1",
+    "0",
+    "99999999999999999999",
+    "&anchor 5",
+    "*nowhere",
+    "'unix:rel.sock'",
+    "'::1:8040'",
+    "'[zz]:8040'",
+    "'1.2.3:80'",
+    "'127.0.0.01:80'",
+    "'host.example:8040'",
+    "'[fe80::1%eth0]:8040'",
+    "0.5ms",
+    "0s",
+    "25h",
+    "1.5",
+    "'0-9999'",
+    "'7-0'",
+    "'0,0'",
+    "ALL",
+    "Native",
+    "spx",
+    "'X_Session'",
+    "'X.Id'",
+    "'a$b'",
+    "'x;}'",
+    "'${x}'",
+    "'-x'",
+    "Random",
+    "affinity",
+    "round_robin",
 ]
-HOSTILE_SHAPES = ["[]", "{}", "[null]", "[[]]", "{a: b}", "[" * 20 + "]" * 20, "{a: " * 20 + "b" + "}" * 20, "[~, '']",
-                  "&loop [*loop]", "!!set {a, b}", "!!omap [a: 1]"]
+HOSTILE_SHAPES = [
+    "[]",
+    "{}",
+    "[null]",
+    "[[]]",
+    "{a: b}",
+    "[" * 20 + "]" * 20,
+    "{a: " * 20 + "b" + "}" * 20,
+    "[~, '']",
+    "&loop [*loop]",
+    "!!set {a, b}",
+    "!!omap [a: 1]",
+]
 HOSTILE = st.sampled_from(HOSTILE_SCALARS + HOSTILE_SHAPES)
+
 
 def q(text: str) -> str:
     """YAML double-quoted form (JSON's escapes are a subset of YAML's)."""
@@ -62,27 +150,56 @@ durations = st.one_of(
 )
 # Plain words YAML reads as the same string (not `null`, `on`, `1.0`...): the hostile pool has those.
 words = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12).filter(
-    lambda w: w[0].isalnum() and yaml.safe_load(w) == w)
-env_values = st.one_of(words.map(q), st.sampled_from([q("a b c"), q("x=y"), q("ünïcode"), q("3.10"), q("on"), "plain"]),
-                       st.sampled_from([1000, 131000, 131066]).map(lambda n: q("v" * n)))
-args = st.lists(st.one_of(st.sampled_from(["--max-num-seqs", q("512"), "512", "--seed", q("010"), "--enforce-eager", q("0.90"),
-                                           "0.9", "--gpu-memory-utilization", q("--x=y z")]), words), max_size=6)
+    lambda w: w[0].isalnum() and yaml.safe_load(w) == w
+)
+env_values = st.one_of(
+    words.map(q),
+    st.sampled_from([q("a b c"), q("x=y"), q("ünïcode"), q("3.10"), q("on"), "plain"]),
+    st.sampled_from([1000, 131000, 131066]).map(lambda n: q("v" * n)),
+)
+args = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                "--max-num-seqs",
+                q("512"),
+                "512",
+                "--seed",
+                q("010"),
+                "--enforce-eager",
+                q("0.90"),
+                "0.9",
+                "--gpu-memory-utilization",
+                q("--x=y z"),
+            ]
+        ),
+        words,
+    ),
+    max_size=6,
+)
 
 
 # Header names nginx reads as $http_*: letters, digits and '-' (the hostile pool has the rest).
-headers = st.one_of(st.sampled_from(["X-Session-Id", "x-conversation", q("Session-2"), "X-1", q("123"), "A" * 64]),
-                    st.text("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-", min_size=1, max_size=20).filter(
-                        lambda h: h[0].isalnum() and yaml.safe_load(h) == h))
+headers = st.one_of(
+    st.sampled_from(["X-Session-Id", "x-conversation", q("Session-2"), "X-1", q("123"), "A" * 64]),
+    st.text("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-", min_size=1, max_size=20).filter(
+        lambda h: h[0].isalnum() and yaml.safe_load(h) == h
+    ),
+)
 
 
 def routing(rate: float):
     affinity = maybe_hostile(headers, rate).map(lambda h: f"{{affinity: {{header: {h}}}}}")
-    return st.one_of(st.sampled_from(["least_conn", q("least_conn")]), st.sampled_from(["random", q("random")]), affinity)
+    return st.one_of(
+        st.sampled_from(["least_conn", q("least_conn")]), st.sampled_from(["random", q("random")]), affinity
+    )
 
 
 def listen(index: int, sock_dir: str, loopback_only: bool, port_base: int, ipv6: bool):
     """Each service its own ports and socket names, so listeners collide only when a value is hostile."""
-    hosts = ["127.0.0.1", "localhost"] + ["[::1]"] * ipv6 + ([] if loopback_only else ["*", "0.0.0.0"] + ["[::]"] * ipv6)
+    hosts = (
+        ["127.0.0.1", "localhost"] + ["[::1]"] * ipv6 + ([] if loopback_only else ["*", "0.0.0.0"] + ["[::]"] * ipv6)
+    )
     ports = st.integers(port_base + 100 * index, port_base + 99 + 100 * index)
     tcp = st.builds(lambda h, p: q(f"{h}:{p}"), st.sampled_from(hosts), ports)
     forms = [tcp, st.builds(lambda n: q(f"unix:{sock_dir}/s{index}-{n}.sock"), st.integers(0, 9))]
@@ -113,15 +230,27 @@ def service(draw, index: int, partitions: str, rate: float, **where):
         "listen": listen(index, **where),
         "runtime": st.just(runtime or "native"),
         "image": st.sampled_from(["rocm/vllm:latest", "registry.example:5000/rocm/vllm:v1", q("rocm/vllm")]),
-        "command": st.sampled_from(['["vllm", "serve"]', "[python3, -m, vllm.entrypoints.openai.api_server]", '["{model}"]', "[vllm, serve, '{model}']"]),
+        "command": st.sampled_from(
+            [
+                '["vllm", "serve"]',
+                "[python3, -m, vllm.entrypoints.openai.api_server]",
+                '["{model}"]',
+                "[vllm, serve, '{model}']",
+            ]
+        ),
         "args": args.map(lambda items: "[" + ", ".join(items) + "]"),
         "env": st.dictionaries(st.sampled_from(["A", "B_2", "VLLM", "_u"]), env_values, max_size=3).map(_flow),
-        "env_files": st.sampled_from(["[]", "[/etc/mipart/secrets/chat.env]", f"[{q('/etc/mipart/a.env')}, /etc/mipart/b.env]"]),
+        "env_files": st.sampled_from(
+            ["[]", "[/etc/mipart/secrets/chat.env]", f"[{q('/etc/mipart/a.env')}, /etc/mipart/b.env]"]
+        ),
         "visible_devices_env": st.sampled_from(["CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]),
         "max_concurrency": st.integers(1, 65536).map(str),
         "request_timeout": durations,
         "routing": routing(rate),
-        "health": st.one_of(st.just("{}"), st.builds(lambda i, t: f"{{generation_probe: {{idle: {i}, timeout: {t}}}}}", durations, durations)),
+        "health": st.one_of(
+            st.just("{}"),
+            st.builds(lambda i, t: f"{{generation_probe: {{idle: {i}, timeout: {t}}}}}", durations, durations),
+        ),
     }
     assert set(good) == set(SERVICE_KEYS), "a service key without a generator: add one"
     chosen = {"model", "listen", "partitions"} | set(draw(st.sets(st.sampled_from(SERVICE_KEYS), max_size=6)))
@@ -136,34 +265,55 @@ def service(draw, index: int, partitions: str, rate: float, **where):
 
 
 @st.composite
-def profile_text(draw, sock_dir: str = "/tmp", loopback_only: bool = False, rate: float | None = None, port_base: int = 20000,
-                 ipv6: bool = True):
+def profile_text(
+    draw,
+    sock_dir: str = "/tmp",
+    loopback_only: bool = False,
+    rate: float | None = None,
+    port_base: int = 20000,
+    ipv6: bool = True,
+):
     """One profile's text: mostly valid when rate is small, mostly not when it is large.
 
     Service listeners take ports from port_base up (400 of them), api.listen port_base + 499.
     """
     rate = draw(st.sampled_from([0.0, 0.02, 0.1, 0.4])) if rate is None else rate
     where = {"sock_dir": sock_dir, "loopback_only": loopback_only, "port_base": port_base, "ipv6": ipv6}
-    compute, memory = draw(st.sampled_from([("SPX", "NPS1"), ("DPX", "NPS2"), ("QPX", "NPS4"), ("CPX", "NPS2"), ("CPX", "NPS4")]))
+    compute, memory = draw(
+        st.sampled_from([("SPX", "NPS1"), ("DPX", "NPS2"), ("QPX", "NPS4"), ("CPX", "NPS2"), ("CPX", "NPS4")])
+    )
     logical = {"SPX": 8, "DPX": 16, "QPX": 32, "CPX": 64}[compute]
     count = draw(st.integers(0, 3))
     # Disjoint partitions within what the host will have, or all for a single service.
     cut = sorted(draw(st.sets(st.integers(1, logical - 1), min_size=count, max_size=count))) if count > 1 else []
     bounds = list(zip([0] + cut, cut + [logical]))
     forms = [lambda lo, hi: q(f"{lo}-{hi - 1}"), lambda lo, hi: "[" + ", ".join(map(str, range(lo, hi))) + "]"]
-    parts = ["all"] if count == 1 and draw(st.booleans()) else [draw(st.sampled_from(forms))(lo, hi) for lo, hi in bounds]
+    parts = (
+        ["all"] if count == 1 and draw(st.booleans()) else [draw(st.sampled_from(forms))(lo, hi) for lo, hi in bounds]
+    )
     gpus = {
-        "compute": st.just(compute), "memory": st.just(memory), "select": st.sampled_from(["all", "[0, 1, 2, 3, 4, 5, 6, 7]", q("0-7")]),
+        "compute": st.just(compute),
+        "memory": st.just(memory),
+        "select": st.sampled_from(["all", "[0, 1, 2, 3, 4, 5, 6, 7]", q("0-7")]),
         "overrides": st.sampled_from(["[]", f"[{{select: [7], compute: {compute}}}]"]),
         "client_services": st.sampled_from(["[]", "[my-inference.service]", "[other, 'a@b.service']"]),
     }
     base = draw(st.sampled_from([21000, 22000, 30000]))
-    instances = {"base_port": st.just(str(base)), "hf_home": st.sampled_from(["/var/lib/mipart/hf", q("/data/hf-cache")]),
-                 "user": st.sampled_from(["mipart", "root", "_svc"])}
-    health = {"interval": st.sampled_from(["2s", "500ms", "1s"]), "timeout": st.sampled_from(["100ms", "300ms", "1ms"]),
-              "unhealthy_after": st.integers(1, 10).map(str), "startup_timeout": st.sampled_from(["30m", "1s", "24h"]),
-              "restart_backoff": st.sampled_from(["1ms", "200ms", "1s"]), "restart_backoff_max": st.sampled_from(["1h", "60s", "1d"]),
-              "max_restarts": st.integers(1, 1000).map(str), "queue_depth_limit": st.integers(1, 1_000_000).map(str)}
+    instances = {
+        "base_port": st.just(str(base)),
+        "hf_home": st.sampled_from(["/var/lib/mipart/hf", q("/data/hf-cache")]),
+        "user": st.sampled_from(["mipart", "root", "_svc"]),
+    }
+    health = {
+        "interval": st.sampled_from(["2s", "500ms", "1s"]),
+        "timeout": st.sampled_from(["100ms", "300ms", "1ms"]),
+        "unhealthy_after": st.integers(1, 10).map(str),
+        "startup_timeout": st.sampled_from(["30m", "1s", "24h"]),
+        "restart_backoff": st.sampled_from(["1ms", "200ms", "1s"]),
+        "restart_backoff_max": st.sampled_from(["1h", "60s", "1d"]),
+        "max_restarts": st.integers(1, 1000).map(str),
+        "queue_depth_limit": st.integers(1, 1_000_000).map(str),
+    }
     for table, keys in ((gpus, GPU_KEYS), (instances, INSTANCE_KEYS), (health, HEALTH_KEYS)):
         assert set(table) == set(keys), "a key without a generator: add one"
     lines = ["version: " + draw(maybe_hostile(st.just("1"), rate / 4))]
@@ -172,7 +322,18 @@ def profile_text(draw, sock_dir: str = "/tmp", loopback_only: bool = False, rate
         if keys:
             lines.append(f"{name}: " + _flow({k: draw(maybe_hostile(table[k], rate)) for k in sorted(keys)}))
     if draw(st.booleans()):
-        lines.append("api: " + _flow({"listen": draw(maybe_hostile(st.sampled_from([q(f"127.0.0.1:{port_base + 499}"), q("unix:/run/mipart/api.sock")]), rate))}))
+        lines.append(
+            "api: "
+            + _flow(
+                {
+                    "listen": draw(
+                        maybe_hostile(
+                            st.sampled_from([q(f"127.0.0.1:{port_base + 499}"), q("unix:/run/mipart/api.sock")]), rate
+                        )
+                    )
+                }
+            )
+        )
     if count:
         lines.append("services:")
         lines += [draw(service(i, parts[i], rate, **where)).rstrip("\n") for i in range(count)]
@@ -191,7 +352,21 @@ def profile_text(draw, sock_dir: str = "/tmp", loopback_only: bool = False, rate
 def sim_backend(work: Path):
     """A simulated 8 x MI300X host, the largest layout (CPX: 64 logical GPUs) reachable from it."""
     root = work / "sys"
-    done = mipart("sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-mi300x")
+    done = mipart(
+        "sim",
+        "create",
+        root,
+        "--model",
+        "mi300x",
+        "--gpus",
+        "8",
+        "--compute",
+        "CPX",
+        "--memory",
+        "NPS2",
+        "--rules",
+        "rocm-mi300x",
+    )
     assert done.returncode == 0, done.stderr
     return open_backend(root)
 
@@ -234,7 +409,11 @@ def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")
     return conf
 
 
-_BALANCERS = {"least_conn": "        least_conn;\n", "random": "        random two least_conn;\n", "affinity": "        hash $http_"}
+_BALANCERS = {
+    "least_conn": "        least_conn;\n",
+    "random": "        random two least_conn;\n",
+    "affinity": "        hash $http_",
+}
 
 
 def _execs(specs) -> None:

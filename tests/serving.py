@@ -14,10 +14,29 @@ TEST_PORTS = 20000  # the suite's ports start here; benchmarks take 10001-19999
 
 
 class ServingHost(SimulatedHost):
-    def __init__(self, tmp: Path, compute="DPX", memory="NPS2", delay=0.5, tps=50, interval="500ms", unhealthy_after=2, args="[]", instances=16,
-                 rules="mainline"):
-        profile = FakeEngineProfile(Ports.free(64, low=TEST_PORTS), compute=compute, memory=memory, delay=delay, tps=tps, args=args,
-                                    interval=interval, unhealthy_after=unhealthy_after)
+    def __init__(
+        self,
+        tmp: Path,
+        compute="DPX",
+        memory="NPS2",
+        delay=0.5,
+        tps=50,
+        interval="500ms",
+        unhealthy_after=2,
+        args="[]",
+        instances=16,
+        rules="mainline",
+    ):
+        profile = FakeEngineProfile(
+            Ports.free(64, low=TEST_PORTS),
+            compute=compute,
+            memory=memory,
+            delay=delay,
+            tps=tps,
+            args=args,
+            interval=interval,
+            unhealthy_after=unhealthy_after,
+        )
         super().__init__(tmp, profile, expected=instances, rules=rules)
 
     backend_of_one_request_or_none = SimulatedHost.status_of_one_request

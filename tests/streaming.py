@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 SETTLE_POLL = 0.25  # the server's count must hold still across one poll: nothing is left in flight
 
@@ -71,8 +71,16 @@ class SseReader:
             raise AssertionError(f"reading the stream failed: {self.error!r}") from self.error
 
 
-def prove_live(reader: SseReader, freeze: Callable[[], None], thaw: Callable[[], None], sent: Callable[[], int],
-               max_tokens: int, rounds: int = 3, catch_up: float = 10.0, timeout: float = 60.0) -> list[tuple[int, int]]:
+def prove_live(
+    reader: SseReader,
+    freeze: Callable[[], None],
+    thaw: Callable[[], None],
+    sent: Callable[[], int],
+    max_tokens: int,
+    rounds: int = 3,
+    catch_up: float = 10.0,
+    timeout: float = 60.0,
+) -> list[tuple[int, int]]:
     """Freeze the server `rounds` times mid-stream; each time the client must catch up with it,
     and after each thaw more tokens must arrive. Returns (client, server) tokens per freeze.
 
@@ -82,7 +90,9 @@ def prove_live(reader: SseReader, freeze: Callable[[], None], thaw: Callable[[],
     seen: list[tuple[int, int]] = []
     client = 0
     for _ in range(rounds):
-        _wait(lambda: reader.tokens > client or reader.finished.is_set(), timeout, f"the stream to pass {client} tokens")
+        _wait(
+            lambda: reader.tokens > client or reader.finished.is_set(), timeout, f"the stream to pass {client} tokens"
+        )
         if reader.error is not None:
             raise AssertionError(f"reading the stream failed: {reader.error!r}") from reader.error
         freeze()
@@ -107,8 +117,10 @@ def _caught_up(reader: SseReader, sent: Callable[[], int], within: float) -> tup
         if time.monotonic() > deadline:
             if server <= 0:
                 raise AssertionError("the server reports no token sent: is its token counter exported?")
-            raise AssertionError(f"with the server frozen, the client holds {client} of the {server} tokens it has sent: "
-                                 "the response is held back (buffered), not streamed")
+            raise AssertionError(
+                f"with the server frozen, the client holds {client} of the {server} tokens it has sent: "
+                "the response is held back (buffered), not streamed"
+            )
         last = server
         time.sleep(SETTLE_POLL)
 

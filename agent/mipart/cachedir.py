@@ -10,12 +10,42 @@ from __future__ import annotations
 import re
 
 # Trees nothing of ours belongs in (the dir and everything under it).
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/efi", "/etc", "/proc", "/root", "/run", "/sbin", "/sys", "/usr",
-                "/var/lock", "/var/run", "/lost+found")
+SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/efi",
+    "/etc",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lock",
+    "/var/run",
+    "/lost+found",
+)
 LIB_TREE = re.compile(r"/lib(32|64|x32|exec)?(/.*)?")
 # Directories that hold many things: a cache may live below one, never be one.
-SHARED_DIRS = ("/", "/home", "/media", "/mnt", "/opt", "/srv", "/tmp", "/var", "/var/cache", "/var/lib",
-               "/var/local", "/var/log", "/var/mail", "/var/opt", "/var/spool", "/var/tmp")
+SHARED_DIRS = (
+    "/",
+    "/home",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/srv",
+    "/tmp",
+    "/var",
+    "/var/cache",
+    "/var/lib",
+    "/var/local",
+    "/var/log",
+    "/var/mail",
+    "/var/opt",
+    "/var/spool",
+    "/var/tmp",
+)
 EXAMPLE = "e.g. /var/lib/mipart/huggingface"
 
 
@@ -31,5 +61,7 @@ def cache_dir_problem(path: str) -> str:
         return f"is a directory many things share, and every container would get it read-write; give a directory of its own, {EXAMPLE}"
     tree = next((t for t in SYSTEM_TREES if path == t or path.startswith(t + "/")), None)
     if tree or LIB_TREE.fullmatch(path):
-        return f"is inside the system directory {tree or '/' + path.split('/')[1]}; give a directory of its own, {EXAMPLE}"
+        return (
+            f"is inside the system directory {tree or '/' + path.split('/')[1]}; give a directory of its own, {EXAMPLE}"
+        )
     return ""

@@ -54,9 +54,13 @@ def parse(text: str) -> tuple[tuple[str, str], ...]:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise EnvFileError(f"line {number} has no '='; write KEY=VALUE (docker would read a bare KEY from its own environment)")
+            raise EnvFileError(
+                f"line {number} has no '='; write KEY=VALUE (docker would read a bare KEY from its own environment)"
+            )
         if not KEY.fullmatch(key):
-            raise EnvFileError(f"line {number} does not start with a variable name (letters, digits and _, not a digit first) and '='; nothing of it is shown, it may be a secret")
+            raise EnvFileError(
+                f"line {number} does not start with a variable name (letters, digits and _, not a digit first) and '='; nothing of it is shown, it may be a secret"
+            )
         problem = value_problem(value)
         if problem:
             raise EnvFileError(f"line {number}: the value of {key} {problem}")

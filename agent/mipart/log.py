@@ -28,12 +28,17 @@ def get_logger(name: str):
     if not structlog.is_configured():
         render = structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
         if to_journal():
+
             def with_priority(logger, method, event_dict):
                 return f"<{PRIORITIES.get(event_dict.get('level', method), 6)}>" + render(logger, method, event_dict)
 
             processors = [structlog.processors.add_log_level, with_priority]
         else:
-            processors = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True), render]
+            processors = [
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                render,
+            ]
         structlog.configure(
             processors=processors,
             logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

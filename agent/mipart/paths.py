@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from mipart.names import DEFAULT_RUN_DIR, PROFILE_OVERRIDE, RUN_DIR_VAR, SWEEP_LOCK
 
 

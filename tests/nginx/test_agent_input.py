@@ -9,7 +9,6 @@ import socket
 import time
 
 import pytest
-
 from serving import ServingHost
 
 pytestmark = pytest.mark.nginx
@@ -20,7 +19,12 @@ GOOD_ARGS = "    args: []"
 CRASHERS = [
     ("null-list-item", GOOD_ARGS, "    args: [null]", "args[0] is empty"),
     ("empty-required-value", "    model: test/fake-llm", "    model:", "model is empty"),
-    ("non-ascii-port", GOOD_ARGS, '    args: []\n  other: {model: a/b, listen: "127.0.0.1:٨٠٤٠", partitions: [0]}', "is not a number"),
+    (
+        "non-ascii-port",
+        GOOD_ARGS,
+        '    args: []\n  other: {model: a/b, listen: "127.0.0.1:٨٠٤٠", partitions: [0]}',
+        "is not a number",
+    ),
     ("huge-number", GOOD_ARGS, "    args: []\n    max_concurrency: " + "9" * 5000, "far too large"),
     ("impossible-date", GOOD_ARGS, "    args: []\n    tensor_parallel: 2001-13-45", "not a date"),
     ("bad-tagged-int", GOOD_ARGS, '    args: []\n    tensor_parallel: !!int "abc"', "not a valid int"),
@@ -137,8 +141,10 @@ def test_1100_idle_connections_neither_kill_the_agent_nor_lock_out_its_api(host)
 def test_a_connection_that_never_finishes_its_request_is_closed(host):
     host.start_agent()
     host.wait_for(lambda: healthz(host), timeout=60, what="the API")
-    with socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as silent, \
-         socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as slow:
+    with (
+        socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as silent,
+        socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as slow,
+    ):
         slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never end
         silent.settimeout(60)
         slow.settimeout(60)

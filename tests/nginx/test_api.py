@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import AGENT, mipart
 
 PROFILE = """\
@@ -69,7 +68,9 @@ class SimHost:
         self.tmp = tmp
         self.root, self.run_dir = tmp / "sys", tmp / "run"
         self.run_dir.mkdir()
-        done = mipart("sim", "create", self.root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2")
+        done = mipart(
+            "sim", "create", self.root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2"
+        )
         assert done.returncode == 0, done.stderr
         self.api_port = free_port()
         self.api = api or f"127.0.0.1:{self.api_port}"
@@ -90,10 +91,20 @@ class SimHost:
         now = time.time()
         agent.health = {n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs}
         h = agent.health
-        h[1] = InstanceHealth(1, state="degraded", since=now - 2, failures=1, last_error="/health did not answer within 1s")
+        h[1] = InstanceHealth(
+            1, state="degraded", since=now - 2, failures=1, last_error="/health did not answer within 1s"
+        )
         h[2] = InstanceHealth(2, state="starting", since=now - 5)
-        h[3] = InstanceHealth(3, state="restarting", since=now - 20, restart_attempts=2, restarts_total=2, last_error="unit failed/failed")
-        h[4] = InstanceHealth(4, state="failed", since=now - 60, restarts_total=5, last_error="unit failed/failed; gave up after 5 restarts")
+        h[3] = InstanceHealth(
+            3, state="restarting", since=now - 20, restart_attempts=2, restarts_total=2, last_error="unit failed/failed"
+        )
+        h[4] = InstanceHealth(
+            4,
+            state="failed",
+            since=now - 60,
+            restarts_total=5,
+            last_error="unit failed/failed; gave up after 5 restarts",
+        )
         h[5] = InstanceHealth(5, state="unhealthy", since=now - 30, failures=3, last_error="/health answered 503")
         agent.status.last_reconcile = now - 10
         return agent
@@ -165,19 +176,47 @@ def test_status_reports_profile_partitions_apply_and_counts(host, live):
     st = get_json(host, "/v1/status")
     assert st["api_version"] == 1
     assert st["version"] == __import__("mipart").__version__
-    assert st["profile"] == {"path": str(host.profile), "digest": host.agent.profile.digest, "loaded": True, "override": ""}
+    assert st["profile"] == {
+        "path": str(host.profile),
+        "digest": host.agent.profile.digest,
+        "loaded": True,
+        "override": "",
+    }
     assert st["profile_error"] == ""
     part = st["partition"]
     assert part["matches"] is True and part["logical_gpus"] == 16 and part["error"] == ""
     assert [g["index"] for g in part["gpus"]] == list(range(8))
-    assert part["gpus"][0] == {"index": 0, "bdf": part["gpus"][0]["bdf"], "compute": "DPX", "memory": "NPS2",
-                               "compute_want": "DPX", "memory_want": "NPS2", "matches": True, "logical_gpus": [0, 1]}
+    assert part["gpus"][0] == {
+        "index": 0,
+        "bdf": part["gpus"][0]["bdf"],
+        "compute": "DPX",
+        "memory": "NPS2",
+        "compute_want": "DPX",
+        "memory_want": "NPS2",
+        "matches": True,
+        "logical_gpus": [0, 1],
+    }
     assert re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", part["gpus"][0]["bdf"])
     assert st["last_apply"]["ok"] is True and st["last_apply"]["result"]["reloads"] == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", st["last_apply"]["time"])
-    assert st["instances"] == {"total": 16, "ready": 11, "degraded": 1, "starting": 1, "restarting": 1, "failed": 1, "unhealthy": 1, "draining": 0}
-    nginx = st["nginx"]  # issue 13 added what nginx serves: generation, serving_generation, current, stray_workers, problem
-    assert {k: nginx[k] for k in ("config_valid", "error", "running")} == {"config_valid": True, "error": "", "running": True}
+    assert st["instances"] == {
+        "total": 16,
+        "ready": 11,
+        "degraded": 1,
+        "starting": 1,
+        "restarting": 1,
+        "failed": 1,
+        "unhealthy": 1,
+        "draining": 0,
+    }
+    nginx = st[
+        "nginx"
+    ]  # issue 13 added what nginx serves: generation, serving_generation, current, stray_workers, problem
+    assert {k: nginx[k] for k in ("config_valid", "error", "running")} == {
+        "config_valid": True,
+        "error": "",
+        "running": True,
+    }
     assert nginx["stray_workers"] == 0 and nginx["problem"] == "" and st["files_error"] == ""
     assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
 
@@ -303,7 +342,7 @@ VALUE = r"(?:[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?Inf|NaN)"
 SAMPLE = re.compile(rf"({NAME})({LABELS})? ({VALUE})(?: -?\d+)?")
 HELP = re.compile(rf"# HELP ({NAME}) (?:[^\\\n]|\\[\\n])*")
 TYPE = re.compile(rf"# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)")
-LABEL_PAIR = re.compile(rf'([a-zA-Z_][a-zA-Z0-9_]*)=({LABEL_VALUE})')
+LABEL_PAIR = re.compile(rf"([a-zA-Z_][a-zA-Z0-9_]*)=({LABEL_VALUE})")
 
 
 def parse_exposition(text: str) -> dict[str, list[tuple[dict, float]]]:
@@ -339,7 +378,15 @@ def test_metrics_text_format(host, live):
     assert families["mipart_nginx_config_valid"] == [({}, 1.0)]
     assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == [({}, 1.0)]
     by_state = {labels["state"]: value for labels, value in families["mipart_instances"]}
-    assert by_state == {"starting": 1, "ready": 11, "degraded": 1, "unhealthy": 1, "restarting": 1, "draining": 0, "failed": 1}
+    assert by_state == {
+        "starting": 1,
+        "ready": 11,
+        "degraded": 1,
+        "unhealthy": 1,
+        "restarting": 1,
+        "draining": 0,
+        "failed": 1,
+    }
     ready = {labels["instance"]: (labels, value) for labels, value in families["mipart_instance_ready"]}
     assert len(ready) == 16
     assert ready["mipart-vllm@3.service"] == ({"service": "chat", "instance": "mipart-vllm@3.service", "gpu": "3"}, 0.0)
@@ -387,7 +434,15 @@ def test_openapi_document_is_served_and_shipped(host, live):
     assert status == 200 and "yaml" in headers["content-type"]
     doc = yaml.safe_load(body)
     assert doc["openapi"] == "3.0.3"
-    assert set(doc["paths"]) == {"/v1/status", "/v1/instances", "/v1/instances/{n}", "/healthz", "/metrics", "/v1/targets", "/openapi.yaml"}
+    assert set(doc["paths"]) == {
+        "/v1/status",
+        "/v1/instances",
+        "/v1/instances/{n}",
+        "/healthz",
+        "/metrics",
+        "/v1/targets",
+        "/openapi.yaml",
+    }
     assert body.decode() == openapi_text()
     assert (AGENT / "mipart" / "api" / "openapi.yaml").read_text() == openapi_text()
 
@@ -468,10 +523,33 @@ def test_schemathesis_against_the_shipped_document(host, live, tmp_path):
     cli = Path(sys.executable).with_name("schemathesis")
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "schemathesis.cli"]
     done = subprocess.run(
-        [*argv, "--config-file", str(config), "run", str(document), "--url", f"http://127.0.0.1:{host.api_port}",
-         "--checks", "all", "--max-examples", "100", "--phases", "examples,coverage,fuzzing", "--generation-database", "none",
-         "--request-timeout", "5", "--workers", "1", "--no-color"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"},
+        [
+            *argv,
+            "--config-file",
+            str(config),
+            "run",
+            str(document),
+            "--url",
+            f"http://127.0.0.1:{host.api_port}",
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "5",
+            "--workers",
+            "1",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "7 selected / 7 total" in done.stdout

@@ -15,12 +15,12 @@ import subprocess
 import sys
 
 import pytest
+from serving import ServingHost
+from testcache import cache_dir
 
 import mipart
 from mipart.bench.results import read_results
 from mipart.profile import load_profile
-from serving import ServingHost
-from testcache import cache_dir
 
 pytestmark = pytest.mark.nginx
 
@@ -38,8 +38,14 @@ def host(tmp_path_factory):
 
 def bench(host, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **host.env, "XDG_CACHE_HOME": str(cache_dir())}
-    return subprocess.run([sys.executable, "-m", "mipart", "bench", *args], env=env, capture_output=True, text=True,
-                          timeout=FIRST_INSTALL, cwd=host.work)
+    return subprocess.run(
+        [sys.executable, "-m", "mipart", "bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=FIRST_INSTALL,
+        cwd=host.work,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +54,25 @@ def two_runs(host):
     paths = []
     for label, sweep in (("streams", ["--concurrency", "1,4"]), ("rates", ["--rates", "4,16"])):
         path = host.work / f"{label}.json"
-        done = bench(host, "run", "--profile", str(host.profile), *sweep, "--warmup", "0.5", "--duration", "2",
-                     "--prompt-tokens", "16", "--output-tokens", "8", "--label", label, "-o", str(path))
+        done = bench(
+            host,
+            "run",
+            "--profile",
+            str(host.profile),
+            *sweep,
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--prompt-tokens",
+            "16",
+            "--output-tokens",
+            "8",
+            "--label",
+            label,
+            "-o",
+            str(path),
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         paths.append((path, done))
     return paths
@@ -105,11 +128,18 @@ def test_compare_prints_the_table_and_draws_the_figure_when_matplotlib_is_there(
 
 def test_a_wrong_service_or_level_is_one_line_and_writes_nothing(host):
     out = host.work / "never.json"
-    for args, line in ((["--service", "nope"], "mipart: --service nope: the profile has no such service (it has: chat)"),
-                       (["--concurrency", "1,x"], "mipart: --concurrency '1,x': give a comma-separated list of whole numbers, e.g. 1,4,16"),
-                       (["--duration", "0"], "mipart: --duration 0: give seconds from above 0 to 3600"),
-                       (["--tokenizer", str(host.work / "none")],
-                        f"mipart: --tokenizer {host.work / 'none'}: not a directory; give a local directory holding the model's tokenizer.json")):
+    for args, line in (
+        (["--service", "nope"], "mipart: --service nope: the profile has no such service (it has: chat)"),
+        (
+            ["--concurrency", "1,x"],
+            "mipart: --concurrency '1,x': give a comma-separated list of whole numbers, e.g. 1,4,16",
+        ),
+        (["--duration", "0"], "mipart: --duration 0: give seconds from above 0 to 3600"),
+        (
+            ["--tokenizer", str(host.work / "none")],
+            f"mipart: --tokenizer {host.work / 'none'}: not a directory; give a local directory holding the model's tokenizer.json",
+        ),
+    ):
         done = bench(host, "run", "--profile", str(host.profile), *args, "-o", str(out))
         assert (done.returncode, done.stderr.strip()) == (1, line)
         assert not out.exists()

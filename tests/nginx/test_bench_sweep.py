@@ -16,15 +16,17 @@ import sys
 import time
 
 import pytest
-from mipart.bench.results import read_results
-from mipart.paths import profile_override_path
-from mipart.profile import load_profile
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
 from serving import TEST_PORTS
 from test_bench_live import bench  # the same CLI call and tool cache
 from testcache import cache_dir
 
+from mipart.bench.results import read_results
+from mipart.paths import profile_override_path
+from mipart.profile import load_profile
+from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+
 pytestmark = pytest.mark.nginx
+
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
@@ -37,7 +39,9 @@ def host(tmp_path_factory):
 
 
 def layout(host) -> list[tuple[str, str]]:
-    return [(g["compute"], g["memory"]) for g in json.loads(host.mipart("sim", "show", str(host.root), "--json"))["gpus"]]
+    return [
+        (g["compute"], g["memory"]) for g in json.loads(host.mipart("sim", "show", str(host.root), "--json"))["gpus"]
+    ]
 
 
 def assert_operator_layout_serving(host, profile_text: str) -> None:
@@ -60,7 +64,10 @@ def test_bad_input_is_one_line_and_changes_nothing(host):
         (["--layouts", "DPX/NPS2,dpx/nps2"], "mipart: --layouts: DPX/NPS2 is given twice; give each layout once"),
         (["--layouts", "DPX/NPS2"], "mipart: --layouts DPX/NPS2: give at least two different layouts to compare"),
         (["--layouts", "DPX/NPS2,CPX/NPS2"], "mipart: --layouts CPX/NPS2: this host refuses it:"),
-        (["--layouts", "DPX/NPS2,DPX/NPS1", "--profile", str(silent)], f"mipart: no mipart agent answers on 127.0.0.1:{free.api}"),
+        (
+            ["--layouts", "DPX/NPS2,DPX/NPS1", "--profile", str(silent)],
+            f"mipart: no mipart agent answers on 127.0.0.1:{free.api}",
+        ),
     )
     for args, start in cases:
         done = bench(host, "sweep", "--profile", str(host.profile), *args, "--dir", str(host.work / "never"))
@@ -74,11 +81,31 @@ def test_bad_input_is_one_line_and_changes_nothing(host):
 def test_sweep_measures_each_layout_and_restores_the_operators(host):
     text = host.profile.read_text()
     out = host.work / "sweep"
-    done = bench(host, "sweep", "--profile", str(host.profile), "--layouts", "DPX/NPS2,DPX/NPS1", "--concurrency", "1,2",
-                 "--warmup", "1", "--duration", "3", "--prompt-tokens", "16", "--output-tokens", "8", "--dir", str(out))
+    done = bench(
+        host,
+        "sweep",
+        "--profile",
+        str(host.profile),
+        "--layouts",
+        "DPX/NPS2,DPX/NPS1",
+        "--concurrency",
+        "1,2",
+        "--warmup",
+        "1",
+        "--duration",
+        "3",
+        "--prompt-tokens",
+        "16",
+        "--output-tokens",
+        "8",
+        "--dir",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    for word, name, modes in (("DPX/NPS2", "DPX-NPS2.json", "2 x DPX/NPS2 (4 logical GPUs)"),
-                              ("DPX/NPS1", "DPX-NPS1.json", "2 x DPX/NPS1 (4 logical GPUs)")):
+    for word, name, modes in (
+        ("DPX/NPS2", "DPX-NPS2.json", "2 x DPX/NPS2 (4 logical GPUs)"),
+        ("DPX/NPS1", "DPX-NPS1.json", "2 x DPX/NPS1 (4 logical GPUs)"),
+    ):
         results = read_results(out / name)
         assert results.tags.label == word and results.tags.layout == modes  # the layout as the GPU backend read it
         assert results.tags.engine_fake is True
@@ -87,7 +114,10 @@ def test_sweep_measures_each_layout_and_restores_the_operators(host):
         assert all(s.requests > 0 and s.errors == 0 for s in service.steps)
         assert results.tags.profile_digest != load_profile(str(host.profile)).digest  # measured under the override
     assert "reloading the agent: SIGHUP to the agent (PID" in done.stderr
-    assert "| DPX/NPS2 (fake engine) | concurrent@2 |" in done.stdout and "| DPX/NPS1 (fake engine) | concurrent@1 |" in done.stdout
+    assert (
+        "| DPX/NPS2 (fake engine) | concurrent@2 |" in done.stdout
+        and "| DPX/NPS1 (fake engine) | concurrent@1 |" in done.stdout
+    )
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("most throughput with E2E p50 under 5 s: DPX/NPS") and "fake engines" in last
     assert_operator_layout_serving(host, text)
@@ -96,14 +126,34 @@ def test_sweep_measures_each_layout_and_restores_the_operators(host):
 def test_a_stale_override_shows_in_status_and_restore_removes_it(host):
     text = host.profile.read_text()
     stale = profile_override_path(host.run_dir)
-    stale.write_text(text.replace("compute: SPX, memory: NPS1", "compute: DPX, memory: NPS1"))  # as a SIGKILLed sweep leaves it
+    stale.write_text(
+        text.replace("compute: SPX, memory: NPS1", "compute: DPX, memory: NPS1")
+    )  # as a SIGKILLed sweep leaves it
     host.hup()
-    host.wait_for(lambda: host.api_get("/v1/status")["profile"]["override"] == str(stale), timeout=30, what="the override in force")
-    shown = subprocess.run([sys.executable, "-m", "mipart", "status", "--profile", str(host.profile)], env={**os.environ, **host.env},
-                           capture_output=True, text=True, timeout=60).stdout
+    host.wait_for(
+        lambda: host.api_get("/v1/status")["profile"]["override"] == str(stale),
+        timeout=30,
+        what="the override in force",
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "mipart", "status", "--profile", str(host.profile)],
+        env={**os.environ, **host.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert f"profile override by mipart bench sweep: {stale}" in shown
     # a new sweep refuses to start over it
-    done = bench(host, "sweep", "--profile", str(host.profile), "--layouts", "DPX/NPS2,DPX/NPS1", "--dir", str(host.work / "never"))
+    done = bench(
+        host,
+        "sweep",
+        "--profile",
+        str(host.profile),
+        "--layouts",
+        "DPX/NPS2,DPX/NPS1",
+        "--dir",
+        str(host.work / "never"),
+    )
     assert done.returncode == 1 and "a profile override is in place" in done.stderr and stale.exists()
     done = bench(host, "sweep", "--profile", str(host.profile), "--restore")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -114,17 +164,45 @@ def test_a_stale_override_shows_in_status_and_restore_removes_it(host):
 def test_ctrl_c_in_a_layouts_run_restores_the_operators_profile(host):
     text = host.profile.read_text()
     env = {**os.environ, **host.env, "XDG_CACHE_HOME": str(cache_dir())}
-    argv = [sys.executable, "-m", "mipart", "bench", "sweep", "--profile", str(host.profile), "--layouts", "DPX/NPS2,DPX/NPS1",
-            "--concurrency", "1", "--warmup", "0", "--duration", "60", "--prompt-tokens", "16", "--output-tokens", "8",
-            "--dir", str(host.work / "interrupted")]
+    argv = [
+        sys.executable,
+        "-m",
+        "mipart",
+        "bench",
+        "sweep",
+        "--profile",
+        str(host.profile),
+        "--layouts",
+        "DPX/NPS2,DPX/NPS1",
+        "--concurrency",
+        "1",
+        "--warmup",
+        "0",
+        "--duration",
+        "60",
+        "--prompt-tokens",
+        "16",
+        "--output-tokens",
+        "8",
+        "--dir",
+        str(host.work / "interrupted"),
+    ]
     errors = host.work / "interrupted.err"
     with open(errors, "w") as err:
         # A shell without job control starts background jobs with SIGINT ignored, and Python then
         # keeps it ignored: give the sweep the disposition a terminal's Ctrl-C meets.
-        sweep = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=host.work,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        sweep = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=host.work,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
-        host.wait_for(lambda: "mipart: chat: 1 streams" in errors.read_text(), timeout=120, what="the first layout's run")
+        host.wait_for(
+            lambda: "mipart: chat: 1 streams" in errors.read_text(), timeout=120, what="the first layout's run"
+        )
         assert host.api_get("/v1/status")["profile"]["override"] == str(profile_override_path(host.run_dir))
         time.sleep(1)
         sweep.send_signal(signal.SIGINT)

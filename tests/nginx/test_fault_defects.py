@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 from mipart.nginx import procs as nginx_procs
@@ -45,7 +44,9 @@ def address(host, number: int) -> str:
     return f"127.0.0.1:{host.base + number}"
 
 
-def under_load(host, tmp_path, inject, clients: int = 40, seconds: float = 6.0, fault_in: float = 2.0, max_tokens: int = 8):
+def under_load(
+    host, tmp_path, inject, clients: int = 40, seconds: float = 6.0, fault_in: float = 2.0, max_tokens: int = 8
+):
     """Run the harness's client through nginx, call inject() `fault_in` seconds in; its Fault and the tally."""
     out = tmp_path / f"load-{time.monotonic_ns()}.json"
     load = harness.start_load(host.listen, out, clients=clients, seconds=seconds, think=0.2, max_tokens=max_tokens)
@@ -83,10 +84,15 @@ def test_a_dead_engine_that_answers_500_loses_no_request(host, tmp_path):
         return fault
 
     fault, records, tally = under_load(host, tmp_path, inject)
-    assert tally.not_excused == 0, f"{tally.not_excused} failed requests not excused: {dict(tally.kinds)}, e.g. {tally.examples}"
+    assert tally.not_excused == 0, (
+        f"{tally.not_excused} failed requests not excused: {dict(tally.kinds)}, e.g. {tally.examples}"
+    )
     assert sum(1 for r in records if r.start > fault.at) > 100
     # it left rotation on nginx's word and the probe that followed at once (then was restarted)
-    assert re.search(r"event='instance.degraded' unit='mipart-vllm@1' gpu='1' reason='nginx: upstream server temporarily disabled'", host.log_text())
+    assert re.search(
+        r"event='instance.degraded' unit='mipart-vllm@1' gpu='1' reason='nginx: upstream server temporarily disabled'",
+        host.log_text(),
+    )
     assert "event='instance.unhealthy' unit='mipart-vllm@1' gpu='1' reason='/health answered 503'" in host.log_text()
 
 
@@ -107,8 +113,11 @@ def test_a_killed_nginx_master_is_replaced_without_cutting_a_stream(host, tmp_pa
     _, records, tally = under_load(host, tmp_path, inject, max_tokens=40)  # ~1 s streams: many in flight at the kill
     assert tally.failed == 0, f"{tally.failed} failed requests: {dict(tally.kinds)}, e.g. {tally.examples}"
     assert master(host) not in (None, old)
-    host.wait_for(lambda: not workers & set(nginx_procs.scan(host.run_dir / "nginx").accepting), timeout=10,
-                  what="the old workers to stop accepting")
+    host.wait_for(
+        lambda: not workers & set(nginx_procs.scan(host.run_dir / "nginx").accepting),
+        timeout=10,
+        what="the old workers to stop accepting",
+    )
     host.wait_for(lambda: nginx_status(host)["current"], timeout=10, what="status: nginx serves the current config")
     assert nginx_status(host)["stray_workers"] == 0
 
@@ -129,8 +138,11 @@ def test_after_an_agent_restart_a_killed_master_is_replaced_and_changes_reach_ng
     generation = nginx_status(host)["generation"]
     victim = host.instance_pids()[2]
     os.kill(victim, signal.SIGKILL)  # a readiness change after the fault must reach the nginx that serves
-    host.wait_for(lambda: nginx_status(host)["generation"] != generation and nginx_status(host)["current"], timeout=10,
-                  what="the change served by nginx")
+    host.wait_for(
+        lambda: nginx_status(host)["generation"] != generation and nginx_status(host)["current"],
+        timeout=10,
+        what="the change served by nginx",
+    )
     for _ in range(20):
         status, backend = host.backend_of_one_request()
         assert status == 200 and backend != address(host, 2)
@@ -166,17 +178,23 @@ def test_damaged_run_files_are_reported_and_retried_and_serving_goes_on(host, tm
     assert host.status_of_one_request() == 200
     (run / "instances").unlink()
     shutil.rmtree(run / "instances.moved")
-    host.wait_for(lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the specs rewritten")
+    host.wait_for(
+        lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the specs rewritten"
+    )
 
     # a spec path taken by a directory while a SIGHUP changes every spec
     (run / "instances/3.json").unlink()
     (run / "instances/3.json").mkdir()
-    host.profile.write_text(host.profile.read_text().replace("--tokens-per-second", '--max-tokens-default", "4", "--tokens-per-second'))
+    host.profile.write_text(
+        host.profile.read_text().replace("--tokens-per-second", '--max-tokens-default", "4", "--tokens-per-second')
+    )
     host.hup()
     host.wait_for(lambda: "3.json" in files_error(), timeout=10, what="the spec path reported")
     assert host.agent.poll() is None and host.status_of_one_request() == 200
     (run / "instances/3.json").rmdir()
-    host.wait_for(lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the spec rewritten")
+    host.wait_for(
+        lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the spec rewritten"
+    )
     assert host.agent.poll() is None
     assert "event='agent.step_failed'" not in host.log_text()  # each error was handled where it happened
 
@@ -205,13 +223,19 @@ def test_a_hung_instance_leaves_rotation_in_the_bound_and_is_restarted_only_afte
         hung_at = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
         try:
-            host.wait_for(lambda: down in host.nginx_conf(), timeout=10, what="the hung instance out of nginx.conf", poll=0.005)
+            host.wait_for(
+                lambda: down in host.nginx_conf(), timeout=10, what="the hung instance out of nginx.conf", poll=0.005
+            )
             took = time.monotonic() - hung_at
-            assert took <= harness.BOUND, f"sample {sample}: out of rotation after {took:.2f}s (bound {harness.BOUND:g}s)"
+            assert took <= harness.BOUND, (
+                f"sample {sample}: out of rotation after {took:.2f}s (bound {harness.BOUND:g}s)"
+            )
             # The agent resumes it (SIGTERM, SIGCONT) only to stop it: by then no worker that could pick it accepts.
             host.wait_for(lambda: _state(pid) != "T", timeout=15, what="the hung server signalled", poll=0.002)
             still = before & set(nginx_procs.scan(host.run_dir / "nginx").accepting)
-            assert not still, f"sample {sample}: workers {still} from before the reload still accepted when the server was signalled"
+            assert not still, (
+                f"sample {sample}: workers {still} from before the reload still accepted when the server was signalled"
+            )
         finally:
             try:
                 os.kill(pid, signal.SIGCONT)

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from serving import ServingHost
 
 pytestmark = pytest.mark.nginx
@@ -35,7 +34,12 @@ def all_instance_pids(host) -> dict[int, list[int]]:
     found: dict[int, list[int]] = {}
     for pid in procfs.pids():
         env = procfs.environ_of(pid)
-        if env.get("MIPART_RUN_DIR") == str(host.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procfs.session_leader(pid) and procfs.alive(pid):
+        if (
+            env.get("MIPART_RUN_DIR") == str(host.run_dir)
+            and env.get("MIPART_INSTANCE", "").isdigit()
+            and procfs.session_leader(pid)
+            and procfs.alive(pid)
+        ):
             found.setdefault(int(env["MIPART_INSTANCE"]), []).append(pid)
     return found
 
@@ -45,12 +49,18 @@ def test_killed_instance_leaves_rotation_and_comes_back(host):
     host.wait_ready()
     victim = host.instance_pids()[3]
     os.kill(victim, signal.SIGKILL)
-    host.wait_for(lambda: f"server 127.0.0.1:{host.base + 3} down;" in host.nginx_conf(), timeout=5, what="instance 3 out")
+    host.wait_for(
+        lambda: f"server 127.0.0.1:{host.base + 3} down;" in host.nginx_conf(), timeout=5, what="instance 3 out"
+    )
     host.wait_ready(timeout=20)
     assert host.instance_pids()[3] != victim
     # LAST ERROR is how the server ended (the runner's return code) and its last log line, not the probe's view.
-    assert re.search(r"event='instance.exited' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\); ", host.log_text())
-    assert re.search(r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\)", host.log_text())
+    assert re.search(
+        r"event='instance.exited' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\); ", host.log_text()
+    )
+    assert re.search(
+        r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\)", host.log_text()
+    )
 
 
 def test_hung_instance_is_out_of_rotation_within_the_bound(host):
@@ -75,10 +85,14 @@ def test_hung_instance_is_out_of_rotation_within_the_bound(host):
 
 def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(host):
     host.write_profile(compute="CPX", memory="NPS4")
-    text = host.profile.read_text().replace("    args: []", '    partitions: "0-1"\n    args: ["--fault", "die", "--fault-after", "0"]')
+    text = host.profile.read_text().replace(
+        "    args: []", '    partitions: "0-1"\n    args: ["--fault", "die", "--fault-after", "0"]'
+    )
     host.profile.write_text(text.replace("restart_backoff: 200ms", "restart_backoff: 100ms, max_restarts: 3"))
     host.start_agent()
-    host.wait_for(lambda: "event='instance.failed' unit='mipart-vllm@1'" in host.log_text(), timeout=30, what="instance 1 failed")
+    host.wait_for(
+        lambda: "event='instance.failed' unit='mipart-vllm@1'" in host.log_text(), timeout=30, what="instance 1 failed"
+    )
     time.sleep(1.5)
     restarts = re.findall(r"event='instance.restart' unit='mipart-vllm@1'.*attempt=(\d)", host.log_text())
     assert restarts == ["1", "2", "3"]  # backoff 0.1, 0.2, 0.4 s, then it stays failed
@@ -87,14 +101,19 @@ def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(host):
     # What the agent shows while it runs: the exit status and the server's own last line.
     [one] = [i for i in host.api_get("/v1/instances")["instances"] if i["unit"] == "mipart-vllm@1.service"]
     assert one["state"] == "failed"
-    assert one["last_error"].startswith("exited with status 1 (exit-code); ") and "fault injected: die (exit 1)" in one["last_error"], one
+    assert (
+        one["last_error"].startswith("exited with status 1 (exit-code); ")
+        and "fault injected: die (exit 1)" in one["last_error"]
+    ), one
 
 
 def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):
     host.start_agent()
     host.wait_ready()
     # Change every spec, SIGHUP, and kill the agent while it restarts them.
-    host.profile.write_text(host.profile.read_text().replace("--tokens-per-second", "--max-tokens-default\", \"4\", \"--tokens-per-second"))
+    host.profile.write_text(
+        host.profile.read_text().replace("--tokens-per-second", '--max-tokens-default", "4", "--tokens-per-second')
+    )
     host.hup()
     host.wait_for(lambda: "reason='spec changed'" in host.log_text(), timeout=10, what="the reconcile")
     host.agent.send_signal(signal.SIGKILL)
@@ -106,7 +125,8 @@ def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):
     def rolled() -> bool:  # the new agent finishes the rolling restart the old one began
         found = all_instance_pids(host)
         return sorted(found) == list(range(8)) and all(
-            "--max-tokens-default\x004" in open(f"/proc/{p[0]}/cmdline").read() for p in found.values() if len(p) == 1)
+            "--max-tokens-default\x004" in open(f"/proc/{p[0]}/cmdline").read() for p in found.values() if len(p) == 1
+        )
 
     host.wait_for(rolled, timeout=60, what="every instance on the new spec")
     time.sleep(1.0)
@@ -124,8 +144,11 @@ def test_deleted_run_files_are_rewritten_and_restarts_still_work(host):
     host.wait_ready()
     shutil.rmtree(host.run_dir / "instances")
     (host.run_dir / "nginx/nginx.conf").unlink()
-    host.wait_for(lambda: (host.run_dir / "instances/5.json").exists() and (host.run_dir / "nginx/nginx.conf").exists(),
-                  timeout=5, what="files rewritten")
+    host.wait_for(
+        lambda: (host.run_dir / "instances/5.json").exists() and (host.run_dir / "nginx/nginx.conf").exists(),
+        timeout=5,
+        what="files rewritten",
+    )
     victim = host.instance_pids()[5]
     os.kill(victim, signal.SIGKILL)
     host.wait_for(lambda: host.instance_pids().get(5) not in (None, victim), timeout=15, what="instance 5 back")
@@ -152,7 +175,7 @@ def _nginx_master_changed(host, old: int) -> bool:
 
 CLIENT_TIMEOUT = 15
 
-LOAD_CLIENT = r'''
+LOAD_CLIENT = r"""
 import asyncio, json, sys, time
 import aiohttp
 
@@ -177,20 +200,26 @@ async def main(port, clients, seconds, think):
     json.dump([(s + offset, e + offset, st, b) for s, e, st, b in results], sys.stdout)
 
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])))
-'''
+"""
 
 
 def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host, tmp_path):
     """1,000 concurrent clients while one instance is killed, one hangs, one's engine dies,
     and the agent itself is restarted: any failed request started before its instance left."""
     host.write_profile(compute="CPX", memory="NPS4", interval="1s", tps=0)
-    text = host.profile.read_text().replace("    args: []", '    partitions: "0-7"\n    args: []').replace("timeout: 300ms", "timeout: 1s")
+    text = (
+        host.profile.read_text()
+        .replace("    args: []", '    partitions: "0-7"\n    args: []')
+        .replace("timeout: 300ms", "timeout: 1s")
+    )
     host.profile.write_text(text)
     host.start_agent()
     host.wait_ready()
     script = tmp_path / "load.py"
     script.write_text(LOAD_CLIENT)
-    load = subprocess.Popen([sys.executable, str(script), str(host.listen), "1000", "30", "2.0"], stdout=subprocess.PIPE, text=True)
+    load = subprocess.Popen(
+        [sys.executable, str(script), str(host.listen), "1000", "30", "2.0"], stdout=subprocess.PIPE, text=True
+    )
     try:
         time.sleep(4)
         pids = host.instance_pids()

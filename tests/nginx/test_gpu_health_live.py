@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import mipart
 from serving import ServingHost
 
@@ -24,7 +23,9 @@ INSTANCES = 6  # DPX: logical GPUs 0-5 are physical GPUs 0, 0, 1, 1, 2, 2
 def host(tmp_path):
     serving = ServingHost(tmp_path, instances=INSTANCES, interval=f"{int(INTERVAL * 1000)}ms", unhealthy_after=2)
     probe = f"{{generation_probe: {{idle: {int(IDLE * 1000)}ms, timeout: {int(TIMEOUT * 1000)}ms}}}}"
-    text = serving.profile.read_text().replace("    args: []", f'    partitions: "0-{INSTANCES - 1}"\n    health: {probe}\n    args: []')
+    text = serving.profile.read_text().replace(
+        "    args: []", f'    partitions: "0-{INSTANCES - 1}"\n    health: {probe}\n    args: []'
+    )
     serving.profile.write_text(text)
     yield serving
     serving.close()
@@ -99,7 +100,9 @@ def test_an_idle_healthy_instance_stays_in_rotation_with_probe_completions(host)
 def test_an_uncorrectable_error_rise_takes_exactly_that_gpus_instances_out(host):
     host.start_agent()
     host.wait_ready()
-    host.mipart("sim", "gpu-signals", str(host.root), "0", "--correctable", "7", "--temperature", "68", "--power", "410")
+    host.mipart(
+        "sim", "gpu-signals", str(host.root), "0", "--correctable", "7", "--temperature", "68", "--power", "410"
+    )
     time.sleep(INTERVAL * 3)
     assert [n for n in range(INSTANCES) if down(host, n)] == []  # correctable errors are only counted
     host.mipart("sim", "gpu-signals", str(host.root), "1", "--uncorrectable", "1")
@@ -119,6 +122,12 @@ def test_an_uncorrectable_error_rise_takes_exactly_that_gpus_instances_out(host)
         assert "failed" in line and "GPU 1 (" in line and "uncorrectable RAS errors rose" in line, status
     metrics = host.api_text("/metrics")
     assert 'mipart_gpu_ras_uncorrectable_errors_total{gpu="1",' in metrics and 'block="umc"} 1' in metrics
-    assert any(line.startswith('mipart_gpu_ras_correctable_errors_total{gpu="0",') and line.endswith(" 7") for line in metrics.splitlines())
-    assert any(line.startswith('mipart_gpu_temperature_celsius{gpu="0",') and line.endswith(" 68.0") for line in metrics.splitlines())
+    assert any(
+        line.startswith('mipart_gpu_ras_correctable_errors_total{gpu="0",') and line.endswith(" 7")
+        for line in metrics.splitlines()
+    )
+    assert any(
+        line.startswith('mipart_gpu_temperature_celsius{gpu="0",') and line.endswith(" 68.0")
+        for line in metrics.splitlines()
+    )
     assert host.status_of_one_request() == 200  # the other GPUs still serve

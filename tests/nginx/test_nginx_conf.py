@@ -14,7 +14,10 @@ from conftest import mipart
 def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, host):
     out = tmp_path / "image"
     profile = tmp_path / "profile.yaml"
-    profile.write_text("version: 1\ngpus: {compute: DPX, memory: NPS2}\n" + 'services:\n  chat: {model: org/m, listen: "127.0.0.1:18040", partitions: "0-7", args: ["--max-num-seqs", "512"]}\n  code: {model: org/c, listen: 18041, partitions: "8-15"}\n')
+    profile.write_text(
+        "version: 1\ngpus: {compute: DPX, memory: NPS2}\n"
+        + 'services:\n  chat: {model: org/m, listen: "127.0.0.1:18040", partitions: "0-7", args: ["--max-num-seqs", "512"]}\n  code: {model: org/c, listen: 18041, partitions: "8-15"}\n'
+    )
     assert mipart("render", "--root", out, "--ready", "none", "--profile", profile, env=host).returncode == 0
     conf = out / "run/mipart/nginx/nginx.conf"
     body = conf.read_text()
@@ -25,7 +28,11 @@ def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, ho
         (prefix / name).mkdir(parents=True)
     (prefix / "nginx.conf").write_text(body.replace("/run/mipart/nginx", str(prefix)))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    done = subprocess.run([nginx, "-t", "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-g", "daemon off;"], capture_output=True, text=True)
+    done = subprocess.run(
+        [nginx, "-t", "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-g", "daemon off;"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     # Static analysis of the generated config (gixy-ng): no finding of any severity.
     gixy = os.path.join(os.path.dirname(sys.executable), "gixy")

@@ -14,10 +14,10 @@ import tempfile
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profilegen import SETTINGS, profile_text, serve_or_refuse, sim_backend
 
 from mipart.nginx.files import TEMP_DIRS, NginxFiles, check_config
 from mipart.sim.ports import free_block
-from profilegen import SETTINGS, profile_text, serve_or_refuse, sim_backend
 
 pytestmark = pytest.mark.nginx
 
@@ -35,15 +35,28 @@ def ipv6_loopback() -> bool:
 def place(tmp_path_factory):
     """The simulated host, a short socket directory (sun_path is 108 bytes), free ports, IPv6 or not."""
     with tempfile.TemporaryDirectory(prefix="mp-") as sockets:
-        yield sim_backend(tmp_path_factory.mktemp("host")), sockets, free_block(500, low=23000, high=29500), ipv6_loopback()
+        yield (
+            sim_backend(tmp_path_factory.mktemp("host")),
+            sockets,
+            free_block(500, low=23000, high=29500),
+            ipv6_loopback(),
+        )
 
 
 @settings(max_examples=60, **SETTINGS)
 @given(data=st.data())
 def test_every_accepted_profile_passes_nginx_t(data, place, tmp_path_factory):
     backend, sockets, ports, ipv6 = place
-    text = data.draw(profile_text(sock_dir=sockets, loopback_only=True, rate=data.draw(st.sampled_from([0.0, 0.0, 0.02])),
-                                  port_base=ports, ipv6=ipv6), label="profile")
+    text = data.draw(
+        profile_text(
+            sock_dir=sockets,
+            loopback_only=True,
+            rate=data.draw(st.sampled_from([0.0, 0.0, 0.02])),
+            port_base=ports,
+            ipv6=ipv6,
+        ),
+        label="profile",
+    )
     prefix = tmp_path_factory.mktemp("nginx")
     conf = serve_or_refuse(text, backend, prefix)
     if conf is None:

@@ -11,13 +11,13 @@ import re
 import subprocess
 
 import pytest
+from serving import ServingHost
 
 from mipart.names import DIGEST_VAR
 from mipart.runners import procfs
 from mipart.serving.spec import InstanceSpec
 from mipart.sim.clients import ClientLoop
 from mipart.sim.host import HostError
-from serving import ServingHost
 
 pytestmark = pytest.mark.nginx
 
@@ -26,7 +26,9 @@ RECORD = "partition.json"
 
 @pytest.fixture
 def host(tmp_path):
-    serving = ServingHost(tmp_path, rules="rocm-mi300x")  # 8 x MI300X in DPX/NPS2: 16 instances; CPX/NPS2 needs seed 000's rules
+    serving = ServingHost(
+        tmp_path, rules="rocm-mi300x"
+    )  # 8 x MI300X in DPX/NPS2: 16 instances; CPX/NPS2 needs seed 000's rules
     yield serving
     serving.close()
 
@@ -37,7 +39,10 @@ def running_digests(host) -> dict[int, str]:
 
 
 def spec_digests(host) -> dict[int, str]:
-    return {int(p.stem): InstanceSpec.from_file_text(p.read_text()).digest() for p in (host.run_dir / "instances").glob("*.json")}
+    return {
+        int(p.stem): InstanceSpec.from_file_text(p.read_text()).digest()
+        for p in (host.run_dir / "instances").glob("*.json")
+    }
 
 
 def layout(host) -> list[str]:
@@ -57,21 +62,30 @@ def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(host):
     # The agent's instances hold the GPUs, so the partition command refuses, saying what to run.
     with pytest.raises(HostError) as busy:
         host.mipart("partition", "apply", "--profile", str(host.profile))
-    assert "mipart's own instances hold these GPUs" in str(busy.value) and "`systemctl reload mipart-agent`" in str(busy.value)
+    assert "mipart's own instances hold these GPUs" in str(busy.value) and "`systemctl reload mipart-agent`" in str(
+        busy.value
+    )
     assert running_digests(host) == old and layout(host) == ["DPX"] * 8
 
     with ClientLoop(host.listen, host.spec.model, limit=240) as clients:
         host.hup()
         host.wait_ready(64, timeout=180)
     assert set(clients.seen) <= {"200", "503 ServiceUnavailable"}, clients.seen
-    assert clients.seen.get("200") and clients.seen.get("503 ServiceUnavailable"), clients.seen  # the gap was answered, not hung
+    assert clients.seen.get("200") and clients.seen.get("503 ServiceUnavailable"), (
+        clients.seen
+    )  # the gap was answered, not hung
 
     new = running_digests(host)
     assert sorted(new) == list(range(64)) and new == spec_digests(host)  # every server runs its new spec
     assert not set(old_pids.values()) & set(host.instance_pids().values())  # each one started anew
-    assert sorted(n for n in old if old[n] == new[n]) == [0, 1]  # the only specs CPX keeps: GPU 0's first two partitions
+    assert sorted(n for n in old if old[n] == new[n]) == [
+        0,
+        1,
+    ]  # the only specs CPX keeps: GPU 0's first two partitions
     assert layout(host) == ["CPX"] * 8
-    host.wait_for(lambda: status(host)["partition"]["drift"] is False, timeout=30, what="the host snapshot after the change")
+    host.wait_for(
+        lambda: status(host)["partition"]["drift"] is False, timeout=30, what="the host snapshot after the change"
+    )
     st = status(host)
     assert st["partition"]["action"] == ""
     assert st["repartition"]["phase"] == "" and st["repartition"]["error"] == "" and st["repartition"]["finished"]
@@ -81,7 +95,9 @@ def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(host):
 
     log = host.log_text()
     begun, applied = log.index("event='repartition.start'"), log.index("event='repartition.applied'")
-    assert not re.search(r"event='instance\.(start|restart)'", log[begun:applied]), "an instance started during the change"
+    assert not re.search(r"event='instance\.(start|restart)'", log[begun:applied]), (
+        "an instance started during the change"
+    )
     started_after = set(map(int, re.findall(r"event='instance\.start' unit='mipart-vllm@(\d+)'", log[applied:])))
     assert started_after == set(range(64))
     assert len(re.findall(r"event='instance\.stop' unit='mipart-vllm@\d+' reason='repartition'", log)) == 16
@@ -122,7 +138,10 @@ def test_refused_and_failed_repartitions_leave_serving_up_and_say_why(host):
     host.wait_ready(34, timeout=120)
     assert layout(host) == ["CPX"] * 3 + ["DPX"] * 5
     st = status(host)
-    assert st["repartition"]["error"] == "GPU 3 (0000:65:00.0): current_compute_partition: GPU reset in progress; retry after it finishes"
+    assert (
+        st["repartition"]["error"]
+        == "GPU 3 (0000:65:00.0): current_compute_partition: GPU reset in progress; retry after it finishes"
+    )
     assert st["last_apply"]["ok"] is False and st["last_apply"]["error"] == st["repartition"]["error"]
     assert st["partition"]["drift"] is True and "systemctl reload mipart-agent" in st["partition"]["action"]
     new = running_digests(host)

@@ -15,10 +15,10 @@ import signal
 from dataclasses import dataclass
 
 import pytest
+from serving import TEST_PORTS
 
 from mipart.nginx.conf import generation_of
 from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
-from serving import TEST_PORTS
 
 pytestmark = pytest.mark.nginx
 
@@ -125,7 +125,9 @@ def test_an_instance_taken_down_moves_only_its_own_sessions(host):
     victim = before["conversation-0"]
     number = int(victim.rsplit(":", 1)[1]) - host.base
     os.kill(host.instance_pids()[number], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
-    host.wait_for(lambda: f"server {victim} down;" in host.nginx_conf(), timeout=15, what=f"instance {number} marked down")
+    host.wait_for(
+        lambda: f"server {victim} down;" in host.nginx_conf(), timeout=15, what=f"instance {number} marked down"
+    )
     use(host, AFFINITY, f"affinity on {HEADER} (hash consistent)")  # and nginx serving that config
     after = sessions(host, count=32, repeats=2)
     assert f"server {victim} down;" in host.nginx_conf(), "the instance came back before the sessions were sent again"

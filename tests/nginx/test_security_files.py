@@ -29,7 +29,7 @@ def table() -> dict[str, int]:
         if match:
             path, mode, owner = match.groups()
             assert owner == "root", line  # the only owner a file under the run dir has
-            rows[path[len(RUN):].replace("N.", "[0-9]*.")] = int(mode, 8)
+            rows[path[len(RUN) :].replace("N.", "[0-9]*.")] = int(mode, 8)
     return rows
 
 
@@ -41,7 +41,11 @@ def test_the_table_is_there_and_parses():
 
 @pytest.fixture
 def served(tmp_path):
-    host = SimulatedHost(tmp_path, FakeEngineProfile(Ports.free(8, low=21000), partitions='"0-1"', hf_home=str(tmp_path / "cache/hf")), expected=2)
+    host = SimulatedHost(
+        tmp_path,
+        FakeEngineProfile(Ports.free(8, low=21000), partitions='"0-1"', hf_home=str(tmp_path / "cache/hf")),
+        expected=2,
+    )
     try:
         host.start_agent()
         host.wait_ready(2, timeout=90)
@@ -59,7 +63,9 @@ def test_every_file_mipart_writes_has_the_documented_mode_and_owner(served):
         assert matches, f"{relative} is not in the table of docs/security.md"
         info = path.lstat()
         allowed = rows[matches[0]]
-        assert stat.S_IMODE(info.st_mode) & ~allowed == 0, f"{relative}: mode {stat.S_IMODE(info.st_mode):04o}, docs/security.md says at most {allowed:04o}"
+        assert stat.S_IMODE(info.st_mode) & ~allowed == 0, (
+            f"{relative}: mode {stat.S_IMODE(info.st_mode):04o}, docs/security.md says at most {allowed:04o}"
+        )
         assert info.st_uid == os.geteuid(), f"{relative}: owner uid {info.st_uid}"
         seen.append(matches[0])
     assert {"instances/[0-9]*.json", "nginx/nginx.conf"} <= set(seen)

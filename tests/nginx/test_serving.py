@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-
 from serving import ServingHost
 
 pytestmark = pytest.mark.nginx
@@ -111,13 +110,32 @@ def test_nginx_refused_config_keeps_the_old_one_serving(host):
     assert host.instance_pids() == pids
 
 
-@pytest.mark.parametrize("breakage", [
-    ("model", "    model: test/fake-llm", '    model: "test/fake\\nExecStart=/bin/sh"', "services.chat.model contains a control character"),
-    ("args", "    args: []", '    args: ["--x\\u0007"]', "services.chat.args[0] contains a control character"),
-    ("env", "    args: []", '    args: []\n    env: {A: "x\\ny"}', "services.chat.env.A contains a control character"),
-    ("ports", "instances:", '  other: {model: a/b, listen: "127.0.0.1:LISTEN", partitions: [0]}\ninstances:', "already used by services.chat.listen"),
-    ("unreadable", None, None, "is a directory"),
-], ids=["model-newline", "args-control", "env-newline", "duplicate-port", "unreadable"])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        (
+            "model",
+            "    model: test/fake-llm",
+            '    model: "test/fake\\nExecStart=/bin/sh"',
+            "services.chat.model contains a control character",
+        ),
+        ("args", "    args: []", '    args: ["--x\\u0007"]', "services.chat.args[0] contains a control character"),
+        (
+            "env",
+            "    args: []",
+            '    args: []\n    env: {A: "x\\ny"}',
+            "services.chat.env.A contains a control character",
+        ),
+        (
+            "ports",
+            "instances:",
+            '  other: {model: a/b, listen: "127.0.0.1:LISTEN", partitions: [0]}\ninstances:',
+            "already used by services.chat.listen",
+        ),
+        ("unreadable", None, None, "is a directory"),
+    ],
+    ids=["model-newline", "args-control", "env-newline", "duplicate-port", "unreadable"],
+)
 def test_bad_profile_on_reload_changes_nothing_that_runs(host, breakage):
     kind, old, new, message = breakage
     host.start_agent()

@@ -7,7 +7,6 @@ import re
 import socket
 import time
 
-
 from conftest import mipart
 from test_api import LiveApi, SimHost, host, live  # noqa: F401  (fixtures shared with the API tests)
 
@@ -47,14 +46,25 @@ def test_human_table_from_the_live_api(host, live):
     assert done.returncode == 3, done.stderr  # some instances are not ready, like `systemctl status`
     lines = done.stdout.splitlines()
     digest = host.agent.profile.digest[:12]
-    assert lines[0] == (f"mipart-agent {__import__('mipart').__version__} on {host.api}: profile {host.profile} (digest {digest}), "
-                        "partitions match (8 GPUs, 16 logical), 12/16 instances ready "
-                        "(1 degraded, 1 starting, 1 unhealthy, 1 restarting, 1 failed)")
+    assert lines[0] == (
+        f"mipart-agent {__import__('mipart').__version__} on {host.api}: profile {host.profile} (digest {digest}), "
+        "partitions match (8 GPUs, 16 logical), 12/16 instances ready "
+        "(1 degraded, 1 starting, 1 unhealthy, 1 restarting, 1 failed)"
+    )
     header = next(line for line in lines if line.startswith("UNIT"))
     assert re.split(r"\s{2,}", header) == ["UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR"]
     table = rows(done.stdout)
     assert len(table) == 16
-    assert table["mipart-vllm@0.service"] == ["mipart-vllm@0.service", "chat", "0", "21000", "ready", "5min ago", "0", "-"]
+    assert table["mipart-vllm@0.service"] == [
+        "mipart-vllm@0.service",
+        "chat",
+        "0",
+        "21000",
+        "ready",
+        "5min ago",
+        "0",
+        "-",
+    ]
     row = table["mipart-vllm@3.service"]
     assert row[:5] + row[6:] == ["mipart-vllm@3.service", "chat", "3", "21003", "restarting", "2", "unit failed/failed"]
     assert re.fullmatch(r"\d+s ago", row[5]) and 20 <= int(row[5].split("s")[0]) < 60  # set 20 s before the run
@@ -114,7 +124,9 @@ def test_agent_down_lists_the_planned_instances(host):
     done = status(host)  # nothing listens on the profile's api.listen; no systemd on this host
     assert done.returncode == 3, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == f"mipart-agent is not answering on {host.api} (connection refused); showing what the units report"
+    assert (
+        lines[0] == f"mipart-agent is not answering on {host.api} (connection refused); showing what the units report"
+    )
     table = rows(done.stdout)
     assert sorted(table) == sorted(f"mipart-vllm@{n}.service" for n in range(16))
     assert table["mipart-vllm@5.service"][1:4] == ["chat", "5", "21005"]
@@ -162,7 +174,10 @@ done
 
 def test_agent_down_on_a_unix_socket(host, tmp_path):
     done = status(host, "--api", str(tmp_path / "missing.sock"))
-    assert done.stdout.splitlines()[0] == f"mipart-agent is not answering on unix:{tmp_path / 'missing.sock'} (no such socket); showing what the units report"
+    assert (
+        done.stdout.splitlines()[0]
+        == f"mipart-agent is not answering on unix:{tmp_path / 'missing.sock'} (no such socket); showing what the units report"
+    )
 
 
 def test_agent_that_hangs_times_out(host):
@@ -173,7 +188,10 @@ def test_agent_that_hangs_times_out(host):
         start = time.monotonic()
         done = status(host, "--api", f"127.0.0.1:{port}")
         assert time.monotonic() - start < 20
-    assert done.stdout.splitlines()[0] == f"mipart-agent is not answering on 127.0.0.1:{port} (no answer within 2s); showing what the units report"
+    assert (
+        done.stdout.splitlines()[0]
+        == f"mipart-agent is not answering on 127.0.0.1:{port} (no answer within 2s); showing what the units report"
+    )
 
 
 def test_bad_profile_with_the_agent_down_is_a_user_error(host):

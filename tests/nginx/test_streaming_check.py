@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from streaming import SseReader, prove_live
 
 from mipart.sim.ports import free_block
-from streaming import SseReader, prove_live
 
 MAX_TOKENS = 400
 PADDING = "x" * 160  # a chunk about the size of vLLM's (~250 bytes): 16 to nginx's 4k buffer
@@ -79,7 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
         for first in range(0, MAX_TOKENS, origin.burst):
             origin.running.wait()
             tokens = range(first, min(first + origin.burst, MAX_TOKENS))
-            chunks = [{"object": "text_completion", "choices": [{"index": 0, "text": PADDING, "token_ids": [t]}]} for t in tokens]
+            chunks = [
+                {"object": "text_completion", "choices": [{"index": 0, "text": PADDING, "token_ids": [t]}]}
+                for t in tokens
+            ]
             self.wfile.write(b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks))  # one write: a burst
             origin.sent = tokens[-1] + 1
             time.sleep(0.005 * len(tokens))
@@ -102,8 +105,15 @@ def nginx(tmp_path):
         conf = prefix / "nginx.conf"
         conf.write_text(NGINX_CONF.format(prefix=prefix, listen=listen, origin=origin, buffering=buffering))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        started.append(subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=open(prefix / "error.log", "wb"), start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                [binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(prefix / "error.log", "wb"),
+                start_new_session=True,
+            )
+        )
         _wait_listening(listen, started[-1], prefix)
         return listen
 
@@ -130,7 +140,9 @@ def check(port: int, origin: Origin, catch_up: float) -> list[tuple[int, int]]:
     conn.request("POST", "/v1/completions", json.dumps({"stream": True}), {"Content-Type": "application/json"})
     reader = SseReader(conn.getresponse())
     try:
-        return prove_live(reader, origin.running.clear, origin.running.set, lambda: origin.sent, MAX_TOKENS, catch_up=catch_up)
+        return prove_live(
+            reader, origin.running.clear, origin.running.set, lambda: origin.sent, MAX_TOKENS, catch_up=catch_up
+        )
     finally:
         origin.running.set()
         reader.wait_end(60)

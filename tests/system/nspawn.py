@@ -17,9 +17,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from testcache import cache_dir, cached
 
@@ -33,24 +33,34 @@ PACKAGES = (
     "systemd,systemd-sysv,dbus,adduser,procps,python3,python3-yaml,python3-click,python3-aiohttp,"
     "python3-structlog,python3-pydbus,python3-gi,python3-sdnotify,nginx"
 )
-HOST_TOOLS = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstrap",
-              "dpkg-deb": "dpkg", "nsenter": "util-linux"}
+HOST_TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "dpkg-deb": "dpkg",
+    "nsenter": "util-linux",
+}
 # Commands inside get a clean environment: the host's PYTHONPATH etc. must not leak in.
-GUEST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive",
-             "SYSTEMD_PAGER": "", "TERM": "dumb"}
+GUEST_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "SYSTEMD_PAGER": "",
+    "TERM": "dumb",
+}
 _names = itertools.count()
 # For a container whose units' DevicePolicy=/DeviceAllow= must hold (Machine(**DEVICE_POLICY)).
 # systemd enforces them with a cgroup BPF program: that needs the unified cgroup hierarchy
 # (nspawn gives the legacy one on a host that boots with it) and bpf(), which nspawn's own
 # seccomp filter refuses unless asked and which needs CAP_BPF. Without them systemd logs
 # "BPF device control is not supported" and lets every unit open every device.
-DEVICE_POLICY = {"args": ("--capability=CAP_BPF", "--system-call-filter=bpf"),
-                 "env": {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}}
+DEVICE_POLICY = {
+    "args": ("--capability=CAP_BPF", "--system-call-filter=bpf"),
+    "env": {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
+}
 # Every container: nspawn's own seccomp filter refuses pidfd_getfd(2) (EPERM), which a host has
 # and mipart-nginx.service uses to take over a killed master's sockets (nginx/launcher.py).
 HOST_SYSCALLS = ("--system-call-filter=pidfd_getfd",)
-
 
 
 def _sh(args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
@@ -92,10 +102,27 @@ def _offline(rootfs: Path, cmd: str, timeout: float = 600) -> subprocess.Complet
     """Run CMD in ROOTFS with no systemd running (exactly an image bake)."""
     name = f"mipart-bake-{os.getpid()}-{next(_names)}"
     return subprocess.run(
-        ["systemd-nspawn", "-q", "-D", str(rootfs), "-M", name, "--register=no",
-         "--keep-unit", "--pipe", *[f"--setenv={k}={v}" for k, v in GUEST_ENV.items()],
-         "/bin/sh", "-c", cmd],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=GUEST_ENV)
+        [
+            "systemd-nspawn",
+            "-q",
+            "-D",
+            str(rootfs),
+            "-M",
+            name,
+            "--register=no",
+            "--keep-unit",
+            "--pipe",
+            *[f"--setenv={k}={v}" for k, v in GUEST_ENV.items()],
+            "/bin/sh",
+            "-c",
+            cmd,
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=GUEST_ENV,
+    )
 
 
 @functools.cache
@@ -155,8 +182,12 @@ class Machine:
         upper, work = self.workdir / "upper", self.workdir / "work"
         upper.mkdir(), work.mkdir()
         opts = f"lowerdir={self.base},upperdir={upper},workdir={work}"
-        if subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.rootfs)],
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o", opts, str(self.rootfs)], capture_output=True
+            ).returncode
+            == 0
+        ):
             self._overlay = True
         else:
             _sh(["cp", "-a", "--reflink=auto", f"{self.base}/.", str(self.rootfs)])
@@ -193,10 +224,24 @@ class Machine:
             return
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
-                ["systemd-nspawn", "-D", str(self.rootfs), "-M", self.name, "-b",
-                 "--register=no", "--keep-unit", *HOST_SYSCALLS, *self.args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**GUEST_ENV, **self.env})
+                [
+                    "systemd-nspawn",
+                    "-D",
+                    str(self.rootfs),
+                    "-M",
+                    self.name,
+                    "-b",
+                    "--register=no",
+                    "--keep-unit",
+                    *HOST_SYSCALLS,
+                    *self.args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**GUEST_ENV, **self.env},
+            )
         deadline = time.monotonic() + self.boot_timeout
         while self.leader is None:
             self._check_alive()
@@ -211,8 +256,7 @@ class Machine:
                 raise TimeoutError(f"boot did not finish: {state!r}\n{self.console()}")
             self._check_alive()
             try:
-                state = self.run("systemctl is-system-running --wait", check=False,
-                                 timeout=left).stdout.strip()
+                state = self.run("systemctl is-system-running --wait", check=False, timeout=left).stdout.strip()
             except subprocess.TimeoutExpired:
                 continue
             if state not in ("running", "degraded"):
@@ -225,8 +269,7 @@ class Machine:
             return
         if proc.poll() is None and self.leader:
             try:
-                subprocess.run(self._enter("systemctl poweroff"), capture_output=True,
-                               timeout=10, env=GUEST_ENV)
+                subprocess.run(self._enter("systemctl poweroff"), capture_output=True, timeout=10, env=GUEST_ENV)
             except subprocess.TimeoutExpired:
                 pass
         try:
@@ -246,11 +289,12 @@ class Machine:
     def run(self, cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a shell command inside the booted machine (boots it on first use)."""
         self.boot()
-        p = subprocess.run(self._enter(cmd), capture_output=True, text=True,
-                           timeout=timeout, env=GUEST_ENV)
+        p = subprocess.run(self._enter(cmd), capture_output=True, text=True, timeout=timeout, env=GUEST_ENV)
         if check and p.returncode != 0:
-            raise AssertionError(f"in {self.name}: {cmd!r} -> {p.returncode}\n"
-                                 f"--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}")
+            raise AssertionError(
+                f"in {self.name}: {cmd!r} -> {p.returncode}\n"
+                f"--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}"
+            )
         return p
 
     def copy_in(self, src: Path | str, dest: str) -> None:
@@ -306,8 +350,13 @@ def install_deb(m: Machine, deb: Path) -> subprocess.CompletedProcess:
     return p
 
 
-def create_sim_host(m: Machine, root: str = "/var/lib/mipart-sim", model: str = "mi300x",
-                    gpus: int = 8, compute: str = "SPX", memory: str = "NPS1") -> subprocess.CompletedProcess:
+def create_sim_host(
+    m: Machine,
+    root: str = "/var/lib/mipart-sim",
+    model: str = "mi300x",
+    gpus: int = 8,
+    compute: str = "SPX",
+    memory: str = "NPS1",
+) -> subprocess.CompletedProcess:
     """Create a simulated GPU host inside the machine with `mipart sim create`."""
-    return m.run(f"mipart sim create {root} --model {model} --gpus {gpus} "
-                 f"--compute {compute} --memory {memory}")
+    return m.run(f"mipart sim create {root} --model {model} --gpus {gpus} --compute {compute} --memory {memory}")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 import recorder
+
 from mipart.sim.ports import free_block
 
 from .nspawn import Machine, install_deb
@@ -25,8 +25,13 @@ pytestmark = pytest.mark.system
 SIM = "/var/lib/mipart-sim"
 CALLS = "/var/lib/mipart/docker-calls"  # writable for mipart-vllm@ (ReadWritePaths=/var/lib/mipart)
 FIXED_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-HOSTILE = {"PATH": "/opt/evil", "LD_PRELOAD": "/opt/evil/x.so", "DOCKER_HOST": "tcp://198.51.100.7:2375",
-           "CONTAINERS_CONF": "/opt/evil/containers.conf", "HF_TOKEN": "hf_in_env_1"}
+HOSTILE = {
+    "PATH": "/opt/evil",
+    "LD_PRELOAD": "/opt/evil/x.so",
+    "DOCKER_HOST": "tcp://198.51.100.7:2375",
+    "CONTAINERS_CONF": "/opt/evil/containers.conf",
+    "HF_TOKEN": "hf_in_env_1",
+}
 PROFILE = """\
 version: 1
 gpus: {{compute: DPX, memory: NPS2}}
@@ -49,11 +54,18 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
         m.run(f"mipart sim create {SIM} --model mi300x --gpus 8 --compute DPX --memory NPS2")
         _put(m, "/usr/bin/docker", recorder.script("fixed", CALLS, then='[ "$1" = run ] && exec sleep 3600'), "0755")
         _put(m, "/opt/evil/docker", recorder.script("evil", CALLS), "0755")
-        _put(m, "/etc/default/mipart", f"MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD=\"mipart sim reload {SIM}\"\n"
-             "DOCKER_HOST=tcp://198.51.100.8:2375\nLD_LIBRARY_PATH=/opt/evil\n", "0644")
+        _put(
+            m,
+            "/etc/default/mipart",
+            f'MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD="mipart sim reload {SIM}"\n'
+            "DOCKER_HOST=tcp://198.51.100.8:2375\nLD_LIBRARY_PATH=/opt/evil\n",
+            "0644",
+        )
         _put(m, "/etc/mipart/secrets/chat.env", "# the hub token\nHF_TOKEN_FILE_SECRET=hf_in_file_2\n", "0600")
         env = ", ".join(f'{k}: "{v}"' for k, v in HOSTILE.items())
-        _put(m, "/etc/mipart/profile.yaml", PROFILE.format(listen=first, api=first + 1, base=first + 2, env=env), "0640")
+        _put(
+            m, "/etc/mipart/profile.yaml", PROFILE.format(listen=first, api=first + 1, base=first + 2, env=env), "0640"
+        )
         m.run("mipart validate /etc/mipart/profile.yaml")
         started = m.run("systemctl start mipart-partition mipart-agent", check=False, timeout=180)
         assert started.returncode == 0, started.stderr
@@ -75,10 +87,18 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
             assert client_env == {}, client_env
 
         argv = run["argv"]
-        assert argv[:5] == ["run", "--env-file", "/run/mipart/instances/3.env", "--env-file", "/etc/mipart/secrets/chat.env"], argv
+        assert argv[:5] == [
+            "run",
+            "--env-file",
+            "/run/mipart/instances/3.env",
+            "--env-file",
+            "/etc/mipart/secrets/chat.env",
+        ], argv
         assert not any(v in " ".join(argv) for v in (*HOSTILE.values(), "hf_in_file_2")), argv
         assert "-e" not in argv and "--privileged" not in argv
-        assert m.run("stat -c '%a %U' /run/mipart/instances/3.env /run/mipart/instances/3.json").stdout.split("\n")[:2] == ["600 root", "600 root"]
+        assert m.run("stat -c '%a %U' /run/mipart/instances/3.env /run/mipart/instances/3.json").stdout.split("\n")[
+            :2
+        ] == ["600 root", "600 root"]
         lines = m.run("cat /run/mipart/instances/3.env").stdout.splitlines()
         for key, value in HOSTILE.items():
             assert f"{key}={value}" in lines

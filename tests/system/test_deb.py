@@ -16,9 +16,11 @@ pytestmark = pytest.mark.system
 
 def units_to_enable() -> list[str]:
     """Same rule as dh_installsystemd: non-template units with an [Install] section."""
-    return sorted(p.name for p in (REPO / "units").glob("*")
-                  if p.is_file() and "@." not in p.name
-                  and re.search(r"^\[Install\]", p.read_text(), re.M))
+    return sorted(
+        p.name
+        for p in (REPO / "units").glob("*")
+        if p.is_file() and "@." not in p.name and re.search(r"^\[Install\]", p.read_text(), re.M)
+    )
 
 
 def enabled_state(m: Machine, unit: str) -> str:
@@ -27,10 +29,15 @@ def enabled_state(m: Machine, unit: str) -> str:
 
 def test_lintian(deb):
     if not shutil.which("lintian"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "lintian"], check=True,
-                       capture_output=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    p = subprocess.run(["lintian", "--allow-root", "--fail-on", "error,warning", str(deb)],
-                       capture_output=True, text=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "lintian"],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
+    p = subprocess.run(
+        ["lintian", "--allow-root", "--fail-on", "error,warning", str(deb)], capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     # Each override has its reason beside it (debian/mipart.lintian-overrides).
     assert not [line for line in p.stdout.splitlines() if line[:2] in ("E:", "W:")], p.stdout
@@ -38,15 +45,27 @@ def test_lintian(deb):
 
 def test_package_carries_units_conffiles_sysctl_and_debian_dependencies(deb):
     files = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
-    for path in ["./etc/mipart/profile.yaml", "./etc/sysctl.d/60-mipart.conf", "./usr/bin/mipart",
-                 "./usr/lib/sysusers.d/mipart.conf", "./usr/lib/tmpfiles.d/mipart.conf",
-                 *(f"./lib/systemd/system/{p.name}" for p in (REPO / "units").glob("*") if p.is_file())]:
+    for path in [
+        "./etc/mipart/profile.yaml",
+        "./etc/sysctl.d/60-mipart.conf",
+        "./usr/bin/mipart",
+        "./usr/lib/sysusers.d/mipart.conf",
+        "./usr/lib/tmpfiles.d/mipart.conf",
+        *(f"./lib/systemd/system/{p.name}" for p in (REPO / "units").glob("*") if p.is_file()),
+    ]:
         assert f" {path}\n" in files + "\n", path
     # The profile may carry a token in env: root-only, as docs/security.md says.
     [profile_line] = [line for line in files.splitlines() if line.endswith(" ./etc/mipart/profile.yaml")]
     assert profile_line.startswith("-rw-r----- root/root "), profile_line
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True, check=True).stdout
-    for package in ("python3-yaml", "python3-click", "python3-aiohttp", "python3-structlog", "python3-pydbus", "python3-sdnotify"):
+    for package in (
+        "python3-yaml",
+        "python3-click",
+        "python3-aiohttp",
+        "python3-structlog",
+        "python3-pydbus",
+        "python3-sdnotify",
+    ):
         assert package in depends, (package, depends)
     assert "numa_balancing = 0" in (REPO / "etc/sysctl.d/60-mipart.conf").read_text()
 
@@ -72,8 +91,9 @@ def test_apt_install_live(machine: Machine, deb):
 
     for unit in units_to_enable():
         assert enabled_state(machine, unit) == "enabled", unit
-    assert not machine.run("systemctl list-units 'mipart*' --state=active --no-legend --plain").stdout.strip(), \
+    assert not machine.run("systemctl list-units 'mipart*' --state=active --no-legend --plain").stdout.strip(), (
         "a live install must start nothing (partitioning may reload the GPU driver)"
+    )
 
     user = machine.run("getent passwd mipart").stdout.strip().split(":")
     assert int(user[2]) < 1000 and user[5] == "/var/lib/mipart", user
@@ -117,16 +137,19 @@ def test_purge_leaves_nothing_running(machine: Machine, deb):
     if units:  # whatever they do here (no GPUs), purge must stop them
         machine.run(f"systemctl start --no-block {units}")
     # A serving instance that stays up: a runtime stand-in for the template.
-    machine.run("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
-                ">/run/systemd/system/mipart-vllm@.service && systemctl daemon-reload "
-                "&& systemctl start mipart-vllm@0.service")
+    machine.run(
+        "printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
+        ">/run/systemd/system/mipart-vllm@.service && systemctl daemon-reload "
+        "&& systemctl start mipart-vllm@0.service"
+    )
 
     machine.run("apt-get purge -y -q mipart", timeout=300)
     assert machine.run("systemctl is-active mipart-vllm@0.service", check=False).stdout.strip() != "active"
     machine.run("rm /run/systemd/system/mipart-vllm@.service && systemctl daemon-reload")
 
-    live = machine.run("systemctl list-units --all 'mipart*' --no-legend --plain "
-                       "--state=active,activating,deactivating,reloading").stdout
+    live = machine.run(
+        "systemctl list-units --all 'mipart*' --no-legend --plain --state=active,activating,deactivating,reloading"
+    ).stdout
     assert not live.strip(), live
     assert not machine.run("systemctl list-unit-files 'mipart*' --no-legend", check=False).stdout.strip()
     assert not machine.run("find /etc/systemd/system -name 'mipart*'").stdout.strip()

@@ -34,8 +34,19 @@ def test_faults_on_systemd_fail_no_request_that_is_not_excused(tmp_path, system_
         target = systemd_bench.serving(m, deb, deb_next)
         run = systemd_bench.runner(target, tmp_path, args)
         rows = {name: run(name) for name in FAULTS}
-    report = {name: (r.tally.requests, r.tally.failed, r.tally.excused, r.tally.gap, r.tally.not_excused, r.tally.examples,
-                     dict(r.tally.kinds), r.notes) for name, r in rows.items()}
+    report = {
+        name: (
+            r.tally.requests,
+            r.tally.failed,
+            r.tally.excused,
+            r.tally.gap,
+            r.tally.not_excused,
+            r.tally.examples,
+            dict(r.tally.kinds),
+            r.notes,
+        )
+        for name, r in rows.items()
+    }
     assert all(r.tally.not_excused == 0 for r in rows.values()), report
     assert all(r.tally.requests > 100 for r in rows.values()), report  # the load ran through every fault
     assert not [r.notes for r in rows.values() if "AGENT" in r.notes], report  # no traceback, no step failed

@@ -20,7 +20,6 @@ import json
 import time
 
 import pytest
-
 from vllm import vllm_env
 
 from .nspawn import DEVICE_POLICY, Machine, install_deb
@@ -29,7 +28,13 @@ pytestmark = pytest.mark.system
 
 SIM = "/var/lib/mipart-sim"
 VLLM = "/opt/vllm"
-TARGETS = {"mipart-agent": 5.0, "mipart-nginx": 4.0, "mipart-vllm@0": 5.5, "mipart-vllm@2": 5.5, "mipart-partition": 7.0}
+TARGETS = {
+    "mipart-agent": 5.0,
+    "mipart-nginx": 4.0,
+    "mipart-vllm@0": 5.5,
+    "mipart-vllm@2": 5.5,
+    "mipart-partition": 7.0,
+}
 STAND_INS = {"/dev/kfd": (10, 229), "/dev/dri/renderD128": (10, 200), "/dev/dri/renderD129": (10, 237)}
 OWN = {0: "/dev/dri/renderD128", 1: "/dev/dri/renderD129"}  # the sim's CPX layout: logical GPU n has renderD(128 + n)
 DEVPROBE_PATH = "/usr/local/lib/mipart-test/devprobe.py"
@@ -86,9 +91,18 @@ class Host:
 
         first = free_block(16 + 3)
         self.m = m
-        self.values = {"probe_port": first, "real_port": first + 1, "api_port": first + 2, "base": first + 3,
-                       "devprobe": DEVPROBE_PATH, "vllm": VLLM, "served": SERVED, "vllm_args": VLLM_ARGS,
-                       "vllm_env": VLLM_ENV, "probe_partitions": "0-1"}
+        self.values = {
+            "probe_port": first,
+            "real_port": first + 1,
+            "api_port": first + 2,
+            "base": first + 3,
+            "devprobe": DEVPROBE_PATH,
+            "vllm": VLLM,
+            "served": SERVED,
+            "vllm_args": VLLM_ARGS,
+            "vllm_env": VLLM_ENV,
+            "probe_partitions": "0-1",
+        }
 
     def put(self, path: str, text: str) -> None:
         self.m.run(f"mkdir -p {path.rsplit('/', 1)[0]} && cat >{path} <<'EOF'\n{text}EOF")
@@ -107,10 +121,14 @@ class Host:
     def wait_ready(self, count: int) -> None:
         """Until the agent's STATUS= counts COUNT of COUNT instances ready."""
         deadline = time.monotonic() + READY_TIMEOUT
-        while (status := self.m.run("systemctl show -p StatusText --value mipart-agent").stdout.strip()) != f"{count}/{count} instances ready":
+        while (
+            status := self.m.run("systemctl show -p StatusText --value mipart-agent").stdout.strip()
+        ) != f"{count}/{count} instances ready":
             if time.monotonic() > deadline:
-                raise AssertionError(f"agent not ready after {READY_TIMEOUT}s: {status!r}\n{self.journal('mipart-agent')[-4000:]}\n"
-                                     f"{self.journal('mipart-vllm@*')[-4000:]}")
+                raise AssertionError(
+                    f"agent not ready after {READY_TIMEOUT}s: {status!r}\n{self.journal('mipart-agent')[-4000:]}\n"
+                    f"{self.journal('mipart-vllm@*')[-4000:]}"
+                )
             time.sleep(1)
 
     def post(self, port: int, model: str, timeout: float = 120) -> tuple[int, dict]:
@@ -134,7 +152,9 @@ class Host:
 
 def make_stand_ins(m: Machine) -> None:
     for path, (major, minor) in STAND_INS.items():
-        m.run(f"mkdir -p {path.rsplit('/', 1)[0]} && mknod {path} c {major} {minor} && chgrp render {path} && chmod 0660 {path}")
+        m.run(
+            f"mkdir -p {path.rsplit('/', 1)[0]} && mknod {path} c {major} {minor} && chgrp render {path} && chmod 0660 {path}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +162,9 @@ def host(tmp_path_factory, system_ready, deb):
     python = vllm_env.ensure_vllm_venv()  # cached by the vLLM tier; built here when it has not run
     model = vllm_env.ensure_tiny_model()
     bind = f"--bind-ro={python.parent.parent}:{VLLM}/venv"
-    with Machine(tmp_path_factory.mktemp("hardening") / "machine", args=(*DEVICE_POLICY["args"], bind), env=DEVICE_POLICY["env"]) as m:
+    with Machine(
+        tmp_path_factory.mktemp("hardening") / "machine", args=(*DEVICE_POLICY["args"], bind), env=DEVICE_POLICY["env"]
+    ) as m:
         install_deb(m, deb)
         # The model (under 1 MB) is copied: its weights file is 0600 root in the cache, and the
         # server runs as mipart here (the vLLM tier runs it as root).
@@ -155,7 +177,7 @@ def host(tmp_path_factory, system_ready, deb):
         h = Host(m)
         h.put(DEVPROBE_PATH, DEVPROBE)
         m.run(f"mipart sim create {SIM} --model mi300x --gpus 1 --compute CPX --memory NPS1")
-        h.put("/etc/default/mipart", f"MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD=\"mipart sim reload {SIM}\"\n")
+        h.put("/etc/default/mipart", f'MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD="mipart sim reload {SIM}"\n')
         h.write_profile()
         started = m.run("systemctl start mipart-partition mipart-agent", check=False, timeout=180)
         assert started.returncode == 0, started.stderr + h.journal("mipart-partition", "mipart-agent")[-6000:]
@@ -170,7 +192,10 @@ def test_the_hardened_units_serve_and_score_as_the_unit_files_do(host: Host):
         line = m.run(f"systemd-analyze security --no-pager {unit}.service | tail -1").stdout
         score = float(line.split(":", 1)[1].split()[0])
         assert score <= target, (unit, line)
-    assert host.show("mipart-agent", "ProtectSystem", "NoNewPrivileges") == {"ProtectSystem": "strict", "NoNewPrivileges": "yes"}
+    assert host.show("mipart-agent", "ProtectSystem", "NoNewPrivileges") == {
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+    }
     assert host.post(host.values["probe_port"], "test/probe")[0] == 200
     # nginx: a root master, its workers www-data.
     master = host.main_pid("mipart-nginx")
@@ -198,8 +223,12 @@ def test_a_real_vllm_serves_a_completion_through_nginx(host: Host):
 def test_an_instance_opens_its_own_gpu_nodes_and_is_refused_another(host: Host):
     m = host.m
     # The same user outside the units opens all three: the refusal below is the unit's policy.
-    outside = m.run("setpriv --reuid mipart --regid mipart --init-groups python3 -c \"import os\n"
-                    + "".join(f"os.close(os.open('{p}', os.O_RDWR))\n" for p in STAND_INS) + "\"", check=False)
+    outside = m.run(
+        'setpriv --reuid mipart --regid mipart --init-groups python3 -c "import os\n'
+        + "".join(f"os.close(os.open('{p}', os.O_RDWR))\n" for p in STAND_INS)
+        + '"',
+        check=False,
+    )
     assert outside.returncode == 0, outside.stderr
     for number, own in OWN.items():
         other = OWN[1 - number]
@@ -220,7 +249,9 @@ def test_a_removed_instance_loses_its_drop_in_and_the_others_keep_serving(host: 
     deadline = time.monotonic() + 60
     while host.m.run(f"test -e {dropin.format(1)}", check=False).returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert host.m.run(f"test -e {dropin.format(1)}", check=False).returncode != 0, "the removed instance kept its drop-in"
+    assert host.m.run(f"test -e {dropin.format(1)}", check=False).returncode != 0, (
+        "the removed instance kept its drop-in"
+    )
     assert host.m.run(f"test -e {dropin.format(0)}", check=False).returncode == 0
     assert host.main_pid("mipart-vllm@2") == real_pid  # its spec did not change: not restarted
     assert host.post(host.values["real_port"], SERVED)[0] == 200

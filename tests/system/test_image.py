@@ -7,28 +7,42 @@ import shutil
 import subprocess
 from pathlib import Path
 
-
 from testcache import cache_dir
 
 from .nspawn import REPO, Machine
 from .test_serving_systemd import SIM, Host
 
 # What every bake of these tests puts beside the profile: the simulated host's paths.
-DEFAULTS = f"MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD=\"mipart sim reload {SIM}\"\n"
+DEFAULTS = f'MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD="mipart sim reload {SIM}"\n'
 
 
 def bake(deb: Path, profile: str, out: Path) -> Path:
     """packaging/bake-image, as a fleet runs it (mkosi installed on demand)."""
     if not shutil.which("mkosi"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "mkosi"], check=True, capture_output=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mkosi"],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "profile.yaml").write_text(profile)
     (out.parent / "default").write_text(DEFAULTS)
     cache = cache_dir() / "mkosi-packages"
     cache.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run([str(REPO / "packaging/bake-image"), str(deb), str(out.parent / "profile.yaml"), str(out), str(out.parent / "default")],
-                       capture_output=True, text=True, timeout=1800, env=dict(os.environ, MKOSI_CACHE=str(cache)))
+    p = subprocess.run(
+        [
+            str(REPO / "packaging/bake-image"),
+            str(deb),
+            str(out.parent / "profile.yaml"),
+            str(out),
+            str(out.parent / "default"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, MKOSI_CACHE=str(cache)),
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-5000:]
     return out
 
@@ -38,8 +52,12 @@ def prepare_first_boot(m: Machine) -> None:
 
     The host network is shared: the distro's own nginx (a dependency) must not take port 80 here.
     """
-    m.pre_boot(lambda mm: mm.offline(f"systemctl disable -q nginx.service && "
-                                     f"mipart sim create {SIM} --model mi300x --gpus 8 --compute SPX --memory NPS1"))
+    m.pre_boot(
+        lambda mm: mm.offline(
+            f"systemctl disable -q nginx.service && "
+            f"mipart sim create {SIM} --model mi300x --gpus 8 --compute SPX --memory NPS1"
+        )
+    )
 
 
 def test_mkosi_image_first_boot_partitions_and_serves(tmp_path, system_ready, deb):
@@ -51,7 +69,12 @@ def test_mkosi_image_first_boot_partitions_and_serves(tmp_path, system_ready, de
         host.m = m
         prepare_first_boot(m)
         host.wait_ready(timeout=300)
-        assert m.run(f"MIPART_SYSFS_ROOT={SIM} mipart partition assert --profile /etc/mipart/profile.yaml", check=False).returncode == 0
+        assert (
+            m.run(
+                f"MIPART_SYSFS_ROOT={SIM} mipart partition assert --profile /etc/mipart/profile.yaml", check=False
+            ).returncode
+            == 0
+        )
         assert "reload" in host.journal("mipart-partition")
         assert len(host.backends("code", 24)) > 1
         assert host.request("chat")[0] == 200

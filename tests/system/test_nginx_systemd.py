@@ -45,8 +45,12 @@ def long_stream(port: int, result: dict) -> None:
     """A completion streaming for ~8 s (400 tokens at 50 tokens/s): in flight when the master dies."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/v1/completions", json.dumps({"model": "test/chat", "prompt": "hi", "max_tokens": 400, "stream": True}),
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/completions",
+            json.dumps({"model": "test/chat", "prompt": "hi", "max_tokens": 400, "stream": True}),
+            {"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         result["body"] = response.read().decode(errors="replace")
     except (OSError, http.client.HTTPException) as exc:
@@ -59,8 +63,12 @@ def short_requests(port: int, until: float, failures: list, count: list) -> None
     while time.monotonic() < until:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("POST", "/v1/completions", json.dumps({"model": "test/chat", "prompt": "hi", "max_tokens": 1}),
-                         {"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/v1/completions",
+                json.dumps({"model": "test/chat", "prompt": "hi", "max_tokens": 1}),
+                {"Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -76,7 +84,10 @@ def test_a_killed_nginx_master_is_replaced_without_losing_a_request(host: Host):
     """On the serving tests' machine (their module fixture): installed, serving, all ready."""
     m = host.m
     host.wait_serving("chat")
-    assert host.show("mipart-nginx", "KillMode", "WorkingDirectory") == {"KillMode": "process", "WorkingDirectory": "/run/mipart/nginx"}
+    assert host.show("mipart-nginx", "KillMode", "WorkingDirectory") == {
+        "KillMode": "process",
+        "WorkingDirectory": "/run/mipart/nginx",
+    }
     master = int(host.show("mipart-nginx", "MainPID")["MainPID"])
     workers = children(host, master)
     assert workers, "no nginx workers under the unit's master"
@@ -85,7 +96,9 @@ def test_a_killed_nginx_master_is_replaced_without_losing_a_request(host: Host):
     failures: list = []
     sent: list = []
     reader = threading.Thread(target=long_stream, args=(host.ports["chat_port"], stream), daemon=True)
-    loop = threading.Thread(target=short_requests, args=(host.ports["chat_port"], time.monotonic() + 6, failures, sent), daemon=True)
+    loop = threading.Thread(
+        target=short_requests, args=(host.ports["chat_port"], time.monotonic() + 6, failures, sent), daemon=True
+    )
     reader.start()
     loop.start()
     time.sleep(1.0)

@@ -20,7 +20,9 @@ NEXT = "+next1"  # a newer build of the same source: what an upgrade installs
 
 @pytest.fixture(scope="session")
 def deb_next(tmp_path_factory, deb):
-    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return build_deb(tmp_path_factory.mktemp("deb-next"), version + NEXT)
 
 
@@ -46,17 +48,25 @@ def test_autopkgtest_runs_in_the_container(machine: Machine, deb):
     The nspawn machine is the throwaway testbed, so the tests' isolation-container and
     breaks-testbed restrictions hold; the null runner cannot know that, hence --ignore-restrictions.
     """
-    machine.run("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends autopkgtest",
-                timeout=900)
+    machine.run(
+        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends autopkgtest",
+        timeout=900,
+    )
     machine.copy_in(deb, f"/var/tmp/{deb.name}")
     machine.run("mkdir -p /var/tmp/src")
     machine.copy_in(REPO / "debian", "/var/tmp/src/debian")
-    p = machine.run(f"cd /var/tmp && autopkgtest --ignore-restrictions=isolation-container,breaks-testbed "
-                    f"./{deb.name} ./src -- null", check=False, timeout=1200)
+    p = machine.run(
+        f"cd /var/tmp && autopkgtest --ignore-restrictions=isolation-container,breaks-testbed "
+        f"./{deb.name} ./src -- null",
+        check=False,
+        timeout=1200,
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
     for test in ("units-verify", "sim-serves", "remove-purge"):
-        assert any(line.startswith(test) and line.rstrip().endswith("PASS") for line in out.splitlines()), f"{test}:\n{out[-6000:]}"
+        assert any(line.startswith(test) and line.rstrip().endswith("PASS") for line in out.splitlines()), (
+            f"{test}:\n{out[-6000:]}"
+        )
 
 
 def test_upgrade_and_downgrade_keep_serving(tmp_path, system_ready, deb, deb_next):
@@ -70,7 +80,10 @@ def test_upgrade_and_downgrade_keep_serving(tmp_path, system_ready, deb, deb_nex
             m.copy_in(target, f"/var/tmp/{target.name}")
             with Traffic(host) as traffic:
                 time.sleep(1)
-                m.run(f"cd /var/tmp && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {flags} ./{target.name}", timeout=600)
+                m.run(
+                    f"cd /var/tmp && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {flags} ./{target.name}",
+                    timeout=600,
+                )
                 host.wait_ready(timeout=120)
                 time.sleep(1)
             assert traffic.ok > 0 and traffic.failures == [], traffic.failures[:10]
@@ -91,12 +104,26 @@ def test_fleet_installs_and_upgrades_from_a_signed_apt_repo(tmp_path, system_rea
     def sh(*args: str) -> str:
         return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
 
-    sh("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mipart test repo <repo@mipart.invalid>", "ed25519", "sign", "never")
-    key = next(line.split(":")[9] for line in sh("gpg", "--batch", "--with-colons", "--list-secret-keys").splitlines()
-               if line.startswith("fpr:"))
+    sh(
+        "gpg",
+        "--batch",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "mipart test repo <repo@mipart.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    )
+    key = next(
+        line.split(":")[9]
+        for line in sh("gpg", "--batch", "--with-colons", "--list-secret-keys").splitlines()
+        if line.startswith("fpr:")
+    )
     (repo / "conf").mkdir(parents=True)
     (repo / "conf/distributions").write_text(
-        f"Codename: bookworm\nComponents: main\nArchitectures: amd64\nSignWith: {key}\n")
+        f"Codename: bookworm\nComponents: main\nArchitectures: amd64\nSignWith: {key}\n"
+    )
     sh("gpg", "--batch", "--yes", "--export", "--output", str(tmp_path / "mipart.gpg"), key)
 
     def publish(package: Path) -> None:
@@ -106,8 +133,10 @@ def test_fleet_installs_and_upgrades_from_a_signed_apt_repo(tmp_path, system_rea
         publish(deb)
         m.run("mkdir -p /etc/apt/keyrings")
         m.copy_in(tmp_path / "mipart.gpg", "/etc/apt/keyrings/mipart.gpg")
-        m.run("printf 'deb [signed-by=/etc/apt/keyrings/mipart.gpg] file:/srv/mipart-repo bookworm main\\n' "
-              ">/etc/apt/sources.list.d/mipart.list")
+        m.run(
+            "printf 'deb [signed-by=/etc/apt/keyrings/mipart.gpg] file:/srv/mipart-repo bookworm main\\n' "
+            ">/etc/apt/sources.list.d/mipart.list"
+        )
 
         def sync() -> None:
             m.run("rm -rf /srv/mipart-repo")
@@ -122,7 +151,9 @@ def test_fleet_installs_and_upgrades_from_a_signed_apt_repo(tmp_path, system_rea
         p = m.run("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q", timeout=900)
         assert version_of(m) == first + NEXT, p.stdout[-3000:]
         # A tampered index is refused: the signature is checked, not just present.
-        m.run("sed -i 's/^Codename: bookworm$/Codename: bookworm-tampered/' /srv/mipart-repo/dists/bookworm/InRelease "
-              "&& rm -f /srv/mipart-repo/dists/bookworm/Release")
+        m.run(
+            "sed -i 's/^Codename: bookworm$/Codename: bookworm-tampered/' /srv/mipart-repo/dists/bookworm/InRelease "
+            "&& rm -f /srv/mipart-repo/dists/bookworm/Release"
+        )
         bad = m.run("apt-get update -q", check=False, timeout=300)
         assert "BADSIG" in bad.stdout + bad.stderr, bad.stdout + bad.stderr

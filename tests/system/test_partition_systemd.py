@@ -9,21 +9,25 @@ from .nspawn import Machine, create_sim_host, install_deb
 pytestmark = pytest.mark.system
 
 SIM = "/var/lib/mipart-sim"
-CLIENT_UNIT = """\
+CLIENT_UNIT = f"""\
 [Unit]
 Description=A ROCm application holding a GPU (test stand-in)
 
 [Service]
 ExecStart=/bin/sleep infinity
-ExecStartPost=/bin/sh -c 'mipart sim hold {sim} 0 --pid $MAINPID'
-""".format(sim=SIM)
+ExecStartPost=/bin/sh -c 'mipart sim hold {SIM} 0 --pid $MAINPID'
+"""
 
 
 def _setup(machine: Machine, deb, client_services: str) -> None:
     install_deb(machine, deb)
     create_sim_host(machine, SIM)
-    machine.run(f"printf 'MIPART_SYSFS_ROOT={SIM}\\nMIPART_RELOAD_CMD=mipart sim reload {SIM}\\n' > /etc/default/mipart")
-    machine.run(f"cat > /etc/mipart/profile.yaml <<'EOF'\nversion: 1\ngpus: {{compute: DPX, memory: NPS2, client_services: {client_services}}}\nEOF")
+    machine.run(
+        f"printf 'MIPART_SYSFS_ROOT={SIM}\\nMIPART_RELOAD_CMD=mipart sim reload {SIM}\\n' > /etc/default/mipart"
+    )
+    machine.run(
+        f"cat > /etc/mipart/profile.yaml <<'EOF'\nversion: 1\ngpus: {{compute: DPX, memory: NPS2, client_services: {client_services}}}\nEOF"
+    )
     machine.run(f"cat > /etc/systemd/system/gpu-client.service <<'EOF'\n{CLIENT_UNIT}EOF")
     machine.run("systemctl daemon-reload && systemctl start gpu-client.service")
 
@@ -48,7 +52,9 @@ def test_busy_gpu_names_the_pid_and_its_unit_and_changes_nothing(machine: Machin
 
 def test_client_services_are_stopped_and_only_active_ones_restarted(machine: Machine, deb):
     _setup(machine, deb, "[gpu-client.service, idle-client.service]")
-    machine.run("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/idle-client.service && systemctl daemon-reload")
+    machine.run(
+        "printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/idle-client.service && systemctl daemon-reload"
+    )
     before = _pid(machine, "gpu-client.service")
     # The boot unit, exactly as at boot: it reads /etc/default/mipart and the profile.
     machine.run("systemctl start mipart-partition.service", timeout=300)

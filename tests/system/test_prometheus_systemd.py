@@ -59,10 +59,14 @@ def test_prometheus_in_the_machine_finds_every_instance_and_scrapes_the_agent(tm
         assert m.run(f"promtool check rules {RULES}").returncode == 0  # the shipped rules, as installed
 
         web = free_block(1)
-        m.run(f"mkdir -p /var/tmp/prom && cat >/var/tmp/prom/prometheus.yml <<'EOF'\n"
-              f"{CONFIG.format(rules=RULES, api=host.ports['api_port'])}EOF")
-        m.run("systemd-run -q --unit=test-prometheus prometheus --config.file=/var/tmp/prom/prometheus.yml "
-              f"--storage.tsdb.path=/var/tmp/prom/tsdb --web.listen-address=127.0.0.1:{web}")
+        m.run(
+            f"mkdir -p /var/tmp/prom && cat >/var/tmp/prom/prometheus.yml <<'EOF'\n"
+            f"{CONFIG.format(rules=RULES, api=host.ports['api_port'])}EOF"
+        )
+        m.run(
+            "systemd-run -q --unit=test-prometheus prometheus --config.file=/var/tmp/prom/prometheus.yml "
+            f"--storage.tsdb.path=/var/tmp/prom/tsdb --web.listen-address=127.0.0.1:{web}"
+        )
         want = len(host.numbers)
         deadline = time.monotonic() + 60
         targets, up, temperature = [], [], []
@@ -78,14 +82,22 @@ def test_prometheus_in_the_machine_finds_every_instance_and_scrapes_the_agent(tm
                 break
         journal = m.run("journalctl -q --no-pager -o cat -u test-prometheus", check=False).stdout[-3000:]
         vllm = [t for t in targets if t["labels"]["job"] == "mipart-vllm"]
-        assert sorted(int(t["labels"]["instance_unit"].split("@")[1].split(".")[0]) for t in vllm) == sorted(host.numbers), journal
-        assert all(t["health"] == "up" for t in targets), [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets]
+        assert sorted(int(t["labels"]["instance_unit"].split("@")[1].split(".")[0]) for t in vllm) == sorted(
+            host.numbers
+        ), journal
+        assert all(t["health"] == "up" for t in targets), [
+            (t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets
+        ]
         assert {r["metric"]["job"] for r in up} == {"mipart-agent", "mipart-vllm"} and len(up) == want + 1
         three = next(t for t in vllm if t["labels"]["instance_unit"] == "mipart-vllm@3.service")
-        assert three["scrapeUrl"] == f"http://127.0.0.1:{host.base + 3}/metrics" and three["labels"]["service"] == "chat"
+        assert (
+            three["scrapeUrl"] == f"http://127.0.0.1:{host.base + 3}/metrics" and three["labels"]["service"] == "chat"
+        )
         waiting = query(web, "/api/v1/query?query=vllm%3Anum_requests_waiting")["result"]
         assert len(waiting) == want  # every instance's own metrics, with the agent's labels
-        assert {r["metric"]["gpu"]: r["value"][1] for r in temperature if r["metric"]["sensor"] == "junction"} == {"2": "61"}
+        assert {r["metric"]["gpu"]: r["value"][1] for r in temperature if r["metric"]["sensor"] == "junction"} == {
+            "2": "61"
+        }
         rules = [r for g in query(web, "/api/v1/rules")["groups"] for r in g["rules"]]
         assert len(rules) == 11 and all(r["health"] == "ok" for r in rules), rules
         m.run("systemctl stop test-prometheus", check=False)

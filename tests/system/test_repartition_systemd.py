@@ -96,12 +96,17 @@ class Serving:
     def units(self, count: int) -> dict[int, tuple[str, str]]:
         """Per instance: (MainPID, ExecMainStartTimestampMonotonic), each unit active."""
         units = " ".join(f"mipart-vllm@{n}" for n in range(count))
-        out = self.m.run(f"systemctl show -p Id -p ActiveState -p MainPID -p ExecMainStartTimestampMonotonic {units}").stdout
+        out = self.m.run(
+            f"systemctl show -p Id -p ActiveState -p MainPID -p ExecMainStartTimestampMonotonic {units}"
+        ).stdout
         found = {}
         for block in out.strip().split("\n\n"):
             props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
             assert props["ActiveState"] == "active", props
-            found[int(props["Id"].split("@")[1].split(".")[0])] = (props["MainPID"], props["ExecMainStartTimestampMonotonic"])
+            found[int(props["Id"].split("@")[1].split(".")[0])] = (
+                props["MainPID"],
+                props["ExecMainStartTimestampMonotonic"],
+            )
         return found
 
     def digests(self) -> dict[int, dict]:
@@ -123,8 +128,10 @@ class Serving:
 def holders(m: Machine) -> dict[int, int]:
     """Per physical GPU, how many processes hold it (`mipart sim show`)."""
     shown = m.run(f"mipart sim show {SIM}").stdout
-    return {int(g): len(pids.split(", ")) if pids else 0
-            for g, pids in re.findall(r"^GPU (\d) \S+ \w+ \w+(?:; held by ([\d, ]+))?$", shown, re.M)}
+    return {
+        int(g): len(pids.split(", ")) if pids else 0
+        for g, pids in re.findall(r"^GPU (\d) \S+ \w+ \w+(?:; held by ([\d, ]+))?$", shown, re.M)
+    }
 
 
 def monotonic_of(line: str) -> float:
@@ -151,7 +158,9 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     restarted = m.run("systemctl restart mipart-partition", check=False, timeout=120)
     assert restarted.returncode != 0
     said = [line for line in host.journal("mipart-partition").splitlines() if line.startswith("mipart: ")][-1]
-    assert "mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@2 and 13 more)" in said, said
+    assert "mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@2 and 13 more)" in said, (
+        said
+    )
     assert "apply gpus: while serving with `systemctl reload mipart-agent`" in said, said
     assert host.show("gpu-client", "MainPID")["MainPID"] == client  # refused before the client services were touched
 
@@ -168,11 +177,15 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
         time.sleep(2)  # a few health rounds on the old layout
     assert set(clients.seen) == {"200"}, clients.seen
     error = host.status()["repartition"]["error"]
-    assert error.startswith(f"GPUs in use by processes mipart does not manage: PID {holder} (sleep, rocm-app.service) on GPU 0; "
-                            "nothing was stopped or changed"), error
+    assert error.startswith(
+        f"GPUs in use by processes mipart does not manage: PID {holder} (sleep, rocm-app.service) on GPU 0; "
+        "nothing was stopped or changed"
+    ), error
     assert host.units(16) == before
     assert json.loads(m.run("cat /run/mipart/partition.json").stdout)["error"] == error
-    assert host.show("mipart-agent", "StatusText")["StatusText"] == f"16/16 instances ready; repartition failed: {error}"
+    assert (
+        host.show("mipart-agent", "StatusText")["StatusText"] == f"16/16 instances ready; repartition failed: {error}"
+    )
     said = m.run("mipart status", check=False).stdout
     assert "partition drift: run `systemctl reload mipart-agent`" in said, said
     m.run("systemctl stop rocm-app")  # the simulated kernel forgets a user that exited

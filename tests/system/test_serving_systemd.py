@@ -65,8 +65,9 @@ class Host:
     def __init__(self, m: Machine, code_partitions: str = "4-7"):
         self.m = m
         self.ports = free_ports()
-        self.values = dict(self.ports, engine=ENGINE, chat_model="test/chat", code_args="[]",
-                           code_partitions=code_partitions)
+        self.values = dict(
+            self.ports, engine=ENGINE, chat_model="test/chat", code_args="[]", code_partitions=code_partitions
+        )
         first, last = map(int, code_partitions.split("-"))
         self.code = tuple(range(first, last + 1))
         self.numbers = CHAT + self.code
@@ -84,8 +85,7 @@ class Host:
 
     def write_default(self) -> None:
         # The units' EnvironmentFile: the simulated sysfs and its driver reload.
-        self._put("/etc/default/mipart",
-                  f"MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD=\"mipart sim reload {SIM}\"\n")
+        self._put("/etc/default/mipart", f'MIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD="mipart sim reload {SIM}"\n')
 
     def _put(self, path: str, text: str) -> None:
         if self.m.leader:
@@ -105,8 +105,10 @@ class Host:
 
     def units(self) -> dict[int, tuple[str, str]]:
         """Per instance: (ExecMainStartTimestampMonotonic, MainPID); changes iff systemd restarted it."""
-        cmd = " ; ".join(f"systemctl show -p Id -p ExecMainStartTimestampMonotonic -p MainPID -p ActiveState "
-                         f"mipart-vllm@{n}" for n in self.numbers)
+        cmd = " ; ".join(
+            f"systemctl show -p Id -p ExecMainStartTimestampMonotonic -p MainPID -p ActiveState mipart-vllm@{n}"
+            for n in self.numbers
+        )
         found, current = {}, {}
         for line in self.m.run(cmd).stdout.splitlines():
             key, _, value = line.partition("=")
@@ -130,8 +132,10 @@ class Host:
             if state["ActiveState"] == "active" and status == want:
                 return status
             time.sleep(0.2)
-        raise AssertionError(f"agent not ready after {timeout}s: {status!r}\n{self.journal('mipart-agent')[-4000:]}\n"
-                             + self.m.run("systemctl --no-pager status 'mipart*'", check=False).stdout[-4000:])
+        raise AssertionError(
+            f"agent not ready after {timeout}s: {status!r}\n{self.journal('mipart-agent')[-4000:]}\n"
+            + self.m.run("systemctl --no-pager status 'mipart*'", check=False).stdout[-4000:]
+        )
 
     def journal(self, unit: str, since: str = "") -> str:
         cursor = f"--after-cursor='{since}'" if since else ""
@@ -213,8 +217,11 @@ class Traffic:
 
 def listening_inodes(m: Machine, port: int) -> set[str]:
     rows = m.run("cat /proc/net/tcp /proc/net/tcp6").stdout.splitlines()
-    return {r.split()[9] for r in rows if len(r.split()) > 9 and r.split()[3] == "0A"
-            and r.split()[1].rsplit(":", 1)[1] == f"{port:04X}"}
+    return {
+        r.split()[9]
+        for r in rows
+        if len(r.split()) > 9 and r.split()[3] == "0A" and r.split()[1].rsplit(":", 1)[1] == f"{port:04X}"
+    }
 
 
 def socket_inodes(m: Machine, pid: int) -> set[str]:
@@ -224,8 +231,10 @@ def socket_inodes(m: Machine, pid: int) -> set[str]:
 
 def assert_model_cache_writable(host: Host) -> None:
     """Instances run as mipart and download models into HF_HOME: it must be theirs."""
-    probe = ("setpriv --reuid mipart --regid mipart --init-groups "
-             "sh -c 'touch /var/lib/mipart/huggingface/.probe && rm /var/lib/mipart/huggingface/.probe'")
+    probe = (
+        "setpriv --reuid mipart --regid mipart --init-groups "
+        "sh -c 'touch /var/lib/mipart/huggingface/.probe && rm /var/lib/mipart/huggingface/.probe'"
+    )
     p = host.m.run(probe, check=False)
     owners = host.m.run("stat -c '%U:%G %n' /var/lib/mipart /var/lib/mipart/huggingface", check=False).stdout
     assert p.returncode == 0, f"{p.stderr}\n{owners}"
@@ -244,8 +253,10 @@ def start_serving(m: Machine) -> Host:
     h.write_default()
     h.write_profile()
     started = m.run("systemctl start mipart-partition mipart-agent", check=False, timeout=180)
-    assert started.returncode == 0, started.stderr + m.run(
-        "journalctl -q --no-pager -o cat -u mipart-partition -u mipart-agent", check=False).stdout[-6000:]
+    assert started.returncode == 0, (
+        started.stderr
+        + m.run("journalctl -q --no-pager -o cat -u mipart-partition -u mipart-agent", check=False).stdout[-6000:]
+    )
     h.wait_ready()
     return h
 
@@ -367,7 +378,9 @@ def test_a_stale_sweep_override_is_said_and_restore_reloads_through_systemd(host
     override = "/run/mipart/profile.override.yaml"
     host._put(override, "# left by a sweep killed with SIGKILL\n" + host.profile_text())
     host.m.run("systemctl reload mipart-agent", timeout=60)
-    said = f"{len(host.numbers)}/{len(host.numbers)} instances ready; profile override by mipart bench sweep: {override}"
+    said = (
+        f"{len(host.numbers)}/{len(host.numbers)} instances ready; profile override by mipart bench sweep: {override}"
+    )
     deadline = time.monotonic() + 30
     while host.status_text() != said:
         assert time.monotonic() < deadline, host.status_text()
@@ -379,7 +392,9 @@ def test_a_stale_sweep_override_is_said_and_restore_reloads_through_systemd(host
     assert "the operator's profile is in force again" in done.stdout, done.stdout
     host.wait_ready(timeout=30)  # exactly N/N ready: the override is no longer said
     assert host.m.run(f"test -e {override}", check=False).returncode == 1
-    assert host.m.run("cat /run/mipart/bench-sweep.lock").stdout.strip().isdigit()  # the sweep's PID, its flock gone with it
+    assert (
+        host.m.run("cat /run/mipart/bench-sweep.lock").stdout.strip().isdigit()
+    )  # the sweep's PID, its flock gone with it
     assert host.show("mipart-agent", "MainPID")["MainPID"] == agent_pid
     assert "event='agent.reload'" in host.journal("mipart-agent", mark)
     assert changed(before, host.units()) == set()
@@ -404,8 +419,12 @@ def test_sigkilled_instance_is_restarted_through_systemd(host: Host):
     assert host.backends("chat", 24) == set(CHAT)
     log = host.journal("mipart-agent", mark)
     # LAST ERROR is systemd's account of the death and the server's own last line, not systemd's line about it.
-    assert re.search(rf"event='instance\.exited' unit='mipart-vllm@{victim}' .*reason=.killed by signal 9 \(signal\); ", log), log
-    assert re.search(rf"event='instance\.restart' unit='mipart-vllm@{victim}' .*reason=.killed by signal 9 \(signal\)", log), log
+    assert re.search(
+        rf"event='instance\.exited' unit='mipart-vllm@{victim}' .*reason=.killed by signal 9 \(signal\); ", log
+    ), log
+    assert re.search(
+        rf"event='instance\.restart' unit='mipart-vllm@{victim}' .*reason=.killed by signal 9 \(signal\)", log
+    ), log
     assert "Failed with result" not in log, log
     assert re.search(rf"event='instance\.ready' unit='mipart-vllm@{victim}'", log), log
 
@@ -418,8 +437,10 @@ def test_baked_image_partitions_and_serves_at_first_boot(tmp_path, system_ready,
 
         def bake(m: Machine):
             m.copy_in(deb, f"/var/tmp/{deb.name}")
-            p = m.offline(f"apt-get install -y -q /var/tmp/{deb.name} && "
-                          f"mipart sim create {SIM} --model mi300x --gpus 8 --compute SPX --memory NPS1")
+            p = m.offline(
+                f"apt-get install -y -q /var/tmp/{deb.name} && "
+                f"mipart sim create {SIM} --model mi300x --gpus 8 --compute SPX --memory NPS1"
+            )
             assert p.returncode == 0, p.stdout + p.stderr
             host.write_default()
             host.write_profile()
@@ -434,7 +455,9 @@ def test_baked_image_partitions_and_serves_at_first_boot(tmp_path, system_ready,
         m.run(f"MIPART_SYSFS_ROOT={SIM} mipart partition assert")
         # ordered: the agent only started once the GPUs were partitioned
         part_done = int(host.show("mipart-partition", "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"])
-        agent_start = int(host.show("mipart-agent", "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"])
+        agent_start = int(
+            host.show("mipart-agent", "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"]
+        )
         assert 0 < part_done <= agent_start
         assert host.show("mipart-agent", "NRestarts")["NRestarts"] == "0"
         assert_model_cache_writable(host)

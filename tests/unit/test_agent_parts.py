@@ -23,8 +23,21 @@ from mipart.values import UnitState
 
 
 def spec(n: int, service: str = "chat") -> InstanceSpec:
-    return InstanceSpec(number=n, service=service, model="org/m", served_model_name="org/m", logical_gpus=(n,), physical_gpus=(n // 2,),
-                        render_nodes=(f"/dev/dri/renderD{128 + n}",), port=21000 + n, runtime="native", argv=("vllm",), env=(), user=None, hf_home="/tmp")
+    return InstanceSpec(
+        number=n,
+        service=service,
+        model="org/m",
+        served_model_name="org/m",
+        logical_gpus=(n,),
+        physical_gpus=(n // 2,),
+        render_nodes=(f"/dev/dri/renderD{128 + n}",),
+        port=21000 + n,
+        runtime="native",
+        argv=("vllm",),
+        env=(),
+        user=None,
+        hf_home="/tmp",
+    )
 
 
 SPECS = {n: spec(n) for n in range(4)}
@@ -62,8 +75,12 @@ def test_spec_files_are_written_once_restored_and_pruned(tmp_path):
 
 
 def snapshot(**status) -> AgentSnapshot:
-    health = {0: InstanceHealth(0, state="ready"), 1: InstanceHealth(1, state="degraded", last_error="slow"),
-              2: InstanceHealth(2, state="draining", restarts_total=2), 7: InstanceHealth(7, state="ready")}
+    health = {
+        0: InstanceHealth(0, state="ready"),
+        1: InstanceHealth(1, state="degraded", last_error="slow"),
+        2: InstanceHealth(2, state="draining", restarts_total=2),
+        7: InstanceHealth(7, state="ready"),
+    }
     return AgentSnapshot.of("/etc/p.yaml", True, AgentStatus(**status), SPECS, health)
 
 
@@ -79,16 +96,32 @@ def test_the_snapshot_is_a_copy_with_one_view_per_instance():
 
 def test_counts_and_status_line():
     snap = snapshot()
-    assert snap.counts() == {"ready": 1, "degraded": 1, "starting": 1, "unhealthy": 0, "restarting": 0, "draining": 1, "failed": 0}
+    assert snap.counts() == {
+        "ready": 1,
+        "degraded": 1,
+        "starting": 1,
+        "unhealthy": 0,
+        "restarting": 0,
+        "draining": 1,
+        "failed": 0,
+    }
     assert snap.ready_count == 2  # instance 7 is not in the profile
     assert status_line(snap) == "2/4 instances ready"
-    assert status_line(snapshot(profile_error="p:1:1: bad", nginx_error="x")) == "2/4 instances ready; profile rejected, running the last good one: p:1:1: bad"
+    assert (
+        status_line(snapshot(profile_error="p:1:1: bad", nginx_error="x"))
+        == "2/4 instances ready; profile rejected, running the last good one: p:1:1: bad"
+    )
     assert status_line(snapshot(reconcile_error="does not fit", nginx_error="x")) == "2/4 instances ready; does not fit"
     assert status_line(snapshot(nginx_error="emerg")) == "2/4 instances ready; nginx config rejected: emerg"
     sweeping = "profile override by mipart bench sweep: /run/mipart/profile.override.yaml"
-    assert status_line(snapshot(profile_override="/run/mipart/profile.override.yaml")) == f"2/4 instances ready; {sweeping}"
-    assert status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx_error="emerg")) == \
-        f"2/4 instances ready; nginx config rejected: emerg; {sweeping}"  # the override is said whatever else is wrong
+    assert (
+        status_line(snapshot(profile_override="/run/mipart/profile.override.yaml"))
+        == f"2/4 instances ready; {sweeping}"
+    )
+    assert (
+        status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx_error="emerg"))
+        == f"2/4 instances ready; nginx config rejected: emerg; {sweeping}"
+    )  # the override is said whatever else is wrong
 
 
 def test_views_fill_the_response_types():
@@ -96,7 +129,10 @@ def test_views_fill_the_response_types():
     host = HostSnapshot(units={2: ("active", "running")}, nginx_running=True)
     one = json.loads(to_json_text(views.instance(snap.instances[2], host)))
     assert one["api_version"] == 1 and one["state"] == "draining" and one["ready"] is False and one["restarts"] == 2
-    assert (one["active_state"], one["sub_state"]) == ("active", "running") and one["devices"] == ["/dev/kfd", "/dev/dri/renderD130"]
+    assert (one["active_state"], one["sub_state"]) == ("active", "running") and one["devices"] == [
+        "/dev/kfd",
+        "/dev/dri/renderD130",
+    ]
     listed = json.loads(to_json_text(views.instances(snap, host)))
     assert listed["instances"][2] == one and [i["number"] for i in listed["instances"]] == [0, 1, 2, 3]
     st = json.loads(to_json_text(views.status(snap, host)))
@@ -126,14 +162,20 @@ def test_a_rolling_instance_is_ready_only_on_its_new_server():
 def test_recorded_results_log_each_state_change():
     log, h = Log(), InstanceHealth(1)
     assert probing.record_results([h], [ProbeResult(True)], HealthSpec(), SPECS, log) is True
-    assert log.events == [("info", "instance.ready", {"unit": "mipart-vllm@1", "gpu": "1", "reason": "/health 200", "was": "starting"})]
+    assert log.events == [
+        ("info", "instance.ready", {"unit": "mipart-vllm@1", "gpu": "1", "reason": "/health 200", "was": "starting"})
+    ]
     assert probing.record_results([h], [ProbeResult(True)], HealthSpec(), SPECS, log) is False and len(log.events) == 1
 
 
 def test_a_dead_unit_leaves_rotation_at_once():
     log = Log()
     health = {n: InstanceHealth(n, state="ready") for n in SPECS}
-    states = {0: UnitState(0, "active", "running"), 1: UnitState(1, "failed", "failed"), 3: UnitState(3, "active", "running")}
+    states = {
+        0: UnitState(0, "active", "running"),
+        1: UnitState(1, "failed", "failed"),
+        3: UnitState(3, "active", "running"),
+    }
     assert recovery.mark_gone(health, SPECS, states, log) is True
     assert [(n, h.state) for n, h in health.items()] == [(0, "ready"), (1, "unhealthy"), (2, "unhealthy"), (3, "ready")]
     assert [f["reason"] for _, _, f in log.events] == ["unit failed/failed", "unit not running"]
@@ -150,7 +192,13 @@ def test_restarts_back_off_and_log():
     health = {1: InstanceHealth(1, state="unhealthy", last_error="/health answered 503")}
     asyncio.run(recovery.restart_due(health, SPECS, HealthSpec(restart_backoff=2.0), runner, log))
     assert runner.restarted == [1] and health[1].state == "restarting"
-    assert log.events == [("warning", "instance.restart", {"unit": "mipart-vllm@1", "gpu": "1", "reason": "/health answered 503", "attempt": 1, "next_backoff": "2s"})]
+    assert log.events == [
+        (
+            "warning",
+            "instance.restart",
+            {"unit": "mipart-vllm@1", "gpu": "1", "reason": "/health answered 503", "attempt": 1, "next_backoff": "2s"},
+        )
+    ]
 
 
 def test_last_error_is_how_the_server_ended_read_once_per_death():
@@ -164,9 +212,16 @@ def test_last_error_is_how_the_server_ended_read_once_per_death():
             return "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
 
     log, runner = Log(), Runner()
-    health = {0: InstanceHealth(0, state="ready"), 1: InstanceHealth(1, state="unhealthy", last_error="ClientConnectorError"),
-              2: InstanceHealth(2, state="unhealthy", last_error="unit not running"), 3: InstanceHealth(3, state="starting")}
-    states = {0: UnitState(0, "active", "running"), 1: UnitState(1, "failed", "failed")}  # 3: its first start not listed yet
+    health = {
+        0: InstanceHealth(0, state="ready"),
+        1: InstanceHealth(1, state="unhealthy", last_error="ClientConnectorError"),
+        2: InstanceHealth(2, state="unhealthy", last_error="unit not running"),
+        3: InstanceHealth(3, state="starting"),
+    }
+    states = {
+        0: UnitState(0, "active", "running"),
+        1: UnitState(1, "failed", "failed"),
+    }  # 3: its first start not listed yet
     asyncio.run(recovery.tell_exits(health, SPECS, states, runner, log))
     assert runner.asked == [1, 2]  # not the running one, nor one still starting
     assert health[1].last_error == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
@@ -200,7 +255,9 @@ def test_a_bad_profile_is_reported_and_the_good_digest_kept(tmp_path):
 
 
 def test_ports_in_the_ephemeral_range_are_warned_about(tmp_path):
-    profile = check_profile("version: 1\nservices:\n  chat: {model: org/m, listen: 8040}\ninstances: {base_port: 40000}\n")
+    profile = check_profile(
+        "version: 1\nservices:\n  chat: {model: org/m, listen: 8040}\ninstances: {base_port: 40000}\n"
+    )
     ranges = tmp_path / "range"
     ranges.write_text("32768\t60999\n")
     log = Log()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from conftest import AGENT
+
 from mipart.api.connections import ConnectionGuard
 
 
@@ -67,13 +68,20 @@ def test_a_closed_connection_is_forgotten():
 
 
 def test_the_limit_is_a_quarter_of_the_file_limit_when_that_is_less():
-    code = ("import resource, sys; from mipart.api.connections import connection_limit; "
-            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard)); print(connection_limit())")
+    code = (
+        "import resource, sys; from mipart.api.connections import connection_limit; "
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard)); print(connection_limit())"
+    )
     found = {}
     for soft in (100, 1024, 4096):
-        done = subprocess.run([sys.executable, "-c", code, str(soft)], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": str(AGENT)})
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(soft)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(AGENT)},
+        )
         assert done.returncode == 0, done.stderr
         found[soft] = int(done.stdout)
     assert found == {100: 25, 1024: 256, 4096: 256}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import AGENT
+
 from mipart.api import contract
 from mipart.health.states import STATES
 
@@ -49,7 +49,11 @@ def disagreements(hint, schema: dict, where: str) -> list[str]:
             return found + [f"{where}: array in the type, {schema.get('type')} in openapi.yaml"]
         return found + disagreements(typing.get_args(hint)[0], schema["items"], f"{where}[]")
     if hint is dict or origin is dict:
-        return found + ([] if schema.get("type") == "object" else [f"{where}: object in the type, {schema.get('type')} in openapi.yaml"])
+        return found + (
+            []
+            if schema.get("type") == "object"
+            else [f"{where}: object in the type, {schema.get('type')} in openapi.yaml"]
+        )
     if SCALARS.get(hint) != schema.get("type"):
         found.append(f"{where}: {SCALARS.get(hint, hint)} in the type, {schema.get('type')} in openapi.yaml")
     return found
@@ -63,9 +67,13 @@ def object_disagreements(cls, schema: dict, where: str) -> list[str]:
         found.append(f"{where}: openapi.yaml must say type: object, additionalProperties: false")
     properties = schema.get("properties", {})
     if set(properties) != set(names):
-        found.append(f"{where}: only in the type {sorted(set(names) - set(properties))}, only in openapi.yaml {sorted(set(properties) - set(names))}")
+        found.append(
+            f"{where}: only in the type {sorted(set(names) - set(properties))}, only in openapi.yaml {sorted(set(properties) - set(names))}"
+        )
     if set(schema.get("required", [])) != set(names):
-        found.append(f"{where}: every field is always sent, so every one is required; openapi.yaml requires {schema.get('required')}")
+        found.append(
+            f"{where}: every field is always sent, so every one is required; openapi.yaml requires {schema.get('required')}"
+        )
     for name in names:
         if name in properties:
             found += disagreements(hints[name], properties[name], f"{where}.{name}")
@@ -76,8 +84,10 @@ def response_schema(path: str) -> dict:
     return DOCUMENT["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
 
 
-@pytest.mark.parametrize("path, cls", [("/v1/status", contract.Status), ("/v1/instances", contract.Instances),
-                                       ("/v1/instances/{n}", contract.Instance)])
+@pytest.mark.parametrize(
+    "path, cls",
+    [("/v1/status", contract.Status), ("/v1/instances", contract.Instances), ("/v1/instances/{n}", contract.Instance)],
+)
 def test_openapi_describes_exactly_the_response_types(path, cls):
     assert disagreements(cls, response_schema(path), cls.__name__) == []
 
@@ -102,8 +112,12 @@ def test_the_checker_notices_a_difference():
         number: int
         extra: str | None
 
-    schema = {"type": "object", "additionalProperties": False, "required": ["number", "gone"],
-              "properties": {"number": {"type": "string"}, "gone": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["number", "gone"],
+        "properties": {"number": {"type": "string"}, "gone": {"type": "string"}},
+    }
     found = "\n".join(disagreements(Changed, schema, "Changed"))
     assert "only in the type ['extra']" in found and "only in openapi.yaml ['gone']" in found
     assert "Changed.number: integer in the type, string in openapi.yaml" in found

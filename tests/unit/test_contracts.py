@@ -11,9 +11,18 @@ from mipart.partition.record import RECORD_NAME, RECORD_VERSION, last_apply, rec
 from mipart.serving.spec import SPEC_VERSION, InstanceSpec, SpecVersionError
 
 SPEC = InstanceSpec(
-    number=3, service="chat", model="org/m", served_model_name="org/m", logical_gpus=(3,),
-    physical_gpus=(1,), render_nodes=("/dev/dri/renderD137",), port=8084, runtime="native",
-    argv=("vllm", "serve", "org/m"), env=(("CUDA_VISIBLE_DEVICES", "3"),), user="mipart",
+    number=3,
+    service="chat",
+    model="org/m",
+    served_model_name="org/m",
+    logical_gpus=(3,),
+    physical_gpus=(1,),
+    render_nodes=("/dev/dri/renderD137",),
+    port=8084,
+    runtime="native",
+    argv=("vllm", "serve", "org/m"),
+    env=(("CUDA_VISIBLE_DEVICES", "3"),),
+    user="mipart",
     hf_home="/var/lib/mipart/huggingface",
 )
 
@@ -61,11 +70,14 @@ def test_a_record_from_before_versions_reads_as_version_1(run_dir):
     assert last_apply() == {**old, "version": 1}
 
 
-@pytest.mark.parametrize("text", [
-    json.dumps({"version": 2, "time": 1.0, "ok": True}),  # a newer mipart's format: not guessed at
-    "[1, 2]",
-    "{not json",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"version": 2, "time": 1.0, "ok": True}),  # a newer mipart's format: not guessed at
+        "[1, 2]",
+        "{not json",
+    ],
+)
 def test_a_record_this_mipart_cannot_read_is_none(run_dir, text):
     (run_dir / RECORD_NAME).write_text(text)
     assert last_apply() is None

@@ -16,10 +16,24 @@ from mipart.runners.systemd import SystemdRunner
 from mipart.serving.spec import InstanceSpec
 
 
-def spec(n: int, runtime: str = "native", nodes: tuple[str, ...] | None = None, hf_home: str = "/var/lib/mipart/huggingface") -> InstanceSpec:
-    return InstanceSpec(number=n, service="chat", model="org/m", served_model_name="org/m", logical_gpus=(n,), physical_gpus=(n // 2,),
-                        render_nodes=nodes or (f"/dev/dri/renderD{128 + n}",), port=21000 + n, runtime=runtime, argv=("vllm",), env=(),
-                        user=None if runtime != "native" else "mipart", hf_home=hf_home)
+def spec(
+    n: int, runtime: str = "native", nodes: tuple[str, ...] | None = None, hf_home: str = "/var/lib/mipart/huggingface"
+) -> InstanceSpec:
+    return InstanceSpec(
+        number=n,
+        service="chat",
+        model="org/m",
+        served_model_name="org/m",
+        logical_gpus=(n,),
+        physical_gpus=(n // 2,),
+        render_nodes=nodes or (f"/dev/dri/renderD{128 + n}",),
+        port=21000 + n,
+        runtime=runtime,
+        argv=("vllm",),
+        env=(),
+        user=None if runtime != "native" else "mipart",
+        hf_home=hf_home,
+    )
 
 
 def directives(text: str) -> list[str]:
@@ -28,7 +42,12 @@ def directives(text: str) -> list[str]:
 
 def test_a_native_instance_may_open_kfd_and_its_own_render_nodes_only():
     two = spec(3, nodes=("/dev/dri/renderD131", "/dev/dri/renderD140"))
-    assert directives(dropin_text(two)) == ["[Service]", "DeviceAllow=/dev/kfd rw", "DeviceAllow=/dev/dri/renderD131 rw", "DeviceAllow=/dev/dri/renderD140 rw"]
+    assert directives(dropin_text(two)) == [
+        "[Service]",
+        "DeviceAllow=/dev/kfd rw",
+        "DeviceAllow=/dev/dri/renderD131 rw",
+        "DeviceAllow=/dev/dri/renderD140 rw",
+    ]
 
 
 @pytest.mark.parametrize("runtime", ["docker", "podman"])
@@ -41,17 +60,31 @@ def test_a_cache_outside_the_templates_writable_tree_is_granted_alone():
     assert "ReadWritePaths=-/srv/models/hf" in directives(dropin_text(spec(0, hf_home="/srv/models/hf")))
     assert "ReadWritePaths=-/srv/hf" in directives(dropin_text(spec(0, hf_home="/srv/hf/")))
     assert "ReadWritePaths=-/var/lib/mipartx" in directives(dropin_text(spec(0, hf_home="/var/lib/mipartx")))
-    assert not [d for d in directives(dropin_text(spec(0, hf_home="/var/lib/mipart/hf"))) if d.startswith("ReadWritePaths")]
+    assert not [
+        d for d in directives(dropin_text(spec(0, hf_home="/var/lib/mipart/hf"))) if d.startswith("ReadWritePaths")
+    ]
 
 
-@pytest.mark.parametrize("node", ["/dev/dri/card0", "/dev/mem", "/dev/dri/renderD128 rw\nExecStartPre=/bin/sh", "/dev/dri/renderD%n",
-                                  "/dev/dri/../mem", "/dev/dri/renderD", "dev/kfd"])
+@pytest.mark.parametrize(
+    "node",
+    [
+        "/dev/dri/card0",
+        "/dev/mem",
+        "/dev/dri/renderD128 rw\nExecStartPre=/bin/sh",
+        "/dev/dri/renderD%n",
+        "/dev/dri/../mem",
+        "/dev/dri/renderD",
+        "dev/kfd",
+    ],
+)
 def test_a_device_that_is_not_a_gpu_node_never_reaches_the_drop_in(node):
     with pytest.raises(DropinError, match="instance 2: device"):
         dropin_text(spec(2, nodes=(node,)))
 
 
-@pytest.mark.parametrize("hf_home", ["/srv/a b", "/srv/%n", "/srv/../etc", "/srv/x\nExecStartPre=/bin/sh", "relative", "/", "//"])
+@pytest.mark.parametrize(
+    "hf_home", ["/srv/a b", "/srv/%n", "/srv/../etc", "/srv/x\nExecStartPre=/bin/sh", "relative", "/", "//"]
+)
 def test_a_cache_path_that_is_not_plain_never_reaches_the_drop_in(hf_home):
     with pytest.raises(DropinError, match="instance 0: hf_home"):
         dropin_text(spec(0, runtime="docker", hf_home=hf_home))

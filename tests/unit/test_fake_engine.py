@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import AGENT
 
 
@@ -85,8 +84,13 @@ def start_engine(tmp_path):
         log = tmp_path / f"engine-{port}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(AGENT), os.environ.get("PYTHONPATH")]))}
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "mipart.sim.engine", "--port", str(port), *args],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mipart.sim.engine", "--port", str(port), *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         engine = Engine(port, proc, log)
         started.append(engine)
         if ready:
@@ -108,7 +112,7 @@ def read_events(resp: http.client.HTTPResponse, timeout: float = 10):
         if not line:
             return
         if line.startswith(b"data: "):
-            yield time.monotonic(), line[len(b"data: "):].strip().decode()
+            yield time.monotonic(), line[len(b"data: ") :].strip().decode()
 
 
 def open_stream(port: int, path: str, body: dict, timeout: float = 10) -> tuple:
@@ -144,8 +148,9 @@ def test_models(start_engine):
 
 def test_completion(start_engine):
     engine = start_engine("--tokens-per-second", "1000", "--max-tokens-default", "4")
-    status, headers, body = request(engine.port, "POST", "/v1/completions",
-                                    {"model": "fake-model", "prompt": "one two three", "max_tokens": 5})
+    status, headers, body = request(
+        engine.port, "POST", "/v1/completions", {"model": "fake-model", "prompt": "one two three", "max_tokens": 5}
+    )
     assert status == 200
     assert headers["X-Fake-Engine"] == f"127.0.0.1:{engine.port}"
     out = json.loads(body)
@@ -161,9 +166,12 @@ def test_completion(start_engine):
 
 def test_chat_completion(start_engine):
     engine = start_engine("--tokens-per-second", "1000")
-    status, _, body = request(engine.port, "POST", "/v1/chat/completions",
-                              {"model": "fake-model", "max_tokens": 3,
-                               "messages": [{"role": "user", "content": "hello"}]})
+    status, _, body = request(
+        engine.port,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "fake-model", "max_tokens": 3, "messages": [{"role": "user", "content": "hello"}]},
+    )
     assert status == 200
     out = json.loads(body)
     assert out["object"] == "chat.completion"
@@ -203,8 +211,9 @@ def test_stream_arrives_token_by_token(start_engine):
 
 def test_chat_stream_shape(start_engine):
     engine = start_engine("--tokens-per-second", "200")
-    conn, resp = open_stream(engine.port, "/v1/chat/completions",
-                             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    conn, resp = open_stream(
+        engine.port, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    )
     try:
         events = [data for _, data in read_events(resp)]
     finally:
@@ -257,7 +266,7 @@ def test_sigusr2_hangs_then_sigterm_exits(start_engine):
         try:
             request(engine.port, "GET", "/health", timeout=1)
             return False
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return True
 
     wait_until(health_times_out, timeout=5)

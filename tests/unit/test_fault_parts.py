@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_parts import SPECS, Log
 
 from mipart.api import views
 from mipart.api.contract import to_json_text
@@ -21,12 +22,11 @@ from mipart.daemon.retry import BACKOFF_MAX, Backoff
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
+from mipart.nginx.conf import generation_of, render_nginx
+from mipart.nginx.files import NginxFiles
 from mipart.profile import check_profile
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sum
-from mipart.nginx.files import NginxFiles
-from mipart.nginx.conf import generation_of, render_nginx
-from test_agent_parts import SPECS, Log
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets():
@@ -61,16 +61,21 @@ def test_instances_replaced_by_a_file_is_a_problem_not_an_exception(tmp_path):
     specfiles.remove_stale_specs(tmp_path, {})
 
 
-@pytest.mark.parametrize("interval, timeout, unhealthy_after, spacing", [
-    (1.0, 1.0, 2, 0.1),  # the issue's: confirmations overlap the first probe
-    (2.0, 1.0, 3, 1.0),  # the defaults: room enough to confirm one after the other
-    (1.0, 1.0, 1, 1.0),  # nothing to confirm
-    (0.5, 0.3, 2, 0.3),
-])
+@pytest.mark.parametrize(
+    "interval, timeout, unhealthy_after, spacing",
+    [
+        (1.0, 1.0, 2, 0.1),  # the issue's: confirmations overlap the first probe
+        (2.0, 1.0, 3, 1.0),  # the defaults: room enough to confirm one after the other
+        (1.0, 1.0, 1, 1.0),  # nothing to confirm
+        (0.5, 0.3, 2, 0.3),
+    ],
+)
 def test_confirming_probes_are_spaced_to_keep_the_bound(interval, timeout, unhealthy_after, spacing):
     spec = HealthSpec(interval=interval, timeout=timeout, unhealthy_after=unhealthy_after)
     assert probing.confirm_spacing(spec) == pytest.approx(spacing)
-    worst = interval + 0.1 + timeout + (unhealthy_after - 1) * probing.confirm_spacing(spec) + 0.2  # late start, harvest, reload
+    worst = (
+        interval + 0.1 + timeout + (unhealthy_after - 1) * probing.confirm_spacing(spec) + 0.2
+    )  # late start, harvest, reload
     assert worst < interval * unhealthy_after + 0.5 or unhealthy_after == 1
 
 
@@ -168,7 +173,13 @@ def test_nginx_reports_count_as_one_failure_and_bring_a_probe_at_once(monkeypatc
 
     async def run():
         prober = probing.Prober()
-        got = await prober.round(None, {1: h}, {1: SPECS[1]}, HealthSpec(), suspects={SPECS[1].address: "upstream server temporarily disabled"})
+        got = await prober.round(
+            None,
+            {1: h},
+            {1: SPECS[1]},
+            HealthSpec(),
+            suspects={SPECS[1].address: "upstream server temporarily disabled"},
+        )
         await asyncio.sleep(0.01)
         return got, await prober.round(None, {1: h}, {1: SPECS[1]}, HealthSpec())
 
@@ -177,7 +188,9 @@ def test_nginx_reports_count_as_one_failure_and_bring_a_probe_at_once(monkeypatc
     assert asked == [1] and results2 == [ProbeResult(True)]
 
 
-PROFILE = check_profile('version: 1\nservices:\n  chat: {model: org/m, listen: "127.0.0.1:8040", partitions: [0, 1]}\nhealth: {interval: 1s}\n')
+PROFILE = check_profile(
+    'version: 1\nservices:\n  chat: {model: org/m, listen: "127.0.0.1:8040", partitions: [0, 1]}\nhealth: {interval: 1s}\n'
+)
 
 
 def test_the_config_retries_failures_before_a_byte_and_carries_its_generation():
@@ -187,15 +200,21 @@ def test_the_config_retries_failures_before_a_byte_and_carries_its_generation():
     assert f"server {SPECS[0].address} max_fails=1 fail_timeout=1s;" in conf
     generation = generation_of(conf)
     assert len(generation) == 12 and conf.splitlines()[1] == f"# generation {generation}"
-    assert generation_of(render_nginx(PROFILE, tuple(SPECS.values())[:2], frozenset({0, 1}), Path("/run/test/nginx"))) == generation
-    assert generation_of(render_nginx(PROFILE, tuple(SPECS.values())[:2], frozenset({0}), Path("/run/test/nginx"))) != generation
+    assert (
+        generation_of(render_nginx(PROFILE, tuple(SPECS.values())[:2], frozenset({0, 1}), Path("/run/test/nginx")))
+        == generation
+    )
+    assert (
+        generation_of(render_nginx(PROFILE, tuple(SPECS.values())[:2], frozenset({0}), Path("/run/test/nginx")))
+        != generation
+    )
 
 
 # Lines as nginx 1.22 writes them (seen in its upstream error log).
 NGINX_LINES = [
-    '2026/12/01 08:30:12 [warn] 17301#17301: *1 upstream server temporarily disabled while reading response header from upstream, '
+    "2026/12/01 08:30:12 [warn] 17301#17301: *1 upstream server temporarily disabled while reading response header from upstream, "
     'client: 127.0.0.1, server: , request: "POST /v1/completions HTTP/1.1", upstream: "http://127.0.0.1:21001/v1/completions", host: "x"',
-    '2026/12/01 08:30:13 [error] 17301#17301: *7 connect() failed (111: Connection refused) while connecting to upstream, '
+    "2026/12/01 08:30:13 [error] 17301#17301: *7 connect() failed (111: Connection refused) while connecting to upstream, "
     'client: 127.0.0.1, server: , request: "POST /v1/completions HTTP/1.1", upstream: "http://127.0.0.1:21002/v1/completions", host: "x"',
     "2026/12/01 08:30:14 [notice] 17301#17301: signal process started",
 ]
@@ -206,8 +225,10 @@ def test_upstream_failures_are_read_from_nginx_log_once(tmp_path):
     router = routing.Router(files, runner=None, log=Log(), status=AgentStatus())
     assert router.upstream_failures() == {}
     files.upstream_log.write_text("\n".join(NGINX_LINES) + "\n")
-    assert router.upstream_failures() == {"127.0.0.1:21001": "upstream server temporarily disabled",
-                                          "127.0.0.1:21002": "connect() failed (111: Connection refused)"}
+    assert router.upstream_failures() == {
+        "127.0.0.1:21001": "upstream server temporarily disabled",
+        "127.0.0.1:21002": "connect() failed (111: Connection refused)",
+    }
     assert router.upstream_failures() == {}  # read once
     files.upstream_log.write_text(NGINX_LINES[1] + "\n")  # emptied and written anew
     assert list(router.upstream_failures()) == ["127.0.0.1:21002"]
@@ -215,15 +236,24 @@ def test_upstream_failures_are_read_from_nginx_log_once(tmp_path):
 
 def test_stray_workers_stale_config_and_file_errors_reach_status_api_and_metrics():
     def snap(**status):
-        return AgentSnapshot.of("/p", True, AgentStatus(**{"nginx_generation": "aaa", "nginx_serving": "aaa", **status}), SPECS, {})
+        return AgentSnapshot.of(
+            "/p", True, AgentStatus(**{"nginx_generation": "aaa", "nginx_serving": "aaa", **status}), SPECS, {}
+        )
 
     assert status_line(snap()) == "0/4 instances ready"
-    assert status_line(snap(nginx_strays=2)) == "0/4 instances ready; 2 nginx workers serve a frozen config without their master"
+    assert (
+        status_line(snap(nginx_strays=2))
+        == "0/4 instances ready; 2 nginx workers serve a frozen config without their master"
+    )
     stale = snap(nginx_serving="old", nginx_overdue=True)
     assert status_line(stale) == "0/4 instances ready; nginx still serves config generation old, not aaa"
-    assert status_line(snap(spec_files_error="cannot write /run/x: Not a directory")).endswith("Not a directory (retrying)")
+    assert status_line(snap(spec_files_error="cannot write /run/x: Not a directory")).endswith(
+        "Not a directory (retrying)"
+    )
     body = json.loads(to_json_text(views.status(stale, HostSnapshot(nginx_running=True))))
-    assert body["nginx"]["current"] is False and body["nginx"]["serving_generation"] == "old" and body["nginx"]["problem"]
+    assert (
+        body["nginx"]["current"] is False and body["nginx"]["serving_generation"] == "old" and body["nginx"]["problem"]
+    )
     strays = snap(nginx_strays=3, nginx_files_error="cannot write /run/mipart/nginx: Not a directory")
     text = prometheus_metrics(strays)
     assert metric_sum(text, "mipart_nginx_stray_workers") == 3 and metric_sum(text, "mipart_nginx_config_current") == 0

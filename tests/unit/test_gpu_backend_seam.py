@@ -40,7 +40,9 @@ class MemoryBackend:
 
     def discover(self) -> HostState:
         physical = tuple(
-            PhysicalGpu(i, f"mem:{i}", 0, m["compute"], tuple(self.PAIRS), m["memory"], ("NPS1", "NPS2"), self.root / str(i))
+            PhysicalGpu(
+                i, f"mem:{i}", 0, m["compute"], tuple(self.PAIRS), m["memory"], ("NPS1", "NPS2"), self.root / str(i)
+            )
             for i, m in enumerate(self.modes)
         )
         logical: list[LogicalGpu] = []
@@ -118,8 +120,10 @@ def test_plan_apply_assert_run_on_a_second_backend():
         (1, "current_compute_partition", "CPX", True),
     ]
     assert len(plan.logical) == 8  # the backend's count: 4 per GPU in CPX
-    assert assert_lines(plan) == ["GPU 0 (mem:0): compute SPX, want CPX; memory NPS1, want NPS2",
-                                  "GPU 1 (mem:1): compute SPX, want CPX; memory NPS1, want NPS2"]
+    assert assert_lines(plan) == [
+        "GPU 0 (mem:0): compute SPX, want CPX; memory NPS1, want NPS2",
+        "GPU 1 (mem:1): compute SPX, want CPX; memory NPS1, want NPS2",
+    ]
 
     log = Log()
     result = apply(spec, backend, log)
@@ -136,8 +140,10 @@ def test_a_pair_the_backend_refuses_stops_the_plan_before_any_write():
     backend = MemoryBackend()
     with pytest.raises(PlanError) as caught:
         apply(GpuSpec(compute="CPX", memory="NPS1"), backend, Log())
-    assert str(caught.value) == ("GPU 0 (mem:0): compute CPX cannot run under memory NPS1; set gpus.memory to NPS2: "
-                                 "CPX takes NPS2 on this host (per the in-memory driver); nothing was written or reloaded")
+    assert str(caught.value) == (
+        "GPU 0 (mem:0): compute CPX cannot run under memory NPS1; set gpus.memory to NPS2: "
+        "CPX takes NPS2 on this host (per the in-memory driver); nothing was written or reloaded"
+    )
     assert backend.writes == [] and backend.reloads == 0
 
 

@@ -7,28 +7,41 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from responses import Response
 
-from mipart.api.host import HostSnapshot
 from mipart.api.contract import PartitionGpu
+from mipart.api.host import HostSnapshot
 from mipart.api.metrics import gpu_metrics
+from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.health.generation import GenerationCheck
 from mipart.health.gpu_errors import GpuErrors
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import PASSED, ProbeResult
 from mipart.health.states import DEGRADED, FAILED, READY, STARTING, UNHEALTHY
-from mipart.errors import UserError
 from mipart.profile.schema import GenerationProbe, HealthSpec
 from mipart.prometheus import Exposition
 from mipart.serving.spec import InstanceSpec
 from mipart.sim import gpu_signals, kernel
 from mipart.values import GpuSignals
-from responses import Response
 
 
 def spec(number: int, gpu: int, port: int = 21000) -> InstanceSpec:
-    return InstanceSpec(number=number, service="chat", model="m", served_model_name="m", logical_gpus=(number,), physical_gpus=(gpu,),
-                        render_nodes=(), port=port + number, runtime="native", argv=(), env=(), user=None, hf_home="/tmp")
+    return InstanceSpec(
+        number=number,
+        service="chat",
+        model="m",
+        served_model_name="m",
+        logical_gpus=(number,),
+        physical_gpus=(gpu,),
+        render_nodes=(),
+        port=port + number,
+        runtime="native",
+        argv=(),
+        env=(),
+        user=None,
+        hf_home="/tmp",
+    )
 
 
 @pytest.fixture
@@ -192,8 +205,18 @@ def test_a_wedged_engine_fails_decisively_even_after_traffic(monkeypatch):
 
 
 def test_gpu_metrics_per_gpu_and_partition():
-    gpus = (PartitionGpu(index=0, bdf="0000:11:00.0", compute="DPX", memory="NPS2", compute_want=None, memory_want=None, matches=True,
-                         logical_gpus=(0, 1)),)
+    gpus = (
+        PartitionGpu(
+            index=0,
+            bdf="0000:11:00.0",
+            compute="DPX",
+            memory="NPS2",
+            compute_want=None,
+            memory_want=None,
+            matches=True,
+            logical_gpus=(0, 1),
+        ),
+    )
     signals = (GpuSignals(0, "0000:11:00.0", (("umc", 1, 4),), (("junction", 70.0), ("mem", 60.5)), 500.0),)
     out = Exposition()
     gpu_metrics(out, HostSnapshot(gpus=gpus, signals=signals))

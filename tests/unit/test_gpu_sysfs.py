@@ -21,8 +21,16 @@ from mipart.sim.state import read_state
 from mipart.values import GpuUser, HostState
 
 NODES = "class/kfd/kfd/topology/nodes"
-BDFS = ["0000:05:00.0", "0000:26:00.0", "0000:46:00.0", "0000:65:00.0",
-        "0000:85:00.0", "0000:a6:00.0", "0000:c6:00.0", "0000:e5:00.0"]
+BDFS = [
+    "0000:05:00.0",
+    "0000:26:00.0",
+    "0000:46:00.0",
+    "0000:65:00.0",
+    "0000:85:00.0",
+    "0000:a6:00.0",
+    "0000:c6:00.0",
+    "0000:e5:00.0",
+]
 
 
 def sim(tmp_path: Path, **kwargs) -> Path:
@@ -41,7 +49,8 @@ def test_spx_nps1_host_shows_one_logical_gpu_per_physical(tmp_path):
     assert gpu.compute_available == ("SPX", "DPX", "QPX", "CPX")
     assert gpu.memory_available == ("NPS1", "NPS2", "NPS4")
     assert [(lg.index, lg.physical_index, lg.partition, lg.render_minor) for lg in state.logical] == [
-        (k, k, 0, 128 + 8 * k) for k in range(8)]
+        (k, k, 0, 128 + 8 * k) for k in range(8)
+    ]
     assert [lg.node_id for lg in state.logical] == list(range(2, 10))  # after the 2 CPU nodes
 
 
@@ -76,8 +85,7 @@ def test_partition_number_in_location_id_high_bits_still_maps(tmp_path):
         props.write_text("\n".join(lines) + "\n")
 
     state = discover(root)
-    assert [(lg.physical_index, lg.partition) for lg in state.logical] == [
-        (k, p) for k in range(8) for p in range(2)]
+    assert [(lg.physical_index, lg.partition) for lg in state.logical] == [(k, p) for k in range(8) for p in range(2)]
 
 
 def test_kfd_gpu_without_partition_attributes_still_takes_an_index(tmp_path):
@@ -119,13 +127,16 @@ def test_single_memory_mode_and_unsupported_compute(tmp_path):
     assert gpu.compute_available == ()
 
 
-@pytest.mark.parametrize("relative, text", [
-    (f"bus/pci/devices/{BDFS[2]}/current_compute_partition", "S P X\n"),
-    (f"bus/pci/devices/{BDFS[2]}/device", "zz\n"),
-    (f"{NODES}/4/properties", "location_id twelve\n"),
-    (f"{NODES}/4/properties", "simd_count 4\n"),
-    (f"{NODES}/4/gpu_id", "\n"),
-])
+@pytest.mark.parametrize(
+    "relative, text",
+    [
+        (f"bus/pci/devices/{BDFS[2]}/current_compute_partition", "S P X\n"),
+        (f"bus/pci/devices/{BDFS[2]}/device", "zz\n"),
+        (f"{NODES}/4/properties", "location_id twelve\n"),
+        (f"{NODES}/4/properties", "simd_count 4\n"),
+        (f"{NODES}/4/gpu_id", "\n"),
+    ],
+)
 def test_corrupt_attribute_is_one_error_naming_the_file(tmp_path, relative, text):
     root = sim(tmp_path)
     (root / relative).write_text(text)
@@ -151,9 +162,13 @@ def test_kfd_users_map_to_physical_gpus(tmp_path, live_pids):
 def test_write_on_real_sysfs_writes_value_and_newline(tmp_path):
     dev = tmp_path / "bus/pci/devices" / BDFS[0]
     dev.mkdir(parents=True)
-    for name, text in [("vendor", "0x1002"), ("device", "0x74a1"), ("current_compute_partition", "SPX"),
-                       ("available_compute_partition", "SPX, DPX, QPX, CPX"),
-                       ("current_memory_partition", "NPS1")]:
+    for name, text in [
+        ("vendor", "0x1002"),
+        ("device", "0x74a1"),
+        ("current_compute_partition", "SPX"),
+        ("available_compute_partition", "SPX, DPX, QPX, CPX"),
+        ("current_memory_partition", "NPS1"),
+    ]:
         (dev / name).write_text(text + "\n")
     gpu = discover(tmp_path).physical[0]
     assert gpu.memory_available == ("NPS1",)
@@ -186,25 +201,63 @@ def _gpu(tmp_path, memory="NPS1"):
     return open_backend(root), discover(root).physical[3]  # the simulator's backend previews through its kernel
 
 
-@pytest.mark.parametrize("code, name, value, memory, expected", [
-    (errno.EBUSY, "current_compute_partition", "CPX", "NPS1",
-     "GPU 3 (0000:65:00.0): current_compute_partition busy: a ROCm process holds the GPU; stop GPU users first"),
-    (errno.EINVAL, "current_compute_partition", "SPX", "NPS2",
-     "GPU 3 (0000:65:00.0): current_compute_partition rejected SPX: not valid under the current memory "
-     "mode NPS2 (SPX needs NPS1)"),
-    (errno.EINVAL, "current_compute_partition", "TPX", "NPS1",
-     "GPU 3 (0000:65:00.0): current_compute_partition rejected TPX: not a compute mode this GPU supports "
-     "(available: SPX, DPX, QPX, CPX)"),
-    (errno.EINVAL, "current_memory_partition", "NPS8", "NPS1",
-     "GPU 3 (0000:65:00.0): current_memory_partition rejected NPS8: not a memory mode this GPU supports "
-     "(available: NPS1, NPS2, NPS4)"),
-    (errno.EPERM, "current_compute_partition", "DPX", "NPS1",
-     "GPU 3 (0000:65:00.0): current_compute_partition: GPU reset in progress; retry after it finishes"),
-    (errno.EACCES, "current_compute_partition", "DPX", "NPS1",
-     "GPU 3 (0000:65:00.0): current_compute_partition: permission denied; run as root"),
-    (errno.ENOENT, "current_compute_partition", "DPX", "NPS1",
-     "GPU 3 (0000:65:00.0): current_compute_partition missing: amdgpu driver too old or not loaded"),
-])
+@pytest.mark.parametrize(
+    "code, name, value, memory, expected",
+    [
+        (
+            errno.EBUSY,
+            "current_compute_partition",
+            "CPX",
+            "NPS1",
+            "GPU 3 (0000:65:00.0): current_compute_partition busy: a ROCm process holds the GPU; stop GPU users first",
+        ),
+        (
+            errno.EINVAL,
+            "current_compute_partition",
+            "SPX",
+            "NPS2",
+            "GPU 3 (0000:65:00.0): current_compute_partition rejected SPX: not valid under the current memory "
+            "mode NPS2 (SPX needs NPS1)",
+        ),
+        (
+            errno.EINVAL,
+            "current_compute_partition",
+            "TPX",
+            "NPS1",
+            "GPU 3 (0000:65:00.0): current_compute_partition rejected TPX: not a compute mode this GPU supports "
+            "(available: SPX, DPX, QPX, CPX)",
+        ),
+        (
+            errno.EINVAL,
+            "current_memory_partition",
+            "NPS8",
+            "NPS1",
+            "GPU 3 (0000:65:00.0): current_memory_partition rejected NPS8: not a memory mode this GPU supports "
+            "(available: NPS1, NPS2, NPS4)",
+        ),
+        (
+            errno.EPERM,
+            "current_compute_partition",
+            "DPX",
+            "NPS1",
+            "GPU 3 (0000:65:00.0): current_compute_partition: GPU reset in progress; retry after it finishes",
+        ),
+        (
+            errno.EACCES,
+            "current_compute_partition",
+            "DPX",
+            "NPS1",
+            "GPU 3 (0000:65:00.0): current_compute_partition: permission denied; run as root",
+        ),
+        (
+            errno.ENOENT,
+            "current_compute_partition",
+            "DPX",
+            "NPS1",
+            "GPU 3 (0000:65:00.0): current_compute_partition missing: amdgpu driver too old or not loaded",
+        ),
+    ],
+)
 def test_describe_write_error(tmp_path, code, name, value, memory, expected):
     backend, gpu = _gpu(tmp_path, memory)
     assert backend.describe_write_error(OSError(code, os.strerror(code)), gpu, name, value) == expected
@@ -219,7 +272,8 @@ def test_describe_what_the_simulated_kernel_raises(tmp_path, live_pids):
     with pytest.raises(OSError) as caught:
         backend.write_attribute(gpu, "current_compute_partition", "CPX")
     assert "busy: a ROCm process holds the GPU" in backend.describe_write_error(
-        caught.value, gpu, "current_compute_partition", "CPX")
+        caught.value, gpu, "current_compute_partition", "CPX"
+    )
 
 
 def test_sysfs_root_from_environment(monkeypatch, tmp_path):

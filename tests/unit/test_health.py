@@ -8,7 +8,15 @@ from mipart.health.machine import InstanceHealth
 from mipart.health.queue import queue_depth
 from mipart.profile.schema import HealthSpec
 
-SPEC = HealthSpec(interval=2.0, timeout=1.0, unhealthy_after=3, startup_timeout=60.0, restart_backoff=1.0, restart_backoff_max=5.0, max_restarts=4)
+SPEC = HealthSpec(
+    interval=2.0,
+    timeout=1.0,
+    unhealthy_after=3,
+    startup_timeout=60.0,
+    restart_backoff=1.0,
+    restart_backoff_max=5.0,
+    max_restarts=4,
+)
 
 
 def test_starting_failures_are_not_failures_and_first_200_joins():

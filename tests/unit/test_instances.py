@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from conftest import mipart
 
 
@@ -32,13 +31,27 @@ def test_one_instance_per_logical_gpu_with_its_own_devices_and_port(tmp_path, ho
     assert env["VLLM_ROCM_USE_AITER"] == "1" and "NCCL_MIN_NCHANNELS" not in env
     assert third["argv"][:3] == ["vllm", "serve", "org/m"]
     assert third["argv"][3:9] == ["--host", "127.0.0.1", "--port", "8084", "--served-model-name", "org/m"]
-    assert plan["upstreams"] == [{"service": "chat", "listen": "0.0.0.0:8040", "model": "org/m", "routing": "least_conn",
-                                  "servers": [f"127.0.0.1:{8081 + n}" for n in range(16)]}]
+    assert plan["upstreams"] == [
+        {
+            "service": "chat",
+            "listen": "0.0.0.0:8040",
+            "model": "org/m",
+            "routing": "least_conn",
+            "servers": [f"127.0.0.1:{8081 + n}" for n in range(16)],
+        }
+    ]
 
 
 def test_tensor_parallel_groups_and_multi_gpu_defaults(tmp_path, host):
-    plan = plan_json(tmp_path, host, 'services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4, env: {NCCL_MIN_NCHANNELS: "64"}}\n')
-    assert [(i["number"], i["logical_gpus"]) for i in plan["instances"]] == [(8, [8, 9, 10, 11]), (12, [12, 13, 14, 15])]
+    plan = plan_json(
+        tmp_path,
+        host,
+        'services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4, env: {NCCL_MIN_NCHANNELS: "64"}}\n',
+    )
+    assert [(i["number"], i["logical_gpus"]) for i in plan["instances"]] == [
+        (8, [8, 9, 10, 11]),
+        (12, [12, 13, 14, 15]),
+    ]
     first = plan["instances"][0]
     assert dict(first["env"])["NCCL_MIN_NCHANNELS"] == "64"  # the user's value wins over the default
     assert first["argv"][-2:] == ["--tensor-parallel-size", "4"]
@@ -46,7 +59,11 @@ def test_tensor_parallel_groups_and_multi_gpu_defaults(tmp_path, host):
 
 
 def test_containers_get_only_their_own_gpus(tmp_path, host):
-    plan = plan_json(tmp_path, host, 'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5], env: {SECRET_TOKEN: "s3cr3t"}}\n')
+    plan = plan_json(
+        tmp_path,
+        host,
+        'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5], env: {SECRET_TOKEN: "s3cr3t"}}\n',
+    )
     argv = plan["instances"][0]["argv"]
     assert "--privileged" not in argv and "/dev/dri" not in argv
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "--device"]
@@ -59,14 +76,29 @@ def test_containers_get_only_their_own_gpus(tmp_path, host):
 
 
 def test_partitions_beyond_the_host_are_one_clear_line(tmp_path, host):
-    done = mipart("plan", "--profile", write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "12-19"}\n'), env=host)
+    done = mipart(
+        "plan",
+        "--profile",
+        write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "12-19"}\n'),
+        env=host,
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == "mipart: services.chat.partitions names logical GPU 16-19, but this host has logical GPUs 0-15; check gpus.compute or the partitions list"
+    assert (
+        done.stderr.strip()
+        == "mipart: services.chat.partitions names logical GPU 16-19, but this host has logical GPUs 0-15; check gpus.compute or the partitions list"
+    )
 
 
 def test_render_writes_only_generated_files_at_host_paths(tmp_path, host):
     out = tmp_path / "image"
-    done = mipart("render", "--root", out, "--profile", write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "0-1"}\n'), env=host)
+    done = mipart(
+        "render",
+        "--root",
+        out,
+        "--profile",
+        write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "0-1"}\n'),
+        env=host,
+    )
     assert done.returncode == 0, done.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["run/mipart/instances/0.json", "run/mipart/instances/1.json", "run/mipart/nginx/nginx.conf"]
@@ -76,12 +108,17 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, host):
 
 
 def test_launcher_execs_the_server_with_its_spec(tmp_path, host):
-    profile = write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: [2], command: ["/bin/sh", "-c", "env", "sh"], env: {FOO: bar}}\ninstances: {user: root}\n')
+    profile = write(
+        tmp_path,
+        'services:\n  chat: {model: org/m, listen: 8040, partitions: [2], command: ["/bin/sh", "-c", "env", "sh"], env: {FOO: bar}}\ninstances: {user: root}\n',
+    )
     out = tmp_path / "root"
     assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
     run = out / "run/mipart"
     # A visible-devices variable in the unit's environment (/etc/default/mipart) must not reach the server.
-    done = mipart("exec", "2", env={**host, "MIPART_RUN_DIR": str(run), "HIP_VISIBLE_DEVICES": "0,1", "ROCR_VISIBLE_DEVICES": "0"})
+    done = mipart(
+        "exec", "2", env={**host, "MIPART_RUN_DIR": str(run), "HIP_VISIBLE_DEVICES": "0,1", "ROCR_VISIBLE_DEVICES": "0"}
+    )
     assert done.returncode == 0, done.stderr
     env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     assert env["FOO"] == "bar" and env["CUDA_VISIBLE_DEVICES"] == "2" and env["MIPART_INSTANCE"] == "2"
@@ -93,28 +130,45 @@ def test_launcher_execs_the_server_with_its_spec(tmp_path, host):
 def test_launcher_errors_are_one_line(tmp_path, host):
     done = mipart("exec", "7", env=host)
     assert done.returncode == 1
-    assert done.stderr.strip().startswith(f"mipart: instance 7: no spec at {host['MIPART_RUN_DIR']}/instances/7.json; mipart-agent writes it")
-    profile = write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["no-such-engine"]}\ninstances: {user: root}\n')
+    assert done.stderr.strip().startswith(
+        f"mipart: instance 7: no spec at {host['MIPART_RUN_DIR']}/instances/7.json; mipart-agent writes it"
+    )
+    profile = write(
+        tmp_path,
+        'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["no-such-engine"]}\ninstances: {user: root}\n',
+    )
     out = tmp_path / "root"
     assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
     done = mipart("exec", "0", env={**host, "MIPART_RUN_DIR": str(out / "run/mipart")})
     assert done.returncode == 1
-    assert done.stderr.strip() == "mipart: instance 0: command 'no-such-engine' not found; install it, or set services.chat.command"
+    assert (
+        done.stderr.strip()
+        == "mipart: instance 0: command 'no-such-engine' not found; install it, or set services.chat.command"
+    )
 
 
 def test_exec_nginx_errors_are_one_line(tmp_path):
     """mipart-nginx.service's ExecStart: a missing prefix or nginx binary says which, never a traceback."""
     done = mipart("exec-nginx", env={"MIPART_RUN_DIR": str(tmp_path / "none")})
-    assert (done.returncode, done.stderr.strip()) == (1, f"mipart: nginx prefix {tmp_path}/none/nginx: No such file or directory; "
-                                                         "mipart-agent writes it and nginx.conf (is it running?)")
+    assert (done.returncode, done.stderr.strip()) == (
+        1,
+        f"mipart: nginx prefix {tmp_path}/none/nginx: No such file or directory; "
+        "mipart-agent writes it and nginx.conf (is it running?)",
+    )
     (tmp_path / "run/nginx").mkdir(parents=True)
     done = mipart("exec-nginx", env={"MIPART_RUN_DIR": str(tmp_path / "run"), "MIPART_NGINX": "/nonexistent/nginx"})
-    assert (done.returncode, done.stderr.strip()) == (1, "mipart: cannot run nginx /nonexistent/nginx: No such file or directory; "
-                                                         "install nginx (apt-get install nginx-light or nginx)")
+    assert (done.returncode, done.stderr.strip()) == (
+        1,
+        "mipart: cannot run nginx /nonexistent/nginx: No such file or directory; "
+        "install nginx (apt-get install nginx-light or nginx)",
+    )
 
 
 def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, host):
-    profile = write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["/bin/true"]}\ninstances: {user: root}\n')
+    profile = write(
+        tmp_path,
+        'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["/bin/true"]}\ninstances: {user: root}\n',
+    )
     out = tmp_path / "root"
     assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
     path = out / "run/mipart/instances/0.json"
@@ -123,4 +177,7 @@ def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, host):
     path.write_text(json.dumps({**spec, "version": 2}))
     done = mipart("exec", "0", env={**host, "MIPART_RUN_DIR": str(out / "run/mipart")})
     assert done.returncode == 1
-    assert done.stderr == f"mipart: instance 0: spec {path} has version 2, but this mipart reads version 1; restart mipart-agent to rewrite it\n"
+    assert (
+        done.stderr
+        == f"mipart: instance 0: spec {path} has version 2, but this mipart reads version 1; restart mipart-agent to rewrite it\n"
+    )

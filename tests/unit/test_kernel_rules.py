@@ -12,8 +12,8 @@ import json
 import sys
 
 import pytest
-
 from conftest import mipart
+
 from mipart.api.contract import to_json_text
 from mipart.api.host import collect_host
 from mipart.api.views import partition as partition_view
@@ -29,8 +29,11 @@ class Host:
         self.root, self.tmp = tmp_path / "sys", tmp_path
         done = mipart("sim", "create", self.root, "--model", model, "--gpus", str(gpus), *create)
         assert done.returncode == 0, done.stderr
-        self.env = {"MIPART_SYSFS_ROOT": str(self.root), "MIPART_RUN_DIR": str(tmp_path / "run"),
-                    "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {self.root}"}
+        self.env = {
+            "MIPART_SYSFS_ROOT": str(self.root),
+            "MIPART_RUN_DIR": str(tmp_path / "run"),
+            "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {self.root}",
+        }
 
     def profile(self, text: str):
         path = self.tmp / "profile.yaml"
@@ -78,10 +81,17 @@ def test_plan_shows_the_table_it_used_and_where_it_came_from(tmp_path):
     host = Host(tmp_path, "--rules", "rocm-mi300x")
     profile = host.profile("gpus: {compute: CPX, memory: NPS2}\n")
     text = host.run("partition", "plan", "--profile", profile).stdout.splitlines()
-    assert text[0] == "partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS2; CPX: NPS1, NPS2"
+    assert (
+        text[0] == "partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS2; CPX: NPS1, NPS2"
+    )
     plan = json.loads(host.run("partition", "plan", "--json", "--profile", profile).stdout)
-    assert plan["rules"] == [{"gpus": list(range(8)), "source": "kernel",
-                              "pairs": {"SPX": ["NPS1"], "DPX": ["NPS1", "NPS2"], "QPX": ["NPS1", "NPS2"], "CPX": ["NPS1", "NPS2"]}}]
+    assert plan["rules"] == [
+        {
+            "gpus": list(range(8)),
+            "source": "kernel",
+            "pairs": {"SPX": ["NPS1"], "DPX": ["NPS1", "NPS2"], "QPX": ["NPS1", "NPS2"], "CPX": ["NPS1", "NPS2"]},
+        }
+    ]
     assert len(plan["logical_gpus"]) == 64
 
 
@@ -91,17 +101,24 @@ def test_without_compute_partition_config_the_mainline_rules_stand_in_and_say_so
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
     # Mainline's CPX: NPS1 or NPS4, masked by what this platform offers (seed 000's: NPS1, NPS2).
-    assert "CPX takes NPS1 on this host (per the mainline fallback (no compute_partition_config/: an older kernel))" in done.stderr
+    assert (
+        "CPX takes NPS1 on this host (per the mainline fallback (no compute_partition_config/: an older kernel))"
+        in done.stderr
+    )
     shown = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2}\n")).stdout
-    assert shown.splitlines()[0] == ("partition rules for GPUs 0-7 (mainline fallback (no compute_partition_config/: an older kernel)): "
-                                     "SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1; CPX: NPS1")
+    assert shown.splitlines()[0] == (
+        "partition rules for GPUs 0-7 (mainline fallback (no compute_partition_config/: an older kernel)): "
+        "SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1; CPX: NPS1"
+    )
 
 
 def test_reading_the_table_previews_each_mode_and_puts_xcp_config_back(tmp_path):
     host = Host(tmp_path, "--compute", "DPX", "--memory", "NPS2", gpus=2)
     assert host.config("supported_xcp_configs") == "SPX, DPX, QPX, CPX\n"
     assert (host.config("xcp_config"), host.config("supported_nps_configs")) == ("DPX\n", "NPS1, NPS2\n")
-    kernel.kernel_write(host.root, BDF0, "compute_partition_config/xcp_config", "cpx")  # a preview: matched case-insensitively
+    kernel.kernel_write(
+        host.root, BDF0, "compute_partition_config/xcp_config", "cpx"
+    )  # a preview: matched case-insensitively
     assert (host.config("xcp_config"), host.config("supported_nps_configs")) == ("CPX\n", "NPS1, NPS4\n")
     assert host.state()["gpus"][0]["compute"] == "DPX" and host.state()["counters"]["writes"] == 0
     with pytest.raises(OSError) as refused:
@@ -119,9 +136,16 @@ def test_reading_the_table_previews_each_mode_and_puts_xcp_config_back(tmp_path)
 def test_the_simulator_refuses_to_create_a_layout_its_kernel_refuses(tmp_path):
     done = mipart("sim", "create", tmp_path / "a", "--compute", "CPX", "--memory", "NPS2")
     assert done.returncode == 1
-    assert done.stderr.strip() == ("mipart: compute mode CPX is not valid under memory mode NPS2 with the mainline rules "
-                                   "(the driver refuses it; CPX takes NPS1 or NPS4)")
-    assert mipart("sim", "create", tmp_path / "b", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-mi300x").returncode == 0
+    assert done.stderr.strip() == (
+        "mipart: compute mode CPX is not valid under memory mode NPS2 with the mainline rules "
+        "(the driver refuses it; CPX takes NPS1 or NPS4)"
+    )
+    assert (
+        mipart(
+            "sim", "create", tmp_path / "b", "--compute", "CPX", "--memory", "NPS2", "--rules", "rocm-mi300x"
+        ).returncode
+        == 0
+    )
     done = mipart("sim", "create", tmp_path / "c", "--model", "mi300a", "--compute", "TPX")
     assert done.returncode == 0, done.stderr
     assert mipart("sim", "show", tmp_path / "c").stdout.splitlines()[0].endswith("rules mainline")
@@ -142,7 +166,10 @@ def test_export_carries_the_table_as_comments_and_still_validates(tmp_path):
     exported = host.run("partition", "export")
     assert exported.returncode == 0, exported.stderr
     lines = exported.stdout.splitlines()
-    assert lines[0] == "# partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS4; CPX: NPS1, NPS4"
+    assert (
+        lines[0]
+        == "# partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS4; CPX: NPS1, NPS4"
+    )
     path = tmp_path / "exported.yaml"
     path.write_text(exported.stdout)
     assert host.run("validate", path).returncode == 0
@@ -155,9 +182,18 @@ def test_status_api_carries_the_table(tmp_path, monkeypatch):
     snap = collect_host(host.root, runner=None, nginx=None, gpu_spec=None)  # runner/nginx unknown: reported as such
     sent = json.loads(to_json_text(partition_view(snap, AgentStatus())))
     assert sent["warnings"] == []
-    assert sent["rules"] == [{"gpus": [0, 1], "source": "kernel", "pairs": [
-        {"compute": "SPX", "memory": ["NPS1"]}, {"compute": "DPX", "memory": ["NPS1", "NPS2"]},
-        {"compute": "QPX", "memory": ["NPS1", "NPS2"]}, {"compute": "CPX", "memory": ["NPS1", "NPS2"]}]}]
+    assert sent["rules"] == [
+        {
+            "gpus": [0, 1],
+            "source": "kernel",
+            "pairs": [
+                {"compute": "SPX", "memory": ["NPS1"]},
+                {"compute": "DPX", "memory": ["NPS1", "NPS2"]},
+                {"compute": "QPX", "memory": ["NPS1", "NPS2"]},
+                {"compute": "CPX", "memory": ["NPS1", "NPS2"]},
+            ],
+        }
+    ]
 
 
 def test_an_ast_bmc_driver_hiding_a_partition_is_named(tmp_path):
@@ -168,9 +204,13 @@ def test_an_ast_bmc_driver_hiding_a_partition_is_named(tmp_path):
     assert done.stdout.splitlines()[-1] == (
         "warning: GPU 7 (0000:e5:00.0) in CPX shows 7 of its 8 logical GPUs: the BMC's `ast` DRM driver is loaded and takes "
         "DRM minors, which hides partitions' nodes; blacklist it (modprobe.blacklist=ast on the kernel command line, "
-        "as AMD's docs suggest) and reboot")
+        "as AMD's docs suggest) and reboot"
+    )
     profile = host.profile("gpus: {compute: CPX, memory: NPS1}\n")
-    assert "mipart: warning: GPU 7 (0000:e5:00.0) in CPX shows 7 of its 8" in host.run("partition", "assert", "--profile", profile).stderr
+    assert (
+        "mipart: warning: GPU 7 (0000:e5:00.0) in CPX shows 7 of its 8"
+        in host.run("partition", "assert", "--profile", profile).stderr
+    )
     applied = host.run("partition", "apply", "--profile", profile)
     assert applied.returncode == 0 and "mipart: warning: GPU 7 (0000:e5:00.0) in CPX shows 7 of its 8" in applied.stderr
 
@@ -178,7 +218,9 @@ def test_an_ast_bmc_driver_hiding_a_partition_is_named(tmp_path):
 def test_the_status_api_names_a_hidden_partition(tmp_path, monkeypatch):
     host = Host(tmp_path, "--compute", "CPX", "--memory", "NPS1", "--bmc-ast")
     monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
-    sent = json.loads(to_json_text(partition_view(collect_host(host.root, runner=None, nginx=None, gpu_spec=None), AgentStatus())))
+    sent = json.loads(
+        to_json_text(partition_view(collect_host(host.root, runner=None, nginx=None, gpu_spec=None), AgentStatus()))
+    )
     assert [w.split(":")[0] for w in sent["warnings"]] == ["GPU 7 (0000"]
     assert "`ast` DRM driver" in sent["warnings"][0]
 
@@ -192,12 +234,16 @@ def test_no_hidden_partition_no_warning(tmp_path):
 @pytest.mark.parametrize("compute, warned", [("CPX", True), ("DPX", False)])
 def test_tensor_parallel_across_cpx_partitions_is_warned_at_plan_time(tmp_path, compute, warned):
     host = Host(tmp_path, "--compute", "SPX", "--memory", "NPS1")
-    profile = host.profile(f"gpus: {{compute: {compute}, memory: NPS1}}\nservices:\n  chat: {{model: org/m, listen: 18040, tensor_parallel: 2}}\n")
+    profile = host.profile(
+        f"gpus: {{compute: {compute}, memory: NPS1}}\nservices:\n  chat: {{model: org/m, listen: 18040, tensor_parallel: 2}}\n"
+    )
     done = host.run("plan", "--profile", profile)
     assert done.returncode == 0, done.stderr
-    line = ("mipart: warning: services.chat runs tensor parallel across CPX partitions; vLLM has returned garbage output so "
-            "(vllm-project/vllm#20125): check its output, or give each instance one CPX partition (tensor_parallel: 1) "
-            "or a DPX/QPX partition")
+    line = (
+        "mipart: warning: services.chat runs tensor parallel across CPX partitions; vLLM has returned garbage output so "
+        "(vllm-project/vllm#20125): check its output, or give each instance one CPX partition (tensor_parallel: 1) "
+        "or a DPX/QPX partition"
+    )
     assert done.stderr.splitlines() == ([line] if warned else [])
 
 
@@ -206,7 +252,9 @@ def test_a_visible_devices_variable_in_env_that_conflicts_with_mipart_s_is_refus
     for var in ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
         path.write_text(f"version: 1\nservices:\n  chat: {{model: org/m, listen: 18040, env: {{{var}: '0'}}}}\n")
         done = mipart("validate", path)
-        assert done.returncode == 1 and f"services.chat.env.{var} is set by mipart for each instance" in done.stderr, done.stderr
+        assert done.returncode == 1 and f"services.chat.env.{var} is set by mipart for each instance" in done.stderr, (
+            done.stderr
+        )
 
 
 def test_the_old_rule_set_name_is_still_taken(tmp_path):

@@ -57,8 +57,10 @@ def test_a_preview_it_may_not_write_falls_back_to_mainline_and_says_why(tmp_path
     driver = Driver(tmp_path, refuse=errno.EACCES)
     table = read_table(tmp_path, driver.write, 8, ("NPS1", "NPS2", "NPS4"))
     assert table.pairs == {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS4")}
-    assert table.source == ("mainline fallback (compute_partition_config/xcp_config not writable (Permission denied): "
-                            "run as root to read the kernel's table)")
+    assert table.source == (
+        "mainline fallback (compute_partition_config/xcp_config not writable (Permission denied): "
+        "run as root to read the kernel's table)"
+    )
 
 
 def test_another_reader_moving_the_selection_is_retried_then_named(tmp_path):

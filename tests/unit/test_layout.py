@@ -34,7 +34,9 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
@@ -73,7 +75,9 @@ def test_no_import_cycle_between_mipart_modules():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node} -> {nxt}")
+                cycles.append(
+                    " -> ".join(stack[stack.index(nxt) :] + [node, nxt]) if nxt in stack else f"{node} -> {nxt}"
+                )
             elif nxt not in state:
                 visit(nxt, stack + [node])
         state[node] = "done"
@@ -85,7 +89,11 @@ def test_no_import_cycle_between_mipart_modules():
 
 
 def test_every_click_command_lives_under_cli():
-    outside = [name for name, path in modules().items() if not name.startswith("mipart.cli") and "import click" in path.read_text()]
+    outside = [
+        name
+        for name, path in modules().items()
+        if not name.startswith("mipart.cli") and "import click" in path.read_text()
+    ]
     assert outside == []
 
 

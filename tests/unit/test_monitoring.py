@@ -9,15 +9,18 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import REPO
+
 from mipart.sim.engine.openai import render_metrics
 from mipart.sim.engine.state import EngineConfig, EngineState
 
 MONITORING = REPO / "monitoring"
 RULES = MONITORING / "prometheus/mipart-alerts.yml"
 DASHBOARD = MONITORING / "grafana/mipart-dashboard.json"
-promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not found (make deps unpacks it from Debian's prometheus package into .venv/tools)")
+promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not found (make deps unpacks it from Debian's prometheus package into .venv/tools)",
+)
 
 
 def exported() -> set[str]:
@@ -39,13 +42,24 @@ def test_promtool_checks_the_rules():
 
 @promtool
 def test_promtool_unit_tests_of_the_rules_pass():
-    done = subprocess.run(["promtool", "test", "rules", "mipart-alerts.test.yml"], cwd=RULES.parent, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["promtool", "test", "rules", "mipart-alerts.test.yml"],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @promtool
 def test_the_example_scrape_config_is_valid():
-    done = subprocess.run(["promtool", "check", "config", str(MONITORING / "prometheus/scrape-example.yml")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["promtool", "check", "config", str(MONITORING / "prometheus/scrape-example.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -58,16 +72,27 @@ def test_every_metric_the_rules_and_dashboard_use_is_exported():
     exprs += [t["expr"] for p in panels for t in p["targets"]]
     used = set().union(*(named(e) for e in exprs))
     assert used and used <= exported(), used - exported()
-    assert {"mipart_gpu_ras_uncorrectable_errors_total", "mipart_partition_drift", "mipart_instance_ready",
-            "mipart_instance_restarts_total", "vllm:num_requests_waiting"} <= used
+    assert {
+        "mipart_gpu_ras_uncorrectable_errors_total",
+        "mipart_partition_drift",
+        "mipart_instance_ready",
+        "mipart_instance_restarts_total",
+        "vllm:num_requests_waiting",
+    } <= used
 
 
 def test_the_alerts_cover_what_an_operator_expects():
     import yaml
 
     names = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
-    assert {"MipartAgentDown", "MipartInstanceDown", "MipartPartitionDrift", "MipartGpuUncorrectableErrors",
-            "MipartQueueDepthHigh", "MipartInstanceRestarting"} <= names
+    assert {
+        "MipartAgentDown",
+        "MipartInstanceDown",
+        "MipartPartitionDrift",
+        "MipartGpuUncorrectableErrors",
+        "MipartQueueDepthHigh",
+        "MipartInstanceRestarting",
+    } <= names
 
 
 def test_the_dashboard_is_grafana_json_with_one_datasource_variable():

@@ -10,7 +10,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import mipart
 
 MODELS = ["mi300x", "mi325x", "mi355x"]
@@ -21,7 +20,21 @@ class Host:
     def __init__(self, tmp_path, model: str, compute: str = "SPX", memory: str = "NPS1", rules: str = "mainline"):
         self.root = tmp_path / "sys"
         self.tmp = tmp_path
-        done = mipart("sim", "create", self.root, "--model", model, "--gpus", "8", "--compute", compute, "--memory", memory, "--rules", rules)
+        done = mipart(
+            "sim",
+            "create",
+            self.root,
+            "--model",
+            model,
+            "--gpus",
+            "8",
+            "--compute",
+            compute,
+            "--memory",
+            memory,
+            "--rules",
+            rules,
+        )
         assert done.returncode == 0, done.stderr
         self.env = {
             "MIPART_SYSFS_ROOT": str(self.root),
@@ -135,7 +148,10 @@ def test_invalid_mode_pair_is_caught_before_any_write(tmp_path):
     assert host.run("validate", profile).returncode == 1
     done = host.run("partition", "apply", "--profile", profile)
     assert done.returncode == 1
-    assert done.stderr.strip() == f"{profile}:2:17: gpus.compute SPX cannot run under memory mode NPS4 (the driver rejects it); SPX needs NPS1"
+    assert (
+        done.stderr.strip()
+        == f"{profile}:2:17: gpus.compute SPX cannot run under memory mode NPS4 (the driver rejects it); SPX needs NPS1"
+    )
     assert host.counters() == {"writes": 0, "reloads": 0}
 
 
@@ -158,7 +174,13 @@ def test_crash_between_memory_write_and_reload_is_completed_by_a_rerun(tmp_path)
 def test_failed_reload_says_what_happened_and_a_rerun_finishes(tmp_path):
     host = Host(tmp_path, "mi300x")
     profile = host.profile("gpus: {compute: DPX, memory: NPS2}\n")
-    done = host.run("partition", "apply", "--profile", profile, env={"MIPART_RELOAD_CMD": "echo 'modprobe: FATAL: Module amdgpu is in use.' >&2; exit 1"})
+    done = host.run(
+        "partition",
+        "apply",
+        "--profile",
+        profile,
+        env={"MIPART_RELOAD_CMD": "echo 'modprobe: FATAL: Module amdgpu is in use.' >&2; exit 1"},
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "mipart: driver reload `echo 'modprobe: FATAL: Module amdgpu is in use.' >&2; exit 1` failed (exit 1): "
@@ -190,7 +212,15 @@ def test_assert_prints_one_line_per_differing_gpu(tmp_path):
 
 def test_export_is_a_valid_profile_that_asserts(tmp_path):
     host = Host(tmp_path, "mi325x", "DPX", "NPS2", rules=ROCM_MI300X)
-    assert host.run("partition", "apply", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [7], compute: CPX}]}\n")).returncode == 0
+    assert (
+        host.run(
+            "partition",
+            "apply",
+            "--profile",
+            host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [7], compute: CPX}]}\n"),
+        ).returncode
+        == 0
+    )
     exported = host.run("partition", "export")
     assert exported.returncode == 0
     path = tmp_path / "exported.yaml"
@@ -205,21 +235,50 @@ def test_plan_lists_writes_reload_and_logical_gpus(tmp_path):
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: QPX, memory: NPS4}\n"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS4; CPX: NPS1, NPS4"
-    assert lines[2].split() == ["0", "0000:05:00.0", "SPX", "->", "QPX", "NPS1", "->", "NPS4", "current_memory_partition=NPS4,",
-                                "after", "reload:", "current_compute_partition=QPX"]
+    assert (
+        lines[0]
+        == "partition rules for GPUs 0-7 (kernel): SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1, NPS4; CPX: NPS1, NPS4"
+    )
+    assert lines[2].split() == [
+        "0",
+        "0000:05:00.0",
+        "SPX",
+        "->",
+        "QPX",
+        "NPS1",
+        "->",
+        "NPS4",
+        "current_memory_partition=NPS4,",
+        "after",
+        "reload:",
+        "current_compute_partition=QPX",
+    ]
     assert lines[-2] == "9 writes, 1 driver reload (memory mode is applied hive-wide at reload)"
     assert lines[-1] == "result: 32 logical GPUs (0-31)"
 
 
 def test_selecting_a_missing_gpu_is_one_clear_line(tmp_path):
     host = Host(tmp_path, "mi300x")
-    done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2, select: [0, 9]}\n"))
+    done = host.run(
+        "partition", "plan", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2, select: [0, 9]}\n")
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == "mipart: gpus.select/overrides name GPU 9, but this host has GPUs 0-7; select only GPUs that exist"
+    assert (
+        done.stderr.strip()
+        == "mipart: gpus.select/overrides name GPU 9, but this host has GPUs 0-7; select only GPUs that exist"
+    )
 
 
 def test_no_gpus_is_one_clear_line(tmp_path):
-    done = mipart("partition", "plan", "--profile", Host(tmp_path, "mi300x").profile(""), env={"MIPART_SYSFS_ROOT": str(tmp_path / "empty")})
+    done = mipart(
+        "partition",
+        "plan",
+        "--profile",
+        Host(tmp_path, "mi300x").profile(""),
+        env={"MIPART_SYSFS_ROOT": str(tmp_path / "empty")},
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == "mipart: no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)"
+    assert (
+        done.stderr.strip()
+        == "mipart: no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)"
+    )

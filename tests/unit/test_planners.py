@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
+from mipart.nginx.conf import render_nginx
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
-from mipart.nginx.conf import render_nginx
 from mipart.serving.reconcile import plan_actions
 from mipart.values import HostState, LogicalGpu, PhysicalGpu, UnitState
 
@@ -32,8 +32,19 @@ def bdf(gpu: int) -> str:
 def logical_gpus(compute: str = "DPX", physical: int = 8) -> tuple[LogicalGpu, ...]:
     """KFD order: physical GPUs in PCI order, partitions within each; render minors as the driver numbers them."""
     per = PARTS[compute]
-    return tuple(LogicalGpu(index=p * per + k, node_id=p * per + k + 1, gpu_id=40000 + p * per + k, render_minor=128 + 8 * p + k,
-                            physical_index=p, partition=k, bdf=bdf(p)) for p in range(physical) for k in range(per))
+    return tuple(
+        LogicalGpu(
+            index=p * per + k,
+            node_id=p * per + k + 1,
+            gpu_id=40000 + p * per + k,
+            render_minor=128 + 8 * p + k,
+            physical_index=p,
+            partition=k,
+            bdf=bdf(p),
+        )
+        for p in range(physical)
+        for k in range(per)
+    )
 
 
 def profile(body: str, gpus: str = "gpus: {compute: DPX, memory: NPS2}"):
@@ -54,13 +65,34 @@ def test_one_instance_per_logical_gpu_numbered_by_it_with_its_port_and_devices()
     assert third.logical_gpus == (3,) and third.physical_gpus == (1,)  # GPU 1, partition 1
     assert third.devices == ("/dev/kfd", "/dev/dri/renderD137")
     assert dict(third.env)["CUDA_VISIBLE_DEVICES"] == "3"
-    assert third.argv[:9] == ("vllm", "serve", "org/m", "--host", "127.0.0.1", "--port", "8084", "--served-model-name", "org/m")
+    assert third.argv[:9] == (
+        "vllm",
+        "serve",
+        "org/m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8084",
+        "--served-model-name",
+        "org/m",
+    )
 
 
 def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_the_first():
-    specs = plan_instances(profile('services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4}\n'), logical_gpus("DPX"))
-    assert [(s.number, s.logical_gpus, s.physical_gpus, s.port) for s in specs] == [(8, (8, 9, 10, 11), (4, 5), 8089), (12, (12, 13, 14, 15), (6, 7), 8093)]
-    assert specs[0].render_nodes == ("/dev/dri/renderD160", "/dev/dri/renderD161", "/dev/dri/renderD168", "/dev/dri/renderD169")
+    specs = plan_instances(
+        profile('services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4}\n'),
+        logical_gpus("DPX"),
+    )
+    assert [(s.number, s.logical_gpus, s.physical_gpus, s.port) for s in specs] == [
+        (8, (8, 9, 10, 11), (4, 5), 8089),
+        (12, (12, 13, 14, 15), (6, 7), 8093),
+    ]
+    assert specs[0].render_nodes == (
+        "/dev/dri/renderD160",
+        "/dev/dri/renderD161",
+        "/dev/dri/renderD168",
+        "/dev/dri/renderD169",
+    )
     assert dict(specs[0].env)["CUDA_VISIBLE_DEVICES"] == "8,9,10,11"
     assert dict(specs[0].env)["NCCL_MIN_NCHANNELS"] == "112"
     assert specs[0].argv[-2:] == ("--tensor-parallel-size", "4")
@@ -69,23 +101,43 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
 def test_two_services_share_the_host_by_partitions_and_ports_follow_the_gpu():
     text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-3"}\n  code: {model: org/b, listen: 8041, partitions: [12, 13]}\ninstances: {base_port: 9000}\n'
     specs = plan_instances(profile(text), logical_gpus("DPX"))
-    assert [(s.number, s.service, s.port) for s in specs] == [(0, "chat", 9000), (1, "chat", 9001), (2, "chat", 9002), (3, "chat", 9003),
-                                                             (12, "code", 9012), (13, "code", 9013)]
+    assert [(s.number, s.service, s.port) for s in specs] == [
+        (0, "chat", 9000),
+        (1, "chat", 9001),
+        (2, "chat", 9002),
+        (3, "chat", 9003),
+        (12, "code", 9012),
+        (13, "code", 9013),
+    ]
 
 
 def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
-    text = 'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5]}\n'
+    text = (
+        'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5]}\n'
+    )
     [spec] = plan_instances(profile(text), logical_gpus("DPX"))
     devices = [spec.argv[i + 1] for i, arg in enumerate(spec.argv) if arg == "--device"]
     assert devices == ["/dev/kfd", "/dev/dri/renderD145"]
     assert dict(spec.env)["CUDA_VISIBLE_DEVICES"] == "0" and spec.user is None
 
 
-@pytest.mark.parametrize("body, logical, message", [
-    ('  chat: {model: org/m, listen: 8040, partitions: "0-15"}\n', logical_gpus("SPX"), "names logical GPU 8-15, but this host has logical GPUs 0-7"),
-    ("  chat: {model: org/m, listen: 8040, tensor_parallel: 3}\n", logical_gpus("DPX"), "tensor_parallel 3 does not divide its 16 logical GPUs"),
-    ("  chat: {model: org/m, listen: 8040}\n", (), "has no logical GPU on this host"),
-], ids=["missing-gpu", "tp-does-not-divide", "no-gpus"])
+@pytest.mark.parametrize(
+    "body, logical, message",
+    [
+        (
+            '  chat: {model: org/m, listen: 8040, partitions: "0-15"}\n',
+            logical_gpus("SPX"),
+            "names logical GPU 8-15, but this host has logical GPUs 0-7",
+        ),
+        (
+            "  chat: {model: org/m, listen: 8040, tensor_parallel: 3}\n",
+            logical_gpus("DPX"),
+            "tensor_parallel 3 does not divide its 16 logical GPUs",
+        ),
+        ("  chat: {model: org/m, listen: 8040}\n", (), "has no logical GPU on this host"),
+    ],
+    ids=["missing-gpu", "tp-does-not-divide", "no-gpus"],
+)
 def test_a_profile_that_does_not_fit_the_host_is_one_clear_error(body, logical, message):
     with pytest.raises(InstancePlanError, match=re.escape(message)):
         plan_instances(profile("services:\n" + body), logical)
@@ -114,7 +166,7 @@ def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
 
 def test_with_no_ready_instance_the_service_answers_503_json_and_proxies_nothing():
     conf = nginx_conf(CHAT, ready=())
-    location = conf[conf.index("        location / {"):]
+    location = conf[conf.index("        location / {") :]
     assert "proxy_pass" not in location
     body = re.search(r"return 503 '([^']*)';", location).group(1)
     error = json.loads(body)["error"]
@@ -139,12 +191,16 @@ def test_the_header_names_the_profile_it_came_from_in_one_comment_line(tmp_path)
     assert "\nworker_processes 64;" not in conf
 
 
-@pytest.mark.parametrize("service, compute, connections", [
-    ("{model: org/m, listen: 8040}", "DPX", 16 * 256 * 2 + 512),  # vLLM's default 256 sequences each
-    ('{model: org/m, listen: 8040, args: ["--max-num-seqs", "512"]}', "DPX", 16 * 512 * 2 + 512),
-    ('{model: org/m, listen: 8040, partitions: [0], args: ["--max-num-seqs", "4"]}', "DPX", 1024),  # the floor
-    ('{model: org/m, listen: 8040, args: ["--max-num-seqs", "1024"]}', "CPX", 65535),  # the ceiling
-], ids=["default", "max-num-seqs", "floor", "ceiling"])
+@pytest.mark.parametrize(
+    "service, compute, connections",
+    [
+        ("{model: org/m, listen: 8040}", "DPX", 16 * 256 * 2 + 512),  # vLLM's default 256 sequences each
+        ('{model: org/m, listen: 8040, args: ["--max-num-seqs", "512"]}', "DPX", 16 * 512 * 2 + 512),
+        ('{model: org/m, listen: 8040, partitions: [0], args: ["--max-num-seqs", "4"]}', "DPX", 1024),  # the floor
+        ('{model: org/m, listen: 8040, args: ["--max-num-seqs", "1024"]}', "CPX", 65535),  # the ceiling
+    ],
+    ids=["default", "max-num-seqs", "floor", "ceiling"],
+)
 def test_worker_connections_fit_every_instance_full_at_once(service, compute, connections):
     conf = nginx_conf(f"services:\n  chat: {service}\n", ready=(), compute=compute)
     assert f"worker_connections {connections};" in conf
@@ -183,7 +239,12 @@ def test_only_a_changed_spec_restarts_and_an_unknown_digest_keeps_serving():
 
 def test_units_without_a_spec_are_stopped_and_dead_ones_with_a_spec_started():
     specs = three_specs()
-    states = {**running(0, 5, 7), **running(1, state="failed"), **running(2, state="inactive"), **running(9, state="inactive")}
+    states = {
+        **running(0, 5, 7),
+        **running(1, state="failed"),
+        **running(2, state="inactive"),
+        **running(9, state="inactive"),
+    }
     states[3] = UnitState(3, "activating", "start", 1003)  # starting counts as running: not started twice
     actions = plan_actions(specs, states, {0: specs[0].digest()})
     assert (actions.start, actions.stop, actions.restart) == ((1, 2), (3, 5, 7), ())
@@ -193,14 +254,28 @@ def test_units_without_a_spec_are_stopped_and_dead_ones_with_a_spec_started():
 
 
 def host(compute: str, memory: str, gpus: int = 8) -> HostState:
-    physical = tuple(PhysicalGpu(index=g, bdf=bdf(g), device_id=0x74A1, compute=compute, compute_available=tuple(PARTS), memory=memory,
-                                 memory_available=("NPS1", "NPS2", "NPS4"), path=Path(f"/sys/bus/pci/devices/{bdf(g)}")) for g in range(gpus))
+    physical = tuple(
+        PhysicalGpu(
+            index=g,
+            bdf=bdf(g),
+            device_id=0x74A1,
+            compute=compute,
+            compute_available=tuple(PARTS),
+            memory=memory,
+            memory_available=("NPS1", "NPS2", "NPS4"),
+            path=Path(f"/sys/bus/pci/devices/{bdf(g)}"),
+        )
+        for g in range(gpus)
+    )
     return HostState(physical=physical, logical=())
 
 
 def rules(compute_after_reload: str | None = None, gpus: int = 8) -> HostRules:
-    return HostRules(pairs={g: dict(PAIRS) for g in range(gpus)}, partitions={g: dict(PARTS) for g in range(gpus)},
-                     compute_after_reload=compute_after_reload)
+    return HostRules(
+        pairs={g: dict(PAIRS) for g in range(gpus)},
+        partitions={g: dict(PARTS) for g in range(gpus)},
+        compute_after_reload=compute_after_reload,
+    )
 
 
 def gpus(text: str):
@@ -215,17 +290,27 @@ def test_a_host_already_in_the_profiles_modes_needs_no_write_and_no_reload():
 
 
 def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_where_the_reload_left_it_wrong():
-    plan = plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), rules(compute_after_reload="SPX"))
+    plan = plan_partitions(
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), rules(compute_after_reload="SPX")
+    )
     assert plan.reload is True
     first, *rest = plan.writes
     assert (first.gpu, first.attribute, first.value, first.after_reload) == (0, MEMORY_ATTR, "NPS2", False)
-    assert [(w.gpu, w.attribute, w.value, w.after_reload) for w in rest] == [(g, COMPUTE_ATTR, "DPX", True) for g in range(8)]
+    assert [(w.gpu, w.attribute, w.value, w.after_reload) for w in rest] == [
+        (g, COMPUTE_ATTR, "DPX", True) for g in range(8)
+    ]
     assert [w.attribute for w in plan.writes].count(MEMORY_ATTR) == 1
-    assert [(lg.index, lg.physical, lg.partition, lg.render_minor) for lg in plan.logical[:3]] == [(0, 0, 0, 128), (1, 0, 1, 129), (2, 1, 0, 136)]
+    assert [(lg.index, lg.physical, lg.partition, lg.render_minor) for lg in plan.logical[:3]] == [
+        (0, 0, 0, 128),
+        (1, 0, 1, 129),
+        (2, 1, 0, 136),
+    ]
 
 
 def test_no_compute_write_where_the_reload_already_gives_the_wanted_mode():
-    plan = plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), rules(compute_after_reload="DPX"))
+    plan = plan_partitions(
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), rules(compute_after_reload="DPX")
+    )
     assert plan.reload is True and [w.attribute for w in plan.writes] == [MEMORY_ATTR]
 
 
@@ -233,7 +318,12 @@ def test_compute_only_changes_need_no_reload_and_touch_only_the_gpus_the_profile
     spec = gpus("gpus: {compute: DPX, memory: NPS1, select: [0, 1, 2, 3], overrides: [{select: [3], compute: QPX}]}")
     plan = plan_partitions(spec, host("SPX", "NPS1"), rules())
     assert plan.reload is False
-    assert [(w.gpu, w.value, w.after_reload) for w in plan.writes] == [(0, "DPX", False), (1, "DPX", False), (2, "DPX", False), (3, "QPX", False)]
+    assert [(w.gpu, w.value, w.after_reload) for w in plan.writes] == [
+        (0, "DPX", False),
+        (1, "DPX", False),
+        (2, "DPX", False),
+        (3, "QPX", False),
+    ]
     assert [g.compute_want for g in plan.gpus] == ["DPX", "DPX", "DPX", "QPX", None, None, None, None]
     assert len(plan.logical) == 3 * 2 + 4 + 4 * 1
 
@@ -242,7 +332,10 @@ def test_a_pair_this_hosts_driver_refuses_is_refused_before_any_write():
     """The profile validator knows MI300's rules; the planner checks the host's own table (read from its driver)."""
     narrow = rules("SPX")
     narrow.pairs[5]["DPX"] = ("NPS1",)
-    with pytest.raises(PlanError, match=re.escape(f"GPU 5 ({bdf(5)}): compute DPX cannot run under memory NPS2; set gpus.memory to NPS1")):
+    with pytest.raises(
+        PlanError,
+        match=re.escape(f"GPU 5 ({bdf(5)}): compute DPX cannot run under memory NPS2; set gpus.memory to NPS1"),
+    ):
         plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), narrow)
 
 

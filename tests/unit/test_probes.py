@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import pytest
+from responses import Response
 
 from mipart.health.endpoint import HealthEndpoint
 from mipart.health.generation import GenerationCheck
@@ -15,10 +16,22 @@ from mipart.health.probes import PROBES, probe
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
-from responses import Response
 
-SPEC = InstanceSpec(number=3, service="chat", model="m", served_model_name="m", logical_gpus=(3,), physical_gpus=(1,),
-                    render_nodes=("/dev/dri/renderD131",), port=21003, runtime="native", argv=(), env=(), user=None, hf_home="/tmp")
+SPEC = InstanceSpec(
+    number=3,
+    service="chat",
+    model="m",
+    served_model_name="m",
+    logical_gpus=(3,),
+    physical_gpus=(1,),
+    render_nodes=("/dev/dri/renderD131",),
+    port=21003,
+    runtime="native",
+    argv=(),
+    env=(),
+    user=None,
+    hf_home="/tmp",
+)
 HEALTH = HealthSpec(timeout=1.0)
 
 
@@ -64,19 +77,26 @@ def test_a_refusal_stops_the_round():
 def test_queue_depth_over_the_limit_is_a_warning():
     metrics = 'vllm:num_requests_waiting{model_name="a"} 7.0\nvllm:num_requests_waiting{model_name="b"} 5.0\n'
     session = Session(health=[Response(200)], metrics=[Response(200, metrics)])
-    assert run(session, HealthSpec(queue_depth_limit=10)) == ProbeResult(True, "12 requests waiting > health.queue_depth_limit 10")
+    assert run(session, HealthSpec(queue_depth_limit=10)) == ProbeResult(
+        True, "12 requests waiting > health.queue_depth_limit 10"
+    )
     session = Session(health=[Response(200)], metrics=[Response(200, metrics)])
     assert run(session, HealthSpec(queue_depth_limit=12)) == ProbeResult(True, "")
 
 
-@pytest.mark.parametrize("error, words", [
-    (asyncio.TimeoutError(), "/health did not answer within 1s"),
-    (aiohttp.ClientConnectionError(), "/health failed: ClientConnectionError"),
-])
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (asyncio.TimeoutError(), "/health did not answer within 1s"),
+        (aiohttp.ClientConnectionError(), "/health failed: ClientConnectionError"),
+    ],
+)
 def test_a_server_that_does_not_answer(error, words):
     assert run(Session(health=[error])) == ProbeResult(False, words)
     # the same words when it stops answering on /metrics: it is the same server
-    assert run(Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)) == ProbeResult(False, words)
+    assert run(
+        Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)
+    ) == ProbeResult(False, words)
 
 
 def test_a_closed_keep_alive_connection_gets_one_retry():

@@ -7,7 +7,6 @@ import subprocess
 import textwrap
 
 import pytest
-
 from conftest import REPO, mipart
 
 GOOD = """\
@@ -23,49 +22,116 @@ BAD = [
     ("top-level-typo", "version: 1\nservice: {}\n", "2:1: unknown key profile.service; did you mean 'services'?"),
     ("missing-version", "gpus: {compute: SPX}\n", "1:1: profile is missing required key 'version'; add it"),
     ("bad-version", "version: 3\n", "1:10: unsupported version 3; this mipart reads version: 1"),
-    ("compute-enum", "version: 1\ngpus: {compute: XPX}\n", "2:17: gpus.compute is 'XPX'; use one of SPX, DPX, TPX, QPX, CPX"),
+    (
+        "compute-enum",
+        "version: 1\ngpus: {compute: XPX}\n",
+        "2:17: gpus.compute is 'XPX'; use one of SPX, DPX, TPX, QPX, CPX",
+    ),
     ("compute-case", "version: 1\ngpus: {compute: dpx}\n", "2:17: gpus.compute is 'dpx'; did you mean 'DPX'?"),
     ("memory-enum", "version: 1\ngpus: {memory: NPS3}\n", "2:16: gpus.memory is 'NPS3'; use one of NPS1, NPS2, NPS4"),
-    ("mode-pair", "version: 1\ngpus: {compute: SPX, memory: NPS4}\n",
-     "2:17: gpus.compute SPX cannot run under memory mode NPS4 (the driver rejects it); SPX needs NPS1"),
+    (
+        "mode-pair",
+        "version: 1\ngpus: {compute: SPX, memory: NPS4}\n",
+        "2:17: gpus.compute SPX cannot run under memory mode NPS4 (the driver rejects it); SPX needs NPS1",
+    ),
     # Kernels differ on DPX+NPS4 (hardware.md), so validate refuses only what none runs: SPX with NPS > 1.
-    ("override-conflicts-memory", "version: 1\ngpus:\n  memory: NPS4\n  overrides: [{select: [6], compute: SPX}]\n",
-     "4:38: gpus.overrides[0].compute SPX conflicts with the hive-wide gpus.memory NPS4; SPX needs NPS1, and memory mode is the same for every GPU"),
-    ("duration-no-unit", "version: 1\nhealth: {interval: 2}\n",
-     "2:20: health.interval is '2'; write a duration with a unit, e.g. 2s, 500ms, 5m"),
-    ("duration-word", "version: 1\nhealth: {timeout: soon}\n",
-     "2:19: health.timeout is 'soon'; write a duration with a unit, e.g. 2s, 500ms, 5m"),
-    ("port-range", "version: 1\nservices:\n  chat: {model: a/b, listen: 70000}\n",
-     "3:30: services.chat.listen port 70000 is out of range; use 1-65535"),
-    ("duplicate-ports", "version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: [0]}\n  b: {model: a/c, listen: 8040, partitions: [1]}\n",
-     "4:27: services.b.listen port 8040 is already used by services.a.listen; give each listener its own port"),
-    ("port-in-instance-range", "version: 1\nservices:\n  a: {model: a/b, listen: 8090}\n",
-     "3:27: services.a.listen port 8090 is inside the instance port range 8081-8144 (instances.base_port + logical GPU); choose a port outside it"),
-    ("partitions-overlap", "version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: \"0-3\"}\n  b: {model: a/c, listen: 8041, partitions: [3, 4]}\n",
-     "4:45: services.b.partitions 3 already used by service a; services' partitions must not overlap"),
-    ("all-and-list", "version: 1\nservices:\n  a: {model: a/b, listen: 8040}\n  b: {model: a/c, listen: 8041, partitions: [1]}\n",
-     "4:45: services.b.partitions overlaps service a, which takes all partitions; give each service its own list"),
-    ("tp-divides", "version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: \"0-5\", tensor_parallel: 4}\n",
-     "3:69: services.a.tensor_parallel 4 does not divide the 6 partitions listed; use a divisor of 6 or list a multiple of 4 partitions"),
-    ("model-newline", 'version: 1\nservices:\n  a: {model: "org/m\\nExecStart=/bin/sh", listen: 8040}\n',
-     "3:14: services.a.model contains a control character (newline, tab, NUL...); remove it"),
-    ("model-not-id", "version: 1\nservices:\n  a: {model: ../etc/passwd, listen: 8040}\n",
-     "3:14: services.a.model '../etc/passwd' is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama"),
-    ("args-control", 'version: 1\nservices:\n  a: {model: a/b, listen: 8040, args: ["--x\\u0000y"]}\n',
-     "3:40: services.a.args[0] contains a control character (newline, tab, NUL...); remove it"),
-    ("env-key", "version: 1\nservices:\n  a: {model: a/b, listen: 8040, env: {\"A B\": x}}\n",
-     "3:39: services.a.env key 'A B' is not a variable name; use letters, digits and _, not starting with a digit"),
-    ("env-visible", "version: 1\nservices:\n  a: {model: a/b, listen: 8040, env: {CUDA_VISIBLE_DEVICES: '0'}}\n",
-     "3:39: services.a.env.CUDA_VISIBLE_DEVICES is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)"),
-    ("docker-no-image", "version: 1\nservices:\n  a: {model: a/b, listen: 8040, runtime: docker}\n",
-     "3:42: services.a: runtime docker needs an image; add 'image: rocm/vllm:latest' or use runtime: native"),
-    ("duplicate-key", "version: 1\ngpus:\n  compute: SPX\n  compute: DPX\n", "4:3: gpus.compute is given twice; keep one"),
+    (
+        "override-conflicts-memory",
+        "version: 1\ngpus:\n  memory: NPS4\n  overrides: [{select: [6], compute: SPX}]\n",
+        "4:38: gpus.overrides[0].compute SPX conflicts with the hive-wide gpus.memory NPS4; SPX needs NPS1, and memory mode is the same for every GPU",
+    ),
+    (
+        "duration-no-unit",
+        "version: 1\nhealth: {interval: 2}\n",
+        "2:20: health.interval is '2'; write a duration with a unit, e.g. 2s, 500ms, 5m",
+    ),
+    (
+        "duration-word",
+        "version: 1\nhealth: {timeout: soon}\n",
+        "2:19: health.timeout is 'soon'; write a duration with a unit, e.g. 2s, 500ms, 5m",
+    ),
+    (
+        "port-range",
+        "version: 1\nservices:\n  chat: {model: a/b, listen: 70000}\n",
+        "3:30: services.chat.listen port 70000 is out of range; use 1-65535",
+    ),
+    (
+        "duplicate-ports",
+        "version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: [0]}\n  b: {model: a/c, listen: 8040, partitions: [1]}\n",
+        "4:27: services.b.listen port 8040 is already used by services.a.listen; give each listener its own port",
+    ),
+    (
+        "port-in-instance-range",
+        "version: 1\nservices:\n  a: {model: a/b, listen: 8090}\n",
+        "3:27: services.a.listen port 8090 is inside the instance port range 8081-8144 (instances.base_port + logical GPU); choose a port outside it",
+    ),
+    (
+        "partitions-overlap",
+        'version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: "0-3"}\n  b: {model: a/c, listen: 8041, partitions: [3, 4]}\n',
+        "4:45: services.b.partitions 3 already used by service a; services' partitions must not overlap",
+    ),
+    (
+        "all-and-list",
+        "version: 1\nservices:\n  a: {model: a/b, listen: 8040}\n  b: {model: a/c, listen: 8041, partitions: [1]}\n",
+        "4:45: services.b.partitions overlaps service a, which takes all partitions; give each service its own list",
+    ),
+    (
+        "tp-divides",
+        'version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: "0-5", tensor_parallel: 4}\n',
+        "3:69: services.a.tensor_parallel 4 does not divide the 6 partitions listed; use a divisor of 6 or list a multiple of 4 partitions",
+    ),
+    (
+        "model-newline",
+        'version: 1\nservices:\n  a: {model: "org/m\\nExecStart=/bin/sh", listen: 8040}\n',
+        "3:14: services.a.model contains a control character (newline, tab, NUL...); remove it",
+    ),
+    (
+        "model-not-id",
+        "version: 1\nservices:\n  a: {model: ../etc/passwd, listen: 8040}\n",
+        "3:14: services.a.model '../etc/passwd' is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama",
+    ),
+    (
+        "args-control",
+        'version: 1\nservices:\n  a: {model: a/b, listen: 8040, args: ["--x\\u0000y"]}\n',
+        "3:40: services.a.args[0] contains a control character (newline, tab, NUL...); remove it",
+    ),
+    (
+        "env-key",
+        'version: 1\nservices:\n  a: {model: a/b, listen: 8040, env: {"A B": x}}\n',
+        "3:39: services.a.env key 'A B' is not a variable name; use letters, digits and _, not starting with a digit",
+    ),
+    (
+        "env-visible",
+        "version: 1\nservices:\n  a: {model: a/b, listen: 8040, env: {CUDA_VISIBLE_DEVICES: '0'}}\n",
+        "3:39: services.a.env.CUDA_VISIBLE_DEVICES is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)",
+    ),
+    (
+        "docker-no-image",
+        "version: 1\nservices:\n  a: {model: a/b, listen: 8040, runtime: docker}\n",
+        "3:42: services.a: runtime docker needs an image; add 'image: rocm/vllm:latest' or use runtime: native",
+    ),
+    (
+        "duplicate-key",
+        "version: 1\ngpus:\n  compute: SPX\n  compute: DPX\n",
+        "4:3: gpus.compute is given twice; keep one",
+    ),
     ("empty", "", "1:1: profile is empty; start it with 'version: 1'"),
     ("not-mapping", "- version: 1\n", "1:1: profile must be a mapping (key: value lines), not a list"),
-    ("range-backwards", "version: 1\ngpus: {select: \"7-0\"}\n", "2:16: gpus.select range '7-0' runs backwards; write it low-high, e.g. \"0-7\""),
-    ("bad-service-name", "version: 1\nservices:\n  Chat!: {model: a/b, listen: 8040}\n",
-     "3:3: service name 'Chat!' is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)"),
-    ("unit-name", "version: 1\ngpus: {client_services: [\"a b\"]}\n", "2:26: gpus.client_services entry 'a b' is not a systemd unit name; e.g. my-inference.service"),
+    (
+        "range-backwards",
+        'version: 1\ngpus: {select: "7-0"}\n',
+        "2:16: gpus.select range '7-0' runs backwards; write it low-high, e.g. \"0-7\"",
+    ),
+    (
+        "bad-service-name",
+        "version: 1\nservices:\n  Chat!: {model: a/b, listen: 8040}\n",
+        "3:3: service name 'Chat!' is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)",
+    ),
+    (
+        "unit-name",
+        'version: 1\ngpus: {client_services: ["a b"]}\n',
+        "2:26: gpus.client_services entry 'a b' is not a systemd unit name; e.g. my-inference.service",
+    ),
 ]
 
 
@@ -99,17 +165,24 @@ def test_yaml_syntax_error_points_at_the_spot(tmp_path):
 
 def test_all_problems_are_reported_not_just_the_first(tmp_path):
     path = tmp_path / "many.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         version: 1
         gpus: {compute: SPX, memory: NPS2, selct: all}
         services:
           a: {model: a/b, listen: 99999}
         health: {interval: 2}
-    """))
+    """)
+    )
     done = mipart("validate", "--profile", path)
     assert done.returncode == 1
     lines = done.stderr.splitlines()
-    assert [line.split(": ", 1)[0] for line in lines] == [f"{path}:2:17", f"{path}:2:36", f"{path}:4:27", f"{path}:5:20"]
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        f"{path}:2:17",
+        f"{path}:2:36",
+        f"{path}:4:27",
+        f"{path}:5:20",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["directory", "missing", "binary", "unreadable"])
@@ -134,8 +207,13 @@ def test_unusable_files_get_one_line(tmp_path, kind):
             command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     if command:
         env = {**os.environ, "PYTHONPATH": str(REPO / "agent")}
-        done = subprocess.run(command + [os.sys.executable, "-m", "mipart", "validate", str(path)],
-                              capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            command + [os.sys.executable, "-m", "mipart", "validate", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
     else:
         done = mipart("validate", path)
     assert done.returncode == 1, done.stderr

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profilegen import PATH, SETTINGS, assert_located, profile_text, serve_or_refuse, sim_backend
 
 from mipart.profile.load import check_profile, load_profile
 from mipart.profile.problems import ProfileError
-from profilegen import PATH, SETTINGS, assert_located, profile_text, serve_or_refuse, sim_backend
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,10 @@ def test_valid_by_construction_profiles_are_accepted(text, backend):
     serve_or_refuse(text, backend)
 
 
-YAMLISH = st.text(st.sampled_from(list("version: 1\nservices:gpus{}[]-,'\"!&*|>%@`\t?#~.0123456789abcDPX") + ["\u2028", "\x85", "٣"]), max_size=400)
+YAMLISH = st.text(
+    st.sampled_from(list("version: 1\nservices:gpus{}[]-,'\"!&*|>%@`\t?#~.0123456789abcDPX") + ["\u2028", "\x85", "٣"]),
+    max_size=400,
+)
 
 
 @settings(max_examples=300, **SETTINGS)

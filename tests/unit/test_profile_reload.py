@@ -6,9 +6,9 @@ import asyncio
 import threading
 
 import pytest
+from test_agent_parts import Log
 
 from mipart.daemon import profiles
-from test_agent_parts import Log
 
 GOOD = "version: 1\nservices:\n  chat: {model: org/m, listen: 8040}\n"
 
@@ -24,10 +24,14 @@ def test_a_crash_inside_validation_is_one_line_and_nothing_is_adopted(tmp_path, 
     log = Log()
     profile, error = profiles.read_profile(str(path), log, "0123456789abcdef")
     assert profile is None
-    assert error == (f"{path}: the profile could not be checked (RecursionError: maximum recursion depth exceeded); "
-                     "the last good profile is kept; please report this with the file")
+    assert error == (
+        f"{path}: the profile could not be checked (RecursionError: maximum recursion depth exceeded); "
+        "the last good profile is kept; please report this with the file"
+    )
     [(level, event, fields)] = log.events
-    assert (level, event, fields["kept"]) == ("error", "profile.check_failed", "0123456789ab") and fields["at"].endswith(".py:" + fields["at"].rsplit(":", 1)[1])
+    assert (level, event, fields["kept"]) == ("error", "profile.check_failed", "0123456789ab") and fields[
+        "at"
+    ].endswith(".py:" + fields["at"].rsplit(":", 1)[1])
 
 
 def test_reading_off_the_event_loop_keeps_the_loop_running_and_is_bounded(tmp_path, monkeypatch):
@@ -59,7 +63,9 @@ def test_reading_off_the_event_loop_keeps_the_loop_running_and_is_bounded(tmp_pa
         return result, ticks
 
     (profile, error), ticks = asyncio.run(scenario())
-    assert profile is None and error == f"{path}: reading the profile took longer than 0.3s; the last good profile is kept"
+    assert (
+        profile is None and error == f"{path}: reading the profile took longer than 0.3s; the last good profile is kept"
+    )
     assert ticks > 3  # the loop ran while the profile was read
     assert threads and threads[0] is not threading.main_thread()
 
@@ -84,4 +90,6 @@ def test_validate_turns_a_crash_inside_validation_into_one_line(tmp_path, monkey
     with pytest.raises(SystemExit) as exited:
         main(["validate", str(path)])
     assert exited.value.code == 1
-    assert capsys.readouterr().err.splitlines() == [f"{path}: the profile could not be checked (MemoryError: out of memory); please report this with the file"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: the profile could not be checked (MemoryError: out of memory); please report this with the file"
+    ]

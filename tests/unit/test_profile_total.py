@@ -8,14 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import mipart
+from test_planners import logical_gpus
+
+from mipart.nginx.conf import render_nginx
 from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
 from mipart.profile.source import MAX_BYTES
 from mipart.serving.instances import plan_instances
-from mipart.nginx.conf import render_nginx
-from test_planners import logical_gpus
 
 B = "version: 1\ngpus: {compute: DPX, memory: NPS2}\n"
 
@@ -38,20 +38,36 @@ def service(fields: str) -> str:
 # -- the catalogue ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields,expected", [
-    ("model: a/b, listen: 8040, args: [null]", "4:43: services.chat.args[0] is empty; give a string"),
-    ("model: , listen: 8040", "4:17: services.chat.model is empty; give a model"),
-    ("model: a/b, listen: ", "4:30: services.chat.listen is empty; give a port or host:port"),
-    ("model: a/b, listen: 8040, runtime: docker, image: ", "4:60: services.chat.image is empty; give an image reference"),
-    ("model: a/b, listen: 8040, served_model_name: 3.10",
-     '4:55: services.chat.served_model_name 3.10 would be read by YAML as a number (3.1); write it in quotes: "3.10"'),
-    ("model: a/b, listen: 8040, args: [--seed, 010]", '4:51: services.chat.args[1] 010 would be read by YAML as a number (8); write it in quotes: "010"'),
-    ('model: a/b, listen: "unix:rel.sock"',
-     "4:30: services.chat.listen socket unix:rel.sock is relative, and nginx would read it against its own prefix directory; "
-     "give an absolute path, e.g. unix:/run/NAME.sock"),
-    ('model: a/b, listen: "٨٠٤٠"', "4:30: services.chat.listen '٨٠٤٠' is not a port or host:port; e.g. 8040 or 127.0.0.1:8040"),
-    ('model: a/b, listen: "127.0.0.1:٨٠٤٠"', "4:30: services.chat.listen port '٨٠٤٠' is not a number; use 1-65535"),
-])
+@pytest.mark.parametrize(
+    "fields,expected",
+    [
+        ("model: a/b, listen: 8040, args: [null]", "4:43: services.chat.args[0] is empty; give a string"),
+        ("model: , listen: 8040", "4:17: services.chat.model is empty; give a model"),
+        ("model: a/b, listen: ", "4:30: services.chat.listen is empty; give a port or host:port"),
+        (
+            "model: a/b, listen: 8040, runtime: docker, image: ",
+            "4:60: services.chat.image is empty; give an image reference",
+        ),
+        (
+            "model: a/b, listen: 8040, served_model_name: 3.10",
+            '4:55: services.chat.served_model_name 3.10 would be read by YAML as a number (3.1); write it in quotes: "3.10"',
+        ),
+        (
+            "model: a/b, listen: 8040, args: [--seed, 010]",
+            '4:51: services.chat.args[1] 010 would be read by YAML as a number (8); write it in quotes: "010"',
+        ),
+        (
+            'model: a/b, listen: "unix:rel.sock"',
+            "4:30: services.chat.listen socket unix:rel.sock is relative, and nginx would read it against its own prefix directory; "
+            "give an absolute path, e.g. unix:/run/NAME.sock",
+        ),
+        (
+            'model: a/b, listen: "٨٠٤٠"',
+            "4:30: services.chat.listen '٨٠٤٠' is not a port or host:port; e.g. 8040 or 127.0.0.1:8040",
+        ),
+        ('model: a/b, listen: "127.0.0.1:٨٠٤٠"', "4:30: services.chat.listen port '٨٠٤٠' is not a number; use 1-65535"),
+    ],
+)
 def test_catalogue_values_get_their_line(fields, expected):
     assert problems(service(fields)) == [expected]
 
@@ -83,7 +99,9 @@ def test_sub_second_timeouts_render_exactly():
     assert "proxy_read_timeout 1500ms;" in render_nginx(profile, (), frozenset(), Path("/x"))
 
 
-@pytest.mark.parametrize("shape", ["[" * 5000, "[" * 100_000, "- " * 100_000 + "x", "{a: " * 100_000, "? " * 100_000 + "x"])
+@pytest.mark.parametrize(
+    "shape", ["[" * 5000, "[" * 100_000, "- " * 100_000 + "x", "{a: " * 100_000, "? " * 100_000 + "x"]
+)
 def test_deep_nesting_is_one_line_not_a_crash(shape):
     [line] = problems(B + "x:\n  " + shape + "\n")
     assert "nested more than 16 levels deep" in line
@@ -92,8 +110,12 @@ def test_deep_nesting_is_one_line_not_a_crash(shape):
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "big", "deep"])
 def test_unusual_files_get_one_line_in_bounded_time(tmp_path, kind):
     path = tmp_path / "p.yaml"
-    expected = {"fifo": "is a FIFO (named pipe), not a regular file", "dev-zero": "is a character device, not a regular file",
-                "big": "is larger than 1024 KiB", "deep": "nested more than"}[kind]
+    expected = {
+        "fifo": "is a FIFO (named pipe), not a regular file",
+        "dev-zero": "is a character device, not a regular file",
+        "big": "is larger than 1024 KiB",
+        "deep": "nested more than",
+    }[kind]
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "dev-zero":
@@ -125,12 +147,22 @@ def with_value(field: str, raw: str) -> str:
 
 
 @pytest.mark.parametrize("field", STRING_FIELDS)
-@pytest.mark.parametrize("raw,read_as", [("yes", "a boolean (true)"), ("off", "a boolean (false)"), ("0x1F", "a number (31)"),
-                                         ("1:30", "a number (90)"), ("1_000", "a number (1000)"), ("0.50", "a number (0.5)"),
-                                         ("2001-12-14", "a date (2001-12-14)"), (".inf", "a number (inf)")])
+@pytest.mark.parametrize(
+    "raw,read_as",
+    [
+        ("yes", "a boolean (true)"),
+        ("off", "a boolean (false)"),
+        ("0x1F", "a number (31)"),
+        ("1:30", "a number (90)"),
+        ("1_000", "a number (1000)"),
+        ("0.50", "a number (0.5)"),
+        ("2001-12-14", "a date (2001-12-14)"),
+        (".inf", "a number (inf)"),
+    ],
+)
 def test_values_yaml_would_coerce_in_string_positions_say_to_quote_them(field, raw, read_as):
     [line] = problems(with_value(field, raw))
-    assert f"services.chat.{field} {raw} would be read by YAML as {read_as}; write it in quotes: \"{raw}\"" in line
+    assert f'services.chat.{field} {raw} would be read by YAML as {read_as}; write it in quotes: "{raw}"' in line
 
 
 @pytest.mark.parametrize("field", STRING_FIELDS)
@@ -149,10 +181,19 @@ def test_tags_and_values_yaml_cannot_build_are_one_line(field, raw):
     assert line.split(": ", 1)[1].startswith(f"services.chat.{field} ")
 
 
-@pytest.mark.parametrize("where,template", [("services.chat.tensor_parallel", "model: a/b, listen: 8040, tensor_parallel: {}"),
-                                            ("services.chat.max_concurrency", "model: a/b, listen: 8040, max_concurrency: {}"),
-                                            ("instances.base_port", None), ("health.max_restarts", None), ("version", None)])
-@pytest.mark.parametrize("raw", ["010", "0x10", "0o10", "1:30", "1_0", "+5", "yes", "'5'", "5.0", "٣", "9" * 5000, "2001-13-45", ""])
+@pytest.mark.parametrize(
+    "where,template",
+    [
+        ("services.chat.tensor_parallel", "model: a/b, listen: 8040, tensor_parallel: {}"),
+        ("services.chat.max_concurrency", "model: a/b, listen: 8040, max_concurrency: {}"),
+        ("instances.base_port", None),
+        ("health.max_restarts", None),
+        ("version", None),
+    ],
+)
+@pytest.mark.parametrize(
+    "raw", ["010", "0x10", "0o10", "1:30", "1_0", "+5", "yes", "'5'", "5.0", "٣", "9" * 5000, "2001-13-45", ""]
+)
 def test_numbers_are_plain_decimal_digits_everywhere(where, template, raw):
     if template:
         text = service(template.format(raw))
@@ -166,56 +207,91 @@ def test_numbers_are_plain_decimal_digits_everywhere(where, template, raw):
 
 
 def test_yaml_numbers_that_print_back_as_written_are_taken_as_strings():
-    profile = check_profile(service("model: a/b, listen: 8040, args: [--max-num-seqs, 512, --gpu-memory-utilization, 0.9], env: {A: 1}"))
+    profile = check_profile(
+        service("model: a/b, listen: 8040, args: [--max-num-seqs, 512, --gpu-memory-utilization, 0.9], env: {A: 1}")
+    )
     assert profile.services[0].args == ("--max-num-seqs", "512", "--gpu-memory-utilization", "0.9")
     assert profile.services[0].env == (("A", "1"),) and profile.services[0].max_concurrency == 512
 
 
-@pytest.mark.parametrize("key,raw,words", [
-    ("interval", "0.5ms", "not a whole number of milliseconds"), ("interval", "2h", "use at most 1h"), ("interval", "0s", "longer than zero"),
-    ("startup_timeout", "500ms", "use at least 1s"), ("startup_timeout", "2d", "use at most 1d"), ("timeout", "٣s", "write a duration"),
-    ("restart_backoff_max", "1.0000000000000001s", "far too long"),
-])
+@pytest.mark.parametrize(
+    "key,raw,words",
+    [
+        ("interval", "0.5ms", "not a whole number of milliseconds"),
+        ("interval", "2h", "use at most 1h"),
+        ("interval", "0s", "longer than zero"),
+        ("startup_timeout", "500ms", "use at least 1s"),
+        ("startup_timeout", "2d", "use at most 1d"),
+        ("timeout", "٣s", "write a duration"),
+        ("restart_backoff_max", "1.0000000000000001s", "far too long"),
+    ],
+)
 def test_durations_have_bounds(key, raw, words):
     [line] = problems(f"version: 1\nhealth: {{{key}: {raw}}}\n")
     assert f"health.{key}" in line and words in line, line
 
 
-@pytest.mark.parametrize("listen,words", [
-    ('"[::1]:8040"', None), ('"*:8040"', None), ('"localhost:8040"', None), ('"unix:/run/mipart/chat.sock"', None),
-    ('"::1:8040"', "put it in brackets"), ('"[fe80::1%eth0]:8040"', "is not an IPv6 address"), ('"[zz]:8040"', "is not an IPv6 address"),
-    ('"example.com:8040"', "is not an IP address"), ('"127.0.0.01:8040"', "is not an IP address"), ('"1.2.3:8040"', "is not an IP address"),
-    ('"127.0.0.1:08040"', "has a leading zero"), ('"127.0.0.1:0"', "out of range"), ('"127.0.0.1:"', "is not a number"),
-    ('"unix:/run/' + "x" * 100 + '.sock"', "a unix socket path has at most 107"), ('"unix:/run/../x.sock"', "not a plain absolute path"),
-    ("1:30", "is not an IP address"),
-])
+@pytest.mark.parametrize(
+    "listen,words",
+    [
+        ('"[::1]:8040"', None),
+        ('"*:8040"', None),
+        ('"localhost:8040"', None),
+        ('"unix:/run/mipart/chat.sock"', None),
+        ('"::1:8040"', "put it in brackets"),
+        ('"[fe80::1%eth0]:8040"', "is not an IPv6 address"),
+        ('"[zz]:8040"', "is not an IPv6 address"),
+        ('"example.com:8040"', "is not an IP address"),
+        ('"127.0.0.01:8040"', "is not an IP address"),
+        ('"1.2.3:8040"', "is not an IP address"),
+        ('"127.0.0.1:08040"', "has a leading zero"),
+        ('"127.0.0.1:0"', "out of range"),
+        ('"127.0.0.1:"', "is not a number"),
+        ('"unix:/run/' + "x" * 100 + '.sock"', "a unix socket path has at most 107"),
+        ('"unix:/run/../x.sock"', "not a plain absolute path"),
+        ("1:30", "is not an IP address"),
+    ],
+)
 def test_listen_addresses_are_read_the_way_nginx_reads_them(listen, words):
     lines = problems(service(f"model: a/b, listen: {listen}"))
     assert (lines == []) if words is None else (len(lines) == 1 and words in lines[0]), lines
 
 
 def test_two_services_without_their_own_partitions_are_refused():
-    text = B + "services:\n  a: {model: a/b, listen: 8040, partitions: }\n  b: {model: a/c, listen: 8041, partitions: }\n"
+    text = (
+        B + "services:\n  a: {model: a/b, listen: 8040, partitions: }\n  b: {model: a/c, listen: 8041, partitions: }\n"
+    )
     assert [line.split(": ", 1)[1] for line in problems(text)] == [
         'services.a.partitions is empty; give all, a list like [0, 1], or a range like "0-7" of logical GPU indices',
-        'services.b.partitions is empty; give all, a list like [0, 1], or a range like "0-7" of logical GPU indices']
+        'services.b.partitions is empty; give all, a list like [0, 1], or a range like "0-7" of logical GPU indices',
+    ]
     text = B + "services:\n  a: {model: a/b, listen: 8040}\n  b: {model: a/c, listen: 8041}\n"
     assert "services.b.partitions is all but service a also needs partitions" in problems(text)[0]
     lines = problems(B + "services:\n  a: {model: a/b, listen: 8040}\n  b: {}\n")  # b has no value node to point at
-    assert [line.split(": ", 1)[0] for line in lines] == ["5:3", "5:6", "5:6"] and "services.b.partitions is all" in lines[0]
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "5:3",
+        "5:6",
+        "5:6",
+    ] and "services.b.partitions is all" in lines[0]
 
 
 def test_logical_gpus_past_the_instance_ports_and_lists_too_long_are_refused():
     assert "goes past 63" in problems(service('model: a/b, listen: 8040, partitions: "0-64"'))[0]
     assert "use a number from 0 to 63" in problems(service("model: a/b, listen: 8040, partitions: [64]"))[0]
-    assert "more than the 1024 physical GPUs" in problems(B.replace("}", ", select: \"" + ",".join(["0-1023"] * 2000) + "\"}"))[0]
+    assert (
+        "more than the 1024 physical GPUs"
+        in problems(B.replace("}", ', select: "' + ",".join(["0-1023"] * 2000) + '"}'))[0]
+    )
 
 
-@pytest.mark.parametrize("fields,words", [
-    ("model: a/b, listen: 8040, env: {MIPART_INSTANCE: '3'}", "is reserved"),
-    ('model: a/b, listen: 8040, runtime: docker, image: "a:b:c"', "is not an image reference"),
-    ("model: a/b, listen: 8040, runtime: docker, image: UPPER/x", "is not an image reference"),
-])
+@pytest.mark.parametrize(
+    "fields,words",
+    [
+        ("model: a/b, listen: 8040, env: {MIPART_INSTANCE: '3'}", "is reserved"),
+        ('model: a/b, listen: 8040, runtime: docker, image: "a:b:c"', "is not an image reference"),
+        ("model: a/b, listen: 8040, runtime: docker, image: UPPER/x", "is not an image reference"),
+    ],
+)
 def test_values_that_would_misfire_at_run_time(fields, words):
     [line] = problems(service(fields))
     assert words in line
@@ -224,7 +300,10 @@ def test_values_that_would_misfire_at_run_time(fields, words):
     [line] = problems(B + "health: {max_restarts: 5000}\n")
     assert "use a number from 1 to 1000" in line
     [line] = problems("version: 1\ninstances: {base_port: 8000}\n")  # no api: the default address is in the range
-    assert line == "2:12: the default api.listen 127.0.0.1:8049 port 8049 is inside the instance port range 8000-8063; choose a port outside it"
+    assert (
+        line
+        == "2:12: the default api.listen 127.0.0.1:8049 port 8049 is inside the instance port range 8000-8063; choose a port outside it"
+    )
 
 
 def test_a_flood_of_problems_is_capped_with_a_last_line_saying_how_many_more():
@@ -242,6 +321,14 @@ def test_validate_of_a_hostile_file_stays_fast(tmp_path):
 
 
 def test_status_api_option_with_a_non_ascii_port_is_one_line():
-    done = subprocess.run([os.sys.executable, "-m", "mipart", "status", "--api", "127.0.0.1:²"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "agent")})
-    assert done.returncode == 1 and done.stderr.strip() == "mipart: --api 127.0.0.1:²: port ² is not a port; use 1-65535, e.g. 127.0.0.1:8049"
+    done = subprocess.run(
+        [os.sys.executable, "-m", "mipart", "status", "--api", "127.0.0.1:²"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "agent")},
+    )
+    assert (
+        done.returncode == 1
+        and done.stderr.strip() == "mipart: --api 127.0.0.1:²: port ² is not a port; use 1-65535, e.g. 127.0.0.1:8049"
+    )

@@ -30,12 +30,14 @@ def test_label_values_are_escaped():
 
 
 def test_metric_sum_adds_label_sets_and_knows_absence():
-    text = ('# HELP vllm:num_requests_waiting x\nvllm:num_requests_waiting{model_name="a"} 7.0\n'
-            'vllm:num_requests_waiting{model_name="b"} 5.0\nvllm:num_requests_waiting_other 100\nvllm:num_requests_running 3\n')
+    text = (
+        '# HELP vllm:num_requests_waiting x\nvllm:num_requests_waiting{model_name="a"} 7.0\n'
+        'vllm:num_requests_waiting{model_name="b"} 5.0\nvllm:num_requests_waiting_other 100\nvllm:num_requests_running 3\n'
+    )
     assert metric_sum(text, "vllm:num_requests_waiting") == 12.0
     assert metric_sum(text, "vllm:num_requests_running") == 3.0
     assert metric_sum(text, "vllm:kv_cache_usage_perc") is None
-    assert metric_sum("vllm:x{a=\"1\"} NaN-ish\n", "vllm:x") is None
+    assert metric_sum('vllm:x{a="1"} NaN-ish\n', "vllm:x") is None
 
 
 def test_what_the_writer_writes_the_reader_reads():

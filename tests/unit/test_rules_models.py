@@ -34,9 +34,16 @@ PER_GPU = {"SPX": 1, "DPX": 2, "TPX": 3, "QPX": 4}  # CPX: one per XCD
 ALL_COMPUTE = ("SPX", "DPX", "TPX", "QPX", "CPX")
 ALL_MEMORY = ("NPS1", "NPS2", "NPS4")
 
-OFFERED = [(model, rules, c, m) for (model, rules), table in TABLES.items() for c, modes in table.items() for m in modes]
-REFUSED = [(model, rules, c, m) for (model, rules), table in TABLES.items() for c in ALL_COMPUTE for m in ALL_MEMORY
-           if m not in table.get(c, ())]
+OFFERED = [
+    (model, rules, c, m) for (model, rules), table in TABLES.items() for c, modes in table.items() for m in modes
+]
+REFUSED = [
+    (model, rules, c, m)
+    for (model, rules), table in TABLES.items()
+    for c in ALL_COMPUTE
+    for m in ALL_MEMORY
+    if m not in table.get(c, ())
+]
 
 
 def host(tmp_path, model: str, rules: str):

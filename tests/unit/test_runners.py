@@ -44,9 +44,16 @@ def test_each_method_takes_what_the_protocol_says(kind, method):
 
 def test_a_tag_that_is_not_ascii_digits_is_not_an_instance(tmp_path):
     """Any local process may carry our tags; '²'.isdigit() is True and int('²') raises."""
-    started = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True,
-                                env={**os.environ, "MIPART_RUN_DIR": str(tmp_path), "MIPART_INSTANCE": tag}) for tag in ("\u00b2", "3")]
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)"],
+            start_new_session=True,
+            env={**os.environ, "MIPART_RUN_DIR": str(tmp_path), "MIPART_INSTANCE": tag},
+        )
+        for tag in ("\u00b2", "3")
+    ]
     try:
+
         def found() -> dict:
             return procfs.tagged_servers(str(tmp_path))
 

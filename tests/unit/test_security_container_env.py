@@ -17,17 +17,23 @@ import subprocess
 import sys
 
 import pytest
-
 import recorder
 from conftest import AGENT
 from rendered import render_run_dir
 
-
-HOSTILE = {"PATH": "/tmp/evil", "LD_PRELOAD": "/tmp/evil/x.so", "DOCKER_HOST": "tcp://198.51.100.7:2375",
-           "CONTAINERS_CONF": "/tmp/evil/containers.conf", "PYTHONPATH": "/tmp/evil", "HF_TOKEN": "hf_s3cr3t=x"}
+HOSTILE = {
+    "PATH": "/tmp/evil",
+    "LD_PRELOAD": "/tmp/evil/x.so",
+    "DOCKER_HOST": "tcp://198.51.100.7:2375",
+    "CONTAINERS_CONF": "/tmp/evil/containers.conf",
+    "PYTHONPATH": "/tmp/evil",
+    "HF_TOKEN": "hf_s3cr3t=x",
+}
 # `mipart exec N` with the fixed PATH pointed at this test's directory.
-LAUNCH = ("import sys; import mipart.serving.execenv as e, mipart.serving.launcher as l; from mipart.cli import main; "
-          "e.CLIENT_PATH = l.CLIENT_PATH = sys.argv[1]; main(sys.argv[2:])")
+LAUNCH = (
+    "import sys; import mipart.serving.execenv as e, mipart.serving.launcher as l; from mipart.cli import main; "
+    "e.CLIENT_PATH = l.CLIENT_PATH = sys.argv[1]; main(sys.argv[2:])"
+)
 
 
 def _recorder(directory, who: str, log):
@@ -43,7 +49,11 @@ def _calls(log) -> list[dict]:
 
 def _render(tmp_path, host, env: dict, env_files: list[str] = ()):
     env_text = ", ".join(f"{k}: {json.dumps(v)}" for k, v in env.items())
-    return render_run_dir(tmp_path, host, f"runtime: docker, image: rocm/vllm, partitions: [3], env: {{{env_text}}}, env_files: {json.dumps(list(env_files))}")
+    return render_run_dir(
+        tmp_path,
+        host,
+        f"runtime: docker, image: rocm/vllm, partitions: [3], env: {{{env_text}}}, env_files: {json.dumps(list(env_files))}",
+    )
 
 
 def test_the_client_gets_a_fixed_environment_and_the_env_only_through_a_root_only_file(tmp_path, host):
@@ -53,9 +63,17 @@ def test_the_client_gets_a_fixed_environment_and_the_env_only_through_a_root_onl
     log = tmp_path / "calls.jsonl"
     _recorder(fixed, "fixed", log)
     _recorder(evil, "evil", log)  # what PATH: /tmp/evil would have found
-    env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run),
-           "DOCKER_HOST": "unix:///from-the-unit", "LD_LIBRARY_PATH": "/from-the-unit"}
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        **host,
+        "PYTHONPATH": str(AGENT),
+        "MIPART_RUN_DIR": str(run),
+        "DOCKER_HOST": "unix:///from-the-unit",
+        "LD_LIBRARY_PATH": "/from-the-unit",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     calls = _calls(log)
     assert [c["who"] for c in calls] == ["fixed", "fixed"]  # `rm -f` of a stale container, then `run`
@@ -82,17 +100,26 @@ def test_cleanup_removes_the_container_with_the_fixed_environment(tmp_path, host
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
     env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(fixed), "exec", "3", "--cleanup"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3", "--cleanup"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     [call] = _calls(log)
     assert call["argv"] == ["rm", "-f", "mipart-vllm-3"] and "A" not in call["env"]
 
 
-@pytest.mark.parametrize("damage,words", [
-    ("missing", "cannot be read (No such file or directory); restart mipart-agent to rewrite it"),
-    ("readable", "has mode 0644 and owner uid"),
-    ("stale", "does not say what spec"),
-])
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        ("missing", "cannot be read (No such file or directory); restart mipart-agent to rewrite it"),
+        ("readable", "has mode 0644 and owner uid"),
+        ("stale", "does not say what spec"),
+    ],
+)
 def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, host, damage, words):
     run = _render(tmp_path, host, {"A": "1"})
     path = run / "instances/3.env"
@@ -105,7 +132,9 @@ def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, host, da
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
     env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
+    )
     [line] = done.stderr.splitlines()
     assert done.returncode == 1 and line.startswith(f"mipart: instance 3: env file {path} ") and words in line, line
     assert not log.exists()  # refused before the client ran at all
@@ -114,9 +143,17 @@ def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, host, da
 def test_a_client_missing_from_the_fixed_path_is_one_line(tmp_path, host):
     run = _render(tmp_path, host, {"A": "1"})
     env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(tmp_path / "empty"), "exec", "3"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(tmp_path / "empty"), "exec", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert f"docker not found in {tmp_path / 'empty'} (the container client's fixed PATH); install it there" in done.stderr
+    assert (
+        f"docker not found in {tmp_path / 'empty'} (the container client's fixed PATH); install it there" in done.stderr
+    )
 
 
 def test_secrets_files_go_to_the_client_as_they_are_never_into_mipart_s_env_file(tmp_path, host):
@@ -128,7 +165,9 @@ def test_secrets_files_go_to_the_client_as_they_are_never_into_mipart_s_env_file
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
     env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     _, call = _calls(log)
     assert call["argv"][:5] == ["run", "--env-file", str(run / "instances/3.env"), "--env-file", str(secret)]
@@ -142,7 +181,13 @@ def test_a_model_cache_that_is_a_link_to_a_system_directory_is_refused_at_start(
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
     env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
+    )
     [line] = done.stderr.splitlines()
-    assert done.returncode == 1 and line == f"mipart: instance 3: instances.hf_home {tmp_path / 'hf'} resolves to /etc, which is inside the system directory /etc; give a directory of its own, e.g. /var/lib/mipart/huggingface"
+    assert (
+        done.returncode == 1
+        and line
+        == f"mipart: instance 3: instances.hf_home {tmp_path / 'hf'} resolves to /etc, which is inside the system directory /etc; give a directory of its own, e.g. /var/lib/mipart/huggingface"
+    )
     assert not log.exists()

@@ -28,46 +28,60 @@ def hf_home(path: str) -> list[str]:
     return problems(B + f"instances: {{hf_home: {json.dumps(path)}}}\n")
 
 
-@pytest.mark.parametrize("path,words", [
-    ("/", "is a directory many things share"),
-    ("//", "is a directory many things share"),
-    ("/etc", "is inside the system directory /etc"),
-    ("/etc/mipart/hf", "is inside the system directory /etc"),
-    ("/usr/share/hf", "is inside the system directory /usr"),
-    ("/lib64", "is inside the system directory /lib64"),
-    ("/boot/", "is inside the system directory /boot"),
-    ("/proc/self", "is inside the system directory /proc"),
-    ("/run/mipart", "is inside the system directory /run"),
-    ("/root/.cache", "is inside the system directory /root"),
-    ("/home", "is a directory many things share"),
-    ("/var", "is a directory many things share"),
-    ("/var/lib", "is a directory many things share"),
-    ("/tmp", "is a directory many things share"),
-    ("relative/hf", "is not a plain absolute path"),
-    ("/data/../etc", "is not a plain absolute path"),
-    ("/data:/etc", "is not a plain absolute path"),
-])
+@pytest.mark.parametrize(
+    "path,words",
+    [
+        ("/", "is a directory many things share"),
+        ("//", "is a directory many things share"),
+        ("/etc", "is inside the system directory /etc"),
+        ("/etc/mipart/hf", "is inside the system directory /etc"),
+        ("/usr/share/hf", "is inside the system directory /usr"),
+        ("/lib64", "is inside the system directory /lib64"),
+        ("/boot/", "is inside the system directory /boot"),
+        ("/proc/self", "is inside the system directory /proc"),
+        ("/run/mipart", "is inside the system directory /run"),
+        ("/root/.cache", "is inside the system directory /root"),
+        ("/home", "is a directory many things share"),
+        ("/var", "is a directory many things share"),
+        ("/var/lib", "is a directory many things share"),
+        ("/tmp", "is a directory many things share"),
+        ("relative/hf", "is not a plain absolute path"),
+        ("/data/../etc", "is not a plain absolute path"),
+        ("/data:/etc", "is not a plain absolute path"),
+    ],
+)
 def test_hf_home_must_be_a_directory_of_its_own(path, words):
     [line] = hf_home(path)
     assert line.startswith("3:22: instances.hf_home ") and words in line, line
 
 
-@pytest.mark.parametrize("path", ["/var/lib/mipart/huggingface", "/data/hf-cache", "/home/models/hf", "/tmp/bench/hf", "/srv/hf", "/library/hf"])
+@pytest.mark.parametrize(
+    "path",
+    ["/var/lib/mipart/huggingface", "/data/hf-cache", "/home/models/hf", "/tmp/bench/hf", "/srv/hf", "/library/hf"],
+)
 def test_dedicated_cache_directories_are_taken(path):
     assert hf_home(path) == []
 
 
-@pytest.mark.parametrize("value,words", [
-    ('"\\"quoted\\""', "starts with a quote"),
-    ("\"'single'\"", "starts with a quote"),
-    ('" padded"', "starts or ends with whitespace"),
-    ('"padded "', "starts or ends with whitespace"),
-])
+@pytest.mark.parametrize(
+    "value,words",
+    [
+        ('"\\"quoted\\""', "starts with a quote"),
+        ("\"'single'\"", "starts with a quote"),
+        ('" padded"', "starts or ends with whitespace"),
+        ('"padded "', "starts or ends with whitespace"),
+    ],
+)
 @pytest.mark.parametrize("runtime", ["docker", "podman"])
 def test_container_env_values_an_env_file_cannot_carry_are_refused(runtime, value, words):
-    text = B + f"services:\n  chat: {{model: a/b, listen: 8040, runtime: {runtime}, image: rocm/vllm, env: {{TOKEN: {value}}}}}\n"
+    text = (
+        B
+        + f"services:\n  chat: {{model: a/b, listen: 8040, runtime: {runtime}, image: rocm/vllm, env: {{TOKEN: {value}}}}}\n"
+    )
     [line] = problems(text)
-    assert f"services.chat.env.TOKEN {words}" in line and f"(runtime {runtime} gets env through an env file)" in line, line
+    assert f"services.chat.env.TOKEN {words}" in line and f"(runtime {runtime} gets env through an env file)" in line, (
+        line
+    )
 
 
 def test_the_same_values_are_fine_for_a_native_server_which_gets_them_by_execve():
@@ -75,22 +89,29 @@ def test_the_same_values_are_fine_for_a_native_server_which_gets_them_by_execve(
 
 
 def test_env_values_with_an_equals_sign_are_carried_as_written():
-    profile = check_profile(B + 'services:\n  chat: {model: a/b, listen: 8040, runtime: docker, image: rocm/vllm, env: {A: "x=y=z"}}\n')
+    profile = check_profile(
+        B + 'services:\n  chat: {model: a/b, listen: 8040, runtime: docker, image: rocm/vllm, env: {A: "x=y=z"}}\n'
+    )
     assert profile.services[0].env == (("A", "x=y=z"),)
 
 
-@pytest.mark.parametrize("value,words", [
-    ("[relative.env]", "is not a plain absolute path"),
-    ("[/etc/mipart/a.env, /etc/mipart/a.env]", "lists '/etc/mipart/a.env' more than once"),
-    ("/etc/mipart/a.env", "must be a list of absolute paths"),
-])
+@pytest.mark.parametrize(
+    "value,words",
+    [
+        ("[relative.env]", "is not a plain absolute path"),
+        ("[/etc/mipart/a.env, /etc/mipart/a.env]", "lists '/etc/mipart/a.env' more than once"),
+        ("/etc/mipart/a.env", "must be a list of absolute paths"),
+    ],
+)
 def test_env_files_are_absolute_paths_listed_once(value, words):
     [line] = problems(B + f"services:\n  chat: {{model: a/b, listen: 8040, env_files: {value}}}\n")
     assert "services.chat.env_files" in line and words in line, line
 
 
 def test_env_files_reach_the_spec_as_paths():
-    profile = check_profile(B + "services:\n  chat: {model: a/b, listen: 8040, env_files: [/etc/mipart/secrets/chat.env]}\n")
+    profile = check_profile(
+        B + "services:\n  chat: {model: a/b, listen: 8040, env_files: [/etc/mipart/secrets/chat.env]}\n"
+    )
     assert profile.services[0].env_files == ("/etc/mipart/secrets/chat.env",)
 
 
@@ -109,7 +130,10 @@ def test_a_bare_api_port_means_loopback():
 
 def test_an_api_socket_must_stay_under_the_run_dir():
     [line] = problems(B + 'api: {listen: "unix:/run/mipart/../../etc/x.sock"}\n')
-    assert "api.listen socket '/run/mipart/../../etc/x.sock' is not a plain absolute path: it has a '.' or '..' component" in line
+    assert (
+        "api.listen socket '/run/mipart/../../etc/x.sock' is not a plain absolute path: it has a '.' or '..' component"
+        in line
+    )
     [line] = problems(B + 'api: {listen: "unix:/tmp/api.sock"}\n')
     assert "must be a plain path under /run/mipart/" in line
 
@@ -121,11 +145,25 @@ def test_an_api_socket_behind_a_symbolic_link_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(addresses, "API_SOCKET_DIR", f"{run}/")
     assert addresses.parse_api_listen(f"unix:{run}/ok/api.sock") == (f"unix:{run}/ok/api.sock", "")
     value, error = addresses.parse_api_listen(f"unix:{run}/out/api.sock")
-    assert value is None and "through a symbolic link, outside" in error and error.endswith(f"give a path under {run}/ without links")
+    assert (
+        value is None
+        and "through a symbolic link, outside" in error
+        and error.endswith(f"give a path under {run}/ without links")
+    )
 
 
-@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True),
-                                           ("0.0.0.0", False), ("::", False), ("192.0.2.1", False)])
+@pytest.mark.parametrize(
+    "host,loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.1", False),
+    ],
+)
 def test_loopback_addresses(host, loopback):
     assert addresses.is_loopback(host) is loopback
 

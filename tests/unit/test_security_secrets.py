@@ -10,17 +10,27 @@ import stat
 from dataclasses import replace
 
 import pytest
-
 from conftest import mipart
 from rendered import render_run_dir
+
 from mipart.daemon.specfiles import SPEC_MODE, write_specs
 from mipart.serving.spec import InstanceSpec
 
 TOKEN = "hf_TopSecret123=="
 SPEC = InstanceSpec(
-    number=3, service="chat", model="org/m", served_model_name="org/m", logical_gpus=(3,),
-    physical_gpus=(1,), render_nodes=("/dev/dri/renderD137",), port=8084, runtime="native",
-    argv=("vllm", "serve", "org/m"), env=(("HF_TOKEN", TOKEN),), user="mipart", hf_home="/var/lib/mipart/huggingface",
+    number=3,
+    service="chat",
+    model="org/m",
+    served_model_name="org/m",
+    logical_gpus=(3,),
+    physical_gpus=(1,),
+    render_nodes=("/dev/dri/renderD137",),
+    port=8084,
+    runtime="native",
+    argv=("vllm", "serve", "org/m"),
+    env=(("HF_TOKEN", TOKEN),),
+    user="mipart",
+    hf_home="/var/lib/mipart/huggingface",
 )
 
 
@@ -52,7 +62,11 @@ def test_the_new_spec_fields_leave_older_specs_and_their_digests_alone():
 
 
 def _render(tmp_path, host, env_files: list[str], env: str = "{FOO: bar}"):
-    return render_run_dir(tmp_path, host, f"partitions: [2], command: [/bin/sh, -c, env, sh], env: {env}, env_files: {json.dumps(env_files)}")
+    return render_run_dir(
+        tmp_path,
+        host,
+        f"partitions: [2], command: [/bin/sh, -c, env, sh], env: {env}, env_files: {json.dumps(env_files)}",
+    )
 
 
 def _secret(tmp_path, text: str, mode: int = 0o600, name: str = "chat.env"):
@@ -76,19 +90,26 @@ def test_a_secret_reaches_the_server_and_no_file_mipart_writes(tmp_path, host):
     assert not [p for p in run.rglob("*") if p.is_file() and TOKEN in p.read_text()]
 
 
-@pytest.mark.parametrize("text,mode,words", [
-    ("HF_TOKEN=x\n", 0o644, "has mode 0644, so others may read or change it; chmod 600"),
-    ("HF_TOKEN=x\n", 0o620, "has mode 0620"),
-    ("HF_TOKEN\n", 0o600, "line 1 has no '='; write KEY=VALUE"),
-    ("export HF_TOKEN=x\n", 0o600, "line 1 does not start with a variable name"),
-    ("A=1\n  B=2\n", 0o600, "line 2 does not start with a variable name"),
-    ("hf-abc123==\n", 0o600, "line 1 does not start with a variable name"),
-    ('HF_TOKEN="x"\n', 0o600, "line 1: the value of HF_TOKEN starts with a quote"),
-    ("HF_TOKEN=x \n", 0o600, "the value of HF_TOKEN starts or ends with whitespace"),
-    ("CUDA_VISIBLE_DEVICES=0-7\n", 0o600, "sets CUDA_VISIBLE_DEVICES, which mipart sets for each instance; remove it"),
-    ("MIPART_INSTANCE=9\n", 0o600, "sets MIPART_INSTANCE, which mipart sets for each instance"),
-    ("FOO=other\n", 0o600, "sets FOO, which services.chat.env or another env file sets too; set it in one place"),
-])
+@pytest.mark.parametrize(
+    "text,mode,words",
+    [
+        ("HF_TOKEN=x\n", 0o644, "has mode 0644, so others may read or change it; chmod 600"),
+        ("HF_TOKEN=x\n", 0o620, "has mode 0620"),
+        ("HF_TOKEN\n", 0o600, "line 1 has no '='; write KEY=VALUE"),
+        ("export HF_TOKEN=x\n", 0o600, "line 1 does not start with a variable name"),
+        ("A=1\n  B=2\n", 0o600, "line 2 does not start with a variable name"),
+        ("hf-abc123==\n", 0o600, "line 1 does not start with a variable name"),
+        ('HF_TOKEN="x"\n', 0o600, "line 1: the value of HF_TOKEN starts with a quote"),
+        ("HF_TOKEN=x \n", 0o600, "the value of HF_TOKEN starts or ends with whitespace"),
+        (
+            "CUDA_VISIBLE_DEVICES=0-7\n",
+            0o600,
+            "sets CUDA_VISIBLE_DEVICES, which mipart sets for each instance; remove it",
+        ),
+        ("MIPART_INSTANCE=9\n", 0o600, "sets MIPART_INSTANCE, which mipart sets for each instance"),
+        ("FOO=other\n", 0o600, "sets FOO, which services.chat.env or another env file sets too; set it in one place"),
+    ],
+)
 def test_a_secrets_file_mipart_cannot_trust_or_read_alike_is_one_line(tmp_path, host, text, mode, words):
     secret = _secret(tmp_path, text, mode)
     run = _render(tmp_path, host, [secret])
@@ -106,7 +127,9 @@ def test_a_missing_or_linked_secrets_file_is_one_line(tmp_path, host):
     run = _render(tmp_path, host, [str(tmp_path / "secrets/none.env"), str(link)])
     done = mipart("exec", "2", env={**host, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1
-    assert done.stderr.strip().endswith("none.env does not exist; create it (owner root, mode 0600) or remove it from the profile")
+    assert done.stderr.strip().endswith(
+        "none.env does not exist; create it (owner root, mode 0600) or remove it from the profile"
+    )
     run = _render(tmp_path, host, [str(link)])
     done = mipart("exec", "2", env={**host, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1 and "it must be a regular file, not a symbolic link" in done.stderr, done.stderr
@@ -116,7 +139,9 @@ def test_one_key_in_two_secrets_files_is_refused(tmp_path, host):
     first, second = _secret(tmp_path, "A=1\n"), _secret(tmp_path, "A=2\n", name="two.env")
     run = _render(tmp_path, host, [first, second])
     done = mipart("exec", "2", env={**host, "MIPART_RUN_DIR": str(run)})
-    assert done.returncode == 1 and f"{second} sets A, which services.chat.env or another env file sets too" in done.stderr
+    assert (
+        done.returncode == 1 and f"{second} sets A, which services.chat.env or another env file sets too" in done.stderr
+    )
 
 
 def test_the_agent_writes_a_container_s_env_file_beside_its_spec_and_removes_both_with_it(tmp_path):

@@ -38,13 +38,28 @@ def test_the_probe_is_per_service_with_defaults():
     assert profile("    health: {generation_probe: {}}\n").health.generation_probe("chat") == GenerationProbe()
 
 
-@pytest.mark.parametrize("health, line", [
-    ("    health: {generation_probe: {idle: 30}}\n", "7:39: services.chat.health.generation_probe.idle is '30'; write a duration with a unit"),
-    ("    health: {generation_probe: {idle: 10ms}}\n", "7:39: services.chat.health.generation_probe.idle is 10ms; use at least 100ms"),
-    ("    health: {generation_probe: {idel: 30s}}\n", "7:33: unknown key services.chat.health.generation_probe.idel; did you mean 'idle'?"),
-    ("    health: {generation: {idle: 30s}}\n", "7:14: unknown key services.chat.health.generation; did you mean 'generation_probe'?"),
-    ("    health: [generation_probe]\n", "7:13: services.chat.health must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "health, line",
+    [
+        (
+            "    health: {generation_probe: {idle: 30}}\n",
+            "7:39: services.chat.health.generation_probe.idle is '30'; write a duration with a unit",
+        ),
+        (
+            "    health: {generation_probe: {idle: 10ms}}\n",
+            "7:39: services.chat.health.generation_probe.idle is 10ms; use at least 100ms",
+        ),
+        (
+            "    health: {generation_probe: {idel: 30s}}\n",
+            "7:33: unknown key services.chat.health.generation_probe.idel; did you mean 'idle'?",
+        ),
+        (
+            "    health: {generation: {idle: 30s}}\n",
+            "7:14: unknown key services.chat.health.generation; did you mean 'generation_probe'?",
+        ),
+        ("    health: [generation_probe]\n", "7:13: services.chat.health must be a mapping"),
+    ],
+)
 def test_a_bad_generation_probe_is_one_located_line(health, line):
     with pytest.raises(ProfileError) as caught:
         profile(health)

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import AGENT, mipart
+
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
 from mipart.names import DEVICES_VAR, INSTANCE_VAR
@@ -129,19 +129,24 @@ def test_fake_engine_holds_its_devices_and_refuses_a_missing_one(root, tmp_path)
     finally:
         engine.kill()
         engine.wait()
-    missing = subprocess.run(argv, env={**env, DEVICES_VAR: str(root / "dev/dri/renderD999")}, capture_output=True, text=True, timeout=30)
+    missing = subprocess.run(
+        argv, env={**env, DEVICES_VAR: str(root / "dev/dri/renderD999")}, capture_output=True, text=True, timeout=30
+    )
     assert missing.returncode == 1
     assert f"cannot open GPU device {root}/dev/dri/renderD999: No such file or directory" in missing.stderr
 
 
-@pytest.mark.parametrize("command, real", [
-    ("modprobe -r amdgpu && modprobe amdgpu", True),
-    ("/sbin/modprobe -r amdgpu", True),
-    ("sudo rmmod amdgpu;insmod x.ko", True),
-    ("sh -c 'modprobe amdgpu'", True),
-    ("mipart sim reload /var/lib/mipart-sim", False),
-    ("echo modprobe-free && true", False),
-])
+@pytest.mark.parametrize(
+    "command, real",
+    [
+        ("modprobe -r amdgpu && modprobe amdgpu", True),
+        ("/sbin/modprobe -r amdgpu", True),
+        ("sudo rmmod amdgpu;insmod x.ko", True),
+        ("sh -c 'modprobe amdgpu'", True),
+        ("mipart sim reload /var/lib/mipart-sim", False),
+        ("echo modprobe-free && true", False),
+    ],
+)
 def test_real_driver_reload_commands_are_recognised(command, real):
     assert reloads_real_driver(command) is real
 
@@ -152,7 +157,11 @@ def test_a_simulated_root_refuses_the_real_reload_before_any_write(root, monkeyp
         open_backend(root).reload_command()
     profile = tmp_path / "profile.yaml"
     profile.write_text("version: 1\ngpus: {compute: CPX, memory: NPS4}\n")  # needs a reload
-    env = {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run"), "MIPART_RELOAD_CMD": "/sbin/modprobe -r amdgpu"}
+    env = {
+        "MIPART_SYSFS_ROOT": str(root),
+        "MIPART_RUN_DIR": str(tmp_path / "run"),
+        "MIPART_RELOAD_CMD": "/sbin/modprobe -r amdgpu",
+    }
     done = mipart("partition", "apply", "--profile", profile, env=env)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
@@ -192,7 +201,9 @@ def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root,
     proc = opener(devices(root, 128), {INSTANCE_VAR: "0"})
     killer = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill {proc.pid}"])  # a server that takes a moment to exit
     try:
-        result = apply(GpuSpec(compute="CPX", memory="NPS2"), open_backend(root), get_logger("test"), instances_stopped=True)
+        result = apply(
+            GpuSpec(compute="CPX", memory="NPS2"), open_backend(root), get_logger("test"), instances_stopped=True
+        )
     finally:
         killer.wait(timeout=5)
     assert result.logical_gpus == 64 and read_state(root).counters["writes"] == 8

@@ -8,13 +8,13 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import mipart
+
 from mipart.errors import UserError
 from mipart.gpu import discover
+from mipart.gpu.modes import USER_PARTT_MODE
 from mipart.sim import kernel
 from mipart.sim.state import read_state
-from mipart.gpu.modes import USER_PARTT_MODE
 
 COMPUTE = "current_compute_partition"
 MEMORY = "current_memory_partition"
@@ -27,6 +27,7 @@ def host(tmp_path):
         root = tmp_path / "host"
         kernel.create(root, **kwargs)
         return root
+
     return make
 
 
@@ -50,13 +51,16 @@ def test_compute_switch_is_immediate_and_case_insensitive(host):
     assert [lg.render_minor for lg in state.logical if lg.physical_index == 4] == [160]
 
 
-@pytest.mark.parametrize("memory, value", [
-    ("NPS1", "XPX"),   # not a mode at all
-    ("NPS1", "TPX"),   # a driver mode, but not for 8 XCCs
-    ("NPS2", "SPX"),   # SPX needs NPS1
-    ("NPS4", "DPX"),   # DPX needs NPS1 or NPS2
-    ("NPS2", "QPX"),   # QPX needs NPS1 or NPS4 (driver rule)
-])
+@pytest.mark.parametrize(
+    "memory, value",
+    [
+        ("NPS1", "XPX"),  # not a mode at all
+        ("NPS1", "TPX"),  # a driver mode, but not for 8 XCCs
+        ("NPS2", "SPX"),  # SPX needs NPS1
+        ("NPS4", "DPX"),  # DPX needs NPS1 or NPS2
+        ("NPS2", "QPX"),  # QPX needs NPS1 or NPS4 (driver rule)
+    ],
+)
 def test_invalid_compute_mode_is_einval_and_changes_nothing(host, memory, value):
     root = host(compute={"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory], memory=memory)
     before = discover(root)
@@ -139,11 +143,14 @@ def test_reload_resets_compute_from_nps_in_auto_mode(host):
     assert modes(root) == [("SPX", "NPS1")] * 8
 
 
-@pytest.mark.parametrize("partt, pending, expected", [
-    ("QPX", "NPS4", "QPX"),
-    ("DPX", None, "DPX"),
-    ("SPX", "NPS2", "DPX"),  # the driver refuses SPX under NPS2: falls back to AUTO
-])
+@pytest.mark.parametrize(
+    "partt, pending, expected",
+    [
+        ("QPX", "NPS4", "QPX"),
+        ("DPX", None, "DPX"),
+        ("SPX", "NPS2", "DPX"),  # the driver refuses SPX under NPS2: falls back to AUTO
+    ],
+)
 def test_reload_takes_compute_from_user_partt_mode(host, partt, pending, expected):
     root = host(compute="SPX", memory="NPS1")
     kernel.set_user_partt_mode(root, USER_PARTT_MODE[partt])
@@ -213,12 +220,15 @@ def test_more_than_eight_gpus_continue_in_the_next_pci_domain(host):
     assert [(lg.physical_index, lg.render_minor) for lg in state.logical[-2:]] == [(9, 200), (9, 201)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"compute": "SPX", "memory": "NPS4"}, "compute mode SPX is not valid under memory mode NPS4"),
-    ({"model": "mi250"}, "unknown model 'mi250'"),
-    ({"gpus": 17}, "--gpus must be 1..16"),
-    ({"compute": "TPX"}, "mi300x has no compute mode TPX"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"compute": "SPX", "memory": "NPS4"}, "compute mode SPX is not valid under memory mode NPS4"),
+        ({"model": "mi250"}, "unknown model 'mi250'"),
+        ({"gpus": 17}, "--gpus must be 1..16"),
+        ({"compute": "TPX"}, "mi300x has no compute mode TPX"),
+    ],
+)
 def test_create_rejects_impossible_hosts(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
         kernel.create(tmp_path / "host", **kwargs)
@@ -242,8 +252,12 @@ def test_operations_on_a_plain_directory_fail_cleanly(tmp_path):
 
 def test_cli_drives_a_simulated_host(tmp_path, live_pids):
     root = tmp_path / "host"
-    assert mipart("sim", "create", root, "--model", "mi325x", "--gpus", "4", "--compute", "cpx",
-                  "--memory", "NPS4").returncode == 0
+    assert (
+        mipart(
+            "sim", "create", root, "--model", "mi325x", "--gpus", "4", "--compute", "cpx", "--memory", "NPS4"
+        ).returncode
+        == 0
+    )
     assert len(discover(root).logical) == 32
     holder = str(live_pids(1)[0])
     assert mipart("sim", "hold", root, "2", "--pid", holder).returncode == 0
@@ -273,11 +287,14 @@ def test_cli_hold_defaults_to_the_calling_process(tmp_path):
     assert read_state(root).holders == {os.getpid(): [0]}
 
 
-@pytest.mark.parametrize("args", [
-    ["sim", "create", "{root}", "--compute", "SPX", "--memory", "NPS2"],
-    ["sim", "hold", "{root}", "0"],
-    ["sim", "show", "{root}"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sim", "create", "{root}", "--compute", "SPX", "--memory", "NPS2"],
+        ["sim", "hold", "{root}", "0"],
+        ["sim", "show", "{root}"],
+    ],
+)
 def test_cli_mistakes_are_one_line_without_traceback(tmp_path, args):
     (tmp_path / "host").mkdir()
     if args[1] != "create":

@@ -32,7 +32,8 @@ def test_no_agent_and_no_profile_is_one_line_saying_what_could_not_be_read(tmp_p
     assert done.returncode == 3 and done.stderr == ""
     assert done.stdout.splitlines() == [
         f"mipart-agent is not answering on 127.0.0.1:{port} (connection refused), and the profile {missing} cannot be read either "
-        "(no such file): no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH"]
+        "(no such file): no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH"
+    ]
     data = json.loads(mipart("status", "--json", "--profile", missing, "--api", f"127.0.0.1:{port}", env=host).stdout)
     assert data["agent"]["answering"] is False and data["instances"] == [] and "cannot be read" in data["error"]
 
@@ -41,7 +42,9 @@ def test_no_agent_and_no_gpus_is_one_line_too(tmp_path):
     profile = tmp_path / "profile.yaml"
     profile.write_text("version: 1\nservices:\n  chat: {model: org/m, listen: 8040}\n")
     port = refused_port()
-    done = mipart("status", "--profile", profile, "--api", f"127.0.0.1:{port}", env={"MIPART_SYSFS_ROOT": str(tmp_path / "none")})
+    done = mipart(
+        "status", "--profile", profile, "--api", f"127.0.0.1:{port}", env={"MIPART_SYSFS_ROOT": str(tmp_path / "none")}
+    )
     assert done.returncode == 3 and "Traceback" not in done.stderr
     [line] = done.stdout.splitlines()
     assert "the instances the profile plans cannot be worked out" in line
@@ -49,19 +52,44 @@ def test_no_agent_and_no_gpus_is_one_line_too(tmp_path):
 
 def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, host):
     profile = tmp_path / "profile.yaml"
-    profile.write_text("version: 1\ngpus: {compute: DPX, memory: NPS2}\nservices:\n  chat: {model: org/m, listen: 8040}\n")
-    units = "".join(f"printf 'Id=mipart-vllm@{n}.service\\nActiveState=active\\nSubState=running\\n\\n'\n" for n in range(2, 16))
-    systemctl = ("printf 'Id=mipart-vllm@0.service\\nActiveState=failed\\nSubState=failed\\nExecMainCode=1\\nExecMainStatus=1\\nResult=exit-code\\n\\n'\n"
-                 "printf 'Id=mipart-vllm@1.service\\nActiveState=failed\\nSubState=failed\\nExecMainCode=2\\nExecMainStatus=9\\nResult=signal\\n\\n'\n" + units)
-    path = fake_bin(tmp_path, systemctl=systemctl, journalctl='echo "older line"\necho "torch.OutOfMemoryError: HIP out of memory"\n')
+    profile.write_text(
+        "version: 1\ngpus: {compute: DPX, memory: NPS2}\nservices:\n  chat: {model: org/m, listen: 8040}\n"
+    )
+    units = "".join(
+        f"printf 'Id=mipart-vllm@{n}.service\\nActiveState=active\\nSubState=running\\n\\n'\n" for n in range(2, 16)
+    )
+    systemctl = (
+        "printf 'Id=mipart-vllm@0.service\\nActiveState=failed\\nSubState=failed\\nExecMainCode=1\\nExecMainStatus=1\\nResult=exit-code\\n\\n'\n"
+        "printf 'Id=mipart-vllm@1.service\\nActiveState=failed\\nSubState=failed\\nExecMainCode=2\\nExecMainStatus=9\\nResult=signal\\n\\n'\n"
+        + units
+    )
+    path = fake_bin(
+        tmp_path,
+        systemctl=systemctl,
+        journalctl='echo "older line"\necho "torch.OutOfMemoryError: HIP out of memory"\n',
+    )
     logs = tmp_path / "run" / "logs"
     logs.mkdir(parents=True)
     (logs / "mipart-vllm@1.log").write_text("loading\nValueError: model not found\n\n")  # the process runner's log
     done = mipart("status", "--profile", profile, "--api", f"127.0.0.1:{refused_port()}", env={**host, "PATH": path})
     assert done.returncode == 3, done.stderr
-    table = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line) for line in done.stdout.splitlines() if line.startswith("mipart-vllm@")}
-    assert table["mipart-vllm@0.service"][7] == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
+    table = {
+        re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)
+        for line in done.stdout.splitlines()
+        if line.startswith("mipart-vllm@")
+    }
+    assert (
+        table["mipart-vllm@0.service"][7]
+        == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
+    )
     assert table["mipart-vllm@1.service"][7] == "killed by signal 9 (signal); ValueError: model not found"
     assert table["mipart-vllm@2.service"][7] == "-"
-    data = json.loads(mipart("status", "--json", "--profile", profile, "--api", f"127.0.0.1:{refused_port()}", env={**host, "PATH": path}).stdout)
-    assert data["instances"][0]["last_error"] == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
+    data = json.loads(
+        mipart(
+            "status", "--json", "--profile", profile, "--api", f"127.0.0.1:{refused_port()}", env={**host, "PATH": path}
+        ).stdout
+    )
+    assert (
+        data["instances"][0]["last_error"]
+        == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
+    )

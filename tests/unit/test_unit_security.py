@@ -25,10 +25,16 @@ OVERALL = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
 
 
 def exposure(unit: Path) -> float:
-    done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     found = OVERALL.search(done.stdout + done.stderr)
-    assert found, f"no overall exposure for {unit.name} (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert found, (
+        f"no overall exposure for {unit.name} (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    )
     return float(found.group(1))
 
 
@@ -36,7 +42,9 @@ def test_every_service_unit_has_a_target():
     assert sorted(p.name for p in UNITS.glob("*.service")) == sorted(TARGETS)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze (package systemd) is not installed")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze (package systemd) is not installed"
+)
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_exposure_meets_its_target(name):
     score = exposure(UNITS / name)

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from serving import TEST_PORTS
+from streaming import Inconclusive, SseReader, prove_live
 
 from mipart.prometheus import metric_sum
 from mipart.sim.host import Ports, SimulatedHost
-from serving import TEST_PORTS
-
-from streaming import Inconclusive, SseReader, prove_live
 
 pytestmark = pytest.mark.vllm
 
@@ -65,9 +64,19 @@ class VllmProfile:
     model: str = SERVED  # what clients ask for
 
     def text(self) -> str:
-        return PROFILE.format(compute=self.compute, memory=self.memory, model=self.weights, served=self.model, listen_host=self.listen_host,
-                              listen=self.ports.listen, vllm_python=self.vllm_python, vllm_args=self.vllm_args, base=self.ports.base,
-                              hf_home=self.hf_home, api=self.ports.api)
+        return PROFILE.format(
+            compute=self.compute,
+            memory=self.memory,
+            model=self.weights,
+            served=self.model,
+            listen_host=self.listen_host,
+            listen=self.ports.listen,
+            vllm_python=self.vllm_python,
+            vllm_args=self.vllm_args,
+            base=self.ports.base,
+            hf_home=self.hf_home,
+            api=self.ports.api,
+        )
 
 
 class VllmHost(SimulatedHost):
@@ -86,7 +95,11 @@ class VllmHost(SimulatedHost):
         found = {}
         for pid in procfs.pids():
             env = procfs.environ_of(pid)
-            if env.get("MIPART_RUN_DIR") == str(self.run_dir) and env.get("MIPART_INSTANCE", "").isdigit() and procfs.alive(pid):
+            if (
+                env.get("MIPART_RUN_DIR") == str(self.run_dir)
+                and env.get("MIPART_INSTANCE", "").isdigit()
+                and procfs.alive(pid)
+            ):
                 found[pid] = int(env["MIPART_INSTANCE"])
         return found
 
@@ -127,14 +140,21 @@ class VllmHost(SimulatedHost):
     def call(self, method: str, path: str, body: dict | None = None, port: int | None = None, timeout: float = 60):
         conn = http.client.HTTPConnection("127.0.0.1", port or self.listen, timeout=timeout)
         try:
-            conn.request(method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"})
+            conn.request(
+                method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"}
+            )
             response = conn.getresponse()
             return response.status, response.read()
         finally:
             conn.close()
 
     def complete(self, max_tokens: int = 4, timeout: float = 60) -> tuple[int, dict]:
-        status, raw = self.call("POST", "/v1/completions", {"model": SERVED, "prompt": "Hello", "max_tokens": max_tokens, "ignore_eos": True}, timeout=timeout)
+        status, raw = self.call(
+            "POST",
+            "/v1/completions",
+            {"model": SERVED, "prompt": "Hello", "max_tokens": max_tokens, "ignore_eos": True},
+            timeout=timeout,
+        )
         try:
             return status, json.loads(raw)
         except ValueError:
@@ -236,7 +256,12 @@ def test_completion_and_chat_completion_through_nginx(host):
     assert len(body["choices"]) == 1 and isinstance(body["choices"][0]["text"], str)
     assert body["usage"]["completion_tokens"] == 8
 
-    chat = {"model": SERVED, "messages": [{"role": "user", "content": "Hello, who are you?"}], "max_tokens": 8, "ignore_eos": True}
+    chat = {
+        "model": SERVED,
+        "messages": [{"role": "user", "content": "Hello, who are you?"}],
+        "max_tokens": 8,
+        "ignore_eos": True,
+    }
     status, raw = host.call("POST", "/v1/chat/completions", chat)
     assert status == 200, raw
     body = json.loads(raw)
@@ -263,7 +288,14 @@ def _stream(host: VllmHost, engines: list[int]) -> tuple[SseReader, list[tuple[i
     """One long streamed completion, frozen a few times mid-way: (reader at the end, freezes, tokens the servers sent)."""
     before = _generation_tokens(host)
     conn = http.client.HTTPConnection("127.0.0.1", host.listen, timeout=60)
-    body = {"model": SERVED, "prompt": "Hello", "max_tokens": STREAM_TOKENS, "ignore_eos": True, "stream": True, "return_token_ids": True}
+    body = {
+        "model": SERVED,
+        "prompt": "Hello",
+        "max_tokens": STREAM_TOKENS,
+        "ignore_eos": True,
+        "stream": True,
+        "return_token_ids": True,
+    }
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200, response.read()
@@ -294,7 +326,9 @@ def test_streaming_arrives_chunk_by_chunk(host):
     a buffered response leaves it short until the end, so this fails for one every time."""
     host.wait_ready(2, timeout=60)
     engines = [host.engine_core(n) for n in (0, 1)]
-    for attempt in range(3):  # a freeze lands after the last token only if this process starved for the whole generation
+    for attempt in range(
+        3
+    ):  # a freeze lands after the last token only if this process starved for the whole generation
         try:
             reader, freezes, sent = _stream(host, engines)
             break
@@ -302,7 +336,9 @@ def test_streaming_arrives_chunk_by_chunk(host):
             print(f"\nattempt {attempt + 1} inconclusive: {exc}")
     else:
         pytest.fail("three streams ended before the engines could be frozen mid-way")
-    print(f"\n{reader.events} chunks, {reader.tokens} tokens; with the engines frozen the client held (client, server) tokens {freezes}")
+    print(
+        f"\n{reader.events} chunks, {reader.tokens} tokens; with the engines frozen the client held (client, server) tokens {freezes}"
+    )
     assert reader.done
     assert not reader.chunks_without_choices, reader.chunks_without_choices[:3]
     assert reader.events >= 10, f"{reader.events} chunks"
@@ -335,7 +371,9 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
         if answer == "ConnectionRefusedError" or host.main_pid(0) != main:
             break
         time.sleep(0.05)
-    print(f"\nengine core killed; instance /health: {', '.join(timeline)}; API server {'alive' if host.main_pid(0) == main else 'gone'}")
+    print(
+        f"\nengine core killed; instance /health: {', '.join(timeline)}; API server {'alive' if host.main_pid(0) == main else 'gone'}"
+    )
     assert timeline[-1].split()[-1] != "200", "vLLM /health kept answering 200 with its engine dead"
 
     marked_down = f"server 127.0.0.1:{host.base} down;"
@@ -346,14 +384,18 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
     served, deadline = 0, time.monotonic() + STARTUP
     while marked_down in host.nginx_conf():
         assert host.agent.poll() is None, host.log_text()[-3000:]
-        assert time.monotonic() < deadline, f"instance 0 not back within {STARTUP}s\n{host.log_text()[-3000:]}\n{_log_tail(host, 0)}"
+        assert time.monotonic() < deadline, (
+            f"instance 0 not back within {STARTUP}s\n{host.log_text()[-3000:]}\n{_log_tail(host, 0)}"
+        )
         down_before = marked_down in host.nginx_conf()
         status, body = host.complete(max_tokens=1)
         if down_before and marked_down in host.nginx_conf():
             assert status == 200, body
             served += 1
         time.sleep(0.2)
-    print(f"back in nginx {time.monotonic() - killed:.0f}s after the kill; {served} requests served by instance 1 meanwhile")
+    print(
+        f"back in nginx {time.monotonic() - killed:.0f}s after the kill; {served} requests served by instance 1 meanwhile"
+    )
     assert served >= 5
 
     host.wait_ready(2, timeout=30)
@@ -369,7 +411,11 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
 
 def _log_tail(host: VllmHost, number: int) -> str:
     log = host.run_dir / "logs" / f"mipart-vllm@{number}.log"
-    lines = [line for line in log.read_text(errors="replace").splitlines() if not any(noise in line for noise in ("GET /health", "POST /v1/", "Route: "))]
+    lines = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if not any(noise in line for noise in ("GET /health", "POST /v1/", "Route: "))
+    ]
     return f"--- {log.name} (end)\n" + "\n".join(lines[-40:])
 
 
@@ -387,9 +433,15 @@ def test_after_an_agent_restart_a_changed_spec_replaces_the_adopted_servers(host
     host.hup()
     for n in (0, 1):
         ready = f"event='instance.ready' unit='mipart-vllm@{n}'"
-        host.wait_for(lambda ready=ready: ready in host.log_text()[reload_at:], timeout=STARTUP, what=f"instance {n} ready on the new spec")
+        host.wait_for(
+            lambda ready=ready: ready in host.log_text()[reload_at:],
+            timeout=STARTUP,
+            what=f"instance {n} ready on the new spec",
+        )
         main = host.main_pid(n)
-        assert main and main != before[n], f"instance {n} is 'ready' but its server is still the old one (pid {before[n]})\n{_log_tail(host, n)}"
+        assert main and main != before[n], (
+            f"instance {n} is 'ready' but its server is still the old one (pid {before[n]})\n{_log_tail(host, n)}"
+        )
         assert "--max-num-seqs 8" in _cmdline(main)
     host.wait_ready(2, timeout=STARTUP)
     status, body = host.complete(max_tokens=2)

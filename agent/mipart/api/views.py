@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from mipart import __version__
-from mipart.api.contract import (Instance, InstanceCounts, Instances, Nginx, PairRule, Partition, PartitionRules, ProfileInfo, Reconcile,
-                                 Repartition, Service, ServiceRouting, Status, iso_utc)
+from mipart.api.contract import (
+    Instance,
+    InstanceCounts,
+    Instances,
+    Nginx,
+    PairRule,
+    Partition,
+    PartitionRules,
+    ProfileInfo,
+    Reconcile,
+    Repartition,
+    Service,
+    ServiceRouting,
+    Status,
+    iso_utc,
+)
 from mipart.api.host import HostSnapshot
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, gpu_label
 from mipart.names import REPARTITION_COMMAND
@@ -41,16 +55,30 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
     st = snap.status
     return Status(
         version=__version__,
-        profile=ProfileInfo(path=snap.profile_path, digest=st.profile_digest, loaded=snap.profile_loaded, override=st.profile_override),
+        profile=ProfileInfo(
+            path=snap.profile_path, digest=st.profile_digest, loaded=snap.profile_loaded, override=st.profile_override
+        ),
         profile_error=st.profile_error,
         partition=partition(host, st),
-        repartition=Repartition(phase=st.repartition_phase, started=iso_utc(st.repartition_started),
-                                finished=iso_utc(st.repartition_finished), error=st.repartition_error),
+        repartition=Repartition(
+            phase=st.repartition_phase,
+            started=iso_utc(st.repartition_started),
+            finished=iso_utc(st.repartition_finished),
+            error=st.repartition_error,
+        ),
         last_apply=host.last_apply,
         instances=InstanceCounts(total=len(snap.instances), **snap.counts()),
         services=services(snap),
-        nginx=Nginx(config_valid=not st.nginx_error, error=st.nginx_error, running=host.nginx_running, generation=st.nginx_generation,
-                    serving_generation=st.nginx_serving, current=st.nginx_current, stray_workers=st.nginx_strays, problem=st.nginx_problem),
+        nginx=Nginx(
+            config_valid=not st.nginx_error,
+            error=st.nginx_error,
+            running=host.nginx_running,
+            generation=st.nginx_generation,
+            serving_generation=st.nginx_serving,
+            current=st.nginx_current,
+            stray_workers=st.nginx_strays,
+            problem=st.nginx_problem,
+        ),
         reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
         units_error=host.units_error,
         files_error=st.files_error,
@@ -61,8 +89,17 @@ def services(snap: AgentSnapshot) -> tuple[Service, ...]:
     def members(name: str) -> list:
         return [view for view in snap.instances.values() if view.spec.service == name]
 
-    return tuple(Service(name=s.name, model=s.model_name, listen=str(s.listen), routing=ServiceRouting(s.routing.policy, s.routing.header),
-                         instances=len(members(s.name)), ready=sum(view.in_rotation for view in members(s.name))) for s in snap.services)
+    return tuple(
+        Service(
+            name=s.name,
+            model=s.model_name,
+            listen=str(s.listen),
+            routing=ServiceRouting(s.routing.policy, s.routing.header),
+            instances=len(members(s.name)),
+            ready=sum(view.in_rotation for view in members(s.name)),
+        )
+        for s in snap.services
+    )
 
 
 def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
@@ -70,9 +107,20 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
     action = ""
     if drift and not st.repartition_phase:
         action = f"run `{REPARTITION_COMMAND}` to apply the profile's gpus: while serving (it drains, stops and restarts the instances)"
-    rules = tuple(PartitionRules(gpus=g.gpus, source=g.source, pairs=tuple(PairRule(c, m) for c, m in g.pairs.items())) for g in host.rules)
-    return Partition(matches=host.partitions_match, error=host.partition_error, logical_gpus=host.logical_gpus, gpus=host.gpus,
-                     drift=drift, action=action, rules=rules, warnings=host.warnings)
+    rules = tuple(
+        PartitionRules(gpus=g.gpus, source=g.source, pairs=tuple(PairRule(c, m) for c, m in g.pairs.items()))
+        for g in host.rules
+    )
+    return Partition(
+        matches=host.partitions_match,
+        error=host.partition_error,
+        logical_gpus=host.logical_gpus,
+        gpus=host.gpus,
+        drift=drift,
+        action=action,
+        rules=rules,
+        warnings=host.warnings,
+    )
 
 
 def targets(snap: AgentSnapshot) -> list[dict]:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mipart.errors import UserError
-from mipart.fsutil import write_atomic
 from mipart.bench.normalise import steps_from_tool
 from mipart.bench.results import Step
 from mipart.bench.sweep import Sweep
+from mipart.errors import UserError
+from mipart.fsutil import write_atomic
 
 STARTUP_SLACK = 180.0  # the tool's start (imports, synthetic data) and each step's ramp-down
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -38,9 +38,24 @@ class Target:
 
 
 def tool_argv(python: Path, target: Target, sweep: Sweep, report: Path, progress: bool) -> list[str]:
-    return [str(python), "-m", "guidellm", "benchmark", "run", "--target", target.url, "--model", target.model,
-            "--processor", target.tokenizer, *sweep.tool_args(), "--output-path", str(report),
-            "--disable-console-outputs", *([] if progress else ["--disable-progress"])]
+    return [
+        str(python),
+        "-m",
+        "guidellm",
+        "benchmark",
+        "run",
+        "--target",
+        target.url,
+        "--model",
+        target.model,
+        "--processor",
+        target.tokenizer,
+        *sweep.tool_args(),
+        "--output-path",
+        str(report),
+        "--disable-console-outputs",
+        *([] if progress else ["--disable-progress"]),
+    ]
 
 
 def check_reachable(target: Target, timeout: float = 10.0) -> None:
@@ -52,7 +67,9 @@ def check_reachable(target: Target, timeout: float = 10.0) -> None:
         status = conn.getresponse().status
         conn.close()
     except OSError as exc:
-        raise UserError(f"{target.url}: nothing answers there ({exc.strerror or exc}); is the service serving? see `mipart status`") from None
+        raise UserError(
+            f"{target.url}: nothing answers there ({exc.strerror or exc}); is the service serving? see `mipart status`"
+        ) from None
     if status != 200:
         raise UserError(f"{target.url}: GET /v1/models answered {status}; is the service serving? see `mipart status`")
 
@@ -68,12 +85,16 @@ def run_tool(python: Path, target: Target, sweep: Sweep, progress: bool, log: Pa
         report, errors = Path(tmp) / "benchmarks.json", Path(tmp) / "stderr"
         argv = tool_argv(python, target, sweep, report, progress)
         with open(errors, "w+") as stderr:
-            tool = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=stderr, start_new_session=True)
+            tool = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=stderr, start_new_session=True
+            )
             try:
                 code = tool.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 _end(tool)
-                raise UserError(f"{target.url}: the load tool ran over {limit:g}s for this sweep and was stopped") from None
+                raise UserError(
+                    f"{target.url}: the load tool ran over {limit:g}s for this sweep and was stopped"
+                ) from None
             except KeyboardInterrupt:
                 _end(tool)
                 raise

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mipart.errors import UserError
 from mipart.bench import override
 from mipart.bench.layouts import Layout
 from mipart.bench.reload import AgentProcess, reload_agent
@@ -24,6 +23,7 @@ from mipart.bench.run import RunRequest, check_output, chosen_services, run_benc
 from mipart.bench.serving import Before, Get, wait_full_serving, waiting_for
 from mipart.bench.sweep import Sweep
 from mipart.bench.tool import ensure_tool
+from mipart.errors import UserError
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
 from mipart.profile.load import ProfileError
@@ -61,10 +61,16 @@ class Planned:
 
 def check_restorable(profile: Profile) -> None:
     """Restoring is reloading the operator's profile: a profile that leaves the modes as is would leave the last layout on the host."""
-    unset = [name for name, value in (("gpus.compute", profile.gpus.compute), ("gpus.memory", profile.gpus.memory)) if value is None]
+    unset = [
+        name
+        for name, value in (("gpus.compute", profile.gpus.compute), ("gpus.memory", profile.gpus.memory))
+        if value is None
+    ]
     if unset:
-        raise UserError(f"{profile.source}: {' and '.join(unset)} not set (left as is), so the sweep could not restore this host's layout "
-                        "after it; set them in the profile (`mipart partition export` prints the host's) and reload; nothing was changed")
+        raise UserError(
+            f"{profile.source}: {' and '.join(unset)} not set (left as is), so the sweep could not restore this host's layout "
+            "after it; set them in the profile (`mipart partition export` prints the host's) and reload; nothing was changed"
+        )
 
 
 def check_agent(link: AgentLink, profile: Profile) -> None:
@@ -72,16 +78,24 @@ def check_agent(link: AgentLink, profile: Profile) -> None:
     status = link.get("/v1/status")
     if status["profile"].get("override") or override.existing(link.run_dir):
         path = status["profile"].get("override") or override.existing(link.run_dir)
-        raise UserError(f"a profile override is in place ({path}): another sweep runs, or one was killed; "
-                        f"if none runs, `{override.RESTORE_COMMAND}`; nothing was changed")
+        raise UserError(
+            f"a profile override is in place ({path}): another sweep runs, or one was killed; "
+            f"if none runs, `{override.RESTORE_COMMAND}`; nothing was changed"
+        )
     if status["profile"]["digest"] != profile.digest:
-        raise UserError(f"the agent runs a profile other than {profile.source} (digest {status['profile']['digest'][:12] or 'none'}, "
-                        f"the file's {profile.digest[:12]}): reload it first, or pass --profile; nothing was changed")
+        raise UserError(
+            f"the agent runs a profile other than {profile.source} (digest {status['profile']['digest'][:12] or 'none'}, "
+            f"the file's {profile.digest[:12]}): reload it first, or pass --profile; nothing was changed"
+        )
     what = waiting_for(status, profile)
     if what:
-        raise UserError(f"the host is not at full serving (waiting for {what}); let it settle, see `mipart status`; nothing was changed")
+        raise UserError(
+            f"the host is not at full serving (waiting for {what}); let it settle, see `mipart status`; nothing was changed"
+        )
     if not os.access(link.run_dir, os.W_OK):
-        raise UserError(f"{link.run_dir}: not writable by this user, and the profile override goes there; run as root; nothing was changed")
+        raise UserError(
+            f"{link.run_dir}: not writable by this user, and the profile override goes there; run as root; nothing was changed"
+        )
 
 
 def plan_layouts(request: SweepRequest, run_dir: Path) -> list[Planned]:
@@ -119,8 +133,10 @@ def restore(link: AgentLink, operator_path: str, services, timeout: float, say) 
     try:
         operator = load_profile(operator_path)
     except ProfileError as exc:
-        raise UserError(f"{operator_path} is not a valid profile now ({str(exc).splitlines()[0]}); the override stays; "
-                        f"fix the profile, then `{override.RESTORE_COMMAND}`") from None
+        raise UserError(
+            f"{operator_path} is not a valid profile now ({str(exc).splitlines()[0]}); the override stays; "
+            f"fix the profile, then `{override.RESTORE_COMMAND}`"
+        ) from None
     say(f"mipart: restoring the operator's profile {operator_path}")
     switch(link, operator, services, timeout, say, put_text=None)
     say(f"mipart: the operator's profile {operator_path} is in force again, at full serving")
@@ -132,7 +148,9 @@ def restore_only(link: AgentLink, profile: Profile, timeout: float, say) -> bool
         status = link.get("/v1/status")
         if not (override.existing(link.run_dir) or status["profile"].get("override")):
             return False
-        reachable = [s for s in profile.services if s.listen.path is None]  # a unix-socket listener is not driven, so not proven
+        reachable = [
+            s for s in profile.services if s.listen.path is None
+        ]  # a unix-socket listener is not driven, so not proven
         restore(link, profile.source, reachable, timeout, say)
         return True
 
@@ -140,6 +158,7 @@ def restore_only(link: AgentLink, profile: Profile, timeout: float, say) -> bool
 @contextmanager
 def interruptible():
     """SIGTERM as Ctrl-C, so `kill PID` restores the operator's profile too (SIGKILL cannot: `--restore` then)."""
+
     def stop(signum, frame):
         raise KeyboardInterrupt
 
@@ -174,8 +193,15 @@ def _owned_sweep(request: SweepRequest, link: AgentLink, say) -> list[Results]:
             for item in planned:
                 say(f"mipart: layout {item.layout.word}")
                 switch(link, item.profile, services, request.ready_timeout, say, put_text=item.text)
-                bench = RunRequest(item.profile, request.service, request.sweep, item.output, item.layout.word, request.tokenizer,
-                                   request.progress)
+                bench = RunRequest(
+                    item.profile,
+                    request.service,
+                    request.sweep,
+                    item.output,
+                    item.layout.word,
+                    request.tokenizer,
+                    request.progress,
+                )
                 runs.append(run_bench(bench, say))
         except BaseException:
             _restore_after_failure(link, request, services, say)
@@ -189,5 +215,7 @@ def _restore_after_failure(link: AgentLink, request: SweepRequest, services, say
     try:
         restore(link, request.profile.source, services, request.ready_timeout, say)
     except (UserError, KeyboardInterrupt) as exc:
-        say(f"mipart: restoring the operator's profile failed too: {exc or 'interrupted'}; the status shows the override; "
-            f"run `{override.RESTORE_COMMAND}`")
+        say(
+            f"mipart: restoring the operator's profile failed too: {exc or 'interrupted'}; the status shows the override; "
+            f"run `{override.RESTORE_COMMAND}`"
+        )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mipart.bench.results import Results, Step
 from mipart.errors import UserError
 from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, compatible
-from mipart.bench.results import Results, Step
 from mipart.profile.durations import parse_ms
 
 QUANTILES = ("p50", "p99")
@@ -89,18 +89,27 @@ def parse_target(text: str) -> LatencyTarget:
 
 def best_under(target: LatencyTarget, runs: list[Results]) -> Choice | None:
     """The step with the most generated tokens/s whose E2E quantile is under the target, over every layout and service."""
-    candidates = [Choice(r.tags.label, s.service, step, r.tags.engine_fake)
-                  for r in runs for s in r.services for step in s.steps if target.met_by(step)]
+    candidates = [
+        Choice(r.tags.label, s.service, step, r.tags.engine_fake)
+        for r in runs
+        for s in r.services
+        for step in s.steps
+        if target.met_by(step)
+    ]
     return max(candidates, key=lambda c: c.step.throughput_tokens_per_s, default=None)
 
 
 def verdict(target: LatencyTarget, runs: list[Results]) -> str:
     """The one line the sweep ends with; says so when the engines were fake."""
-    fake = " (fake engines: this measures the serving path, not a model)" if any(r.tags.engine_fake for r in runs) else ""
+    fake = (
+        " (fake engines: this measures the serving path, not a model)" if any(r.tags.engine_fake for r in runs) else ""
+    )
     choice = best_under(target, runs)
     if choice is None:
         return f"no layout kept {target.describe()} at any step{fake}"
     s = choice.step
-    return (f"most throughput with {target.describe()}: {choice.layout} ({choice.service}, {s.name}: "
-            f"{s.throughput_tokens_per_s:.1f} tokens/s, E2E {target.quantile} {getattr(s.e2e_ms, target.quantile):.0f} ms, "
-            f"{s.errors} errors){fake}")
+    return (
+        f"most throughput with {target.describe()}: {choice.layout} ({choice.service}, {s.name}: "
+        f"{s.throughput_tokens_per_s:.1f} tokens/s, E2E {target.quantile} {getattr(s.e2e_ms, target.quantile):.0f} ms, "
+        f"{s.errors} errors){fake}"
+    )

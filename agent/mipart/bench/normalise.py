@@ -9,16 +9,17 @@ requests. Incomplete requests are not errors.
 
 from __future__ import annotations
 
-from mipart.errors import UserError
 from mipart.bench.results import Quantiles, Step
+from mipart.errors import UserError
 
 
 def steps_from_tool(data: dict, where: str) -> tuple[Step, ...]:
     try:
         return tuple(_step(b) for b in data["benchmarks"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{where}: the load tool's report lacks a field mipart reads ({exc}); "
-                        "is the tool the pinned version?") from None
+        raise UserError(
+            f"{where}: the load tool's report lacks a field mipart reads ({exc}); is the tool the pinned version?"
+        ) from None
 
 
 def _step(bench: dict) -> Step:

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from mipart.bench.layouts import Layout
 from mipart.errors import UserError
 from mipart.fsutil import write_atomic
-from mipart.bench.layouts import Layout
 from mipart.paths import profile_override_path, sweep_lock_path
 from mipart.profile.load import ProfileError, check_profile, read_profile_text
 from mipart.profile.schema import Profile
@@ -32,8 +32,10 @@ def override_text(operator: Profile, layout: Layout) -> str:
     data = yaml.safe_load(read_profile_text(operator.source))
     gpus = data.get("gpus") or {}
     data["gpus"] = {**gpus, "compute": layout.compute, "memory": layout.memory, "overrides": []}
-    header = (f"# profile override written by `mipart bench sweep` (PID {os.getpid()}) from {operator.source}: layout {layout.word}.\n"
-              f"# The agent reads this file instead of {operator.source} while it exists; `{RESTORE_COMMAND}` removes it.\n")
+    header = (
+        f"# profile override written by `mipart bench sweep` (PID {os.getpid()}) from {operator.source}: layout {layout.word}.\n"
+        f"# The agent reads this file instead of {operator.source} while it exists; `{RESTORE_COMMAND}` removes it.\n"
+    )
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
@@ -43,11 +45,15 @@ def checked_override(operator: Profile, layout: Layout, path: Path) -> tuple[str
     try:
         profile = check_profile(text, str(path))
     except ProfileError as exc:
-        raise UserError(f"--layouts {layout.word}: the profile with this layout is refused: {str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"--layouts {layout.word}: the profile with this layout is refused: {str(exc).splitlines()[0]}"
+        ) from None
     want = replace(operator, gpus=replace(operator.gpus, compute=layout.compute, memory=layout.memory, overrides=()))
     if replace(profile, source="", digest="") != replace(want, source="", digest=""):
-        raise UserError(f"{operator.source}: rewritten with layout {layout.word} it would mean something else besides the layout; "
-                        "nothing was changed (please report this with the profile)")
+        raise UserError(
+            f"{operator.source}: rewritten with layout {layout.word} it would mean something else besides the layout; "
+            "nothing was changed (please report this with the profile)"
+        )
     return text, profile
 
 
@@ -62,14 +68,18 @@ def owned(run_dir: Path | None = None) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
-        raise UserError(f"{path}: cannot open the sweep lock: {exc.strerror}; run as the agent's user (root); nothing was changed") from None
+        raise UserError(
+            f"{path}: cannot open the sweep lock: {exc.strerror}; run as the agent's user (root); nothing was changed"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(f"another `mipart bench sweep` runs on this agent (PID {owner}); wait for it, or stop it with Ctrl-C "
-                            f"or `kill {owner}` (it restores the operator's profile); nothing was changed") from None
+            raise UserError(
+                f"another `mipart bench sweep` runs on this agent (PID {owner}); wait for it, or stop it with Ctrl-C "
+                f"or `kill {owner}` (it restores the operator's profile); nothing was changed"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -87,7 +97,9 @@ def put(text: str, run_dir: Path | None = None) -> Path:
     try:
         write_atomic(path, text, mode=0o644)
     except OSError as exc:
-        raise UserError(f"{path}: cannot write the profile override: {exc.strerror}; run as the agent's user (root)") from None
+        raise UserError(
+            f"{path}: cannot write the profile override: {exc.strerror}; run as the agent's user (root)"
+        ) from None
     return path
 
 

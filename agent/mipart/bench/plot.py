@@ -10,9 +10,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from mipart.errors import UserError
 from mipart.bench.results import Results
 from mipart.bench.table import series_label
+from mipart.errors import UserError
 
 NO_MATPLOTLIB = "the figure needs matplotlib: apt install python3-matplotlib (the table above is complete without it)"
 
@@ -33,9 +33,11 @@ def draw(files: list[Results], out: Path) -> None:
     from matplotlib import pyplot
 
     figure, (tput, ttft, itl) = pyplot.subplots(1, 3, figsize=(16, 5), constrained_layout=True)
-    panels = ((tput, "throughput (generated tokens/s)", lambda s: s.throughput_tokens_per_s),
-              (ttft, "time to first token p50 (ms)", lambda s: s.ttft_ms.p50),
-              (itl, "inter-token latency p50 (ms)", lambda s: s.itl_ms.p50))
+    panels = (
+        (tput, "throughput (generated tokens/s)", lambda s: s.throughput_tokens_per_s),
+        (ttft, "time to first token p50 (ms)", lambda s: s.ttft_ms.p50),
+        (itl, "inter-token latency p50 (ms)", lambda s: s.itl_ms.p50),
+    )
     for results in files:
         for run in results.services:
             steps = sorted(run.steps, key=lambda s: s.e2e_ms.p50)

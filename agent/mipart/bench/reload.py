@@ -33,7 +33,7 @@ class AgentProcess:
 
 def is_agent_argv(argv: list[str]) -> bool:
     """`mipart agent ...`, `python3 /usr/bin/mipart agent ...` or `python -m mipart agent ...`."""
-    return any(os.path.basename(word) == "mipart" and argv[i + 1:i + 2] == ["agent"] for i, word in enumerate(argv))
+    return any(os.path.basename(word) == "mipart" and argv[i + 1 : i + 2] == ["agent"] for i, word in enumerate(argv))
 
 
 def _argv(pid: int) -> list[str]:
@@ -53,13 +53,23 @@ def _under_systemd(pid: int) -> bool:
 
 def find_agent(run_dir: Path) -> AgentProcess:
     """The one agent serving from `run_dir`; UserError when there is none, or more than one."""
-    found = [pid for pid in procfs.pids() if pid != os.getpid() and is_agent_argv(_argv(pid)) and procfs.alive(pid)
-             and procfs.environ_of(pid).get(RUN_DIR_VAR, DEFAULT_RUN_DIR) == str(run_dir)]
+    found = [
+        pid
+        for pid in procfs.pids()
+        if pid != os.getpid()
+        and is_agent_argv(_argv(pid))
+        and procfs.alive(pid)
+        and procfs.environ_of(pid).get(RUN_DIR_VAR, DEFAULT_RUN_DIR) == str(run_dir)
+    ]
     if not found:
-        raise UserError(f"no mipart agent runs with run dir {run_dir}; start it (systemctl start mipart-agent); nothing was changed")
+        raise UserError(
+            f"no mipart agent runs with run dir {run_dir}; start it (systemctl start mipart-agent); nothing was changed"
+        )
     if len(found) > 1:
-        raise UserError(f"{len(found)} mipart agents run with run dir {run_dir} (PIDs {', '.join(map(str, found))}); "
-                        "stop all but one; nothing was changed")
+        raise UserError(
+            f"{len(found)} mipart agents run with run dir {run_dir} (PIDs {', '.join(map(str, found))}); "
+            "stop all but one; nothing was changed"
+        )
     return AgentProcess(found[0], _under_systemd(found[0]))
 
 
@@ -73,8 +83,12 @@ def reload_agent(agent: AgentProcess) -> None:
         return
     try:
         # --no-block: the repartition can outlast any timeout; the sweep watches the status API instead
-        done = subprocess.run(["systemctl", "reload", "--no-block", AGENT_UNIT], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT)
+        done = subprocess.run(
+            ["systemctl", "reload", "--no-block", AGENT_UNIT], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"`{REPARTITION_COMMAND}` could not run: {exc}") from None
     if done.returncode != 0:
-        raise UserError(f"`{REPARTITION_COMMAND}` exited {done.returncode}: {(done.stderr.strip().splitlines() or ['(no output)'])[-1]}")
+        raise UserError(
+            f"`{REPARTITION_COMMAND}` exited {done.returncode}: {(done.stderr.strip().splitlines() or ['(no output)'])[-1]}"
+        )

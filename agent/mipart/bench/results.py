@@ -75,17 +75,22 @@ class Results:
 def from_json(data: dict, where: str) -> Results:
     """Results from a parsed file; UserError naming the file when it is not ours or of another version."""
     if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise UserError(f"{where}: not a results file of `mipart bench run` (no \"kind\": \"{KIND}\")")
+        raise UserError(f'{where}: not a results file of `mipart bench run` (no "kind": "{KIND}")')
     if data.get("version") != RESULTS_VERSION:
-        raise UserError(f"{where}: results version {data.get('version')!r}, this mipart reads version {RESULTS_VERSION}; "
-                        "run `mipart bench run` again with this mipart")
+        raise UserError(
+            f"{where}: results version {data.get('version')!r}, this mipart reads version {RESULTS_VERSION}; "
+            "run `mipart bench run` again with this mipart"
+        )
     try:
         services = tuple(
-            ServiceRun(s["service"], s["listen"], s["model"], tuple(_step(x) for x in s["steps"])) for s in data["services"]
+            ServiceRun(s["service"], s["listen"], s["model"], tuple(_step(x) for x in s["steps"]))
+            for s in data["services"]
         )
         return Results(Tags(**data["tags"]), services)
     except (KeyError, TypeError) as exc:
-        raise UserError(f"{where}: a results file of version {RESULTS_VERSION} with a field missing or wrong: {exc}") from None
+        raise UserError(
+            f"{where}: a results file of version {RESULTS_VERSION} with a field missing or wrong: {exc}"
+        ) from None
 
 
 def _step(data: dict) -> Step:

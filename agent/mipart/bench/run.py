@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mipart import __version__
-from mipart.errors import UserError
 from mipart.bench import tags
 from mipart.bench.drive import Target, check_reachable, run_tool
 from mipart.bench.results import Results, ServiceRun, Tags, write_results
 from mipart.bench.sweep import Sweep
 from mipart.bench.tokenizer import word_tokenizer
 from mipart.bench.tool import cache_root, ensure_tool, tool_name
+from mipart.errors import UserError
 from mipart.profile.schema import Profile, ServiceSpec
 
 MAX_LABEL = 80
@@ -42,8 +42,10 @@ def chosen_services(profile: Profile, name: str | None) -> list[ServiceSpec]:
         raise UserError(f"--service {name}: the profile has no such service (it has: {known})")
     unix = [s.name for s in services if s.listen.path is not None]
     if unix:
-        raise UserError(f"service {', '.join(unix)} listens on a unix socket, which the load tool cannot reach; "
-                        "choose another with --service")
+        raise UserError(
+            f"service {', '.join(unix)} listens on a unix socket, which the load tool cannot reach; "
+            "choose another with --service"
+        )
     if not services:
         raise UserError("the profile has no services to drive")
     return services
@@ -53,7 +55,9 @@ def tokenizer_for(service: ServiceSpec, given: str | None) -> str:
     """--tokenizer; else the word tokenizer for a fake engine; else the model (a local dir, or an id in the model cache)."""
     if given:
         if not Path(given).is_dir():
-            raise UserError(f"--tokenizer {given}: not a directory; give a local directory holding the model's tokenizer.json")
+            raise UserError(
+                f"--tokenizer {given}: not a directory; give a local directory holding the model's tokenizer.json"
+            )
         return given
     if tags.is_fake(service):
         return str(word_tokenizer(cache_root() / "word-tokenizer"))
@@ -79,7 +83,9 @@ def check_output(path: Path) -> None:
 
 def check_label(label: str | None) -> None:
     if label is not None and not (0 < len(label) <= MAX_LABEL and label.isprintable()):
-        raise UserError(f"--label {label!r}: give up to {MAX_LABEL} printable characters (it names a series in a table and a legend)")
+        raise UserError(
+            f"--label {label!r}: give up to {MAX_LABEL} printable characters (it names a series in a table and a legend)"
+        )
 
 
 def run_bench(request: RunRequest, say) -> Results:
@@ -96,13 +102,23 @@ def run_bench(request: RunRequest, say) -> Results:
     runs = []
     for service, target in zip(services, targets):
         say(f"mipart: {service.name}: {request.sweep.describe()} at {target.url}, model {service.model_name}")
-        steps = run_tool(python, target, request.sweep, request.progress, request.output.with_name(request.output.name + ".tool.log"))
+        steps = run_tool(
+            python, target, request.sweep, request.progress, request.output.with_name(request.output.name + ".tool.log")
+        )
         runs.append(ServiceRun(service.name, str(service.listen), service.model_name, steps))
     label = request.label or f"{layout.split(' (')[0]}, {len(services)} service{'s' * (len(services) > 1)}"
-    result_tags = Tags(label=label, profile_digest=request.profile.digest, layout=layout, engine=engine,
-                       engine_fake=any(tags.is_fake(s) for s in services), mipart_version=__version__,
-                       tool=tool_name(), host=tags.host_of(), started=started, sweep=request.sweep.to_json())
+    result_tags = Tags(
+        label=label,
+        profile_digest=request.profile.digest,
+        layout=layout,
+        engine=engine,
+        engine_fake=any(tags.is_fake(s) for s in services),
+        mipart_version=__version__,
+        tool=tool_name(),
+        host=tags.host_of(),
+        started=started,
+        sweep=request.sweep.to_json(),
+    )
     results = Results(result_tags, tuple(runs))
     write_results(request.output, results)
     return results
-

@@ -12,11 +12,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from mipart.errors import UserError
 from mipart.bench import tags
+from mipart.errors import UserError
 from mipart.profile.schema import Profile, ServiceSpec
 
 POLL = 0.5
@@ -44,8 +44,10 @@ def waiting_for(status: dict, profile: Profile) -> str:
     if status["repartition"]["phase"]:
         return f"repartitioning: {status['repartition']['phase']}"
     partition = status["partition"]
-    wanted = all((g["compute_want"], g["memory_want"]) == (profile.gpus.compute_for(g["index"]), profile.gpus.memory)
-                 for g in partition["gpus"])
+    wanted = all(
+        (g["compute_want"], g["memory_want"]) == (profile.gpus.compute_for(g["index"]), profile.gpus.memory)
+        for g in partition["gpus"]
+    )
     if partition["drift"] or partition["matches"] is not True or not wanted:
         return "the partitions to match the profile's gpus:"
     counts = status["instances"]
@@ -60,7 +62,11 @@ def failed(status: dict, digest: str, before: Before) -> str:
     repartition = status["repartition"]
     if repartition["error"] and not repartition["phase"] and repartition["finished"] != before.repartition_finished:
         return f"the repartition failed: {repartition['error']}"
-    if status["profile"]["digest"] != digest and status["profile_error"] and status["profile_error"] != before.profile_error:
+    if (
+        status["profile"]["digest"] != digest
+        and status["profile_error"]
+        and status["profile_error"] != before.profile_error
+    ):
         return f"the agent refused the profile: {status['profile_error']}"
     if status["profile"]["digest"] == digest and not repartition["phase"] and status["reconcile"]["error"]:
         return f"the agent cannot place the instances: {status['reconcile']['error']}"
@@ -89,7 +95,9 @@ def wait_status(get: Get, profile: Profile, before: Before, timeout: float, say)
                 say(f"mipart: waiting for {what}")
                 said = what
         if time.monotonic() > deadline:
-            raise UserError(f"full serving did not come within {timeout:g}s: still waiting for {said or 'the agent to answer'}; see `mipart status`")
+            raise UserError(
+                f"full serving did not come within {timeout:g}s: still waiting for {said or 'the agent to answer'}; see `mipart status`"
+            )
         time.sleep(POLL)
 
 
@@ -114,11 +122,15 @@ def wait_listeners(services: list[ServiceSpec], timeout: float) -> None:
     for service in services:
         while (code := one_request(service)) != 200:
             if time.monotonic() > deadline:
-                raise UserError(f"service {service.name}: a completion through {service.listen} answered {code or 'nothing'}; see `mipart status`")
+                raise UserError(
+                    f"service {service.name}: a completion through {service.listen} answered {code or 'nothing'}; see `mipart status`"
+                )
             time.sleep(POLL)
 
 
-def wait_full_serving(get: Get, profile: Profile, before: Before, services: list[ServiceSpec], timeout: float, say) -> None:
+def wait_full_serving(
+    get: Get, profile: Profile, before: Before, services: list[ServiceSpec], timeout: float, say
+) -> None:
     started = time.monotonic()
     wait_status(get, profile, before, timeout, say)
     wait_listeners(services, max(30.0, timeout - (time.monotonic() - started)))

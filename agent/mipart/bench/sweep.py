@@ -49,7 +49,8 @@ class Sweep:
         """'1, 4, 16 streams, 2 s warm-up + 10 s a step', for the operator."""
         levels = ", ".join(_number(level) for level in self.levels)
         what = {"concurrent": f"{levels} streams", "constant": f"{levels} requests/s"}.get(
-            self.kind, f"a sweep of {levels} benchmarks from one user to full throughput")
+            self.kind, f"a sweep of {levels} benchmarks from one user to full throughput"
+        )
         return f"{what}, {self.warmup:g} s warm-up + {self.duration:g} s a step"
 
     def tool_args(self) -> list[str]:
@@ -57,19 +58,42 @@ class Sweep:
         total = self.warmup + self.duration
         data = ",".join(self.prompt.data_args("prompt") + self.output.data_args("output"))
         rate = ",".join(_number(level) for level in self.levels)
-        return ["--data", data, "--rate-type", self.kind, "--rate", rate, "--max-seconds", _number(total),
-                *(["--warmup-percent", f"{self.warmup / total:.6f}"] if self.warmup else [])]
+        return [
+            "--data",
+            data,
+            "--rate-type",
+            self.kind,
+            "--rate",
+            rate,
+            "--max-seconds",
+            _number(total),
+            *(["--warmup-percent", f"{self.warmup / total:.6f}"] if self.warmup else []),
+        ]
 
 
 PRESETS = {
     "small": Sweep("concurrent", (1, 4, 16), warmup=2, duration=10, prompt=Tokens(128), output=Tokens(64)),
-    "full": Sweep("sweep", (10,), warmup=30, duration=120, prompt=Tokens(512, 158, 16, 1024), output=Tokens(512, 158, 16, 1024),
-                  max_concurrency=1024),
+    "full": Sweep(
+        "sweep",
+        (10,),
+        warmup=30,
+        duration=120,
+        prompt=Tokens(512, 158, 16, 1024),
+        output=Tokens(512, 158, 16, 1024),
+        max_concurrency=1024,
+    ),
 }
 
 
-def build_sweep(preset: str, concurrency: str | None, rates: str | None, warmup: float | None, duration: float | None,
-                prompt_tokens: int | None, output_tokens: int | None) -> Sweep:
+def build_sweep(
+    preset: str,
+    concurrency: str | None,
+    rates: str | None,
+    warmup: float | None,
+    duration: float | None,
+    prompt_tokens: int | None,
+    output_tokens: int | None,
+) -> Sweep:
     """The preset with the options given on the command line laid over it; UserError naming the option when one is wrong."""
     if concurrency and rates:
         raise UserError("--concurrency and --rates are two kinds of sweep: give one of them")
@@ -93,10 +117,14 @@ def _levels(option: str, text: str, whole: bool) -> tuple[float, ...]:
         values = tuple(int(w) if whole else float(w) for w in words)
     except ValueError:
         example = "1,4,16" if whole else "0.5,2,8"
-        raise UserError(f"{option} {text!r}: give a comma-separated list of {'whole numbers' if whole else 'numbers'}, e.g. {example}") from None
+        raise UserError(
+            f"{option} {text!r}: give a comma-separated list of {'whole numbers' if whole else 'numbers'}, e.g. {example}"
+        ) from None
     bad = [w for w, v in zip(words, values) if not 0 < v <= MAX_LEVEL]
     if bad:
-        raise UserError(f"{option}: {', '.join(bad)} is out of range; each level must be above 0 and at most {MAX_LEVEL}")
+        raise UserError(
+            f"{option}: {', '.join(bad)} is out of range; each level must be above 0 and at most {MAX_LEVEL}"
+        )
     return values
 
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from mipart.bench.results import Results
 
-HEADER = ("series", "step", "requests", "errors", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
-          "E2E p50 ms", "E2E p99 ms")
+HEADER = (
+    "series",
+    "step",
+    "requests",
+    "errors",
+    "tokens/s",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "ITL p50 ms",
+    "ITL p99 ms",
+    "E2E p50 ms",
+    "E2E p99 ms",
+)
 
 
 def series_label(results: Results, service: str) -> str:
@@ -20,8 +31,26 @@ def markdown_table(files: list[Results]) -> str:
         for run in results.services:
             label = series_label(results, run.service).replace("|", "/")
             for s in run.steps:
-                rows.append((label, s.name, str(s.requests), str(s.errors), f"{s.throughput_tokens_per_s:.1f}",
-                             *(f"{q:.1f}" for q in (s.ttft_ms.p50, s.ttft_ms.p99, s.itl_ms.p50, s.itl_ms.p99, s.e2e_ms.p50, s.e2e_ms.p99))))
+                rows.append(
+                    (
+                        label,
+                        s.name,
+                        str(s.requests),
+                        str(s.errors),
+                        f"{s.throughput_tokens_per_s:.1f}",
+                        *(
+                            f"{q:.1f}"
+                            for q in (
+                                s.ttft_ms.p50,
+                                s.ttft_ms.p99,
+                                s.itl_ms.p50,
+                                s.itl_ms.p99,
+                                s.e2e_ms.p50,
+                                s.e2e_ms.p99,
+                            )
+                        ),
+                    )
+                )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -30,6 +59,8 @@ def tags_lines(files: list[Results], names: list[str]) -> str:
     lines = []
     for name, r in zip(names, files):
         t = r.tags
-        lines.append(f"- {name}: {t.label}; layout {t.layout}; engine {t.engine}; profile {t.profile_digest[:12] or 'unknown'}; "
-                     f"mipart {t.mipart_version}; {t.tool}; host {t.host}; started {t.started}")
+        lines.append(
+            f"- {name}: {t.label}; layout {t.layout}; engine {t.engine}; profile {t.profile_digest[:12] or 'unknown'}; "
+            f"mipart {t.mipart_version}; {t.tool}; host {t.host}; started {t.started}"
+        )
     return "\n".join(lines)

@@ -70,4 +70,3 @@ def engines_of(services: list[ServiceSpec]) -> str:
 
 def host_of() -> str:
     return f"{socket.gethostname()} ({platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()})"
-

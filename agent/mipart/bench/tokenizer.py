@@ -16,9 +16,20 @@ from mipart.fsutil import write_atomic
 UNKNOWN = "[UNK]"
 
 TOKENIZER = {
-    "version": "1.0", "truncation": None, "padding": None,
-    "added_tokens": [{"id": 0, "content": UNKNOWN, "single_word": False, "lstrip": False, "rstrip": False,
-                      "normalized": False, "special": True}],
+    "version": "1.0",
+    "truncation": None,
+    "padding": None,
+    "added_tokens": [
+        {
+            "id": 0,
+            "content": UNKNOWN,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+    ],
     "normalizer": None,
     "pre_tokenizer": {"type": "WhitespaceSplit"},
     "post_processor": None,

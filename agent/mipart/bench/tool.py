@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mipart.errors import UserError
 from mipart.bench.pins import CONSTRAINTS, TOOL, TOOL_VERSION
+from mipart.errors import UserError
 
 COMPLETE = ".mipart-complete"
 INSTALL_TIMEOUT = 1800.0
@@ -64,9 +64,23 @@ def _install(venv: Path, python: Path) -> None:
     _run([sys.executable, "-m", "venv", str(venv)], "creating its venv", hint="on Debian, install python3-venv")
     constraints = venv / "constraints.txt"
     constraints.write_text("\n".join(CONSTRAINTS) + "\n")
-    _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "on",
-          "-c", str(constraints), f"{TOOL}=={TOOL_VERSION}"], f"pip install {TOOL}=={TOOL_VERSION}",
-         hint="PyPI must be reachable for this one install")
+    _run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "on",
+            "-c",
+            str(constraints),
+            f"{TOOL}=={TOOL_VERSION}",
+        ],
+        f"pip install {TOOL}=={TOOL_VERSION}",
+        hint="PyPI must be reachable for this one install",
+    )
 
 
 def _run(argv: list[str], what: str, hint: str) -> None:

@@ -12,9 +12,17 @@ from mipart.runners import RUNNERS
 
 @click.command("agent")
 @profile_option
-@click.option("--runner", "runner_kind", type=click.Choice(sorted(RUNNERS)), default="systemd", show_default=True,
-              help="Who runs instances: systemd units, or local processes (demo, tests).")
-@click.option("--stop-on-exit", is_flag=True, help="Stop instances and nginx when the agent exits (process runner only).")
+@click.option(
+    "--runner",
+    "runner_kind",
+    type=click.Choice(sorted(RUNNERS)),
+    default="systemd",
+    show_default=True,
+    help="Who runs instances: systemd units, or local processes (demo, tests).",
+)
+@click.option(
+    "--stop-on-exit", is_flag=True, help="Stop instances and nginx when the agent exits (process runner only)."
+)
 def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     """Run the mipart agent: instances, nginx and readiness for the profile."""
     from mipart.daemon.agent import Agent
@@ -24,8 +32,10 @@ def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     from mipart.runners import make_runner
 
     if stop_on_exit and runner_kind != "process":
-        raise click.UsageError("--stop-on-exit works with --runner process only: under systemd, instances are units of their own "
-                               "(stop them with `systemctl stop mipart-vllm.target`)")
+        raise click.UsageError(
+            "--stop-on-exit works with --runner process only: under systemd, instances are units of their own "
+            "(stop them with `systemctl stop mipart-vllm.target`)"
+        )
     base = run_dir()
     base.mkdir(parents=True, exist_ok=True)
     runner = make_runner(runner_kind, base)

@@ -15,7 +15,6 @@ def exec_instance(number: int, cleanup: bool) -> int:
     return launch(number, cleanup)
 
 
-
 @click.command("exec-nginx")
 def exec_nginx() -> None:
     """Run mipart's nginx in the foreground, taking over a killed master's sockets (used by mipart-nginx.service)."""

@@ -60,7 +60,10 @@ def apply_cmd(profile_path: str) -> int:
     for warning in result.warnings:
         click.echo(f"mipart: warning: {warning}", err=True)
     if result.not_restarted:
-        click.echo(f"mipart: client services did not start again: {', '.join(result.not_restarted)}; see `systemctl status`", err=True)
+        click.echo(
+            f"mipart: client services did not start again: {', '.join(result.not_restarted)}; see `systemctl status`",
+            err=True,
+        )
         return 1
     return 0
 
@@ -85,12 +88,14 @@ def assert_cmd(profile_path: str) -> int:
 @partition.command("export")
 def export_cmd() -> int:
     """Print the host's current layout as a profile `gpus:` section, with the kernel's pair table as comments."""
-    from mipart.partition.plan import PlanError, export_gpus_yaml, rule_groups
     from mipart.partition.host_rules import read_rules
+    from mipart.partition.plan import PlanError, export_gpus_yaml, rule_groups
 
     backend = _backend()
     state = backend.discover()
     if not state.physical:
-        raise PlanError("no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)")
+        raise PlanError(
+            "no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)"
+        )
     click.echo(export_gpus_yaml(state, rule_groups(read_rules(backend, state))), nl=False)
     return 0

@@ -22,7 +22,13 @@ def planned(profile_path: str):
 
 def _upstreams(profile, specs) -> list[dict]:
     return [
-        {"service": s.name, "listen": str(s.listen), "model": s.model_name, "routing": str(s.routing), "servers": [x.address for x in specs if x.service == s.name]}
+        {
+            "service": s.name,
+            "listen": str(s.listen),
+            "model": s.model_name,
+            "routing": str(s.routing),
+            "servers": [x.address for x in specs if x.service == s.name],
+        }
         for s in profile.services
     ]
 
@@ -37,34 +43,61 @@ def plan(profile_path: str, as_json: bool) -> int:
 
     profile, host = planned(profile_path)
     partition_plan, specs = host.partition, host.instances
-    for warning in tensor_parallel_on_cpx(partition_plan.compute_of_logical(), ((s.service, tuple(s.logical_gpus)) for s in specs)):
+    for warning in tensor_parallel_on_cpx(
+        partition_plan.compute_of_logical(), ((s.service, tuple(s.logical_gpus)) for s in specs)
+    ):
         click.echo(f"mipart: warning: {warning}", err=True)
     if as_json:
-        click.echo(json.dumps({"partition": partition_plan.to_json(), "instances": [s.to_json() for s in specs], "upstreams": _upstreams(profile, specs)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "partition": partition_plan.to_json(),
+                    "instances": [s.to_json() for s in specs],
+                    "upstreams": _upstreams(profile, specs),
+                },
+                indent=2,
+            )
+        )
         return 0
     click.echo("partitions:\n" + format_plan(partition_plan))
     rows = [("UNIT", "SERVICE", "GPUS", "PORT", "DEVICES", "RUNTIME")]
     for s in specs:
-        rows.append((s.unit, s.service, ",".join(map(str, s.logical_gpus)), str(s.port), ",".join(s.devices), s.runtime))
+        rows.append(
+            (s.unit, s.service, ",".join(map(str, s.logical_gpus)), str(s.port), ",".join(s.devices), s.runtime)
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo(f"instances: {len(specs)}")
     for row in rows:
         click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     click.echo("upstreams:")
     for up in _upstreams(profile, specs):
-        click.echo(f"  {up['service']}: listen {up['listen']}, model {up['model']}, {up['routing']} over {len(up['servers'])} instances")
+        click.echo(
+            f"  {up['service']}: listen {up['listen']}, model {up['model']}, {up['routing']} over {len(up['servers'])} instances"
+        )
     return 0
 
 
 @click.command("render")
 @profile_option
-@click.option("--root", "root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Write files under this directory.")
-@click.option("--ready", type=click.Choice(["all", "none"]), default="all", show_default=True, help="Which instances the nginx config marks as up.")
+@click.option(
+    "--root",
+    "root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write files under this directory.",
+)
+@click.option(
+    "--ready",
+    type=click.Choice(["all", "none"]),
+    default="all",
+    show_default=True,
+    help="Which instances the nginx config marks as up.",
+)
 def render(profile_path: str, root: Path, ready: str) -> int:
     """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
+    from mipart.daemon.specfiles import SPEC_MODE, instance_files
     from mipart.fsutil import write_atomic
     from mipart.nginx.conf import render_nginx
-    from mipart.daemon.specfiles import SPEC_MODE, instance_files
     from mipart.paths import nginx_prefix
 
     profile, host = planned(profile_path)

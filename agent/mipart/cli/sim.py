@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from mipart.gpu.parts import MODELS
-from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
 from mipart.cli import Choice
+from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
 from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
+from mipart.gpu.parts import MODELS
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -29,20 +29,27 @@ def sim() -> None:
 
 @sim.command()
 @sim_dir
-@click.option("--model", type=click.Choice(sorted(MODELS), case_sensitive=False), default="mi300x",
-              show_default=True)
+@click.option("--model", type=click.Choice(sorted(MODELS), case_sensitive=False), default="mi300x", show_default=True)
 @click.option("--gpus", type=int, default=8, show_default=True)
-@click.option("--compute", type=click.Choice(COMPUTE_MODES, case_sensitive=False), default="SPX",
-              show_default=True)
-@click.option("--memory", type=click.Choice(MEMORY_MODES, case_sensitive=False), default="NPS1",
-              show_default=True)
-@click.option("--rules", type=Choice(sorted(RULE_SETS), aliases={"rocm-seed000": "rocm-mi300x"}), default=MAINLINE, show_default=True,
-              help="The kernel's compute/memory pair table: mainline amdgpu, or a ROCm (amdgpu-dkms) MI300X host's, where QPX and CPX run under NPS2.")
-@click.option("--partition-config/--no-partition-config", default=True, show_default=True,
-              help="Whether the kernel has compute_partition_config/ (older kernels do not).")
+@click.option("--compute", type=click.Choice(COMPUTE_MODES, case_sensitive=False), default="SPX", show_default=True)
+@click.option("--memory", type=click.Choice(MEMORY_MODES, case_sensitive=False), default="NPS1", show_default=True)
+@click.option(
+    "--rules",
+    type=Choice(sorted(RULE_SETS), aliases={"rocm-seed000": "rocm-mi300x"}),
+    default=MAINLINE,
+    show_default=True,
+    help="The kernel's compute/memory pair table: mainline amdgpu, or a ROCm (amdgpu-dkms) MI300X host's, where QPX and CPX run under NPS2.",
+)
+@click.option(
+    "--partition-config/--no-partition-config",
+    default=True,
+    show_default=True,
+    help="Whether the kernel has compute_partition_config/ (older kernels do not).",
+)
 @click.option("--bmc-ast", is_flag=True, help="A BMC's `ast` DRM driver is loaded and takes a DRM minor.")
-def create(root: Path, model: str, gpus: int, compute: str, memory: str, rules: str, partition_config: bool,
-           bmc_ast: bool) -> None:
+def create(
+    root: Path, model: str, gpus: int, compute: str, memory: str, rules: str, partition_config: bool, bmc_ast: bool
+) -> None:
     """Make DIR a simulated host; point the agent at it with MIPART_SYSFS_ROOT=DIR."""
     kernel.create(root, model, gpus, compute, memory, rules, partition_config, bmc_ast)
 
@@ -97,7 +104,9 @@ def show(root: Path, as_json: bool) -> None:
         click.echo(json.dumps(asdict(state), indent=2))
         return
     partt = {number: name for name, number in USER_PARTT_MODE.items()}[state.user_partt_mode]
-    click.echo(f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt}), rules {state.rules}")
+    click.echo(
+        f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt}), rules {state.rules}"
+    )
     for i, gpu in enumerate(state.gpus):
         line = f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}"
         holders = kernel.holders_of(state, i)
@@ -127,7 +136,15 @@ def engine(args: tuple[str, ...]) -> int:
 @click.option("--block", default="umc", show_default=True, help="RAS block the errors are counted in.")
 @click.option("--temperature", type=float, default=None, help="Set the junction temperature (degrees Celsius).")
 @click.option("--power", type=float, default=None, help="Set the average power (watts).")
-def gpu_signals(root: Path, gpu: int, uncorrectable: int, correctable: int, block: str, temperature: float | None, power: float | None) -> None:
+def gpu_signals(
+    root: Path,
+    gpu: int,
+    uncorrectable: int,
+    correctable: int,
+    block: str,
+    temperature: float | None,
+    power: float | None,
+) -> None:
     """Make physical GPU GPU report RAS errors, a temperature or a power draw."""
     from mipart.sim import gpu_signals as signals
 

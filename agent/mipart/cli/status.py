@@ -69,7 +69,11 @@ class Api:
         self.label = f"unix:{self.unix}" if self.unix else rest
 
     def get(self, path: str) -> dict | list:
-        conn = UnixHTTPConnection(self.unix) if self.unix else http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        conn = (
+            UnixHTTPConnection(self.unix)
+            if self.unix
+            else http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        )
         try:
             conn.request("GET", path, headers={"Accept": "application/json"})
             response = conn.getresponse()
@@ -80,7 +84,7 @@ class Api:
             raise AgentDown("no such socket") from None
         except PermissionError:
             raise AgentDown("permission denied; run as root or as a member of the socket's group") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise AgentDown(f"no answer within {TIMEOUT:g}s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise AgentDown(getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__) from None
@@ -168,19 +172,25 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
         f"{serving}/{counts['total']} instances ready" + (f" ({others})" if others else "")
     ]
     if status["profile"].get("override"):
-        lines.append(f"  profile override by mipart bench sweep: {status['profile']['override']} (in force instead of "
-                     f"{status['profile']['path']}; if no sweep runs, remove it with `mipart bench sweep --restore`)")
+        lines.append(
+            f"  profile override by mipart bench sweep: {status['profile']['override']} (in force instead of "
+            f"{status['profile']['path']}; if no sweep runs, remove it with `mipart bench sweep --restore`)"
+        )
     if status["profile_error"]:
         lines.append(f"  profile rejected, running the last good one: {status['profile_error']}")
     if partition["error"]:
         lines.append(f"  partition: {partition['error']}")
     for gpu in partition["gpus"]:
         if not gpu["matches"]:
-            lines.append(f"  GPU {gpu['index']} ({gpu['bdf']}): compute {gpu['compute']}, memory {gpu['memory']}; "
-                         f"want {gpu['compute_want'] or gpu['compute']}, {gpu['memory_want'] or gpu['memory']}")
+            lines.append(
+                f"  GPU {gpu['index']} ({gpu['bdf']}): compute {gpu['compute']}, memory {gpu['memory']}; "
+                f"want {gpu['compute_want'] or gpu['compute']}, {gpu['memory_want'] or gpu['memory']}"
+            )
     if partition.get("action"):
         lines.append(f"  partition drift: {partition['action']}")
-    lines.extend(f"  warning: {warning}" for warning in partition.get("warnings") or ())  # known traps (partition/traps.py)
+    lines.extend(
+        f"  warning: {warning}" for warning in partition.get("warnings") or ()
+    )  # known traps (partition/traps.py)
     repartition = status.get("repartition") or {}
     if repartition.get("phase"):
         lines.append(f"  repartitioning: {repartition['phase']}")
@@ -200,13 +210,25 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
     if status.get("files_error"):
         lines.append(f"  files: {status['files_error']} (the agent retries)")
     for service in status.get("services") or ():
-        lines.append(f"  service {service['name']} ({service['model']}) on {service['listen']}: {service['ready']}/{service['instances']} ready, "
-                     f"routing {Routing(**service['routing'])}")
+        lines.append(
+            f"  service {service['name']} ({service['model']}) on {service['listen']}: {service['ready']}/{service['instances']} ready, "
+            f"routing {Routing(**service['routing'])}"
+        )
     rows = [HEADER]
     now = time.time()
     for i in instances:
-        rows.append((i["unit"], i["service"], ",".join(map(str, i["logical_gpus"])), str(i["port"]), i["state"],
-                     relative(_parse_iso(i["since"]), now), str(i["restarts"]), _short(i["last_error"])))
+        rows.append(
+            (
+                i["unit"],
+                i["service"],
+                ",".join(map(str, i["logical_gpus"])),
+                str(i["port"]),
+                i["state"],
+                relative(_parse_iso(i["since"]), now),
+                str(i["restarts"]),
+                _short(i["last_error"]),
+            )
+        )
     return lines + ([""] + _table(rows) if instances else ["no instances"])
 
 
@@ -223,14 +245,33 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
         state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}" if props else "unknown"
         started = units.started(props) if props else None
         since = relative(started, now) if started else "-"
-        rows.append((spec.unit, spec.service, ",".join(map(str, spec.logical_gpus)), str(spec.port), state, since, "-",
-                     _short(errors.get(spec.number, ""))))
-        report.append({
-            "number": spec.number, "unit": spec.unit, "service": spec.service, "model": spec.served_model_name,
-            "port": spec.port, "logical_gpus": list(spec.logical_gpus), "physical_gpus": list(spec.physical_gpus),
-            "active_state": props.get("ActiveState") if props else None, "sub_state": props.get("SubState") if props else None,
-            "started": units.iso(started), "last_error": errors.get(spec.number, ""),
-        })
+        rows.append(
+            (
+                spec.unit,
+                spec.service,
+                ",".join(map(str, spec.logical_gpus)),
+                str(spec.port),
+                state,
+                since,
+                "-",
+                _short(errors.get(spec.number, "")),
+            )
+        )
+        report.append(
+            {
+                "number": spec.number,
+                "unit": spec.unit,
+                "service": spec.service,
+                "model": spec.served_model_name,
+                "port": spec.port,
+                "logical_gpus": list(spec.logical_gpus),
+                "physical_gpus": list(spec.physical_gpus),
+                "active_state": props.get("ActiveState") if props else None,
+                "sub_state": props.get("SubState") if props else None,
+                "started": units.iso(started),
+                "last_error": errors.get(spec.number, ""),
+            }
+        )
     if not states and specs:
         lines.append("unit states unknown: systemctl is missing or cannot reach systemd")
     return lines + ([""] + _table(rows) if specs else ["no instances"]), report
@@ -239,8 +280,13 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
 @click.command("status")
 @profile_option
 @click.option("--json", "as_json", is_flag=True, help="Print what the agent reports as JSON.")
-@click.option("--api", "api", default=None, metavar="URL|PATH",
-              help="Where the agent answers: host:port, http://host:port or a unix socket path [default: the profile's api.listen].")
+@click.option(
+    "--api",
+    "api",
+    default=None,
+    metavar="URL|PATH",
+    help="Where the agent answers: host:port, http://host:port or a unix socket path [default: the profile's api.listen].",
+)
 def status(profile_path: str, as_json: bool, api: str | None) -> int:
     """Show partitions and instances as the agent sees them (exit 3 when some are not ready)."""
     target = Api(api or _default_api(profile_path))
@@ -252,7 +298,11 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
     counts = st["instances"]
     all_ready = counts["ready"] + counts["degraded"] == counts["total"]  # degraded still serves
     if as_json:
-        click.echo(json.dumps({"agent": {"answering": True, "api": target.label}, "status": st, "instances": instances}, indent=2))
+        click.echo(
+            json.dumps(
+                {"agent": {"answering": True, "api": target.label}, "status": st, "instances": instances}, indent=2
+            )
+        )
     else:
         click.echo("\n".join(format_live(st, instances, target.label)))
     return 0 if all_ready else EXIT_NOT_READY
@@ -270,14 +320,23 @@ def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
         raise
     if unplanned:
         if as_json:
-            click.echo(json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": [], "error": unplanned}, indent=2))
+            click.echo(
+                json.dumps(
+                    {"agent": {"answering": False, "api": api, "reason": reason}, "instances": [], "error": unplanned},
+                    indent=2,
+                )
+            )
         else:
-            click.echo(f"{first}, and {unplanned}: no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH")
+            click.echo(
+                f"{first}, and {unplanned}: no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH"
+            )
         return EXIT_NOT_READY
     states = units.unit_states([s.unit for s in specs])
     lines, report = format_down(api, reason, specs, states)
     if as_json:
-        click.echo(json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2))
+        click.echo(
+            json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2)
+        )
     else:
         click.echo("\n".join(lines))
     return EXIT_NOT_READY

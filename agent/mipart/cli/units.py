@@ -20,7 +20,9 @@ def unit_states(units: list[str]) -> dict[str, dict]:
     if not units:
         return {}
     try:
-        done = subprocess.run(["systemctl", "show", "-p", UNIT_PROPERTIES, "--", *units], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["systemctl", "show", "-p", UNIT_PROPERTIES, "--", *units], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     if done.returncode != 0:

@@ -30,10 +30,10 @@ from mipart.errors import UserError
 from mipart.gpu import discover
 from mipart.health.machine import InstanceHealth
 from mipart.names import DIGEST_VAR, instance_name
+from mipart.nginx.files import NginxFiles
 from mipart.paths import nginx_prefix
 from mipart.runners import procfs
 from mipart.serving.instances import plan_instances
-from mipart.nginx.files import NginxFiles
 from mipart.serving.reconcile import plan_actions
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
@@ -68,7 +68,15 @@ class Agent:
     # -- what it knows, for the API and STATUS= ---------------------------------------
     def snapshot(self) -> AgentSnapshot:
         services = self.profile.services if self.profile is not None else ()
-        return AgentSnapshot.of(self.profile_path, self.profile is not None, self.status, self.specs, self.health, self.stopping.is_set(), services)
+        return AgentSnapshot.of(
+            self.profile_path,
+            self.profile is not None,
+            self.status,
+            self.specs,
+            self.health,
+            self.stopping.is_set(),
+            services,
+        )
 
     def host_snapshot(self) -> HostSnapshot:
         """Blocking: the API calls it in its own thread."""
@@ -77,7 +85,9 @@ class Agent:
 
     def load_profile(self, read: tuple | None = None) -> bool:
         """Adopt the profile read (default: read it now) if valid; else keep the last good one. Returns success."""
-        profile, self.status.profile_error = read or read_profile(self.profile_path, self.log, self.status.profile_digest, self.run_dir)
+        profile, self.status.profile_error = read or read_profile(
+            self.profile_path, self.log, self.status.profile_digest, self.run_dir
+        )
         if profile is None:
             return False
         self.profile, self.status.profile_digest = profile, profile.digest
@@ -129,7 +139,9 @@ class Agent:
             self.log.info("instance.stop", unit=instance_name(number), reason="no longer in profile")
             self.rolling.pop(number, None)
         for number in actions.start:
-            self.log.info("instance.start", unit=instance_name(number), gpu=gpu_label(self.specs[number]), reason="not running")
+            self.log.info(
+                "instance.start", unit=instance_name(number), gpu=gpu_label(self.specs[number]), reason="not running"
+            )
             self.health[number].fresh_start(grace=self.profile.health.interval)
         for number in actions.restart:
             self.rolling[number] = None
@@ -146,15 +158,25 @@ class Agent:
 
     async def roll(self) -> None:
         """Restart the next batch of changed instances once the previous batch is ready."""
-        plan = rollout.next_batch(list(self.rolling), self.rolling_active, {n: s.service for n, s in self.specs.items()},
-                                  {n: h.state for n, h in self.health.items()})
+        plan = rollout.next_batch(
+            list(self.rolling),
+            self.rolling_active,
+            {n: s.service for n, s in self.specs.items()},
+            {n: h.state for n, h in self.health.items()},
+        )
         self.rolling, self.rolling_active = dict.fromkeys(plan.waiting), set(plan.active)
         if not plan.batch:
             return
         for i, number in enumerate(plan.batch):
             self.health[number].drain()
             waiting = len(plan.waiting) + len(plan.batch) - i - 1  # as the queue shrinks through the batch
-            self.log.info("instance.restart", unit=instance_name(number), gpu=gpu_label(self.specs[number]), reason="spec changed", waiting=waiting)
+            self.log.info(
+                "instance.restart",
+                unit=instance_name(number),
+                gpu=gpu_label(self.specs[number]),
+                reason="spec changed",
+                waiting=waiting,
+            )
         await self.update_nginx()  # out of rotation before they go down
         self._background(self._drain_then(list(plan.batch), self.runner.restart))
 
@@ -195,7 +217,9 @@ class Agent:
         return await self.router.needs_update()
 
     async def probe_all(self, session, force: bool = False) -> bool:
-        due, results = await self.prober.round(session, self.health, self.specs, self.profile.health, force, self.router.upstream_failures())
+        due, results = await self.prober.round(
+            session, self.health, self.specs, self.profile.health, force, self.router.upstream_failures()
+        )
         if not due:
             return False
         results = await probing.only_new_servers(due, results, self.rolling_active, self.specs, self._digests_now)
@@ -207,7 +231,9 @@ class Agent:
     # -- main loop --------------------------------------------------------------------
     async def run(self) -> None:
         if not self.load_profile():
-            raise UserError(f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)")
+            raise UserError(
+                f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)"
+            )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._signalled, self.reload_requested)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -218,7 +244,9 @@ class Agent:
         finally:
             await api.cleanup()
         self.notifier.send("STOPPING=1")
-        self.log.info("agent.stopping", instances="stopping them (--stop-on-exit)" if self.stops_instances else "left running")
+        self.log.info(
+            "agent.stopping", instances="stopping them (--stop-on-exit)" if self.stops_instances else "left running"
+        )
 
     async def _serve(self) -> None:
         import aiohttp
@@ -240,7 +268,12 @@ class Agent:
                     pause = self.prober.pause(self.health, self.specs, self.profile.health, TICK)
                 except Exception as exc:  # no step's failure ends the agent: logged, tried again after a pause
                     where = traceback.extract_tb(exc.__traceback__)[-1]
-                    self.log.error("agent.step_failed", reason=f"{exc.__class__.__name__}: {exc}", at=f"{where.filename}:{where.lineno}", action="retry in 1s")
+                    self.log.error(
+                        "agent.step_failed",
+                        reason=f"{exc.__class__.__name__}: {exc}",
+                        at=f"{where.filename}:{where.lineno}",
+                        action="retry in 1s",
+                    )
                     pause = STEP_RETRY
                 self.notifier.status(status_line(self.snapshot()))
                 self.notifier.watchdog()
@@ -267,7 +300,9 @@ class Agent:
             changed |= await self.check_files()
         if changed:
             await self.update_nginx()
-        await recovery.restart_due(self.health, self.specs, self.profile.health, self.runner, self.log, self.router.settled)
+        await recovery.restart_due(
+            self.health, self.specs, self.profile.health, self.runner, self.log, self.router.settled
+        )
         await self.roll()
         return next_check
 
@@ -286,7 +321,11 @@ class Agent:
         self.reload_requested.clear()
         self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         self.log.info("agent.reload", profile=self.profile_path)
-        read = await read_profile_off_loop(self.profile_path, self.log, self.status.profile_digest, run_dir=self.run_dir)  # any failure keeps the last good one
-        if self.load_profile(read) and not await repartition.if_needed(self):  # a changed gpus: is applied while serving
+        read = await read_profile_off_loop(
+            self.profile_path, self.log, self.status.profile_digest, run_dir=self.run_dir
+        )  # any failure keeps the last good one
+        if self.load_profile(read) and not await repartition.if_needed(
+            self
+        ):  # a changed gpus: is applied while serving
             await self.reconcile()
         self.notifier.send("READY=1")

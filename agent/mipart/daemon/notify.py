@@ -22,7 +22,9 @@ def status_line(snap: AgentSnapshot) -> str:
         st.files_error and f"{st.files_error} (retrying)",
     )
     first = next((problem for problem in problems if problem), "")
-    override = st.profile_override and f"profile override by mipart bench sweep: {st.profile_override}"  # whatever else is wrong
+    override = (
+        st.profile_override and f"profile override by mipart bench sweep: {st.profile_override}"
+    )  # whatever else is wrong
     return "; ".join(part for part in (line, first, override) if part)
 
 

@@ -61,8 +61,15 @@ class Prober:
         self.flights: dict[int, list[Flight]] = {}
         self.wake = wake
 
-    async def round(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec,
-                    force: bool = False, suspects: Mapping[str, str] | None = None) -> tuple[list[InstanceHealth], list[ProbeResult]]:
+    async def round(
+        self,
+        session,
+        health: Mapping[int, InstanceHealth],
+        specs: Mapping[int, InstanceSpec],
+        spec: HealthSpec,
+        force: bool = False,
+        suspects: Mapping[str, str] | None = None,
+    ) -> tuple[list[InstanceHealth], list[ProbeResult]]:
         """Results that arrived (and nginx's reports), in order; starts the probes now due.
 
         force: probe every instance and wait for all answers (the agent's start).
@@ -76,22 +83,39 @@ class Prober:
                 h.last_probe = 0.0  # probe it now
         self._launch(session, health, specs, spec, force)
         if force:
-            await asyncio.gather(*(f.task for flights in self.flights.values() for f in flights), return_exceptions=True)
+            await asyncio.gather(
+                *(f.task for flights in self.flights.values() for f in flights), return_exceptions=True
+            )
             more = self._harvest(health)
             due, results = due + more[0], results + more[1]
         return due, results
 
-    def next_confirm(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec) -> float:
+    def next_confirm(
+        self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec
+    ) -> float:
         """When the next confirming probe is due to start, monotonic; inf when none is."""
         spacing = confirm_spacing(spec)
-        times = (_start_at(health[n], flights, spec, spacing) for n, flights in self.flights.items() if flights and n in health and n in specs)
+        times = (
+            _start_at(health[n], flights, spec, spacing)
+            for n, flights in self.flights.items()
+            if flights and n in health and n in specs
+        )
         return min((at for at in times if at is not None), default=math.inf)
 
-    def pause(self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, longest: float) -> float:
+    def pause(
+        self, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, longest: float
+    ) -> float:
         """How long the loop may sleep: at most `longest`, less when a confirming probe is due sooner."""
         return min(longest, max(MIN_PAUSE, self.next_confirm(health, specs, spec) - time.monotonic()))
 
-    def _launch(self, session, health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, force: bool) -> None:
+    def _launch(
+        self,
+        session,
+        health: Mapping[int, InstanceHealth],
+        specs: Mapping[int, InstanceSpec],
+        spec: HealthSpec,
+        force: bool,
+    ) -> None:
         now = time.monotonic()
         spacing = confirm_spacing(spec)
         for number, h in health.items():
@@ -144,8 +168,13 @@ def _result(task: asyncio.Task) -> ProbeResult:
     return task.result()
 
 
-async def only_new_servers(due: list[InstanceHealth], results: list[ProbeResult], rolling: Set[int], specs: Mapping[int, InstanceSpec],
-                           running_digests: Callable[[], Awaitable[Mapping[int, str | None]]]) -> list[ProbeResult]:
+async def only_new_servers(
+    due: list[InstanceHealth],
+    results: list[ProbeResult],
+    rolling: Set[int],
+    specs: Mapping[int, InstanceSpec],
+    running_digests: Callable[[], Awaitable[Mapping[int, str | None]]],
+) -> list[ProbeResult]:
     """A rolling restart's instance is ready only once the server answering runs the new spec.
 
     running_digests (a unit state read) is called only when such an instance answered.
@@ -162,7 +191,9 @@ async def only_new_servers(due: list[InstanceHealth], results: list[ProbeResult]
     return results
 
 
-def record_results(due: list[InstanceHealth], results: list[ProbeResult], spec: HealthSpec, specs: Mapping[int, InstanceSpec], log) -> bool:
+def record_results(
+    due: list[InstanceHealth], results: list[ProbeResult], spec: HealthSpec, specs: Mapping[int, InstanceSpec], log
+) -> bool:
     """Feed each result to its state machine; True when nginx membership changed."""
     changed = False
     for h, result in zip(due, results):
@@ -173,5 +204,11 @@ def record_results(due: list[InstanceHealth], results: list[ProbeResult], spec: 
             changed |= h.record(result.ok, result.error, spec)
         if h.state != before:
             emit = log.info if h.state == READY else log.warning
-            emit(f"instance.{h.state}", unit=instance_name(h.number), gpu=gpu_label(specs[h.number]), reason=result.error or "/health 200", was=before)
+            emit(
+                f"instance.{h.state}",
+                unit=instance_name(h.number),
+                gpu=gpu_label(specs[h.number]),
+                reason=result.error or "/health 200",
+                was=before,
+            )
     return changed

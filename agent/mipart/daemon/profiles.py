@@ -54,16 +54,19 @@ def read_profile(path: str, log, kept_digest: str, run_dir: Path | None = None) 
         return None, lines[0]
     except Exception as exc:  # noqa: BLE001 - a bug in validation must not take serving down
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        line = (f"{path}: the profile could not be checked ({exc.__class__.__name__}: {exc}); "
-                "the last good profile is kept; please report this with the file")
+        line = (
+            f"{path}: the profile could not be checked ({exc.__class__.__name__}: {exc}); "
+            "the last good profile is kept; please report this with the file"
+        )
         log.error("profile.check_failed", problem=line, at=f"{where.filename}:{where.lineno}", kept=kept)
         return None, line
     warn_ephemeral_ports(profile, log)
     return profile, ""
 
 
-async def read_profile_off_loop(path: str, log, kept_digest: str, timeout: float = LOAD_TIMEOUT,
-                                run_dir: Path | None = None) -> tuple[Profile | None, str]:
+async def read_profile_off_loop(
+    path: str, log, kept_digest: str, timeout: float = LOAD_TIMEOUT, run_dir: Path | None = None
+) -> tuple[Profile | None, str]:
     """read_profile in a worker thread, given up on after `timeout` seconds (its answer is then dropped)."""
     try:
         return await asyncio.wait_for(asyncio.to_thread(read_profile, path, log, kept_digest, run_dir), timeout)
@@ -81,5 +84,9 @@ def warn_ephemeral_ports(profile: Profile, log, range_file: Path = EPHEMERAL_RAN
         return
     base = profile.instances.base_port
     if base <= high and base + INSTANCE_PORT_SPAN - 1 >= low:
-        log.warning("profile.ephemeral_ports", ports=f"{base}-{base + INSTANCE_PORT_SPAN - 1}", ephemeral=f"{low}-{high}",
-                    advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range (net.ipv4.ip_local_port_range)")
+        log.warning(
+            "profile.ephemeral_ports",
+            ports=f"{base}-{base + INSTANCE_PORT_SPAN - 1}",
+            ephemeral=f"{low}-{high}",
+            advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range (net.ipv4.ip_local_port_range)",
+        )

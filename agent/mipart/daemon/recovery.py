@@ -15,7 +15,9 @@ from mipart.serving.spec import InstanceSpec
 from mipart.values import UnitState
 
 
-def mark_gone(health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], log) -> bool:
+def mark_gone(
+    health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], log
+) -> bool:
     """Instances whose unit is not running leave rotation; True when nginx membership changed."""
     changed, now = False, time.monotonic()
     for number, h in health.items():
@@ -24,13 +26,18 @@ def mark_gone(health: Mapping[int, InstanceHealth], specs: Mapping[int, Instance
             reason = f"unit {state.active_state}/{state.sub_state}" if state else "unit not running"
             if h.unit_gone(reason, now):
                 changed = True
-                log.warning("instance.unhealthy", unit=instance_name(number), gpu=gpu_label(specs[number]), reason=reason)
+                log.warning(
+                    "instance.unhealthy", unit=instance_name(number), gpu=gpu_label(specs[number]), reason=reason
+                )
     return changed
 
 
-def exits_unread(health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState]) -> list[int]:
+def exits_unread(
+    health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState]
+) -> list[int]:
     """Instances whose server has ended and whose exit is not yet told. A unit systemd no
     longer lists counts only once mark_gone took it out (not while its first start is pending)."""
+
     def ended(n: int, h: InstanceHealth) -> bool:
         state = states.get(n)
         return not state.active if state else h.state in (UNHEALTHY, FAILED)
@@ -49,7 +56,9 @@ def read_exits(runner, numbers: list[int]) -> dict[int, str]:
     return reasons
 
 
-async def tell_exits(health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], runner, log) -> None:
+async def tell_exits(
+    health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], runner, log
+) -> None:
     """LAST ERROR says how the server ended and what it last logged, not how a probe failed."""
     unread = exits_unread(health, specs, states)
     if not unread:
@@ -60,8 +69,14 @@ async def tell_exits(health: dict[int, InstanceHealth], specs: Mapping[int, Inst
             log.warning("instance.exited", unit=instance_name(number), gpu=gpu_label(specs[number]), reason=reason)
 
 
-async def restart_due(health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], spec: HealthSpec, runner, log,
-                      routed: Callable[[], Awaitable[bool]] | None = None) -> None:
+async def restart_due(
+    health: dict[int, InstanceHealth],
+    specs: Mapping[int, InstanceSpec],
+    spec: HealthSpec,
+    runner,
+    log,
+    routed: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
     """Restart unhealthy or stuck instances, with backoff; runs after nginx dropped them.
 
     routed(): whether nginx's reload without them has taken (no worker from before it picks
@@ -79,7 +94,14 @@ async def restart_due(health: dict[int, InstanceHealth], specs: Mapping[int, Ins
         if delay is None:
             log.error("instance.failed", unit=unit, gpu=gpu, reason=h.last_error)
             continue
-        log.warning("instance.restart", unit=unit, gpu=gpu, reason=h.last_error, attempt=h.restart_attempts, next_backoff=f"{delay:g}s")
+        log.warning(
+            "instance.restart",
+            unit=unit,
+            gpu=gpu,
+            reason=h.last_error,
+            attempt=h.restart_attempts,
+            next_backoff=f"{delay:g}s",
+        )
         try:
             await asyncio.to_thread(runner.restart, number)
         except Exception as exc:  # a D-Bus or exec failure must not kill the agent

@@ -90,7 +90,12 @@ async def run(agent, change: Change) -> None:
     finally:
         st.repartition_phase, st.repartition_finished = "", time.time()
         keeper.cancel()
-    log.info("repartition.done", ok=not st.repartition_error, instances=len(agent.specs), seconds=round(time.monotonic() - started, 2))
+    log.info(
+        "repartition.done",
+        ok=not st.repartition_error,
+        instances=len(agent.specs),
+        seconds=round(time.monotonic() - started, 2),
+    )
 
 
 def _phase(agent, phase: str) -> None:
@@ -137,7 +142,9 @@ async def _serve_again(agent) -> None:
             reason = _describe(exc)
             agent.log.error("repartition.start_failed", reason=reason, attempt=attempt, of=START_TRIES)
             await asyncio.sleep(POLL * 5)
-    agent.status.repartition_error = f"instances not started again ({reason}); run `{REPARTITION_COMMAND}` once systemd answers"
+    agent.status.repartition_error = (
+        f"instances not started again ({reason}); run `{REPARTITION_COMMAND}` once systemd answers"
+    )
 
 
 async def _drain_all(agent) -> None:
@@ -172,7 +179,9 @@ async def _stop_all(agent) -> None:
             break
         await asyncio.sleep(POLL)
     if running:
-        log.warning("repartition.not_stopped", units=",".join(instance_name(n) for n in running), after=f"{STOP_WAIT:g}s")
+        log.warning(
+            "repartition.not_stopped", units=",".join(instance_name(n) for n in running), after=f"{STOP_WAIT:g}s"
+        )
 
 
 async def _apply(agent, change: Change) -> str:
@@ -187,7 +196,9 @@ async def _apply(agent, change: Change) -> str:
         return error
     error = f"client services did not start again: {', '.join(result.not_restarted)}" if result.not_restarted else ""
     await asyncio.to_thread(record_apply, not error, digest, result, error)
-    agent.log.info("repartition.applied", writes=result.writes, reloads=result.reloads, logical_gpus=result.logical_gpus)
+    agent.log.info(
+        "repartition.applied", writes=result.writes, reloads=result.reloads, logical_gpus=result.logical_gpus
+    )
     return error
 
 

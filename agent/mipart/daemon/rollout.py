@@ -32,7 +32,9 @@ def batch_size(service: str, services: Mapping[int, str], states: Mapping[int, s
     return max(1, len(members) // 4)
 
 
-def next_batch(queued: Sequence[int], active: Set[int], services: Mapping[int, str], states: Mapping[int, str]) -> Rollout:
+def next_batch(
+    queued: Sequence[int], active: Set[int], services: Mapping[int, str], states: Mapping[int, str]
+) -> Rollout:
     """queued: changed instances in the order they changed; active: restarted, maybe not ready yet;
     services: instance -> service, for the instances the profile has; states: instance -> health state."""
     still_active = {n for n in active if n in services and states.get(n) not in SETTLED}
@@ -42,5 +44,11 @@ def next_batch(queued: Sequence[int], active: Set[int], services: Mapping[int, s
     for number in queued:
         if services[number] not in busy:
             by_service.setdefault(services[number], []).append(number)
-    batch = tuple(n for service, numbers in by_service.items() for n in numbers[: batch_size(service, services, states, still_active)])
-    return Rollout(batch=batch, waiting=tuple(n for n in queued if n not in batch), active=frozenset(still_active.union(batch)))
+    batch = tuple(
+        n
+        for service, numbers in by_service.items()
+        for n in numbers[: batch_size(service, services, states, still_active)]
+    )
+    return Rollout(
+        batch=batch, waiting=tuple(n for n in queued if n not in batch), active=frozenset(still_active.union(batch))
+    )

@@ -17,19 +17,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mipart.nginx import procs as nginx_procs
 from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import AgentStatus
 from mipart.errors import UserError
-
-from mipart.nginx.files import NginxFiles, NginxRejected, install_config
+from mipart.nginx import procs as nginx_procs
 from mipart.nginx.conf import generation_of, render_nginx
+from mipart.nginx.files import NginxFiles, NginxRejected, install_config
 from mipart.serving.spec import InstanceSpec
 
 # A reload whose old workers still accept after this is reported; restarts waiting for it go ahead.
 SWITCH_LIMIT = 3.0
 UPSTREAM_LOG_MAX = 1 << 20  # the agent empties nginx's upstream error log past this
-UPSTREAM_LINE = re.compile(r"\[(?:warn|error|crit)\] \d+#\d+: (?:\*\d+ )?(?P<what>[^,]*?)(?: while [^,]*)?, .*?upstream: \"\w+://(?P<address>[^/\"]+)")
+UPSTREAM_LINE = re.compile(
+    r"\[(?:warn|error|crit)\] \d+#\d+: (?:\*\d+ )?(?P<what>[^,]*?)(?: while [^,]*)?, .*?upstream: \"\w+://(?P<address>[^/\"]+)"
+)
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,19 @@ class Router:
                 if old.strays:
                     self._strays_found(old.strays)
                 await asyncio.to_thread(self.runner.ensure_nginx, self.files)
-                self.switch, self.reloaded = Switch(generation_of(text), frozenset(old.accepting), time.monotonic()), True
+                self.switch, self.reloaded = (
+                    Switch(generation_of(text), frozenset(old.accepting), time.monotonic()),
+                    True,
+                )
                 self.log.info("nginx.updated", ready=len(ready), instances=len(specs), generation=generation_of(text))
         except NginxRejected as exc:
             if self.status.nginx_error != str(exc):
-                self.log.error("nginx.config_rejected", reason=str(exc), kept=str(self.files.conf), rejected=str(self.files.rejected))
+                self.log.error(
+                    "nginx.config_rejected",
+                    reason=str(exc),
+                    kept=str(self.files.conf),
+                    rejected=str(self.files.rejected),
+                )
             self.status.nginx_error = str(exc)
             return
         except UserError as exc:  # nginx missing, systemd unreachable
@@ -90,7 +99,11 @@ class Router:
         delay = self.retry.failed(error, time.monotonic())
         self.status.nginx_files_error = error
         if new:
-            self.log.error("nginx.update_failed", reason=error, action=f"keeps serving what runs; retries with backoff (next in {delay:g}s)")
+            self.log.error(
+                "nginx.update_failed",
+                reason=error,
+                action=f"keeps serving what runs; retries with backoff (next in {delay:g}s)",
+            )
 
     async def needs_update(self) -> bool:
         """Periodic: a failed update due again, nginx.conf gone, nginx gone, or strays holding the port."""
@@ -111,8 +124,12 @@ class Router:
         return bool(found.strays)
 
     def _strays_found(self, strays: list[int]) -> None:
-        self.log.warning("nginx.strays", workers=",".join(map(str, strays)), reason="nginx workers of ours serve without their master",
-                         action="a new master takes over their sockets; they finish their requests and exit")
+        self.log.warning(
+            "nginx.strays",
+            workers=",".join(map(str, strays)),
+            reason="nginx workers of ours serve without their master",
+            action="a new master takes over their sockets; they finish their requests and exit",
+        )
 
     async def settled(self) -> bool:
         """The last reload has taken (or is overdue): no worker from before it picks an instance any more."""
@@ -137,8 +154,12 @@ class Router:
             return True
         if not self.status.nginx_overdue and time.monotonic() - switch.since > SWITCH_LIMIT:
             self.status.nginx_overdue = True
-            self.log.warning("nginx.reload_not_taken", generation=switch.generation, serving=self.status.nginx_serving or "unknown",
-                             reason=f"workers from before the reload still accept after {SWITCH_LIMIT:g}s (see nginx's log)")
+            self.log.warning(
+                "nginx.reload_not_taken",
+                generation=switch.generation,
+                serving=self.status.nginx_serving or "unknown",
+                reason=f"workers from before the reload still accept after {SWITCH_LIMIT:g}s (see nginx's log)",
+            )
         return False
 
     def upstream_failures(self) -> dict[str, str]:

@@ -50,7 +50,9 @@ class AgentStatus:
         if self.nginx_strays:
             return f"{self.nginx_strays} nginx workers serve a frozen config without their master"
         if self.nginx_overdue:
-            return f"nginx still serves config generation {self.nginx_serving or 'unknown'}, not {self.nginx_generation}"
+            return (
+                f"nginx still serves config generation {self.nginx_serving or 'unknown'}, not {self.nginx_generation}"
+            )
         return ""
 
 
@@ -95,8 +97,16 @@ class AgentSnapshot:
     services: tuple[ServiceSpec, ...] = ()  # the profile's in force
 
     @classmethod
-    def of(cls, profile_path: str, profile_loaded: bool, status: AgentStatus, specs: Mapping[int, InstanceSpec],
-           health: Mapping[int, InstanceHealth], stopping: bool = False, services: tuple[ServiceSpec, ...] = ()) -> AgentSnapshot:
+    def of(
+        cls,
+        profile_path: str,
+        profile_loaded: bool,
+        status: AgentStatus,
+        specs: Mapping[int, InstanceSpec],
+        health: Mapping[int, InstanceHealth],
+        stopping: bool = False,
+        services: tuple[ServiceSpec, ...] = (),
+    ) -> AgentSnapshot:
         views = {n: InstanceView.of(specs[n], health.get(n)) for n in sorted(specs)}
         return cls(str(profile_path), profile_loaded, replace(status), views, stopping, services)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import AgentStatus
-from mipart.fsutil import write_atomic
 from mipart.envfile import EnvFileError
+from mipart.fsutil import write_atomic
 from mipart.paths import instance_env_path, instance_spec_path
 from mipart.serving.spec import InstanceSpec
 
@@ -74,8 +74,12 @@ def remove_stale_specs(run_dir: Path, keep: Iterable[int]) -> None:
 
 def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log) -> str:
     """Someone removed spec files under /run/mipart: write them again. Returns the first failure."""
-    missing = [n for n, spec in specs.items()
-               if not instance_spec_path(n, run_dir).is_file() or (spec.container and not instance_env_path(n, run_dir).is_file())]
+    missing = [
+        n
+        for n, spec in specs.items()
+        if not instance_spec_path(n, run_dir).is_file()
+        or (spec.container and not instance_env_path(n, run_dir).is_file())
+    ]
     if not missing:
         return ""
     log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")
@@ -114,5 +118,9 @@ class SpecFiles:
         delay = self.retry.failed(problem, time.monotonic())
         self.status.spec_files_error = problem
         if new:
-            self.log.error("files.write_failed", reason=problem, action=f"running instances keep serving; retries with backoff (next in {delay:g}s)")
+            self.log.error(
+                "files.write_failed",
+                reason=problem,
+                action=f"running instances keep serving; retries with backoff (next in {delay:g}s)",
+            )
         return False

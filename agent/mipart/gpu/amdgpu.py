@@ -15,8 +15,8 @@ from pathlib import Path
 from mipart.gpu import attrs, driver, modes, signals
 from mipart.gpu.backend import MEMORY_ATTR
 from mipart.gpu.kernel_table import read_table
-from mipart.gpu.parts import model_for_device
 from mipart.gpu.pair_tables import PairTable
+from mipart.gpu.parts import model_for_device
 from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002
@@ -43,8 +43,12 @@ class AmdgpuBackend:
 
     def pair_table(self, gpu: PhysicalGpu) -> PairTable:
         """The kernel's own table where it has one; else mainline's rules, masked by the GPU's memory modes."""
-        return read_table(gpu.path, lambda name, value: self.write_attribute(gpu, name, value),
-                          xcc_count(gpu), gpu.memory_available or modes.MEMORY_MODES)
+        return read_table(
+            gpu.path,
+            lambda name, value: self.write_attribute(gpu, name, value),
+            xcc_count(gpu),
+            gpu.memory_available or modes.MEMORY_MODES,
+        )
 
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
         return modes.partitions_per_gpu(compute, xcc_count(gpu))
@@ -176,15 +180,17 @@ def logical_gpus(root: Path, physical: tuple[PhysicalGpu, ...]) -> tuple[Logical
             continue
         partition = per_gpu.get(owner.index, 0)
         per_gpu[owner.index] = partition + 1
-        logical.append(LogicalGpu(
-            index=index,
-            node_id=int(node.name),
-            gpu_id=gpu_id,
-            render_minor=props["drm_render_minor"],
-            physical_index=owner.index,
-            partition=partition,
-            bdf=owner.bdf,
-        ))
+        logical.append(
+            LogicalGpu(
+                index=index,
+                node_id=int(node.name),
+                gpu_id=gpu_id,
+                render_minor=props["drm_render_minor"],
+                physical_index=owner.index,
+                partition=partition,
+                bdf=owner.bdf,
+            )
+        )
     return tuple(logical)
 
 
@@ -206,8 +212,7 @@ def kfd_users(root: Path, state: HostState) -> list[GpuUser]:
             names = os.listdir(entry)
         except FileNotFoundError:  # the process exited while we looked
             continue
-        used = {owner[int(n[5:])] for n in names if n.startswith("vram_") and n[5:].isdigit()
-                and int(n[5:]) in owner}
+        used = {owner[int(n[5:])] for n in names if n.startswith("vram_") and n[5:].isdigit() and int(n[5:]) in owner}
         users.append(GpuUser(int(entry.name), tuple(sorted(used)) if used else everything))
     return users
 

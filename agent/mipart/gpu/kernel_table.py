@@ -22,8 +22,9 @@ XCP_CONFIG = f"{PARTITION_CONFIG}/xcp_config"
 PREVIEW_TRIES = 3
 
 
-def read_table(device: Path, write: Callable[[str, str], None], xcc_count: int,
-               memory_modes: tuple[str, ...]) -> pair_tables.PairTable:
+def read_table(
+    device: Path, write: Callable[[str, str], None], xcc_count: int, memory_modes: tuple[str, ...]
+) -> pair_tables.PairTable:
     """`write(attribute, value)` writes one of the device's files (the backend's own write)."""
     config = device / PARTITION_CONFIG
     if not config.is_dir():
@@ -37,7 +38,11 @@ def read_table(device: Path, write: Callable[[str, str], None], xcc_count: int,
             if memory:
                 pairs[mode] = memory
     except PermissionError as exc:
-        return fallback(xcc_count, memory_modes, f"{XCP_CONFIG} not writable ({exc.strerror}): run as root to read the kernel's table")
+        return fallback(
+            xcc_count,
+            memory_modes,
+            f"{XCP_CONFIG} not writable ({exc.strerror}): run as root to read the kernel's table",
+        )
     finally:
         _restore(config, write, selected)
     return pair_tables.PairTable(pairs, pair_tables.FROM_KERNEL)
@@ -54,8 +59,10 @@ def _preview(config: Path, write: Callable[[str, str], None], mode: str) -> tupl
         memory = attrs.mode_list(config / "supported_nps_configs")
         if attrs.word(config / "xcp_config") == mode:
             return memory
-    raise UserError(f"{config / 'xcp_config'} kept changing while mipart read the partition table "
-                    "(another process reads it too, e.g. amd-smi); rerun when it is done")
+    raise UserError(
+        f"{config / 'xcp_config'} kept changing while mipart read the partition table "
+        "(another process reads it too, e.g. amd-smi); rerun when it is done"
+    )
 
 
 def _restore(config: Path, write: Callable[[str, str], None], selected: str) -> None:

@@ -21,8 +21,13 @@ FROM_FALLBACK = "mainline fallback"
 
 RULE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
     # aqua_vanjaram.c (NPS2 with CPX only for an SR-IOV VF, which mipart does not drive).
-    MAINLINE: {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "TPX": ("NPS1", "NPS4"),
-               "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS4")},
+    MAINLINE: {
+        "SPX": ("NPS1",),
+        "DPX": ("NPS1", "NPS2"),
+        "TPX": ("NPS1", "NPS4"),
+        "QPX": ("NPS1", "NPS4"),
+        "CPX": ("NPS1", "NPS4"),
+    },
     # Seed 000's ROCm host (8 x MI300X): MEMORY_PARTITION_CAPS per ACCELERATOR_TYPE.
     ROCM_MI300X: {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS2"), "CPX": ("NPS1", "NPS2")},
 }
@@ -63,4 +68,3 @@ def memory_modes_of(rule_set: str, memory_modes: tuple[str, ...]) -> tuple[str, 
     """The platform's memory modes that some compute mode of the rule set runs under."""
     used = {m for modes in RULE_SETS[rule_set].values() for m in modes}
     return tuple(m for m in memory_modes if m in used)
-

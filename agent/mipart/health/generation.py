@@ -73,12 +73,17 @@ async def _generate(session, spec: InstanceSpec, probe: GenerationProbe) -> tupl
             status = response.status
             data = await response.json(content_type=None) if status == 200 else None
     except asyncio.TimeoutError:
-        return ProbeResult(False, f"a one-token completion did not finish within {probe.timeout:g}s (/health is not enough: the engine is wedged)",
-                           decisive=True), 0
+        return ProbeResult(
+            False,
+            f"a one-token completion did not finish within {probe.timeout:g}s (/health is not enough: the engine is wedged)",
+            decisive=True,
+        ), 0
     if status >= 500:
         return ProbeResult(False, f"a one-token completion answered {status}", decisive=True), 0
     if status != 200:
-        return ProbeResult(True, f"the generation probe's completion was refused ({status}); check the service's model name"), 0
+        return ProbeResult(
+            True, f"the generation probe's completion was refused ({status}); check the service's model name"
+        ), 0
     usage = data.get("usage") if isinstance(data, dict) else None
     produced = usage.get("completion_tokens") if isinstance(usage, dict) else None
     return PASSED, produced if isinstance(produced, int) else 1

@@ -93,7 +93,9 @@ class InstanceHealth:
 
         Not while draining: that instance's planned restart is already under way.
         """
-        if self.state in (FAILED, UNHEALTHY, DRAINING) or (self.state in (STARTING, RESTARTING) and now < self.next_restart):
+        if self.state in (FAILED, UNHEALTHY, DRAINING) or (
+            self.state in (STARTING, RESTARTING) and now < self.next_restart
+        ):
             return False
         self.last_error = reason
         return self._enter(UNHEALTHY)

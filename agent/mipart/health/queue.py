@@ -24,5 +24,7 @@ class QueueDepth:
         _, text = await http_get(session, spec, "/metrics", health.timeout)
         waiting = queue_depth(text)
         if waiting is not None and waiting > health.queue_depth_limit:
-            return ProbeResult(True, f"{waiting:g} requests waiting > health.queue_depth_limit {health.queue_depth_limit}")
+            return ProbeResult(
+                True, f"{waiting:g} requests waiting > health.queue_depth_limit {health.queue_depth_limit}"
+            )
         return PASSED

@@ -16,10 +16,10 @@ import json
 import math
 from pathlib import Path
 
-from mipart.serving.spec import InstanceSpec
+from mipart.names import instance_name
 from mipart.profile.durations import nginx_time
 from mipart.profile.schema import Profile, Routing, ServiceSpec
-from mipart.names import instance_name
+from mipart.serving.spec import InstanceSpec
 
 KEEPALIVE_PER_INSTANCE = 8
 # Each proxied request holds two connections (client + upstream) against worker_connections.
@@ -53,7 +53,7 @@ def generation_of(text: str) -> str:
     """The generation a rendered nginx.conf says it is; "" for a file without one."""
     lines = text.splitlines()
     if len(lines) > 1 and lines[1].startswith(GENERATION_PREFIX):
-        return lines[1][len(GENERATION_PREFIX):].strip()
+        return lines[1][len(GENERATION_PREFIX) :].strip()
     return ""
 
 
@@ -130,11 +130,17 @@ def _balancer(routing: Routing) -> str:
     return "random two least_conn;" if routing.policy == "random" else "least_conn;"
 
 
-def _service_block(service: ServiceSpec, members: tuple[InstanceSpec, ...], ready: frozenset[int], fail_timeout: str) -> list[str]:
+def _service_block(
+    service: ServiceSpec, members: tuple[InstanceSpec, ...], ready: frozenset[int], fail_timeout: str
+) -> list[str]:
     name = f"mipart_{service.name.replace('-', '_')}"
     live = [s for s in members if s.number in ready]
-    lines = [f"    # service {service.name}: {len(live)}/{len(members)} instances ready; routing {service.routing}",
-             f"    upstream {name} {{", f"        zone {name} 256k;", f"        {_balancer(service.routing)}"]
+    lines = [
+        f"    # service {service.name}: {len(live)}/{len(members)} instances ready; routing {service.routing}",
+        f"    upstream {name} {{",
+        f"        zone {name} 256k;",
+        f"        {_balancer(service.routing)}",
+    ]
     for spec in members:
         state = f" max_fails={MAX_FAILS} fail_timeout={fail_timeout}" if spec.number in ready else " down"
         lines.append(f"        server {spec.address}{state};  # {instance_name(spec.number)}")
@@ -142,7 +148,13 @@ def _service_block(service: ServiceSpec, members: tuple[InstanceSpec, ...], read
         lines.append("        server 127.0.0.1:9 down;  # no instances planned")
     lines += [f"        keepalive {max(KEEPALIVE_PER_INSTANCE * len(members), KEEPALIVE_PER_INSTANCE)};", "    }"]
     unavailable = json.dumps(
-        {"error": {"message": f"no ready instance for service {service.name} (model {service.model_name})", "type": "ServiceUnavailable", "code": 503}}
+        {
+            "error": {
+                "message": f"no ready instance for service {service.name} (model {service.model_name})",
+                "type": "ServiceUnavailable",
+                "code": 503,
+            }
+        }
     )
     lines += [
         "    server {",

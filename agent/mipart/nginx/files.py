@@ -20,9 +20,15 @@ TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def nginx_binary() -> str:
-    found = os.environ.get("MIPART_NGINX") or shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    found = (
+        os.environ.get("MIPART_NGINX")
+        or shutil.which("nginx")
+        or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    )
     if not found:
-        raise UserError("nginx is not installed; install it (apt-get install nginx-light or nginx) and restart mipart-agent")
+        raise UserError(
+            "nginx is not installed; install it (apt-get install nginx-light or nginx) and restart mipart-agent"
+        )
     return found
 
 
@@ -62,7 +68,11 @@ def check_config(files: NginxFiles, path: Path) -> None:
         timeout=30,
     )
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if "emerg" in line or "error" in line] or done.stderr.splitlines() or ["no output"]
+        lines = (
+            [line for line in done.stderr.splitlines() if "emerg" in line or "error" in line]
+            or done.stderr.splitlines()
+            or ["no output"]
+        )
         raise NginxRejected(lines[-1].strip())
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 from typing import NoReturn
 
-from mipart.nginx import procs as nginx_procs
 from mipart.errors import UserError
-from mipart.paths import nginx_prefix
-
+from mipart.nginx import procs as nginx_procs
 from mipart.nginx.files import NginxFiles
+from mipart.paths import nginx_prefix
 
 
 def exec_nginx() -> NoReturn:
@@ -30,9 +29,13 @@ def exec_nginx() -> NoReturn:
     try:
         os.chdir(files.prefix)  # workers inherit it: how mipart finds them in /proc (nginx.procs)
     except OSError as exc:
-        raise UserError(f"nginx prefix {files.prefix}: {exc.strerror}; mipart-agent writes it and nginx.conf (is it running?)")
+        raise UserError(
+            f"nginx prefix {files.prefix}: {exc.strerror}; mipart-agent writes it and nginx.conf (is it running?)"
+        )
     argv = files.argv()
     try:
         os.execve(argv[0], argv, {**os.environ, **nginx_procs.inherit_env(inherited)})
     except OSError as exc:
-        raise UserError(f"cannot run nginx {argv[0]}: {exc.strerror}; install nginx (apt-get install nginx-light or nginx)")
+        raise UserError(
+            f"cannot run nginx {argv[0]}: {exc.strerror}; install nginx (apt-get install nginx-light or nginx)"
+        )

@@ -118,8 +118,12 @@ def take_over(strays: list[int]) -> list[int]:
             except OSError as exc:
                 failed = str(exc)
     if strays and not copies:
-        print(f"mipart: cannot take over the sockets of nginx workers {strays} ({failed or 'no listening socket found'}): "
-              "they quit first, and the port is closed for a moment", file=sys.stderr, flush=True)
+        print(
+            f"mipart: cannot take over the sockets of nginx workers {strays} ({failed or 'no listening socket found'}): "
+            "they quit first, and the port is closed for a moment",
+            file=sys.stderr,
+            flush=True,
+        )
         quit_gracefully(strays)
         deadline = time.monotonic() + RELEASE_TIMEOUT
         while any(listening_sockets(pid) for pid in strays) and time.monotonic() < deadline:

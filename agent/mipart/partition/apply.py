@@ -14,8 +14,8 @@ from mipart.errors import UserError
 from mipart.gpu.backend import GpuBackend
 from mipart.names import REPARTITION_COMMAND, instance_name
 from mipart.partition.clients import Holder, SystemdClients, describe_holders
-from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
 from mipart.partition.host_rules import read_rules
+from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
 from mipart.profile.schema import GpuSpec
 from mipart.values import GpuUser, HostState
 
@@ -71,7 +71,9 @@ def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = Fal
         final_state, final_plan = plan_host(spec, backend)
         diff = assert_lines(final_plan)
         if diff:
-            raise PlanError(f"read-back does not match the profile after apply: {diff[0]}; rerun `mipart partition apply`")
+            raise PlanError(
+                f"read-back does not match the profile after apply: {diff[0]}; rerun `mipart partition apply`"
+            )
         result.logical_gpus = len(final_state.logical)
         _report_traps(result, final_plan, log)
     finally:
@@ -113,7 +115,9 @@ def refuse_unmanaged(holders: list[Holder], client_services: tuple[str, ...]) ->
 def _refuse_while_serving(holders: list[Holder]) -> None:
     instances = sorted({h.instance for h in holders if h.instance is not None})
     if instances:
-        names = ", ".join(instance_name(n) for n in instances[:3]) + (f" and {len(instances) - 3} more" if len(instances) > 3 else "")
+        names = ", ".join(instance_name(n) for n in instances[:3]) + (
+            f" and {len(instances) - 3} more" if len(instances) > 3 else ""
+        )
         raise GpuBusyError(
             f"mipart's own instances hold these GPUs ({names}), so the agent is serving on them; "
             f"apply gpus: while serving with `{REPARTITION_COMMAND}` (it drains and stops them, applies the layout "

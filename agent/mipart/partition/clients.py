@@ -73,7 +73,9 @@ class SystemdClients:
 
     def _systemctl(self, *args: str) -> subprocess.CompletedProcess:
         if shutil.which("systemctl") is None:
-            raise UserError("gpus.client_services is set but systemctl is missing; run mipart on a systemd host or empty client_services")
+            raise UserError(
+                "gpus.client_services is set but systemctl is missing; run mipart on a systemd host or empty client_services"
+            )
         return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=300)
 
     def stop_active(self) -> list[str]:
@@ -84,7 +86,9 @@ class SystemdClients:
             done = self._systemctl("stop", *active)
             if done.returncode != 0:
                 self.start(active)
-                raise UserError(f"could not stop client services {', '.join(active)}: {done.stderr.strip()}; stop them by hand and rerun")
+                raise UserError(
+                    f"could not stop client services {', '.join(active)}: {done.stderr.strip()}; stop them by hand and rerun"
+                )
         return active
 
     def start(self, units: list[str]) -> list[str]:

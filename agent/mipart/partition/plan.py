@@ -13,9 +13,9 @@ from mipart.errors import UserError
 from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.gpu.pair_tables import FROM_KERNEL
 from mipart.partition.traps import hidden_partitions
-from mipart.values import HostState, PhysicalGpu
 from mipart.profile.fields import COMPUTE_CHOICES, format_indices
 from mipart.profile.schema import GpuSpec
+from mipart.values import HostState, PhysicalGpu
 
 
 class PlanError(UserError):
@@ -126,7 +126,9 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
     """Raises PlanError (one line) when the host cannot reach what the profile asks."""
     gpus = state.physical
     if not gpus:
-        raise PlanError("no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)")
+        raise PlanError(
+            "no AMD Instinct GPU with partition support found (is amdgpu loaded? is MIPART_SYSFS_ROOT right?)"
+        )
     _check_selection(spec, gpus)
     if spec.memory:
         _check_memory(spec.memory, gpus)
@@ -155,8 +157,14 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
             )
         )
     logical = _predict_logical(changes, rules.partitions)
-    return PartitionPlan(gpus=tuple(changes), writes=tuple(writes), reload=reload, logical=logical, rules=rule_groups(rules),
-                         warnings=tuple(hidden_partitions(state, rules.partitions, rules.drm_conflicts)))
+    return PartitionPlan(
+        gpus=tuple(changes),
+        writes=tuple(writes),
+        reload=reload,
+        logical=logical,
+        rules=rule_groups(rules),
+        warnings=tuple(hidden_partitions(state, rules.partitions, rules.drm_conflicts)),
+    )
 
 
 def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:
@@ -185,11 +193,15 @@ def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tu
     where = "the kernel's table" if source == FROM_KERNEL else f"the {source}"
     if want not in pairs:
         offered = ", ".join(pairs) or "none"
-        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}, per {where}); choose one of those")
+        raise PlanError(
+            f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}, per {where}); choose one of those"
+        )
     if memory not in pairs[want]:
         fits = " or ".join(pairs[want])
-        raise PlanError(f"GPU {gpu.index} ({gpu.bdf}): compute {want} cannot run under memory {memory}; set gpus.memory to {fits}: "
-                        f"{want} takes {fits} on this host (per {where}); nothing was written or reloaded")
+        raise PlanError(
+            f"GPU {gpu.index} ({gpu.bdf}): compute {want} cannot run under memory {memory}; set gpus.memory to {fits}: "
+            f"{want} takes {fits} on this host (per {where}); nothing was written or reloaded"
+        )
 
 
 def _predict_logical(changes: list[GpuChange], partitions: dict[int, dict[str, int]]) -> tuple[LogicalPrediction, ...]:
@@ -243,12 +255,18 @@ def format_plan(plan: PartitionPlan) -> str:
     """Human table: current -> desired per GPU, the writes, the reload, the result."""
     rows = [("GPU", "BDF", "COMPUTE", "MEMORY", "WRITES")]
     for gpu in plan.gpus:
-        compute = gpu.compute_now if gpu.compute_final == gpu.compute_now else f"{gpu.compute_now} -> {gpu.compute_final}"
+        compute = (
+            gpu.compute_now if gpu.compute_final == gpu.compute_now else f"{gpu.compute_now} -> {gpu.compute_final}"
+        )
         if gpu.compute_want is None:
             compute += " (unmanaged)"
         memory_want = gpu.memory_want or gpu.memory_now
         memory = gpu.memory_now if memory_want == gpu.memory_now else f"{gpu.memory_now} -> {memory_want}"
-        writes = [f"{'after reload: ' if w.after_reload else ''}{w.attribute}={w.value}" for w in plan.writes if w.gpu == gpu.index]
+        writes = [
+            f"{'after reload: ' if w.after_reload else ''}{w.attribute}={w.value}"
+            for w in plan.writes
+            if w.gpu == gpu.index
+        ]
         rows.append((str(gpu.index), gpu.bdf, compute, memory, ", ".join(writes) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     out = [group.line() for group in plan.rules]

@@ -77,10 +77,15 @@ def parse_host(host: str) -> tuple[str, str]:
 
 def unix_path(path: str, under: str = "") -> tuple[str | None, str]:
     if not path.startswith("/"):
-        return None, (f"socket unix:{cut(path)} is relative, and nginx would read it against its own prefix directory; "
-                      f"give an absolute path, e.g. unix:{under or '/run/'}NAME.sock")
+        return None, (
+            f"socket unix:{cut(path)} is relative, and nginx would read it against its own prefix directory; "
+            f"give an absolute path, e.g. unix:{under or '/run/'}NAME.sock"
+        )
     if any(part in (".", "..") for part in path.split("/")):
-        return None, f"socket {shown(path)} is not a plain absolute path: it has a '.' or '..' component; write the path it means, e.g. unix:{under or '/run/'}NAME.sock"
+        return (
+            None,
+            f"socket {shown(path)} is not a plain absolute path: it has a '.' or '..' component; write the path it means, e.g. unix:{under or '/run/'}NAME.sock",
+        )
     if not UNIX_PATH.fullmatch(path) or path.endswith("/"):
         return None, f"socket {shown(path)} is not a plain absolute path; use letters, digits and . _ / + @ - only"
     if len(path.encode()) > SUN_PATH_MAX:
@@ -96,7 +101,10 @@ def parse_api_listen(text: str) -> tuple[str | None, str]:
     if text.startswith("unix:"):
         path, error = unix_path(text[5:], under=API_SOCKET_DIR)
         if path and not resolves_under(path, API_SOCKET_DIR):
-            return None, f"socket {shown(path)} resolves to {shown(os.path.realpath(path))} through a symbolic link, outside {API_SOCKET_DIR}; give a path under {API_SOCKET_DIR} without links"
+            return (
+                None,
+                f"socket {shown(path)} resolves to {shown(os.path.realpath(path))} through a symbolic link, outside {API_SOCKET_DIR}; give a path under {API_SOCKET_DIR} without links",
+            )
         return (f"unix:{path}" if path else None), error
     if text.isascii() and text.isdigit():
         port, error = parse_port(text)

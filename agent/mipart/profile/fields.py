@@ -7,15 +7,15 @@ the patterns here, none of which admits control characters, so nothing can injec
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import yaml
 
 from mipart.cachedir import cache_dir_problem
 from mipart.gpu import modes
 from mipart.names import CACHE_VAR, RESERVED_ENV_PREFIX, VISIBLE_DEVICE_VARS
-from mipart.profile.nodes import INT, NodeChecker, cut, shown
 from mipart.profile import addresses
+from mipart.profile.nodes import INT, NodeChecker, cut, shown
 from mipart.profile.schema import INSTANCE_PORT_SPAN, RUNTIMES, GpuOverride, Listen
 
 COMPUTE_CHOICES = modes.COMPUTE_MODES
@@ -30,10 +30,14 @@ PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+@-]{0,199}")  # no ':' either: docker -
 # docker's reference grammar: [registry[:port]/]name[/name...][:tag][@sha256:digest]
 _IMAGE_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REGISTRY = r"(?:(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|localhost)(?::[0-9]{1,5})?|[A-Za-z0-9-]+:[0-9]{1,5})/"
-IMAGE_REF = re.compile(rf"(?:{_REGISTRY})?{_IMAGE_PART}(?:/{_IMAGE_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?")
+IMAGE_REF = re.compile(
+    rf"(?:{_REGISTRY})?{_IMAGE_PART}(?:/{_IMAGE_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?"
+)
 MAX_IMAGE = 255
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}(@[A-Za-z0-9:_.\\-]{0,50})?(\.(service|socket|scope|slice|target|mount|path|timer))?")
+UNIT_NAME = re.compile(
+    r"[A-Za-z0-9:_.\\-]{1,200}(@[A-Za-z0-9:_.\\-]{0,50})?(\.(service|socket|scope|slice|target|mount|path|timer))?"
+)
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 RANGE_TEXT = re.compile(r"\s*[0-9]{1,4}\s*(-\s*[0-9]{1,4}\s*)?(,\s*[0-9]{1,4}\s*(-\s*[0-9]{1,4}\s*)?)*", re.ASCII)
 SEQS = re.compile(r"[1-9][0-9]{0,8}")
@@ -96,11 +100,16 @@ class Checker(NodeChecker):
             return None
         if value.startswith("/"):
             if not SAFE_TOKEN.fullmatch(value[1:]) or not _no_dots(value):
-                self.problem(node, f"{where} {shown(value)} is not a plain absolute path; use letters, digits and . _ / - only")
+                self.problem(
+                    node, f"{where} {shown(value)} is not a plain absolute path; use letters, digits and . _ / - only"
+                )
                 return None
             return value
         if not HUB_ID.fullmatch(value):
-            self.problem(node, f"{where} {shown(value)} is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama")
+            self.problem(
+                node,
+                f"{where} {shown(value)} is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama",
+            )
             return None
         return value
 
@@ -164,12 +173,15 @@ class Checker(NodeChecker):
 
     def argv(self, node, where, non_empty=False) -> tuple[str, ...] | None:
         if not isinstance(node, yaml.SequenceNode):
-            self.problem(node, f"{where} must be a list of strings, e.g. [\"--max-num-seqs\", \"512\"]")
+            self.problem(node, f'{where} must be a list of strings, e.g. ["--max-num-seqs", "512"]')
             return None
         values = [self.string(item, f"{where}[{i}]", "a string") for i, item in enumerate(node.value)]
         for i, (item, value) in enumerate(zip(node.value, values)):
             if value is not None and len(value.encode()) >= MAX_ARG_STRLEN:
-                self.problem(item, f"{where}[{i}] is {len(value.encode())} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per argument (MAX_ARG_STRLEN)")
+                self.problem(
+                    item,
+                    f"{where}[{i}] is {len(value.encode())} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per argument (MAX_ARG_STRLEN)",
+                )
                 values[i] = None
         if any(v is None for v in values):
             return None
@@ -187,14 +199,26 @@ class Checker(NodeChecker):
             key_node = self.key_nodes[id(value_node)]
             value = self.string(value_node, f"{where}.{cut(key)}")
             if not ENV_KEY.fullmatch(key):
-                self.problem(key_node, f"{where} key {shown(key)} is not a variable name; use letters, digits and _, not starting with a digit")
+                self.problem(
+                    key_node,
+                    f"{where} key {shown(key)} is not a variable name; use letters, digits and _, not starting with a digit",
+                )
             elif key in VISIBLE_DEVICE_VARS or key == CACHE_VAR:
-                self.problem(key_node, f"{where}.{key} is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)")
+                self.problem(
+                    key_node,
+                    f"{where}.{key} is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)",
+                )
             elif key.startswith(RESERVED_ENV_PREFIX):
-                self.problem(key_node, f"{where}.{key} is reserved: mipart tags its servers with {RESERVED_ENV_PREFIX}* variables; use another name")
+                self.problem(
+                    key_node,
+                    f"{where}.{key} is reserved: mipart tags its servers with {RESERVED_ENV_PREFIX}* variables; use another name",
+                )
             elif value is not None and len(key) + len(value.encode()) + 2 > MAX_ARG_STRLEN:
                 entry = len(key) + len(value.encode()) + 2
-                self.problem(value_node, f"{where}.{key} makes a {entry}-byte KEY=value entry; the kernel takes at most {MAX_ARG_STRLEN} bytes per entry, its NUL included (MAX_ARG_STRLEN)")
+                self.problem(
+                    value_node,
+                    f"{where}.{key} makes a {entry}-byte KEY=value entry; the kernel takes at most {MAX_ARG_STRLEN} bytes per entry, its NUL included (MAX_ARG_STRLEN)",
+                )
             elif value is not None:
                 pairs.append((key, value))
                 continue
@@ -230,11 +254,14 @@ class Checker(NodeChecker):
     # -- index sets: all | 3 | [0, 1] | "0-7,12" --------------------------
     def index_set(self, node, where, noun: str, high: int = MAX_INDEX) -> tuple[int, ...] | None:
         """ALL for 'all', None when the value was bad (and reported)."""
-        want = f"all, a list like [0, 1], or a range like \"0-7\" of {noun} indices"
+        want = f'all, a list like [0, 1], or a range like "0-7" of {noun} indices'
         hint = "use " + want
         if isinstance(node, yaml.SequenceNode):
             if len(node.value) > high + 1:
-                self.problem(node, f"{where} lists {len(node.value)} indices, more than the {high + 1} {noun}s there can be; list each once")
+                self.problem(
+                    node,
+                    f"{where} lists {len(node.value)} indices, more than the {high + 1} {noun}s there can be; list each once",
+                )
                 return None
             values = [self.integer(item, f"{where}[{i}]", 0, high) for i, item in enumerate(node.value)]
             if any(v is None for v in values):
@@ -272,7 +299,7 @@ class Checker(NodeChecker):
             low, _, top = part.partition("-")
             start, end = int(low), int(top or low)
             if end < start:
-                self.problem(node, f"{where} range {part!r} runs backwards; write it low-high, e.g. \"{end}-{start}\"")
+                self.problem(node, f'{where} range {part!r} runs backwards; write it low-high, e.g. "{end}-{start}"')
                 return None
             if end > high:
                 self.problem(node, f"{where} range {part!r} goes past {high}; use real {noun} indices (0-{high})")
@@ -282,12 +309,16 @@ class Checker(NodeChecker):
             self.problem(node, f"{where} names more than the {high + 1} {noun}s there can be; list each index once")
             return None
         return [i for start, end in bounds for i in range(start, end + 1)]
+
     # -- cross-field rules that need the node ------------------------------
     def compute_memory_pair(self, node, compute: str, memory: str, where: str) -> bool:
         if modes.compatible(compute, memory):
             return True
         fits = ", ".join(modes.memory_modes_for(compute)) or "none"
-        self.problem(node, f"{where} {compute} cannot run under memory mode {memory} (the driver rejects it); {compute} needs {fits}")
+        self.problem(
+            node,
+            f"{where} {compute} cannot run under memory mode {memory} (the driver rejects it); {compute} needs {fits}",
+        )
         return False
 
     def overrides(self, node, memory: str | None, select: tuple[int, ...] | None) -> tuple[GpuOverride, ...]:
@@ -295,7 +326,10 @@ class Checker(NodeChecker):
             self.problem(node, "gpus.overrides must be a list, e.g. [{select: [6, 7], compute: CPX}]")
             return ()
         if len(node.value) > MAX_INDEX + 1:
-            self.problem(node, f"gpus.overrides has {len(node.value)} entries, more than there can be GPUs; give each GPU one override")
+            self.problem(
+                node,
+                f"gpus.overrides has {len(node.value)} entries, more than there can be GPUs; give each GPU one override",
+            )
             return ()
         selected = set(select) if select is not None else None
         result: list[GpuOverride] = []
@@ -308,19 +342,30 @@ class Checker(NodeChecker):
             chosen = self.index_set(items["select"], f"{where}.select", "physical GPU")
             compute = self.enum(items["compute"], f"{where}.compute", COMPUTE_CHOICES)
             if chosen == ALL:
-                self.problem(items["select"], f"{where}.select must name GPUs, not all; set gpus.compute for every GPU instead")
+                self.problem(
+                    items["select"], f"{where}.select must name GPUs, not all; set gpus.compute for every GPU instead"
+                )
                 continue
             if chosen is None or compute is None:
                 continue
             if memory and not modes.compatible(compute, memory):
                 fits = ", ".join(modes.memory_modes_for(compute))
-                self.problem(items["compute"], f"{where}.compute {compute} conflicts with the hive-wide gpus.memory {memory}; {compute} needs {fits}, and memory mode is the same for every GPU")
+                self.problem(
+                    items["compute"],
+                    f"{where}.compute {compute} conflicts with the hive-wide gpus.memory {memory}; {compute} needs {fits}, and memory mode is the same for every GPU",
+                )
             outside = [g for g in chosen if selected is not None and g not in selected]
             if outside:
-                self.problem(items["select"], f"{where}.select {format_indices(outside)} is not in gpus.select; override only selected GPUs")
+                self.problem(
+                    items["select"],
+                    f"{where}.select {format_indices(outside)} is not in gpus.select; override only selected GPUs",
+                )
             overlap = [g for g in chosen if g in claimed]
             if overlap:
-                self.problem(items["select"], f"{where}.select {format_indices(overlap)} is already overridden by gpus.overrides[{claimed[overlap[0]]}]; give each GPU one override")
+                self.problem(
+                    items["select"],
+                    f"{where}.select {format_indices(overlap)} is already overridden by gpus.overrides[{claimed[overlap[0]]}]; give each GPU one override",
+                )
             for g in chosen:
                 claimed.setdefault(g, i)
             result.append(GpuOverride(select=chosen, compute=compute))

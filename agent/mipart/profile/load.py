@@ -137,9 +137,15 @@ def _check_health(c: f.Checker, node: yaml.Node) -> HealthSpec:
             values[key] = c.integer(items[key], f"health.{key}", 1, high)
     spec = HealthSpec(**{k: v for k, v in values.items() if v is not None})
     if "timeout" in items and spec.timeout > spec.interval:
-        c.problem(items["timeout"], f"health.timeout ({spec.timeout:g}s) is longer than health.interval ({spec.interval:g}s); use a timeout no longer than the interval")
+        c.problem(
+            items["timeout"],
+            f"health.timeout ({spec.timeout:g}s) is longer than health.interval ({spec.interval:g}s); use a timeout no longer than the interval",
+        )
     if "restart_backoff_max" in items and spec.restart_backoff_max < spec.restart_backoff:
-        c.problem(items["restart_backoff_max"], "health.restart_backoff_max is shorter than health.restart_backoff; make it at least as long")
+        c.problem(
+            items["restart_backoff_max"],
+            "health.restart_backoff_max is shorter than health.restart_backoff; make it at least as long",
+        )
     return spec
 
 

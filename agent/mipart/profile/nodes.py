@@ -138,7 +138,10 @@ class NodeChecker:
                 return None
             ok, value = self._built(node, where, "write a whole number in plain decimal digits")
             if ok:
-                self.problem(node, f"{where} {shown(node.value)} would be read by YAML as {value}; write the number in plain decimal digits")
+                self.problem(
+                    node,
+                    f"{where} {shown(node.value)} would be read by YAML as {value}; write the number in plain decimal digits",
+                )
             return None
         value = int(node.value)
         if (low is not None and value < low) or (high is not None and value > high):
@@ -182,7 +185,10 @@ class NodeChecker:
             return True
         read = "true" if value is True else "false" if value is False else str(value)
         written = cut(node.value)
-        self.problem(node, f"{where} {written} would be read by YAML as {kind_of(node)} ({cut(read)}); write it in quotes: \"{written}\"")
+        self.problem(
+            node,
+            f'{where} {written} would be read by YAML as {kind_of(node)} ({cut(read)}); write it in quotes: "{written}"',
+        )
         return False
 
     def enum(self, node, where, choices) -> str | None:

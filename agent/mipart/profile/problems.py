@@ -32,7 +32,11 @@ class ProfileError(UserError):
         ordered = sorted(problems, key=lambda p: (p.line, p.column))
         if len(ordered) > MAX_SHOWN:
             first_left = ordered[MAX_SHOWN]
-            more = Problem(first_left.line, first_left.column, f"and {len(ordered) - MAX_SHOWN} more problems from here on; fix the ones above first")
+            more = Problem(
+                first_left.line,
+                first_left.column,
+                f"and {len(ordered) - MAX_SHOWN} more problems from here on; fix the ones above first",
+            )
             ordered = ordered[:MAX_SHOWN] + [more]
         self.problems = ordered
         super().__init__("\n".join(p.format(path) for p in self.problems))

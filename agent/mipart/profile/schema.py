@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"

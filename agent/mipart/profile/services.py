@@ -13,7 +13,15 @@ from mipart.profile import durations
 from mipart.profile import fields as f
 from mipart.profile.addresses import api_port
 from mipart.profile.nodes import CONTROL, cut, shown
-from mipart.profile.schema import DEFAULT_NATIVE_COMMAND, INSTANCE_PORT_SPAN, ApiSpec, GenerationProbe, InstancesSpec, Routing, ServiceSpec
+from mipart.profile.schema import (
+    DEFAULT_NATIVE_COMMAND,
+    INSTANCE_PORT_SPAN,
+    ApiSpec,
+    GenerationProbe,
+    InstancesSpec,
+    Routing,
+    ServiceSpec,
+)
 
 SERVICE_KEYS = (
     "model",
@@ -63,10 +71,16 @@ def check_services(c: f.Checker, node: yaml.Node) -> list[Checked]:
     for name, value in entries.items():
         key_node = c.key_nodes[id(value)]
         if not f.SERVICE_NAME.fullmatch(name):
-            c.problem(key_node, f"service name {shown(name)} is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)")
+            c.problem(
+                key_node,
+                f"service name {shown(name)} is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)",
+            )
         elif (other := nginx_names.setdefault(name.replace("-", "_"), name)) != name:
             # nginx.conf names the upstream (and its variables) mipart_<name> with '-' as '_'
-            c.problem(key_node, f"service name {shown(name)} and service {shown(other)} differ only in '-' against '_', which nginx.conf names alike; rename one")
+            c.problem(
+                key_node,
+                f"service name {shown(name)} and service {shown(other)} differ only in '-' against '_', which nginx.conf names alike; rename one",
+            )
         checked = _check_service(c, name, value, key_node)
         if checked:
             services.append(checked)
@@ -108,7 +122,10 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
     _check_runtime_fields(c, runtime, items, where)
     partitions, tp = values.get("partitions"), values.get("tensor_parallel")
     if partitions and partitions != f.ALL and tp and len(partitions) % tp:
-        c.problem(items["tensor_parallel"], f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of {len(partitions)} or list a multiple of {tp} partitions")
+        c.problem(
+            items["tensor_parallel"],
+            f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of {len(partitions)} or list a multiple of {tp} partitions",
+        )
     _check_exec_size(c, checked, where)
     return checked
 
@@ -124,7 +141,9 @@ def _check_service_health(c: f.Checker, node: yaml.Node, where: str) -> Generati
         return None
     default = GenerationProbe()
     idle = c.duration(probe["idle"], f"{where}.idle", GENERATION_IDLE) if "idle" in probe else default.idle
-    timeout = c.duration(probe["timeout"], f"{where}.timeout", GENERATION_TIMEOUT) if "timeout" in probe else default.timeout
+    timeout = (
+        c.duration(probe["timeout"], f"{where}.timeout", GENERATION_TIMEOUT) if "timeout" in probe else default.timeout
+    )
     return GenerationProbe(idle=idle or default.idle, timeout=timeout or default.timeout)
 
 
@@ -166,7 +185,10 @@ def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:
     parts = (values.get("command") or DEFAULT_NATIVE_COMMAND) + (values.get("args") or ())
     size = f.exec_bytes(parts + (values.get("model") or "",), values.get("env") or ())
     if size > f.MAX_EXEC_BYTES:
-        c.problem(checked.node, f"{where}: its command line and environment come to {size} bytes; keep them under {f.MAX_EXEC_BYTES} (the kernel's ARG_MAX is 2 MiB)")
+        c.problem(
+            checked.node,
+            f"{where}: its command line and environment come to {size} bytes; keep them under {f.MAX_EXEC_BYTES} (the kernel's ARG_MAX is 2 MiB)",
+        )
 
 
 def build_service(values: dict) -> ServiceSpec:
@@ -181,9 +203,15 @@ def build_service(values: dict) -> ServiceSpec:
 def _check_runtime_fields(c: f.Checker, runtime: str, items: dict, where: str) -> None:
     container = runtime in CONTAINER_RUNTIMES
     if container and "image" not in items:
-        c.problem(items["runtime"], f"{where}: runtime {runtime} needs an image; add 'image: rocm/vllm:latest' or use runtime: native")
+        c.problem(
+            items["runtime"],
+            f"{where}: runtime {runtime} needs an image; add 'image: rocm/vllm:latest' or use runtime: native",
+        )
     if not container and "image" in items:
-        c.problem(items["image"], f"{where}.image is only used with runtime docker or podman; remove it or set runtime: docker")
+        c.problem(
+            items["image"],
+            f"{where}.image is only used with runtime docker or podman; remove it or set runtime: docker",
+        )
     if container and isinstance(items.get("env"), yaml.MappingNode):
         _check_env_file_values(c, runtime, items["env"], where)
 
@@ -191,9 +219,16 @@ def _check_runtime_fields(c: f.Checker, runtime: str, items: dict, where: str) -
 def _check_env_file_values(c: f.Checker, runtime: str, node: yaml.MappingNode, where: str) -> None:
     """A container's env reaches it through an env file (never the client's environment)."""
     for key_node, value_node in node.value:
-        problem = envfile.value_problem(value_node.value) if isinstance(value_node, yaml.ScalarNode) and value_node.value and not CONTROL.search(value_node.value) else ""
+        problem = (
+            envfile.value_problem(value_node.value)
+            if isinstance(value_node, yaml.ScalarNode) and value_node.value and not CONTROL.search(value_node.value)
+            else ""
+        )
         if problem:
-            c.problem(value_node, f"{where}.env.{cut(key_node.value)} {problem} (runtime {runtime} gets env through an env file)")
+            c.problem(
+                value_node,
+                f"{where}.env.{cut(key_node.value)} {problem} (runtime {runtime} gets env through an env file)",
+            )
 
 
 def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
@@ -208,20 +243,31 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
         if partitions == f.ALL:
             if whole or claimed:
                 other = whole or next(iter(claimed.values()))
-                c.problem(node, f"services.{name}.partitions is all but service {other} also needs partitions; give each service its own list, e.g. partitions: \"0-7\"")
+                c.problem(
+                    node,
+                    f'services.{name}.partitions is all but service {other} also needs partitions; give each service its own list, e.g. partitions: "0-7"',
+                )
             whole = name
             continue
         if whole:
-            c.problem(node, f"services.{name}.partitions overlaps service {whole}, which takes all partitions; give each service its own list")
+            c.problem(
+                node,
+                f"services.{name}.partitions overlaps service {whole}, which takes all partitions; give each service its own list",
+            )
             continue
         clash = sorted(i for i in partitions if i in claimed)
         if clash:
-            c.problem(node, f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; services' partitions must not overlap")
+            c.problem(
+                node,
+                f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; services' partitions must not overlap",
+            )
         for index in partitions:
             claimed.setdefault(index, name)
 
 
-def check_ports(c: f.Checker, api_node, services: list[Checked], instances: InstancesSpec, api: ApiSpec, api_given: bool = True) -> None:
+def check_ports(
+    c: f.Checker, api_node, services: list[Checked], instances: InstancesSpec, api: ApiSpec, api_given: bool = True
+) -> None:
     low, high = instances.base_port, instances.base_port + INSTANCE_PORT_SPAN - 1
     seen: dict[int | str, str] = {}
     port = api_port(api.listen)
@@ -233,14 +279,25 @@ def check_ports(c: f.Checker, api_node, services: list[Checked], instances: Inst
         where, node = f"services.{service.name}.listen", service.items["listen"]
         if listen.path is not None:
             if listen.path in seen:
-                c.problem(node, f"{where} socket {listen.path} is already used by {seen[listen.path]}; give each listener its own socket")
+                c.problem(
+                    node,
+                    f"{where} socket {listen.path} is already used by {seen[listen.path]}; give each listener its own socket",
+                )
             seen.setdefault(listen.path, where)
             continue
         if listen.port in seen:
-            c.problem(node, f"{where} port {listen.port} is already used by {seen[listen.port]}; give each listener its own port")
+            c.problem(
+                node,
+                f"{where} port {listen.port} is already used by {seen[listen.port]}; give each listener its own port",
+            )
         elif low <= listen.port <= high:
-            c.problem(node, f"{where} port {listen.port} is inside the instance port range {low}-{high} (instances.base_port + logical GPU); choose a port outside it")
+            c.problem(
+                node,
+                f"{where} port {listen.port} is inside the instance port range {low}-{high} (instances.base_port + logical GPU); choose a port outside it",
+            )
         seen.setdefault(listen.port, where)
     if port is not None and low <= port <= high:
         which = "api.listen" if api_given else f"the default api.listen {api.listen}"
-        c.problem(api_node, f"{which} port {port} is inside the instance port range {low}-{high}; choose a port outside it")
+        c.problem(
+            api_node, f"{which} port {port} is inside the instance port range {low}-{high}; choose a port outside it"
+        )

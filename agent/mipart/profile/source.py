@@ -17,8 +17,12 @@ from mipart.profile.problems import Problem, ProfileError
 
 MAX_BYTES = 1 << 20  # a real profile is a few KiB; 1 MiB leaves room for comments and long env values
 MAX_DEPTH = 16  # the schema's deepest value is 4 levels down (services.NAME.env.KEY)
-_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFSOCK: "a socket"}
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 _OPENERS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSERS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
@@ -62,7 +66,9 @@ def read_profile_bytes(path: str) -> bytes:
     finally:
         os.close(fd)
     if size > MAX_BYTES:
-        raise _whole_file(path, f"is larger than {MAX_BYTES // 1024} KiB; a profile is a short text file, pass the right one")
+        raise _whole_file(
+            path, f"is larger than {MAX_BYTES // 1024} KiB; a profile is a short text file, pass the right one"
+        )
     return b"".join(chunks)
 
 
@@ -71,7 +77,9 @@ def _check_kind(path: str, mode: int) -> None:
         raise _whole_file(path, "is a directory; pass the profile file itself, e.g. /etc/mipart/profile.yaml")
     if not stat.S_ISREG(mode):
         kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        raise _whole_file(path, f"is {kind}, not a regular file; pass the profile file itself, e.g. /etc/mipart/profile.yaml")
+        raise _whole_file(
+            path, f"is {kind}, not a regular file; pass the profile file itself, e.g. /etc/mipart/profile.yaml"
+        )
 
 
 def decode(raw: bytes, path: str) -> str:
@@ -85,7 +93,9 @@ def decode(raw: bytes, path: str) -> str:
 def compose(text: str, path: str) -> yaml.Node:
     """The single document's root node; ProfileError for syntax, depth, no document or several."""
     if len(text) > MAX_BYTES:
-        raise _whole_file(path, f"is larger than {MAX_BYTES // 1024} KiB; a profile is a short text file, pass the right one")
+        raise _whole_file(
+            path, f"is larger than {MAX_BYTES // 1024} KiB; a profile is a short text file, pass the right one"
+        )
     try:
         _check_depth(text, path)
         nodes = list(yaml.compose_all(text, Loader=_Loader))
@@ -93,12 +103,16 @@ def compose(text: str, path: str) -> yaml.Node:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = _one_line(exc.problem or exc.context or "invalid YAML")
-        raise ProfileError(path, [Problem(line, column, f"invalid YAML: {what}; fix the syntax at this point")]) from None
+        raise ProfileError(
+            path, [Problem(line, column, f"invalid YAML: {what}; fix the syntax at this point")]
+        ) from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow, at a position in the text
         before = text[: max(0, exc.position)]
         line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
         code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
-        raise ProfileError(path, [Problem(line, column, f"invalid YAML: character U+{code:04X} is not allowed in YAML; remove it")]) from None
+        raise ProfileError(
+            path, [Problem(line, column, f"invalid YAML: character U+{code:04X} is not allowed in YAML; remove it")]
+        ) from None
     except yaml.YAMLError as exc:
         raise ProfileError(path, [Problem(1, 1, f"invalid YAML: {_one_line(str(exc))}; fix the syntax")]) from None
     nodes = [n for n in nodes if n is not None]
@@ -106,7 +120,9 @@ def compose(text: str, path: str) -> yaml.Node:
         raise ProfileError(path, [Problem(1, 1, "profile is empty; start it with 'version: 1'")])
     if len(nodes) > 1:
         second = nodes[1].start_mark
-        raise ProfileError(path, [Problem(second.line + 1, 1, "more than one YAML document; keep a single document (remove '---')")])
+        raise ProfileError(
+            path, [Problem(second.line + 1, 1, "more than one YAML document; keep a single document (remove '---')")]
+        )
     return nodes[0]
 
 
@@ -117,8 +133,16 @@ def _check_depth(text: str, path: str) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 mark = event.start_mark
-                raise ProfileError(path, [Problem(mark.line + 1, mark.column + 1,
-                                                  f"nested more than {MAX_DEPTH} levels deep; a profile needs 4 at most (services.NAME.env.KEY)")])
+                raise ProfileError(
+                    path,
+                    [
+                        Problem(
+                            mark.line + 1,
+                            mark.column + 1,
+                            f"nested more than {MAX_DEPTH} levels deep; a profile needs 4 at most (services.NAME.env.KEY)",
+                        )
+                    ],
+                )
         elif isinstance(event, _CLOSERS):
             depth -= 1
 

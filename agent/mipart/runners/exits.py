@@ -56,8 +56,12 @@ def journal_line(number: int) -> str:
     """The server's own last line. By its SyslogIdentifier (mipart-vllm@N, set in the template),
     not by unit: systemd's lines about the unit ("Failed with result 'signal'") come last."""
     try:
-        done = subprocess.run(["journalctl", "-t", instance_name(number), "-n", "1", "-o", "cat", "--no-pager"],
-                              capture_output=True, text=True, timeout=5)
+        done = subprocess.run(
+            ["journalctl", "-t", instance_name(number), "-n", "1", "-o", "cat", "--no-pager"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return last_line(done.stdout) if done.returncode == 0 else ""

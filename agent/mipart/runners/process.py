@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
 from mipart.nginx import procs as nginx_procs
+from mipart.nginx.files import NginxFiles
 from mipart.runners import exits, procfs
 from mipart.values import UnitState
-from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
-from mipart.nginx.files import NginxFiles
 
 STOP_TIMEOUT = 10.0
 
@@ -86,7 +86,9 @@ class ProcessRunner:
         """Reload the master of ours that runs, or start one; strays (workers whose master died,
         still serving a frozen config) hand their listening sockets to it and quit gracefully."""
         found = nginx_procs.scan(files.prefix)
-        master = self.nginx.pid if self.nginx is not None and self.nginx.poll() is None else next(iter(found.masters), None)
+        master = (
+            self.nginx.pid if self.nginx is not None and self.nginx.poll() is None else next(iter(found.masters), None)
+        )
         if master is not None:
             os.kill(master, signal.SIGHUP)  # by pid, not the pid file: it may be gone
         else:
@@ -99,8 +101,16 @@ class ProcessRunner:
         env = {**os.environ, **nginx_procs.inherit_env(inherited)} if inherited else None
         try:
             with open(self.log_dir / "mipart-nginx.log", "ab") as log:
-                self.nginx = subprocess.Popen(files.argv(), cwd=files.prefix, env=env, pass_fds=inherited, stdin=subprocess.DEVNULL,
-                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self.nginx = subprocess.Popen(
+                    files.argv(),
+                    cwd=files.prefix,
+                    env=env,
+                    pass_fds=inherited,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         finally:
             for fd in inherited:
                 os.close(fd)

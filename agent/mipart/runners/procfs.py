@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from mipart.names import INSTANCE_VAR, RUN_DIR_VAR
 
 PROC = Path("/proc")

@@ -12,19 +12,21 @@ import threading
 from pathlib import Path
 
 from mipart.errors import UserError
+from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
+from mipart.nginx.files import NginxFiles
 from mipart.paths import run_dir as default_run_dir
 from mipart.runners import exits, procfs
 from mipart.runners.devices import UNIT_DIR
 from mipart.runners.dropins import Dropins
-from mipart.nginx.files import NginxFiles
 from mipart.values import UnitState
-from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
 
 
 class SystemdRunner:
     """runners.base.Runner on systemd: instances and nginx are the units that mipart.names names."""
 
-    def __init__(self, run_dir: Path | None = None, unit_dir: Path = UNIT_DIR):  # units find the run dir through /etc/default/mipart
+    def __init__(
+        self, run_dir: Path | None = None, unit_dir: Path = UNIT_DIR
+    ):  # units find the run dir through /etc/default/mipart
         self._local = threading.local()
         self._dropins = Dropins(run_dir or default_run_dir(), unit_dir)
 
@@ -38,7 +40,9 @@ class SystemdRunner:
                 bus = SystemBus()
                 manager = bus.get(".systemd1")
             except Exception as exc:  # GLib.Error and friends: no bus, no systemd
-                raise UserError(f"cannot reach systemd over D-Bus ({exc}); run the agent under systemd, or use --runner process") from None
+                raise UserError(
+                    f"cannot reach systemd over D-Bus ({exc}); run the agent under systemd, or use --runner process"
+                ) from None
             self._local.bus, self._local.manager = bus, manager
         return manager
 
@@ -52,7 +56,9 @@ class SystemdRunner:
         for name, _desc, _load, active, sub, *_ in self._manager().ListUnitsByPatterns([], [INSTANCE_PATTERN]):
             number = instance_number(name)
             if number is not None:
-                states[number] = UnitState(number, active, sub, self.main_pid(name) if active in ("active", "reloading") else 0)
+                states[number] = UnitState(
+                    number, active, sub, self.main_pid(name) if active in ("active", "reloading") else 0
+                )
         return states
 
     def main_pid(self, unit: str) -> int:

@@ -46,13 +46,19 @@ def checked_env_file(spec: InstanceSpec) -> str:
     except OSError as exc:
         raise UserError(f"{where} cannot be read ({exc.strerror}); restart mipart-agent to rewrite it")
     if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
-        raise UserError(f"{where} has mode {stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}; it must be root's alone: restart mipart-agent to rewrite it")
+        raise UserError(
+            f"{where} has mode {stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}; it must be root's alone: restart mipart-agent to rewrite it"
+        )
     try:
         matches = text == spec.env_file_text()
     except envfile.EnvFileError as exc:
-        raise UserError(f"instance {spec.number}: services.{spec.service}.env: {exc}; fix the profile (`mipart validate`)")
+        raise UserError(
+            f"instance {spec.number}: services.{spec.service}.env: {exc}; fix the profile (`mipart validate`)"
+        )
     if not matches:
-        raise UserError(f"{where} does not say what spec {path.with_suffix('.json')} says; restart mipart-agent to rewrite both")
+        raise UserError(
+            f"{where} does not say what spec {path.with_suffix('.json')} says; restart mipart-agent to rewrite both"
+        )
     return str(path)
 
 
@@ -66,7 +72,9 @@ def read_env_files(spec: InstanceSpec) -> dict[str, str]:
             if key in VISIBLE_DEVICE_VARS or key == CACHE_VAR or key.startswith(RESERVED_ENV_PREFIX):
                 raise UserError(f"{where} sets {key}, which mipart sets for each instance; remove it")
             if key in given or key in found:
-                raise UserError(f"{where} sets {key}, which services.{spec.service}.env or another env file sets too; set it in one place")
+                raise UserError(
+                    f"{where} sets {key}, which services.{spec.service}.env or another env file sets too; set it in one place"
+                )
             found[key] = value
     return found
 
@@ -78,7 +86,9 @@ def _read_env_file(spec: InstanceSpec, path: str) -> tuple[tuple[str, str], ...]
     except FileNotFoundError:
         raise UserError(f"{where} does not exist; create it (owner root, mode 0600) or remove it from the profile")
     except OSError as exc:
-        raise UserError(f"{where} cannot be opened ({exc.strerror}); it must be a regular file, not a symbolic link, owned by root, mode 0600")
+        raise UserError(
+            f"{where} cannot be opened ({exc.strerror}); it must be a regular file, not a symbolic link, owned by root, mode 0600"
+        )
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -86,7 +96,9 @@ def _read_env_file(spec: InstanceSpec, path: str) -> tuple[tuple[str, str], ...]
         if info.st_uid not in (0, os.geteuid()):
             raise UserError(f"{where} is owned by uid {info.st_uid}; a secrets file must be root's: chown root: {path}")
         if info.st_mode & 0o077:
-            raise UserError(f"{where} has mode {stat.S_IMODE(info.st_mode):04o}, so others may read or change it; chmod 600 {path}")
+            raise UserError(
+                f"{where} has mode {stat.S_IMODE(info.st_mode):04o}, so others may read or change it; chmod 600 {path}"
+            )
         data = handle.read(1 << 20)
     try:
         return envfile.parse(data.decode("utf-8"))

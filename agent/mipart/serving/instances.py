@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from mipart.errors import UserError
 from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES
-from mipart.values import LogicalGpu
 from mipart.profile.fields import format_indices
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
 from mipart.serving.spec import INSTANCE_HOST, InstanceSpec
+from mipart.values import LogicalGpu
 
 # Seed 003 (AMD's vLLM tuning guide): overridable defaults for every instance.
 ROCM_ENV_DEFAULTS = (
@@ -55,7 +55,9 @@ def _service_partitions(service: ServiceSpec, logical: tuple[LogicalGpu, ...]) -
             )
         indices = list(service.partitions)
     if not indices:
-        raise InstancePlanError(f"services.{service.name} has no logical GPU on this host; check that amdgpu is loaded and gpus: is applied")
+        raise InstancePlanError(
+            f"services.{service.name} has no logical GPU on this host; check that amdgpu is loaded and gpus: is applied"
+        )
     if len(indices) % service.tensor_parallel:
         raise InstancePlanError(
             f"services.{service.name}.tensor_parallel {service.tensor_parallel} does not divide its {len(indices)} logical GPUs on this host; "
@@ -67,7 +69,9 @@ def _service_partitions(service: ServiceSpec, logical: tuple[LogicalGpu, ...]) -
 def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...]) -> InstanceSpec:
     number = group[0].index
     if number >= INSTANCE_PORT_SPAN:
-        raise InstancePlanError(f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; this host has more logical GPUs than mipart supports")
+        raise InstancePlanError(
+            f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; this host has more logical GPUs than mipart supports"
+        )
     port = profile.instances.base_port + number
     container = service.runtime in CONTAINER_RUNTIMES
     env = _environment(profile, service, group, container)
@@ -95,7 +99,9 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
     )
 
 
-def _environment(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...], container: bool) -> tuple[tuple[str, str], ...]:
+def _environment(
+    profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...], container: bool
+) -> tuple[tuple[str, str], ...]:
     env = dict(ROCM_ENV_DEFAULTS)
     if service.tensor_parallel > 1:
         env.update(MULTI_GPU_ENV_DEFAULTS)

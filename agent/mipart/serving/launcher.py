@@ -25,7 +25,9 @@ def read_spec(number: int) -> InstanceSpec:
     except SpecVersionError as exc:
         raise UserError(f"instance {number}: spec {path} has {exc}; restart mipart-agent to rewrite it")
     except FileNotFoundError:
-        raise UserError(f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status mipart-agent`), and only for instances the profile asks for")
+        raise UserError(
+            f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status mipart-agent`), and only for instances the profile asks for"
+        )
     except (ValueError, TypeError, KeyError) as exc:
         raise UserError(f"instance {number}: spec {path} is unreadable ({exc}); restart mipart-agent to rewrite it")
 
@@ -38,7 +40,9 @@ def container_client(spec: InstanceSpec) -> str:
     """docker or podman, found on the fixed PATH only (never the profile's, nor the unit's)."""
     client = shutil.which(spec.runtime, path=CLIENT_PATH)
     if client is None:
-        raise UserError(f"instance {spec.number}: {spec.runtime} not found in {CLIENT_PATH} (the container client's fixed PATH); install it there")
+        raise UserError(
+            f"instance {spec.number}: {spec.runtime} not found in {CLIENT_PATH} (the container client's fixed PATH); install it there"
+        )
     return client
 
 
@@ -65,7 +69,9 @@ def _user(name: str, pwd):
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        raise UserError(f"system user {name!r} does not exist; reinstall mipart (it creates the user) or set instances.user")
+        raise UserError(
+            f"system user {name!r} does not exist; reinstall mipart (it creates the user) or set instances.user"
+        )
 
 
 def _drop_privileges(user: str, env: dict) -> None:
@@ -83,7 +89,11 @@ def _drop_privileges(user: str, env: dict) -> None:
 def launch(number: int, cleanup: bool) -> int:
     """Exec the server for instance NUMBER (or, with cleanup, remove its container)."""
     spec = read_spec(number)
-    tags = {INSTANCE_VAR: str(number), DIGEST_VAR: spec.digest(), RUN_DIR_VAR: str(instance_spec_path(number).parent.parent)}
+    tags = {
+        INSTANCE_VAR: str(number),
+        DIGEST_VAR: spec.digest(),
+        RUN_DIR_VAR: str(instance_spec_path(number).parent.parent),
+    }
     if cleanup:
         if spec.container:
             remove_container(container_client(spec), spec, client_env(tags))
@@ -104,7 +114,9 @@ def launch(number: int, cleanup: bool) -> int:
         argv = list(spec.argv)
         program = shutil.which(argv[0], path=os.environ.get("PATH", os.defpath))  # mipart's PATH, not the profile's
         if program is None:
-            raise UserError(f"instance {number}: command {argv[0]!r} not found; install it, or set services.{spec.service}.command")
+            raise UserError(
+                f"instance {number}: command {argv[0]!r} not found; install it, or set services.{spec.service}.command"
+            )
     try:
         os.execve(program, argv, env)
     except PermissionError:

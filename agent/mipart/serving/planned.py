@@ -28,7 +28,15 @@ def plan_serving(profile: Profile, backend: GpuBackend) -> PlannedHost:
     state, partition = plan_host(profile.gpus, backend)
     bdf = {g.index: g.bdf for g in state.physical}
     logical = tuple(
-        LogicalGpu(index=p.index, node_id=0, gpu_id=0, render_minor=p.render_minor, physical_index=p.physical, partition=p.partition, bdf=bdf[p.physical])
+        LogicalGpu(
+            index=p.index,
+            node_id=0,
+            gpu_id=0,
+            render_minor=p.render_minor,
+            physical_index=p.physical,
+            partition=p.partition,
+            bdf=bdf[p.physical],
+        )
         for p in partition.logical
     )
     return PlannedHost(partition, plan_instances(profile, logical))

@@ -19,7 +19,9 @@ class Actions:
     restart: tuple[int, ...] = ()
 
 
-def plan_actions(specs: dict[int, InstanceSpec], states: dict[int, UnitState], running_digests: dict[int, str | None]) -> Actions:
+def plan_actions(
+    specs: dict[int, InstanceSpec], states: dict[int, UnitState], running_digests: dict[int, str | None]
+) -> Actions:
     start, restart = [], []
     for number, spec in sorted(specs.items()):
         state = states.get(number)

@@ -41,9 +41,23 @@ def main() -> None:
     ports = Ports(api=BASE_PORT - 2, listen=LISTEN_PORT, base=BASE_PORT)
     busy = [p for p in ports.all(INSTANCES) if not port_free(p)]
     if busy:
-        raise SystemExit(f"demo: port(s) {busy} already in use; set MIPART_DEMO_PORT / MIPART_DEMO_BASE_PORT to free ones")
-    profile = FakeEngineProfile(ports, compute="DPX", memory="NPS2", model=MODEL, partitions="all", delay=3, tps=20,
-                                args='["--max-num-seqs", "64"]', interval="1s", timeout="500ms", unhealthy_after=2, restart_backoff="1s")
+        raise SystemExit(
+            f"demo: port(s) {busy} already in use; set MIPART_DEMO_PORT / MIPART_DEMO_BASE_PORT to free ones"
+        )
+    profile = FakeEngineProfile(
+        ports,
+        compute="DPX",
+        memory="NPS2",
+        model=MODEL,
+        partitions="all",
+        delay=3,
+        tps=20,
+        args='["--max-num-seqs", "64"]',
+        interval="1s",
+        timeout="500ms",
+        unhealthy_after=2,
+        restart_backoff="1s",
+    )
     work = Path(tempfile.mkdtemp(prefix="mipart-demo-"))
     say(f"== simulated host: 8 x MI300X in SPX/NPS1 under {work / 'sys'}")
     try:
@@ -73,7 +87,10 @@ def partition(host: SimulatedHost) -> None:
     say("== mipart validate\n" + host.mipart("validate", str(host.profile)))
     say("== mipart partition plan\n" + host.mipart("partition", "plan", "--profile", str(host.profile)))
     say("== mipart partition apply\n" + host.mipart("partition", "apply", "--profile", str(host.profile)))
-    say("== mipart partition apply (again: nothing to do)\n" + host.mipart("partition", "apply", "--profile", str(host.profile)))
+    say(
+        "== mipart partition apply (again: nothing to do)\n"
+        + host.mipart("partition", "apply", "--profile", str(host.profile))
+    )
     say("== mipart plan (instances and upstreams)\n" + host.mipart("plan", "--profile", str(host.profile)))
 
 
@@ -95,11 +112,13 @@ def serve(host: SimulatedHost) -> None:
     seen = {host.backend_of_one_request()[1] for _ in range(32)}
     say(f"== 32 more requests reached {len(seen)} distinct instances")
     lb, api = f"http://127.0.0.1:{host.listen}", f"http://127.0.0.1:{host.api_port}"
-    say("== serving until Ctrl-C (or SIGTERM). Try:\n"
+    say(
+        "== serving until Ctrl-C (or SIGTERM). Try:\n"
         f"  curl {lb}/v1/models\n"
-        f"  curl {lb}/v1/completions -H 'Content-Type: application/json' -d '{{\"prompt\": \"hello\", \"max_tokens\": 8}}'\n"
+        f'  curl {lb}/v1/completions -H \'Content-Type: application/json\' -d \'{{"prompt": "hello", "max_tokens": 8}}\'\n'
         f"  curl {api}/v1/status\n"
-        f"  .venv/bin/mipart bench run --profile {host.profile} --no-progress   # the load tool installs on first use")
+        f"  .venv/bin/mipart bench run --profile {host.profile} --no-progress   # the load tool installs on first use"
+    )
     show = ready_printer()
     while True:
         if agent.poll() is not None:

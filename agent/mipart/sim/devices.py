@@ -64,8 +64,8 @@ def openers(root: Path) -> dict[int, list[int]]:
                 continue
             if target == kfd:
                 has_kfd = True
-            elif target.startswith(render) and target[len(render):].isdigit():
-                minors.add(int(target[len(render):]))
+            elif target.startswith(render) and target[len(render) :].isdigit():
+                minors.add(int(target[len(render) :]))
         if has_kfd:
             found[pid] = sorted(minors)
     return found

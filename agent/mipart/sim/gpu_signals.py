@@ -23,10 +23,14 @@ def gpu_dir(root: Path, index: int) -> Path:
     return gpus[index].path
 
 
-def add_errors(root: Path, index: int, block: str = "umc", uncorrectable: int = 0, correctable: int = 0) -> tuple[int, int]:
+def add_errors(
+    root: Path, index: int, block: str = "umc", uncorrectable: int = 0, correctable: int = 0
+) -> tuple[int, int]:
     """Raise one block's counters by these amounts, as a fault would; returns the new (ue, ce)."""
     if not block.isalnum() or uncorrectable < 0 or correctable < 0:
-        raise UserError(f"RAS block {block!r}, +{uncorrectable} ue, +{correctable} ce: use a block name of letters and digits and counts >= 0")
+        raise UserError(
+            f"RAS block {block!r}, +{uncorrectable} ue, +{correctable} ce: use a block name of letters and digits and counts >= 0"
+        )
     dev = gpu_dir(root, index)
     current = {name: (ue, ce) for name, ue, ce in ras_errors(dev)}.get(block, (0, 0))
     ue, ce = current[0] + uncorrectable, current[1] + correctable
@@ -34,7 +38,9 @@ def add_errors(root: Path, index: int, block: str = "umc", uncorrectable: int = 
     return ue, ce
 
 
-def set_sensors(root: Path, index: int, temperature: float | None = None, power: float | None = None, sensor: str = "junction") -> None:
+def set_sensors(
+    root: Path, index: int, temperature: float | None = None, power: float | None = None, sensor: str = "junction"
+) -> None:
     """hwmon's units: millidegrees Celsius and microwatts."""
     hwmon = gpu_dir(root, index) / HWMON
     if temperature is not None:

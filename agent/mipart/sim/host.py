@@ -18,9 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
 from mipart.runners import procfs
@@ -88,7 +89,15 @@ class FakeEngineProfile:
     python: str = sys.executable
 
     def text(self) -> str:
-        engine = [self.python, "-m", "mipart.sim.engine", "--startup-delay", f"{self.delay}", "--tokens-per-second", f"{self.tps}"]
+        engine = [
+            self.python,
+            "-m",
+            "mipart.sim.engine",
+            "--startup-delay",
+            f"{self.delay}",
+            "--tokens-per-second",
+            f"{self.tps}",
+        ]
         lines = [
             "version: 1",
             f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
@@ -106,7 +115,9 @@ class FakeEngineProfile:
         return "\n".join(lines) + "\n"
 
 
-def completion(port: int, model: str, prompt: str = "hi", max_tokens: int = 1, stream: bool = False, timeout: float = 30) -> http.client.HTTPResponse:
+def completion(
+    port: int, model: str, prompt: str = "hi", max_tokens: int = 1, stream: bool = False, timeout: float = 30
+) -> http.client.HTTPResponse:
     """POST /v1/completions on a loopback port; the response is unread (a stream reads on)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream})
@@ -122,8 +133,17 @@ class SimulatedHost:
     kernel's pair table (gpu.pair_tables.RULE_SETS), recorded in the root for every process.
     """
 
-    def __init__(self, work: Path, profile: ProfileSource, compute: str | None = None, memory: str | None = None,
-                 gpus: int = 8, model: str = "mi300x", expected: int = 16, rules: str = "mainline"):
+    def __init__(
+        self,
+        work: Path,
+        profile: ProfileSource,
+        compute: str | None = None,
+        memory: str | None = None,
+        gpus: int = 8,
+        model: str = "mi300x",
+        expected: int = 16,
+        rules: str = "mainline",
+    ):
         self.work = work
         self.root, self.run_dir, self.log = work / "sys", work / "run", work / "agent.log"
         self.profile = work / "profile.yaml"
@@ -138,8 +158,21 @@ class SimulatedHost:
         }
         self.agent: subprocess.Popen | None = None
         self.spawned: list[subprocess.Popen] = []  # every agent this host started, for close()
-        self.mipart("sim", "create", str(self.root), "--model", model, "--gpus", str(gpus),
-                    "--compute", compute or profile.compute, "--memory", memory or profile.memory, "--rules", rules)
+        self.mipart(
+            "sim",
+            "create",
+            str(self.root),
+            "--model",
+            model,
+            "--gpus",
+            str(gpus),
+            "--compute",
+            compute or profile.compute,
+            "--memory",
+            memory or profile.memory,
+            "--rules",
+            rules,
+        )
         self.write_profile()
 
     def write_profile(self, **changes) -> None:
@@ -151,7 +184,13 @@ class SimulatedHost:
 
     def mipart(self, *args: str) -> str:
         """Run the real CLI against this host, as a user would; its stdout, or HostError with its stderr."""
-        done = subprocess.run([sys.executable, "-m", "mipart", *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "mipart", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if done.returncode != 0:
             raise HostError(f"`mipart {' '.join(args)}` exited {done.returncode}:\n{done.stderr.strip()}")
         return done.stdout.rstrip()
@@ -160,8 +199,13 @@ class SimulatedHost:
     def start_agent(self, extra_env: dict | None = None, stop_on_exit: bool = False) -> subprocess.Popen:
         argv = [sys.executable, "-m", "mipart", "agent", "--profile", str(self.profile), "--runner", "process"]
         with open(self.log, "ab") as log:
-            self.agent = subprocess.Popen(argv + ["--stop-on-exit"] * stop_on_exit, env={**os.environ, **self.env, **(extra_env or {})},
-                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.agent = subprocess.Popen(
+                argv + ["--stop-on-exit"] * stop_on_exit,
+                env={**os.environ, **self.env, **(extra_env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.spawned.append(self.agent)
         return self.agent
 
@@ -247,18 +291,24 @@ class SimulatedHost:
             return set()
 
     # -- waiting -------------------------------------------------------------------------------
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30, what: str = "condition", poll: float = 0.05) -> float:
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 30, what: str = "condition", poll: float = 0.05
+    ) -> float:
         """Seconds until predicate() held; HostError on timeout or when the agent has exited."""
         started = time.monotonic()
         while not predicate():
             if self.agent is not None and self.agent.poll() is not None:
-                raise HostError(f"the agent exited ({self.agent.returncode}) while waiting for {what}\n{self.log_tail()}")
+                raise HostError(
+                    f"the agent exited ({self.agent.returncode}) while waiting for {what}\n{self.log_tail()}"
+                )
             if time.monotonic() - started > timeout:
                 raise HostError(f"timed out after {timeout:g}s waiting for {what}\n{self.log_tail()}")
             time.sleep(poll)
         return time.monotonic() - started
 
-    def wait_ready(self, count: int | None = None, timeout: float = 90, progress: Callable[[int], None] | None = None) -> float:
+    def wait_ready(
+        self, count: int | None = None, timeout: float = 90, progress: Callable[[int], None] | None = None
+    ) -> float:
         """Wait until `count` instances are ready in nginx.conf and in the status API, and nginx
         serves on that config (it is written before nginx re-reads it); returns the seconds waited."""
         count = self.expected if count is None else count
@@ -276,7 +326,9 @@ class SimulatedHost:
         return time.monotonic() - started
 
     # -- clients -------------------------------------------------------------------------------
-    def request(self, prompt: str = "hi", max_tokens: int = 1, stream: bool = False, timeout: float = 30) -> http.client.HTTPResponse:
+    def request(
+        self, prompt: str = "hi", max_tokens: int = 1, stream: bool = False, timeout: float = 30
+    ) -> http.client.HTTPResponse:
         """One completion through nginx, for the service's model."""
         return completion(self.listen, self.spec.model, prompt, max_tokens, stream, timeout)
 

@@ -22,23 +22,37 @@ from pathlib import Path
 from mipart.errors import UserError
 from mipart.gpu.amdgpu import PCI_DEVICES
 from mipart.gpu.kernel_table import XCP_CONFIG
-from mipart.gpu.parts import MODELS
 from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, COMPUTE_MODES, USER_PARTT_MODE
 from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
+from mipart.gpu.parts import MODELS
 from mipart.sim import devices, tree
 from mipart.sim.state import SIM_DIR, SimState, is_sim, locked, read_state, save
 
 # PCI addresses of the 8 GPUs on a typical 8 x MI300X board; more GPUs go to further domains.
 BOARD_BUSES = ("05", "26", "46", "65", "85", "a6", "c6", "e5")
 MAX_GPUS = 16  # render minors run 128..255, 8 per GPU
-READ_ONLY = {"vendor", "device", "class", "available_compute_partition", "available_memory_partition",
-             "compute_partition_config/supported_xcp_configs", "compute_partition_config/supported_nps_configs"}
+READ_ONLY = {
+    "vendor",
+    "device",
+    "class",
+    "available_compute_partition",
+    "available_memory_partition",
+    "compute_partition_config/supported_xcp_configs",
+    "compute_partition_config/supported_nps_configs",
+}
 MODULE_IN_USE = "modprobe: FATAL: Module amdgpu is in use.\n"
 
 
-def create(root: Path, model: str = "mi300x", gpus: int = 8, compute: str = "SPX",
-           memory: str = "NPS1", rules: str = MAINLINE, partition_config: bool = True,
-           bmc_ast: bool = False) -> None:
+def create(
+    root: Path,
+    model: str = "mi300x",
+    gpus: int = 8,
+    compute: str = "SPX",
+    memory: str = "NPS1",
+    rules: str = MAINLINE,
+    partition_config: bool = True,
+    bmc_ast: bool = False,
+) -> None:
     """Make ROOT a simulated host (or start an existing one afresh) whose kernel has `rules`."""
     root = Path(root)
     spec = MODELS.get(model.lower())
@@ -50,10 +64,14 @@ def create(root: Path, model: str = "mi300x", gpus: int = 8, compute: str = "SPX
     state = SimState(spec.name, [], rules=rules, partition_config=partition_config, bmc_ast=bmc_ast)
     for kind, mode, known in (("compute", compute, tuple(state.pairs)), ("memory", memory, state.memory_modes)):
         if mode not in known:
-            raise UserError(f"{spec.name} has no {kind} mode {mode} under the {rules} rules; use one of {', '.join(known)}")
+            raise UserError(
+                f"{spec.name} has no {kind} mode {mode} under the {rules} rules; use one of {', '.join(known)}"
+            )
     if memory not in state.pairs[compute]:
-        raise UserError(f"compute mode {compute} is not valid under memory mode {memory} with the {rules} rules "
-                        f"(the driver refuses it; {compute} takes {' or '.join(state.pairs[compute])})")
+        raise UserError(
+            f"compute mode {compute} is not valid under memory mode {memory} with the {rules} rules "
+            f"(the driver refuses it; {compute} takes {' or '.join(state.pairs[compute])})"
+        )
     if not 1 <= gpus <= MAX_GPUS:
         raise UserError(f"--gpus must be 1..{MAX_GPUS}, not {gpus}")
     if root.exists() and not (root.is_dir() and (is_sim(root) or not any(root.iterdir()))):
@@ -196,7 +214,9 @@ def _gpus_in_use(state: SimState) -> set[int]:
 def holders_of(state: SimState, index: int) -> list[int]:
     """PIDs that use physical GPU `index`: declared holders and device openers."""
     pids = {pid for pid, held in state.holders.items() if index in held}
-    pids |= {pid for pid, minors in state.openers.items() if index in devices.gpus_in_use({pid: minors}, len(state.gpus))}
+    pids |= {
+        pid for pid, minors in state.openers.items() if index in devices.gpus_in_use({pid: minors}, len(state.gpus))
+    }
     return sorted(pids)
 
 
@@ -234,8 +254,7 @@ def release(root: Path, gpu_index: int | None = None, pid: int | None = None) ->
 def set_resetting(root: Path, gpu_index: int, on: bool) -> None:
     """Mark a GPU as in the middle of a reset (compute writes then fail with EPERM)."""
     with _editing(root, gpu_index, render=False) as state:
-        state.resetting = sorted((set(state.resetting) | {gpu_index}) if on else
-                                 (set(state.resetting) - {gpu_index}))
+        state.resetting = sorted((set(state.resetting) | {gpu_index}) if on else (set(state.resetting) - {gpu_index}))
 
 
 def set_user_partt_mode(root: Path, mode: int) -> None:

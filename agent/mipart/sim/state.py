@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.gpu.parts import MODELS, GpuModel
 from mipart.gpu.modes import USER_PARTT_MODE
 from mipart.gpu.pair_tables import MAINLINE, memory_modes_of, pairs_for
+from mipart.gpu.parts import MODELS, GpuModel
 
 SIM_DIR = ".mipart-sim"
 AUTO = USER_PARTT_MODE["AUTO"]
@@ -34,7 +34,9 @@ class SimState:
     user_partt_mode: int = AUTO
     pending_memory: str | None = None  # requested NPS mode, applied hive-wide at reload
     holders: dict[int, list[int]] = field(default_factory=dict)  # pid -> physical indices (`mipart sim hold`)
-    openers: dict[int, list[int]] = field(default_factory=dict)  # pid -> render minors, as last seen open (sim/devices.py)
+    openers: dict[int, list[int]] = field(
+        default_factory=dict
+    )  # pid -> render minors, as last seen open (sim/devices.py)
     resetting: list[int] = field(default_factory=list)
     # writes: to current_*_partition, refused or not (a preview through xcp_config is no write)
     counters: dict[str, int] = field(default_factory=lambda: {"writes": 0, "reloads": 0})

@@ -32,8 +32,19 @@ CPU_NODES = 2
 # DRM numbers 64 primary (card) minors; a BMC's `ast` driver takes card0, so amdgpu's 64th
 # partition of a host gets no DRM node and ROCm does not see it (hardware.md, "Known traps").
 DRM_CARD_MINORS = 64
-PROPERTY_KEYS = ("cpu_cores_count", "simd_count", "mem_banks_count", "vendor_id", "device_id",
-                 "location_id", "domain", "drm_render_minor", "hive_id", "num_xcc", "unique_id")
+PROPERTY_KEYS = (
+    "cpu_cores_count",
+    "simd_count",
+    "mem_banks_count",
+    "vendor_id",
+    "device_id",
+    "location_id",
+    "domain",
+    "drm_render_minor",
+    "hive_id",
+    "num_xcc",
+    "unique_id",
+)
 
 
 def clear(root: Path) -> None:
@@ -148,25 +159,31 @@ def _build_kfd(tree: Path, state: SimState) -> None:
         for p, gpu_id in enumerate(gpu_ids[k]):
             if state.bmc_ast and n - CPU_NODES >= DRM_CARD_MINORS - 1:
                 break  # no DRM node left for this partition: ROCm does not list it
-            _put_node(nodes / str(n), gpu_id, _properties(
-                simd_count=spec.xcc_count // parts * spec.cus_per_xcc * 4,
-                vendor_id=0x1002,
-                device_id=spec.device_id,
-                # As kernels that number partitions in location_id's function bits do.
-                location_id=(bus << 8 | device << 3 | function) | (p if parts > 1 else 0),
-                domain=domain,
-                drm_render_minor=128 + 8 * k + p,
-                hive_id=hive,
-                num_xcc=spec.xcc_count // parts,
-                unique_id=_hash64("unique", gpu["bdf"], str(p)),
-            ))
+            _put_node(
+                nodes / str(n),
+                gpu_id,
+                _properties(
+                    simd_count=spec.xcc_count // parts * spec.cus_per_xcc * 4,
+                    vendor_id=0x1002,
+                    device_id=spec.device_id,
+                    # As kernels that number partitions in location_id's function bits do.
+                    location_id=(bus << 8 | device << 3 | function) | (p if parts > 1 else 0),
+                    domain=domain,
+                    drm_render_minor=128 + 8 * k + p,
+                    hive_id=hive,
+                    num_xcc=spec.xcc_count // parts,
+                    unique_id=_hash64("unique", gpu["bdf"], str(p)),
+                ),
+            )
             n += 1
     used: dict[int, set[int]] = {}
     for pid, held in state.holders.items():
         used.setdefault(pid, set()).update(gpu_id for k in held for gpu_id in gpu_ids[k])
     for pid, minors in state.openers.items():
         opened = used.setdefault(pid, set())
-        for k, p in ((devices.physical_of(m), devices.partition_of(m)) for m in minors if devices.physical_of(m) < len(gpu_ids)):
+        for k, p in (
+            (devices.physical_of(m), devices.partition_of(m)) for m in minors if devices.physical_of(m) < len(gpu_ids)
+        ):
             opened.update(gpu_ids[k][p : p + 1] or gpu_ids[k])  # a partition the mode lacks: its GPU
     for pid, gpu_id_set in used.items():
         (proc / str(pid)).mkdir()

@@ -106,9 +106,11 @@ def max_tokens(cfg: EngineConfig, body: dict, prompt_tokens: int, *keys: str) ->
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"max_tokens must be at least 1, got {value!r}.")
     if prompt_tokens + value > cfg.max_model_len:
-        raise BadRequest(f"This model's maximum context length is {cfg.max_model_len} tokens. However, "
-                         f"you requested {prompt_tokens + value} tokens ({prompt_tokens} in the messages, "
-                         f"{value} in the completion). Please reduce the length of the messages or completion.")
+        raise BadRequest(
+            f"This model's maximum context length is {cfg.max_model_len} tokens. However, "
+            f"you requested {prompt_tokens + value} tokens ({prompt_tokens} in the messages, "
+            f"{value} in the completion). Please reduce the length of the messages or completion."
+        )
     return value
 
 
@@ -198,8 +200,7 @@ def chat_choice(delta: dict, finish: str | None) -> dict:
 
 async def start_stream(request: web.Request) -> web.StreamResponse:
     """SSE response headers; chunked so every token is flushed as produced."""
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                       "Cache-Control": "no-cache"})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     return resp
 
@@ -223,8 +224,14 @@ async def stream_tokens(request, gen: Generation, chunk, first: dict | None, usa
             await resp.write(sse(usage_chunk))
     except EngineDead:
         gen.finish(None)
-        err = {"error": {"message": "EngineCore encountered an issue.", "type": "InternalServerError",
-                         "param": None, "code": 500}}
+        err = {
+            "error": {
+                "message": "EngineCore encountered an issue.",
+                "type": "InternalServerError",
+                "param": None,
+                "code": 500,
+            }
+        }
         await resp.write(sse(err))
     await resp.write(sse("[DONE]"))
     await resp.write_eof()
@@ -237,14 +244,15 @@ async def run_completion(cfg, state, request, body: dict, prompt_tokens: int, n:
     head = {"id": rid, "object": "text_completion", "created": created, "model": cfg.model}
     async with Generation(cfg, state, prompt_tokens, n) as gen:
         if body.get("stream"):
+
             def chunk(tok, finish):
                 return {**head, "choices": [completion_choice(tok, finish)]}
+
             tail = {**head, "choices": []} if wants_usage_chunk(body) else None
             return await stream_tokens(request, gen, chunk, None, tail)
         text = "".join([tok async for tok in gen.tokens()])
         gen.finish("length")
-    return web.json_response({**head, "choices": [completion_choice(text, "length")],
-                              "usage": usage(prompt_tokens, n)})
+    return web.json_response({**head, "choices": [completion_choice(text, "length")], "usage": usage(prompt_tokens, n)})
 
 
 async def run_chat(cfg, state, request, body: dict, prompt_tokens: int, n: int):
@@ -254,8 +262,10 @@ async def run_chat(cfg, state, request, body: dict, prompt_tokens: int, n: int):
     head = {"id": rid, "object": kind, "created": created, "model": cfg.model}
     async with Generation(cfg, state, prompt_tokens, n) as gen:
         if body.get("stream"):
+
             def chunk(tok, finish):
                 return {**head, "choices": [chat_choice({"content": tok}, finish)]}
+
             first = {**head, "choices": [chat_choice({"role": "assistant", "content": ""}, None)]}
             tail = {**head, "choices": []} if wants_usage_chunk(body) else None
             return await stream_tokens(request, gen, chunk, first, tail)
@@ -263,8 +273,7 @@ async def run_chat(cfg, state, request, body: dict, prompt_tokens: int, n: int):
         gen.finish("length")
     message = {"role": "assistant", "content": text}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length", "stop_reason": None}
-    return web.json_response({**head, "choices": [choice],
-                              "usage": usage(prompt_tokens, n)})
+    return web.json_response({**head, "choices": [choice], "usage": usage(prompt_tokens, n)})
 
 
 async def completions(cfg: EngineConfig, state: EngineState, request: web.Request):
@@ -274,7 +283,9 @@ async def completions(cfg: EngineConfig, state: EngineState, request: web.Reques
 
 async def chat_completions(cfg: EngineConfig, state: EngineState, request: web.Request):
     """POST /v1/chat/completions."""
-    return await _generate_request(cfg, state, request, chat_prompt_tokens, ("max_completion_tokens", "max_tokens"), run_chat)
+    return await _generate_request(
+        cfg, state, request, chat_prompt_tokens, ("max_completion_tokens", "max_tokens"), run_chat
+    )
 
 
 async def _generate_request(cfg, state, request, count_prompt, length_keys: tuple[str, ...], run):
@@ -301,8 +312,15 @@ async def health(cfg: EngineConfig, state: EngineState, request: web.Request) ->
 
 async def models(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
     """GET /v1/models in vLLM's shape."""
-    card = {"id": cfg.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
-            "root": cfg.model, "parent": None, "max_model_len": cfg.max_model_len}
+    card = {
+        "id": cfg.model,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "vllm",
+        "root": cfg.model,
+        "parent": None,
+        "max_model_len": cfg.max_model_len,
+    }
     return web.json_response({"object": "list", "data": [card]})
 
 
@@ -311,18 +329,37 @@ def render_metrics(cfg: EngineConfig, state: EngineState) -> str:
     model = {"model_name": cfg.model}
     kv = min(1.0, state.kv_tokens / cfg.kv_cache_tokens) if cfg.kv_cache_tokens else 0.0
     out = Exposition()
-    out.family("vllm:num_requests_running", "gauge",
-               "Number of requests in model execution batches.", [(model, float(state.running))])
-    out.family("vllm:num_requests_waiting", "gauge",
-               "Number of requests waiting to be processed.", [(model, float(state.waiting))])
-    out.family("vllm:kv_cache_usage_perc", "gauge",
-               "KV-cache usage. 1 means 100 percent usage.", [(model, float(kv))])
-    out.family("vllm:prompt_tokens_total", "counter",
-               "Number of prefill tokens processed.", [(model, float(state.prompt_tokens))])
-    out.family("vllm:generation_tokens_total", "counter",
-               "Number of generation tokens processed.", [(model, float(state.generation_tokens))])
-    out.family("vllm:request_success_total", "counter", "Count of successfully processed requests.",
-               [({"finished_reason": r, **model}, float(c)) for r, c in sorted(state.success.items())])
+    out.family(
+        "vllm:num_requests_running",
+        "gauge",
+        "Number of requests in model execution batches.",
+        [(model, float(state.running))],
+    )
+    out.family(
+        "vllm:num_requests_waiting",
+        "gauge",
+        "Number of requests waiting to be processed.",
+        [(model, float(state.waiting))],
+    )
+    out.family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", [(model, float(kv))])
+    out.family(
+        "vllm:prompt_tokens_total",
+        "counter",
+        "Number of prefill tokens processed.",
+        [(model, float(state.prompt_tokens))],
+    )
+    out.family(
+        "vllm:generation_tokens_total",
+        "counter",
+        "Number of generation tokens processed.",
+        [(model, float(state.generation_tokens))],
+    )
+    out.family(
+        "vllm:request_success_total",
+        "counter",
+        "Count of successfully processed requests.",
+        [({"finished_reason": r, **model}, float(c)) for r, c in sorted(state.success.items())],
+    )
     return out.text()
 
 

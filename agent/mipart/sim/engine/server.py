@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from mipart.sim.devices import open_devices
 from mipart.sim.engine.openai import (
     chat_completions,
     completions,
@@ -15,7 +16,6 @@ from mipart.sim.engine.openai import (
     metrics,
     models,
 )
-from mipart.sim.devices import open_devices
 from mipart.sim.engine.state import (
     FAULTS,
     HUNG,
@@ -109,7 +109,6 @@ async def serve(cfg: EngineConfig, started: float) -> int:
     return 0
 
 
-
 def parse_args(argv: list[str] | None = None) -> EngineConfig:
     """vLLM-like flags; argparse keeps the double free of the CLI package (it is exec'd 64 times)."""
     import argparse
@@ -120,31 +119,72 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
             if value < low:
                 raise argparse.ArgumentTypeError(f"must be >= {low}")
             return value
+
         return check
 
-    parser = argparse.ArgumentParser(prog="mipart sim engine",
-                                     description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: wedged).")
+    parser = argparse.ArgumentParser(
+        prog="mipart sim engine",
+        description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: wedged).",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", required=True, type=at_least(1, int), help="Port to listen on.")
-    parser.add_argument("--model", default="fake-model", help="Model (served under this name unless --served-model-name).")
+    parser.add_argument(
+        "--model", default="fake-model", help="Model (served under this name unless --served-model-name)."
+    )
     parser.add_argument("--served-model-name", default=None, help="Name clients use, as in vLLM.")
-    parser.add_argument("--tensor-parallel-size", type=at_least(1, int), default=1, help="Accepted as vLLM does; the fake has no GPUs.")
-    parser.add_argument("--startup-delay", type=at_least(0, float), default=0.0, metavar="SECONDS",
-                        help="Do not listen at all until this has elapsed (model loading).")
-    parser.add_argument("--tokens-per-second", type=at_least(0, float), default=50.0, help="Generation speed per request; 0 = instant.")
-    parser.add_argument("--max-tokens-default", type=at_least(1, int), default=16, help="Output length when a request gives no max_tokens.")
-    parser.add_argument("--max-num-seqs", type=at_least(1, int), default=256,
-                        help="Concurrent requests generating; more wait (vllm:num_requests_waiting).")
-    parser.add_argument("--fault", choices=FAULTS, default="none", help="die: exit 1; hang: never answer again; 503: engine dead, port open; "
-                        "wedge: /health 200, generations hang.")
-    parser.add_argument("--fault-after", type=at_least(0, float), default=0.0, metavar="SECONDS",
-                        help="When the fault starts, counted from process start.")
+    parser.add_argument(
+        "--tensor-parallel-size", type=at_least(1, int), default=1, help="Accepted as vLLM does; the fake has no GPUs."
+    )
+    parser.add_argument(
+        "--startup-delay",
+        type=at_least(0, float),
+        default=0.0,
+        metavar="SECONDS",
+        help="Do not listen at all until this has elapsed (model loading).",
+    )
+    parser.add_argument(
+        "--tokens-per-second", type=at_least(0, float), default=50.0, help="Generation speed per request; 0 = instant."
+    )
+    parser.add_argument(
+        "--max-tokens-default",
+        type=at_least(1, int),
+        default=16,
+        help="Output length when a request gives no max_tokens.",
+    )
+    parser.add_argument(
+        "--max-num-seqs",
+        type=at_least(1, int),
+        default=256,
+        help="Concurrent requests generating; more wait (vllm:num_requests_waiting).",
+    )
+    parser.add_argument(
+        "--fault",
+        choices=FAULTS,
+        default="none",
+        help="die: exit 1; hang: never answer again; 503: engine dead, port open; "
+        "wedge: /health 200, generations hang.",
+    )
+    parser.add_argument(
+        "--fault-after",
+        type=at_least(0, float),
+        default=0.0,
+        metavar="SECONDS",
+        help="When the fault starts, counted from process start.",
+    )
     args = parser.parse_args(argv)
     if args.port > 65535:
         parser.error("--port must be <= 65535")
-    return EngineConfig(host=args.host, port=args.port, model=args.served_model_name or args.model, startup_delay=args.startup_delay,
-                        tokens_per_second=args.tokens_per_second, max_tokens_default=args.max_tokens_default,
-                        fault=args.fault, fault_after=args.fault_after, max_num_seqs=args.max_num_seqs)
+    return EngineConfig(
+        host=args.host,
+        port=args.port,
+        model=args.served_model_name or args.model,
+        startup_delay=args.startup_delay,
+        tokens_per_second=args.tokens_per_second,
+        max_tokens_default=args.max_tokens_default,
+        fault=args.fault,
+        fault_after=args.fault_after,
+        max_num_seqs=args.max_num_seqs,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,4 +198,3 @@ def main(argv: list[str] | None = None) -> int:
     if held:
         log(cfg, f"holding {len(held)} GPU device files")
     return asyncio.run(serve(cfg, started))
-

@@ -138,5 +138,6 @@ def error_response(message: str, status: int, kind: str) -> web.Response:
 
 def engine_dead_response() -> web.Response:
     """What vLLM answers to a completion once its engine core is dead."""
-    return error_response("EngineCore encountered an issue. See stack trace for the root cause.",
-                          500, "InternalServerError")
+    return error_response(
+        "EngineCore encountered an issue. See stack trace for the root cause.", 500, "InternalServerError"
+    )
