@@ -58,7 +58,10 @@ def cache_dir_problem(path: str) -> str:
     """Why PATH cannot be the model cache ("" when it can), as the end of a problem line."""
     path = normal(path)
     if path in SHARED_DIRS:
-        return f"is a directory many things share, and every container would get it read-write; give a directory of its own, {EXAMPLE}"
+        return (
+            "is a directory many things share, and every container would get it read-write; "
+            f"give a directory of its own, {EXAMPLE}"
+        )
     tree = next((t for t in SYSTEM_TREES if path == t or path.startswith(t + "/")), None)
     if tree or LIB_TREE.fullmatch(path):
         return (

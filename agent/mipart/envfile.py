@@ -59,7 +59,8 @@ def parse(text: str) -> tuple[tuple[str, str], ...]:
             )
         if not KEY.fullmatch(key):
             raise EnvFileError(
-                f"line {number} does not start with a variable name (letters, digits and _, not a digit first) and '='; nothing of it is shown, it may be a secret"
+                f"line {number} does not start with a variable name (letters, digits and _, not a digit first) and "
+                "'='; nothing of it is shown, it may be a secret"
             )
         problem = value_problem(value)
         if problem:

@@ -301,7 +301,8 @@ def _prepare_socket_path(listen: str, path: Path) -> None:
     real = os.path.realpath(path.parent)
     if real != os.path.normpath(path.parent):
         raise UserError(
-            f"api.listen {listen}: {path.parent} is a symbolic link to {real}; remove the link or choose a path under {API_SOCKET_DIR} without one"
+            f"api.listen {listen}: {path.parent} is a symbolic link to {real}; remove the link or choose a path under "
+            f"{API_SOCKET_DIR} without one"
         )
     try:
         mode = path.lstat().st_mode

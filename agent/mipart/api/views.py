@@ -106,7 +106,10 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
     drift = host.partitions_match is False
     action = ""
     if drift and not st.repartition_phase:
-        action = f"run `{REPARTITION_COMMAND}` to apply the profile's gpus: while serving (it drains, stops and restarts the instances)"
+        action = (
+            f"run `{REPARTITION_COMMAND}` to apply the profile's gpus: while serving "
+            "(it drains, stops and restarts the instances)"
+        )
     rules = tuple(
         PartitionRules(gpus=g.gpus, source=g.source, pairs=tuple(PairRule(c, m) for c, m in g.pairs.items()))
         for g in host.rules

@@ -59,7 +59,8 @@ def tool_argv(python: Path, target: Target, sweep: Sweep, report: Path, progress
 
 
 def check_reachable(target: Target, timeout: float = 10.0) -> None:
-    """One GET /v1/models through the listener, so a service that is not serving is one line, not the tool's traceback."""
+    """One GET /v1/models through the listener, so a service that is not serving is one line, not the tool's
+    traceback."""
     address = urlsplit(target.url)
     try:
         conn = http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
@@ -75,7 +76,8 @@ def check_reachable(target: Target, timeout: float = 10.0) -> None:
 
 
 def run_tool(python: Path, target: Target, sweep: Sweep, progress: bool, log: Path) -> tuple[Step, ...]:
-    """The sweep's steps against `target`; UserError in one line when the tool fails or overruns (its stderr then kept in `log`)."""
+    """The sweep's steps against `target`; UserError in one line when the tool fails or overruns (its stderr then kept
+    in `log`)."""
     levels = int(sweep.levels[0]) if sweep.kind == "sweep" else len(sweep.levels)  # a sweep: that many benchmarks
     limit = STARTUP_SLACK + levels * (sweep.warmup + sweep.duration + 30)
     env = {**os.environ, **OFFLINE, "GUIDELLM__MAX_CONCURRENCY": str(sweep.max_concurrency)}

@@ -1,4 +1,5 @@
-"""`mipart bench sweep --layouts`: each layout in turn through the operator path, measured by `bench run`, then the operator's own.
+"""`mipart bench sweep --layouts`: each layout in turn through the operator path, measured by `bench run`, then the
+operator's own.
 
 For each layout: a profile override with that layout (bench.override), the agent reloaded
 as an operator would (bench.reload), full serving awaited (bench.serving), then the
@@ -60,7 +61,8 @@ class Planned:
 
 
 def check_restorable(profile: Profile) -> None:
-    """Restoring is reloading the operator's profile: a profile that leaves the modes as is would leave the last layout on the host."""
+    """Restoring is reloading the operator's profile: a profile that leaves the modes as is would leave the last layout
+    on the host."""
     unset = [
         name
         for name, value in (("gpus.compute", profile.gpus.compute), ("gpus.memory", profile.gpus.memory))
@@ -68,8 +70,10 @@ def check_restorable(profile: Profile) -> None:
     ]
     if unset:
         raise UserError(
-            f"{profile.source}: {' and '.join(unset)} not set (left as is), so the sweep could not restore this host's layout "
-            "after it; set them in the profile (`mipart partition export` prints the host's) and reload; nothing was changed"
+            f"{profile.source}: {' and '.join(unset)} not set (left as is), so the sweep could not restore this "
+            "host's layout "
+            "after it; set them in the profile (`mipart partition export` prints the host's) and reload; nothing was "
+            "changed"
         )
 
 
@@ -84,22 +88,26 @@ def check_agent(link: AgentLink, profile: Profile) -> None:
         )
     if status["profile"]["digest"] != profile.digest:
         raise UserError(
-            f"the agent runs a profile other than {profile.source} (digest {status['profile']['digest'][:12] or 'none'}, "
+            f"the agent runs a profile other than {profile.source} (digest "
+            f"{status['profile']['digest'][:12] or 'none'}, "
             f"the file's {profile.digest[:12]}): reload it first, or pass --profile; nothing was changed"
         )
     what = waiting_for(status, profile)
     if what:
         raise UserError(
-            f"the host is not at full serving (waiting for {what}); let it settle, see `mipart status`; nothing was changed"
+            f"the host is not at full serving (waiting for {what}); let it settle, see `mipart status`; nothing was "
+            "changed"
         )
     if not os.access(link.run_dir, os.W_OK):
         raise UserError(
-            f"{link.run_dir}: not writable by this user, and the profile override goes there; run as root; nothing was changed"
+            f"{link.run_dir}: not writable by this user, and the profile override goes there; run as root; nothing "
+            "was changed"
         )
 
 
 def plan_layouts(request: SweepRequest, run_dir: Path) -> list[Planned]:
-    """Each layout's override, checked by the profile loader and by the host's partition rules, before anything changes."""
+    """Each layout's override, checked by the profile loader and by the host's partition rules, before anything
+    changes."""
     from mipart.gpu import open_backend
     from mipart.partition.apply import plan_host
 
@@ -117,7 +125,8 @@ def plan_layouts(request: SweepRequest, run_dir: Path) -> list[Planned]:
 
 
 def switch(link: AgentLink, profile: Profile, services, timeout: float, say, put_text: str | None) -> None:
-    """Write (or remove, when put_text is None) the override, reload the agent, and wait for full serving on `profile`."""
+    """Write (or remove, when put_text is None) the override, reload the agent, and wait for full serving on
+    `profile`."""
     before = Before.of(link.get("/v1/status"))
     if put_text is None:
         override.remove(link.run_dir)
@@ -216,6 +225,7 @@ def _restore_after_failure(link: AgentLink, request: SweepRequest, services, say
         restore(link, request.profile.source, services, request.ready_timeout, say)
     except (UserError, KeyboardInterrupt) as exc:
         say(
-            f"mipart: restoring the operator's profile failed too: {exc or 'interrupted'}; the status shows the override; "
+            f"mipart: restoring the operator's profile failed too: {exc or 'interrupted'}; the status shows the "
+            "override; "
             f"run `{override.RESTORE_COMMAND}`"
         )

@@ -88,7 +88,8 @@ def parse_target(text: str) -> LatencyTarget:
 
 
 def best_under(target: LatencyTarget, runs: list[Results]) -> Choice | None:
-    """The step with the most generated tokens/s whose E2E quantile is under the target, over every layout and service."""
+    """The step with the most generated tokens/s whose E2E quantile is under the target, over every layout and
+    service."""
     candidates = [
         Choice(r.tags.label, s.service, step, r.tags.engine_fake)
         for r in runs

@@ -26,21 +26,24 @@ RESTORE_COMMAND = "mipart bench sweep --restore"
 
 
 def override_text(operator: Profile, layout: Layout) -> str:
-    """The operator's profile as YAML with every selected GPU in `layout` (gpus.overrides dropped: the layout is the host's)."""
+    """The operator's profile as YAML with every selected GPU in `layout` (gpus.overrides dropped: the layout is the
+    host's)."""
     import yaml
 
     data = yaml.safe_load(read_profile_text(operator.source))
     gpus = data.get("gpus") or {}
     data["gpus"] = {**gpus, "compute": layout.compute, "memory": layout.memory, "overrides": []}
     header = (
-        f"# profile override written by `mipart bench sweep` (PID {os.getpid()}) from {operator.source}: layout {layout.word}.\n"
+        f"# profile override written by `mipart bench sweep` (PID {os.getpid()}) from {operator.source}: layout "
+        f"{layout.word}.\n"
         f"# The agent reads this file instead of {operator.source} while it exists; `{RESTORE_COMMAND}` removes it.\n"
     )
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def checked_override(operator: Profile, layout: Layout, path: Path) -> tuple[str, Profile]:
-    """(text, profile) of the override, validated as the agent will read it; UserError when it would change more than the layout."""
+    """(text, profile) of the override, validated as the agent will read it; UserError when it would change more than
+    the layout."""
     text = override_text(operator, layout)
     try:
         profile = check_profile(text, str(path))

@@ -1,4 +1,5 @@
-"""The seed's figure: throughput (tokens/s) against end-to-end latency, one series per results file, with TTFT and ITL panels.
+"""The seed's figure: throughput (tokens/s) against end-to-end latency, one series per results file, with TTFT and ITL
+panels.
 
 matplotlib is optional (Debian's python3-matplotlib); without it `mipart bench compare`
 prints the table and says how to get the figure.

@@ -90,5 +90,6 @@ def reload_agent(agent: AgentProcess) -> None:
         raise UserError(f"`{REPARTITION_COMMAND}` could not run: {exc}") from None
     if done.returncode != 0:
         raise UserError(
-            f"`{REPARTITION_COMMAND}` exited {done.returncode}: {(done.stderr.strip().splitlines() or ['(no output)'])[-1]}"
+            f"`{REPARTITION_COMMAND}` exited {done.returncode}: "
+            f"{(done.stderr.strip().splitlines() or ['(no output)'])[-1]}"
         )

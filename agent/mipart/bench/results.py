@@ -1,4 +1,5 @@
-"""The results file of `mipart bench run`: our schema, normalised from the tool's output; pure apart from reading and writing.
+"""The results file of `mipart bench run`: our schema, normalised from the tool's output; pure apart from reading and
+writing.
 
 A results file outlives the run that wrote it and is read by `mipart bench compare`, so it
 carries a version; a file of another version is refused in one line.

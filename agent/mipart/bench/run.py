@@ -52,7 +52,8 @@ def chosen_services(profile: Profile, name: str | None) -> list[ServiceSpec]:
 
 
 def tokenizer_for(service: ServiceSpec, given: str | None) -> str:
-    """--tokenizer; else the word tokenizer for a fake engine; else the model (a local dir, or an id in the model cache)."""
+    """--tokenizer; else the word tokenizer for a fake engine; else the model (a local dir, or an id in the model
+    cache)."""
     if given:
         if not Path(given).is_dir():
             raise UserError(
@@ -84,7 +85,8 @@ def check_output(path: Path) -> None:
 def check_label(label: str | None) -> None:
     if label is not None and not (0 < len(label) <= MAX_LABEL and label.isprintable()):
         raise UserError(
-            f"--label {label!r}: give up to {MAX_LABEL} printable characters (it names a series in a table and a legend)"
+            f"--label {label!r}: give up to {MAX_LABEL} printable characters (it names a series in a table and a "
+            "legend)"
         )
 
 

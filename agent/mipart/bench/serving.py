@@ -58,7 +58,8 @@ def waiting_for(status: dict, profile: Profile) -> str:
 
 
 def failed(status: dict, digest: str, before: Before) -> str:
-    """Why waiting is pointless (the agent refused the profile, the repartition failed, nothing fits); "" while it is not."""
+    """Why waiting is pointless (the agent refused the profile, the repartition failed, nothing fits); "" while it is
+    not."""
     repartition = status["repartition"]
     if repartition["error"] and not repartition["phase"] and repartition["finished"] != before.repartition_finished:
         return f"the repartition failed: {repartition['error']}"
@@ -96,7 +97,8 @@ def wait_status(get: Get, profile: Profile, before: Before, timeout: float, say)
                 said = what
         if time.monotonic() > deadline:
             raise UserError(
-                f"full serving did not come within {timeout:g}s: still waiting for {said or 'the agent to answer'}; see `mipart status`"
+                f"full serving did not come within {timeout:g}s: still waiting for {said or 'the agent to answer'}; "
+                "see `mipart status`"
             )
         time.sleep(POLL)
 
@@ -123,7 +125,8 @@ def wait_listeners(services: list[ServiceSpec], timeout: float) -> None:
         while (code := one_request(service)) != 200:
             if time.monotonic() > deadline:
                 raise UserError(
-                    f"service {service.name}: a completion through {service.listen} answered {code or 'nothing'}; see `mipart status`"
+                    f"service {service.name}: a completion through {service.listen} answered {code or 'nothing'}; see "
+                    "`mipart status`"
                 )
             time.sleep(POLL)
 

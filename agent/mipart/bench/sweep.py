@@ -1,7 +1,8 @@
 """What a bench run asks of the load tool: the load levels, warm-up, duration and request shape; pure.
 
 Small defaults so a run takes a minute on a demo host; `full` is the hand-run procedure's benchmark
-(AMD's partitioning blog, run with inference-benchmarker (a sweep of 10 rates between one user and full throughput, up to 1024
+(AMD's partitioning blog, run with inference-benchmarker (a sweep of 10 rates between one user and full throughput, up
+to 1024
 users, 30 s warm-up, 120 s per step, 512 +- 158 prompt and output tokens in 16..1024)).
 """
 
@@ -32,7 +33,8 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Sweep:
-    """`kind` is concurrent (levels = streams), constant (levels = requests/s) or sweep (levels = one count of rates)."""
+    """`kind` is concurrent (levels = streams), constant (levels = requests/s) or sweep (levels = one count of
+    rates)."""
 
     kind: str
     levels: tuple[float, ...]
@@ -54,7 +56,8 @@ class Sweep:
         return f"{what}, {self.warmup:g} s warm-up + {self.duration:g} s a step"
 
     def tool_args(self) -> list[str]:
-        """guidellm's `benchmark run` options for this sweep (target, model, tokenizer and output come from the caller)."""
+        """guidellm's `benchmark run` options for this sweep (target, model, tokenizer and output come from the
+        caller)."""
         total = self.warmup + self.duration
         data = ",".join(self.prompt.data_args("prompt") + self.output.data_args("output"))
         rate = ",".join(_number(level) for level in self.levels)
@@ -94,7 +97,8 @@ def build_sweep(
     prompt_tokens: int | None,
     output_tokens: int | None,
 ) -> Sweep:
-    """The preset with the options given on the command line laid over it; UserError naming the option when one is wrong."""
+    """The preset with the options given on the command line laid over it; UserError naming the option when one is
+    wrong."""
     if concurrency and rates:
         raise UserError("--concurrency and --rates are two kinds of sweep: give one of them")
     base = PRESETS[preset]
@@ -118,7 +122,8 @@ def _levels(option: str, text: str, whole: bool) -> tuple[float, ...]:
     except ValueError:
         example = "1,4,16" if whole else "0.5,2,8"
         raise UserError(
-            f"{option} {text!r}: give a comma-separated list of {'whole numbers' if whole else 'numbers'}, e.g. {example}"
+            f"{option} {text!r}: give a comma-separated list of {'whole numbers' if whole else 'numbers'}, e.g. "
+            f"{example}"
         ) from None
     bad = [w for w, v in zip(words, values) if not 0 < v <= MAX_LEVEL]
     if bad:

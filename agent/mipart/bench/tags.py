@@ -1,4 +1,5 @@
-"""What a bench run is tagged with: the profile, the partition layout (read through mipart.gpu), engines, versions, host.
+"""What a bench run is tagged with: the profile, the partition layout (read through mipart.gpu), engines, versions,
+host.
 
 A figure is only worth comparing when one can tell what produced it; fake engines are said
 plainly, in the tag and in the comparison's legend.

@@ -39,7 +39,8 @@ def tool_name() -> str:
 
 
 def ensure_tool(say) -> Path:
-    """The venv's python, installing the pinned tool first when it is not there; `say` prints one line for the operator."""
+    """The venv's python, installing the pinned tool first when it is not there; `say` prints one line for the
+    operator."""
     venv = venv_dir()
     python = venv / "bin" / "python"
     if (venv / COMPLETE).is_file():

@@ -55,7 +55,8 @@ def sweep_options(command):
     type=Choice(PRESET_NAMES, aliases=OLD_PRESETS),
     default="small",
     show_default=True,
-    help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; full: a sweep of 10 rates up to 1024 users, 30 s + 120 s a step "
+    help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; full: a sweep of 10 rates up to 1024 users, 30 s + 120 s a "
+    "step "
     "(the hand-run benchmark mipart replaces).",
 )
 @sweep_options
@@ -63,7 +64,8 @@ def sweep_options(command):
     "--tokenizer",
     default=None,
     metavar="DIR",
-    help="A local dir with the model's tokenizer (default: the model from the model cache; a word tokenizer for fake engines).",
+    help="A local dir with the model's tokenizer (default: the model from the model cache; a word tokenizer for fake "
+    "engines).",
 )
 @click.option("--label", default=None, help="The series name in `bench compare` (default: the partition layout).")
 @click.option(
@@ -176,7 +178,8 @@ def sweep(
     ready_timeout,
     progress,
 ) -> int:
-    """Repartition through each layout in turn (as `systemctl reload mipart-agent` does), run the sweep, restore the profile's layout."""
+    """Repartition through each layout in turn (as `systemctl reload mipart-agent` does), run the sweep, restore the
+    profile's layout."""
     from mipart.bench import layout_sweep
     from mipart.bench.layouts import parse_layouts, parse_target, verdict
     from mipart.bench.sweep import build_sweep
@@ -229,7 +232,8 @@ def _agent_link(profile):
             return api.get(path)
         except AgentDown as exc:
             raise UserError(
-                f"no mipart agent answers on {api.label} ({exc}); start it (systemctl start mipart-agent); nothing was changed"
+                f"no mipart agent answers on {api.label} ({exc}); start it (systemctl start mipart-agent); nothing "
+                "was changed"
             ) from None
 
     get("/v1/status")

@@ -72,7 +72,8 @@ def plan(profile_path: str, as_json: bool) -> int:
     click.echo("upstreams:")
     for up in _upstreams(profile, specs):
         click.echo(
-            f"  {up['service']}: listen {up['listen']}, model {up['model']}, {up['routing']} over {len(up['servers'])} instances"
+            f"  {up['service']}: listen {up['listen']}, model {up['model']}, {up['routing']} over "
+            f"{len(up['servers'])} instances"
         )
     return 0
 

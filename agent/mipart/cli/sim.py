@@ -38,7 +38,8 @@ def sim() -> None:
     type=Choice(sorted(RULE_SETS), aliases={"rocm-seed000": "rocm-mi300x"}),
     default=MAINLINE,
     show_default=True,
-    help="The kernel's compute/memory pair table: mainline amdgpu, or a ROCm (amdgpu-dkms) MI300X host's, where QPX and CPX run under NPS2.",
+    help="The kernel's compute/memory pair table: mainline amdgpu, or a ROCm (amdgpu-dkms) MI300X host's, where QPX "
+    "and CPX run under NPS2.",
 )
 @click.option(
     "--partition-config/--no-partition-config",
@@ -105,7 +106,8 @@ def show(root: Path, as_json: bool) -> None:
         return
     partt = {number: name for name, number in USER_PARTT_MODE.items()}[state.user_partt_mode]
     click.echo(
-        f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt}), rules {state.rules}"
+        f"model {state.model}, {len(state.gpus)} GPUs, user_partt_mode {state.user_partt_mode} ({partt}), rules "
+        f"{state.rules}"
     )
     for i, gpu in enumerate(state.gpus):
         line = f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}"

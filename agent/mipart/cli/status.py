@@ -211,7 +211,8 @@ def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
         lines.append(f"  files: {status['files_error']} (the agent retries)")
     for service in status.get("services") or ():
         lines.append(
-            f"  service {service['name']} ({service['model']}) on {service['listen']}: {service['ready']}/{service['instances']} ready, "
+            f"  service {service['name']} ({service['model']}) on {service['listen']}: "
+            f"{service['ready']}/{service['instances']} ready, "
             f"routing {Routing(**service['routing'])}"
         )
     rows = [HEADER]
@@ -285,7 +286,8 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
     "api",
     default=None,
     metavar="URL|PATH",
-    help="Where the agent answers: host:port, http://host:port or a unix socket path [default: the profile's api.listen].",
+    help="Where the agent answers: host:port, http://host:port or a unix socket path [default: the profile's "
+    "api.listen].",
 )
 def status(profile_path: str, as_json: bool, api: str | None) -> int:
     """Show partitions and instances as the agent sees them (exit 3 when some are not ready)."""
@@ -328,7 +330,8 @@ def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
             )
         else:
             click.echo(
-                f"{first}, and {unplanned}: no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH"
+                f"{first}, and {unplanned}: no instances to show; start it (systemctl start mipart-agent), or pass "
+                "--profile PATH"
             )
         return EXIT_NOT_READY
     states = units.unit_states([s.unit for s in specs])

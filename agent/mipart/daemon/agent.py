@@ -232,7 +232,8 @@ class Agent:
     async def run(self) -> None:
         if not self.load_profile():
             raise UserError(
-                f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)"
+                f"{self.status.profile_error}; the agent needs a valid profile to start (check it with `mipart "
+                "validate`)"
             )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._signalled, self.reload_requested)

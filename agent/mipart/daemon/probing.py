@@ -34,7 +34,8 @@ MIN_PAUSE = 0.005
 
 
 def confirm_spacing(spec: HealthSpec) -> float:
-    """How far apart confirming probes start while the first is unanswered: as far as the bound allows, at most a timeout."""
+    """How far apart confirming probes start while the first is unanswered: as far as the bound allows, at most a
+    timeout."""
     if spec.unhealthy_after < 2:
         return spec.timeout
     room = spec.interval * (spec.unhealthy_after - 1) + 0.5 - spec.timeout - CONFIRM_MARGIN

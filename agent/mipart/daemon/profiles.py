@@ -88,5 +88,6 @@ def warn_ephemeral_ports(profile: Profile, log, range_file: Path = EPHEMERAL_RAN
             "profile.ephemeral_ports",
             ports=f"{base}-{base + INSTANCE_PORT_SPAN - 1}",
             ephemeral=f"{low}-{high}",
-            advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range (net.ipv4.ip_local_port_range)",
+            advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range "
+            "(net.ipv4.ip_local_port_range)",
         )

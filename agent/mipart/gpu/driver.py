@@ -52,7 +52,8 @@ def run_reload(command: str, wait_until_back: Callable[[], bool]) -> None:
         done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ReloadError(
-            f"driver reload `{command}` did not finish in {timeout:g}s; check `journalctl -k`, then rerun `mipart partition apply`"
+            f"driver reload `{command}` did not finish in {timeout:g}s; check `journalctl -k`, then rerun `mipart "
+            "partition apply`"
         )
     if done.returncode != 0:
         detail = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
@@ -63,6 +64,7 @@ def run_reload(command: str, wait_until_back: Callable[[], bool]) -> None:
     while not wait_until_back():
         if time.monotonic() - started > timeout:
             raise ReloadError(
-                f"GPUs did not come back within {timeout:g}s after `{command}`; check `journalctl -k` and `lspci -d 1002:`"
+                f"GPUs did not come back within {timeout:g}s after `{command}`; check `journalctl -k` and `lspci -d "
+                "1002:`"
             )
         time.sleep(0.2)

@@ -75,7 +75,8 @@ async def _generate(session, spec: InstanceSpec, probe: GenerationProbe) -> tupl
     except asyncio.TimeoutError:
         return ProbeResult(
             False,
-            f"a one-token completion did not finish within {probe.timeout:g}s (/health is not enough: the engine is wedged)",
+            f"a one-token completion did not finish within {probe.timeout:g}s (/health is not enough: the engine is "
+            "wedged)",
             decisive=True,
         ), 0
     if status >= 500:

@@ -119,7 +119,8 @@ def take_over(strays: list[int]) -> list[int]:
                 failed = str(exc)
     if strays and not copies:
         print(
-            f"mipart: cannot take over the sockets of nginx workers {strays} ({failed or 'no listening socket found'}): "
+            f"mipart: cannot take over the sockets of nginx workers {strays} "
+            f"({failed or 'no listening socket found'}): "
             "they quit first, and the port is closed for a moment",
             file=sys.stderr,
             flush=True,

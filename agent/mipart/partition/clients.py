@@ -74,7 +74,8 @@ class SystemdClients:
     def _systemctl(self, *args: str) -> subprocess.CompletedProcess:
         if shutil.which("systemctl") is None:
             raise UserError(
-                "gpus.client_services is set but systemctl is missing; run mipart on a systemd host or empty client_services"
+                "gpus.client_services is set but systemctl is missing; run mipart on a systemd host or empty "
+                "client_services"
             )
         return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=300)
 
@@ -87,7 +88,8 @@ class SystemdClients:
             if done.returncode != 0:
                 self.start(active)
                 raise UserError(
-                    f"could not stop client services {', '.join(active)}: {done.stderr.strip()}; stop them by hand and rerun"
+                    f"could not stop client services {', '.join(active)}: {done.stderr.strip()}; stop them by hand "
+                    "and rerun"
                 )
         return active
 

@@ -173,7 +173,8 @@ def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:
     missing = sorted(wanted - present)
     if missing:
         raise PlanError(
-            f"gpus.select/overrides name GPU {format_indices(missing)}, but this host has GPUs {format_indices(present)}; "
+            f"gpus.select/overrides name GPU {format_indices(missing)}, but this host has GPUs "
+            f"{format_indices(present)}; "
             "select only GPUs that exist"
         )
 
@@ -194,7 +195,8 @@ def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tu
     if want not in pairs:
         offered = ", ".join(pairs) or "none"
         raise PlanError(
-            f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}, per {where}); choose one of those"
+            f"GPU {gpu.index} ({gpu.bdf}) does not offer compute mode {want} (available: {offered}, per {where}); "
+            "choose one of those"
         )
     if memory not in pairs[want]:
         fits = " or ".join(pairs[want])

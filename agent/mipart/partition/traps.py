@@ -36,7 +36,8 @@ def hidden_partitions(
         if implied and shown.get(gpu.index, 0) < implied:
             advice = AST_ADVICE if "ast" in drm_conflicts else NO_NODE_ADVICE
             lines.append(
-                f"GPU {gpu.index} ({gpu.bdf}) in {gpu.compute} shows {shown.get(gpu.index, 0)} of its {implied} logical GPUs: {advice}"
+                f"GPU {gpu.index} ({gpu.bdf}) in {gpu.compute} shows {shown.get(gpu.index, 0)} of its {implied} "
+                f"logical GPUs: {advice}"
             )
     return lines
 
@@ -54,7 +55,8 @@ def tensor_parallel_on_cpx(
         if len(logical) > 1 and any(compute_of_logical.get(i) == "CPX" for i in logical) and service not in services:
             services.append(service)
     return [
-        f"services.{service} runs tensor parallel across CPX partitions; vLLM has returned garbage output so ({TP_ON_CPX}): "
+        f"services.{service} runs tensor parallel across CPX partitions; vLLM has returned garbage output so "
+        f"({TP_ON_CPX}): "
         "check its output, or give each instance one CPX partition (tensor_parallel: 1) or a DPX/QPX partition"
         for service in services
     ]

@@ -84,7 +84,8 @@ def unix_path(path: str, under: str = "") -> tuple[str | None, str]:
     if any(part in (".", "..") for part in path.split("/")):
         return (
             None,
-            f"socket {shown(path)} is not a plain absolute path: it has a '.' or '..' component; write the path it means, e.g. unix:{under or '/run/'}NAME.sock",
+            f"socket {shown(path)} is not a plain absolute path: it has a '.' or '..' component; write the path it "
+            f"means, e.g. unix:{under or '/run/'}NAME.sock",
         )
     if not UNIX_PATH.fullmatch(path) or path.endswith("/"):
         return None, f"socket {shown(path)} is not a plain absolute path; use letters, digits and . _ / + @ - only"
@@ -103,7 +104,8 @@ def parse_api_listen(text: str) -> tuple[str | None, str]:
         if path and not resolves_under(path, API_SOCKET_DIR):
             return (
                 None,
-                f"socket {shown(path)} resolves to {shown(os.path.realpath(path))} through a symbolic link, outside {API_SOCKET_DIR}; give a path under {API_SOCKET_DIR} without links",
+                f"socket {shown(path)} resolves to {shown(os.path.realpath(path))} through a symbolic link, outside "
+                f"{API_SOCKET_DIR}; give a path under {API_SOCKET_DIR} without links",
             )
         return (f"unix:{path}" if path else None), error
     if text.isascii() and text.isdigit():

@@ -108,7 +108,8 @@ class Checker(NodeChecker):
         if not HUB_ID.fullmatch(value):
             self.problem(
                 node,
-                f"{where} {shown(value)} is neither a Hugging Face id (org/name) nor an absolute path; e.g. meta-llama/Llama-3.1-8B-Instruct or /models/llama",
+                f"{where} {shown(value)} is neither a Hugging Face id (org/name) nor an absolute path; e.g. "
+                "meta-llama/Llama-3.1-8B-Instruct or /models/llama",
             )
             return None
         return value
@@ -162,7 +163,10 @@ class Checker(NodeChecker):
         elif not HTTP_TOKEN.fullmatch(value):
             why = "is not an HTTP header name (RFC 9110 token)"
         elif odd:
-            why = f"has {shown(''.join(odd))}: nginx drops a request header whose name holds anything but letters, digits and '-'"
+            why = (
+                f"has {shown(''.join(odd))}: nginx drops a request header whose name holds anything but "
+                "letters, digits and '-'"
+            )
         else:
             why = "starts with '-'"
         self.problem(node, f"{where} {shown(value)} {why}; use letters, digits and '-', e.g. X-Session-Id")
@@ -180,7 +184,8 @@ class Checker(NodeChecker):
             if value is not None and len(value.encode()) >= MAX_ARG_STRLEN:
                 self.problem(
                     item,
-                    f"{where}[{i}] is {len(value.encode())} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per argument (MAX_ARG_STRLEN)",
+                    f"{where}[{i}] is {len(value.encode())} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} per "
+                    "argument (MAX_ARG_STRLEN)",
                 )
                 values[i] = None
         if any(v is None for v in values):
@@ -201,23 +206,27 @@ class Checker(NodeChecker):
             if not ENV_KEY.fullmatch(key):
                 self.problem(
                     key_node,
-                    f"{where} key {shown(key)} is not a variable name; use letters, digits and _, not starting with a digit",
+                    f"{where} key {shown(key)} is not a variable name; use letters, digits and _, not starting with a "
+                    "digit",
                 )
             elif key in VISIBLE_DEVICE_VARS or key == CACHE_VAR:
                 self.problem(
                     key_node,
-                    f"{where}.{key} is set by mipart for each instance; remove it (choose the variable with visible_devices_env, the cache with instances.hf_home)",
+                    f"{where}.{key} is set by mipart for each instance; remove it (choose the variable with "
+                    "visible_devices_env, the cache with instances.hf_home)",
                 )
             elif key.startswith(RESERVED_ENV_PREFIX):
                 self.problem(
                     key_node,
-                    f"{where}.{key} is reserved: mipart tags its servers with {RESERVED_ENV_PREFIX}* variables; use another name",
+                    f"{where}.{key} is reserved: mipart tags its servers with {RESERVED_ENV_PREFIX}* variables; use "
+                    "another name",
                 )
             elif value is not None and len(key) + len(value.encode()) + 2 > MAX_ARG_STRLEN:
                 entry = len(key) + len(value.encode()) + 2
                 self.problem(
                     value_node,
-                    f"{where}.{key} makes a {entry}-byte KEY=value entry; the kernel takes at most {MAX_ARG_STRLEN} bytes per entry, its NUL included (MAX_ARG_STRLEN)",
+                    f"{where}.{key} makes a {entry}-byte KEY=value entry; the kernel takes at most {MAX_ARG_STRLEN} "
+                    "bytes per entry, its NUL included (MAX_ARG_STRLEN)",
                 )
             elif value is not None:
                 pairs.append((key, value))
@@ -260,7 +269,8 @@ class Checker(NodeChecker):
             if len(node.value) > high + 1:
                 self.problem(
                     node,
-                    f"{where} lists {len(node.value)} indices, more than the {high + 1} {noun}s there can be; list each once",
+                    f"{where} lists {len(node.value)} indices, more than the {high + 1} {noun}s there can be; list "
+                    "each once",
                 )
                 return None
             values = [self.integer(item, f"{where}[{i}]", 0, high) for i, item in enumerate(node.value)]
@@ -328,7 +338,8 @@ class Checker(NodeChecker):
         if len(node.value) > MAX_INDEX + 1:
             self.problem(
                 node,
-                f"gpus.overrides has {len(node.value)} entries, more than there can be GPUs; give each GPU one override",
+                f"gpus.overrides has {len(node.value)} entries, more than there can be GPUs; give each GPU one "
+                "override",
             )
             return ()
         selected = set(select) if select is not None else None
@@ -352,7 +363,8 @@ class Checker(NodeChecker):
                 fits = ", ".join(modes.memory_modes_for(compute))
                 self.problem(
                     items["compute"],
-                    f"{where}.compute {compute} conflicts with the hive-wide gpus.memory {memory}; {compute} needs {fits}, and memory mode is the same for every GPU",
+                    f"{where}.compute {compute} conflicts with the hive-wide gpus.memory {memory}; {compute} needs "
+                    f"{fits}, and memory mode is the same for every GPU",
                 )
             outside = [g for g in chosen if selected is not None and g not in selected]
             if outside:
@@ -364,7 +376,8 @@ class Checker(NodeChecker):
             if overlap:
                 self.problem(
                     items["select"],
-                    f"{where}.select {format_indices(overlap)} is already overridden by gpus.overrides[{claimed[overlap[0]]}]; give each GPU one override",
+                    f"{where}.select {format_indices(overlap)} is already overridden by "
+                    f"gpus.overrides[{claimed[overlap[0]]}]; give each GPU one override",
                 )
             for g in chosen:
                 claimed.setdefault(g, i)

@@ -139,7 +139,8 @@ def _check_health(c: f.Checker, node: yaml.Node) -> HealthSpec:
     if "timeout" in items and spec.timeout > spec.interval:
         c.problem(
             items["timeout"],
-            f"health.timeout ({spec.timeout:g}s) is longer than health.interval ({spec.interval:g}s); use a timeout no longer than the interval",
+            f"health.timeout ({spec.timeout:g}s) is longer than health.interval ({spec.interval:g}s); use a timeout "
+            "no longer than the interval",
         )
     if "restart_backoff_max" in items and spec.restart_backoff_max < spec.restart_backoff:
         c.problem(

@@ -140,7 +140,8 @@ class NodeChecker:
             if ok:
                 self.problem(
                     node,
-                    f"{where} {shown(node.value)} would be read by YAML as {value}; write the number in plain decimal digits",
+                    f"{where} {shown(node.value)} would be read by YAML as {value}; write the number in plain decimal "
+                    "digits",
                 )
             return None
         value = int(node.value)
@@ -187,7 +188,8 @@ class NodeChecker:
         written = cut(node.value)
         self.problem(
             node,
-            f'{where} {written} would be read by YAML as {kind_of(node)} ({cut(read)}); write it in quotes: "{written}"',
+            f"{where} {written} would be read by YAML as {kind_of(node)} ({cut(read)}); write it in quotes: "
+            f'"{written}"',
         )
         return False
 

@@ -73,13 +73,15 @@ def check_services(c: f.Checker, node: yaml.Node) -> list[Checked]:
         if not f.SERVICE_NAME.fullmatch(name):
             c.problem(
                 key_node,
-                f"service name {shown(name)} is not allowed; use lower-case letters, digits, '-' or '_', starting with a letter (at most 32)",
+                f"service name {shown(name)} is not allowed; use lower-case letters, digits, '-' or '_', starting "
+                "with a letter (at most 32)",
             )
         elif (other := nginx_names.setdefault(name.replace("-", "_"), name)) != name:
             # nginx.conf names the upstream (and its variables) mipart_<name> with '-' as '_'
             c.problem(
                 key_node,
-                f"service name {shown(name)} and service {shown(other)} differ only in '-' against '_', which nginx.conf names alike; rename one",
+                f"service name {shown(name)} and service {shown(other)} differ only in '-' against '_', which "
+                "nginx.conf names alike; rename one",
             )
         checked = _check_service(c, name, value, key_node)
         if checked:
@@ -124,7 +126,8 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
     if partitions and partitions != f.ALL and tp and len(partitions) % tp:
         c.problem(
             items["tensor_parallel"],
-            f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of {len(partitions)} or list a multiple of {tp} partitions",
+            f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of "
+            f"{len(partitions)} or list a multiple of {tp} partitions",
         )
     _check_exec_size(c, checked, where)
     return checked
@@ -187,7 +190,8 @@ def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:
     if size > f.MAX_EXEC_BYTES:
         c.problem(
             checked.node,
-            f"{where}: its command line and environment come to {size} bytes; keep them under {f.MAX_EXEC_BYTES} (the kernel's ARG_MAX is 2 MiB)",
+            f"{where}: its command line and environment come to {size} bytes; keep them under {f.MAX_EXEC_BYTES} (the "
+            "kernel's ARG_MAX is 2 MiB)",
         )
 
 
@@ -245,21 +249,24 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
                 other = whole or next(iter(claimed.values()))
                 c.problem(
                     node,
-                    f'services.{name}.partitions is all but service {other} also needs partitions; give each service its own list, e.g. partitions: "0-7"',
+                    f"services.{name}.partitions is all but service {other} also needs partitions; give each service "
+                    'its own list, e.g. partitions: "0-7"',
                 )
             whole = name
             continue
         if whole:
             c.problem(
                 node,
-                f"services.{name}.partitions overlaps service {whole}, which takes all partitions; give each service its own list",
+                f"services.{name}.partitions overlaps service {whole}, which takes all partitions; give each service "
+                "its own list",
             )
             continue
         clash = sorted(i for i in partitions if i in claimed)
         if clash:
             c.problem(
                 node,
-                f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; services' partitions must not overlap",
+                f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; "
+                "services' partitions must not overlap",
             )
         for index in partitions:
             claimed.setdefault(index, name)
@@ -281,7 +288,8 @@ def check_ports(
             if listen.path in seen:
                 c.problem(
                     node,
-                    f"{where} socket {listen.path} is already used by {seen[listen.path]}; give each listener its own socket",
+                    f"{where} socket {listen.path} is already used by {seen[listen.path]}; give each listener its own "
+                    "socket",
                 )
             seen.setdefault(listen.path, where)
             continue
@@ -293,7 +301,8 @@ def check_ports(
         elif low <= listen.port <= high:
             c.problem(
                 node,
-                f"{where} port {listen.port} is inside the instance port range {low}-{high} (instances.base_port + logical GPU); choose a port outside it",
+                f"{where} port {listen.port} is inside the instance port range {low}-{high} (instances.base_port + "
+                "logical GPU); choose a port outside it",
             )
         seen.setdefault(listen.port, where)
     if port is not None and low <= port <= high:

@@ -139,7 +139,8 @@ def _check_depth(text: str, path: str) -> None:
                         Problem(
                             mark.line + 1,
                             mark.column + 1,
-                            f"nested more than {MAX_DEPTH} levels deep; a profile needs 4 at most (services.NAME.env.KEY)",
+                            f"nested more than {MAX_DEPTH} levels deep; a profile needs 4 at most "
+                            "(services.NAME.env.KEY)",
                         )
                     ],
                 )

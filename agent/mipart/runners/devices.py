@@ -46,7 +46,8 @@ def dropin_text(spec: InstanceSpec) -> str:
 def _device(number: int, device: str) -> str:
     if not DEVICE.fullmatch(device):
         raise DropinError(
-            f"instance {number}: device {device!r} is not /dev/kfd or /dev/dri/renderD<number>; it is not given to the unit"
+            f"instance {number}: device {device!r} is not /dev/kfd or /dev/dri/renderD<number>; it is not given to "
+            "the unit"
         )
     return device
 
@@ -55,6 +56,7 @@ def _path(number: int, path: str) -> str:
     path = path.rstrip("/")
     if not PLAIN_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
         raise DropinError(
-            f"instance {number}: hf_home {path!r} is not a plain absolute path (letters, digits, . _ + -); e.g. /var/lib/mipart/huggingface"
+            f"instance {number}: hf_home {path!r} is not a plain absolute path (letters, digits, . _ + -); e.g. "
+            "/var/lib/mipart/huggingface"
         )
     return path

@@ -47,7 +47,8 @@ def checked_env_file(spec: InstanceSpec) -> str:
         raise UserError(f"{where} cannot be read ({exc.strerror}); restart mipart-agent to rewrite it")
     if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
         raise UserError(
-            f"{where} has mode {stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}; it must be root's alone: restart mipart-agent to rewrite it"
+            f"{where} has mode {stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}; it must be root's alone: "
+            "restart mipart-agent to rewrite it"
         )
     try:
         matches = text == spec.env_file_text()
@@ -73,7 +74,8 @@ def read_env_files(spec: InstanceSpec) -> dict[str, str]:
                 raise UserError(f"{where} sets {key}, which mipart sets for each instance; remove it")
             if key in given or key in found:
                 raise UserError(
-                    f"{where} sets {key}, which services.{spec.service}.env or another env file sets too; set it in one place"
+                    f"{where} sets {key}, which services.{spec.service}.env or another env file sets too; set it in "
+                    "one place"
                 )
             found[key] = value
     return found
@@ -87,7 +89,8 @@ def _read_env_file(spec: InstanceSpec, path: str) -> tuple[tuple[str, str], ...]
         raise UserError(f"{where} does not exist; create it (owner root, mode 0600) or remove it from the profile")
     except OSError as exc:
         raise UserError(
-            f"{where} cannot be opened ({exc.strerror}); it must be a regular file, not a symbolic link, owned by root, mode 0600"
+            f"{where} cannot be opened ({exc.strerror}); it must be a regular file, not a symbolic link, owned by "
+            "root, mode 0600"
         )
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())

@@ -50,7 +50,8 @@ def _service_partitions(service: ServiceSpec, logical: tuple[LogicalGpu, ...]) -
         if missing:
             have = f"logical GPUs 0-{present - 1}" if present else "no logical GPUs"
             raise InstancePlanError(
-                f"services.{service.name}.partitions names logical GPU {format_indices(missing)}, but this host has {have}; "
+                f"services.{service.name}.partitions names logical GPU {format_indices(missing)}, but this host has "
+                f"{have}; "
                 "check gpus.compute or the partitions list"
             )
         indices = list(service.partitions)
@@ -60,7 +61,8 @@ def _service_partitions(service: ServiceSpec, logical: tuple[LogicalGpu, ...]) -
         )
     if len(indices) % service.tensor_parallel:
         raise InstancePlanError(
-            f"services.{service.name}.tensor_parallel {service.tensor_parallel} does not divide its {len(indices)} logical GPUs on this host; "
+            f"services.{service.name}.tensor_parallel {service.tensor_parallel} does not divide its {len(indices)} "
+            "logical GPUs on this host; "
             f"use a divisor of {len(indices)}"
         )
     return indices
@@ -70,7 +72,8 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
     number = group[0].index
     if number >= INSTANCE_PORT_SPAN:
         raise InstancePlanError(
-            f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; this host has more logical GPUs than mipart supports"
+            f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; "
+            "this host has more logical GPUs than mipart supports"
         )
     port = profile.instances.base_port + number
     container = service.runtime in CONTAINER_RUNTIMES

@@ -26,7 +26,8 @@ def read_spec(number: int) -> InstanceSpec:
         raise UserError(f"instance {number}: spec {path} has {exc}; restart mipart-agent to rewrite it")
     except FileNotFoundError:
         raise UserError(
-            f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status mipart-agent`), and only for instances the profile asks for"
+            f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status "
+            "mipart-agent`), and only for instances the profile asks for"
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise UserError(f"instance {number}: spec {path} is unreadable ({exc}); restart mipart-agent to rewrite it")
@@ -41,7 +42,8 @@ def container_client(spec: InstanceSpec) -> str:
     client = shutil.which(spec.runtime, path=CLIENT_PATH)
     if client is None:
         raise UserError(
-            f"instance {spec.number}: {spec.runtime} not found in {CLIENT_PATH} (the container client's fixed PATH); install it there"
+            f"instance {spec.number}: {spec.runtime} not found in {CLIENT_PATH} (the container client's fixed PATH); "
+            "install it there"
         )
     return client
 

@@ -89,7 +89,8 @@ class InstanceSpec:
         return cls.from_json(fields)
 
     def env_file_text(self) -> str:
-        """The env file a container client reads (`--env-file`); raises envfile.EnvFileError for a value it cannot carry."""
+        """The env file a container client reads (`--env-file`); raises envfile.EnvFileError for a value it cannot
+        carry."""
         return envfile.render(self.env)
 
     def digest(self) -> str:

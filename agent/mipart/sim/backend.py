@@ -33,7 +33,8 @@ class SimBackend(AmdgpuBackend):
         command = driver.reload_command(own)
         if driver.reloads_real_driver(command):
             raise driver.ReloadError(
-                f"{RELOAD_CMD_VAR}={command!r} would reload the real amdgpu driver, but {self.root} is a simulated host; "
+                f"{RELOAD_CMD_VAR}={command!r} would reload the real amdgpu driver, but {self.root} is a simulated "
+                "host; "
                 f"unset {RELOAD_CMD_VAR} (the simulator reloads itself) or set it to `mipart sim reload {self.root}`"
             )
         return command

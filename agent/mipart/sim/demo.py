@@ -115,7 +115,8 @@ def serve(host: SimulatedHost) -> None:
     say(
         "== serving until Ctrl-C (or SIGTERM). Try:\n"
         f"  curl {lb}/v1/models\n"
-        f'  curl {lb}/v1/completions -H \'Content-Type: application/json\' -d \'{{"prompt": "hello", "max_tokens": 8}}\'\n'
+        f'  curl {lb}/v1/completions -H \'Content-Type: application/json\' -d \'{{"prompt": "hello", "max_tokens": '
+        "8}'\n"
         f"  curl {api}/v1/status\n"
         f"  .venv/bin/mipart bench run --profile {host.profile} --no-progress   # the load tool installs on first use"
     )

@@ -29,7 +29,8 @@ def add_errors(
     """Raise one block's counters by these amounts, as a fault would; returns the new (ue, ce)."""
     if not block.isalnum() or uncorrectable < 0 or correctable < 0:
         raise UserError(
-            f"RAS block {block!r}, +{uncorrectable} ue, +{correctable} ce: use a block name of letters and digits and counts >= 0"
+            f"RAS block {block!r}, +{uncorrectable} ue, +{correctable} ce: use a block name of letters and digits and "
+            "counts >= 0"
         )
     dev = gpu_dir(root, index)
     current = {name: (ue, ce) for name, ue, ce in ras_errors(dev)}.get(block, (0, 0))

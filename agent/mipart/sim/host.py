@@ -108,8 +108,10 @@ class FakeEngineProfile:
             *([f"    partitions: {self.partitions}"] if self.partitions is not None else []),
             f"    command: {json.dumps(engine)}",
             *([f"    args: {self.args}"] if self.args is not None else []),
-            f"instances: {{base_port: {self.ports.base}, user: root{'' if self.hf_home is None else f', hf_home: {json.dumps(self.hf_home)}'}}}",
-            f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, restart_backoff: {self.restart_backoff}}}",
+            f"instances: {{base_port: {self.ports.base}, user: "
+            f"root{'' if self.hf_home is None else f', hf_home: {json.dumps(self.hf_home)}'}}}",
+            f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, "
+            f"restart_backoff: {self.restart_backoff}}}",
             f'api: {{listen: "127.0.0.1:{self.ports.api}"}}',
         ]
         return "\n".join(lines) + "\n"

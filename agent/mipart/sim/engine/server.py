@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
 
     parser = argparse.ArgumentParser(
         prog="mipart sim engine",
-        description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: wedged).",
+        description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: "
+        "wedged).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", required=True, type=at_least(1, int), help="Port to listen on.")
