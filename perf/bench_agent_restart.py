@@ -178,7 +178,7 @@ def run_size(size: int, restarts: int) -> dict:
                     ready_line = host.ready_line()
                     rows.append((stopped, ready_at - started, changed))
                     print(
-                        f"{index + 1:>3} {stopped:>6.2f} s {ready_at - started:>13.2f} s {changed:>18} {'%d/%d ready' % ready_line:>11}",
+                        f"{index + 1:>3} {stopped:>6.2f} s {ready_at - started:>13.2f} s {changed:>18} {'{}/{} ready'.format(*ready_line):>11}",
                         flush=True,
                     )
                 time.sleep(1.0)

@@ -48,7 +48,47 @@ HEADER = "X-Session-Id"
 POLICIES = {"least_conn": "least_conn", "affinity": f"{{affinity: {{header: {HEADER}}}}}"}
 HITS, QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
 # Words the tiny model's tokenizer was trained on (tests/vllm/vllm_env.py): about one token each.
-WORDS = ["mipart", "runs", "one", "vLLM", "server", "per", "logical", "GPU", "behind", "nginx", "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "again", "partitions", "memory", "all", "on", "hello", "how", "are", "you", "today", "I", "am", "fine", "thank", "tokens", "stream", "by", "as", "server", "sent", "events"]
+WORDS = [
+    "mipart",
+    "runs",
+    "one",
+    "vLLM",
+    "server",
+    "per",
+    "logical",
+    "GPU",
+    "behind",
+    "nginx",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "again",
+    "partitions",
+    "memory",
+    "all",
+    "on",
+    "hello",
+    "how",
+    "are",
+    "you",
+    "today",
+    "I",
+    "am",
+    "fine",
+    "thank",
+    "tokens",
+    "stream",
+    "by",
+    "as",
+    "server",
+    "sent",
+    "events",
+]
 REQUEST_TIMEOUT = 120.0
 
 

@@ -286,7 +286,7 @@ def profile_text(
     count = draw(st.integers(0, 3))
     # Disjoint partitions within what the host will have, or all for a single service.
     cut = sorted(draw(st.sets(st.integers(1, logical - 1), min_size=count, max_size=count))) if count > 1 else []
-    bounds = list(zip([0] + cut, cut + [logical]))
+    bounds = list(zip([0] + cut, cut + [logical], strict=True))
     forms = [lambda lo, hi: q(f"{lo}-{hi - 1}"), lambda lo, hi: "[" + ", ".join(map(str, range(lo, hi))) + "]"]
     parts = (
         ["all"] if count == 1 and draw(st.booleans()) else [draw(st.sampled_from(forms))(lo, hi) for lo, hi in bounds]

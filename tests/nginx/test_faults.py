@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from serving import ServingHost
@@ -134,7 +135,7 @@ def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):
     assert sorted(pids) == list(range(8))
     assert all(len(p) == 1 for p in pids.values()), pids
     for number, [pid] in pids.items():
-        cmdline = open(f"/proc/{pid}/cmdline").read()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_text()
         assert "--max-tokens-default\x004" in cmdline, f"instance {number} runs an old spec"
     assert host.backend_of_one_request()[0] == 200
 
@@ -244,7 +245,7 @@ def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host,
     assert len(results) > 5000
     left_rotation = _left_rotation_times(host.log_text())
     bad = []
-    for started, ended, status, backend in results:
+    for started, _ended, status, backend in results:
         if status == 200:
             continue
         # Allowed: a request that started before its (faulted) instance left rotation. A failure

@@ -110,7 +110,7 @@ def nginx(tmp_path):
                 [binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=open(prefix / "error.log", "wb"),
+                stderr=open(prefix / "error.log", "wb"),  # noqa: SIM115 (the nginx child keeps it)
                 start_new_session=True,
             )
         )

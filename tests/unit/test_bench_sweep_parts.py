@@ -300,7 +300,10 @@ def test_one_sweep_owns_the_override_and_a_dead_owner_never_blocks(tmp_path):
         holder.wait()
     with override.owned(tmp_path):
         assert (tmp_path / "bench-sweep.lock").read_text() == f"{os.getpid()}\n"
-    with pytest.raises(
-        UserError, match=r"cannot open the sweep lock: No such file or directory; run as the agent's user"
-    ), override.owned(tmp_path / "absent"):
+    with (
+        pytest.raises(
+            UserError, match=r"cannot open the sweep lock: No such file or directory; run as the agent's user"
+        ),
+        override.owned(tmp_path / "absent"),
+    ):
         pass

@@ -105,9 +105,13 @@ def test_names_are_spelled_in_one_module():
         if name == "mipart.names":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if any(lit in node.value for lit in literals) and not _is_docstring_like(node.value):
-                    spelled.append(f"{name}:{node.lineno}: {node.value[:60]!r}")
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and any(lit in node.value for lit in literals)
+                and not _is_docstring_like(node.value)
+            ):
+                spelled.append(f"{name}:{node.lineno}: {node.value[:60]!r}")
     assert spelled == []
 
 

@@ -102,7 +102,7 @@ def run_bench(request: RunRequest, say) -> Results:
     engine = tags.engines_of(services)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     runs = []
-    for service, target in zip(services, targets):
+    for service, target in zip(services, targets, strict=True):
         say(f"mipart: {service.name}: {request.sweep.describe()} at {target.url}, model {service.model_name}")
         steps = run_tool(
             python, target, request.sweep, request.progress, request.output.with_name(request.output.name + ".tool.log")

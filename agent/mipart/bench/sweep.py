@@ -125,7 +125,7 @@ def _levels(option: str, text: str, whole: bool) -> tuple[float, ...]:
             f"{option} {text!r}: give a comma-separated list of {'whole numbers' if whole else 'numbers'}, e.g. "
             f"{example}"
         ) from None
-    bad = [w for w, v in zip(words, values) if not 0 < v <= MAX_LEVEL]
+    bad = [w for w, v in zip(words, values, strict=True) if not 0 < v <= MAX_LEVEL]
     if bad:
         raise UserError(
             f"{option}: {', '.join(bad)} is out of range; each level must be above 0 and at most {MAX_LEVEL}"

@@ -57,7 +57,7 @@ def markdown_table(files: list[Results]) -> str:
 def tags_lines(files: list[Results], names: list[str]) -> str:
     """What each series is, under the table: layout, engine, profile digest, host."""
     lines = []
-    for name, r in zip(names, files):
+    for name, r in zip(names, files, strict=True):
         t = r.tags
         lines.append(
             f"- {name}: {t.label}; layout {t.layout}; engine {t.engine}; profile {t.profile_digest[:12] or 'unknown'}; "

@@ -68,7 +68,7 @@ def plan(profile_path: str, as_json: bool) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo(f"instances: {len(specs)}")
     for row in rows:
-        click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     click.echo("upstreams:")
     for up in _upstreams(profile, specs):
         click.echo(

@@ -29,7 +29,7 @@ def unit_states(units: list[str]) -> dict[str, dict]:
         return {}
     found: dict[str, dict] = {}
     blocks = [b for b in done.stdout.strip().split("\n\n") if b.strip()]
-    for unit, block in zip(units, blocks):
+    for unit, block in zip(units, blocks, strict=False):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         found[props.get("Id", unit)] = props
     return found

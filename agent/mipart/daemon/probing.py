@@ -197,7 +197,7 @@ def record_results(
 ) -> bool:
     """Feed each result to its state machine; True when nginx membership changed."""
     changed = False
-    for h, result in zip(due, results):
+    for h, result in zip(due, results, strict=True):
         before = h.state
         if not result.ok and result.decisive:
             changed |= h.condemn(result.error, result.restart)

@@ -41,7 +41,9 @@ def reload_timeout() -> float:
     try:
         return float(raw) if raw else DEFAULT_RELOAD_TIMEOUT
     except ValueError:
-        raise ReloadError(f"{RELOAD_TIMEOUT_VAR}={raw!r} is not a number of seconds; e.g. {RELOAD_TIMEOUT_VAR}=300")
+        raise ReloadError(
+            f"{RELOAD_TIMEOUT_VAR}={raw!r} is not a number of seconds; e.g. {RELOAD_TIMEOUT_VAR}=300"
+        ) from None
 
 
 def run_reload(command: str, wait_until_back: Callable[[], bool]) -> None:
@@ -54,7 +56,7 @@ def run_reload(command: str, wait_until_back: Callable[[], bool]) -> None:
         raise ReloadError(
             f"driver reload `{command}` did not finish in {timeout:g}s; check `journalctl -k`, then rerun `mipart "
             "partition apply`"
-        )
+        ) from None
     if done.returncode != 0:
         detail = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         raise ReloadError(

@@ -31,11 +31,11 @@ def exec_nginx() -> NoReturn:
     except OSError as exc:
         raise UserError(
             f"nginx prefix {files.prefix}: {exc.strerror}; mipart-agent writes it and nginx.conf (is it running?)"
-        )
+        ) from None
     argv = files.argv()
     try:
         os.execve(argv[0], argv, {**os.environ, **nginx_procs.inherit_env(inherited)})
     except OSError as exc:
         raise UserError(
             f"cannot run nginx {argv[0]}: {exc.strerror}; install nginx (apt-get install nginx-light or nginx)"
-        )
+        ) from None

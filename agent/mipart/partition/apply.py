@@ -148,7 +148,7 @@ def _write_all(backend: GpuBackend, state: HostState, writes: list[Write], resul
         try:
             backend.write_attribute(gpu, write.attribute, write.value)
         except OSError as exc:
-            raise UserError(backend.describe_write_error(exc, gpu, write.attribute, write.value))
+            raise UserError(backend.describe_write_error(exc, gpu, write.attribute, write.value)) from None
         result.writes += 1
         log.info("partition.write", gpu=gpu.index, bdf=gpu.bdf, attribute=write.attribute, value=write.value)
 

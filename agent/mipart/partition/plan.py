@@ -272,7 +272,7 @@ def format_plan(plan: PartitionPlan) -> str:
         rows.append((str(gpu.index), gpu.bdf, compute, memory, ", ".join(writes) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     out = [group.line() for group in plan.rules]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     if plan.noop:
         out.append("nothing to do: the host already matches the profile (0 writes, 0 reloads)")
     else:

@@ -180,7 +180,7 @@ class Checker(NodeChecker):
             self.problem(node, f'{where} must be a list of strings, e.g. ["--max-num-seqs", "512"]')
             return None
         values = [self.string(item, f"{where}[{i}]", "a string") for i, item in enumerate(node.value)]
-        for i, (item, value) in enumerate(zip(node.value, values)):
+        for i, (item, value) in enumerate(zip(node.value, values, strict=True)):
             if value is not None and len(value.encode()) >= MAX_ARG_STRLEN:
                 self.problem(
                     item,
@@ -237,7 +237,7 @@ class Checker(NodeChecker):
     def unit_names(self, node, where) -> tuple[str, ...]:
         names = self.argv(node, where) or ()
         good = []
-        for item, name in zip(node.value, names):
+        for item, name in zip(node.value, names, strict=False):
             if not UNIT_NAME.fullmatch(name) or name.startswith("-"):
                 self.problem(item, f"{where} entry {shown(name)} is not a systemd unit name; e.g. my-inference.service")
             else:

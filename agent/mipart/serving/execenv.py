@@ -44,7 +44,7 @@ def checked_env_file(spec: InstanceSpec) -> str:
     try:
         info, text = os.stat(path), path.read_text()
     except OSError as exc:
-        raise UserError(f"{where} cannot be read ({exc.strerror}); restart mipart-agent to rewrite it")
+        raise UserError(f"{where} cannot be read ({exc.strerror}); restart mipart-agent to rewrite it") from None
     if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
         raise UserError(
             f"{where} has mode {stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}; it must be root's alone: "
@@ -55,7 +55,7 @@ def checked_env_file(spec: InstanceSpec) -> str:
     except envfile.EnvFileError as exc:
         raise UserError(
             f"instance {spec.number}: services.{spec.service}.env: {exc}; fix the profile (`mipart validate`)"
-        )
+        ) from None
     if not matches:
         raise UserError(
             f"{where} does not say what spec {path.with_suffix('.json')} says; restart mipart-agent to rewrite both"
@@ -86,12 +86,14 @@ def _read_env_file(spec: InstanceSpec, path: str) -> tuple[tuple[str, str], ...]
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise UserError(f"{where} does not exist; create it (owner root, mode 0600) or remove it from the profile")
+        raise UserError(
+            f"{where} does not exist; create it (owner root, mode 0600) or remove it from the profile"
+        ) from None
     except OSError as exc:
         raise UserError(
             f"{where} cannot be opened ({exc.strerror}); it must be a regular file, not a symbolic link, owned by "
             "root, mode 0600"
-        )
+        ) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -106,6 +108,6 @@ def _read_env_file(spec: InstanceSpec, path: str) -> tuple[tuple[str, str], ...]
     try:
         return envfile.parse(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"{where} is not UTF-8 text; write KEY=VALUE lines")
+        raise UserError(f"{where} is not UTF-8 text; write KEY=VALUE lines") from None
     except envfile.EnvFileError as exc:
-        raise UserError(f"{where} {exc}")
+        raise UserError(f"{where} {exc}") from None

@@ -23,14 +23,16 @@ def read_spec(number: int) -> InstanceSpec:
     try:
         return InstanceSpec.from_file_text(path.read_text())
     except SpecVersionError as exc:
-        raise UserError(f"instance {number}: spec {path} has {exc}; restart mipart-agent to rewrite it")
+        raise UserError(f"instance {number}: spec {path} has {exc}; restart mipart-agent to rewrite it") from None
     except FileNotFoundError:
         raise UserError(
             f"instance {number}: no spec at {path}; mipart-agent writes it (is it running? `systemctl status "
             "mipart-agent`), and only for instances the profile asks for"
-        )
+        ) from None
     except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"instance {number}: spec {path} is unreadable ({exc}); restart mipart-agent to rewrite it")
+        raise UserError(
+            f"instance {number}: spec {path} is unreadable ({exc}); restart mipart-agent to rewrite it"
+        ) from None
 
 
 def container_name(number: int) -> str:
@@ -73,7 +75,7 @@ def _user(name: str, pwd):
     except KeyError:
         raise UserError(
             f"system user {name!r} does not exist; reinstall mipart (it creates the user) or set instances.user"
-        )
+        ) from None
 
 
 def _drop_privileges(user: str, env: dict) -> None:
@@ -122,4 +124,6 @@ def launch(number: int, cleanup: bool) -> int:
     try:
         os.execve(program, argv, env)
     except PermissionError:
-        raise UserError(f"instance {number}: cannot execute {program!r} (permission denied); check the file mode")
+        raise UserError(
+            f"instance {number}: cannot execute {program!r} (permission denied); check the file mode"
+        ) from None
