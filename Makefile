@@ -14,13 +14,13 @@ PYTEST_ARGS ?=
 TOOLS := $(abspath $(VENV))/tools
 TEST_ENV := PATH=$(TOOLS):$$PATH
 
-.PHONY: deps demo test test-fast test-system test-vllm bench clean
+.PHONY: deps demo test test-fast test-system test-vllm lint perf constraints clean
 
-$(VENV)/.deps-stamp: pyproject.toml Makefile
+$(VENV)/.deps-stamp: pyproject.toml constraints.txt Makefile
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null
 	$(PY) -m venv --system-site-packages $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	@# promtool checks the alert rules. Only the tool is unpacked from Debian's prometheus
 	@# package, so no Prometheus server is installed or started on the developer's host.
 	mkdir -p $(TOOLS) && cd $(TOOLS) && rm -f prometheus_*.deb && apt-get download -qq prometheus 2>/dev/null \
@@ -45,8 +45,21 @@ test-system: deps
 test-vllm: deps
 	$(TEST_ENV) $(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
-bench: deps
+# The checks of style and types that `make test` runs first (tests/unit/test_lint.py).
+lint: deps
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+perf: deps
 	for b in perf/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# Pins of the test-only tools, from a fresh venv without pip's cache (commit the result).
+constraints:
+	rm -rf build/constraints-venv && $(PY) -m venv --system-site-packages build/constraints-venv
+	PIP_NO_CACHE_DIR=1 build/constraints-venv/bin/pip install -q -e '.[test]'
+	build/constraints-venv/bin/python packaging/freeze-constraints > constraints.txt
+	rm -rf build/constraints-venv
 
 include packaging/deb.mk
 
