@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 import time
-import urllib.request
 
 from bench_health import make_host, revision
 from host import cpu_seconds, machine, workdir
+
+from mipart.api.contract import Status
 
 INSTANCES = 64
 GOAL_MS = 20.0
@@ -135,11 +135,9 @@ def main() -> None:
             agent = host.start_agent({"PYTHONPATH": args.agent_pythonpath} if args.agent_pythonpath else None)
             took = host.wait_ready(INSTANCES, timeout=600)
             time.sleep(3.0)  # let the last reload and the first probes of everyone pass
-            with urllib.request.urlopen(f"http://127.0.0.1:{host.api_port}/v1/status", timeout=10) as response:
-                status = json.load(response)
-            counts = status["instances"]
+            counts = host.api_read(Status, timeout=10).instances
             print(
-                f"{INSTANCES} instances ready in {took:.1f} s; /v1/status says total {counts['total']}, ready {counts['ready']}; "
+                f"{INSTANCES} instances ready in {took:.1f} s; /v1/status says total {counts.total}, ready {counts.ready}; "
                 f"API on 127.0.0.1:{host.api_port}"
             )
             print(

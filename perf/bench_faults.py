@@ -37,9 +37,10 @@ from typing import Protocol
 import faults as harness
 from host import BENCH_PORTS, machine, workdir
 
+from mipart.api.contract import Status
 from mipart.nginx import procs as nginx_procs
 from mipart.nginx.conf import generation_of
-from mipart.sim.host import HostError, SimulatedHost
+from mipart.sim.host import NOT_ANSWERING, SimulatedHost
 
 # An injection returns (the fault, seconds until out of rotation or recovered, notes, an undo or None).
 Injected = tuple[harness.Fault, float, str, Callable[[], None] | None]
@@ -62,7 +63,7 @@ class Target(Protocol):
     def instance_pid(self, number: int) -> int: ...
     def master(self) -> int | None: ...
     def nginx_conf(self) -> str: ...
-    def status(self) -> dict: ...  # /v1/status, {} while the agent does not answer
+    def status(self) -> Status | None: ...  # /v1/status, None while the agent does not answer
     def ready_events(self) -> int: ...  # agent.ready lines logged so far
     def stop_agent(self, sig: int) -> None: ...  # SIGTERM: a planned restart; SIGKILL: a crash; then back
     def reload(self) -> None: ...  # what an operator runs after editing the profile
@@ -94,11 +95,11 @@ class ProcessTarget:
     def nginx_conf(self) -> str:
         return self.host.nginx_conf()
 
-    def status(self) -> dict:
+    def status(self) -> Status | None:
         try:
-            return self.host.api_get("/v1/status", timeout=2)
-        except (OSError, ValueError, HostError):
-            return {}
+            return self.host.api_read(Status, timeout=2)
+        except NOT_ANSWERING:
+            return None
 
     def ready_events(self) -> int:
         return self.host.log_text().count("event='agent.ready'")
@@ -132,8 +133,14 @@ def wait(predicate, what: str, timeout: float = WAIT) -> float:
     return time.monotonic() - started
 
 
+def status_says(target: Target, fact: Callable[[Status], object]) -> bool:
+    """Whether `fact` holds of the status; False while the agent does not answer."""
+    status = target.status()
+    return status is not None and bool(fact(status))
+
+
 def nginx_current(target: Target) -> bool:
-    return bool(target.status().get("nginx", {}).get("current"))
+    return status_says(target, lambda s: s.nginx.current)
 
 
 def settled(target: Target, timeout: float = 60) -> None:
@@ -190,12 +197,12 @@ def nginx_dir_replaced(target: Target) -> Injected:
     fault = harness.Fault("run dir's nginx/ replaced by a file", time.time())
     shutil.move(run / "nginx", run / "nginx.moved")
     (run / "nginx").write_text("in the way\n")
-    out = wait(lambda: "nginx" in target.status().get("files_error", ""), "the damage reported")
+    out = wait(lambda: status_says(target, lambda s: "nginx" in s.files_error), "the damage reported")
 
     def undo() -> None:
         (run / "nginx").unlink()
         shutil.move(run / "nginx.moved", run / "nginx")
-        wait(lambda: target.status().get("files_error", "x") == "", "the error cleared", timeout=60)
+        wait(lambda: status_says(target, lambda s: s.files_error == ""), "the error cleared", timeout=60)
 
     return fault, out, "reported in status (files_error), agent alive", undo
 
@@ -216,12 +223,12 @@ def bad_profile(target: Target) -> Injected:
     fault = harness.Fault("bad profile + reload", time.time())
     target.profile.write_text(good.replace("version: 1", "version: 1\nservices: [", 1))
     target.reload()
-    out = wait(lambda: target.status().get("profile_error"), "the bad profile reported")
+    out = wait(lambda: status_says(target, lambda s: s.profile_error), "the bad profile reported")
 
     def undo() -> None:
         target.profile.write_text(good)
         target.reload()
-        wait(lambda: not target.status().get("profile_error"), "the good profile taken back")
+        wait(lambda: status_says(target, lambda s: not s.profile_error), "the good profile taken back")
 
     return fault, out, "rejected, the last good one kept", undo
 
@@ -233,16 +240,16 @@ def repartitioned(target: Target, compute: str, memory: str, count: int) -> tupl
     in force (nginx.serving_generation): polled, so the gap measured is longer by a poll at most."""
 
     def progress() -> tuple[str, str]:
-        state = target.status().get("repartition", {})
-        return state.get("finished") or "", state.get("error", "")
+        status = target.status()
+        return (status.repartition.finished or "", status.repartition.error) if status else ("", "")
 
     def served() -> bool:
         finished, error = progress()
         if error and error != before[1]:
             raise SystemExit(f"the repartition to {compute}/{memory} failed: {error}")
         conf = target.nginx_conf()
-        serving = target.status().get("nginx", {}).get("serving_generation")
-        return finished != before[0] and bool(SERVING.search(conf)) and serving == generation_of(conf)
+        serving = status_says(target, lambda s: s.nginx.serving_generation == generation_of(conf))
+        return finished != before[0] and bool(SERVING.search(conf)) and serving
 
     before = progress()
     started = time.monotonic()

@@ -19,7 +19,6 @@ Run (root, as the system tier): .venv/bin/python perf/bench_faults_systemd.py [-
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -40,6 +39,8 @@ from host import BENCH_PORTS  # noqa: E402
 from system.nspawn import Machine, build_deb, create_sim_host, install_deb  # noqa: E402
 from system.test_packaging import NEXT  # noqa: E402  (the upgrade's version suffix)
 
+from mipart.api.client import AgentDown, Api  # noqa: E402
+from mipart.api.contract import Status, to_json  # noqa: E402
 from mipart.names import AGENT_UNIT, NGINX_UNIT, RELOAD_CMD_VAR, SYSFS_ROOT_VAR, instance_unit  # noqa: E402
 from mipart.sim.host import FakeEngineProfile, Ports  # noqa: E402
 
@@ -100,13 +101,11 @@ class SystemdTarget:
         except OSError:
             return ""
 
-    def status(self) -> dict:
+    def status(self) -> Status | None:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.spec.ports.api, timeout=2)
-            conn.request("GET", "/v1/status")
-            return json.loads(conn.getresponse().read())
-        except (OSError, ValueError, http.client.HTTPException):
-            return {}
+            return Api(f"127.0.0.1:{self.spec.ports.api}").read(Status)
+        except AgentDown:
+            return None
 
     def journal(self, unit: str = AGENT_UNIT) -> str:
         return self.m.run(f"journalctl -q --no-pager -o cat -u {unit}", check=False).stdout
@@ -131,11 +130,10 @@ class SystemdTarget:
         self.profile.write_text(text.replace(", user: root", ""))
 
     def wait_ready(self, count: int, timeout: float) -> None:
-        def ready() -> bool:
-            counts = self.status().get("instances", {})
-            return counts.get("total") == count == counts.get("ready")
+        def ready(status: Status) -> bool:
+            return status.instances.total == count == status.instances.ready
 
-        bench.wait(ready, f"{count} of {count} instances ready", timeout=timeout)
+        bench.wait(lambda: bench.status_says(self, ready), f"{count} of {count} instances ready", timeout=timeout)
 
     def problems(self) -> str:
         """A traceback or a failed step logged since the last call."""
@@ -210,7 +208,7 @@ def main() -> int:
             try:
                 rows = bench.run_all(args, "systemd (nspawn)", runner(target, tmp, args), ORDER)
             except (SystemExit, AssertionError):  # what the machine said, before it goes
-                print(json.dumps(target.status(), indent=1), target.journal()[-6000:], sep="\n")
+                print(json.dumps(to_json(target.status()), indent=1), target.journal()[-6000:], sep="\n")
                 raise
     return 0 if sum(r.tally.not_excused for r in rows) == 0 else 1
 

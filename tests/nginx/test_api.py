@@ -451,7 +451,7 @@ def test_openapi_document_is_served_and_shipped(host, live):
 
 
 def test_unix_socket_mode(host, tmp_path):
-    from mipart.cli.status import UnixHTTPConnection
+    from mipart.api.client import UnixHTTPConnection
 
     path = tmp_path / "sock" / "api.sock"
     path.parent.mkdir()

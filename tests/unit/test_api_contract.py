@@ -92,6 +92,15 @@ def test_openapi_describes_exactly_the_response_types(path, cls):
     assert disagreements(cls, response_schema(path), cls.__name__) == []
 
 
+def test_openapi_describes_exactly_the_error_type():
+    assert disagreements(contract.ErrorBody, SCHEMAS["Error"], "ErrorBody") == []
+
+
+def test_every_path_is_served_and_documented_where_its_type_says():
+    for cls in (contract.Status, contract.Instances, contract.Instance):
+        assert cls.path in DOCUMENT["paths"]
+
+
 def test_every_status_response_carries_the_api_version():
     for cls in (contract.Status, contract.Instances, contract.Instance):
         fields = {f.name: f for f in dataclasses.fields(cls)}

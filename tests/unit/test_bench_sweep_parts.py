@@ -7,8 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import statuses
 from test_agent_parts import Log
 
+from mipart.api.contract import Repartition
 from mipart.bench import override
 from mipart.bench.layout_sweep import check_restorable
 from mipart.bench.layouts import (
@@ -130,25 +132,16 @@ def status(
     profile_error="",
     reconcile="",
 ):
-    gpus = [
-        {
-            "index": i,
-            "compute": want[0],
-            "memory": want[1],
-            "compute_want": want[0],
-            "memory_want": want[1],
-            "matches": matches,
-        }
-        for i in range(2)
-    ]
-    return {
-        "profile": {"digest": digest, "override": ""},
-        "profile_error": profile_error,
-        "repartition": {"phase": phase, "finished": finished, "error": error},
-        "partition": {"matches": matches, "drift": drift, "gpus": gpus},
-        "instances": {"total": total, "ready": ready, "degraded": 0},
-        "reconcile": {"error": reconcile},
-    }
+    on = want if matches else ("SPX", "NPS1")  # the host's modes; the agent wants `want`
+    return statuses.status(
+        digest,
+        gpus=tuple(statuses.gpu(i, *on, want=want) for i in range(2)),
+        drift=drift,
+        repartition=Repartition(phase=phase, started=None, finished=finished, error=error),
+        instances=statuses.counts(total=total, ready=ready),
+        profile_error=profile_error,
+        reconcile_error=reconcile,
+    )
 
 
 def dpx_profile(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from mipart.api import views
-from mipart.api.contract import PartitionGpu, to_json_text
+from mipart.api.contract import PartitionGpu, Status, to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.api.metrics import prometheus_metrics
 from mipart.cli.status import format_live
@@ -84,8 +84,8 @@ def test_status_line_says_what_the_repartition_does_or_what_it_failed_on():
 
 def test_mipart_status_shows_drift_the_phase_and_the_failure():
     def lines(snap, host_snapshot) -> list[str]:
-        st = json.loads(to_json_text(views.status(snap, host_snapshot)))
-        return format_live(st, [], "127.0.0.1:8049")
+        st = Status.from_json(json.loads(to_json_text(views.status(snap, host_snapshot))))
+        return format_live(st, (), "127.0.0.1:8049")
 
     shown = lines(snapshot(repartition_finished=2.0, repartition_error="GPU 3 busy"), DRIFTING)
     assert (
@@ -106,12 +106,9 @@ def test_mipart_status_shows_the_hosts_known_traps():
         nginx_running=True,
         warnings=("GPU 1 (0000:01:00.0) in CPX shows 1 of its 2 logical GPUs: the BMC's `ast` DRM driver is loaded",),
     )
-    shown = format_live(json.loads(to_json_text(views.status(snapshot(), warned))), [], "127.0.0.1:8049")
+    shown = format_live(views.status(snapshot(), warned), (), "127.0.0.1:8049")
     assert (
         "  warning: GPU 1 (0000:01:00.0) in CPX shows 1 of its 2 logical GPUs: the BMC's `ast` DRM driver is loaded"
         in shown
     )
-    assert not any(
-        line.startswith("  warning:")
-        for line in format_live(json.loads(to_json_text(views.status(snapshot(), MATCHING))), [], "x")
-    )
+    assert not any(line.startswith("  warning:") for line in format_live(views.status(snapshot(), MATCHING), (), "x"))

@@ -15,7 +15,7 @@ from conftest import mipart
 from test_planners import logical_gpus
 
 from mipart.api import views
-from mipart.api.contract import to_json_text
+from mipart.api.contract import Status, to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.cli.status import format_live
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
@@ -201,7 +201,7 @@ def test_status_api_and_mipart_status_name_each_services_policy():
             "ready": 0,
         },
     ]
-    shown = format_live(answer, [], "127.0.0.1:8049")
+    shown = format_live(Status.from_json(answer), (), "127.0.0.1:8049")
     assert (
         "  service chat (org/m) on 0.0.0.0:8000: 1/4 ready, routing affinity on X-Session-Id (hash consistent)" in shown
     )

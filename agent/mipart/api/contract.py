@@ -1,8 +1,10 @@
-"""The status responses, defined once: /v1/status, /v1/instances and /v1/instances/{n}.
+"""The status responses, defined once: /v1/status, /v1/instances and /v1/instances/{n}, and the errors.
 
 Each carries api_version (API_VERSION). It goes up when a field is removed or changes
 meaning; adding a field keeps it. openapi.yaml describes exactly these types (a unit
-test checks that every field is there, with its type, and nothing else).
+test checks that every field is there, with its type, and nothing else). The agent writes
+them (to_json_text); `mipart status`, the bench and the simulated host read them back with
+from_json (api.reader), so the two sides cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ import json
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cache
+from typing import Any, ClassVar, TypeVar
+
+from mipart.api.reader import read_json
 
 API_VERSION = 1
+
+R = TypeVar("R", bound="Response")
 
 
 def iso_utc(timestamp: float | None) -> str | None:
@@ -22,29 +29,41 @@ def iso_utc(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def to_json_text(response) -> str:
+def to_json_text(response: object) -> str:
     # Compact: CPython's C encoder runs only without indent (4x cheaper for /v1/instances).
-    return json.dumps(_plain(response)) + "\n"
+    return json.dumps(to_json(response)) + "\n"
 
 
-def _plain(value):
+def to_json(value: object) -> Any:
     """JSON values of a response; dataclasses.asdict would deep-copy, at twice the cost."""
     if value is None or type(value) in (str, int, bool, float):
         return value
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [to_json(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+        return {k: to_json(v) for k, v in value.items()}
+    return {name: to_json(getattr(value, name)) for name in _field_names(type(value))}
 
 
 @cache
-def _field_names(cls) -> tuple[str, ...]:
+def _field_names(cls: Any) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+class Response:
+    """A response of its own path: read back from parsed JSON by its fields (api.reader)."""
+
+    path: ClassVar[str]
+
+    @classmethod
+    def from_json(cls: type[R], data: object) -> R:
+        """ContractError, one line naming the path and the field, for another api_version or shape."""
+        return read_json(cls, data, cls.path)
+
+
 @dataclass(frozen=True)
-class Instance:
+class Instance(Response):
+    path: ClassVar[str] = "/v1/instances/{n}"
     api_version: int = field(default=API_VERSION, kw_only=True)
     number: int
     unit: str
@@ -65,7 +84,8 @@ class Instance:
 
 
 @dataclass(frozen=True)
-class Instances:
+class Instances(Response):
+    path: ClassVar[str] = "/v1/instances"
     api_version: int = field(default=API_VERSION, kw_only=True)
     instances: tuple[Instance, ...]
 
@@ -149,7 +169,7 @@ class LastApply:
     ok: bool
     error: str
     profile_digest: str
-    result: dict | None  # partition.apply.ApplyResult as recorded
+    result: dict[str, Any] | None  # partition.apply.ApplyResult as recorded
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,11 @@ class InstanceCounts:
     restarting: int
     draining: int
     failed: int
+
+    @property
+    def in_rotation(self) -> int:
+        """Ready and degraded (still served by nginx): how `mipart status` and STATUS= count ready."""
+        return self.ready + self.degraded
 
 
 @dataclass(frozen=True)
@@ -185,7 +210,8 @@ class Reconcile:
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(Response):
+    path: ClassVar[str] = "/v1/status"
     api_version: int = field(default=API_VERSION, kw_only=True)
     version: str  # the agent's
     profile: ProfileInfo
@@ -199,3 +225,16 @@ class Status:
     reconcile: Reconcile
     units_error: str
     files_error: str  # a file the agent could not write under its run dir (retried with backoff)
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    code: int  # the HTTP status, 400-599
+    message: str
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """Every error the API answers, on any path (read back with api.reader.read_json)."""
+
+    error: ErrorDetail

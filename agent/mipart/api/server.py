@@ -26,7 +26,7 @@ from aiohttp import web
 
 from mipart.api import views
 from mipart.api.connections import GUARD_KEY, IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit, mark_busy
-from mipart.api.contract import to_json_text
+from mipart.api.contract import ErrorBody, ErrorDetail, Instance, Instances, Status, to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.api.metrics import prometheus_metrics
 from mipart.daemon.snapshot import AgentSnapshot
@@ -90,7 +90,7 @@ class HostCache:
 
 
 def error_response(code: int, message: str, headers: dict | None = None) -> web.Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
+    body = to_json_text(ErrorBody(ErrorDetail(code, message)))
     return web.Response(status=code, text=body, content_type="application/json", headers=headers)
 
 
@@ -184,9 +184,9 @@ def make_app(source: StatusSource) -> web.Application:
         app[CACHE_KEY].close()
 
     app.on_cleanup.append(close_cache)
-    app.router.add_get("/v1/status", _status)
-    app.router.add_get("/v1/instances", _instances)
-    app.router.add_get("/v1/instances/{n}", _instance)
+    app.router.add_get(Status.path, _status)
+    app.router.add_get(Instances.path, _instances)
+    app.router.add_get(Instance.path, _instance)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/targets", _targets)

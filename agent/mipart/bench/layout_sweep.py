@@ -21,7 +21,7 @@ from mipart.bench.layouts import Layout
 from mipart.bench.reload import AgentProcess, reload_agent
 from mipart.bench.results import Results
 from mipart.bench.run import RunRequest, check_output, chosen_services, run_bench
-from mipart.bench.serving import Before, Get, wait_full_serving, waiting_for
+from mipart.bench.serving import Before, ReadStatus, wait_full_serving, waiting_for
 from mipart.bench.sweep import Sweep
 from mipart.bench.tool import ensure_tool
 from mipart.errors import UserError
@@ -35,7 +35,7 @@ from mipart.profile.schema import Profile
 class AgentLink:
     """The agent a sweep drives: its status API and how it is told to reload."""
 
-    get: Get
+    status: ReadStatus
     process: AgentProcess
     run_dir: Path
 
@@ -79,17 +79,17 @@ def check_restorable(profile: Profile) -> None:
 
 def check_agent(link: AgentLink, profile: Profile) -> None:
     """The agent runs the operator's profile, at full serving, with no override: else one line, nothing changed."""
-    status = link.get("/v1/status")
-    if status["profile"].get("override") or override.existing(link.run_dir):
-        path = status["profile"].get("override") or override.existing(link.run_dir)
+    status = link.status()
+    path = status.profile.override or override.existing(link.run_dir)
+    if path:
         raise UserError(
             f"a profile override is in place ({path}): another sweep runs, or one was killed; "
             f"if none runs, `{override.RESTORE_COMMAND}`; nothing was changed"
         )
-    if status["profile"]["digest"] != profile.digest:
+    if status.profile.digest != profile.digest:
         raise UserError(
             f"the agent runs a profile other than {profile.source} (digest "
-            f"{status['profile']['digest'][:12] or 'none'}, "
+            f"{status.profile.digest[:12] or 'none'}, "
             f"the file's {profile.digest[:12]}): reload it first, or pass --profile; nothing was changed"
         )
     what = waiting_for(status, profile)
@@ -127,14 +127,14 @@ def plan_layouts(request: SweepRequest, run_dir: Path) -> list[Planned]:
 def switch(link: AgentLink, profile: Profile, services, timeout: float, say, put_text: str | None) -> None:
     """Write (or remove, when put_text is None) the override, reload the agent, and wait for full serving on
     `profile`."""
-    before = Before.of(link.get("/v1/status"))
+    before = Before.of(link.status())
     if put_text is None:
         override.remove(link.run_dir)
     else:
         override.put(put_text, link.run_dir)
     say(f"mipart: reloading the agent: {link.process.describe()}")
     reload_agent(link.process)
-    wait_full_serving(link.get, profile, before, services, timeout, say)
+    wait_full_serving(link.status, profile, before, services, timeout, say)
 
 
 def restore(link: AgentLink, operator_path: str, services, timeout: float, say) -> None:
@@ -154,8 +154,7 @@ def restore(link: AgentLink, operator_path: str, services, timeout: float, say) 
 def restore_only(link: AgentLink, profile: Profile, timeout: float, say) -> bool:
     """`--restore`: remove a (stale) override and serve the operator's profile; False when there was none."""
     with override.owned(link.run_dir):  # never under a sweep that runs: it restores itself
-        status = link.get("/v1/status")
-        if not (override.existing(link.run_dir) or status["profile"].get("override")):
+        if not (override.existing(link.run_dir) or link.status().profile.override):
             return False
         reachable = [
             s for s in profile.services if s.listen.path is None

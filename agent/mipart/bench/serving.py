@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mipart.api.contract import Status
 from mipart.bench import tags
 from mipart.errors import UserError
 from mipart.profile.schema import Profile, ServiceSpec
@@ -22,7 +23,7 @@ from mipart.profile.schema import Profile, ServiceSpec
 POLL = 0.5
 AGENT_SILENCE = 30.0  # the API keeps answering through a repartition; longer silence means the agent is gone
 
-Get = Callable[[str], dict]  # GET on the agent's status API; UserError when it does not answer
+ReadStatus = Callable[[], Status]  # the agent's /v1/status; UserError when it does not answer
 
 
 @dataclass(frozen=True)
@@ -33,53 +34,48 @@ class Before:
     profile_error: str
 
     @classmethod
-    def of(cls, status: dict) -> Before:
-        return cls(status["repartition"]["finished"], status["profile_error"])
+    def of(cls, status: Status) -> Before:
+        return cls(status.repartition.finished, status.profile_error)
 
 
-def waiting_for(status: dict, profile: Profile) -> str:
+def waiting_for(status: Status, profile: Profile) -> str:
     """What full serving on `profile` still waits for; "" once it is there."""
-    if status["profile"]["digest"] != profile.digest:
+    if status.profile.digest != profile.digest:
         return f"the agent to run profile {profile.digest[:12]}"
-    if status["repartition"]["phase"]:
-        return f"repartitioning: {status['repartition']['phase']}"
-    partition = status["partition"]
+    if status.repartition.phase:
+        return f"repartitioning: {status.repartition.phase}"
+    partition = status.partition
     wanted = all(
-        (g["compute_want"], g["memory_want"]) == (profile.gpus.compute_for(g["index"]), profile.gpus.memory)
-        for g in partition["gpus"]
+        (g.compute_want, g.memory_want) == (profile.gpus.compute_for(g.index), profile.gpus.memory)
+        for g in partition.gpus
     )
-    if partition["drift"] or partition["matches"] is not True or not wanted:
+    if partition.drift or partition.matches is not True or not wanted:
         return "the partitions to match the profile's gpus:"
-    counts = status["instances"]
-    serving = counts["ready"] + counts["degraded"]
-    if not counts["total"] or serving < counts["total"]:
-        return f"instances: {serving}/{counts['total']} ready"
+    counts = status.instances
+    if not counts.total or counts.in_rotation < counts.total:
+        return f"instances: {counts.in_rotation}/{counts.total} ready"
     return ""
 
 
-def failed(status: dict, digest: str, before: Before) -> str:
+def failed(status: Status, digest: str, before: Before) -> str:
     """Why waiting is pointless (the agent refused the profile, the repartition failed, nothing fits); "" while it is
     not."""
-    repartition = status["repartition"]
-    if repartition["error"] and not repartition["phase"] and repartition["finished"] != before.repartition_finished:
-        return f"the repartition failed: {repartition['error']}"
-    if (
-        status["profile"]["digest"] != digest
-        and status["profile_error"]
-        and status["profile_error"] != before.profile_error
-    ):
-        return f"the agent refused the profile: {status['profile_error']}"
-    if status["profile"]["digest"] == digest and not repartition["phase"] and status["reconcile"]["error"]:
-        return f"the agent cannot place the instances: {status['reconcile']['error']}"
+    repartition, ours = status.repartition, status.profile.digest == digest
+    if repartition.error and not repartition.phase and repartition.finished != before.repartition_finished:
+        return f"the repartition failed: {repartition.error}"
+    if not ours and status.profile_error and status.profile_error != before.profile_error:
+        return f"the agent refused the profile: {status.profile_error}"
+    if ours and not repartition.phase and status.reconcile.error:
+        return f"the agent cannot place the instances: {status.reconcile.error}"
     return ""
 
 
-def wait_status(get: Get, profile: Profile, before: Before, timeout: float, say) -> None:
+def wait_status(read: ReadStatus, profile: Profile, before: Before, timeout: float, say) -> None:
     """Until the status shows full serving on `profile`; UserError naming what it still waited for."""
     deadline, silent_since, said = time.monotonic() + timeout, None, ""
     while True:
         try:
-            status, silent_since = get("/v1/status"), None
+            status, silent_since = read(), None
         except UserError:
             silent_since = silent_since or time.monotonic()
             if time.monotonic() - silent_since > AGENT_SILENCE:
@@ -132,8 +128,8 @@ def wait_listeners(services: list[ServiceSpec], timeout: float) -> None:
 
 
 def wait_full_serving(
-    get: Get, profile: Profile, before: Before, services: list[ServiceSpec], timeout: float, say
+    read: ReadStatus, profile: Profile, before: Before, services: list[ServiceSpec], timeout: float, say
 ) -> None:
     started = time.monotonic()
-    wait_status(get, profile, before, timeout, say)
+    wait_status(read, profile, before, timeout, say)
     wait_listeners(services, max(30.0, timeout - (time.monotonic() - started)))

@@ -220,24 +220,27 @@ def _say(line: str) -> None:
 
 def _agent_link(profile):
     """The agent as `mipart status` reaches it (the profile's api.listen), and as the operator reloads it."""
+    from mipart.api.client import AgentDown, Api, NotStatusApi
+    from mipart.api.contract import Status
     from mipart.bench.layout_sweep import AgentLink
     from mipart.bench.reload import find_agent
-    from mipart.cli.status import AgentDown, Api
     from mipart.paths import run_dir
 
     api = Api(profile.api.listen)
 
-    def get(path: str) -> dict:
+    def status() -> Status:
         try:
-            return api.get(path)
+            return api.read(Status)
         except AgentDown as exc:
             raise UserError(
                 f"no mipart agent answers on {api.label} ({exc}); start it (systemctl start mipart-agent); nothing "
                 "was changed"
             ) from None
+        except NotStatusApi as exc:
+            raise NotStatusApi(f"{exc}; check api.listen in {profile.source}") from None
 
-    get("/v1/status")
-    return AgentLink(get, find_agent(run_dir()), run_dir())
+    status()
+    return AgentLink(status, find_agent(run_dir()), run_dir())
 
 
 @bench.command("compare")

@@ -1,103 +1,28 @@
 """`mipart status`: what the agent reports, or what the units report when it does not answer.
 
 Exit status follows `systemctl status`: 0 when every instance is ready (degraded counts:
-it is still in rotation), 3 when some are not or the agent is not answering, 1 on user errors.
+it is still in rotation), 3 when some are not or the agent is not answering, 1 on user errors,
+among them something other than mipart's status API answering where the agent should.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import time
 from datetime import datetime
 
 import click
 
+from mipart.api.client import AgentDown, Api, NotStatusApi
+from mipart.api.contract import Instance, Instances, Status, to_json
 from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
 from mipart.names import DEFAULT_API_LISTEN
 from mipart.profile.schema import Routing
 
-TIMEOUT = 2.0
 EXIT_NOT_READY = 3
 ERROR_WIDTH = 80
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix stream socket (the agent's api.listen: unix:/run/mipart/api.sock)."""
-
-    def __init__(self, socket_path: str, timeout: float = TIMEOUT):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class AgentDown(Exception):
-    """The agent did not answer; str() is the reason, e.g. 'connection refused'."""
-
-
-class Api:
-    """Where the agent answers: host:port, http://host:port, unix:/path or /path."""
-
-    def __init__(self, where: str):
-        where = where.strip()
-        self.unix = None
-        if where.startswith("unix:"):
-            self.unix = where[5:]
-        elif where.startswith("/"):
-            self.unix = where
-        else:
-            rest = where.split("://", 1)[1] if "://" in where else where
-            rest = rest.split("/", 1)[0]
-            host, sep, port = rest.rpartition(":")
-            if not sep or not port.isdigit():
-                host, port = rest, "80"
-            if not (port.isascii() and len(port) <= 5 and 1 <= int(port) <= 65535):
-                raise UserError(f"--api {where}: port {port} is not a port; use 1-65535, e.g. 127.0.0.1:8049")
-            self.host, self.port = host.strip("[]"), int(port)
-        self.label = f"unix:{self.unix}" if self.unix else rest
-
-    def get(self, path: str) -> dict | list:
-        conn = (
-            UnixHTTPConnection(self.unix)
-            if self.unix
-            else http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
-        )
-        try:
-            conn.request("GET", path, headers={"Accept": "application/json"})
-            response = conn.getresponse()
-            body = response.read()
-        except ConnectionRefusedError:
-            raise AgentDown("connection refused") from None
-        except FileNotFoundError:
-            raise AgentDown("no such socket") from None
-        except PermissionError:
-            raise AgentDown("permission denied; run as root or as a member of the socket's group") from None
-        except TimeoutError:
-            raise AgentDown(f"no answer within {TIMEOUT:g}s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise AgentDown(getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__) from None
-        finally:
-            conn.close()
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise AgentDown(f"{path} answered {response.status} without JSON; is this the mipart API?") from None
-        if response.status != 200:
-            message = data.get("error", {}).get("message", "") if isinstance(data, dict) else ""
-            raise AgentDown(f"{path} answered {response.status}: {message}")
-        return data
 
 
 def _default_api(profile_path: str) -> str:
@@ -154,80 +79,74 @@ def _short(text: str) -> str:
 HEADER = ("UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
 
 
-def format_live(status: dict, instances: list[dict], api: str) -> list[str]:
-    counts = status["instances"]
-    partition = status["partition"]
-    if partition["matches"] is True:
-        match = f"partitions match ({len(partition['gpus'])} GPUs, {partition['logical_gpus']} logical)"
-    elif partition["matches"] is False:
-        wrong = [g for g in partition["gpus"] if not g["matches"]]
-        match = f"partitions DO NOT match on {len(wrong)} of {len(partition['gpus'])} GPUs"
+def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> list[str]:
+    counts, partition, profile = status.instances, status.partition, status.profile
+    if partition.matches is True:
+        match = f"partitions match ({len(partition.gpus)} GPUs, {partition.logical_gpus} logical)"
+    elif partition.matches is False:
+        wrong = [g for g in partition.gpus if not g.matches]
+        match = f"partitions DO NOT match on {len(wrong)} of {len(partition.gpus)} GPUs"
     else:
         match = "partitions unknown"
-    serving = counts["ready"] + counts["degraded"]  # in nginx rotation, as the agent's STATUS= line counts them
-    others = ", ".join(f"{counts[s]} {s}" for s in STATES if s != READY and counts.get(s))
-    digest = status["profile"]["digest"][:12] or "none"
+    others = ", ".join(f"{getattr(counts, s)} {s}" for s in STATES if s != READY and getattr(counts, s))
     lines = [
-        f"mipart-agent {status['version']} on {api}: profile {status['profile']['path']} (digest {digest}), {match}, "
-        f"{serving}/{counts['total']} instances ready" + (f" ({others})" if others else "")
+        f"mipart-agent {status.version} on {api}: profile {profile.path} (digest {profile.digest[:12] or 'none'}), "
+        f"{match}, {counts.in_rotation}/{counts.total} instances ready" + (f" ({others})" if others else "")
     ]
-    if status["profile"].get("override"):
+    if profile.override:
         lines.append(
-            f"  profile override by mipart bench sweep: {status['profile']['override']} (in force instead of "
-            f"{status['profile']['path']}; if no sweep runs, remove it with `mipart bench sweep --restore`)"
+            f"  profile override by mipart bench sweep: {profile.override} (in force instead of "
+            f"{profile.path}; if no sweep runs, remove it with `mipart bench sweep --restore`)"
         )
-    if status["profile_error"]:
-        lines.append(f"  profile rejected, running the last good one: {status['profile_error']}")
-    if partition["error"]:
-        lines.append(f"  partition: {partition['error']}")
-    for gpu in partition["gpus"]:
-        if not gpu["matches"]:
+    if status.profile_error:
+        lines.append(f"  profile rejected, running the last good one: {status.profile_error}")
+    if partition.error:
+        lines.append(f"  partition: {partition.error}")
+    for gpu in partition.gpus:
+        if not gpu.matches:
             lines.append(
-                f"  GPU {gpu['index']} ({gpu['bdf']}): compute {gpu['compute']}, memory {gpu['memory']}; "
-                f"want {gpu['compute_want'] or gpu['compute']}, {gpu['memory_want'] or gpu['memory']}"
+                f"  GPU {gpu.index} ({gpu.bdf}): compute {gpu.compute}, memory {gpu.memory}; "
+                f"want {gpu.compute_want or gpu.compute}, {gpu.memory_want or gpu.memory}"
             )
-    if partition.get("action"):
-        lines.append(f"  partition drift: {partition['action']}")
-    lines.extend(
-        f"  warning: {warning}" for warning in partition.get("warnings") or ()
-    )  # known traps (partition/traps.py)
-    repartition = status.get("repartition") or {}
-    if repartition.get("phase"):
-        lines.append(f"  repartitioning: {repartition['phase']}")
-    last = status.get("last_apply")
-    if last and not last["ok"]:
-        lines.append(f"  last partition apply failed: {last['error']}")
-    elif repartition.get("error"):
-        lines.append(f"  last repartition failed: {repartition['error']}")
-    if status["reconcile"]["error"]:
-        lines.append(f"  reconcile: {status['reconcile']['error']}")
-    if status["nginx"]["error"]:
-        lines.append(f"  nginx config rejected (the previous one still serves): {status['nginx']['error']}")
-    if status["nginx"]["running"] is False:
+    if partition.action:
+        lines.append(f"  partition drift: {partition.action}")
+    lines.extend(f"  warning: {warning}" for warning in partition.warnings)  # known traps (partition/traps.py)
+    repartition, last = status.repartition, status.last_apply
+    if repartition.phase:
+        lines.append(f"  repartitioning: {repartition.phase}")
+    if last and not last.ok:
+        lines.append(f"  last partition apply failed: {last.error}")
+    elif repartition.error:
+        lines.append(f"  last repartition failed: {repartition.error}")
+    if status.reconcile.error:
+        lines.append(f"  reconcile: {status.reconcile.error}")
+    if status.nginx.error:
+        lines.append(f"  nginx config rejected (the previous one still serves): {status.nginx.error}")
+    if status.nginx.running is False:
         lines.append("  nginx is not running")
-    if status["nginx"].get("problem"):
-        lines.append(f"  nginx: {status['nginx']['problem']}")
-    if status.get("files_error"):
-        lines.append(f"  files: {status['files_error']} (the agent retries)")
-    for service in status.get("services") or ():
+    if status.nginx.problem:
+        lines.append(f"  nginx: {status.nginx.problem}")
+    if status.files_error:
+        lines.append(f"  files: {status.files_error} (the agent retries)")
+    for service in status.services:
         lines.append(
-            f"  service {service['name']} ({service['model']}) on {service['listen']}: "
-            f"{service['ready']}/{service['instances']} ready, "
-            f"routing {Routing(**service['routing'])}"
+            f"  service {service.name} ({service.model}) on {service.listen}: "
+            f"{service.ready}/{service.instances} ready, "
+            f"routing {Routing(service.routing.policy, service.routing.header)}"
         )
     rows = [HEADER]
     now = time.time()
     for i in instances:
         rows.append(
             (
-                i["unit"],
-                i["service"],
-                ",".join(map(str, i["logical_gpus"])),
-                str(i["port"]),
-                i["state"],
-                relative(_parse_iso(i["since"]), now),
-                str(i["restarts"]),
-                _short(i["last_error"]),
+                i.unit,
+                i.service,
+                ",".join(map(str, i.logical_gpus)),
+                str(i.port),
+                i.state,
+                relative(_parse_iso(i.since), now),
+                str(i.restarts),
+                _short(i.last_error),
             )
         )
     return lines + ([""] + _table(rows) if instances else ["no instances"])
@@ -293,21 +212,18 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
     """Show partitions and instances as the agent sees them (exit 3 when some are not ready)."""
     target = Api(api or _default_api(profile_path))
     try:
-        st = target.get("/v1/status")
-        instances = target.get("/v1/instances")["instances"]
+        st = target.read(Status)
+        instances = target.read(Instances).instances
     except AgentDown as exc:
         return _down(profile_path, target.label, str(exc), as_json)
-    counts = st["instances"]
-    all_ready = counts["ready"] + counts["degraded"] == counts["total"]  # degraded still serves
+    except NotStatusApi as exc:
+        raise NotStatusApi(f"{exc}; check {'--api' if api else f'api.listen in {profile_path}'}") from None
     if as_json:
-        click.echo(
-            json.dumps(
-                {"agent": {"answering": True, "api": target.label}, "status": st, "instances": instances}, indent=2
-            )
-        )
+        answer = {"answering": True, "api": target.label}
+        click.echo(json.dumps({"agent": answer, "status": to_json(st), "instances": to_json(instances)}, indent=2))
     else:
         click.echo("\n".join(format_live(st, instances, target.label)))
-    return 0 if all_ready else EXIT_NOT_READY
+    return 0 if st.instances.in_rotation == st.instances.total else EXIT_NOT_READY  # degraded still serves
 
 
 def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:

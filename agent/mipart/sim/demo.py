@@ -13,6 +13,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mipart.sim.host import FakeEngineProfile, HostError, Ports, SimulatedHost
@@ -97,7 +98,7 @@ def partition(host: SimulatedHost) -> None:
 def serve(host: SimulatedHost) -> None:
     agent = host.start_agent(stop_on_exit=True)
     say(f"== agent started (pid {agent.pid}, log {host.log}); waiting for {INSTANCES} instances to be ready")
-    host.wait_ready(INSTANCES, READY_TIMEOUT, progress=ready_printer())
+    host.wait_ready(INSTANCES, READY_TIMEOUT, progress=ready_printer(host))
     say(f"== a streamed completion through nginx on :{host.listen}")
     response = host.request(prompt="hello", max_tokens=8, stream=True)
     tokens = []
@@ -120,24 +121,25 @@ def serve(host: SimulatedHost) -> None:
         f"  curl {api}/v1/status\n"
         f"  .venv/bin/mipart bench run --profile {host.profile} --no-progress   # the load tool installs on first use"
     )
-    show = ready_printer()
+    show = ready_printer(host)
     while True:
         if agent.poll() is not None:
             raise HostError(f"the agent exited ({agent.returncode}); see {host.log}")
-        ready = host.api_ready()
-        show(-1 if ready is None else ready)
+        show()
         time.sleep(1)
 
 
-def ready_printer():
-    """A progress callback that prints a line only when the number of ready instances changes."""
-    started, last = time.monotonic(), [None]
+def ready_printer(host: SimulatedHost) -> Callable[[], None]:
+    """A progress callback that reads the status and prints a line when ready/planned changes; a live
+    repartition (a `gpus:` edit, then SIGHUP) changes what is planned, so both come from the status."""
+    started, last = time.monotonic(), [""]
 
-    def show(ready: int) -> None:
-        if ready != last[0]:
-            last[0] = ready
-            count = "status API not answering" if ready < 0 else f"{ready}/{INSTANCES} instances ready"
-            say(f"  {time.strftime('%H:%M:%S')} {count} (+{time.monotonic() - started:.1f}s)")
+    def show() -> None:
+        counts = host.api_counts()
+        line = "status API not answering" if counts is None else f"{counts.in_rotation}/{counts.total} instances ready"
+        if line != last[0]:
+            last[0] = line
+            say(f"  {time.strftime('%H:%M:%S')} {line} (+{time.monotonic() - started:.1f}s)")
 
     return show
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from mipart.api.contract import InstanceCounts, Instances, R, Status
 from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
 from mipart.runners import procfs
 from mipart.sim.ports import EPHEMERAL_START, free_block
@@ -51,6 +52,10 @@ class Ports:
 
 class HostError(RuntimeError):
     """The host did not get where it was asked to; the message ends with the agent's log."""
+
+
+# The status API does not answer (yet, or any more); a ContractError (another shape) is a bug, so not in here.
+NOT_ANSWERING = (OSError, http.client.HTTPException, json.JSONDecodeError, HostError)
 
 
 class ProfileSource(Protocol):
@@ -266,11 +271,22 @@ class SimulatedHost:
     def api_get(self, path: str, timeout: float = 5) -> dict:
         return json.loads(self.api_text(path, timeout))
 
+    def api_read(self, response: type[R], timeout: float = 5) -> R:
+        """A status response read by its type (api.contract); ContractError when the agent answers another shape."""
+        return response.from_json(self.api_get(response.path, timeout))
+
     def api_ready(self) -> int | None:
-        """Instances the status API reports ready; None while it does not answer."""
+        """Instances the status API reports in rotation; None while it does not answer."""
         try:
-            return sum(1 for i in self.api_get("/v1/instances", timeout=2)["instances"] if i["ready"])
-        except (OSError, ValueError, KeyError, TypeError, HostError):
+            return sum(1 for i in self.api_read(Instances, timeout=2).instances if i.ready)
+        except NOT_ANSWERING:
+            return None
+
+    def api_counts(self) -> InstanceCounts | None:
+        """The status's instance counts (those planned now: total, and by state); None while it does not answer."""
+        try:
+            return self.api_read(Status, timeout=2).instances
+        except NOT_ANSWERING:
             return None
 
     def nginx_master(self) -> int | None:
@@ -309,17 +325,17 @@ class SimulatedHost:
         return time.monotonic() - started
 
     def wait_ready(
-        self, count: int | None = None, timeout: float = 90, progress: Callable[[int], None] | None = None
+        self, count: int | None = None, timeout: float = 90, progress: Callable[[], None] | None = None
     ) -> float:
         """Wait until `count` instances are ready in nginx.conf and in the status API, and nginx
-        serves on that config (it is written before nginx re-reads it); returns the seconds waited."""
+        serves on that config (it is written before nginx re-reads it); returns the seconds waited.
+        `progress` is called on every poll (the demo shows the status's counts)."""
         count = self.expected if count is None else count
 
         def ready() -> bool:
-            in_conf = self.ready_count()
             if progress:
-                progress(in_conf)
-            return in_conf == count and self.api_ready() == count
+                progress()
+            return self.ready_count() == count and self.api_ready() == count
 
         started = time.monotonic()
         self.wait_for(ready, timeout, f"{count} instances ready", poll=0.1)
