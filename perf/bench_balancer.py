@@ -1,4 +1,4 @@
-"""The balancer side by side: direct, seed 000's nginx config, mipart's, and a keep-alive front layer (docs/balancer.md).
+"""The balancer side by side: direct, the hand-run nginx config, mipart's, and a keep-alive front layer (docs/perf.md).
 
 Two engines (fake, 50 tokens/s; or real vLLM on CPU with --vllm), one nginx per variant, all
 started once and measured in turn, variants interleaved within each repetition so noise hits

@@ -1,4 +1,4 @@
-"""Faults under load, as a client sees them: the process runner's table in docs/faults.md.
+"""Faults under load, as a client sees them: the process runner's table in docs/results/faults-*.md.
 
 For each fault a fresh host of the issue's kind (perf/faults.py: 2 x MI300X in DPX/NPS2, 4
 fake engines, the agent under the process runner, nginx; interval 1 s, timeout 1 s,

@@ -158,7 +158,8 @@ def upgrade(target: SystemdTarget) -> bench.Injected:
 
 CASES = {**bench.FAULTS, "upgrade": bench.Case("package upgrade (dpkg -i, newer version)", upgrade)}
 # Last, the faults that change what the machine runs for later ones: /run deleted (the repartition
-# after it proves nginx is still followed: docs/faults.md, systemd runner), the repartition, the upgrade.
+# after it proves nginx is still followed: docs/faults.md, "Why the hardened units may write all
+# of /run"), the repartition, the upgrade.
 LAST = ("run-deleted", "repartition", "upgrade")
 ORDER = [name for name in CASES if name not in LAST] + [bench.HANG, *LAST]
 

@@ -1,4 +1,4 @@
-"""The figure of docs/bench.md: `mipart bench sweep` then `mipart bench compare -o`, as an operator runs them.
+"""The example figure of docs/bench.md: `mipart bench sweep` then `mipart bench compare -o`, as an operator runs them.
 
 A simulated 2 x MI300X host in SPX/NPS1 (the operator's layout), the real agent under the
 process runner, a real nginx and fake engines that each take at most --max-num-seqs streams

@@ -14,7 +14,7 @@ save a stream whose server dies under it. nginx's 503 JSON answer to a request s
 documented gap (a repartition's) is the designed outcome: counted in a column of its own.
 Every other failure counts. Loopback only; every loop is bounded in count and time.
 
-Used by perf/bench_faults.py and perf/bench_faults_systemd.py (the tables in docs/faults.md),
+Used by perf/bench_faults.py and perf/bench_faults_systemd.py (the tables in docs/results/faults-*.md),
 tests/nginx/test_fault_defects.py and tests/system/test_faults_systemd.py.
 """
 

@@ -63,7 +63,7 @@ class UnitState:
 
 @dataclass(frozen=True)
 class GpuSignals:
-    """A physical GPU's own health readings (hardware.md: RAS counters and hwmon).
+    """A physical GPU's own health readings: RAS counters and hwmon (docs/gpu-health.md).
 
     errors: (block, uncorrectable, correctable) per RAS block; empty where the driver has no RAS.
     temperatures: (sensor, degrees Celsius) per hwmon sensor; power_w None where absent.

@@ -134,7 +134,7 @@ class PairRule:
 
 @dataclass(frozen=True)
 class PartitionRules:
-    """One pair table of the host's kernel and the GPUs it holds for (kernels differ: hardware.md)."""
+    """One pair table of the host's kernel and the GPUs it holds for (kernels differ: docs/partitioning.md)."""
 
     gpus: tuple[int, ...]
     source: str  # "kernel" (compute_partition_config/), or "mainline fallback (why)"

@@ -1,5 +1,5 @@
-"""The seed's figure: throughput (tokens/s) against end-to-end latency, one series per results file, with TTFT and ITL
-panels.
+"""The hand-run benchmark's figure: throughput (tokens/s) against end-to-end latency, one series per
+results file, with TTFT and ITL panels.
 
 matplotlib is optional (Debian's python3-matplotlib); without it `mipart bench compare`
 prints the table and says how to get the figure.
@@ -25,7 +25,7 @@ def have_matplotlib() -> bool:
 
 
 def draw(files: list[Results], out: Path) -> None:
-    """Three panels side by side, sharing the x axis of the seed's plot: end-to-end latency p50."""
+    """Three panels side by side, sharing the x axis of the hand-run benchmark's plot: end-to-end latency p50."""
     if not have_matplotlib():
         raise UserError(NO_MATPLOTLIB)
     import matplotlib

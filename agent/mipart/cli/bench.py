@@ -1,4 +1,4 @@
-"""`mipart bench run` and `mipart bench compare`: the seed's benchmark as a verb (docs/bench.md)."""
+"""`mipart bench run` and `mipart bench compare`: the hand-run benchmark as a verb (docs/bench.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The amdgpu backend: discovery and partition writes through sysfs, and the driver reload
-(hardware.md, "Kernel sysfs interface").
+(docs/partitioning.md, "The kernel's sysfs interface").
 
 Every path hangs off a root (default /sys), so tests and the simulator point it at a
 directory; reading a simulated host is the same file I/O as reading a real one.
@@ -23,7 +23,7 @@ AMD_VENDOR_ID = 0x1002
 PCI_DEVICES = Path("bus/pci/devices")
 KFD = Path("class/kfd/kfd")
 USER_PARTT_PARAM = Path("module/amdgpu/parameters/user_partt_mode")
-AST_MODULE = Path("module/ast")  # a BMC's DRM driver, loaded (hardware.md, "Known traps")
+AST_MODULE = Path("module/ast")  # a BMC's DRM driver, loaded (docs/partitioning.md, "Known traps")
 DEFAULT_XCC_COUNT = 8  # every MI300-class part mipart knows; used for a GPU it has no model for
 
 
@@ -54,7 +54,7 @@ class AmdgpuBackend:
         return modes.partitions_per_gpu(compute, xcc_count(gpu))
 
     def compute_after_reload(self, memory: str) -> str:
-        """hardware.md: amdgpu.user_partt_mode decides; AUTO derives the mode from NPS."""
+        """amdgpu.user_partt_mode decides; AUTO derives the mode from NPS (docs/partitioning.md, "Driver reload")."""
         wanted = user_partt_mode(self.root)
         return modes.AUTO_COMPUTE_FOR_MEMORY[memory] if wanted == "AUTO" else wanted
 

@@ -19,7 +19,7 @@ from mipart.names import RELOAD_CMD_VAR, RELOAD_TIMEOUT_VAR
 DEFAULT_RELOAD_CMD = "modprobe -r amdgpu && modprobe amdgpu"
 # Programs that load or unload the real kernel module: never run for a simulated host.
 MODULE_TOOLS = ("modprobe", "rmmod", "insmod")
-# hardware.md: a reload takes up to about 140 s on a real 8-GPU node.
+# A reload takes up to about 140 s on a real 8-GPU node (docs/partitioning.md, "Driver reload").
 DEFAULT_RELOAD_TIMEOUT = 300.0
 
 

@@ -1,4 +1,4 @@
-"""Reading one GPU's pair table from the kernel: compute_partition_config/ (hardware.md).
+"""Reading one GPU's pair table from the kernel: compute_partition_config/ (docs/partitioning.md).
 
 `xcp_config` only selects which compute mode `supported_nps_configs` describes (a
 preview; the partition stays). So the table is read by selecting each mode of

@@ -1,7 +1,7 @@
 """Compute/memory partition names and the rules that hold on EVERY amdgpu kernel, as pure functions.
 
-Kernels differ in which pairs they accept (hardware.md, "the host's kernel is the
-authority"), so offline validation refuses only what no kernel allows: SPX with more
+Kernels differ in which pairs they accept (docs/partitioning.md, "Which pairs a kernel
+accepts"), so offline validation refuses only what no kernel allows: SPX with more
 than one memory partition. A host's own table is in gpu/pair_tables.py (and the backend).
 """
 

@@ -2,9 +2,9 @@
 
 A host's own table, read from `compute_partition_config/` by the amdgpu backend, is the
 authority. These are the fallback where a kernel has no such directory (mainline's
-rules) and the rule sets the simulator emulates. Sources: hardware.md, "the host's
-kernel is the authority"; mainline aqua_vanjaram.c; seed 000's `amd-smi partition
---accelerator` table.
+rules) and the rule sets the simulator emulates. Sources (docs/partitioning.md, "Which pairs
+a kernel accepts"): mainline aqua_vanjaram.c; the ROCm host's `amd-smi partition --accelerator`
+table in AMD's partitioning blog.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ RULE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
         "QPX": ("NPS1", "NPS4"),
         "CPX": ("NPS1", "NPS4"),
     },
-    # Seed 000's ROCm host (8 x MI300X): MEMORY_PARTITION_CAPS per ACCELERATOR_TYPE.
+    # The ROCm host of AMD's partitioning blog (8 x MI300X): MEMORY_PARTITION_CAPS per ACCELERATOR_TYPE.
     ROCM_MI300X: {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS2"), "CPX": ("NPS1", "NPS2")},
 }
 

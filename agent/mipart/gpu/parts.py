@@ -24,7 +24,7 @@ class GpuModel:
     memory_modes: tuple[str, ...]  # what the platform offers (the simulator's choice)
 
 
-# hardware.md, "Two kinds of partitioning"; PCI device ids as `lspci -nn` shows them (partitioning.md).
+# docs/partitioning.md, "Compute and memory partitions"; PCI device ids as `lspci -nn` shows them.
 MODELS: dict[str, GpuModel] = {
     m.name: m
     for m in (

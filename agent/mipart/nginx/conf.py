@@ -85,8 +85,8 @@ def _body(profile: Profile, specs: tuple[InstanceSpec, ...], ready: frozenset[in
         # Membership changes need a reload, and a reloading worker closes idle keep-alive
         # connections: a client reusing one at that instant gets a reset or an EOF (nginx
         # 1.18/1.22 have no keepalive_min_timeout, 1.27.4+). One connection per request
-        # removes that race; keep-alive here failed 3-11 % of requests across 20 reloads
-        # (perf/bench_balancer.py; docs/balancer.md measures the alternatives).
+        # removes that race; with keep-alive, 20 reloads under load lost 0.3-0.9 % of requests
+        # (perf/bench_balancer.py; docs/routing.md weighs the alternatives).
         "    keepalive_timeout 0;",
         "    server_tokens off;",
         f"    client_body_temp_path {prefix}/client_body;",

@@ -1,6 +1,6 @@
 """Known traps of partitioned hosts, each turned into one clear line: pure, no I/O.
 
-From hardware.md, "Known traps on real hosts": a BMC's `ast` DRM driver hiding
+From docs/partitioning.md, "Known traps": a BMC's `ast` DRM driver hiding
 partitions' DRM nodes, and tensor parallel across CPX partitions (vllm-project/vllm#20125).
 """
 

@@ -14,7 +14,7 @@ from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
 from mipart.serving.spec import INSTANCE_HOST, InstanceSpec
 from mipart.values import LogicalGpu
 
-# Seed 003 (AMD's vLLM tuning guide): overridable defaults for every instance.
+# AMD's vLLM tuning guide (docs/vllm-nginx.md): overridable defaults for every instance.
 ROCM_ENV_DEFAULTS = (
     ("VLLM_ROCM_USE_AITER", "1"),
     ("HIP_FORCE_DEV_KERNARG", "1"),

@@ -2,7 +2,7 @@
 
 It renders a sysfs tree (sim/tree.py) that the amdgpu backend reads exactly like a real
 host's, and it refuses partition writes and driver reloads the way the kernel does
-(hardware.md). The simulated host's own backend (sim/backend.py) sends writes here.
+(docs/partitioning.md). The simulated host's own backend (sim/backend.py) sends writes here.
 
 State lives in ROOT/.mipart-sim/state.json (sim/state.py); every change happens under
 its lock, so the CLI, the tests and the agent can drive one host from several processes.

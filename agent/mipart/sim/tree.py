@@ -30,7 +30,7 @@ DECOYS = (
 )
 CPU_NODES = 2
 # DRM numbers 64 primary (card) minors; a BMC's `ast` driver takes card0, so amdgpu's 64th
-# partition of a host gets no DRM node and ROCm does not see it (hardware.md, "Known traps").
+# partition of a host gets no DRM node and ROCm does not see it (docs/partitioning.md, "Known traps").
 DRM_CARD_MINORS = 64
 PROPERTY_KEYS = (
     "cpu_cores_count",
@@ -70,7 +70,7 @@ def build_static(root: Path, state: SimState) -> None:
             ("class", "0x120000"),  # processing accelerator
         ):
             _put(dev / name, text + "\n")
-        # This file exists only where more than one mode is supported (hardware.md).
+        # This file exists only where more than one mode is supported (docs/partitioning.md).
         if len(state.memory_modes) > 1:
             _put(dev / "available_memory_partition", ", ".join(state.memory_modes) + "\n")
         if state.partition_config:
