@@ -34,7 +34,7 @@ BAD = [
         "version: 1\ngpus: {compute: SPX, memory: NPS4}\n",
         "2:17: gpus.compute SPX cannot run under memory mode NPS4 (the driver rejects it); SPX needs NPS1",
     ),
-    # Kernels differ on DPX+NPS4 (hardware.md), so validate refuses only what none runs: SPX with NPS > 1.
+    # Kernels differ on DPX+NPS4 (docs/partitioning.md), so validate refuses only what none runs: SPX with NPS > 1.
     (
         "override-conflicts-memory",
         "version: 1\ngpus:\n  memory: NPS4\n  overrides: [{select: [6], compute: SPX}]\n",

@@ -1,8 +1,8 @@
 """Every Instinct model the simulator knows, under each kernel rule set: the kernel's table as
-hardware.md gives it, every pair it offers applied with the right logical GPU count, and
+docs/partitioning.md gives it, every pair it offers applied with the right logical GPU count, and
 every pair it does not offer refused before any write or reload.
 
-The expected tables are written out here from hardware.md ("the host's kernel is the
+The expected tables are written out here from docs/partitioning.md ("the host's kernel is the
 authority"; seed 000's amd-smi table), not taken from mipart's code.
 """
 

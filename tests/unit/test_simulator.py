@@ -1,4 +1,4 @@
-"""The simulated amdgpu driver refuses and applies exactly what hardware.md says the kernel does."""
+"""The simulated amdgpu driver refuses and applies exactly what docs/partitioning.md says the kernel does."""
 
 from __future__ import annotations
 
