@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
+from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.nginx.conf import render_nginx
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile

@@ -25,9 +25,8 @@ from mipart.daemon import drain
 from mipart.daemon.notify import status_line
 from mipart.errors import UserError
 from mipart.gpu import open_backend
-from mipart.gpu.backend import GpuBackend
 from mipart.names import REPARTITION_COMMAND, instance_name
-from mipart.partition.apply import apply, busy_holders, plan_host, refuse_unmanaged
+from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host, refuse_unmanaged
 from mipart.partition.plan import PartitionPlan
 from mipart.partition.record import record_apply
 
@@ -41,7 +40,7 @@ DRAINING, STOPPING, APPLYING, STARTING = "draining", "stopping", "applying", "st
 
 @dataclass(frozen=True)
 class Change:
-    backend: GpuBackend
+    backend: ApplyBackend
     plan: PartitionPlan
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mipart.gpu import open_backend
+from mipart.gpu.health_signals import HealthSignals
 from mipart.health.probe import PASSED, ProbeResult
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
@@ -53,7 +54,7 @@ class GpuErrors:
         self._last: dict[int, GpuSignals] = {}
         self._reading: asyncio.Future | None = None
         self._taken = 0.0
-        self._backend = None
+        self._backend: HealthSignals | None = None
         self._gpus: tuple[PhysicalGpu, ...] = ()
         self._found_at = 0.0
 
@@ -76,10 +77,11 @@ class GpuErrors:
     def _read(self) -> None:
         """Blocking; one runs at a time (the shared future)."""
         now = time.monotonic()
-        if self._backend is None or now - self._found_at > REDISCOVER:
-            self._backend = open_backend(self.root)
-            self._gpus, self._found_at = self._backend.discover().physical, now
-        reading = {gpu.index: self._backend.signals(gpu) for gpu in self._gpus}
+        backend = self._backend
+        if backend is None or now - self._found_at > REDISCOVER:
+            self._backend = backend = open_backend(self.root)
+            self._gpus, self._found_at = backend.discover().physical, now
+        reading = {gpu.index: backend.signals(gpu) for gpu in self._gpus}
         for index, reason in rises(self._last, reading).items():
             self.faulted.setdefault(index, reason)
         self._last = reading

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from mipart.errors import UserError
-from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.gpu.pair_tables import FROM_KERNEL
+from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.fields import COMPUTE_CHOICES, format_indices
 from mipart.profile.schema import GpuSpec

@@ -10,12 +10,11 @@ import subprocess
 
 from mipart.cachedir import cache_dir_problem
 from mipart.errors import UserError
-from mipart.gpu import sysfs_root
+from mipart.gpu import open_backend
 from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR, VISIBLE_DEVICE_VARS
 from mipart.paths import instance_spec_path
 from mipart.serving.execenv import CLIENT_PATH, checked_env_file, client_argv, client_env, read_env_files
 from mipart.serving.spec import InstanceSpec, SpecVersionError
-from mipart.sim.devices import device_env
 
 
 def read_spec(number: int) -> InstanceSpec:
@@ -112,7 +111,7 @@ def launch(number: int, cleanup: bool) -> int:
         # beside the one the spec sets; only the spec's choice reaches the server.
         inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
         env = {**inherited, **dict(spec.env), **secrets, **tags}
-        env.update(device_env(sysfs_root(), spec.devices))  # a simulated host's device files; on a real host none
+        env.update(open_backend().device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
         if spec.user and os.geteuid() == 0:
             _drop_privileges(spec.user, env)
         argv = list(spec.argv)
