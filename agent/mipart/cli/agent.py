@@ -32,10 +32,9 @@ def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     from mipart.runners import make_runner
 
     if stop_on_exit and runner_kind != "process":
-        raise click.UsageError(
-            "--stop-on-exit works with --runner process only: under systemd, instances are units of their own "
-            "(stop them with `systemctl stop mipart-vllm.target`)"
-        )
+        from mipart.runners.systemd import UNITS_OUTLIVE_THE_AGENT
+
+        raise click.UsageError(f"--stop-on-exit works with --runner process only: {UNITS_OUTLIVE_THE_AGENT}")
     base = run_dir()
     base.mkdir(parents=True, exist_ok=True)
     runner = make_runner(runner_kind, base)

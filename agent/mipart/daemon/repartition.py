@@ -173,7 +173,7 @@ async def _stop_all(agent) -> None:
     deadline = time.monotonic() + STOP_WAIT
     while True:
         states = await asyncio.to_thread(runner.list_instances)
-        running = [n for n in numbers if n in states and states[n].active_state not in ("inactive", "failed")]
+        running = [n for n in numbers if n in states and not states[n].stopped]
         if not running or time.monotonic() > deadline:
             break
         await asyncio.sleep(POLL)

@@ -37,15 +37,15 @@ class ProcessRunner:
         return procfs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
 
     def list_instances(self) -> dict[int, UnitState]:
-        states = {n: UnitState(n, "active", "running", pid) for n, pid in self._adopted().items()}
+        states = {n: UnitState("active", "running", pid) for n, pid in self._adopted().items()}
         for number, child in list(self.children.items()):
             if number in states:
                 continue
             code = child.poll()
             if code is None:  # the launcher has not exec'd the server yet
-                states[number] = UnitState(number, "activating", "start", child.pid)
+                states[number] = UnitState("activating", "start", child.pid)
             else:
-                states[number] = UnitState(number, "failed" if code else "inactive", "failed" if code else "dead")
+                states[number] = UnitState("failed" if code else "inactive", "failed" if code else "dead")
         return states
 
     def start(self, number: int) -> None:
