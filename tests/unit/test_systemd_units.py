@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_devices_dropin import FakeManager
 
 from mipart.errors import UserError
 from mipart.nginx.files import NginxFiles
@@ -160,20 +161,10 @@ def test_the_main_pid_is_known_only_while_the_unit_is_up():
 # -- the systemd runner: read with the reader, changed over D-Bus -------------------------
 
 
-class Manager:
-    """systemd's D-Bus manager, as far as the runner calls it."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def __getattr__(self, method: str):
-        return lambda *args: self.calls.append((method, *args))
-
-
 @pytest.fixture
 def runner(tmp_path, monkeypatch):
     made = SystemdRunner(tmp_path / "run", unit_dir=tmp_path / "units")
-    manager = Manager()
+    manager = FakeManager()
     monkeypatch.setattr(made, "_manager", lambda: manager)
     made.manager = manager
     return made

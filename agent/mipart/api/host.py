@@ -14,11 +14,13 @@ from mipart.api.contract import LastApply, PartitionGpu, iso_utc
 from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.names import SYSFS_ROOT_VAR
+from mipart.nginx.files import NginxFiles
 from mipart.partition.host_rules import kept_rule_groups
 from mipart.partition.plan import RuleGroup
 from mipart.partition.record import last_apply
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.schema import GpuSpec
+from mipart.runners.base import Runner
 from mipart.values import GpuSignals
 
 NO_GPUS = f"no AMD Instinct GPU with partition support found (is amdgpu loaded? is {SYSFS_ROOT_VAR} right?)"
@@ -44,7 +46,7 @@ class HostSnapshot:
         return all(g.matches for g in self.gpus) if self.gpus and not self.partition_error else None
 
 
-def collect_host(sysfs_root: Path, runner, nginx, gpu_spec: GpuSpec | None) -> HostSnapshot:
+def collect_host(sysfs_root: Path, runner: Runner, nginx: NginxFiles, gpu_spec: GpuSpec | None) -> HostSnapshot:
     """Never raises: what cannot be read is reported in the snapshot's error fields."""
     snap = HostSnapshot()
     try:

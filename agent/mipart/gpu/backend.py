@@ -17,6 +17,10 @@ from mipart.gpu.partitioning import Partitioning
 
 @runtime_checkable
 class GpuBackend(Partitioning, GpuHolders, HealthSignals, Protocol):
+    def __init__(self, root: Path) -> None:
+        """A backend reads the host under `root` (by mipart.gpu.open_backend)."""
+        ...
+
     @classmethod
     def claims(cls, root: Path) -> bool:
         """Whether this backend reads the host under `root` (asked by mipart.gpu.open_backend)."""

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mipart.gpu import open_backend
 from mipart.gpu.health_signals import HealthSignals
@@ -24,6 +25,9 @@ from mipart.health.probe import PASSED, ProbeResult
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 from mipart.values import GpuSignals, PhysicalGpu
+
+if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
+    from aiohttp import ClientSession
 
 REDISCOVER = 30.0  # seconds: the GPUs are found again this often (their counters are read every round)
 ADVICE = "reset or replace the GPU, then restart mipart-agent"
@@ -52,25 +56,25 @@ class GpuErrors:
         self.root, self.fresh_for = root, fresh_for
         self.faulted: dict[int, str] = {}  # GPU index -> the reason, kept for this agent's life
         self._last: dict[int, GpuSignals] = {}
-        self._reading: asyncio.Future | None = None
+        self._reading: asyncio.Future[None] | None = None
         self._taken = 0.0
         self._backend: HealthSignals | None = None
         self._gpus: tuple[PhysicalGpu, ...] = ()
         self._found_at = 0.0
 
-    async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         await self.refresh(health.interval if self.fresh_for is None else self.fresh_for)
         reasons = [self.faulted[g] for g in spec.physical_gpus if g in self.faulted]
         return ProbeResult(False, "; ".join(reasons), decisive=True, restart=False) if reasons else PASSED
 
     async def refresh(self, fresh_for: float) -> None:
         """One reading shared by the probes within `fresh_for` seconds; a host that cannot be read gives no verdict."""
-        fresh = self._reading is not None and (not self._reading.done() or time.monotonic() - self._taken < fresh_for)
-        if not fresh:
+        reading = self._reading
+        if reading is None or (reading.done() and time.monotonic() - self._taken >= fresh_for):
             self._taken = time.monotonic()
-            self._reading = asyncio.ensure_future(asyncio.to_thread(self._read))
+            self._reading = reading = asyncio.ensure_future(asyncio.to_thread(self._read))
         try:
-            await asyncio.shield(self._reading)
+            await asyncio.shield(reading)
         except Exception:  # no sysfs, a GPU gone mid-read: no verdict this round
             pass
 

@@ -14,6 +14,7 @@ from typing import Protocol
 from mipart.errors import UserError
 from mipart.gpu.holders import GpuHolders
 from mipart.gpu.partitioning import Partitioning
+from mipart.log import Log
 from mipart.names import REPARTITION_COMMAND, instance_name
 from mipart.partition.clients import Holder, SystemdClients, describe_holders
 from mipart.partition.host_rules import read_rules
@@ -47,7 +48,7 @@ def plan_host(spec: GpuSpec, backend: Partitioning) -> tuple[HostState, Partitio
     return state, plan_partitions(spec, state, read_rules(backend, state, spec.memory))
 
 
-def apply(spec: GpuSpec, backend: ApplyBackend, log, instances_stopped: bool = False) -> ApplyResult:
+def apply(spec: GpuSpec, backend: ApplyBackend, log: Log, instances_stopped: bool = False) -> ApplyResult:
     """`instances_stopped`: the agent has just stopped mipart's own instances for this apply
     (their servers may still be exiting). Otherwise an instance holding a GPU refuses the
     apply, with the command that repartitions while serving."""
@@ -89,7 +90,7 @@ def apply(spec: GpuSpec, backend: ApplyBackend, log, instances_stopped: bool = F
     return result
 
 
-def _report_traps(result: ApplyResult, plan: PartitionPlan, log) -> None:
+def _report_traps(result: ApplyResult, plan: PartitionPlan, log: Log) -> None:
     result.warnings = list(plan.warnings)
     for warning in result.warnings:
         log.warning("partition.trap", problem=warning)
@@ -147,7 +148,7 @@ def _refuse_while_busy(backend: ApplyBackend, state: HostState, plan: PartitionP
         )
 
 
-def _write_all(backend: ApplyBackend, state: HostState, writes: list[Write], result: ApplyResult, log) -> None:
+def _write_all(backend: ApplyBackend, state: HostState, writes: list[Write], result: ApplyResult, log: Log) -> None:
     by_index = {g.index: g for g in state.physical}
     for write in writes:
         gpu = by_index[write.gpu]

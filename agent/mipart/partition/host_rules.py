@@ -15,7 +15,8 @@ from mipart.partition.plan import HostRules, RuleGroup, rule_groups
 from mipart.values import HostState
 
 KEEP_SECONDS = 300.0
-_kept: dict[tuple, tuple[float, tuple[RuleGroup, ...]]] = {}
+# (backend root, each GPU's bdf and device id) -> (when read, the groups)
+_kept: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[float, tuple[RuleGroup, ...]]] = {}
 _lock = threading.Lock()
 
 
