@@ -1,6 +1,6 @@
 """The host-side facts of the status API: partitions per GPU, the last apply, unit states, nginx.
 
-Blocking (sysfs, D-Bus, /run): the API collects them in its own worker thread and caches
+Blocking (sysfs, systemd, /run): the API collects them in its own worker thread and caches
 them for about a second, so no request reads the host on the agent's event loop.
 """
 
@@ -69,7 +69,7 @@ def collect_host(sysfs_root: Path, runner: Runner, nginx: NginxFiles, gpu_spec: 
     snap.last_apply = _last_apply(last_apply())
     try:
         snap.units = {n: (s.active_state, s.sub_state) for n, s in runner.list_instances().items()}
-    except Exception as exc:  # D-Bus gone, /proc unreadable: report, never fail the request
+    except Exception as exc:  # systemd unreachable, /proc unreadable: report, never fail the request
         snap.units, snap.units_error = None, str(exc) or exc.__class__.__name__
     try:
         snap.nginx_running = bool(runner.nginx_running(nginx))

@@ -48,12 +48,12 @@ def exits_unread(
 
 
 def read_exits(runner: Runner, numbers: list[int]) -> dict[int, str]:
-    """Blocking (journal, D-Bus): run in a worker thread. A runner that cannot tell says nothing."""
+    """Blocking (journal, systemd): run in a worker thread. A runner that cannot tell says nothing."""
     reasons = {}
     for number in numbers:
         try:
             reasons[number] = runner.last_exit(number)
-        except Exception:  # a D-Bus hiccup must not cost the agent; the probe's reason stays
+        except Exception:  # systemd not answering must not cost the agent; the probe's reason stays
             reasons[number] = ""
     return reasons
 
