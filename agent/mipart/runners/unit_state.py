@@ -35,7 +35,7 @@ def show(units: Iterable[str], properties: Iterable[str]) -> dict[str, Propertie
     names = list(units)
     if not names:
         return {}
-    # systemctl shows the named units in the order given, then what the globs match.
+    # systemctl shows the named units in the order given, then what the globs match (docs/architecture.md).
     plain = [n for n in names if not any(c in n for c in GLOB_CHARS)]
     globs = [n for n in names if n not in plain]
     wanted = ",".join(dict.fromkeys(("Id", *properties)))
