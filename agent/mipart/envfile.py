@@ -12,6 +12,7 @@ at either end, not starting with a quote. Sources: docs/security.md.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -35,7 +36,7 @@ def value_problem(value: str) -> str:
     return ""
 
 
-def render(pairs) -> str:
+def render(pairs: Iterable[tuple[str, str]]) -> str:
     """The env file for PAIRS; raises EnvFileError naming the first key it cannot carry."""
     lines = []
     for key, value in pairs:

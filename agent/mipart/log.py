@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # structlog is imported when a logger is first asked for
+    from structlog.types import EventDict, Processor, WrappedLogger
 
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+class Log(Protocol):
+    """What mipart asks of a logger: an event name and its fields, at a level. structlog's
+    bound logger is one; a test may pass its own recorder."""
+
+    def info(self, event: str, **fields: Any) -> object: ...
+
+    def warning(self, event: str, **fields: Any) -> object: ...
+
+    def error(self, event: str, **fields: Any) -> object: ...
 
 
 def to_journal() -> bool:
@@ -22,17 +37,17 @@ def to_journal() -> bool:
     return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
 
 
-def get_logger(name: str):
+def get_logger(name: str) -> Log:
     import structlog
 
     if not structlog.is_configured():
         render = structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
         if to_journal():
 
-            def with_priority(logger, method, event_dict):
+            def with_priority(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
                 return f"<{PRIORITIES.get(event_dict.get('level', method), 6)}>" + render(logger, method, event_dict)
 
-            processors = [structlog.processors.add_log_level, with_priority]
+            processors: list[Processor] = [structlog.processors.add_log_level, with_priority]
         else:
             processors = [
                 structlog.processors.add_log_level,
@@ -44,4 +59,5 @@ def get_logger(name: str):
             logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
             cache_logger_on_first_use=True,
         )
-    return structlog.get_logger(name)
+    found: Log = structlog.get_logger(name)  # structlog types its loggers as Any
+    return found

@@ -16,6 +16,8 @@ DEFAULT_RUN_DIR = "/run/mipart"
 PROFILE_OVERRIDE = "profile.override.yaml"
 SWEEP_LOCK = "bench-sweep.lock"  # held (flock) by the one sweep that owns the override
 DEFAULT_SYSFS_ROOT = "/sys"
+# In a root that is no real host (a simulated one): the file naming its GPU backend (mipart.gpu).
+BACKEND_MARKER = ".mipart-backend"
 DEFAULT_API_LISTEN = "127.0.0.1:8049"  # loopback only, unless the profile says otherwise
 CONTAINER_RUNTIMES = ("docker", "podman")  # clients that run as root and get a fixed environment
 

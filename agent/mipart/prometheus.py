@@ -40,7 +40,7 @@ def _value(value: float) -> str:
 class Exposition:
     """Metric families in order; HELP and TYPE name the samples' own name (counters end in _total)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lines: list[str] = []
 
     def family(self, name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:

@@ -51,14 +51,32 @@ class GpuUser:
 
 @dataclass(frozen=True)
 class UnitState:
-    number: int
-    active_state: str  # systemd's words: active, activating, deactivating, inactive, failed
-    sub_state: str
-    main_pid: int = 0
+    """A unit (or the process runner's server) in systemd's words. Its properties are the one
+    way mipart asks whether a unit runs; nothing compares the state words elsewhere."""
+
+    active_state: str  # active, reloading, activating, deactivating, inactive, failed
+    sub_state: str = ""
+    main_pid: int = 0  # its main process; 0 when none or unknown
 
     @property
     def active(self) -> bool:
+        """Running or on its way (activating counts): nothing needs to start it."""
         return self.active_state in ("active", "activating", "reloading")
+
+    @property
+    def up(self) -> bool:
+        """Running and done starting (what `systemctl is-active` calls active): a reload reaches it."""
+        return self.active_state in ("active", "reloading")
+
+    @property
+    def stopped(self) -> bool:
+        """Nothing of it runs any more (a deactivating unit still has processes)."""
+        return self.active_state in ("inactive", "failed")
+
+    @property
+    def failed(self) -> bool:
+        """systemd holds a failure against it: a start needs a reset-failed first."""
+        return self.active_state == "failed"
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class DummyRunner:
     def __init__(self):
         from mipart.values import UnitState
 
-        self.states = {n: UnitState(n, "active", "running", 0) for n in range(16)}
+        self.states = {n: UnitState("active", "running", 0) for n in range(16)}
         self.nginx = True
 
     def list_instances(self):

@@ -172,9 +172,9 @@ def test_a_dead_unit_leaves_rotation_at_once():
     log = Log()
     health = {n: InstanceHealth(n, state="ready") for n in SPECS}
     states = {
-        0: UnitState(0, "active", "running"),
-        1: UnitState(1, "failed", "failed"),
-        3: UnitState(3, "active", "running"),
+        0: UnitState("active", "running"),
+        1: UnitState("failed", "failed"),
+        3: UnitState("active", "running"),
     }
     assert recovery.mark_gone(health, SPECS, states, log) is True
     assert [(n, h.state) for n, h in health.items()] == [(0, "ready"), (1, "unhealthy"), (2, "unhealthy"), (3, "ready")]
@@ -219,8 +219,8 @@ def test_last_error_is_how_the_server_ended_read_once_per_death():
         3: InstanceHealth(3, state="starting"),
     }
     states = {
-        0: UnitState(0, "active", "running"),
-        1: UnitState(1, "failed", "failed"),
+        0: UnitState("active", "running"),
+        1: UnitState("failed", "failed"),
     }  # 3: its first start not listed yet
     asyncio.run(recovery.tell_exits(health, SPECS, states, runner, log))
     assert runner.asked == [1, 2]  # not the running one, nor one still starting
@@ -230,7 +230,7 @@ def test_last_error_is_how_the_server_ended_read_once_per_death():
     asyncio.run(recovery.tell_exits(health, SPECS, states, runner, log))
     assert runner.asked == [1, 2]  # once per death
     health[1].begin_restart(time.monotonic(), HealthSpec())
-    asyncio.run(recovery.tell_exits(health, SPECS, {**states, 1: UnitState(1, "failed", "failed")}, runner, log))
+    asyncio.run(recovery.tell_exits(health, SPECS, {**states, 1: UnitState("failed", "failed")}, runner, log))
     assert runner.asked == [1, 2, 1]  # the next death is read again
 
 

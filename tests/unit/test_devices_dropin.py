@@ -14,6 +14,7 @@ from mipart.runners.devices import DropinError, dropin_path, dropin_text
 from mipart.runners.dropins import Dropins
 from mipart.runners.systemd import SystemdRunner
 from mipart.serving.spec import InstanceSpec
+from mipart.values import UnitState
 
 
 def spec(
@@ -143,8 +144,8 @@ class FakeRunner(SystemdRunner):
     def _manager(self):
         return self.manager
 
-    def _failed(self, unit):
-        return False
+    def _state(self, unit):
+        return UnitState("inactive", "dead")
 
 
 def test_the_systemd_runner_writes_drop_ins_before_starting_and_removes_them_on_stop(tmp_path):

@@ -1,8 +1,9 @@
-"""The partition engine (plan, apply, assert) against a second GPU backend, through the protocol.
+"""The partition engine (plan, apply, assert) against a second GPU backend, through the protocols.
 
 The backend here lives in memory and has rules of its own (a 4-XCC part whose driver
 takes CPX only under NPS2), so passing proves that the engine reads a host's rules
-from its backend rather than from amdgpu's.
+from its backend rather than from amdgpu's. It is partitioning and holders only (no
+health signals, no registry entry): the engine asks for no more.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from pathlib import Path
 import pytest
 
 from mipart.errors import UserError
-from mipart.gpu.backend import MEMORY_ATTR, GpuBackend
+from mipart.gpu.backend import GpuBackend
+from mipart.gpu.health_signals import HealthSignals
+from mipart.gpu.holders import GpuHolders
 from mipart.gpu.pair_tables import PairTable
+from mipart.gpu.partitioning import MEMORY_ATTR, Partitioning
 from mipart.partition.apply import GpuBusyError, apply, plan_host
 from mipart.partition.plan import PlanError, assert_lines
 from mipart.profile.schema import GpuSpec
-from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
 
 
 class MemoryBackend:
@@ -33,10 +37,6 @@ class MemoryBackend:
         self.writes: list[tuple[int, str, str]] = []
         self.reloads = 0
         self.users: list[GpuUser] = []
-
-    @classmethod
-    def claims(cls, root: Path) -> bool:
-        return False
 
     def discover(self) -> HostState:
         physical = tuple(
@@ -93,8 +93,8 @@ class MemoryBackend:
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return list(self.users)
 
-    def signals(self, gpu: PhysicalGpu) -> GpuSignals:
-        return GpuSignals(gpu.index, gpu.bdf)
+    def device_env(self, devices) -> dict[str, str]:
+        return {}
 
 
 class Log:
@@ -105,8 +105,10 @@ class Log:
         self.events.append(event)
 
 
-def test_the_in_memory_backend_satisfies_the_protocol():
-    assert isinstance(MemoryBackend(), GpuBackend)
+def test_the_in_memory_backend_is_partitioning_and_holders_only():
+    backend = MemoryBackend()
+    assert isinstance(backend, Partitioning) and isinstance(backend, GpuHolders)
+    assert not isinstance(backend, HealthSignals) and not isinstance(backend, GpuBackend)
 
 
 def test_plan_apply_assert_run_on_a_second_backend():

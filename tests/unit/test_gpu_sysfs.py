@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from mipart.errors import UserError
-from mipart.gpu import discover, open_backend, sysfs_root
+from mipart.gpu import BACKENDS, discover, open_backend, sysfs_root
 from mipart.gpu.amdgpu import AmdgpuBackend
 from mipart.gpu.backend import GpuBackend
+from mipart.names import BACKEND_MARKER
 from mipart.sim import kernel
 from mipart.sim.backend import SimBackend
 from mipart.sim.state import read_state
@@ -283,13 +284,34 @@ def test_sysfs_root_from_environment(monkeypatch, tmp_path):
     assert sysfs_root() == tmp_path
 
 
-def test_the_registry_gives_a_simulated_root_its_own_backend(tmp_path, monkeypatch):
+def test_a_simulated_root_names_its_own_backend_which_the_registry_does_not_list(tmp_path, monkeypatch):
     root = sim(tmp_path)
+    assert (root / BACKEND_MARKER).read_text() == "mipart.sim.backend:SimBackend\n"
+    assert BACKENDS == ("mipart.gpu.amdgpu:AmdgpuBackend",)
     assert type(open_backend(root)) is SimBackend
     assert type(open_backend(tmp_path / "elsewhere")) is AmdgpuBackend
     monkeypatch.setenv("MIPART_SYSFS_ROOT", str(root))
     assert type(open_backend()) is SimBackend and open_backend().root == root
     assert isinstance(open_backend(root), GpuBackend) and isinstance(open_backend(tmp_path), GpuBackend)
+
+
+@pytest.mark.parametrize(
+    "entry, complaint",
+    [
+        ("os:system", "not a GPU backend; name one as module:class inside mipart"),
+        ("mipart.sim.backend", "not a GPU backend; name one as module:class inside mipart"),
+        ("mipart.sim.nothing:SimBackend", "which is no class mipart has"),
+        ("mipart.sim.backend:Nothing", "which is no class mipart has"),
+        ("mipart.values:HostState", "which is not a GPU backend (mipart.gpu.backend.GpuBackend)"),
+        ("mipart.gpu.amdgpu:Path", "which is not a GPU backend (mipart.gpu.backend.GpuBackend)"),
+    ],
+)
+def test_a_marker_that_names_no_backend_is_one_line(tmp_path, entry, complaint):
+    (tmp_path / BACKEND_MARKER).write_text(entry + "\n")
+    with pytest.raises(UserError) as caught:
+        open_backend(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / BACKEND_MARKER}: names {entry!r}")
+    assert complaint in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_pair_table_and_partitions_are_the_kernel_rules_for_eight_xccs(tmp_path):

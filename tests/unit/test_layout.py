@@ -88,6 +88,26 @@ def test_no_import_cycle_between_mipart_modules():
     assert cycles == []
 
 
+def test_only_the_simulator_and_its_verb_import_it():
+    """Production code never imports mipart.sim: a simulated root names its own GPU backend
+    (mipart.gpu.open_backend reads the root's marker), and what the simulator does differently
+    (device files, writes, reloads) is behind that backend. Only `mipart sim` imports it."""
+    mods = modules()
+    known = set(mods)
+
+    def is_sim(name: str) -> bool:
+        return name == "mipart.sim" or name.startswith("mipart.sim.")
+
+    outside = [
+        f"{name} imports {target}"
+        for name, path in mods.items()
+        if not is_sim(name) and name != "mipart.cli.sim"
+        for target in sorted(imported_modules(name, path, known))
+        if is_sim(target)
+    ]
+    assert outside == []
+
+
 def test_every_click_command_lives_under_cli():
     outside = [
         name

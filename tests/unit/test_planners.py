@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
+from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.nginx.conf import render_nginx
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
@@ -216,7 +216,7 @@ def three_specs() -> dict:
 
 
 def running(*numbers: int, state: str = "active") -> dict[int, UnitState]:
-    return {n: UnitState(n, state, "running" if state == "active" else "dead", 1000 + n) for n in numbers}
+    return {n: UnitState(state, "running" if state == "active" else "dead", 1000 + n) for n in numbers}
 
 
 def test_nothing_running_starts_every_instance_in_order():
@@ -245,7 +245,7 @@ def test_units_without_a_spec_are_stopped_and_dead_ones_with_a_spec_started():
         **running(2, state="inactive"),
         **running(9, state="inactive"),
     }
-    states[3] = UnitState(3, "activating", "start", 1003)  # starting counts as running: not started twice
+    states[3] = UnitState("activating", "start", 1003)  # starting counts as running: not started twice
     actions = plan_actions(specs, states, {0: specs[0].digest()})
     assert (actions.start, actions.stop, actions.restart) == ((1, 2), (3, 5, 7), ())
 

@@ -15,7 +15,16 @@ from mipart.daemon.specfiles import remove_stale_specs
 from mipart.runners import RUNNERS, make_runner, procfs
 from mipart.runners.base import Runner
 
-PROTOCOL_METHODS = ("list_instances", "start", "stop", "restart", "last_exit", "ensure_nginx", "nginx_running")
+PROTOCOL_METHODS = (
+    "list_instances",
+    "start",
+    "stop",
+    "restart",
+    "last_exit",
+    "ensure_nginx",
+    "nginx_running",
+    "shutdown",
+)
 
 
 def runner_class(kind: str) -> type:

@@ -16,7 +16,6 @@ from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
 from mipart.names import DEVICES_VAR, INSTANCE_VAR
 from mipart.sim import kernel
-from mipart.sim.devices import device_env
 from mipart.sim.state import read_state
 
 HOLD = "from mipart.sim.devices import open_devices; import time; held = open_devices(); print('open', flush=True); time.sleep(300)"
@@ -111,11 +110,12 @@ def test_sim_show_names_openers(root, opener):
     assert f"GPU 2 0000:46:00.0 DPX NPS2; held by {proc.pid}" in shown.stdout.splitlines()
 
 
-def test_launcher_env_names_the_devices_under_a_simulated_root_only(root, tmp_path):
+def test_the_backend_names_the_devices_for_the_launcher_under_a_simulated_root_only(root, tmp_path):
     spec_devices = ("/dev/kfd", "/dev/dri/renderD136")
-    assert device_env(root, spec_devices) == {DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136"}
-    assert device_env(tmp_path / "plain", spec_devices) == {}
-    assert device_env(tmp_path.parent / "sys-not-there", spec_devices) == {}
+    assert open_backend(root).device_env(spec_devices) == {DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136"}
+    (tmp_path / "plain").mkdir()
+    assert open_backend(tmp_path / "plain").device_env(spec_devices) == {}
+    assert open_backend(tmp_path.parent / "sys-not-there").device_env(spec_devices) == {}
 
 
 def test_fake_engine_holds_its_devices_and_refuses_a_missing_one(root, tmp_path):

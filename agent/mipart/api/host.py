@@ -1,6 +1,6 @@
 """The host-side facts of the status API: partitions per GPU, the last apply, unit states, nginx.
 
-Blocking (sysfs, D-Bus, /run): the API collects them in its own worker thread and caches
+Blocking (sysfs, systemd, /run): the API collects them in its own worker thread and caches
 them for about a second, so no request reads the host on the agent's event loop.
 """
 
@@ -14,11 +14,13 @@ from mipart.api.contract import LastApply, PartitionGpu, iso_utc
 from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.names import SYSFS_ROOT_VAR
+from mipart.nginx.files import NginxFiles
 from mipart.partition.host_rules import kept_rule_groups
 from mipart.partition.plan import RuleGroup
 from mipart.partition.record import last_apply
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.schema import GpuSpec
+from mipart.runners.base import Runner
 from mipart.values import GpuSignals
 
 NO_GPUS = f"no AMD Instinct GPU with partition support found (is amdgpu loaded? is {SYSFS_ROOT_VAR} right?)"
@@ -44,7 +46,7 @@ class HostSnapshot:
         return all(g.matches for g in self.gpus) if self.gpus and not self.partition_error else None
 
 
-def collect_host(sysfs_root: Path, runner, nginx, gpu_spec: GpuSpec | None) -> HostSnapshot:
+def collect_host(sysfs_root: Path, runner: Runner, nginx: NginxFiles, gpu_spec: GpuSpec | None) -> HostSnapshot:
     """Never raises: what cannot be read is reported in the snapshot's error fields."""
     snap = HostSnapshot()
     try:
@@ -67,7 +69,7 @@ def collect_host(sysfs_root: Path, runner, nginx, gpu_spec: GpuSpec | None) -> H
     snap.last_apply = _last_apply(last_apply())
     try:
         snap.units = {n: (s.active_state, s.sub_state) for n, s in runner.list_instances().items()}
-    except Exception as exc:  # D-Bus gone, /proc unreadable: report, never fail the request
+    except Exception as exc:  # systemd unreachable, /proc unreadable: report, never fail the request
         snap.units, snap.units_error = None, str(exc) or exc.__class__.__name__
     try:
         snap.nginx_running = bool(runner.nginx_running(nginx))

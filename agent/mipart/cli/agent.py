@@ -25,6 +25,7 @@ from mipart.runners import RUNNERS
 )
 def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     """Run the mipart agent: instances, nginx and readiness for the profile."""
+    from mipart.daemon import loop
     from mipart.daemon.agent import Agent
     from mipart.gpu import sysfs_root
     from mipart.log import get_logger
@@ -32,16 +33,15 @@ def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     from mipart.runners import make_runner
 
     if stop_on_exit and runner_kind != "process":
-        raise click.UsageError(
-            "--stop-on-exit works with --runner process only: under systemd, instances are units of their own "
-            "(stop them with `systemctl stop mipart-vllm.target`)"
-        )
+        from mipart.runners.systemd import UNITS_OUTLIVE_THE_AGENT
+
+        raise click.UsageError(f"--stop-on-exit works with --runner process only: {UNITS_OUTLIVE_THE_AGENT}")
     base = run_dir()
     base.mkdir(parents=True, exist_ok=True)
     runner = make_runner(runner_kind, base)
     instance = Agent(profile_path, runner, base, sysfs_root(), get_logger("mipart.agent"), stops_instances=stop_on_exit)
     try:
-        asyncio.run(instance.run())
+        asyncio.run(loop.run(instance))
     finally:
         if stop_on_exit:
             runner.shutdown(instance.nginx)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from mipart.profile.schema import Profile
 from mipart.prometheus import metric_sum
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
 
 # A planned restart waits at most this long (or request_timeout) for in-flight requests.
 DRAIN_MAX = 60.0
@@ -17,7 +21,7 @@ def drain_limit(profile: Profile) -> float:
     return min(DRAIN_MAX, max((s.request_timeout for s in profile.services), default=DRAIN_MAX))
 
 
-async def wait_drained(session, addresses: list[str], timeout: float, limit: float) -> None:
+async def wait_drained(session: ClientSession | None, addresses: list[str], timeout: float, limit: float) -> None:
     """Until no request runs on these instances (host:port), or `limit` seconds; at once without a session."""
     deadline = time.monotonic() + limit
     while session is not None and time.monotonic() < deadline:
@@ -27,7 +31,7 @@ async def wait_drained(session, addresses: list[str], timeout: float, limit: flo
         await asyncio.sleep(POLL)
 
 
-async def running_requests(session, address: str, timeout: float) -> float:
+async def running_requests(session: ClientSession, address: str, timeout: float) -> float:
     """Requests an instance is still generating (0 when it cannot tell)."""
     import aiohttp
 

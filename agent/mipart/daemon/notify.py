@@ -31,7 +31,7 @@ def status_line(snap: AgentSnapshot) -> str:
 class Notifier:
     """sd_notify, silent when not run by systemd (NOTIFY_SOCKET unset)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         import sdnotify
 
         self._notifier = sdnotify.SystemdNotifier()

@@ -15,15 +15,20 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mipart.daemon.snapshot import gpu_label
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
 from mipart.health.probes import probe
 from mipart.health.states import DRAINING, FAILED, READY, UNHEALTHY
+from mipart.log import Log
 from mipart.names import instance_name
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
 
 OLD_SERVER = ProbeResult(False, "the previous server is still answering")
 # What a confirmation must leave room for: the loop's tick before a probe starts, the tick
@@ -44,7 +49,7 @@ def confirm_spacing(spec: HealthSpec) -> float:
 
 @dataclass
 class Flight:
-    task: asyncio.Task
+    task: asyncio.Task[ProbeResult]
     started: float
     life: float  # the instance's started_at then: a restart since makes the answer another server's
 
@@ -64,7 +69,7 @@ class Prober:
 
     async def round(
         self,
-        session,
+        session: ClientSession,
         health: Mapping[int, InstanceHealth],
         specs: Mapping[int, InstanceSpec],
         spec: HealthSpec,
@@ -111,7 +116,7 @@ class Prober:
 
     def _launch(
         self,
-        session,
+        session: ClientSession,
         health: Mapping[int, InstanceHealth],
         specs: Mapping[int, InstanceSpec],
         spec: HealthSpec,
@@ -131,7 +136,7 @@ class Prober:
             task.add_done_callback(self._on_done)
             flights.append(Flight(task, now, h.started_at))
 
-    def _on_done(self, task: asyncio.Task) -> None:
+    def _on_done(self, task: asyncio.Task[ProbeResult]) -> None:
         if not task.cancelled() and (task.exception() is not None or not task.result().ok):
             self.wake()
 
@@ -160,7 +165,7 @@ def _start_at(h: InstanceHealth, flights: list[Flight], spec: HealthSpec, spacin
     return h.next_probe_at(spec)
 
 
-def _result(task: asyncio.Task) -> ProbeResult:
+def _result(task: asyncio.Task[ProbeResult]) -> ProbeResult:
     if task.cancelled():
         return ProbeResult(False, "probe cancelled")
     exc = task.exception()
@@ -193,7 +198,7 @@ async def only_new_servers(
 
 
 def record_results(
-    due: list[InstanceHealth], results: list[ProbeResult], spec: HealthSpec, specs: Mapping[int, InstanceSpec], log
+    due: list[InstanceHealth], results: list[ProbeResult], spec: HealthSpec, specs: Mapping[int, InstanceSpec], log: Log
 ) -> bool:
     """Feed each result to its state machine; True when nginx membership changed."""
     changed = False

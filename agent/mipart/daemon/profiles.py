@@ -17,9 +17,10 @@ import os
 import traceback
 from pathlib import Path
 
+from mipart.log import Log
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
-from mipart.profile.load import ProfileError
+from mipart.profile.problems import ProfileError
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -39,7 +40,7 @@ def override_in_force(profile: Profile, run_dir: Path) -> str:
     return override if profile.source == override else ""
 
 
-def read_profile(path: str, log, kept_digest: str, run_dir: Path | None = None) -> tuple[Profile | None, str]:
+def read_profile(path: str, log: Log, kept_digest: str, run_dir: Path | None = None) -> tuple[Profile | None, str]:
     """(profile, "") when valid; else (None, its first problem), every problem logged."""
     kept = kept_digest[:12] or "none"
     operator, path = path, profile_to_read(path, run_dir)
@@ -65,7 +66,7 @@ def read_profile(path: str, log, kept_digest: str, run_dir: Path | None = None) 
 
 
 async def read_profile_off_loop(
-    path: str, log, kept_digest: str, timeout: float = LOAD_TIMEOUT, run_dir: Path | None = None
+    path: str, log: Log, kept_digest: str, timeout: float = LOAD_TIMEOUT, run_dir: Path | None = None
 ) -> tuple[Profile | None, str]:
     """read_profile in a worker thread, given up on after `timeout` seconds (its answer is then dropped)."""
     try:
@@ -76,7 +77,7 @@ async def read_profile_off_loop(
         return None, line
 
 
-def warn_ephemeral_ports(profile: Profile, log, range_file: Path = EPHEMERAL_RANGE) -> None:
+def warn_ephemeral_ports(profile: Profile, log: Log, range_file: Path = EPHEMERAL_RANGE) -> None:
     """Ports inside the kernel's ephemeral range can be taken by any outgoing connection."""
     try:
         low, high = map(int, range_file.read_text().split())

@@ -9,14 +9,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from mipart.daemon.snapshot import gpu_label
 from mipart.health.machine import InstanceHealth
 from mipart.health.states import FAILED, UNHEALTHY
+from mipart.log import Log
 from mipart.names import instance_name
 from mipart.profile.schema import HealthSpec
+from mipart.runners.base import Runner
 from mipart.serving.spec import InstanceSpec
 from mipart.values import UnitState
 
 
 def mark_gone(
-    health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], log
+    health: Mapping[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], log: Log
 ) -> bool:
     """Instances whose unit is not running leave rotation; True when nginx membership changed."""
     changed, now = False, time.monotonic()
@@ -45,19 +47,23 @@ def exits_unread(
     return [n for n, h in health.items() if n in specs and not h.exit_read and not h.in_rotation and ended(n, h)]
 
 
-def read_exits(runner, numbers: list[int]) -> dict[int, str]:
-    """Blocking (journal, D-Bus): run in a worker thread. A runner that cannot tell says nothing."""
+def read_exits(runner: Runner, numbers: list[int]) -> dict[int, str]:
+    """Blocking (journal, systemd): run in a worker thread. A runner that cannot tell says nothing."""
     reasons = {}
     for number in numbers:
         try:
             reasons[number] = runner.last_exit(number)
-        except Exception:  # a D-Bus hiccup must not cost the agent; the probe's reason stays
+        except Exception:  # systemd not answering must not cost the agent; the probe's reason stays
             reasons[number] = ""
     return reasons
 
 
 async def tell_exits(
-    health: dict[int, InstanceHealth], specs: Mapping[int, InstanceSpec], states: Mapping[int, UnitState], runner, log
+    health: dict[int, InstanceHealth],
+    specs: Mapping[int, InstanceSpec],
+    states: Mapping[int, UnitState],
+    runner: Runner,
+    log: Log,
 ) -> None:
     """LAST ERROR says how the server ended and what it last logged, not how a probe failed."""
     unread = exits_unread(health, specs, states)
@@ -73,8 +79,8 @@ async def restart_due(
     health: dict[int, InstanceHealth],
     specs: Mapping[int, InstanceSpec],
     spec: HealthSpec,
-    runner,
-    log,
+    runner: Runner,
+    log: Log,
     routed: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Restart unhealthy or stuck instances, with backoff; runs after nginx dropped them.

@@ -11,8 +11,8 @@ A holder the agent cannot stop is refused before anything stops. Any later failu
 logged, recorded in /run/mipart/partition.json and shown in the status, and serving comes
 back on whatever layout the host then has.
 
-It drives the Agent through the attributes and methods its own loop uses (specs, health,
-status, runner, update_nginx, reconcile).
+It drives the Agent (daemon.agent) through the attributes and steps its loop (daemon.loop)
+uses: specs, health, status, runner, update_nginx, reconcile.
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from mipart.daemon import drain
+from mipart.daemon.agent import Agent
 from mipart.daemon.notify import status_line
 from mipart.errors import UserError
 from mipart.gpu import open_backend
-from mipart.gpu.backend import GpuBackend
 from mipart.names import REPARTITION_COMMAND, instance_name
-from mipart.partition.apply import apply, busy_holders, plan_host, refuse_unmanaged
+from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host, refuse_unmanaged
 from mipart.partition.plan import PartitionPlan
 from mipart.partition.record import record_apply
+from mipart.profile.schema import Profile
 
 # mipart-vllm@.service stops a server within TimeoutStopSec (60 s); then the apply names who is left.
 STOP_WAIT = 90.0
@@ -41,11 +43,11 @@ DRAINING, STOPPING, APPLYING, STARTING = "draining", "stopping", "applying", "st
 
 @dataclass(frozen=True)
 class Change:
-    backend: GpuBackend
+    backend: ApplyBackend
     plan: PartitionPlan
 
 
-def pending_change(profile, root) -> Change | None:
+def pending_change(profile: Profile, root: Path) -> Change | None:
     """Blocking: what the host must do to match `gpus:`, None when it matches.
 
     Raises UserError when it cannot be done, before anything stopped: the host cannot reach
@@ -59,16 +61,16 @@ def pending_change(profile, root) -> Change | None:
     return Change(backend, plan)
 
 
-async def if_needed(agent) -> bool:
+async def if_needed(agent: Agent) -> bool:
     """Repartition when the loaded profile's `gpus:` differ from the host; True when it ran
     (serving was replanned), False when the caller reconciles as usual."""
     st = agent.status
     try:
-        change = await asyncio.to_thread(pending_change, agent.profile, agent.sysfs_root)
+        change = await asyncio.to_thread(pending_change, agent.loaded, agent.sysfs_root)
     except Exception as exc:  # an unreadable host too: the reload still reconciles what it can
         st.repartition_error = _describe(exc)
         agent.log.error("repartition.refused", reason=st.repartition_error)
-        await asyncio.to_thread(record_apply, False, agent.profile.digest, None, st.repartition_error)
+        await asyncio.to_thread(record_apply, False, agent.loaded.digest, None, st.repartition_error)
         return False
     if change is None:
         st.repartition_error = ""
@@ -77,7 +79,7 @@ async def if_needed(agent) -> bool:
     return True
 
 
-async def run(agent, change: Change) -> None:
+async def run(agent: Agent, change: Change) -> None:
     st, log = agent.status, agent.log
     started = time.monotonic()
     st.repartition_started, st.repartition_error = time.time(), ""
@@ -98,19 +100,19 @@ async def run(agent, change: Change) -> None:
     )
 
 
-def _phase(agent, phase: str) -> None:
+def _phase(agent: Agent, phase: str) -> None:
     agent.status.repartition_phase = phase
     agent.notifier.status(status_line(agent.snapshot()))
 
 
-async def _keep_systemd_informed(agent) -> None:
+async def _keep_systemd_informed(agent: Agent) -> None:
     while True:
         agent.notifier.watchdog()
         agent.notifier.status(status_line(agent.snapshot()))
         await asyncio.sleep(KEEPALIVE)
 
 
-async def _change(agent, change: Change) -> str:
+async def _change(agent: Agent, change: Change) -> str:
     """Drain, stop, apply; returns what failed ("" when the host now matches the profile)."""
     try:
         _phase(agent, DRAINING)
@@ -125,7 +127,7 @@ async def _change(agent, change: Change) -> str:
     return await _apply(agent, change)
 
 
-async def _serve_again(agent) -> None:
+async def _serve_again(agent: Agent) -> None:
     """Plan on the layout the host has now and start every instance at once (none runs now).
 
     A failure (systemd unreachable) is tried again, bounded; then the next reload starts them.
@@ -147,7 +149,7 @@ async def _serve_again(agent) -> None:
     )
 
 
-async def _drain_all(agent) -> None:
+async def _drain_all(agent: Agent) -> None:
     """Every instance out of rotation, with its requests finished (bounded); pending restarts dropped."""
     for task in agent.tasks:
         task.cancel()  # a planned restart would start an instance on the old layout
@@ -158,10 +160,10 @@ async def _drain_all(agent) -> None:
     await agent.update_nginx()
     await agent.router.wait_settled()  # no nginx worker from before the reload picks an instance any more
     addresses = [spec.address for spec in agent.specs.values()]
-    await drain.wait_drained(agent.session, addresses, agent.profile.health.timeout, drain.drain_limit(agent.profile))
+    await drain.wait_drained(agent.session, addresses, agent.loaded.health.timeout, drain.drain_limit(agent.loaded))
 
 
-async def _stop_all(agent) -> None:
+async def _stop_all(agent: Agent) -> None:
     """Stop every instance the runner runs, and wait (bounded) until none is left running."""
     runner, log = agent.runner, agent.log
     states = await asyncio.to_thread(runner.list_instances)
@@ -174,7 +176,7 @@ async def _stop_all(agent) -> None:
     deadline = time.monotonic() + STOP_WAIT
     while True:
         states = await asyncio.to_thread(runner.list_instances)
-        running = [n for n in numbers if n in states and states[n].active_state not in ("inactive", "failed")]
+        running = [n for n in numbers if n in states and not states[n].stopped]
         if not running or time.monotonic() > deadline:
             break
         await asyncio.sleep(POLL)
@@ -184,11 +186,11 @@ async def _stop_all(agent) -> None:
         )
 
 
-async def _apply(agent, change: Change) -> str:
+async def _apply(agent: Agent, change: Change) -> str:
     """The partition engine off the event loop; returns what failed ("" when it worked)."""
-    digest = agent.profile.digest
+    digest = agent.loaded.digest
     try:
-        result = await asyncio.to_thread(apply, agent.profile.gpus, change.backend, agent.log, True)
+        result = await asyncio.to_thread(apply, agent.loaded.gpus, change.backend, agent.log, True)
     except Exception as exc:  # whatever went wrong, serving must come back
         error = _describe(exc)
         agent.log.error("repartition.failed", reason=error, action="serving again on the layout the host has now")

@@ -29,7 +29,7 @@ class Backoff:
 
     def failed(self, error: str, now: float) -> float:
         """Records the failure; returns the delay before the next try."""
-        delay = min(BACKOFF_FIRST * 2**self.failures, BACKOFF_MAX)
+        delay = min(BACKOFF_FIRST * 2.0**self.failures, BACKOFF_MAX)
         self.error, self.failures, self.next_try = error, self.failures + 1, now + delay
         return delay
 

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import AgentStatus
 from mipart.errors import UserError
+from mipart.log import Log
 from mipart.nginx import procs as nginx_procs
 from mipart.nginx.conf import generation_of, render_nginx
 from mipart.nginx.files import NginxFiles, NginxRejected, install_config
+from mipart.profile.schema import Profile
+from mipart.runners.base import Runner
 from mipart.serving.spec import InstanceSpec
 
 # A reload whose old workers still accept after this is reported; restarts waiting for it go ahead.
@@ -43,7 +46,7 @@ class Switch:
 
 
 class Router:
-    def __init__(self, files: NginxFiles, runner, log, status: AgentStatus):
+    def __init__(self, files: NginxFiles, runner: Runner, log: Log, status: AgentStatus):
         self.files, self.runner, self.log, self.status = files, runner, log, status
         self.switch: Switch | None = None
         self.retry = Backoff()
@@ -51,7 +54,7 @@ class Router:
         self.reloaded = False  # the first update reloads nginx, so what serves is known
         self.log_offset = 0
 
-    async def update(self, profile, specs: Mapping[int, InstanceSpec], ready: frozenset[int]) -> None:
+    async def update(self, profile: Profile, specs: Mapping[int, InstanceSpec], ready: frozenset[int]) -> None:
         """Install the config for `ready` if nginx -t accepts it; reload nginx, or start it if it does not run."""
         if not self.retry.due(time.monotonic()):
             self.dirty = True

@@ -17,6 +17,7 @@ from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import AgentStatus
 from mipart.envfile import EnvFileError
 from mipart.fsutil import write_atomic
+from mipart.log import Log
 from mipart.paths import instance_env_path, instance_spec_path
 from mipart.serving.spec import InstanceSpec
 
@@ -72,7 +73,7 @@ def remove_stale_specs(run_dir: Path, keep: Iterable[int]) -> None:
                 pass  # a directory in its place: left for a person, it names no instance we run
 
 
-def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log) -> str:
+def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log: Log) -> str:
     """Someone removed spec files under /run/mipart: write them again. Returns the first failure."""
     missing = [
         n
@@ -89,7 +90,7 @@ def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log) -> st
 class SpecFiles:
     """The spec files with their failures reported (status.spec_files_error) and retried with backoff."""
 
-    def __init__(self, run_dir: Path, log, status: AgentStatus):
+    def __init__(self, run_dir: Path, log: Log, status: AgentStatus):
         self.run_dir, self.log, self.status = run_dir, log, status
         self.retry = Backoff()
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mipart.gpu import attrs, driver, modes, signals
-from mipart.gpu.backend import MEMORY_ATTR
 from mipart.gpu.kernel_table import read_table
 from mipart.gpu.pair_tables import PairTable
+from mipart.gpu.partitioning import MEMORY_ATTR
 from mipart.gpu.parts import model_for_device
 from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
 
@@ -28,7 +28,8 @@ DEFAULT_XCC_COUNT = 8  # every MI300-class part mipart knows; used for a GPU it 
 
 
 class AmdgpuBackend:
-    """An AMD Instinct host as the amdgpu driver shows it under `root`."""
+    """An AMD Instinct host as the amdgpu driver shows it under `root`: gpu.backend.GpuBackend,
+    all three concerns in one class, as they all read the same sysfs tree."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -99,6 +100,9 @@ class AmdgpuBackend:
 
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return kfd_users(self.root, state)
+
+    def device_env(self, devices: Iterable[str]) -> dict[str, str]:
+        return {}  # the server opens /dev/kfd and its render nodes itself
 
     def signals(self, gpu: PhysicalGpu) -> GpuSignals:
         return signals.read_signals(gpu)

@@ -1,86 +1,27 @@
-"""The GPU backend seam: what the partition engine and the agent ask of a GPU driver.
+"""A GPU backend: one host's GPUs under a root directory (/sys on a real host), in all three
+concerns, each a protocol of its own that callers type against: partitioning
+(`gpu.partitioning`), who holds a GPU (`gpu.holders`) and health signals (`gpu.health_signals`).
 
-A backend reads and changes one host, found under a root directory (/sys on a real
-host). The planner never calls it: `partition.apply` reads the host through it and
-hands the planner plain values. Backends are sibling modules, registered in
-`mipart.gpu.BACKENDS`.
+Backends are sibling modules, registered in `mipart.gpu.BACKENDS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from mipart.gpu.pair_tables import PairTable
-from mipart.values import GpuSignals, GpuUser, HostState, PhysicalGpu
-
-# The two attributes a partition plan writes. Named as amdgpu's sysfs files, which the
-# plan's output shows; another backend maps them onto its own interface.
-COMPUTE_ATTR = "current_compute_partition"
-MEMORY_ATTR = "current_memory_partition"
+from mipart.gpu.health_signals import HealthSignals
+from mipart.gpu.holders import GpuHolders
+from mipart.gpu.partitioning import Partitioning
 
 
 @runtime_checkable
-class GpuBackend(Protocol):
-    root: Path
+class GpuBackend(Partitioning, GpuHolders, HealthSignals, Protocol):
+    def __init__(self, root: Path) -> None:
+        """A backend reads the host under `root` (by mipart.gpu.open_backend)."""
+        ...
 
     @classmethod
     def claims(cls, root: Path) -> bool:
         """Whether this backend reads the host under `root` (asked by mipart.gpu.open_backend)."""
-        ...
-
-    def discover(self) -> HostState:
-        """Physical GPUs with their current modes, and the logical GPUs they show now.
-
-        A host without partition-capable GPUs gives an empty state; unreadable facts raise UserError.
-        """
-        ...
-
-    def pair_table(self, gpu: PhysicalGpu) -> PairTable:
-        """The driver's rule for this GPU: compute mode -> the memory modes it runs under, and its source.
-
-        Kernels differ, so it is read from the host where the driver shows it; a write it
-        needs for that (a preview) changes no partition.
-        """
-        ...
-
-    def drm_conflicts(self) -> tuple[str, ...]:
-        """Other DRM drivers loaded that take device minors and can hide partitions' nodes."""
-        ...
-
-    def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
-        """How many logical GPUs this GPU shows in a compute mode."""
-        ...
-
-    def compute_after_reload(self, memory: str) -> str:
-        """The compute mode the driver gives every GPU when it loads under `memory`."""
-        ...
-
-    def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
-        """Write COMPUTE_ATTR, MEMORY_ATTR (or a file pair_table previews with); a refusal is an
-        OSError with the kernel's errno."""
-        ...
-
-    def describe_write_error(self, exc: OSError, gpu: PhysicalGpu, name: str, value: str) -> str:
-        """One line: what the refusal means and what to do about it."""
-        ...
-
-    def reload_command(self) -> str:
-        """What a reload runs, as the log shows it."""
-        ...
-
-    def reload(self, wait_until_back: Callable[[], bool]) -> None:
-        """Reload the driver (applies a memory request), then wait until `wait_until_back()`.
-
-        Raises UserError when the reload fails or the GPUs do not come back in time.
-        """
-        ...
-
-    def gpu_users(self, state: HostState) -> list[GpuUser]:
-        """Processes that hold GPUs of `state`; a partition change needs them gone."""
-        ...
-
-    def signals(self, gpu: PhysicalGpu) -> GpuSignals:
-        """The GPU's RAS error counters and hwmon sensors; empty where the host has none."""
         ...

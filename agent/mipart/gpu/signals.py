@@ -39,7 +39,7 @@ def temperatures(dev: Path) -> tuple[tuple[str, float], ...]:
         for path in sorted(hwmon.iterdir()):
             match = _SENSOR.match(path.name)
             value = _number(path) if match else None
-            if value is not None:
+            if match and value is not None:
                 label = _text(hwmon / f"temp{match[1]}_label").strip() or f"temp{match[1]}"
                 found.append((label, value / 1000))
     return tuple(found)

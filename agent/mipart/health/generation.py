@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mipart.health.probe import PASSED, ProbeResult, http_get
 from mipart.profile.schema import GenerationProbe, HealthSpec
 from mipart.prometheus import metric_sum
 from mipart.serving.spec import InstanceSpec
+
+if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
+    from aiohttp import ClientSession
 
 TOKENS = "vllm:generation_tokens_total"
 PROMPT = "ping"
@@ -37,10 +41,10 @@ class Seen:
 class GenerationCheck:
     name = "generation"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seen: dict[int, Seen] = {}
 
-    async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         probe = health.generation_probe(spec.service)
         if probe is None:
             self.seen.pop(spec.number, None)
@@ -62,7 +66,7 @@ class GenerationCheck:
         return result
 
 
-async def _generate(session, spec: InstanceSpec, probe: GenerationProbe) -> tuple[ProbeResult, int]:
+async def _generate(session: ClientSession, spec: InstanceSpec, probe: GenerationProbe) -> tuple[ProbeResult, int]:
     """(result, tokens generated); a timeout or a server error is decisive, a refusal (4xx) only a warning."""
     import aiohttp
 

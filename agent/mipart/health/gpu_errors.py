@@ -17,12 +17,17 @@ import asyncio
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mipart.gpu import open_backend
+from mipart.gpu.health_signals import HealthSignals
 from mipart.health.probe import PASSED, ProbeResult
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 from mipart.values import GpuSignals, PhysicalGpu
+
+if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
+    from aiohttp import ClientSession
 
 REDISCOVER = 30.0  # seconds: the GPUs are found again this often (their counters are read every round)
 ADVICE = "reset or replace the GPU, then restart mipart-agent"
@@ -51,35 +56,36 @@ class GpuErrors:
         self.root, self.fresh_for = root, fresh_for
         self.faulted: dict[int, str] = {}  # GPU index -> the reason, kept for this agent's life
         self._last: dict[int, GpuSignals] = {}
-        self._reading: asyncio.Future | None = None
+        self._reading: asyncio.Future[None] | None = None
         self._taken = 0.0
-        self._backend = None
+        self._backend: HealthSignals | None = None
         self._gpus: tuple[PhysicalGpu, ...] = ()
         self._found_at = 0.0
 
-    async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         await self.refresh(health.interval if self.fresh_for is None else self.fresh_for)
         reasons = [self.faulted[g] for g in spec.physical_gpus if g in self.faulted]
         return ProbeResult(False, "; ".join(reasons), decisive=True, restart=False) if reasons else PASSED
 
     async def refresh(self, fresh_for: float) -> None:
         """One reading shared by the probes within `fresh_for` seconds; a host that cannot be read gives no verdict."""
-        fresh = self._reading is not None and (not self._reading.done() or time.monotonic() - self._taken < fresh_for)
-        if not fresh:
+        reading = self._reading
+        if reading is None or (reading.done() and time.monotonic() - self._taken >= fresh_for):
             self._taken = time.monotonic()
-            self._reading = asyncio.ensure_future(asyncio.to_thread(self._read))
+            self._reading = reading = asyncio.ensure_future(asyncio.to_thread(self._read))
         try:
-            await asyncio.shield(self._reading)
+            await asyncio.shield(reading)
         except Exception:  # no sysfs, a GPU gone mid-read: no verdict this round
             pass
 
     def _read(self) -> None:
         """Blocking; one runs at a time (the shared future)."""
         now = time.monotonic()
-        if self._backend is None or now - self._found_at > REDISCOVER:
-            self._backend = open_backend(self.root)
-            self._gpus, self._found_at = self._backend.discover().physical, now
-        reading = {gpu.index: self._backend.signals(gpu) for gpu in self._gpus}
+        backend = self._backend
+        if backend is None or now - self._found_at > REDISCOVER:
+            self._backend = backend = open_backend(self.root)
+            self._gpus, self._found_at = backend.discover().physical, now
+        reading = {gpu.index: backend.signals(gpu) for gpu in self._gpus}
         for index, reason in rises(self._last, reading).items():
             self.faulted.setdefault(index, reason)
         self._last = reading

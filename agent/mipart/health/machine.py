@@ -121,7 +121,7 @@ class InstanceHealth:
             self.last_error = f"{self.last_error}; gave up after {self.restart_attempts} restarts"
             self._enter(FAILED)
             return None
-        delay = min(spec.restart_backoff * (2**self.restart_attempts), spec.restart_backoff_max)
+        delay = min(spec.restart_backoff * 2.0**self.restart_attempts, spec.restart_backoff_max)
         self.restart_attempts += 1
         self.restarts_total += 1
         self.failures, self.exit_read = 0, False

@@ -7,10 +7,13 @@ health.probes.PROBES. Probes run in that order on every due instance; see probes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
+
+if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
+    from aiohttp import ClientSession
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,14 @@ PASSED = ProbeResult(True)
 class Probe(Protocol):
     name: str
 
-    async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         """Raise asyncio.TimeoutError or aiohttp.ClientError when the server does not answer."""
+        ...
 
 
-async def http_get(session, spec: InstanceSpec, path: str, timeout: float, read: bool = True) -> tuple[int, str]:
+async def http_get(
+    session: ClientSession, spec: InstanceSpec, path: str, timeout: float, read: bool = True
+) -> tuple[int, str]:
     """GET on the instance's own port: (status, body, "" unless read).
 
     A kept-alive connection the server had just closed gets one retry, not a failure.
@@ -53,7 +59,7 @@ async def http_get(session, spec: InstanceSpec, path: str, timeout: float, read:
         return await _get(session, url, timeout, read)
 
 
-async def _get(session, url: str, timeout: float, read: bool) -> tuple[int, str]:
+async def _get(session: ClientSession, url: str, timeout: float, read: bool) -> tuple[int, str]:
     import aiohttp
 
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:

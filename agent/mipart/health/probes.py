@@ -7,6 +7,7 @@ one line to PROBES. The GPU's own errors come first: a faulted GPU needs no HTTP
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from mipart.health.endpoint import HealthEndpoint
 from mipart.health.generation import GenerationCheck
@@ -16,6 +17,9 @@ from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 
+if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
+    from aiohttp import ClientSession
+
 PROBES: tuple[Probe, ...] = (
     GpuErrors(),
     HealthEndpoint(),
@@ -24,7 +28,9 @@ PROBES: tuple[Probe, ...] = (
 )
 
 
-async def probe(session, spec: InstanceSpec, health: HealthSpec, probes: tuple[Probe, ...] = PROBES) -> ProbeResult:
+async def probe(
+    session: ClientSession, spec: InstanceSpec, health: HealthSpec, probes: tuple[Probe, ...] = PROBES
+) -> ProbeResult:
     """The first failure decides (later probes are not run); else the first warning, if any.
 
     A server that does not answer is reported in /health's words whichever probe asked:

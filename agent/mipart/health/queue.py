@@ -5,10 +5,15 @@ It stays in rotation (nginx's least_conn already steers away from it); only stat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mipart.health.probe import PASSED, ProbeResult, http_get
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sum
 from mipart.serving.spec import InstanceSpec
+
+if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
+    from aiohttp import ClientSession
 
 
 def queue_depth(metrics: str) -> float | None:
@@ -18,7 +23,7 @@ def queue_depth(metrics: str) -> float | None:
 class QueueDepth:
     name = "queue_depth"
 
-    async def check(self, session, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         if health.queue_depth_limit is None:
             return PASSED
         _, text = await http_get(session, spec, "/metrics", health.timeout)

@@ -125,7 +125,7 @@ def _balancer(routing: Routing) -> str:
     Under affinity, a request without the header (an empty key) is sent round robin by
     nginx itself, so those spread instead of all meeting on one instance.
     """
-    if routing.policy == "affinity":
+    if routing.policy == "affinity" and routing.header is not None:  # validation gives affinity its header
         return f"hash $http_{routing.header.lower().replace('-', '_')} consistent;"  # how nginx names a request header
     return "random two least_conn;" if routing.policy == "random" else "least_conn;"
 

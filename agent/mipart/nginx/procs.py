@@ -93,7 +93,7 @@ def take_fd(pid: int, fd: int) -> int:
     pidfd = os.pidfd_open(pid)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        copy = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)
+        copy: int = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)  # ctypes calls are untyped; syscall(2) gives an int
         if copy < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"pidfd_getfd on pid {pid}: {os.strerror(err)}")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mipart.errors import UserError
-from mipart.gpu.backend import GpuBackend
+from mipart.gpu.holders import GpuHolders
+from mipart.gpu.partitioning import Partitioning
+from mipart.log import Log
 from mipart.names import REPARTITION_COMMAND, instance_name
 from mipart.partition.clients import Holder, SystemdClients, describe_holders
 from mipart.partition.host_rules import read_rules
@@ -36,12 +39,16 @@ class GpuBusyError(UserError):
     pass
 
 
-def plan_host(spec: GpuSpec, backend: GpuBackend) -> tuple[HostState, PartitionPlan]:
+class ApplyBackend(Partitioning, GpuHolders, Protocol):
+    """What an apply asks of a GPU backend: partition its GPUs, and who holds them."""
+
+
+def plan_host(spec: GpuSpec, backend: Partitioning) -> tuple[HostState, PartitionPlan]:
     state = backend.discover()
     return state, plan_partitions(spec, state, read_rules(backend, state, spec.memory))
 
 
-def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = False) -> ApplyResult:
+def apply(spec: GpuSpec, backend: ApplyBackend, log: Log, instances_stopped: bool = False) -> ApplyResult:
     """`instances_stopped`: the agent has just stopped mipart's own instances for this apply
     (their servers may still be exiting). Otherwise an instance holding a GPU refuses the
     apply, with the command that repartitions while serving."""
@@ -83,19 +90,19 @@ def apply(spec: GpuSpec, backend: GpuBackend, log, instances_stopped: bool = Fal
     return result
 
 
-def _report_traps(result: ApplyResult, plan: PartitionPlan, log) -> None:
+def _report_traps(result: ApplyResult, plan: PartitionPlan, log: Log) -> None:
     result.warnings = list(plan.warnings)
     for warning in result.warnings:
         log.warning("partition.trap", problem=warning)
 
 
-def _users_in_the_way(backend: GpuBackend, state: HostState, plan: PartitionPlan) -> list[GpuUser]:
+def _users_in_the_way(backend: ApplyBackend, state: HostState, plan: PartitionPlan) -> list[GpuUser]:
     """A reload needs every GPU free; a compute write needs its own GPU free (else EBUSY)."""
     touched = {g.index for g in state.physical} if plan.reload else {w.gpu for w in plan.writes}
     return [u for u in backend.gpu_users(state) if touched & set(u.physical_indices)]
 
 
-def busy_holders(backend: GpuBackend, state: HostState, plan: PartitionPlan) -> list[Holder]:
+def busy_holders(backend: ApplyBackend, state: HostState, plan: PartitionPlan) -> list[Holder]:
     """The processes that would make this plan fail, named."""
     return describe_holders(_users_in_the_way(backend, state, plan))
 
@@ -125,7 +132,7 @@ def _refuse_while_serving(holders: list[Holder]) -> None:
         )
 
 
-def _refuse_while_busy(backend: GpuBackend, state: HostState, plan: PartitionPlan, wait: bool) -> None:
+def _refuse_while_busy(backend: ApplyBackend, state: HostState, plan: PartitionPlan, wait: bool) -> None:
     """With `wait`, stopped units get a moment to release /dev/kfd."""
     deadline = time.monotonic() + (USERS_GONE_TIMEOUT if wait else 0)
     while True:
@@ -141,7 +148,7 @@ def _refuse_while_busy(backend: GpuBackend, state: HostState, plan: PartitionPla
         )
 
 
-def _write_all(backend: GpuBackend, state: HostState, writes: list[Write], result: ApplyResult, log) -> None:
+def _write_all(backend: ApplyBackend, state: HostState, writes: list[Write], result: ApplyResult, log: Log) -> None:
     by_index = {g.index: g for g in state.physical}
     for write in writes:
         gpu = by_index[write.gpu]
@@ -153,7 +160,7 @@ def _write_all(backend: GpuBackend, state: HostState, writes: list[Write], resul
         log.info("partition.write", gpu=gpu.index, bdf=gpu.bdf, attribute=write.attribute, value=write.value)
 
 
-def _gpus_back(backend: GpuBackend, expected: int) -> bool:
+def _gpus_back(backend: ApplyBackend, expected: int) -> bool:
     try:
         return len(backend.discover().physical) == expected
     except UserError:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.names import INSTANCE_VAR, instance_number
+from mipart.runners import unit_state
 from mipart.runners.procfs import environ_of
 from mipart.values import GpuUser
 
@@ -71,18 +72,29 @@ class SystemdClients:
     def __init__(self, units: tuple[str, ...]):
         self.units = units
 
-    def _systemctl(self, *args: str) -> subprocess.CompletedProcess:
+    def _systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        self._need_systemctl()
+        return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=300)
+
+    def _up(self, units: list[str]) -> set[str]:
+        """The units that run (runners.unit_state's reader), in one call."""
+        self._need_systemctl()
+        shown = unit_state.show(units, unit_state.STATE)
+        return {u for u in units if unit_state.state_of(shown.get(u, {})).up}
+
+    @staticmethod
+    def _need_systemctl() -> None:
         if shutil.which("systemctl") is None:
             raise UserError(
                 "gpus.client_services is set but systemctl is missing; run mipart on a systemd host or empty "
                 "client_services"
             )
-        return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=300)
 
     def stop_active(self) -> list[str]:
         if not self.units:
             return []
-        active = [u for u in self.units if self._systemctl("is-active", "--quiet", u).returncode == 0]
+        up = self._up(list(self.units))
+        active = [u for u in self.units if u in up]
         if active:
             done = self._systemctl("stop", *active)
             if done.returncode != 0:
@@ -100,4 +112,5 @@ class SystemdClients:
         done = self._systemctl("start", *units)
         if done.returncode == 0:
             return []
-        return [u for u in units if self._systemctl("is-active", "--quiet", u).returncode != 0]
+        up = self._up(units)
+        return [u for u in units if u not in up]

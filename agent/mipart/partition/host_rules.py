@@ -10,16 +10,17 @@ from __future__ import annotations
 import threading
 import time
 
-from mipart.gpu.backend import GpuBackend
+from mipart.gpu.partitioning import Partitioning
 from mipart.partition.plan import HostRules, RuleGroup, rule_groups
 from mipart.values import HostState
 
 KEEP_SECONDS = 300.0
-_kept: dict[tuple, tuple[float, tuple[RuleGroup, ...]]] = {}
+# (backend root, each GPU's bdf and device id) -> (when read, the groups)
+_kept: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[float, tuple[RuleGroup, ...]]] = {}
 _lock = threading.Lock()
 
 
-def read_rules(backend: GpuBackend, state: HostState, memory: str | None = None) -> HostRules:
+def read_rules(backend: Partitioning, state: HostState, memory: str | None = None) -> HostRules:
     """The host's rules; `memory`: the mode a reload would go to (None: no reload asked)."""
     tables = {g.index: backend.pair_table(g) for g in state.physical}
     return HostRules(
@@ -31,7 +32,7 @@ def read_rules(backend: GpuBackend, state: HostState, memory: str | None = None)
     )
 
 
-def kept_rule_groups(backend: GpuBackend, state: HostState) -> tuple[RuleGroup, ...]:
+def kept_rule_groups(backend: Partitioning, state: HostState) -> tuple[RuleGroup, ...]:
     """The host's pair tables, read at most once per KEEP_SECONDS for the same GPUs."""
     key = (str(backend.root), tuple((g.bdf, g.device_id) for g in state.physical))
     now = time.monotonic()

@@ -8,10 +8,11 @@ mode after that reload (the driver resets it from user_partt_mode) is not the wa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from mipart.errors import UserError
-from mipart.gpu.backend import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.gpu.pair_tables import FROM_KERNEL
+from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.fields import COMPUTE_CHOICES, format_indices
 from mipart.profile.schema import GpuSpec
@@ -47,7 +48,7 @@ class RuleGroup:
 
 
 def rule_groups(rules: HostRules) -> tuple[RuleGroup, ...]:
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], list[int]] = {}
     for index, pairs in sorted(rules.pairs.items()):
         key = (rules.sources.get(index, FROM_KERNEL), tuple(pairs.items()))
         groups.setdefault(key, []).append(index)
@@ -105,7 +106,7 @@ class PartitionPlan:
         final = {g.index: g.compute_final for g in self.gpus}
         return {lg.index: final[lg.physical] for lg in self.logical}
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "reload": self.reload,
             "writes": [asdict(w) for w in self.writes],
@@ -140,7 +141,7 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
     changes = []
     for gpu in gpus:
         want = spec.compute_for(gpu.index)
-        start = rules.compute_after_reload if reload else gpu.compute
+        start = _mode_before_writes(gpu, rules, reload)
         if want is not None:
             _check_compute(gpu, want, memory_final, rules.pairs[gpu.index], rules.sources.get(gpu.index, FROM_KERNEL))
             if start != want:
@@ -206,9 +207,18 @@ def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tu
         )
 
 
+def _mode_before_writes(gpu: PhysicalGpu, rules: HostRules, reload: bool) -> str:
+    """A GPU's compute mode when the compute writes come: after a reload, the driver's choice."""
+    if not reload:
+        return gpu.compute
+    if rules.compute_after_reload is None:
+        raise ValueError("a reload is planned, but the host's rules were read without gpus.memory")
+    return rules.compute_after_reload
+
+
 def _predict_logical(changes: list[GpuChange], partitions: dict[int, dict[str, int]]) -> tuple[LogicalPrediction, ...]:
     """Logical GPUs in KFD order: physical GPUs in PCI order, partitions within each."""
-    result = []
+    result: list[LogicalPrediction] = []
     for gpu in changes:
         for part in range(partitions[gpu.index][gpu.compute_final]):
             result.append(LogicalPrediction(len(result), gpu.index, part, 128 + 8 * gpu.index + part))

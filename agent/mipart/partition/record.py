@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from mipart.fsutil import write_atomic
 from mipart.paths import run_dir
+
+if TYPE_CHECKING:
+    from mipart.partition.apply import ApplyResult
 
 RECORD_NAME = "partition.json"
 RECORD_VERSION = 1
@@ -23,14 +27,14 @@ class PartitionRecord:
     ok: bool
     error: str
     profile_digest: str
-    result: dict | None  # partition.apply.ApplyResult's fields
+    result: dict[str, Any] | None  # partition.apply.ApplyResult's fields
     version: int = RECORD_VERSION
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> PartitionRecord:
+    def from_json(cls, data: dict[str, Any]) -> PartitionRecord:
         """Raises ValueError for a record of another version; tolerates missing fields."""
         version = data.get("version", 1)
         if version != RECORD_VERSION:
@@ -46,7 +50,7 @@ class PartitionRecord:
         )
 
 
-def record_apply(ok: bool, profile_digest: str, result=None, error: str = "") -> None:
+def record_apply(ok: bool, profile_digest: str, result: ApplyResult | None = None, error: str = "") -> None:
     """Best effort: a read-only or missing /run must not turn a good apply into a failure."""
     record = PartitionRecord(time.time(), ok, error, profile_digest, asdict(result) if result else None)
     try:
@@ -55,7 +59,7 @@ def record_apply(ok: bool, profile_digest: str, result=None, error: str = "") ->
         pass
 
 
-def last_apply() -> dict | None:
+def last_apply() -> dict[str, Any] | None:
     """The last record as PartitionRecord's JSON; None when there is none or it cannot be read."""
     try:
         data = json.loads((run_dir() / RECORD_NAME).read_text())

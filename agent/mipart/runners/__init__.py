@@ -19,4 +19,7 @@ RUNNERS = {
 
 def make_runner(kind: str, run_dir: Path) -> Runner:
     module, name = RUNNERS[kind].split(":")
-    return getattr(importlib.import_module(module), name)(run_dir)
+    runner = getattr(importlib.import_module(module), name)(run_dir)
+    if not isinstance(runner, Runner):  # a registry line that names something else
+        raise TypeError(f"mipart.runners.RUNNERS[{kind!r}] is {RUNNERS[kind]}, which is not a runners.base.Runner")
+    return runner

@@ -37,3 +37,9 @@ class Runner(Protocol):
         ...
 
     def nginx_running(self, files: NginxFiles) -> bool: ...
+
+    def shutdown(self, files: NginxFiles) -> None:
+        """Stop every instance and nginx this runner serves (`mipart agent --stop-on-exit`, the
+        demo's Ctrl-C). A runner whose servers outlive the agent by design (systemd's) refuses
+        with UserError."""
+        ...

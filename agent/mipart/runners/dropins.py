@@ -8,6 +8,7 @@ others find nothing to do, so systemd reloads once per batch, not once per insta
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class Dropins:
     unit_dir: Path
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def sync(self, reload) -> dict[int, str]:
+    def sync(self, reload: Callable[[], object]) -> dict[int, str]:
         """Write changed drop-ins, remove those whose spec is gone, then call `reload` once if
         anything changed. Returns, per instance, why it has no drop-in (a spec value refused);
         an unreadable spec is left to the launcher, which names it when the unit starts."""

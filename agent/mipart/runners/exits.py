@@ -11,6 +11,7 @@ runner); both are read here, never written.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from mipart.names import instance_name
@@ -19,7 +20,7 @@ ENDINGS = {"1": "exited with status", "2": "killed by signal", "3": "dumped core
 TAIL_BYTES = 4096
 
 
-def exit_status(props: dict | None) -> str:
+def exit_status(props: Mapping[str, str] | None) -> str:
     """'exited with status 1 (exit-code)' for a main process that failed; "" when it did not."""
     if not props or props.get("Result", "success") == "success":
         return ""
@@ -27,7 +28,7 @@ def exit_status(props: dict | None) -> str:
     return f"{how} {props.get('ExecMainStatus', '?')} ({props['Result']})"
 
 
-def returncode_props(code: int | None) -> dict:
+def returncode_props(code: int | None) -> dict[str, str]:
     """A Popen return code in systemd's properties (negative: killed by that signal)."""
     if code is None or code == 0:
         return {}

@@ -29,23 +29,23 @@ class ProcessRunner:
     def __init__(self, run_dir: Path, log_dir: Path | None = None):
         self.run_dir = run_dir
         self.log_dir = log_dir or run_dir / "logs"
-        self.children: dict[int, subprocess.Popen] = {}
-        self.nginx: subprocess.Popen | None = None
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.nginx: subprocess.Popen[bytes] | None = None
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
         return procfs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
 
     def list_instances(self) -> dict[int, UnitState]:
-        states = {n: UnitState(n, "active", "running", pid) for n, pid in self._adopted().items()}
+        states = {n: UnitState("active", "running", pid) for n, pid in self._adopted().items()}
         for number, child in list(self.children.items()):
             if number in states:
                 continue
             code = child.poll()
             if code is None:  # the launcher has not exec'd the server yet
-                states[number] = UnitState(number, "activating", "start", child.pid)
+                states[number] = UnitState("activating", "start", child.pid)
             else:
-                states[number] = UnitState(number, "failed" if code else "inactive", "failed" if code else "dead")
+                states[number] = UnitState("failed" if code else "inactive", "failed" if code else "dead")
         return states
 
     def start(self, number: int) -> None:
@@ -65,7 +65,7 @@ class ProcessRunner:
         """Like systemd's KillMode=mixed: SIGTERM the server, then SIGKILL whatever is left of it."""
         pid = self._adopted().get(number)
         child = self.children.pop(number, None)
-        for leader in {pid, child.pid if child else None} - {None}:
+        for leader in {p for p in (pid, child.pid if child else None) if p is not None}:
             _terminate(leader)
             _kill_group(leader)  # its own children (vLLM's engine core) must not outlive it
         if child:

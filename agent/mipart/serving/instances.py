@@ -128,7 +128,9 @@ def _serve_argv(service: ServiceSpec, port: int, container: bool) -> list[str]:
     return command + list(service.args)
 
 
-def _container_argv(service: ServiceSpec, number: int, port: int, group, hf_home: str) -> list[str]:
+def _container_argv(
+    service: ServiceSpec, number: int, port: int, group: tuple[LogicalGpu, ...], hf_home: str
+) -> list[str]:
     """`docker|podman run` with only this instance's GPUs: no --privileged, no whole /dev/dri.
 
     The env is not here: the launcher puts it in env files (serving.launcher.client_argv)."""

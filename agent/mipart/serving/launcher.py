@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 from mipart.cachedir import cache_dir_problem
 from mipart.errors import UserError
-from mipart.gpu import sysfs_root
+from mipart.gpu import open_backend
 from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR, VISIBLE_DEVICE_VARS
 from mipart.paths import instance_spec_path
 from mipart.serving.execenv import CLIENT_PATH, checked_env_file, client_argv, client_env, read_env_files
 from mipart.serving.spec import InstanceSpec, SpecVersionError
-from mipart.sim.devices import device_env
+
+if TYPE_CHECKING:
+    import pwd
 
 
 def read_spec(number: int) -> InstanceSpec:
@@ -50,7 +53,7 @@ def container_client(spec: InstanceSpec) -> str:
     return client
 
 
-def remove_container(client: str, spec: InstanceSpec, env: dict) -> None:
+def remove_container(client: str, spec: InstanceSpec, env: dict[str, str]) -> None:
     subprocess.run([client, "rm", "-f", container_name(spec.number)], capture_output=True, timeout=120, env=env)
 
 
@@ -62,14 +65,14 @@ def prepare_cache(spec: InstanceSpec) -> None:
         raise UserError(f"instance {spec.number}: instances.hf_home {spec.hf_home} resolves to {real}, which {problem}")
     owner = spec.cache_owner or spec.user
     if owner and os.geteuid() == 0 and not os.path.isdir(real):
-        import pwd
-
-        entry = _user(owner, pwd)
+        entry = _user(owner)
         os.makedirs(real, exist_ok=True)
         os.chown(real, entry.pw_uid, entry.pw_gid)
 
 
-def _user(name: str, pwd):
+def _user(name: str) -> pwd.struct_passwd:
+    import pwd
+
     try:
         return pwd.getpwnam(name)
     except KeyError:
@@ -78,11 +81,9 @@ def _user(name: str, pwd):
         ) from None
 
 
-def _drop_privileges(user: str, env: dict) -> None:
+def _drop_privileges(user: str, env: dict[str, str]) -> None:
     """Become the instance user before the server's env is ever used (execve comes after)."""
-    import pwd
-
-    entry = _user(user, pwd)
+    entry = _user(user)
     os.setgroups(os.getgrouplist(user, entry.pw_gid))
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -112,15 +113,16 @@ def launch(number: int, cleanup: bool) -> int:
         # beside the one the spec sets; only the spec's choice reaches the server.
         inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
         env = {**inherited, **dict(spec.env), **secrets, **tags}
-        env.update(device_env(sysfs_root(), spec.devices))  # a simulated host's device files; on a real host none
+        env.update(open_backend().device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
         if spec.user and os.geteuid() == 0:
             _drop_privileges(spec.user, env)
         argv = list(spec.argv)
-        program = shutil.which(argv[0], path=os.environ.get("PATH", os.defpath))  # mipart's PATH, not the profile's
-        if program is None:
+        found = shutil.which(argv[0], path=os.environ.get("PATH", os.defpath))  # mipart's PATH, not the profile's
+        if found is None:
             raise UserError(
                 f"instance {number}: command {argv[0]!r} not found; install it, or set services.{spec.service}.command"
             )
+        program = found
     try:
         os.execve(program, argv, env)
     except PermissionError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mipart.gpu.backend import GpuBackend
+from mipart.gpu.partitioning import Partitioning
 from mipart.partition.apply import plan_host
 from mipart.partition.plan import PartitionPlan
 from mipart.profile.schema import Profile
@@ -24,7 +24,7 @@ class PlannedHost:
     instances: tuple[InstanceSpec, ...]
 
 
-def plan_serving(profile: Profile, backend: GpuBackend) -> PlannedHost:
+def plan_serving(profile: Profile, backend: Partitioning) -> PlannedHost:
     state, partition = plan_host(profile.gpus, backend)
     bdf = {g.index: g.bdf for g in state.physical}
     logical = tuple(

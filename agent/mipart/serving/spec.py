@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from mipart import envfile
 from mipart.names import CONTAINER_RUNTIMES, instance_unit
@@ -59,7 +60,7 @@ class InstanceSpec:
     def container(self) -> bool:
         return self.runtime in CONTAINER_RUNTIMES
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for key in OPTIONAL_FIELDS:
             if data[key] == self.__dataclass_fields__[key].default:
@@ -67,7 +68,7 @@ class InstanceSpec:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> InstanceSpec:
+    def from_json(cls, data: dict[str, Any]) -> InstanceSpec:
         fields = {**data}
         for key in ("logical_gpus", "physical_gpus", "render_nodes", "argv", "env_files"):
             if key in fields:

@@ -1,4 +1,5 @@
-"""The simulated host's GPU backend: the amdgpu backend reading a `mipart sim` root.
+"""The simulated host's GPU backend: the amdgpu backend reading a `mipart sim` root, which
+names it in its marker file (mipart.gpu.open_backend).
 
 Reading is the amdgpu backend's own file I/O. Only what plain files cannot do differs:
 a write goes to the simulated driver (sim/kernel.py), which refuses it with the errno
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from mipart.gpu import driver
 from mipart.gpu.amdgpu import AmdgpuBackend
 from mipart.names import RELOAD_CMD_VAR
-from mipart.sim import kernel
+from mipart.sim import devices, kernel
 from mipart.sim.state import is_sim
 from mipart.values import GpuUser, HostState, PhysicalGpu
 
@@ -45,3 +47,7 @@ class SimBackend(AmdgpuBackend):
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         kernel.refresh_users(self.root)
         return super().gpu_users(state)
+
+    def device_env(self, devices_wanted: Iterable[str]) -> dict[str, str]:
+        """The fake engine opens the root's device files (DEVICES_VAR), and so holds its GPUs."""
+        return devices.device_env(self.root, devices_wanted)

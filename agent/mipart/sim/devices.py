@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mipart.names import DEVICES_VAR
-from mipart.sim.state import is_sim
 
 PROC = Path("/proc")
 KFD_FILE = Path("dev/kfd")
@@ -80,10 +79,8 @@ def gpus_in_use(openers_by_pid: Mapping[int, Sequence[int]], gpus: int) -> set[i
 
 
 def device_env(root: Path, devices: Iterable[str]) -> dict[str, str]:
-    """For the launcher: under a simulated root, the spec's devices as that root's files
-    (DEVICES_VAR, for the fake engine to open); on a real host nothing."""
-    if not is_sim(root):
-        return {}
+    """For the launcher (through the simulated root's backend): the spec's devices as that
+    root's files, in DEVICES_VAR for the fake engine to open."""
     base = Path(root).resolve()
     return {DEVICES_VAR: ":".join(str(base / device.lstrip("/")) for device in devices)}
 

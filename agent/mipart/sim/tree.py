@@ -18,11 +18,15 @@ from pathlib import Path
 from mipart.gpu.amdgpu import AST_MODULE, KFD, PCI_DEVICES, USER_PARTT_PARAM
 from mipart.gpu.kernel_table import PARTITION_CONFIG
 from mipart.gpu.modes import partitions_per_gpu
+from mipart.names import BACKEND_MARKER
 from mipart.sim import devices
 from mipart.sim.state import SIM_DIR, SimState
 
-# What ROOT holds besides SIM_DIR.
+# What ROOT holds besides SIM_DIR and BACKEND_MARKER.
 TOP_DIRS = ("bus", "class", "dev", "devices", "module")
+# The root's own GPU backend, named in BACKEND_MARKER: the production registry
+# (mipart.gpu.BACKENDS) never names the simulator's.
+BACKEND = "mipart.sim.backend:SimBackend"
 # (bdf, vendor, device, class): PCI devices that discovery must skip.
 DECOYS = (
     ("0000:00:00.0", "0x1022", "0x14a4", "0x060000"),  # AMD (CPU vendor id) host bridge
@@ -90,6 +94,7 @@ def build_static(root: Path, state: SimState) -> None:
     if state.bmc_ast:
         (root / AST_MODULE).mkdir(parents=True)
     devices.build(root, len(state.gpus))
+    _put(root / BACKEND_MARKER, BACKEND + "\n")
 
 
 def render(root: Path, state: SimState) -> None:
