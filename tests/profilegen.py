@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.nginx.conf import render_nginx
-from mipart.profile.load import GPU_KEYS, HEALTH_KEYS, INSTANCE_KEYS, check_profile
+from mipart.profile.keys import children
+from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
-from mipart.profile.services import SERVICE_KEYS
 from mipart.serving.planned import plan_serving
 
 PATH = "/etc/mipart/profile.yaml"
@@ -219,6 +219,9 @@ def maybe_hostile(draw, good, hostile_rate: float):
     return draw(good)
 
 
+SERVICE_KEYS = children("services.*")
+
+
 @st.composite
 def service(draw, index: int, partitions: str, rate: float, **where):
     runtime = draw(st.sampled_from(["native", "docker", "podman", None]))
@@ -314,7 +317,7 @@ def profile_text(
         "max_restarts": st.integers(1, 1000).map(str),
         "queue_depth_limit": st.integers(1, 1_000_000).map(str),
     }
-    for table, keys in ((gpus, GPU_KEYS), (instances, INSTANCE_KEYS), (health, HEALTH_KEYS)):
+    for table, keys in ((gpus, children("gpus")), (instances, children("instances")), (health, children("health"))):
         assert set(table) == set(keys), "a key without a generator: add one"
     lines = ["version: " + draw(maybe_hostile(st.just("1"), rate / 4))]
     for name, table in (("gpus", gpus), ("instances", instances), ("health", health)):

@@ -15,13 +15,11 @@ from mipart.cachedir import cache_dir_problem
 from mipart.gpu import modes
 from mipart.names import CACHE_VAR, RESERVED_ENV_PREFIX, VISIBLE_DEVICE_VARS
 from mipart.profile import addresses
+from mipart.profile.keys import MAX_INDEX, children, required
 from mipart.profile.nodes import INT, NodeChecker, cut, shown
-from mipart.profile.schema import INSTANCE_PORT_SPAN, RUNTIMES, GpuOverride, Listen
+from mipart.profile.schema import GpuOverride, Listen
 
 COMPUTE_CHOICES = modes.COMPUTE_MODES
-MEMORY_CHOICES = modes.MEMORY_MODES
-RUNTIME_CHOICES = RUNTIMES
-VISIBLE_CHOICES = VISIBLE_DEVICE_VARS
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
@@ -46,8 +44,6 @@ SEQS = re.compile(r"[1-9][0-9]{0,8}")
 # (ignore_invalid_headers on, underscores_in_headers off: their defaults). docs/routing.md.
 HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", re.ASCII)
 HTTP_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", re.ASCII)
-MAX_INDEX = 1023
-MAX_LOGICAL = INSTANCE_PORT_SPAN - 1  # instance N listens on base_port + N
 ALL = "all"  # index_set's answer for 'all', kept apart from None (= invalid)
 # execve(2) takes at most MAX_ARG_STRLEN (32 pages: 131072 bytes, with its NUL) per argument or
 # KEY=value entry, and argv and environment together within ARG_MAX (a quarter of the 8 MiB
@@ -347,7 +343,7 @@ class Checker(NodeChecker):
         claimed: dict[int, int] = {}
         for i, item in enumerate(node.value):
             where = f"gpus.overrides[{i}]"
-            items = self.mapping(item, where, ("select", "compute"), required=("select", "compute"))
+            items = self.mapping(item, where, children("gpus.overrides[]"), required=required("gpus.overrides[]"))
             if not items or "select" not in items or "compute" not in items:
                 continue
             chosen = self.index_set(items["select"], f"{where}.select", "physical GPU")
