@@ -29,7 +29,7 @@ from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 from mipart.nginx.conf import render_nginx
 from mipart.profile.addresses import api_port
 from mipart.profile.durations import format_ms, parse_ms
-from mipart.profile.fields import format_indices
+from mipart.profile.indices import format_indices
 from mipart.profile.keys import CHILDREN, KEYS, MAX_LOGICAL, Key, children
 from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError

@@ -15,6 +15,7 @@ import yaml
 
 from mipart.profile import fields as f
 from mipart.profile import keys
+from mipart.profile.indices import ALL
 from mipart.profile.problems import Problem, ProfileError
 from mipart.profile.schema import ApiSpec, GpuSpec, HealthSpec, InstancesSpec, Profile
 from mipart.profile.sections import read_section
@@ -70,8 +71,8 @@ def _check_gpus(c: f.Checker, node: yaml.Node) -> GpuSpec:
     if items is None:
         return GpuSpec()
     compute, memory = values.get("compute"), values.get("memory")
-    select = values.get("select", f.ALL)
-    select = None if select == f.ALL else select
+    select = values.get("select", ALL)
+    select = None if select == ALL else select
     if compute and memory:
         c.compute_memory_pair(items["compute"], compute, memory, "gpus.compute")
     overrides = c.overrides(items["overrides"], memory, select) if "overrides" in items else ()

@@ -12,6 +12,7 @@ from mipart.names import CONTAINER_RUNTIMES
 from mipart.profile import fields as f
 from mipart.profile import keys
 from mipart.profile.addresses import api_port
+from mipart.profile.indices import ALL, format_indices
 from mipart.profile.nodes import CONTROL, cut, shown
 from mipart.profile.schema import (
     DEFAULT_NATIVE_COMMAND,
@@ -83,7 +84,7 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
     runtime = values.get("runtime") or ServiceSpec.runtime
     _check_runtime_fields(c, runtime, items, where)
     partitions, tp = values.get("partitions"), values.get("tensor_parallel")
-    if partitions and partitions != f.ALL and tp and len(partitions) % tp:
+    if partitions and partitions != ALL and tp and len(partitions) % tp:
         c.problem(
             items["tensor_parallel"],
             f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of "
@@ -154,7 +155,7 @@ def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:
 
 def build_service(values: dict) -> ServiceSpec:
     values = dict(values)
-    if values.get("partitions") == f.ALL:
+    if values.get("partitions") == ALL:
         values["partitions"] = None
     if "max_concurrency" not in values:
         values["max_concurrency"] = f.max_num_seqs(values.get("args", ())) or ServiceSpec.max_concurrency
@@ -197,11 +198,11 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
     claimed: dict[int, str] = {}
     whole: str | None = None
     for service in services:
-        name, partitions = service.name, service.values.get("partitions", f.ALL)
+        name, partitions = service.name, service.values.get("partitions", ALL)
         if partitions is None:
             continue  # invalid, already reported
         node = service.node_of("partitions")
-        if partitions == f.ALL:
+        if partitions == ALL:
             if whole or claimed:
                 other = whole or next(iter(claimed.values()))
                 c.problem(
@@ -222,7 +223,7 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
         if clash:
             c.problem(
                 node,
-                f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; "
+                f"services.{name}.partitions {format_indices(clash)} already used by service {claimed[clash[0]]}; "
                 "services' partitions must not overlap",
             )
         for index in partitions:
