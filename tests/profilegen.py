@@ -1,11 +1,12 @@
 """Profiles generated from the v1 schema for property-based tests (hypothesis), and the
 property every one must hold (serve_or_refuse).
 
-Every key the loader knows (its own key tuples, so a new key is generated too) gets either
-a value of its kind that should pass, or a hostile one from a pool that covers every way a
-YAML scalar can mislead (empty, null, coerced numbers and booleans, dates, tags, non-ASCII
-digits, control characters, huge numbers, aliases, nesting), in a scalar, list or mapping
-position. The text is written by hand, so quoting is what the test chose, and some texts
+Every key of the schema (profile/keys.py, which the loader reads too, so a new key is
+generated too) gets either a good value drawn from its row (an integer or duration within its
+bounds, one of its choices, a pool of its kind's values), or a hostile one from a pool that
+covers every way a YAML scalar can mislead (empty, null, coerced numbers and booleans, dates,
+tags, non-ASCII digits, control characters, huge numbers, aliases, nesting), in a scalar, list
+or mapping position. The text is written by hand, so quoting is what the test chose, and some texts
 are then mutated character by character.
 """
 
@@ -23,11 +24,16 @@ from hypothesis import HealthCheck, event
 from hypothesis import strategies as st
 
 from mipart.errors import UserError
-from mipart.gpu import open_backend
+from mipart.gpu import modes, open_backend
+from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 from mipart.nginx.conf import render_nginx
-from mipart.profile.load import GPU_KEYS, HEALTH_KEYS, INSTANCE_KEYS, check_profile
+from mipart.profile.addresses import api_port
+from mipart.profile.durations import format_ms, parse_ms
+from mipart.profile.indices import format_indices
+from mipart.profile.keys import CHILDREN, KEYS, MAX_LOGICAL, Key, children
+from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
-from mipart.profile.services import SERVICE_KEYS
+from mipart.profile.schema import INSTANCE_PORT_SPAN
 from mipart.serving.planned import plan_serving
 
 PATH = "/etc/mipart/profile.yaml"
@@ -143,11 +149,34 @@ def q(text: str) -> str:
     return json.dumps(text)
 
 
-durations = st.one_of(
-    st.builds(lambda n, u: f"{n}{u}", st.integers(1, 5000), st.sampled_from(["ms", "s"])),
-    st.builds(lambda n: f"{n}m", st.integers(1, 60)),
-    st.sampled_from(["1.5s", "0.25s", "500ms", "1h", "2s"]),
-)
+# -- good values: each drawn from its key's row in the schema (profile/keys.py) -----------------
+
+
+def duration(low_ms: int, high_ms: int):
+    """A duration within bounds, written as whole ms, in its largest unit, or as fractional seconds."""
+    millis = st.one_of(st.integers(low_ms, min(high_ms, max(low_ms, 5000))), st.integers(low_ms, high_ms))
+    forms = [lambda ms: f"{ms}ms", format_ms, lambda ms: f"{ms // 1000}.{ms % 1000:03d}s"]
+    return st.builds(lambda ms, form: form(ms), millis, st.sampled_from(forms))
+
+
+@st.composite
+def index_set(draw, high: int, present: int):
+    """(text, indices or None for all): within [0, high], mostly within what the host has (`present`),
+    so that most profiles can be served, and one in ten anywhere within the bounds."""
+    within = min(present, high + 1)
+    pick = draw(st.integers(0, 9))
+    if pick < 3:
+        chosen = None
+    elif pick < 6:
+        chosen = frozenset(range(within))
+    else:
+        chosen = draw(st.sets(st.integers(0, within - 1 if pick < 9 else high), min_size=1, max_size=4))
+    if chosen is None:
+        return "all", None
+    form = draw(st.sampled_from([lambda s: "[" + ", ".join(map(str, sorted(s))) + "]", lambda s: q(format_indices(s))]))
+    return form(chosen), chosen
+
+
 # Plain words YAML reads as the same string (not `null`, `on`, `1.0`...): the hostile pool has those.
 words = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12).filter(
     lambda w: w[0].isalnum() and yaml.safe_load(w) == w
@@ -176,9 +205,15 @@ args = st.lists(
         words,
     ),
     max_size=6,
+).map(lambda items: "[" + ", ".join(items) + "]")
+commands = st.sampled_from(
+    [
+        '["vllm", "serve"]',
+        "[python3, -m, vllm.entrypoints.openai.api_server]",
+        '["{model}"]',
+        "[vllm, serve, '{model}']",
+    ]
 )
-
-
 # Header names nginx reads as $http_*: letters, digits and '-' (the hostile pool has the rest).
 headers = st.one_of(
     st.sampled_from(["X-Session-Id", "x-conversation", q("Session-2"), "X-1", q("123"), "A" * 64]),
@@ -188,11 +223,83 @@ headers = st.one_of(
 )
 
 
-def routing(rate: float):
-    affinity = maybe_hostile(headers, rate).map(lambda h: f"{{affinity: {{header: {h}}}}}")
-    return st.one_of(
-        st.sampled_from(["least_conn", q("least_conn")]), st.sampled_from(["random", q("random")]), affinity
-    )
+def _flow(pairs: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in pairs.items()) + "}"
+
+
+# Good values of the kinds that have no bounds to draw within, written as a user would.
+POOLS = {
+    "model": st.sampled_from(["org/model", "meta-llama/Llama-3.1-8B-Instruct", "/models/llama", q("org/m.v2")]),
+    "name": st.one_of(words, st.sampled_from([q("3.10"), "chat-1", "3.1"])),
+    "image": st.sampled_from(["rocm/vllm:latest", "registry.example:5000/rocm/vllm:v1", q("rocm/vllm")]),
+    "env": st.dictionaries(st.sampled_from(["A", "B_2", "VLLM", "_u"]), env_values, max_size=3).map(_flow),
+    "paths": st.sampled_from(
+        ["[]", "[/etc/mipart/secrets/chat.env]", f"[{q('/etc/mipart/a.env')}, /etc/mipart/b.env]"]
+    ),
+    "unit names": st.sampled_from(["[]", "[my-inference.service]", "[other, 'a@b.service']"]),
+    "directory": st.sampled_from(["/var/lib/mipart/hf", q("/data/hf-cache")]),
+    "user": st.sampled_from(["mipart", "root", "_svc"]),
+    "header": headers,
+}
+# Rules between two keys that validation holds besides each key's bounds (profile/load.py).
+NO_LONGER_THAN = {"health.timeout": "health.interval"}
+NO_SHORTER_THAN = {"health.restart_backoff_max": "health.restart_backoff"}
+
+
+def good(row: Key, rate: float):
+    """A value the schema's row says is good, as YAML text; kinds that need context are given instead."""
+    if row.kind in ("integer", "version"):
+        return st.integers(*row.span).map(str)
+    if row.kind == "duration":
+        return duration(*row.span)
+    if row.kind in ("choice", "routing"):
+        word = st.sampled_from(row.choices).flatmap(lambda w: st.sampled_from([w, q(w)]))
+        return word if row.kind == "choice" else st.one_of(word, fields(row.path, rate).map(_flow))
+    if row.kind == "argv":
+        return commands if row.low else args
+    if row.kind == "mapping":
+        return fields(row.path, rate).map(_flow)
+    if row.kind == "physical GPUs":
+        return index_set(row.span[1], present=8).map(lambda drawn: drawn[0])
+    return POOLS[row.kind]
+
+
+@st.composite
+def fields(draw, path: str, rate: float, given: dict | None = None, names: set | None = None) -> dict:
+    """Keys under `path` as the schema lists them (`names`, or some plus the required ones), each
+    with a good value (its row's, or `given`) or a hostile one. A duration that another key is held
+    to is drawn first (the table lists it first), or is its default when left out."""
+    rows, given = CHILDREN[path], given or {}
+    if names is None:
+        names = {r.name for r in rows if r.required} | draw(st.sets(st.sampled_from([r.name for r in rows])))
+    held: dict[str, int] = {}  # durations as they hold: drawn or the default
+    out = {}
+    for row in rows:
+        if row.kind == "duration":
+            low, high = row.span
+            high = min(high, held.get(NO_LONGER_THAN.get(row.path, ""), high))
+            low = max(low, held.get(NO_SHORTER_THAN.get(row.path, ""), low))
+            text = draw(duration(low, high)) if row.name in names else row.default
+            held[row.path] = parse_ms(text or "")[0]
+            value = st.just(text)
+        else:
+            value = given[row.name] if row.name in given else good(row, rate)
+        if row.name in names:
+            out[row.name] = draw(maybe_hostile(value, rate))
+    return out
+
+
+def chance(rate: float):
+    """True about `rate` of the time: hypothesis's floats(0, 1) favour 0.0 and tiny values, which
+    made `floats(0, 1) < 0.02` true one time in four."""
+    return st.sampled_from(range(1000)).map(lambda n: n < rate * 1000)
+
+
+@st.composite
+def maybe_hostile(draw, good, hostile_rate: float):
+    if draw(chance(hostile_rate)):
+        return draw(HOSTILE)
+    return draw(good)
 
 
 def listen(index: int, sock_dir: str, loopback_only: bool, port_base: int, ipv6: bool):
@@ -208,60 +315,64 @@ def listen(index: int, sock_dir: str, loopback_only: bool, port_base: int, ipv6:
     return st.one_of(*forms)
 
 
-def _flow(pairs: dict) -> str:
-    return "{" + ", ".join(f"{k}: {v}" for k, v in pairs.items()) + "}"
+def divisors(count: int, row: Key) -> list[int]:
+    low, high = row.span
+    return [n for n in range(low, min(count, high) + 1) if count % n == 0]
 
 
 @st.composite
-def maybe_hostile(draw, good, hostile_rate: float):
-    if draw(st.floats(0, 1)) < hostile_rate:
-        return draw(HOSTILE)
-    return draw(good)
-
-
-@st.composite
-def service(draw, index: int, partitions: str, rate: float, **where):
-    runtime = draw(st.sampled_from(["native", "docker", "podman", None]))
-    good = {
-        "model": st.sampled_from(["org/model", "meta-llama/Llama-3.1-8B-Instruct", "/models/llama", q("org/m.v2")]),
-        "served_model_name": st.one_of(words, st.sampled_from([q("3.10"), "chat-1", "3.1"])),
-        "partitions": st.just(partitions),
-        "tensor_parallel": st.just("1"),
+def service(draw, index: int, partitions: tuple[str, int], rate: float, **where):
+    """One service, block style: its partitions and listener given (they must not clash with the
+    others'), the rest from the schema; an image exactly when the runtime is a container's."""
+    text, count = partitions
+    row = KEYS["services.*.runtime"]
+    runtime = draw(st.sampled_from([*row.choices, None]))
+    given = {
+        "partitions": st.just(text),
+        "tensor_parallel": st.sampled_from(divisors(count, KEYS["services.*.tensor_parallel"])).map(str),
         "listen": listen(index, **where),
-        "runtime": st.just(runtime or "native"),
-        "image": st.sampled_from(["rocm/vllm:latest", "registry.example:5000/rocm/vllm:v1", q("rocm/vllm")]),
-        "command": st.sampled_from(
-            [
-                '["vllm", "serve"]',
-                "[python3, -m, vllm.entrypoints.openai.api_server]",
-                '["{model}"]',
-                "[vllm, serve, '{model}']",
-            ]
-        ),
-        "args": args.map(lambda items: "[" + ", ".join(items) + "]"),
-        "env": st.dictionaries(st.sampled_from(["A", "B_2", "VLLM", "_u"]), env_values, max_size=3).map(_flow),
-        "env_files": st.sampled_from(
-            ["[]", "[/etc/mipart/secrets/chat.env]", f"[{q('/etc/mipart/a.env')}, /etc/mipart/b.env]"]
-        ),
-        "visible_devices_env": st.sampled_from(["CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]),
-        "max_concurrency": st.integers(1, 65536).map(str),
-        "request_timeout": durations,
-        "routing": routing(rate),
-        "health": st.one_of(
-            st.just("{}"),
-            st.builds(lambda i, t: f"{{generation_probe: {{idle: {i}, timeout: {t}}}}}", durations, durations),
-        ),
+        "runtime": st.just(runtime or row.default),
     }
-    assert set(good) == set(SERVICE_KEYS), "a service key without a generator: add one"
-    chosen = {"model", "listen", "partitions"} | set(draw(st.sets(st.sampled_from(SERVICE_KEYS), max_size=6)))
+    keys = children("services.*")
+    names = {"model", "listen", "partitions"} | set(draw(st.sets(st.sampled_from(keys), max_size=6)))
     if draw(st.booleans()):  # half the services set their routing, so every policy reaches nginx -t
-        chosen.add("routing")
-    if runtime in ("docker", "podman"):
-        chosen |= {"runtime", "image"}
+        names.add("routing")
+    if runtime in CONTAINER_RUNTIMES:
+        names |= {"runtime", "image"}
     else:
-        chosen.discard("image")
-    fields = {key: draw(maybe_hostile(good[key], rate)) for key in SERVICE_KEYS if key in chosen}
-    return f"  s{index}:\n" + "".join(f"    {k}: {v}\n" for k, v in fields.items())
+        names.discard("image")
+    chosen = draw(fields("services.*", rate, given, names))
+    return f"  s{index}:\n" + "".join(f"    {k}: {v}\n" for k, v in chosen.items())
+
+
+@st.composite
+def gpus(draw, rate: float, present: int):
+    """gpus: a compute mode and a memory mode some kernel pairs, overrides within `select`.
+    Returns the text and how many logical GPUs the host will show (at most what mipart serves)."""
+    compute = draw(st.sampled_from(KEYS["gpus.compute"].choices))
+    memory = draw(st.sampled_from([m for m in KEYS["gpus.memory"].choices if modes.compatible(compute, m)]))
+    select, members = draw(index_set(KEYS["gpus.select"].span[1], present))
+    override = KEYS["gpus.overrides[].compute"].choices
+    one = fields(
+        "gpus.overrides[]",
+        rate,
+        {
+            "select": st.sampled_from(sorted(members or range(present))).map(lambda g: f"[{g}]"),
+            "compute": st.sampled_from([c for c in override if modes.compatible(c, memory)]),
+        },
+    )
+    given = {
+        "compute": st.just(compute),
+        "memory": st.just(memory),
+        "select": st.just(select),
+        "overrides": st.one_of(st.just("[]"), one.map(lambda item: f"[{_flow(item)}]")),
+    }
+    chosen = draw(fields("gpus", rate, given))
+    if "compute" not in chosen:  # the host keeps its mode, or takes the driver's for a new memory mode
+        reloads = chosen.get("memory", SIM_MEMORY) != SIM_MEMORY
+        compute = modes.AUTO_COMPUTE_FOR_MEMORY[memory] if reloads else SIM_COMPUTE
+    logical = min(present * modes.partitions_per_gpu(compute), MAX_LOGICAL + 1)
+    return (_flow(chosen) if chosen else ""), logical
 
 
 @st.composite
@@ -279,66 +390,39 @@ def profile_text(
     """
     rate = draw(st.sampled_from([0.0, 0.02, 0.1, 0.4])) if rate is None else rate
     where = {"sock_dir": sock_dir, "loopback_only": loopback_only, "port_base": port_base, "ipv6": ipv6}
-    compute, memory = draw(
-        st.sampled_from([("SPX", "NPS1"), ("DPX", "NPS2"), ("QPX", "NPS4"), ("CPX", "NPS2"), ("CPX", "NPS4")])
-    )
-    logical = {"SPX": 8, "DPX": 16, "QPX": 32, "CPX": 64}[compute]
+    gpu_text, logical = draw(gpus(rate, present=8))
     count = draw(st.integers(0, 3))
     # Disjoint partitions within what the host will have, or all for a single service.
     cut = sorted(draw(st.sets(st.integers(1, logical - 1), min_size=count, max_size=count))) if count > 1 else []
     bounds = list(zip([0] + cut, cut + [logical], strict=True))
     forms = [lambda lo, hi: q(f"{lo}-{hi - 1}"), lambda lo, hi: "[" + ", ".join(map(str, range(lo, hi))) + "]"]
     parts = (
-        ["all"] if count == 1 and draw(st.booleans()) else [draw(st.sampled_from(forms))(lo, hi) for lo, hi in bounds]
+        [("all", logical)]
+        if count == 1 and draw(st.booleans())
+        else [(draw(st.sampled_from(forms))(lo, hi), hi - lo) for lo, hi in bounds]
     )
-    gpus = {
-        "compute": st.just(compute),
-        "memory": st.just(memory),
-        "select": st.sampled_from(["all", "[0, 1, 2, 3, 4, 5, 6, 7]", q("0-7")]),
-        "overrides": st.sampled_from(["[]", f"[{{select: [7], compute: {compute}}}]"]),
-        "client_services": st.sampled_from(["[]", "[my-inference.service]", "[other, 'a@b.service']"]),
-    }
-    base = draw(st.sampled_from([21000, 22000, 30000]))
-    instances = {
-        "base_port": st.just(str(base)),
-        "hf_home": st.sampled_from(["/var/lib/mipart/hf", q("/data/hf-cache")]),
-        "user": st.sampled_from(["mipart", "root", "_svc"]),
-    }
-    health = {
-        "interval": st.sampled_from(["2s", "500ms", "1s"]),
-        "timeout": st.sampled_from(["100ms", "300ms", "1ms"]),
-        "unhealthy_after": st.integers(1, 10).map(str),
-        "startup_timeout": st.sampled_from(["30m", "1s", "24h"]),
-        "restart_backoff": st.sampled_from(["1ms", "200ms", "1s"]),
-        "restart_backoff_max": st.sampled_from(["1h", "60s", "1d"]),
-        "max_restarts": st.integers(1, 1000).map(str),
-        "queue_depth_limit": st.integers(1, 1_000_000).map(str),
-    }
-    for table, keys in ((gpus, GPU_KEYS), (instances, INSTANCE_KEYS), (health, HEALTH_KEYS)):
-        assert set(table) == set(keys), "a key without a generator: add one"
-    lines = ["version: " + draw(maybe_hostile(st.just("1"), rate / 4))]
-    for name, table in (("gpus", gpus), ("instances", instances), ("health", health)):
-        keys = draw(st.sets(st.sampled_from(sorted(table))))
-        if keys:
-            lines.append(f"{name}: " + _flow({k: draw(maybe_hostile(table[k], rate)) for k in sorted(keys)}))
+    low, high = KEYS["instances.base_port"].span
+    taken = (
+        (port_base - INSTANCE_PORT_SPAN, port_base + 499),
+        (api_port(DEFAULT_API_LISTEN) - INSTANCE_PORT_SPAN + 1, api_port(DEFAULT_API_LISTEN)),
+    )
+    base = st.integers(low, high).filter(lambda b: not any(lo <= b <= hi for lo, hi in taken))
+    api = st.sampled_from([q(f"127.0.0.1:{port_base + 499}"), q("unix:/run/mipart/api.sock")])
+    lines = ["version: " + draw(maybe_hostile(good(KEYS["version"], rate), rate / 4))]
+    for name, text in (
+        ("gpus", gpu_text),
+        ("instances", _flow(draw(fields("instances", rate, {"base_port": base.map(str)})))),
+        ("health", _flow(draw(fields("health", rate)))),
+    ):
+        if text not in ("", "{}"):
+            lines.append(f"{name}: {text}")
     if draw(st.booleans()):
-        lines.append(
-            "api: "
-            + _flow(
-                {
-                    "listen": draw(
-                        maybe_hostile(
-                            st.sampled_from([q(f"127.0.0.1:{port_base + 499}"), q("unix:/run/mipart/api.sock")]), rate
-                        )
-                    )
-                }
-            )
-        )
+        lines.append("api: " + _flow(draw(fields("api", rate, {"listen": api}, names={"listen"}))))
     if count:
         lines.append("services:")
         lines += [draw(service(i, parts[i], rate, **where)).rstrip("\n") for i in range(count)]
     text = "\n".join(lines) + "\n"
-    if draw(st.floats(0, 1)) < rate:  # mutate: a few characters replaced by YAML's own punctuation
+    if draw(chance(rate)):  # mutate: a few characters replaced by YAML's own punctuation
         chars = list(text)
         for _ in range(draw(st.integers(1, 4))):
             chars[draw(st.integers(0, len(chars) - 1))] = draw(st.sampled_from(list(":{}[]-\n #'\"!&*|>%@`\t,?")))
@@ -347,6 +431,9 @@ def profile_text(
 
 
 # -- the property ------------------------------------------------------------------------------
+
+
+SIM_COMPUTE, SIM_MEMORY = "CPX", "NPS2"  # the simulated host's modes before any profile
 
 
 def sim_backend(work: Path):
@@ -361,9 +448,9 @@ def sim_backend(work: Path):
         "--gpus",
         "8",
         "--compute",
-        "CPX",
+        SIM_COMPUTE,
         "--memory",
-        "NPS2",
+        SIM_MEMORY,
         "--rules",
         "rocm-mi300x",
     )

@@ -43,7 +43,7 @@ def place(tmp_path_factory):
         )
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=100, **SETTINGS)
 @given(data=st.data())
 def test_every_accepted_profile_passes_nginx_t(data, place, tmp_path_factory):
     backend, sockets, ports, ipv6 = place

@@ -14,7 +14,8 @@ from mipart.errors import UserError
 from mipart.gpu.pair_tables import FROM_KERNEL
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.partition.traps import hidden_partitions
-from mipart.profile.fields import COMPUTE_CHOICES, format_indices
+from mipart.profile.fields import COMPUTE_CHOICES
+from mipart.profile.indices import format_indices
 from mipart.profile.schema import GpuSpec
 from mipart.values import HostState, PhysicalGpu
 

@@ -13,23 +13,14 @@ from dataclasses import replace
 
 import yaml
 
-from mipart.profile import durations
 from mipart.profile import fields as f
+from mipart.profile import keys
+from mipart.profile.indices import ALL
 from mipart.profile.problems import Problem, ProfileError
-from mipart.profile.schema import INSTANCE_PORT_SPAN, ApiSpec, GpuSpec, HealthSpec, InstancesSpec, Profile
+from mipart.profile.schema import ApiSpec, GpuSpec, HealthSpec, InstancesSpec, Profile
+from mipart.profile.sections import read_section
 from mipart.profile.services import build_service, check_ports, check_services
 from mipart.profile.source import compose, decode, read_profile_bytes
-
-# Bounds of the health durations: what the agent's loop can keep, up to what still makes sense.
-HEALTH_BOUNDS = {
-    "interval": durations.Bounds(1, durations.HOUR_MS),
-    "timeout": durations.Bounds(1, durations.HOUR_MS),
-    "startup_timeout": durations.Bounds(1000, durations.DAY_MS),
-    "restart_backoff": durations.Bounds(1, durations.HOUR_MS),
-    "restart_backoff_max": durations.Bounds(1, durations.DAY_MS),
-}
-# The backoff doubles per restart: 2**1000 still fits a float, and nobody waits that many out.
-MAX_RESTARTS = 1000
 
 
 def read_profile_text(path: str) -> str:
@@ -54,17 +45,14 @@ def check_profile(text: str, path: str = "<profile>") -> Profile:
     return replace(profile, source=os.path.abspath(path) if path != "<profile>" else path, digest=digest)
 
 
-TOP_KEYS = ("version", "gpus", "services", "instances", "health", "api")
-
-
 def _check_root(c: f.Checker, root: yaml.Node) -> Profile:
-    items = c.mapping(root, "profile", TOP_KEYS, required=("version",))
+    items, _ = read_section(c, root, "", "profile")
     if items is None:
         return Profile()
     if "version" in items:
-        version = c.integer(items["version"], "version")
-        if version is not None and version != 1:
-            c.problem(items["version"], f"unsupported version {version}; this mipart reads version: 1")
+        version, (low, high) = c.integer(items["version"], "version"), keys.KEYS["version"].span
+        if version is not None and not low <= version <= high:
+            c.problem(items["version"], f"unsupported version {version}; this mipart reads version: {high}")
     gpus = _check_gpus(c, items["gpus"]) if "gpus" in items else GpuSpec()
     instances = _check_instances(c, items["instances"]) if "instances" in items else InstancesSpec()
     health = _check_health(c, items["health"]) if "health" in items else HealthSpec()
@@ -78,63 +66,34 @@ def _check_root(c: f.Checker, root: yaml.Node) -> Profile:
     return Profile(gpus=gpus, services=built, instances=instances, health=health, api=api)
 
 
-GPU_KEYS = ("compute", "memory", "select", "overrides", "client_services")
-
-
 def _check_gpus(c: f.Checker, node: yaml.Node) -> GpuSpec:
-    items = c.mapping(node, "gpus", GPU_KEYS)
+    items, values = read_section(c, node, "gpus", "gpus")
     if items is None:
         return GpuSpec()
-    compute = c.enum(items["compute"], "gpus.compute", f.COMPUTE_CHOICES) if "compute" in items else None
-    memory = c.enum(items["memory"], "gpus.memory", f.MEMORY_CHOICES) if "memory" in items else None
-    select = c.index_set(items["select"], "gpus.select", "physical GPU") if "select" in items else f.ALL
-    select = None if select == f.ALL else select
+    compute, memory = values.get("compute"), values.get("memory")
+    select = values.get("select", ALL)
+    select = None if select == ALL else select
     if compute and memory:
         c.compute_memory_pair(items["compute"], compute, memory, "gpus.compute")
     overrides = c.overrides(items["overrides"], memory, select) if "overrides" in items else ()
-    clients = c.unit_names(items["client_services"], "gpus.client_services") if "client_services" in items else ()
+    clients = values.get("client_services", ())
     return GpuSpec(compute=compute, memory=memory, select=select, overrides=overrides, client_services=clients)
 
 
-INSTANCE_KEYS = ("base_port", "hf_home", "user")
-
-
 def _check_instances(c: f.Checker, node: yaml.Node) -> InstancesSpec:
-    items = c.mapping(node, "instances", INSTANCE_KEYS)
-    if items is None:
-        return InstancesSpec()
+    _, values = read_section(c, node, "instances", "instances")
     spec = InstancesSpec()
-    base_port = spec.base_port
-    if "base_port" in items:
-        base_port = c.integer(items["base_port"], "instances.base_port", 1, 65536 - INSTANCE_PORT_SPAN) or base_port
-    hf_home = c.cache_dir(items["hf_home"], "instances.hf_home") if "hf_home" in items else spec.hf_home
-    user = c.user_name(items["user"], "instances.user") if "user" in items else spec.user
-    return InstancesSpec(base_port=base_port, hf_home=hf_home or spec.hf_home, user=user or spec.user)
-
-
-HEALTH_KEYS = (
-    "interval",
-    "timeout",
-    "unhealthy_after",
-    "startup_timeout",
-    "restart_backoff",
-    "restart_backoff_max",
-    "max_restarts",
-    "queue_depth_limit",
-)
+    return InstancesSpec(
+        base_port=values.get("base_port") or spec.base_port,
+        hf_home=values.get("hf_home") or spec.hf_home,
+        user=values.get("user") or spec.user,
+    )
 
 
 def _check_health(c: f.Checker, node: yaml.Node) -> HealthSpec:
-    items = c.mapping(node, "health", HEALTH_KEYS)
+    items, values = read_section(c, node, "health", "health")
     if items is None:
         return HealthSpec()
-    values = {}
-    for key, bounds in HEALTH_BOUNDS.items():
-        if key in items:
-            values[key] = c.duration(items[key], f"health.{key}", bounds)
-    for key, high in (("unhealthy_after", 1_000_000), ("max_restarts", MAX_RESTARTS), ("queue_depth_limit", 1_000_000)):
-        if key in items:
-            values[key] = c.integer(items[key], f"health.{key}", 1, high)
     spec = HealthSpec(**{k: v for k, v in values.items() if v is not None})
     if "timeout" in items and spec.timeout > spec.interval:
         c.problem(
@@ -151,8 +110,6 @@ def _check_health(c: f.Checker, node: yaml.Node) -> HealthSpec:
 
 
 def _check_api(c: f.Checker, node: yaml.Node) -> ApiSpec:
-    items = c.mapping(node, "api", ("listen",))
-    if items is None or "listen" not in items:
-        return ApiSpec()
-    listen = c.api_listen(items["listen"], "api.listen")
+    _, values = read_section(c, node, "api", "api")
+    listen = values.get("listen")
     return ApiSpec(listen=listen) if listen else ApiSpec()

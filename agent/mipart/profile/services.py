@@ -9,9 +9,10 @@ import yaml
 
 from mipart import envfile
 from mipart.names import CONTAINER_RUNTIMES
-from mipart.profile import durations
 from mipart.profile import fields as f
+from mipart.profile import keys
 from mipart.profile.addresses import api_port
+from mipart.profile.indices import ALL, format_indices
 from mipart.profile.nodes import CONTROL, cut, shown
 from mipart.profile.schema import (
     DEFAULT_NATIVE_COMMAND,
@@ -22,28 +23,7 @@ from mipart.profile.schema import (
     Routing,
     ServiceSpec,
 )
-
-SERVICE_KEYS = (
-    "model",
-    "served_model_name",
-    "partitions",
-    "tensor_parallel",
-    "listen",
-    "runtime",
-    "image",
-    "command",
-    "args",
-    "env",
-    "env_files",
-    "visible_devices_env",
-    "max_concurrency",
-    "request_timeout",
-    "health",
-    "routing",
-)
-REQUEST_TIMEOUT = durations.Bounds(1, durations.DAY_MS)
-GENERATION_IDLE = durations.Bounds(100, durations.DAY_MS)
-GENERATION_TIMEOUT = durations.Bounds(1, durations.HOUR_MS)
+from mipart.profile.sections import read_section
 
 
 @dataclass
@@ -92,38 +72,19 @@ def check_services(c: f.Checker, node: yaml.Node) -> list[Checked]:
 
 def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node) -> Checked | None:
     where = f"services.{name}"
-    items = c.mapping(node, where, SERVICE_KEYS, required=("model", "listen"))
+    items, checked_values = read_section(c, node, "services.*", where)
     if items is None:
         return None
-    checks = {
-        "model": lambda n, w: c.model(n, w),
-        "served_model_name": lambda n, w: c.safe_token(n, w),
-        "partitions": lambda n, w: c.index_set(n, w, "logical GPU", f.MAX_LOGICAL),
-        "tensor_parallel": lambda n, w: c.integer(n, w, 1, 64),
-        "listen": lambda n, w: c.listen(n, w),
-        "runtime": lambda n, w: c.enum(n, w, f.RUNTIME_CHOICES),
-        "image": lambda n, w: c.image(n, w),
-        "command": lambda n, w: c.argv(n, w, non_empty=True),
-        "args": lambda n, w: c.argv(n, w),
-        "env": lambda n, w: c.env(n, w),
-        "env_files": lambda n, w: c.env_files(n, w),
-        "visible_devices_env": lambda n, w: c.enum(n, w, f.VISIBLE_CHOICES),
-        "max_concurrency": lambda n, w: c.integer(n, w, 1, 65536),
-        "request_timeout": lambda n, w: c.duration(n, w, REQUEST_TIMEOUT),
-        "health": lambda n, w: _check_service_health(c, n, w),
-        "routing": lambda n, w: _check_routing(c, n, w),
-    }
-    values: dict = {"name": name}
-    for key, check in checks.items():
-        if key in items:
-            values[key] = check(items[key], f"{where}.{key}")
-    if "health" in values:
-        values["generation_probe"] = values.pop("health")
+    values: dict = {"name": name, **checked_values}
+    if "health" in items:
+        values["generation_probe"] = _check_service_health(c, items["health"], f"{where}.health")
+    if "routing" in items:
+        values["routing"] = _check_routing(c, items["routing"], f"{where}.routing")
     checked = Checked(values, items, key_node)
     runtime = values.get("runtime") or ServiceSpec.runtime
     _check_runtime_fields(c, runtime, items, where)
     partitions, tp = values.get("partitions"), values.get("tensor_parallel")
-    if partitions and partitions != f.ALL and tp and len(partitions) % tp:
+    if partitions and partitions != ALL and tp and len(partitions) % tp:
         c.problem(
             items["tensor_parallel"],
             f"{where}.tensor_parallel {tp} does not divide the {len(partitions)} partitions listed; use a divisor of "
@@ -135,19 +96,15 @@ def _check_service(c: f.Checker, name: str, node: yaml.Node, key_node: yaml.Node
 
 def _check_service_health(c: f.Checker, node: yaml.Node, where: str) -> GenerationProbe | None:
     """services.NAME.health: {generation_probe: {idle: 30s, timeout: 10s}}."""
-    items = c.mapping(node, where, ("generation_probe",))
+    items, _ = read_section(c, node, "services.*.health", where)
     if not items or "generation_probe" not in items:
         return None
     where = f"{where}.generation_probe"
-    probe = c.mapping(items["generation_probe"], where, ("idle", "timeout"))
+    probe, values = read_section(c, items["generation_probe"], "services.*.health.generation_probe", where)
     if probe is None:
         return None
     default = GenerationProbe()
-    idle = c.duration(probe["idle"], f"{where}.idle", GENERATION_IDLE) if "idle" in probe else default.idle
-    timeout = (
-        c.duration(probe["timeout"], f"{where}.timeout", GENERATION_TIMEOUT) if "timeout" in probe else default.timeout
-    )
-    return GenerationProbe(idle=idle or default.idle, timeout=timeout or default.timeout)
+    return GenerationProbe(idle=values.get("idle") or default.idle, timeout=values.get("timeout") or default.timeout)
 
 
 ROUTING_FORMS = "least_conn, random, or {affinity: {header: X-Session-Id}}"
@@ -156,22 +113,23 @@ ROUTING_FORMS = "least_conn, random, or {affinity: {header: X-Session-Id}}"
 def _check_routing(c: f.Checker, node: yaml.Node, where: str) -> Routing | None:
     """services.NAME.routing: least_conn | random | {affinity: {header: NAME}}."""
     if isinstance(node, yaml.MappingNode):
-        items = c.mapping(node, where, ("affinity",), required=("affinity",))
+        items, _ = read_section(c, node, "services.*.routing", where)
         if not items or "affinity" not in items:
             return None
         where, node = f"{where}.affinity", items["affinity"]
         if not isinstance(node, yaml.MappingNode):
             c.problem(node, f"{where} must be {{header: NAME}}, e.g. routing: {{affinity: {{header: X-Session-Id}}}}")
             return None
-        affinity = c.mapping(node, where, ("header",), required=("header",))
-        header = c.header_name(affinity["header"], f"{where}.header") if affinity and "header" in affinity else None
+        _, affinity = read_section(c, node, "services.*.routing.affinity", where)
+        header = affinity.get("header")
         return Routing("affinity", header) if header else None
     word = c.text(node, where, ROUTING_FORMS)
     if word is None:
         return None
-    if word in ("least_conn", "random"):
+    policies = keys.KEYS["services.*.routing"].choices
+    if word in policies:
         return Routing(word)
-    same = [w for w in ("least_conn", "random") if w == word.lower()]
+    same = [w for w in policies if w == word.lower()]
     if same:
         hint = f"did you mean '{same[0]}'?"
     elif word.lower() == "affinity":
@@ -197,7 +155,7 @@ def _check_exec_size(c: f.Checker, checked: Checked, where: str) -> None:
 
 def build_service(values: dict) -> ServiceSpec:
     values = dict(values)
-    if values.get("partitions") == f.ALL:
+    if values.get("partitions") == ALL:
         values["partitions"] = None
     if "max_concurrency" not in values:
         values["max_concurrency"] = f.max_num_seqs(values.get("args", ())) or ServiceSpec.max_concurrency
@@ -240,11 +198,11 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
     claimed: dict[int, str] = {}
     whole: str | None = None
     for service in services:
-        name, partitions = service.name, service.values.get("partitions", f.ALL)
+        name, partitions = service.name, service.values.get("partitions", ALL)
         if partitions is None:
             continue  # invalid, already reported
         node = service.node_of("partitions")
-        if partitions == f.ALL:
+        if partitions == ALL:
             if whole or claimed:
                 other = whole or next(iter(claimed.values()))
                 c.problem(
@@ -265,7 +223,7 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
         if clash:
             c.problem(
                 node,
-                f"services.{name}.partitions {f.format_indices(clash)} already used by service {claimed[clash[0]]}; "
+                f"services.{name}.partitions {format_indices(clash)} already used by service {claimed[clash[0]]}; "
                 "services' partitions must not overlap",
             )
         for index in partitions:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mipart.errors import UserError
 from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES
-from mipart.profile.fields import format_indices
+from mipart.profile.indices import format_indices
 from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
 from mipart.serving.spec import INSTANCE_HOST, InstanceSpec
 from mipart.values import LogicalGpu
