@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import mipart
+from conftest import create_sim
 from hypothesis import HealthCheck, event
 from hypothesis import strategies as st
 
@@ -351,24 +351,9 @@ def profile_text(
 
 def sim_backend(work: Path):
     """A simulated 8 x MI300X host, the largest layout (CPX: 64 logical GPUs) reachable from it."""
-    root = work / "sys"
-    done = mipart(
-        "sim",
-        "create",
-        root,
-        "--model",
-        "mi300x",
-        "--gpus",
-        "8",
-        "--compute",
-        "CPX",
-        "--memory",
-        "NPS2",
-        "--rules",
-        "rocm-mi300x",
+    return open_backend(
+        create_sim(work, model="mi300x", gpus=8, compute="CPX", memory="NPS2", rules="rocm-mi300x").root
     )
-    assert done.returncode == 0, done.stderr
-    return open_backend(root)
 
 
 def assert_located(exc: ProfileError, path: str = PATH) -> None:

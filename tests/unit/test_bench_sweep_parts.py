@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_agent_parts import Log
+from eventlog import Log
 
 from mipart.bench import override
 from mipart.bench.layout_sweep import check_restorable
