@@ -1,13 +1,16 @@
-"""Shared helpers: run the real `mipart` CLI as a subprocess, as a user would."""
+"""Shared helpers: run the real `mipart` CLI as a subprocess, as a user would, on simulated hosts."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / "agent"
@@ -24,9 +27,53 @@ def mipart(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
     )
 
 
+class SimRoot:
+    """A simulated host in `work`: its sysfs tree (work/sys), mipart's run dir (work/run), and
+    the environment that points the CLI at both, reloading through the simulator's own command."""
+
+    def __init__(self, work: Path):
+        self.work, self.root, self.run_dir = work, work / "sys", work / "run"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            SYSFS_ROOT_VAR: str(self.root),
+            RUN_DIR_VAR: str(self.run_dir),
+            RELOAD_CMD_VAR: f"{sys.executable} -m mipart sim reload {self.root}",
+        }
+
+    def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        """The CLI on this host; `env` adds to (or overrides) the host's environment."""
+        return mipart(*args, env={**self.env, **(env or {})})
+
+    def profile(self, text: str) -> Path:
+        """work/profile.yaml holding `version: 1` and then `text`."""
+        path = self.work / "profile.yaml"
+        path.write_text("version: 1\n" + text)
+        return path
+
+    def state(self) -> dict:
+        """The simulator's whole state (`mipart sim show --json`): GPUs, modes, write and reload counters."""
+        return json.loads(self.run("sim", "show", self.root, "--json").stdout)
+
+    def counters(self) -> dict:
+        return self.state()["counters"]
+
+
+def create_sim(work: Path, *flags: str, **options: str | int) -> SimRoot:
+    """`mipart sim create WORK/sys`: options by keyword (model="mi325x", gpus=2, compute="DPX",
+    rules="rocm-mi300x"), flags as written ("--bmc-ast"); the CLI's defaults for the rest."""
+    words = [word for key, value in options.items() for word in (f"--{key.replace('_', '-')}", str(value))]
+    sim = SimRoot(work)
+    done = mipart("sim", "create", sim.root, *words, *flags)
+    assert done.returncode == 0, done.stderr
+    return sim
+
+
 @pytest.fixture
-def run_mipart():
-    return mipart
+def sim_env(tmp_path) -> dict[str, str]:
+    """Env for the CLI on a simulated 8 x MI300X host in DPX/NPS2 (16 logical GPUs)."""
+    return create_sim(tmp_path, model="mi300x", gpus=8, compute="DPX", memory="NPS2").env
 
 
 @pytest.fixture
@@ -44,19 +91,6 @@ def live_pids():
     for proc in started:
         proc.kill()
         proc.wait()
-
-
-@pytest.fixture
-def host(tmp_path):
-    """Env for the CLI on a simulated 8 x MI300X host in DPX/NPS2 (16 logical GPUs)."""
-    root = tmp_path / "sys"
-    assert (
-        mipart(
-            "sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2"
-        ).returncode
-        == 0
-    )
-    return {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run")}
 
 
 TIER_FOLDERS = ("nginx", "system", "vllm")  # tests/<tier>/ carries the marker of that name; tests/unit/ none

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import mipart
+from conftest import create_sim
 from hypothesis import HealthCheck, event
 from hypothesis import strategies as st
 
@@ -438,24 +438,9 @@ SIM_COMPUTE, SIM_MEMORY = "CPX", "NPS2"  # the simulated host's modes before any
 
 def sim_backend(work: Path):
     """A simulated 8 x MI300X host, the largest layout (CPX: 64 logical GPUs) reachable from it."""
-    root = work / "sys"
-    done = mipart(
-        "sim",
-        "create",
-        root,
-        "--model",
-        "mi300x",
-        "--gpus",
-        "8",
-        "--compute",
-        SIM_COMPUTE,
-        "--memory",
-        SIM_MEMORY,
-        "--rules",
-        "rocm-mi300x",
+    return open_backend(
+        create_sim(work, model="mi300x", gpus=8, compute=SIM_COMPUTE, memory=SIM_MEMORY, rules="rocm-mi300x").root
     )
-    assert done.returncode == 0, done.stderr
-    return open_backend(root)
 
 
 def assert_located(exc: ProfileError, path: str = PATH) -> None:

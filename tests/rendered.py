@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import mipart
 
 
-def render_run_dir(tmp_path: Path, host: dict, chat: str) -> Path:
+def render_run_dir(tmp_path: Path, sim_env: dict, chat: str) -> Path:
     """CHAT: the fields of service `chat`, as YAML flow text. Instances run as root, cache in tmp_path."""
     profile = tmp_path / "profile.yaml"
     profile.write_text(
@@ -18,6 +18,6 @@ def render_run_dir(tmp_path: Path, host: dict, chat: str) -> Path:
         f"instances: {{user: root, hf_home: {json.dumps(str(tmp_path / 'hf'))}}}\n"
     )
     out = tmp_path / "root"
-    done = mipart("render", "--root", out, "--profile", profile, env=host)
+    done = mipart("render", "--root", out, "--profile", profile, env=sim_env)
     assert done.returncode == 0, done.stderr
     return out / "run/mipart"

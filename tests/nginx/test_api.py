@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -12,143 +11,18 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AGENT, mipart
+from conftest import AGENT
 
-PROFILE = """\
-version: 1
-gpus: {{compute: DPX, memory: NPS2}}
-services:
-  chat:
-    model: test/fake-llm
-    listen: "127.0.0.1:{listen}"
-    command: ["{python}", "-m", "mipart.sim.engine"]
-instances: {{base_port: {base}, user: root}}
-api: {{listen: "{api}"}}
-"""
+from .api_host import LiveApi, SimApiHost
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class DummyRunner:
-    """What the agent asks of systemd, answered from a dict."""
-
-    def __init__(self):
-        from mipart.values import UnitState
-
-        self.states = {n: UnitState("active", "running", 0) for n in range(16)}
-        self.nginx = True
-
-    def list_instances(self):
-        return dict(self.states)
-
-    def nginx_running(self, files) -> bool:
-        return self.nginx
-
-
-class QuietLog:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-class SimHost:
-    """A simulated host, a profile, and an Agent filled in by hand (no loop, no processes)."""
-
-    def __init__(self, tmp: Path, api: str | None = None):
-        self.tmp = tmp
-        self.root, self.run_dir = tmp / "sys", tmp / "run"
-        self.run_dir.mkdir()
-        done = mipart(
-            "sim", "create", self.root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2"
-        )
-        assert done.returncode == 0, done.stderr
-        self.api_port = free_port()
-        self.api = api or f"127.0.0.1:{self.api_port}"
-        self.profile = tmp / "profile.yaml"
-        self.profile.write_text(PROFILE.format(listen=free_port(), base=21000, python=sys.executable, api=self.api))
-        self.env = {"MIPART_SYSFS_ROOT": str(self.root), "MIPART_RUN_DIR": str(self.run_dir), "PYTHONPATH": str(AGENT)}
-        self.agent = self._agent()
-
-    def _agent(self):
-        from mipart.daemon.agent import Agent
-        from mipart.gpu import discover
-        from mipart.health.machine import InstanceHealth
-        from mipart.serving.instances import plan_instances
-
-        agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
-        assert agent.load_profile()
-        agent.specs = {s.number: s for s in plan_instances(agent.profile, discover(self.root).logical)}
-        now = time.time()
-        agent.health = {n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs}
-        h = agent.health
-        h[1] = InstanceHealth(
-            1, state="degraded", since=now - 2, failures=1, last_error="/health did not answer within 1s"
-        )
-        h[2] = InstanceHealth(2, state="starting", since=now - 5)
-        h[3] = InstanceHealth(
-            3, state="restarting", since=now - 20, restart_attempts=2, restarts_total=2, last_error="unit failed/failed"
-        )
-        h[4] = InstanceHealth(
-            4,
-            state="failed",
-            since=now - 60,
-            restarts_total=5,
-            last_error="unit failed/failed; gave up after 5 restarts",
-        )
-        h[5] = InstanceHealth(5, state="unhealthy", since=now - 30, failures=3, last_error="/health answered 503")
-        agent.status.last_reconcile = now - 10
-        return agent
-
-
-class LiveApi:
-    """start_api() on an event loop in a thread, as the agent runs it; stopped by close()."""
-
-    def __init__(self, agent, listen: str):
-        from mipart.api.server import start_api
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        try:
-            self.runner = asyncio.run_coroutine_threadsafe(start_api(agent, listen), self.loop).result(10)
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def host(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
-    return SimHost(tmp_path)
-
-
-@pytest.fixture
-def live(host):
-    api = LiveApi(host.agent, host.api)
-    yield api
-    api.close()
-
-
-def get(host: SimHost, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+def get(host: SimApiHost, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", host.api_port, timeout=5)
     try:
         conn.request(method, path)
@@ -158,7 +32,7 @@ def get(host: SimHost, path: str, method: str = "GET") -> tuple[int, dict, bytes
         conn.close()
 
 
-def get_json(host: SimHost, path: str, expect: int = 200):
+def get_json(host: SimApiHost, path: str, expect: int = 200):
     status, headers, body = get(host, path)
     assert status == expect, body
     assert headers["content-type"].startswith("application/json")
@@ -168,17 +42,17 @@ def get_json(host: SimHost, path: str, expect: int = 200):
 # -- status and instances ------------------------------------------------------------------
 
 
-def test_status_reports_profile_partitions_apply_and_counts(host, live):
+def test_status_reports_profile_partitions_apply_and_counts(sim_api_host, live_api):
     from mipart.partition.apply import ApplyResult
     from mipart.partition.record import record_apply
 
-    record_apply(True, host.agent.profile.digest, ApplyResult(writes=2, reloads=1, logical_gpus=16))
-    st = get_json(host, "/v1/status")
+    record_apply(True, sim_api_host.agent.profile.digest, ApplyResult(writes=2, reloads=1, logical_gpus=16))
+    st = get_json(sim_api_host, "/v1/status")
     assert st["api_version"] == 1
     assert st["version"] == __import__("mipart").__version__
     assert st["profile"] == {
-        "path": str(host.profile),
-        "digest": host.agent.profile.digest,
+        "path": str(sim_api_host.profile),
+        "digest": sim_api_host.agent.profile.digest,
         "loaded": True,
         "override": "",
     }
@@ -221,16 +95,18 @@ def test_status_reports_profile_partitions_apply_and_counts(host, live):
     assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
 
 
-def test_status_shows_errors_and_a_partition_mismatch(host, live):
-    host.agent.status.profile_error = "profile.yaml:3:5: bad; good"
-    host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
-    host.agent.status.reconcile_error = "services.chat has no logical GPU"
-    gpu0 = sorted(p for p in (host.root / "bus/pci/devices").iterdir() if (p / "current_compute_partition").exists())[0]
+def test_status_shows_errors_and_a_partition_mismatch(sim_api_host, live_api):
+    sim_api_host.agent.status.profile_error = "profile.yaml:3:5: bad; good"
+    sim_api_host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.reconcile_error = "services.chat has no logical GPU"
+    gpu0 = sorted(
+        p for p in (sim_api_host.root / "bus/pci/devices").iterdir() if (p / "current_compute_partition").exists()
+    )[0]
     time.sleep(1.1)  # past the host cache
     before = (gpu0 / "current_compute_partition").read_text()
     (gpu0 / "current_compute_partition").write_text("SPX\n")
     try:
-        st = get_json(host, "/v1/status")
+        st = get_json(sim_api_host, "/v1/status")
     finally:
         (gpu0 / "current_compute_partition").write_text(before)
     assert st["profile_error"].startswith("profile.yaml:3:5")
@@ -240,26 +116,26 @@ def test_status_shows_errors_and_a_partition_mismatch(host, live):
     assert [g["matches"] for g in st["partition"]["gpus"]].count(False) == 1
 
 
-def test_host_facts_are_cached_not_read_per_request(host, live, monkeypatch):
+def test_host_facts_are_cached_not_read_per_request(sim_api_host, live_api, monkeypatch):
     calls = []
-    real = host.agent.host_snapshot
-    monkeypatch.setattr(host.agent, "host_snapshot", lambda: calls.append(1) or real())
+    real = sim_api_host.agent.host_snapshot
+    monkeypatch.setattr(sim_api_host.agent, "host_snapshot", lambda: calls.append(1) or real())
     time.sleep(1.1)
     for _ in range(20):
-        get_json(host, "/v1/status")
-        get_json(host, "/v1/instances")
+        get_json(sim_api_host, "/v1/status")
+        get_json(sim_api_host, "/v1/instances")
     assert len(calls) <= 2
 
 
-def test_instances_list_and_one(host, live):
-    data = get_json(host, "/v1/instances")
+def test_instances_list_and_one(sim_api_host, live_api):
+    data = get_json(sim_api_host, "/v1/instances")
     assert data["api_version"] == 1
     instances = data["instances"]
     assert [i["number"] for i in instances] == list(range(16))
     states = {i["number"]: i["state"] for i in instances}
     assert states[0] == "ready" and states[1] == "degraded" and states[2] == "starting"
     assert states[3] == "restarting" and states[4] == "failed" and states[5] == "unhealthy"
-    one = get_json(host, "/v1/instances/3")
+    one = get_json(sim_api_host, "/v1/instances/3")
     assert one == instances[3] and one["api_version"] == 1
     assert one["unit"] == "mipart-vllm@3.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
     assert one["port"] == 21003 and one["address"] == "127.0.0.1:21003"
@@ -270,14 +146,14 @@ def test_instances_list_and_one(host, live):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", one["since"])
 
 
-def test_a_draining_instance_is_reported_as_draining(host, live):
+def test_a_draining_instance_is_reported_as_draining(sim_api_host, live_api):
     from mipart.health.machine import InstanceHealth
 
-    host.agent.health[6] = InstanceHealth(6, state="ready")
-    host.agent.health[6].drain()
-    assert get_json(host, "/v1/instances/6")["state"] == "draining"
-    assert get_json(host, "/v1/instances/6")["ready"] is False
-    assert get_json(host, "/v1/status")["instances"]["draining"] == 1
+    sim_api_host.agent.health[6] = InstanceHealth(6, state="ready")
+    sim_api_host.agent.health[6].drain()
+    assert get_json(sim_api_host, "/v1/instances/6")["state"] == "draining"
+    assert get_json(sim_api_host, "/v1/instances/6")["ready"] is False
+    assert get_json(sim_api_host, "/v1/status")["instances"]["draining"] == 1
 
 
 def test_instance_state_comes_from_the_health_state_machine():
@@ -312,25 +188,25 @@ def assert_error(status: int, headers: dict, body: bytes, code: int) -> dict:
     return data
 
 
-def test_errors_are_json(host, live):
-    data = assert_error(*get(host, "/v1/instances/99"), 404)
+def test_errors_are_json(sim_api_host, live_api):
+    data = assert_error(*get(sim_api_host, "/v1/instances/99"), 404)
     assert "no instance 99" in data["error"]["message"]
-    data = assert_error(*get(host, "/v1/instances/abc"), 400)
+    data = assert_error(*get(sim_api_host, "/v1/instances/abc"), 400)
     assert "integer" in data["error"]["message"]
     for bad in ("-1", "1.5", "1_0", "%C2%B3"):
-        assert_error(*get(host, f"/v1/instances/{bad}"), 400)
-    assert_error(*get(host, "/nope"), 404)
-    assert_error(*get(host, "/v1/status/"), 404)
+        assert_error(*get(sim_api_host, f"/v1/instances/{bad}"), 400)
+    assert_error(*get(sim_api_host, "/nope"), 404)
+    assert_error(*get(sim_api_host, "/v1/status/"), 404)
     for method in ("POST", "PUT", "DELETE", "PATCH"):
-        status, headers, body = get(host, "/v1/status", method)
+        status, headers, body = get(sim_api_host, "/v1/status", method)
         assert_error(status, headers, body, 405)
         assert "GET" in headers["allow"].split(", ")
 
 
-def test_healthz(host, live):
-    assert get_json(host, "/healthz") == {"status": "ok"}
-    host.agent.stopping.set()
-    assert_error(*get(host, "/healthz"), 503)
+def test_healthz(sim_api_host, live_api):
+    assert get_json(sim_api_host, "/healthz") == {"status": "ok"}
+    sim_api_host.agent.stopping.set()
+    assert_error(*get(sim_api_host, "/healthz"), 503)
 
 
 # -- Prometheus --------------------------------------------------------------------------------
@@ -368,8 +244,8 @@ def parse_exposition(text: str) -> dict[str, list[tuple[dict, float]]]:
     return families
 
 
-def test_metrics_text_format(host, live):
-    status, headers, body = get(host, "/metrics")
+def test_metrics_text_format(sim_api_host, live_api):
+    status, headers, body = get(sim_api_host, "/metrics")
     assert status == 200
     assert headers["content-type"].replace(" ", "").split(";")[:2] == ["text/plain", "version=0.0.4"]
     families = parse_exposition(body.decode())
@@ -395,10 +271,10 @@ def test_metrics_text_format(host, live):
     assert restarts["mipart-vllm@4.service"] == 5 and restarts["mipart-vllm@0.service"] == 0
 
 
-def test_metrics_escape_label_values_and_follow_errors(host):
+def test_metrics_escape_label_values_and_follow_errors(sim_api_host):
     from mipart.api.metrics import prometheus_metrics
 
-    agent = host.agent
+    agent = sim_api_host.agent
     agent.specs[0] = replace(agent.specs[0], service='we"ird\\name\nx', logical_gpus=(0, 1))
     agent.status.profile_error, agent.status.nginx_error = "bad", "bad"
     families = parse_exposition(prometheus_metrics(agent.snapshot()))
@@ -408,14 +284,14 @@ def test_metrics_escape_label_values_and_follow_errors(host):
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")
-def test_metrics_pass_promtool(host, live):
-    _, _, body = get(host, "/metrics")
+def test_metrics_pass_promtool(sim_api_host, live_api):
+    _, _, body = get(sim_api_host, "/metrics")
     done = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_targets_are_prometheus_http_sd(host, live):
-    groups = get_json(host, "/v1/targets")
+def test_targets_are_prometheus_http_sd(sim_api_host, live_api):
+    groups = get_json(sim_api_host, "/v1/targets")
     assert isinstance(groups, list) and len(groups) == 16
     for n, group in enumerate(groups):
         assert set(group) == {"targets", "labels"}
@@ -427,10 +303,10 @@ def test_targets_are_prometheus_http_sd(host, live):
         assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) for k in labels)
 
 
-def test_openapi_document_is_served_and_shipped(host, live):
+def test_openapi_document_is_served_and_shipped(sim_api_host, live_api):
     from mipart.api.server import openapi_text
 
-    status, headers, body = get(host, "/openapi.yaml")
+    status, headers, body = get(sim_api_host, "/openapi.yaml")
     assert status == 200 and "yaml" in headers["content-type"]
     doc = yaml.safe_load(body)
     assert doc["openapi"] == "3.0.3"
@@ -450,7 +326,7 @@ def test_openapi_document_is_served_and_shipped(host, live):
 # -- listening ---------------------------------------------------------------------------------
 
 
-def test_unix_socket_mode(host, tmp_path):
+def test_unix_socket_mode(sim_api_host, tmp_path):
     from mipart.api.client import UnixHTTPConnection
 
     path = tmp_path / "sock" / "api.sock"
@@ -458,7 +334,7 @@ def test_unix_socket_mode(host, tmp_path):
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))  # left behind by a killed agent: nobody listens
     stale.close()
-    api = LiveApi(host.agent, f"unix:{path}")
+    api = LiveApi(sim_api_host.agent, f"unix:{path}")
     try:
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o660
@@ -473,21 +349,21 @@ def test_unix_socket_mode(host, tmp_path):
         from mipart.errors import UserError
 
         with pytest.raises(UserError, match="address already in use"):
-            LiveApi(host.agent, f"unix:{path}")  # a live socket is never taken over
+            LiveApi(sim_api_host.agent, f"unix:{path}")  # a live_api socket is never taken over
     finally:
         api.close()
 
 
-def test_unix_socket_directory_is_created(host, tmp_path):
+def test_unix_socket_directory_is_created(sim_api_host, tmp_path):
     path = tmp_path / "new" / "dir" / "api.sock"
-    api = LiveApi(host.agent, f"unix:{path}")
+    api = LiveApi(sim_api_host.agent, f"unix:{path}")
     try:
         assert stat.S_ISSOCK(path.stat().st_mode)
     finally:
         api.close()
 
 
-def test_port_in_use_is_one_clear_line(host):
+def test_port_in_use_is_one_clear_line(sim_api_host):
     from mipart.errors import UserError
 
     with socket.socket() as other:
@@ -495,7 +371,7 @@ def test_port_in_use_is_one_clear_line(host):
         other.listen()
         port = other.getsockname()[1]
         with pytest.raises(UserError) as caught:
-            LiveApi(host.agent, f"127.0.0.1:{port}")
+            LiveApi(sim_api_host.agent, f"127.0.0.1:{port}")
     assert str(caught.value) == f"api.listen 127.0.0.1:{port}: address already in use; choose a free port in api.listen"
 
 
@@ -511,8 +387,8 @@ unexpected-methods = ["get", "put", "post", "delete", "options", "patch", "trace
 """
 
 
-def test_schemathesis_against_the_shipped_document(host, live, tmp_path):
-    """Every documented operation of the shipped openapi.yaml, all checks, on the live API."""
+def test_schemathesis_against_the_shipped_document(sim_api_host, live_api, tmp_path):
+    """Every documented operation of the shipped openapi.yaml, all checks, on the live_api API."""
     pytest.importorskip("schemathesis")
     from mipart.api.server import openapi_text
 
@@ -530,7 +406,7 @@ def test_schemathesis_against_the_shipped_document(host, live, tmp_path):
             "run",
             str(document),
             "--url",
-            f"http://127.0.0.1:{host.api_port}",
+            f"http://127.0.0.1:{sim_api_host.api_port}",
             "--checks",
             "all",
             "--max-examples",

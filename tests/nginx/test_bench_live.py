@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import pytest
 from serving import ServingHost
-from testcache import cache_dir
 
 import mipart
 from mipart.bench.results import read_results
 from mipart.profile import load_profile
 
-pytestmark = pytest.mark.nginx
+from .benchcli import bench
 
-FIRST_INSTALL = 1800  # the first run installs the tool (about 2 minutes here); later runs find it
+pytestmark = pytest.mark.nginx
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def serving_host(tmp_path_factory):
     serving = ServingHost(tmp_path_factory.mktemp("bench"), compute="SPX", memory="NPS1", tps=200, instances=8)
     serving.start_agent()
     serving.wait_ready(8)
@@ -36,29 +32,17 @@ def host(tmp_path_factory):
     serving.close()
 
 
-def bench(host, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **host.env, "XDG_CACHE_HOME": str(cache_dir())}
-    return subprocess.run(
-        [sys.executable, "-m", "mipart", "bench", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=FIRST_INSTALL,
-        cwd=host.work,
-    )
-
-
 @pytest.fixture(scope="module")
-def two_runs(host):
+def two_runs(serving_host):
     """Two short sweeps, one by streams and one by request rate, with labels of their own."""
     paths = []
     for label, sweep in (("streams", ["--concurrency", "1,4"]), ("rates", ["--rates", "4,16"])):
-        path = host.work / f"{label}.json"
+        path = serving_host.work / f"{label}.json"
         done = bench(
-            host,
+            serving_host,
             "run",
             "--profile",
-            str(host.profile),
+            str(serving_host.profile),
             *sweep,
             "--warmup",
             "0.5",
@@ -78,12 +62,12 @@ def two_runs(host):
     return paths
 
 
-def test_run_writes_a_tagged_results_file_with_one_step_per_level(host, two_runs):
+def test_run_writes_a_tagged_results_file_with_one_step_per_level(serving_host, two_runs):
     (path, done), _ = two_runs
     data = json.loads(path.read_text())
     assert data["kind"] == "mipart-bench-results" and data["version"] == 1
     tags = data["tags"]
-    assert tags["profile_digest"] == load_profile(str(host.profile)).digest != ""
+    assert tags["profile_digest"] == load_profile(str(serving_host.profile)).digest != ""
     assert tags["layout"] == "8 x SPX/NPS1 (8 logical GPUs)"  # read through the GPU backend, not the profile
     assert tags["engine"] == "fake engine (mipart.sim.engine)" and tags["engine_fake"] is True
     assert tags["mipart_version"] == mipart.__version__
@@ -112,9 +96,9 @@ def test_a_rate_sweep_records_its_rates(two_runs):
     assert all(s.requests > 0 and s.errors == 0 for s in service.steps)
 
 
-def test_compare_prints_the_table_and_draws_the_figure_when_matplotlib_is_there(host, two_runs):
-    png = host.work / "compare.png"
-    done = bench(host, "compare", *(str(p) for p, _ in two_runs), "-o", str(png))
+def test_compare_prints_the_table_and_draws_the_figure_when_matplotlib_is_there(serving_host, two_runs):
+    png = serving_host.work / "compare.png"
+    done = bench(serving_host, "compare", *(str(p) for p, _ in two_runs), "-o", str(png))
     lines = done.stdout.splitlines()
     assert lines[0].startswith("| series | step | requests | errors | tokens/s | TTFT p50 ms |")
     assert sum(line.startswith("| streams (fake engine) |") for line in lines) == 2
@@ -126,8 +110,8 @@ def test_compare_prints_the_table_and_draws_the_figure_when_matplotlib_is_there(
         assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and png.stat().st_size > 10_000
 
 
-def test_a_wrong_service_or_level_is_one_line_and_writes_nothing(host):
-    out = host.work / "never.json"
+def test_a_wrong_service_or_level_is_one_line_and_writes_nothing(serving_host):
+    out = serving_host.work / "never.json"
     for args, line in (
         (["--service", "nope"], "mipart: --service nope: the profile has no such service (it has: chat)"),
         (
@@ -136,10 +120,10 @@ def test_a_wrong_service_or_level_is_one_line_and_writes_nothing(host):
         ),
         (["--duration", "0"], "mipart: --duration 0: give seconds from above 0 to 3600"),
         (
-            ["--tokenizer", str(host.work / "none")],
-            f"mipart: --tokenizer {host.work / 'none'}: not a directory; give a local directory holding the model's tokenizer.json",
+            ["--tokenizer", str(serving_host.work / "none")],
+            f"mipart: --tokenizer {serving_host.work / 'none'}: not a directory; give a local directory holding the model's tokenizer.json",
         ),
     ):
-        done = bench(host, "run", "--profile", str(host.profile), *args, "-o", str(out))
+        done = bench(serving_host, "run", "--profile", str(serving_host.profile), *args, "-o", str(out))
         assert (done.returncode, done.stderr.strip()) == (1, line)
         assert not out.exists()

@@ -33,7 +33,7 @@ TEST_PORTS = (20000, EPHEMERAL_START)
 
 
 @pytest.fixture
-def host(tmp_path):
+def serving_host(tmp_path):
     serving = harness.fault_host(tmp_path, TEST_PORTS)
     yield serving
     serving.close()
@@ -70,20 +70,20 @@ def nginx_status(host) -> dict:
 # -- 1. no black hole ---------------------------------------------------------------------------
 
 
-def test_a_dead_engine_that_answers_500_loses_no_request(host, tmp_path):
+def test_a_dead_engine_that_answers_500_loses_no_request(serving_host, tmp_path):
     """Die mode: the port stays open, /health answers 503, completions 500 at once. Requests nginx
     sends it after the fault are passed on to another instance (POST included), and it leaves rotation."""
-    host.start_agent()
-    host.wait_ready()
+    serving_host.start_agent()
+    serving_host.wait_ready()
     victim = 1
-    pid = host.instance_pids()[victim]
+    pid = serving_host.instance_pids()[victim]
 
     def inject():
-        fault = harness.Fault("engine 500", time.time(), address(host, victim))
+        fault = harness.Fault("engine 500", time.time(), address(serving_host, victim))
         os.kill(pid, signal.SIGUSR1)
         return fault
 
-    fault, records, tally = under_load(host, tmp_path, inject)
+    fault, records, tally = under_load(serving_host, tmp_path, inject)
     assert tally.not_excused == 0, (
         f"{tally.not_excused} failed requests not excused: {dict(tally.kinds)}, e.g. {tally.examples}"
     )
@@ -91,112 +91,119 @@ def test_a_dead_engine_that_answers_500_loses_no_request(host, tmp_path):
     # it left rotation on nginx's word and the probe that followed at once (then was restarted)
     assert re.search(
         r"event='instance.degraded' unit='mipart-vllm@1' gpu='1' reason='nginx: upstream server temporarily disabled'",
-        host.log_text(),
+        serving_host.log_text(),
     )
-    assert "event='instance.unhealthy' unit='mipart-vllm@1' gpu='1' reason='/health answered 503'" in host.log_text()
+    assert (
+        "event='instance.unhealthy' unit='mipart-vllm@1' gpu='1' reason='/health answered 503'"
+        in serving_host.log_text()
+    )
 
 
 # -- 2. nginx supervised: a killed master does not cut streams, its workers are replaced ----------
 
 
-def test_a_killed_nginx_master_is_replaced_without_cutting_a_stream(host, tmp_path):
-    host.start_agent()
-    host.wait_ready()
-    old = master(host)
-    workers = set(nginx_procs.scan(host.run_dir / "nginx").workers)
+def test_a_killed_nginx_master_is_replaced_without_cutting_a_stream(serving_host, tmp_path):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    old = master(serving_host)
+    workers = set(nginx_procs.scan(serving_host.run_dir / "nginx").workers)
 
     def inject():
         fault = harness.Fault("nginx master SIGKILL", time.time())
         os.kill(old, signal.SIGKILL)
         return fault
 
-    _, records, tally = under_load(host, tmp_path, inject, max_tokens=40)  # ~1 s streams: many in flight at the kill
+    _, records, tally = under_load(
+        serving_host, tmp_path, inject, max_tokens=40
+    )  # ~1 s streams: many in flight at the kill
     assert tally.failed == 0, f"{tally.failed} failed requests: {dict(tally.kinds)}, e.g. {tally.examples}"
-    assert master(host) not in (None, old)
-    host.wait_for(
-        lambda: not workers & set(nginx_procs.scan(host.run_dir / "nginx").accepting),
+    assert master(serving_host) not in (None, old)
+    serving_host.wait_for(
+        lambda: not workers & set(nginx_procs.scan(serving_host.run_dir / "nginx").accepting),
         timeout=10,
         what="the old workers to stop accepting",
     )
-    host.wait_for(lambda: nginx_status(host)["current"], timeout=10, what="status: nginx serves the current config")
-    assert nginx_status(host)["stray_workers"] == 0
+    serving_host.wait_for(
+        lambda: nginx_status(serving_host)["current"], timeout=10, what="status: nginx serves the current config"
+    )
+    assert nginx_status(serving_host)["stray_workers"] == 0
 
 
-def test_after_an_agent_restart_a_killed_master_is_replaced_and_changes_reach_nginx(host, tmp_path):
+def test_after_an_agent_restart_a_killed_master_is_replaced_and_changes_reach_nginx(serving_host, tmp_path):
     """The port held by the dead master's workers: the new agent's nginx takes their sockets over
     (before: every new master died on bind() while status said all was well)."""
-    host.start_agent()
-    host.wait_ready()
-    host.stop_agent()
-    host.start_agent()
-    host.wait_for(lambda: host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="the second agent ready")
-    host.wait_ready()
-    old = master(host)
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    serving_host.stop_agent()
+    serving_host.start_agent()
+    serving_host.wait_for(
+        lambda: serving_host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="the second agent ready"
+    )
+    serving_host.wait_ready()
+    old = master(serving_host)
     os.kill(old, signal.SIGKILL)
-    host.wait_for(lambda: master(host) not in (None, old), timeout=10, what="a new nginx master")
-    assert "event='nginx.strays'" in host.log_text()  # detected, and reported before it was replaced
-    generation = nginx_status(host)["generation"]
-    victim = host.instance_pids()[2]
+    serving_host.wait_for(lambda: master(serving_host) not in (None, old), timeout=10, what="a new nginx master")
+    assert "event='nginx.strays'" in serving_host.log_text()  # detected, and reported before it was replaced
+    generation = nginx_status(serving_host)["generation"]
+    victim = serving_host.instance_pids()[2]
     os.kill(victim, signal.SIGKILL)  # a readiness change after the fault must reach the nginx that serves
-    host.wait_for(
-        lambda: nginx_status(host)["generation"] != generation and nginx_status(host)["current"],
+    serving_host.wait_for(
+        lambda: nginx_status(serving_host)["generation"] != generation and nginx_status(serving_host)["current"],
         timeout=10,
         what="the change served by nginx",
     )
     for _ in range(20):
-        status, backend = host.backend_of_one_request()
-        assert status == 200 and backend != address(host, 2)
-    assert nginx_status(host)["stray_workers"] == 0
+        status, backend = serving_host.backend_of_one_request()
+        assert status == 200 and backend != address(serving_host, 2)
+    assert nginx_status(serving_host)["stray_workers"] == 0
 
 
 # -- 3. the agent survives damage to its own files -------------------------------------------------
 
 
-def test_damaged_run_files_are_reported_and_retried_and_serving_goes_on(host, tmp_path):
-    host.start_agent()
-    host.wait_ready()
-    run = host.run_dir
+def test_damaged_run_files_are_reported_and_retried_and_serving_goes_on(serving_host, tmp_path):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    run = serving_host.run_dir
 
     def files_error() -> str:
-        return host.api_get("/v1/status").get("files_error", "")
+        return serving_host.api_get("/v1/status").get("files_error", "")
 
     # nginx/ replaced by a file, then a readiness change that needs a new nginx.conf
     shutil.move(run / "nginx", run / "nginx.moved")
     (run / "nginx").write_text("in the way\n")
-    os.kill(host.instance_pids()[0], signal.SIGKILL)
-    host.wait_for(lambda: "nginx" in files_error(), timeout=10, what="the nginx dir reported")
-    assert host.status_of_one_request() == 200  # nginx goes on with what it runs
+    os.kill(serving_host.instance_pids()[0], signal.SIGKILL)
+    serving_host.wait_for(lambda: "nginx" in files_error(), timeout=10, what="the nginx dir reported")
+    assert serving_host.status_of_one_request() == 200  # nginx goes on with what it runs
     (run / "nginx").unlink()
     shutil.move(run / "nginx.moved", run / "nginx")
-    host.wait_for(lambda: files_error() == "", timeout=40, what="the error cleared")
-    host.wait_ready(timeout=30)
+    serving_host.wait_for(lambda: files_error() == "", timeout=40, what="the error cleared")
+    serving_host.wait_ready(timeout=30)
 
     # instances/ replaced by a file: the periodic check cannot restore the specs
     shutil.move(run / "instances", run / "instances.moved")
     (run / "instances").write_text("in the way\n")
-    host.wait_for(lambda: "instances" in files_error(), timeout=10, what="the instances dir reported")
-    assert host.status_of_one_request() == 200
+    serving_host.wait_for(lambda: "instances" in files_error(), timeout=10, what="the instances dir reported")
+    assert serving_host.status_of_one_request() == 200
     (run / "instances").unlink()
     shutil.rmtree(run / "instances.moved")
-    host.wait_for(
+    serving_host.wait_for(
         lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the specs rewritten"
     )
 
     # a spec path taken by a directory while a SIGHUP changes every spec
     (run / "instances/3.json").unlink()
     (run / "instances/3.json").mkdir()
-    host.profile.write_text(
-        host.profile.read_text().replace("--tokens-per-second", '--max-tokens-default", "4", "--tokens-per-second')
-    )
-    host.hup()
-    host.wait_for(lambda: "3.json" in files_error(), timeout=10, what="the spec path reported")
-    assert host.agent.poll() is None and host.status_of_one_request() == 200
+    serving_host.write_profile(args='["--max-tokens-default", "4"]')
+    serving_host.hup()
+    serving_host.wait_for(lambda: "3.json" in files_error(), timeout=10, what="the spec path reported")
+    assert serving_host.agent.poll() is None and serving_host.status_of_one_request() == 200
     (run / "instances/3.json").rmdir()
-    host.wait_for(
+    serving_host.wait_for(
         lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the spec rewritten"
     )
-    assert host.agent.poll() is None
-    assert "event='agent.step_failed'" not in host.log_text()  # each error was handled where it happened
+    assert serving_host.agent.poll() is None
+    assert "event='agent.step_failed'" not in serving_host.log_text()  # each error was handled where it happened
 
 
 # -- 4. hang removal without a race, within the bound ------------------------------------------------
@@ -209,30 +216,33 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_a_hung_instance_leaves_rotation_in_the_bound_and_is_restarted_only_after_nginx_switched(host):
-    host.start_agent()
-    host.wait_ready()
+def test_a_hung_instance_leaves_rotation_in_the_bound_and_is_restarted_only_after_nginx_switched(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
     rng = random.Random()
     for sample in range(4):
-        host.wait_ready(timeout=30)
+        serving_host.wait_ready(timeout=30)
         time.sleep(rng.uniform(0.2, 1.2))  # a random phase against the probe schedule
         number = sample % harness.INSTANCES
-        pid = host.instance_pids()[number]
-        before = set(nginx_procs.scan(host.run_dir / "nginx").accepting)
-        down = f"server {address(host, number)} down;"
+        pid = serving_host.instance_pids()[number]
+        before = set(nginx_procs.scan(serving_host.run_dir / "nginx").accepting)
+        down = f"server {address(serving_host, number)} down;"
         hung_at = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
         try:
-            host.wait_for(
-                lambda: down in host.nginx_conf(), timeout=10, what="the hung instance out of nginx.conf", poll=0.005
+            serving_host.wait_for(
+                lambda: down in serving_host.nginx_conf(),
+                timeout=10,
+                what="the hung instance out of nginx.conf",
+                poll=0.005,
             )
             took = time.monotonic() - hung_at
             assert took <= harness.BOUND, (
                 f"sample {sample}: out of rotation after {took:.2f}s (bound {harness.BOUND:g}s)"
             )
             # The agent resumes it (SIGTERM, SIGCONT) only to stop it: by then no worker that could pick it accepts.
-            host.wait_for(lambda: _state(pid) != "T", timeout=15, what="the hung server signalled", poll=0.002)
-            still = before & set(nginx_procs.scan(host.run_dir / "nginx").accepting)
+            serving_host.wait_for(lambda: _state(pid) != "T", timeout=15, what="the hung server signalled", poll=0.002)
+            still = before & set(nginx_procs.scan(serving_host.run_dir / "nginx").accepting)
             assert not still, (
                 f"sample {sample}: workers {still} from before the reload still accepted when the server was signalled"
             )
@@ -241,4 +251,6 @@ def test_a_hung_instance_leaves_rotation_in_the_bound_and_is_restarted_only_afte
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        host.wait_for(lambda: host.instance_pids().get(number) not in (None, pid), timeout=20, what="a fresh server")
+        serving_host.wait_for(
+            lambda: serving_host.instance_pids().get(number) not in (None, pid), timeout=20, what="a fresh server"
+        )

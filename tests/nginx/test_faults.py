@@ -19,11 +19,11 @@ pytestmark = pytest.mark.nginx
 
 
 @pytest.fixture
-def host(tmp_path):
+def serving_host(tmp_path):
     # The host in the profile's layout: a reload with gpus: differing from the host repartitions.
-    serving = ServingHost(tmp_path, compute="CPX", memory="NPS4", instances=8, interval="500ms", unhealthy_after=2)
-    text = serving.profile.read_text().replace("    args: []", '    partitions: "0-7"\n    args: []')
-    serving.profile.write_text(text)
+    serving = ServingHost(
+        tmp_path, compute="CPX", memory="NPS4", partitions='"0-7"', instances=8, interval="500ms", unhealthy_after=2
+    )
     yield serving
     serving.close()
 
@@ -45,38 +45,46 @@ def all_instance_pids(host) -> dict[int, list[int]]:
     return found
 
 
-def test_killed_instance_leaves_rotation_and_comes_back(host):
-    host.start_agent()
-    host.wait_ready()
-    victim = host.instance_pids()[3]
+def test_killed_instance_leaves_rotation_and_comes_back(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    victim = serving_host.instance_pids()[3]
     os.kill(victim, signal.SIGKILL)
-    host.wait_for(
-        lambda: f"server 127.0.0.1:{host.base + 3} down;" in host.nginx_conf(), timeout=5, what="instance 3 out"
+    serving_host.wait_for(
+        lambda: f"server 127.0.0.1:{serving_host.base + 3} down;" in serving_host.nginx_conf(),
+        timeout=5,
+        what="instance 3 out",
     )
-    host.wait_ready(timeout=20)
-    assert host.instance_pids()[3] != victim
+    serving_host.wait_ready(timeout=20)
+    assert serving_host.instance_pids()[3] != victim
     # LAST ERROR is how the server ended (the runner's return code) and its last log line, not the probe's view.
     assert re.search(
-        r"event='instance.exited' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\); ", host.log_text()
+        r"event='instance.exited' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\); ",
+        serving_host.log_text(),
     )
     assert re.search(
-        r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\)", host.log_text()
+        r"event='instance.restart' unit='mipart-vllm@3' gpu='3' reason='killed by signal 9 \(signal\)",
+        serving_host.log_text(),
     )
 
 
-def test_hung_instance_is_out_of_rotation_within_the_bound(host):
-    host.start_agent()
-    host.wait_ready()
-    victim = host.instance_pids()[2]
-    marked_down = f"server 127.0.0.1:{host.base + 2} down;"
+def test_hung_instance_is_out_of_rotation_within_the_bound(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    victim = serving_host.instance_pids()[2]
+    marked_down = f"server 127.0.0.1:{serving_host.base + 2} down;"
     hung_at = time.monotonic()
     os.kill(victim, signal.SIGSTOP)
     try:
-        host.wait_for(lambda: marked_down in host.nginx_conf(), timeout=10, what="hung instance out of rotation")
+        serving_host.wait_for(
+            lambda: marked_down in serving_host.nginx_conf(), timeout=10, what="hung instance out of rotation"
+        )
         took = time.monotonic() - hung_at
         assert took <= 0.5 * 2 + 1.0, f"out of rotation after {took:.2f}s"  # interval x unhealthy_after + 1 s
-        host.wait_for(lambda: host.instance_pids().get(2) not in (None, victim), timeout=20, what="a fresh instance 2")
-        host.wait_ready(timeout=20)
+        serving_host.wait_for(
+            lambda: serving_host.instance_pids().get(2) not in (None, victim), timeout=20, what="a fresh instance 2"
+        )
+        serving_host.wait_ready(timeout=20)
     finally:
         try:
             os.kill(victim, signal.SIGCONT)
@@ -84,23 +92,30 @@ def test_hung_instance_is_out_of_rotation_within_the_bound(host):
             pass
 
 
-def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(host):
-    host.write_profile(compute="CPX", memory="NPS4")
-    text = host.profile.read_text().replace(
-        "    args: []", '    partitions: "0-1"\n    args: ["--fault", "die", "--fault-after", "0"]'
+def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(serving_host):
+    serving_host.write_profile(
+        compute="CPX",
+        memory="NPS4",
+        partitions='"0-1"',
+        args='["--fault", "die", "--fault-after", "0"]',
+        restart_backoff="100ms",
+        max_restarts=3,
     )
-    host.profile.write_text(text.replace("restart_backoff: 200ms", "restart_backoff: 100ms, max_restarts: 3"))
-    host.start_agent()
-    host.wait_for(
-        lambda: "event='instance.failed' unit='mipart-vllm@1'" in host.log_text(), timeout=30, what="instance 1 failed"
+    serving_host.start_agent()
+    serving_host.wait_for(
+        lambda: "event='instance.failed' unit='mipart-vllm@1'" in serving_host.log_text(),
+        timeout=30,
+        what="instance 1 failed",
     )
     time.sleep(1.5)
-    restarts = re.findall(r"event='instance.restart' unit='mipart-vllm@1'.*attempt=(\d)", host.log_text())
+    restarts = re.findall(r"event='instance.restart' unit='mipart-vllm@1'.*attempt=(\d)", serving_host.log_text())
     assert restarts == ["1", "2", "3"]  # backoff 0.1, 0.2, 0.4 s, then it stays failed
-    failed = next(line for line in host.log_text().splitlines() if "instance.failed' unit='mipart-vllm@1'" in line)
+    failed = next(
+        line for line in serving_host.log_text().splitlines() if "instance.failed' unit='mipart-vllm@1'" in line
+    )
     assert "gave up after 3 restarts" in failed
     # What the agent shows while it runs: the exit status and the server's own last line.
-    [one] = [i for i in host.api_get("/v1/instances")["instances"] if i["unit"] == "mipart-vllm@1.service"]
+    [one] = [i for i in serving_host.api_get("/v1/instances")["instances"] if i["unit"] == "mipart-vllm@1.service"]
     assert one["state"] == "failed"
     assert (
         one["last_error"].startswith("exited with status 1 (exit-code); ")
@@ -108,63 +123,70 @@ def test_failing_unit_ends_failed_with_the_reason_and_no_tight_loop(host):
     ), one
 
 
-def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(host):
-    host.start_agent()
-    host.wait_ready()
+def test_agent_killed_mid_reconcile_leaves_no_duplicate_or_orphan(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
     # Change every spec, SIGHUP, and kill the agent while it restarts them.
-    host.profile.write_text(
-        host.profile.read_text().replace("--tokens-per-second", '--max-tokens-default", "4", "--tokens-per-second')
+    serving_host.write_profile(args='["--max-tokens-default", "4"]')
+    serving_host.hup()
+    serving_host.wait_for(lambda: "reason='spec changed'" in serving_host.log_text(), timeout=10, what="the reconcile")
+    serving_host.agent.send_signal(signal.SIGKILL)
+    serving_host.agent.wait(timeout=10)
+    serving_host.start_agent()
+    serving_host.wait_for(
+        lambda: serving_host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="agent ready again"
     )
-    host.hup()
-    host.wait_for(lambda: "reason='spec changed'" in host.log_text(), timeout=10, what="the reconcile")
-    host.agent.send_signal(signal.SIGKILL)
-    host.agent.wait(timeout=10)
-    host.start_agent()
-    host.wait_for(lambda: host.log_text().count("event='agent.ready'") >= 2, timeout=30, what="agent ready again")
-    host.wait_ready(timeout=30)
+    serving_host.wait_ready(timeout=30)
 
     def rolled() -> bool:  # the new agent finishes the rolling restart the old one began
-        found = all_instance_pids(host)
+        found = all_instance_pids(serving_host)
         return sorted(found) == list(range(8)) and all(
             "--max-tokens-default\x004" in open(f"/proc/{p[0]}/cmdline").read() for p in found.values() if len(p) == 1
         )
 
-    host.wait_for(rolled, timeout=60, what="every instance on the new spec")
+    serving_host.wait_for(rolled, timeout=60, what="every instance on the new spec")
     time.sleep(1.0)
-    pids = all_instance_pids(host)
+    pids = all_instance_pids(serving_host)
     assert sorted(pids) == list(range(8))
     assert all(len(p) == 1 for p in pids.values()), pids
     for number, [pid] in pids.items():
         cmdline = Path(f"/proc/{pid}/cmdline").read_text()
         assert "--max-tokens-default\x004" in cmdline, f"instance {number} runs an old spec"
-    assert host.backend_of_one_request()[0] == 200
+    assert serving_host.backend_of_one_request()[0] == 200
 
 
-def test_deleted_run_files_are_rewritten_and_restarts_still_work(host):
-    host.start_agent()
-    host.wait_ready()
-    shutil.rmtree(host.run_dir / "instances")
-    (host.run_dir / "nginx/nginx.conf").unlink()
-    host.wait_for(
-        lambda: (host.run_dir / "instances/5.json").exists() and (host.run_dir / "nginx/nginx.conf").exists(),
+def test_deleted_run_files_are_rewritten_and_restarts_still_work(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    shutil.rmtree(serving_host.run_dir / "instances")
+    (serving_host.run_dir / "nginx/nginx.conf").unlink()
+    serving_host.wait_for(
+        lambda: (
+            (serving_host.run_dir / "instances/5.json").exists()
+            and (serving_host.run_dir / "nginx/nginx.conf").exists()
+        ),
         timeout=5,
         what="files rewritten",
     )
-    victim = host.instance_pids()[5]
+    victim = serving_host.instance_pids()[5]
     os.kill(victim, signal.SIGKILL)
-    host.wait_for(lambda: host.instance_pids().get(5) not in (None, victim), timeout=15, what="instance 5 back")
-    host.wait_ready(timeout=15)
-    assert host.backend_of_one_request()[0] == 200
+    serving_host.wait_for(
+        lambda: serving_host.instance_pids().get(5) not in (None, victim), timeout=15, what="instance 5 back"
+    )
+    serving_host.wait_ready(timeout=15)
+    assert serving_host.backend_of_one_request()[0] == 200
 
 
-def test_killed_nginx_is_restarted_with_the_current_config(host):
-    host.start_agent()
-    host.wait_ready()
-    master = int((host.run_dir / "nginx/nginx.pid").read_text())
+def test_killed_nginx_is_restarted_with_the_current_config(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    master = int((serving_host.run_dir / "nginx/nginx.pid").read_text())
     os.kill(master, signal.SIGKILL)
-    host.wait_for(lambda: _nginx_master_changed(host, master), timeout=10, what="a new nginx master")
-    host.wait_for(lambda: host.backend_of_one_request_or_none() == 200, timeout=10, what="serving again")
-    assert "server 127.0.0.1" in host.nginx_conf()
+    serving_host.wait_for(lambda: _nginx_master_changed(serving_host, master), timeout=10, what="a new nginx master")
+    serving_host.wait_for(
+        lambda: serving_host.backend_of_one_request_or_none() == 200, timeout=10, what="serving again"
+    )
+    assert "server 127.0.0.1" in serving_host.nginx_conf()
 
 
 def _nginx_master_changed(host, old: int) -> bool:
@@ -204,35 +226,29 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(s
 """
 
 
-def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host, tmp_path):
+def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(serving_host, tmp_path):
     """1,000 concurrent clients while one instance is killed, one hangs, one's engine dies,
     and the agent itself is restarted: any failed request started before its instance left."""
-    host.write_profile(compute="CPX", memory="NPS4", interval="1s", tps=0)
-    text = (
-        host.profile.read_text()
-        .replace("    args: []", '    partitions: "0-7"\n    args: []')
-        .replace("timeout: 300ms", "timeout: 1s")
-    )
-    host.profile.write_text(text)
-    host.start_agent()
-    host.wait_ready()
+    serving_host.write_profile(compute="CPX", memory="NPS4", partitions='"0-7"', interval="1s", timeout="1s", tps=0)
+    serving_host.start_agent()
+    serving_host.wait_ready()
     script = tmp_path / "load.py"
     script.write_text(LOAD_CLIENT)
     load = subprocess.Popen(
-        [sys.executable, str(script), str(host.listen), "1000", "30", "2.0"], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(serving_host.listen), "1000", "30", "2.0"], stdout=subprocess.PIPE, text=True
     )
     try:
         time.sleep(4)
-        pids = host.instance_pids()
+        pids = serving_host.instance_pids()
         faults = {1: signal.SIGKILL, 4: signal.SIGSTOP, 6: signal.SIGUSR1}
         fault_time = {}
         for number, sig in faults.items():
             fault_time[number] = time.time()
             os.kill(pids[number], sig)
             time.sleep(3)
-        host.agent.send_signal(signal.SIGTERM)
-        host.agent.wait(timeout=20)
-        host.start_agent()
+        serving_host.agent.send_signal(signal.SIGTERM)
+        serving_host.agent.wait(timeout=20)
+        serving_host.start_agent()
         out, _ = load.communicate(timeout=90)
     finally:
         if load.poll() is None:
@@ -243,7 +259,7 @@ def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host,
             pass
     results = json.loads(out)
     assert len(results) > 5000
-    left_rotation = _left_rotation_times(host.log_text())
+    left_rotation = _left_rotation_times(serving_host.log_text())
     bad = []
     for started, _ended, status, backend in results:
         if status == 200:
@@ -254,7 +270,7 @@ def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(host,
         # under this load can be seconds before nginx sees it, hence no lower bound but the
         # client timeout.
         allowed = any(
-            backend in ("", f"127.0.0.1:{host.base + n}") or not backend.startswith("127.")
+            backend in ("", f"127.0.0.1:{serving_host.base + n}") or not backend.startswith("127.")
             for n in faults
             if fault_time[n] - CLIENT_TIMEOUT <= started <= left_rotation.get(n, float("inf")) + 0.5
         )

@@ -20,13 +20,16 @@ INSTANCES = 6  # DPX: logical GPUs 0-5 are physical GPUs 0, 0, 1, 1, 2, 2
 
 
 @pytest.fixture
-def host(tmp_path):
-    serving = ServingHost(tmp_path, instances=INSTANCES, interval=f"{int(INTERVAL * 1000)}ms", unhealthy_after=2)
-    probe = f"{{generation_probe: {{idle: {int(IDLE * 1000)}ms, timeout: {int(TIMEOUT * 1000)}ms}}}}"
-    text = serving.profile.read_text().replace(
-        "    args: []", f'    partitions: "0-{INSTANCES - 1}"\n    health: {probe}\n    args: []'
+def serving_host(tmp_path):
+    probe = {"generation_probe": {"idle": f"{int(IDLE * 1000)}ms", "timeout": f"{int(TIMEOUT * 1000)}ms"}}
+    serving = ServingHost(
+        tmp_path,
+        instances=INSTANCES,
+        partitions=f'"0-{INSTANCES - 1}"',
+        interval=f"{int(INTERVAL * 1000)}ms",
+        unhealthy_after=2,
+        services={"chat": {"health": probe}},
     )
-    serving.profile.write_text(text)
     yield serving
     serving.close()
 
@@ -65,62 +68,66 @@ class Load:
         return list(self.results)
 
 
-def test_a_wedged_engine_leaves_rotation_within_the_bound_under_load(host):
-    host.start_agent()
-    host.wait_ready()
-    load = Load(host)
+def test_a_wedged_engine_leaves_rotation_within_the_bound_under_load(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    load = Load(serving_host)
     try:
         time.sleep(1.5)  # traffic proves health: no probe completions while it flows
-        victim = host.instance_pids()[2]
+        victim = serving_host.instance_pids()[2]
         wedged_at = time.monotonic()
         os.kill(victim, signal.SIGWINCH)
-        host.wait_for(lambda: down(host, 2), timeout=10, what="the wedged instance out of rotation")
+        serving_host.wait_for(lambda: down(serving_host, 2), timeout=10, what="the wedged instance out of rotation")
         out_at = time.monotonic()
         time.sleep(2.0)
     finally:
         results = load.finish()
     bound = IDLE + INTERVAL + TIMEOUT + 1.0  # idle + probe interval + the probe's timeout, + nginx -t and reload
     assert out_at - wedged_at <= bound, f"out of rotation after {out_at - wedged_at:.2f}s"
-    assert [d for d in (1, 3, 4, 5) if down(host, d)] == []
+    assert [d for d in (1, 3, 4, 5) if down(serving_host, d)] == []
     after = [status for started, status in results if started > out_at + 0.5]  # the reload has taken by then
     assert len(after) > 20 and all(status == 200 for status in after), sorted(set(after), key=str)
-    assert "a one-token completion did not finish within 1s" in host.log_text()
-    host.wait_for(lambda: host.instance_pids().get(2) not in (None, victim), timeout=20, what="a fresh instance 2")
-    host.wait_ready(timeout=30)
+    assert "a one-token completion did not finish within 1s" in serving_host.log_text()
+    serving_host.wait_for(
+        lambda: serving_host.instance_pids().get(2) not in (None, victim), timeout=20, what="a fresh instance 2"
+    )
+    serving_host.wait_ready(timeout=30)
 
 
-def test_an_idle_healthy_instance_stays_in_rotation_with_probe_completions(host):
-    host.start_agent()
-    host.wait_ready()
+def test_an_idle_healthy_instance_stays_in_rotation_with_probe_completions(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
     time.sleep(IDLE * 3)  # idle: each instance gets probe completions, which succeed
-    assert [n for n in range(INSTANCES) if down(host, n)] == []
-    assert "instance.unhealthy" not in host.log_text()
+    assert [n for n in range(INSTANCES) if down(serving_host, n)] == []
+    assert "instance.unhealthy" not in serving_host.log_text()
 
 
-def test_an_uncorrectable_error_rise_takes_exactly_that_gpus_instances_out(host):
-    host.start_agent()
-    host.wait_ready()
-    host.mipart(
-        "sim", "gpu-signals", str(host.root), "0", "--correctable", "7", "--temperature", "68", "--power", "410"
+def test_an_uncorrectable_error_rise_takes_exactly_that_gpus_instances_out(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    serving_host.mipart(
+        "sim", "gpu-signals", str(serving_host.root), "0", "--correctable", "7", "--temperature", "68", "--power", "410"
     )
     time.sleep(INTERVAL * 3)
-    assert [n for n in range(INSTANCES) if down(host, n)] == []  # correctable errors are only counted
-    host.mipart("sim", "gpu-signals", str(host.root), "1", "--uncorrectable", "1")
-    host.wait_for(lambda: down(host, 2) and down(host, 3), timeout=10, what="GPU 1's instances out")
+    assert [n for n in range(INSTANCES) if down(serving_host, n)] == []  # correctable errors are only counted
+    serving_host.mipart("sim", "gpu-signals", str(serving_host.root), "1", "--uncorrectable", "1")
+    serving_host.wait_for(
+        lambda: down(serving_host, 2) and down(serving_host, 3), timeout=10, what="GPU 1's instances out"
+    )
     time.sleep(INTERVAL * 3)
-    assert [n for n in range(INSTANCES) if down(host, n)] == [2, 3]
-    by_unit = {i["unit"]: i for i in host.api_get("/v1/instances")["instances"]}
+    assert [n for n in range(INSTANCES) if down(serving_host, n)] == [2, 3]
+    by_unit = {i["unit"]: i for i in serving_host.api_get("/v1/instances")["instances"]}
     for number in (2, 3):
         one = by_unit[f"mipart-vllm@{number}.service"]
         assert one["state"] == "failed" and "uncorrectable RAS errors rose (umc 0 -> 1)" in one["last_error"], one
     assert all(by_unit[f"mipart-vllm@{n}.service"]["state"] == "ready" for n in (0, 1, 4, 5))
-    done = mipart("status", "--profile", host.profile, env=dict(host.env), timeout=60)
+    done = mipart("status", "--profile", serving_host.profile, env=dict(serving_host.env), timeout=60)
     assert done.returncode == 3  # some instances are not ready
     status = done.stdout
     for number in (2, 3):
         [line] = [row for row in status.splitlines() if row.startswith(f"mipart-vllm@{number}.service")]
         assert "failed" in line and "GPU 1 (" in line and "uncorrectable RAS errors rose" in line, status
-    metrics = host.api_text("/metrics")
+    metrics = serving_host.api_text("/metrics")
     assert 'mipart_gpu_ras_uncorrectable_errors_total{gpu="1",' in metrics and 'block="umc"} 1' in metrics
     assert any(
         line.startswith('mipart_gpu_ras_correctable_errors_total{gpu="0",') and line.endswith(" 7")
@@ -130,4 +137,4 @@ def test_an_uncorrectable_error_rise_takes_exactly_that_gpus_instances_out(host)
         line.startswith('mipart_gpu_temperature_celsius{gpu="0",') and line.endswith(" 68.0")
         for line in metrics.splitlines()
     )
-    assert host.status_of_one_request() == 200  # the other GPUs still serve
+    assert serving_host.status_of_one_request() == 200  # the other GPUs still serve

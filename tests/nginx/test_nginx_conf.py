@@ -11,14 +11,14 @@ import sys
 from conftest import mipart
 
 
-def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, host):
+def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, sim_env):
     out = tmp_path / "image"
     profile = tmp_path / "profile.yaml"
     profile.write_text(
         "version: 1\ngpus: {compute: DPX, memory: NPS2}\n"
         + 'services:\n  chat: {model: org/m, listen: "127.0.0.1:18040", partitions: "0-7", args: ["--max-num-seqs", "512"]}\n  code: {model: org/c, listen: 18041, partitions: "8-15"}\n'
     )
-    assert mipart("render", "--root", out, "--ready", "none", "--profile", profile, env=host).returncode == 0
+    assert mipart("render", "--root", out, "--ready", "none", "--profile", profile, env=sim_env).returncode == 0
     conf = out / "run/mipart/nginx/nginx.conf"
     body = conf.read_text()
     assert "worker_connections 12800;" in body  # (8 x 512 + 8 x 256) x 2 + 512

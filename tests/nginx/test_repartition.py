@@ -25,7 +25,7 @@ RECORD = "partition.json"
 
 
 @pytest.fixture
-def host(tmp_path):
+def serving_host(tmp_path):
     serving = ServingHost(
         tmp_path, rules="rocm-mi300x"
     )  # 8 x MI300X in DPX/NPS2: 16 instances; CPX/NPS2 needs seed 000's rules
@@ -53,47 +53,49 @@ def status(host) -> dict:
     return host.api_get("/v1/status")
 
 
-def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(host):
-    host.start_agent()
-    host.wait_ready(16)
-    old, old_pids = running_digests(host), host.instance_pids()
-    host.write_profile(compute="CPX")
+def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    old, old_pids = running_digests(serving_host), serving_host.instance_pids()
+    serving_host.write_profile(compute="CPX")
 
     # The agent's instances hold the GPUs, so the partition command refuses, saying what to run.
     with pytest.raises(HostError) as busy:
-        host.mipart("partition", "apply", "--profile", str(host.profile))
+        serving_host.mipart("partition", "apply", "--profile", str(serving_host.profile))
     assert "mipart's own instances hold these GPUs" in str(busy.value) and "`systemctl reload mipart-agent`" in str(
         busy.value
     )
-    assert running_digests(host) == old and layout(host) == ["DPX"] * 8
+    assert running_digests(serving_host) == old and layout(serving_host) == ["DPX"] * 8
 
-    with ClientLoop(host.listen, host.spec.model, limit=240) as clients:
-        host.hup()
-        host.wait_ready(64, timeout=180)
+    with ClientLoop(serving_host.listen, serving_host.spec.model, limit=240) as clients:
+        serving_host.hup()
+        serving_host.wait_ready(64, timeout=180)
     assert set(clients.seen) <= {"200", "503 ServiceUnavailable"}, clients.seen
     assert clients.seen.get("200") and clients.seen.get("503 ServiceUnavailable"), (
         clients.seen
     )  # the gap was answered, not hung
 
-    new = running_digests(host)
-    assert sorted(new) == list(range(64)) and new == spec_digests(host)  # every server runs its new spec
-    assert not set(old_pids.values()) & set(host.instance_pids().values())  # each one started anew
+    new = running_digests(serving_host)
+    assert sorted(new) == list(range(64)) and new == spec_digests(serving_host)  # every server runs its new spec
+    assert not set(old_pids.values()) & set(serving_host.instance_pids().values())  # each one started anew
     assert sorted(n for n in old if old[n] == new[n]) == [
         0,
         1,
     ]  # the only specs CPX keeps: GPU 0's first two partitions
-    assert layout(host) == ["CPX"] * 8
-    host.wait_for(
-        lambda: status(host)["partition"]["drift"] is False, timeout=30, what="the host snapshot after the change"
+    assert layout(serving_host) == ["CPX"] * 8
+    serving_host.wait_for(
+        lambda: status(serving_host)["partition"]["drift"] is False,
+        timeout=30,
+        what="the serving_host snapshot after the change",
     )
-    st = status(host)
+    st = status(serving_host)
     assert st["partition"]["action"] == ""
     assert st["repartition"]["phase"] == "" and st["repartition"]["error"] == "" and st["repartition"]["finished"]
     assert st["last_apply"]["ok"] is True and st["last_apply"]["result"]["writes"] == 8
-    metrics = host.api_text("/metrics")
+    metrics = serving_host.api_text("/metrics")
     assert "mipart_partition_drift 0" in metrics and "mipart_repartition_last_ok 1" in metrics
 
-    log = host.log_text()
+    log = serving_host.log_text()
     begun, applied = log.index("event='repartition.start'"), log.index("event='repartition.applied'")
     assert not re.search(r"event='instance\.(start|restart)'", log[begun:applied]), (
         "an instance started during the change"
@@ -103,48 +105,54 @@ def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(host):
     assert len(re.findall(r"event='instance\.stop' unit='mipart-vllm@\d+' reason='repartition'", log)) == 16
 
 
-def test_refused_and_failed_repartitions_leave_serving_up_and_say_why(host):
-    host.start_agent()
-    host.wait_ready(16)
-    pids = host.instance_pids()
-    host.write_profile(compute="CPX")
+def test_refused_and_failed_repartitions_leave_serving_up_and_say_why(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    pids = serving_host.instance_pids()
+    serving_host.write_profile(compute="CPX")
 
     # A process the agent cannot stop holds GPU 0: refused before anything stops.
     holder = subprocess.Popen(["sleep", "300"])
     try:
-        host.mipart("sim", "hold", str(host.root), "0", "--pid", str(holder.pid))
-        host.hup()
-        host.wait_for(lambda: status(host)["repartition"]["error"], timeout=30, what="the refusal")
-        error = status(host)["repartition"]["error"]
+        serving_host.mipart("sim", "hold", str(serving_host.root), "0", "--pid", str(holder.pid))
+        serving_host.hup()
+        serving_host.wait_for(lambda: status(serving_host)["repartition"]["error"], timeout=30, what="the refusal")
+        error = status(serving_host)["repartition"]["error"]
         assert error.startswith(f"GPUs in use by processes mipart does not manage: PID {holder.pid} (sleep, "), error
         assert error.endswith("then run `systemctl reload mipart-agent` again"), error
-        assert host.instance_pids() == pids and host.ready_count() == 16 and layout(host) == ["DPX"] * 8
+        assert (
+            serving_host.instance_pids() == pids
+            and serving_host.ready_count() == 16
+            and layout(serving_host) == ["DPX"] * 8
+        )
         # The agent runs the new profile on the old layout: drift, with the command to run.
-        host.wait_for(lambda: status(host)["partition"]["drift"], timeout=10, what="drift reported")
-        assert "systemctl reload mipart-agent" in status(host)["partition"]["action"]
-        assert "mipart_partition_drift 1" in host.api_text("/metrics")
-        record = json.loads((host.run_dir / RECORD).read_text())
+        serving_host.wait_for(lambda: status(serving_host)["partition"]["drift"], timeout=10, what="drift reported")
+        assert "systemctl reload mipart-agent" in status(serving_host)["partition"]["action"]
+        assert "mipart_partition_drift 1" in serving_host.api_text("/metrics")
+        record = json.loads((serving_host.run_dir / RECORD).read_text())
         assert record["ok"] is False and record["error"] == error
-        assert "event='repartition.refused'" in host.log_text()
+        assert "event='repartition.refused'" in serving_host.log_text()
     finally:
         holder.kill()
         holder.wait()
 
     # A GPU mid-reset fails the apply after serving went down: serving comes back on the layout
     # the host has then (GPUs 0-2 switched to CPX, 3-7 still DPX: 3 x 8 + 5 x 2 = 34).
-    host.mipart("sim", "reset", str(host.root), "3", "--on")
-    host.hup()
-    host.wait_for(lambda: "event='repartition.done'" in host.log_text(), timeout=60, what="the repartition")
-    host.wait_ready(34, timeout=120)
-    assert layout(host) == ["CPX"] * 3 + ["DPX"] * 5
-    st = status(host)
+    serving_host.mipart("sim", "reset", str(serving_host.root), "3", "--on")
+    serving_host.hup()
+    serving_host.wait_for(
+        lambda: "event='repartition.done'" in serving_host.log_text(), timeout=60, what="the repartition"
+    )
+    serving_host.wait_ready(34, timeout=120)
+    assert layout(serving_host) == ["CPX"] * 3 + ["DPX"] * 5
+    st = status(serving_host)
     assert (
         st["repartition"]["error"]
         == "GPU 3 (0000:65:00.0): current_compute_partition: GPU reset in progress; retry after it finishes"
     )
     assert st["last_apply"]["ok"] is False and st["last_apply"]["error"] == st["repartition"]["error"]
     assert st["partition"]["drift"] is True and "systemctl reload mipart-agent" in st["partition"]["action"]
-    new = running_digests(host)
-    assert sorted(new) == sorted(spec_digests(host)) and new == spec_digests(host) and len(new) == 34
-    assert "mipart_repartition_last_ok 0" in host.api_text("/metrics")
-    assert "event='repartition.failed'" in host.log_text()
+    new = running_digests(serving_host)
+    assert sorted(new) == sorted(spec_digests(serving_host)) and new == spec_digests(serving_host) and len(new) == 34
+    assert "mipart_repartition_last_ok 0" in serving_host.api_text("/metrics")
+    assert "event='repartition.failed'" in serving_host.log_text()

@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-from dataclasses import dataclass
 
 import pytest
 from serving import TEST_PORTS
@@ -27,23 +26,12 @@ INSTANCES = 4
 # after its restart, long enough to send every session again while it is out.
 STARTUP = 15
 HEADER = "X-Session-Id"
-AFFINITY = f"{{affinity: {{header: {HEADER}}}}}"
-
-
-@dataclass(frozen=True)
-class RoutedProfile(FakeEngineProfile):
-    """The fake-engine profile with `routing:` on its service (YAML text; None leaves it out)."""
-
-    routing: str | None = None
-
-    def text(self) -> str:
-        listen = f'    listen: "{self.listen_host}:{self.ports.listen}"\n'
-        return super().text().replace(listen, listen + (f"    routing: {self.routing}\n" if self.routing else ""))
+AFFINITY = {"affinity": {"header": HEADER}}
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    profile = RoutedProfile(Ports.free(64, low=TEST_PORTS), partitions='"0-3"', delay=STARTUP)
+def serving_host(tmp_path_factory):
+    profile = FakeEngineProfile(Ports.free(64, low=TEST_PORTS), partitions='"0-3"', delay=STARTUP)
     serving = SimulatedHost(tmp_path_factory.mktemp("routing"), profile, expected=INSTANCES)
     serving.start_agent()
     serving.wait_ready(INSTANCES, timeout=90 + STARTUP)
@@ -51,9 +39,9 @@ def host(tmp_path_factory):
     serving.close()
 
 
-def use(host: SimulatedHost, routing: str | None, says: str) -> None:
-    """Serve with this routing: nginx runs the config whose service comment says `says`."""
-    host.write_profile(routing=routing)
+def use(host: SimulatedHost, routing: str | dict | None, says: str) -> None:
+    """Serve with this routing (None: none given): nginx runs the config whose service comment says `says`."""
+    host.write_profile(services={"chat": {"routing": routing}} if routing else {})
     host.hup()
 
     def served() -> bool:
@@ -95,42 +83,46 @@ def sessions(host: SimulatedHost, count: int = 24, repeats: int = 4) -> dict[str
 
 
 @pytest.mark.parametrize("routing, says", [(None, "least_conn"), ("random", "random two least_conn")])
-def test_least_conn_and_random_spread_over_every_instance(host, routing, says):
-    use(host, routing, says)
-    assert f"        {says};\n" in host.nginx_conf()
-    assert {backend(host) for _ in range(60)} == every_instance(host)
+def test_least_conn_and_random_spread_over_every_instance(serving_host, routing, says):
+    use(serving_host, routing, says)
+    assert f"        {says};\n" in serving_host.nginx_conf()
+    assert {backend(serving_host) for _ in range(60)} == every_instance(serving_host)
 
 
-def test_affinity_keeps_each_session_on_one_instance_and_spreads_the_sessions(host):
-    use(host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
-    placed = sessions(host)
+def test_affinity_keeps_each_session_on_one_instance_and_spreads_the_sessions(serving_host):
+    use(serving_host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
+    placed = sessions(serving_host)
     assert len(set(placed.values())) > 1, placed  # 24 sessions on one of 4 instances: (1/4)^23 by chance
     # the header's name is matched in any case, as HTTP says; the session stays where it was
-    assert backend(host, {HEADER.lower(): "conversation-0"}) == placed["conversation-0"]
+    assert backend(serving_host, {HEADER.lower(): "conversation-0"}) == placed["conversation-0"]
 
 
-def test_under_affinity_requests_without_the_header_spread(host):
+def test_under_affinity_requests_without_the_header_spread(serving_host):
     """nginx sends a request whose hash key is empty round robin (ngx_http_upstream_hash_module.c)."""
-    use(host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
-    assert len({backend(host) for _ in range(40)}) > 1
-    assert len({backend(host, {HEADER: ""}) for _ in range(40)}) > 1  # an empty value is no session either
+    use(serving_host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
+    assert len({backend(serving_host) for _ in range(40)}) > 1
+    assert len({backend(serving_host, {HEADER: ""}) for _ in range(40)}) > 1  # an empty value is no session either
     # nginx drops a header whose name has '_' (underscores_in_headers off): X_Session_Id is not
     # read as $http_x_session_id, which is why the profile refuses such names
-    assert len({backend(host, {"X_Session_Id": "conversation-0"}) for _ in range(40)}) > 1
+    assert len({backend(serving_host, {"X_Session_Id": "conversation-0"}) for _ in range(40)}) > 1
 
 
-def test_an_instance_taken_down_moves_only_its_own_sessions(host):
-    use(host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
-    before = sessions(host, count=32, repeats=2)
+def test_an_instance_taken_down_moves_only_its_own_sessions(serving_host):
+    use(serving_host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
+    before = sessions(serving_host, count=32, repeats=2)
     victim = before["conversation-0"]
-    number = int(victim.rsplit(":", 1)[1]) - host.base
-    os.kill(host.instance_pids()[number], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
-    host.wait_for(
-        lambda: f"server {victim} down;" in host.nginx_conf(), timeout=15, what=f"instance {number} marked down"
+    number = int(victim.rsplit(":", 1)[1]) - serving_host.base
+    os.kill(
+        serving_host.instance_pids()[number], signal.SIGUSR1
+    )  # engine dead, port open: /health 503, completions 500
+    serving_host.wait_for(
+        lambda: f"server {victim} down;" in serving_host.nginx_conf(), timeout=15, what=f"instance {number} marked down"
     )
-    use(host, AFFINITY, f"affinity on {HEADER} (hash consistent)")  # and nginx serving that config
-    after = sessions(host, count=32, repeats=2)
-    assert f"server {victim} down;" in host.nginx_conf(), "the instance came back before the sessions were sent again"
+    use(serving_host, AFFINITY, f"affinity on {HEADER} (hash consistent)")  # and nginx serving that config
+    after = sessions(serving_host, count=32, repeats=2)
+    assert f"server {victim} down;" in serving_host.nginx_conf(), (
+        "the instance came back before the sessions were sent again"
+    )
     moved = {s for s in before if after[s] != before[s]}
     assert moved == {s for s, where in before.items() if where == victim}, (before, after)
     assert victim not in after.values()

@@ -40,25 +40,25 @@ def test_the_table_is_there_and_parses():
 
 
 @pytest.fixture
-def served(tmp_path):
-    host = SimulatedHost(
+def serving_host(tmp_path):
+    serving = SimulatedHost(
         tmp_path,
         FakeEngineProfile(Ports.free(8, low=21000), partitions='"0-1"', hf_home=str(tmp_path / "cache/hf")),
         expected=2,
     )
     try:
-        host.start_agent()
-        host.wait_ready(2, timeout=90)
-        yield host
+        serving.start_agent()
+        serving.wait_ready(2, timeout=90)
+        yield serving
     finally:
-        host.close()
+        serving.close()
 
 
-def test_every_file_mipart_writes_has_the_documented_mode_and_owner(served):
+def test_every_file_mipart_writes_has_the_documented_mode_and_owner(serving_host):
     rows = table()
     seen = []
-    for path in sorted(p for p in served.run_dir.rglob("*") if not p.is_dir()):
-        relative = str(path.relative_to(served.run_dir))
+    for path in sorted(p for p in serving_host.run_dir.rglob("*") if not p.is_dir()):
+        relative = str(path.relative_to(serving_host.run_dir))
         matches = [glob for glob in rows if fnmatch.fnmatchcase(relative, glob)]
         assert matches, f"{relative} is not in the table of docs/security.md"
         info = path.lstat()
@@ -69,7 +69,7 @@ def test_every_file_mipart_writes_has_the_documented_mode_and_owner(served):
         assert info.st_uid == os.geteuid(), f"{relative}: owner uid {info.st_uid}"
         seen.append(matches[0])
     assert {"instances/[0-9]*.json", "nginx/nginx.conf"} <= set(seen)
-    cache = served.spec.hf_home
+    cache = serving_host.spec.hf_home
     if os.geteuid() == 0:  # the launcher creates the cache only as root, for the instance user (here root)
         assert Path(cache).is_dir() and Path(cache).stat().st_uid == 0
         assert not [p for p in Path(cache).rglob("*")]  # nothing of mipart's goes in it

@@ -14,33 +14,33 @@ pytestmark = pytest.mark.nginx
 
 
 @pytest.fixture
-def host(tmp_path):
+def serving_host(tmp_path):
     serving = ServingHost(tmp_path)
     yield serving
     serving.close()
 
 
-def test_sixteen_instances_serve_and_nginx_reaches_all(host):
-    host.start_agent()
-    host.wait_ready(16)
-    assert len(host.instance_pids()) == 16
+def test_sixteen_instances_serve_and_nginx_reaches_all(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    assert len(serving_host.instance_pids()) == 16
     backends = set()
     for _ in range(96):
-        status, backend = host.backend_of_one_request()
+        status, backend = serving_host.backend_of_one_request()
         assert status == 200
         backends.add(backend)
-    assert backends == {f"127.0.0.1:{host.base + n}" for n in range(16)}
-    conf = host.nginx_conf()
+    assert backends == {f"127.0.0.1:{serving_host.base + n}" for n in range(16)}
+    conf = serving_host.nginx_conf()
     assert "least_conn;" in conf and "zone mipart_chat" in conf and "proxy_buffering off;" in conf
     # sized from what the instances accept (16 x 256 seqs x 2 connections + headroom), not a constant
     assert "worker_connections 8704;" in conf
 
 
-def test_streaming_arrives_token_by_token(host):
-    host.write_profile(tps=20)
-    host.start_agent()
-    host.wait_ready(16)
-    response = host.request(max_tokens=10, stream=True)
+def test_streaming_arrives_token_by_token(serving_host):
+    serving_host.write_profile(tps=20)
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    response = serving_host.request(max_tokens=10, stream=True)
     assert response.status == 200
     assert response.getheader("Content-Type").startswith("text/event-stream")
     arrivals = []
@@ -68,116 +68,109 @@ def test_a_service_with_no_ready_instance_answers_503_json(tmp_path):
         host.close()
 
 
-def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(host):
-    host.start_agent()
-    host.wait_ready(16)
-    pids = host.instance_pids()
+def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    pids = serving_host.instance_pids()
     os.kill(pids[5], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
-    marked_down = f"server 127.0.0.1:{host.base + 5} down;"
-    host.wait_for(lambda: marked_down in host.nginx_conf(), timeout=10, what="instance 5 out of rotation")
+    marked_down = f"server 127.0.0.1:{serving_host.base + 5} down;"
+    serving_host.wait_for(
+        lambda: marked_down in serving_host.nginx_conf(), timeout=10, what="instance 5 out of rotation"
+    )
     checked = 0
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        down_before = marked_down in host.nginx_conf()
-        status, backend = host.backend_of_one_request()
-        if down_before and marked_down in host.nginx_conf():
+        down_before = marked_down in serving_host.nginx_conf()
+        status, backend = serving_host.backend_of_one_request()
+        if down_before and marked_down in serving_host.nginx_conf():
             checked += 1
-            assert backend != f"127.0.0.1:{host.base + 5}", "routed to an instance marked down"
+            assert backend != f"127.0.0.1:{serving_host.base + 5}", "routed to an instance marked down"
             assert status == 200
     assert checked > 10
     # The agent restarts it; it rejoins only once its /health answers 200 again.
-    host.wait_for(lambda: host.instance_pids().get(5) not in (None, pids[5]), timeout=15, what="a new instance 5")
-    host.wait_ready(16, timeout=15)
-    assert "event='instance.restart' unit='mipart-vllm@5'" in host.log_text()
+    serving_host.wait_for(
+        lambda: serving_host.instance_pids().get(5) not in (None, pids[5]), timeout=15, what="a new instance 5"
+    )
+    serving_host.wait_ready(16, timeout=15)
+    assert "event='instance.restart' unit='mipart-vllm@5'" in serving_host.log_text()
 
 
-def test_nginx_refused_config_keeps_the_old_one_serving(host):
-    host.start_agent()
-    host.wait_ready(16)
-    before = host.nginx_conf()
-    pids = host.instance_pids()
+def test_nginx_refused_config_keeps_the_old_one_serving(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    before = serving_host.nginx_conf()
+    pids = serving_host.instance_pids()
     # Valid for mipart (an IPv4 address; validation cannot know this host's addresses, an image
     # is baked elsewhere), refused by nginx -t: the address is not this host's (TEST-NET-1; no
     # packet is sent, the bind fails).
-    host.write_profile(listen_host="192.0.2.1")
-    host.hup()
-    host.wait_for(lambda: "nginx.config_rejected" in host.log_text(), what="the rejection in the log")
-    assert host.nginx_conf() == before
-    assert "listen 192.0.2.1:" in (host.run_dir / "nginx/nginx.conf.rejected").read_text()
-    rejection = next(line for line in host.log_text().splitlines() if "nginx.config_rejected" in line)
+    serving_host.write_profile(listen_host="192.0.2.1")
+    serving_host.hup()
+    serving_host.wait_for(lambda: "nginx.config_rejected" in serving_host.log_text(), what="the rejection in the log")
+    assert serving_host.nginx_conf() == before
+    assert "listen 192.0.2.1:" in (serving_host.run_dir / "nginx/nginx.conf.rejected").read_text()
+    rejection = next(line for line in serving_host.log_text().splitlines() if "nginx.config_rejected" in line)
     assert "bind() to 192.0.2.1" in rejection and "Cannot assign requested address" in rejection, rejection
-    assert host.backend_of_one_request()[0] == 200
-    assert host.instance_pids() == pids
+    assert serving_host.backend_of_one_request()[0] == 200
+    assert serving_host.instance_pids() == pids
 
 
 @pytest.mark.parametrize(
     "breakage",
     [
         (
-            "model",
-            "    model: test/fake-llm",
-            '    model: "test/fake\\nExecStart=/bin/sh"',
+            lambda listen: {"chat": {"model": "test/fake\nExecStart=/bin/sh"}},
             "services.chat.model contains a control character",
         ),
-        ("args", "    args: []", '    args: ["--x\\u0007"]', "services.chat.args[0] contains a control character"),
+        (lambda listen: {"chat": {"args": ["--x\u0007"]}}, "services.chat.args[0] contains a control character"),
+        (lambda listen: {"chat": {"env": {"A": "x\ny"}}}, "services.chat.env.A contains a control character"),
         (
-            "env",
-            "    args: []",
-            '    args: []\n    env: {A: "x\\ny"}',
-            "services.chat.env.A contains a control character",
-        ),
-        (
-            "ports",
-            "instances:",
-            '  other: {model: a/b, listen: "127.0.0.1:LISTEN", partitions: [0]}\ninstances:',
+            lambda listen: {"other": {"model": "a/b", "listen": f"127.0.0.1:{listen}", "partitions": [0]}},
             "already used by services.chat.listen",
         ),
-        ("unreadable", None, None, "is a directory"),
+        (None, "is a directory"),
     ],
     ids=["model-newline", "args-control", "env-newline", "duplicate-port", "unreadable"],
 )
-def test_bad_profile_on_reload_changes_nothing_that_runs(host, breakage):
-    kind, old, new, message = breakage
-    host.start_agent()
-    host.wait_ready(16)
-    pids = host.instance_pids()
-    conf = host.nginx_conf()
-    if kind == "unreadable":
-        host.profile.unlink()
-        host.profile.mkdir()
+def test_bad_profile_on_reload_changes_nothing_that_runs(serving_host, breakage):
+    services, message = breakage  # services: of the listen port; None: the profile made unreadable
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    pids = serving_host.instance_pids()
+    conf = serving_host.nginx_conf()
+    if services is None:
+        serving_host.profile.unlink()
+        serving_host.profile.mkdir()
     else:
-        text = host.profile.read_text()
-        assert old in text
-        host.profile.write_text(text.replace(old, new.replace("LISTEN", str(host.listen)), 1))
-    host.hup()
-    host.wait_for(lambda: "profile.invalid" in host.log_text(), what="the rejection in the log")
-    rejected = [line for line in host.log_text().splitlines() if "profile.invalid" in line]
+        serving_host.write_profile(services=services(serving_host.listen))
+    serving_host.hup()
+    serving_host.wait_for(lambda: "profile.invalid" in serving_host.log_text(), what="the rejection in the log")
+    rejected = [line for line in serving_host.log_text().splitlines() if "profile.invalid" in line]
     assert any(message in line for line in rejected), rejected
     time.sleep(1.0)
-    assert host.agent.poll() is None
-    assert host.instance_pids() == pids
-    assert host.nginx_conf() == conf
-    assert host.backend_of_one_request()[0] == 200
-    assert "Traceback" not in host.log_text()
+    assert serving_host.agent.poll() is None
+    assert serving_host.instance_pids() == pids
+    assert serving_host.nginx_conf() == conf
+    assert serving_host.backend_of_one_request()[0] == 200
+    assert "Traceback" not in serving_host.log_text()
 
 
-def test_changed_spec_restarts_rolling_and_the_service_keeps_serving(host):
-    host.start_agent()
-    host.wait_ready(16)
-    before = host.instance_pids()
-    host.profile.write_text(host.profile.read_text().replace("    args: []", '    args: ["--max-tokens-default", "8"]'))
-    host.hup()
+def test_changed_spec_restarts_rolling_and_the_service_keeps_serving(serving_host):
+    serving_host.start_agent()
+    serving_host.wait_ready(16)
+    before = serving_host.instance_pids()
+    serving_host.write_profile(args='["--max-tokens-default", "8"]')
+    serving_host.hup()
     lowest, failures, deadline = 16, 0, time.monotonic() + 60
     while time.monotonic() < deadline:
-        lowest = min(lowest, host.ready_count())
-        status = host.backend_of_one_request_or_none()
+        lowest = min(lowest, serving_host.ready_count())
+        status = serving_host.backend_of_one_request_or_none()
         failures += status != 200
-        pids = host.instance_pids()
-        if len(pids) == 16 and all(pids[n] != before[n] for n in range(16)) and host.ready_count() == 16:
+        pids = serving_host.instance_pids()
+        if len(pids) == 16 and all(pids[n] != before[n] for n in range(16)) and serving_host.ready_count() == 16:
             break
     else:
-        raise AssertionError(f"rolling restart did not finish\n{host.log_text()[-3000:]}")
+        raise AssertionError(f"rolling restart did not finish\n{serving_host.log_text()[-3000:]}")
     assert lowest >= 12, f"{lowest}/16 ready at the worst moment: more than a quarter restarted at once"
     assert failures == 0
-    restarts = [line for line in host.log_text().splitlines() if "reason='spec changed'" in line]
+    restarts = [line for line in serving_host.log_text().splitlines() if "reason='spec changed'" in line]
     assert len(restarts) == 16

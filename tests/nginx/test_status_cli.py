@@ -8,10 +8,11 @@ import socket
 import time
 
 from conftest import mipart
-from test_api import LiveApi, SimHost, host, live  # noqa: F401  (fixtures shared with the API tests)
+
+from .api_host import LiveApi, SimApiHost
 
 
-def status(host: SimHost, *args: str, path: str | None = None):
+def status(host: SimApiHost, *args: str, path: str | None = None):
     env = dict(host.env)
     if path is not None:
         env["PATH"] = path
@@ -41,13 +42,13 @@ def fake_systemctl(tmp_path, body: str) -> str:
 # -- the agent answers -------------------------------------------------------------------
 
 
-def test_human_table_from_the_live_api(host, live):
-    done = status(host)
+def test_human_table_from_the_live_api(sim_api_host, live_api):
+    done = status(sim_api_host)
     assert done.returncode == 3, done.stderr  # some instances are not ready, like `systemctl status`
     lines = done.stdout.splitlines()
-    digest = host.agent.profile.digest[:12]
+    digest = sim_api_host.agent.profile.digest[:12]
     assert lines[0] == (
-        f"mipart-agent {__import__('mipart').__version__} on {host.api}: profile {host.profile} (digest {digest}), "
+        f"mipart-agent {__import__('mipart').__version__} on {sim_api_host.api}: profile {sim_api_host.profile} (digest {digest}), "
         "partitions match (8 GPUs, 16 logical), 12/16 instances ready "
         "(1 degraded, 1 starting, 1 unhealthy, 1 restarting, 1 failed)"
     )
@@ -72,44 +73,44 @@ def test_human_table_from_the_live_api(host, live):
     assert table["mipart-vllm@5.service"][4] == "unhealthy"
 
 
-def test_exit_zero_when_every_instance_serves(host, live):
+def test_exit_zero_when_every_instance_serves(sim_api_host, live_api):
     from mipart.health.machine import InstanceHealth
 
-    host.agent.health = {n: InstanceHealth(n, state="ready") for n in host.agent.specs}
-    host.agent.health[7].state = "degraded"  # still in rotation
-    done = status(host)
+    sim_api_host.agent.health = {n: InstanceHealth(n, state="ready") for n in sim_api_host.agent.specs}
+    sim_api_host.agent.health[7].state = "degraded"  # still in rotation
+    done = status(sim_api_host)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "16/16 instances ready (1 degraded)" in done.stdout.splitlines()[0]
 
 
-def test_json(host, live):
-    done = status(host, "--json")
+def test_json(sim_api_host, live_api):
+    done = status(sim_api_host, "--json")
     assert done.returncode == 3, done.stderr
     data = json.loads(done.stdout)
-    assert data["agent"] == {"answering": True, "api": host.api}
+    assert data["agent"] == {"answering": True, "api": sim_api_host.api}
     assert data["status"]["instances"]["total"] == 16 and data["status"]["partition"]["matches"] is True
     assert [i["number"] for i in data["instances"]] == list(range(16))
     assert data["instances"][2]["state"] == "starting"
 
 
-def test_errors_are_shown_under_the_header(host, live):
-    host.agent.status.profile_error = "profile.yaml:7:3: services.chat.listen: bad; use a port"
-    host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
-    done = status(host)
+def test_errors_are_shown_under_the_header(sim_api_host, live_api):
+    sim_api_host.agent.status.profile_error = "profile.yaml:7:3: services.chat.listen: bad; use a port"
+    sim_api_host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    done = status(sim_api_host)
     assert "profile rejected, running the last good one: profile.yaml:7:3" in done.stdout
     assert "nginx config rejected (the previous one still serves): nginx: [emerg]" in done.stdout
 
 
-def test_api_option_forms(host, live, tmp_path):
-    for form in (host.api, f"http://{host.api}", f"http://{host.api}/"):
-        done = status(host, "--api", form, "--json")
+def test_api_option_forms(sim_api_host, live_api, tmp_path):
+    for form in (sim_api_host.api, f"http://{sim_api_host.api}", f"http://{sim_api_host.api}/"):
+        done = status(sim_api_host, "--api", form, "--json")
         assert done.returncode == 3, (form, done.stdout, done.stderr)
         assert json.loads(done.stdout)["status"]["instances"]["total"] == 16
     sock = tmp_path / "api.sock"
-    unix = LiveApi(host.agent, f"unix:{sock}")
+    unix = LiveApi(sim_api_host.agent, f"unix:{sock}")
     try:
         for form in (str(sock), f"unix:{sock}"):
-            done = status(host, "--api", form)
+            done = status(sim_api_host, "--api", form)
             assert done.returncode == 3, done.stderr
             assert done.stdout.startswith(f"mipart-agent {__import__('mipart').__version__} on unix:{sock}: ")
             assert len(rows(done.stdout)) == 16
@@ -120,36 +121,41 @@ def test_api_option_forms(host, live, tmp_path):
 # -- the agent is down ---------------------------------------------------------------------------
 
 
-def test_agent_down_lists_the_planned_instances(host):
-    done = status(host)  # nothing listens on the profile's api.listen; no systemd on this host
+def test_agent_down_lists_the_planned_instances(sim_api_host):
+    done = status(sim_api_host)  # nothing listens on the profile's api.listen; no systemd on this host
     assert done.returncode == 3, done.stderr
     lines = done.stdout.splitlines()
     assert (
-        lines[0] == f"mipart-agent is not answering on {host.api} (connection refused); showing what the units report"
+        lines[0]
+        == f"mipart-agent is not answering on {sim_api_host.api} (connection refused); showing what the units report"
     )
     table = rows(done.stdout)
     assert sorted(table) == sorted(f"mipart-vllm@{n}.service" for n in range(16))
     assert table["mipart-vllm@5.service"][1:4] == ["chat", "5", "21005"]
 
 
-def test_agent_down_and_no_systemctl(host, tmp_path):
+def test_agent_down_and_no_systemctl(sim_api_host, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = status(host, path=str(empty))
+    done = status(sim_api_host, path=str(empty))
     assert done.returncode == 3, done.stderr
-    assert done.stdout.splitlines()[0].startswith(f"mipart-agent is not answering on {host.api} (connection refused)")
+    assert done.stdout.splitlines()[0].startswith(
+        f"mipart-agent is not answering on {sim_api_host.api} (connection refused)"
+    )
     assert "unit states unknown" in done.stdout
     assert all(cells[4] == "unknown" for cells in rows(done.stdout).values())
     assert len(rows(done.stdout)) == 16
 
 
-def test_agent_down_and_systemctl_failing(host, tmp_path):
-    done = status(host, path=fake_systemctl(tmp_path, "echo 'System has not been booted with systemd' >&2; exit 1\n"))
+def test_agent_down_and_systemctl_failing(sim_api_host, tmp_path):
+    done = status(
+        sim_api_host, path=fake_systemctl(tmp_path, "echo 'System has not been booted with systemd' >&2; exit 1\n")
+    )
     assert done.returncode == 3
     assert all(cells[4] == "unknown" for cells in rows(done.stdout).values())
 
 
-def test_agent_down_reads_unit_states_in_one_systemctl_call(host, tmp_path):
+def test_agent_down_reads_unit_states_in_one_systemctl_call(sim_api_host, tmp_path):
     started = int((time.monotonic() - 300) * 1e6)  # systemd's CLOCK_MONOTONIC microseconds
     calls = tmp_path / "calls"
     body = f"""echo "$@" >> {calls}
@@ -160,33 +166,33 @@ for unit in "$@"; do
   esac
 done
 """
-    done = status(host, path=fake_systemctl(tmp_path, body))
+    done = status(sim_api_host, path=fake_systemctl(tmp_path, body))
     assert done.returncode == 3, done.stderr
     assert len(calls.read_text().splitlines()) == 1
     table = rows(done.stdout)
     assert table["mipart-vllm@0.service"][4:6] == ["active/running", "5min ago"]
     assert table["mipart-vllm@3.service"][4:6] == ["failed/failed", "-"]
-    js = status(host, "--json", path=fake_systemctl(tmp_path, body))
+    js = status(sim_api_host, "--json", path=fake_systemctl(tmp_path, body))
     data = json.loads(js.stdout)
-    assert data["agent"] == {"answering": False, "api": host.api, "reason": "connection refused"}
+    assert data["agent"] == {"answering": False, "api": sim_api_host.api, "reason": "connection refused"}
     assert data["instances"][0]["active_state"] == "active" and data["instances"][0]["started"].endswith("Z")
 
 
-def test_agent_down_on_a_unix_socket(host, tmp_path):
-    done = status(host, "--api", str(tmp_path / "missing.sock"))
+def test_agent_down_on_a_unix_socket(sim_api_host, tmp_path):
+    done = status(sim_api_host, "--api", str(tmp_path / "missing.sock"))
     assert (
         done.stdout.splitlines()[0]
         == f"mipart-agent is not answering on unix:{tmp_path / 'missing.sock'} (no such socket); showing what the units report"
     )
 
 
-def test_agent_that_hangs_times_out(host):
+def test_agent_that_hangs_times_out(sim_api_host):
     with socket.socket() as silent:  # accepts connections (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         port = silent.getsockname()[1]
         start = time.monotonic()
-        done = status(host, "--api", f"127.0.0.1:{port}")
+        done = status(sim_api_host, "--api", f"127.0.0.1:{port}")
         assert time.monotonic() - start < 20
     assert (
         done.stdout.splitlines()[0]
@@ -194,11 +200,11 @@ def test_agent_that_hangs_times_out(host):
     )
 
 
-def test_bad_profile_with_the_agent_down_is_a_user_error(host):
-    host.profile.write_text("version: 1\nservices: [\n")
-    done = status(host, "--api", "127.0.0.1:9")
+def test_bad_profile_with_the_agent_down_is_a_user_error(sim_api_host):
+    sim_api_host.profile.write_text("version: 1\nservices: [\n")
+    done = status(sim_api_host, "--api", "127.0.0.1:9")
     assert done.returncode == 1
-    assert str(host.profile) in done.stderr and "Traceback" not in done.stderr
+    assert str(sim_api_host.profile) in done.stderr and "Traceback" not in done.stderr
 
 
 def test_relative_times():

@@ -8,6 +8,9 @@ import json
 import time
 from dataclasses import replace
 
+from eventlog import Log
+from specs import SPECS
+
 from mipart.api import views
 from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
@@ -18,38 +21,7 @@ from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
 from mipart.profile import check_profile
 from mipart.profile.schema import HealthSpec
-from mipart.serving.spec import InstanceSpec
 from mipart.values import UnitState
-
-
-def spec(n: int, service: str = "chat") -> InstanceSpec:
-    return InstanceSpec(
-        number=n,
-        service=service,
-        model="org/m",
-        served_model_name="org/m",
-        logical_gpus=(n,),
-        physical_gpus=(n // 2,),
-        render_nodes=(f"/dev/dri/renderD{128 + n}",),
-        port=21000 + n,
-        runtime="native",
-        argv=("vllm",),
-        env=(),
-        user=None,
-        hf_home="/tmp",
-    )
-
-
-SPECS = {n: spec(n) for n in range(4)}
-
-
-class Log:
-    def __init__(self):
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level):
-        return lambda event, **fields: self.events.append((level, event, fields))
-
 
 # -- spec files --------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import statuses
-from test_agent_parts import Log
+from eventlog import Log
 
 from mipart.api.contract import Repartition
 from mipart.bench import override

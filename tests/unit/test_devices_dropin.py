@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import specs
 
 from mipart.fsutil import write_atomic
 from mipart.paths import instance_spec_path
@@ -20,21 +21,9 @@ from mipart.values import UnitState
 def spec(
     n: int, runtime: str = "native", nodes: tuple[str, ...] | None = None, hf_home: str = "/var/lib/mipart/huggingface"
 ) -> InstanceSpec:
-    return InstanceSpec(
-        number=n,
-        service="chat",
-        model="org/m",
-        served_model_name="org/m",
-        logical_gpus=(n,),
-        physical_gpus=(n // 2,),
-        render_nodes=nodes or (f"/dev/dri/renderD{128 + n}",),
-        port=21000 + n,
-        runtime=runtime,
-        argv=("vllm",),
-        env=(),
-        user=None if runtime != "native" else "mipart",
-        hf_home=hf_home,
-    )
+    planned = specs.spec(n)
+    user = None if runtime != "native" else "mipart"
+    return replace(planned, render_nodes=nodes or planned.render_nodes, runtime=runtime, user=user, hf_home=hf_home)
 
 
 def directives(text: str) -> list[str]:

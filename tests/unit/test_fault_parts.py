@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_agent_parts import SPECS, Log
+from eventlog import Log
+from specs import SPECS
 
 from mipart.api import views
 from mipart.api.contract import to_json_text

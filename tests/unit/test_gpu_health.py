@@ -5,8 +5,10 @@ reaction to a decisive failure."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
+import specs
 from responses import Response
 
 from mipart.api.contract import PartitionGpu
@@ -27,21 +29,8 @@ from mipart.values import GpuSignals
 
 
 def spec(number: int, gpu: int, port: int = 21000) -> InstanceSpec:
-    return InstanceSpec(
-        number=number,
-        service="chat",
-        model="m",
-        served_model_name="m",
-        logical_gpus=(number,),
-        physical_gpus=(gpu,),
-        render_nodes=(),
-        port=port + number,
-        runtime="native",
-        argv=(),
-        env=(),
-        user=None,
-        hf_home="/tmp",
-    )
+    bare = replace(specs.spec(number), model="m", served_model_name="m", render_nodes=(), argv=())
+    return replace(bare, physical_gpus=(gpu,), port=port + number)
 
 
 @pytest.fixture

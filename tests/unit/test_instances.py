@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import mipart
+from rendered import render_run_dir
 
 
 def write(tmp_path, text: str):
@@ -13,14 +14,14 @@ def write(tmp_path, text: str):
     return path
 
 
-def plan_json(tmp_path, host, text: str) -> dict:
-    done = mipart("plan", "--json", "--profile", write(tmp_path, text), env=host)
+def plan_json(tmp_path, sim_env, text: str) -> dict:
+    done = mipart("plan", "--json", "--profile", write(tmp_path, text), env=sim_env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_one_instance_per_logical_gpu_with_its_own_devices_and_port(tmp_path, host):
-    plan = plan_json(tmp_path, host, "services:\n  chat: {model: org/m, listen: 8040}\n")
+def test_one_instance_per_logical_gpu_with_its_own_devices_and_port(tmp_path, sim_env):
+    plan = plan_json(tmp_path, sim_env, "services:\n  chat: {model: org/m, listen: 8040}\n")
     instances = plan["instances"]
     assert [i["number"] for i in instances] == list(range(16))
     third = instances[3]
@@ -42,10 +43,10 @@ def test_one_instance_per_logical_gpu_with_its_own_devices_and_port(tmp_path, ho
     ]
 
 
-def test_tensor_parallel_groups_and_multi_gpu_defaults(tmp_path, host):
+def test_tensor_parallel_groups_and_multi_gpu_defaults(tmp_path, sim_env):
     plan = plan_json(
         tmp_path,
-        host,
+        sim_env,
         'services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4, env: {NCCL_MIN_NCHANNELS: "64"}}\n',
     )
     assert [(i["number"], i["logical_gpus"]) for i in plan["instances"]] == [
@@ -58,10 +59,10 @@ def test_tensor_parallel_groups_and_multi_gpu_defaults(tmp_path, host):
     assert first["physical_gpus"] == [4, 5]
 
 
-def test_containers_get_only_their_own_gpus(tmp_path, host):
+def test_containers_get_only_their_own_gpus(tmp_path, sim_env):
     plan = plan_json(
         tmp_path,
-        host,
+        sim_env,
         'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5], env: {SECRET_TOKEN: "s3cr3t"}}\n',
     )
     argv = plan["instances"][0]["argv"]
@@ -75,12 +76,12 @@ def test_containers_get_only_their_own_gpus(tmp_path, host):
     assert plan["instances"][0]["user"] is None
 
 
-def test_partitions_beyond_the_host_are_one_clear_line(tmp_path, host):
+def test_partitions_beyond_the_host_are_one_clear_line(tmp_path, sim_env):
     done = mipart(
         "plan",
         "--profile",
         write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "12-19"}\n'),
-        env=host,
+        env=sim_env,
     )
     assert done.returncode == 1
     assert (
@@ -89,7 +90,7 @@ def test_partitions_beyond_the_host_are_one_clear_line(tmp_path, host):
     )
 
 
-def test_render_writes_only_generated_files_at_host_paths(tmp_path, host):
+def test_render_writes_only_generated_files_at_host_paths(tmp_path, sim_env):
     out = tmp_path / "image"
     done = mipart(
         "render",
@@ -97,7 +98,7 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, host):
         out,
         "--profile",
         write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "0-1"}\n'),
-        env=host,
+        env=sim_env,
     )
     assert done.returncode == 0, done.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -107,17 +108,13 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, host):
     assert not (tmp_path / "run").exists()  # nothing outside --root
 
 
-def test_launcher_execs_the_server_with_its_spec(tmp_path, host):
-    profile = write(
-        tmp_path,
-        'services:\n  chat: {model: org/m, listen: 8040, partitions: [2], command: ["/bin/sh", "-c", "env", "sh"], env: {FOO: bar}}\ninstances: {user: root}\n',
-    )
-    out = tmp_path / "root"
-    assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
-    run = out / "run/mipart"
+def test_launcher_execs_the_server_with_its_spec(tmp_path, sim_env):
+    run = render_run_dir(tmp_path, sim_env, 'partitions: [2], command: ["/bin/sh", "-c", "env", "sh"], env: {FOO: bar}')
     # A visible-devices variable in the unit's environment (/etc/default/mipart) must not reach the server.
     done = mipart(
-        "exec", "2", env={**host, "MIPART_RUN_DIR": str(run), "HIP_VISIBLE_DEVICES": "0,1", "ROCR_VISIBLE_DEVICES": "0"}
+        "exec",
+        "2",
+        env={**sim_env, "MIPART_RUN_DIR": str(run), "HIP_VISIBLE_DEVICES": "0,1", "ROCR_VISIBLE_DEVICES": "0"},
     )
     assert done.returncode == 0, done.stderr
     env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
@@ -127,19 +124,14 @@ def test_launcher_execs_the_server_with_its_spec(tmp_path, host):
     assert len(env["MIPART_SPEC_DIGEST"]) == 16 and spec["argv"][:3] == ["/bin/sh", "-c", "env"]
 
 
-def test_launcher_errors_are_one_line(tmp_path, host):
-    done = mipart("exec", "7", env=host)
+def test_launcher_errors_are_one_line(tmp_path, sim_env):
+    done = mipart("exec", "7", env=sim_env)
     assert done.returncode == 1
     assert done.stderr.strip().startswith(
-        f"mipart: instance 7: no spec at {host['MIPART_RUN_DIR']}/instances/7.json; mipart-agent writes it"
+        f"mipart: instance 7: no spec at {sim_env['MIPART_RUN_DIR']}/instances/7.json; mipart-agent writes it"
     )
-    profile = write(
-        tmp_path,
-        'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["no-such-engine"]}\ninstances: {user: root}\n',
-    )
-    out = tmp_path / "root"
-    assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
-    done = mipart("exec", "0", env={**host, "MIPART_RUN_DIR": str(out / "run/mipart")})
+    run = render_run_dir(tmp_path, sim_env, 'partitions: [0], command: ["no-such-engine"]')
+    done = mipart("exec", "0", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1
     assert (
         done.stderr.strip()
@@ -164,18 +156,13 @@ def test_exec_nginx_errors_are_one_line(tmp_path):
     )
 
 
-def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, host):
-    profile = write(
-        tmp_path,
-        'services:\n  chat: {model: org/m, listen: 8040, partitions: [0], command: ["/bin/true"]}\ninstances: {user: root}\n',
-    )
-    out = tmp_path / "root"
-    assert mipart("render", "--root", out, "--profile", profile, env=host).returncode == 0
-    path = out / "run/mipart/instances/0.json"
+def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, sim_env):
+    run = render_run_dir(tmp_path, sim_env, 'partitions: [0], command: ["/bin/true"]')
+    path = run / "instances/0.json"
     spec = json.loads(path.read_text())
     assert spec["version"] == 1
     path.write_text(json.dumps({**spec, "version": 2}))
-    done = mipart("exec", "0", env={**host, "MIPART_RUN_DIR": str(out / "run/mipart")})
+    done = mipart("exec", "0", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1
     assert (
         done.stderr

@@ -9,49 +9,27 @@ from __future__ import annotations
 
 import errno
 import json
-import sys
 
 import pytest
-from conftest import mipart
+from conftest import SimRoot, create_sim, mipart
 
 from mipart.api.contract import to_json_text
 from mipart.api.host import collect_host
 from mipart.api.views import partition as partition_view
 from mipart.daemon.snapshot import AgentStatus
 from mipart.gpu import open_backend
+from mipart.names import RUN_DIR_VAR
 from mipart.sim import kernel
 
 BDF0 = "0000:05:00.0"
 
 
-class Host:
-    def __init__(self, tmp_path, *create: str, model: str = "mi300x", gpus: int = 8):
-        self.root, self.tmp = tmp_path / "sys", tmp_path
-        done = mipart("sim", "create", self.root, "--model", model, "--gpus", str(gpus), *create)
-        assert done.returncode == 0, done.stderr
-        self.env = {
-            "MIPART_SYSFS_ROOT": str(self.root),
-            "MIPART_RUN_DIR": str(tmp_path / "run"),
-            "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {self.root}",
-        }
-
-    def profile(self, text: str):
-        path = self.tmp / "profile.yaml"
-        path.write_text("version: 1\n" + text)
-        return path
-
-    def run(self, *args):
-        return mipart(*args, env=self.env)
-
-    def state(self) -> dict:
-        return json.loads(self.run("sim", "show", self.root, "--json").stdout)
-
-    def config(self, name: str, bdf: str = BDF0) -> str:
-        return (self.root / "bus/pci/devices" / bdf / "compute_partition_config" / name).read_text()
+def config(host: SimRoot, name: str, bdf: str = BDF0) -> str:
+    return (host.root / "bus/pci/devices" / bdf / "compute_partition_config" / name).read_text()
 
 
 def test_mainline_refuses_cpx_nps2_before_any_write_or_reload_naming_what_it_offers(tmp_path):
-    host = Host(tmp_path)  # mainline rules, SPX/NPS1
+    host = create_sim(tmp_path)  # mainline rules, SPX/NPS1
     profile = host.profile("gpus: {compute: CPX, memory: NPS2}\n")
     assert host.run("validate", profile).returncode == 0  # some kernels take it: only the host can say
     before = host.state()
@@ -68,7 +46,7 @@ def test_mainline_refuses_cpx_nps2_before_any_write_or_reload_naming_what_it_off
 
 
 def test_seed000_rules_apply_qpx_nps2_in_one_reload(tmp_path):
-    host = Host(tmp_path, "--rules", "rocm-mi300x")
+    host = create_sim(tmp_path, rules="rocm-mi300x")
     profile = host.profile("gpus: {compute: QPX, memory: NPS2}\n")
     done = host.run("partition", "apply", "--profile", profile)
     assert done.returncode == 0, done.stderr
@@ -78,7 +56,7 @@ def test_seed000_rules_apply_qpx_nps2_in_one_reload(tmp_path):
 
 
 def test_plan_shows_the_table_it_used_and_where_it_came_from(tmp_path):
-    host = Host(tmp_path, "--rules", "rocm-mi300x")
+    host = create_sim(tmp_path, rules="rocm-mi300x")
     profile = host.profile("gpus: {compute: CPX, memory: NPS2}\n")
     text = host.run("partition", "plan", "--profile", profile).stdout.splitlines()
     assert (
@@ -96,7 +74,7 @@ def test_plan_shows_the_table_it_used_and_where_it_came_from(tmp_path):
 
 
 def test_without_compute_partition_config_the_mainline_rules_stand_in_and_say_so(tmp_path):
-    host = Host(tmp_path, "--rules", "rocm-mi300x", "--no-partition-config")
+    host = create_sim(tmp_path, "--no-partition-config", rules="rocm-mi300x")
     assert not (host.root / "bus/pci/devices" / BDF0 / "compute_partition_config").exists()
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
@@ -113,20 +91,20 @@ def test_without_compute_partition_config_the_mainline_rules_stand_in_and_say_so
 
 
 def test_reading_the_table_previews_each_mode_and_puts_xcp_config_back(tmp_path):
-    host = Host(tmp_path, "--compute", "DPX", "--memory", "NPS2", gpus=2)
-    assert host.config("supported_xcp_configs") == "SPX, DPX, QPX, CPX\n"
-    assert (host.config("xcp_config"), host.config("supported_nps_configs")) == ("DPX\n", "NPS1, NPS2\n")
+    host = create_sim(tmp_path, compute="DPX", memory="NPS2", gpus=2)
+    assert config(host, "supported_xcp_configs") == "SPX, DPX, QPX, CPX\n"
+    assert (config(host, "xcp_config"), config(host, "supported_nps_configs")) == ("DPX\n", "NPS1, NPS2\n")
     kernel.kernel_write(
         host.root, BDF0, "compute_partition_config/xcp_config", "cpx"
     )  # a preview: matched case-insensitively
-    assert (host.config("xcp_config"), host.config("supported_nps_configs")) == ("CPX\n", "NPS1, NPS4\n")
+    assert (config(host, "xcp_config"), config(host, "supported_nps_configs")) == ("CPX\n", "NPS1, NPS4\n")
     assert host.state()["gpus"][0]["compute"] == "DPX" and host.state()["counters"]["writes"] == 0
     with pytest.raises(OSError) as refused:
         kernel.kernel_write(host.root, BDF0, "compute_partition_config/xcp_config", "TPX")  # 8 XCDs have no TPX
     assert refused.value.errno == errno.EINVAL
     backend = open_backend(host.root)
     backend.pair_table(backend.discover().physical[0])
-    assert host.config("xcp_config") == "CPX\n"  # the selection found is the one left
+    assert config(host, "xcp_config") == "CPX\n"  # the selection found is the one left
     assert host.state()["counters"] == {"writes": 0, "reloads": 0}
     with pytest.raises(OSError) as read_only:
         kernel.kernel_write(host.root, BDF0, "compute_partition_config/supported_nps_configs", "NPS2")
@@ -162,7 +140,7 @@ def test_validate_keeps_only_the_rules_every_kernel_holds(tmp_path):
 
 
 def test_export_carries_the_table_as_comments_and_still_validates(tmp_path):
-    host = Host(tmp_path, "--compute", "QPX", "--memory", "NPS4")
+    host = create_sim(tmp_path, compute="QPX", memory="NPS4")
     exported = host.run("partition", "export")
     assert exported.returncode == 0, exported.stderr
     lines = exported.stdout.splitlines()
@@ -177,8 +155,8 @@ def test_export_carries_the_table_as_comments_and_still_validates(tmp_path):
 
 
 def test_status_api_carries_the_table(tmp_path, monkeypatch):
-    host = Host(tmp_path, "--rules", "rocm-mi300x", gpus=2)
-    monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
+    host = create_sim(tmp_path, rules="rocm-mi300x", gpus=2)
+    monkeypatch.setenv(RUN_DIR_VAR, str(host.run_dir))
     snap = collect_host(host.root, runner=None, nginx=None, gpu_spec=None)  # runner/nginx unknown: reported as such
     sent = json.loads(to_json_text(partition_view(snap, AgentStatus())))
     assert sent["warnings"] == []
@@ -197,7 +175,7 @@ def test_status_api_carries_the_table(tmp_path, monkeypatch):
 
 
 def test_an_ast_bmc_driver_hiding_a_partition_is_named(tmp_path):
-    host = Host(tmp_path, "--compute", "CPX", "--memory", "NPS1", "--bmc-ast")
+    host = create_sim(tmp_path, "--bmc-ast", compute="CPX", memory="NPS1")
     assert len(open_backend(host.root).discover().logical) == 63  # card0 is the BMC's: the 64th partition has no node
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: CPX, memory: NPS1}\n"))
     assert done.returncode == 0, done.stderr
@@ -216,8 +194,8 @@ def test_an_ast_bmc_driver_hiding_a_partition_is_named(tmp_path):
 
 
 def test_the_status_api_names_a_hidden_partition(tmp_path, monkeypatch):
-    host = Host(tmp_path, "--compute", "CPX", "--memory", "NPS1", "--bmc-ast")
-    monkeypatch.setenv("MIPART_RUN_DIR", str(tmp_path / "run"))
+    host = create_sim(tmp_path, "--bmc-ast", compute="CPX", memory="NPS1")
+    monkeypatch.setenv(RUN_DIR_VAR, str(host.run_dir))
     sent = json.loads(
         to_json_text(partition_view(collect_host(host.root, runner=None, nginx=None, gpu_spec=None), AgentStatus()))
     )
@@ -226,14 +204,14 @@ def test_the_status_api_names_a_hidden_partition(tmp_path, monkeypatch):
 
 
 def test_no_hidden_partition_no_warning(tmp_path):
-    host = Host(tmp_path, "--compute", "CPX", "--memory", "NPS1")
+    host = create_sim(tmp_path, compute="CPX", memory="NPS1")
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: CPX, memory: NPS1}\n"))
     assert done.returncode == 0 and "warning" not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("compute, warned", [("CPX", True), ("DPX", False)])
 def test_tensor_parallel_across_cpx_partitions_is_warned_at_plan_time(tmp_path, compute, warned):
-    host = Host(tmp_path, "--compute", "SPX", "--memory", "NPS1")
+    host = create_sim(tmp_path, compute="SPX", memory="NPS1")
     profile = host.profile(
         f"gpus: {{compute: {compute}, memory: NPS1}}\nservices:\n  chat: {{model: org/m, listen: 18040, tensor_parallel: 2}}\n"
     )

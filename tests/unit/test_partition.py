@@ -7,64 +7,22 @@ driver reload it receives), not from mipart's own report.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from conftest import mipart
+from conftest import SimRoot, create_sim, mipart
 
 MODELS = ["mi300x", "mi325x", "mi355x"]
 ROCM_MI300X = "rocm-mi300x"  # seed 000's ROCm table: CPX runs under NPS2 (mainline refuses that pair)
 
 
-class Host:
-    def __init__(self, tmp_path, model: str, compute: str = "SPX", memory: str = "NPS1", rules: str = "mainline"):
-        self.root = tmp_path / "sys"
-        self.tmp = tmp_path
-        done = mipart(
-            "sim",
-            "create",
-            self.root,
-            "--model",
-            model,
-            "--gpus",
-            "8",
-            "--compute",
-            compute,
-            "--memory",
-            memory,
-            "--rules",
-            rules,
-        )
-        assert done.returncode == 0, done.stderr
-        self.env = {
-            "MIPART_SYSFS_ROOT": str(self.root),
-            "MIPART_RUN_DIR": str(tmp_path / "run"),
-            "MIPART_RELOAD_CMD": f"{sys.executable} -m mipart sim reload {self.root}",
-        }
-
-    def profile(self, text: str):
-        path = self.tmp / "profile.yaml"
-        path.write_text("version: 1\n" + text)
-        return path
-
-    def run(self, *args, env=None):
-        return mipart(*args, env={**self.env, **(env or {})})
-
-    def counters(self) -> dict:
-        shown = json.loads(self.run("sim", "show", self.root, "--json").stdout)
-        return shown["counters"]
-
-    def layout(self) -> dict:
-        return json.loads(self.run("sim", "show", self.root, "--json").stdout)
-
-    def logical_count(self) -> int:
-        plan = json.loads(self.run("partition", "plan", "--json", "--profile", self.profile("")).stdout)
-        return len(plan["logical_gpus"])
+def logical_count(host: SimRoot) -> int:
+    plan = json.loads(host.run("partition", "plan", "--json", "--profile", host.profile("")).stdout)
+    return len(plan["logical_gpus"])
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_spx_to_dpx_nps2_takes_one_reload_and_gives_16(tmp_path, model):
-    host = Host(tmp_path, model)
+    host = create_sim(tmp_path, model=model)
     profile = host.profile("gpus: {compute: DPX, memory: NPS2}\n")
     assert host.run("partition", "assert", "--profile", profile).returncode == 1
     done = host.run("partition", "apply", "--profile", profile)
@@ -73,36 +31,36 @@ def test_spx_to_dpx_nps2_takes_one_reload_and_gives_16(tmp_path, model):
     assert host.counters() == {"writes": 1, "reloads": 1}  # AUTO after the reload already gives DPX
     record = json.loads((tmp_path / "run/partition.json").read_text())
     assert record["ok"] is True and record["result"]["writes"] == 1 and record["result"]["reloads"] == 1
-    assert host.logical_count() == 16
+    assert logical_count(host) == 16
     assert host.run("partition", "assert", "--profile", profile).returncode == 0
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_to_cpx_nps4_gives_64(tmp_path, model):
-    host = Host(tmp_path, model)
+    host = create_sim(tmp_path, model=model)
     profile = host.profile("gpus: {compute: CPX, memory: NPS4}\n")
     done = host.run("partition", "apply", "--profile", profile)
     assert done.returncode == 0, done.stderr
     assert host.counters()["reloads"] == 1
-    assert host.logical_count() == 64
+    assert logical_count(host) == 64
     assert host.run("partition", "assert", "--profile", profile).returncode == 0
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_dpx_nps2_to_cpx_nps2_needs_no_reload(tmp_path, model):
-    host = Host(tmp_path, model, "DPX", "NPS2", rules=ROCM_MI300X)
+    host = create_sim(tmp_path, model=model, compute="DPX", memory="NPS2", rules=ROCM_MI300X)
     profile = host.profile("gpus: {compute: CPX, memory: NPS2}\n")
     plan = json.loads(host.run("partition", "plan", "--json", "--profile", profile).stdout)
     assert plan["reload"] is False
     done = host.run("partition", "apply", "--profile", profile)
     assert done.returncode == 0, done.stderr
     assert host.counters() == {"writes": 8, "reloads": 0}
-    assert host.logical_count() == 64
+    assert logical_count(host) == 64
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_second_apply_makes_no_write_and_no_reload(tmp_path, model):
-    host = Host(tmp_path, model, rules=ROCM_MI300X)
+    host = create_sim(tmp_path, model=model, rules=ROCM_MI300X)
     profile = host.profile("gpus:\n  compute: DPX\n  memory: NPS2\n  overrides: [{select: [6, 7], compute: CPX}]\n")
     assert host.run("partition", "apply", "--profile", profile).returncode == 0
     first = host.counters()
@@ -114,11 +72,11 @@ def test_second_apply_makes_no_write_and_no_reload(tmp_path, model):
 
 
 def test_busy_gpu_is_refused_with_pid_and_nothing_changes(tmp_path):
-    host = Host(tmp_path, "mi300x")
+    host = create_sim(tmp_path, model="mi300x")
     holder = __import__("subprocess").Popen(["sleep", "60"])
     try:
         assert host.run("sim", "hold", host.root, "3", "--pid", str(holder.pid)).returncode == 0
-        before = host.layout()
+        before = host.state()
         done = host.run("partition", "apply", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2}\n"))
         assert done.returncode == 1
         assert done.stderr.strip().splitlines()[-1] == (
@@ -126,7 +84,7 @@ def test_busy_gpu_is_refused_with_pid_and_nothing_changes(tmp_path):
             "or list their units in gpus.client_services, then rerun `mipart partition apply`"
         )
         assert "Traceback" not in done.stderr
-        assert host.layout() == before
+        assert host.state() == before
     finally:
         holder.kill()
         holder.wait()
@@ -134,7 +92,7 @@ def test_busy_gpu_is_refused_with_pid_and_nothing_changes(tmp_path):
 
 def test_busy_gpu_outside_the_change_does_not_block_a_compute_write(tmp_path):
     """Without a reload only the GPUs being written must be free."""
-    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=ROCM_MI300X)
+    host = create_sim(tmp_path, model="mi300x", compute="DPX", memory="NPS2", rules=ROCM_MI300X)
     assert host.run("sim", "hold", host.root, "0", "--pid", "1").returncode == 0
     profile = host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [5], compute: CPX}]}\n")
     done = host.run("partition", "apply", "--profile", profile)
@@ -143,7 +101,7 @@ def test_busy_gpu_outside_the_change_does_not_block_a_compute_write(tmp_path):
 
 
 def test_invalid_mode_pair_is_caught_before_any_write(tmp_path):
-    host = Host(tmp_path, "mi300x")
+    host = create_sim(tmp_path, model="mi300x")
     profile = host.profile("gpus: {compute: SPX, memory: NPS4}\n")
     assert host.run("validate", profile).returncode == 1
     done = host.run("partition", "apply", "--profile", profile)
@@ -156,23 +114,23 @@ def test_invalid_mode_pair_is_caught_before_any_write(tmp_path):
 
 
 def test_crash_between_memory_write_and_reload_is_completed_by_a_rerun(tmp_path):
-    host = Host(tmp_path, "mi300x")
+    host = create_sim(tmp_path, model="mi300x")
     profile = host.profile("gpus: {compute: CPX, memory: NPS4}\n")
     # The reload command kills mipart itself: a crash right after the memory request.
     crashed = host.run("partition", "apply", "--profile", profile, env={"MIPART_RELOAD_CMD": "kill -9 $PPID"})
     assert crashed.returncode == -9
-    assert host.layout()["pending_memory"] == "NPS4"
+    assert host.state()["pending_memory"] == "NPS4"
     assert host.counters() == {"writes": 1, "reloads": 0}
     assert host.run("partition", "assert", "--profile", profile).returncode == 1
     done = host.run("partition", "apply", "--profile", profile)
     assert done.returncode == 0, done.stderr
     assert host.run("partition", "assert", "--profile", profile).returncode == 0
     assert host.counters()["reloads"] == 1
-    assert host.logical_count() == 64
+    assert logical_count(host) == 64
 
 
 def test_failed_reload_says_what_happened_and_a_rerun_finishes(tmp_path):
-    host = Host(tmp_path, "mi300x")
+    host = create_sim(tmp_path, model="mi300x")
     profile = host.profile("gpus: {compute: DPX, memory: NPS2}\n")
     done = host.run(
         "partition",
@@ -191,7 +149,7 @@ def test_failed_reload_says_what_happened_and_a_rerun_finishes(tmp_path):
 
 
 def test_gpu_reset_in_progress_is_reported_as_the_kernel_says(tmp_path):
-    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=ROCM_MI300X)
+    host = create_sim(tmp_path, model="mi300x", compute="DPX", memory="NPS2", rules=ROCM_MI300X)
     assert host.run("sim", "reset", host.root, "2", "--on").returncode == 0
     done = host.run("partition", "apply", "--profile", host.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
@@ -200,7 +158,7 @@ def test_gpu_reset_in_progress_is_reported_as_the_kernel_says(tmp_path):
 
 
 def test_assert_prints_one_line_per_differing_gpu(tmp_path):
-    host = Host(tmp_path, "mi300x", "DPX", "NPS2", rules=ROCM_MI300X)
+    host = create_sim(tmp_path, model="mi300x", compute="DPX", memory="NPS2", rules=ROCM_MI300X)
     profile = host.profile("gpus: {compute: DPX, memory: NPS2, overrides: [{select: [1, 4], compute: CPX}]}\n")
     done = host.run("partition", "assert", "--profile", profile)
     assert done.returncode == 1
@@ -211,7 +169,7 @@ def test_assert_prints_one_line_per_differing_gpu(tmp_path):
 
 
 def test_export_is_a_valid_profile_that_asserts(tmp_path):
-    host = Host(tmp_path, "mi325x", "DPX", "NPS2", rules=ROCM_MI300X)
+    host = create_sim(tmp_path, model="mi325x", compute="DPX", memory="NPS2", rules=ROCM_MI300X)
     assert (
         host.run(
             "partition",
@@ -231,7 +189,7 @@ def test_export_is_a_valid_profile_that_asserts(tmp_path):
 
 
 def test_plan_lists_writes_reload_and_logical_gpus(tmp_path):
-    host = Host(tmp_path, "mi300x")
+    host = create_sim(tmp_path, model="mi300x")
     done = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: QPX, memory: NPS4}\n"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -258,7 +216,7 @@ def test_plan_lists_writes_reload_and_logical_gpus(tmp_path):
 
 
 def test_selecting_a_missing_gpu_is_one_clear_line(tmp_path):
-    host = Host(tmp_path, "mi300x")
+    host = create_sim(tmp_path, model="mi300x")
     done = host.run(
         "partition", "plan", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2, select: [0, 9]}\n")
     )
@@ -274,7 +232,7 @@ def test_no_gpus_is_one_clear_line(tmp_path):
         "partition",
         "plan",
         "--profile",
-        Host(tmp_path, "mi300x").profile(""),
+        create_sim(tmp_path, model="mi300x").profile(""),
         env={"MIPART_SYSFS_ROOT": str(tmp_path / "empty")},
     )
     assert done.returncode == 1

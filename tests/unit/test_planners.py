@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from gpus import PARTS, bdf, logical_gpus
 
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.nginx.conf import render_nginx
@@ -19,32 +20,9 @@ from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
 from mipart.serving.reconcile import plan_actions
-from mipart.values import HostState, LogicalGpu, PhysicalGpu, UnitState
+from mipart.values import HostState, PhysicalGpu, UnitState
 
-PARTS = {"SPX": 1, "DPX": 2, "QPX": 4, "CPX": 8}  # logical GPUs per MI300X in each compute mode
 PAIRS = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS2", "NPS4")}
-
-
-def bdf(gpu: int) -> str:
-    return f"0000:{0x0C + 0x20 * gpu:02x}:00.0"
-
-
-def logical_gpus(compute: str = "DPX", physical: int = 8) -> tuple[LogicalGpu, ...]:
-    """KFD order: physical GPUs in PCI order, partitions within each; render minors as the driver numbers them."""
-    per = PARTS[compute]
-    return tuple(
-        LogicalGpu(
-            index=p * per + k,
-            node_id=p * per + k + 1,
-            gpu_id=40000 + p * per + k,
-            render_minor=128 + 8 * p + k,
-            physical_index=p,
-            partition=k,
-            bdf=bdf(p),
-        )
-        for p in range(physical)
-        for k in range(per)
-    )
 
 
 def profile(body: str, gpus: str = "gpus: {compute: DPX, memory: NPS2}"):
@@ -253,7 +231,7 @@ def test_units_without_a_spec_are_stopped_and_dead_ones_with_a_spec_started():
 # -- plan_partitions: the fewest writes, memory first, one reload -----------------------------------
 
 
-def host(compute: str, memory: str, gpus: int = 8) -> HostState:
+def host_state(compute: str, memory: str, gpus: int = 8) -> HostState:
     physical = tuple(
         PhysicalGpu(
             index=g,
@@ -283,7 +261,7 @@ def gpus(text: str):
 
 
 def test_a_host_already_in_the_profiles_modes_needs_no_write_and_no_reload():
-    plan = plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host("DPX", "NPS2"), rules("DPX"))
+    plan = plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("DPX", "NPS2"), rules("DPX"))
     assert plan.noop and plan.writes == () and plan.reload is False
     assert all(g.matches for g in plan.gpus)
     assert len(plan.logical) == 16
@@ -291,7 +269,7 @@ def test_a_host_already_in_the_profiles_modes_needs_no_write_and_no_reload():
 
 def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_where_the_reload_left_it_wrong():
     plan = plan_partitions(
-        gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), rules(compute_after_reload="SPX")
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(compute_after_reload="SPX")
     )
     assert plan.reload is True
     first, *rest = plan.writes
@@ -309,14 +287,14 @@ def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_
 
 def test_no_compute_write_where_the_reload_already_gives_the_wanted_mode():
     plan = plan_partitions(
-        gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), rules(compute_after_reload="DPX")
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(compute_after_reload="DPX")
     )
     assert plan.reload is True and [w.attribute for w in plan.writes] == [MEMORY_ATTR]
 
 
 def test_compute_only_changes_need_no_reload_and_touch_only_the_gpus_the_profile_manages():
     spec = gpus("gpus: {compute: DPX, memory: NPS1, select: [0, 1, 2, 3], overrides: [{select: [3], compute: QPX}]}")
-    plan = plan_partitions(spec, host("SPX", "NPS1"), rules())
+    plan = plan_partitions(spec, host_state("SPX", "NPS1"), rules())
     assert plan.reload is False
     assert [(w.gpu, w.value, w.after_reload) for w in plan.writes] == [
         (0, "DPX", False),
@@ -336,9 +314,9 @@ def test_a_pair_this_hosts_driver_refuses_is_refused_before_any_write():
         PlanError,
         match=re.escape(f"GPU 5 ({bdf(5)}): compute DPX cannot run under memory NPS2; set gpus.memory to NPS1"),
     ):
-        plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host("SPX", "NPS1"), narrow)
+        plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), narrow)
 
 
 def test_a_gpu_that_is_not_there_is_refused():
     with pytest.raises(PlanError, match=re.escape("name GPU 8, but this host has GPUs 0-7")):
-        plan_partitions(gpus("gpus: {compute: DPX, select: [8]}"), host("SPX", "NPS1"), rules())
+        plan_partitions(gpus("gpus: {compute: DPX, select: [8]}"), host_state("SPX", "NPS1"), rules())

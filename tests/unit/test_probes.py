@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import aiohttp
 import pytest
 from responses import Response
+from specs import spec
 
 from mipart.health.endpoint import HealthEndpoint
 from mipart.health.generation import GenerationCheck
@@ -15,23 +17,8 @@ from mipart.health.probe import ProbeResult
 from mipart.health.probes import PROBES, probe
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
-from mipart.serving.spec import InstanceSpec
 
-SPEC = InstanceSpec(
-    number=3,
-    service="chat",
-    model="m",
-    served_model_name="m",
-    logical_gpus=(3,),
-    physical_gpus=(1,),
-    render_nodes=("/dev/dri/renderD131",),
-    port=21003,
-    runtime="native",
-    argv=(),
-    env=(),
-    user=None,
-    hf_home="/tmp",
-)
+SPEC = replace(spec(3), model="m", served_model_name="m", argv=())
 HEALTH = HealthSpec(timeout=1.0)
 
 

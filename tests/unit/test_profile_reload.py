@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from test_agent_parts import Log
+from eventlog import Log
 
 from mipart.daemon import profiles
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import mipart
-from test_planners import logical_gpus
+from gpus import logical_gpus
 
 from mipart.nginx.conf import render_nginx
 from mipart.profile.load import check_profile

@@ -28,7 +28,7 @@ def gpu(index: int, compute: str, want: str) -> PartitionGpu:
     )
 
 
-def host(*gpus: PartitionGpu) -> HostSnapshot:
+def host_snapshot(*gpus: PartitionGpu) -> HostSnapshot:
     return HostSnapshot(gpus=gpus, logical_gpus=2 * len(gpus), units={}, nginx_running=True)
 
 
@@ -36,8 +36,8 @@ def snapshot(**status) -> AgentSnapshot:
     return AgentSnapshot("/etc/mipart/profile.yaml", True, AgentStatus(profile_digest="d" * 64, **status), {}, {})
 
 
-DRIFTING = host(gpu(0, "DPX", "CPX"), gpu(1, "CPX", "CPX"))
-MATCHING = host(gpu(0, "CPX", "CPX"), gpu(1, "CPX", "CPX"))
+DRIFTING = host_snapshot(gpu(0, "DPX", "CPX"), gpu(1, "CPX", "CPX"))
+MATCHING = host_snapshot(gpu(0, "CPX", "CPX"), gpu(1, "CPX", "CPX"))
 
 
 def test_drift_names_the_command_to_run():

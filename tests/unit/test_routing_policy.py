@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import mipart
-from test_planners import logical_gpus
+from conftest import create_sim
+from gpus import logical_gpus
 
 from mipart.api import views
 from mipart.api.contract import Status, to_json_text
@@ -148,25 +148,19 @@ def test_a_service_with_a_dash_and_a_header_in_capitals():
 
 
 def test_plan_says_each_services_policy(tmp_path):
-    root, path = tmp_path / "sys", tmp_path / "p.yaml"
-    assert (
-        mipart(
-            "sim", "create", root, "--model", "mi300x", "--gpus", "8", "--compute", "DPX", "--memory", "NPS2"
-        ).returncode
-        == 0
-    )
+    host, path = create_sim(tmp_path, model="mi300x", gpus=8, compute="DPX", memory="NPS2"), tmp_path / "p.yaml"
     path.write_text(
         service("{affinity: {header: X-Session-Id}}")
         + '  other:\n    model: org/n\n    listen: 8001\n    partitions: "4-5"\n    routing: random\n'
     )
-    done = mipart("plan", "--profile", path, env={"MIPART_SYSFS_ROOT": str(root)})
+    done = host.run("plan", "--profile", path)
     assert done.returncode == 0, done.stderr
     assert (
         "chat: listen 0.0.0.0:8000, model org/m, affinity on X-Session-Id (hash consistent) over 4 instances"
         in done.stdout
     )
     assert "other: listen 0.0.0.0:8001, model org/n, random two least_conn over 2 instances" in done.stdout
-    as_json = mipart("plan", "--profile", path, "--json", env={"MIPART_SYSFS_ROOT": str(root)})
+    as_json = host.run("plan", "--profile", path, "--json")
     assert '"routing": "random two least_conn"' in as_json.stdout
 
 

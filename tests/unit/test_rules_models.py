@@ -46,7 +46,7 @@ REFUSED = [
 ]
 
 
-def host(tmp_path, model: str, rules: str):
+def make_root(tmp_path, model: str, rules: str):
     root = tmp_path / "sys"
     kernel.create(root, model=model, gpus=GPUS, compute="SPX", memory="NPS1", rules=rules)
     return root
@@ -54,7 +54,7 @@ def host(tmp_path, model: str, rules: str):
 
 @pytest.mark.parametrize("model, rules", sorted(TABLES))
 def test_the_kernel_table_is_read_from_compute_partition_config(tmp_path, model, rules):
-    backend = open_backend(host(tmp_path, model, rules))
+    backend = open_backend(make_root(tmp_path, model, rules))
     for gpu in backend.discover().physical:
         table = backend.pair_table(gpu)
         assert (table.pairs, table.source) == (TABLES[model, rules], "kernel")
@@ -62,7 +62,7 @@ def test_the_kernel_table_is_read_from_compute_partition_config(tmp_path, model,
 
 @pytest.mark.parametrize("model, rules, compute, memory", OFFERED, ids=["-".join(case) for case in OFFERED])
 def test_every_offered_pair_applies_with_the_right_logical_gpu_count(tmp_path, model, rules, compute, memory):
-    root = host(tmp_path, model, rules)
+    root = make_root(tmp_path, model, rules)
     result = apply(GpuSpec(compute=compute, memory=memory), open_backend(root), get_logger("test"))
     per_gpu = XCDS[model] if compute == "CPX" else PER_GPU[compute]
     state = open_backend(root).discover()
@@ -73,7 +73,7 @@ def test_every_offered_pair_applies_with_the_right_logical_gpu_count(tmp_path, m
 
 @pytest.mark.parametrize("model, rules, compute, memory", REFUSED, ids=["-".join(case) for case in REFUSED])
 def test_every_pair_the_kernel_lacks_is_refused_before_any_write(tmp_path, model, rules, compute, memory):
-    root = host(tmp_path, model, rules)
+    root = make_root(tmp_path, model, rules)
     with pytest.raises(PlanError) as refused:
         apply(GpuSpec(compute=compute, memory=memory), open_backend(root), get_logger("test"))
     offered = TABLES[model, rules]
@@ -84,7 +84,7 @@ def test_every_pair_the_kernel_lacks_is_refused_before_any_write(tmp_path, model
 
 @pytest.mark.parametrize("model", sorted(XCDS))
 def test_available_compute_partition_lists_the_modes_valid_under_the_current_memory_mode(tmp_path, model):
-    root = host(tmp_path, model, "mainline")
+    root = make_root(tmp_path, model, "mainline")
     table = TABLES[model, "mainline"]
     for memory in sorted({m for modes in table.values() for m in modes}):
         kernel.kernel_write(root, "0000:05:00.0", "current_memory_partition", memory)

@@ -47,33 +47,36 @@ def _calls(log) -> list[dict]:
     return recorder.calls(log.read_text())
 
 
-def _render(tmp_path, host, env: dict, env_files: list[str] = ()):
+def _launch(sim_env, run, client_path, *args: str, extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`mipart exec ARGS` on the rendered run dir, with the container client's fixed PATH at client_path."""
+    env = {**os.environ, **sim_env, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run), **(extra or {})}
+    return subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(client_path), "exec", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _render(tmp_path, sim_env, env: dict, env_files: list[str] = ()):
     env_text = ", ".join(f"{k}: {json.dumps(v)}" for k, v in env.items())
     return render_run_dir(
         tmp_path,
-        host,
+        sim_env,
         f"runtime: docker, image: rocm/vllm, partitions: [3], env: {{{env_text}}}, env_files: {json.dumps(list(env_files))}",
     )
 
 
-def test_the_client_gets_a_fixed_environment_and_the_env_only_through_a_root_only_file(tmp_path, host):
+def test_the_client_gets_a_fixed_environment_and_the_env_only_through_a_root_only_file(tmp_path, sim_env):
     fixed, evil = tmp_path / "fixed-bin", tmp_path / "evil"
     hostile = {**HOSTILE, "PATH": str(evil)}
-    run = _render(tmp_path, host, hostile)
+    run = _render(tmp_path, sim_env, hostile)
     log = tmp_path / "calls.jsonl"
     _recorder(fixed, "fixed", log)
     _recorder(evil, "evil", log)  # what PATH: /tmp/evil would have found
-    env = {
-        **os.environ,
-        **host,
-        "PYTHONPATH": str(AGENT),
-        "MIPART_RUN_DIR": str(run),
-        "DOCKER_HOST": "unix:///from-the-unit",
-        "LD_LIBRARY_PATH": "/from-the-unit",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
-    )
+    unit_env = {"DOCKER_HOST": "unix:///from-the-unit", "LD_LIBRARY_PATH": "/from-the-unit"}
+    done = _launch(sim_env, run, fixed, "3", extra=unit_env)
     assert done.returncode == 0, done.stderr
     calls = _calls(log)
     assert [c["who"] for c in calls] == ["fixed", "fixed"]  # `rm -f` of a stale container, then `run`
@@ -95,18 +98,11 @@ def test_the_client_gets_a_fixed_environment_and_the_env_only_through_a_root_onl
     assert "HF_HOME=/root/.cache/huggingface" in lines and "CUDA_VISIBLE_DEVICES=0" in lines
 
 
-def test_cleanup_removes_the_container_with_the_fixed_environment(tmp_path, host):
-    run = _render(tmp_path, host, {"A": "1"})
+def test_cleanup_removes_the_container_with_the_fixed_environment(tmp_path, sim_env):
+    run = _render(tmp_path, sim_env, {"A": "1"})
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3", "--cleanup"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _launch(sim_env, run, fixed, "3", "--cleanup")
     assert done.returncode == 0, done.stderr
     [call] = _calls(log)
     assert call["argv"] == ["rm", "-f", "mipart-vllm-3"] and "A" not in call["env"]
@@ -120,8 +116,8 @@ def test_cleanup_removes_the_container_with_the_fixed_environment(tmp_path, host
         ("stale", "does not say what spec"),
     ],
 )
-def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, host, damage, words):
-    run = _render(tmp_path, host, {"A": "1"})
+def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, sim_env, damage, words):
+    run = _render(tmp_path, sim_env, {"A": "1"})
     path = run / "instances/3.env"
     if damage == "missing":
         path.unlink()
@@ -131,43 +127,30 @@ def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, host, da
         path.write_text(path.read_text().replace("A=1", "A=2"))
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = _launch(sim_env, run, fixed, "3")
     [line] = done.stderr.splitlines()
     assert done.returncode == 1 and line.startswith(f"mipart: instance 3: env file {path} ") and words in line, line
     assert not log.exists()  # refused before the client ran at all
 
 
-def test_a_client_missing_from_the_fixed_path_is_one_line(tmp_path, host):
-    run = _render(tmp_path, host, {"A": "1"})
-    env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(tmp_path / "empty"), "exec", "3"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_a_client_missing_from_the_fixed_path_is_one_line(tmp_path, sim_env):
+    run = _render(tmp_path, sim_env, {"A": "1"})
+    done = _launch(sim_env, run, tmp_path / "empty", "3")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert (
         f"docker not found in {tmp_path / 'empty'} (the container client's fixed PATH); install it there" in done.stderr
     )
 
 
-def test_secrets_files_go_to_the_client_as_they_are_never_into_mipart_s_env_file(tmp_path, host):
+def test_secrets_files_go_to_the_client_as_they_are_never_into_mipart_s_env_file(tmp_path, sim_env):
     secret = tmp_path / "secrets/chat.env"
     secret.parent.mkdir()
     secret.write_text("HF_TOKEN=hf_TopSecret\n")
     secret.chmod(0o600)
-    run = _render(tmp_path, host, {"A": "1"}, env_files=[str(secret)])
+    run = _render(tmp_path, sim_env, {"A": "1"}, env_files=[str(secret)])
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = _launch(sim_env, run, fixed, "3")
     assert done.returncode == 0, done.stderr
     _, call = _calls(log)
     assert call["argv"][:5] == ["run", "--env-file", str(run / "instances/3.env"), "--env-file", str(secret)]
@@ -175,15 +158,12 @@ def test_secrets_files_go_to_the_client_as_they_are_never_into_mipart_s_env_file
     assert "HF_TOKEN" not in call["env"]
 
 
-def test_a_model_cache_that_is_a_link_to_a_system_directory_is_refused_at_start(tmp_path, host):
-    run = _render(tmp_path, host, {"A": "1"})
+def test_a_model_cache_that_is_a_link_to_a_system_directory_is_refused_at_start(tmp_path, sim_env):
+    run = _render(tmp_path, sim_env, {"A": "1"})
     (tmp_path / "hf").symlink_to("/etc")  # the profile's hf_home, made a link after validation
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    env = {**os.environ, **host, "PYTHONPATH": str(AGENT), "MIPART_RUN_DIR": str(run)}
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, str(fixed), "exec", "3"], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = _launch(sim_env, run, fixed, "3")
     [line] = done.stderr.splitlines()
     assert (
         done.returncode == 1

@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import AGENT, mipart
+from conftest import AGENT, SimRoot, mipart
 
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
-from mipart.names import DEVICES_VAR, INSTANCE_VAR
+from mipart.names import DEVICES_VAR, INSTANCE_VAR, RELOAD_CMD_VAR
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -151,18 +151,13 @@ def test_real_driver_reload_commands_are_recognised(command, real):
     assert reloads_real_driver(command) is real
 
 
-def test_a_simulated_root_refuses_the_real_reload_before_any_write(root, monkeypatch, tmp_path):
+def test_a_simulated_root_refuses_the_real_reload_before_any_write(root, monkeypatch):
     monkeypatch.setenv("MIPART_RELOAD_CMD", "modprobe -r amdgpu && modprobe amdgpu")
     with pytest.raises(ReloadError):
         open_backend(root).reload_command()
-    profile = tmp_path / "profile.yaml"
-    profile.write_text("version: 1\ngpus: {compute: CPX, memory: NPS4}\n")  # needs a reload
-    env = {
-        "MIPART_SYSFS_ROOT": str(root),
-        "MIPART_RUN_DIR": str(tmp_path / "run"),
-        "MIPART_RELOAD_CMD": "/sbin/modprobe -r amdgpu",
-    }
-    done = mipart("partition", "apply", "--profile", profile, env=env)
+    sim = SimRoot(root.parent)
+    profile = sim.profile("gpus: {compute: CPX, memory: NPS4}\n")  # needs a reload
+    done = sim.run("partition", "apply", "--profile", profile, env={RELOAD_CMD_VAR: "/sbin/modprobe -r amdgpu"})
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"mipart: MIPART_RELOAD_CMD='/sbin/modprobe -r amdgpu' would reload the real amdgpu driver, but {root} is a simulated host; "
@@ -176,10 +171,8 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
     root = seed_root
     for number, minor in ((0, 128), (1, 129), (2, 136), (3, 137), (4, 144)):
         opener(devices(root, minor), {INSTANCE_VAR: str(number)})
-    profile = tmp_path / "profile.yaml"
-    profile.write_text("version: 1\ngpus: {compute: CPX, memory: NPS2}\n")
-    env = {"MIPART_SYSFS_ROOT": str(root), "MIPART_RUN_DIR": str(tmp_path / "run")}
-    done = mipart("partition", "apply", "--profile", profile, env=env)
+    sim = SimRoot(root.parent)
+    done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         "mipart: mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@2 and 2 more), "

@@ -46,17 +46,29 @@ def test_the_fake_engine_profile_is_one_the_agent_accepts():
     assert bench.services[0].partitions == tuple(range(8)) and bench.instances.hf_home == "/tmp/bench/hf"
 
 
-def test_the_lines_serving_tests_edit_are_spelled_as_they_expect():
-    """tests/nginx edit the profile text in place; these anchors must stay as they are."""
+def test_more_services_and_their_fields_are_written_as_data():
+    """What the serving tests give as `services` reaches the agent as written: a field of `chat`
+    replaces the harness's own, another name is a service of its own."""
+    services = {
+        "chat": {"args": ["--max-tokens-default", "4"], "routing": {"affinity": {"header": "X-Session-Id"}}},
+        "other": {"model": "a/b", "listen": "127.0.0.1:20100", "partitions": [0]},
+    }
+    ports = Ports(api=20000, listen=20001, base=20002)
+    text = FakeEngineProfile(ports, partitions='"1-3"', max_restarts=3, services=services).text()
+    assert text.count("    args:") == 1
+    profile = check_profile(text)
+    chat, other = profile.services
+    assert chat.args == ("--max-tokens-default", "4") and chat.partitions == (1, 2, 3)
+    assert str(chat.routing) == "affinity on X-Session-Id (hash consistent)"
+    assert (other.name, other.model, str(other.listen), other.partitions) == ("other", "a/b", "127.0.0.1:20100", (0,))
+    assert profile.health.max_restarts == 3
+
+
+def test_the_lines_hostile_profile_tests_edit_are_spelled_as_they_expect():
+    """tests/nginx/test_agent_input.py turns these lines into YAML no data can spell (tags, dates,
+    unclosed nesting); they must stay as they are."""
     text = FakeEngineProfile(Ports(api=20000, listen=20001, base=20002)).text()
-    for anchor in (
-        "    model: test/fake-llm\n",
-        "    args: []\n",
-        "instances:",
-        "timeout: 300ms",
-        "restart_backoff: 200ms",
-        '"--tokens-per-second"',
-    ):
+    for anchor in ("    model: test/fake-llm\n", "    args: []\n"):
         assert anchor in text, anchor
 
 

@@ -25,16 +25,18 @@ def fake_bin(tmp_path, **scripts: str) -> str:
     return str(bindir)
 
 
-def test_no_agent_and_no_profile_is_one_line_saying_what_could_not_be_read(tmp_path, host):
+def test_no_agent_and_no_profile_is_one_line_saying_what_could_not_be_read(tmp_path, sim_env):
     port = refused_port()
     missing = tmp_path / "missing.yaml"
-    done = mipart("status", "--profile", missing, "--api", f"127.0.0.1:{port}", env=host)
+    done = mipart("status", "--profile", missing, "--api", f"127.0.0.1:{port}", env=sim_env)
     assert done.returncode == 3 and done.stderr == ""
     assert done.stdout.splitlines() == [
         f"mipart-agent is not answering on 127.0.0.1:{port} (connection refused), and the profile {missing} cannot be read either "
         "(no such file): no instances to show; start it (systemctl start mipart-agent), or pass --profile PATH"
     ]
-    data = json.loads(mipart("status", "--json", "--profile", missing, "--api", f"127.0.0.1:{port}", env=host).stdout)
+    data = json.loads(
+        mipart("status", "--json", "--profile", missing, "--api", f"127.0.0.1:{port}", env=sim_env).stdout
+    )
     assert data["agent"]["answering"] is False and data["instances"] == [] and "cannot be read" in data["error"]
 
 
@@ -50,7 +52,7 @@ def test_no_agent_and_no_gpus_is_one_line_too(tmp_path):
     assert "the instances the profile plans cannot be worked out" in line
 
 
-def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, host):
+def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, sim_env):
     profile = tmp_path / "profile.yaml"
     profile.write_text(
         "version: 1\ngpus: {compute: DPX, memory: NPS2}\nservices:\n  chat: {model: org/m, listen: 8040}\n"
@@ -71,7 +73,7 @@ def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, host):
     logs = tmp_path / "run" / "logs"
     logs.mkdir(parents=True)
     (logs / "mipart-vllm@1.log").write_text("loading\nValueError: model not found\n\n")  # the process runner's log
-    done = mipart("status", "--profile", profile, "--api", f"127.0.0.1:{refused_port()}", env={**host, "PATH": path})
+    done = mipart("status", "--profile", profile, "--api", f"127.0.0.1:{refused_port()}", env={**sim_env, "PATH": path})
     assert done.returncode == 3, done.stderr
     table = {
         re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)
@@ -86,7 +88,13 @@ def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, host):
     assert table["mipart-vllm@2.service"][7] == "-"
     data = json.loads(
         mipart(
-            "status", "--json", "--profile", profile, "--api", f"127.0.0.1:{refused_port()}", env={**host, "PATH": path}
+            "status",
+            "--json",
+            "--profile",
+            profile,
+            "--api",
+            f"127.0.0.1:{refused_port()}",
+            env={**sim_env, "PATH": path},
         ).stdout
     )
     assert (

@@ -18,8 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -71,10 +71,13 @@ class ProfileSource(Protocol):
 
 @dataclass(frozen=True)
 class FakeEngineProfile:
-    """A profile whose one service, `chat`, runs the fake engine (mipart.sim.engine).
+    """A profile whose service `chat` runs the fake engine (mipart.sim.engine).
 
     Fields are YAML text where the profile has them as such (durations, `args`, `partitions`);
-    `partitions`, `args` and `hf_home` are left out of the file when None.
+    `partitions`, `args`, `max_restarts` and `hf_home` are left out of the file when None.
+    `services` is more of the profile as data, written as YAML flow: under "chat", fields of
+    that service (one named above is replaced, e.g. {"chat": {"routing": "random"}}); under
+    any other name, a whole service of that name after it.
     """
 
     ports: Ports
@@ -90,8 +93,10 @@ class FakeEngineProfile:
     timeout: str = "300ms"
     unhealthy_after: int = 2
     restart_backoff: str = "200ms"
+    max_restarts: int | None = None
     hf_home: str | None = None
     python: str = sys.executable
+    services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def text(self) -> str:
         engine = [
@@ -103,20 +108,26 @@ class FakeEngineProfile:
             "--tokens-per-second",
             f"{self.tps}",
         ]
+        chat = {
+            "model": self.model,
+            "listen": f'"{self.listen_host}:{self.ports.listen}"',
+            "partitions": self.partitions,
+            "command": json.dumps(engine),
+            "args": self.args,
+            **{key: json.dumps(value) for key, value in self.services.get(SERVICE, {}).items()},
+        }
         lines = [
             "version: 1",
             f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
             "services:",
             f"  {SERVICE}:",
-            f"    model: {self.model}",
-            f'    listen: "{self.listen_host}:{self.ports.listen}"',
-            *([f"    partitions: {self.partitions}"] if self.partitions is not None else []),
-            f"    command: {json.dumps(engine)}",
-            *([f"    args: {self.args}"] if self.args is not None else []),
+            *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
+            *(f"  {name}: {json.dumps(fields)}" for name, fields in self.services.items() if name != SERVICE),
             f"instances: {{base_port: {self.ports.base}, user: "
             f"root{'' if self.hf_home is None else f', hf_home: {json.dumps(self.hf_home)}'}}}",
             f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, "
-            f"restart_backoff: {self.restart_backoff}}}",
+            f"restart_backoff: {self.restart_backoff}"
+            f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}}}",
             f'api: {{listen: "127.0.0.1:{self.ports.api}"}}',
         ]
         return "\n".join(lines) + "\n"

@@ -5,26 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from specs import SPEC
 
 from mipart.partition.apply import ApplyResult
 from mipart.partition.record import RECORD_NAME, RECORD_VERSION, last_apply, record_apply
 from mipart.serving.spec import SPEC_VERSION, InstanceSpec, SpecVersionError
-
-SPEC = InstanceSpec(
-    number=3,
-    service="chat",
-    model="org/m",
-    served_model_name="org/m",
-    logical_gpus=(3,),
-    physical_gpus=(1,),
-    render_nodes=("/dev/dri/renderD137",),
-    port=8084,
-    runtime="native",
-    argv=("vllm", "serve", "org/m"),
-    env=(("CUDA_VISIBLE_DEVICES", "3"),),
-    user="mipart",
-    hf_home="/var/lib/mipart/huggingface",
-)
 
 
 def test_a_spec_file_carries_its_version_and_reads_back():

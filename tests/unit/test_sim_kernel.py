@@ -22,7 +22,9 @@ GPU3 = "0000:65:00.0"
 
 
 @pytest.fixture
-def host(tmp_path):
+def make_root(tmp_path):
+    """Makes the test's simulated root in process (kernel.create), with the given layout."""
+
     def make(**kwargs):
         root = tmp_path / "host"
         kernel.create(root, **kwargs)
@@ -41,8 +43,8 @@ def modes(root):
     return [(g.compute, g.memory) for g in discover(root).physical]
 
 
-def test_compute_switch_is_immediate_and_case_insensitive(host):
-    root = host()
+def test_compute_switch_is_immediate_and_case_insensitive(make_root):
+    root = make_root()
     kernel.kernel_write(root, GPU3, COMPUTE, " cpx\n")
     state = discover(root)
     assert state.physical[3].compute == "CPX"
@@ -61,16 +63,16 @@ def test_compute_switch_is_immediate_and_case_insensitive(host):
         ("NPS2", "QPX"),  # QPX needs NPS1 or NPS4 (driver rule)
     ],
 )
-def test_invalid_compute_mode_is_einval_and_changes_nothing(host, memory, value):
-    root = host(compute={"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory], memory=memory)
+def test_invalid_compute_mode_is_einval_and_changes_nothing(make_root, memory, value):
+    root = make_root(compute={"NPS1": "SPX", "NPS2": "DPX", "NPS4": "CPX"}[memory], memory=memory)
     before = discover(root)
     assert write_errno(root, GPU3, COMPUTE, value) == errno.EINVAL
     assert discover(root) == before
 
 
-def test_writing_the_current_mode_succeeds_without_a_switch(host, live_pids):
+def test_writing_the_current_mode_succeeds_without_a_switch(make_root, live_pids):
     P = live_pids(2)
-    root = host(compute="DPX", memory="NPS2")
+    root = make_root(compute="DPX", memory="NPS2")
     kernel.hold(root, 3, pid=P[0])  # a no-op write is not refused even while held
     before = discover(root)
     kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
@@ -78,9 +80,9 @@ def test_writing_the_current_mode_succeeds_without_a_switch(host, live_pids):
     assert discover(root) == before
 
 
-def test_held_gpu_is_ebusy_until_released(host, live_pids):
+def test_held_gpu_is_ebusy_until_released(make_root, live_pids):
     P = live_pids(2)
-    root = host()
+    root = make_root()
     kernel.hold(root, 3, pid=P[0])
     assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EBUSY
     kernel.kernel_write(root, "0000:85:00.0", COMPUTE, "DPX")  # GPU 4 is free
@@ -89,9 +91,9 @@ def test_held_gpu_is_ebusy_until_released(host, live_pids):
     assert [c for c, _ in modes(root)] == ["SPX"] * 3 + ["DPX", "DPX"] + ["SPX"] * 3
 
 
-def test_release_by_pid_and_gpu(host, live_pids):
+def test_release_by_pid_and_gpu(make_root, live_pids):
     P = live_pids(2)
-    root = host()
+    root = make_root()
     kernel.hold(root, 1, pid=P[0])
     kernel.hold(root, 2, pid=P[0])
     kernel.hold(root, 2, pid=P[1])
@@ -103,8 +105,8 @@ def test_release_by_pid_and_gpu(host, live_pids):
     assert read_state(root).holders == {}
 
 
-def test_resetting_gpu_is_eperm_even_for_the_current_mode(host):
-    root = host()
+def test_resetting_gpu_is_eperm_even_for_the_current_mode(make_root):
+    root = make_root()
     kernel.set_resetting(root, 3, True)
     assert write_errno(root, GPU3, COMPUTE, "DPX") == errno.EPERM
     assert write_errno(root, GPU3, COMPUTE, "SPX") == errno.EPERM  # reset check comes first
@@ -113,16 +115,16 @@ def test_resetting_gpu_is_eperm_even_for_the_current_mode(host):
     kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
 
 
-def test_read_only_and_missing_attributes(host):
-    root = host()
+def test_read_only_and_missing_attributes(make_root):
+    root = make_root()
     assert write_errno(root, GPU3, "available_compute_partition", "SPX") == errno.EACCES
     assert write_errno(root, GPU3, "vendor", "0x1002") == errno.EACCES
     assert write_errno(root, GPU3, "no_such_attribute", "1") == errno.ENOENT
     assert write_errno(root, "0000:99:00.0", COMPUTE, "SPX") == errno.ENOENT
 
 
-def test_memory_request_is_hive_wide_and_waits_for_reload(host):
-    root = host()
+def test_memory_request_is_hive_wide_and_waits_for_reload(make_root):
+    root = make_root()
     assert write_errno(root, GPU3, MEMORY, "NPS3") == errno.EINVAL
     kernel.kernel_write(root, GPU3, MEMORY, "NPS4")
     assert modes(root) == [("SPX", "NPS1")] * 8  # still reads the old mode
@@ -136,8 +138,8 @@ def test_memory_request_is_hive_wide_and_waits_for_reload(host):
     assert read_state(root).pending_memory is None
 
 
-def test_reload_resets_compute_from_nps_in_auto_mode(host):
-    root = host(compute="DPX", memory="NPS1")
+def test_reload_resets_compute_from_nps_in_auto_mode(make_root):
+    root = make_root(compute="DPX", memory="NPS1")
     kernel.kernel_write(root, GPU3, COMPUTE, "CPX")
     kernel.reload(root)
     assert modes(root) == [("SPX", "NPS1")] * 8
@@ -151,8 +153,8 @@ def test_reload_resets_compute_from_nps_in_auto_mode(host):
         ("SPX", "NPS2", "DPX"),  # the driver refuses SPX under NPS2: falls back to AUTO
     ],
 )
-def test_reload_takes_compute_from_user_partt_mode(host, partt, pending, expected):
-    root = host(compute="SPX", memory="NPS1")
+def test_reload_takes_compute_from_user_partt_mode(make_root, partt, pending, expected):
+    root = make_root(compute="SPX", memory="NPS1")
     kernel.set_user_partt_mode(root, USER_PARTT_MODE[partt])
     if pending:
         kernel.kernel_write(root, GPU3, MEMORY, pending)
@@ -160,8 +162,8 @@ def test_reload_takes_compute_from_user_partt_mode(host, partt, pending, expecte
     assert [c for c, _ in modes(root)] == [expected] * 8
 
 
-def test_module_parameter_reads_as_on_a_real_host(host):
-    root = host()
+def test_module_parameter_reads_as_on_a_real_host(make_root):
+    root = make_root()
     param = root / "module/amdgpu/parameters/user_partt_mode"
     assert param.read_text() == "4294967294\n"  # AUTO (-2) through the kernel's uint
     kernel.set_user_partt_mode(root, USER_PARTT_MODE["CPX"])
@@ -170,9 +172,9 @@ def test_module_parameter_reads_as_on_a_real_host(host):
         kernel.set_user_partt_mode(root, 7)
 
 
-def test_reload_refused_while_a_gpu_is_held(host, live_pids):
+def test_reload_refused_while_a_gpu_is_held(make_root, live_pids):
     P = live_pids(2)
-    root = host()
+    root = make_root()
     kernel.kernel_write(root, GPU3, MEMORY, "NPS2")
     kernel.hold(root, 6, pid=P[0])
     with pytest.raises(subprocess.CalledProcessError) as caught:
@@ -184,8 +186,8 @@ def test_reload_refused_while_a_gpu_is_held(host, live_pids):
     assert modes(root) == [("SPX", "NPS1")] * 8
 
 
-def test_counters_count_every_write_and_each_reload(host):
-    root = host()
+def test_counters_count_every_write_and_each_reload(make_root):
+    root = make_root()
     kernel.kernel_write(root, GPU3, COMPUTE, "SPX")  # no-op
     write_errno(root, GPU3, COMPUTE, "XPX")  # refused
     kernel.kernel_write(root, GPU3, COMPUTE, "DPX")
@@ -196,25 +198,25 @@ def test_counters_count_every_write_and_each_reload(host):
     assert read_state(root).counters == {"writes": 0, "reloads": 0}
 
 
-def test_gpu_ids_are_stable_for_a_layout(host, live_pids):
+def test_gpu_ids_are_stable_for_a_layout(make_root, live_pids):
     P = live_pids(2)
-    root = host(compute="CPX", memory="NPS4")
+    root = make_root(compute="CPX", memory="NPS4")
     ids = [lg.gpu_id for lg in discover(root).logical]
     kernel.hold(root, 1, pid=P[0])  # rebuilds the tree
     kernel.release(root)
     assert [lg.gpu_id for lg in discover(root).logical] == ids
 
 
-def test_old_kfd_trees_are_cleaned_up(host, live_pids):
+def test_old_kfd_trees_are_cleaned_up(make_root, live_pids):
     P = live_pids(2)
-    root = host()
+    root = make_root()
     for i in range(5):
         kernel.hold(root, i, pid=P[0])
     assert len([p for p in os.listdir(root / ".mipart-sim") if p.startswith("kfd-")]) <= 2
 
 
-def test_more_than_eight_gpus_continue_in_the_next_pci_domain(host):
-    root = host(gpus=10, compute="DPX")
+def test_more_than_eight_gpus_continue_in_the_next_pci_domain(make_root):
+    root = make_root(gpus=10, compute="DPX")
     state = discover(root)
     assert [g.bdf for g in state.physical[7:]] == ["0000:e5:00.0", "0001:05:00.0", "0001:26:00.0"]
     assert [(lg.physical_index, lg.render_minor) for lg in state.logical[-2:]] == [(9, 200), (9, 201)]
@@ -305,10 +307,10 @@ def test_cli_mistakes_are_one_line_without_traceback(tmp_path, args):
     assert "Traceback" not in result.stderr
 
 
-def test_a_holder_that_exits_is_forgotten_like_the_kernel_does(host):
+def test_a_holder_that_exits_is_forgotten_like_the_kernel_does(make_root):
     import subprocess
 
-    root = host()
+    root = make_root()
     holder = subprocess.Popen(["sleep", "300"])
     kernel.hold(root, 0, pid=holder.pid)
     with pytest.raises(subprocess.CalledProcessError):

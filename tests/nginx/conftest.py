@@ -1,0 +1,24 @@
+"""Fixtures shared by the nginx tier's test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from mipart.names import RUN_DIR_VAR
+
+from .api_host import LiveApi, SimApiHost
+
+
+@pytest.fixture
+def sim_api_host(tmp_path, monkeypatch) -> SimApiHost:
+    """A simulated host with an Agent filled in by hand: 16 instances in every state, no processes."""
+    monkeypatch.setenv(RUN_DIR_VAR, str(tmp_path / "run"))
+    return SimApiHost(tmp_path)
+
+
+@pytest.fixture
+def live_api(sim_api_host):
+    """sim_api_host's agent answering its status API on the profile's address, as the agent serves it."""
+    api = LiveApi(sim_api_host.agent, sim_api_host.api)
+    yield api
+    api.close()
