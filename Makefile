@@ -33,7 +33,7 @@ demo: deps
 	$(BIN)/python -m mipart.sim.demo
 
 # The system tier fails (rather than skips) where systemd-nspawn cannot run: CI proves it.
-test: deps
+test: lint
 	$(TEST_ENV) MIPART_REQUIRE_SYSTEM=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: deps
@@ -45,7 +45,8 @@ test-system: deps
 test-vllm: deps
 	$(TEST_ENV) $(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
-# The checks of style and types that `make test` runs first (tests/unit/test_lint.py).
+# The checks of style and types (ruff on the whole tree, mypy strict on the seams' packages):
+# `make test` runs them first.
 lint: deps
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .

@@ -42,7 +42,7 @@ from system.test_packaging import NEXT  # noqa: E402  (the upgrade's version suf
 from mipart.api.client import AgentDown, Api  # noqa: E402
 from mipart.api.contract import Status, to_json  # noqa: E402
 from mipart.names import AGENT_UNIT, NGINX_UNIT, RELOAD_CMD_VAR, SYSFS_ROOT_VAR, instance_unit  # noqa: E402
-from mipart.sim.host import FakeEngineProfile, Ports  # noqa: E402
+from mipart.sim.fake_profile import FakeEngineProfile, Ports  # noqa: E402
 
 SIM = "/var/lib/mipart-sim"
 GUEST_PYTHON = "/usr/bin/python3"

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 SWEEP_DEADLINE = 1200.0  # the whole sweep, both layouts and the restore
 

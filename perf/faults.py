@@ -31,7 +31,8 @@ from pathlib import Path
 from common import finish_client
 
 from mipart.nginx import procs as nginx_procs
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 MODEL = "test/fake-llm"
 INTERVAL, TIMEOUT, UNHEALTHY_AFTER = 1.0, 1.0, 2

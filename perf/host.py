@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost, completion
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost, completion
 
 MODEL = "test/fake-llm"
 BENCH_PORTS = (10001, 20000)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 TEST_PORTS = 20000  # the suite's ports start here; benchmarks take 10001-19999
 

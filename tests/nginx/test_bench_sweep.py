@@ -24,7 +24,8 @@ from testcache import cache_dir
 from mipart.bench.results import read_results
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 from .benchcli import bench
 

@@ -17,7 +17,8 @@ import pytest
 from serving import TEST_PORTS
 
 from mipart.nginx.conf import generation_of
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 pytestmark = pytest.mark.nginx
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 RUN = "/run/mipart/"

@@ -13,7 +13,8 @@ from mipart.api.contract import Instances, to_json_text
 from mipart.api.reader import ContractError
 from mipart.profile.load import check_profile
 from mipart.sim.demo import ready_printer
-from mipart.sim.host import FakeEngineProfile, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import SimulatedHost
 
 
 def test_ports_are_one_block_api_listener_then_instances():

@@ -20,7 +20,8 @@ from serving import TEST_PORTS
 from streaming import Inconclusive, SseReader, prove_live
 
 from mipart.prometheus import metric_sum
-from mipart.sim.host import Ports, SimulatedHost
+from mipart.sim.fake_profile import Ports
+from mipart.sim.host import SimulatedHost
 
 pytestmark = pytest.mark.vllm
 

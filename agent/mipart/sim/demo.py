@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mipart.sim.host import FakeEngineProfile, HostError, Ports, SimulatedHost
+from mipart.sim.fake_profile import FakeEngineProfile, Ports
+from mipart.sim.host import HostError, SimulatedHost
 from mipart.sim.ports import port_free
 
 LISTEN_PORT = int(os.environ.get("MIPART_DEMO_PORT", "8040"))

@@ -1,0 +1,106 @@
+"""The profile of a simulated serving host: its loopback ports, and a profile whose service runs
+the fake engine (mipart.sim.engine), written as YAML the way an operator would."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mipart.sim.ports import EPHEMERAL_START, free_block
+
+SERVICE = "chat"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The agent's API, the nginx listener, and instance N on base + N, in one block of loopback ports."""
+
+    api: int
+    listen: int
+    base: int
+
+    @classmethod
+    def free(cls, instances: int = 64, low: int = 20000, high: int = EPHEMERAL_START) -> Ports:
+        start = free_block(instances + 2, low=low, high=high)
+        return cls(api=start, listen=start + 1, base=start + 2)
+
+    def all(self, instances: int) -> list[int]:
+        return [self.api, self.listen, *range(self.base, self.base + instances)]
+
+
+class ProfileSource(Protocol):
+    """What a host needs of its profile: partition modes, the service's model, its ports, and the YAML text."""
+
+    compute: str
+    memory: str
+    model: str
+    ports: Ports
+
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class FakeEngineProfile:
+    """A profile whose service `chat` runs the fake engine (mipart.sim.engine).
+
+    Fields are YAML text where the profile has them as such (durations, `args`, `partitions`);
+    `partitions`, `args`, `max_restarts` and `hf_home` are left out of the file when None.
+    `services` is more of the profile as data, written as YAML flow: under "chat", fields of
+    that service (one named above is replaced, e.g. {"chat": {"routing": "random"}}); under
+    any other name, a whole service of that name after it.
+    """
+
+    ports: Ports
+    compute: str = "DPX"
+    memory: str = "NPS2"
+    model: str = "test/fake-llm"
+    listen_host: str = "127.0.0.1"
+    partitions: str | None = None
+    delay: float = 0.5
+    tps: float = 50
+    args: str | None = "[]"
+    interval: str = "500ms"
+    timeout: str = "300ms"
+    unhealthy_after: int = 2
+    restart_backoff: str = "200ms"
+    max_restarts: int | None = None
+    hf_home: str | None = None
+    python: str = sys.executable
+    services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def text(self) -> str:
+        engine = [
+            self.python,
+            "-m",
+            "mipart.sim.engine",
+            "--startup-delay",
+            f"{self.delay}",
+            "--tokens-per-second",
+            f"{self.tps}",
+        ]
+        chat = {
+            "model": self.model,
+            "listen": f'"{self.listen_host}:{self.ports.listen}"',
+            "partitions": self.partitions,
+            "command": json.dumps(engine),
+            "args": self.args,
+            **{key: json.dumps(value) for key, value in self.services.get(SERVICE, {}).items()},
+        }
+        lines = [
+            "version: 1",
+            f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
+            "services:",
+            f"  {SERVICE}:",
+            *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
+            *(f"  {name}: {json.dumps(fields)}" for name, fields in self.services.items() if name != SERVICE),
+            f"instances: {{base_port: {self.ports.base}, user: "
+            f"root{'' if self.hf_home is None else f', hf_home: {json.dumps(self.hf_home)}'}}}",
+            f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, "
+            f"restart_backoff: {self.restart_backoff}"
+            f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}}}",
+            f'api: {{listen: "127.0.0.1:{self.ports.api}"}}',
+        ]
+        return "\n".join(lines) + "\n"
