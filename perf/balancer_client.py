@@ -55,7 +55,7 @@ async def worker(
         latencies.append(time.monotonic() - started)
 
 
-async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: int) -> dict:
+async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: int, keepalive: bool = True) -> dict:
     opened = [0]
 
     async def on_connection(session, context, params) -> None:
@@ -63,7 +63,8 @@ async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: in
 
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(on_connection)
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60)
+    pooling = {"keepalive_timeout": 60} if keepalive else {"force_close": True}
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, **pooling)
     timeout = aiohttp.ClientTimeout(total=60)
     latencies: list[float] = []
     failures: Counter = Counter()
@@ -109,8 +110,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-tokens", type=int, default=1)
+    parser.add_argument("--no-keepalive", action="store_true", help="one connection per request")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.port, args.concurrency, min(args.seconds, 600.0), args.max_tokens))))
+    seconds = min(args.seconds, 600.0)
+    print(json.dumps(asyncio.run(run(args.port, args.concurrency, seconds, args.max_tokens, not args.no_keepalive))))
 
 
 if __name__ == "__main__":

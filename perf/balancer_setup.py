@@ -199,7 +199,7 @@ def mipart_text(
         )
         for i, port in enumerate(ports)
     )
-    text = render_nginx(profile, specs, ready, prefix)
+    text = render_nginx(profile, specs, ready, prefix, direct=True)  # its own listener too: a single layer
     if KEEPALIVE_0 not in text:
         raise SystemExit(
             "render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py's variants"

@@ -134,7 +134,8 @@ def profile_text(listen: int, ports: list[int], routing: str) -> str:
 
 
 def nginx_text(listen: int, ports: list[int], routing: str, prefix: Path) -> str:
-    """What the agent writes for one service of these two servers under this routing (render_nginx)."""
+    """What the agent writes for one service of these two servers under this routing (render_nginx), listening
+    on the service's own port as well (`direct`): the back layer picks the instance, the front plays no part."""
     profile = check_profile(profile_text(listen, ports, routing))
     specs = tuple(
         InstanceSpec(
@@ -154,7 +155,7 @@ def nginx_text(listen: int, ports: list[int], routing: str, prefix: Path) -> str
         )
         for i, port in enumerate(ports)
     )
-    return render_nginx(profile, specs, frozenset(range(len(ports))), prefix)
+    return render_nginx(profile, specs, frozenset(range(len(ports))), prefix, direct=True)
 
 
 def counters(ports: list[int]) -> tuple[float, float]:

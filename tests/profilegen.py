@@ -27,6 +27,7 @@ from mipart.errors import UserError
 from mipart.gpu import modes, open_backend
 from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 from mipart.nginx.conf import render_nginx
+from mipart.nginx.front import render_front
 from mipart.profile.addresses import api_port
 from mipart.profile.durations import format_ms, parse_ms
 from mipart.profile.indices import format_indices
@@ -451,8 +452,9 @@ def assert_located(exc: ProfileError, path: str = PATH) -> None:
         assert pattern.fullmatch(line), line
 
 
-def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")) -> str | None:
-    """The rendered nginx.conf of an accepted profile; None when it was rejected (with located lines)."""
+def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")) -> tuple[str, str] | None:
+    """The rendered back and front nginx.conf of an accepted profile (the front's prefix beside the back's,
+    as on a host); None when it was rejected (with located lines)."""
     try:
         profile = check_profile(text, PATH)
     except ProfileError as exc:
@@ -471,14 +473,16 @@ def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")
     numbers = [s.number for s in specs]
     assert len(numbers) == len(set(numbers)), "two instances on one logical GPU"
     conf = render_nginx(profile, specs, frozenset(numbers), prefix)
+    front = render_front(profile, specs, prefix, prefix.parent / "nginx-front")
     for service in profile.services:
-        assert f"listen {service.listen};" in conf
+        assert f"listen {service.listen};" in front and f"listen {service.listen};" not in conf
+        assert f"listen unix:{prefix}/svc-{service.name}.sock;" in conf
         assert f"routing {service.routing}\n" in conf and _BALANCERS[service.routing.policy] in conf
         event(f"routing {service.routing.policy}")
-        assert " 0s;" not in conf and "None" not in conf
+        assert " 0s;" not in conf + front and "None" not in conf + front
     _execs(specs)
     event("accepted and served")
-    return conf
+    return conf, front
 
 
 _BALANCERS = {

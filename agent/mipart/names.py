@@ -7,7 +7,8 @@ from __future__ import annotations
 
 INSTANCE_UNIT_PREFIX = "mipart-vllm@"
 INSTANCE_PATTERN = f"{INSTANCE_UNIT_PREFIX}*.service"
-NGINX_UNIT = "mipart-nginx.service"
+NGINX_UNIT = "mipart-nginx.service"  # the back layer: reloaded on every membership change
+NGINX_FRONT_UNIT = "mipart-nginx-front.service"  # the front layer: holds the clients' connections
 AGENT_UNIT = "mipart-agent.service"
 
 DEFAULT_PROFILE = "/etc/mipart/profile.yaml"

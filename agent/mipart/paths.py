@@ -20,6 +20,10 @@ def nginx_prefix(base: Path | None = None) -> Path:
     return (base or run_dir()) / "nginx"
 
 
+def nginx_front_prefix(base: Path | None = None) -> Path:
+    return (base or run_dir()) / "nginx-front"
+
+
 def instance_env_path(number: int, base: Path | None = None) -> Path:
     """The env file a container client reads (root only): beside the spec it comes from."""
     return (base or run_dir()) / "instances" / f"{number}.env"

@@ -38,13 +38,13 @@ class DummyRunner:
         from mipart.values import UnitState
 
         self.states = {n: UnitState("active", "running", 0) for n in range(16)}
-        self.nginx = True
+        self.nginx = {"back": True, "front": True}  # by layer
 
     def list_instances(self):
         return dict(self.states)
 
     def nginx_running(self, files) -> bool:
-        return self.nginx
+        return self.nginx[files.layer]
 
 
 class QuietLog:

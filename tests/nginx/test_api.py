@@ -92,12 +92,20 @@ def test_status_reports_profile_partitions_apply_and_counts(sim_api_host, live_a
         "running": True,
     }
     assert nginx["stray_workers"] == 0 and nginx["problem"] == "" and st["files_error"] == ""
+    # issue 22: the front layer, which holds the clients' connections, under nginx.front
+    assert {k: nginx["front"][k] for k in ("config_valid", "error", "running", "stray_workers", "problem")} == {
+        "config_valid": True,
+        "error": "",
+        "running": True,
+        "stray_workers": 0,
+        "problem": "",
+    }
     assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
 
 
 def test_status_shows_errors_and_a_partition_mismatch(sim_api_host, live_api):
     sim_api_host.agent.status.profile_error = "profile.yaml:3:5: bad; good"
-    sim_api_host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.nginx.error = "nginx: [emerg] unknown directive"
     sim_api_host.agent.status.reconcile_error = "services.chat has no logical GPU"
     gpu0 = sorted(
         p for p in (sim_api_host.root / "bus/pci/devices").iterdir() if (p / "current_compute_partition").exists()
@@ -251,8 +259,9 @@ def test_metrics_text_format(sim_api_host, live_api):
     families = parse_exposition(body.decode())
     assert families["mipart_agent_info"] == [({"version": __import__("mipart").__version__}, 1.0)]
     assert families["mipart_profile_valid"] == [({}, 1.0)]
-    assert families["mipart_nginx_config_valid"] == [({}, 1.0)]
-    assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == [({}, 1.0)]
+    both = [({"layer": "back"}, 1.0), ({"layer": "front"}, 1.0)]
+    assert families["mipart_nginx_config_valid"] == both
+    assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == both
     by_state = {labels["state"]: value for labels, value in families["mipart_instances"]}
     assert by_state == {
         "starting": 1,
@@ -276,11 +285,12 @@ def test_metrics_escape_label_values_and_follow_errors(sim_api_host):
 
     agent = sim_api_host.agent
     agent.specs[0] = replace(agent.specs[0], service='we"ird\\name\nx', logical_gpus=(0, 1))
-    agent.status.profile_error, agent.status.nginx_error = "bad", "bad"
+    agent.status.profile_error, agent.status.front.error = "bad", "bad"
     families = parse_exposition(prometheus_metrics(agent.snapshot()))
     labels = [lb for lb, _ in families["mipart_instance_ready"] if lb["instance"] == "mipart-vllm@0.service"][0]
     assert labels == {"service": 'we"ird\\name\nx', "instance": "mipart-vllm@0.service", "gpu": "0,1"}
-    assert families["mipart_profile_valid"] == [({}, 0.0)] and families["mipart_nginx_config_valid"] == [({}, 0.0)]
+    assert families["mipart_profile_valid"] == [({}, 0.0)]
+    assert families["mipart_nginx_config_valid"] == [({"layer": "back"}, 1.0), ({"layer": "front"}, 0.0)]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")

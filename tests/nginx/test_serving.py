@@ -95,10 +95,12 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
     assert "event='instance.restart' unit='mipart-vllm@5'" in serving_host.log_text()
 
 
-def test_nginx_refused_config_keeps_the_old_one_serving(serving_host):
+def test_nginx_refused_front_config_keeps_the_old_one_serving(serving_host):
+    """The listeners are the front layer's: nginx -t refusing its config keeps the front that serves,
+    and the back, whose config does not hold them, is not touched at all."""
     serving_host.start_agent()
     serving_host.wait_ready(16)
-    before = serving_host.nginx_conf()
+    back, front = serving_host.nginx_conf(), (serving_host.run_dir / "nginx-front/nginx.conf").read_text()
     pids = serving_host.instance_pids()
     # Valid for mipart (an IPv4 address; validation cannot know this host's addresses, an image
     # is baked elsewhere), refused by nginx -t: the address is not this host's (TEST-NET-1; no
@@ -106,12 +108,17 @@ def test_nginx_refused_config_keeps_the_old_one_serving(serving_host):
     serving_host.write_profile(listen_host="192.0.2.1")
     serving_host.hup()
     serving_host.wait_for(lambda: "nginx.config_rejected" in serving_host.log_text(), what="the rejection in the log")
-    assert serving_host.nginx_conf() == before
-    assert "listen 192.0.2.1:" in (serving_host.run_dir / "nginx/nginx.conf.rejected").read_text()
+    assert (serving_host.run_dir / "nginx-front/nginx.conf").read_text() == front
+    assert serving_host.nginx_conf() == back
+    assert "listen 192.0.2.1:" in (serving_host.run_dir / "nginx-front/nginx.conf.rejected").read_text()
     rejection = next(line for line in serving_host.log_text().splitlines() if "nginx.config_rejected" in line)
     assert "bind() to 192.0.2.1" in rejection and "Cannot assign requested address" in rejection, rejection
+    assert rejection.endswith("layer='front'"), rejection
     assert serving_host.backend_of_one_request()[0] == 200
     assert serving_host.instance_pids() == pids
+    nginx = serving_host.api_get("/v1/status")["nginx"]
+    assert nginx["front"]["config_valid"] is False and "bind() to 192.0.2.1" in nginx["front"]["error"]
+    assert nginx["config_valid"] is True and nginx["front"]["running"] is True
 
 
 @pytest.mark.parametrize(

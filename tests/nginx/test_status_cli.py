@@ -95,10 +95,25 @@ def test_json(sim_api_host, live_api):
 
 def test_errors_are_shown_under_the_header(sim_api_host, live_api):
     sim_api_host.agent.status.profile_error = "profile.yaml:7:3: services.chat.listen: bad; use a port"
-    sim_api_host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.nginx.error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.front.strays = 2
     done = status(sim_api_host)
     assert "profile rejected, running the last good one: profile.yaml:7:3" in done.stdout
-    assert "nginx config rejected (the previous one still serves): nginx: [emerg]" in done.stdout
+    assert "nginx back config rejected (the previous one still serves): nginx: [emerg]" in done.stdout
+    assert "  nginx front: 2 nginx workers serve a frozen config without their master" in done.stdout
+
+
+def test_both_nginx_layers_are_shown(sim_api_host, live_api):
+    """One line for the front (clients' connections) and the back (the instances), down ones said loud."""
+    state = sim_api_host.agent.status
+    state.nginx.generation = state.nginx.serving = "aaa"
+    state.front.generation, state.front.serving = "fff", "eee"
+    sim_api_host.agent.runner.nginx["front"] = False
+    time.sleep(1.1)  # past the host cache
+    done = status(sim_api_host)
+    assert (
+        "  nginx: front NOT RUNNING (config eee, installed fff), back running (config aaa)" in done.stdout.splitlines()
+    )
 
 
 def test_api_option_forms(sim_api_host, live_api, tmp_path):

@@ -16,7 +16,7 @@ from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.daemon import probing, profiles, recovery, specfiles
 from mipart.daemon.notify import status_line
-from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, LayerState
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
 from mipart.profile import check_profile
@@ -80,18 +80,21 @@ def test_counts_and_status_line():
     assert snap.ready_count == 2  # instance 7 is not in the profile
     assert status_line(snap) == "2/4 instances ready"
     assert (
-        status_line(snapshot(profile_error="p:1:1: bad", nginx_error="x"))
+        status_line(snapshot(profile_error="p:1:1: bad", nginx=LayerState(error="x")))
         == "2/4 instances ready; profile rejected, running the last good one: p:1:1: bad"
     )
-    assert status_line(snapshot(reconcile_error="does not fit", nginx_error="x")) == "2/4 instances ready; does not fit"
-    assert status_line(snapshot(nginx_error="emerg")) == "2/4 instances ready; nginx config rejected: emerg"
+    assert (
+        status_line(snapshot(reconcile_error="does not fit", nginx=LayerState(error="x")))
+        == "2/4 instances ready; does not fit"
+    )
+    assert status_line(snapshot(nginx=LayerState(error="emerg"))) == "2/4 instances ready; nginx config rejected: emerg"
     sweeping = "profile override by mipart bench sweep: /run/mipart/profile.override.yaml"
     assert (
         status_line(snapshot(profile_override="/run/mipart/profile.override.yaml"))
         == f"2/4 instances ready; {sweeping}"
     )
     assert (
-        status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx_error="emerg"))
+        status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx=LayerState(error="emerg")))
         == f"2/4 instances ready; nginx config rejected: emerg; {sweeping}"
     )  # the override is said whatever else is wrong
 

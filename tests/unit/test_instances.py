@@ -102,9 +102,17 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, sim_env):
     )
     assert done.returncode == 0, done.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["run/mipart/instances/0.json", "run/mipart/instances/1.json", "run/mipart/nginx/nginx.conf"]
+    assert files == [
+        "run/mipart/instances/0.json",
+        "run/mipart/instances/1.json",
+        "run/mipart/nginx-front/nginx.conf",
+        "run/mipart/nginx/nginx.conf",
+    ]
     conf = (out / "run/mipart/nginx/nginx.conf").read_text()
     assert "pid /run/mipart/nginx/nginx.pid;" in conf and "server 127.0.0.1:8082 max_fails=1 fail_timeout=2s;" in conf
+    assert "listen unix:/run/mipart/nginx/svc-chat.sock;" in conf and "listen 8040;" not in conf
+    front = (out / "run/mipart/nginx-front/nginx.conf").read_text()
+    assert "listen 0.0.0.0:8040;" in front and "server unix:/run/mipart/nginx/svc-chat.sock;" in front
     assert not (tmp_path / "run").exists()  # nothing outside --root
 
 

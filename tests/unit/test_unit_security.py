@@ -18,6 +18,7 @@ UNITS = Path(__file__).resolve().parents[2] / "units"
 TARGETS = {
     "mipart-agent.service": 5.0,
     "mipart-nginx.service": 4.0,
+    "mipart-nginx-front.service": 4.0,
     "mipart-vllm@.service": 5.5,
     "mipart-partition.service": 7.0,
 }

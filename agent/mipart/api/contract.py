@@ -192,7 +192,9 @@ class InstanceCounts:
 
 
 @dataclass(frozen=True)
-class Nginx:
+class NginxLayer:
+    """One nginx layer: the back (the fields of `nginx` itself) or the front (`nginx.front`)."""
+
     config_valid: bool
     error: str
     running: bool | None
@@ -201,6 +203,13 @@ class Nginx:
     current: bool  # nginx serves the installed config, and no stray worker serves an older one
     stray_workers: int  # nginx workers of ours serving without their master (a frozen config)
     problem: str  # what is wrong with the nginx in force; "" when nothing is
+
+
+@dataclass(frozen=True)
+class Nginx(NginxLayer):
+    """The back layer, which lists the instances and is reloaded on every membership change, and the front."""
+
+    front: NginxLayer  # holds the clients' connections; reloaded on a change of listeners only
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from mipart.api.contract import (
     InstanceCounts,
     Instances,
     Nginx,
+    NginxLayer,
     PairRule,
     Partition,
     PartitionRules,
@@ -20,7 +21,7 @@ from mipart.api.contract import (
     iso_utc,
 )
 from mipart.api.host import HostSnapshot
-from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, gpu_label
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, LayerState, gpu_label
 from mipart.names import REPARTITION_COMMAND
 
 
@@ -69,19 +70,23 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
         last_apply=host.last_apply,
         instances=InstanceCounts(total=len(snap.instances), **snap.counts()),
         services=services(snap),
-        nginx=Nginx(
-            config_valid=not st.nginx_error,
-            error=st.nginx_error,
-            running=host.nginx_running,
-            generation=st.nginx_generation,
-            serving_generation=st.nginx_serving,
-            current=st.nginx_current,
-            stray_workers=st.nginx_strays,
-            problem=st.nginx_problem,
-        ),
+        nginx=Nginx(**vars(nginx_layer(st.nginx, host.nginx_running)), front=nginx_layer(st.front, host.front_running)),
         reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
         units_error=host.units_error,
         files_error=st.files_error,
+    )
+
+
+def nginx_layer(layer: LayerState, running: bool | None) -> NginxLayer:
+    return NginxLayer(
+        config_valid=not layer.error,
+        error=layer.error,
+        running=running,
+        generation=layer.generation,
+        serving_generation=layer.serving,
+        current=layer.current,
+        stray_workers=layer.strays,
+        problem=layer.problem,
     )
 
 

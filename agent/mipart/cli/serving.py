@@ -95,18 +95,21 @@ def plan(profile_path: str, as_json: bool) -> int:
     help="Which instances the nginx config marks as up.",
 )
 def render(profile_path: str, root: Path, ready: str) -> int:
-    """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
+    """Write every generated file (instance specs, both layers' nginx.conf) under ROOT at its host path."""
     from mipart.daemon.specfiles import SPEC_MODE, instance_files
     from mipart.fsutil import write_atomic
     from mipart.nginx.conf import render_nginx
-    from mipart.paths import nginx_prefix
+    from mipart.nginx.files import BACK, FRONT, NginxFiles
+    from mipart.nginx.front import render_front
 
     profile, host = planned(profile_path)
     specs = host.instances
     host_run = Path("/run/mipart")
     up = frozenset(s.number for s in specs) if ready == "all" else frozenset()
     files = {path: (text, SPEC_MODE) for s in specs for path, text in instance_files(host_run, s).items()}
-    files[nginx_prefix(host_run) / "nginx.conf"] = (render_nginx(profile, specs, up, nginx_prefix(host_run)), 0o644)
+    back, front = NginxFiles.of(BACK, host_run), NginxFiles.of(FRONT, host_run)
+    files[back.conf] = (render_nginx(profile, specs, up, back.prefix), 0o644)
+    files[front.conf] = (render_front(profile, specs, back.prefix, front.prefix), 0o644)
     for path, (text, mode) in sorted(files.items()):
         target = root / path.relative_to("/")
         write_atomic(target, text, mode)

@@ -14,7 +14,7 @@ from datetime import datetime
 import click
 
 from mipart.api.client import AgentDown, Api, NotStatusApi
-from mipart.api.contract import Instance, Instances, Status, to_json
+from mipart.api.contract import Instance, Instances, NginxLayer, Status, to_json
 from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
@@ -76,6 +76,15 @@ def _short(text: str) -> str:
     return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 3] + "..."
 
 
+def _layer(layer: NginxLayer) -> str:
+    """One nginx layer in a few words: whether it runs, and the config generation it serves."""
+    running = {True: "running", False: "NOT RUNNING", None: "state unknown"}[layer.running]
+    serving = layer.serving_generation or "unknown"
+    if layer.current or serving == layer.generation:
+        return f"{running} (config {serving})"
+    return f"{running} (config {serving}, installed {layer.generation or 'none'})"
+
+
 HEADER = ("UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
 
 
@@ -120,12 +129,13 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
         lines.append(f"  last repartition failed: {repartition.error}")
     if status.reconcile.error:
         lines.append(f"  reconcile: {status.reconcile.error}")
-    if status.nginx.error:
-        lines.append(f"  nginx config rejected (the previous one still serves): {status.nginx.error}")
-    if status.nginx.running is False:
-        lines.append("  nginx is not running")
-    if status.nginx.problem:
-        lines.append(f"  nginx: {status.nginx.problem}")
+    layers = (("front", status.nginx.front), ("back", status.nginx))
+    lines.append("  nginx: " + ", ".join(f"{name} {_layer(layer)}" for name, layer in layers))
+    for name, layer in layers:
+        if layer.error:
+            lines.append(f"  nginx {name} config rejected (the previous one still serves): {layer.error}")
+        if layer.problem:
+            lines.append(f"  nginx {name}: {layer.problem}")
     if status.files_error:
         lines.append(f"  files: {status.files_error} (the agent retries)")
     for service in status.services:

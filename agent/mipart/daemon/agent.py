@@ -31,8 +31,7 @@ from mipart.gpu import discover
 from mipart.health.machine import InstanceHealth
 from mipart.log import Log
 from mipart.names import DIGEST_VAR, instance_name
-from mipart.nginx.files import NginxFiles
-from mipart.paths import nginx_prefix
+from mipart.nginx.files import BACK, FRONT, NginxFiles
 from mipart.profile.schema import Profile
 from mipart.runners import procfs
 from mipart.runners.base import Runner
@@ -63,10 +62,10 @@ class Agent:
         self.run_dir = run_dir
         self.sysfs_root = sysfs_root
         self.log = log
-        self.nginx = NginxFiles(nginx_prefix(run_dir))
+        self.nginx = (NginxFiles.of(BACK, run_dir), NginxFiles.of(FRONT, run_dir))  # the two layers
         self.notifier = Notifier()
         self.status = AgentStatus()
-        self.router = routing.Router(self.nginx, runner, log, self.status)
+        self.router = routing.Router(*self.nginx, runner, log, self.status)
         self.spec_files = specfiles.SpecFiles(run_dir, log, self.status)
         self.wake = asyncio.Event()
         self.prober = probing.Prober(self.wake.set)

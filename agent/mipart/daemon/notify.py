@@ -17,8 +17,10 @@ def status_line(snap: AgentSnapshot) -> str:
         st.repartition_phase and f"repartitioning: {st.repartition_phase}",
         st.repartition_error and f"repartition failed: {st.repartition_error}",
         st.reconcile_error,
-        st.nginx_error and f"nginx config rejected: {st.nginx_error}",
-        st.nginx_problem,
+        st.nginx.error and f"nginx config rejected: {st.nginx.error}",
+        st.nginx.problem,
+        st.front.error and f"nginx front config rejected: {st.front.error}",
+        st.front.problem and f"nginx front: {st.front.problem}",
         st.files_error and f"{st.files_error} (retrying)",
     )
     first = next((problem for problem in problems if problem), "")

@@ -1,7 +1,9 @@
 """Putting a rendered nginx.conf into service: validate with `nginx -t`, then reload.
 
 A config nginx refuses never replaces the one that is serving: it is kept beside it
-as nginx.conf.rejected for a person to read, and the refusal is reported.
+as nginx.conf.rejected for a person to read, and the refusal is reported. Each of the
+two layers (the back, reloaded on membership; the front, holding the clients'
+connections: docs/routing.md) has a prefix of its own.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mipart.errors import UserError
 from mipart.fsutil import write_atomic
+from mipart.names import NGINX_FRONT_UNIT, NGINX_UNIT
 from mipart.nginx.conf import UPSTREAM_LOG
+from mipart.paths import nginx_front_prefix, nginx_prefix
+
+Layer = Literal["back", "front"]
+BACK: Layer = "back"
+FRONT: Layer = "front"
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -32,9 +41,21 @@ def nginx_binary() -> str:
     return found
 
 
-@dataclass
+@dataclass(frozen=True)
 class NginxFiles:
+    """One nginx layer's files, under its prefix (its working directory too: nginx.procs)."""
+
     prefix: Path
+    layer: Layer = BACK
+
+    @classmethod
+    def of(cls, layer: Layer, run_dir: Path | None = None) -> NginxFiles:
+        return cls(nginx_front_prefix(run_dir) if layer == FRONT else nginx_prefix(run_dir), layer)
+
+    @property
+    def unit(self) -> str:
+        """Its systemd unit (the process runner names its log after it)."""
+        return NGINX_FRONT_UNIT if self.layer == FRONT else NGINX_UNIT
 
     @property
     def conf(self) -> Path:
@@ -76,13 +97,13 @@ def check_config(files: NginxFiles, path: Path) -> None:
         raise NginxRejected(lines[-1].strip())
 
 
-def install_config(files: NginxFiles, text: str) -> bool:
-    """Validate then swap in `text`; returns False when it equals what is there already."""
+def install_config(files: NginxFiles, text: str) -> None:
+    """Validate then swap in `text`; nothing to do when it equals what is there already."""
     for name in TEMP_DIRS:
         (files.prefix / name).mkdir(parents=True, exist_ok=True)
     try:
         if files.conf.read_text() == text:
-            return False
+            return
     except FileNotFoundError:
         pass
     write_atomic(files.candidate, text)
@@ -92,4 +113,3 @@ def install_config(files: NginxFiles, text: str) -> bool:
         os.replace(files.candidate, files.rejected)
         raise
     os.replace(files.candidate, files.conf)
-    return True

@@ -26,6 +26,8 @@ WORKER = "nginx: worker process"
 SHUTTING_DOWN = "nginx: worker process is shutting down"  # set just before it closes its listeners
 PIDFD_GETFD = 438  # the same number on every Linux architecture (added after the syscall tables merged)
 LISTEN_STATE = "0A"
+UNIX_ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix's Flags: a listening socket
+UNIX_UNCONNECTED = "01"  # SS_UNCONNECTED, the state a listening unix socket shows
 INHERIT_VAR = "NGINX"  # nginx takes over the listening sockets it names ("fd;fd;") at start
 RELEASE_TIMEOUT = 2.0  # a stray told to quit closes its listeners at once
 
@@ -65,14 +67,25 @@ def scan(prefix: Path) -> NginxProcs:
     return found
 
 
-def listening_sockets(pid: int) -> dict[int, int]:
-    """inode -> fd of each listening TCP socket the process holds (in its own network namespace)."""
+def listening_sockets(pid: int, unix: bool = True) -> dict[int, int]:
+    """inode -> fd of each listening TCP socket the process holds (in its own network namespace), and
+    of each listening unix socket unless `unix` is False (the back layer listens on those)."""
     listening = set()
     for table in ("tcp", "tcp6"):
         for line in _read(pid, f"net/{table}").splitlines()[1:]:
             cols = line.split()
             if len(cols) > 9 and cols[3] == LISTEN_STATE:
                 listening.add(int(cols[9]))
+    for line in _read(pid, "net/unix").splitlines()[1:] if unix else ():
+        cols = line.split()  # Num RefCount Protocol Flags Type St Inode [Path]
+        # One whose file is gone (deleted, its directory moved) is reached by no one: a new master binds afresh.
+        if (
+            len(cols) > 7
+            and int(cols[3], 16) & UNIX_ACCEPTING
+            and cols[5] == UNIX_UNCONNECTED
+            and os.path.exists(cols[7])
+        ):
+            listening.add(int(cols[6]))
     held = {}
     try:
         fds = os.listdir(PROC / str(pid) / "fd")

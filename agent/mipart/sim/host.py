@@ -4,9 +4,9 @@ The demo, the serving tests and the benchmarks all build their host here, so the
 wait and clean up the same way. A host lives in a work dir of its own (the sysfs tree,
 the profile, the agent's run dir and log), and it stops only what it started, by PID:
 the agents it spawned, every process whose environment carries MIPART_RUN_DIR=<its run
-dir> (launchers, servers and their process groups), and the nginx master named by its
-pid file, checked to be ours first. Readiness is read through the agent's status API and
-nginx.conf, and proven by one request through nginx.
+dir> (launchers, servers and their process groups), and both nginx masters (back and front)
+named by their pid files, checked to be ours first. Readiness is read through the agent's
+status API and nginx.conf, and proven by one request through nginx.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -69,6 +70,7 @@ class SimulatedHost:
         rules: str = "mainline",
     ):
         self.work = work
+        work.chmod(work.stat().st_mode | stat.S_IXOTH)  # nginx's workers (www-data) reach the back's sockets in it
         self.root, self.run_dir, self.log = work / "sys", work / "run", work / "agent.log"
         self.profile = work / "profile.yaml"
         self.spec = profile
@@ -206,10 +208,11 @@ class SimulatedHost:
         except NOT_ANSWERING:
             return None
 
-    def nginx_master(self) -> int | None:
-        """The nginx master pid from our pid file, only if its command line names our run dir."""
+    def nginx_master(self, layer: str = "nginx") -> int | None:
+        """The nginx master pid from our pid file (layer "nginx", the back, or "nginx-front"), only if its
+        command line names our run dir."""
         try:
-            pid = int((self.run_dir / "nginx/nginx.pid").read_text().strip())
+            pid = int((self.run_dir / layer / "nginx.pid").read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except (OSError, ValueError):
             return None
@@ -284,11 +287,11 @@ class SimulatedHost:
         """Stop everything this host started, by PID; safe to call more than once."""
         for agent in self.spawned:
             _stop(agent, timeout=10)
-        master = self.nginx_master()
+        masters = [m for m in (self.nginx_master(), self.nginx_master("nginx-front")) if m]
         for pid in procfs.pids():  # launchers and servers carry our run dir in their environment
-            if pid not in (os.getpid(), master) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
+            if pid not in (os.getpid(), *masters) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
                 _kill(pid, group=procfs.session_leader(pid))  # a server's group holds its children
-        if master:
+        for master in masters:
             _kill(master, group=True)  # its own session: master, workers, old workers
 
 
