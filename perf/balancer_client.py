@@ -55,7 +55,9 @@ async def worker(
         latencies.append(time.monotonic() - started)
 
 
-async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: int, keepalive: bool = True) -> dict:
+async def run(
+    ports: list[int], concurrency: int, seconds: float, max_tokens: int, keepalive: bool = True, model: str = MODEL
+) -> dict:
     opened = [0]
 
     async def on_connection(session, context, params) -> None:
@@ -69,7 +71,7 @@ async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: in
     latencies: list[float] = []
     failures: Counter = Counter()
     tokens = [0]
-    body = {"model": MODEL, "prompt": "one two three four", "max_tokens": max_tokens, "stream": False}
+    body = {"model": model, "prompt": "one two three four", "max_tokens": max_tokens, "stream": False}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
         started = time.monotonic()
         stop = started + seconds
@@ -111,9 +113,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-tokens", type=int, default=1)
     parser.add_argument("--no-keepalive", action="store_true", help="one connection per request")
+    parser.add_argument("--model", default=MODEL)
     args = parser.parse_args()
     seconds = min(args.seconds, 600.0)
-    print(json.dumps(asyncio.run(run(args.port, args.concurrency, seconds, args.max_tokens, not args.no_keepalive))))
+    print(
+        json.dumps(
+            asyncio.run(run(args.port, args.concurrency, seconds, args.max_tokens, not args.no_keepalive, args.model))
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Profiles come from YAML text through the real loader; GPUs, unit states and digests are
 the shared value types (mipart.values). Each planner has one block below:
-plan_instances, render_nginx, plan_actions, plan_partitions.
+plan_instances, render_nginx and render_front, plan_actions, plan_partitions.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gpus import PARTS, bdf, logical_gpus
 
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.nginx.conf import render_nginx
+from mipart.nginx.front import render_front
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
@@ -183,6 +184,56 @@ def test_worker_connections_fit_every_instance_full_at_once(service, compute, co
     conf = nginx_conf(f"services:\n  chat: {service}\n", ready=(), compute=compute)
     assert f"worker_connections {connections};" in conf
     assert f"worker_rlimit_nofile {connections * 2};" in conf
+
+
+# -- render_front: the clients' layer, and the back reached over its sockets -------------------------
+
+
+TWO = (
+    'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040", partitions: "0-7"}\n'
+    '  code: {model: org/c, listen: 8041, partitions: "8-15"}\n'
+)
+
+
+def test_the_back_listens_on_a_socket_per_service_and_the_front_on_the_profiles_listeners():
+    prof = profile(TWO)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    back = render_nginx(prof, specs, frozenset(range(16)), Path("/run/test/nginx"))
+    front = render_front(prof, specs, Path("/run/test/nginx"), Path("/run/test/nginx-front"))
+    assert "listen unix:/run/test/nginx/svc-chat.sock;" in back and "listen unix:/run/test/nginx/svc-code.sock;" in back
+    assert "listen 127.0.0.1:8040;" not in back and "keepalive_timeout 0;" in back
+    assert "listen 127.0.0.1:8040;" in front and "listen 0.0.0.0:8041;" in front
+    assert "upstream mipart_back_chat { server unix:/run/test/nginx/svc-chat.sock; }" in front
+    assert "keepalive_timeout 75s;" in front and "pid /run/test/nginx-front/nginx.pid;" in front
+    # every request on a connection of its own to the back, streamed back, its body read first
+    assert (
+        "        keepalive " not in front and "proxy_buffering off;" in front and "proxy_request_buffering on;" in front
+    )
+    # the back down: the same JSON 503 as the back's own for no ready instance
+    assert "error_page 502 504 = @unavailable;" in front
+    answers = re.compile(r"return 503 '([^']*)';")
+    assert answers.findall(front) == answers.findall(back) and len(answers.findall(front)) == 2
+    worker_connections = re.compile(r"worker_connections \d+;")
+    assert worker_connections.findall(front) == worker_connections.findall(back)
+
+
+def test_membership_leaves_the_front_alone_and_a_listener_changes_it():
+    prof = profile(TWO)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    fronts = {render_front(prof, specs, Path("/b"), Path("/f"))} | {
+        render_front(prof, specs[:3], Path("/b"), Path("/f"))
+    }
+    assert len({render_nginx(prof, specs, frozenset(ready), Path("/b")) for ready in ((), (0,), (0, 1))}) == 3
+    assert len(fronts) == 2  # planned instances size it; which are ready does not reach it
+    moved = profile(TWO.replace("8041", "8042"))
+    assert render_front(moved, specs, Path("/b"), Path("/f")) not in fronts
+
+
+def test_direct_the_back_serves_the_listeners_too_during_a_handover():
+    prof = profile(CHAT)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    conf = render_nginx(prof, specs, frozenset(range(16)), Path("/run/test/nginx"), direct=True)
+    assert "        listen unix:/run/test/nginx/svc-chat.sock;\n        listen 127.0.0.1:8040;\n" in conf
 
 
 # -- plan_actions: start, stop, restart from specs, unit states and running digests ---------------

@@ -1,10 +1,12 @@
-"""Every registered runner satisfies the runner protocol, by name and by signature."""
+"""Every registered runner satisfies the runner protocol, by name and by signature; what a runner relies on
+before it starts nginx."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,8 @@ import time
 import pytest
 
 from mipart.daemon.specfiles import remove_stale_specs
+from mipart.nginx.files import NginxFiles
+from mipart.nginx.launcher import remove_stale_sockets
 from mipart.runners import RUNNERS, make_runner, procfs
 from mipart.runners.base import Runner
 
@@ -79,3 +83,21 @@ def test_a_tag_that_is_not_ascii_digits_is_not_an_instance(tmp_path):
     (tmp_path / "instances" / "5.json").write_text("{}")
     remove_stale_specs(tmp_path, keep=[])
     assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == ["\u00b2.json"]
+
+
+def test_a_stale_socket_file_goes_and_a_live_one_stays(tmp_path):
+    """A master that inherited its unix socket leaves the file behind when it stops, and nginx cannot
+    bind() over it: before a master starts, a socket file of its config that no socket listens on goes."""
+    files = NginxFiles(tmp_path)
+    live, stale = tmp_path / "svc-live.sock", tmp_path / "svc-stale.sock"
+    files.conf.write_text(f"    listen unix:{live};\n    listen unix:{stale};\n")
+    listening, closed = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    try:
+        listening.bind(str(live))
+        listening.listen()
+        closed.bind(str(stale))
+        closed.close()  # its file stays, no one listens
+        remove_stale_sockets(files)
+        assert live.is_socket() and not stale.exists()
+    finally:
+        listening.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -24,12 +23,11 @@ from mipart.errors import UserError
 from mipart.log import Log
 from mipart.nginx import procs as nginx_procs
 from mipart.nginx.conf import generation_of
-from mipart.nginx.files import NginxFiles, NginxRejected, install_config
+from mipart.nginx.files import NginxFiles, NginxRejected, install_config, unix_listeners
 from mipart.runners.base import Runner
 
 # A reload whose old workers still accept after this is reported; restarts waiting for it go ahead.
 SWITCH_LIMIT = 3.0
-UNIX_LISTEN = re.compile(r"^\s*listen unix:([^;\s]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class NginxLayer:
             return
         self.state.error = ""
         self.state.generation = generation_of(text)
-        self.sockets = tuple(UNIX_LISTEN.findall(text))
+        self.sockets = unix_listeners(text)
         if self.retry.error:
             self.log.info("nginx.files_ok", file=str(self.files.conf), layer=self.files.layer)
         self.retry.succeeded()

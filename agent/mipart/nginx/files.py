@@ -9,6 +9,7 @@ connections: docs/routing.md) has a prefix of its own.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from mipart.names import NGINX_FRONT_UNIT, NGINX_UNIT
 from mipart.nginx.conf import UPSTREAM_LOG
 from mipart.paths import nginx_front_prefix, nginx_prefix
 
+UNIX_LISTEN = re.compile(r"^\s*listen unix:([^;\s]+)", re.MULTILINE)
 Layer = Literal["back", "front"]
 BACK: Layer = "back"
 FRONT: Layer = "front"
@@ -75,6 +77,11 @@ class NginxFiles:
 
     def argv(self) -> list[str]:
         return [nginx_binary(), "-c", str(self.conf), "-p", str(self.prefix), "-g", "daemon off;"]
+
+
+def unix_listeners(text: str) -> tuple[str, ...]:
+    """The unix socket paths a config listens on."""
+    return tuple(UNIX_LISTEN.findall(text))
 
 
 class NginxRejected(Exception):

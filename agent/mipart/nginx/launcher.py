@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from mipart.errors import UserError
 from mipart.nginx import procs as nginx_procs
-from mipart.nginx.files import BACK, FRONT, Layer, NginxFiles
+from mipart.nginx.files import BACK, FRONT, Layer, NginxFiles, unix_listeners
 
 
 def inherited_sockets(files: NginxFiles) -> list[int]:
@@ -28,7 +28,21 @@ def inherited_sockets(files: NginxFiles) -> list[int]:
     if files.layer == FRONT:
         inherited += back_listeners(NginxFiles.of(BACK, files.prefix.parent))
     nginx_procs.quit_gracefully(strays)  # they close their copies at once; the sockets live on in ours
+    remove_stale_sockets(files)
     return inherited
+
+
+def remove_stale_sockets(files: NginxFiles) -> None:
+    """A unix socket file of the config's that no socket listens on (a master that inherited its socket
+    leaves the file behind when it stops) would make nginx's bind() fail: it goes."""
+    try:
+        paths = unix_listeners(files.conf.read_text())
+    except OSError:
+        return  # nginx says so itself
+    bound = nginx_procs.unix_listening_paths()
+    for path in paths:
+        if path not in bound and os.path.exists(path):
+            os.unlink(path)
 
 
 def back_listeners(back: NginxFiles) -> list[int]:

@@ -76,16 +76,9 @@ def listening_sockets(pid: int, unix: bool = True) -> dict[int, int]:
             cols = line.split()
             if len(cols) > 9 and cols[3] == LISTEN_STATE:
                 listening.add(int(cols[9]))
-    for line in _read(pid, "net/unix").splitlines()[1:] if unix else ():
-        cols = line.split()  # Num RefCount Protocol Flags Type St Inode [Path]
-        # One whose file is gone (deleted, its directory moved) is reached by no one: a new master binds afresh.
-        if (
-            len(cols) > 7
-            and int(cols[3], 16) & UNIX_ACCEPTING
-            and cols[5] == UNIX_UNCONNECTED
-            and os.path.exists(cols[7])
-        ):
-            listening.add(int(cols[6]))
+    for inode, path in _unix_listening(pid) if unix else ():
+        if os.path.exists(path):  # one whose file is gone is reached by no one: a new master binds afresh
+            listening.add(inode)
     held = {}
     try:
         fds = os.listdir(PROC / str(pid) / "fd")
@@ -99,6 +92,21 @@ def listening_sockets(pid: int, unix: bool = True) -> dict[int, int]:
         if target.startswith("socket:[") and int(target[8:-1]) in listening:
             held[int(target[8:-1])] = int(fd)
     return held
+
+
+def unix_listening_paths() -> set[str]:
+    """The paths of the listening unix sockets in our network namespace: a socket file no one listens on is stale."""
+    return {path for _, path in _unix_listening(os.getpid())}
+
+
+def _unix_listening(pid: int) -> list[tuple[int, str]]:
+    """(inode, path) of each listening unix socket bound to a path, in PID's network namespace."""
+    found = []
+    for line in _read(pid, "net/unix").splitlines()[1:]:
+        cols = line.split()  # Num RefCount Protocol Flags Type St Inode [Path]
+        if len(cols) > 7 and int(cols[3], 16) & UNIX_ACCEPTING and cols[5] == UNIX_UNCONNECTED:
+            found.append((int(cols[6]), cols[7]))
+    return found
 
 
 def take_fd(pid: int, fd: int) -> int:
