@@ -15,6 +15,7 @@ from mipart.health.generation import GenerationCheck
 from mipart.health.gpu_errors import GpuErrors
 from mipart.health.probe import ProbeResult
 from mipart.health.probes import PROBES, probe
+from mipart.health.progress import SERIES, TokenProgress
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
 
@@ -23,10 +24,12 @@ HEALTH = HealthSpec(timeout=1.0)
 
 
 class Session:
-    """Answers GETs from a list per path: a Response, or an exception to raise."""
+    """Answers GETs from a list per path: a Response, or an exception to raise. The progress probe's
+    series are answered with no request running unless `progress` says otherwise."""
 
-    def __init__(self, **answers):
+    def __init__(self, progress=(Response(200, "vllm:num_requests_running 0\n"),), **answers):
         self.answers = {"/" + path: list(items) for path, items in answers.items()}
+        self.answers[SERIES] = list(progress)
         self.asked: list[str] = []
 
     def get(self, url: str, timeout=None):
@@ -43,16 +46,17 @@ def run(session, health=HEALTH, probes=PROBES) -> ProbeResult:
     return asyncio.run(probe(session, SPEC, health, probes))
 
 
-def test_the_registry_runs_the_gpu_errors_health_endpoint_generation_then_the_queue_depth():
-    assert [p.name for p in PROBES] == ["gpu_errors", "health", "generation", "queue_depth"]
+def test_the_registry_runs_the_gpu_errors_health_endpoint_progress_generation_then_the_queue_depth():
+    assert [p.name for p in PROBES] == ["gpu_errors", "health", "progress", "generation", "queue_depth"]
     assert isinstance(PROBES[0], GpuErrors) and isinstance(PROBES[1], HealthEndpoint)
-    assert isinstance(PROBES[2], GenerationCheck) and isinstance(PROBES[3], QueueDepth)
+    assert isinstance(PROBES[2], TokenProgress) and isinstance(PROBES[3], GenerationCheck)
+    assert isinstance(PROBES[4], QueueDepth)
 
 
-def test_healthy_without_a_queue_limit_reads_no_metrics():
+def test_healthy_without_a_queue_limit_reads_only_the_progress_series():
     session = Session(health=[Response(200)])
     assert run(session) == ProbeResult(True, "")
-    assert session.asked == ["/health"]
+    assert session.asked == ["/health", SERIES]
 
 
 def test_a_refusal_stops_the_round():
@@ -84,12 +88,13 @@ def test_a_server_that_does_not_answer(error, words):
     assert run(
         Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)
     ) == ProbeResult(False, words)
+    assert run(Session(progress=[error], health=[Response(200)])) == ProbeResult(False, words)
 
 
 def test_a_closed_keep_alive_connection_gets_one_retry():
     session = Session(health=[aiohttp.ServerDisconnectedError(), Response(200)])
     assert run(session) == ProbeResult(True, "")
-    assert session.asked == ["/health", "/health"]
+    assert session.asked == ["/health", "/health", SERIES]
     session = Session(health=[aiohttp.ServerDisconnectedError()])
     assert run(session) == ProbeResult(False, "/health failed: ServerDisconnectedError")
     assert session.asked == ["/health", "/health"]

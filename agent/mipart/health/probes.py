@@ -13,6 +13,7 @@ from mipart.health.endpoint import HealthEndpoint
 from mipart.health.generation import GenerationCheck
 from mipart.health.gpu_errors import GpuErrors
 from mipart.health.probe import Probe, ProbeResult
+from mipart.health.progress import TokenProgress
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that neve
 PROBES: tuple[Probe, ...] = (
     GpuErrors(),
     HealthEndpoint(),
+    TokenProgress(),
     GenerationCheck(),
     QueueDepth(),
 )

@@ -162,6 +162,8 @@ ROWS: tuple[Key, ...] = (
     # The backoff doubles per restart: 2**1000 still fits a float, and nobody waits that many out.
     _key("health.max_restarts", "integer", "5", "1..1000", "restarts in a row without ready before `failed`"),
     _key("health.queue_depth_limit", "integer", None, "1..1000000", "waiting requests over this: `degraded`"),
+    _key("health.stall_after", "duration", "60s", "1s..1d",
+         "requests running, no token generated or prefilled this long: out of rotation, restarted"),
     _key("api", "mapping", None, "", "the agent's read-only status API"),
     _key("api.listen", "api listen", DEFAULT_API_LISTEN, "", "where the API listens; off loopback, it is logged"),
 )

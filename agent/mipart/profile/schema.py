@@ -119,6 +119,7 @@ class HealthSpec:
     restart_backoff_max: float = 60.0
     max_restarts: int = 5
     queue_depth_limit: int | None = None
+    stall_after: float = 60.0  # requests running and no token made this long: wedged (health/progress.py)
     generation_probes: tuple[tuple[str, GenerationProbe], ...] = ()  # by service, from the services' health:
 
     def generation_probe(self, service: str) -> GenerationProbe | None:

@@ -147,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         "--tokens-per-second", type=at_least(0, float), default=50.0, help="Generation speed per request; 0 = instant."
     )
     parser.add_argument(
+        "--first-token-delay",
+        type=at_least(0, float),
+        default=0.0,
+        metavar="SECONDS",
+        help="Each request's first token comes this long after it is admitted (a long prefill), then it streams.",
+    )
+    parser.add_argument(
         "--max-tokens-default",
         type=at_least(1, int),
         default=16,
@@ -180,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         port=args.port,
         model=args.served_model_name or args.model,
         startup_delay=args.startup_delay,
+        first_token_delay=args.first_token_delay,
         tokens_per_second=args.tokens_per_second,
         max_tokens_default=args.max_tokens_default,
         fault=args.fault,

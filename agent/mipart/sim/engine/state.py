@@ -23,6 +23,7 @@ class EngineConfig:
     port: int = 8000
     model: str = "fake-model"
     startup_delay: float = 0.0
+    first_token_delay: float = 0.0
     tokens_per_second: float = 50.0
     max_tokens_default: int = 16
     fault: str = "none"
