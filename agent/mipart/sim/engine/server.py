@@ -127,6 +127,10 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: "
         "wedged).",
     )
+
+    def seconds(flag: str, help_text: str) -> None:
+        parser.add_argument(flag, type=at_least(0, float), default=0.0, metavar="SECONDS", help=help_text)
+
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
     parser.add_argument("--port", required=True, type=at_least(1, int), help="Port to listen on.")
     parser.add_argument(
@@ -136,22 +140,13 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
     parser.add_argument(
         "--tensor-parallel-size", type=at_least(1, int), default=1, help="Accepted as vLLM does; the fake has no GPUs."
     )
-    parser.add_argument(
-        "--startup-delay",
-        type=at_least(0, float),
-        default=0.0,
-        metavar="SECONDS",
-        help="Do not listen at all until this has elapsed (model loading).",
-    )
+    seconds("--startup-delay", "Do not listen at all until this has elapsed (model loading).")
     parser.add_argument(
         "--tokens-per-second", type=at_least(0, float), default=50.0, help="Generation speed per request; 0 = instant."
     )
-    parser.add_argument(
+    seconds(
         "--first-token-delay",
-        type=at_least(0, float),
-        default=0.0,
-        metavar="SECONDS",
-        help="Each request's first token comes this long after it is admitted (a long prefill), then it streams.",
+        "Each request's first token comes this long after it is admitted (a long prefill), then it streams.",
     )
     parser.add_argument(
         "--max-tokens-default",
@@ -172,13 +167,7 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         help="die: exit 1; hang: never answer again; 503: engine dead, port open; "
         "wedge: /health 200, generations hang.",
     )
-    parser.add_argument(
-        "--fault-after",
-        type=at_least(0, float),
-        default=0.0,
-        metavar="SECONDS",
-        help="When the fault starts, counted from process start.",
-    )
+    seconds("--fault-after", "When the fault starts, counted from process start.")
     args = parser.parse_args(argv)
     if args.port > 65535:
         parser.error("--port must be <= 65535")
