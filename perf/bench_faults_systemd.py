@@ -41,7 +41,14 @@ from system.test_packaging import NEXT  # noqa: E402  (the upgrade's version suf
 
 from mipart.api.client import AgentDown, Api  # noqa: E402
 from mipart.api.contract import Status, to_json  # noqa: E402
-from mipart.names import AGENT_UNIT, NGINX_UNIT, RELOAD_CMD_VAR, SYSFS_ROOT_VAR, instance_unit  # noqa: E402
+from mipart.names import (  # noqa: E402
+    AGENT_UNIT,
+    NGINX_FRONT_UNIT,
+    NGINX_UNIT,
+    RELOAD_CMD_VAR,
+    SYSFS_ROOT_VAR,
+    instance_unit,
+)
 from mipart.sim.fake_profile import FakeEngineProfile, Ports  # noqa: E402
 
 SIM = "/var/lib/mipart-sim"
@@ -92,8 +99,8 @@ class SystemdTarget:
         assert pid, f"{instance_unit(number)} has no main PID"
         return pid
 
-    def master(self) -> int | None:
-        return self.host_pid(NGINX_UNIT)
+    def master(self, front: bool = False) -> int | None:
+        return self.host_pid(NGINX_FRONT_UNIT if front else NGINX_UNIT)
 
     def nginx_conf(self) -> str:
         try:

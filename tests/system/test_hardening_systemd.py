@@ -31,6 +31,7 @@ VLLM = "/opt/vllm"
 TARGETS = {
     "mipart-agent": 5.0,
     "mipart-nginx": 4.0,
+    "mipart-nginx-front": 4.0,
     "mipart-vllm@0": 5.5,
     "mipart-vllm@2": 5.5,
     "mipart-partition": 7.0,
@@ -197,11 +198,12 @@ def test_the_hardened_units_serve_and_score_as_the_unit_files_do(host: Host):
         "NoNewPrivileges": "yes",
     }
     assert host.post(host.values["probe_port"], "test/probe")[0] == 200
-    # nginx: a root master, its workers www-data.
-    master = host.main_pid("mipart-nginx")
-    assert host.status_of(master)["Uid"].split()[0] == "0"
-    workers = m.run(f"ps -o user= --ppid {master}").stdout.split()
-    assert workers and set(workers) == {"www-data"}, workers
+    # nginx, either layer: a root master, its workers www-data.
+    for unit in ("mipart-nginx", "mipart-nginx-front"):
+        master = host.main_pid(unit)
+        assert host.status_of(master)["Uid"].split()[0] == "0"
+        workers = m.run(f"ps -o user= --ppid {master}").stdout.split()
+        assert workers and set(workers) == {"www-data"}, (unit, workers)
     # A native instance: the mipart user, with the render group its nodes need.
     status = host.status_of(host.main_pid("mipart-vllm@0"))
     uid, render = m.run("id -u mipart").stdout.strip(), m.run("getent group render | cut -d: -f3").stdout.strip()

@@ -18,6 +18,7 @@ from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.api.metrics import prometheus_metrics
 from mipart.daemon import probing, routing, specfiles
+from mipart.daemon.nginx_layer import NginxLayer
 from mipart.daemon.notify import status_line
 from mipart.daemon.retry import BACKOFF_MAX, Backoff
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, LayerState
@@ -28,6 +29,7 @@ from mipart.nginx.files import NginxFiles
 from mipart.profile import check_profile
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sum
+from mipart.runners.unit_state import SystemdUnreadable
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets():
@@ -235,6 +237,23 @@ def test_upstream_failures_are_read_from_nginx_log_once(tmp_path):
     assert router.upstream_failures() == {}  # read once
     files.upstream_log.write_text(NGINX_LINES[1] + "\n")  # emptied and written anew
     assert list(router.upstream_failures()) == ["127.0.0.1:21002"]
+
+
+class Unreadable:
+    """A runner whose systemd does not answer (a unit state read killed under the agent's restart)."""
+
+    def nginx_running(self, files):
+        raise SystemdUnreadable("systemctl show failed: exit status -15")
+
+
+def test_an_unreadable_nginx_state_is_no_verdict_and_no_step_failure(tmp_path):
+    files = NginxFiles(tmp_path)
+    files.conf.write_text("# what runs\n")
+    log = Log()
+    layer = NginxLayer(files, Unreadable(), log, LayerState())
+    assert asyncio.run(layer.running()) is None
+    assert asyncio.run(layer.needs_update()) is False  # neither gone nor started again on an unknown
+    assert log.events == []
 
 
 def test_stray_workers_stale_config_and_file_errors_reach_status_api_and_metrics():

@@ -94,8 +94,12 @@ class NginxLayer:
         self.retry.succeeded()
         self.state.files_error = ""
 
-    async def running(self) -> bool:
-        return await asyncio.to_thread(self.runner.nginx_running, self.files)
+    async def running(self) -> bool | None:
+        """None when it cannot be told (systemd unreadable; the agent's unit check says so): no verdict."""
+        try:
+            return await asyncio.to_thread(self.runner.nginx_running, self.files)
+        except UserError:
+            return None
 
     def _failed(self, error: str) -> None:
         self.dirty = self.stale = True  # tried again whole: the config may be in place and nginx not told
@@ -136,7 +140,7 @@ class NginxLayer:
             if found.strays:
                 self._strays_found(found.strays)
         self._confirm(found)
-        if not await self.running():
+        if await self.running() is False:
             self.log.warning("nginx.gone", action="start it with the current config", layer=self.files.layer)
             return True
         return bool(found.strays or self.lost)

@@ -62,7 +62,7 @@ class Router:
 
     async def _handing_over(self) -> bool:
         """The front has never run for this agent, does not run, and a back master still listens on TCP."""
-        if self.front.reloaded or await self.front.running():
+        if self.front.reloaded or await self.front.running() is not False:
             return False
         found = await asyncio.to_thread(nginx_procs.scan, self.back.files.prefix)
         return any(nginx_procs.listening_sockets(master, unix=False) for master in found.masters)
