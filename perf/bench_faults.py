@@ -389,7 +389,6 @@ def run_process(name: str, tmp: Path, args) -> harness.Row:
         return run_case(target, name, FAULTS, tmp, args)
     finally:
         host.close()
-        harness.end_nginx(host)  # after the agent: it would start nginx again
 
 
 def parser(names: list[str]) -> argparse.ArgumentParser:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from common import finish_client
 
-from mipart.nginx import procs as nginx_procs
 from mipart.sim.fake_profile import FakeEngineProfile, Ports
 from mipart.sim.host import SimulatedHost
 
@@ -154,21 +153,6 @@ def fault_profile(ports: Ports, tps: float = 50, delay: float = 0.5, **more) -> 
 def fault_host(work: Path, ports: tuple[int, int], tps: float = 50, delay: float = 0.5) -> SimulatedHost:
     """The issue's host: 2 x MI300X in DPX/NPS2 (4 instances) serving fault_profile."""
     return SimulatedHost(work, fault_profile(Ports.free(16, *ports), tps, delay), gpus=2, expected=INSTANCES)
-
-
-def end_nginx(host: SimulatedHost) -> None:
-    """Every nginx process of the host's: a master whose pid file a fault removed, workers a killed
-    master left. By PID, found as ours by their cwd and command line (nginx.procs)."""
-    import os
-    import signal
-
-    for layer in ("nginx", "nginx-front"):
-        found = nginx_procs.scan(host.run_dir / layer)
-        for pid in found.masters + found.workers + found.strays + found.shutting_down:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # -- the load client, in a process of its own --------------------------------------------------

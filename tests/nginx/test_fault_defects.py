@@ -37,7 +37,6 @@ def serving_host(tmp_path):
     serving = harness.fault_host(tmp_path, TEST_PORTS)
     yield serving
     serving.close()
-    harness.end_nginx(serving)  # after the agent: it would start nginx again
 
 
 def address(host, number: int) -> str:

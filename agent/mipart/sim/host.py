@@ -4,9 +4,10 @@ The demo, the serving tests and the benchmarks all build their host here, so the
 wait and clean up the same way. A host lives in a work dir of its own (the sysfs tree,
 the profile, the agent's run dir and log), and it stops only what it started, by PID:
 the agents it spawned, every process whose environment carries MIPART_RUN_DIR=<its run
-dir> (launchers, servers and their process groups), and both nginx masters (back and front)
-named by their pid files, checked to be ours first. Readiness is read through the agent's
-status API and nginx.conf, and proven by one request through nginx.
+dir> (launchers, servers and their process groups), and both nginx layers' processes, found
+in /proc by their prefix (nginx.procs) or named by their pid files, checked to be ours first.
+Readiness is read through the agent's status API and nginx.conf, and proven by one request
+through nginx.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from mipart.api.contract import InstanceCounts, Instances, R, Status
 from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.nginx import procs as nginx_procs
 from mipart.runners import procfs
 from mipart.sim.fake_profile import SERVICE, ProfileSource
 
@@ -287,12 +289,21 @@ class SimulatedHost:
         """Stop everything this host started, by PID; safe to call more than once."""
         for agent in self.spawned:
             _stop(agent, timeout=10)
-        masters = [m for m in (self.nginx_master(), self.nginx_master("nginx-front")) if m]
+        nginx = self.nginx_processes()
         for pid in procfs.pids():  # launchers and servers carry our run dir in their environment
-            if pid not in (os.getpid(), *masters) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
+            if pid not in (os.getpid(), *nginx) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
                 _kill(pid, group=procfs.session_leader(pid))  # a server's group holds its children
-        for master in masters:
-            _kill(master, group=True)  # its own session: master, workers, old workers
+        for pid in nginx:
+            _kill(pid, group=procfs.session_leader(pid))  # a master's session: its workers, old workers
+
+    def nginx_processes(self) -> list[int]:
+        """Both layers' masters (by pid file, or found in /proc by their prefix when a fault removed the
+        file), their workers and strays: nginx rewrites its environment, so no run dir tag names them."""
+        found = [m for m in (self.nginx_master(), self.nginx_master("nginx-front")) if m]
+        for layer in ("nginx", "nginx-front"):
+            procs = nginx_procs.scan(self.run_dir / layer)
+            found += procs.masters + procs.workers + procs.strays + procs.shutting_down
+        return list(dict.fromkeys(found))
 
 
 def _stop(process: subprocess.Popen, timeout: float) -> None:
