@@ -113,3 +113,18 @@ def collection_copy(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     return dest / COLLECTION
+
+
+def install_collection(bin_dir: Path, dest: Path) -> Path:
+    """Build the collection's artifact and install it under DEST, as docs/fleet.md tells a user; returns
+    the path for ANSIBLE_COLLECTIONS_PATH."""
+    env = tool_env(bin_dir, dest)
+    out = dest / "artifact"
+    _run(["ansible-galaxy", "collection", "build", str(REPO / COLLECTION), "--output-path", str(out)], 300, env=env)
+    [artifact] = out.glob("mipart-host-*.tar.gz")
+    _run(
+        ["ansible-galaxy", "collection", "install", "--offline", str(artifact), "-p", str(dest / "collections")],
+        300,
+        env=env,
+    )
+    return dest / "collections"
