@@ -93,7 +93,15 @@ def live_pids():
         proc.wait()
 
 
-TIER_FOLDERS = ("nginx", "system", "vllm")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
+@pytest.fixture(scope="session")
+def ansible_bin(tmp_path_factory):
+    """bin/ of a venv of this session's own with the pinned ansible-core and ansible-lint (tests/ansible_tools.py)."""
+    from ansible_tools import make_venv
+
+    return make_venv(tmp_path_factory.mktemp("ansible") / "venv")
+
+
+TIER_FOLDERS = ("nginx", "system", "vllm", "ansible")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
 
 
 def pytest_collection_modifyitems(config, items):
