@@ -85,7 +85,7 @@ class SystemdTarget:
         return None
 
     def address(self, number: int) -> str:
-        return f"127.0.0.1:{self.spec.ports.base + number}"
+        return f"unix:/run/mipart/sockets/{number}/http.sock"  # as the machine's agent plans it
 
     def instance_pid(self, number: int) -> int:
         pid = self.host_pid(instance_unit(number))
@@ -182,7 +182,7 @@ def serving(m: Machine, deb: Path, upgrade_deb: Path | None = None) -> SystemdTa
         f"printf '%s\\n' '{SYSFS_ROOT_VAR}={SIM}' '{RELOAD_CMD_VAR}=\"mipart sim reload {SIM}\"' >/etc/default/mipart"
     )
     target = SystemdTarget(
-        m, harness.fault_profile(Ports.free(16, *BENCH_PORTS), python=GUEST_PYTHON), upgrade_deb=upgrade_deb
+        m, harness.fault_profile(Ports.free(*BENCH_PORTS), python=GUEST_PYTHON), upgrade_deb=upgrade_deb
     )
     target.write_profile()
     m.run("systemctl start mipart-partition mipart-agent", timeout=180)

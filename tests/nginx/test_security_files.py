@@ -30,7 +30,7 @@ def table() -> dict[str, int]:
         if match:
             path, mode, owner = match.groups()
             assert owner == "root", line  # the only owner a file under the run dir has
-            rows[path[len(RUN) :].replace("N.", "[0-9]*.")] = int(mode, 8)
+            rows[re.sub(r"(?<![^/])N(?=[./])", "[0-9]*", path[len(RUN) :])] = int(mode, 8)
     return rows
 
 
@@ -44,7 +44,7 @@ def test_the_table_is_there_and_parses():
 def serving_host(tmp_path):
     serving = SimulatedHost(
         tmp_path,
-        FakeEngineProfile(Ports.free(8, low=21000), partitions='"0-1"', hf_home=str(tmp_path / "cache/hf")),
+        FakeEngineProfile(Ports.free(low=21000), partitions='"0-1"', hf_home=str(tmp_path / "cache/hf")),
         expected=2,
     )
     try:

@@ -58,17 +58,17 @@ HTML = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><bod
 def test_another_server_is_one_line_naming_what_it_answered(server, body, code, content_type, answered):
     server.answer("/v1/status", body, code, content_type)
     assert refused("--api", server.address) == (
-        f"mipart: {server.address} does not answer as mipart's status API v1: {answered}; check --api"
+        f"mipart: {server.address} does not answer as mipart's status API v2: {answered}; check --api"
     )
     assert refused("--api", server.address, "--json").endswith(f"{answered}; check --api")
 
 
 def test_another_api_version_is_named(server):
-    newer = {**json.loads(to_json_text(statuses.status())), "api_version": 2}
-    server.answer("/v1/status", json.dumps(newer))
+    older = {**json.loads(to_json_text(statuses.status())), "api_version": 1}
+    server.answer("/v1/status", json.dumps(older))
     assert refused("--api", f"http://{server.address}/") == (
-        f"mipart: {server.address} does not answer as mipart's status API v1: "
-        "/v1/status: api_version 2, but this mipart reads api_version 1; check --api"
+        f"mipart: {server.address} does not answer as mipart's status API v2: "
+        "/v1/status: api_version 1, but this mipart reads api_version 2; check --api"
     )
 
 
@@ -121,7 +121,7 @@ def test_a_server_that_does_not_speak_http_is_named(tmp_path):
         line = refused("--api", f"127.0.0.1:{port}")
         thread.join(timeout=10)
     assert line == (
-        f"mipart: 127.0.0.1:{port} does not answer as mipart's status API v1: "
+        f"mipart: 127.0.0.1:{port} does not answer as mipart's status API v2: "
         '/v1/status: the answer is not HTTP: "SSH-2.0-OpenSSH_9.2p1 Debian-2"; check --api'
     )
 
@@ -132,5 +132,5 @@ def test_an_endless_answer_is_cut_short(server, monkeypatch):
     with pytest.raises(client.NotStatusApi) as caught:
         client.Api(server.address).read(Status)
     assert str(caught.value) == (
-        f"{server.address} does not answer as mipart's status API v1: /v1/status answered 200 with more than 1000 bytes"
+        f"{server.address} does not answer as mipart's status API v2: /v1/status answered 200 with more than 1000 bytes"
     )

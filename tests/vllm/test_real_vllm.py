@@ -84,7 +84,7 @@ class VllmHost(SimulatedHost):
     """The simulated host serving real vLLM servers."""
 
     def __init__(self, tmp: Path, vllm_python: Path, model: Path):
-        super().__init__(tmp, VllmProfile(Ports.free(64, low=TEST_PORTS), vllm_python, model, tmp / "hf"), expected=2)
+        super().__init__(tmp, VllmProfile(Ports.free(low=TEST_PORTS), vllm_python, model, tmp / "hf"), expected=2)
 
     # -- processes: a vLLM server is a process tree. The launcher's tag (its environment)
     # is on the API server and its plain children, but not on the engine core: vLLM's

@@ -76,7 +76,7 @@ def _short(text: str) -> str:
     return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 3] + "..."
 
 
-HEADER = ("UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
+HEADER = ("UNIT", "SERVICE", "GPU", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
 
 
 def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> list[str]:
@@ -142,7 +142,6 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
                 i.unit,
                 i.service,
                 ",".join(map(str, i.logical_gpus)),
-                str(i.port),
                 i.state,
                 relative(_parse_iso(i.since), now),
                 str(i.restarts),
@@ -170,7 +169,6 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
                 spec.unit,
                 spec.service,
                 ",".join(map(str, spec.logical_gpus)),
-                str(spec.port),
                 state,
                 since,
                 "-",
@@ -183,7 +181,7 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
                 "unit": spec.unit,
                 "service": spec.service,
                 "model": spec.served_model_name,
-                "port": spec.port,
+                "address": spec.address,
                 "logical_gpus": list(spec.logical_gpus),
                 "physical_gpus": list(spec.physical_gpus),
                 "active_state": props.get("ActiveState") if props else None,

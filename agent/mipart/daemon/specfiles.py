@@ -1,4 +1,6 @@
-"""The instance files under /run/mipart/instances/: what each launcher reads at start.
+"""The instance files under /run/mipart/instances/: what each launcher reads at start; and the
+two directories the launchers write in, root's and 0755: sockets/ (each instance's socket
+directory, serving.dirs) and launched/ (the launchers' records, runners.records).
 
 Blocking file I/O: the agent calls these from a worker thread. Nothing here raises on a
 damaged run dir (instances/ replaced by a file, a spec path taken by a directory, a full
@@ -18,11 +20,17 @@ from mipart.daemon.snapshot import AgentStatus
 from mipart.envfile import EnvFileError
 from mipart.fsutil import write_atomic
 from mipart.log import Log
-from mipart.paths import instance_env_path, instance_spec_path
+from mipart.paths import instance_env_path, instance_spec_path, sockets_dir
+from mipart.runners.records import launched_dir
 from mipart.serving.spec import InstanceSpec
 
 # A spec and an env file carry the instance's env, which may hold a token: only root (the launcher) reads them.
 SPEC_MODE = 0o600
+LAUNCHER_DIR_MODE = 0o755  # nginx's workers pass through sockets/; the agent reads launched/
+
+
+def launcher_dirs(run_dir: Path) -> tuple[Path, ...]:
+    return sockets_dir(run_dir), launched_dir(run_dir)
 
 
 def instance_files(run_dir: Path, spec: InstanceSpec) -> dict[Path, str]:
@@ -38,6 +46,11 @@ def write_specs(run_dir: Path, specs: Mapping[int, InstanceSpec]) -> str:
     Returns the first failure ("" when every file is right); the others are still tried.
     """
     problem = ""
+    try:
+        for directory in launcher_dirs(run_dir):
+            directory.mkdir(mode=LAUNCHER_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = describe(exc)
     for spec in specs.values():
         try:
             for path, text in instance_files(run_dir, spec).items():
@@ -81,9 +94,9 @@ def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log: Log) 
         if not instance_spec_path(n, run_dir).is_file()
         or (spec.container and not instance_env_path(n, run_dir).is_file())
     ]
-    if not missing:
+    if not missing and all(d.is_dir() for d in launcher_dirs(run_dir)):
         return ""
-    log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")
+    log.warning("files.missing", specs=",".join(map(str, missing)) or "none", action="rewrite")
     return write_specs(run_dir, specs)
 
 
