@@ -47,8 +47,8 @@ def opener(tmp_path, monkeypatch):
     run = tmp_path / "run"
     monkeypatch.setenv(RUN_DIR_VAR, str(run))
 
-    def start(paths: list[str], instance: int | None = None) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths)}
+    def start(paths: list[str], instance: int | None = None, tags: dict | None = None) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(tags or {})}
         proc = subprocess.Popen(
             [sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -193,6 +193,18 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
     assert read_state(root).counters == {"writes": 0, "reloads": 0}
     record = json.loads((tmp_path / "run/partition.json").read_text())
     assert record["ok"] is False and "systemctl reload mipart-agent" in record["error"]
+
+
+def test_a_process_that_only_carries_an_instances_tags_is_not_one(seed_root, opener, tmp_path):
+    """Any user can put MIPART_INSTANCE in an environment; only the launcher's record makes an instance."""
+    root = seed_root
+    proc = opener(devices(root, 128), tags={"MIPART_INSTANCE": "0", RUN_DIR_VAR: str(tmp_path / "run")})
+    sim = SimRoot(root.parent)
+    done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"mipart: GPUs in use: PID {proc.pid} (python, no unit) on GPU 0; nothing was changed"
+    )
 
 
 def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root, opener, tmp_path):

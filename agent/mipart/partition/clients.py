@@ -35,30 +35,12 @@ class Holder:
         return f"PID {self.pid} ({self.command}, {where}) on GPU {gpus}"
 
 
-def cgroup_of(pid: int) -> str | None:
-    """The process's control group as the kernel reports it (the unified line, else systemd's own)."""
-    try:
-        lines = (PROC / str(pid) / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    paths = {hierarchy: path for hierarchy, _, path in (line.partition(":")[2].partition(":") for line in lines)}
-    return paths.get("") or paths.get("name=systemd")
-
-
-def unit_in(cgroup: str | None) -> str | None:
-    """The unit a control group path names (its last .service or .scope): only a claim until systemd confirms it."""
-    for part in reversed((cgroup or "").split("/")):
-        if part.endswith((".service", ".scope")):
-            return part
-    return None
-
-
 def confirmed_units(cgroups: dict[int, str | None]) -> dict[int, str]:
     """pid -> its unit, where the process's control group is the one systemd made for that system unit.
 
     A name alone proves nothing: a user's own manager runs units of any name (under user@UID.service),
     so a unit counts only when systemd's ControlGroup for it is exactly the process's."""
-    claimed = {pid: unit for pid, cgroup in cgroups.items() if (unit := unit_in(cgroup)) is not None}
+    claimed = {pid: unit for pid, cgroup in cgroups.items() if (unit := procfs.unit_in(cgroup)) is not None}
     try:
         groups = unit_state.show(sorted(set(claimed.values())), ("ControlGroup",))
     except unit_state.SystemdUnreadable:
@@ -74,7 +56,7 @@ def launched_instance(pid: int, launches: dict[int, records.Launch]) -> int | No
 
 
 def describe_holders(users: list[GpuUser]) -> list[Holder]:
-    cgroups = {user.pid: cgroup_of(user.pid) for user in users}
+    cgroups = {user.pid: procfs.cgroup_of(user.pid) for user in users}
     units = confirmed_units(cgroups) if users else {}
     launches = records.launches(run_dir()) if users else {}
     holders = []

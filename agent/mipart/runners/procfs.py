@@ -49,6 +49,33 @@ def session_of(pid: int) -> int | None:
     return int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
 
 
+def cgroup_of(pid: int) -> str | None:
+    """The process's control group as the kernel reports it (the unified line, else systemd's own)."""
+    try:
+        lines = (PROC / str(pid) / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    paths = {hierarchy: path for hierarchy, _, path in (line.partition(":")[2].partition(":") for line in lines)}
+    return paths.get("") or paths.get("name=systemd")
+
+
+def unit_in(cgroup: str | None) -> str | None:
+    """The unit a control group path names (its last .service or .scope): only a claim until systemd confirms it."""
+    for part in reversed((cgroup or "").split("/")):
+        if part.endswith((".service", ".scope")):
+            return part
+    return None
+
+
+def netns_of(pid: int | str) -> tuple[int, int] | None:
+    """The network namespace a process is in, as (device, inode) of /proc/PID/ns/net."""
+    try:
+        info = os.stat(PROC / str(pid) / "ns" / "net")
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def uid_of(pid: int) -> int | None:
     """The real uid, as the kernel maps it into our user namespace (/proc/PID/status)."""
     try:
