@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from mipart.nginx import procs
-from mipart.nginx.files import NginxFiles, nginx_binary
+from mipart.nginx.files import TEMP_DIRS, NginxFiles, nginx_binary
 from mipart.runners import procfs
 from mipart.runners.process import ProcessRunner
 from mipart.sim.ports import free_block
@@ -35,30 +35,20 @@ user www-data;
 pid {prefix}/nginx.pid;
 error_log stderr notice;
 events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{ listen 127.0.0.1:{port}; return 200 "ours\\n"; }}
-}}
+http {{ access_log off; {temp} server {{ listen 127.0.0.1:{port}; return 200 "ours\\n"; }} }}
 """
 EVIL = """\
-{user}pid {home}/nginx.pid;
+{user}pid {prefix}/nginx.pid;
 worker_processes 1;
 events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {home}/cb;
-    proxy_temp_path {home}/p;
-    fastcgi_temp_path {home}/f;
-    uwsgi_temp_path {home}/u;
-    scgi_temp_path {home}/s;
-    server {{ listen {port} reuseport; return 200 "evil\\n"; }}
-}}
+http {{ access_log off; {temp} server {{ listen {port} reuseport; return 200 "evil\\n"; }} }}
 """
+
+
+def conf(template: str, prefix: Path, **values) -> str:
+    """A private nginx config with its temporary directories under `prefix`."""
+    temp = " ".join(f"{name}_temp_path {prefix}/{name};" for name in TEMP_DIRS)
+    return template.format(prefix=prefix, temp=temp, **values)
 
 
 def old_rule(pid: int, prefix: Path) -> bool:
@@ -81,7 +71,7 @@ def ours():
     run.chmod(0o755)
     prefix = Prefix(run / "nginx", free_block(1, low=21000))
     prefix.path.mkdir(mode=0o755)
-    (prefix.path / "nginx.conf").write_text(OURS.format(prefix=prefix.path, port=prefix.port))
+    (prefix.path / "nginx.conf").write_text(conf(OURS, prefix.path, port=prefix.port))
     yield prefix
     shutil.rmtree(run, ignore_errors=True)
 
@@ -95,9 +85,7 @@ def fake_stray(ours):
         home = Path(tempfile.mkdtemp(prefix="evil-"))
         os.chown(home, NOBODY, NOBODY)
         port = free_block(1, low=22000)
-        (home / "nginx.conf").write_text(
-            EVIL.format(user="user root root;\n" if own_netns else "", home=home, port=port)
-        )
+        (home / "nginx.conf").write_text(conf(EVIL, home, user="user root root;\n" if own_netns else "", port=port))
         drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         argv = [*drop, *(["unshare", "-Urn"] if own_netns else []), nginx_binary()]
         argv += ["-e", str(home / "error.log"), "-c", str(home / "nginx.conf"), "-g", "daemon off;"]
