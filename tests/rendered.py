@@ -13,16 +13,18 @@ from mipart.names import RUN_DIR_VAR
 from mipart.serving.spec import InstanceSpec
 
 
-def render_run_dir(tmp_path: Path, sim_env: dict, chat: str) -> Path:
-    """CHAT: the fields of service `chat`, as YAML flow text. Instances run as root, cache in tmp_path.
+def render_run_dir(tmp_path: Path, sim_env: dict, chat: str, instances: str = "") -> Path:
+    """CHAT: the fields of service `chat`, as YAML flow text. Instances run as root, cache in tmp_path,
+    unless INSTANCES (the `instances:` mapping, as YAML flow text) says otherwise.
 
     The specs are the ones `mipart plan` shows for a run dir of the test's own (their sockets are
     under it), written by the agent's own writer, which also makes sockets/ and launched/."""
+    default = f"{{user: root, hf_home: {json.dumps(str(tmp_path / 'hf'))}}}"
     profile = tmp_path / "profile.yaml"
     profile.write_text(
         "version: 1\ngpus: {compute: DPX, memory: NPS2}\nservices:\n"
         f"  chat: {{model: org/m, listen: 8040, {chat}}}\n"
-        f"instances: {{user: root, hf_home: {json.dumps(str(tmp_path / 'hf'))}}}\n"
+        f"instances: {instances or default}\n"
     )
     run = tmp_path / "run-dir"
     done = mipart("plan", "--json", "--profile", profile, env={**sim_env, RUN_DIR_VAR: str(run)})
