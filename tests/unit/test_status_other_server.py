@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -134,3 +136,37 @@ def test_an_endless_answer_is_cut_short(server, monkeypatch):
     assert str(caught.value) == (
         f"{server.address} does not answer as mipart's status API v2: /v1/status answered 200 with more than 1000 bytes"
     )
+
+
+def test_a_listener_another_user_holds_is_not_asked(tmp_path):
+    """Issue 20: any user may listen where the agent would (while it retries its bind) and answer "all
+    ready". The kernel says whose socket it is; root's (the agent's) or our own are believed."""
+    from mipart.sim.ports import free_block
+
+    port = free_block(1, low=21000)
+    hold = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(60)"
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    squatter = subprocess.Popen([*drop, sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout.readline().strip() == "up"
+        assert refused("--api", f"127.0.0.1:{port}") == (
+            f"mipart: 127.0.0.1:{port} does not answer as mipart's status API v2: its listener belongs to uid 65534, "
+            "not root (the agent's user); check --api"
+        )
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_what_the_servers_logged_reaches_the_terminal_without_its_control_characters(server):
+    """A server's last log line is shown as LAST ERROR: an escape sequence in it must not drive the terminal."""
+    from dataclasses import replace
+
+    from mipart.api.contract import Instances
+
+    server.answer("/v1/status", to_json_text(statuses.status()))
+    evil = replace(statuses.instance(0, "unhealthy"), last_error="boom\x1b[2J\x1b]0;owned\x07 \u202eevil")
+    server.answer("/v1/instances", to_json_text(Instances((evil, *statuses.instances(4).instances[1:]))))
+    done = mipart("status", "--api", server.address)
+    assert "boom?[2J?]0;owned? ?evil" in done.stdout
+    assert not any(c in done.stdout for c in "\x1b\x07\u202e")

@@ -18,6 +18,7 @@ from mipart.api.contract import Instance, Instances, Status, to_json
 from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
+from mipart.listeners import printable
 from mipart.names import DEFAULT_API_LISTEN
 from mipart.profile.schema import Routing
 
@@ -220,7 +221,7 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
         answer = {"answering": True, "api": target.label}
         click.echo(json.dumps({"agent": answer, "status": to_json(st), "instances": to_json(instances)}, indent=2))
     else:
-        click.echo("\n".join(format_live(st, instances, target.label)))
+        click.echo("\n".join(map(printable, format_live(st, instances, target.label))))
     return 0 if st.instances.in_rotation == st.instances.total else EXIT_NOT_READY  # degraded still serves
 
 
@@ -255,7 +256,7 @@ def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
             json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2)
         )
     else:
-        click.echo("\n".join(lines))
+        click.echo("\n".join(map(printable, lines)))  # the last errors are the servers' own log lines
     return EXIT_NOT_READY
 
 
