@@ -85,7 +85,7 @@ class SystemdTarget:
         return None
 
     def address(self, number: int) -> str:
-        return f"unix:/run/mipart/sockets/{number}/http.sock"  # as the machine's agent plans it
+        return f"unix:/run/mipart-vllm/sockets/{number}/http.sock"  # as the machine's agent plans it
 
     def instance_pid(self, number: int) -> int:
         pid = self.host_pid(instance_unit(number))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from conftest import mipart
 
-from mipart.daemon.specfiles import write_specs
-from mipart.names import RUN_DIR_VAR
+from mipart.daemon.specfiles import make_launcher_dirs, write_specs
+from mipart.names import RUN_DIR_VAR, SERVING_DIR_VAR
 from mipart.serving.spec import InstanceSpec
 
 
@@ -17,8 +17,9 @@ def render_run_dir(tmp_path: Path, sim_env: dict, chat: str, instances: str = ""
     """CHAT: the fields of service `chat`, as YAML flow text. Instances run as root, cache in tmp_path,
     unless INSTANCES (the `instances:` mapping, as YAML flow text) says otherwise.
 
-    The specs are the ones `mipart plan` shows for a run dir of the test's own (their sockets are
-    under it), written by the agent's own writer, which also makes sockets/ and launched/."""
+    The specs are the ones `mipart plan` shows (their sockets under sim_env's serving dir), written
+    into a run dir of the test's own by the agent's own writer, which also makes the serving dir's
+    sockets/ and launched/."""
     default = f"{{user: root, hf_home: {json.dumps(str(tmp_path / 'hf'))}}}"
     profile = tmp_path / "profile.yaml"
     profile.write_text(
@@ -30,5 +31,5 @@ def render_run_dir(tmp_path: Path, sim_env: dict, chat: str, instances: str = ""
     done = mipart("plan", "--json", "--profile", profile, env={**sim_env, RUN_DIR_VAR: str(run)})
     assert done.returncode == 0, done.stderr
     specs = {s["number"]: InstanceSpec.from_json(s) for s in json.loads(done.stdout)["instances"]}
-    assert write_specs(run, specs) == ""
+    assert make_launcher_dirs(Path(sim_env[SERVING_DIR_VAR])) == "" and write_specs(run, specs) == ""
     return run

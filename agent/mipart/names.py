@@ -12,14 +12,19 @@ AGENT_UNIT = "mipart-agent.service"
 
 DEFAULT_PROFILE = "/etc/mipart/profile.yaml"
 DEFAULT_RUN_DIR = "/run/mipart"
+# What lives with the servers, apart from the agent's run dir, which the agent writes again when
+# it is deleted (docs/faults.md): each instance's socket directory and the launchers' records.
+DEFAULT_SERVING_DIR = "/run/mipart-vllm"
 DEFAULT_STATE_DIR = "/var/lib/mipart"  # survives reboots: the default model cache, each instance's HOME
 # Under the run dir: the profile `mipart bench sweep` runs a layout with; read before --profile when present.
 PROFILE_OVERRIDE = "profile.override.yaml"
 SWEEP_LOCK = "bench-sweep.lock"  # held (flock) by the one sweep that owns the override
-# Under the run dir: instance N listens on SOCKETS_DIR/N/INSTANCE_SOCKET, a directory only the
-# instance and nginx's workers may enter (serving/sockets.py, docs/security.md).
+# Under the serving dir: instance N listens on SOCKETS_DIR/N/INSTANCE_SOCKET, a directory only the
+# instance and nginx's workers may enter (serving/dirs.py, docs/security.md); LAUNCHED_DIR holds
+# the launchers' records (runners/records.py).
 SOCKETS_DIR = "sockets"
 INSTANCE_SOCKET = "http.sock"
+LAUNCHED_DIR = "launched"
 # nginx's workers run as this user (nginx.conf's `user` line), and the instances' socket
 # directories belong to its group: Debian's base-passwd has www-data on every host.
 NGINX_WORKER_USER = "www-data"
@@ -38,6 +43,7 @@ CONTAINER_RUNTIMES = ("docker", "podman")  # clients that run as root and get a 
 # Environment the launcher and runners use. The tags name a server's instance and run dir for
 # people and test cleanup; mipart itself trusts no environment (runners/records.py).
 RUN_DIR_VAR = "MIPART_RUN_DIR"
+SERVING_DIR_VAR = "MIPART_SERVING_DIR"
 STATE_DIR_VAR = "MIPART_STATE_DIR"
 SYSFS_ROOT_VAR = "MIPART_SYSFS_ROOT"
 RELOAD_CMD_VAR = "MIPART_RELOAD_CMD"

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from mipart.names import (
     DEFAULT_RUN_DIR,
+    DEFAULT_SERVING_DIR,
     DEFAULT_STATE_DIR,
     INSTANCE_SOCKET,
+    LAUNCHED_DIR,
     PROFILE_OVERRIDE,
     RUN_DIR_VAR,
+    SERVING_DIR_VAR,
     SOCKETS_DIR,
     STATE_DIR_VAR,
     SWEEP_LOCK,
@@ -38,13 +41,23 @@ def nginx_prefix(base: Path | None = None) -> Path:
     return (base or run_dir()) / "nginx"
 
 
-def sockets_dir(base: Path | None = None) -> Path:
+def serving_dir() -> Path:
+    """Root's, 0755: what lives with the servers (sockets, launch records), apart from the run dir."""
+    return Path(os.environ.get(SERVING_DIR_VAR, DEFAULT_SERVING_DIR))
+
+
+def sockets_dir(serving: Path | None = None) -> Path:
     """Root's, 0755: holds one directory per instance, which only that instance and nginx's workers enter."""
-    return (base or run_dir()) / SOCKETS_DIR
+    return (serving or serving_dir()) / SOCKETS_DIR
+
+
+def launched_dir(serving: Path | None = None) -> Path:
+    """Root's, 0755: the launchers' records of the servers they exec'd (runners.records)."""
+    return (serving or serving_dir()) / LAUNCHED_DIR
 
 
 def instance_socket(number: int, sockets: Path) -> Path:
-    """Where instance N listens (sockets: sockets_dir of the run dir)."""
+    """Where instance N listens (sockets: sockets_dir of the serving dir)."""
     return sockets / str(number) / INSTANCE_SOCKET
 
 

@@ -1,6 +1,6 @@
 """How the agent talks to instances: HTTP/1.1 over their unix sockets, every read bounded.
 
-Instances listen only on `<run dir>/sockets/N/http.sock` (serving.spec), where no other user
+Instances listen only on `<serving dir>/sockets/N/http.sock` (serving.spec), where no other user
 can listen. One request per connection (`Connection: close`): a unix connection costs no
 handshake, and nothing is pooled. Each answer is read with a bound, a header block of
 HEAD_LIMIT and a body of the caller's `limit`: an instance that sends more, or something that

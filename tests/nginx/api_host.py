@@ -58,7 +58,7 @@ class SimApiHost:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         sim = create_sim(tmp, model="mi300x", gpus=8, compute="DPX", memory="NPS2")
-        self.root, self.run_dir, self.env = sim.root, sim.run_dir, sim.env
+        self.root, self.run_dir, self.serving_dir, self.env = sim.root, sim.run_dir, sim.serving_dir, sim.env
         self.run_dir.mkdir()
         self.api_port = free_port()
         self.api = f"127.0.0.1:{self.api_port}"
@@ -75,7 +75,8 @@ class SimApiHost:
         agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
         assert agent.load_profile()
         agent.specs = {
-            s.number: s for s in plan_instances(agent.profile, discover(self.root).logical, self.run_dir / "sockets")
+            s.number: s
+            for s in plan_instances(agent.profile, discover(self.root).logical, self.serving_dir / "sockets")
         }
         now = time.time()
         agent.health = {n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mipart.names import RUN_DIR_VAR
+from mipart.names import RUN_DIR_VAR, SERVING_DIR_VAR
 
 from .api_host import FakeInstances, LiveApi, SimApiHost
 
@@ -14,6 +14,7 @@ def sim_api_host(tmp_path, monkeypatch) -> SimApiHost:
     """A simulated host with an Agent filled in by hand: 16 instances in every state, no processes
     but their sockets, which answer /metrics (sim_api_host.instances.bodies says what)."""
     monkeypatch.setenv(RUN_DIR_VAR, str(tmp_path / "run"))
+    monkeypatch.setenv(SERVING_DIR_VAR, str(tmp_path / "serving"))
     host = SimApiHost(tmp_path)
     host.instances = FakeInstances([spec.socket for spec in host.agent.specs.values()])
     yield host

@@ -138,7 +138,7 @@ def test_instances_list_and_one(sim_api_host, live_api):
     one = get_json(sim_api_host, "/v1/instances/3")
     assert one == instances[3] and one["api_version"] == 2
     assert one["unit"] == "mipart-vllm@3.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
-    assert "port" not in one and one["address"] == f"unix:{sim_api_host.run_dir}/sockets/3/http.sock"
+    assert "port" not in one and one["address"] == f"unix:{sim_api_host.serving_dir}/sockets/3/http.sock"
     assert one["logical_gpus"] == [3] and one["physical_gpus"] == [1]
     assert one["devices"][0] == "/dev/kfd" and one["devices"][1].startswith("/dev/dri/renderD")
     assert one["restarts"] == 2 and one["last_error"] == "unit failed/failed"

@@ -34,7 +34,7 @@ def serving_host(tmp_path):
 
 def running_digests(host) -> dict[int, str]:
     """The spec digest each live server was started with (the launcher's record of it)."""
-    return {n: launch.digest for n, launch in records.launches(host.run_dir).items()}
+    return {n: launch.digest for n, launch in records.launches(host.serving_dir).items()}
 
 
 def spec_digests(host) -> dict[int, str]:

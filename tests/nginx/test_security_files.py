@@ -31,9 +31,15 @@ from mipart.sim.host import SimulatedHost
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ROW = re.compile(
-    r"\| `(?P<path>(/run/mipart/|/var/lib/mipart/|instances\.hf_home/)[^`]*)` \| [^|]+ \| (?P<mode>[0-7]{4}) \| (?P<owner>[^|]+?) \|"
+    r"\| `(?P<path>(/run/mipart/|/run/mipart-vllm/|/var/lib/mipart/|instances\.hf_home/)[^`]*)` \| [^|]+ \| "
+    r"(?P<mode>[0-7]{4}) \| (?P<owner>[^|]+?) \|"
 )
-PLACES = {"/run/mipart/": "run", "/var/lib/mipart/": "state", "instances.hf_home/": "cache"}
+PLACES = {
+    "/run/mipart/": "run",
+    "/run/mipart-vllm/": "serving",
+    "/var/lib/mipart/": "state",
+    "instances.hf_home/": "cache",
+}
 USER = "nobody"
 
 
@@ -53,7 +59,7 @@ def test_the_table_is_there_and_parses():
     rows = table()
     assert rows[("run", "instances/[0-9]*.json")] == (0o600, "root")
     assert rows[("run", "profile.override.yaml")] == (0o600, "root")
-    assert rows[("run", "sockets/[0-9]*/")] == (0o2750, "the instance")
+    assert rows[("serving", "sockets/[0-9]*/")] == (0o2750, "the instance")
     assert rows[("state", "home/[0-9]*/")] == (0o700, "the instance") and ("cache", "") in rows
     assert {owner for _, owner in rows.values()} == {"root", "the instance", "nginx's workers", "instances.user"}
 
@@ -82,7 +88,7 @@ class Walker(threading.Thread):
 
     def walk(self) -> None:
         for place, root in self.places.items():
-            entries = [root] if place == "cache" else [root, *root.rglob("*")] if place == "run" else root.rglob("*")
+            entries = [root] if place == "cache" else root.rglob("*") if place == "state" else [root, *root.rglob("*")]
             for path in entries:
                 try:
                     info = path.lstat()
@@ -122,7 +128,7 @@ def host():
 
 def test_every_file_mipart_writes_has_the_documented_mode_and_owner(host):
     rows = table()
-    places = {"run": host.run_dir, "state": host.work / "state", "cache": host.work / "hf"}
+    places = {"run": host.run_dir, "serving": host.serving_dir, "state": host.work / "state", "cache": host.work / "hf"}
     walker = Walker(places)
     walker.start()
     sweep = [
@@ -147,11 +153,17 @@ def test_every_file_mipart_writes_has_the_documented_mode_and_owner(host):
         assert mode & ~allowed == 0, f"{place} {relative}: mode {mode:04o}, docs/security.md says at most {allowed:04o}"
         assert uid == owner_uid(owner, relative), f"{place} {relative}: owner uid {uid}, docs/security.md: {owner}"
     seen = {
-        glob
+        (p, glob)
         for place, relative in walker.seen
         for p, glob in rows
         if p == place and fnmatch.fnmatchcase(relative, glob)
     }
-    for must in ("profile.override.yaml", "bench-sweep.lock", "sockets/[0-9]*/http.sock", "launched/[0-9]*.json"):
+    for must in (
+        ("run", "profile.override.yaml"),
+        ("run", "bench-sweep.lock"),
+        ("serving", "sockets/[0-9]*/http.sock"),
+        ("serving", "launched/[0-9]*.json"),
+        ("state", "home/[0-9]*/"),
+        ("cache", ""),
+    ):
         assert must in seen, f"the walk never saw {must}"
-    assert "home/[0-9]*/" in seen and "" in seen  # the HOMEs and the cache

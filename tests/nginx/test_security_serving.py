@@ -69,7 +69,7 @@ def host():
 def test_no_one_else_can_listen_where_an_instance_listens_and_the_instance_comes_up(host):
     """Finding 2: a listener on an instance's port was routed to. Now nobody, and no other instance,
     can make anything in the sockets directory or in an instance's own, before or after it starts."""
-    sockets = host.run_dir / "sockets"
+    sockets = host.serving_dir / "sockets"
     assert as_user(NOBODY, "mkdir", str(sockets)) == "PermissionError"  # before the agent makes it
     host.start_agent()
     host.wait_ready(2)
@@ -87,7 +87,7 @@ def test_an_instance_can_neither_read_another_instances_environment_nor_signal_i
     """Finding 4: every native server ran as `mipart`, so one read another's secret from /proc/PID/environ."""
     host.start_agent()
     host.wait_ready(2)
-    launched = records.launches(host.run_dir)
+    launched = records.launches(host.serving_dir)
     assert {n: launch.uid for n, launch in launched.items()} == {0: 70000, 1: 70001}
     other = launched[1].pid
     assert as_user(70000, "environ", f"/proc/{other}/environ") == "PermissionError"

@@ -27,7 +27,7 @@ from mipart.values import UnitState
 def test_spec_files_are_written_once_restored_and_pruned(tmp_path):
     specfiles.write_specs(tmp_path, SPECS)
     path = tmp_path / "instances" / "2.json"
-    assert json.loads(path.read_text())["socket"] == "/run/mipart/sockets/2/http.sock"
+    assert json.loads(path.read_text())["socket"] == "/run/mipart-vllm/sockets/2/http.sock"
     before = path.stat().st_mtime_ns
     time.sleep(0.01)
     specfiles.write_specs(tmp_path, SPECS)

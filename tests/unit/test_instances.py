@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import mipart
 from rendered import render_run_dir
@@ -27,7 +28,7 @@ def test_one_instance_per_logical_gpu_with_its_own_devices_and_socket(tmp_path, 
     instances = plan["instances"]
     assert [i["number"] for i in instances] == list(range(16))
     third = instances[3]
-    socket = f"{sim_env['MIPART_RUN_DIR']}/sockets/3/http.sock"
+    socket = f"{sim_env['MIPART_SERVING_DIR']}/sockets/3/http.sock"
     assert third["socket"] == socket and "port" not in third
     assert third["render_nodes"] == ["/dev/dri/renderD137"]  # GPU 1, partition 1
     env = dict(third["env"])
@@ -41,7 +42,7 @@ def test_one_instance_per_logical_gpu_with_its_own_devices_and_socket(tmp_path, 
             "listen": "0.0.0.0:8040",
             "model": "org/m",
             "routing": "least_conn",
-            "servers": [f"unix:{sim_env['MIPART_RUN_DIR']}/sockets/{n}/http.sock" for n in range(16)],
+            "servers": [f"unix:{sim_env['MIPART_SERVING_DIR']}/sockets/{n}/http.sock" for n in range(16)],
         }
     ]
 
@@ -72,7 +73,7 @@ def test_containers_get_only_their_own_gpus(tmp_path, sim_env):
     assert "--privileged" not in argv and "/dev/dri" not in argv
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "--device"]
     assert devices == ["/dev/kfd", "/dev/dri/renderD145"]  # logical 5 = GPU 2, partition 1
-    sockets = f"{sim_env['MIPART_RUN_DIR']}/sockets/5"
+    sockets = f"{sim_env['MIPART_SERVING_DIR']}/sockets/5"
     assert "-p" not in argv and argv[argv.index("-v") + 1] == f"{sockets}:{sockets}"  # its socket, at the same path
     assert argv[argv.index("rocm/vllm:latest") + 1 :][:4] == ["sh", "-c", 'umask 0007 && exec "$@"', "mipart-vllm"]
     assert argv[-4:-2] == ["--uds", f"{sockets}/http.sock"]  # the cache's -v is the launcher's (resolved)
@@ -111,7 +112,7 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, sim_env):
     assert files == ["run/mipart/instances/0.json", "run/mipart/instances/1.json", "run/mipart/nginx/nginx.conf"]
     conf = (out / "run/mipart/nginx/nginx.conf").read_text()
     assert "pid /run/mipart/nginx/nginx.pid;" in conf
-    assert "server unix:/run/mipart/sockets/1/http.sock max_fails=1 fail_timeout=2s;" in conf  # host paths
+    assert "server unix:/run/mipart-vllm/sockets/1/http.sock max_fails=1 fail_timeout=2s;" in conf  # host paths
     assert not (tmp_path / "run").exists()  # nothing outside --root
 
 
@@ -129,7 +130,7 @@ def test_launcher_execs_the_server_with_its_spec(tmp_path, sim_env):
     assert "HIP_VISIBLE_DEVICES" not in env and "ROCR_VISIBLE_DEVICES" not in env
     spec = json.loads((run / "instances/2.json").read_text())
     assert "MIPART_SPEC_DIGEST" not in env and spec["argv"][:3] == ["/bin/sh", "-c", "env"]
-    launch = json.loads((run / "launched/2.json").read_text())  # the record the agent trusts instead
+    launch = json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/2.json").read_text())  # what it trusts instead
     assert launch["digest"] == InstanceSpec.from_json({k: v for k, v in spec.items() if k != "version"}).digest()
 
 

@@ -39,7 +39,7 @@ def test_one_instance_per_logical_gpu_numbered_by_it_with_its_socket_and_devices
     specs = plan_instances(profile(CHAT), logical_gpus("DPX"))
     assert [s.number for s in specs] == list(range(16))
     third = specs[3]
-    socket = "/run/mipart/sockets/3/http.sock"
+    socket = "/run/mipart-vllm/sockets/3/http.sock"
     assert (third.socket, third.address, third.unit) == (socket, f"unix:{socket}", "mipart-vllm@3.service")
     assert third.logical_gpus == (3,) and third.physical_gpus == (1,)  # GPU 1, partition 1
     assert third.devices == ("/dev/kfd", "/dev/dri/renderD137")
@@ -53,8 +53,8 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
         logical_gpus("DPX"),
     )
     assert [(s.number, s.logical_gpus, s.physical_gpus, s.socket) for s in specs] == [
-        (8, (8, 9, 10, 11), (4, 5), "/run/mipart/sockets/8/http.sock"),
-        (12, (12, 13, 14, 15), (6, 7), "/run/mipart/sockets/12/http.sock"),
+        (8, (8, 9, 10, 11), (4, 5), "/run/mipart-vllm/sockets/8/http.sock"),
+        (12, (12, 13, 14, 15), (6, 7), "/run/mipart-vllm/sockets/12/http.sock"),
     ]
     assert specs[0].render_nodes == (
         "/dev/dri/renderD160",
@@ -78,7 +78,7 @@ def test_two_services_share_the_host_by_partitions_and_sockets_follow_the_gpu():
 
 def test_a_socket_path_longer_than_a_unix_socket_takes_is_one_clear_error():
     deep = Path("/run/" + "x" * 90 + "/sockets")
-    with pytest.raises(InstancePlanError, match=r"socket .* is longer than 107 bytes, .* use a shorter run dir"):
+    with pytest.raises(InstancePlanError, match=r"socket .* is longer than 107 bytes, .* use a shorter serving dir"):
         plan_instances(profile(CHAT), logical_gpus("DPX"), deep)
 
 
@@ -126,9 +126,9 @@ def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
     conf = nginx_conf(CHAT, ready={0, 2})
     assert "# service chat: 2/16 instances ready" in conf
     # a ready instance leaves every worker's choice for a health interval after one failure (issue 13)
-    assert "server unix:/run/mipart/sockets/0/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
-    assert "server unix:/run/mipart/sockets/2/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
-    assert "server unix:/run/mipart/sockets/1/http.sock down;  # mipart-vllm@1" in conf
+    assert "server unix:/run/mipart-vllm/sockets/0/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
+    assert "server unix:/run/mipart-vllm/sockets/2/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
+    assert "server unix:/run/mipart-vllm/sockets/1/http.sock down;  # mipart-vllm@1" in conf
     assert conf.count(" down;") == 14
     assert "proxy_pass http://mipart_chat;" in conf and "least_conn;" in conf
     assert "proxy_buffering off;" in conf  # streams pass as they come

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mipart.daemon.specfiles import remove_stale_specs
+from mipart.paths import launched_dir
 from mipart.runners import RUNNERS, make_runner, records
 from mipart.runners.base import Runner
 
@@ -54,7 +55,7 @@ def test_each_method_takes_what_the_protocol_says(kind, method):
 def test_a_server_is_found_by_the_launchers_record_never_by_tags_any_process_can_copy(tmp_path):
     """Any local process may carry our tags (and erase them); the record of a launch is root's, and
     names one process by pid and start time."""
-    launched = records.launched_dir(tmp_path)
+    launched = launched_dir(tmp_path)
     launched.mkdir()
     sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
     tagged = {"MIPART_RUN_DIR": str(tmp_path), "MIPART_INSTANCE": "3"}

@@ -72,10 +72,10 @@ def test_a_native_server_runs_as_a_uid_of_its_own_with_the_users_groups_and_a_ho
     assert (int(uid), int(gid), groups.split()) == (70003, NOBODY.pw_gid, [str(NOBODY.pw_gid)])
     assert umask == "0007" and home == str(state / "home/3")
     assert home_stat == f"70003:{NOBODY.pw_gid}:700"
-    sockets = (run / "sockets/3").stat()  # nobody else may even enter it: not other instances, not other users
+    sockets = (Path(sim_env["MIPART_SERVING_DIR"]) / "sockets/3").stat()  # nobody else may even enter it
     assert (sockets.st_uid, sockets.st_gid) == (70003, grp.getgrnam("www-data").gr_gid)
     assert stat.S_IMODE(sockets.st_mode) == 0o2750
-    assert json.loads((run / "launched/3.json").read_text())["uid"] == 70003
+    assert json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/3.json").read_text())["uid"] == 70003
     cache = (open_dir / "hf").stat()
     assert (cache.st_uid, cache.st_gid, stat.S_IMODE(cache.st_mode)) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o2770)
 

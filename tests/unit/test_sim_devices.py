@@ -14,7 +14,8 @@ from conftest import AGENT, SimRoot, mipart
 
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
-from mipart.names import DEVICES_VAR, RELOAD_CMD_VAR, RUN_DIR_VAR
+from mipart.names import DEVICES_VAR, RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR
+from mipart.paths import launched_dir
 from mipart.runners import records
 from mipart.sim import kernel
 from mipart.sim.state import read_state
@@ -42,10 +43,11 @@ def opener(tmp_path, monkeypatch):
     """Start a process that opens device files (as the fake engine does) and waits; killed by PID after.
 
     instance=N: it is instance N's server, as the launcher leaves one: in a session of its own, with
-    the launcher's record of it in the run dir (tmp_path/run, also this process's MIPART_RUN_DIR)."""
+    the launcher's record of it in the serving dir (tmp_path/serving, as SimRoot's env says, also
+    this process's MIPART_SERVING_DIR)."""
     started: list[subprocess.Popen] = []
-    run = tmp_path / "run"
-    monkeypatch.setenv(RUN_DIR_VAR, str(run))
+    serving = tmp_path / "serving"
+    monkeypatch.setenv(SERVING_DIR_VAR, str(serving))
 
     def start(paths: list[str], instance: int | None = None, tags: dict | None = None) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(tags or {})}
@@ -55,8 +57,8 @@ def opener(tmp_path, monkeypatch):
         started.append(proc)
         assert proc.stdout.readline().strip() == "open"
         if instance is not None:
-            records.launched_dir(run).mkdir(parents=True, exist_ok=True)
-            records.write_record(records.launched_dir(run), f"{instance}.json", proc.pid, digest="d", uid=os.getuid())
+            launched_dir(serving).mkdir(parents=True, exist_ok=True)
+            records.write_record(launched_dir(serving), f"{instance}.json", proc.pid, digest="d", uid=os.getuid())
         return proc
 
     yield start

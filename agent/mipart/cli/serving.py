@@ -10,16 +10,16 @@ import click
 from mipart.cli import profile_option
 
 
-def planned(profile_path: str, run: Path | None = None):
+def planned(profile_path: str, serving: Path | None = None):
     """The profile, and what the host will serve under it (serving.planned.PlannedHost), its instances
-    listening under run dir `run` (default: MIPART_RUN_DIR, else /run/mipart)."""
+    listening under serving dir `serving` (default: MIPART_SERVING_DIR, else /run/mipart-vllm)."""
     from mipart.gpu import open_backend
     from mipart.paths import sockets_dir
     from mipart.profile import load_profile
     from mipart.serving.planned import plan_serving
 
     profile = load_profile(profile_path)
-    return profile, plan_serving(profile, open_backend(), sockets_dir(run))
+    return profile, plan_serving(profile, open_backend(), sockets_dir(serving))
 
 
 def _upstreams(profile, specs) -> list[dict]:
@@ -98,12 +98,12 @@ def render(profile_path: str, root: Path, ready: str) -> int:
     """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
     from mipart.daemon.specfiles import SPEC_MODE, instance_files
     from mipart.fsutil import write_atomic
-    from mipart.names import DEFAULT_RUN_DIR
+    from mipart.names import DEFAULT_RUN_DIR, DEFAULT_SERVING_DIR
     from mipart.nginx.conf import render_nginx
     from mipart.paths import nginx_prefix
 
     host_run = Path(DEFAULT_RUN_DIR)
-    profile, host = planned(profile_path, host_run)
+    profile, host = planned(profile_path, Path(DEFAULT_SERVING_DIR))
     specs = host.instances
     up = frozenset(s.number for s in specs) if ready == "all" else frozenset()
     files = {path: (text, SPEC_MODE) for s in specs for path, text in instance_files(host_run, s).items()}

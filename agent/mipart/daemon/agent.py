@@ -32,10 +32,11 @@ from mipart.health.machine import InstanceHealth
 from mipart.log import Log
 from mipart.names import instance_name
 from mipart.nginx.files import NginxFiles
-from mipart.paths import nginx_prefix, sockets_dir
+from mipart.paths import nginx_prefix, serving_dir, sockets_dir
 from mipart.profile.schema import Profile
 from mipart.runners import records
 from mipart.runners.base import Runner
+from mipart.safedirs import UnsafePath
 from mipart.serving.instances import plan_instances
 from mipart.serving.reconcile import Actions, plan_actions
 from mipart.serving.spec import InstanceSpec
@@ -61,13 +62,14 @@ class Agent:
         self.runner = runner
         self.stops_instances = stops_instances  # --stop-on-exit: the caller stops them after loop.run()
         self.run_dir = run_dir
+        self.serving_dir = serving_dir()  # sockets and launch records: apart from the run dir
         self.sysfs_root = sysfs_root
         self.log = log
         self.nginx = NginxFiles(nginx_prefix(run_dir))
         self.notifier = Notifier()
         self.status = AgentStatus()
         self.router = routing.Router(self.nginx, runner, log, self.status)
-        self.spec_files = specfiles.SpecFiles(run_dir, log, self.status)
+        self.spec_files = specfiles.SpecFiles(run_dir, self.serving_dir, log, self.status)
         self.wake = asyncio.Event()
         self.prober = probing.Prober(self.wake.set)
         self.profile: Profile | None = None
@@ -121,7 +123,7 @@ class Agent:
         """Instance specs for the profile on this host's logical GPUs; None (logged) when they do not fit."""
         try:
             logical = (await asyncio.to_thread(discover, self.sysfs_root)).logical
-            specs = {s.number: s for s in plan_instances(self.loaded, logical, sockets_dir(self.run_dir))}
+            specs = {s.number: s for s in plan_instances(self.loaded, logical, sockets_dir(self.serving_dir))}
         except UserError as exc:
             self.status.reconcile_error = str(exc)
             self.log.error("reconcile.failed", reason=str(exc))
@@ -150,7 +152,7 @@ class Agent:
     def _running_digests(self, states: Mapping[int, UnitState]) -> dict[int, str | None]:
         """The spec digest each running server was started with, from the launcher's record of
         that very process (runners.records): None when there is none, so it counts as changed."""
-        launched = records.launches(self.run_dir)
+        launched = records.launches(self.serving_dir)
         found: dict[int, str | None] = {}
         for number, state in states.items():
             if state.main_pid:
@@ -243,7 +245,17 @@ class Agent:
     async def check_files(self) -> bool:
         """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone."""
         await asyncio.to_thread(self.spec_files.restore, self.specs)
+        if not (self.run_dir / records.AGENT).exists():
+            await asyncio.to_thread(self.record_self)
         return await self.router.needs_update()
+
+    def record_self(self) -> None:
+        """The agent's own record in its run dir, by which `mipart bench sweep` finds it (runners.records)."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            records.write_record(self.run_dir, records.AGENT)
+        except (OSError, UnsafePath) as exc:
+            self.log.warning("agent.record_failed", reason=str(exc), action="`mipart bench sweep` cannot find it")
 
     async def probe_all(self, client: InstanceClient, force: bool = False) -> bool:
         health = self.loaded.health

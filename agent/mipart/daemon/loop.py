@@ -23,8 +23,6 @@ from mipart.daemon.profiles import read_profile_off_loop
 from mipart.daemon.retry import Backoff
 from mipart.errors import UserError
 from mipart.health.machine import InstanceHealth
-from mipart.runners import records
-from mipart.safedirs import UnsafePath
 from mipart.unixhttp import InstanceClient
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
@@ -41,7 +39,7 @@ async def run(agent: Agent) -> None:
     loop.add_signal_handler(signal.SIGHUP, _signalled, agent, agent.reload_requested)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _signalled, agent, agent.stopping)
-    _record_self(agent)
+    agent.record_self()
     api = asyncio.create_task(keep_api(agent))  # a squatted address delays the API, never serving
     try:
         await _serve(agent)
@@ -110,15 +108,6 @@ async def keep_api(agent: Agent) -> web.AppRunner:
             agent.log.info("api.listening", listen=listen, after=f"{retry.failures} failed tries")
         agent.status.api_error = ""
         return runner
-
-
-def _record_self(agent: Agent) -> None:
-    """The agent's own record in its run dir, by which `mipart bench sweep` finds it (runners.records)."""
-    try:
-        agent.run_dir.mkdir(parents=True, exist_ok=True)
-        records.write_record(agent.run_dir, records.AGENT)
-    except (OSError, UnsafePath) as exc:
-        agent.log.warning("agent.record_failed", reason=str(exc), action="`mipart bench sweep` cannot find this agent")
 
 
 def _signalled(agent: Agent, event: asyncio.Event) -> None:

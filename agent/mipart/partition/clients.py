@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.names import instance_number
-from mipart.paths import run_dir
+from mipart.paths import serving_dir
 from mipart.runners import procfs, records, unit_state
 from mipart.values import GpuUser
 
@@ -58,7 +58,7 @@ def launched_instance(pid: int, launches: dict[int, records.Launch]) -> int | No
 def describe_holders(users: list[GpuUser]) -> list[Holder]:
     cgroups = {user.pid: procfs.cgroup_of(user.pid) for user in users}
     units = confirmed_units(cgroups) if users else {}
-    launches = records.launches(run_dir()) if users else {}
+    launches = records.launches(serving_dir()) if users else {}
     holders = []
     for user in users:
         try:

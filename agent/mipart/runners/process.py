@@ -18,6 +18,7 @@ from pathlib import Path
 from mipart.names import RUN_DIR_VAR, instance_name
 from mipart.nginx import procs as nginx_procs
 from mipart.nginx.files import NginxFiles
+from mipart.paths import serving_dir
 from mipart.runners import exits, procfs, records
 from mipart.values import UnitState
 
@@ -38,13 +39,14 @@ class ProcessRunner:
 
     def __init__(self, run_dir: Path, log_dir: Path | None = None):
         self.run_dir = run_dir
+        self.serving_dir = serving_dir()
         self.log_dir = log_dir or run_dir / "logs"
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.nginx: subprocess.Popen[bytes] | None = None
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
-        return {n: launch.pid for n, launch in records.launches(self.run_dir).items()}
+        return {n: launch.pid for n, launch in records.launches(self.serving_dir).items()}
 
     def list_instances(self) -> dict[int, UnitState]:
         states = {n: UnitState("active", "running", pid) for n, pid in self._adopted().items()}

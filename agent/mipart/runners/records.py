@@ -2,8 +2,9 @@
 
 A record names a process by its pid and its start time (/proc/PID/stat, in clock ticks since
 boot), so a pid the kernel has since given to another process does not match it. It lives in
-a directory that is root's and writable by root alone (the run dir, or `launched/` under it),
-is written through that directory's descriptor and is read only when root (or we) own it:
+a directory that is root's and writable by root alone (the run dir, or the serving dir's
+`launched/`), is written through that directory's descriptor and is read only when root (or
+we) own it:
 
 - `launched/N.json`: the launcher writes it just before it execs instance N's server (exec
   keeps the pid and the start time), with the spec's digest and the uid the server runs as.
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mipart import safedirs
+from mipart.paths import launched_dir
 from mipart.runners.procfs import alive, start_time
 
-LAUNCHED = "launched"
 AGENT = "agent.json"
 MAX_RECORD = 4096
 MODE = 0o644  # pids and digests: nothing secret
@@ -43,10 +44,6 @@ class Launch:
     pid: int
     digest: str
     uid: int
-
-
-def launched_dir(run_dir: Path) -> Path:
-    return run_dir / LAUNCHED
 
 
 def write_record(directory: Path, name: str, pid: int | None = None, **fields: object) -> None:
@@ -89,15 +86,15 @@ def read_record(path: Path) -> Record | None:
     return Record(pid, start, data)
 
 
-def write_launch(run_dir: Path, number: int, digest: str, uid: int) -> None:
-    """By the launcher, as root, just before it execs the server as `uid`."""
-    write_record(launched_dir(run_dir), f"{number}.json", digest=digest, uid=uid)
+def write_launch(number: int, digest: str, uid: int) -> None:
+    """By the launcher, as root, just before it execs the server as `uid` (in paths.launched_dir)."""
+    write_record(launched_dir(), f"{number}.json", digest=digest, uid=uid)
 
 
-def launches(run_dir: Path) -> dict[int, Launch]:
-    """instance number -> its live server, from the records under `run_dir`."""
+def launches(serving: Path) -> dict[int, Launch]:
+    """instance number -> its live server, from the records under the serving dir `serving`."""
     try:
-        names = os.listdir(launched_dir(run_dir))
+        names = os.listdir(launched_dir(serving))
     except OSError:
         return {}
     found = {}
@@ -105,7 +102,7 @@ def launches(run_dir: Path) -> dict[int, Launch]:
         number = name.removesuffix(".json")
         if not (name.endswith(".json") and number.isascii() and number.isdigit()):
             continue
-        record = read_record(launched_dir(run_dir) / name)
+        record = read_record(launched_dir(serving) / name)
         if record is None:
             continue
         digest, uid = record.fields.get("digest"), record.fields.get("uid")

@@ -1,6 +1,6 @@
 """The directories the launcher gives an instance while it is still root, through descriptors (safedirs).
 
-- its socket directory, `<run dir>/sockets/N`: the server's (or root's, for a container), group
+- its socket directory, `<serving dir>/sockets/N`: the server's (or root's, for a container), group
   nginx's workers, mode 02750, so nobody else may even enter it, let alone listen in it; the
   set-group-ID bit gives the socket that group, and the server's umask (0007) lets the group
   connect. A socket left by the last server is removed: vLLM binds the path without unlinking it;
@@ -41,7 +41,7 @@ def worker_gid() -> int:
 
 
 def prepare_socket_dir(spec: InstanceSpec, uid: int) -> None:
-    """`<run dir>/sockets/N`, uid's, group nginx's workers, 02750, with no socket left in it."""
+    """`<serving dir>/sockets/N`, uid's, group nginx's workers, 02750, with no socket left in it."""
     socket = Path(spec.socket)
     directory = socket.parent
     gid = worker_gid() if os.geteuid() == 0 else os.getegid()

@@ -1,7 +1,7 @@
 """Profile + discovered logical GPUs -> one instance spec per server: pure, no I/O.
 
 Instance N is the server whose first logical GPU is N (`mipart-vllm@N`), listening on
-its unix socket `<run dir>/sockets/N/http.sock` (vLLM's `--uds`). A spec holds everything
+its unix socket `<serving dir>/sockets/N/http.sock` (vLLM's `--uds`). A spec holds everything
 the launcher needs, so a changed spec (and only that) is a reason to restart an instance.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES, DEFAULT_RUN_DIR, SOCKETS_DIR
+from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES, DEFAULT_SERVING_DIR, SOCKETS_DIR
 from mipart.paths import instance_socket
 from mipart.profile.indices import format_indices
 from mipart.profile.schema import MAX_INSTANCES, Profile, ServiceSpec
@@ -28,7 +28,7 @@ CONTAINER_SHM = "16g"
 # docker has no --umask: the server in the container makes its socket under this umask, so
 # nginx's workers (the socket directory's group) may connect to it (serving/sockets.py).
 CONTAINER_UMASK = ["sh", "-c", 'umask 0007 && exec "$@"', "mipart-vllm"]
-HOST_SOCKETS = Path(DEFAULT_RUN_DIR) / SOCKETS_DIR
+HOST_SOCKETS = Path(DEFAULT_SERVING_DIR) / SOCKETS_DIR
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL (unix(7))
 
 
@@ -41,7 +41,7 @@ def plan_instances(
 ) -> tuple[InstanceSpec, ...]:
     """Raises InstancePlanError when the profile does not fit this host's logical GPUs.
 
-    sockets: the run dir's sockets directory (paths.sockets_dir), where each instance listens."""
+    sockets: the serving dir's sockets directory (paths.sockets_dir), where each instance listens."""
     specs: list[InstanceSpec] = []
     for service in profile.services:
         indices = _service_partitions(service, logical)
@@ -90,7 +90,7 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
     if len(socket.encode()) > MAX_SOCKET_PATH:
         raise InstancePlanError(
             f"instance {number}'s socket {socket} is longer than {MAX_SOCKET_PATH} bytes, the most a unix socket path "
-            "may be (unix(7)); use a shorter run dir (MIPART_RUN_DIR)"
+            "may be (unix(7)); use a shorter serving dir (MIPART_SERVING_DIR)"
         )
     container = service.runtime in CONTAINER_RUNTIMES
     env = _environment(profile, service, group, container)

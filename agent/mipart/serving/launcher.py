@@ -137,7 +137,7 @@ def launch(number: int, cleanup: bool) -> int:
         program, env = container_client(spec), client_env(tags)
         argv = client_argv(spec, checked_env_file(spec), cache)
         remove_container(program, spec, env)  # a stale container of the same name would block `run --name`
-        records.write_launch(run_dir, number, spec.digest(), os.geteuid())
+        records.write_launch(number, spec.digest(), os.geteuid())
     else:
         who = identity(spec) if root else None
         uid = who.uid if who else os.geteuid()
@@ -148,7 +148,7 @@ def launch(number: int, cleanup: bool) -> int:
         inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
         env = {**inherited, **dict(spec.env), **secrets, **tags}
         env.update(open_backend().device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
-        records.write_launch(run_dir, number, spec.digest(), uid)  # root's record: the server cannot change it
+        records.write_launch(number, spec.digest(), uid)  # root's record: the server cannot change it
         if who is not None:
             _drop_privileges(who, env, home)
         os.umask(dirs.SERVER_UMASK)

@@ -26,7 +26,7 @@ class PlannedHost:
 
 
 def plan_serving(profile: Profile, backend: Partitioning, sockets: Path) -> PlannedHost:
-    """sockets: the run dir's sockets directory the instances listen in (paths.sockets_dir)."""
+    """sockets: the serving dir's sockets directory the instances listen in (paths.sockets_dir)."""
     state, partition = plan_host(profile.gpus, backend)
     bdf = {g.index: g.bdf for g in state.physical}
     logical = tuple(

@@ -1,7 +1,8 @@
 """What to start, stop and restart so running instances match their specs: pure.
 
-A running server carries the digest of the spec it was started with (MIPART_SPEC_DIGEST
-in its environment), so after an agent restart only changed specs are restarted.
+The launcher records the digest of the spec each server was started with (runners.records:
+root's, the server cannot change it), so after an agent restart only changed specs are
+restarted. A server without a record (its serving dir deleted) is left serving.
 """
 
 from __future__ import annotations
@@ -28,6 +29,6 @@ def plan_actions(
         if state is None or not state.active:
             start.append(number)
         elif running_digests.get(number) not in (None, spec.digest()):
-            restart.append(number)  # None: digest unknown (e.g. container client); leave it serving
+            restart.append(number)  # None: no record of its launch; leave it serving
     stop = [n for n, state in sorted(states.items()) if n not in specs and state.active]
     return Actions(start=tuple(start), stop=tuple(stop), restart=tuple(restart))
