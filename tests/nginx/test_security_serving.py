@@ -15,35 +15,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from attempts import SCRIPT
 from serving import ServingHost
 
 from mipart.runners import records
 
 NOBODY = 65534
 SECRET = "s3cr3t-token"
-TRY_AS = """
-import os, socket, sys
-what, path = sys.argv[1], sys.argv[2]
-try:
-    if what == "bind":
-        socket.socket(socket.AF_UNIX).bind(path)
-    elif what == "mkdir":
-        os.mkdir(path)
-    elif what == "environ":
-        print(open(path, "rb").read().decode(errors="replace"))
-    elif what == "kill":
-        os.kill(int(path), 0)
-except OSError as exc:
-    print(type(exc).__name__)
-else:
-    print("done")
-"""
 
 
 def as_user(uid: int, what: str, path: str) -> str:
     """What happened when uid (group nogroup) tried `what` on `path`: "done", the environ read, or the error's name."""
     drop = ["setpriv", f"--reuid={uid}", f"--regid={NOBODY}", "--clear-groups"]
-    done = subprocess.run([*drop, sys.executable, "-c", TRY_AS, what, path], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([*drop, sys.executable, "-c", SCRIPT, what, path], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -90,9 +74,9 @@ def test_an_instance_can_neither_read_another_instances_environment_nor_signal_i
     launched = records.launches(host.serving_dir)
     assert {n: launch.uid for n, launch in launched.items()} == {0: 70000, 1: 70001}
     other = launched[1].pid
-    assert as_user(70000, "environ", f"/proc/{other}/environ") == "PermissionError"
+    assert as_user(70000, "environ", str(other)) == "PermissionError"
     assert as_user(70000, "kill", str(other)) == "PermissionError"
-    assert SECRET in as_user(70001, "environ", f"/proc/{other}/environ")  # its own uid reads it: the test can tell
+    assert SECRET in as_user(70001, "environ", str(other))  # its own uid reads it: the test can tell
 
 
 def test_a_squatted_api_address_delays_the_api_but_not_serving(tmp_path):
