@@ -14,10 +14,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# POSIX ACLs as the kernel takes them in the system.posix_acl_* attributes (posix_acl_xattr.h):
+# a version, then (tag, permissions, id) entries in tag order.
+ACL_VERSION = 2
+ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x04, 0x08, 0x10, 0x20
+ACL_NO_ID = 0xFFFFFFFF
 
 
 class UnsafePath(Exception):
@@ -54,22 +60,43 @@ def opened(path: str, make: bool = False) -> Iterator[int]:
         os.close(fd)
 
 
-def make_dir(parent: int, name: str, where: str, uid: int, gid: int, mode: int) -> int:
+def make_dir(parent: int, name: str, where: str, uid: int, gid: int, mode: int, group_acl: int | None = None) -> int:
     """The directory `name` in `parent` (made if missing), given to uid:gid with `mode`; its descriptor.
+    group_acl: what is made in it from now on is that group's too (grant_group).
 
-    The mode goes first: a set-group-ID bit set while the group is still ours survives the chown
-    of a directory (chown clears it on other files only), where fchmod after the chown would
-    need CAP_FSETID. Not being root, the owner stays ours."""
+    As root it first takes the directory back (a last start left it another's): its mode and ACL
+    may be set only by its owner without CAP_FOWNER, which the units do not keep. Not being
+    root, the owner stays ours and no ACL is needed (nginx's workers are ours too)."""
     _mkdir(parent, name, where, mode & 0o777)
     fd = _open(parent, name, where)
     try:
+        root = os.geteuid() == 0
+        if root:
+            os.fchown(fd, 0, 0)
         os.fchmod(fd, mode)
-        if os.geteuid() == 0:
+        if root and group_acl is not None:
+            grant_group(fd, group_acl, where)
+        if root:
             os.fchown(fd, uid, gid)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def grant_group(fd: int, gid: int, where: str) -> None:
+    """What is made in directory `fd` from now on is readable and writable by group `gid` (a default
+    ACL: group:gid:rwx), whatever group the process making it is in, its umask still applying.
+    A set-group-ID directory would do it too, but the units say RestrictSUIDSGID=."""
+    entries = [(ACL_USER_OBJ, 7, ACL_NO_ID), (ACL_GROUP_OBJ, 0, ACL_NO_ID), (ACL_GROUP, 7, gid)]
+    entries += [(ACL_MASK, 7, ACL_NO_ID), (ACL_OTHER, 0, ACL_NO_ID)]
+    blob = struct.pack("<I", ACL_VERSION) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    try:
+        os.setxattr(fd, "system.posix_acl_default", blob)
+    except OSError as exc:
+        raise UnsafePath(
+            f"{where}: cannot give its group access ({exc.strerror}: does its file system take POSIX ACLs?)"
+        ) from None
 
 
 def adopt_dir(parent: int, name: str, where: str, owners: tuple[int, ...]) -> int | None:

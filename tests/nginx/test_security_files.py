@@ -59,7 +59,7 @@ def test_the_table_is_there_and_parses():
     rows = table()
     assert rows[("run", "instances/[0-9]*.json")] == (0o600, "root")
     assert rows[("run", "profile.override.yaml")] == (0o600, "root")
-    assert rows[("serving", "sockets/[0-9]*/")] == (0o2750, "the instance")
+    assert rows[("serving", "sockets/[0-9]*/")] == (0o750, "the instance")
     assert rows[("state", "home/[0-9]*/")] == (0o700, "the instance") and ("cache", "") in rows
     assert {owner for _, owner in rows.values()} == {"root", "the instance", "nginx's workers", "instances.user"}
 

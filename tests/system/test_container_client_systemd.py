@@ -96,7 +96,7 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
         sockets = "/run/mipart-vllm/sockets/3"
         assert argv[argv.index("-v", 6) + 1] == f"{sockets}:{sockets}" and "-p" not in argv  # its socket, no port
         assert argv[-4:-2] == ["--uds", f"{sockets}/http.sock"], argv
-        assert m.run(f"stat -c %U:%G:%a {sockets}").stdout.strip() == "root:www-data:2750"
+        assert m.run(f"stat -c %U:%G:%a {sockets}").stdout.strip() == "root:www-data:750"
         assert not any(v in " ".join(argv) for v in (*HOSTILE.values(), "hf_in_file_2")), argv
         assert "-e" not in argv and "--privileged" not in argv
         assert m.run("stat -c '%a %U' /run/mipart/instances/3.env /run/mipart/instances/3.json").stdout.split("\n")[
@@ -108,4 +108,4 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
         assert "hf_in_file_2" not in m.run("cat /run/mipart/instances/3.env /run/mipart/instances/3.json").stdout
         assert "hf_in_file_2" not in journal and "hf_in_env_1" not in journal
         # The model cache, created by the launcher for instances.user, shared through its group.
-        assert m.run("stat -c '%U:%G:%a' /var/lib/mipart/hf-docker").stdout.strip() == "mipart:mipart:2770"
+        assert m.run("stat -c '%U:%G:%a' /var/lib/mipart/hf-docker").stdout.strip() == "mipart:mipart:770"

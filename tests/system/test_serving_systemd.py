@@ -283,7 +283,7 @@ def test_units_serve_through_nginx(host: Host):
     assert_model_cache_writable(host)
     # the main PID itself holds the listening socket, in a directory only it and nginx's workers enter
     assert listening_inodes(m, socket_of(3)) & socket_inodes(m, pid), "main PID does not listen"
-    assert m.run("stat -c %u:%G:%a /run/mipart-vllm/sockets/3").stdout.strip() == "70003:www-data:2750"
+    assert m.run("stat -c %u:%G:%a /run/mipart-vllm/sockets/3").stdout.strip() == "70003:www-data:750"
 
     assert host.backends("chat", 24) == set(CHAT)
     assert host.backends("code", 24) == set(host.code)

@@ -1,13 +1,14 @@
 """The directories the launcher gives an instance while it is still root, through descriptors (safedirs).
 
 - its socket directory, `<serving dir>/sockets/N`: the server's (or root's, for a container), group
-  nginx's workers, mode 02750, so nobody else may even enter it, let alone listen in it; the
-  set-group-ID bit gives the socket that group, and the server's umask (0007) lets the group
-  connect. A socket left by the last server is removed: vLLM binds the path without unlinking it;
+  nginx's workers, mode 0750, so nobody else may even enter it, let alone listen in it; its
+  default ACL gives what is made in it to that group too (group:www-data:rwx), so under the
+  server's umask (0007) the socket is one nginx's workers may connect to. A socket left by the
+  last server is removed: vLLM binds the path without unlinking it;
 - its HOME, `<state dir>/home/N`, 0700, when it runs as a uid of its own: vLLM's, torch's and
   Triton's compile caches, which no other instance may read or plant;
 - the model cache, `instances.hf_home`, resolved, checked and, when missing, made the cache
-  owner's (group-shared: 02770); its parents must be root's and writable by root alone.
+  owner's (shared through its group: 0770); its parents must be root's and writable by root alone.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from mipart.names import NGINX_WORKER_USER
 from mipart.paths import instance_home
 from mipart.serving.spec import InstanceSpec
 
-SOCKET_DIR_MODE = 0o2750
+SOCKET_DIR_MODE = 0o750
 HOME_MODE = 0o700
-CACHE_MODE = 0o2770
+CACHE_MODE = 0o770  # no set-group-ID: the units' RestrictSUIDSGID= refuses it; the servers' group is its group
 SERVER_UMASK = 0o007  # the socket 0770 (its group connects), the shared cache's files group-writable
 
 
@@ -41,13 +42,14 @@ def worker_gid() -> int:
 
 
 def prepare_socket_dir(spec: InstanceSpec, uid: int) -> None:
-    """`<serving dir>/sockets/N`, uid's, group nginx's workers, 02750, with no socket left in it."""
+    """`<serving dir>/sockets/N`, uid's, group nginx's workers (also of what is made in it), 0750, with no socket
+    left in it."""
     socket = Path(spec.socket)
     directory = socket.parent
     gid = worker_gid() if os.geteuid() == 0 else os.getegid()
     try:
         with safedirs.opened(str(directory.parent)) as sockets:
-            fd = safedirs.make_dir(sockets, directory.name, str(directory), uid, gid, SOCKET_DIR_MODE)
+            fd = safedirs.make_dir(sockets, directory.name, str(directory), uid, gid, SOCKET_DIR_MODE, group_acl=gid)
             try:
                 safedirs.remove_entry(fd, socket.name, str(socket))
             finally:
@@ -74,7 +76,7 @@ def prepare_home(number: int, uid: int, gid: int) -> str:
 
 
 def prepare_cache(spec: InstanceSpec, uid: int, gid: int) -> str:
-    """hf_home with its links resolved, still a directory of its own; made uid:gid (02770) when missing.
+    """hf_home with its links resolved, still a directory of its own; made uid:gid (0770) when missing.
 
     Returns the resolved path, which a container mounts: the one checked and opened."""
     real = os.path.realpath(spec.hf_home)
