@@ -79,9 +79,8 @@ def check_config(files: NginxFiles, path: Path) -> None:
 
 def install_config(files: NginxFiles, text: str) -> bool:
     """Validate then swap in `text`; returns False when it equals what is there already."""
-    for name in TEMP_DIRS:  # a request body over 1 MiB waits here: its workers' alone (nginx chowns them)
+    for name in TEMP_DIRS:  # a request body over 1 MiB waits here: its workers' alone (nginx chowns them to them)
         (files.prefix / name).mkdir(mode=TEMP_MODE, parents=True, exist_ok=True)
-        os.chmod(files.prefix / name, TEMP_MODE)  # one an older mipart made 0755
     try:
         if files.conf.read_text() == text:
             return False
