@@ -82,3 +82,21 @@ def test_stale_specs_are_removed(tmp_path):
     (tmp_path / "instances" / "5.json").write_text("{}")
     remove_stale_specs(tmp_path, keep=[])
     assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == ["\u00b2.json"]
+
+
+def test_the_launcher_never_imports_a_mipart_planted_in_the_agents_working_directory(tmp_path):
+    """Issue 20: the process runner ran `python -m mipart exec N` in the agent's working directory,
+    whose mipart/ (had anyone planted one) Python would import first, and run as root."""
+    from mipart.runners.process import launcher_argv
+
+    planted = tmp_path / "mipart"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("print('PLANTED')\n")
+    (planted / "__main__.py").write_text("print('PLANTED')\n")
+    env = {**os.environ, "PYTHONPATH": ""}
+    naive = subprocess.run([sys.executable, "-m", "mipart"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert "PLANTED" in naive.stdout  # what it did before: the test can tell
+    ours = subprocess.run(
+        [*launcher_argv(0)[:-2], "--help"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert ours.returncode == 0 and "PLANTED" not in ours.stdout and "Usage: " in ours.stdout, ours
