@@ -123,11 +123,9 @@ class SystemdTarget:
         self.m.run(f"systemctl reload {AGENT_UNIT}")
 
     def write_profile(self, **changes) -> None:
-        self.spec = replace(self.spec, **changes)
-        text = self.spec.text()
-        # Servers run as the package's user (the profile's default), not as the simulator's root.
-        assert ", user: root" in text
-        self.profile.write_text(text.replace(", user: root", ""))
+        # Servers run with the package's user (the profile's default: each as a uid of its own), not as root.
+        self.spec = replace(self.spec, user="mipart", **changes)
+        self.profile.write_text(self.spec.text())
 
     def wait_ready(self, count: int, timeout: float) -> None:
         def ready(status: Status) -> bool:

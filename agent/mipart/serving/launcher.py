@@ -128,27 +128,26 @@ def launch(number: int, cleanup: bool) -> int:
         if spec.container:
             remove_container(container_client(spec), spec, client_env(tags))
         return 0
+    who = identity(spec) if os.geteuid() == 0 and not spec.container else None
+    uid = who.uid if who else os.geteuid()  # a container's server is root (in its container)
+    # First, so the agent never sees this server without it (it restarts one it cannot vouch for);
+    # root's record: the server cannot change it. This process execs the server: same pid.
+    records.write_launch(number, spec.digest(), uid)
     secrets = read_env_files(spec)  # checked before anything starts; for a container, its client reads them
-    root = os.geteuid() == 0
     owner = _user(spec.cache_owner or spec.user or "root")
     cache = dirs.prepare_cache(spec, owner.pw_uid, owner.pw_gid)
+    dirs.prepare_socket_dir(spec, uid)
     if spec.container:
-        dirs.prepare_socket_dir(spec, os.geteuid())  # root's: the server in the container is root
         program, env = container_client(spec), client_env(tags)
         argv = client_argv(spec, checked_env_file(spec), cache)
         remove_container(program, spec, env)  # a stale container of the same name would block `run --name`
-        records.write_launch(number, spec.digest(), os.geteuid())
     else:
-        who = identity(spec) if root else None
-        uid = who.uid if who else os.geteuid()
-        dirs.prepare_socket_dir(spec, uid)
         home = dirs.prepare_home(number, uid, who.gid) if who and who.own else None
         # A visible-devices variable inherited from the unit (/etc/default/mipart) would pick GPUs
         # beside the one the spec sets; only the spec's choice reaches the server.
         inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
         env = {**inherited, **dict(spec.env), **secrets, **tags}
         env.update(open_backend().device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
-        records.write_launch(number, spec.digest(), uid)  # root's record: the server cannot change it
         if who is not None:
             _drop_privileges(who, env, home)
         os.umask(dirs.SERVER_UMASK)

@@ -2,7 +2,8 @@
 
 The launcher records the digest of the spec each server was started with (runners.records:
 root's, the server cannot change it), so after an agent restart only changed specs are
-restarted. A server without a record (its serving dir deleted) is left serving.
+restarted. A running server without a record is restarted too: one mipart cannot vouch for
+(started by an older mipart, on a port nginx no longer reaches; or its record deleted).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def plan_actions(
         state = states.get(number)
         if state is None or not state.active:
             start.append(number)
-        elif running_digests.get(number) not in (None, spec.digest()):
-            restart.append(number)  # None: no record of its launch; leave it serving
+        elif running_digests.get(number) != spec.digest():
+            restart.append(number)  # None: no record of its launch
     stop = [n for n, state in sorted(states.items()) if n not in specs and state.active]
     return Actions(start=tuple(start), stop=tuple(stop), restart=tuple(restart))
