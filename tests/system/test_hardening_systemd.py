@@ -269,15 +269,16 @@ def test_an_instances_unit_can_neither_reach_another_instances_socket_nor_read_i
     namespace (ProtectProc=, the read-only tree); its own socket and environment are the control."""
     m = host.m
     host.put("/usr/local/lib/mipart-test/try.py", SCRIPT)
-    pids = {n: host.main_pid(f"mipart-vllm@{n}") for n in (0, 1)}
+    pids = {n: host.main_pid(f"mipart-vllm@{n}") for n in (0, 2)}  # a fake engine and the real vLLM
+    assert all(pids.values()), pids
 
     def as_instance(number: int, what: str, target: str) -> str:
         inside = f"nsenter -t {pids[number]} -m"  # the unit's own view of the file system and /proc
         drop = f"setpriv --reuid {70000 + number} --regid mipart --groups {groups(m)}"
         return m.run(f"{inside} {drop} python3 /usr/local/lib/mipart-test/try.py {what} {target}").stdout.strip()
 
-    assert as_instance(0, "connect", "/run/mipart-vllm/sockets/1/http.sock") == "PermissionError"
-    assert as_instance(0, "environ", str(pids[1])) in ("PermissionError", "FileNotFoundError")  # ProtectProc hides it
-    assert as_instance(0, "kill", str(pids[1])) in ("PermissionError", "ProcessLookupError")
+    assert as_instance(0, "connect", "/run/mipart-vllm/sockets/2/http.sock") == "PermissionError"
+    assert as_instance(0, "environ", str(pids[2])) in ("PermissionError", "FileNotFoundError")  # ProtectProc hides it
+    assert as_instance(0, "kill", str(pids[2])) in ("PermissionError", "ProcessLookupError")
     assert as_instance(0, "connect", "/run/mipart-vllm/sockets/0/http.sock") == "done"
     assert as_instance(0, "environ", str(pids[0])).endswith("done")  # its own, read: the control
