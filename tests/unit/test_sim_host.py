@@ -72,16 +72,21 @@ def test_the_lines_hostile_profile_tests_edit_are_spelled_as_they_expect():
 def test_the_harness_reads_the_status_api_by_its_types(tmp_path):
     with Answering() as server:
         host = SimulatedHost(tmp_path, FakeEngineProfile(Ports(api=server.port, listen=20001)))
-        assert (host.api_counts(), host.api_ready()) == (None, None)  # a 404 page: not answering yet
-        planned = statuses.counts(total=32, ready=16, starting=16)
-        server.answer("/v1/status", to_json_text(statuses.status(instances=planned)))
-        server.answer(
-            "/v1/instances", to_json_text(Instances((statuses.instance(0), statuses.instance(1, "starting"))))
-        )
-        assert (host.api_counts(), host.api_ready()) == (planned, 1)
-        server.answer("/v1/status", '{"api_version": 1}')  # a shape the harness does not know is a bug: said
-        with pytest.raises(ContractError, match=r"^/v1/status: api_version 1, but this mipart reads api_version 2$"):
-            host.api_counts()
+        try:
+            assert (host.api_counts(), host.api_ready()) == (None, None)  # a 404 page: not answering yet
+            planned = statuses.counts(total=32, ready=16, starting=16)
+            server.answer("/v1/status", to_json_text(statuses.status(instances=planned)))
+            server.answer(
+                "/v1/instances", to_json_text(Instances((statuses.instance(0), statuses.instance(1, "starting"))))
+            )
+            assert (host.api_counts(), host.api_ready()) == (planned, 1)
+            server.answer("/v1/status", '{"api_version": 1}')  # a shape the harness does not know is a bug: said
+            with pytest.raises(
+                ContractError, match=r"^/v1/status: api_version 1, but this mipart reads api_version 2$"
+            ):
+                host.api_counts()
+        finally:
+            host.close()  # its run and serving dirs under /tmp go with it
 
 
 def test_the_demo_counts_ready_against_what_is_planned_now(capsys):
