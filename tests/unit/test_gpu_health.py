@@ -28,9 +28,9 @@ from mipart.sim import gpu_signals, kernel
 from mipart.values import GpuSignals
 
 
-def spec(number: int, gpu: int, port: int = 21000) -> InstanceSpec:
+def spec(number: int, gpu: int, socket: str = "") -> InstanceSpec:
     bare = replace(specs.spec(number), model="m", served_model_name="m", render_nodes=(), argv=())
-    return replace(bare, physical_gpus=(gpu,), port=port + number)
+    return replace(bare, physical_gpus=(gpu,), socket=socket or bare.socket)
 
 
 @pytest.fixture
@@ -125,18 +125,18 @@ def test_a_wedged_engine_leaves_rotation_at_once_and_is_restarted_but_not_while_
 
 
 class Engine:
-    """A stand-in session for one engine: its token counter, and completions that work or hang."""
+    """A stand-in client for one engine: its token counter, and completions that work or hang."""
 
     def __init__(self):
         self.tokens, self.wedged, self.posts = 0.0, False, []
 
-    def get(self, url, timeout=None):
-        assert url.endswith("/metrics")
+    async def get(self, socket, path, timeout, limit=None):
+        assert path == "/metrics" and socket == spec(0, 0).socket
         return Response(200, f'vllm:generation_tokens_total{{model_name="m"}} {self.tokens}\n')
 
-    def post(self, url, json=None, timeout=None):
-        assert url.endswith("/v1/completions") and json["max_tokens"] == 1 and json["model"] == "m"
-        self.posts.append(timeout.total)
+    async def post_json(self, socket, path, data, timeout, limit=None):
+        assert path == "/v1/completions" and data["max_tokens"] == 1 and data["model"] == "m"
+        self.posts.append(timeout)
         if self.wedged:
             raise asyncio.TimeoutError()
         self.tokens += 1
@@ -148,10 +148,10 @@ HEALTH = HealthSpec(generation_probes=(("chat", GenerationProbe(idle=0.3, timeou
 
 def test_without_a_generation_probe_nothing_is_asked():
     class Nothing:
-        def get(self, *a, **k):
+        async def get(self, *a, **k):
             raise AssertionError("asked")
 
-        post = get
+        post_json = get
 
     assert asyncio.run(GenerationCheck().check(Nothing(), spec(0, 0), HealthSpec())) == PASSED
 

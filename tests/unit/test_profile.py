@@ -62,11 +62,6 @@ BAD = [
         "4:27: services.b.listen port 8040 is already used by services.a.listen; give each listener its own port",
     ),
     (
-        "port-in-instance-range",
-        "version: 1\nservices:\n  a: {model: a/b, listen: 8090}\n",
-        "3:27: services.a.listen port 8090 is inside the instance port range 8081-8144 (instances.base_port + logical GPU); choose a port outside it",
-    ),
-    (
         "partitions-overlap",
         'version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: "0-3"}\n  b: {model: a/c, listen: 8041, partitions: [3, 4]}\n',
         "4:45: services.b.partitions 3 already used by service a; services' partitions must not overlap",

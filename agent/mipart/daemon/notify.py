@@ -20,6 +20,7 @@ def status_line(snap: AgentSnapshot) -> str:
         st.nginx_error and f"nginx config rejected: {st.nginx_error}",
         st.nginx_problem,
         st.files_error and f"{st.files_error} (retrying)",
+        st.api_error and f"status API not listening: {st.api_error} (retrying)",
     )
     first = next((problem for problem in problems if problem), "")
     override = (

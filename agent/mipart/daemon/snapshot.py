@@ -29,6 +29,7 @@ class AgentStatus:
     nginx_overdue: bool = False  # the last reload has not taken within routing.SWITCH_LIMIT
     nginx_files_error: str = ""  # writing nginx.conf or starting nginx failed (retried)
     spec_files_error: str = ""  # writing instance spec files failed (retried)
+    api_error: str = ""  # the status API could not listen (retried: daemon.loop.keep_api)
 
     repartition_phase: str = ""  # daemon.repartition's step while one runs
     repartition_started: float = 0.0

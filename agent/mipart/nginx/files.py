@@ -17,6 +17,7 @@ from mipart.fsutil import write_atomic
 from mipart.nginx.conf import UPSTREAM_LOG
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+TEMP_MODE = 0o700
 
 
 def nginx_binary() -> str:
@@ -78,8 +79,8 @@ def check_config(files: NginxFiles, path: Path) -> None:
 
 def install_config(files: NginxFiles, text: str) -> bool:
     """Validate then swap in `text`; returns False when it equals what is there already."""
-    for name in TEMP_DIRS:
-        (files.prefix / name).mkdir(parents=True, exist_ok=True)
+    for name in TEMP_DIRS:  # a request body over 1 MiB waits here: its workers' alone (nginx chowns them to them)
+        (files.prefix / name).mkdir(mode=TEMP_MODE, parents=True, exist_ok=True)
     try:
         if files.conf.read_text() == text:
             return False

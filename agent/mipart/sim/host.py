@@ -2,7 +2,10 @@
 
 The demo, the serving tests and the benchmarks all build their host here, so they start,
 wait and clean up the same way. A host lives in a work dir of its own (the sysfs tree,
-the profile, the agent's run dir and log), and it stops only what it started, by PID:
+the profile, the instances' state dir, the agent's log), and its run and serving dirs are
+directories of their own under /tmp, 0755 like /run/mipart and /run/mipart-vllm: nginx's
+workers (www-data) must pass through every directory above an instance's socket, and a
+test's work dir is its owner's alone. A host stops only what it started, by PID:
 the agents it spawned, every process whose environment carries MIPART_RUN_DIR=<its run
 dir> (launchers, servers and their process groups), and the nginx master named by its
 pid file, checked to be ours first. Readiness is read through the agent's status API and
@@ -14,17 +17,20 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from mipart.api.contract import InstanceCounts, Instances, R, Status
-from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
-from mipart.runners import procfs
+from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR, STATE_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.paths import instance_socket, sockets_dir
+from mipart.runners import procfs, records
 from mipart.sim.fake_profile import SERVICE, ProfileSource
 
 PACKAGE_PATH = str(Path(__file__).resolve().parents[2])  # the dir holding mipart/, for PYTHONPATH
@@ -69,7 +75,8 @@ class SimulatedHost:
         rules: str = "mainline",
     ):
         self.work = work
-        self.root, self.run_dir, self.log = work / "sys", work / "run", work / "agent.log"
+        self.run_dir, self.serving_dir = _open_dir("mipart-run-"), _open_dir("mipart-vllm-")
+        self.root, self.log = work / "sys", work / "agent.log"
         self.profile = work / "profile.yaml"
         self.spec = profile
         self.expected = expected  # instances wait_ready() waits for by default
@@ -78,6 +85,8 @@ class SimulatedHost:
             "PYTHONPATH": PACKAGE_PATH,
             SYSFS_ROOT_VAR: str(self.root),
             RUN_DIR_VAR: str(self.run_dir),
+            SERVING_DIR_VAR: str(self.serving_dir),
+            STATE_DIR_VAR: str(work / "state"),
             RELOAD_CMD_VAR: f"{sys.executable} -m mipart sim reload {self.root}",
         }
         self.agent: subprocess.Popen | None = None
@@ -103,7 +112,7 @@ class SimulatedHost:
         """Rewrite the profile with some fields changed (the agent reads it at start and on SIGHUP)."""
         self.spec = replace(self.spec, **changes)
         self.ports = self.spec.ports
-        self.listen, self.base, self.api_port = self.ports.listen, self.ports.base, self.ports.api
+        self.listen, self.api_port = self.ports.listen, self.ports.api
         self.profile.write_text(self.spec.text())
 
     def mipart(self, *args: str) -> str:
@@ -152,8 +161,12 @@ class SimulatedHost:
 
     # -- what runs -----------------------------------------------------------------------------
     def instance_pids(self) -> dict[int, int]:
-        """Instance number -> its server's pid, found by the tags the runner gave it."""
-        return procfs.tagged_servers(str(self.run_dir))
+        """Instance number -> its server's pid, by the launcher's records (runners.records)."""
+        return {n: launch.pid for n, launch in records.launches(self.serving_dir).items()}
+
+    def backend(self, number: int) -> str:
+        """Instance N's address, as nginx.conf and the fake engine's X-Fake-Engine header name it."""
+        return f"unix:{instance_socket(number, sockets_dir(self.serving_dir))}"
 
     def nginx_conf(self) -> str:
         try:
@@ -290,6 +303,15 @@ class SimulatedHost:
                 _kill(pid, group=procfs.session_leader(pid))  # a server's group holds its children
         if master:
             _kill(master, group=True)  # its own session: master, workers, old workers
+        for made in (self.run_dir, self.serving_dir):  # made by this host, under /tmp
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _open_dir(prefix: str) -> Path:
+    """A directory of the host's own under /tmp that nginx's workers may pass through (0755)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
 
 
 def _stop(process: subprocess.Popen, timeout: float) -> None:
