@@ -171,6 +171,7 @@ def profile_of(listen: str, ports: list[int], max_seqs: int = 256, routing: str 
 
 
 def specs_of(ports: list[int]) -> tuple[InstanceSpec, ...]:
+    """The instances as the agent plans them; their sockets stand for the engines' ports (back_text)."""
     return tuple(
         InstanceSpec(
             number=i,
@@ -180,7 +181,7 @@ def specs_of(ports: list[int]) -> tuple[InstanceSpec, ...]:
             logical_gpus=(i,),
             physical_gpus=(0,),
             render_nodes=(),
-            port=port,
+            socket=_stand_in(port),
             runtime="process",
             argv=(),
             env=(),
@@ -191,10 +192,24 @@ def specs_of(ports: list[int]) -> tuple[InstanceSpec, ...]:
     )
 
 
+def back_text(profile: Profile, ports: list[int], ready: frozenset[int], prefix: Path, direct: bool = False) -> str:
+    """The back's text as the agent writes it (render_nginx), but for the instances' upstreams: the bench's
+    engines listen on loopback ports, where the direct variant's client reaches them too, and not on the
+    unix sockets a host's instances listen on."""
+    text = render_nginx(profile, specs_of(ports), ready, prefix, direct)
+    for port in ports:
+        text = text.replace(f"server unix:{_stand_in(port)} ", f"server 127.0.0.1:{port} ")
+    return text
+
+
+def _stand_in(port: int) -> str:
+    return f"/nonexistent/engine-{port}.sock"
+
+
 def single_text(listen: str, ports: list[int], ready: frozenset[int], prefix: Path, max_seqs: int) -> str:
     """One nginx serving the clients itself with keep-alive (the reference): the back's text as the agent
     writes it, listening on the service's port too (render_nginx's `direct`), keepalive_timeout 75s."""
-    text = render_nginx(profile_of(listen, ports, max_seqs), specs_of(ports), ready, prefix, direct=True)
+    text = back_text(profile_of(listen, ports, max_seqs), ports, ready, prefix, direct=True)
     if KEEPALIVE_0 not in text:
         raise SystemExit("render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py")
     return text.replace(KEEPALIVE_0, f"    keepalive_timeout {CLIENT_KEEPALIVE};")
@@ -204,5 +219,5 @@ def layer_texts(
     listen: str, ports: list[int], ready: frozenset[int], back: Path, front: Path, max_seqs: int
 ) -> tuple[str, str]:
     """mipart's two layers, as the agent writes them: (the back's text, the front's)."""
-    profile, specs = profile_of(listen, ports, max_seqs), specs_of(ports)
-    return render_nginx(profile, specs, ready, back), render_front(profile, specs, back, front)
+    profile = profile_of(listen, ports, max_seqs)
+    return back_text(profile, ports, ready, back), render_front(profile, specs_of(ports), back, front)

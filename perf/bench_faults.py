@@ -83,7 +83,7 @@ class ProcessTarget:
         self.listen, self.run_dir, self.profile = self.host.listen, self.host.run_dir, self.host.profile
 
     def address(self, number: int) -> str:
-        return f"127.0.0.1:{self.host.base + number}"
+        return self.host.backend(number)
 
     def instance_pid(self, number: int) -> int:
         return self.host.instance_pids()[number]

@@ -33,11 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from balancer_setup import Nginx, Procs, profile_of, specs_of
+from balancer_setup import Nginx, Procs, back_text, profile_of
 from balancer_vllm import start_vllm
 from host import machine
 
-from mipart.nginx.conf import render_nginx
 from mipart.prometheus import metric_sum
 from mipart.sim.ports import free_block
 
@@ -118,7 +117,7 @@ def nginx_text(listen: int, ports: list[int], routing: str, prefix: Path) -> str
     """What the agent writes for one service of these two servers under this routing (render_nginx), listening
     on the service's own port as well (`direct`): the back layer picks the instance, the front plays no part."""
     profile = profile_of(f"127.0.0.1:{listen}", ports, routing=routing)
-    return render_nginx(profile, specs_of(ports), frozenset(range(len(ports))), prefix, direct=True)
+    return back_text(profile, ports, frozenset(range(len(ports))), prefix, direct=True)
 
 
 def counters(ports: list[int]) -> tuple[float, float]:

@@ -152,7 +152,7 @@ def fault_profile(ports: Ports, tps: float = 50, delay: float = 0.5, **more) -> 
 
 def fault_host(work: Path, ports: tuple[int, int], tps: float = 50, delay: float = 0.5) -> SimulatedHost:
     """The issue's host: 2 x MI300X in DPX/NPS2 (4 instances) serving fault_profile."""
-    return SimulatedHost(work, fault_profile(Ports.free(16, *ports), tps, delay), gpus=2, expected=INSTANCES)
+    return SimulatedHost(work, fault_profile(Ports.free(*ports), tps, delay), gpus=2, expected=INSTANCES)
 
 
 # -- the load client, in a process of its own --------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR, SYSFS_ROOT_VAR
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / "agent"
@@ -28,17 +28,19 @@ def mipart(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
 
 
 class SimRoot:
-    """A simulated host in `work`: its sysfs tree (work/sys), mipart's run dir (work/run), and
-    the environment that points the CLI at both, reloading through the simulator's own command."""
+    """A simulated host in `work`: its sysfs tree (work/sys), mipart's run dir (work/run) and serving
+    dir (work/serving), and the environment that points the CLI at them, reloading through the
+    simulator's own command."""
 
     def __init__(self, work: Path):
-        self.work, self.root, self.run_dir = work, work / "sys", work / "run"
+        self.work, self.root, self.run_dir, self.serving_dir = work, work / "sys", work / "run", work / "serving"
 
     @property
     def env(self) -> dict[str, str]:
         return {
             SYSFS_ROOT_VAR: str(self.root),
             RUN_DIR_VAR: str(self.run_dir),
+            SERVING_DIR_VAR: str(self.serving_dir),
             RELOAD_CMD_VAR: f"{sys.executable} -m mipart sim reload {self.root}",
         }
 
@@ -93,7 +95,15 @@ def live_pids():
         proc.wait()
 
 
-TIER_FOLDERS = ("nginx", "system", "vllm")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
+@pytest.fixture(scope="session")
+def ansible_bin(tmp_path_factory):
+    """bin/ of a venv of this session's own with the pinned ansible-core and ansible-lint (tests/ansible_tools.py)."""
+    from ansible_tools import make_venv
+
+    return make_venv(tmp_path_factory.mktemp("ansible") / "venv")
+
+
+TIER_FOLDERS = ("nginx", "system", "vllm", "ansible")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
 
 
 def pytest_collection_modifyitems(config, items):

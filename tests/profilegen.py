@@ -25,16 +25,14 @@ from hypothesis import strategies as st
 
 from mipart.errors import UserError
 from mipart.gpu import modes, open_backend
-from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
+from mipart.names import CONTAINER_RUNTIMES
 from mipart.nginx.conf import render_nginx
 from mipart.nginx.front import render_front
-from mipart.profile.addresses import api_port
 from mipart.profile.durations import format_ms, parse_ms
 from mipart.profile.indices import format_indices
 from mipart.profile.keys import CHILDREN, KEYS, MAX_LOGICAL, Key, children
 from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
-from mipart.profile.schema import INSTANCE_PORT_SPAN
 from mipart.serving.planned import plan_serving
 
 PATH = "/etc/mipart/profile.yaml"
@@ -403,11 +401,7 @@ def profile_text(
         else [(draw(st.sampled_from(forms))(lo, hi), hi - lo) for lo, hi in bounds]
     )
     low, high = KEYS["instances.base_port"].span
-    taken = (
-        (port_base - INSTANCE_PORT_SPAN, port_base + 499),
-        (api_port(DEFAULT_API_LISTEN) - INSTANCE_PORT_SPAN + 1, api_port(DEFAULT_API_LISTEN)),
-    )
-    base = st.integers(low, high).filter(lambda b: not any(lo <= b <= hi for lo, hi in taken))
+    base = st.integers(low, high)  # unused since instances listen on sockets, but still a key
     api = st.sampled_from([q(f"127.0.0.1:{port_base + 499}"), q("unix:/run/mipart/api.sock")])
     lines = ["version: " + draw(maybe_hostile(good(KEYS["version"], rate), rate / 4))]
     for name, text in (
@@ -462,7 +456,7 @@ def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")
         event("rejected")
         return None
     try:
-        planned = plan_serving(profile, backend)
+        planned = plan_serving(profile, backend, prefix.parent / "sockets")
     except UserError as exc:  # this host cannot take it (its GPUs, its memory mode): one line that says so
         assert "\n" not in str(exc) and re.search(r"GPU|host", str(exc)), str(exc)
         event("accepted, not for this host")

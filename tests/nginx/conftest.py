@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mipart.names import RUN_DIR_VAR
+from mipart.names import RUN_DIR_VAR, SERVING_DIR_VAR
 
-from .api_host import LiveApi, SimApiHost
+from .api_host import FakeInstances, LiveApi, SimApiHost
 
 
 class ReachableTmp:
@@ -49,9 +49,14 @@ def tmp_path(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sim_api_host(tmp_path, monkeypatch) -> SimApiHost:
-    """A simulated host with an Agent filled in by hand: 16 instances in every state, no processes."""
+    """A simulated host with an Agent filled in by hand: 16 instances in every state, no processes
+    but their sockets, which answer /metrics (sim_api_host.instances.bodies says what)."""
     monkeypatch.setenv(RUN_DIR_VAR, str(tmp_path / "run"))
-    return SimApiHost(tmp_path)
+    monkeypatch.setenv(SERVING_DIR_VAR, str(tmp_path / "serving"))
+    host = SimApiHost(tmp_path)
+    host.instances = FakeInstances([spec.socket for spec in host.agent.specs.values()])
+    yield host
+    host.instances.close()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def serving_host(tmp_path):
 
 
 def address(host, number: int) -> str:
-    return f"127.0.0.1:{host.base + number}"
+    return host.backend(number)
 
 
 def under_load(

@@ -13,8 +13,7 @@ import subprocess
 import pytest
 from serving import ServingHost
 
-from mipart.names import DIGEST_VAR
-from mipart.runners import procfs
+from mipart.runners import records
 from mipart.serving.spec import InstanceSpec
 from mipart.sim.clients import ClientLoop
 from mipart.sim.host import HostError
@@ -34,8 +33,8 @@ def serving_host(tmp_path):
 
 
 def running_digests(host) -> dict[int, str]:
-    """The spec digest each live server was started with (the launcher puts it in its environment)."""
-    return {n: procfs.environ_of(pid).get(DIGEST_VAR, "") for n, pid in host.instance_pids().items()}
+    """The spec digest each live server was started with (the launcher's record of it)."""
+    return {n: launch.digest for n, launch in records.launches(host.serving_dir).items()}
 
 
 def spec_digests(host) -> dict[int, str]:

@@ -29,7 +29,7 @@ def test_sixteen_instances_serve_and_nginx_reaches_all(serving_host):
         status, backend = serving_host.backend_of_one_request()
         assert status == 200
         backends.add(backend)
-    assert backends == {f"127.0.0.1:{serving_host.base + n}" for n in range(16)}
+    assert backends == {serving_host.backend(n) for n in range(16)}  # each on its own socket
     conf = serving_host.nginx_conf()
     assert "least_conn;" in conf and "zone mipart_chat" in conf and "proxy_buffering off;" in conf
     # sized from what the instances accept (16 x 256 seqs x 2 connections + headroom), not a constant
@@ -73,7 +73,7 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
     serving_host.wait_ready(16)
     pids = serving_host.instance_pids()
     os.kill(pids[5], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
-    marked_down = f"server 127.0.0.1:{serving_host.base + 5} down;"
+    marked_down = f"server {serving_host.backend(5)} down;"
     serving_host.wait_for(
         lambda: marked_down in serving_host.nginx_conf(), timeout=10, what="instance 5 out of rotation"
     )
@@ -84,7 +84,7 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
         status, backend = serving_host.backend_of_one_request()
         if down_before and marked_down in serving_host.nginx_conf():
             checked += 1
-            assert backend != f"127.0.0.1:{serving_host.base + 5}", "routed to an instance marked down"
+            assert backend != serving_host.backend(5), "routed to an instance marked down"
             assert status == 200
     assert checked > 10
     # The agent restarts it; it rejoins only once its /health answers 200 again.

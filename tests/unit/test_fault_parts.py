@@ -43,7 +43,7 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
 
 def test_spec_files_report_a_directory_in_the_way_once_and_clear_when_it_is_gone(tmp_path):
     status, log = AgentStatus(), Log()
-    files = specfiles.SpecFiles(tmp_path, log, status)
+    files = specfiles.SpecFiles(tmp_path, tmp_path / "serving", log, status)
     (tmp_path / "instances/2.json").mkdir(parents=True)
     assert files.write(SPECS) is False
     assert "2.json" in status.spec_files_error and status.files_error == status.spec_files_error

@@ -29,9 +29,9 @@ from mipart.sim import gpu_signals, kernel
 from mipart.values import GpuSignals
 
 
-def spec(number: int, gpu: int, port: int = 21000) -> InstanceSpec:
+def spec(number: int, gpu: int, socket: str = "") -> InstanceSpec:
     bare = replace(specs.spec(number), model="m", served_model_name="m", render_nodes=(), argv=())
-    return replace(bare, physical_gpus=(gpu,), port=port + number)
+    return replace(bare, physical_gpus=(gpu,), socket=socket or bare.socket)
 
 
 @pytest.fixture
@@ -126,18 +126,18 @@ def test_a_wedged_engine_leaves_rotation_at_once_and_is_restarted_but_not_while_
 
 
 class Engine:
-    """A stand-in session for one engine: its token counter, and completions that work or hang."""
+    """A stand-in client for one engine: its token counter, and completions that work or hang."""
 
     def __init__(self):
         self.tokens, self.wedged, self.posts = 0.0, False, []
 
-    def get(self, url, timeout=None):
-        assert url.endswith("/metrics")
+    async def get(self, socket, path, timeout, limit=None):
+        assert path == "/metrics" and socket == spec(0, 0).socket
         return Response(200, f'vllm:generation_tokens_total{{model_name="m"}} {self.tokens}\n')
 
-    def post(self, url, json=None, timeout=None):
-        assert url.endswith("/v1/completions") and json["max_tokens"] == 1 and json["model"] == "m"
-        self.posts.append(timeout.total)
+    async def post_json(self, socket, path, data, timeout, limit=None):
+        assert path == "/v1/completions" and data["max_tokens"] == 1 and data["model"] == "m"
+        self.posts.append(timeout)
         if self.wedged:
             raise asyncio.TimeoutError()
         self.tokens += 1
@@ -149,10 +149,10 @@ HEALTH = HealthSpec(generation_probes=(("chat", GenerationProbe(idle=0.3, timeou
 
 def test_without_a_generation_probe_nothing_is_asked():
     class Nothing:
-        def get(self, *a, **k):
+        async def get(self, *a, **k):
             raise AssertionError("asked")
 
-        post = get
+        post_json = get
 
     assert asyncio.run(GenerationCheck().check(Nothing(), spec(0, 0), HealthSpec())) == PASSED
 
@@ -203,8 +203,8 @@ class Loaded:
         self.probe, self.asked = TokenProgress(), []
         monkeypatch.setattr("mipart.health.progress.time.monotonic", lambda: self.now)
 
-    def get(self, url, timeout=None):
-        self.asked.append(url.split("?", 1)[1])
+    async def get(self, socket, path, timeout, limit=None):
+        self.asked.append(path.split("?", 1)[1])
         return Response(
             200,
             f'vllm:num_requests_running{{model_name="m"}} {self.running}\n'
@@ -212,9 +212,9 @@ class Loaded:
             f'vllm:prompt_tokens_total{{model_name="m"}} {self.prompt}\n',
         )
 
-    def check(self, after: float = 0.0, port: int = 21000) -> ProbeResult:
+    def check(self, after: float = 0.0, socket: str = "") -> ProbeResult:
         self.now += after
-        return asyncio.run(self.probe.check(self, spec(0, 0, port), HealthSpec(stall_after=10.0)))
+        return asyncio.run(self.probe.check(self, spec(0, 0, socket), HealthSpec(stall_after=10.0)))
 
 
 def test_a_loaded_engine_that_makes_no_token_for_stall_after_leaves_rotation(monkeypatch):
@@ -245,13 +245,18 @@ def test_prefill_progress_an_idle_engine_and_a_new_server_restart_the_clock(monk
     assert engine.check(9.0) == PASSED  # nothing running: nothing can stall
     engine.running = 1
     assert engine.check(0.1) == PASSED and engine.check(9.8) == PASSED  # the clock restarted when it went idle
-    assert engine.check(5.0, port=22000) == PASSED  # another server (restarted elsewhere): a new clock
-    assert not engine.check(10.0, port=22000).ok
+    elsewhere = "/run/mipart-vllm/sockets/9/http.sock"
+    assert engine.check(5.0, socket=elsewhere) == PASSED  # another server (restarted elsewhere): a new clock
+    assert not engine.check(10.0, socket=elsewhere).ok
 
 
 def test_an_engine_without_the_series_gets_no_verdict(monkeypatch):
     engine = Loaded(monkeypatch)
-    engine.get = lambda url, timeout=None: Response(200, "# no vllm series here\n")
+
+    async def without(socket, path, timeout, limit=None):
+        return Response(200, "# no vllm series here\n")
+
+    engine.get = without
     assert all(engine.check(30.0) == PASSED for _ in range(3))
 
 

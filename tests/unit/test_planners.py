@@ -36,25 +36,16 @@ CHAT = 'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040"}\n'
 # -- plan_instances: profile + logical GPUs -> one spec per server ------------------------------
 
 
-def test_one_instance_per_logical_gpu_numbered_by_it_with_its_port_and_devices():
+def test_one_instance_per_logical_gpu_numbered_by_it_with_its_socket_and_devices():
     specs = plan_instances(profile(CHAT), logical_gpus("DPX"))
     assert [s.number for s in specs] == list(range(16))
     third = specs[3]
-    assert (third.port, third.address, third.unit) == (8084, "127.0.0.1:8084", "mipart-vllm@3.service")
+    socket = "/run/mipart-vllm/sockets/3/http.sock"
+    assert (third.socket, third.address, third.unit) == (socket, f"unix:{socket}", "mipart-vllm@3.service")
     assert third.logical_gpus == (3,) and third.physical_gpus == (1,)  # GPU 1, partition 1
     assert third.devices == ("/dev/kfd", "/dev/dri/renderD137")
     assert dict(third.env)["CUDA_VISIBLE_DEVICES"] == "3"
-    assert third.argv[:9] == (
-        "vllm",
-        "serve",
-        "org/m",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "8084",
-        "--served-model-name",
-        "org/m",
-    )
+    assert third.argv[:7] == ("vllm", "serve", "org/m", "--uds", socket, "--served-model-name", "org/m")
 
 
 def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_the_first():
@@ -62,9 +53,9 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
         profile('services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4}\n'),
         logical_gpus("DPX"),
     )
-    assert [(s.number, s.logical_gpus, s.physical_gpus, s.port) for s in specs] == [
-        (8, (8, 9, 10, 11), (4, 5), 8089),
-        (12, (12, 13, 14, 15), (6, 7), 8093),
+    assert [(s.number, s.logical_gpus, s.physical_gpus, s.socket) for s in specs] == [
+        (8, (8, 9, 10, 11), (4, 5), "/run/mipart-vllm/sockets/8/http.sock"),
+        (12, (12, 13, 14, 15), (6, 7), "/run/mipart-vllm/sockets/12/http.sock"),
     ]
     assert specs[0].render_nodes == (
         "/dev/dri/renderD160",
@@ -77,17 +68,19 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
     assert specs[0].argv[-2:] == ("--tensor-parallel-size", "4")
 
 
-def test_two_services_share_the_host_by_partitions_and_ports_follow_the_gpu():
+def test_two_services_share_the_host_by_partitions_and_sockets_follow_the_gpu():
     text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-3"}\n  code: {model: org/b, listen: 8041, partitions: [12, 13]}\ninstances: {base_port: 9000}\n'
-    specs = plan_instances(profile(text), logical_gpus("DPX"))
-    assert [(s.number, s.service, s.port) for s in specs] == [
-        (0, "chat", 9000),
-        (1, "chat", 9001),
-        (2, "chat", 9002),
-        (3, "chat", 9003),
-        (12, "code", 9012),
-        (13, "code", 9013),
+    specs = plan_instances(profile(text), logical_gpus("DPX"), Path("/run/x/sockets"))  # base_port: unused
+    assert [(s.number, s.service, s.socket) for s in specs] == [
+        (n, service, f"/run/x/sockets/{n}/http.sock")
+        for n, service in ((0, "chat"), (1, "chat"), (2, "chat"), (3, "chat"), (12, "code"), (13, "code"))
     ]
+
+
+def test_a_socket_path_longer_than_a_unix_socket_takes_is_one_clear_error():
+    deep = Path("/run/" + "x" * 90 + "/sockets")
+    with pytest.raises(InstancePlanError, match=r"socket .* is longer than 107 bytes, .* use a shorter serving dir"):
+        plan_instances(profile(CHAT), logical_gpus("DPX"), deep)
 
 
 def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
@@ -134,9 +127,9 @@ def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
     conf = nginx_conf(CHAT, ready={0, 2})
     assert "# service chat: 2/16 instances ready" in conf
     # a ready instance leaves every worker's choice for a health interval after one failure (issue 13)
-    assert "server 127.0.0.1:8081 max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
-    assert "server 127.0.0.1:8083 max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
-    assert "server 127.0.0.1:8082 down;  # mipart-vllm@1" in conf
+    assert "server unix:/run/mipart-vllm/sockets/0/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
+    assert "server unix:/run/mipart-vllm/sockets/2/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
+    assert "server unix:/run/mipart-vllm/sockets/1/http.sock down;  # mipart-vllm@1" in conf
     assert conf.count(" down;") == 14
     assert "proxy_pass http://mipart_chat;" in conf and "least_conn;" in conf
     assert "proxy_buffering off;" in conf  # streams pass as they come
@@ -259,11 +252,13 @@ def test_instances_on_their_current_spec_are_left_alone():
     assert (actions.start, actions.stop, actions.restart) == ((), (), ())
 
 
-def test_only_a_changed_spec_restarts_and_an_unknown_digest_keeps_serving():
+def test_a_changed_spec_restarts_and_so_does_a_server_without_a_launch_record():
+    """Issue 20: a digest the server kept in its own environment it could erase, and None kept it
+    serving for good. Now None is a server mipart cannot vouch for (an older mipart's, on a port)."""
     specs = three_specs()
     digests = {0: specs[0].digest(), 1: "0123456789abcdef", 2: None}
     actions = plan_actions(specs, running(0, 1, 2), digests)
-    assert (actions.start, actions.stop, actions.restart) == ((), (), (1,))
+    assert (actions.start, actions.stop, actions.restart) == ((), (), (1, 2))
 
 
 def test_units_without_a_spec_are_stopped_and_dead_ones_with_a_spec_started():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-import aiohttp
 import pytest
 from responses import Response
 from specs import spec
@@ -18,6 +17,7 @@ from mipart.health.probes import PROBES, probe
 from mipart.health.progress import SERIES, TokenProgress
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
+from mipart.unixhttp import HttpError
 
 SPEC = replace(spec(3), model="m", served_model_name="m", argv=())
 HEALTH = HealthSpec(timeout=1.0)
@@ -32,9 +32,8 @@ class Session:
         self.answers[SERIES] = list(progress)
         self.asked: list[str] = []
 
-    def get(self, url: str, timeout=None):
-        path = "/" + url.split("/", 3)[3]
-        assert url.startswith(f"http://{SPEC.address}/")
+    async def get(self, socket: str, path: str, timeout: float, limit: int = 0):
+        assert socket == SPEC.socket
         self.asked.append(path)
         answer = self.answers[path].pop(0) if len(self.answers[path]) > 1 else self.answers[path][0]
         if isinstance(answer, BaseException):
@@ -79,7 +78,12 @@ def test_queue_depth_over_the_limit_is_a_warning():
     "error, words",
     [
         (asyncio.TimeoutError(), "/health did not answer within 1s"),
-        (aiohttp.ClientConnectionError(), "/health failed: ClientConnectionError"),
+        (ConnectionRefusedError(), "/health failed: ConnectionRefusedError"),
+        (FileNotFoundError(), "/health failed: FileNotFoundError"),  # no socket yet
+        (
+            HttpError("an answer over the 65536 bytes this reader takes"),
+            "/health failed: an answer over the 65536 bytes this reader takes",
+        ),
     ],
 )
 def test_a_server_that_does_not_answer(error, words):
@@ -89,15 +93,6 @@ def test_a_server_that_does_not_answer(error, words):
         Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)
     ) == ProbeResult(False, words)
     assert run(Session(progress=[error], health=[Response(200)])) == ProbeResult(False, words)
-
-
-def test_a_closed_keep_alive_connection_gets_one_retry():
-    session = Session(health=[aiohttp.ServerDisconnectedError(), Response(200)])
-    assert run(session) == ProbeResult(True, "")
-    assert session.asked == ["/health", "/health", SERIES]
-    session = Session(health=[aiohttp.ServerDisconnectedError()])
-    assert run(session) == ProbeResult(False, "/health failed: ServerDisconnectedError")
-    assert session.asked == ["/health", "/health"]
 
 
 def test_a_new_probe_slots_in_and_the_first_warning_is_kept():

@@ -14,7 +14,9 @@ from conftest import AGENT, SimRoot, mipart
 
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
-from mipart.names import DEVICES_VAR, INSTANCE_VAR, RELOAD_CMD_VAR
+from mipart.names import DEVICES_VAR, RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR
+from mipart.paths import launched_dir
+from mipart.runners import records
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -37,15 +39,26 @@ def seed_root(tmp_path):
 
 
 @pytest.fixture
-def opener():
-    """Start a process that opens device files (as the fake engine does) and waits; killed by PID after."""
-    started: list[subprocess.Popen] = []
+def opener(tmp_path, monkeypatch):
+    """Start a process that opens device files (as the fake engine does) and waits; killed by PID after.
 
-    def start(paths: list[str], extra: dict | None = None) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(extra or {})}
-        proc = subprocess.Popen([sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True)
+    instance=N: it is instance N's server, as the launcher leaves one: in a session of its own, with
+    the launcher's record of it in the serving dir (tmp_path/serving, as SimRoot's env says, also
+    this process's MIPART_SERVING_DIR)."""
+    started: list[subprocess.Popen] = []
+    serving = tmp_path / "serving"
+    monkeypatch.setenv(SERVING_DIR_VAR, str(serving))
+
+    def start(paths: list[str], instance: int | None = None, tags: dict | None = None) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(tags or {})}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
         started.append(proc)
         assert proc.stdout.readline().strip() == "open"
+        if instance is not None:
+            launched_dir(serving).mkdir(parents=True, exist_ok=True)
+            records.write_record(launched_dir(serving), f"{instance}.json", proc.pid, digest="d", uid=os.getuid())
         return proc
 
     yield start
@@ -170,7 +183,7 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
     """The agent serves on them: the one line says what repartitions while serving."""
     root = seed_root
     for number, minor in ((0, 128), (1, 129), (2, 136), (3, 137), (4, 144)):
-        opener(devices(root, minor), {INSTANCE_VAR: str(number)})
+        opener(devices(root, minor), instance=number)
     sim = SimRoot(root.parent)
     done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
@@ -184,6 +197,18 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
     assert record["ok"] is False and "systemctl reload mipart-agent" in record["error"]
 
 
+def test_a_process_that_only_carries_an_instances_tags_is_not_one(seed_root, opener, tmp_path):
+    """Any user can put MIPART_INSTANCE in an environment; only the launcher's record makes an instance."""
+    root = seed_root
+    proc = opener(devices(root, 128), tags={"MIPART_INSTANCE": "0", RUN_DIR_VAR: str(tmp_path / "run")})
+    sim = SimRoot(root.parent)
+    done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"mipart: GPUs in use: PID {proc.pid} (python, no unit) on GPU 0; nothing was changed"
+    )
+
+
 def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root, opener, tmp_path):
     """apply(instances_stopped=True), as the agent calls it: servers still exiting get a moment."""
     root = seed_root
@@ -191,7 +216,7 @@ def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root,
     from mipart.partition.apply import apply
     from mipart.profile.schema import GpuSpec
 
-    proc = opener(devices(root, 128), {INSTANCE_VAR: "0"})
+    proc = opener(devices(root, 128), instance=0)
     killer = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill {proc.pid}"])  # a server that takes a moment to exit
     try:
         result = apply(

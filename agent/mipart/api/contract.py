@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from mipart.api.reader import read_json
 
-API_VERSION = 1
+API_VERSION = 2  # 2: an instance has no port; its address is unix:PATH
 
 R = TypeVar("R", bound="Response")
 
@@ -74,8 +74,7 @@ class Instance(Response):
     since: str | None  # when the state last changed
     last_error: str
     restarts: int  # by the agent since it started
-    port: int
-    address: str
+    address: str  # unix:PATH, where nginx reaches it
     devices: tuple[str, ...]
     logical_gpus: tuple[int, ...]
     physical_gpus: tuple[int, ...]

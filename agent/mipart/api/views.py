@@ -24,6 +24,8 @@ from mipart.api.host import HostSnapshot
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, LayerState, gpu_label
 from mipart.names import REPARTITION_COMMAND
 
+METRICS_PATH = "/v1/instances/{n}/metrics"  # an instance's own /metrics, through the API (api/server.py)
+
 
 def instance(view: InstanceView, host: HostSnapshot | None = None) -> Instance:
     spec = view.spec
@@ -38,7 +40,6 @@ def instance(view: InstanceView, host: HostSnapshot | None = None) -> Instance:
         since=iso_utc(view.since),
         last_error=view.last_error,
         restarts=view.restarts,
-        port=spec.port,
         address=spec.address,
         devices=tuple(spec.devices),
         logical_gpus=tuple(spec.logical_gpus),
@@ -131,17 +132,18 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
     )
 
 
-def targets(snap: AgentSnapshot) -> list[dict]:
-    """Prometheus HTTP service discovery (Prometheus's own format): every instance's /metrics."""
+def targets(snap: AgentSnapshot, api: str) -> list[dict]:
+    """Prometheus HTTP service discovery (Prometheus's own format): every instance's metrics, read through
+    this API at `api` (host:port as the request reached it): instances listen only on their sockets."""
     return [
         {
-            "targets": [view.spec.address],
+            "targets": [api],
             "labels": {
                 "service": view.spec.service,
                 "instance_unit": view.spec.unit,
                 "gpu": gpu_label(view.spec),
                 "model": view.spec.served_model_name,
-                "__metrics_path__": "/metrics",
+                "__metrics_path__": METRICS_PATH.format(n=view.spec.number),
             },
         }
         for view in snap.instances.values()

@@ -18,6 +18,7 @@ from mipart.api.contract import Instance, Instances, NginxLayer, Status, to_json
 from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
+from mipart.listeners import printable
 from mipart.names import DEFAULT_API_LISTEN
 from mipart.profile.schema import Routing
 
@@ -85,7 +86,7 @@ def _layer(layer: NginxLayer) -> str:
     return f"{running} (config {serving}, installed {layer.generation or 'none'})"
 
 
-HEADER = ("UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
+HEADER = ("UNIT", "SERVICE", "GPU", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
 
 
 def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> list[str]:
@@ -152,7 +153,6 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
                 i.unit,
                 i.service,
                 ",".join(map(str, i.logical_gpus)),
-                str(i.port),
                 i.state,
                 relative(_parse_iso(i.since), now),
                 str(i.restarts),
@@ -180,7 +180,6 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
                 spec.unit,
                 spec.service,
                 ",".join(map(str, spec.logical_gpus)),
-                str(spec.port),
                 state,
                 since,
                 "-",
@@ -193,7 +192,7 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
                 "unit": spec.unit,
                 "service": spec.service,
                 "model": spec.served_model_name,
-                "port": spec.port,
+                "address": spec.address,
                 "logical_gpus": list(spec.logical_gpus),
                 "physical_gpus": list(spec.physical_gpus),
                 "active_state": props.get("ActiveState") if props else None,
@@ -232,7 +231,7 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
         answer = {"answering": True, "api": target.label}
         click.echo(json.dumps({"agent": answer, "status": to_json(st), "instances": to_json(instances)}, indent=2))
     else:
-        click.echo("\n".join(format_live(st, instances, target.label)))
+        click.echo("\n".join(map(printable, format_live(st, instances, target.label))))
     return 0 if st.instances.in_rotation == st.instances.total else EXIT_NOT_READY  # degraded still serves
 
 
@@ -267,7 +266,7 @@ def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
             json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2)
         )
     else:
-        click.echo("\n".join(lines))
+        click.echo("\n".join(map(printable, lines)))  # the last errors are the servers' own log lines
     return EXIT_NOT_READY
 
 

@@ -22,6 +22,7 @@ def status_line(snap: AgentSnapshot) -> str:
         st.front.error and f"nginx front config rejected: {st.front.error}",
         st.front.problem and f"nginx front: {st.front.problem}",
         st.files_error and f"{st.files_error} (retrying)",
+        st.api_error and f"status API not listening: {st.api_error} (retrying)",
     )
     first = next((problem for problem in problems if problem), "")
     override = (

@@ -34,8 +34,10 @@ from mipart.runners.base import Runner
 from mipart.serving.spec import InstanceSpec
 
 UPSTREAM_LOG_MAX = 1 << 20  # the agent empties nginx's upstream error log past this
+# nginx names a unix upstream `unix:PATH` and puts a `:` before the URI after it (ngx_http_log_error_handler).
 UPSTREAM_LINE = re.compile(
-    r"\[(?:warn|error|crit)\] \d+#\d+: (?:\*\d+ )?(?P<what>[^,]*?)(?: while [^,]*)?, .*?upstream: \"\w+://(?P<address>[^/\"]+)"
+    r"\[(?:warn|error|crit)\] \d+#\d+: (?:\*\d+ )?(?P<what>[^,]*?)(?: while [^,]*)?, .*?upstream: "
+    r"\"\w+://(?P<address>unix:[^:\"]+|[^/\"]+)"
 )
 HANDOVER_LIMIT = 10.0  # how long the back keeps the listeners while the front starts, per update
 
@@ -89,7 +91,7 @@ class Router:
         await self.back.wait_settled(limit)
 
     def upstream_failures(self) -> dict[str, str]:
-        """Instances (host:port) nginx failed to get an answer from since the last call, with its words.
+        """Instances (by address, `unix:PATH`) nginx failed to get an answer from since the last call, with its words.
 
         Cheap when nothing is new (one stat); the agent calls it every tick.
         """

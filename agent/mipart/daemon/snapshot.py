@@ -51,6 +51,7 @@ class AgentStatus:
     nginx: LayerState = field(default_factory=LayerState)  # the back layer, which lists the instances
     front: LayerState = field(default_factory=LayerState)  # the front layer, which holds clients' connections
     spec_files_error: str = ""  # writing instance spec files failed (retried)
+    api_error: str = ""  # the status API could not listen (retried: daemon.loop.keep_api)
 
     repartition_phase: str = ""  # daemon.repartition's step while one runs
     repartition_started: float = 0.0

@@ -26,9 +26,10 @@ from mipart.health.probe import PASSED, ProbeResult, http_get
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sums
 from mipart.serving.spec import InstanceSpec
+from mipart.unixhttp import METRICS_LIMIT
 
-if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
-    from aiohttp import ClientSession
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
 
 RUNNING = "vllm:num_requests_running"
 COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total")
@@ -50,8 +51,8 @@ class TokenProgress:
     def __init__(self) -> None:
         self.seen: dict[int, Seen] = {}
 
-    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
-        _, text = await http_get(session, spec, SERIES, health.timeout)
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+        _, text = await http_get(client, spec, SERIES, health.timeout, METRICS_LIMIT)  # an engine may send all
         now, values = time.monotonic(), metric_sums(text, (RUNNING, *COUNTERS))
         running, counters = values[RUNNING], tuple(values[name] for name in COUNTERS)
         seen = self.seen.get(spec.number)

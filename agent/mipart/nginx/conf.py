@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from mipart.names import instance_name
+from mipart.names import NGINX_WORKER_USER, instance_name
 from mipart.profile.durations import nginx_time
 from mipart.profile.schema import Profile, Routing, ServiceSpec
 from mipart.serving.spec import InstanceSpec
@@ -39,9 +39,6 @@ NEXT_UPSTREAM_TIMEOUT = 30
 MAX_FAILS = 1
 GENERATION_PREFIX = "# generation "
 UPSTREAM_LOG = "upstream-errors.log"  # nginx's own word on failed upstreams, read by the agent
-# The workers talk to clients, so they do not run as root. Debian's base-passwd has www-data on
-# every host (also where tests run nginx as root); a master that is not root ignores the line.
-WORKER_USER = "www-data"
 
 
 def worker_connections(profile: Profile, specs: tuple[InstanceSpec, ...]) -> int:
@@ -85,7 +82,9 @@ def head(profile: Profile, specs: tuple[InstanceSpec, ...], prefix: Path, logs: 
     connections = worker_connections(profile, specs)
     longest = max((s.request_timeout for s in profile.services), default=600.0)
     return [
-        f"user {WORKER_USER};",
+        # The workers talk to clients, so they do not run as root; their group may enter the
+        # instances' socket directories. A master that is not root ignores the line.
+        f"user {NGINX_WORKER_USER};",
         "worker_processes auto;",
         f"worker_rlimit_nofile {connections * 2};",
         f"pid {prefix}/nginx.pid;",

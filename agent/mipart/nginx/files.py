@@ -28,6 +28,7 @@ BACK: Layer = "back"
 FRONT: Layer = "front"
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+TEMP_MODE = 0o700
 
 
 def nginx_binary() -> str:
@@ -106,8 +107,8 @@ def check_config(files: NginxFiles, path: Path) -> None:
 
 def install_config(files: NginxFiles, text: str) -> None:
     """Validate then swap in `text`; nothing to do when it equals what is there already."""
-    for name in TEMP_DIRS:
-        (files.prefix / name).mkdir(parents=True, exist_ok=True)
+    for name in TEMP_DIRS:  # a request body over 1 MiB waits here: its workers' alone (nginx chowns them to them)
+        (files.prefix / name).mkdir(mode=TEMP_MODE, parents=True, exist_ok=True)
     try:
         if files.conf.read_text() == text:
             return

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
-# An 8-GPU hive in CPX shows 64 logical GPUs; the instance port range reserves that many.
-INSTANCE_PORT_SPAN = 64
+# An 8-GPU hive in CPX shows 64 logical GPUs: mipart serves at most that many instances.
+MAX_INSTANCES = 64
 RUNTIMES = ("native", *CONTAINER_RUNTIMES)
 DEFAULT_NATIVE_COMMAND = ("vllm", "serve")
 # vLLM's default --max-num-seqs; sizes nginx when the service does not say otherwise.
@@ -104,7 +104,7 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class InstancesSpec:
-    base_port: int = 8081
+    base_port: int = 8081  # unused since instances listen on unix sockets; still a valid key
     hf_home: str = DEFAULT_HF_HOME
     user: str = "mipart"
 

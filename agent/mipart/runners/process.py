@@ -2,7 +2,8 @@
 
 It mirrors the few things the agent asks of systemd (list, start, stop, restart, and
 nginx), and like systemd it keeps serving when the agent restarts: servers run in
-their own sessions and are found again through /proc by their MIPART_INSTANCE tag.
+their own sessions and are found again by the launcher's records of them (runners.records:
+root's files naming each server by pid and start time, never a tag any process may copy).
 """
 
 from __future__ import annotations
@@ -14,14 +15,24 @@ import sys
 import time
 from pathlib import Path
 
-from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
+from mipart.names import RUN_DIR_VAR, instance_name
 from mipart.nginx import procs as nginx_procs
 from mipart.nginx.files import Layer, NginxFiles
 from mipart.nginx.launcher import inherited_sockets
-from mipart.runners import exits, procfs
+from mipart.paths import serving_dir
+from mipart.runners import exits, procfs, records
 from mipart.values import UnitState
 
 STOP_TIMEOUT = 10.0
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding this mipart/
+# Isolated (-I: no working directory on sys.path, no PYTHON* variables): `python -m mipart` would
+# import a mipart/ planted in the agent's working directory, and run it as root.
+RUN_OWN_PACKAGE = "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('mipart', alter_sys=True)"
+
+
+def launcher_argv(number: int) -> list[str]:
+    """`mipart exec N` from the package this runner is, whatever the working directory holds."""
+    return [sys.executable, "-I", "-c", RUN_OWN_PACKAGE, PACKAGE_PARENT, "exec", str(number)]
 
 
 class ProcessRunner:
@@ -29,13 +40,14 @@ class ProcessRunner:
 
     def __init__(self, run_dir: Path, log_dir: Path | None = None):
         self.run_dir = run_dir
+        self.serving_dir = serving_dir()
         self.log_dir = log_dir or run_dir / "logs"
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.nginx: dict[Layer, subprocess.Popen[bytes]] = {}  # the masters it started, by layer
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
-        return procfs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
+        return {n: launch.pid for n, launch in records.launches(self.serving_dir).items()}
 
     def list_instances(self) -> dict[int, UnitState]:
         states = {n: UnitState("active", "running", pid) for n, pid in self._adopted().items()}
@@ -54,7 +66,7 @@ class ProcessRunner:
         env = {**os.environ, RUN_DIR_VAR: str(self.run_dir)}
         with open(self.log_dir / f"{instance_name(number)}.log", "ab") as log:
             self.children[number] = subprocess.Popen(
-                [sys.executable, "-m", "mipart", "exec", str(number)],
+                launcher_argv(number),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
