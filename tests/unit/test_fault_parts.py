@@ -41,6 +41,13 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
     assert b.due(0.0) and b.error == ""
 
 
+def test_a_failure_is_told_once_per_error_with_its_next_try():
+    b = Backoff()
+    assert b.failure("disk full", 0.0, "keeps serving") == "keeps serving; retries with backoff (next in 0.5s)"
+    assert b.failure("disk full", 1.0, "keeps serving") is None and b.failures == 2
+    assert b.failure("gone", 2.0, "keeps serving") == "keeps serving; retries with backoff (next in 2s)"
+
+
 def test_spec_files_report_a_directory_in_the_way_once_and_clear_when_it_is_gone(tmp_path):
     status, log = AgentStatus(), Log()
     files = specfiles.SpecFiles(tmp_path, tmp_path / "serving", log, status)

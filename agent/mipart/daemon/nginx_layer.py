@@ -103,16 +103,10 @@ class NginxLayer:
 
     def _failed(self, error: str) -> None:
         self.dirty = self.stale = True  # tried again whole: the config may be in place and nginx not told
-        new = error != self.retry.error
-        delay = self.retry.failed(error, time.monotonic())
+        action = self.retry.failure(error, time.monotonic(), "keeps serving what runs")
         self.state.files_error = error
-        if new:
-            self.log.error(
-                "nginx.update_failed",
-                reason=error,
-                action=f"keeps serving what runs; retries with backoff (next in {delay:g}s)",
-                layer=self.files.layer,
-            )
+        if action:
+            self.log.error("nginx.update_failed", reason=error, action=action, layer=self.files.layer)
 
     async def needs_update(self) -> bool:
         """Periodic: a failed update due again, its config gone (rewritten), or nginx gone, strays holding the

@@ -133,13 +133,8 @@ class SpecFiles:
             self.retry.succeeded()
             self.status.spec_files_error = ""
             return True
-        new = problem != self.retry.error
-        delay = self.retry.failed(problem, time.monotonic())
+        action = self.retry.failure(problem, time.monotonic(), "running instances keep serving")
         self.status.spec_files_error = problem
-        if new:
-            self.log.error(
-                "files.write_failed",
-                reason=problem,
-                action=f"running instances keep serving; retries with backoff (next in {delay:g}s)",
-            )
+        if action:
+            self.log.error("files.write_failed", reason=problem, action=action)
         return False
