@@ -6,7 +6,9 @@ one aiohttp connection pool that reuses connections as any HTTP/1.1 client libra
 several `--port`s, worker i uses port i mod n (the "direct" variant: the client balances).
 A failure is anything the client sees that is not a 2xx answer read to its end: a reset, an
 EOF (server disconnected), a timeout, a non-2xx status, a stream that ends without [DONE]. Nothing is retried, as an OpenAI client
-does not retry a POST that failed on a reused connection.
+does not retry a POST that failed on a reused connection. Answers that say `Connection: close` are
+counted apart (`closes_announced`): the pool opens the next connection anew and loses nothing, as
+when nginx ends a connection after `keepalive_requests` (1000 by default since nginx 1.19.10).
 
 Run: PYTHONPATH=agent .venv/bin/python perf/balancer_client.py --port P [--port Q] --concurrency 64 --seconds 10
 """
@@ -33,11 +35,13 @@ async def worker(
     latencies: list[float],
     failures: Counter,
     tokens: list[int],
+    announced: Counter,
 ) -> None:
     while time.monotonic() < stop:
         started = time.monotonic()
         try:
             async with session.post(url, json=body) as response:
+                announced["close"] += response.headers.get("Connection", "").lower() == "close"
                 if response.status // 100 != 2:
                     await response.read()
                     failures[f"http {response.status}"] += 1
@@ -95,6 +99,7 @@ async def run(
     timeout = aiohttp.ClientTimeout(total=60)
     latencies: list[float] = []
     failures: Counter = Counter()
+    announced: Counter = Counter()
     tokens = [0]
     body = {"model": model, "prompt": "one two three four", "max_tokens": max_tokens, "stream": stream}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
@@ -110,6 +115,7 @@ async def run(
                     latencies,
                     failures,
                     tokens,
+                    announced,
                 )
                 for i in range(concurrency)
             )
@@ -124,6 +130,7 @@ async def run(
         "tokens_per_s": tokens[0] / elapsed,
         "requests_per_s": len(ordered) / elapsed,
         "connections_opened": opened[0],
+        "closes_announced": announced["close"],
         "latency_ms": {
             "p50": 1000 * statistics.median(ordered) if ordered else 0.0,
             "p99": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0,

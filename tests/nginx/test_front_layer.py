@@ -46,6 +46,13 @@ def finish(client: subprocess.Popen, seconds: float) -> dict:
     return json.loads(out)
 
 
+def kept(result: dict) -> int:
+    """The most connections a client may have opened if none was cut: one per worker, and one more after
+    each answer that said `Connection: close` (the front's keepalive_requests, 1000 on nginx 1.22, which a
+    fast run reaches; the client counts those apart)."""
+    return CLIENTS + result["closes_announced"]
+
+
 def reloads(host) -> int:
     return host.log_text().count("event='nginx.updated'")
 
@@ -53,7 +60,7 @@ def reloads(host) -> int:
 def test_clients_keep_their_connections_across_membership_reloads(serving_host):
     """Instances leave rotation and come back (an engine dies: /health 503, completions 500, and the
     agent restarts it): the back reloads each time, the front never. Nothing fails, and the client
-    opens no more connections than it has workers."""
+    opens no more connections than it has workers but for those the front closed saying so."""
     serving_host.start_agent()
     serving_host.wait_ready()
     front = (serving_host.run_dir / "nginx-front/nginx.pid").read_text()
@@ -70,7 +77,7 @@ def test_clients_keep_their_connections_across_membership_reloads(serving_host):
     result = finish(client, 12)
     assert reloads(serving_host) - before >= 8  # out and back in, four times
     assert result["requests"] > 1000 and result["errors"] == 0, result["failures"]
-    assert result["connections_opened"] == CLIENTS
+    assert CLIENTS <= result["connections_opened"] <= kept(result)
     assert (serving_host.run_dir / "nginx-front/nginx.pid").read_text() == front  # the front never restarted
     assert "layer='front'" not in serving_host.log_text().split("event='agent.ready'")[1]  # nor reloaded
 
@@ -87,7 +94,7 @@ def test_a_back_that_restarts_costs_kept_connections_nothing_but_the_json_503(se
     serving_host.wait_for(lambda: serving_host.nginx_master() not in (None, back), timeout=10, what="a new back")
     result = finish(client, 6)
     assert set(result["failures"]) <= {"http 503"}, result["failures"]
-    assert result["connections_opened"] == CLIENTS
+    assert CLIENTS <= result["connections_opened"] <= kept(result)
     assert serving_host.backend_of_one_request()[0] == 200
 
 
@@ -139,6 +146,6 @@ def test_a_deleted_run_dir_is_served_again_by_a_back_bound_anew(serving_host):
     serving_host.wait_for(lambda: serving_host.status_of_one_request() == 200, timeout=20, what="serving again")
     result = finish(client, 6)
     assert set(result["failures"]) <= {"http 503"}, result["failures"]
-    assert result["connections_opened"] == CLIENTS
+    assert CLIENTS <= result["connections_opened"] <= kept(result)
     assert "event='nginx.socket_lost'" in serving_host.log_text()
     assert (serving_host.run_dir / "nginx/svc-chat.sock").is_socket()
