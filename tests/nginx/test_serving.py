@@ -58,7 +58,7 @@ def test_a_service_with_no_ready_instance_answers_503_json(tmp_path):
     try:
         host.start_agent()
         host.wait_for(lambda: "upstream mipart_chat" in host.nginx_conf(), what="nginx config")
-        time.sleep(0.5)
+        host.wait_for(lambda: host.status_of_one_request() is not None, what="the front layer to answer")
         response = host.request()
         body = json.loads(response.read())
         assert response.status == 503
