@@ -12,23 +12,9 @@ import json
 import pytest
 
 from .nspawn import Machine, install_deb
-from .test_repartition_systemd import ENGINE, SIM, Serving
+from .test_repartition_systemd import SIM, Serving
 
 pytestmark = pytest.mark.system
-
-PROFILE = """\
-version: 1
-gpus: {{compute: DPX, memory: NPS2, drain_notice: 2s}}
-services:
-  chat:
-    model: test/chat
-    listen: "127.0.0.1:{listen}"
-    runtime: native
-    command: {engine}
-    args: []
-health: {{interval: 1s, timeout: 800ms, unhealthy_after: 3, restart_backoff: 500ms}}
-api: {{listen: "127.0.0.1:{api}"}}
-"""
 
 
 def ready(port: int) -> tuple[int, dict]:
@@ -48,8 +34,7 @@ def test_drain_and_undrain_flip_readiness_through_the_nginx_units_and_outlive_an
     host = Serving(m)
     m.run(f"mipart sim create {SIM} --model mi300x --gpus 2 --compute DPX --memory NPS2")
     m.run(f"printf 'MIPART_SYSFS_ROOT={SIM}\\n' >/etc/default/mipart")
-    text = PROFILE.format(listen=host.listen, api=host.api, engine=ENGINE)
-    m.run(f"cat >/etc/mipart/profile.yaml <<'EOF'\n{text}EOF")
+    host.write_profile("DPX")  # gpus.drain_notice left at its 10 s: `drain --wait` waits it out
     m.run("systemctl start mipart-partition mipart-agent", timeout=180)
     host.wait_ready(4)
     assert ready(host.listen) == (200, {"ready": True, "service": "chat"})
