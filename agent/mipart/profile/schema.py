@@ -36,12 +36,20 @@ class GpuOverride:
 
 
 @dataclass(frozen=True)
+class RolloutSpec:
+    """How a compute-only change rolls over the GPUs while the rest serve (docs/repartition.md)."""
+
+    max_unavailable: int = 1  # GPUs switched at once
+
+
+@dataclass(frozen=True)
 class GpuSpec:
     compute: str | None = None
     memory: str | None = None
     select: tuple[int, ...] | None = None  # None = every GPU on the host
     overrides: tuple[GpuOverride, ...] = ()
     client_services: tuple[str, ...] = ()
+    rollout: RolloutSpec = RolloutSpec()
 
     def compute_for(self, gpu_index: int) -> str | None:
         """Desired compute mode of one physical GPU, or None to leave it as is."""
