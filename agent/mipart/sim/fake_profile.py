@@ -71,6 +71,9 @@ class FakeEngineProfile:
     user: str = "root"  # instances.user: another makes each native server a uid of its own
     python: str = sys.executable
     services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    overrides: str | None = None  # gpus.overrides as YAML flow, e.g. "[{select: [1], compute: QPX}]"
+    rollout: str | None = None  # gpus.rollout as YAML flow, e.g. "{max_unavailable: 2}"
+    startup_timeout: str | None = None  # health.startup_timeout
 
     def text(self) -> str:
         engine = [
@@ -93,7 +96,9 @@ class FakeEngineProfile:
         cache = "" if self.hf_home is None else f", hf_home: {json.dumps(self.hf_home)}"
         lines = [
             "version: 1",
-            f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
+            f"gpus: {{compute: {self.compute}, memory: {self.memory}"
+            + "".join(f", {k}: {v}" for k, v in (("overrides", self.overrides), ("rollout", self.rollout)) if v)
+            + "}",
             "services:",
             f"  {SERVICE}:",
             *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
@@ -101,7 +106,8 @@ class FakeEngineProfile:
             f"instances: {{user: {self.user}{cache}}}",
             f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, "
             f"restart_backoff: {self.restart_backoff}"
-            f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}}}",
+            f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}"
+            f"{'' if self.startup_timeout is None else f', startup_timeout: {self.startup_timeout}'}}}",
             f'api: {{listen: "127.0.0.1:{self.ports.api}"}}',
         ]
         return "\n".join(lines) + "\n"
