@@ -243,7 +243,7 @@ def _service_block(
             "            default_type application/json;",
             f"            return 503 '{unavailable_json(service)}';",
         ]
-    lines += ["        }", *ready_location(readiness, service.name), "    }"]
+    lines += ["        }", *ready_location(readiness.of_service(bool(live)), service.name), "    }"]
     return lines
 
 
