@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mipart.api.host import HostSnapshot, collect_host
 from mipart.daemon import drain, probing, recovery, rollout, routing, specfiles
-from mipart.daemon.notify import Notifier
+from mipart.daemon.notify import Notifier, summary
 from mipart.daemon.profiles import override_in_force, read_profile
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, gpu_label
 from mipart.errors import UserError
@@ -101,6 +101,11 @@ class Agent:
             self.stopping.is_set(),
             services,
         )
+
+    def status_line(self) -> str:
+        """notify.status_line of snapshot(), counted in place: the loop's every tick."""
+        ready = sum(1 for n, h in self.health.items() if n in self.specs and h.in_rotation)
+        return summary(ready, len(self.specs), self.status)
 
     def host_snapshot(self) -> HostSnapshot:
         """Blocking: the API calls it in its own thread."""
