@@ -234,10 +234,7 @@ def quit_gracefully(pids_: list[int]) -> None:
 
 
 def _read(pid: int | str, name: str) -> str:
-    try:
-        return (PROC / str(pid) / name).read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
+    return procfs.read(pid, name).decode(errors="replace")
 
 
 def _cwd(pid: int) -> str:
