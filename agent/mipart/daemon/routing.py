@@ -80,8 +80,10 @@ class Router:
 
     async def needs_update(self) -> bool:
         """Periodic: either layer's update due again, its config gone, nginx gone, or strays holding a socket."""
-        back = await self.back.needs_update()
-        return await self.front.needs_update() or back
+        back, front = self.back.files.prefix, self.front.files.prefix
+        found = await asyncio.to_thread(nginx_procs.scan_all, (back, front))
+        back_due = await self.back.needs_update(found[back])
+        return await self.front.needs_update(found[front]) or back_due
 
     async def settled(self) -> bool:
         """The back's last reload has taken (or is overdue): no worker from before it picks an instance any more."""
