@@ -193,6 +193,8 @@ class Agent:
 
     async def roll(self) -> None:
         """Restart the next batch of changed instances once the previous batch is ready."""
+        if not self.rolling and not self.rolling_active:
+            return  # the loop's every tick: nothing to plan
         plan = rollout.next_batch(
             list(self.rolling),
             self.rolling_active,
