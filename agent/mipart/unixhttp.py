@@ -65,6 +65,7 @@ class InstanceClient:
     def __init__(self, keep_idle: float = 0.0):
         self.keep_idle = keep_idle
         self._idle: dict[str, tuple[_Connection, float]] = {}  # socket -> a connection and when it was put back
+        self._pruned = 0.0
 
     async def get(self, socket: str, path: str, timeout: float, limit: int = BODY_LIMIT) -> Reply:
         return await asyncio.wait_for(self._get(socket, path, limit), timeout)
@@ -113,11 +114,16 @@ class InstanceClient:
 
     def _put(self, conn: _Connection) -> None:
         now = time.monotonic()
-        for socket, (old, since) in list(self._idle.items()):  # of instances no longer probed, or a second one
-            if socket == conn.socket or now - since > self.keep_idle:
-                old.close()
-                del self._idle[socket]
+        second = self._idle.pop(conn.socket, None)
+        if second is not None:
+            second[0].close()
         self._idle[conn.socket] = (conn, now)
+        if now - self._pruned > self.keep_idle:  # of instances no longer asked: once a keep_idle, not every put
+            self._pruned = now
+            for socket, (old, since) in list(self._idle.items()):
+                if now - since > self.keep_idle:
+                    old.close()
+                    del self._idle[socket]
 
 
 class _Connection:

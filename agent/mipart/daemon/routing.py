@@ -48,6 +48,7 @@ class Router:
         self.back = NginxLayer(back, runner, log, status.nginx)
         self.front = NginxLayer(front, runner, log, status.front)
         self.log_offset = 0
+        self.upstream_log = str(back.upstream_log)  # stat every tick: the path made once
 
     async def update(self, profile: Profile, specs: Mapping[int, InstanceSpec], ready: frozenset[int]) -> None:
         """The back for `ready`, then the front; each installed if nginx -t accepts it, reloaded or started."""
@@ -98,7 +99,7 @@ class Router:
         Cheap when nothing is new (one stat); the agent calls it every tick.
         """
         try:
-            size = os.stat(self.files.upstream_log).st_size
+            size = os.stat(self.upstream_log).st_size
         except OSError:
             return {}
         if size == self.log_offset:
@@ -106,12 +107,12 @@ class Router:
         if size < self.log_offset:  # emptied or replaced
             self.log_offset = 0
         try:
-            with open(self.files.upstream_log, "rb") as handle:
+            with open(self.upstream_log, "rb") as handle:
                 handle.seek(self.log_offset)
                 chunk = handle.read(UPSTREAM_LOG_MAX)
             self.log_offset += len(chunk)
             if self.log_offset >= UPSTREAM_LOG_MAX:
-                os.truncate(self.files.upstream_log, 0)  # nginx appends (O_APPEND): it writes on at the start
+                os.truncate(self.upstream_log, 0)  # nginx appends (O_APPEND): it writes on at the start
                 self.log_offset = 0
         except OSError:
             return {}
