@@ -2,7 +2,8 @@
 
 The systemd runner reads unit state with `systemctl show` (runners.unit_state): once per
 health interval for the 64 instances (a glob, `mipart-vllm@*.service`), and once per layer for
-whether each nginx unit runs (NginxLayer's periodic check). This boots the system tier's
+whether each nginx unit runs (NginxLayer's periodic check); and, for comparison, the states
+alone from one ListUnitsByPatterns (`systemctl list-units`, `busctl call`). This boots the system tier's
 container (tests/system/nspawn.py, root), loads a template unit whose instances sleep, starts
 64 of them, then runs each read --calls times inside the container and prints, per call, the
 CPU of the systemctl process (its user + system time, from the shell's `times`) and of the
@@ -15,20 +16,27 @@ Run (root): .venv/bin/python perf/bench_unit_read.py [--calls 100]
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "system"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "agent")]
 
 from host import cpu_seconds, machine  # noqa: E402
-from nspawn import Machine  # noqa: E402
+from system.nspawn import Machine  # noqa: E402
 
 INSTANCES = 64
 UNIT = "[Service]\nExecStart=/bin/sleep infinity\n"
 READS = {
     "64 instances (glob)": "systemctl show -p Id,ActiveState,SubState,MainPID -- 'mipart-vllm@*.service'",
     "one nginx unit": "systemctl show -p Id,ActiveState,SubState,MainPID -- mipart-nginx.service",
+    # for comparison: the states alone, one ListUnitsByPatterns (no MainPID), through systemctl and through busctl
+    "list-units, 64 instances and nginx": "systemctl list-units --all --plain --no-legend --no-pager "
+    "'mipart-vllm@*.service' 'mipart-nginx*.service'",
+    "busctl ListUnitsByPatterns": "busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 "
+    "org.freedesktop.systemd1.Manager ListUnitsByPatterns asas 0 2 'mipart-vllm@*.service' 'mipart-nginx*.service'",
 }
 
 
@@ -36,7 +44,7 @@ def per_call(m: Machine, command: str, calls: int) -> tuple[float, float]:
     """(ms of CPU in systemctl, ms in PID 1) per call."""
     script = f"for i in $(seq {calls}); do {command} >/dev/null; done; times"
     pid1 = cpu_seconds(m.leader)
-    out = m.run(f"bash -c {script!r}").stdout.split()
+    out = m.run(f"bash -c {shlex.quote(script)}").stdout.split()
     pid1 = cpu_seconds(m.leader) - pid1
     children = sum(_seconds(t) for t in out[-2:])  # `times`: the shell's own, then its children's user and system
     return children / calls * 1000, pid1 / calls * 1000
