@@ -244,6 +244,9 @@ def bad_profile(target: Target) -> Injected:
     return fault, out, "rejected, the last good one kept", undo
 
 
+NOTICE = "1s"
+
+
 def repartitioned(target: Target, compute: str, memory: str, count: int) -> tuple[float, float]:
     """Edit gpus: and reload; (wall clock when nginx served the first new instance, seconds until all were ready).
 
@@ -264,7 +267,9 @@ def repartitioned(target: Target, compute: str, memory: str, count: int) -> tupl
 
     before = progress()
     started = time.monotonic()
-    target.write_profile(compute=compute, memory=memory)
+    # The readiness notice before a driver reload (gpus.drain_notice, 10 s by default) is the fleet
+    # balancer's time to stop sending; here the gap after it is measured, so the notice is short.
+    target.write_profile(compute=compute, memory=memory, drain_notice=NOTICE)
     target.reload()
     wait(served, "an instance serving on the new layout", timeout=120)
     first = time.time()

@@ -71,8 +71,10 @@ class InstanceClient:
         return await asyncio.wait_for(self._get(socket, path, limit), timeout)
 
     async def post_json(self, socket: str, path: str, data: object, timeout: float, limit: int = BODY_LIMIT) -> Reply:
-        body = json.dumps(data).encode()
-        conn = await _Connection.open(socket)
+        return await asyncio.wait_for(self._post(socket, path, json.dumps(data).encode(), limit), timeout)
+
+    async def _post(self, socket: str, path: str, body: bytes, limit: int) -> Reply:
+        conn = await _Connection.open(socket)  # never a kept one: a completion is not sent twice
         try:
             return (await conn.exchange("POST", path, body, limit, keep=False))[0]
         finally:

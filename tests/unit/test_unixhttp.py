@@ -202,3 +202,30 @@ def test_a_get_that_timed_out_leaves_no_connection_to_reuse(tmp_path):
             return reply
 
     assert asyncio.run(main()).body == b"ok" and len(opened) == 2
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_server_that_never_answers_costs_the_timeout_and_no_more(tmp_path, method):
+    """A wedged engine accepts and reads but never answers: both methods end at their timeout."""
+    socket, hold = str(tmp_path / "http.sock"), asyncio.Event()
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await hold.wait()
+
+    async def main():
+        server = await asyncio.start_unix_server(serve, socket)
+        async with server:
+            client = InstanceClient(keep_idle=4.0)
+            ask = client.get(socket, "/health", 0.2) if method == "GET" else client.post_json(socket, "/x", {}, 0.2)
+            task = asyncio.ensure_future(ask)
+            try:
+                done, _ = await asyncio.wait({task}, timeout=5.0)  # the test's own bound, far over the client's
+                assert task in done, "the request outlived its timeout"
+                assert isinstance(task.exception(), asyncio.TimeoutError)
+            finally:
+                task.cancel()
+                hold.set()
+                client.close()
+
+    asyncio.run(main())
