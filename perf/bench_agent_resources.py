@@ -17,7 +17,7 @@ with the ratio; the machine line before and after says what else loaded the host
 
 For scale it also times, in this process, the unit read the process runner does once per
 interval (ProcessRunner.list_instances: the launch records of 64 servers); under systemd that
-is one `systemctl show` instead (runners.unit_state).
+is one D-Bus list call instead (runners.unit_state; perf/bench_unit_read.py measures it).
 
 Goals (issue 22): RSS <= 40 MB; idle CPU <= 1 % of one core, the median of several runs.
 Run: .venv/bin/python perf/bench_agent_resources.py [--seconds 60] [--settle 10] [--runs 5]

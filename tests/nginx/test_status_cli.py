@@ -14,8 +14,8 @@ from .api_host import LiveApi, SimApiHost
 
 def status(host: SimApiHost, *args: str, path: str | None = None):
     env = dict(host.env)
-    if path is not None:
-        env["PATH"] = path
+    if path is not None:  # systemctl is the stand-in there, and no system bus answers before it (runners.unit_state)
+        env["PATH"], env["DBUS_SYSTEM_BUS_ADDRESS"] = path, "unix:path=/nonexistent"
     return mipart("status", "--profile", host.profile, *args, env=env, timeout=60)
 
 

@@ -4,7 +4,8 @@ systemd runner and the partition's client services do with it.
 systemctl here is a stand-in on PATH that keeps its units in a JSON file and answers `show`
 as systemctl does (systemctl-show.c): the named units in the order given, a name without a
 suffix as its .service, an alias as the unit it names, then the loaded units a glob matches.
-D-Bus calls (the runner's changes) go to a recording manager.
+The reader's D-Bus side finds no bus here (its own tests: test_unit_bus.py), so it reads
+through the stand-in; D-Bus calls (the runner's changes) go to a recording manager.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from test_devices_dropin import FakeManager
 from mipart.errors import UserError
 from mipart.nginx.files import NginxFiles
 from mipart.partition.clients import SystemdClients
-from mipart.runners import unit_state
+from mipart.runners import unit_bus, unit_state
 from mipart.runners.systemd import SystemdRunner
 from mipart.values import UnitState
 
@@ -74,6 +75,7 @@ class Systemd:
         )
         script.chmod(0o755)
         monkeypatch.setenv("PATH", str(bindir))
+        monkeypatch.setattr(unit_bus, "connect", lambda: None)  # no system bus: the fallback reads
         self.set({})
 
     def set(self, units: dict, **extra) -> None:
@@ -112,7 +114,8 @@ def test_one_call_reads_named_units_under_their_names_and_globs_under_their_own(
         {"mipart-vllm@0.service": running(100), "mipart-vllm@1.service": FAILED, "gpu-client.service": running(7)},
         aliases={"inference.service": "gpu-client.service"},
     )
-    shown = unit_state.show(["inference.service", "other", "mipart-vllm@*.service"], unit_state.STATE)
+    wanted = (*unit_state.STATE, unit_state.MAIN_PID)
+    shown = unit_state.show(["inference.service", "other", "mipart-vllm@*.service"], wanted)
     assert sorted(shown) == ["inference.service", "mipart-vllm@0.service", "mipart-vllm@1.service", "other"]
     assert shown["inference.service"]["Id"] == "gpu-client.service"
     assert unit_state.state_of(shown["inference.service"]) == UnitState("active", "running", 7)
@@ -172,8 +175,15 @@ def runner(tmp_path, monkeypatch):
 
 def test_the_runner_lists_instances_with_one_read(systemd, runner):
     systemd.set({"mipart-vllm@0.service": running(100), "mipart-vllm@12.service": FAILED, "other.service": running(1)})
-    assert runner.list_instances() == {0: UnitState("active", "running", 100), 12: UnitState("failed", "failed")}
-    assert systemd.calls() == ["show -p Id,ActiveState,SubState,MainPID -- mipart-vllm@*.service"]
+    assert runner.list_instances() == {0: UnitState("active", "running"), 12: UnitState("failed", "failed")}
+    assert runner.list_instances(pids=True) == {
+        0: UnitState("active", "running", 100),
+        12: UnitState("failed", "failed"),
+    }
+    assert systemd.calls() == [
+        "show -p Id,ActiveState,SubState -- mipart-vllm@*.service",
+        "show -p Id,ActiveState,SubState,MainPID -- mipart-vllm@*.service",
+    ]
     assert runner.manager.calls == []
 
 
@@ -235,7 +245,7 @@ def test_only_running_client_services_are_stopped_and_started_again(systemd):
 def test_a_client_service_that_does_not_start_again_is_named(systemd):
     systemd.set({}, refuse=["b.service"])
     assert SystemdClients(("a.service", "b.service")).start(["a.service", "b.service"]) == ["b.service"]
-    assert systemd.calls()[-1] == "show -p Id,ActiveState,SubState,MainPID -- a.service b.service"
+    assert systemd.calls()[-1] == "show -p Id,ActiveState,SubState -- a.service b.service"
 
 
 def test_client_services_without_systemctl_are_one_line(tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ class Agent:
         if specs is None:
             return
         await asyncio.to_thread(self.spec_files.write, specs)  # a failure is reported and retried, never raised
-        states = await asyncio.to_thread(self.runner.list_instances)
+        states = await asyncio.to_thread(self.runner.list_instances, pids=True)
         actions = plan_actions(specs, states, self._running_digests(states))
         self.instances.replace(specs)
         await self._run_actions(actions)
@@ -266,4 +266,4 @@ class Agent:
         return probing.record_results(due, results, health, self.specs, self.log)
 
     async def _digests_now(self) -> dict[int, str | None]:
-        return self._running_digests(await asyncio.to_thread(self.runner.list_instances))
+        return self._running_digests(await asyncio.to_thread(self.runner.list_instances, pids=True))

@@ -16,8 +16,9 @@ from mipart.values import UnitState
 
 @runtime_checkable
 class Runner(Protocol):
-    def list_instances(self) -> dict[int, UnitState]:
-        """Every instance the runner knows of, running or not, by instance number."""
+    def list_instances(self, pids: bool = False) -> dict[int, UnitState]:
+        """Every instance the runner knows of, running or not, by instance number. Each one's
+        main_pid only with `pids` (a runner may have to ask for it unit by unit)."""
         ...
 
     def start(self, number: int) -> None: ...

@@ -49,7 +49,8 @@ class ProcessRunner:
     def _adopted(self) -> dict[int, int]:
         return {n: launch.pid for n, launch in records.launches(self.serving_dir).items()}
 
-    def list_instances(self) -> dict[int, UnitState]:
+    def list_instances(self, pids: bool = False) -> dict[int, UnitState]:
+        """With their PIDs always: the launch records have them."""
         states = {n: UnitState("active", "running", pid) for n, pid in self._adopted().items()}
         for number, child in list(self.children.items()):
             if number in states:

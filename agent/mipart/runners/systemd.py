@@ -2,8 +2,8 @@
 reader of unit state (runners.unit_state).
 
 pydbus is unmaintained and its calls block: it stays inside this module, and the agent
-calls these methods from worker threads. Unit states come from one `systemctl show` call
-for all instances, not a GLib main loop.
+calls these methods from worker threads. Unit states come from runners.unit_state: one
+list call for all instances, a unit's main PID asked only where a process is looked at.
 """
 
 from __future__ import annotations
@@ -52,12 +52,14 @@ class SystemdRunner:
             self._local.manager = manager
         return manager
 
-    def _state(self, unit: str) -> UnitState:
-        return unit_state.state_of(unit_state.show([unit], unit_state.STATE).get(unit, {}))
+    def _state(self, unit: str, pid: bool = False) -> UnitState:
+        wanted = (*unit_state.STATE, unit_state.MAIN_PID) if pid else unit_state.STATE
+        return unit_state.state_of(unit_state.show([unit], wanted).get(unit, {}))
 
-    def list_instances(self) -> dict[int, UnitState]:
+    def list_instances(self, pids: bool = False) -> dict[int, UnitState]:
+        wanted = (*unit_state.STATE, unit_state.MAIN_PID) if pids else unit_state.STATE
         states = {}
-        for name, props in unit_state.show([INSTANCE_PATTERN], unit_state.STATE).items():
+        for name, props in unit_state.show([INSTANCE_PATTERN], wanted).items():
             number = instance_number(name)
             if number is not None:
                 states[number] = unit_state.state_of(props)
@@ -85,7 +87,7 @@ class SystemdRunner:
         """A frozen (SIGSTOPped) server is SIGKILLed first: systemd's stop would wake it with
         SIGCONT, and woken it starts answering what queued up, then cuts it (runners.process)."""
         unit = instance_unit(number)
-        pid = self._state(unit).main_pid
+        pid = self._state(unit, pid=True).main_pid
         if pid and procfs.stopped(pid):
             self._manager().KillUnit(unit, "all", signal.SIGKILL)
         self._prepare(number)
