@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 
@@ -46,6 +47,13 @@ def ready(host) -> tuple[int | None, dict]:
     return response.status, json.loads(body)
 
 
+def ready_http10(host) -> bytes:
+    """The status line HAProxy's default `option httpchk GET /mipart/ready` gets: HTTP/1.0, no Host header."""
+    with socket.create_connection(("127.0.0.1", host.listen), timeout=5) as conn:
+        conn.sendall(f"GET {READY_PATH} HTTP/1.0\r\n\r\n".encode())
+        return conn.makefile("rb").readline().strip()
+
+
 def completes(host) -> bool:
     try:
         response = completion(host.listen, host.spec.model, timeout=10)
@@ -60,6 +68,7 @@ def test_drain_flips_readiness_through_the_service_port_keeps_serving_and_outliv
     host.start_agent()
     host.wait_ready()
     assert ready(host) == (200, {"ready": True, "service": "chat"})
+    assert ready_http10(host) == b"HTTP/1.1 200 OK"  # a balancer's bare check too (no Host to pass on)
     assert host.api_get("/v1/status")["readiness"] == {"ready": True, "reason": None, "since": None, "drained": False}
 
     said = json.loads(

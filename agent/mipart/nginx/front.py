@@ -52,6 +52,9 @@ def _service_block(service: ServiceSpec, back_prefix: Path) -> list[str]:
         f"    upstream {name} {{ server unix:{service_socket(back_prefix, service.name)}; }}",
         "    server {",
         f"        listen {service.listen};",
+        # $host, passed to the back, is this name when a client sent none (HTTP/1.0, as HAProxy's default
+        # health check): an empty Host made the back answer 400.
+        f"        server_name {service.name};",
         *server_timeouts(service),
         *unavailable_block(service),
         f"        location / {{ proxy_pass http://{name}; }}",
