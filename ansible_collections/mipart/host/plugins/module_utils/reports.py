@@ -145,8 +145,7 @@ def describe_rollout(facts):
     if facts["mode"] == "none":
         return "no repartition"
     keeps = ", ".join(f"{service} keeps {n}" for service, n in sorted(facts["capacity"].items()))
-    kind = "host-wide outage" if facts["mode"] == "host-wide" else f"rolling in {len(facts['steps'])} step(s)"
-    return f"{kind}: {facts['reason']} ({keeps})"
+    return f"{facts['mode']}: {facts['reason']} ({keeps})"
 
 
 def _short(digest):

@@ -33,7 +33,8 @@ options:
   reason:
     description:
       - Why the host is drained, shown in its readiness answer (after C(drained), then a colon) and in C(mipart status).
-      - Used only when the host is not drained yet.
+      - Used only when the host is not drained yet. mipart takes one line of at most 200 characters; by default
+        its own (C(maintenance)).
     type: str
   wait:
     description:
@@ -122,9 +123,9 @@ def main():
             readiness=ready,
         )
     if want:
-        done = mipart.drain(module.params["reason"], module.params["wait"])
+        done = mipart.drain(profile, module.params["reason"], module.params["wait"])
     else:
-        done = mipart.undrain()
+        done = mipart.undrain(profile)
     report = mipart.status(profile, api)
     module.exit_json(
         changed=bool(done["changed"]),

@@ -1,0 +1,111 @@
+"""The collection's rollout playbook (mipart.host.rollout) over three mipart hosts behind HAProxy, which
+health-checks each host's readiness path, with a client loop through it: each scenario prints what the
+clients saw.
+
+One bed serves every scenario (booting it takes most of a test's time). Each scenario starts from whatever
+profile the fleet serves, as long as every host serves the same one (checked first), so each also runs on
+its own: (b) a compute change on one GPU needs the memory mode the bed boots with (NPS1), so it comes first;
+(c) leaves its canary drained with a broken profile, so it comes last.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .fleet import ENGINE, profile
+from .rollout_bed import HOST_WIDE, ROLLING, RolloutBed, digest, failed, status
+
+DRAIN, APPLY = "Drain the host and wait out its notice", "Apply it and wait until the host serves it"
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory, deb, ansible_bin):
+    with RolloutBed(tmp_path_factory.mktemp("rollout"), deb, ansible_bin) as bed:
+        print(f"fleet up: {', '.join(f'{k} {v:.1f}s' for k, v in bed.fleet.timings.items())}")
+        yield bed
+
+
+def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_no_host_drained(bed):
+    assert "memory: NPS1" in bed.serving()
+    run, seen, taken_out = bed.rollout(profile(gpus=ROLLING))
+    print(
+        f"(b) per-GPU rolling: {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
+        f"{run.seconds:.1f}s; taken out of HAProxy: {taken_out}"
+    )
+    assert run.done.returncode == 0, run.output[-8000:]
+    assert failed(seen) == 0 and seen.get("200", 0) > 0, seen
+    assert taken_out == dict.fromkeys(bed.names, 0)
+    plans = run.task("Plan the profile on the host")
+    assert sorted(plans) == bed.names
+    assert all(c.result["rollout"]["mode"] == "rolling" and not c.result["outage"] for [c] in plans.values())
+    assert all(c.status == "skipped" for cases in run.task(DRAIN).values() for c in cases)
+    for host in bed.fleet.hosts:
+        now = status(host)
+        assert now["profile"]["digest"] == digest(host) and now["partition"]["matches"] is True
+        assert now["readiness"] == {"ready": True, "reason": None, "since": None, "drained": False}
+        units = json.loads(host.machine.run("mipart status --json").stdout)["instances"]
+        assert len(units["instances"] if isinstance(units, dict) else units) == 3  # DPX on GPU 0, SPX on GPU 1
+
+
+def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(bed):
+    run, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE))
+    print(
+        f"(a) host-wide (driver reload): {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
+        f"{run.seconds:.1f}s; taken out of HAProxy: {taken_out}"
+    )
+    assert run.done.returncode == 0, run.output[-8000:]
+    assert failed(seen) == 0 and seen.get("200", 0) > 0, seen
+    assert taken_out == dict.fromkeys(bed.names, 1), "each host left the balancer once, while it was drained"
+    drains = run.task(DRAIN)
+    assert sorted(drains) == bed.names and all(c.changed for [c] in drains.values())
+    assert run.done.stdout.count(f"TASK [{APPLY}]") == 2, "two waves: the canary, then the other two"
+    assert sorted(run.task(APPLY)) == bed.names
+    for host in bed.fleet.hosts:
+        now = status(host)
+        assert now["profile"]["digest"] == digest(host) and now["partition"]["matches"] is True
+        assert now["readiness"]["ready"] is True and now["readiness"]["drained"] is False
+
+
+def test_d_a_second_run_of_the_same_rollout_changes_nothing(bed):
+    text = bed.serving()
+    run, seen, taken_out = bed.rollout(text)
+    print(f"(d) second run: {failed(seen)} failed of {sum(seen.values())} requests; recap {run.recap()}")
+    assert run.done.returncode == 0, run.output[-8000:]
+    assert run.recap() == {
+        n: {"ok": run.recap()[n]["ok"], "changed": 0, "unreachable": 0, "failed": 0} for n in bed.names
+    }
+    assert all(c.status == "skipped" for cases in run.task(DRAIN).values() for c in cases)
+    assert all(c.result["action"] == "none" for cases in run.task(APPLY).values() for c in cases)
+    assert failed(seen) == 0 and taken_out == dict.fromkeys(bed.names, 0)
+
+
+def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_canary_drained(bed):
+    old = bed.serving()
+    assert ENGINE in old
+    broken = old.replace(ENGINE, '["/bin/false"]')  # valid, but its instances exit at once: never ready
+    canary, *others = bed.fleet.hosts
+    old_digests = {h.name: status(h)["profile"]["digest"] for h in others}
+    run, seen, taken_out = bed.rollout(broken, "-e", "mipart_apply_timeout=20")
+    print(
+        f"(c) failing canary: {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
+        f"recap {run.recap()}; taken out of HAProxy: {taken_out}"
+    )
+    assert run.done.returncode != 0
+    recap = run.recap()
+    assert recap[canary.name]["failed"] == 1, run.output[-6000:]
+    assert all(recap[h.name]["failed"] == 0 and recap[h.name]["changed"] == 0 for h in others), recap
+    assert sorted(run.task(APPLY)) == [canary.name], "the rollout went past the canary"
+    readiness = status(canary)["readiness"]
+    assert readiness["drained"] is True and readiness["ready"] is False, readiness
+    assert readiness["reason"].startswith("drained: mipart rollout failed on this host"), readiness
+    assert taken_out[canary.name] == 1
+    servers = bed.balancer.servers()
+    assert servers[canary.name]["status"] != "UP"
+    for host in others:
+        assert host.machine.run("cat /etc/mipart/profile.yaml").stdout == old
+        now = status(host)
+        assert now["profile"]["digest"] == old_digests[host.name] and now["readiness"]["ready"] is True
+        assert servers[host.name]["status"] == "UP" and taken_out[host.name] == 0
+    assert failed(seen) == 0, seen
