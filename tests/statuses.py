@@ -62,6 +62,7 @@ def status(
     profile_error: str = "",
     override: str = "",
     reconcile_error: str = "",
+    readiness: contract.Readiness = contract.Readiness(ready=True, reason=None, since=None, drained=False),
 ) -> Status:
     matches = all(g.matches for g in gpus)
     return Status(
@@ -101,6 +102,7 @@ def status(
         reconcile=contract.Reconcile(last="2024-01-01T00:00:01Z", error=reconcile_error),
         units_error="",
         files_error="",
+        readiness=readiness,
     )
 
 

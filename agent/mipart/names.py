@@ -18,6 +18,10 @@ DEFAULT_RUN_DIR = "/run/mipart"
 # it is deleted (docs/faults.md): each instance's socket directory and the launchers' records.
 DEFAULT_SERVING_DIR = "/run/mipart-vllm"
 DEFAULT_STATE_DIR = "/var/lib/mipart"  # survives reboots: the default model cache, each instance's HOME
+# Under the state dir: the host is drained while this file is there (`mipart drain`, readiness.py); a reboot keeps it.
+DRAIN_FILE = "drain.json"
+# What every service listener answers fleet load balancers: 200 while the host serves, 503 when it will not.
+READY_PATH = "/mipart/ready"
 # Under the run dir: the profile `mipart bench sweep` runs a layout with; read before --profile when present.
 PROFILE_OVERRIDE = "profile.override.yaml"
 SWEEP_LOCK = "bench-sweep.lock"  # held (flock) by the one sweep that owns the override

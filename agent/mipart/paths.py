@@ -9,6 +9,7 @@ from mipart.names import (
     DEFAULT_RUN_DIR,
     DEFAULT_SERVING_DIR,
     DEFAULT_STATE_DIR,
+    DRAIN_FILE,
     INSTANCE_SOCKET,
     LAUNCHED_DIR,
     PROFILE_OVERRIDE,
@@ -26,6 +27,11 @@ def run_dir() -> Path:
 
 def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_VAR, DEFAULT_STATE_DIR))
+
+
+def drain_path() -> Path:
+    """Root's, 0644: the host is drained while it is there (`mipart drain`; survives a reboot)."""
+    return state_dir() / DRAIN_FILE
 
 
 def instance_home(number: int) -> Path:

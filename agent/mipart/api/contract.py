@@ -156,7 +156,7 @@ class Partition:
 class Repartition:
     """The agent's repartition while serving (a reload with gpus: changed): the one running, or the last."""
 
-    phase: str  # draining, stopping, applying, starting; "" when none runs
+    phase: str  # notice (readiness 503 first), draining, stopping, applying, starting; "" when none runs
     started: str | None
     finished: str | None
     error: str  # what the last one failed on; "" when it worked or none ran
@@ -218,6 +218,16 @@ class Reconcile:
 
 
 @dataclass(frozen=True)
+class Readiness:
+    """What every service listener answers fleet load balancers on the readiness path (mipart.readiness)."""
+
+    ready: bool
+    reason: str | None  # "drained: ..." or "host-wide change: ..."; None when ready
+    since: str | None
+    drained: bool  # `mipart drain` took the host out
+
+
+@dataclass(frozen=True)
 class Status(Response):
     path: ClassVar[str] = "/v1/status"
     api_version: int = field(default=API_VERSION, kw_only=True)
@@ -233,6 +243,7 @@ class Status(Response):
     reconcile: Reconcile
     units_error: str
     files_error: str  # a file the agent could not write under its run dir (retried with backoff)
+    readiness: Readiness
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from mipart.api.contract import (
     Partition,
     PartitionRules,
     ProfileInfo,
+    Readiness,
     Reconcile,
     Repartition,
     Service,
@@ -75,6 +76,12 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
         reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
         units_error=host.units_error,
         files_error=st.files_error,
+        readiness=Readiness(
+            ready=st.readiness.ready,
+            reason=st.readiness.reason,
+            since=iso_utc(st.readiness.since),
+            drained=st.readiness.drained,
+        ),
     )
 
 

@@ -26,6 +26,8 @@ COMMANDS = {
     "exec-nginx": "mipart.cli.exec:exec_nginx",
     "agent": "mipart.cli.agent:agent",
     "status": "mipart.cli.status:status",
+    "drain": "mipart.cli.drain:drain",
+    "undrain": "mipart.cli.drain:undrain",
     "bench": "mipart.cli.bench:bench",
 }
 

@@ -19,7 +19,7 @@ from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
 from mipart.listeners import printable
-from mipart.names import DEFAULT_API_LISTEN
+from mipart.names import DEFAULT_API_LISTEN, READY_PATH
 from mipart.profile.schema import Routing
 
 EXIT_NOT_READY = 3
@@ -121,6 +121,12 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
     if partition.action:
         lines.append(f"  partition drift: {partition.action}")
     lines.extend(f"  warning: {warning}" for warning in partition.warnings)  # known traps (partition/traps.py)
+    ready = status.readiness
+    if not ready.ready:
+        lines.append(
+            f"  readiness: 503 on {READY_PATH} since {ready.since or 'unknown'} ({ready.reason}); instances serve on"
+            + ("; `mipart undrain` puts the host back" if ready.drained else "")
+        )
     repartition, last = status.repartition, status.last_apply
     if repartition.phase:
         lines.append(f"  repartitioning: {repartition.phase}")

@@ -25,6 +25,7 @@ from mipart.api.host import HostSnapshot, collect_host
 from mipart.daemon import drain, probing, recovery, rollout, routing, specfiles
 from mipart.daemon.notify import Notifier
 from mipart.daemon.profiles import override_in_force, read_profile
+from mipart.daemon.readiness import HostReadiness
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, gpu_label
 from mipart.errors import UserError
 from mipart.gpu import discover
@@ -32,7 +33,7 @@ from mipart.health.machine import InstanceHealth
 from mipart.log import Log
 from mipart.names import instance_name
 from mipart.nginx.files import BACK, FRONT, NginxFiles
-from mipart.paths import serving_dir, sockets_dir
+from mipart.paths import drain_path, serving_dir, sockets_dir
 from mipart.profile.schema import Profile
 from mipart.runners import records
 from mipart.runners.base import Runner
@@ -70,6 +71,7 @@ class Agent:
         self.status = AgentStatus()
         self.router = routing.Router(*self.nginx, runner, log, self.status)
         self.spec_files = specfiles.SpecFiles(run_dir, self.serving_dir, log, self.status)
+        self.readiness = HostReadiness(drain_path(), log)  # what fleet balancers are told (drained, host-wide change)
         self.wake = asyncio.Event()
         self.prober = probing.Prober(self.wake.set)
         self.profile: Profile | None = None
@@ -229,7 +231,9 @@ class Agent:
     # -- readiness and nginx -----------------------------------------------------------
     async def update_nginx(self) -> None:
         ready = frozenset(n for n, h in self.health.items() if h.in_rotation and n in self.specs)
-        await self.router.update(self.loaded, self.specs, ready)
+        serving = {s.name for s in self.loaded.services} <= {self.specs[n].service for n in ready}
+        self.status.readiness = self.readiness.current(serving, self.loaded.health.startup_timeout)
+        await self.router.update(self.loaded, self.specs, ready, self.status.readiness)
 
     async def check_units(self) -> bool:
         """One state read for all units: a dead one leaves rotation at once."""
@@ -243,11 +247,13 @@ class Agent:
         return changed
 
     async def check_files(self) -> bool:
-        """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone."""
+        """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone.
+        The drain file changed (`mipart drain` without a reload reaching the agent): nginx.conf too."""
         await asyncio.to_thread(self.spec_files.restore, self.specs)
         if not (self.run_dir / records.AGENT).exists():
             await asyncio.to_thread(self.record_self)
-        return await self.router.needs_update()
+        drain_changed = await asyncio.to_thread(self.readiness.read_drain)
+        return await self.router.needs_update() or drain_changed
 
     def record_self(self) -> None:
         """The agent's own record in its run dir, by which `mipart bench sweep` finds it (runners.records)."""

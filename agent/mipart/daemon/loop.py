@@ -133,7 +133,8 @@ async def _tick(agent: Agent, client: InstanceClient, next_check: float) -> floa
 
 
 async def _first_reconcile(agent: Agent, client: InstanceClient) -> None:
-    """Probe what already serves before touching nginx, so a restart drops nothing."""
+    """Probe what already serves before touching nginx, so a restart drops nothing; a drain stays (the file)."""
+    await asyncio.to_thread(agent.readiness.read_drain)
     specs = await agent.desired_specs()
     agent.specs = specs or {}
     agent.health = {n: InstanceHealth(n) for n in agent.specs}
@@ -148,9 +149,12 @@ async def _reload(agent: Agent) -> None:
     agent.reload_requested.clear()
     agent.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     agent.log.info("agent.reload", profile=agent.profile_path)
+    drain_changed = await asyncio.to_thread(agent.readiness.read_drain)  # `mipart drain` and `undrain` reload
     read = await read_profile_off_loop(
         agent.profile_path, agent.log, agent.status.profile_digest, run_dir=agent.run_dir
     )  # any failure keeps the last good one
     if agent.load_profile(read) and not await repartition.if_needed(agent):  # a changed gpus: applied while serving
         await agent.reconcile()
+    elif drain_changed:
+        await agent.update_nginx()
     agent.notifier.send("READY=1")

@@ -38,7 +38,7 @@ STOP_WAIT = 90.0
 POLL = 0.2
 START_TRIES = 10
 KEEPALIVE = 1.0  # watchdog and STATUS= while the loop waits for the repartition
-DRAINING, STOPPING, APPLYING, STARTING = "draining", "stopping", "applying", "starting"
+NOTICE, DRAINING, STOPPING, APPLYING, STARTING = "notice", "draining", "stopping", "applying", "starting"
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,13 @@ async def run(agent: Agent, change: Change) -> None:
     log.info("repartition.start", writes=len(change.plan.writes), reload=change.plan.reload, instances=len(agent.specs))
     keeper = asyncio.create_task(_keep_systemd_informed(agent))
     try:
+        await _notice(agent, change.plan)
         st.repartition_error = await _change(agent, change)
         _phase(agent, STARTING)
         await _serve_again(agent)
     finally:
         st.repartition_phase, st.repartition_finished = "", time.time()
+        agent.readiness.change_ended()
         keeper.cancel()
     log.info(
         "repartition.done",
@@ -103,6 +105,26 @@ async def run(agent: Agent, change: Change) -> None:
 def _phase(agent: Agent, phase: str) -> None:
     agent.status.repartition_phase = phase
     agent.notifier.status(status_line(agent.snapshot()))
+
+
+async def _notice(agent: Agent, plan: PartitionPlan) -> None:
+    """Balancers first: readiness 503 for gpus.drain_notice while every instance still serves (daemon.readiness)."""
+    _phase(agent, NOTICE)
+
+    async def flip() -> None:
+        await agent.update_nginx()
+        await agent.router.wait_settled()  # nginx answers the 503 now: the notice counts from here
+
+    await agent.readiness.give_notice(host_wide_reason(plan), agent.loaded.gpus.drain_notice, flip)
+
+
+def host_wide_reason(plan: PartitionPlan) -> str:
+    """Why every instance of the host stops, for balancers and status."""
+    if plan.reload:
+        memory = next((g.memory_want for g in plan.gpus if g.memory_want), "")
+        return f"memory mode {memory} needs a driver reload"
+    changed = sorted({w.gpu for w in plan.writes})
+    return f"compute partitions of GPUs {','.join(map(str, changed))} change with every instance stopped"
 
 
 async def _keep_systemd_informed(agent: Agent) -> None:

@@ -30,6 +30,7 @@ from mipart.nginx.conf import render_nginx
 from mipart.nginx.files import NginxFiles
 from mipart.nginx.front import render_front
 from mipart.profile.schema import Profile
+from mipart.readiness import READY, ReadyState
 from mipart.runners.base import Runner
 from mipart.serving.spec import InstanceSpec
 
@@ -49,18 +50,27 @@ class Router:
         self.front = NginxLayer(front, runner, log, status.front)
         self.log_offset = 0
 
-    async def update(self, profile: Profile, specs: Mapping[int, InstanceSpec], ready: frozenset[int]) -> None:
-        """The back for `ready`, then the front; each installed if nginx -t accepts it, reloaded or started."""
+    async def update(
+        self,
+        profile: Profile,
+        specs: Mapping[int, InstanceSpec],
+        ready: frozenset[int],
+        readiness: ReadyState = READY,
+    ) -> None:
+        """The back for `ready` and the host's `readiness`, then the front; each installed if nginx -t accepts it,
+        reloaded or started."""
         planned = tuple(specs.values())
         direct = await self._handing_over()
+        prefix = self.back.files.prefix
         await self.back.apply(
-            render_nginx(profile, planned, ready, self.back.files.prefix, direct),
+            render_nginx(profile, planned, ready, prefix, direct, readiness),
             ready=len(ready),
             instances=len(specs),
+            host_ready=readiness.ready,
         )
-        await self.front.apply(render_front(profile, planned, self.back.files.prefix, self.front.files.prefix))
+        await self.front.apply(render_front(profile, planned, prefix, self.front.files.prefix))
         if direct and await self._front_up():
-            await self.back.apply(render_nginx(profile, planned, ready, self.back.files.prefix), handover="done")
+            await self.back.apply(render_nginx(profile, planned, ready, prefix, readiness=readiness), handover="done")
 
     async def _handing_over(self) -> bool:
         """The front has never run for this agent, does not run, and a back master still listens on TCP."""

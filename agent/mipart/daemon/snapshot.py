@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from mipart.health.machine import InstanceHealth
 from mipart.health.states import IN_ROTATION, STARTING, STATES
 from mipart.profile.schema import ServiceSpec
+from mipart.readiness import READY, ReadyState
 from mipart.serving.spec import InstanceSpec
 
 
@@ -52,6 +53,7 @@ class AgentStatus:
     front: LayerState = field(default_factory=LayerState)  # the front layer, which holds clients' connections
     spec_files_error: str = ""  # writing instance spec files failed (retried)
     api_error: str = ""  # the status API could not listen (retried: daemon.loop.keep_api)
+    readiness: ReadyState = READY  # what the listeners answer fleet balancers (daemon.readiness)
 
     repartition_phase: str = ""  # daemon.repartition's step while one runs
     repartition_started: float = 0.0

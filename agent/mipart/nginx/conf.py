@@ -19,9 +19,10 @@ import json
 import math
 from pathlib import Path
 
-from mipart.names import NGINX_WORKER_USER, instance_name
+from mipart.names import NGINX_WORKER_USER, READY_PATH, instance_name
 from mipart.profile.durations import nginx_time
 from mipart.profile.schema import Profile, Routing, ServiceSpec
+from mipart.readiness import READY, ReadyState
 from mipart.serving.spec import InstanceSpec
 
 KEEPALIVE_PER_INSTANCE = 8
@@ -124,15 +125,26 @@ def unavailable_block(service: ServiceSpec) -> list[str]:
 
 
 def render_nginx(
-    profile: Profile, specs: tuple[InstanceSpec, ...], ready: frozenset[int], prefix: Path, direct: bool = False
+    profile: Profile,
+    specs: tuple[InstanceSpec, ...],
+    ready: frozenset[int],
+    prefix: Path,
+    direct: bool = False,
+    readiness: ReadyState = READY,
 ) -> str:
     """The back layer's config. direct: each server also listens on the profile's listener, as one layer
-    serving clients itself (the handover from a single-layer mipart, daemon.handover; benches' reference)."""
-    return with_generation(profile, _body(profile, specs, ready, prefix, direct))
+    serving clients itself (the handover from a single-layer mipart, daemon.handover; benches' reference).
+    readiness: what every listener answers on the readiness path (mipart.readiness)."""
+    return with_generation(profile, _body(profile, specs, ready, prefix, direct, readiness))
 
 
 def _body(
-    profile: Profile, specs: tuple[InstanceSpec, ...], ready: frozenset[int], prefix: Path, direct: bool
+    profile: Profile,
+    specs: tuple[InstanceSpec, ...],
+    ready: frozenset[int],
+    prefix: Path,
+    direct: bool,
+    readiness: ReadyState,
 ) -> list[str]:
     fail_timeout = f"{max(1, math.ceil(profile.health.interval))}s"  # nginx takes whole seconds here
     lines = head(profile, specs, prefix, (f"error_log {prefix}/{UPSTREAM_LOG} warn;",))
@@ -158,9 +170,26 @@ def _body(
     for service in profile.services:
         members = tuple(s for s in specs if s.service == service.name)
         listens = [f"unix:{service_socket(prefix, service.name)}"] + [str(service.listen)] * direct
-        lines += _service_block(service, members, ready, fail_timeout, listens)
+        lines += _service_block(service, members, ready, fail_timeout, listens, readiness)
     lines.append("}")
     return lines
+
+
+def ready_location(readiness: ReadyState, service: str) -> list[str]:
+    """The readiness path, answered by nginx itself: it changes with a reload of this layer only (docs/routing.md)."""
+    status, body = readiness.answer(service)
+    return [
+        f"        location = {READY_PATH} {{",
+        "            default_type application/json;",
+        f"            return {status} '{quoted(body)}';",
+        "        }",
+    ]
+
+
+def quoted(json_text: str) -> str:
+    """JSON text inside an nginx single-quoted string, read back byte for byte: nginx unescapes \\\\ and \\'
+    (ngx_conf_read_token) and would expand `$name`, so `$` goes as JSON's \\u0024."""
+    return json_text.replace("$", "\\u0024").replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _balancer(routing: Routing) -> str:
@@ -180,6 +209,7 @@ def _service_block(
     ready: frozenset[int],
     fail_timeout: str,
     listens: list[str],
+    readiness: ReadyState,
 ) -> list[str]:
     name = f"mipart_{service.name.replace('-', '_')}"
     live = [s for s in members if s.number in ready]
@@ -209,7 +239,7 @@ def _service_block(
             "            default_type application/json;",
             f"            return 503 '{unavailable_json(service)}';",
         ]
-    lines += ["        }", "    }"]
+    lines += ["        }", *ready_location(readiness, service.name), "    }"]
     return lines
 
 

@@ -121,6 +121,8 @@ ROWS: tuple[Key, ...] = (
     _key("gpus.overrides[].select", "physical GPUs", None, f"0..{MAX_INDEX}", "the GPUs it sets", required=True),
     _key("gpus.overrides[].compute", "choice", None, COMPUTE_MODES, "their compute mode", required=True),
     _key("gpus.client_services", "unit names", "[]", "", "other units that hold GPUs: stopped to repartition"),
+    _key("gpus.drain_notice", "duration", "10s", "1ms..1h",
+         "readiness path 503 this long before a host-wide change stops serving (docs/routing.md)"),
     _key("services", "mapping", None, "", "one nginx listener and its vLLM instances per model, by service name"),
     _key("services.*", "mapping", None, "", "one service; its name is `[a-z][a-z0-9_-]{0,31}`"),
     _key(S + "model", "model", None, "", "what the engine serves", required=True),

@@ -77,7 +77,10 @@ def _check_gpus(c: f.Checker, node: yaml.Node) -> GpuSpec:
         c.compute_memory_pair(items["compute"], compute, memory, "gpus.compute")
     overrides = c.overrides(items["overrides"], memory, select) if "overrides" in items else ()
     clients = values.get("client_services", ())
-    return GpuSpec(compute=compute, memory=memory, select=select, overrides=overrides, client_services=clients)
+    notice = values.get("drain_notice") or GpuSpec.drain_notice
+    return GpuSpec(
+        compute=compute, memory=memory, select=select, overrides=overrides, client_services=clients, drain_notice=notice
+    )
 
 
 def _check_instances(c: f.Checker, node: yaml.Node) -> InstancesSpec:

@@ -42,6 +42,7 @@ class GpuSpec:
     select: tuple[int, ...] | None = None  # None = every GPU on the host
     overrides: tuple[GpuOverride, ...] = ()
     client_services: tuple[str, ...] = ()
+    drain_notice: float = 10.0  # seconds fleet balancers see readiness 503 before a host-wide change (docs/routing.md)
 
     def compute_for(self, gpu_index: int) -> str | None:
         """Desired compute mode of one physical GPU, or None to leave it as is."""
