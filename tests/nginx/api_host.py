@@ -74,13 +74,15 @@ class SimApiHost:
 
         agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
         assert agent.load_profile()
-        agent.specs = {
-            s.number: s
-            for s in plan_instances(agent.profile, discover(self.root).logical, self.serving_dir / "sockets")
-        }
+        agent.instances.reset(
+            {
+                s.number: s
+                for s in plan_instances(agent.profile, discover(self.root).logical, self.serving_dir / "sockets")
+            }
+        )
         now = time.time()
-        agent.health = {n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs}
-        h = agent.health
+        h = agent.instances.health
+        h.update({n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs})
         h[1] = InstanceHealth(
             1, state="degraded", since=now - 2, failures=1, last_error="/health did not answer within 1s"
         )

@@ -157,8 +157,8 @@ def test_instances_list_and_one(sim_api_host, live_api):
 def test_a_draining_instance_is_reported_as_draining(sim_api_host, live_api):
     from mipart.health.machine import InstanceHealth
 
-    sim_api_host.agent.health[6] = InstanceHealth(6, state="ready")
-    sim_api_host.agent.health[6].drain()
+    sim_api_host.agent.instances.health[6] = InstanceHealth(6, state="ready")
+    sim_api_host.agent.instances.health[6].drain()
     assert get_json(sim_api_host, "/v1/instances/6")["state"] == "draining"
     assert get_json(sim_api_host, "/v1/instances/6")["ready"] is False
     assert get_json(sim_api_host, "/v1/status")["instances"]["draining"] == 1

@@ -75,8 +75,8 @@ def test_human_table_from_the_live_api(sim_api_host, live_api):
 def test_exit_zero_when_every_instance_serves(sim_api_host, live_api):
     from mipart.health.machine import InstanceHealth
 
-    sim_api_host.agent.health = {n: InstanceHealth(n, state="ready") for n in sim_api_host.agent.specs}
-    sim_api_host.agent.health[7].state = "degraded"  # still in rotation
+    sim_api_host.agent.instances.health = {n: InstanceHealth(n, state="ready") for n in sim_api_host.agent.specs}
+    sim_api_host.agent.instances.health[7].state = "degraded"  # still in rotation
     done = status(sim_api_host)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "16/16 instances ready (1 degraded)" in done.stdout.splitlines()[0]

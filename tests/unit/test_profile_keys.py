@@ -22,6 +22,7 @@ from mipart.profile.schema import (
     HealthSpec,
     InstancesSpec,
     Profile,
+    RolloutSpec,
     ServiceSpec,
 )
 from mipart.profile.sections import BY_KIND, BY_SECTION
@@ -108,6 +109,7 @@ def test_the_loader_checks_every_key_of_the_table(row: Key):
 # Where each mapping's values land in a loaded Profile, and the dataclass that holds its defaults.
 BUILT = {
     "gpus": (GpuSpec, lambda p: p.gpus),
+    "gpus.rollout": (RolloutSpec, lambda p: p.gpus.rollout),
     "instances": (InstancesSpec, lambda p: p.instances),
     "health": (HealthSpec, lambda p: p.health),
     "api": (ApiSpec, lambda p: p.api),

@@ -100,3 +100,13 @@ def test_nothing_to_change():
     rollout = plan_rollout(plan({}), placements({0: 2}), placements({0: 2}), ["chat"])
     assert rollout.mode == NONE and rollout.steps == ()
     assert rollout.to_json() == {"mode": "none", "reason": rollout.reason, "steps": [], "dark": {}}
+
+
+def test_a_change_that_would_renumber_instances_on_a_gpu_that_keeps_its_mode_is_host_wide():
+    """Numbering by logical GPU order (not per GPU): GPU 0 to QPX would move GPU 1's instances up."""
+    before = [Placement(n, "chat", (n // 2,)) for n in range(4)]
+    after = [Placement(n, "chat", (0,)) for n in range(4)] + [Placement(n, "chat", (1,)) for n in (4, 5)]
+    rollout = plan_rollout(plan({0: ("DPX", "QPX")}), before, after, ["chat"])
+    assert rollout.mode == HOST_WIDE and "@2,@3,@4,@5" in rollout.reason
+    [step] = rollout.steps
+    assert step.gpus == (0, 1) and step.stop == (0, 1, 2, 3)

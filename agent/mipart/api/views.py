@@ -68,6 +68,7 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
             started=iso_utc(st.repartition_started),
             finished=iso_utc(st.repartition_finished),
             error=st.repartition_error,
+            step=st.repartition_step,
         ),
         last_apply=host.last_apply,
         instances=InstanceCounts(total=len(snap.instances), **snap.counts()),

@@ -12,14 +12,19 @@ from mipart.cli import profile_option
 
 def planned(profile_path: str, serving: Path | None = None):
     """The profile, and what the host will serve under it (serving.planned.PlannedHost), its instances
-    listening under serving dir `serving` (default: MIPART_SERVING_DIR, else /run/mipart-vllm)."""
+    listening under serving dir `serving` (default: MIPART_SERVING_DIR, else /run/mipart-vllm).
+
+    The rollout starts from the instances whose specs the agent wrote in the run dir (root's to read),
+    else from those the host's current layout gives."""
     from mipart.gpu import open_backend
-    from mipart.paths import sockets_dir
+    from mipart.paths import instance_spec_path, sockets_dir
     from mipart.profile import load_profile
     from mipart.serving.planned import plan_serving
+    from mipart.serving.spec import read_spec_files
 
     profile = load_profile(profile_path)
-    return profile, plan_serving(profile, open_backend(), sockets_dir(serving))
+    running = tuple(read_spec_files(instance_spec_path(0).parent).values()) or None
+    return profile, plan_serving(profile, open_backend(), sockets_dir(serving), running)
 
 
 def _upstreams(profile, specs) -> list[dict]:
@@ -41,6 +46,7 @@ def _upstreams(profile, specs) -> list[dict]:
 def plan(profile_path: str, as_json: bool) -> int:
     """Show partitions, instances and upstreams the profile asks of this host."""
     from mipart.partition.plan import format_plan
+    from mipart.partition.rolling import describe
     from mipart.partition.traps import tensor_parallel_on_cpx
 
     profile, host = planned(profile_path)
@@ -56,12 +62,14 @@ def plan(profile_path: str, as_json: bool) -> int:
                     "partition": partition_plan.to_json(),
                     "instances": [s.to_json() for s in specs],
                     "upstreams": _upstreams(profile, specs),
+                    "rollout": host.rollout.to_json(),
                 },
                 indent=2,
             )
         )
         return 0
     click.echo("partitions:\n" + format_plan(partition_plan))
+    click.echo("\n".join(describe(host.rollout)))
     rows = [("UNIT", "SERVICE", "GPUS", "DEVICES", "RUNTIME", "SOCKET")]
     for s in specs:
         rows.append((s.unit, s.service, ",".join(map(str, s.logical_gpus)), ",".join(s.devices), s.runtime, s.socket))

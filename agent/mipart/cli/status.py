@@ -128,7 +128,9 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
             + ("; `mipart undrain` puts the host back" if ready.drained else "")
         )
     repartition, last = status.repartition, status.last_apply
-    if repartition.phase:
+    if repartition.step:
+        lines.append(f"  rolling repartition: {repartition.step}")
+    elif repartition.phase:
         lines.append(f"  repartitioning: {repartition.phase}")
     if last and not last.ok:
         lines.append(f"  last partition apply failed: {last.error}")

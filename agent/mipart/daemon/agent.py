@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mipart.api.host import HostSnapshot, collect_host
-from mipart.daemon import drain, probing, recovery, rollout, routing, specfiles
+from mipart.daemon import drain, probing, recovery, routing, specfiles
+from mipart.daemon.instances import Instances, Specs
 from mipart.daemon.notify import Notifier
 from mipart.daemon.profiles import override_in_force, read_profile
 from mipart.daemon.readiness import HostReadiness
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, gpu_label
 from mipart.errors import UserError
 from mipart.gpu import discover
-from mipart.health.machine import InstanceHealth
 from mipart.log import Log
 from mipart.names import instance_name
 from mipart.nginx.files import BACK, FRONT, NginxFiles
@@ -40,13 +40,10 @@ from mipart.runners.base import Runner
 from mipart.safedirs import UnsafePath
 from mipart.serving.instances import plan_instances
 from mipart.serving.reconcile import Actions, plan_actions
-from mipart.serving.spec import InstanceSpec
 from mipart.values import UnitState
 
 if TYPE_CHECKING:
     from mipart.unixhttp import InstanceClient
-
-Specs = dict[int, InstanceSpec]
 
 
 class Agent:
@@ -75,10 +72,7 @@ class Agent:
         self.wake = asyncio.Event()
         self.prober = probing.Prober(self.wake.set)
         self.profile: Profile | None = None
-        self.specs: Specs = {}
-        self.health: dict[int, InstanceHealth] = {}
-        self.rolling: dict[int, None] = {}  # instances waiting for their turn to restart, in order
-        self.rolling_active: set[int] = set()
+        self.instances = Instances()  # each instance's spec, health and rollout position
         self.client: InstanceClient | None = None  # how probes and draining reach instances; set while serving
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
@@ -91,6 +85,10 @@ class Agent:
             raise RuntimeError("the agent has no profile loaded yet")
         return self.profile
 
+    @property
+    def specs(self) -> Specs:
+        return self.instances.specs
+
     # -- what it knows, for the API and STATUS= ---------------------------------------
     def snapshot(self) -> AgentSnapshot:
         services = self.profile.services if self.profile is not None else ()
@@ -98,8 +96,8 @@ class Agent:
             self.profile_path,
             self.profile is not None,
             self.status,
-            self.specs,
-            self.health,
+            self.instances.specs,
+            self.instances.health,
             self.stopping.is_set(),
             services,
         )
@@ -140,13 +138,8 @@ class Agent:
         await asyncio.to_thread(self.spec_files.write, specs)  # a failure is reported and retried, never raised
         states = await asyncio.to_thread(self.runner.list_instances)
         actions = plan_actions(specs, states, self._running_digests(states))
-        self.specs = specs
-        for number in specs:
-            self.health.setdefault(number, InstanceHealth(number))
+        self.instances.replace(specs)
         await self._run_actions(actions)
-        for number in list(self.health):
-            if number not in specs:
-                del self.health[number]
         await asyncio.to_thread(self.spec_files.remove_stale, specs)
         self.status.last_reconcile = time.time()
         await self.update_nginx()
@@ -169,14 +162,12 @@ class Agent:
         """
         for number in actions.stop:
             self.log.info("instance.stop", unit=instance_name(number), reason="no longer in profile")
-            self.rolling.pop(number, None)
         for number in actions.start:
             self.log.info(
                 "instance.start", unit=instance_name(number), gpu=gpu_label(self.specs[number]), reason="not running"
             )
-            self.health[number].fresh_start(grace=self.loaded.health.interval)
-        for number in actions.restart:
-            self.rolling[number] = None
+            self.instances.health[number].fresh_start(grace=self.loaded.health.interval)
+        self.instances.queue(actions.restart)
         if actions.stop:
             await self.update_nginx()  # out of rotation first
             self._background(self._drain_then(list(actions.stop), self.runner.stop))
@@ -190,17 +181,11 @@ class Agent:
 
     async def roll(self) -> None:
         """Restart the next batch of changed instances once the previous batch is ready."""
-        plan = rollout.next_batch(
-            list(self.rolling),
-            self.rolling_active,
-            {n: s.service for n, s in self.specs.items()},
-            {n: h.state for n, h in self.health.items()},
-        )
-        self.rolling, self.rolling_active = dict.fromkeys(plan.waiting), set(plan.active)
+        plan = self.instances.next_restarts()
         if not plan.batch:
             return
+        self.instances.drain(plan.batch)
         for i, number in enumerate(plan.batch):
-            self.health[number].drain()
             waiting = len(plan.waiting) + len(plan.batch) - i - 1  # as the queue shrinks through the batch
             self.log.info(
                 "instance.restart",
@@ -225,12 +210,12 @@ class Agent:
         await drain.wait_drained(self.client, sockets, profile.health.timeout, drain.drain_limit(profile))
         await self._gather([asyncio.to_thread(action, n) for n in numbers])
         for number in numbers:  # probed again only now: the old server can no longer answer
-            if number in self.health:
-                self.health[number].fresh_start(grace=self.loaded.health.interval)
+            if number in self.instances.health:
+                self.instances.health[number].fresh_start(grace=self.loaded.health.interval)
 
     # -- readiness and nginx -----------------------------------------------------------
     async def update_nginx(self) -> None:
-        ready = frozenset(n for n, h in self.health.items() if h.in_rotation and n in self.specs)
+        ready = self.instances.in_rotation()
         serving = {s.name for s in self.loaded.services} <= {self.specs[n].service for n in ready}
         self.status.readiness = self.readiness.current(serving, self.loaded.health.startup_timeout)
         await self.router.update(self.loaded, self.specs, ready, self.status.readiness)
@@ -242,8 +227,8 @@ class Agent:
         except UserError as exc:
             self.log.error("units.unreadable", reason=str(exc))
             return False
-        changed = recovery.mark_gone(self.health, self.specs, states, self.log)
-        await recovery.tell_exits(self.health, self.specs, states, self.runner, self.log)
+        changed = recovery.mark_gone(self.instances.health, self.specs, states, self.log)
+        await recovery.tell_exits(self.instances.health, self.specs, states, self.runner, self.log)
         return changed
 
     async def check_files(self) -> bool:
@@ -266,11 +251,11 @@ class Agent:
     async def probe_all(self, client: InstanceClient, force: bool = False) -> bool:
         health = self.loaded.health
         due, results = await self.prober.round(
-            client, self.health, self.specs, health, force, self.router.upstream_failures()
+            client, self.instances.health, self.specs, health, force, self.router.upstream_failures()
         )
         if not due:
             return False
-        results = await probing.only_new_servers(due, results, self.rolling_active, self.specs, self._digests_now)
+        results = await probing.only_new_servers(due, results, self.instances.restarting, self.specs, self._digests_now)
         return probing.record_results(due, results, health, self.specs, self.log)
 
     async def _digests_now(self) -> dict[int, str | None]:

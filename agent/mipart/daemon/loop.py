@@ -12,17 +12,17 @@ import asyncio
 import signal
 import time
 import traceback
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from mipart.api.server import start_api
-from mipart.daemon import recovery, repartition
+from mipart.daemon import progress, recovery, repartition
 from mipart.daemon.agent import Agent
 from mipart.daemon.notify import status_line
 from mipart.daemon.profiles import read_profile_off_loop
 from mipart.daemon.retry import Backoff
 from mipart.errors import UserError
-from mipart.health.machine import InstanceHealth
 from mipart.unixhttp import InstanceClient
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
@@ -57,17 +57,18 @@ async def run(agent: Agent) -> None:
 async def _serve(agent: Agent) -> None:
     client = agent.client = InstanceClient()
     try:
-        agent.specs = {}
+        agent.instances.reset({})
+        agent.status.repartition_error = await asyncio.to_thread(progress.on_start, agent.run_dir)
         await _first_reconcile(agent, client)
         agent.notifier.send("READY=1")
         agent.notifier.status(status_line(agent.snapshot()))
         agent.log.info("agent.ready", status=status_line(agent.snapshot()))
-        next_check = 0.0
+        ticker = Ticker(agent, client)
         while not agent.stopping.is_set():
             agent.wake.clear()  # what comes during the tick wakes the next one at once
             try:
-                next_check = await _tick(agent, client, next_check)
-                pause = agent.prober.pause(agent.health, agent.specs, agent.loaded.health, TICK)
+                await _tick(ticker)
+                pause = agent.prober.pause(agent.instances.health, agent.specs, agent.loaded.health, TICK)
             except Exception as exc:  # no step's failure ends the agent: logged, tried again after a pause
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 agent.log.error(
@@ -115,29 +116,41 @@ def _signalled(agent: Agent, event: asyncio.Event) -> None:
     agent.wake.set()
 
 
-async def _tick(agent: Agent, client: InstanceClient, next_check: float) -> float:
-    if agent.reload_requested.is_set():
-        await _reload(agent)
-    changed = await agent.probe_all(client)
-    if time.monotonic() >= next_check:
-        next_check = time.monotonic() + agent.loaded.health.interval
-        changed |= await agent.check_units()
-        changed |= await agent.check_files()
-    if changed:
-        await agent.update_nginx()
-    await recovery.restart_due(
-        agent.health, agent.specs, agent.loaded.health, agent.runner, agent.log, agent.router.settled
-    )
-    await agent.roll()
-    return next_check
+@dataclass
+class Ticker:
+    """The loop's round of care for the instances, apart from reloads: a rolling repartition runs
+    it too while it waits for a step's instances, so the rest of the host is tended meanwhile."""
+
+    agent: Agent
+    client: InstanceClient
+    next_check: float = 0.0  # monotonic: when unit states and files are read again
+
+    async def tend(self) -> None:
+        agent = self.agent
+        changed = await agent.probe_all(self.client)
+        if time.monotonic() >= self.next_check:
+            self.next_check = time.monotonic() + agent.loaded.health.interval
+            changed |= await agent.check_units()
+            changed |= await agent.check_files()
+        if changed:
+            await agent.update_nginx()
+        await recovery.restart_due(
+            agent.instances.health, agent.specs, agent.loaded.health, agent.runner, agent.log, agent.router.settled
+        )
+        await agent.roll()
+
+
+async def _tick(ticker: Ticker) -> None:
+    if ticker.agent.reload_requested.is_set():
+        await _reload(ticker.agent, ticker.tend)
+    await ticker.tend()
 
 
 async def _first_reconcile(agent: Agent, client: InstanceClient) -> None:
     """Probe what already serves before touching nginx, so a restart drops nothing; a drain stays (the file)."""
     await asyncio.to_thread(agent.readiness.read_drain)
     specs = await agent.desired_specs()
-    agent.specs = specs or {}
-    agent.health = {n: InstanceHealth(n) for n in agent.specs}
+    agent.instances.reset(specs or {})
     await agent.probe_all(client, force=True)
     if specs is None:
         await agent.update_nginx()  # nothing fits: listeners answer 503 with the reason logged
@@ -145,7 +158,7 @@ async def _first_reconcile(agent: Agent, client: InstanceClient) -> None:
         await agent.reconcile(specs)
 
 
-async def _reload(agent: Agent) -> None:
+async def _reload(agent: Agent, tend: repartition.Tend) -> None:
     agent.reload_requested.clear()
     agent.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     agent.log.info("agent.reload", profile=agent.profile_path)
@@ -153,7 +166,8 @@ async def _reload(agent: Agent) -> None:
     read = await read_profile_off_loop(
         agent.profile_path, agent.log, agent.status.profile_digest, run_dir=agent.run_dir
     )  # any failure keeps the last good one
-    if agent.load_profile(read) and not await repartition.if_needed(agent):  # a changed gpus: applied while serving
+    # A changed gpus: is applied while serving (repartition); otherwise the instances are reconciled.
+    if agent.load_profile(read) and not await repartition.if_needed(agent, tend):
         await agent.reconcile()
     elif drain_changed:
         await agent.update_nginx()

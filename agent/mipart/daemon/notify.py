@@ -14,6 +14,7 @@ def status_line(snap: AgentSnapshot) -> str:
     st = snap.status
     problems = (
         st.profile_error and f"profile rejected, running the last good one: {st.profile_error}",
+        st.repartition_step and f"rolling repartition: {st.repartition_step}",
         st.repartition_phase and f"repartitioning: {st.repartition_phase}",
         st.repartition_error and f"repartition failed: {st.repartition_error}",
         st.reconcile_error,

@@ -1,5 +1,8 @@
 """Repartition while serving: a reload whose `gpus:` differ from the host (docs/repartition.md).
 
+A change that needs no driver reload rolls a few GPUs at a time while the rest serve
+(daemon.rolling executes partition.rolling's steps). A host-wide change is made here, at once.
+
 The agent owns the drain, so it makes the whole change itself, as one operator action
 (`systemctl reload mipart-agent`): its instances leave nginx, which answers the gap with
 its 503 JSON; in-flight requests finish; the instances stop (their servers hold the GPUs,
@@ -12,70 +15,87 @@ logged, recorded in /run/mipart/partition.json and shown in the status, and serv
 back on whatever layout the host then has.
 
 It drives the Agent (daemon.agent) through the attributes and steps its loop (daemon.loop)
-uses: specs, health, status, runner, update_nginx, reconcile.
+uses: instances, status, runner, update_nginx, reconcile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mipart.daemon import drain
+from mipart.daemon import drain, progress, rolling
 from mipart.daemon.agent import Agent
 from mipart.daemon.notify import status_line
+from mipart.daemon.stopping import POLL, cancel_planned_restarts, describe, keep_systemd_informed, stop_and_wait
 from mipart.errors import UserError
 from mipart.gpu import open_backend
-from mipart.names import REPARTITION_COMMAND, instance_name
+from mipart.names import REPARTITION_COMMAND
 from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host, refuse_unmanaged
 from mipart.partition.plan import PartitionPlan
 from mipart.partition.record import record_apply
+from mipart.partition.rolling import ROLLING, Rollout
+from mipart.paths import sockets_dir
 from mipart.profile.schema import Profile
+from mipart.serving.planned import instances_after, rollout_of
+from mipart.serving.spec import InstanceSpec
 
-# mipart-vllm@.service stops a server within TimeoutStopSec (60 s); then the apply names who is left.
-STOP_WAIT = 90.0
-POLL = 0.2
 START_TRIES = 10
-KEEPALIVE = 1.0  # watchdog and STATUS= while the loop waits for the repartition
 NOTICE, DRAINING, STOPPING, APPLYING, STARTING = "notice", "draining", "stopping", "applying", "starting"
+Tend = rolling.Tend
 
 
 @dataclass(frozen=True)
 class Change:
     backend: ApplyBackend
     plan: PartitionPlan
+    rollout: Rollout | None  # None: the instances the new layout gives cannot be planned; made at once
 
 
-def pending_change(profile: Profile, root: Path) -> Change | None:
-    """Blocking: what the host must do to match `gpus:`, None when it matches.
+def pending_change(profile: Profile, root: Path, running: Iterable[InstanceSpec], serving: Path) -> Change | None:
+    """Blocking: what the host must do to match `gpus:`, None when it matches; `running`: the
+    instances that run now, the rollout's start.
 
     Raises UserError when it cannot be done, before anything stopped: the host cannot reach
-    the layout, or a process the agent cannot stop holds a GPU the plan changes.
+    the layout, or a process the agent cannot stop holds a GPU the plan changes (any GPU
+    the change touches, whichever step switches it).
     """
     backend = open_backend(root)
     state, plan = plan_host(profile.gpus, backend)
     if plan.noop:
         return None
     refuse_unmanaged(busy_holders(backend, state, plan), profile.gpus.client_services)
-    return Change(backend, plan)
+    try:
+        after = instances_after(profile, state, plan, sockets_dir(serving))
+    except UserError:
+        return Change(backend, plan, None)  # the start afterwards reports why nothing fits
+    return Change(backend, plan, rollout_of(profile, plan, running, after))
 
 
-async def if_needed(agent: Agent) -> bool:
+async def if_needed(agent: Agent, tend: Tend) -> bool:
     """Repartition when the loaded profile's `gpus:` differ from the host; True when it ran
-    (serving was replanned), False when the caller reconciles as usual."""
+    (serving was replanned), False when the caller reconciles as usual. `tend`: the loop's
+    care for the instances, which a rolling change runs while it waits."""
     st = agent.status
     try:
-        change = await asyncio.to_thread(pending_change, agent.loaded, agent.sysfs_root)
+        change = await asyncio.to_thread(
+            pending_change, agent.loaded, agent.sysfs_root, tuple(agent.specs.values()), agent.serving_dir
+        )
     except Exception as exc:  # an unreadable host too: the reload still reconciles what it can
-        st.repartition_error = _describe(exc)
+        st.repartition_error = describe(exc)
         agent.log.error("repartition.refused", reason=st.repartition_error)
         await asyncio.to_thread(record_apply, False, agent.loaded.digest, None, st.repartition_error)
         return False
     if change is None:
         st.repartition_error = ""
+        await asyncio.to_thread(progress.clear, agent.run_dir)
         return False
-    await run(agent, change)
+    if change.rollout is not None and change.rollout.mode == ROLLING:
+        await rolling.run(agent, change.backend, change.rollout, tend)
+    else:
+        await run(agent, change)
     return True
 
 
@@ -84,7 +104,7 @@ async def run(agent: Agent, change: Change) -> None:
     started = time.monotonic()
     st.repartition_started, st.repartition_error = time.time(), ""
     log.info("repartition.start", writes=len(change.plan.writes), reload=change.plan.reload, instances=len(agent.specs))
-    keeper = asyncio.create_task(_keep_systemd_informed(agent))
+    keeper = asyncio.create_task(keep_systemd_informed(agent))
     try:
         await _notice(agent, change.plan)
         st.repartition_error = await _change(agent, change)
@@ -127,13 +147,6 @@ def host_wide_reason(plan: PartitionPlan) -> str:
     return f"compute partitions of GPUs {','.join(map(str, changed))} change with every instance stopped"
 
 
-async def _keep_systemd_informed(agent: Agent) -> None:
-    while True:
-        agent.notifier.watchdog()
-        agent.notifier.status(status_line(agent.snapshot()))
-        await asyncio.sleep(KEEPALIVE)
-
-
 async def _change(agent: Agent, change: Change) -> str:
     """Drain, stop, apply; returns what failed ("" when the host now matches the profile)."""
     try:
@@ -142,7 +155,7 @@ async def _change(agent: Agent, change: Change) -> str:
         _phase(agent, STOPPING)
         await _stop_all(agent)
     except Exception as exc:  # systemd unreachable mid-way: serving must come back all the same
-        error = f"{agent.status.repartition_phase} failed: {_describe(exc)}"
+        error = f"{agent.status.repartition_phase} failed: {describe(exc)}"
         agent.log.error("repartition.failed", reason=error, action="serving again on the layout the host has now")
         return error
     _phase(agent, APPLYING)
@@ -154,16 +167,15 @@ async def _serve_again(agent: Agent) -> None:
 
     A failure (systemd unreachable) is tried again, bounded; then the next reload starts them.
     """
-    agent.health = {}
     for attempt in range(1, START_TRIES + 1):
-        agent.specs = {}
+        agent.instances.reset({})
         try:
             await agent.reconcile()
             if not agent.specs:
                 await agent.update_nginx()  # nothing fits: every service answers 503, the reason logged
             return
         except Exception as exc:
-            reason = _describe(exc)
+            reason = describe(exc)
             agent.log.error("repartition.start_failed", reason=reason, attempt=attempt, of=START_TRIES)
             await asyncio.sleep(POLL * 5)
     agent.status.repartition_error = (
@@ -173,12 +185,8 @@ async def _serve_again(agent: Agent) -> None:
 
 async def _drain_all(agent: Agent) -> None:
     """Every instance out of rotation, with its requests finished (bounded); pending restarts dropped."""
-    for task in agent.tasks:
-        task.cancel()  # a planned restart would start an instance on the old layout
-    await asyncio.gather(*agent.tasks, return_exceptions=True)
-    agent.rolling, agent.rolling_active = {}, set()
-    for health in agent.health.values():
-        health.drain()
+    await cancel_planned_restarts(agent)
+    agent.instances.drain()
     await agent.update_nginx()
     await agent.router.wait_settled()  # no nginx worker from before the reload picks an instance any more
     sockets = [spec.socket for spec in agent.specs.values()]
@@ -187,25 +195,8 @@ async def _drain_all(agent: Agent) -> None:
 
 async def _stop_all(agent: Agent) -> None:
     """Stop every instance the runner runs, and wait (bounded) until none is left running."""
-    runner, log = agent.runner, agent.log
-    states = await asyncio.to_thread(runner.list_instances)
-    numbers = sorted(set(agent.specs) | {n for n, s in states.items() if s.active})
-    for number in numbers:
-        log.info("instance.stop", unit=instance_name(number), reason="repartition")
-    for result in await asyncio.gather(*(asyncio.to_thread(runner.stop, n) for n in numbers), return_exceptions=True):
-        if isinstance(result, Exception):
-            log.error("instance.action_failed", reason=str(result))
-    deadline = time.monotonic() + STOP_WAIT
-    while True:
-        states = await asyncio.to_thread(runner.list_instances)
-        running = [n for n in numbers if n in states and not states[n].stopped]
-        if not running or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(POLL)
-    if running:
-        log.warning(
-            "repartition.not_stopped", units=",".join(instance_name(n) for n in running), after=f"{STOP_WAIT:g}s"
-        )
+    states = await asyncio.to_thread(agent.runner.list_instances)
+    await stop_and_wait(agent, set(agent.specs) | {n for n, s in states.items() if s.active}, "repartition")
 
 
 async def _apply(agent: Agent, change: Change) -> str:
@@ -214,7 +205,7 @@ async def _apply(agent: Agent, change: Change) -> str:
     try:
         result = await asyncio.to_thread(apply, agent.loaded.gpus, change.backend, agent.log, True)
     except Exception as exc:  # whatever went wrong, serving must come back
-        error = _describe(exc)
+        error = describe(exc)
         agent.log.error("repartition.failed", reason=error, action="serving again on the layout the host has now")
         await asyncio.to_thread(record_apply, False, digest, None, error)
         return error
@@ -224,8 +215,3 @@ async def _apply(agent: Agent, change: Change) -> str:
         "repartition.applied", writes=result.writes, reloads=result.reloads, logical_gpus=result.logical_gpus
     )
     return error
-
-
-def _describe(exc: Exception) -> str:
-    """A UserError is already one line for people; anything else is named by its type."""
-    return str(exc) if isinstance(exc, UserError) else f"{exc.__class__.__name__}: {exc}"

@@ -55,7 +55,8 @@ class AgentStatus:
     api_error: str = ""  # the status API could not listen (retried: daemon.loop.keep_api)
     readiness: ReadyState = READY  # what the listeners answer fleet balancers (daemon.readiness)
 
-    repartition_phase: str = ""  # daemon.repartition's step while one runs
+    repartition_phase: str = ""  # daemon.repartition's step while one runs (ROLLING: daemon.rolling's)
+    repartition_step: str = ""  # a rolling repartition's step while it runs: "step 2 of 4 (GPU 1)"
     repartition_started: float = 0.0
     repartition_finished: float = 0.0
     repartition_error: str = ""  # what the last one failed on ("" when it worked, or none ran)

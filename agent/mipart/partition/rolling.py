@@ -6,7 +6,9 @@ GPUs leave rotation, stop, the GPUs switch, and the instances the new layout giv
 and become ready before the next step begins. Instances on other GPUs never stop. The order
 keeps every service serving where some order can; a service that lives only on the GPUs of one
 step goes dark for that step, and the plan says so. A memory change needs a driver reload,
-which takes every GPU of the hive at once: the rollout is then one host-wide step.
+which takes every GPU of the hive at once: the rollout is then one host-wide step. So is a
+change that would move an instance on a GPU that keeps its mode (numbering that is not per GPU,
+or a services: change made at the same time): a rolling change never touches those.
 
 The agent executes exactly the steps planned here, and `mipart plan --json` shows them.
 """
@@ -75,12 +77,17 @@ def plan_rollout(
 ) -> Rollout:
     """The steps from the instances running now (`before`) to those the new layout gives (`after`)."""
     old, new = {p.number: p for p in before}, {p.number: p for p in after}
-    if plan.reload:
+    changing = sorted({w.gpu for w in plan.writes})
+    moved = _moved(changing, old, new)
+    if plan.reload or moved:
         memory = next((g.memory_want for g in plan.gpus if g.memory_want), "")
-        reason = f"memory mode {memory} needs a driver reload, which takes every GPU of the hive at once"
+        reason = (
+            f"memory mode {memory} needs a driver reload, which takes every GPU of the hive at once"
+            if plan.reload
+            else f"instances on GPUs that keep their mode would change ({_numbers(moved)}): every GPU changes at once"
+        )
         step = _step(tuple(g.index for g in plan.gpus), old, new, set(), services)
         return Rollout(HOST_WIDE, reason, (step,), _dark((step,)))
-    changing = sorted({w.gpu for w in plan.writes})
     if not changing:
         return Rollout(NONE, "every GPU already has the mode the profile asks", (), {})
     steps: list[Step] = []
@@ -92,6 +99,15 @@ def plan_rollout(
         done |= set(batch)
     reason = f"compute changes on GPUs {', '.join(map(str, changing))} need no driver reload: {len(steps)} steps"
     return Rollout(ROLLING, reason, tuple(steps), _dark(steps))
+
+
+def _moved(changing: Sequence[int], old: Mapping[int, Placement], new: Mapping[int, Placement]) -> tuple[int, ...]:
+    """Instances on GPUs no step switches that are not the same before and after."""
+
+    def kept(placements: Mapping[int, Placement]) -> set[Placement]:
+        return {p for p in placements.values() if not set(p.gpus) & set(changing)}
+
+    return tuple(sorted({p.number for p in kept(old) ^ kept(new)}))
 
 
 def _best_batch(

@@ -17,7 +17,7 @@ from mipart.profile import fields as f
 from mipart.profile import keys
 from mipart.profile.indices import ALL
 from mipart.profile.problems import Problem, ProfileError
-from mipart.profile.schema import ApiSpec, GpuSpec, HealthSpec, InstancesSpec, Profile
+from mipart.profile.schema import ApiSpec, GpuSpec, HealthSpec, InstancesSpec, Profile, RolloutSpec
 from mipart.profile.sections import read_section
 from mipart.profile.services import build_service, check_ports, check_services
 from mipart.profile.source import compose, decode, read_profile_bytes
@@ -78,9 +78,21 @@ def _check_gpus(c: f.Checker, node: yaml.Node) -> GpuSpec:
     overrides = c.overrides(items["overrides"], memory, select) if "overrides" in items else ()
     clients = values.get("client_services", ())
     notice = values.get("drain_notice") or GpuSpec.drain_notice
+    rollout = _check_rollout(c, items["rollout"]) if "rollout" in items else RolloutSpec()
     return GpuSpec(
-        compute=compute, memory=memory, select=select, overrides=overrides, client_services=clients, drain_notice=notice
+        compute=compute,
+        memory=memory,
+        select=select,
+        overrides=overrides,
+        client_services=clients,
+        drain_notice=notice,
+        rollout=rollout,
     )
+
+
+def _check_rollout(c: f.Checker, node: yaml.Node) -> RolloutSpec:
+    _, values = read_section(c, node, "gpus.rollout", "gpus.rollout")
+    return RolloutSpec(**{k: v for k, v in values.items() if v is not None})
 
 
 def _check_instances(c: f.Checker, node: yaml.Node) -> InstancesSpec:

@@ -36,6 +36,13 @@ class GpuOverride:
 
 
 @dataclass(frozen=True)
+class RolloutSpec:
+    """How a compute-only change rolls over the GPUs while the rest serve (docs/repartition.md)."""
+
+    max_unavailable: int = 1  # GPUs switched at once
+
+
+@dataclass(frozen=True)
 class GpuSpec:
     compute: str | None = None
     memory: str | None = None
@@ -43,6 +50,7 @@ class GpuSpec:
     overrides: tuple[GpuOverride, ...] = ()
     client_services: tuple[str, ...] = ()
     drain_notice: float = 10.0  # seconds fleet balancers see readiness 503 before a host-wide change (docs/routing.md)
+    rollout: RolloutSpec = RolloutSpec()
 
     def compute_for(self, gpu_index: int) -> str | None:
         """Desired compute mode of one physical GPU, or None to leave it as is."""

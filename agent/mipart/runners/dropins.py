@@ -15,7 +15,7 @@ from pathlib import Path
 from mipart.fsutil import write_atomic
 from mipart.names import INSTANCE_PATTERN, instance_number
 from mipart.runners.devices import DROPIN_NAME, DropinError, dropin_path, dropin_text
-from mipart.serving.spec import InstanceSpec
+from mipart.serving.spec import InstanceSpec, read_spec_files
 
 
 @dataclass
@@ -56,15 +56,7 @@ class Dropins:
         return True
 
     def _specs(self) -> dict[int, InstanceSpec]:
-        specs = {}
-        for path in sorted((self.run_dir / "instances").glob("*.json")):
-            if not (path.stem.isascii() and path.stem.isdigit()):
-                continue
-            try:
-                specs[int(path.stem)] = InstanceSpec.from_file_text(path.read_text())
-            except (OSError, ValueError, TypeError, KeyError):
-                continue
-        return specs
+        return read_spec_files(self.run_dir / "instances")
 
     def _present(self) -> set[int]:
         found = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from mipart import envfile
@@ -100,3 +101,16 @@ class InstanceSpec:
     def digest(self) -> str:
         """Changes exactly when the running server would differ."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_spec_files(directory: Path) -> dict[int, InstanceSpec]:
+    """The spec files in `directory` (a run dir's instances/), by number; one unreadable is left out."""
+    specs = {}
+    for path in sorted(directory.glob("*.json")):
+        if not (path.stem.isascii() and path.stem.isdigit()):
+            continue
+        try:
+            specs[int(path.stem)] = InstanceSpec.from_file_text(path.read_text())
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return specs
