@@ -47,7 +47,7 @@ class FakeEngineProfile:
     """A profile whose service `chat` runs the fake engine (mipart.sim.engine).
 
     Fields are YAML text where the profile has them as such (durations, `args`, `partitions`);
-    `partitions`, `args`, `max_restarts` and `hf_home` are left out of the file when None.
+    `partitions`, `args`, `max_restarts`, `hf_home` and `drain_notice` are left out of the file when None.
     `services` is more of the profile as data, written as YAML flow: under "chat", fields of
     that service (one named above is replaced, e.g. {"chat": {"routing": "random"}}); under
     any other name, a whole service of that name after it.
@@ -69,6 +69,7 @@ class FakeEngineProfile:
     max_restarts: int | None = None
     hf_home: str | None = None
     user: str = "root"  # instances.user: another makes each native server a uid of its own
+    drain_notice: str | None = None  # gpus.drain_notice; None leaves the default
     python: str = sys.executable
     services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
@@ -93,7 +94,8 @@ class FakeEngineProfile:
         cache = "" if self.hf_home is None else f", hf_home: {json.dumps(self.hf_home)}"
         lines = [
             "version: 1",
-            f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
+            f"gpus: {{compute: {self.compute}, memory: {self.memory}"
+            f"{'' if self.drain_notice is None else f', drain_notice: {self.drain_notice}'}}}",
             "services:",
             f"  {SERVICE}:",
             *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
