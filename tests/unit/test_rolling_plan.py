@@ -110,3 +110,11 @@ def test_a_change_that_would_renumber_instances_on_a_gpu_that_keeps_its_mode_is_
     assert rollout.mode == HOST_WIDE and "@2,@3,@4,@5" in rollout.reason
     [step] = rollout.steps
     assert step.gpus == (0, 1) and step.stop == (0, 1, 2, 3)
+
+
+def test_numbers_that_would_move_to_another_gpu_make_the_change_host_wide():
+    """Numbering by logical GPU order: both GPUs to QPX would start @2 on GPU 0 while GPU 1's @2 serves."""
+    before = [Placement(n, "chat", (n // 2,)) for n in range(4)]
+    after = [Placement(n, "chat", (n // 4,)) for n in range(8)]
+    rollout = plan_rollout(plan({0: ("DPX", "QPX"), 1: ("DPX", "QPX")}), before, after, ["chat"])
+    assert rollout.mode == HOST_WIDE and "@2,@3" in rollout.reason

@@ -136,6 +136,9 @@ async def _start(agent: Agent, step: Step, switched: set[int]) -> tuple[tuple[in
     mine = {
         n: s for n, s in specs.items() if set(s.physical_gpus) & set(step.gpus) and set(s.physical_gpus) <= switched
     }
+    taken = sorted(n for n in mine if n in agent.specs)  # numbering that moves instances between GPUs
+    if taken:
+        return (), f"the new layout numbers instances {', '.join(map(str, taken))}, which serve on other GPUs"
     agent.instances.put(mine, grace=agent.loaded.health.interval)
     await asyncio.to_thread(agent.spec_files.write, agent.specs)
     for number, spec in sorted(mine.items()):

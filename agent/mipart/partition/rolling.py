@@ -84,7 +84,7 @@ def plan_rollout(
         reason = (
             f"memory mode {memory} needs a driver reload, which takes every GPU of the hive at once"
             if plan.reload
-            else f"instances on GPUs that keep their mode would change ({_numbers(moved)}): every GPU changes at once"
+            else f"instance numbers would move between GPUs ({_numbers(moved)}): every GPU changes at once"
         )
         step = _step(tuple(g.index for g in plan.gpus), old, new, set(), services)
         return Rollout(HOST_WIDE, reason, (step,), _dark((step,)))
@@ -102,12 +102,14 @@ def plan_rollout(
 
 
 def _moved(changing: Sequence[int], old: Mapping[int, Placement], new: Mapping[int, Placement]) -> tuple[int, ...]:
-    """Instances on GPUs no step switches that are not the same before and after."""
+    """Instances on GPUs no step switches that are not the same before and after, and numbers that
+    would move to other GPUs (a step would start one while the old one still serves elsewhere)."""
 
     def kept(placements: Mapping[int, Placement]) -> set[Placement]:
         return {p for p in placements.values() if not set(p.gpus) & set(changing)}
 
-    return tuple(sorted({p.number for p in kept(old) ^ kept(new)}))
+    crossing = {n for n in old.keys() & new.keys() if old[n].gpus != new[n].gpus}
+    return tuple(sorted({p.number for p in kept(old) ^ kept(new)} | crossing))
 
 
 def _best_batch(

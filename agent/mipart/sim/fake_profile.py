@@ -72,6 +72,9 @@ class FakeEngineProfile:
     drain_notice: str | None = None  # gpus.drain_notice; None leaves the default
     python: str = sys.executable
     services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    overrides: str | None = None  # gpus.overrides as YAML flow, e.g. "[{select: [1], compute: QPX}]"
+    rollout: str | None = None  # gpus.rollout as YAML flow, e.g. "{max_unavailable: 2}"
+    startup_timeout: str | None = None  # health.startup_timeout
 
     def text(self) -> str:
         engine = [
@@ -95,7 +98,16 @@ class FakeEngineProfile:
         lines = [
             "version: 1",
             f"gpus: {{compute: {self.compute}, memory: {self.memory}"
-            f"{'' if self.drain_notice is None else f', drain_notice: {self.drain_notice}'}}}",
+            + "".join(
+                f", {k}: {v}"
+                for k, v in (
+                    ("drain_notice", self.drain_notice),
+                    ("overrides", self.overrides),
+                    ("rollout", self.rollout),
+                )
+                if v is not None
+            )
+            + "}",
             "services:",
             f"  {SERVICE}:",
             *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
@@ -103,7 +115,8 @@ class FakeEngineProfile:
             f"instances: {{user: {self.user}{cache}}}",
             f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, "
             f"restart_backoff: {self.restart_backoff}"
-            f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}}}",
+            f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}"
+            f"{'' if self.startup_timeout is None else f', startup_timeout: {self.startup_timeout}'}}}",
             f'api: {{listen: "127.0.0.1:{self.ports.api}"}}',
         ]
         return "\n".join(lines) + "\n"
