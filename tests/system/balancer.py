@@ -6,7 +6,8 @@ has only passive ones (`max_fails`: a server leaves after real requests failed o
 `health_check` is NGINX Plus only. HAProxy's `option httpchk` asks each host's readiness path
 every `inter` and takes it out after `fall` failures. It checks mipart's readiness path, `GET
 /mipart/ready` on each host's service listener: 200 while the host serves, 503 once it is drained
-or a host-wide change is coming (docs/fleet.md).
+or a host-wide change is coming (docs/fleet.md). The check is HTTP/1.1 with a Host header: mipart's
+service port answers HAProxy's default check (HTTP/1.0, no Host) with 400 (docs/fleet.md).
 
 The client loop is mipart.sim.clients.ClientLoop, run by tests/system/fleet_clients.py inside
 the namespace: bounded in time, each answer counted by kind.
@@ -40,7 +41,8 @@ frontend chat
     default_backend hosts
 backend hosts
     balance roundrobin
-    option httpchk GET {path}
+    option httpchk
+    http-check send meth GET uri {path} ver HTTP/1.1 hdr Host mipart-check
     http-check expect status 200
     default-server inter {inter} fall 2 rise 2
 {servers}

@@ -87,11 +87,13 @@ class Controller:
 
     def playbook(self, playbook: str, *args: str, timeout: float = 900) -> Run:
         """PLAYBOOK (a path, or a collection's playbook such as mipart.host.rollout) with ARGS."""
-        reports = self.workdir / f"junit-{next(self._runs)}"
+        number = next(self._runs)
+        reports = self.workdir / f"junit-{number}"
         env = dict(self.env, JUNIT_OUTPUT_DIR=str(reports))
         started = time.monotonic()
         done = self.fleet.run(["ansible-playbook", "-i", str(self.inventory), playbook, *args], env, timeout)
         seconds = time.monotonic() - started
+        (self.workdir / f"run-{number}.log").write_text(done.stdout + done.stderr)  # kept with pytest's tmp dirs
         return Run(done, seconds, [case for report in sorted(reports.glob("*.xml")) for case in _cases(report)])
 
 

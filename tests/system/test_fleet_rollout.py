@@ -50,6 +50,19 @@ def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_
 
 
 def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(bed):
+    before = {h.name: status(h)["profile"]["digest"] for h in bed.fleet.hosts}
+    check, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE), "--check", "--diff")
+    print(f"(a) --check --diff first: {failed(seen)} failed of {sum(seen.values())}; recap {check.recap()}")
+    assert check.done.returncode == 0, check.output[-8000:]
+    assert "-gpus: {compute: DPX, memory: NPS1" in check.done.stdout, check.done.stdout[-4000:]  # each host's diff
+    assert "+gpus: {compute: DPX, memory: NPS2" in check.done.stdout
+    assert all(c.changed for cases in check.task(DRAIN).values() for c in cases)  # each would be drained
+    assert sorted(check.task(DRAIN)) == bed.names
+    assert all(c.status == "skipped" for cases in check.task(APPLY).values() for c in cases)
+    assert {h.name: status(h)["profile"]["digest"] for h in bed.fleet.hosts} == before
+    assert all(not status(h)["readiness"]["drained"] for h in bed.fleet.hosts)
+    assert taken_out == dict.fromkeys(bed.names, 0) and failed(seen) == 0
+
     run, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE))
     print(
         f"(a) host-wide (driver reload): {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
