@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from .fleet import ENGINE, profile
+from .controller import Run
+from .fleet import ENGINE, Host, profile, wait
 from .rollout_bed import HOST_WIDE, ROLLING, RolloutBed, digest, failed, status
 
 DRAIN, APPLY = "Drain the host and wait out its notice", "Apply it and wait until the host serves it"
@@ -27,13 +28,25 @@ def bed(tmp_path_factory, deb, ansible_bin):
         yield bed
 
 
+def said(label: str, run: Run, seen: dict[str, int], taken_out: dict[str, int]) -> None:
+    """The scenario's figures, as the test prints them."""
+    print(
+        f"({label}): {failed(seen)} failed client requests of {sum(seen.values())} {seen}; playbook {run.seconds:.1f}s, "
+        f"exit {run.done.returncode}; taken out of HAProxy: {taken_out}; recap {run.recap()}"
+    )
+
+
+def assert_serves_its_profile(host: Host) -> None:
+    """The agent runs the profile on the host's disk, on the partitions it asks, and the host is in rotation."""
+    now = status(host)
+    assert now["profile"]["digest"] == digest(host) and now["partition"]["matches"] is True, now
+    assert now["readiness"] == {"ready": True, "reason": None, "since": None, "drained": False}, now["readiness"]
+
+
 def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_no_host_drained(bed):
     assert "memory: NPS1" in bed.serving()
     run, seen, taken_out = bed.rollout(profile(gpus=ROLLING))
-    print(
-        f"(b) per-GPU rolling: {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
-        f"{run.seconds:.1f}s; taken out of HAProxy: {taken_out}"
-    )
+    said("b) a compute change on one GPU, per GPU", run, seen, taken_out)
     assert run.done.returncode == 0, run.output[-8000:]
     assert failed(seen) == 0 and seen.get("200", 0) > 0, seen
     assert taken_out == dict.fromkeys(bed.names, 0)
@@ -42,9 +55,7 @@ def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_
     assert all(c.result["rollout"]["mode"] == "rolling" and not c.result["outage"] for [c] in plans.values())
     assert all(c.status == "skipped" for cases in run.task(DRAIN).values() for c in cases)
     for host in bed.fleet.hosts:
-        now = status(host)
-        assert now["profile"]["digest"] == digest(host) and now["partition"]["matches"] is True
-        assert now["readiness"] == {"ready": True, "reason": None, "since": None, "drained": False}
+        assert_serves_its_profile(host)
         units = json.loads(host.machine.run("mipart status --json").stdout)["instances"]
         assert len(units["instances"] if isinstance(units, dict) else units) == 3  # DPX on GPU 0, SPX on GPU 1
 
@@ -52,7 +63,7 @@ def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_
 def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(bed):
     before = {h.name: status(h)["profile"]["digest"] for h in bed.fleet.hosts}
     check, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE), "--check", "--diff")
-    print(f"(a) --check --diff first: {failed(seen)} failed of {sum(seen.values())}; recap {check.recap()}")
+    said("a) --check --diff first", check, seen, taken_out)
     assert check.done.returncode == 0, check.output[-8000:]
     assert "-gpus: {compute: DPX, memory: NPS1" in check.done.stdout, check.done.stdout[-4000:]  # each host's diff
     assert "+gpus: {compute: DPX, memory: NPS2" in check.done.stdout
@@ -64,10 +75,7 @@ def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(
     assert taken_out == dict.fromkeys(bed.names, 0) and failed(seen) == 0
 
     run, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE))
-    print(
-        f"(a) host-wide (driver reload): {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
-        f"{run.seconds:.1f}s; taken out of HAProxy: {taken_out}"
-    )
+    said("a) a memory mode change, a driver reload on every host", run, seen, taken_out)
     assert run.done.returncode == 0, run.output[-8000:]
     assert failed(seen) == 0 and seen.get("200", 0) > 0, seen
     assert taken_out == dict.fromkeys(bed.names, 1), "each host left the balancer once, while it was drained"
@@ -76,15 +84,13 @@ def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(
     assert run.done.stdout.count(f"TASK [{APPLY}]") == 2, "two waves: the canary, then the other two"
     assert sorted(run.task(APPLY)) == bed.names
     for host in bed.fleet.hosts:
-        now = status(host)
-        assert now["profile"]["digest"] == digest(host) and now["partition"]["matches"] is True
-        assert now["readiness"]["ready"] is True and now["readiness"]["drained"] is False
+        assert_serves_its_profile(host)
 
 
 def test_d_a_second_run_of_the_same_rollout_changes_nothing(bed):
     text = bed.serving()
     run, seen, taken_out = bed.rollout(text)
-    print(f"(d) second run: {failed(seen)} failed of {sum(seen.values())} requests; recap {run.recap()}")
+    said("d) the same rollout again", run, seen, taken_out)
     assert run.done.returncode == 0, run.output[-8000:]
     assert run.recap() == {
         n: {"ok": run.recap()[n]["ok"], "changed": 0, "unreachable": 0, "failed": 0} for n in bed.names
@@ -100,11 +106,13 @@ def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_ca
     broken = old.replace(ENGINE, '["/bin/false"]')  # valid, but its instances exit at once: never ready
     canary, *others = bed.fleet.hosts
     old_digests = {h.name: status(h)["profile"]["digest"] for h in others}
-    run, seen, taken_out = bed.rollout(broken, "-e", "mipart_apply_timeout=20")
-    print(
-        f"(c) failing canary: {failed(seen)} failed of {sum(seen.values())} requests {seen}; "
-        f"recap {run.recap()}; taken out of HAProxy: {taken_out}"
-    )
+    before = bed.taken_out()
+    run, seen, _ = bed.rollout(broken, "-e", "mipart_apply_timeout=20")
+    # The canary is drained without waiting out its notice (the playbook reports the failure at once):
+    # HAProxy takes it out within its two checks.
+    wait(lambda: bed.balancer.servers()[canary.name]["status"] != "UP", 30, "HAProxy takes the drained canary out")
+    taken_out = {name: n - before[name] for name, n in bed.taken_out().items()}
+    said("c) a profile whose instances never become ready", run, seen, taken_out)
     assert run.done.returncode != 0
     recap = run.recap()
     assert recap[canary.name]["failed"] == 1, run.output[-6000:]
@@ -118,7 +126,7 @@ def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_ca
     assert servers[canary.name]["status"] != "UP"
     for host in others:
         assert host.machine.run("cat /etc/mipart/profile.yaml").stdout == old
-        now = status(host)
-        assert now["profile"]["digest"] == old_digests[host.name] and now["readiness"]["ready"] is True
+        assert_serves_its_profile(host)
+        assert status(host)["profile"]["digest"] == old_digests[host.name]
         assert servers[host.name]["status"] == "UP" and taken_out[host.name] == 0
     assert failed(seen) == 0, seen
