@@ -31,7 +31,7 @@ def bed(tmp_path_factory, deb, ansible_bin):
 def said(label: str, run: Run, seen: dict[str, int], taken_out: dict[str, int]) -> None:
     """The scenario's figures, as the test prints them."""
     print(
-        f"({label}): {failed(seen)} failed client requests of {sum(seen.values())} {seen}; playbook {run.seconds:.1f}s, "
+        f"{label}: {failed(seen)} failed client requests of {sum(seen.values())} {seen}; playbook {run.seconds:.1f}s, "
         f"exit {run.done.returncode}; taken out of HAProxy: {taken_out}; recap {run.recap()}"
     )
 
@@ -46,7 +46,7 @@ def assert_serves_its_profile(host: Host) -> None:
 def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_no_host_drained(bed):
     assert "memory: NPS1" in bed.serving()
     run, seen, taken_out = bed.rollout(profile(gpus=ROLLING))
-    said("b) a compute change on one GPU, per GPU", run, seen, taken_out)
+    said("(b) a compute change on one GPU, per GPU", run, seen, taken_out)
     assert run.done.returncode == 0, run.output[-8000:]
     assert failed(seen) == 0 and seen.get("200", 0) > 0, seen
     assert taken_out == dict.fromkeys(bed.names, 0)
@@ -63,7 +63,7 @@ def test_b_a_compute_change_on_one_gpu_rolls_per_gpu_with_no_failed_request_and_
 def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(bed):
     before = {h.name: status(h)["profile"]["digest"] for h in bed.fleet.hosts}
     check, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE), "--check", "--diff")
-    said("a) --check --diff first", check, seen, taken_out)
+    said("(a) --check --diff first", check, seen, taken_out)
     assert check.done.returncode == 0, check.output[-8000:]
     assert "-gpus: {compute: DPX, memory: NPS1" in check.done.stdout, check.done.stdout[-4000:]  # each host's diff
     assert "+gpus: {compute: DPX, memory: NPS2" in check.done.stdout
@@ -75,7 +75,7 @@ def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(
     assert taken_out == dict.fromkeys(bed.names, 0) and failed(seen) == 0
 
     run, seen, taken_out = bed.rollout(profile(gpus=HOST_WIDE))
-    said("a) a memory mode change, a driver reload on every host", run, seen, taken_out)
+    said("(a) a memory mode change, a driver reload on every host", run, seen, taken_out)
     assert run.done.returncode == 0, run.output[-8000:]
     assert failed(seen) == 0 and seen.get("200", 0) > 0, seen
     assert taken_out == dict.fromkeys(bed.names, 1), "each host left the balancer once, while it was drained"
@@ -90,7 +90,7 @@ def test_a_a_memory_mode_change_drains_each_host_in_turn_with_no_failed_request(
 def test_d_a_second_run_of_the_same_rollout_changes_nothing(bed):
     text = bed.serving()
     run, seen, taken_out = bed.rollout(text)
-    said("d) the same rollout again", run, seen, taken_out)
+    said("(d) the same rollout again", run, seen, taken_out)
     assert run.done.returncode == 0, run.output[-8000:]
     assert run.recap() == {
         n: {"ok": run.recap()[n]["ok"], "changed": 0, "unreachable": 0, "failed": 0} for n in bed.names
@@ -113,7 +113,7 @@ def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_ca
     out = lambda: bed.balancer.servers()[canary.name]["status"].startswith("DOWN")  # noqa: E731 - not "UP 1/2"
     wait(out, 30, "HAProxy takes the drained canary out")
     taken_out = {name: n - before[name] for name, n in bed.taken_out().items()}
-    said("c) a profile whose instances never become ready", run, seen, taken_out)
+    said("(c) a profile whose instances never become ready", run, seen, taken_out)
     assert run.done.returncode != 0
     recap = run.recap()
     assert recap[canary.name]["failed"] == 1, run.output[-6000:]

@@ -141,11 +141,11 @@ def rollout(plan):
 
 
 def describe_rollout(facts):
-    """One line: how the change reaches the host."""
+    """One line: how the change reaches the host, and what each service keeps serving meanwhile."""
     if facts["mode"] == "none":
-        return "no repartition"
+        return f"none: {facts['reason']}"
     keeps = ", ".join(f"{service} keeps {n}" for service, n in sorted(facts["capacity"].items()))
-    return f"{facts['mode']}: {facts['reason']} ({keeps})"
+    return f"{facts['mode']}: {facts['reason']}; {keeps}"
 
 
 def _short(digest):

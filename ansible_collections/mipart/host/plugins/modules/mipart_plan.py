@@ -122,7 +122,7 @@ rollout:
     description:
       description: The rollout in one line.
       type: str
-      sample: "rolling in 1 step(s): only compute partitions change (chat keeps 2)"
+      sample: "rolling: compute changes on GPUs 1 need no driver reload: 1 steps; chat keeps 2"
 readiness:
   description: What the host's readiness path answers, as the agent reports it (C(ready), C(reason), C(since),
     C(drained)); null when the agent does not answer.
