@@ -118,18 +118,21 @@ def test_plan_module_reports_facts_and_what_would_change(tmp_path, adhoc):
     assert [(w["gpu"], w["value"]) for w in facts["partition"]["writes"]] == [(0, "DPX"), (1, "DPX")]
     assert len(facts["instances"]) == 4 and facts["digest"] == plan["digest"]
     assert plan["changes"] == ["2 partition write(s) on GPU(s) 0, 1", "mipart-agent starts (it is not answering)"]
-    rollout = plan["rollout"]
-    assert (rollout["mode"], plan["outage"], rollout["capacity"]) == ("rolling", False, {"chat": 1}), rollout
-    assert [step["gpus"] for step in rollout["steps"]] == [[0], [1]] and facts["rollout"] == rollout
-    assert rollout["description"].startswith("rolling: compute changes on GPUs 0, 1") and plan["readiness"] is None
+    rollout = plan["rollout"]  # SPX -> DPX renumbers: instance 1 moves from GPU 1 to GPU 0
+    assert (rollout["mode"], plan["outage"], rollout["capacity"]) == ("host-wide", True, {"chat": 0}), rollout
+    assert rollout["description"].startswith("host-wide: ") and facts["rollout"] == rollout
+    assert plan["readiness"] is None  # no agent answers
 
-    # The text to plan given as content (the file stays as it is): a memory change, host-wide.
-    wide = profile.read_text().replace("gpus: {compute: DPX}", "gpus: {compute: DPX, memory: NPS2}")
-    rc, host_wide, _ = adhoc("mipart_plan", {"profile": str(profile), "content": wide}, extra_env=sim.env)
-    assert (rc, host_wide["outage"], host_wide["rollout"]["mode"]) == (0, True, "host-wide"), host_wide
-    assert host_wide["rollout"]["capacity"] == {"chat": 0} and host_wide["digest"] != plan["digest"]
-    assert host_wide["changes"][0] == "a driver reload (the memory partition changes)"
-    rc, refused, _ = adhoc("mipart_plan", {"content": wide.replace("runtime:", "runtme:")}, extra_env=sim.env)
+    # The text to plan given as content (the file stays as it is): GPU 1 alone changes, GPU 0 serves meanwhile.
+    one_gpu = profile.read_text().replace(
+        "gpus: {compute: DPX}", "gpus: {compute: SPX, overrides: [{select: [1], compute: DPX}]}"
+    )
+    rc, rolling, _ = adhoc("mipart_plan", {"profile": str(profile), "content": one_gpu}, extra_env=sim.env)
+    assert (rc, rolling["outage"], rolling["rollout"]["mode"]) == (0, False, "rolling"), rolling
+    assert rolling["rollout"]["capacity"] == {"chat": 1} and rolling["digest"] != plan["digest"]
+    assert [step["gpus"] for step in rolling["rollout"]["steps"]] == [[1]]
+    assert rolling["changes"][0] == "1 partition write(s) on GPU(s) 1"
+    rc, refused, _ = adhoc("mipart_plan", {"content": one_gpu.replace("runtime:", "runtme:")}, extra_env=sim.env)
     assert rc != 0 and refused["msg"].startswith("mipart refuses the profile given as content: "), refused
 
 
