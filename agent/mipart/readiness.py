@@ -2,8 +2,10 @@
 
 Every listener answers `GET /mipart/ready` (names.READY_PATH): 200 while the host serves
 normally, 503 with the reason and since when it is drained (`mipart drain`) or a host-wide
-change is pending or running. Only readiness changes: instances keep serving whoever still
-sends. docs/routing.md#readiness-for-fleet-load-balancers says why and how balancers use it.
+change is pending or running, and 503 on a listener whose service has no instance in rotation
+(starting after a boot, every instance failed): a balancer sending there would get only 503s.
+Only readiness changes: instances keep serving whoever still sends.
+docs/routing.md#readiness-for-fleet-load-balancers says why and how balancers use it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from mipart.api.contract import iso_utc
 
 DRAINED = "drained: "
 HOST_WIDE = "host-wide change: "
+NO_INSTANCE = "no instance of this service in rotation"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class ReadyState:
             return 200, json.dumps({"ready": True, "service": service})
         body = {"ready": False, "service": service, "reason": self.reason, "since": iso_utc(self.since)}
         return 503, json.dumps(body)
+
+    def of_service(self, serving: bool) -> ReadyState:
+        """What one listener answers: the host's state, or not ready when its service has no instance in rotation
+        (since when is not the renderer's to know: null)."""
+        return self if serving or not self.ready else ReadyState(False, NO_INSTANCE)
 
 
 READY = ReadyState(True)

@@ -14,11 +14,13 @@ from mipart.api import views
 from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.daemon import probing, profiles, recovery, specfiles
+from mipart.daemon.agent import Agent
 from mipart.daemon.notify import status_line
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, LayerState
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
 from mipart.profile.schema import HealthSpec
+from mipart.runners.process import ProcessRunner
 from mipart.values import UnitState
 
 # -- spec files --------------------------------------------------------------------------------
@@ -44,14 +46,17 @@ def test_spec_files_are_written_once_restored_and_pruned(tmp_path):
 # -- snapshot, views, STATUS= ----------------------------------------------------------------------
 
 
-def snapshot(**status) -> AgentSnapshot:
-    health = {
+def healths() -> dict[int, InstanceHealth]:
+    return {
         0: InstanceHealth(0, state="ready"),
         1: InstanceHealth(1, state="degraded", last_error="slow"),
         2: InstanceHealth(2, state="draining", restarts_total=2),
         7: InstanceHealth(7, state="ready"),
     }
-    return AgentSnapshot.of("/etc/p.yaml", True, AgentStatus(**status), SPECS, health)
+
+
+def snapshot(**status) -> AgentSnapshot:
+    return AgentSnapshot.of("/etc/p.yaml", True, AgentStatus(**status), SPECS, healths())
 
 
 def test_the_snapshot_is_a_copy_with_one_view_per_instance():
@@ -95,6 +100,13 @@ def test_counts_and_status_line():
         status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx=LayerState(error="emerg")))
         == f"2/4 instances ready; nginx config rejected: emerg; {sweeping}"
     )  # the override is said whatever else is wrong
+
+
+def test_the_loops_status_line_is_the_snapshots_counted_in_place(tmp_path):
+    agent = Agent("/etc/p.yaml", ProcessRunner(tmp_path), tmp_path, tmp_path, Log())
+    agent.instances.specs, agent.instances.health = dict(SPECS), healths()
+    agent.status.nginx.error = "emerg"
+    assert agent.status_line() == status_line(agent.snapshot()) == "2/4 instances ready; nginx config rejected: emerg"
 
 
 def test_views_fill_the_response_types():

@@ -13,6 +13,7 @@ import pytest
 import statuses
 from conftest import mipart
 from eventlog import Log
+from gpus import logical_gpus
 
 from mipart.api import contract
 from mipart.cli.status import format_live
@@ -22,13 +23,15 @@ from mipart.names import DRAIN_FILE, READY_PATH, RUN_DIR_VAR, STATE_DIR_VAR
 from mipart.nginx.conf import quoted, render_nginx
 from mipart.nginx.front import render_front
 from mipart.profile.load import check_profile
-from mipart.readiness import READY, ReadyState, state_of
+from mipart.readiness import NO_INSTANCE, READY, ReadyState, state_of
+from mipart.serving.instances import plan_instances
 
 PROFILE = check_profile(
     "version: 1\nservices:\n  chat: {model: org/m, listen: 8040, partitions: [0]}\n"
     "  code: {model: org/c, listen: 8041, partitions: [1]}\n"
 )
 SINCE = 1767225600.0  # 2026-01-01T00:00:00Z
+ANSWER = r"location = (\S+) \{\n\s+default_type application/json;\n\s+return (\d+) '(.*)';"
 
 
 def nginx_unquoted(text: str) -> str:
@@ -56,7 +59,7 @@ def test_a_ready_host_answers_200_and_a_drained_one_503_with_why_and_since():
 def test_every_back_listener_answers_the_readiness_path_itself_and_the_front_passes_it_on():
     drained = state_of(('it\'s $host \\ "quoted" é', SINCE), None)
     conf = render_nginx(PROFILE, (), frozenset(), Path("/run/t/nginx"), readiness=drained)
-    answers = re.findall(r"location = (\S+) \{\n\s+default_type application/json;\n\s+return (\d+) '(.*)';", conf)
+    answers = re.findall(ANSWER, conf)
     assert [(path, code) for path, code, _ in answers] == [(READY_PATH, "503")] * 2
     for (_, _, text), service in zip(answers, ("chat", "code"), strict=True):
         assert "$" not in text  # nginx would read a variable there
@@ -66,10 +69,14 @@ def test_every_back_listener_answers_the_readiness_path_itself_and_the_front_pas
             "reason": 'drained: it\'s $host \\ "quoted" é',
             "since": "2026-01-01T00:00:00Z",
         }
-    assert render_nginx(PROFILE, (), frozenset(), Path("/run/t/nginx")) != conf  # a flip is a new back config
-    assert 'return 200 \'{"ready": true, "service": "chat"}\';' in render_nginx(
-        PROFILE, (), frozenset(), Path("/run/t/nginx")
-    )
+    specs = plan_instances(PROFILE, logical_gpus("SPX", physical=2))
+    serving = render_nginx(PROFILE, specs, frozenset({specs[0].number}), Path("/run/t/nginx"))
+    assert serving != conf  # a flip is a new back config
+    assert 'return 200 \'{"ready": true, "service": "chat"}\';' in serving
+    # code has no instance in rotation: its listener is not ready, whatever the host's state
+    no_instance = {"ready": False, "service": "code", "reason": NO_INSTANCE, "since": None}
+    [(_, code, text)] = [a for a in re.findall(ANSWER, serving) if '"code"' in a[2]]
+    assert (code, json.loads(nginx_unquoted(text))) == ("503", no_instance)
     front = render_front(PROFILE, (), Path("/run/t/nginx"), Path("/run/t/front"))
     assert READY_PATH not in front and "location / { proxy_pass" in front  # readiness never reloads the front
 

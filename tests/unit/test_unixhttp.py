@@ -86,3 +86,119 @@ def test_no_socket_and_no_answer_are_the_errors_a_probe_names(tmp_path):
 
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(silent())
+
+
+def kept_exchanges(tmp_path, answers: list[bytes], keep_idle: float = 5.0, close_after: bool = False):
+    """Requests through one client to a server that answers them in turn on whatever connection they come.
+
+    Returns (replies, the connections opened, the requests seen); close_after: the server closes each
+    connection after answering (without saying so), as a server whose keep-alive timeout ran out does.
+    """
+    socket, connections, requests = str(tmp_path / "http.sock"), [], []
+    answers = list(answers)
+
+    async def serve(reader, writer):
+        connections.append(writer)
+        while not reader.at_eof():
+            try:
+                requests.append(await reader.readuntil(b"\r\n\r\n"))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(answers.pop(0))
+            await writer.drain()
+            if close_after:
+                break
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_unix_server(serve, socket)
+        async with server:
+            client = InstanceClient(keep_idle=keep_idle)
+            replies = []
+            for _ in range(len(answers)):
+                replies.append(await client.get(socket, "/health", 2.0))
+                await asyncio.sleep(0.05)  # the server's close, if any, reaches the client first
+            client.close()
+            return replies
+
+    return asyncio.run(main()), len(connections), requests
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_a_kept_connection_carries_the_next_get(tmp_path):
+    replies, opened, requests = kept_exchanges(tmp_path, [OK, OK, OK])
+    assert [r.body for r in replies] == [b"ok"] * 3 and opened == 1
+    assert all(b"Connection: close" not in request for request in requests)
+
+
+def test_a_connection_the_server_closed_is_replaced_for_the_same_request(tmp_path):
+    replies, opened, _ = kept_exchanges(tmp_path, [OK, OK, OK], close_after=True)
+    assert [r.status for r in replies] == [200] * 3 and opened == 3
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+def test_an_answer_that_does_not_leave_the_connection_reusable_closes_it(tmp_path, answer):
+    replies, opened, _ = kept_exchanges(tmp_path, [answer, answer])
+    assert [r.body for r in replies] == [b"ok"] * 2 and opened == 2
+
+
+def test_without_keep_idle_every_request_has_its_own_connection(tmp_path):
+    replies, opened, requests = kept_exchanges(tmp_path, [OK, OK], keep_idle=0.0)
+    assert len(replies) == 2 and opened == 2 and all(b"Connection: close\r\n" in r for r in requests)
+
+
+def test_a_connection_kept_longer_than_keep_idle_is_not_used_again(tmp_path):
+    socket, opened = str(tmp_path / "http.sock"), []
+
+    async def serve(reader, writer):
+        opened.append(writer)
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(OK)
+        writer.close()
+
+    async def main():
+        async with await asyncio.start_unix_server(serve, socket):
+            client = InstanceClient(keep_idle=0.1)
+            await client.get(socket, "/health", 2.0)
+            await asyncio.sleep(0.2)
+            await client.get(socket, "/health", 2.0)
+            client.close()
+
+    asyncio.run(main())
+    assert len(opened) == 2
+
+
+def test_a_get_that_timed_out_leaves_no_connection_to_reuse(tmp_path):
+    socket, opened = str(tmp_path / "http.sock"), []
+
+    async def serve(reader, writer):
+        opened.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        if len(opened) == 1:
+            await asyncio.sleep(1.0)  # the first answer comes after the client gave up
+        writer.write(OK)
+        await writer.drain()
+
+    async def main():
+        async with await asyncio.start_unix_server(serve, socket):
+            client = InstanceClient(keep_idle=5.0)
+            with pytest.raises(asyncio.TimeoutError):
+                await client.get(socket, "/health", 0.2)
+            reply = await client.get(socket, "/health", 2.0)
+            client.close()
+            return reply
+
+    assert asyncio.run(main()).body == b"ok" and len(opened) == 2

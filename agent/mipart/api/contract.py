@@ -156,8 +156,8 @@ class Partition:
 class Repartition:
     """The agent's repartition while serving (a reload with gpus: changed): the one running, or the last."""
 
-    phase: str  # notice (readiness 503 first), draining, stopping, applying, starting, or rolling (one GPU step at a
-    # time); "" when none runs
+    phase: str  # notice (readiness 503 first), draining, stopping, applying, starting, or rolling (one GPU step
+    # at a time); "" when none runs
     started: str | None
     finished: str | None
     error: str  # what the last one failed on, or where a rolling one stopped; "" when it worked or none ran

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mipart.api.host import HostSnapshot, collect_host
 from mipart.daemon import drain, probing, recovery, routing, specfiles
 from mipart.daemon.instances import Instances, Specs
-from mipart.daemon.notify import Notifier
+from mipart.daemon.notify import Notifier, summary
 from mipart.daemon.profiles import override_in_force, read_profile
 from mipart.daemon.readiness import HostReadiness
 from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, gpu_label
@@ -101,6 +101,11 @@ class Agent:
             self.stopping.is_set(),
             services,
         )
+
+    def status_line(self) -> str:
+        """notify.status_line of snapshot(), counted in place: the loop's every tick."""
+        ready = len(self.instances.in_rotation())
+        return summary(ready, len(self.specs), self.status)
 
     def host_snapshot(self) -> HostSnapshot:
         """Blocking: the API calls it in its own thread."""
@@ -181,6 +186,8 @@ class Agent:
 
     async def roll(self) -> None:
         """Restart the next batch of changed instances once the previous batch is ready."""
+        if not self.instances.queued and not self.instances.restarting:
+            return  # the loop's every tick: nothing to plan
         plan = self.instances.next_restarts()
         if not plan.batch:
             return
@@ -216,7 +223,7 @@ class Agent:
     # -- readiness and nginx -----------------------------------------------------------
     async def update_nginx(self) -> None:
         ready = self.instances.in_rotation()
-        serving = {s.name for s in self.loaded.services} <= {self.specs[n].service for n in ready}
+        serving = {s.name for s in self.loaded.services} <= {self.specs[n].service for n in ready if n in self.specs}
         self.status.readiness = self.readiness.current(serving, self.loaded.health.startup_timeout)
         await self.router.update(self.loaded, self.specs, ready, self.status.readiness)
 

@@ -23,7 +23,7 @@ from mipart.daemon.notify import status_line
 from mipart.daemon.profiles import read_profile_off_loop
 from mipart.daemon.retry import Backoff
 from mipart.errors import UserError
-from mipart.unixhttp import InstanceClient
+from mipart.unixhttp import KEEP_IDLE, InstanceClient
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
 STEP_RETRY = 1.0
@@ -55,7 +55,7 @@ async def run(agent: Agent) -> None:
 
 
 async def _serve(agent: Agent) -> None:
-    client = agent.client = InstanceClient()
+    client = agent.client = InstanceClient(keep_idle=KEEP_IDLE)  # probes reuse one connection per instance
     try:
         agent.instances.reset({})
         agent.status.repartition_error = await asyncio.to_thread(progress.on_start, agent.run_dir)
@@ -78,7 +78,7 @@ async def _serve(agent: Agent) -> None:
                     action="retry in 1s",
                 )
                 pause = STEP_RETRY
-            agent.notifier.status(status_line(agent.snapshot()))
+            agent.notifier.status(agent.status_line())
             agent.notifier.watchdog()
             try:
                 await asyncio.wait_for(agent.wake.wait(), pause)
@@ -88,6 +88,7 @@ async def _serve(agent: Agent) -> None:
             task.cancel()  # a pending drain: the restart it waited for is left to the next agent
         await asyncio.gather(*agent.tasks, return_exceptions=True)
     finally:
+        client.close()
         agent.client = None
 
 
@@ -166,8 +167,9 @@ async def _reload(agent: Agent, tend: repartition.Tend) -> None:
     read = await read_profile_off_loop(
         agent.profile_path, agent.log, agent.status.profile_digest, run_dir=agent.run_dir
     )  # any failure keeps the last good one
-    # A changed gpus: is applied while serving (repartition); otherwise the instances are reconciled.
-    if agent.load_profile(read) and not await repartition.if_needed(agent, tend):
+    if agent.load_profile(read) and not await repartition.if_needed(
+        agent, tend
+    ):  # a changed gpus: applied while serving
         await agent.reconcile()
     elif drain_changed:
         await agent.update_nginx()

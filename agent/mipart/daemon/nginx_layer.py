@@ -126,18 +126,20 @@ class NginxLayer:
         if action:
             self.log.error("nginx.update_failed", reason=error, action=action, layer=self.files.layer)
 
-    async def needs_update(self) -> bool:
+    async def needs_update(self, found: nginx_procs.NginxProcs | None = None) -> bool:
         """Periodic: a failed update due again, its config gone (rewritten), or nginx gone, strays holding the
-        port, a socket lost (nginx itself needs acting on: stale)."""
+        port, a socket lost (nginx itself needs acting on: stale). found: its processes, scanned by the caller."""
         if self.dirty:
             return self.retry.due(time.monotonic())
         missing = not await asyncio.to_thread(self.files.conf.exists)
         if missing:
             self.log.warning("files.missing", file=str(self.files.conf), action="rewrite")
-        self.stale = await self._stale()
+        if found is None:
+            found = await asyncio.to_thread(nginx_procs.scan, self.files.prefix)
+        self.stale = await self._stale(found)
         return missing or self.stale
 
-    async def _stale(self) -> bool:
+    async def _stale(self, found: nginx_procs.NginxProcs) -> bool:
         lost, self.lost = self.lost, await asyncio.to_thread(_missing, self.sockets)
         if self.lost and self.lost != lost:
             self.log.warning(
@@ -146,7 +148,6 @@ class NginxLayer:
                 action="a new master binds them; the old one's workers finish what they carry",
                 layer=self.files.layer,
             )
-        found = await asyncio.to_thread(nginx_procs.scan, self.files.prefix)
         if len(found.strays) != self.state.strays:
             self.state.strays = len(found.strays)
             if found.strays:

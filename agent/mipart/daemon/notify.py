@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import time
 
-from mipart.daemon.snapshot import AgentSnapshot
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
 
 
 def status_line(snap: AgentSnapshot) -> str:
     """One line for `systemctl status mipart-agent`: readiness, then the first problem."""
-    line = f"{snap.ready_count}/{len(snap.instances)} instances ready"
-    st = snap.status
+    return summary(snap.ready_count, len(snap.instances), snap.status)
+
+
+def summary(ready: int, instances: int, st: AgentStatus) -> str:
+    """status_line from the counts: the loop says it every tick without copying a snapshot of every instance."""
+    line = f"{ready}/{instances} instances ready"
     problems = (
         st.profile_error and f"profile rejected, running the last good one: {st.profile_error}",
         st.repartition_step and f"rolling repartition: {st.repartition_step}",
@@ -29,7 +33,8 @@ def status_line(snap: AgentSnapshot) -> str:
     override = (
         st.profile_override and f"profile override by mipart bench sweep: {st.profile_override}"
     )  # whatever else is wrong
-    return "; ".join(part for part in (line, first, override) if part)
+    ready_path = not st.readiness.ready and f"balancers told not ready: {st.readiness.reason}"  # a drain, say
+    return "; ".join(part for part in (line, first, ready_path, override) if part)
 
 
 class Notifier:

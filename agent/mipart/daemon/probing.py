@@ -81,8 +81,9 @@ class Prober:
         force: probe every instance and wait for all answers (the agent's start).
         """
         due, results = self._harvest(health)
-        for h in health.values():
-            what = (suspects or {}).get(specs[h.number].address) if h.number in specs else None
+        reported = suspects or {}
+        for h in health.values() if reported else ():  # nginx's reports: seldom any
+            what = reported.get(specs[h.number].address) if h.number in specs else None
             if what is not None and h.in_rotation:
                 due.append(h)
                 results.append(ProbeResult(False, f"nginx: {what}"))

@@ -49,6 +49,7 @@ class Router:
         self.back = NginxLayer(back, runner, log, status.nginx)
         self.front = NginxLayer(front, runner, log, status.front)
         self.log_offset = 0
+        self.upstream_log = str(back.upstream_log)  # stat every tick: the path made once
 
     async def update(
         self,
@@ -90,8 +91,10 @@ class Router:
 
     async def needs_update(self) -> bool:
         """Periodic: either layer's update due again, its config gone, nginx gone, or strays holding a socket."""
-        back = await self.back.needs_update()
-        return await self.front.needs_update() or back
+        back, front = self.back.files.prefix, self.front.files.prefix
+        found = await asyncio.to_thread(nginx_procs.scan_all, (back, front))
+        back_due = await self.back.needs_update(found[back])
+        return await self.front.needs_update(found[front]) or back_due
 
     async def settled(self) -> bool:
         """The back's last reload has taken (or is overdue): no worker from before it picks an instance any more."""
@@ -106,7 +109,7 @@ class Router:
         Cheap when nothing is new (one stat); the agent calls it every tick.
         """
         try:
-            size = os.stat(self.files.upstream_log).st_size
+            size = os.stat(self.upstream_log).st_size
         except OSError:
             return {}
         if size == self.log_offset:
@@ -114,12 +117,12 @@ class Router:
         if size < self.log_offset:  # emptied or replaced
             self.log_offset = 0
         try:
-            with open(self.files.upstream_log, "rb") as handle:
+            with open(self.upstream_log, "rb") as handle:
                 handle.seek(self.log_offset)
                 chunk = handle.read(UPSTREAM_LOG_MAX)
             self.log_offset += len(chunk)
             if self.log_offset >= UPSTREAM_LOG_MAX:
-                os.truncate(self.files.upstream_log, 0)  # nginx appends (O_APPEND): it writes on at the start
+                os.truncate(self.upstream_log, 0)  # nginx appends (O_APPEND): it writes on at the start
                 self.log_offset = 0
         except OSError:
             return {}

@@ -20,11 +20,15 @@ from mipart.serving.spec import InstanceSpec
 
 # nginx's default; clients (and fleet balancers) keep their connections this long between requests.
 CLIENT_KEEPALIVE = "75s"
+# The front is sized for this many instances per service (8 GPUs in CPX), or more when more run, so a
+# change of layout (a rolling repartition) never changes its text: a reload would close idle clients.
+FRONT_SIZED_FOR = 64
 
 
 def render_front(profile: Profile, specs: tuple[InstanceSpec, ...], back_prefix: Path, prefix: Path) -> str:
-    """SPECS size worker_connections as in the back (nginx.conf.worker_connections); readiness plays no part."""
-    lines = head(profile, specs, prefix)
+    """SPECS size worker_connections as in the back (nginx.conf.worker_connections), for at least FRONT_SIZED_FOR
+    instances a service; readiness plays no part."""
+    lines = head(profile, specs, prefix, at_least=FRONT_SIZED_FOR)
     lines += [
         f"    keepalive_timeout {CLIENT_KEEPALIVE};",
         # The body is read whole before the back is reached (in memory up to 1 MiB; prompts are

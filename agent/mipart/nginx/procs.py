@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,29 +108,40 @@ class OurNginx:
 
 def scan(prefix: Path) -> NginxProcs:
     """One pass over /proc for the nginx processes of ours started in `prefix`."""
-    found = NginxProcs()
-    prefix_text = str(prefix)
+    return scan_all((prefix,))[prefix]
+
+
+def scan_all(prefixes: Sequence[Path]) -> dict[Path, NginxProcs]:
+    """One pass over /proc for the nginx processes of ours started in each of `prefixes` (the agent's periodic
+    check of both layers: every process's comm is read once, not once per layer)."""
+    found = {prefix: NginxProcs() for prefix in prefixes}
     ours = OurNginx.here()
-    workers: list[tuple[int, int, str]] = []
+    workers: dict[Path, list[tuple[int, int, str]]] = {prefix: [] for prefix in prefixes}
     for pid in pids():
         if _read(pid, "comm").strip() != "nginx" or not alive(pid):
             continue
-        title = _read(pid, "cmdline").replace("\0", " ").strip()
-        master = title.startswith(MASTER) and (f" -p {prefix_text} " in f"{title} " or _cwd(pid) == prefix_text)
-        worker = title.startswith(WORKER) and _cwd(pid) == prefix_text
-        if not (master or worker) or not ours.owns(pid):
-            continue
-        if master:
-            found.masters.append(pid)
-        else:
-            workers.append((pid, _ppid(pid), title))
-    for pid, ppid, title in workers:
-        if title.startswith(SHUTTING_DOWN):
-            found.shutting_down.append(pid)
-        elif ppid in found.masters:
-            found.workers.append(pid)
-        else:
-            found.strays.append(pid)
+        title, cwd = _read(pid, "cmdline").replace("\0", " ").strip(), _cwd(pid)
+        owned: bool | None = None
+        for prefix in prefixes:
+            master = title.startswith(MASTER) and (f" -p {prefix} " in f"{title} " or cwd == str(prefix))
+            worker = title.startswith(WORKER) and cwd == str(prefix)
+            if not (master or worker):
+                continue
+            owned = ours.owns(pid) if owned is None else owned
+            if not owned:
+                continue
+            if master:
+                found[prefix].masters.append(pid)
+            else:
+                workers[prefix].append((pid, _ppid(pid), title))
+    for prefix, listed in workers.items():
+        for pid, ppid, title in listed:
+            if title.startswith(SHUTTING_DOWN):
+                found[prefix].shutting_down.append(pid)
+            elif ppid in found[prefix].masters:
+                found[prefix].workers.append(pid)
+            else:
+                found[prefix].strays.append(pid)
     return found
 
 
@@ -234,10 +246,7 @@ def quit_gracefully(pids_: list[int]) -> None:
 
 
 def _read(pid: int | str, name: str) -> str:
-    try:
-        return (PROC / str(pid) / name).read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
+    return procfs.read(pid, name).decode(errors="replace")
 
 
 def _cwd(pid: int) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mipart import safedirs
 from mipart.paths import launched_dir
-from mipart.runners.procfs import alive, start_time
+from mipart.runners.procfs import start_time
 
 AGENT = "agent.json"
 MAX_RECORD = 4096
@@ -81,7 +81,7 @@ def read_record(path: Path) -> Record | None:
     if not isinstance(data, dict):
         return None
     pid, start = data.pop("pid", None), data.pop("start", None)
-    if type(pid) is not int or type(start) is not int or pid <= 0 or start_time(pid) != start or not alive(pid):
+    if type(pid) is not int or type(start) is not int or pid <= 0 or start_time(pid, live=True) != start:
         return None  # another process now has the pid, or it is gone (a zombie has its start time still)
     return Record(pid, start, data)
 
