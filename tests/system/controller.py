@@ -2,8 +2,10 @@
 docs/fleet.md tells a user, run in the fleet's network namespace, and what a run did, read back.
 
 What a run did comes from Ansible's own junit callback (ansible.builtin.junit, enabled beside the default
-output): one case per task and host with its status, its duration and, for a task that ran, its result as
-JSON. The PLAY RECAP is read from the default output.
+output): one case per task and host with its status and, for a task that ran, its result as JSON. Its
+durations are not taken: the callback times a task from its first start, and the waves of a `serial` play
+run the same tasks (one uuid), so a later wave's cases count the earlier waves too. The PLAY RECAP is read
+from the default output.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class Case:
     play: str
     task: str
     status: str
-    seconds: float
     result: dict
 
     @property
@@ -112,5 +113,5 @@ def _cases(report: Path) -> list[Case]:
             status = "ok"
         out = case.findtext("system-out") or (failure.text if failure is not None else "") or ""
         result = json.loads(out) if out.startswith("{") else {}
-        cases.append(Case(named["host"], named["play"], named["task"], status, float(case.get("time", 0)), result))
+        cases.append(Case(named["host"], named["play"], named["task"], status, result))
     return cases

@@ -5,7 +5,7 @@ clients saw.
 One bed serves every scenario (booting it takes most of a test's time). Each scenario starts from whatever
 profile the fleet serves, as long as every host serves the same one (checked first), so each also runs on
 its own: (b) a compute change on one GPU needs the memory mode the bed boots with (NPS1), so it comes first;
-(c) leaves its canary drained with a broken profile, so it comes last.
+(c) leaves its canary drained with a broken profile until it rolls the old one back, so it comes last.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_d_a_second_run_of_the_same_rollout_changes_nothing(bed):
     assert failed(seen) == 0 and taken_out == dict.fromkeys(bed.names, 0)
 
 
-def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_canary_drained(bed):
+def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_canary_drained_until_fixed(bed):
     old = bed.serving()
     assert ENGINE in old
     broken = old.replace(ENGINE, '["/bin/false"]')  # valid, but its instances exit at once: never ready
@@ -130,4 +130,18 @@ def test_c_a_profile_that_fails_on_the_canary_stops_the_rollout_and_keeps_the_ca
         assert_serves_its_profile(host)
         assert status(host)["profile"]["digest"] == old_digests[host.name]
         assert servers[host.name]["status"] == "UP" and taken_out[host.name] == 0
+    assert failed(seen) == 0, seen
+
+    # The operator puts the old profile back and runs the rollout again: the canary serves it and is undrained
+    # (its drain is the rollout's own); the others run it already.
+    run, seen, _ = bed.rollout(old)
+    said("(c) then the old profile again", run, seen, {})
+    assert run.done.returncode == 0, run.output[-8000:]
+    assert {name: r["changed"] > 0 for name, r in run.recap().items()} == {
+        canary.name: True,
+        **{h.name: False for h in others},
+    }
+    for host in bed.fleet.hosts:
+        assert_serves_its_profile(host)
+    wait(lambda: bed.balancer.servers()[canary.name]["status"] == "UP", 30, "HAProxy takes the canary back")
     assert failed(seen) == 0, seen
