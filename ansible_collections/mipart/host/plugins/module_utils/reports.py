@@ -131,13 +131,9 @@ def rollout(plan):
     planned = {u["service"]: 0 for u in plan["upstreams"]}
     for spec in plan["instances"]:
         planned[spec["service"]] += 1
-    host_wide = found["mode"] == "host-wide"
-    floor = {
-        service: 0 if host_wide else min([n] + [step["capacity"].get(service, n) for step in found["steps"]])
-        for service, n in planned.items()
-    }
-    dark = sorted(service for service, steps in found["dark"].items() if steps)
-    return dict(found, outage=host_wide or bool(dark), capacity=floor)
+    floor = {s: min([n] + [step["capacity"].get(s, n) for step in found["steps"]]) for s, n in planned.items()}
+    outage = found["mode"] == "host-wide" or any(found["dark"].values())
+    return dict(found, outage=outage, capacity=floor)
 
 
 def describe_rollout(facts):

@@ -116,7 +116,8 @@ rollout:
       description: The steps during which a service has no instance, by service.
       type: dict
     capacity:
-      description: The fewest instances each service keeps serving while the change runs (0 for host-wide).
+      description: The fewest instances each service keeps serving while the change runs, as the steps count them
+        (0 in a host-wide change); with no repartition, the instances the profile plans.
       type: dict
       sample: {"chat": 2}
     description:
