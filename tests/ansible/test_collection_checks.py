@@ -18,7 +18,9 @@ def run(args, cwd, env, timeout=1200):
 
 def test_ansible_lint_production_profile_passes(tmp_path, ansible_bin):
     root = collection_copy(tmp_path)
-    done = run(["ansible-lint", "--profile", "production", "--offline", "."], root, tool_env(ansible_bin, tmp_path))
+    env = tool_env(ansible_bin, tmp_path)
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(tmp_path)  # the collection's own playbooks call its modules
+    done = run(["ansible-lint", "--profile", "production", "--offline", "."], root, env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr
 
@@ -55,7 +57,8 @@ def test_galaxy_build_makes_the_artifact_with_every_module(tmp_path, ansible_bin
     artifact = out / f"mipart-host-{meta['version']}.tar.gz"
     with tarfile.open(artifact) as tar:
         names = set(tar.getnames())
-    for module in ("mipart_profile", "mipart_plan", "mipart_apply"):
+    for module in ("mipart_profile", "mipart_plan", "mipart_drain", "mipart_apply"):
         assert f"plugins/modules/{module}.py" in names
     assert {"MANIFEST.json", "meta/runtime.yml", "plugins/action/mipart_profile.py", "README.md"} <= names
+    assert {"plugins/action/mipart_plan.py", "playbooks/rollout.yml"} <= names
     assert not any(name.startswith(("tests/output/", ".ansible/")) for name in names)

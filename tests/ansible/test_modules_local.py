@@ -118,3 +118,54 @@ def test_plan_module_reports_facts_and_what_would_change(tmp_path, adhoc):
     assert [(w["gpu"], w["value"]) for w in facts["partition"]["writes"]] == [(0, "DPX"), (1, "DPX")]
     assert len(facts["instances"]) == 4 and facts["digest"] == plan["digest"]
     assert plan["changes"] == ["2 partition write(s) on GPU(s) 0, 1", "mipart-agent starts (it is not answering)"]
+    rollout = plan["rollout"]  # SPX -> DPX renumbers: instance 1 moves from GPU 1 to GPU 0
+    assert (rollout["mode"], plan["outage"], rollout["capacity"]) == ("host-wide", True, {"chat": 0}), rollout
+    assert rollout["description"].startswith("host-wide: ") and facts["rollout"] == rollout
+    assert plan["readiness"] is None  # no agent answers
+
+    # The text to plan given as content (the file stays as it is): GPU 1 alone changes, GPU 0 serves meanwhile.
+    one_gpu = profile.read_text().replace(
+        "gpus: {compute: DPX}", "gpus: {compute: SPX, overrides: [{select: [1], compute: DPX}]}"
+    )
+    rc, rolling, _ = adhoc("mipart_plan", {"profile": str(profile), "content": one_gpu}, extra_env=sim.env)
+    assert (rc, rolling["outage"], rolling["rollout"]["mode"]) == (0, False, "rolling"), rolling
+    assert rolling["rollout"]["capacity"] == {"chat": 1} and rolling["digest"] != plan["digest"]
+    assert [step["gpus"] for step in rolling["rollout"]["steps"]] == [[1]]
+    assert rolling["changes"][0] == "1 partition write(s) on GPU(s) 1"
+    rc, refused, _ = adhoc("mipart_plan", {"content": one_gpu.replace("runtime:", "runtme:")}, extra_env=sim.env)
+    assert rc != 0 and refused["msg"].startswith("mipart refuses the profile given as content: "), refused
+
+
+def test_drain_module_drains_once_keeps_the_first_reason_and_undrains(tmp_path, adhoc):
+    """With no agent running: the drain file is written and removed (the agent reads it when it starts), and
+    what the readiness path answers cannot be asked (readiness null)."""
+    sim = create_sim(tmp_path / "host", model="mi300x", gpus=1)
+    port = free_block(2)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(PROFILE.format(port=port, api=port + 1, args="[]"))
+    env = {**sim.env, "MIPART_STATE_DIR": str(tmp_path / "state")}
+    (tmp_path / "state").mkdir()
+    drain_file = tmp_path / "state" / "drain.json"
+
+    def drain(*flags: str, **args) -> tuple[int, dict]:
+        rc, result, _ = adhoc("mipart_drain", {"profile": str(profile), "wait": False, **args}, *flags, extra_env=env)
+        return rc, result
+
+    rc, check = drain("--check", reason="driver update")
+    assert (rc, check["changed"], check["drained"], check["reason"]) == (0, True, True, "driver update"), check
+    assert check["readiness"] is None and not drain_file.exists()
+
+    rc, first = drain(reason="driver update")
+    assert (rc, first["changed"], first["drained"], first["reason"]) == (0, True, True, "driver update"), first
+    assert json.loads(drain_file.read_text())["reason"] == "driver update"
+    rc, again = drain(reason="something else")
+    assert (rc, again["changed"], again["reason"], again["since"]) == (0, False, "driver update", first["since"])
+
+    rc, back = drain(state="undrained")
+    assert (rc, back["changed"], back["drained"]) == (0, True, False), back
+    assert not drain_file.exists()
+    assert drain(state="undrained")[1]["changed"] is False
+
+    rc, refused = drain(reason="two\nlines")
+    assert rc != 0 and refused["msg"].startswith("mipart drain --json --profile"), refused
+    assert "one line" in refused["msg"] and not drain_file.exists()

@@ -4,8 +4,10 @@ HAProxy (Debian's), not nginx: a fleet balancer must stop sending to a host that
 ready before its listener refuses anyone, which needs active health checks. Open-source nginx
 has only passive ones (`max_fails`: a server leaves after real requests failed on it); active
 `health_check` is NGINX Plus only. HAProxy's `option httpchk` asks each host's readiness path
-every `inter` and takes it out after `fall` failures. The path is a parameter: the hosts' own
-`GET /v1/models` through their service listener until mipart answers a readiness path of its own.
+every `inter` and takes it out after `fall` failures. It checks mipart's readiness path, `GET
+/mipart/ready` on each host's service listener: 200 while the host serves, 503 once it is drained
+or a host-wide change is coming (docs/fleet.md). The check is HTTP/1.1 with a Host header: mipart's
+service port answers HAProxy's default check (HTTP/1.0, no Host) with 400 (docs/fleet.md).
 
 The client loop is mipart.sim.clients.ClientLoop, run by tests/system/fleet_clients.py inside
 the namespace: bounded in time, each answer counted by kind.
@@ -39,7 +41,8 @@ frontend chat
     default_backend hosts
 backend hosts
     balance roundrobin
-    option httpchk GET {path}
+    option httpchk
+    http-check send meth GET uri {path} ver HTTP/1.1 hdr Host mipart-check
     http-check expect status 200
     default-server inter {inter} fall 2 rise 2
 {servers}
@@ -49,7 +52,7 @@ backend hosts
 class Balancer:
     """HAProxy over the fleet's hosts, health-checking HEALTH_PATH on each; a context manager."""
 
-    def __init__(self, fleet: Fleet, workdir: Path, health_path: str = "/v1/models", inter: str = "500ms"):
+    def __init__(self, fleet: Fleet, workdir: Path, health_path: str = "/mipart/ready", inter: str = "500ms"):
         self.fleet, self.workdir = fleet, workdir
         self.sock = workdir / "haproxy.sock"
         servers = "\n".join(f"    server {h.name} {h.address}:{LISTEN} check" for h in fleet.hosts)

@@ -3,7 +3,7 @@
 Each host is an nspawn machine (nspawn.Machine) booted from one image baked for the session: the
 cached bookworm rootfs with openssh-server added (cached as FLEET_ROOTFS), then the .deb installed
 offline (`apt-get install ./mipart.deb`, no network), a simulated GPU host (`mipart sim create`,
-one MI300X in DPX: two logical GPUs, two fake-engine instances) and a profile. Keys are made per
+MI300Xs in DPX/NPS1, one by default: two logical GPUs, two fake-engine instances each) and a profile. Keys are made per
 run: each host's own SSH host key, and one client key for the controller.
 
 Networking, as it works on systemd 252: a network namespace of the test's own (`ip netns add`)
@@ -43,9 +43,10 @@ BRIDGE = "br0"
 SIM = "/var/lib/mipart-sim"
 LISTEN = 8040  # every host serves `chat` here; hosts have addresses of their own, so the port is fixed
 ENGINE = '["/usr/bin/python3", "-m", "mipart.sim.engine", "--startup-delay", "1"]'
+GPUS = "{compute: DPX, memory: NPS1}"  # as the image's simulated host is created
 PROFILE = """\
 version: 1
-gpus: {{compute: DPX, memory: NPS1}}
+gpus: {gpus}
 services:
   chat:
     model: test/chat
@@ -60,9 +61,10 @@ FLEET_TOOLS = {**HOST_TOOLS, "haproxy": "haproxy", "ssh": "openssh-client", "ssh
 _names = itertools.count()
 
 
-def profile(args: str = "[]") -> str:
-    """The fleet's profile, with ARGS (a YAML list) for the chat service."""
-    return PROFILE.format(listen=LISTEN, engine=ENGINE, args=args)
+def profile(args: str = "[]", gpus: str = GPUS, engine: str = ENGINE) -> str:
+    """The fleet's profile, with ARGS (a YAML list) for the chat service, GPUS (a YAML mapping) and the
+    service's command ENGINE (a YAML list)."""
+    return PROFILE.format(listen=LISTEN, engine=engine, args=args, gpus=gpus)
 
 
 def ensure_fleet_tools() -> None:
@@ -94,15 +96,16 @@ def _build_fleet_rootfs(tmp: Path) -> None:
         )
 
 
-def bake_image(deb: Path, where: Path, text: str) -> Path:
-    """WHERE: the fleet rootfs with the .deb installed offline, a simulated host and the profile TEXT."""
+def bake_image(deb: Path, where: Path, text: str, gpus: int = 1) -> Path:
+    """WHERE: the fleet rootfs with the .deb installed offline, a simulated host of GPUS MI300Xs and the profile
+    TEXT."""
     where.mkdir(parents=True)
     _sh(["cp", "-a", "--reflink=auto", f"{fleet_rootfs()}/.", str(where)])
     shutil.copyfile(deb, where / "var/tmp" / deb.name)
     done = _offline(
         where,
         f"apt-get install -y -q --no-install-recommends /var/tmp/{deb.name} && rm /var/tmp/{deb.name} "
-        f"&& mipart sim create {SIM} --model mi300x --gpus 1 --compute DPX --memory NPS1",
+        f"&& mipart sim create {SIM} --model mi300x --gpus {gpus} --compute DPX --memory NPS1",
     )
     if done.returncode != 0:
         raise RuntimeError(f"baking the fleet image failed\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -143,10 +146,11 @@ class Host:
 
 
 class Fleet:
-    """COUNT hosts serving the image's profile, each with its own address; a context manager."""
+    """COUNT hosts of GPUS simulated MI300Xs serving the image's profile, each with its own address; a context
+    manager."""
 
-    def __init__(self, workdir: Path, deb: Path, count: int = 3, text: str | None = None):
-        self.workdir, self.deb, self.count = workdir, deb, count
+    def __init__(self, workdir: Path, deb: Path, count: int = 3, text: str | None = None, gpus: int = 1):
+        self.workdir, self.deb, self.count, self.gpus = workdir, deb, count, gpus
         self.text = text or profile()
         self.netns = Netns(f"mipart-fleet-{os.getpid()}-{next(_names)}")
         self.ssh = workdir / "ssh"
@@ -158,7 +162,7 @@ class Fleet:
         started = time.monotonic()
         try:
             ensure_fleet_tools()
-            image = bake_image(self.deb, self.workdir / "image", self.text)
+            image = bake_image(self.deb, self.workdir / "image", self.text, self.gpus)
             self.timings["image"] = time.monotonic() - started
             self.netns.create()
             self._stack.callback(self.netns.remove)
@@ -221,7 +225,7 @@ class Fleet:
             f"ansible_ssh_private_key_file={self.ssh / 'id_ed25519'}",
             f"ansible_ssh_common_args='{ssh_args}'",
             "ansible_python_interpreter=/usr/bin/python3",
-            f"mipart_sysfs_root={SIM}",
+            f"mipart_environment={{'MIPART_SYSFS_ROOT': '{SIM}'}}",  # the units' /etc/default/mipart, for the modules
         ]
         path.write_text("\n".join(lines) + "\n")
         return path

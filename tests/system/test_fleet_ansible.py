@@ -6,25 +6,14 @@ second run changes nothing. The bed (tests/system/fleet.py) is the one the rollo
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
-from ansible_tools import install_collection, tool_env
-
 from .balancer import Balancer, Clients
+from .controller import Controller
 from .fleet import Fleet, profile
 
 PLAYBOOK = Path(__file__).with_name("playbooks") / "apply_profile.yml"
-RECAP = re.compile(r"^(\w+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP per host: ok, changed, unreachable, failed."""
-    return {
-        host: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, counts), strict=True))
-        for host, *counts in RECAP.findall(output)
-    }
 
 
 def test_a_profile_reaches_three_hosts_behind_a_balancer_with_no_failed_request(tmp_path, deb, ansible_bin):
@@ -33,36 +22,23 @@ def test_a_profile_reaches_three_hosts_behind_a_balancer_with_no_failed_request(
         print(
             f"fleet up: {time.monotonic() - started:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in fleet.timings.items())})"
         )
-        env = tool_env(ansible_bin, tmp_path / "controller")
-        env.update(
-            ANSIBLE_COLLECTIONS_PATH=str(install_collection(ansible_bin, tmp_path / "controller")),
-            ANSIBLE_SSH_ARGS="-o ControlMaster=no",  # no ssh master left running after the play
-            ANSIBLE_PIPELINING="true",
-            ANSIBLE_NOCOLOR="true",
-        )
+        controller = Controller(fleet, ansible_bin, tmp_path / "controller")
         wanted = profile('["--max-num-seqs", "64"]')
         (tmp_path / "chat.yaml").write_text(wanted)
-        playbook = [
-            "ansible-playbook",
-            "-i",
-            str(fleet.inventory(tmp_path / "inventory.ini")),
-            str(PLAYBOOK),
-            "-e",
-            f"profile_src={tmp_path / 'chat.yaml'}",
-        ]
+        playbook = [str(PLAYBOOK), "-e", f"profile_src={tmp_path / 'chat.yaml'}"]
         with Balancer(fleet, tmp_path) as balancer, Clients(fleet) as clients:
-            first = fleet.run(playbook, env)
-            assert first.returncode == 0, (first.stdout + first.stderr)[-8000:]
-            second = fleet.run(playbook, env)
-            assert second.returncode == 0, (second.stdout + second.stderr)[-8000:]
+            first = controller.playbook(*playbook)
+            assert first.done.returncode == 0, first.output[-8000:]
+            second = controller.playbook(*playbook)
+            assert second.done.returncode == 0, second.output[-8000:]
             seen = clients.stop()
             served = {name: int(row["hrsp_2xx"]) for name, row in balancer.servers().items()}
         print(f"client answers: {seen}; 2xx per host through haproxy: {served}")
 
         hosts = [h.name for h in fleet.hosts]
-        assert sorted(recap(first.stdout)) == hosts, first.stdout[-3000:]
-        assert all(r["changed"] == 3 and r["failed"] == 0 for r in recap(first.stdout).values()), first.stdout[-3000:]
-        assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap(second.stdout).values()), second.stdout[-3000:]
+        assert sorted(first.recap()) == hosts, first.output[-3000:]
+        assert all(r["changed"] == 3 and r["failed"] == 0 for r in first.recap().values()), first.output[-3000:]
+        assert all(r["changed"] == 0 and r["failed"] == 0 for r in second.recap().values()), second.output[-3000:]
         assert set(seen) == {"200"} and seen["200"] > 0, seen
         assert sorted(served) == hosts and all(count > 0 for count in served.values()), served
         for host in fleet.hosts:

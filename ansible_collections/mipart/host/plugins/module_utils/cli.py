@@ -50,6 +50,15 @@ class Mipart:
         args = ["status", "--json", "--profile", profile] + (["--api", api] if api else [])
         return self._json(args, ok=(0, STATUS_NOT_READY))
 
+    def drain(self, profile, reason=None, wait=True):
+        """`mipart drain --json`: the host's readiness path answers 503 from now on, until undrained."""
+        args = ["drain", "--json", "--profile", profile] + (["--reason", reason] if reason else [])
+        return self._json(args + (["--wait"] if wait else []))
+
+    def undrain(self, profile):
+        """`mipart undrain --json`: back to 200 on the readiness path (mipart waits until its listeners say so)."""
+        return self._json(["undrain", "--json", "--profile", profile])
+
     def agent_active(self):
         return self.module.run_command([self._systemctl(), "is-active", "--quiet", AGENT_UNIT])[0] == 0
 

@@ -20,6 +20,25 @@ def loaded_digest(report):
     return report["status"]["profile"]["digest"] if answering(report) else ""
 
 
+def readiness(report):
+    """What the host's readiness path (GET /mipart/ready on every service listener) answers, as the agent
+    reports it in /v1/status: {"ready", "reason", "since", "drained"}; None when the agent does not answer."""
+    return report["status"].get("readiness") if answering(report) else None
+
+
+# How the readiness reason of a drained host starts (mipart's contract); the operator's reason follows.
+DRAINED = "drained: "
+
+
+def drain_reason(report):
+    """Why the host is drained on purpose (`mipart drain`), as the operator said; None when it is not."""
+    ready = readiness(report)
+    if not ready or not ready["drained"]:
+        return None
+    reason = ready["reason"] or ""
+    return reason[len(DRAINED) :] if reason.startswith(DRAINED) else reason
+
+
 def instances(report):
     listed = report.get("instances", [])
     return listed["instances"] if isinstance(listed, dict) else listed
@@ -29,7 +48,8 @@ def pending(report, digest):
     """What keeps the host from serving the profile DIGEST as it asks; [] once it does.
 
     Served means: the agent loaded that profile, no repartition runs, the partitions match it,
-    and every instance is in rotation (a generation probe that fails takes its instance out).
+    every instance is in rotation (a generation probe that fails takes its instance out), and the
+    readiness path answers 200 unless the host is drained on purpose.
     """
     if not answering(report):
         agent = report.get("agent", {})
@@ -43,6 +63,9 @@ def pending(report, digest):
     if status["partition"]["matches"] is not True:
         waits.append("the partitions do not match the profile")
     waits.extend(f"{i['unit']} is {i['state']}" for i in instances(report) if i["state"] not in IN_ROTATION)
+    ready = readiness(report)
+    if ready is not None and not ready["ready"] and not ready["drained"]:
+        waits.append(f"the readiness path answers 503 ({ready['reason']})")
     return waits
 
 
@@ -62,6 +85,9 @@ def agent_words(report):
         ("files_error", status["files_error"]),
         ("nginx.problem", status["nginx"]["problem"]),
     ]
+    ready = readiness(report)
+    if ready is not None and not ready["drained"]:
+        found.append(("readiness.reason", ready["reason"]))
     words = [f"{where}: {text}" for where, text in found if text]
     words.extend(
         f"{i['unit']} {i['state']}: {i['last_error'] or 'no error recorded'}"
@@ -93,6 +119,29 @@ def plan_changes(plan, report, digest):
     elif loaded_digest(report) != digest:
         changes.append(f"the agent loads profile {_short(digest)} (it runs {_short(loaded_digest(report))})")
     return changes
+
+
+def rollout(plan):
+    """The plan's rollout (`mipart plan --json` key "rollout": mode none|rolling|host-wide, reason, steps, dark)
+    with what a playbook decides on: whether the host's service listeners go dark while it runs, and the fewest
+    instances each service keeps serving meanwhile. None when the host's mipart plans no rollout (too old)."""
+    found = plan.get("rollout")
+    if found is None:
+        return None
+    planned = {u["service"]: 0 for u in plan["upstreams"]}
+    for spec in plan["instances"]:
+        planned[spec["service"]] += 1
+    floor = {s: min([n] + [step["capacity"].get(s, n) for step in found["steps"]]) for s, n in planned.items()}
+    outage = found["mode"] == "host-wide" or any(found["dark"].values())
+    return dict(found, outage=outage, capacity=floor)
+
+
+def describe_rollout(facts):
+    """One line: how the change reaches the host, and what each service keeps serving meanwhile."""
+    if facts["mode"] == "none":
+        return f"none: {facts['reason']}"
+    keeps = ", ".join(f"{service} keeps {n}" for service, n in sorted(facts["capacity"].items()))
+    return f"{facts['mode']}: {facts['reason']}; {keeps}"
 
 
 def _short(digest):

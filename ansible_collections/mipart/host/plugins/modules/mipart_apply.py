@@ -11,12 +11,15 @@ description:
   - When the agent already runs this profile (its digest in C(/v1/status)) nothing is sent to it;
     otherwise C(systemctl reload mipart-agent), or C(systemctl start mipart-agent) when it does not run.
   - Then reads C(mipart status --json) until the agent reports this profile's digest loaded, no
-    repartition running, the partitions matching and every instance in rotation (ready, or degraded
-    which still serves; an instance whose generation probe fails leaves rotation).
+    repartition running, the partitions matching, every instance in rotation (ready, or degraded
+    which still serves; an instance whose generation probe fails leaves rotation) and the host's
+    readiness path (C(GET /mipart/ready), which load balancers check) answering C(200). A host drained
+    on purpose (M(mipart.host.mipart_drain)) answers C(503) there until it is undrained, so for it the
+    readiness path is not waited for.
   - Fails at once when the agent refuses the profile (a new C(profile_error)), and after O(timeout)
     with everything the agent states as wrong, in its own words (C(profile_error), the partition,
-    repartition, reconcile, units, files and nginx errors, and each instance out of rotation with
-    its C(last_error)).
+    repartition, reconcile, units, files and nginx errors, why the readiness path answers C(503), and
+    each instance out of rotation with its C(last_error)).
 version_added: 1.0.0
 author: mipart authors (@mipart)
 extends_documentation_fragment:
@@ -43,11 +46,13 @@ attributes:
     support: none
     description: It writes no file to show a difference of.
 notes:
-  - A change of C(gpus:) repartitions while serving (docs/repartition.md); a memory partition change
-    reloads the GPU driver, which takes the host out of service until it is done.
+  - A change of C(gpus:) repartitions while serving (docs/repartition.md), a compute-only change GPU by GPU
+    while the rest serves, a memory partition change with a driver reload, which takes the host out of
+    service until it is done (its readiness path answers C(503) from C(gpus.drain_notice) before).
 seealso:
   - module: mipart.host.mipart_profile
   - module: mipart.host.mipart_plan
+  - module: mipart.host.mipart_drain
 """
 
 EXAMPLES = r"""
@@ -74,6 +79,12 @@ in_rotation:
   description: How many instances are in rotation.
   returned: success and not check mode
   type: int
+readiness:
+  description:
+    - What the host's readiness path answers once it serves the profile, as the agent reports it (C(ready),
+      C(reason), C(since), C(drained)); C(503) only for a host drained on purpose.
+  returned: success and not check mode
+  type: dict
 waiting_on:
   description: What the host had not done yet when the time ran out.
   returned: failure after the timeout
@@ -98,6 +109,7 @@ from ansible_collections.mipart.host.plugins.module_utils.reports import (
     instances,
     loaded_digest,
     pending,
+    readiness,
     refusal,
 )
 
@@ -136,6 +148,7 @@ def main():
         digest=digest,
         waited=round(time.monotonic() - started, 1),
         in_rotation=len(served),
+        readiness=readiness(report),
     )
 
 

@@ -90,13 +90,11 @@ backup_file:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mipart.host.plugins.module_utils.cli import DEFAULT_PROFILE, Mipart
-
-MODE = 0o640  # as debian/rules installs it: the profile may carry values meant for the servers only
+from ansible_collections.mipart.host.plugins.module_utils.staging import MODE, stage
 
 
 def main():
@@ -153,13 +151,7 @@ def _stage(module, dest, content):
     where = module.tmpdir if module.check_mode else os.path.dirname(dest)
     if not os.path.isdir(where):
         module.fail_json(msg=f"{where} does not exist: install mipart on this host first")
-    fd, path = tempfile.mkstemp(prefix=".profile.", suffix=".yaml", dir=where)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), MODE)
-        f.write(content.encode())
-        f.flush()
-        os.fsync(f.fileno())
-    return path
+    return stage(content, where)
 
 
 def _validated(module, staged, dest):
