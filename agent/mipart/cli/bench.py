@@ -63,6 +63,14 @@ SWEEP_OPTIONS = (
 )
 
 
+FILE = click.Path(dir_okay=False, path_type=Path)
+DIRECTORY = click.Path(file_okay=False, path_type=Path)
+
+
+def output_option(help_text: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    return click.option("-o", "--output", type=FILE, default=None, help=help_text)
+
+
 def sweep_options(command: Callable[..., int]) -> Callable[..., int]:
     """The preset, load levels, request shape and load tool's options, the same words for `run` and
     `sweep`; the command gets the load as one Sweep (`load`)."""
@@ -83,13 +91,7 @@ def sweep_options(command: Callable[..., int]) -> Callable[..., int]:
 @profile_option
 @sweep_options
 @click.option("--label", default=None, help="The series name in `bench compare` (default: the partition layout).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Results file (default: mipart-bench-<UTC time>.json here).",
-)
+@output_option("Results file (default: mipart-bench-<UTC time>.json here).")
 def run(profile_path: str, load, service, tokenizer, progress, label, output) -> int:
     """Drive each service's listener through a sweep of load levels; write a tagged results file."""
     from mipart.bench.run import RunRequest, run_bench
@@ -129,11 +131,7 @@ def run(profile_path: str, load, service, tokenizer, progress, label, output) ->
     help="Only remove a stale profile override (a killed sweep) and serve the operator's profile.",
 )
 @click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where <layout>.json go (default: mipart-sweep-<UTC time> here).",
+    "--dir", "directory", type=DIRECTORY, help="Where <layout>.json go (default: mipart-sweep-<UTC time> here)."
 )
 @sweep_options
 @click.option(
@@ -221,14 +219,8 @@ def _agent_link(profile):
 
 
 @bench.command("compare")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Draw the figure into this PNG (needs python3-matplotlib).",
-)
+@click.argument("files", nargs=-1, required=True, type=FILE)
+@output_option("Draw the figure into this PNG (needs python3-matplotlib).")
 def compare(files: tuple[Path, ...], output: Path | None) -> int:
     """A Markdown table of results files, and with -o the seed's figure: throughput against latency, TTFT, ITL."""
     from mipart.bench.plot import NO_MATPLOTLIB, draw, have_matplotlib

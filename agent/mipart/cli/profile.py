@@ -9,17 +9,14 @@ import click
 from mipart.errors import UserError
 from mipart.names import DEFAULT_PROFILE
 
+JSON_HELP = "When valid, print its path, digest (the one /v1/status reports once loaded) and services as JSON."
+
 
 @click.command()
 @click.argument("path", required=False)
 @click.option("--profile", "profile_path", default=None, help=f"Profile to check (default {DEFAULT_PROFILE}).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when the profile is valid.")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="When valid, print its path, digest (the one /v1/status reports once loaded) and services as JSON.",
-)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def validate(path: str | None, profile_path: str | None, quiet: bool, as_json: bool) -> int:
     """Check a profile; print every problem as PATH:LINE:COL: what; what is right."""
     from mipart.profile import load_profile

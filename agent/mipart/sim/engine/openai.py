@@ -335,31 +335,14 @@ def render_metrics(cfg: EngineConfig, state: EngineState, names: tuple[str, ...]
     model = {"model_name": cfg.model}
     kv = min(1.0, state.kv_tokens / cfg.kv_cache_tokens) if cfg.kv_cache_tokens else 0.0
     out = Exposition(names)
-    out.family(
-        "vllm:num_requests_running",
-        "gauge",
-        "Number of requests in model execution batches.",
-        [(model, float(state.running))],
-    )
-    out.family(
-        "vllm:num_requests_waiting",
-        "gauge",
-        "Number of requests waiting to be processed.",
-        [(model, float(state.waiting))],
-    )
-    out.family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", [(model, float(kv))])
-    out.family(
-        "vllm:prompt_tokens_total",
-        "counter",
-        "Number of prefill tokens processed.",
-        [(model, float(state.prompt_tokens))],
-    )
-    out.family(
-        "vllm:generation_tokens_total",
-        "counter",
-        "Number of generation tokens processed.",
-        [(model, float(state.generation_tokens))],
-    )
+    for name, kind, text, value in (
+        ("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", state.running),
+        ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", state.waiting),
+        ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", kv),
+        ("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", state.prompt_tokens),
+        ("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", state.generation_tokens),
+    ):
+        out.family(name, kind, text, [(model, float(value))])
     out.family(
         "vllm:request_success_total",
         "counter",
