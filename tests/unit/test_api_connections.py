@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from conftest import AGENT
 
@@ -20,53 +23,52 @@ class Transport:
         self.aborted = True
 
 
-def run(coro):
-    return asyncio.run(coro)
+def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """An async test, run in a loop of its own."""
+
+    @functools.wraps(test)
+    def sync() -> None:
+        asyncio.run(test())
+
+    return sync
 
 
-def test_beyond_the_limit_the_longest_idle_connection_makes_room():
-    async def scenario():
-        guard = ConnectionGuard(limit=2, idle_timeout=60)
-        a, b, c, d = (Transport(n) for n in "abcd")
-        assert guard.admit(a) and guard.admit(b)
-        guard.busy(a)  # a is in a request: never evicted
-        assert guard.admit(c)
-        assert b.aborted and not a.aborted and guard.held == {a, c}
-        guard.busy(c)
-        assert not guard.admit(d)  # every held connection is busy: the new one is refused
-        guard.went_idle(a)
-        assert guard.admit(d) and a.aborted and guard.held == {c, d}
-
-    run(scenario())
+@in_loop
+async def test_beyond_the_limit_the_longest_idle_connection_makes_room():
+    guard = ConnectionGuard(limit=2, idle_timeout=60)
+    a, b, c, d = (Transport(n) for n in "abcd")
+    assert guard.admit(a) and guard.admit(b)
+    guard.busy(a)  # a is in a request: never evicted
+    assert guard.admit(c)
+    assert b.aborted and not a.aborted and guard.held == {a, c}
+    guard.busy(c)
+    assert not guard.admit(d)  # every held connection is busy: the new one is refused
+    guard.went_idle(a)
+    assert guard.admit(d) and a.aborted and guard.held == {c, d}
 
 
-def test_an_idle_connection_is_closed_after_the_timeout_and_a_busy_one_is_not():
-    async def scenario():
-        guard = ConnectionGuard(limit=10, idle_timeout=0.05)
-        idle, busy = Transport("idle"), Transport("busy")
-        guard.admit(idle)
-        guard.admit(busy)
-        guard.busy(busy)
-        await asyncio.sleep(0.2)
-        assert idle.aborted and not busy.aborted and guard.held == {busy}
-        guard.went_idle(busy)  # its answer is out: the clock starts again
-        await asyncio.sleep(0.2)
-        assert busy.aborted and guard.held == set() and guard.idle == {}
-
-    run(scenario())
+@in_loop
+async def test_an_idle_connection_is_closed_after_the_timeout_and_a_busy_one_is_not():
+    guard = ConnectionGuard(limit=10, idle_timeout=0.05)
+    idle, busy = Transport("idle"), Transport("busy")
+    assert guard.admit(idle) and guard.admit(busy)
+    guard.busy(busy)
+    await asyncio.sleep(0.2)
+    assert idle.aborted and not busy.aborted and guard.held == {busy}
+    guard.went_idle(busy)  # its answer is out: the clock starts again
+    await asyncio.sleep(0.2)
+    assert busy.aborted and guard.held == set() and guard.idle == {}
 
 
-def test_a_request_that_takes_too_long_to_arrive_and_be_answered_is_closed():
-    async def scenario():
-        guard = ConnectionGuard(limit=10, idle_timeout=60, busy_timeout=0.05)
-        trickle = Transport("trickle")  # headers a byte at a time, forever
-        guard.admit(trickle)
-        guard.busy(trickle)
-        guard.busy(trickle)  # more bytes: the clock does not start again
-        await asyncio.sleep(0.2)
-        assert trickle.aborted and guard.held == set() and guard.busy_since == {}
-
-    run(scenario())
+@in_loop
+async def test_a_request_that_takes_too_long_to_arrive_and_be_answered_is_closed():
+    guard = ConnectionGuard(limit=10, idle_timeout=60, busy_timeout=0.05)
+    trickle = Transport("trickle")  # headers a byte at a time, forever
+    guard.admit(trickle)
+    guard.busy(trickle)
+    guard.busy(trickle)  # more bytes: the clock does not start again
+    await asyncio.sleep(0.2)
+    assert trickle.aborted and guard.held == set() and guard.busy_since == {}
 
 
 class Inner(asyncio.Protocol):
@@ -76,35 +78,30 @@ class Inner(asyncio.Protocol):
         pass
 
 
-def test_a_flood_of_silent_connections_never_evicts_a_client_whose_request_arrived():
+@in_loop
+async def test_a_flood_of_silent_connections_never_evicts_a_client_whose_request_arrived():
     """Issue 20: an API flood made /v1/status time out. A connection is busy from its first byte, so
     connections that send nothing only ever make room by evicting each other."""
-
-    async def scenario():
-        guard = ConnectionGuard(limit=4, idle_timeout=60)
-        guard.factory = Inner
-        client = Transport("client")
-        connection = guard()
-        connection.connection_made(client)
-        connection.data_received(b"GET /v1/status HTTP/1.1\r\n")  # its handler has not run yet
-        flood = [Transport(f"flood{i}") for i in range(100)]
-        for transport in flood:
-            guard().connection_made(transport)
-        assert not client.aborted and client in guard.held
-        assert sum(not t.aborted for t in flood) == 3  # the rest were evicted, by each other
-
-    run(scenario())
+    guard = ConnectionGuard(limit=4, idle_timeout=60)
+    guard.factory = Inner
+    client = Transport("client")
+    connection = guard()
+    connection.connection_made(client)
+    connection.data_received(b"GET /v1/status HTTP/1.1\r\n")  # its handler has not run yet
+    flood = [Transport(f"flood{i}") for i in range(100)]
+    for transport in flood:
+        guard().connection_made(transport)
+    assert not client.aborted and client in guard.held
+    assert sum(not t.aborted for t in flood) == 3  # the rest were evicted, by each other
 
 
-def test_a_closed_connection_is_forgotten():
-    async def scenario():
-        guard = ConnectionGuard(limit=1, idle_timeout=60)
-        a, b = Transport("a"), Transport("b")
-        guard.admit(a)
-        guard.closed(a)
-        assert guard.admit(b) and not a.aborted
-
-    run(scenario())
+@in_loop
+async def test_a_closed_connection_is_forgotten():
+    guard = ConnectionGuard(limit=1, idle_timeout=60)
+    a, b = Transport("a"), Transport("b")
+    guard.admit(a)
+    guard.closed(a)
+    assert guard.admit(b) and not a.aborted
 
 
 def test_the_limit_is_a_quarter_of_the_file_limit_when_that_is_less():
