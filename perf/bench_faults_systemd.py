@@ -41,7 +41,15 @@ from system.test_packaging import NEXT  # noqa: E402  (the upgrade's version suf
 
 from mipart.api.client import AgentDown, Api  # noqa: E402
 from mipart.api.contract import Status, to_json  # noqa: E402
-from mipart.names import AGENT_UNIT, NGINX_UNIT, RELOAD_CMD_VAR, SYSFS_ROOT_VAR, instance_unit  # noqa: E402
+from mipart.names import (  # noqa: E402
+    AGENT_UNIT,
+    INSTANCE_PATTERN,
+    NGINX_UNIT,
+    RELOAD_CMD_VAR,
+    SYSFS_ROOT_VAR,
+    instance_number,
+    instance_unit,
+)
 from mipart.sim.fake_profile import FakeEngineProfile, Ports  # noqa: E402
 
 SIM = "/var/lib/mipart-sim"
@@ -86,6 +94,10 @@ class SystemdTarget:
 
     def address(self, number: int) -> str:
         return f"127.0.0.1:{self.spec.ports.base + number}"
+
+    def numbers(self) -> list[int]:
+        units = self.m.run(f"systemctl list-units --plain --no-legend '{INSTANCE_PATTERN}'").stdout.split()
+        return sorted(n for n in map(instance_number, units) if n is not None)
 
     def instance_pid(self, number: int) -> int:
         pid = self.host_pid(instance_unit(number))

@@ -30,6 +30,9 @@ RELOAD_TIMEOUT_VAR = "MIPART_RELOAD_TIMEOUT"
 INSTANCE_VAR = "MIPART_INSTANCE"
 DIGEST_VAR = "MIPART_SPEC_DIGEST"
 DEVICES_VAR = "MIPART_DEVICES"  # on a simulated host only: the device files the server holds open
+# On a simulated host only: the device files a server's device cgroup allows (the simulator cannot
+# see cgroups; the launcher declares what the unit's DeviceAllow= gives); absent: unconfined.
+DEVICE_CGROUP_VAR = "MIPART_DEVICE_CGROUP"
 RESERVED_ENV_PREFIX = "MIPART_"  # the runner finds servers by these tags in /proc/PID/environ
 # Set by mipart for each instance (its GPUs, its model cache): neither `env` nor an env file may.
 VISIBLE_DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")

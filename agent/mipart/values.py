@@ -20,16 +20,21 @@ class PhysicalGpu:
     memory: str  # "" when the driver exposes no memory partitioning
     memory_available: tuple[str, ...]
     path: Path  # the PCI device dir that carries the partition attributes
+    xcc_count: int = 0  # XCCs, from KFD's num_xcc (0: not known from KFD; gpu.amdgpu.xcc_count falls back)
+    hive_id: int = 0  # KFD's hive_id: GPUs of one XGMI hive share it; 0: in no hive
 
 
 @dataclass(frozen=True)
 class LogicalGpu:
-    index: int  # KFD topology order among GPU nodes = the CUDA/HIP_VISIBLE_DEVICES index
+    # mipart's logical GPU number, a slot: PARTITION_SLOTS x physical_index + partition
+    # (gpu.modes.logical_number). Never KFD node order, which a runtime switch changes: the
+    # visible-devices index ROCm wants is resolved when a server starts (gpu.rocm_order).
+    index: int
     node_id: int
     gpu_id: int
     render_minor: int
     physical_index: int
-    partition: int  # order within its physical GPU
+    partition: int  # order within its physical GPU (by render minor)
     bdf: str
 
     @property

@@ -32,7 +32,7 @@ AFFINITY = {"affinity": {"header": HEADER}}
 
 @pytest.fixture(scope="module")
 def serving_host(tmp_path_factory):
-    profile = FakeEngineProfile(Ports.free(64, low=TEST_PORTS), partitions='"0-3"', delay=STARTUP)
+    profile = FakeEngineProfile(Ports.free(64, low=TEST_PORTS), partitions='"0-1,8-9"', delay=STARTUP)
     serving = SimulatedHost(tmp_path_factory.mktemp("routing"), profile, expected=INSTANCES)
     serving.start_agent()
     serving.wait_ready(INSTANCES, timeout=90 + STARTUP)
@@ -70,7 +70,7 @@ def backend(host: SimulatedHost, headers: dict[str, str] | None = None) -> str:
 
 
 def every_instance(host: SimulatedHost) -> set[str]:
-    return {f"127.0.0.1:{host.base + n}" for n in range(INSTANCES)}
+    return {f"127.0.0.1:{host.base + n}" for n in (0, 1, 8, 9)}  # 8 x GPU + partition
 
 
 def sessions(host: SimulatedHost, count: int = 24, repeats: int = 4) -> dict[str, str]:

@@ -235,7 +235,7 @@ def test_ports_in_the_ephemeral_range_are_warned_about(tmp_path):
     log = Log()
     profiles.warn_ephemeral_ports(profile, log, ranges)
     assert [e[1] for e in log.events] == ["profile.ephemeral_ports"]
-    assert log.events[0][2]["ports"] == "40000-40063" and log.events[0][2]["ephemeral"] == "32768-60999"
+    assert log.events[0][2]["ports"] == "40000-40071" and log.events[0][2]["ephemeral"] == "32768-60999"
     log = Log()
     profiles.warn_ephemeral_ports(replace(profile, instances=replace(profile.instances, base_port=8081)), log, ranges)
     profiles.warn_ephemeral_ports(profile, log, tmp_path / "missing")

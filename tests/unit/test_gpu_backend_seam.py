@@ -18,6 +18,7 @@ from mipart.errors import UserError
 from mipart.gpu.backend import GpuBackend
 from mipart.gpu.health_signals import HealthSignals
 from mipart.gpu.holders import GpuHolders
+from mipart.gpu.modes import logical_number
 from mipart.gpu.pair_tables import PairTable
 from mipart.gpu.partitioning import MEMORY_ATTR, Partitioning
 from mipart.partition.apply import GpuBusyError, apply, plan_host
@@ -48,8 +49,8 @@ class MemoryBackend:
         logical: list[LogicalGpu] = []
         for gpu in physical:
             for part in range(self.PARTS[gpu.compute]):
-                n = len(logical)
-                logical.append(LogicalGpu(n, n, 100 + n, 128 + n, gpu.index, part, gpu.bdf))
+                n = logical_number(gpu.index, part)
+                logical.append(LogicalGpu(n, len(logical), 100 + n, 128 + n, gpu.index, part, gpu.bdf))
         return HostState(physical, tuple(logical))
 
     def pair_table(self, gpu: PhysicalGpu) -> PairTable:
@@ -95,6 +96,9 @@ class MemoryBackend:
 
     def device_env(self, devices) -> dict[str, str]:
         return {}
+
+    def rocm_devices(self, environ) -> tuple[str, ...]:
+        return ()
 
 
 class Log:

@@ -50,8 +50,8 @@ def test_spx_nps1_host_shows_one_logical_gpu_per_physical(tmp_path):
     assert gpu.compute_available == ("SPX", "DPX", "QPX", "CPX")
     assert gpu.memory_available == ("NPS1", "NPS2", "NPS4")
     assert [(lg.index, lg.physical_index, lg.partition, lg.render_minor) for lg in state.logical] == [
-        (k, k, 0, 128 + 8 * k) for k in range(8)
-    ]
+        (8 * k, k, 0, 128 + 8 * k) for k in range(8)
+    ]  # mipart's numbers are slots: 8 x GPU + partition
     assert [lg.node_id for lg in state.logical] == list(range(2, 10))  # after the 2 CPU nodes
 
 
@@ -89,12 +89,12 @@ def test_partition_number_in_location_id_high_bits_still_maps(tmp_path):
     assert [(lg.physical_index, lg.partition) for lg in state.logical] == [(k, p) for k in range(8) for p in range(2)]
 
 
-def test_kfd_gpu_without_partition_attributes_still_takes_an_index(tmp_path):
+def test_kfd_gpu_without_partition_attributes_is_no_logical_gpu_and_moves_no_number(tmp_path):
     root = sim(tmp_path, gpus=2)
     props = root / NODES / "2" / "properties"
     props.write_text(props.read_text().replace("location_id 1280", "location_id 1024"))  # 04:00.0
 
-    assert [(lg.index, lg.physical_index) for lg in discover(root).logical] == [(1, 1)]
+    assert [(lg.index, lg.physical_index) for lg in discover(root).logical] == [(8, 1)]
 
 
 def test_other_pci_devices_are_not_gpus(tmp_path):

@@ -212,7 +212,7 @@ def test_plan_lists_writes_reload_and_logical_gpus(tmp_path):
         "current_compute_partition=QPX",
     ]
     assert lines[-2] == "9 writes, 1 driver reload (memory mode is applied hive-wide at reload)"
-    assert lines[-1] == "result: 32 logical GPUs (0-31)"
+    assert lines[-1] == "result: 32 logical GPUs (0-3,8-11,16-19,24-27,32-35,40-43,48-51,56-59)"
 
 
 def test_selecting_a_missing_gpu_is_one_clear_line(tmp_path):

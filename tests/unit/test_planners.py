@@ -35,22 +35,26 @@ CHAT = 'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040"}\n'
 # -- plan_instances: profile + logical GPUs -> one spec per server ------------------------------
 
 
-def test_one_instance_per_logical_gpu_numbered_by_it_with_its_port_and_devices():
-    specs = plan_instances(profile(CHAT), logical_gpus("DPX"))
-    assert [s.number for s in specs] == list(range(16))
-    third = specs[3]
-    assert (third.port, third.address, third.unit) == (8084, "127.0.0.1:8084", "mipart-vllm@3.service")
-    assert third.logical_gpus == (3,) and third.physical_gpus == (1,)  # GPU 1, partition 1
-    assert third.devices == ("/dev/kfd", "/dev/dri/renderD137")
-    assert dict(third.env)["CUDA_VISIBLE_DEVICES"] == "3"
-    assert third.argv[:9] == (
+DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]
+
+
+def test_one_instance_per_logical_gpu_numbered_by_its_slot_with_its_port_and_devices():
+    specs = {s.number: s for s in plan_instances(profile(CHAT), logical_gpus("DPX"))}
+    assert list(specs) == DPX_NUMBERS  # N = 8 x physical GPU + partition
+    ninth = specs[9]
+    assert (ninth.port, ninth.address, ninth.unit) == (8090, "127.0.0.1:8090", "mipart-vllm@9.service")
+    assert ninth.logical_gpus == (9,) and ninth.physical_gpus == (1,)  # GPU 1, partition 1
+    assert ninth.devices == ("/dev/kfd", "/dev/dri/renderD137")
+    # ROCm's index is the launcher's to resolve at start (serving/visible.py), not the planner's.
+    assert "CUDA_VISIBLE_DEVICES" not in dict(ninth.env) and ninth.visible_devices_env == "CUDA_VISIBLE_DEVICES"
+    assert ninth.argv[:9] == (
         "vllm",
         "serve",
         "org/m",
         "--host",
         "127.0.0.1",
         "--port",
-        "8084",
+        "8090",
         "--served-model-name",
         "org/m",
     )
@@ -58,12 +62,14 @@ def test_one_instance_per_logical_gpu_numbered_by_it_with_its_port_and_devices()
 
 def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_the_first():
     specs = plan_instances(
-        profile('services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4}\n'),
+        profile(
+            'services:\n  big: {model: org/m, listen: 8040, partitions: "32-33,40-41,48-49,56-57", tensor_parallel: 4}\n'
+        ),
         logical_gpus("DPX"),
     )
     assert [(s.number, s.logical_gpus, s.physical_gpus, s.port) for s in specs] == [
-        (8, (8, 9, 10, 11), (4, 5), 8089),
-        (12, (12, 13, 14, 15), (6, 7), 8093),
+        (32, (32, 33, 40, 41), (4, 5), 8113),
+        (48, (48, 49, 56, 57), (6, 7), 8129),
     ]
     assert specs[0].render_nodes == (
         "/dev/dri/renderD160",
@@ -71,28 +77,25 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
         "/dev/dri/renderD168",
         "/dev/dri/renderD169",
     )
-    assert dict(specs[0].env)["CUDA_VISIBLE_DEVICES"] == "8,9,10,11"
     assert dict(specs[0].env)["NCCL_MIN_NCHANNELS"] == "112"
     assert specs[0].argv[-2:] == ("--tensor-parallel-size", "4")
 
 
 def test_two_services_share_the_host_by_partitions_and_ports_follow_the_gpu():
-    text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-3"}\n  code: {model: org/b, listen: 8041, partitions: [12, 13]}\ninstances: {base_port: 9000}\n'
+    text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-1,8-9"}\n  code: {model: org/b, listen: 8041, partitions: [48, 49]}\ninstances: {base_port: 9000}\n'
     specs = plan_instances(profile(text), logical_gpus("DPX"))
     assert [(s.number, s.service, s.port) for s in specs] == [
         (0, "chat", 9000),
         (1, "chat", 9001),
-        (2, "chat", 9002),
-        (3, "chat", 9003),
-        (12, "code", 9012),
-        (13, "code", 9013),
+        (8, "chat", 9008),
+        (9, "chat", 9009),
+        (48, "code", 9048),
+        (49, "code", 9049),
     ]
 
 
 def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
-    text = (
-        'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5]}\n'
-    )
+    text = 'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [17]}\n'
     [spec] = plan_instances(profile(text), logical_gpus("DPX"))
     devices = [spec.argv[i + 1] for i, arg in enumerate(spec.argv) if arg == "--device"]
     assert devices == ["/dev/kfd", "/dev/dri/renderD145"]
@@ -100,25 +103,35 @@ def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
 
 
 @pytest.mark.parametrize(
-    "body, logical, message",
+    "body, logical, layout, message",
     [
         (
             '  chat: {model: org/m, listen: 8040, partitions: "0-15"}\n',
             logical_gpus("SPX"),
-            "names logical GPU 8-15, but this host has logical GPUs 0-7",
+            dict.fromkeys(range(8), "SPX"),
+            "names logical GPU 1-7,9-15, which this host does not have in SPX: its logical GPUs are 0,8,16,24,32,40,48,"
+            "56; N = 8 x GPU + partition (mipart-vllm@N is partition N % 8 of GPU N // 8)",
+        ),
+        (
+            "  chat: {model: org/m, listen: 8040, partitions: [2]}\n",
+            logical_gpus("DPX", physical=2) + logical_gpus("QPX")[8:],
+            {0: "DPX", 1: "DPX", **dict.fromkeys(range(2, 8), "QPX")},
+            "names logical GPU 2, which this host does not have in DPX (GPUs 0-1), QPX (GPUs 2-7): its logical GPUs "
+            "are 0-1,8-9,16-19,24-27,32-35,40-43,48-51,56-59;",
         ),
         (
             "  chat: {model: org/m, listen: 8040, tensor_parallel: 3}\n",
             logical_gpus("DPX"),
+            None,
             "tensor_parallel 3 does not divide its 16 logical GPUs",
         ),
-        ("  chat: {model: org/m, listen: 8040}\n", (), "has no logical GPU on this host"),
+        ("  chat: {model: org/m, listen: 8040}\n", (), None, "has no logical GPU on this host"),
     ],
-    ids=["missing-gpu", "tp-does-not-divide", "no-gpus"],
+    ids=["missing-gpu", "missing-on-a-mixed-host", "tp-does-not-divide", "no-gpus"],
 )
-def test_a_profile_that_does_not_fit_the_host_is_one_clear_error(body, logical, message):
+def test_a_profile_that_does_not_fit_the_host_is_one_clear_error(body, logical, layout, message):
     with pytest.raises(InstancePlanError, match=re.escape(message)):
-        plan_instances(profile("services:\n" + body), logical)
+        plan_instances(profile("services:\n" + body), logical, layout)
 
 
 # -- render_nginx: upstreams, readiness, the 503 answer, sizing -----------------------------------
@@ -130,11 +143,11 @@ def nginx_conf(text: str, ready, compute: str = "DPX") -> str:
 
 
 def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
-    conf = nginx_conf(CHAT, ready={0, 2})
+    conf = nginx_conf(CHAT, ready={0, 8})
     assert "# service chat: 2/16 instances ready" in conf
     # a ready instance leaves every worker's choice for a health interval after one failure (issue 13)
     assert "server 127.0.0.1:8081 max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
-    assert "server 127.0.0.1:8083 max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
+    assert "server 127.0.0.1:8089 max_fails=1 fail_timeout=2s;  # mipart-vllm@8" in conf
     assert "server 127.0.0.1:8082 down;  # mipart-vllm@1" in conf
     assert conf.count(" down;") == 14
     assert "proxy_pass http://mipart_chat;" in conf and "least_conn;" in conf
@@ -190,7 +203,7 @@ def test_worker_connections_fit_every_instance_full_at_once(service, compute, co
 
 def three_specs() -> dict:
     prof = profile('services:\n  chat: {model: org/m, listen: 8040, partitions: "0-2"}\n')
-    return {s.number: s for s in plan_instances(prof, logical_gpus("DPX"))}
+    return {s.number: s for s in plan_instances(prof, logical_gpus("CPX"))}
 
 
 def running(*numbers: int, state: str = "active") -> dict[int, UnitState]:
@@ -281,7 +294,7 @@ def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_
     assert [(lg.index, lg.physical, lg.partition, lg.render_minor) for lg in plan.logical[:3]] == [
         (0, 0, 0, 128),
         (1, 0, 1, 129),
-        (2, 1, 0, 136),
+        (8, 1, 0, 136),  # slots: 8 x GPU + partition, and renderD(128 + N)
     ]
 
 

@@ -63,7 +63,7 @@ BAD = [
     (
         "port-in-instance-range",
         "version: 1\nservices:\n  a: {model: a/b, listen: 8090}\n",
-        "3:27: services.a.listen port 8090 is inside the instance port range 8081-8144 (instances.base_port + logical GPU); choose a port outside it",
+        "3:27: services.a.listen port 8090 is inside the instance port range 8081-8152 (instances.base_port + logical GPU); choose a port outside it",
     ),
     (
         "partitions-overlap",

@@ -14,7 +14,7 @@ from conftest import AGENT, SimRoot, mipart
 
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
-from mipart.names import DEVICES_VAR, INSTANCE_VAR, RELOAD_CMD_VAR
+from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, INSTANCE_VAR, RELOAD_CMD_VAR, SYSFS_ROOT_VAR
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -112,7 +112,11 @@ def test_sim_show_names_openers(root, opener):
 
 def test_the_backend_names_the_devices_for_the_launcher_under_a_simulated_root_only(root, tmp_path):
     spec_devices = ("/dev/kfd", "/dev/dri/renderD136")
-    assert open_backend(root).device_env(spec_devices) == {DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136"}
+    assert open_backend(root).device_env(spec_devices) == {
+        DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136",
+        DEVICE_CGROUP_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136",  # what its unit would allow it
+        SYSFS_ROOT_VAR: str(root),  # the root the fake engine enumerates GPUs from
+    }
     (tmp_path / "plain").mkdir()
     assert open_backend(tmp_path / "plain").device_env(spec_devices) == {}
     assert open_backend(tmp_path.parent / "sys-not-there").device_env(spec_devices) == {}

@@ -8,7 +8,7 @@ environment needs so that it holds its devices as the backend counts them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 from mipart.values import GpuUser, HostState
@@ -23,4 +23,10 @@ class GpuHolders(Protocol):
     def device_env(self, devices: Iterable[str]) -> dict[str, str]:
         """Environment a server needs beside its spec's to hold `devices` (paths as on a real host,
         e.g. /dev/kfd); empty where opening them is the server's own business, as on amdgpu."""
+        ...
+
+    def rocm_devices(self, environ: Mapping[str, str]) -> tuple[str, ...]:
+        """The render nodes (paths as on a real host) ROCm enumerates, in its device order, for a
+        server started from this process (its user, its device cgroup) with `environ`
+        (gpu/rocm_order.py); the launcher turns them into the server's visible-devices value."""
         ...

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mipart.errors import UserError
+from mipart.gpu.modes import logical_number, render_minor
 from mipart.gpu.pair_tables import FROM_KERNEL
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.partition.traps import hidden_partitions
@@ -218,12 +219,14 @@ def _mode_before_writes(gpu: PhysicalGpu, rules: HostRules, reload: bool) -> str
 
 
 def _predict_logical(changes: list[GpuChange], partitions: dict[int, dict[str, int]]) -> tuple[LogicalPrediction, ...]:
-    """Logical GPUs in KFD order: physical GPUs in PCI order, partitions within each."""
-    result: list[LogicalPrediction] = []
-    for gpu in changes:
-        for part in range(partitions[gpu.index][gpu.compute_final]):
-            result.append(LogicalPrediction(len(result), gpu.index, part, 128 + 8 * gpu.index + part))
-    return tuple(result)
+    """mipart's logical GPUs: physical GPUs in PCI order, partitions within each, numbered by slot
+    (gpu.modes.logical_number); render minors as amdgpu gives them (docs/partitioning.md)."""
+    return tuple(
+        LogicalPrediction(number, gpu.index, part, render_minor(number))
+        for gpu in changes
+        for part in range(partitions[gpu.index][gpu.compute_final])
+        for number in (logical_number(gpu.index, part),)
+    )
 
 
 def assert_lines(plan: PartitionPlan) -> list[str]:
@@ -290,6 +293,7 @@ def format_plan(plan: PartitionPlan) -> str:
         reload = "1 driver reload (memory mode is applied hive-wide at reload)" if plan.reload else "no driver reload"
         out.append(f"{len(plan.writes)} writes, {reload}")
     count = len(plan.logical)
-    out.append(f"result: {count} logical GPUs ({format_indices(range(count))})" if count else "result: no logical GPUs")
+    numbers = format_indices(lg.index for lg in plan.logical)
+    out.append(f"result: {count} logical GPUs ({numbers})" if count else "result: no logical GPUs")
     out += [f"warning: {w}" for w in plan.warnings]
     return "\n".join(out)

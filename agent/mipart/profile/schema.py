@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mipart.gpu.modes import LOGICAL_SLOTS
 from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
-# An 8-GPU hive in CPX shows 64 logical GPUs; the instance port range reserves that many.
-INSTANCE_PORT_SPAN = 64
+# Instance N listens on base_port + N, and N is a logical GPU slot: 8 per GPU, at most 9
+# partitionable GPUs a host (gpu.modes), so the range reserves 72 ports.
+INSTANCE_PORT_SPAN = LOGICAL_SLOTS
 RUNTIMES = ("native", *CONTAINER_RUNTIMES)
 DEFAULT_NATIVE_COMMAND = ("vllm", "serve")
 # vLLM's default --max-num-seqs; sizes nginx when the service does not say otherwise.

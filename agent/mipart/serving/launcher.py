@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 from mipart.cachedir import cache_dir_problem
@@ -16,6 +17,7 @@ from mipart.names import DIGEST_VAR, INSTANCE_VAR, RUN_DIR_VAR, VISIBLE_DEVICE_V
 from mipart.paths import instance_spec_path
 from mipart.serving.execenv import CLIENT_PATH, checked_env_file, client_argv, client_env, read_env_files
 from mipart.serving.spec import InstanceSpec, SpecVersionError
+from mipart.serving.visible import visible_value
 
 if TYPE_CHECKING:
     import pwd
@@ -91,6 +93,18 @@ def _drop_privileges(user: str, env: dict[str, str]) -> None:
     env["USER"] = env["LOGNAME"] = user
 
 
+def resolve_visible(spec: InstanceSpec, enumerated: tuple[str, ...]) -> str:
+    """The server's visible-devices value (serving/visible.py), said once in its unit's log."""
+    value = visible_value(spec.number, spec.render_nodes, enumerated)
+    print(
+        f"mipart: instance {spec.number}: {spec.visible_devices_env}={value} ({', '.join(spec.render_nodes)} among "
+        f"the {len(enumerated)} GPUs ROCm enumerates here)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return value
+
+
 def launch(number: int, cleanup: bool) -> int:
     """Exec the server for instance NUMBER (or, with cleanup, remove its container)."""
     spec = read_spec(number)
@@ -113,7 +127,8 @@ def launch(number: int, cleanup: bool) -> int:
         # beside the one the spec sets; only the spec's choice reaches the server.
         inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
         env = {**inherited, **dict(spec.env), **secrets, **tags}
-        env.update(open_backend().device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
+        backend = open_backend()
+        env.update(backend.device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
         if spec.user and os.geteuid() == 0:
             _drop_privileges(spec.user, env)
         argv = list(spec.argv)
@@ -123,6 +138,8 @@ def launch(number: int, cleanup: bool) -> int:
                 f"instance {number}: command {argv[0]!r} not found; install it, or set services.{spec.service}.command"
             )
         program = found
+        if spec.visible_devices_env:  # as the server's user, in its cgroup: what ROCm will enumerate
+            env[spec.visible_devices_env] = resolve_visible(spec, backend.rocm_devices(env))
     try:
         os.execve(program, argv, env)
     except PermissionError:

@@ -39,4 +39,5 @@ def plan_serving(profile: Profile, backend: Partitioning) -> PlannedHost:
         )
         for p in partition.logical
     )
-    return PlannedHost(partition, plan_instances(profile, logical))
+    layout = {g.index: g.compute_final for g in partition.gpus}
+    return PlannedHost(partition, plan_instances(profile, logical, layout))

@@ -18,7 +18,7 @@ from mipart.names import CONTAINER_RUNTIMES, instance_unit
 
 INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
 SPEC_VERSION = 1
-OPTIONAL_FIELDS = ("env_files", "cache_owner")
+OPTIONAL_FIELDS = ("env_files", "cache_owner", "visible_devices_env")
 
 
 class SpecVersionError(ValueError):
@@ -43,6 +43,9 @@ class InstanceSpec:
     # Added within version 1, written only when set: a file without them reads (and digests) as before.
     env_files: tuple[str, ...] = ()  # root-only files the launcher passes on at each start (secrets)
     cache_owner: str | None = None  # who owns hf_home when the launcher creates it; None: `user`
+    # A native server's visible-devices variable, which the launcher sets from the live topology
+    # (serving/visible.py); None: `env` carries it (a container's 0..k-1).
+    visible_devices_env: str | None = None
 
     @property
     def unit(self) -> str:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from mipart.gpu import driver
+from mipart.gpu import driver, rocm_order
 from mipart.gpu.amdgpu import AmdgpuBackend
 from mipart.names import RELOAD_CMD_VAR
 from mipart.sim import devices, kernel
@@ -51,3 +51,7 @@ class SimBackend(AmdgpuBackend):
     def device_env(self, devices_wanted: Iterable[str]) -> dict[str, str]:
         """The fake engine opens the root's device files (DEVICES_VAR), and so holds its GPUs."""
         return devices.device_env(self.root, devices_wanted)
+
+    def rocm_devices(self, environ: Mapping[str, str]) -> tuple[str, ...]:
+        """As ROCm would enumerate the root's GPUs for a server with `environ` (its device cgroup)."""
+        return rocm_order.render_nodes(self.root, devices.opener(self.root, environ))

@@ -10,18 +10,20 @@ spec's devices holds its GPUs exactly as long as a real vLLM would.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from mipart.names import DEVICES_VAR
+from mipart.gpu.modes import FIRST_RENDER_MINOR, PARTITION_SLOTS
+from mipart.gpu.rocm_order import open_render
+from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, SYSFS_ROOT_VAR
 
 PROC = Path("/proc")
 KFD_FILE = Path("dev/kfd")
 RENDER_DIR = Path("dev/dri")
 RENDER_PREFIX = "renderD"
-FIRST_RENDER_MINOR = 128
-MINORS_PER_GPU = 8
+MINORS_PER_GPU = PARTITION_SLOTS
 
 
 def build(root: Path, gpus: int) -> None:
@@ -80,9 +82,33 @@ def gpus_in_use(openers_by_pid: Mapping[int, Sequence[int]], gpus: int) -> set[i
 
 def device_env(root: Path, devices: Iterable[str]) -> dict[str, str]:
     """For the launcher (through the simulated root's backend): the spec's devices as that
-    root's files, in DEVICES_VAR for the fake engine to open."""
-    base = Path(root).resolve()
-    return {DEVICES_VAR: ":".join(str(base / device.lstrip("/")) for device in devices)}
+    root's files, in DEVICES_VAR for the fake engine to open, the root it enumerates GPUs
+    from, and its device cgroup (DEVICE_CGROUP_VAR): the simulator cannot see cgroups, and the
+    spec's devices are exactly what the instance's unit allows it (DeviceAllow=)."""
+    files = ":".join(str(Path(root).resolve() / device.lstrip("/")) for device in devices)
+    return {DEVICES_VAR: files, DEVICE_CGROUP_VAR: files, SYSFS_ROOT_VAR: str(Path(root).resolve())}
+
+
+def cgroup(environ: Mapping[str, str]) -> set[str] | None:
+    """The device files a process's (simulated) device cgroup allows; None: unconfined."""
+    if DEVICE_CGROUP_VAR not in environ:
+        return None
+    return {p for p in environ[DEVICE_CGROUP_VAR].split(":") if p}
+
+
+def opener(root: Path, environ: Mapping[str, str]) -> Callable[[str], None]:
+    """How ROCm's open of a render node goes for a process with `environ` on this root: EPERM
+    outside its device cgroup (as the kernel's device controller answers), else a real open of
+    the root's file (which a real cgroup may refuse too, where the file is a device node)."""
+    base, allowed = Path(root).resolve(), cgroup(environ)
+
+    def try_open(device: str) -> None:
+        path = str(base / device.lstrip("/"))
+        if allowed is not None and path not in allowed:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM), path)
+        open_render(path)
+
+    return try_open
 
 
 def open_devices(environ: Mapping[str, str] = os.environ) -> list[int]:

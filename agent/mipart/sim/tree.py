@@ -15,9 +15,10 @@ import zlib
 from contextlib import suppress
 from pathlib import Path
 
-from mipart.gpu.amdgpu import AST_MODULE, KFD, PCI_DEVICES, USER_PARTT_PARAM
+from mipart.gpu.amdgpu import AST_MODULE, PCI_DEVICES, USER_PARTT_PARAM
 from mipart.gpu.kernel_table import PARTITION_CONFIG
 from mipart.gpu.modes import partitions_per_gpu
+from mipart.gpu.topology import KFD
 from mipart.names import BACKEND_MARKER
 from mipart.sim import devices
 from mipart.sim.state import SIM_DIR, SimState
