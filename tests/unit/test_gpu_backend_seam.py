@@ -42,7 +42,15 @@ class MemoryBackend:
     def discover(self) -> HostState:
         physical = tuple(
             PhysicalGpu(
-                i, f"mem:{i}", 0, m["compute"], tuple(self.PAIRS), m["memory"], ("NPS1", "NPS2"), self.root / str(i)
+                i,
+                f"mem:{i}",
+                0,
+                m["compute"],
+                tuple(self.PAIRS),
+                m["memory"],
+                ("NPS1", "NPS2"),
+                self.root / str(i),
+                hive_id=1,  # both in one hive: one memory request
             )
             for i, m in enumerate(self.modes)
         )

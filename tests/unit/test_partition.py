@@ -119,7 +119,7 @@ def test_crash_between_memory_write_and_reload_is_completed_by_a_rerun(tmp_path)
     # The reload command kills mipart itself: a crash right after the memory request.
     crashed = host.run("partition", "apply", "--profile", profile, env={"MIPART_RELOAD_CMD": "kill -9 $PPID"})
     assert crashed.returncode == -9
-    assert host.state()["pending_memory"] == "NPS4"
+    assert host.state()["pending_memory"] == {"0": "NPS4"}
     assert host.counters() == {"writes": 1, "reloads": 0}
     assert host.run("partition", "assert", "--profile", profile).returncode == 1
     done = host.run("partition", "apply", "--profile", profile)

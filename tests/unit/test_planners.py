@@ -255,6 +255,7 @@ def host_state(compute: str, memory: str, gpus: int = 8) -> HostState:
             memory=memory,
             memory_available=("NPS1", "NPS2", "NPS4"),
             path=Path(f"/sys/bus/pci/devices/{bdf(g)}"),
+            hive_id=0x5EED,  # one XGMI hive of 8, as KFD's hive_id shows it
         )
         for g in range(gpus)
     )

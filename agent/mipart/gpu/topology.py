@@ -29,7 +29,7 @@ GENERATION = TOPOLOGY / "generation_id"
 NODE_KEYS = ("location_id", "domain", "drm_render_minor")  # what every GPU node must carry
 TRIES = 25  # walks while the generation moves; about a second and a half in all
 PAUSE = 0.05  # seconds between walks, jittered so two readers do not keep meeting one writer
-SETTLE_TRIES = 3  # walks that read whole but unsettled (or with a file gone) before that is taken as the truth
+SETTLE_TRIES = 3  # more walks that must find the same unsettled state (or file gone) before it is the truth
 
 T = TypeVar("T")
 
@@ -79,23 +79,29 @@ def generation(root: Path) -> int | None:
 def consistent(root: Path, read: Callable[[], T], settled: Callable[[T], bool] = lambda _: True) -> T:
     """`read()` once the generation stayed put around it and it read whole and `settled`.
 
-    A walk that stayed within one generation but found a file gone, or a state not `settled`
-    (the generation may move only after a rebuild), is walked again up to SETTLE_TRIES times;
-    then a missing file is reported as it is, and an unsettled state taken as the host's
-    (e.g. partitions a BMC's DRM driver hides)."""
-    calm = 0
+    The generation may move only after a rebuild, so a walk within one generation can still
+    have met one: a walk that found a file gone, or a state not `settled`, is walked again, and
+    taken as the truth only when SETTLE_TRIES more walks in a row found the same (a missing
+    file is then reported as it is; an unsettled state is the host's, e.g. partitions a BMC's
+    DRM driver hides)."""
+    last: object = None
+    same = 0
     for _ in range(TRIES):
         before = generation(root)
         try:
-            value, gone = read(), None
+            value: T | attrs.Vanished = read()
         except attrs.Vanished as exc:
-            gone = exc
+            value = exc
         if generation(root) == before:
-            calm += 1
-            if gone is None and (calm > SETTLE_TRIES or settled(value)):
+            if not isinstance(value, attrs.Vanished) and settled(value):
                 return value
-            if gone is not None and calm > SETTLE_TRIES:
-                raise gone
+            seen = str(value) if isinstance(value, attrs.Vanished) else value
+            same = same + 1 if seen == last else 0
+            last = seen
+            if same >= SETTLE_TRIES:
+                if isinstance(value, attrs.Vanished):
+                    raise value
+                return value
         time.sleep(PAUSE * random.uniform(0.5, 1.5))
     raise TopologyChanging(
         f"{root / TOPOLOGY} kept changing while mipart read it ({TRIES} tries): another process is switching GPU "

@@ -1,6 +1,6 @@
 """What a host must do to match the profile's `gpus:` section: pure, no I/O.
 
-The plan holds the fewest writes: one memory request for the whole hive (the driver
+The plan holds the fewest writes: one memory request per XGMI hive that needs it (the driver
 applies it hive-wide), one driver reload at most, and compute writes only where the
 mode after that reload (the driver resets it from user_partt_mode) is not the wanted one.
 """
@@ -139,7 +139,10 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
     memory_final = spec.memory or gpus[0].memory
     writes: list[Write] = []
     if reload:
-        writes.append(Write(gpus[0].index, MEMORY_ATTR, memory_final, after_reload=False))
+        writes += [
+            Write(gpu.index, MEMORY_ATTR, memory_final, after_reload=False)
+            for gpu in _hives_to_switch(gpus, memory_final)
+        ]
     changes = []
     for gpu in gpus:
         want = spec.compute_for(gpu.index)
@@ -168,6 +171,20 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
         rules=rule_groups(rules),
         warnings=tuple(hidden_partitions(state, rules.partitions, rules.drm_conflicts)),
     )
+
+
+def _hives_to_switch(gpus: tuple[PhysicalGpu, ...], memory: str) -> list[PhysicalGpu]:
+    """Per XGMI hive not yet in `memory`, the GPU to write its request on: the kernel keeps one
+    request per hive (hive->requested_nps_mode; KFD's hive_id, 0: a GPU in no hive, its own),
+    and skips a write of the mode a GPU is in."""
+    hives: dict[tuple[int, int], list[PhysicalGpu]] = {}
+    for gpu in gpus:
+        hives.setdefault((gpu.hive_id, gpu.index if gpu.hive_id == 0 else -1), []).append(gpu)
+    return [
+        next(g for g in members if g.memory != memory)
+        for members in hives.values()
+        if any(g.memory != memory for g in members)
+    ]
 
 
 def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mipart.errors import UserError
 from mipart.gpu.modes import USER_PARTT_MODE
@@ -32,11 +33,16 @@ class SimState:
     partition_config: bool = True  # the kernel has compute_partition_config/ (older ones do not)
     bmc_ast: bool = False  # a BMC's `ast` DRM driver is loaded and holds a DRM minor
     user_partt_mode: int = AUTO
-    pending_memory: str | None = None  # requested NPS mode, applied hive-wide at reload
+    hives: int = 1  # XGMI hives, GPUs split evenly in PCI order; 0: no hive (each GPU on its own)
+    pending_memory: dict[str, str] = field(default_factory=dict)  # hive -> requested NPS mode, applied at reload
+    generation: int = 1  # KFD's topology/generation_id: changes with every layout change
+    node_order: list[int] = field(default_factory=list)  # physical GPUs in KFD list order; []: PCI order
     holders: dict[int, list[int]] = field(default_factory=dict)  # pid -> physical indices (`mipart sim hold`)
-    openers: dict[int, list[int]] = field(
-        default_factory=dict
-    )  # pid -> render minors, as last seen open (sim/devices.py)
+    # pid -> {kfd, drm, cgroup}: who has device files open, as last seen (sim/devices.py: openers)
+    openers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    kfd_lock: str = "per-device"  # or "global": older kernels refuse every switch while any KFD process runs
+    busy_after_exit: int = 0  # switches of a GPU refused with EBUSY after its KFD user exits (6.17-stable)
+    teardown: dict[str, int] = field(default_factory=dict)  # GPU index -> EBUSY answers left (sim/users.py)
     resetting: list[int] = field(default_factory=list)
     # writes: to current_*_partition, refused or not (a preview through xcp_config is no write)
     counters: dict[str, int] = field(default_factory=lambda: {"writes": 0, "reloads": 0})
@@ -53,6 +59,14 @@ class SimState:
     @property
     def memory_modes(self) -> tuple[str, ...]:
         return memory_modes_of(self.rules, self.spec.memory_modes)
+
+    def hive_of(self, index: int) -> str:
+        """The hive (as a key of pending_memory) GPU `index` is in: the memory request is per hive."""
+        return str(index * self.hives // len(self.gpus)) if self.hives else f"gpu{index}"
+
+    def kfd_order(self) -> list[int]:
+        """Physical GPUs in KFD's device list order: PCI order after a load, a switched GPU last."""
+        return self.node_order or list(range(len(self.gpus)))
 
 
 def is_sim(root: Path) -> bool:
