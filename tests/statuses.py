@@ -69,6 +69,7 @@ def status(
                 ),
             ),
             warnings=("a known trap, in one line",),
+            pending_memory="",
         ),
         repartition=repartition,
         last_apply=contract.LastApply(

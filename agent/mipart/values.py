@@ -49,6 +49,23 @@ class HostState:
 
 
 @dataclass(frozen=True)
+class LoadMode:
+    """amdgpu.user_partt_mode as the next driver load reads it (gpu/modprobe.py)."""
+
+    mode: str  # "AUTO", a compute mode name, or the value as given when the driver knows no such mode
+    where: str  # the file and line or the kernel command line; "" for the driver's default
+
+
+@dataclass(frozen=True)
+class PendingMemory:
+    """A memory (NPS) request mipart wrote and no reload has applied yet (partition/pending.py)."""
+
+    memory: str  # the mode asked for
+    bdfs: tuple[str, ...]  # the GPUs it was written on, one per hive
+    since: float  # when, seconds since the epoch
+
+
+@dataclass(frozen=True)
 class GpuUser:
     pid: int
     physical_indices: tuple[int, ...]

@@ -15,6 +15,12 @@ MODELS = ["mi300x", "mi325x", "mi355x"]
 ROCM_MI300X = "rocm-mi300x"  # seed 000's ROCm table: CPX runs under NPS2 (mainline refuses that pair)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The error and the lines after it (the log lines before it are structlog's)."""
+    lines = stderr.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("mipart: ")) :]
+
+
 def logical_count(host: SimRoot) -> int:
     plan = json.loads(host.run("partition", "plan", "--json", "--profile", host.profile("")).stdout)
     return len(plan["logical_gpus"])
@@ -80,8 +86,9 @@ def test_busy_gpu_is_refused_with_pid_and_nothing_changes(tmp_path):
         done = host.run("partition", "apply", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2}\n"))
         assert done.returncode == 1
         assert done.stderr.strip().splitlines()[-1] == (
-            f"mipart: GPUs in use: PID {holder.pid} (sleep, no unit) on GPU 3; nothing was changed: stop these processes, "
-            "or list their units in gpus.client_services, then rerun `mipart partition apply`"
+            f"mipart: GPUs in use: PID {holder.pid} (sleep, no unit) on GPU 3 (a driver reload needs every /dev/kfd, "
+            "card and render node of it closed); nothing was changed: stop these processes, or list their units in "
+            "gpus.client_services, then rerun `mipart partition apply`"
         )
         assert "Traceback" not in done.stderr
         assert host.state() == before
@@ -140,10 +147,15 @@ def test_failed_reload_says_what_happened_and_a_rerun_finishes(tmp_path):
         env={"MIPART_RELOAD_CMD": "echo 'modprobe: FATAL: Module amdgpu is in use.' >&2; exit 1"},
     )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
+    lines = error_lines(done.stderr)
+    assert lines[0] == (
         "mipart: driver reload `echo 'modprobe: FATAL: Module amdgpu is in use.' >&2; exit 1` failed (exit 1): "
         "modprobe: FATAL: Module amdgpu is in use.; the memory mode request stays pending: free the GPUs and rerun `mipart partition apply`"
     )
+    assert lines[1:3] == ["the host now:", "  GPU 0 (0000:05:00.0): SPX/NPS1, the profile wants DPX/NPS2"]
+    assert lines[-2].startswith("  a memory request for NPS2 mipart wrote on GPU 0 (0000:05:00.0) is pending")
+    pending = json.loads(host.run("partition", "plan", "--json", "--profile", profile).stdout)["pending_memory"]
+    assert pending["memory"] == "NPS2" and pending["bdfs"] == ["0000:05:00.0"]
     assert host.run("partition", "apply", "--profile", profile).returncode == 0
     assert host.run("partition", "assert", "--profile", profile).returncode == 0
 
@@ -153,8 +165,8 @@ def test_gpu_reset_in_progress_is_reported_as_the_kernel_says(tmp_path):
     assert host.run("sim", "reset", host.root, "2", "--on").returncode == 0
     done = host.run("partition", "apply", "--profile", host.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("mipart: GPU 2 (0000:46:00.0)") and "reset" in last, last
+    first = error_lines(done.stderr)[0]
+    assert first.startswith("mipart: GPU 2 (0000:46:00.0)") and "reset" in first, first
 
 
 def test_assert_prints_one_line_per_differing_gpu(tmp_path):

@@ -20,7 +20,7 @@ from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
 from mipart.serving.reconcile import plan_actions
-from mipart.values import HostState, PhysicalGpu, UnitState
+from mipart.values import HostState, LoadMode, PhysicalGpu, UnitState
 
 PAIRS = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS2", "NPS4")}
 
@@ -262,11 +262,14 @@ def host_state(compute: str, memory: str, gpus: int = 8) -> HostState:
     return HostState(physical=physical, logical=())
 
 
-def rules(compute_after_reload: str | None = None, gpus: int = 8) -> HostRules:
+def rules(load_mode: str | None = None, gpus: int = 8) -> HostRules:
+    """`load_mode`: amdgpu.user_partt_mode as the next load reads it (None: no reload asked)."""
     return HostRules(
         pairs={g: dict(PAIRS) for g in range(gpus)},
         partitions={g: dict(PARTS) for g in range(gpus)},
-        compute_after_reload=compute_after_reload,
+        load_mode=None
+        if load_mode is None
+        else LoadMode(load_mode, "" if load_mode == "AUTO" else "/etc/modprobe.d/x.conf:3"),
     )
 
 
@@ -283,14 +286,14 @@ def test_a_host_already_in_the_profiles_modes_needs_no_write_and_no_reload():
 
 def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_where_the_reload_left_it_wrong():
     plan = plan_partitions(
-        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(compute_after_reload="SPX")
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(load_mode="CPX")
     )
     assert plan.reload is True
     first, *rest = plan.writes
     assert (first.gpu, first.attribute, first.value, first.after_reload) == (0, MEMORY_ATTR, "NPS2", False)
     assert [(w.gpu, w.attribute, w.value, w.after_reload) for w in rest] == [
         (g, COMPUTE_ATTR, "DPX", True) for g in range(8)
-    ]
+    ]  # the reload sets CPX (user_partt_mode=4), so each GPU is written after it
     assert [w.attribute for w in plan.writes].count(MEMORY_ATTR) == 1
     assert [(lg.index, lg.physical, lg.partition, lg.render_minor) for lg in plan.logical[:3]] == [
         (0, 0, 0, 128),
@@ -301,7 +304,7 @@ def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_
 
 def test_no_compute_write_where_the_reload_already_gives_the_wanted_mode():
     plan = plan_partitions(
-        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(compute_after_reload="DPX")
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(load_mode="AUTO")
     )
     assert plan.reload is True and [w.attribute for w in plan.writes] == [MEMORY_ATTR]
 
@@ -322,7 +325,7 @@ def test_compute_only_changes_need_no_reload_and_touch_only_the_gpus_the_profile
 
 def test_a_pair_this_hosts_driver_refuses_is_refused_before_any_write():
     """The profile validator knows MI300's rules; the planner checks the host's own table (read from its driver)."""
-    narrow = rules("SPX")
+    narrow = rules("AUTO")
     narrow.pairs[5]["DPX"] = ("NPS1",)
     with pytest.raises(
         PlanError,
@@ -334,3 +337,22 @@ def test_a_pair_this_hosts_driver_refuses_is_refused_before_any_write():
 def test_a_gpu_that_is_not_there_is_refused():
     with pytest.raises(PlanError, match=re.escape("name GPU 8, but this host has GPUs 0-7")):
         plan_partitions(gpus("gpus: {compute: DPX, select: [8]}"), host_state("SPX", "NPS1"), rules())
+
+
+@pytest.mark.parametrize(
+    "load, words",
+    [
+        ("SPX", "amdgpu.user_partt_mode=SPX, set in /etc/modprobe.d/x.conf:3, SPX does not run under NPS2 on GPU 0"),
+        ("7", "amdgpu.user_partt_mode=7, set in /etc/modprobe.d/x.conf:3, is no mode the driver knows"),
+    ],
+)
+def test_a_reload_that_would_leave_the_gpus_out_is_refused_before_any_write(load, words):
+    """gfx_v9_4_3_cp_resume fails GPU init on a user_partt_mode the new memory mode refuses (finding 2)."""
+    with pytest.raises(PlanError) as caught:
+        plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(load))
+    line = str(caught.value)
+    assert line.startswith("a driver reload into NPS2 would leave the GPUs out: " + words), line
+    assert line.endswith(
+        "so GPU init fails (gfx_v9_4_3_cp_resume) and the GPUs do not come back; set it to one that runs under NPS2 "
+        "(DPX, CPX) or to -2 (AUTO), or remove it; nothing was written or reloaded"
+    )

@@ -150,7 +150,6 @@ def test_reload_resets_compute_from_nps_in_auto_mode(make_root):
     [
         ("QPX", "NPS4", "QPX"),
         ("DPX", None, "DPX"),
-        ("SPX", "NPS2", "DPX"),  # the driver refuses SPX under NPS2: falls back to AUTO
     ],
 )
 def test_reload_takes_compute_from_user_partt_mode(make_root, partt, pending, expected):
@@ -162,11 +161,26 @@ def test_reload_takes_compute_from_user_partt_mode(make_root, partt, pending, ex
     assert [c for c, _ in modes(root)] == [expected] * 8
 
 
-def test_module_parameter_reads_as_on_a_real_host(make_root):
+def test_a_user_partt_mode_the_new_memory_mode_refuses_fails_gpu_init(make_root):
+    """gfx_v9_4_3_cp_resume returns -EINVAL: the GPUs do not come back until a load with a mode that runs."""
+    root = make_root(compute="SPX", memory="NPS1")
+    kernel.set_user_partt_mode(root, USER_PARTT_MODE["SPX"])
+    kernel.kernel_write(root, GPU3, MEMORY, "NPS2")
+    kernel.reload(root)
+    state = discover(root)
+    assert state.physical == () and state.logical == ()
+    kernel.set_user_partt_mode(root, USER_PARTT_MODE["AUTO"])
+    kernel.reload(root)
+    assert modes(root) == [("DPX", "NPS2")] * 8
+
+
+def test_module_parameter_shows_the_loaded_value_as_on_a_real_host(make_root):
     root = make_root()
     param = root / "module/amdgpu/parameters/user_partt_mode"
     assert param.read_text() == "4294967294\n"  # AUTO (-2) through the kernel's uint
     kernel.set_user_partt_mode(root, USER_PARTT_MODE["CPX"])
+    assert param.read_text() == "4294967294\n"  # configured for the next load only
+    kernel.reload(root)
     assert param.read_text() == "4\n"
     with pytest.raises(UserError):
         kernel.set_user_partt_mode(root, 7)

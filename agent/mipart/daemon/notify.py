@@ -21,7 +21,8 @@ def status_line(snap: AgentSnapshot) -> str:
         st.nginx_problem,
         st.files_error and f"{st.files_error} (retrying)",
     )
-    first = next((problem for problem in problems if problem), "")
+    # A repartition that failed midway says the host's layout on further lines: STATUS= is one line.
+    first = next((problem for problem in problems if problem), "").split("\n", 1)[0]
     override = (
         st.profile_override and f"profile override by mipart bench sweep: {st.profile_override}"
     )  # whatever else is wrong

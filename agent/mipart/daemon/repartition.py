@@ -28,9 +28,10 @@ from mipart.daemon.notify import status_line
 from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.names import REPARTITION_COMMAND, instance_name
-from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host, refuse_unmanaged
+from mipart.partition.apply import apply, busy_holders, plan_host, refuse_unmanaged
 from mipart.partition.plan import PartitionPlan
 from mipart.partition.record import record_apply
+from mipart.partition.writes import ApplyBackend
 from mipart.profile.schema import Profile
 
 # mipart-vllm@.service stops a server within TimeoutStopSec (60 s); then the apply names who is left.

@@ -13,16 +13,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from mipart.gpu import attrs, driver, modes, rocm_order, signals, topology
+from mipart.gpu import attrs, driver, modes, modprobe, openers, rocm_order, signals, topology
 from mipart.gpu.kernel_table import read_table
 from mipart.gpu.pair_tables import PairTable
 from mipart.gpu.partitioning import MEMORY_ATTR
 from mipart.gpu.parts import model_for_device
-from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.values import GpuSignals, GpuUser, HostState, LoadMode, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002
 PCI_DEVICES = Path("bus/pci/devices")
-USER_PARTT_PARAM = Path("module/amdgpu/parameters/user_partt_mode")
 AST_MODULE = Path("module/ast")  # a BMC's DRM driver, loaded (docs/partitioning.md, "Known traps")
 DEFAULT_XCC_COUNT = 8  # every MI300-class part mipart knows; used for a GPU it has no model for
 
@@ -54,10 +53,13 @@ class AmdgpuBackend:
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
         return modes.partitions_per_gpu(compute, xcc_count(gpu))
 
-    def compute_after_reload(self, memory: str) -> str:
-        """amdgpu.user_partt_mode decides; AUTO derives the mode from NPS (docs/partitioning.md, "Driver reload")."""
-        wanted = user_partt_mode(self.root)
-        return modes.AUTO_COMPUTE_FOR_MEMORY[memory] if wanted == "AUTO" else wanted
+    def load_mode(self) -> LoadMode:
+        """amdgpu.user_partt_mode as the next load reads it (gpu/modprobe.py), not the loaded module's."""
+        return modprobe.load_mode(self.host_path)
+
+    def host_path(self, path: str) -> Path:
+        """A path of the host's (/etc, /proc, /dev): as it is here; a simulated root has its own."""
+        return Path(path)
 
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
         # No O_CREAT: a missing attribute must fail with ENOENT, not become a new file.
@@ -101,6 +103,11 @@ class AmdgpuBackend:
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return kfd_users(self.root, state)
 
+    def device_openers(self, state: HostState) -> list[GpuUser]:
+        files = [os.path.realpath(self.host_path(f"/dev/{name}")) for name in ("kfd", *drm_nodes(self.root, state))]
+        every = tuple(g.index for g in state.physical)
+        return [GpuUser(pid, every) for pid in sorted(openers.holding(files))]
+
     def device_env(self, devices: Iterable[str]) -> dict[str, str]:
         return {}  # the server opens /dev/kfd and its render nodes itself
 
@@ -117,18 +124,6 @@ def xcc_count(gpu: PhysicalGpu) -> int:
         return gpu.xcc_count
     model = model_for_device(gpu.device_id)
     return model.xcc_count if model else DEFAULT_XCC_COUNT
-
-
-def user_partt_mode(root: Path) -> str:
-    """The compute mode the driver picks at load: AUTO unless amdgpu.user_partt_mode says otherwise."""
-    try:
-        value = int((root / USER_PARTT_PARAM).read_text().strip())
-    except (OSError, ValueError):
-        return "AUTO"
-    if value >= 2**31:  # the kernel declares the parameter uint: AUTO (-2) reads 4294967294
-        value -= 2**32
-    names = {number: name for name, number in modes.USER_PARTT_MODE.items()}
-    return names.get(value, "AUTO")
 
 
 def physical_gpus(root: Path) -> tuple[PhysicalGpu, ...]:
@@ -234,6 +229,21 @@ def state_settled(state: HostState) -> bool:
         or shown.get(gpu.index, 0) == modes.partitions_per_gpu(gpu.compute, xcc_count(gpu))
         for gpu in state.physical
     )
+
+
+def drm_nodes(root: Path, state: HostState) -> list[str]:
+    """amdgpu's DRM nodes as dri/<name>: each GPU's own (its PCI device's drm/) and its partitions'
+    (the amdgpu_xcp platform devices'; mainline names them amdgpu_xcp_N, older kernels amdgpu_xcp.N).
+    Another driver's (a BMC's ast) are not amdgpu's and do not keep it in use."""
+    dirs = [g.path / "drm" for g in state.physical]
+    dirs += [p / "drm" for p in (root / "devices/platform").glob("amdgpu_xcp[._]*")] if state.physical else []
+    names: set[str] = set()
+    for drm in dirs:
+        try:
+            names.update(n for n in os.listdir(drm) if n.startswith(("card", "renderD")))
+        except OSError:
+            continue
+    return [f"dri/{name}" for name in sorted(names)]
 
 
 def kfd_users(root: Path, state: HostState) -> list[GpuUser]:

@@ -20,6 +20,12 @@ class GpuHolders(Protocol):
         """Processes that hold GPUs of `state`; a partition change needs them gone."""
         ...
 
+    def device_openers(self, state: HostState) -> list[GpuUser]:
+        """Processes with any of the driver's device files open (/dev/kfd, card and render nodes),
+        KFD users or not (amd-smi's library, a metrics exporter): each keeps the driver in use, so
+        a reload needs them gone. Each is given as holding every GPU: a reload changes them all."""
+        ...
+
     def device_env(self, devices: Iterable[str]) -> dict[str, str]:
         """Environment a server needs beside its spec's to hold `devices` (paths as on a real host,
         e.g. /dev/kfd); empty where opening them is the server's own business, as on amdgpu."""

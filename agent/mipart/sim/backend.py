@@ -41,6 +41,10 @@ class SimBackend(AmdgpuBackend):
             )
         return command
 
+    def host_path(self, path: str) -> Path:
+        """The host's files (/etc/modprobe.d, /proc/cmdline, /dev) are the root's own."""
+        return self.root / path.lstrip("/")
+
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
         kernel.kernel_write(self.root, gpu.bdf, name, value)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mipart.errors import UserError
+from mipart.fsutil import write_atomic
+from mipart.gpu import modprobe
 from mipart.gpu.amdgpu import PCI_DEVICES
 from mipart.gpu.kernel_table import XCP_CONFIG
 from mipart.gpu.modes import (
@@ -33,11 +35,12 @@ from mipart.gpu.modes import (
 from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
 from mipart.gpu.parts import MODELS
 from mipart.sim import kfd, tree, users
-from mipart.sim.state import SIM_DIR, SimState, is_sim, locked, read_state, save
+from mipart.sim.state import AUTO, SIM_DIR, SimState, is_sim, locked, read_state, save
 from mipart.sim.users import KFD_LOCKS
 
 # PCI addresses of the 8 GPUs on a typical 8 x MI300X board; more GPUs go to further domains.
 BOARD_BUSES = ("05", "26", "46", "65", "85", "a6", "c6", "e5")
+MODPROBE_CONF = "etc/modprobe.d/amdgpu-partition.conf"  # where `set_user_partt_mode` configures the next load
 # How the simulated kernel behaves: SimState fields `create` takes (`mipart sim create` options).
 KERNEL_OPTIONS = ("rules", "partition_config", "bmc_ast", "hives", "kfd_lock", "busy_after_exit")
 READ_ONLY = {
@@ -194,9 +197,14 @@ def reload(root: Path) -> None:
             if users_changed:
                 _commit(root, state)
             raise subprocess.CalledProcessError(1, ["modprobe", "-r", "amdgpu"], "", MODULE_IN_USE)
+        load = modprobe.load_mode(lambda path: root / path.lstrip("/"))
+        state.user_partt_mode = USER_PARTT_MODE.get(load.mode, AUTO)  # the loaded value shows what it read
+        state.init_failed = False
         for index, gpu in enumerate(state.gpus):
             gpu["memory"] = state.pending_memory.get(state.hive_of(index), gpu["memory"])
-            gpu["compute"] = _compute_at_load(state, gpu["memory"])
+            compute = _compute_at_load(state, load.mode, gpu["memory"])
+            state.init_failed |= not compute
+            gpu["compute"] = compute or AUTO_COMPUTE_FOR_MEMORY[gpu["memory"]]  # unseen while init failed
             gpu.pop("xcp_config", None)  # a fresh driver previews the mode it runs
         state.pending_memory = {}
         state.node_order, state.teardown = [], {}  # a fresh load lists the GPUs in probe (PCI) order
@@ -205,13 +213,12 @@ def reload(root: Path) -> None:
         _commit(root, state)
 
 
-def _compute_at_load(state: SimState, memory: str) -> str:
-    """amdgpu.user_partt_mode decides; AUTO, or a mode the driver refuses, derives it from NPS."""
-    names = {number: name for name, number in USER_PARTT_MODE.items()}
-    wanted = names[state.user_partt_mode]
-    if memory in state.pairs.get(wanted, ()):
-        return wanted
-    return AUTO_COMPUTE_FOR_MEMORY[memory]
+def _compute_at_load(state: SimState, mode: str, memory: str) -> str:
+    """The mode the driver sets from amdgpu.user_partt_mode at load, AUTO by NPS; "" when GPU init
+    fails on it (a mode that does not run under `memory`: gfx_v9_4_3_cp_resume returns -EINVAL)."""
+    if mode == "AUTO":
+        return AUTO_COMPUTE_FOR_MEMORY[memory]
+    return mode if memory in state.pairs.get(mode, ()) else ""
 
 
 def refresh_users(root: Path) -> None:
@@ -252,15 +259,11 @@ def set_resetting(root: Path, gpu_index: int, on: bool) -> None:
 
 
 def set_user_partt_mode(root: Path, mode: int) -> None:
-    """Configure amdgpu.user_partt_mode (-2 AUTO .. 4 CPX), as /etc/modprobe.d would.
-
-    Every reload uses it; ROOT/module/amdgpu/parameters shows it at once (the simulator
-    does not tell the configured value from the one the module was loaded with).
-    """
+    """Configure amdgpu.user_partt_mode for the next load, as `options amdgpu user_partt_mode=N` in
+    ROOT/etc/modprobe.d does; the loaded module keeps its value until then."""
     if mode not in USER_PARTT_MODE.values():
         raise UserError(f"user_partt_mode must be one of {sorted(USER_PARTT_MODE.values())}, not {mode}")
-    with _editing(root) as state:
-        state.user_partt_mode = mode
+    write_atomic(Path(root) / MODPROBE_CONF, f"options amdgpu user_partt_mode={mode}\n")
 
 
 @contextmanager

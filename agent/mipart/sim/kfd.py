@@ -76,7 +76,7 @@ def _topology(nodes: Path, state: SimState) -> None:
         _node(nodes / str(n), 0, _properties(cpu_cores_count=96))
     partitions = nodes_by_gpu(state)
     n = CPU_NODES
-    for k in state.kfd_order():
+    for k in [] if state.init_failed else state.kfd_order():
         gpu = state.gpus[k]
         domain, bus, device, function = (int(x, 16) for x in gpu["bdf"].replace(".", ":").split(":"))
         parts = len(partitions[k])

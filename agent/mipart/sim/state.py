@@ -44,6 +44,7 @@ class SimState:
     busy_after_exit: int = 0  # switches of a GPU refused with EBUSY after its KFD user exits (6.17-stable)
     teardown: dict[str, int] = field(default_factory=dict)  # GPU index -> EBUSY answers left (sim/users.py)
     resetting: list[int] = field(default_factory=list)
+    init_failed: bool = False  # the last load failed GPU init (a user_partt_mode its memory mode refuses)
     # writes: to current_*_partition, refused or not (a preview through xcp_config is no write)
     counters: dict[str, int] = field(default_factory=lambda: {"writes": 0, "reloads": 0})
 

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mipart.gpu.amdgpu import AST_MODULE, PCI_DEVICES, USER_PARTT_PARAM
+from mipart.gpu.amdgpu import AST_MODULE, PCI_DEVICES
 from mipart.gpu.kernel_table import PARTITION_CONFIG
 from mipart.gpu.modes import PARTITION_SLOTS, logical_number, render_minor
 from mipart.gpu.topology import KFD
@@ -29,6 +29,8 @@ DECOYS = (
     ("0000:04:00.0", "0x1002", "0x1478", "0x060400"),  # AMD/ATI switch port: no partitions
 )
 XCP_DEVICES = "devices/platform/amdgpu_xcp_"  # + N: a partition's platform device
+# The loaded module's value (what the last load used; the next load reads modprobe.d: gpu/modprobe.py).
+USER_PARTT_PARAM = Path("module/amdgpu/parameters/user_partt_mode")
 
 
 def clear(root: Path) -> None:
@@ -82,6 +84,9 @@ def render(root: Path, state: SimState) -> None:
     _replace(root / USER_PARTT_PARAM, f"{state.user_partt_mode & 0xFFFFFFFF}\n")
     for index, gpu in enumerate(state.gpus):
         dev = root / PCI_DEVICES / gpu["bdf"]
+        if state.init_failed:  # amdgpu did not bind: no partition attributes, no KFD node
+            (dev / "current_compute_partition").unlink(missing_ok=True)
+            continue
         _replace(dev / "current_compute_partition", gpu["compute"] + "\n")
         _replace(dev / "current_memory_partition", gpu["memory"] + "\n")
         # Mainline lists only the modes valid under the current memory mode.
