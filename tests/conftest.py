@@ -93,6 +93,32 @@ def live_pids():
         proc.wait()
 
 
+OPEN_AND_WAIT = (
+    "import os, sys, time; fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]; print('open', flush=True); "
+    "time.sleep(300)"
+)
+
+
+@pytest.fixture
+def opener():
+    """start(paths, env) runs a process that holds `paths` open (as a GPU server holds its devices), with
+    `env` added (e.g. its simulated device cgroup); it is killed by PID afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(paths: list[str], env: dict | None = None) -> subprocess.Popen:
+        full = {**os.environ, "PYTHONPATH": str(AGENT), **(env or {})}
+        argv = [sys.executable, "-c", OPEN_AND_WAIT, *paths]
+        proc = subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "open"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
 TIER_FOLDERS = ("nginx", "system", "vllm")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
 
 

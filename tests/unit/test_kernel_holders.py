@@ -4,36 +4,13 @@ and a change that fails midway saying the layout the host is in and who holds th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import AGENT, create_sim
+from conftest import create_sim
 
 from mipart.names import DEVICE_CGROUP_VAR
-
-HOLD = "import os, sys, time; fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]; print('open', flush=True); time.sleep(300)"
-
-
-@pytest.fixture
-def opener():
-    """A process holding device files open (`cgroup`: the device files its unit allows), killed by PID after."""
-    started: list[subprocess.Popen] = []
-
-    def start(paths: list[str], cgroup: list[str] | None = None) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(AGENT)}
-        if cgroup is not None:
-            env[DEVICE_CGROUP_VAR] = ":".join(cgroup)
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, *paths], env=env, stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "open"
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def comm(proc: subprocess.Popen) -> str:
@@ -50,7 +27,7 @@ def test_ebusy_just_after_a_holder_exits_is_retried_within_a_bound(tmp_path, ope
     """6.17-stable: EBUSY for a while after the process exits, its proc/<pid> already gone."""
     host = create_sim(tmp_path, busy_after_exit=3)
     gpu2 = [str(host.root / "dev/kfd"), str(host.root / "dev/dri/renderD144")]
-    holder = opener(gpu2, cgroup=gpu2)
+    holder = opener(gpu2, {DEVICE_CGROUP_VAR: ":".join(gpu2)})
     assert f"held by {holder.pid}" in host.run("sim", "show", host.root).stdout  # the kernel knows its user
     holder.kill()
     holder.wait()
@@ -64,7 +41,7 @@ def test_an_older_kernels_global_kfd_lock_is_named_with_its_holders(tmp_path, op
     """Before the 2025 per-device check any KFD process refuses every compute switch."""
     host = create_sim(tmp_path, kfd_lock="global")
     gpu0 = [str(host.root / "dev/kfd"), str(host.root / "dev/dri/renderD128")]
-    holder = opener(gpu0, cgroup=gpu0)
+    holder = opener(gpu0, {DEVICE_CGROUP_VAR: ":".join(gpu0)})
     done = host.run("partition", "apply", "--profile", host.profile("gpus: {select: [5], compute: DPX}\n"))
     assert done.returncode == 1
     assert error_lines(done.stderr) == [

@@ -18,8 +18,6 @@ from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, INSTANCE_VAR, RELOAD_CM
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
-HOLD = "from mipart.sim.devices import open_devices; import time; held = open_devices(); print('open', flush=True); time.sleep(300)"
-
 
 @pytest.fixture
 def root(tmp_path):
@@ -34,24 +32,6 @@ def seed_root(tmp_path):
     root = tmp_path / "sys"
     kernel.create(root, compute="DPX", memory="NPS2", rules="rocm-mi300x")
     return root
-
-
-@pytest.fixture
-def opener():
-    """Start a process that opens device files (as the fake engine does) and waits; killed by PID after."""
-    started: list[subprocess.Popen] = []
-
-    def start(paths: list[str], extra: dict | None = None) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(extra or {})}
-        proc = subprocess.Popen([sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "open"
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def devices(root, *minors: int) -> list[str]:
