@@ -27,6 +27,12 @@ def mipart(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
     )
 
 
+def error_lines(stderr: str) -> list[str]:
+    """A CLI run's error and the lines after it (the log lines before it are structlog's)."""
+    lines = stderr.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("mipart: ")) :]
+
+
 class SimRoot:
     """A simulated host in `work`: its sysfs tree (work/sys), mipart's run dir (work/run), and
     the environment that points the CLI at both, reloading through the simulator's own command."""

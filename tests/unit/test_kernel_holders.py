@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import create_sim
+from conftest import create_sim, error_lines
 
 from mipart.names import DEVICE_CGROUP_VAR
 
@@ -16,11 +16,6 @@ from mipart.names import DEVICE_CGROUP_VAR
 def comm(proc: subprocess.Popen) -> str:
     with open(f"/proc/{proc.pid}/comm") as name:
         return name.read().strip()
-
-
-def error_lines(stderr: str) -> list[str]:
-    lines = stderr.strip().splitlines()
-    return lines[next(i for i, line in enumerate(lines) if line.startswith("mipart: ")) :]
 
 
 def test_ebusy_just_after_a_holder_exits_is_retried_within_a_bound(tmp_path, opener):

@@ -49,6 +49,7 @@ def sim() -> None:
     help="Whether the kernel has compute_partition_config/ (older kernels do not).",
 )
 @click.option("--bmc-ast", is_flag=True, help="A BMC's `ast` DRM driver is loaded and takes a DRM minor.")
+@click.option("--sriov-vf", is_flag=True, help="The GPUs are SR-IOV VFs: a compute write succeeds and changes nothing.")
 @click.option(
     "--hives",
     type=int,

@@ -17,7 +17,7 @@ from mipart.gpu import attrs, driver, modes, modprobe, openers, rocm_order, sign
 from mipart.gpu.kernel_table import read_table
 from mipart.gpu.pair_tables import PairTable
 from mipart.gpu.partitioning import MEMORY_ATTR
-from mipart.gpu.parts import model_for_device
+from mipart.gpu.parts import GC943, model_for_device
 from mipart.values import GpuSignals, GpuUser, HostState, LoadMode, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002
@@ -48,6 +48,7 @@ class AmdgpuBackend:
             lambda name, value: self.write_attribute(gpu, name, value),
             xcc_count(gpu),
             gpu.memory_available or modes.MEMORY_MODES,
+            gc_version(gpu),
         )
 
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
@@ -124,6 +125,12 @@ def xcc_count(gpu: PhysicalGpu) -> int:
         return gpu.xcc_count
     model = model_for_device(gpu.device_id)
     return model.xcc_count if model else DEFAULT_XCC_COUNT
+
+
+def gc_version(gpu: PhysicalGpu) -> tuple[int, int, int]:
+    """The device-id table's; a part mipart does not know is taken for GC 9.4.3 (MI300's), the older rules."""
+    model = model_for_device(gpu.device_id)
+    return model.gc if model else GC943
 
 
 def physical_gpus(root: Path) -> tuple[PhysicalGpu, ...]:
@@ -210,12 +217,16 @@ def _kfd_facts(gpu: PhysicalGpu, nodes: list[topology.KfdNode]) -> tuple[int, in
 
     num_xcc is per partition: in a mode with a fixed partition count it times that count is
     the GPU's; in CPX every partition has one XCC, so only a whole set of nodes tells, which
-    one hidden by another DRM driver would not: there the device-id table decides."""
+    one hidden by another DRM driver would not: there the device-id table decides, and only for
+    a part it does not know do the nodes shown count."""
     if not nodes:
         return 0, 0
     per_partition = nodes[0].prop("num_xcc")
     fixed = modes.FIXED_PARTITIONS.get(gpu.compute)
-    xcc = per_partition * fixed if fixed and per_partition else 0
+    if fixed:
+        xcc = per_partition * fixed
+    else:  # CPX: the table knows a part; for one it does not, the partitions shown are the best count
+        xcc = 0 if model_for_device(gpu.device_id) else len(nodes)
     return xcc, nodes[0].prop("hive_id")
 
 

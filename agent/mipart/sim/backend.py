@@ -11,16 +11,19 @@ refused: on a GPU host it would unload amdgpu under the real GPUs' users.
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from mipart.gpu import driver, rocm_order
-from mipart.gpu.amdgpu import AmdgpuBackend
+from mipart.gpu import attrs, driver, rocm_order
+from mipart.gpu.amdgpu import PCI_DEVICES, AmdgpuBackend
+from mipart.gpu.partitioning import COMPUTE_ATTR
 from mipart.names import RELOAD_CMD_VAR
 from mipart.sim import devices, kernel
-from mipart.sim.state import is_sim
+from mipart.sim.state import is_sim, read_state
 from mipart.values import GpuUser, HostState, PhysicalGpu
 
 
@@ -40,6 +43,14 @@ class SimBackend(AmdgpuBackend):
                 f"unset {RELOAD_CMD_VAR} (the simulator reloads itself) or set it to `mipart sim reload {self.root}`"
             )
         return command
+
+    def discover(self) -> HostState:
+        """During a GPU's reset the kernel refuses its partition attributes with EPERM."""
+        state = read_state(self.root)
+        for index in state.resetting:
+            path = self.root / PCI_DEVICES / state.gpus[index]["bdf"] / COMPUTE_ATTR
+            raise attrs.read_error(path, OSError(errno.EPERM, os.strerror(errno.EPERM), str(path)))
+        return super().discover()
 
     def host_path(self, path: str) -> Path:
         """The host's files (/etc/modprobe.d, /proc/cmdline, /dev) are the root's own."""

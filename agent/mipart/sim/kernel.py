@@ -34,7 +34,7 @@ from mipart.gpu.modes import (
 )
 from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
 from mipart.gpu.parts import MODELS
-from mipart.sim import kfd, tree, users
+from mipart.sim import gpu_signals, kfd, tree, users
 from mipart.sim.state import AUTO, SIM_DIR, SimState, is_sim, locked, read_state, save
 from mipart.sim.users import KFD_LOCKS
 
@@ -42,7 +42,7 @@ from mipart.sim.users import KFD_LOCKS
 BOARD_BUSES = ("05", "26", "46", "65", "85", "a6", "c6", "e5")
 MODPROBE_CONF = "etc/modprobe.d/amdgpu-partition.conf"  # where `set_user_partt_mode` configures the next load
 # How the simulated kernel behaves: SimState fields `create` takes (`mipart sim create` options).
-KERNEL_OPTIONS = ("rules", "partition_config", "bmc_ast", "hives", "kfd_lock", "busy_after_exit")
+KERNEL_OPTIONS = ("rules", "partition_config", "bmc_ast", "sriov_vf", "hives", "kfd_lock", "busy_after_exit")
 READ_ONLY = {
     "vendor",
     "device",
@@ -59,8 +59,7 @@ def create(
     root: Path, model: str = "mi300x", gpus: int = 8, compute: str = "SPX", memory: str = "NPS1", **kernel: Any
 ) -> None:
     """Make ROOT a simulated host (or start an existing one afresh). `kernel`: how its kernel
-    behaves, as SimState fields (KERNEL_OPTIONS): rules, partition_config, bmc_ast, hives, kfd_lock,
-    busy_after_exit."""
+    behaves, as SimState fields (KERNEL_OPTIONS)."""
     root = Path(root)
     spec = MODELS.get(model.lower())
     if spec is None:
@@ -157,6 +156,8 @@ def _apply_write(state: SimState, path: Path, bdf: str, attr: str, value: str) -
         # Order as in amdgpu_gfx_set_compute_partition and aqua_vanjaram_switch_partition_mode.
         if mode not in COMPUTE_MODES:
             raise _error(errno.EINVAL, path)
+        if state.sriov_vf:
+            return False  # switch_partition_mode is NULL in a VF: the write "succeeds" and changes nothing
         if index in state.resetting:
             raise _error(errno.EPERM, path)
         if mode == gpu["compute"]:
@@ -171,7 +172,7 @@ def _apply_write(state: SimState, path: Path, bdf: str, attr: str, value: str) -
         state.generation += 1
         return True
     if attr == "current_memory_partition":
-        if mode not in state.memory_modes:
+        if mode not in state.memory_modes or not (state.switches_nps or mode == gpu["memory"]):
             raise _error(errno.EINVAL, path)
         if mode != gpu["memory"]:
             state.pending_memory[state.hive_of(index)] = mode  # that GPU's hive switches at the next load
@@ -253,8 +254,14 @@ def release(root: Path, gpu_index: int | None = None, pid: int | None = None) ->
 
 
 def set_resetting(root: Path, gpu_index: int, on: bool) -> None:
-    """Mark a GPU as in the middle of a reset (compute writes then fail with EPERM)."""
+    """Start or finish a GPU's reset: meanwhile its partition attributes refuse reads and writes with
+    EPERM (the simulated backend's reads; sim/backend.py) and its RAS counters read INACCESSIBLE."""
     with _editing(root, gpu_index, render=False) as state:
+        dev = Path(root) / PCI_DEVICES / state.gpus[gpu_index]["bdf"]
+        if on and gpu_index not in state.resetting:
+            state.ras_saved[str(gpu_index)] = gpu_signals.hide_ras(dev)
+        elif not on and gpu_index in state.resetting:
+            gpu_signals.show_ras(dev, state.ras_saved.pop(str(gpu_index), {}))
         state.resetting = sorted((set(state.resetting) | {gpu_index}) if on else (set(state.resetting) - {gpu_index}))
 
 

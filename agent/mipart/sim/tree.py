@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from mipart.gpu.amdgpu import AST_MODULE, PCI_DEVICES
-from mipart.gpu.kernel_table import PARTITION_CONFIG
+from mipart.gpu.kernel_table import NPS_CONFIGS, PARTITION_CONFIG
 from mipart.gpu.modes import PARTITION_SLOTS, logical_number, render_minor
 from mipart.gpu.topology import KFD
 from mipart.names import BACKEND_MARKER
@@ -57,7 +57,7 @@ def build_static(root: Path, state: SimState) -> None:
         ):
             _put(dev / name, text + "\n")
         # This file exists only where more than one mode is supported (docs/partitioning.md).
-        if len(state.memory_modes) > 1:
+        if len(state.memory_modes) > 1 and state.switches_nps:
             _put(dev / "available_memory_partition", ", ".join(state.memory_modes) + "\n")
         if state.partition_config:
             (dev / PARTITION_CONFIG).mkdir()
@@ -103,7 +103,8 @@ def render_config(root: Path, state: SimState, index: int) -> None:
     config = root / PCI_DEVICES / gpu["bdf"] / PARTITION_CONFIG
     preview = gpu.get("xcp_config", gpu["compute"])
     _replace(config / "xcp_config", preview + "\n")
-    _replace(config / "supported_nps_configs", (", ".join(state.pairs.get(preview, ())) or "Not supported") + "\n")
+    if state.switches_nps:  # else absent, as amdgpu_xcp_cfg_sysfs_init leaves it
+        _replace(config / NPS_CONFIGS, (", ".join(state.pairs.get(preview, ())) or "Not supported") + "\n")
 
 
 def _put(path: Path, text: str) -> None:
