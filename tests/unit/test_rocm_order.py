@@ -46,8 +46,8 @@ def test_unconfined_rocm_sees_every_gpu_in_kfd_order_and_confined_only_its_own(r
 def test_a_render_node_rocm_cannot_open_for_another_reason_is_one_line(root):
     node = root / "dev/dri/renderD129"
     node.unlink()
-    node.mkdir()  # EISDIR: neither ENOENT nor EPERM, so libhsakmt would stop
-    with pytest.raises(UserError, match=r"^/dev/dri/renderD129: cannot open: Is a directory; ROCm would fail"):
+    node.symlink_to(node.name)  # ELOOP: neither ENOENT nor EPERM, so libhsakmt would stop
+    with pytest.raises(UserError, match=r"^/dev/dri/renderD129: cannot open: Too many levels of symbolic links; ROCm"):
         open_backend(root).rocm_devices({})
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 from mipart.gpu.modes import FIRST_RENDER_MINOR, PARTITION_SLOTS
 from mipart.gpu.openers import holding
-from mipart.gpu.rocm_order import open_render
 from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, SYSFS_ROOT_VAR
 from mipart.runners.procfs import environ_of
 
@@ -95,7 +94,9 @@ def opener(root: Path, environ: Mapping[str, str]) -> Callable[[str], None]:
         path = str(base / device.lstrip("/"))
         if allowed is not None and path not in allowed:
             raise OSError(errno.EPERM, os.strerror(errno.EPERM), path)
-        open_render(path)
+        # Read-only: a unit sees the root read-only (ProtectSystem=strict), and where the file is a
+        # plain one, only a device node's cgroup check means anything.
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
     return try_open
 

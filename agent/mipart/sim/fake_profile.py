@@ -46,7 +46,7 @@ class ProfileSource(Protocol):
 class FakeEngineProfile:
     """A profile whose service `chat` runs the fake engine (mipart.sim.engine).
 
-    Fields are YAML text where the profile has them as such (durations, `args`, `partitions`);
+    Fields are YAML text where the profile has them as such (durations, `args`, `partitions`, `overrides`);
     `partitions`, `args`, `max_restarts` and `hf_home` are left out of the file when None.
     `services` is more of the profile as data, written as YAML flow: under "chat", fields of
     that service (one named above is replaced, e.g. {"chat": {"routing": "random"}}); under
@@ -56,6 +56,7 @@ class FakeEngineProfile:
     ports: Ports
     compute: str = "DPX"
     memory: str = "NPS2"
+    overrides: str | None = None  # gpus.overrides as YAML flow text, e.g. "[{select: [2], compute: DPX}]"
     model: str = "test/fake-llm"
     listen_host: str = "127.0.0.1"
     partitions: str | None = None
@@ -91,7 +92,8 @@ class FakeEngineProfile:
         }
         lines = [
             "version: 1",
-            f"gpus: {{compute: {self.compute}, memory: {self.memory}}}",
+            f"gpus: {{compute: {self.compute}, memory: {self.memory}"
+            f"{'' if self.overrides is None else f', overrides: {self.overrides}'}}}",
             "services:",
             f"  {SERVICE}:",
             *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
