@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 TOOLS := $(abspath $(VENV))/tools
 TEST_ENV := PATH=$(TOOLS):$$PATH
 
-.PHONY: deps demo test test-fast test-system test-vllm lint perf constraints clean
+.PHONY: deps demo test test-fast test-system test-vllm test-ansible collection lint perf constraints clean
 
 $(VENV)/.deps-stamp: pyproject.toml constraints.txt Makefile
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -37,13 +37,23 @@ test: lint
 	$(TEST_ENV) MIPART_REQUIRE_SYSTEM=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: deps
-	$(TEST_ENV) $(BIN)/python -m pytest -m 'not system and not vllm' $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m 'not system and not vllm and not ansible' $(PYTEST_ARGS)
 
 test-system: deps
 	$(TEST_ENV) $(BIN)/python -m pytest -m system $(PYTEST_ARGS)
 
 test-vllm: deps
 	$(TEST_ENV) $(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
+
+# The Ansible collection: ansible-lint (production), ansible-test sanity, the build, the modules on localhost.
+test-ansible: deps
+	$(TEST_ENV) $(BIN)/python -m pytest -m ansible $(PYTEST_ARGS)
+
+# The Ansible collection's artifact (docs/fleet.md), with the pinned ansible-core of tests/ansible/requirements.txt.
+collection:
+	rm -rf build/collection-venv && $(PY) -m venv build/collection-venv
+	build/collection-venv/bin/pip install -q "$$(grep '^ansible-core==' tests/ansible/requirements.txt)"
+	build/collection-venv/bin/ansible-galaxy collection build ansible_collections/mipart/host --output-path out --force
 
 # The checks of style and types (ruff on the whole tree, mypy strict on the seams' packages):
 # `make test` runs them first.

@@ -1,12 +1,14 @@
-"""A keep-alive load client for short, non-streaming completions (aiohttp's pooled connections); prints one JSON line.
+"""A keep-alive load client for completions, short or streamed (aiohttp's pooled connections); prints one JSON line.
 
-guidellm (the bench's load tool) always streams, so the short-request row and the reload runs
-use this: `--concurrency` workers, each sending one request after another for `--seconds`, over
+guidellm (the bench's load tool) always streams and counts no connections, so the short-request
+rows and the reload runs use this: `--concurrency` workers, each sending one request after another for `--seconds`, over
 one aiohttp connection pool that reuses connections as any HTTP/1.1 client library does. With
 several `--port`s, worker i uses port i mod n (the "direct" variant: the client balances).
 A failure is anything the client sees that is not a 2xx answer read to its end: a reset, an
-EOF (server disconnected), a timeout, a non-2xx status. Nothing is retried, as an OpenAI client
-does not retry a POST that failed on a reused connection.
+EOF (server disconnected), a timeout, a non-2xx status, a stream that ends without [DONE]. Nothing is retried, as an OpenAI client
+does not retry a POST that failed on a reused connection. Answers that say `Connection: close` are
+counted apart (`closes_announced`): the pool opens the next connection anew and loses nothing, as
+when nginx ends a connection after `keepalive_requests` (1000 by default since nginx 1.19.10).
 
 Run: PYTHONPATH=agent .venv/bin/python perf/balancer_client.py --port P [--port Q] --concurrency 64 --seconds 10
 """
@@ -33,16 +35,22 @@ async def worker(
     latencies: list[float],
     failures: Counter,
     tokens: list[int],
+    announced: Counter,
 ) -> None:
     while time.monotonic() < stop:
         started = time.monotonic()
         try:
             async with session.post(url, json=body) as response:
-                data = await response.read()
+                announced["close"] += response.headers.get("Connection", "").lower() == "close"
                 if response.status // 100 != 2:
+                    await response.read()
                     failures[f"http {response.status}"] += 1
                     continue
-                tokens[0] += json.loads(data)["usage"]["completion_tokens"]
+                made = await (streamed(response) if body["stream"] else answered(response))
+                if made is None:
+                    failures["stream ended without [DONE]"] += 1
+                    continue
+                tokens[0] += made
         except aiohttp.ServerDisconnectedError:
             failures["server disconnected (EOF)"] += 1
             continue
@@ -55,7 +63,30 @@ async def worker(
         latencies.append(time.monotonic() - started)
 
 
-async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: int) -> dict:
+async def answered(response: aiohttp.ClientResponse) -> int:
+    return int(json.loads(await response.read())["usage"]["completion_tokens"])
+
+
+async def streamed(response: aiohttp.ClientResponse) -> int | None:
+    """Tokens of a stream read to its end (so the pool may reuse its connection); None when it ended without
+    [DONE] (cut) or carried an error."""
+    tokens, done, failed = 0, False, False
+    async for line in response.content:
+        done |= line.startswith(b"data: [DONE]")
+        failed |= line.startswith(b'data: {"error"')
+        tokens += line.startswith(b"data: {") and not failed
+    return tokens if done and not failed else None
+
+
+async def run(
+    ports: list[int],
+    concurrency: int,
+    seconds: float,
+    max_tokens: int,
+    keepalive: bool = True,
+    model: str = MODEL,
+    stream: bool = False,
+) -> dict:
     opened = [0]
 
     async def on_connection(session, context, params) -> None:
@@ -63,12 +94,14 @@ async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: in
 
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(on_connection)
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60)
+    pooling = {"keepalive_timeout": 60} if keepalive else {"force_close": True}
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, **pooling)
     timeout = aiohttp.ClientTimeout(total=60)
     latencies: list[float] = []
     failures: Counter = Counter()
+    announced: Counter = Counter()
     tokens = [0]
-    body = {"model": MODEL, "prompt": "one two three four", "max_tokens": max_tokens, "stream": False}
+    body = {"model": model, "prompt": "one two three four", "max_tokens": max_tokens, "stream": stream}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
         started = time.monotonic()
         stop = started + seconds
@@ -82,6 +115,7 @@ async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: in
                     latencies,
                     failures,
                     tokens,
+                    announced,
                 )
                 for i in range(concurrency)
             )
@@ -96,6 +130,7 @@ async def run(ports: list[int], concurrency: int, seconds: float, max_tokens: in
         "tokens_per_s": tokens[0] / elapsed,
         "requests_per_s": len(ordered) / elapsed,
         "connections_opened": opened[0],
+        "closes_announced": announced["close"],
         "latency_ms": {
             "p50": 1000 * statistics.median(ordered) if ordered else 0.0,
             "p99": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0,
@@ -109,8 +144,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-tokens", type=int, default=1)
+    parser.add_argument("--no-keepalive", action="store_true", help="one connection per request")
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--stream", action="store_true", help="streamed completions, each read to its [DONE]")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.port, args.concurrency, min(args.seconds, 600.0), args.max_tokens))))
+    seconds = min(args.seconds, 600.0)
+    result = run(args.port, args.concurrency, seconds, args.max_tokens, not args.no_keepalive, args.model, args.stream)
+    print(json.dumps(asyncio.run(result)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The balancer bench's processes: fake engines, and nginx run from a config text (one class per variant's config).
+"""The balancer bench's processes: fake engines, and nginx run from a config text (the variants' configs).
 
 Every process is started here and killed by its PID at the end (`Procs`). nginx runs in the
 foreground (`daemon off`) under a prefix of its own, so a reload is a SIGHUP to a master we know.
@@ -7,7 +7,6 @@ CPU time is read from /proc (utime + stime), for a master with its workers, or a
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import socket
@@ -21,12 +20,12 @@ from host import cpu_seconds, health_ok, kill
 
 from mipart.nginx.conf import render_nginx
 from mipart.nginx.files import nginx_binary
+from mipart.nginx.front import CLIENT_KEEPALIVE, render_front
 from mipart.profile.load import check_profile
+from mipart.profile.schema import Profile
 from mipart.serving.spec import InstanceSpec
 
 MODEL = "test/fake-llm"
-SEED_CONF = Path(__file__).with_name("seed000_nginx.conf")  # verbatim from seed 000 (checked by `seed_text`)
-SEED_FILES = "/work/shared/seeds/000_*.txt"
 KEEPALIVE_0 = "    keepalive_timeout 0;"
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -150,22 +149,9 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def seed_text(listen: int, ports: list[int]) -> str:
-    """Seed 000's nginx_two_servers.conf, verbatim but for its two servers' and its listener's addresses."""
-    text = SEED_CONF.read_text()
-    for seed in glob.glob(SEED_FILES):
-        if text.strip() not in Path(seed).read_text():
-            raise SystemExit(f"{SEED_CONF} is no longer a verbatim part of {seed}")
-    for name, port in zip(("vllm_0:8000", "vllm_1:8000"), ports, strict=True):
-        text = text.replace(f"server {name} ", f"server 127.0.0.1:{port} ")
-    return text.replace("        listen 80;", f"        listen 127.0.0.1:{listen};")
-
-
-def mipart_text(
-    listen: str, ports: list[int], ready: frozenset[int], prefix: Path, keepalive: str = "0", max_seqs: int = 256
-) -> str:
-    """What the agent writes for one service of these instances (render_nginx), `keepalive_timeout` set to `keepalive`."""
-    profile = check_profile(
+def profile_of(listen: str, ports: list[int], max_seqs: int = 256, routing: str = "least_conn") -> Profile:
+    """A one-service profile of these instances, as an operator would write it."""
+    return check_profile(
         "\n".join(
             [
                 "version: 1",
@@ -176,12 +162,17 @@ def mipart_text(
                 f'    listen: "{listen}"',
                 f'    partitions: "0-{len(ports) - 1}"',
                 f'    args: ["--max-num-seqs", "{max_seqs}"]',
+                f"    routing: {routing}",
                 "health: {interval: 2s}",
                 "",
             ]
         )
     )
-    specs = tuple(
+
+
+def specs_of(ports: list[int]) -> tuple[InstanceSpec, ...]:
+    """The instances as the agent plans them; their sockets stand for the engines' ports (back_text)."""
+    return tuple(
         InstanceSpec(
             number=i,
             service="chat",
@@ -190,7 +181,7 @@ def mipart_text(
             logical_gpus=(i,),
             physical_gpus=(0,),
             render_nodes=(),
-            port=port,
+            socket=_stand_in(port),
             runtime="process",
             argv=(),
             env=(),
@@ -199,43 +190,34 @@ def mipart_text(
         )
         for i, port in enumerate(ports)
     )
-    text = render_nginx(profile, specs, ready, prefix)
+
+
+def back_text(profile: Profile, ports: list[int], ready: frozenset[int], prefix: Path, direct: bool = False) -> str:
+    """The back's text as the agent writes it (render_nginx), but for the instances' upstreams: the bench's
+    engines listen on loopback ports, where the direct variant's client reaches them too, and not on the
+    unix sockets a host's instances listen on."""
+    text = render_nginx(profile, specs_of(ports), ready, prefix, direct)
+    for port in ports:
+        text = text.replace(f"server unix:{_stand_in(port)} ", f"server 127.0.0.1:{port} ")
+    return text
+
+
+def _stand_in(port: int) -> str:
+    return f"/nonexistent/engine-{port}.sock"
+
+
+def single_text(listen: str, ports: list[int], ready: frozenset[int], prefix: Path, max_seqs: int) -> str:
+    """One nginx serving the clients itself with keep-alive (the reference): the back's text as the agent
+    writes it, listening on the service's port too (render_nginx's `direct`), keepalive_timeout 75s."""
+    text = back_text(profile_of(listen, ports, max_seqs), ports, ready, prefix, direct=True)
     if KEEPALIVE_0 not in text:
-        raise SystemExit(
-            "render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py's variants"
-        )
-    return text.replace(KEEPALIVE_0, f"    keepalive_timeout {keepalive};")
+        raise SystemExit("render_nginx no longer writes `keepalive_timeout 0;`: update perf/balancer_setup.py")
+    return text.replace(KEEPALIVE_0, f"    keepalive_timeout {CLIENT_KEEPALIVE};")
 
 
-def front_text(listen: int, back_socket: Path, prefix: Path) -> str:
-    """Design (a): a front nginx that never reloads on membership changes. It holds the clients' keep-alive
-    connections and passes each request, streaming, to the reloading layer over a unix socket, one connection each."""
-    return "\n".join(
-        [
-            "worker_processes auto;",
-            f"pid {prefix}/nginx.pid;",
-            f"error_log {prefix}/error.log notice;",
-            "events {",
-            "    worker_connections 8192;",
-            "}",
-            "http {",
-            "    access_log off;",
-            "    keepalive_timeout 75s;",
-            "    server_tokens off;",
-            "    client_max_body_size 64m;",
-            "    proxy_http_version 1.1;",
-            '    proxy_set_header Connection "";',
-            "    proxy_set_header Host $host;",
-            "    proxy_buffering off;",
-            "    proxy_request_buffering off;",
-            "    proxy_read_timeout 600s;",
-            "    proxy_send_timeout 600s;",
-            f"    upstream back {{ server unix:{back_socket}; }}",  # no `keepalive`: the back layer's reload never meets an idle connection
-            "    server {",
-            f"        listen 127.0.0.1:{listen};",
-            "        location / { proxy_pass http://back; }",
-            "    }",
-            "}",
-            "",
-        ]
-    )
+def layer_texts(
+    listen: str, ports: list[int], ready: frozenset[int], back: Path, front: Path, max_seqs: int
+) -> tuple[str, str]:
+    """mipart's two layers, as the agent writes them: (the back's text, the front's)."""
+    profile = profile_of(listen, ports, max_seqs)
+    return back_text(profile, ports, ready, back), render_front(profile, specs_of(ports), back, front)

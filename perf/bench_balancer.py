@@ -1,20 +1,21 @@
-"""The balancer side by side: direct, the hand-run nginx config, mipart's, and a keep-alive front layer (docs/perf.md).
+"""The balancer side by side: direct, one nginx with keep-alive, and mipart's two layers (docs/perf.md).
 
 Two engines (fake, 50 tokens/s; or real vLLM on CPU with --vllm), one nginx per variant, all
 started once and measured in turn, variants interleaved within each repetition so noise hits
 all of them. Variants:
-  direct     the client splits its streams over the two engine ports itself (two guidellm
+  direct     the client splits its load over the two engine ports itself (two guidellm
              processes, half the streams each; the short-request client round-robins the ports)
-  seed       seed 000's nginx_two_servers.conf, verbatim but for the ports (perf/seed000_nginx.conf)
-  mipart     render_nginx's text as the agent writes it (keepalive_timeout 0)
-  mipart-ka  the same with keepalive_timeout 75s (short requests and reloads only)
-  front      design (a): a front nginx that never reloads, keep-alive to clients, each request to
-             the mipart layer (keepalive_timeout 0) over a unix socket on a new connection
+  single-ka  one nginx serving the clients itself with keep-alive (keepalive_timeout 75s): the
+             back's text as the agent writes it, listening on the port too (the reference)
+  mipart     mipart's two layers as the agent writes them: the front (nginx/front.py, keep-alive
+             to clients) passes each request on a fresh connection over a unix socket to the back
+             (nginx/conf.py), which picks the engine
 Rows: guidellm streams at each level (tokens/s, ratio to direct, TTFT p50/p99, ITL p50, errors),
-short non-streaming requests at c=64 (balancer_client.py, keep-alive pool), and --reloads
-SIGHUPs with a changed config (an instance toggled `down`, as on a membership change) under
-that keep-alive load, counting what the client sees fail. CPU: cores used (CPU s / wall s) by
-the client, nginx (masters + workers) and the engines over each measurement.
+short non-streaming requests at each short concurrency (balancer_client.py, keep-alive pool), and
+--reloads SIGHUPs with a changed config (an instance toggled `down`, as on a membership change)
+under keep-alive load, short requests and streams, counting what the client sees fail and the
+connections it opened. CPU: cores used (CPU s / wall s) by the client, nginx (masters + workers)
+and the engines over each measurement.
 
 Run:  PYTHONPATH=agent .venv/bin/python perf/bench_balancer.py [--quick] [--vllm] [-o results.json]
 The guidellm venv is mipart bench's (mipart.bench.tool; set XDG_CACHE_HOME to reuse a cached one).
@@ -33,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from balancer_setup import MODEL, Nginx, Procs, front_text, mipart_text, seed_text, start_engines, tree_cpu
+from balancer_setup import MODEL, Nginx, Procs, layer_texts, single_text, start_engines, tree_cpu
 from balancer_vllm import start_vllm
 from host import machine, workdir
 
@@ -46,9 +47,9 @@ from mipart.errors import UserError
 from mipart.sim.ports import free_block
 
 CLIENT = Path(__file__).with_name("balancer_client.py")
-STREAM_VARIANTS = ("direct", "seed", "mipart", "front")
-SHORT_VARIANTS = ("direct", "seed", "mipart", "mipart-ka", "front")
-RELOAD_VARIANTS = ("mipart", "mipart-ka", "front")
+STREAM_VARIANTS = ("direct", "mipart")
+SHORT_VARIANTS = ("direct", "single-ka", "mipart")
+RELOAD_VARIANTS = ("single-ka", "mipart")
 
 
 @dataclass(frozen=True)
@@ -57,54 +58,58 @@ class Plan:
     reps: int
     warmup: float
     duration: float
+    short_levels: tuple[int, ...]  # concurrencies of the short-request rows
     short_seconds: float
     reloads: int
     reload_every: float
+    reload_loads: tuple[tuple[str, int], ...]  # ("short" | "streams", concurrency) under the reloads
     tokens: int  # prompt and output tokens of a streamed request
 
 
 FULL = Plan(
-    levels=(8, 64, 512, 1024), reps=3, warmup=5, duration=20, short_seconds=15, reloads=20, reload_every=1.0, tokens=128
+    levels=(8, 64, 512, 1024),
+    reps=3,
+    warmup=5,
+    duration=20,
+    short_levels=(64, 256),
+    short_seconds=15,
+    reloads=20,
+    reload_every=1.0,
+    reload_loads=(("short", 256), ("streams", 64)),
+    tokens=128,
 )
-QUICK = Plan(levels=(64,), reps=1, warmup=1, duration=4, short_seconds=4, reloads=20, reload_every=0.25, tokens=64)
-VLLM = Plan(levels=(4,), reps=3, warmup=3, duration=15, short_seconds=10, reloads=20, reload_every=0.5, tokens=64)
+QUICK = replace(FULL, levels=(64,), reps=1, warmup=1, duration=4, short_seconds=4, reload_every=0.25, tokens=64)
+VLLM = replace(
+    FULL, levels=(4,), warmup=3, duration=15, short_levels=(64,), short_seconds=10, reload_every=0.5, tokens=64
+)
+STREAM_TOKENS = 64  # output tokens of a stream under the reloads: 1.3 s at 50 tokens/s
 
 
 class Bench:
-    """The engines and every variant's nginx, started once; `targets`/`cpu` per variant."""
+    """The engines and every variant's nginx, started once; `ports`/`nginx_cpu` per variant."""
 
     def __init__(self, procs: Procs, tmp: Path, engine_ports: list[int], engine_pids: list[int], listen: list[int]):
         self.engine_ports, self.engine_pids, self.tmp = engine_ports, engine_pids, tmp
         everyone = frozenset(range(len(engine_ports)))
-        self.nginx: dict[str, list[Nginx]] = {}
-        self.listen: dict[str, int] = {}
-        prefixes = {name: tmp / name for name in ("seed", "mipart", "mipart-ka", "back", "front")}
-        for path in prefixes.values():
+        self.listen = dict(zip(("single-ka", "mipart"), listen, strict=True))
+        self.prefixes = {name: tmp / name for name in ("single-ka", "back", "front")}
+        for path in self.prefixes.values():
             path.mkdir(mode=0o755)
-        self.listen = dict(zip(("seed", "mipart", "mipart-ka", "front"), listen, strict=True))
-        self.socket = prefixes["back"] / "back.sock"
-        self.texts = {
-            "seed": seed_text(self.listen["seed"], engine_ports),
-            "mipart": self._mipart(f"127.0.0.1:{self.listen['mipart']}", everyone, prefixes["mipart"], "0"),
-            "mipart-ka": self._mipart(f"127.0.0.1:{self.listen['mipart-ka']}", everyone, prefixes["mipart-ka"], "75s"),
-            "back": self._mipart(f"unix:{self.socket}", everyone, prefixes["back"], "0"),
-        }
-        for name in ("seed", "mipart", "mipart-ka", "back"):
-            self.nginx[name] = [
-                Nginx(procs, prefixes[name], self.texts[name], None if name == "back" else self.listen[name])
-            ]
-        self.nginx["front"] = [
-            Nginx(
-                procs,
-                prefixes["front"],
-                front_text(self.listen["front"], self.socket, prefixes["front"]),
-                self.listen["front"],
-            ),
-            self.nginx["back"][0],
-        ]
+        back, front = self.texts(everyone)
+        self.single = Nginx(procs, self.prefixes["single-ka"], self.single_text(everyone), self.listen["single-ka"])
+        self.back = Nginx(procs, self.prefixes["back"], back, None)
+        self.front = Nginx(procs, self.prefixes["front"], front, self.listen["mipart"])
+        self.nginx = {"single-ka": [self.single], "mipart": [self.front, self.back]}
 
-    def _mipart(self, listen: str, ready: frozenset[int], prefix: Path, keepalive: str) -> str:
-        return mipart_text(listen, self.engine_ports, ready, prefix, keepalive, max_seqs=1024)
+    def single_text(self, ready: frozenset[int]) -> str:
+        return single_text(
+            f"127.0.0.1:{self.listen['single-ka']}", self.engine_ports, ready, self.prefixes["single-ka"], 1024
+        )
+
+    def texts(self, ready: frozenset[int]) -> tuple[str, str]:
+        """The two layers' texts for `ready`; the front's never changes with it."""
+        listen = f"127.0.0.1:{self.listen['mipart']}"
+        return layer_texts(listen, self.engine_ports, ready, self.prefixes["back"], self.prefixes["front"], 1024)
 
     def ports(self, variant: str) -> list[int]:
         return self.engine_ports if variant == "direct" else [self.listen[variant]]
@@ -116,19 +121,18 @@ class Bench:
         return sum(tree_cpu(pid) for pid in self.engine_pids)
 
     def reloaded(self, variant: str) -> int:
-        return self.nginx["back" if variant == "front" else variant][0].reloads_seen()
+        """SIGHUPs the variant's reloading nginx logged: the single one, or mipart's back."""
+        return (self.single if variant == "single-ka" else self.back).reloads_seen()
 
     def reloader(self, variant: str, count: int, every: float, done: threading.Event) -> threading.Thread:
-        """A thread sending `count` reloads, each with the last instance toggled between ready and `down`."""
-        name = "back" if variant == "front" else variant
-        target = self.nginx[name][0]
-        listen = f"unix:{self.socket}" if variant == "front" else f"127.0.0.1:{self.listen[variant]}"
-        keepalive = "75s" if variant == "mipart-ka" else "0"
+        """A thread sending `count` reloads, each with the last instance toggled between ready and `down`:
+        to the single nginx, or to mipart's back (the front is never reloaded on membership)."""
         everyone = frozenset(range(len(self.engine_ports)))
-        texts = [
-            self._mipart(listen, everyone - {len(self.engine_ports) - 1}, target.prefix, keepalive),
-            self.texts[name],
-        ]
+        flipped = everyone - {len(self.engine_ports) - 1}
+        if variant == "single-ka":
+            target, texts = self.single, [self.single_text(flipped), self.single_text(everyone)]
+        else:
+            target, texts = self.back, [self.texts(flipped)[0], self.texts(everyone)[0]]
 
         def run() -> None:
             for i in range(count):
@@ -215,7 +219,8 @@ def merge(steps: list[Step]) -> Step:
     )
 
 
-def short_run(ports: list[int], seconds: float, concurrency: int = 64) -> dict:
+def client_run(ports: list[int], seconds: float, concurrency: int, stream: bool = False) -> dict:
+    """balancer_client.py: short completions (or streams of STREAM_TOKENS) on one keep-alive pool."""
     argv = [
         sys.executable,
         str(CLIENT),
@@ -224,21 +229,22 @@ def short_run(ports: list[int], seconds: float, concurrency: int = 64) -> dict:
         str(concurrency),
         "--seconds",
         f"{seconds:g}",
+        *(["--stream", "--max-tokens", str(STREAM_TOKENS)] if stream else []),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     if done.returncode != 0:
-        raise SystemExit(f"the short-request client failed: {done.stderr.strip()[-400:]}")
+        raise SystemExit(f"the load client failed: {done.stderr.strip()[-400:]}")
     return json.loads(done.stdout)
 
 
-def reload_run(bench: Bench, plan: Plan, variant: str) -> dict:
+def reload_run(bench: Bench, plan: Plan, variant: str, load: str, concurrency: int) -> dict:
     stop = threading.Event()
     thread = bench.reloader(variant, plan.reloads, plan.reload_every, stop)
     seconds = plan.reload_every * (plan.reloads + 2)
     before = bench.reloaded(variant)
     thread.start()
     try:
-        result = short_run(bench.ports(variant), seconds)
+        result = client_run(bench.ports(variant), seconds, concurrency, stream=load == "streams")
     finally:
         stop.set()
         thread.join()
@@ -250,49 +256,60 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def cores_cell(cells: list) -> str:
+    return "/".join(f"{med([c[k] for _, c in cells]):.2f}" for k in ("client", "nginx", "engines"))
+
+
 def report(plan: Plan, streams: dict, short: dict, reloads: dict, engines: str) -> str:
     out = [
         f"Engines: {engines}; {machine()}",
         f"Plan: {asdict(plan)}",
         "",
-        "| streams | variant | tokens/s | vs direct | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | errors | cores client/nginx/engines |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| streams | variant | tokens/s | vs direct | TTFT p50 ms | TTFT p50 - direct ms | TTFT p99 ms | ITL p50 ms | errors "
+        "| cores client/nginx/engines |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for level in plan.levels:
-        direct = med([s.throughput_tokens_per_s for s, _ in streams[level]["direct"]])
+        direct = streams[level]["direct"]
+        direct_tps, direct_ttft = (
+            med([s.throughput_tokens_per_s for s, _ in direct]),
+            med([s.ttft_ms.p50 for s, _ in direct]),
+        )
         for variant in STREAM_VARIANTS:
             cells = streams[level][variant]
-            tps = med([s.throughput_tokens_per_s for s, _ in cells])
-            cores = "/".join(f"{med([c[k] for _, c in cells]):.2f}" for k in ("client", "nginx", "engines"))
+            tps, ttft = med([s.throughput_tokens_per_s for s, _ in cells]), med([s.ttft_ms.p50 for s, _ in cells])
             out.append(
-                f"| {level} | {variant} | {tps:.0f} | {tps / direct:.3f} | {med([s.ttft_ms.p50 for s, _ in cells]):.1f} | "
+                f"| {level} | {variant} | {tps:.0f} | {tps / direct_tps:.3f} | {ttft:.1f} | {ttft - direct_ttft:+.1f} | "
                 f"{med([s.ttft_ms.p99 for s, _ in cells]):.1f} | {med([s.itl_ms.p50 for s, _ in cells]):.1f} | "
-                f"{sum(s.errors for s, _ in cells)} | {cores} |"
+                f"{sum(s.errors for s, _ in cells)} | {cores_cell(cells)} |"
             )
     out += [
         "",
-        "| short, c=64 | tokens/s (=req/s) | vs direct | latency p50 ms | p99 ms | connections opened | errors | cores client/nginx/engines |",
-        "|---|---|---|---|---|---|---|---|",
+        "| short | variant | req/s | vs direct | latency p50 ms | p99 ms | connections opened | errors "
+        "| cores client/nginx/engines |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    direct = med([r["tokens_per_s"] for r, _ in short["direct"]])
-    for variant in SHORT_VARIANTS:
-        cells = short[variant]
-        tps = med([r["tokens_per_s"] for r, _ in cells])
-        cores = "/".join(f"{med([c[k] for _, c in cells]):.2f}" for k in ("client", "nginx", "engines"))
-        out.append(
-            f"| {variant} | {tps:.0f} | {tps / direct:.3f} | {med([r['latency_ms']['p50'] for r, _ in cells]):.1f} | "
-            f"{med([r['latency_ms']['p99'] for r, _ in cells]):.1f} | {med([r['connections_opened'] for r, _ in cells]):.0f} | "
-            f"{sum(r['errors'] for r, _ in cells)} |{cores} |"
-        )
+    for level in plan.short_levels:
+        direct = med([r["requests_per_s"] for r, _ in short[level]["direct"]])
+        for variant in SHORT_VARIANTS:
+            cells = short[level][variant]
+            rate = med([r["requests_per_s"] for r, _ in cells])
+            out.append(
+                f"| c={level} | {variant} | {rate:.0f} | {rate / direct:.3f} | "
+                f"{med([r['latency_ms']['p50'] for r, _ in cells]):.1f} | {med([r['latency_ms']['p99'] for r, _ in cells]):.1f} | "
+                f"{med([r['connections_opened'] for r, _ in cells]):.0f} | {sum(r['errors'] for r, _ in cells)} | "
+                f"{cores_cell(cells)} |"
+            )
     out += [
         "",
-        "| reloads under keep-alive load | reloads sent / logged by nginx | requests | client-visible failures | what failed | connections opened |",
-        "|---|---|---|---|---|---|",
+        "| reloads under keep-alive load | variant | reloads sent / logged by nginx | requests | client-visible failures "
+        "| what failed | connections opened |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for variant, r in reloads.items():
+    for (load, variant), r in reloads.items():
         out.append(
-            f"| {variant} | {r['reloads']} / {r['reloads_logged']} | {r['requests']} | {r['errors']} | {json.dumps(r['failures']) if r['failures'] else '-'} | "
-            f"{r['connections_opened']} |"
+            f"| {load} | {variant} | {r['reloads']} / {r['reloads_logged']} | {r['requests']} | {r['errors']} | "
+            f"{json.dumps(r['failures']) if r['failures'] else '-'} | {r['connections_opened']} |"
         )
     return "\n".join(out)
 
@@ -302,7 +319,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="one level (64 streams; 4 with --vllm), one repetition, short steps: under 2 minutes (plus vLLM's start)",
+        help="one level (64 streams; 4 with --vllm), one repetition, short steps, reloads 4 a second",
     )
     parser.add_argument(
         "--vllm",
@@ -318,9 +335,9 @@ def main() -> None:
     python = ensure_tool(lambda line: print(line, file=sys.stderr))
     procs = Procs()
     with workdir() as tmp:
-        tmp.chmod(0o755)  # nginx workers (www-data, nobody) reach the unix socket and temp dirs
+        tmp.chmod(0o755)  # nginx workers (www-data) reach the back's unix socket and the temp dirs
         base = free_block(8, 10001, 20000)
-        engine_ports, listen = [base, base + 1], [base + 2 + i for i in range(4)]
+        engine_ports, listen = [base, base + 1], [base + 2, base + 3]
         try:
             if args.vllm:
                 engine_pids, tokenizer, engines = start_vllm(procs, engine_ports, tmp, MODEL)
@@ -332,7 +349,7 @@ def main() -> None:
                 )
             bench = Bench(procs, tmp, engine_ports, engine_pids, listen)
             streams = {level: {v: [] for v in STREAM_VARIANTS} for level in plan.levels}
-            short = {v: [] for v in SHORT_VARIANTS}
+            short = {level: {v: [] for v in SHORT_VARIANTS} for level in plan.short_levels}
             for rep in range(plan.reps):
                 for variant in STREAM_VARIANTS:
                     print(f"rep {rep + 1}/{plan.reps}: {variant} streams {plan.levels}", file=sys.stderr)
@@ -341,14 +358,18 @@ def main() -> None:
                     )
                     for level, step in steps.items():
                         streams[level][variant].append((step, cores))
-                for variant in SHORT_VARIANTS:
-                    short[variant].append(
-                        measured(bench, variant, lambda: short_run(bench.ports(variant), plan.short_seconds))
-                    )
+                for level in plan.short_levels:
+                    for variant in SHORT_VARIANTS:
+                        short[level][variant].append(
+                            measured(
+                                bench, variant, lambda: client_run(bench.ports(variant), plan.short_seconds, level)
+                            )
+                        )
             reloads = {}
-            for variant in RELOAD_VARIANTS:
-                print(f"reloads: {variant}", file=sys.stderr)
-                reloads[variant] = reload_run(bench, plan, variant)
+            for load, concurrency in plan.reload_loads:
+                for variant in RELOAD_VARIANTS:
+                    print(f"reloads: {variant}, {load} at c={concurrency}", file=sys.stderr)
+                    reloads[(f"{load}, c={concurrency}", variant)] = reload_run(bench, plan, variant, load, concurrency)
         except UserError as exc:  # the load tool failed: its one line, its log kept in the work dir
             raise SystemExit(f"bench_balancer: {exc}") from None
         finally:
@@ -360,12 +381,15 @@ def main() -> None:
             "plan": asdict(plan),
             "engines": engines,
             "machine": machine(),
-            "reloads": reloads,
+            "reloads": [{"load": load, "variant": variant, **r} for (load, variant), r in reloads.items()],
             "streams": {
                 str(k): {v: [{"step": asdict(s), "cores": c} for s, c in cells] for v, cells in row.items()}
                 for k, row in streams.items()
             },
-            "short": {v: [{"result": r, "cores": c} for r, c in cells] for v, cells in short.items()},
+            "short": {
+                str(k): {v: [{"result": r, "cores": c} for r, c in cells] for v, cells in row.items()}
+                for k, row in short.items()
+            },
         }
         args.output.write_text(json.dumps(data, indent=1) + "\n")
 

@@ -64,7 +64,7 @@ def mipart_cold_start(n: int, delay: float) -> tuple[float, float, float, float]
 
 def serial_start(n: int, delay: float) -> float:
     """The seed's way: one engine at a time, each waited for before the next."""
-    _, base = free_ports(n)
+    base = free_ports(n)
     engines: list[subprocess.Popen] = []
     started = time.monotonic()
     deadline = started + TIMEOUT * 2

@@ -44,6 +44,7 @@ from mipart.api.contract import Status, to_json  # noqa: E402
 from mipart.names import (  # noqa: E402
     AGENT_UNIT,
     INSTANCE_PATTERN,
+    NGINX_FRONT_UNIT,
     NGINX_UNIT,
     RELOAD_CMD_VAR,
     SYSFS_ROOT_VAR,
@@ -93,7 +94,7 @@ class SystemdTarget:
         return None
 
     def address(self, number: int) -> str:
-        return f"127.0.0.1:{self.spec.ports.base + number}"
+        return f"unix:/run/mipart-vllm/sockets/{number}/http.sock"  # as the machine's agent plans it
 
     def numbers(self) -> list[int]:
         units = self.m.run(f"systemctl list-units --plain --no-legend '{INSTANCE_PATTERN}'").stdout.split()
@@ -104,8 +105,8 @@ class SystemdTarget:
         assert pid, f"{instance_unit(number)} has no main PID"
         return pid
 
-    def master(self) -> int | None:
-        return self.host_pid(NGINX_UNIT)
+    def master(self, front: bool = False) -> int | None:
+        return self.host_pid(NGINX_FRONT_UNIT if front else NGINX_UNIT)
 
     def nginx_conf(self) -> str:
         try:
@@ -135,11 +136,9 @@ class SystemdTarget:
         self.m.run(f"systemctl reload {AGENT_UNIT}")
 
     def write_profile(self, **changes) -> None:
-        self.spec = replace(self.spec, **changes)
-        text = self.spec.text()
-        # Servers run as the package's user (the profile's default), not as the simulator's root.
-        assert ", user: root" in text
-        self.profile.write_text(text.replace(", user: root", ""))
+        # Servers run with the package's user (the profile's default: each as a uid of its own), not as root.
+        self.spec = replace(self.spec, user="mipart", **changes)
+        self.profile.write_text(self.spec.text())
 
     def wait_ready(self, count: int, timeout: float) -> None:
         def ready(status: Status) -> bool:
@@ -194,7 +193,7 @@ def serving(m: Machine, deb: Path, upgrade_deb: Path | None = None) -> SystemdTa
         f"printf '%s\\n' '{SYSFS_ROOT_VAR}={SIM}' '{RELOAD_CMD_VAR}=\"mipart sim reload {SIM}\"' >/etc/default/mipart"
     )
     target = SystemdTarget(
-        m, harness.fault_profile(Ports.free(16, *BENCH_PORTS), python=GUEST_PYTHON), upgrade_deb=upgrade_deb
+        m, harness.fault_profile(Ports.free(*BENCH_PORTS), python=GUEST_PYTHON), upgrade_deb=upgrade_deb
     )
     target.write_profile()
     m.run("systemctl start mipart-partition mipart-agent", timeout=180)

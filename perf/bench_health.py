@@ -175,7 +175,7 @@ def log_events(host: BenchHost, event: str, unit: str) -> list[float]:
 
 def watch_out(host: BenchHost, number: int, workers_before: set[int], fault_at: float) -> tuple[float, float]:
     """(conf, reload): monotonic times nginx.conf marked the instance down, and a new nginx worker existed after that."""
-    down = f"server 127.0.0.1:{host.base + number} down;"
+    down = f"server {host.backend(number)} down;"
     conf = reload = None
     deadline = fault_at + ROUND_TIMEOUT
     while reload is None:
@@ -231,7 +231,7 @@ def out_of_rotation(host: BenchHost, repeats: int) -> list[dict]:
             first = [t for t in log_events(host, "instance.degraded", f"mipart-vllm@{number}") if t >= fault_at - 0.05]
             degraded = first[0] - fault_at if first else float("nan")
             ok = sum(1 for status, _ in after if status == 200)
-            on_victim = sum(1 for _, engine in after if engine == f"127.0.0.1:{host.base + number}")
+            on_victim = sum(1 for _, engine in after if engine == host.backend(number))
             row = {
                 "instance": number,
                 "pause": pause,

@@ -39,9 +39,8 @@ ROUND_TIMEOUT = 60.0
 
 
 def one_round(host: BenchHost, number: int) -> dict[str, float]:
-    port = host.base + number
-    address = f"127.0.0.1:{port}"
-    up_line = f"server {address};"
+    address = host.backend(number)
+    up_line = f"server {address} max_fails"
     pid = host.instance_pids()[number]
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -59,7 +58,7 @@ def one_round(host: BenchHost, number: int) -> dict[str, float]:
         now = time.monotonic()
         if now > deadline:
             raise SystemExit(f"round timed out: {marks}\n{host.log_tail()}")
-        if "health" not in marks and health_ok(port, timeout=0.2):
+        if "health" not in marks and health_ok(address, timeout=0.2):
             marks["health"] = time.monotonic()
             workers = host.nginx_workers()
         if "health" in marks:

@@ -33,14 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from balancer_setup import Nginx, Procs
+from balancer_setup import Nginx, Procs, back_text, profile_of
 from balancer_vllm import start_vllm
 from host import machine
 
-from mipart.nginx.conf import render_nginx
-from mipart.profile.load import check_profile
 from mipart.prometheus import metric_sum
-from mipart.serving.spec import InstanceSpec
 from mipart.sim.ports import free_block
 
 MODEL = "mipart-tiny"
@@ -116,45 +113,11 @@ class Run:
     errors: int
 
 
-def profile_text(listen: int, ports: list[int], routing: str) -> str:
-    return "\n".join(
-        [
-            "version: 1",
-            "gpus: {compute: DPX, memory: NPS2}",
-            "services:",
-            "  chat:",
-            f"    model: {MODEL}",
-            f'    listen: "127.0.0.1:{listen}"',
-            f'    partitions: "0-{len(ports) - 1}"',
-            f"    routing: {routing}",
-            "health: {interval: 2s}",
-            "",
-        ]
-    )
-
-
 def nginx_text(listen: int, ports: list[int], routing: str, prefix: Path) -> str:
-    """What the agent writes for one service of these two servers under this routing (render_nginx)."""
-    profile = check_profile(profile_text(listen, ports, routing))
-    specs = tuple(
-        InstanceSpec(
-            number=i,
-            service="chat",
-            model=MODEL,
-            served_model_name=MODEL,
-            logical_gpus=(i,),
-            physical_gpus=(0,),
-            render_nodes=(),
-            port=port,
-            runtime="process",
-            argv=(),
-            env=(),
-            user=None,
-            hf_home="/nonexistent",
-        )
-        for i, port in enumerate(ports)
-    )
-    return render_nginx(profile, specs, frozenset(range(len(ports))), prefix)
+    """What the agent writes for one service of these two servers under this routing (render_nginx), listening
+    on the service's own port as well (`direct`): the back layer picks the instance, the front plays no part."""
+    profile = profile_of(f"127.0.0.1:{listen}", ports, routing=routing)
+    return back_text(profile, ports, frozenset(range(len(ports))), prefix, direct=True)
 
 
 def counters(ports: list[int]) -> tuple[float, float]:

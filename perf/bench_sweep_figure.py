@@ -49,7 +49,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mipart-sweep-figure-"))
     profile = FakeEngineProfile(
-        Ports.free(16),
+        Ports.free(),
         compute="SPX",
         memory="NPS1",
         delay=0.3,

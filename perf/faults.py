@@ -30,7 +30,6 @@ from pathlib import Path
 
 from common import finish_client
 
-from mipart.nginx import procs as nginx_procs
 from mipart.sim.fake_profile import FakeEngineProfile, Ports
 from mipart.sim.host import SimulatedHost
 
@@ -153,31 +152,24 @@ def fault_profile(ports: Ports, tps: float = 50, delay: float = 0.5, **more) -> 
 
 def fault_host(work: Path, ports: tuple[int, int], tps: float = 50, delay: float = 0.5) -> SimulatedHost:
     """The issue's host: 2 x MI300X in DPX/NPS2 (4 instances) serving fault_profile."""
-    return SimulatedHost(work, fault_profile(Ports.free(16, *ports), tps, delay), gpus=2, expected=INSTANCES)
-
-
-def end_nginx(host: SimulatedHost) -> None:
-    """Every nginx process of the host's: a master whose pid file a fault removed, workers a killed
-    master left. By PID, found as ours by their cwd and command line (nginx.procs)."""
-    import os
-    import signal
-
-    found = nginx_procs.scan(host.run_dir / "nginx")
-    for pid in found.masters + found.workers + found.strays + found.shutting_down:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    return SimulatedHost(work, fault_profile(Ports.free(*ports), tps, delay), gpus=2, expected=INSTANCES)
 
 
 # -- the load client, in a process of its own --------------------------------------------------
 
 
 def start_load(
-    port: int, out: Path, clients: int = 100, seconds: float = 10.0, think: float = 0.5, max_tokens: int = 8
+    port: int,
+    out: Path,
+    clients: int = 100,
+    seconds: float = 10.0,
+    think: float = 0.5,
+    max_tokens: int = 8,
+    keepalive: bool = True,
 ) -> subprocess.Popen:
+    """keepalive: each client reuses its connection (the front layer keeps it); else one connection per request."""
     argv = [sys.executable, __file__, str(port), str(out), str(clients), str(seconds), str(think), str(max_tokens)]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(argv + ["keepalive"] * keepalive, stdin=subprocess.DEVNULL)
 
 
 def finish_load(load: subprocess.Popen, out: Path, seconds: float) -> list[Record]:
@@ -232,7 +224,9 @@ async def _client(session, url: str, body: str, until: float, think: float, reco
         await asyncio.sleep(think)
 
 
-async def _load(port: int, out: Path, clients: int, seconds: float, think: float, max_tokens: int) -> None:
+async def _load(
+    port: int, out: Path, clients: int, seconds: float, think: float, max_tokens: int, keepalive: bool
+) -> None:
     import asyncio
 
     import aiohttp
@@ -240,7 +234,8 @@ async def _load(port: int, out: Path, clients: int, seconds: float, think: float
     body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": max_tokens, "stream": True})
     records: list[Record] = []
     until = time.monotonic() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients, force_close=True)) as session:
+    connector = aiohttp.TCPConnector(limit=clients, force_close=not keepalive)
+    async with aiohttp.ClientSession(connector=connector) as session:
         url = f"http://127.0.0.1:{port}/v1/completions"
         await asyncio.wait_for(
             asyncio.gather(*(_client(session, url, body, until, think, records) for _ in range(clients))),
@@ -252,8 +247,18 @@ async def _load(port: int, out: Path, clients: int, seconds: float, think: float
 def main(argv: list[str]) -> int:
     import asyncio
 
-    port, out, clients, seconds, think, max_tokens = argv
-    asyncio.run(_load(int(port), Path(out), int(clients), float(seconds), float(think), int(max_tokens)))
+    port, out, clients, seconds, think, max_tokens, *keepalive = argv
+    asyncio.run(
+        _load(
+            int(port),
+            Path(out),
+            int(clients),
+            float(seconds),
+            float(think),
+            int(max_tokens),
+            keepalive == ["keepalive"],
+        )
+    )
     return 0
 
 

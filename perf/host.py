@@ -19,17 +19,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mipart.api.client import UnixHTTPConnection
 from mipart.sim.fake_profile import FakeEngineProfile, Ports
 from mipart.sim.host import SimulatedHost, completion
+from mipart.sim.ports import free_block
 
 MODEL = "test/fake-llm"
 BENCH_PORTS = (10001, 20000)
 
 
-def free_ports(count: int) -> tuple[int, int]:
-    """A listener port and a base port with `count` ports after it (and the API's before them), all free."""
-    ports = Ports.free(count, *BENCH_PORTS)
-    return ports.listen, ports.base
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (for engines started without mipart)."""
+    return free_block(count, *BENCH_PORTS)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,10 +49,14 @@ def kill(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def health_ok(port: int, timeout: float = 0.5) -> bool:
-    """GET /health directly on an instance port: True on 200."""
+def health_ok(where: int | str, timeout: float = 0.5) -> bool:
+    """GET /health directly on an engine's port, or an instance's address (unix:PATH): True on 200."""
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn = (
+            UnixHTTPConnection(where.removeprefix("unix:"), timeout)
+            if isinstance(where, str)
+            else http.client.HTTPConnection("127.0.0.1", where, timeout=timeout)
+        )
         conn.request("GET", "/health")
         response = conn.getresponse()
         response.read()
@@ -100,7 +105,7 @@ class BenchHost(SimulatedHost):
         rules: str = "mainline",
     ):
         profile = FakeEngineProfile(
-            Ports.free(64, *BENCH_PORTS),
+            Ports.free(*BENCH_PORTS),
             compute=compute,
             memory=memory,
             model=MODEL,

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.paths import launched_dir
+from mipart.runners import records
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / "agent"
@@ -34,17 +36,19 @@ def error_lines(stderr: str) -> list[str]:
 
 
 class SimRoot:
-    """A simulated host in `work`: its sysfs tree (work/sys), mipart's run dir (work/run), and
-    the environment that points the CLI at both, reloading through the simulator's own command."""
+    """A simulated host in `work`: its sysfs tree (work/sys), mipart's run dir (work/run) and serving
+    dir (work/serving), and the environment that points the CLI at them, reloading through the
+    simulator's own command."""
 
     def __init__(self, work: Path):
-        self.work, self.root, self.run_dir = work, work / "sys", work / "run"
+        self.work, self.root, self.run_dir, self.serving_dir = work, work / "sys", work / "run", work / "serving"
 
     @property
     def env(self) -> dict[str, str]:
         return {
             SYSFS_ROOT_VAR: str(self.root),
             RUN_DIR_VAR: str(self.run_dir),
+            SERVING_DIR_VAR: str(self.serving_dir),
             RELOAD_CMD_VAR: f"{sys.executable} -m mipart sim reload {self.root}",
         }
 
@@ -106,17 +110,26 @@ OPEN_AND_WAIT = (
 
 
 @pytest.fixture
-def opener():
+def opener(tmp_path, monkeypatch):
     """start(paths, env) runs a process that holds `paths` open (as a GPU server holds its devices), with
-    `env` added (e.g. its simulated device cgroup); it is killed by PID afterwards."""
-    started: list[subprocess.Popen] = []
+    `env` added (e.g. its simulated device cgroup); it is killed by PID afterwards.
 
-    def start(paths: list[str], env: dict | None = None) -> subprocess.Popen:
+    instance=N: it is instance N's server, as the launcher leaves one: in a session of its own, with
+    the launcher's record of it in the serving dir (tmp_path/serving, as SimRoot's env says, also
+    this process's MIPART_SERVING_DIR)."""
+    started: list[subprocess.Popen] = []
+    serving = tmp_path / "serving"
+    monkeypatch.setenv(SERVING_DIR_VAR, str(serving))
+
+    def start(paths: list[str], env: dict | None = None, instance: int | None = None) -> subprocess.Popen:
         full = {**os.environ, "PYTHONPATH": str(AGENT), **(env or {})}
         argv = [sys.executable, "-c", OPEN_AND_WAIT, *paths]
-        proc = subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, text=True, start_new_session=True)
         started.append(proc)
         assert proc.stdout.readline().strip() == "open"
+        if instance is not None:
+            launched_dir(serving).mkdir(parents=True, exist_ok=True)
+            records.write_record(launched_dir(serving), f"{instance}.json", proc.pid, digest="d", uid=os.getuid())
         return proc
 
     yield start
@@ -125,7 +138,15 @@ def opener():
         proc.wait()
 
 
-TIER_FOLDERS = ("nginx", "system", "vllm")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
+@pytest.fixture(scope="session")
+def ansible_bin(tmp_path_factory):
+    """bin/ of a venv of this session's own with the pinned ansible-core and ansible-lint (tests/ansible_tools.py)."""
+    from ansible_tools import make_venv
+
+    return make_venv(tmp_path_factory.mktemp("ansible") / "venv")
+
+
+TIER_FOLDERS = ("nginx", "system", "vllm", "ansible")  # tests/<tier>/ carries the marker of that name; tests/unit/ none
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,15 +25,14 @@ from hypothesis import strategies as st
 
 from mipart.errors import UserError
 from mipart.gpu import modes, open_backend
-from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
+from mipart.names import CONTAINER_RUNTIMES
 from mipart.nginx.conf import render_nginx
-from mipart.profile.addresses import api_port
+from mipart.nginx.front import render_front
 from mipart.profile.durations import format_ms, parse_ms
 from mipart.profile.indices import format_indices
 from mipart.profile.keys import CHILDREN, KEYS, MAX_LOGICAL, Key, children
 from mipart.profile.load import check_profile
 from mipart.profile.problems import ProfileError
-from mipart.profile.schema import INSTANCE_PORT_SPAN
 from mipart.serving.planned import plan_serving
 
 PATH = "/etc/mipart/profile.yaml"
@@ -402,11 +401,7 @@ def profile_text(
         else [(draw(st.sampled_from(forms))(lo, hi), hi - lo) for lo, hi in bounds]
     )
     low, high = KEYS["instances.base_port"].span
-    taken = (
-        (port_base - INSTANCE_PORT_SPAN, port_base + 499),
-        (api_port(DEFAULT_API_LISTEN) - INSTANCE_PORT_SPAN + 1, api_port(DEFAULT_API_LISTEN)),
-    )
-    base = st.integers(low, high).filter(lambda b: not any(lo <= b <= hi for lo, hi in taken))
+    base = st.integers(low, high)  # unused since instances listen on sockets, but still a key
     api = st.sampled_from([q(f"127.0.0.1:{port_base + 499}"), q("unix:/run/mipart/api.sock")])
     lines = ["version: " + draw(maybe_hostile(good(KEYS["version"], rate), rate / 4))]
     for name, text in (
@@ -451,8 +446,9 @@ def assert_located(exc: ProfileError, path: str = PATH) -> None:
         assert pattern.fullmatch(line), line
 
 
-def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")) -> str | None:
-    """The rendered nginx.conf of an accepted profile; None when it was rejected (with located lines)."""
+def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")) -> tuple[str, str] | None:
+    """The rendered back and front nginx.conf of an accepted profile (the front's prefix beside the back's,
+    as on a host); None when it was rejected (with located lines)."""
     try:
         profile = check_profile(text, PATH)
     except ProfileError as exc:
@@ -460,7 +456,7 @@ def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")
         event("rejected")
         return None
     try:
-        planned = plan_serving(profile, backend)
+        planned = plan_serving(profile, backend, prefix.parent / "sockets")
     except UserError as exc:  # this host cannot take it (its GPUs, its memory mode): one line that says so
         assert "\n" not in str(exc) and re.search(r"GPU|host", str(exc)), str(exc)
         event("accepted, not for this host")
@@ -471,14 +467,16 @@ def serve_or_refuse(text: str, backend, prefix: Path = Path("/run/mipart/nginx")
     numbers = [s.number for s in specs]
     assert len(numbers) == len(set(numbers)), "two instances on one logical GPU"
     conf = render_nginx(profile, specs, frozenset(numbers), prefix)
+    front = render_front(profile, specs, prefix, prefix.parent / "nginx-front")
     for service in profile.services:
-        assert f"listen {service.listen};" in conf
+        assert f"listen {service.listen};" in front and f"listen {service.listen};" not in conf
+        assert f"listen unix:{prefix}/svc-{service.name}.sock;" in conf
         assert f"routing {service.routing}\n" in conf and _BALANCERS[service.routing.policy] in conf
         event(f"routing {service.routing.policy}")
-        assert " 0s;" not in conf and "None" not in conf
+        assert " 0s;" not in conf + front and "None" not in conf + front
     _execs(specs)
     event("accepted and served")
-    return conf
+    return conf, front
 
 
 _BALANCERS = {

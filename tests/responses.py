@@ -1,20 +1,12 @@
-"""An aiohttp response stand-in for probe tests: status, body text and JSON, used as `async with`."""
+"""Instance answers for probe tests: what mipart.unixhttp.InstanceClient returns (a Reply)."""
 
 from __future__ import annotations
 
+import json
 
-class Response:
-    def __init__(self, status: int, text: str = "", data=None):
-        self.status, self._text, self._data = status, text, data
+from mipart.unixhttp import Reply
 
-    async def text(self) -> str:
-        return self._text
 
-    async def json(self, content_type=None):
-        return self._data
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return False
+def Response(status: int, text: str = "", data=None) -> Reply:  # noqa: N802 - reads as the answer it stands for
+    body = json.dumps(data).encode() if data is not None else text.encode()
+    return Reply(status, {}, body)

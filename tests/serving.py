@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mipart.profile.schema import INSTANCE_PORT_SPAN
 from mipart.sim.fake_profile import FakeEngineProfile, Ports
 from mipart.sim.host import SimulatedHost
 
@@ -20,7 +19,7 @@ class ServingHost(SimulatedHost):
     how many wait_ready() waits for."""
 
     def __init__(self, tmp: Path, instances: int = 16, rules: str = "mainline", **fields):
-        profile = FakeEngineProfile(Ports.free(INSTANCE_PORT_SPAN, low=TEST_PORTS), **fields)
+        profile = FakeEngineProfile(Ports.free(low=TEST_PORTS), **fields)
         super().__init__(tmp, profile, expected=instances, rules=rules)
 
     backend_of_one_request_or_none = SimulatedHost.status_of_one_request

@@ -18,7 +18,7 @@ def spec(n: int, service: str = "chat") -> InstanceSpec:
         logical_gpus=(n,),
         physical_gpus=(n // 2,),
         render_nodes=(f"/dev/dri/renderD{128 + n}",),
-        port=21000 + n,
+        socket=f"/run/mipart-vllm/sockets/{n}/http.sock",
         runtime="native",
         argv=("vllm",),
         env=(),
@@ -31,7 +31,6 @@ SPECS = {n: spec(n) for n in range(4)}
 SPEC = replace(
     spec(3),
     render_nodes=("/dev/dri/renderD137",),  # GPU 1, partition 1 of a DPX host
-    port=8084,
     argv=("vllm", "serve", "org/m"),
     env=(("CUDA_VISIBLE_DEVICES", "3"),),
     user="mipart",

@@ -11,6 +11,18 @@ from mipart.api.contract import Instance, InstanceCounts, Instances, PartitionGp
 
 DIGEST = "d" * 64
 
+# Either nginx layer, serving the config installed last.
+NGINX = contract.NginxLayer(
+    config_valid=True,
+    error="",
+    running=True,
+    generation="g1",
+    serving_generation="g1",
+    current=True,
+    stray_workers=0,
+    problem="",
+)
+
 
 def gpu(index: int, compute: str = "DPX", memory: str = "NPS2", want: tuple[str, str] | None = None) -> PartitionGpu:
     """GPU `index` in compute/memory; it matches unless `want` names other modes."""
@@ -86,16 +98,7 @@ def status(
                 ready=instances.in_rotation,
             ),
         ),
-        nginx=contract.Nginx(
-            config_valid=True,
-            error="",
-            running=True,
-            generation="g1",
-            serving_generation="g1",
-            current=True,
-            stray_workers=0,
-            problem="",
-        ),
+        nginx=contract.Nginx(**vars(NGINX), front=NGINX),
         reconcile=contract.Reconcile(last="2024-01-01T00:00:01Z", error=reconcile_error),
         units_error="",
         files_error="",
@@ -113,8 +116,7 @@ def instance(number: int, state: str = "ready") -> Instance:
         since="2024-01-01T00:00:00Z",
         last_error="",
         restarts=0,
-        port=8081 + number,
-        address=f"127.0.0.1:{8081 + number}",
+        address=f"unix:/run/mipart-vllm/sockets/{number}/http.sock",
         devices=("/dev/kfd", f"/dev/dri/renderD{128 + number}"),
         logical_gpus=(number,),
         physical_gpus=(number // 2,),

@@ -38,12 +38,16 @@ def _value(value: float) -> str:
 
 
 class Exposition:
-    """Metric families in order; HELP and TYPE name the samples' own name (counters end in _total)."""
+    """Metric families in order; HELP and TYPE name the samples' own name (counters end in _total).
+    Built with `only`, it keeps those families alone (prometheus_client's /metrics?name[]=...)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: Iterable[str] = ()) -> None:
         self.lines: list[str] = []
+        self.only = frozenset(only)
 
     def family(self, name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
+        if self.only and name not in self.only:
+            return
         self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
@@ -53,14 +57,20 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def metric_sum(text: str, name: str) -> float | None:
-    """A metric summed over its label sets; None when absent (an engine that does not export it)."""
-    total, seen = 0.0, False
+def metric_sums(text: str, names: Iterable[str]) -> dict[str, float | None]:
+    """Each of `names` summed over its label sets, in one pass; None for one that is absent."""
+    wanted = set(names)
+    totals: dict[str, float | None] = dict.fromkeys(wanted)
     for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
             try:
-                total += float(line.rsplit(" ", 1)[1])
-                seen = True
+                totals[name] = (totals[name] or 0.0) + float(line.rsplit(" ", 1)[1])
             except ValueError:
                 continue
-    return total if seen else None
+    return totals
+
+
+def metric_sum(text: str, name: str) -> float | None:
+    """A metric summed over its label sets; None when absent (an engine that does not export it)."""
+    return metric_sums(text, (name,))[name]

@@ -20,7 +20,7 @@ services:
     model: test/fake-llm
     listen: "127.0.0.1:{listen}"
     command: ["{python}", "-m", "mipart.sim.engine"]
-instances: {{base_port: {base}, user: root}}
+instances: {{user: root}}
 api: {{listen: "{api}"}}
 """
 
@@ -42,13 +42,13 @@ class DummyRunner:
         from mipart.values import UnitState
 
         self.states = {n: UnitState("active", "running", 0) for n in DPX_NUMBERS}
-        self.nginx = True
+        self.nginx = {"back": True, "front": True}  # by layer
 
     def list_instances(self):
         return dict(self.states)
 
     def nginx_running(self, files) -> bool:
-        return self.nginx
+        return self.nginx[files.layer]
 
 
 class QuietLog:
@@ -62,12 +62,12 @@ class SimApiHost:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         sim = create_sim(tmp, model="mi300x", gpus=8, compute="DPX", memory="NPS2")
-        self.root, self.run_dir, self.env = sim.root, sim.run_dir, sim.env
+        self.root, self.run_dir, self.serving_dir, self.env = sim.root, sim.run_dir, sim.serving_dir, sim.env
         self.run_dir.mkdir()
         self.api_port = free_port()
         self.api = f"127.0.0.1:{self.api_port}"
         self.profile = tmp / "profile.yaml"
-        self.profile.write_text(PROFILE.format(listen=free_port(), base=21000, python=sys.executable, api=self.api))
+        self.profile.write_text(PROFILE.format(listen=free_port(), python=sys.executable, api=self.api))
         self.agent = self._agent()
 
     def _agent(self):
@@ -78,7 +78,10 @@ class SimApiHost:
 
         agent = Agent(str(self.profile), DummyRunner(), self.run_dir, self.root, QuietLog())
         assert agent.load_profile()
-        agent.specs = {s.number: s for s in plan_instances(agent.profile, discover(self.root).logical)}
+        agent.specs = {
+            s.number: s
+            for s in plan_instances(agent.profile, discover(self.root).logical, self.serving_dir / "sockets")
+        }
         now = time.time()
         agent.health = {n: InstanceHealth(n, state="ready", since=now - 300) for n in agent.specs}
         h = agent.health
@@ -99,6 +102,39 @@ class SimApiHost:
         h[17] = InstanceHealth(17, state="unhealthy", since=now - 30, failures=3, last_error="/health answered 503")
         agent.status.last_reconcile = now - 10
         return agent
+
+
+class FakeInstances:
+    """Each instance's socket answering GET /metrics from `bodies` (bytes; None: never answers), in a thread."""
+
+    METRICS = b'vllm:num_requests_running{model_name="test/fake-llm"} 0.0\n'
+
+    def __init__(self, sockets: list[str]):
+        self.bodies: dict[str, bytes | None] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        for path in sockets:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            asyncio.run_coroutine_threadsafe(asyncio.start_unix_server(self._answer, path), self.loop).result(10)
+
+    async def _answer(self, reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        path = writer.get_extra_info("sockname")
+        body = self.bodies.get(path, self.METRICS)
+        if body is None:
+            await asyncio.sleep(3600)
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the reader stopped at its bound
+        writer.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 class LiveApi:

@@ -48,7 +48,7 @@ def test_status_reports_profile_partitions_apply_and_counts(sim_api_host, live_a
 
     record_apply(True, sim_api_host.agent.profile.digest, ApplyResult(writes=2, reloads=1, logical_gpus=16))
     st = get_json(sim_api_host, "/v1/status")
-    assert st["api_version"] == 1
+    assert st["api_version"] == 2
     assert st["version"] == __import__("mipart").__version__
     assert st["profile"] == {
         "path": str(sim_api_host.profile),
@@ -92,12 +92,20 @@ def test_status_reports_profile_partitions_apply_and_counts(sim_api_host, live_a
         "running": True,
     }
     assert nginx["stray_workers"] == 0 and nginx["problem"] == "" and st["files_error"] == ""
+    # issue 22: the front layer, which holds the clients' connections, under nginx.front
+    assert {k: nginx["front"][k] for k in ("config_valid", "error", "running", "stray_workers", "problem")} == {
+        "config_valid": True,
+        "error": "",
+        "running": True,
+        "stray_workers": 0,
+        "problem": "",
+    }
     assert st["reconcile"]["error"] == "" and st["reconcile"]["last"].endswith("Z")
 
 
 def test_status_shows_errors_and_a_partition_mismatch(sim_api_host, live_api):
     sim_api_host.agent.status.profile_error = "profile.yaml:3:5: bad; good"
-    sim_api_host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.nginx.error = "nginx: [emerg] unknown directive"
     sim_api_host.agent.status.reconcile_error = "services.chat has no logical GPU"
     gpu0 = sorted(
         p for p in (sim_api_host.root / "bus/pci/devices").iterdir() if (p / "current_compute_partition").exists()
@@ -129,16 +137,16 @@ def test_host_facts_are_cached_not_read_per_request(sim_api_host, live_api, monk
 
 def test_instances_list_and_one(sim_api_host, live_api):
     data = get_json(sim_api_host, "/v1/instances")
-    assert data["api_version"] == 1
+    assert data["api_version"] == 2
     instances = data["instances"]
     assert [i["number"] for i in instances] == DPX_NUMBERS
     states = {i["number"]: i["state"] for i in instances}
     assert states[0] == "ready" and states[1] == "degraded" and states[8] == "starting"
     assert states[9] == "restarting" and states[16] == "failed" and states[17] == "unhealthy"
     one = get_json(sim_api_host, "/v1/instances/9")
-    assert one == instances[3] and one["api_version"] == 1
+    assert one == instances[3] and one["api_version"] == 2
     assert one["unit"] == "mipart-vllm@9.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
-    assert one["port"] == 21009 and one["address"] == "127.0.0.1:21009"
+    assert "port" not in one and one["address"] == f"unix:{sim_api_host.serving_dir}/sockets/9/http.sock"
     assert one["logical_gpus"] == [9] and one["physical_gpus"] == [1]
     assert one["devices"][0] == "/dev/kfd" and one["devices"][1].startswith("/dev/dri/renderD")
     assert one["restarts"] == 2 and one["last_error"] == "unit failed/failed"
@@ -251,8 +259,9 @@ def test_metrics_text_format(sim_api_host, live_api):
     families = parse_exposition(body.decode())
     assert families["mipart_agent_info"] == [({"version": __import__("mipart").__version__}, 1.0)]
     assert families["mipart_profile_valid"] == [({}, 1.0)]
-    assert families["mipart_nginx_config_valid"] == [({}, 1.0)]
-    assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == [({}, 1.0)]
+    both = [({"layer": "back"}, 1.0), ({"layer": "front"}, 1.0)]
+    assert families["mipart_nginx_config_valid"] == both
+    assert families["mipart_partition_matches"] == [({}, 1.0)] and families["mipart_nginx_running"] == both
     by_state = {labels["state"]: value for labels, value in families["mipart_instances"]}
     assert by_state == {
         "starting": 1,
@@ -276,11 +285,12 @@ def test_metrics_escape_label_values_and_follow_errors(sim_api_host):
 
     agent = sim_api_host.agent
     agent.specs[0] = replace(agent.specs[0], service='we"ird\\name\nx', logical_gpus=(0, 1))
-    agent.status.profile_error, agent.status.nginx_error = "bad", "bad"
+    agent.status.profile_error, agent.status.front.error = "bad", "bad"
     families = parse_exposition(prometheus_metrics(agent.snapshot()))
     labels = [lb for lb, _ in families["mipart_instance_ready"] if lb["instance"] == "mipart-vllm@0.service"][0]
     assert labels == {"service": 'we"ird\\name\nx', "instance": "mipart-vllm@0.service", "gpu": "0,1"}
-    assert families["mipart_profile_valid"] == [({}, 0.0)] and families["mipart_nginx_config_valid"] == [({}, 0.0)]
+    assert families["mipart_profile_valid"] == [({}, 0.0)]
+    assert families["mipart_nginx_config_valid"] == [({"layer": "back"}, 1.0), ({"layer": "front"}, 0.0)]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")
@@ -295,12 +305,30 @@ def test_targets_are_prometheus_http_sd(sim_api_host, live_api):
     assert isinstance(groups, list) and len(groups) == 16
     for n, group in zip(DPX_NUMBERS, groups, strict=True):
         assert set(group) == {"targets", "labels"}
-        assert group["targets"] == [f"127.0.0.1:{21000 + n}"]
+        assert group["targets"] == [sim_api_host.api]  # the API itself: instances listen on unix sockets
         labels = group["labels"]
         assert labels["service"] == "chat" and labels["instance_unit"] == f"mipart-vllm@{n}.service"
-        assert labels["gpu"] == str(n) and labels["__metrics_path__"] == "/metrics"
+        assert labels["gpu"] == str(n) and labels["__metrics_path__"] == f"/v1/instances/{n}/metrics"
         assert all(isinstance(v, str) for v in labels.values())
         assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) for k in labels)
+
+
+def test_an_instances_metrics_are_read_through_the_api_with_a_bound(sim_api_host, live_api, monkeypatch):
+    """Prometheus cannot reach an instance's socket; the API reads it, at most 1 MiB and 5 s (issue 20:
+    one hostile /metrics of 1 GiB grew the agent to 752 MiB)."""
+    from mipart.api import server
+
+    status, headers, body = get(sim_api_host, "/v1/instances/3/metrics")
+    assert status == 200 and body == sim_api_host.instances.METRICS and headers["content-type"].startswith("text/plain")
+    sockets = {n: spec.socket for n, spec in sim_api_host.agent.specs.items()}
+    sim_api_host.instances.bodies[sockets[1]] = b"x" * ((1 << 20) + 1)
+    status, _, body = get(sim_api_host, "/v1/instances/1/metrics")
+    assert status == 502 and b"over the 1048576 bytes" in body
+    monkeypatch.setattr(server, "PROXY_TIMEOUT", 0.3)
+    sim_api_host.instances.bodies[sockets[2]] = None  # never answers
+    status, _, body = get(sim_api_host, "/v1/instances/2/metrics")
+    assert status == 504 and json.loads(body)["error"]["message"] == "instance 2 did not answer /metrics within 0.3s"
+    assert get(sim_api_host, "/v1/instances/99/metrics")[0] == 404
 
 
 def test_openapi_document_is_served_and_shipped(sim_api_host, live_api):
@@ -314,6 +342,7 @@ def test_openapi_document_is_served_and_shipped(sim_api_host, live_api):
         "/v1/status",
         "/v1/instances",
         "/v1/instances/{n}",
+        "/v1/instances/{n}/metrics",
         "/healthz",
         "/metrics",
         "/v1/targets",
@@ -428,4 +457,4 @@ def test_schemathesis_against_the_shipped_document(sim_api_host, live_api, tmp_p
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "7 selected / 7 total" in done.stdout
+    assert "8 selected / 8 total" in done.stdout

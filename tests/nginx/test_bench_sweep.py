@@ -36,7 +36,7 @@ LAYOUTS = "DPX/NPS2,DPX/NPS1"  # what the sweeps here compare
 
 @pytest.fixture(scope="module")
 def serving_host(tmp_path_factory):
-    profile = FakeEngineProfile(Ports.free(16, low=TEST_PORTS), compute="SPX", memory="NPS1", delay=0.3, tps=200)
+    profile = FakeEngineProfile(Ports.free(low=TEST_PORTS), compute="SPX", memory="NPS1", delay=0.3, tps=200)
     serving = SimulatedHost(tmp_path_factory.mktemp("sweep"), profile, gpus=2, expected=2)
     serving.start_agent()
     serving.wait_ready(2)
@@ -71,7 +71,7 @@ def assert_operator_layout_serving(host, profile_text: str) -> None:
 
 def test_bad_input_is_one_line_and_changes_nothing(serving_host):
     text = serving_host.profile.read_text()
-    free = Ports.free(16, low=TEST_PORTS)
+    free = Ports.free(low=TEST_PORTS)
     silent = serving_host.work / "silent.yaml"
     silent.write_text(replace(serving_host.spec, ports=replace(serving_host.ports, api=free.api)).text())
     cases = (

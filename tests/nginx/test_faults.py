@@ -51,7 +51,7 @@ def test_killed_instance_leaves_rotation_and_comes_back(serving_host):
     victim = serving_host.instance_pids()[3]
     os.kill(victim, signal.SIGKILL)
     serving_host.wait_for(
-        lambda: f"server 127.0.0.1:{serving_host.base + 3} down;" in serving_host.nginx_conf(),
+        lambda: f"server {serving_host.backend(3)} down;" in serving_host.nginx_conf(),
         timeout=5,
         what="instance 3 out",
     )
@@ -72,7 +72,7 @@ def test_hung_instance_is_out_of_rotation_within_the_bound(serving_host):
     serving_host.start_agent()
     serving_host.wait_ready()
     victim = serving_host.instance_pids()[2]
-    marked_down = f"server 127.0.0.1:{serving_host.base + 2} down;"
+    marked_down = f"server {serving_host.backend(2)} down;"
     hung_at = time.monotonic()
     os.kill(victim, signal.SIGSTOP)
     try:
@@ -186,7 +186,7 @@ def test_killed_nginx_is_restarted_with_the_current_config(serving_host):
     serving_host.wait_for(
         lambda: serving_host.backend_of_one_request_or_none() == 200, timeout=10, what="serving again"
     )
-    assert "server 127.0.0.1" in serving_host.nginx_conf()
+    assert f"server {serving_host.backend(0)} max_fails" in serving_host.nginx_conf()
 
 
 def _nginx_master_changed(host, old: int) -> bool:
@@ -270,7 +270,7 @@ def test_thousand_clients_see_no_failure_after_an_instance_leaves_rotation(servi
         # under this load can be seconds before nginx sees it, hence no lower bound but the
         # client timeout.
         allowed = any(
-            backend in ("", f"127.0.0.1:{serving_host.base + n}") or not backend.startswith("127.")
+            backend in ("", serving_host.backend(n)) or not backend.startswith("unix:")
             for n in faults
             if fault_time[n] - CLIENT_TIMEOUT <= started <= left_rotation.get(n, float("inf")) + 0.5
         )

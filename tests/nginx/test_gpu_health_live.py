@@ -36,7 +36,7 @@ def serving_host(tmp_path):
 
 
 def down(host, number: int) -> bool:
-    return f"server 127.0.0.1:{host.base + number} down;" in host.nginx_conf()
+    return f"server {host.backend(number)} down;" in host.nginx_conf()
 
 
 class Load:

@@ -1,4 +1,4 @@
-"""The generated nginx config, checked by the real nginx (`nginx -t`) and by gixy-ng."""
+"""The generated nginx configs (the back and the front layer), checked by the real nginx (`nginx -t`) and by gixy-ng."""
 
 from __future__ import annotations
 
@@ -23,10 +23,21 @@ def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, si
     body = conf.read_text()
     assert "worker_connections 12800;" in body  # (8 x 512 + 8 x 256) x 2 + 512
     assert body.count(" down;") == 16 and "return 503" in body
-    prefix = tmp_path / "prefix"
-    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / name).mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(body.replace("/run/mipart/nginx", str(prefix)))
+    fronts = out / "run/mipart/nginx-front/nginx.conf"
+    front = fronts.read_text()
+    assert "worker_connections 12800;" in front and "keepalive_timeout 75s;" in front
+    assert "listen 127.0.0.1:18040;" in front and "listen 0.0.0.0:18041;" in front and " down;" not in front
+    back_prefix, front_prefix = tmp_path / "prefix", tmp_path / "front"
+    for text, prefix in ((body, back_prefix), (front, front_prefix)):
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (prefix / name).mkdir(parents=True)
+        text = text.replace("/run/mipart/nginx-front", str(front_prefix)).replace("/run/mipart/nginx", str(back_prefix))
+        (prefix / "nginx.conf").write_text(text)
+        check(prefix)
+
+
+def check(prefix):
+    """nginx -t, then gixy-ng's static analysis of the config: no finding of any severity."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     done = subprocess.run(
         [nginx, "-t", "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-g", "daemon off;"],
@@ -34,7 +45,6 @@ def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, si
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    # Static analysis of the generated config (gixy-ng): no finding of any severity.
     gixy = os.path.join(os.path.dirname(sys.executable), "gixy")
     report = subprocess.run([gixy, "-f", "json", str(prefix / "nginx.conf")], capture_output=True, text=True)
     assert report.returncode == 0, report.stdout + report.stderr

@@ -1,5 +1,5 @@
 """Total validation against the real nginx: every generated profile `mipart validate` accepts
-(and this host can plan) renders an nginx.conf that `nginx -t` passes.
+(and this host can plan) renders both layers' nginx.conf, and `nginx -t` passes each.
 
 The generator (tests/profilegen.py) listens on loopback only here, on a block of ports found
 free, and on unix sockets in a directory of the test's own; a fixed seed and a bounded
@@ -57,12 +57,13 @@ def test_every_accepted_profile_passes_nginx_t(data, place, tmp_path_factory):
         ),
         label="profile",
     )
-    prefix = tmp_path_factory.mktemp("nginx")
-    conf = serve_or_refuse(text, backend, prefix)
-    if conf is None:
+    prefix = tmp_path_factory.mktemp("host") / "nginx"
+    confs = serve_or_refuse(text, backend, prefix)
+    if confs is None:
         return
-    files = NginxFiles(prefix)
-    for name in TEMP_DIRS:
-        (prefix / name).mkdir()
-    files.conf.write_text(conf)
-    check_config(files, files.conf)  # NginxRejected carries nginx's own line
+    for layer, conf in zip(("back", "front"), confs, strict=True):
+        files = NginxFiles(prefix.parent / ("nginx" if layer == "back" else "nginx-front"), layer)
+        for name in TEMP_DIRS:
+            (files.prefix / name).mkdir(parents=True)
+        files.conf.write_text(conf)
+        check_config(files, files.conf)  # NginxRejected carries nginx's own line

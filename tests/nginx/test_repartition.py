@@ -14,8 +14,8 @@ import sys
 import pytest
 from serving import ServingHost
 
-from mipart.names import DIGEST_VAR, RELOAD_CMD_VAR
-from mipart.runners import procfs
+from mipart.names import RELOAD_CMD_VAR
+from mipart.runners import records
 from mipart.serving.spec import InstanceSpec
 from mipart.sim.clients import ClientLoop
 from mipart.sim.host import HostError
@@ -35,8 +35,8 @@ def serving_host(tmp_path):
 
 
 def running_digests(host) -> dict[int, str]:
-    """The spec digest each live server was started with (the launcher puts it in its environment)."""
-    return {n: procfs.environ_of(pid).get(DIGEST_VAR, "") for n, pid in host.instance_pids().items()}
+    """The spec digest each live server was started with (the launcher's record of it)."""
+    return {n: launch.digest for n, launch in records.launches(host.serving_dir).items()}
 
 
 def spec_digests(host) -> dict[int, str]:
@@ -79,7 +79,7 @@ def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(serving_h
     new = running_digests(serving_host)
     assert sorted(new) == list(range(64)) and new == spec_digests(serving_host)  # every server runs its new spec
     assert not set(old_pids.values()) & set(serving_host.instance_pids().values())  # each one started anew
-    # N = 8 x GPU + partition: each DPX instance keeps its number, port and partition in CPX, so its spec too
+    # N = 8 x GPU + partition: each DPX instance keeps its number, socket and partition in CPX, so its spec too
     assert sorted(n for n in old if old[n] == new[n]) == sorted(old)
     assert layout(serving_host) == ["CPX"] * 8
     serving_host.wait_for(

@@ -7,11 +7,11 @@ enumerates where they run)."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 from serving import ServingHost
 
+from mipart.api.client import UnixHTTPConnection
 from mipart.gpu import open_backend
 from mipart.serving.spec import InstanceSpec
 from mipart.sim import kernel
@@ -36,8 +36,13 @@ def placed(host) -> dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]]:
 
 
 def devices_seen(host, number: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{host.base + number}/mipart/devices", timeout=10) as answer:
-        return json.load(answer)
+    """What instance N's fake engine enumerated, asked on its own socket."""
+    conn = UnixHTTPConnection(host.backend(number).removeprefix("unix:"), timeout=10)
+    try:
+        conn.request("GET", "/mipart/devices")
+        return json.load(conn.getresponse())
+    finally:
+        conn.close()
 
 
 def test_switching_one_gpu_at_runtime_moves_no_other_instance_and_gives_the_new_ones_their_device(serving_host):
@@ -67,7 +72,7 @@ def test_switching_one_gpu_at_runtime_moves_no_other_instance_and_gives_the_new_
     assert {n: now[n] for n in others} == {n: pids[n] for n in others}  # and never restarted
     assert set(after) - others == {16, 17}
     for number, node in ((16, "/dev/dri/renderD144"), (17, "/dev/dri/renderD145")):
-        assert after[number] == (f"127.0.0.1:{serving_host.base + number}", (node,), (2,))
+        assert after[number] == (serving_host.backend(number), (node,), (2,))
         seen = devices_seen(serving_host, number)
         assert seen["selected"] == seen["own"] == [node], seen
     assert devices_seen(serving_host, 24)["selected"] == ["/dev/dri/renderD152"]  # GPU 3's first, as before

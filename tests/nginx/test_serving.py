@@ -29,8 +29,9 @@ def test_sixteen_instances_serve_and_nginx_reaches_all(serving_host):
         status, backend = serving_host.backend_of_one_request()
         assert status == 200
         backends.add(backend)
-    assert backends == {f"127.0.0.1:{serving_host.base + n}" for n in serving_host.instance_pids()}
-    assert sorted(serving_host.instance_pids()) == [8 * gpu + part for gpu in range(8) for part in range(2)]
+    numbers = [8 * gpu + part for gpu in range(8) for part in range(2)]  # DPX: N = 8 x GPU + partition
+    assert backends == {serving_host.backend(n) for n in numbers}  # each on its own socket
+    assert sorted(serving_host.instance_pids()) == numbers
     conf = serving_host.nginx_conf()
     assert "least_conn;" in conf and "zone mipart_chat" in conf and "proxy_buffering off;" in conf
     # sized from what the instances accept (16 x 256 seqs x 2 connections + headroom), not a constant
@@ -59,7 +60,7 @@ def test_a_service_with_no_ready_instance_answers_503_json(tmp_path):
     try:
         host.start_agent()
         host.wait_for(lambda: "upstream mipart_chat" in host.nginx_conf(), what="nginx config")
-        time.sleep(0.5)
+        host.wait_for(lambda: host.status_of_one_request() is not None, what="the front layer to answer")
         response = host.request()
         body = json.loads(response.read())
         assert response.status == 503
@@ -73,8 +74,8 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
     serving_host.start_agent()
     serving_host.wait_ready(16)
     pids = serving_host.instance_pids()
-    os.kill(pids[17], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
-    marked_down = f"server 127.0.0.1:{serving_host.base + 17} down;"
+    os.kill(pids[17], signal.SIGUSR1)  # engine dead, socket open: /health 503, completions 500
+    marked_down = f"server {serving_host.backend(17)} down;"
     serving_host.wait_for(
         lambda: marked_down in serving_host.nginx_conf(), timeout=10, what="instance 17 out of rotation"
     )
@@ -85,7 +86,7 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
         status, backend = serving_host.backend_of_one_request()
         if down_before and marked_down in serving_host.nginx_conf():
             checked += 1
-            assert backend != f"127.0.0.1:{serving_host.base + 17}", "routed to an instance marked down"
+            assert backend != serving_host.backend(17), "routed to an instance marked down"
             assert status == 200
     assert checked > 10
     # The agent restarts it; it rejoins only once its /health answers 200 again.
@@ -96,10 +97,12 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
     assert "event='instance.restart' unit='mipart-vllm@17'" in serving_host.log_text()
 
 
-def test_nginx_refused_config_keeps_the_old_one_serving(serving_host):
+def test_nginx_refused_front_config_keeps_the_old_one_serving(serving_host):
+    """The listeners are the front layer's: nginx -t refusing its config keeps the front that serves,
+    and the back, whose config does not hold them, is not touched at all."""
     serving_host.start_agent()
     serving_host.wait_ready(16)
-    before = serving_host.nginx_conf()
+    back, front = serving_host.nginx_conf(), (serving_host.run_dir / "nginx-front/nginx.conf").read_text()
     pids = serving_host.instance_pids()
     # Valid for mipart (an IPv4 address; validation cannot know this host's addresses, an image
     # is baked elsewhere), refused by nginx -t: the address is not this host's (TEST-NET-1; no
@@ -107,12 +110,17 @@ def test_nginx_refused_config_keeps_the_old_one_serving(serving_host):
     serving_host.write_profile(listen_host="192.0.2.1")
     serving_host.hup()
     serving_host.wait_for(lambda: "nginx.config_rejected" in serving_host.log_text(), what="the rejection in the log")
-    assert serving_host.nginx_conf() == before
-    assert "listen 192.0.2.1:" in (serving_host.run_dir / "nginx/nginx.conf.rejected").read_text()
+    assert (serving_host.run_dir / "nginx-front/nginx.conf").read_text() == front
+    assert serving_host.nginx_conf() == back
+    assert "listen 192.0.2.1:" in (serving_host.run_dir / "nginx-front/nginx.conf.rejected").read_text()
     rejection = next(line for line in serving_host.log_text().splitlines() if "nginx.config_rejected" in line)
     assert "bind() to 192.0.2.1" in rejection and "Cannot assign requested address" in rejection, rejection
+    assert rejection.endswith("layer='front'"), rejection
     assert serving_host.backend_of_one_request()[0] == 200
     assert serving_host.instance_pids() == pids
+    nginx = serving_host.api_get("/v1/status")["nginx"]
+    assert nginx["front"]["config_valid"] is False and "bind() to 192.0.2.1" in nginx["front"]["error"]
+    assert nginx["config_valid"] is True and nginx["front"]["running"] is True
 
 
 @pytest.mark.parametrize(

@@ -53,24 +53,23 @@ def test_human_table_from_the_live_api(sim_api_host, live_api):
         "(1 degraded, 1 starting, 1 unhealthy, 1 restarting, 1 failed)"
     )
     header = next(line for line in lines if line.startswith("UNIT"))
-    assert re.split(r"\s{2,}", header) == ["UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR"]
+    assert re.split(r"\s{2,}", header) == ["UNIT", "SERVICE", "GPU", "STATE", "SINCE", "RESTARTS", "LAST ERROR"]
     table = rows(done.stdout)
     assert len(table) == 16
     assert table["mipart-vllm@0.service"] == [
         "mipart-vllm@0.service",
         "chat",
         "0",
-        "21000",
         "ready",
         "5min ago",
         "0",
         "-",
     ]
     row = table["mipart-vllm@9.service"]
-    assert row[:5] + row[6:] == ["mipart-vllm@9.service", "chat", "9", "21009", "restarting", "2", "unit failed/failed"]
-    assert re.fullmatch(r"\d+s ago", row[5]) and 20 <= int(row[5].split("s")[0]) < 60  # set 20 s before the run
-    assert table["mipart-vllm@16.service"][4:7] == ["failed", "1min ago", "5"]
-    assert table["mipart-vllm@17.service"][4] == "unhealthy"
+    assert row[:4] + row[5:] == ["mipart-vllm@9.service", "chat", "9", "restarting", "2", "unit failed/failed"]
+    assert re.fullmatch(r"\d+s ago", row[4]) and 20 <= int(row[4].split("s")[0]) < 60  # set 20 s before the run
+    assert table["mipart-vllm@16.service"][3:6] == ["failed", "1min ago", "5"]
+    assert table["mipart-vllm@17.service"][3] == "unhealthy"
 
 
 def test_exit_zero_when_every_instance_serves(sim_api_host, live_api):
@@ -95,10 +94,25 @@ def test_json(sim_api_host, live_api):
 
 def test_errors_are_shown_under_the_header(sim_api_host, live_api):
     sim_api_host.agent.status.profile_error = "profile.yaml:7:3: services.chat.listen: bad; use a port"
-    sim_api_host.agent.status.nginx_error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.nginx.error = "nginx: [emerg] unknown directive"
+    sim_api_host.agent.status.front.strays = 2
     done = status(sim_api_host)
     assert "profile rejected, running the last good one: profile.yaml:7:3" in done.stdout
-    assert "nginx config rejected (the previous one still serves): nginx: [emerg]" in done.stdout
+    assert "nginx back config rejected (the previous one still serves): nginx: [emerg]" in done.stdout
+    assert "  nginx front: 2 nginx workers serve a frozen config without their master" in done.stdout
+
+
+def test_both_nginx_layers_are_shown(sim_api_host, live_api):
+    """One line for the front (clients' connections) and the back (the instances), down ones said loud."""
+    state = sim_api_host.agent.status
+    state.nginx.generation = state.nginx.serving = "aaa"
+    state.front.generation, state.front.serving = "fff", "eee"
+    sim_api_host.agent.runner.nginx["front"] = False
+    time.sleep(1.1)  # past the host cache
+    done = status(sim_api_host)
+    assert (
+        "  nginx: front NOT RUNNING (config eee, installed fff), back running (config aaa)" in done.stdout.splitlines()
+    )
 
 
 def test_api_option_forms(sim_api_host, live_api, tmp_path):
@@ -131,7 +145,7 @@ def test_agent_down_lists_the_planned_instances(sim_api_host):
     )
     table = rows(done.stdout)
     assert sorted(table) == sorted(f"mipart-vllm@{n}.service" for n in DPX_NUMBERS)
-    assert table["mipart-vllm@17.service"][1:4] == ["chat", "17", "21017"]
+    assert table["mipart-vllm@17.service"][1:4] == ["chat", "17", "unknown"]  # no systemd on this host
 
 
 def test_agent_down_and_no_systemctl(sim_api_host, tmp_path):
@@ -143,7 +157,7 @@ def test_agent_down_and_no_systemctl(sim_api_host, tmp_path):
         f"mipart-agent is not answering on {sim_api_host.api} (connection refused)"
     )
     assert "unit states unknown" in done.stdout
-    assert all(cells[4] == "unknown" for cells in rows(done.stdout).values())
+    assert all(cells[3] == "unknown" for cells in rows(done.stdout).values())
     assert len(rows(done.stdout)) == 16
 
 
@@ -152,7 +166,7 @@ def test_agent_down_and_systemctl_failing(sim_api_host, tmp_path):
         sim_api_host, path=fake_systemctl(tmp_path, "echo 'System has not been booted with systemd' >&2; exit 1\n")
     )
     assert done.returncode == 3
-    assert all(cells[4] == "unknown" for cells in rows(done.stdout).values())
+    assert all(cells[3] == "unknown" for cells in rows(done.stdout).values())
 
 
 def test_agent_down_reads_unit_states_in_one_systemctl_call(sim_api_host, tmp_path):
@@ -170,8 +184,8 @@ done
     assert done.returncode == 3, done.stderr
     assert len(calls.read_text().splitlines()) == 1
     table = rows(done.stdout)
-    assert table["mipart-vllm@0.service"][4:6] == ["active/running", "5min ago"]
-    assert table["mipart-vllm@9.service"][4:6] == ["failed/failed", "-"]
+    assert table["mipart-vllm@0.service"][3:5] == ["active/running", "5min ago"]
+    assert table["mipart-vllm@9.service"][3:5] == ["failed/failed", "-"]
     js = status(sim_api_host, "--json", path=fake_systemctl(tmp_path, body))
     data = json.loads(js.stdout)
     assert data["agent"] == {"answering": False, "api": sim_api_host.api, "reason": "connection refused"}

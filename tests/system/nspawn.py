@@ -162,6 +162,7 @@ class Machine:
     boot_timeout: float = 60
     args: tuple[str, ...] = ()  # more systemd-nspawn options (e.g. --bind-ro=, DEVICE_POLICY)
     env: dict[str, str] = field(default_factory=dict)  # more environment for systemd-nspawn
+    prefix: tuple[str, ...] = ()  # what runs systemd-nspawn (e.g. nsenter --net=NETNS, as the fleet does)
     rootfs: Path = field(init=False)
     log: Path = field(init=False)
     _proc: subprocess.Popen | None = field(default=None, init=False)
@@ -225,6 +226,7 @@ class Machine:
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
                 [
+                    *self.prefix,
                     "systemd-nspawn",
                     "-D",
                     str(self.rootfs),

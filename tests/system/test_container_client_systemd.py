@@ -38,7 +38,7 @@ gpus: {{compute: DPX, memory: NPS2}}
 services:
   chat: {{model: test/chat, partitions: [9], listen: "127.0.0.1:{listen}", runtime: docker, image: "rocm/vllm:latest",
          env: {{{env}}}, env_files: [/etc/mipart/secrets/chat.env]}}
-instances: {{base_port: {base}, hf_home: /var/lib/mipart/hf-docker}}
+instances: {{hf_home: /var/lib/mipart/hf-docker}}
 api: {{listen: "127.0.0.1:{api}"}}
 """
 
@@ -48,7 +48,7 @@ def _put(m: Machine, path: str, text: str, mode: str) -> None:
 
 
 def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_ready, deb):
-    first = free_block(64 + 2)
+    first = free_block(2)
     with Machine(tmp_path / "machine") as m:
         install_deb(m, deb)
         m.run(f"mipart sim create {SIM} --model mi300x --gpus 8 --compute DPX --memory NPS2")
@@ -63,9 +63,7 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
         )
         _put(m, "/etc/mipart/secrets/chat.env", "# the hub token\nHF_TOKEN_FILE_SECRET=hf_in_file_2\n", "0600")
         env = ", ".join(f'{k}: "{v}"' for k, v in HOSTILE.items())
-        _put(
-            m, "/etc/mipart/profile.yaml", PROFILE.format(listen=first, api=first + 1, base=first + 2, env=env), "0640"
-        )
+        _put(m, "/etc/mipart/profile.yaml", PROFILE.format(listen=first, api=first + 1, env=env), "0640")
         m.run("mipart validate /etc/mipart/profile.yaml")
         started = m.run("systemctl start mipart-partition mipart-agent", check=False, timeout=180)
         assert started.returncode == 0, started.stderr
@@ -83,17 +81,22 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
             client_env = dict(call["env"])
             assert client_env.pop("PATH") == FIXED_PATH and client_env.pop("HOME") == "/root"
             assert client_env.pop("MIPART_INSTANCE") == "9" and client_env.pop("MIPART_RUN_DIR") == "/run/mipart"
-            assert len(client_env.pop("MIPART_SPEC_DIGEST")) == 16
             assert client_env == {}, client_env
 
         argv = run["argv"]
-        assert argv[:5] == [
+        assert argv[:7] == [
             "run",
             "--env-file",
             "/run/mipart/instances/9.env",
             "--env-file",
             "/etc/mipart/secrets/chat.env",
+            "-v",
+            "/var/lib/mipart/hf-docker:/root/.cache/huggingface",  # the cache as the launcher resolved it
         ], argv
+        sockets = "/run/mipart-vllm/sockets/9"
+        assert argv[argv.index("-v", 6) + 1] == f"{sockets}:{sockets}" and "-p" not in argv  # its socket, no port
+        assert argv[-4:-2] == ["--uds", f"{sockets}/http.sock"], argv
+        assert m.run(f"stat -c %U:%G:%a {sockets}").stdout.strip() == "root:www-data:750"
         assert not any(v in " ".join(argv) for v in (*HOSTILE.values(), "hf_in_file_2")), argv
         assert "-e" not in argv and "--privileged" not in argv
         assert m.run("stat -c '%a %U' /run/mipart/instances/9.env /run/mipart/instances/9.json").stdout.split("\n")[
@@ -104,5 +107,5 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
             assert f"{key}={value}" in lines
         assert "hf_in_file_2" not in m.run("cat /run/mipart/instances/9.env /run/mipart/instances/9.json").stdout
         assert "hf_in_file_2" not in journal and "hf_in_env_1" not in journal
-        # The model cache, created by the launcher for the instance user.
-        assert m.run("stat -c '%U' /var/lib/mipart/hf-docker").stdout.strip() == "mipart"
+        # The model cache, created by the launcher for instances.user, shared through its group.
+        assert m.run("stat -c '%U:%G:%a' /var/lib/mipart/hf-docker").stdout.strip() == "mipart:mipart:770"

@@ -98,7 +98,9 @@ def test_apt_install_live(machine: Machine, deb):
     user = machine.run("getent passwd mipart").stdout.strip().split(":")
     assert int(user[2]) < 1000 and user[5] == "/var/lib/mipart", user
     assert machine.run("getent group mipart", check=False).returncode == 0
-    assert machine.run("stat -c %U /var/lib/mipart").stdout.strip() == "mipart"
+    # root's (the launcher gives its HOMEs to the instances' uids), the cache the mipart group's
+    owners = "stat -c '%U:%G %a' /var/lib/mipart /var/lib/mipart/home /var/lib/mipart/huggingface"
+    assert machine.run(owners).stdout.split("\n")[:3] == ["root:root 755", "root:root 755", "mipart:mipart 770"]
     conffiles = machine.run("dpkg-query -W -f='${Conffiles}' mipart").stdout
     for f in (REPO / "etc").rglob("*"):
         if f.is_file():

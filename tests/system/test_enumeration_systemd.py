@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 
@@ -30,7 +29,6 @@ PROFILE = """\
 version: 1
 gpus: {{compute: SPX, memory: NPS1}}
 services: {{probe: {{model: test/probe, listen: "127.0.0.1:{listen}", runtime: native, command: {engine}, args: []}}}}
-instances: {{base_port: {base}}}
 health: {{interval: 1s, timeout: 1s, unhealthy_after: 2, startup_timeout: 5m, restart_backoff: 1s}}
 api: {{listen: "127.0.0.1:{api}"}}
 """
@@ -44,6 +42,14 @@ for path in ("/dev/dri/renderD128", "/dev/dri/renderD136"):
     except OSError as exc:
         print(path, errno.errorcode[exc.errno])
 """
+# What instance N's fake engine enumerated, asked on its socket from inside the machine.
+DEVICES_SEEN = """\
+import sys
+from mipart.api.client import UnixHTTPConnection
+conn = UnixHTTPConnection(f"/run/mipart-vllm/sockets/{sys.argv[1]}/http.sock", timeout=10)
+conn.request("GET", "/mipart/devices")
+print(conn.getresponse().read().decode())
+"""
 
 
 def mknod(m: Machine, path: str, major: int, minor: int) -> None:
@@ -53,8 +59,8 @@ def mknod(m: Machine, path: str, major: int, minor: int) -> None:
 def test_every_instance_enumerates_exactly_its_own_gpu_in_its_confined_unit(tmp_path, system_ready, deb):
     from mipart.sim.ports import free_block
 
-    first = free_block(2 + 72)
-    listen, api, base = first, first + 1, first + 2
+    first = free_block(2)
+    listen, api = first, first + 1
     with Machine(tmp_path / "machine", args=DEVICE_POLICY["args"], env=DEVICE_POLICY["env"]) as m:
         install_deb(m, deb)
         m.run(f"mipart sim create {SIM} --model mi300x --gpus 2 --compute SPX --memory NPS1")
@@ -65,9 +71,7 @@ def test_every_instance_enumerates_exactly_its_own_gpu_in_its_confined_unit(tmp_
         m.run(
             f"cat >/etc/default/mipart <<'EOF'\nMIPART_SYSFS_ROOT={SIM}\nMIPART_RELOAD_CMD=\"mipart sim reload {SIM}\"\nEOF"
         )
-        m.run(
-            f"cat >/etc/mipart/profile.yaml <<'EOF'\n{PROFILE.format(listen=listen, base=base, api=api, engine=ENGINE)}EOF"
-        )
+        m.run(f"cat >/etc/mipart/profile.yaml <<'EOF'\n{PROFILE.format(listen=listen, api=api, engine=ENGINE)}EOF")
         started = m.run("systemctl start mipart-partition mipart-agent", check=False, timeout=180)
         assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + READY_TIMEOUT
@@ -82,9 +86,9 @@ def test_every_instance_enumerates_exactly_its_own_gpu_in_its_confined_unit(tmp_
         ).stdout.strip()
         assert every == "/dev/dri/renderD128,/dev/dri/renderD136"
         # ... each instance, in its unit, sees its own only, and runs on it.
+        m.run(f"cat >/var/tmp/devices_seen.py <<'EOF'\n{DEVICES_SEEN}EOF")
         for number, own in OWN.items():
-            with urllib.request.urlopen(f"http://127.0.0.1:{base + number}/mipart/devices", timeout=10) as answer:
-                seen = json.load(answer)
+            seen = json.loads(m.run(f"python3 /var/tmp/devices_seen.py {number}").stdout)
             assert seen == {
                 "enumerated": [own],
                 "visible": {"CUDA_VISIBLE_DEVICES": "0"},

@@ -20,6 +20,7 @@ import json
 import time
 
 import pytest
+from attempts import SCRIPT
 from vllm import vllm_env
 
 from .nspawn import DEVICE_POLICY, Machine, install_deb
@@ -28,12 +29,14 @@ pytestmark = pytest.mark.system
 
 SIM = "/var/lib/mipart-sim"
 VLLM = "/opt/vllm"
+# tests/unit/test_unit_security.py's targets (each unit's score when issue 20 was taken up), online.
 TARGETS = {
-    "mipart-agent": 5.0,
-    "mipart-nginx": 4.0,
-    "mipart-vllm@0": 5.5,
-    "mipart-vllm@2": 5.5,
-    "mipart-partition": 7.0,
+    "mipart-agent": 3.9,
+    "mipart-nginx": 3.1,
+    "mipart-nginx-front": 3.1,
+    "mipart-vllm@0": 2.7,
+    "mipart-vllm@2": 2.7,
+    "mipart-partition": 2.8,
 }
 STAND_INS = {"/dev/kfd": (10, 229), "/dev/dri/renderD128": (10, 200), "/dev/dri/renderD129": (10, 237)}
 OWN = {0: "/dev/dri/renderD128", 1: "/dev/dri/renderD129"}  # the sim's CPX layout: logical GPU n has renderD(128 + n)
@@ -48,7 +51,7 @@ for path in ["/dev/kfd", *sorted(glob.glob("/dev/dri/renderD*"))]:
         lines.append(path + " ok")
     except OSError as exc:
         lines.append(path + " " + errno.errorcode[exc.errno])
-with open("/var/lib/mipart/devprobe-%s.txt" % os.environ["MIPART_INSTANCE"], "w") as out:
+with open(os.path.join(os.environ["HOME"], "devprobe.txt"), "w") as out:  # its own HOME: nobody else's to write
     out.write("\\n".join(lines) + "\\n")
 os.execv(sys.argv[1], sys.argv[1:])
 '''
@@ -76,7 +79,6 @@ services:
     command: ["{vllm}/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     args: [{vllm_args}]
     env: {vllm_env}
-instances: {{base_port: {base}}}
 health: {{interval: 1s, timeout: 1s, unhealthy_after: 2, startup_timeout: 10m, restart_backoff: 1s}}
 api: {{listen: "127.0.0.1:{api_port}"}}
 """
@@ -89,13 +91,12 @@ class Host:
     def __init__(self, m: Machine):
         from mipart.sim.ports import free_block
 
-        first = free_block(16 + 3)
+        first = free_block(3)
         self.m = m
         self.values = {
             "probe_port": first,
             "real_port": first + 1,
             "api_port": first + 2,
-            "base": first + 3,
             "devprobe": DEVPROBE_PATH,
             "vllm": VLLM,
             "served": SERVED,
@@ -150,6 +151,11 @@ class Host:
         return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
 
+def groups(m: Machine) -> str:
+    """The mipart user's groups, as setpriv --groups takes them: what the launcher gives every instance."""
+    return ",".join(m.run("id -G mipart").stdout.split())
+
+
 def make_stand_ins(m: Machine) -> None:
     for path, (major, minor) in STAND_INS.items():
         m.run(
@@ -197,15 +203,17 @@ def test_the_hardened_units_serve_and_score_as_the_unit_files_do(host: Host):
         "NoNewPrivileges": "yes",
     }
     assert host.post(host.values["probe_port"], "test/probe")[0] == 200
-    # nginx: a root master, its workers www-data.
-    master = host.main_pid("mipart-nginx")
-    assert host.status_of(master)["Uid"].split()[0] == "0"
-    workers = m.run(f"ps -o user= --ppid {master}").stdout.split()
-    assert workers and set(workers) == {"www-data"}, workers
-    # A native instance: the mipart user, with the render group its nodes need.
+    # nginx, either layer: a root master, its workers www-data.
+    for unit in ("mipart-nginx", "mipart-nginx-front"):
+        master = host.main_pid(unit)
+        assert host.status_of(master)["Uid"].split()[0] == "0"
+        workers = m.run(f"ps -o user= --ppid {master}").stdout.split()
+        assert workers and set(workers) == {"www-data"}, (unit, workers)
+    # A native instance: a uid of its own (70000 + N), mipart's groups: mipart, and render for its nodes.
     status = host.status_of(host.main_pid("mipart-vllm@0"))
-    uid, render = m.run("id -u mipart").stdout.strip(), m.run("getent group render | cut -d: -f3").stdout.strip()
-    assert status["Uid"].split()[0] == uid and render in status["Groups"].split(), status
+    gid, render = m.run("id -g mipart").stdout.strip(), m.run("getent group render | cut -d: -f3").stdout.strip()
+    assert status["Uid"].split() == ["70000"] * 4 and status["Gid"].split()[0] == gid, status
+    assert render in status["Groups"].split(), status
     log = host.journal("mipart-agent")
     assert "Traceback" not in log and "event='agent.ready'" in log, log[-3000:]
 
@@ -214,7 +222,7 @@ def test_a_real_vllm_serves_a_completion_through_nginx(host: Host):
     pid = host.main_pid("mipart-vllm@2")
     argv = host.m.run(f"tr '\\0' ' ' </proc/{pid}/cmdline").stdout
     assert f"{VLLM}/venv/bin/python -m vllm.entrypoints.openai.api_server" in argv, argv
-    assert host.status_of(pid)["Uid"].split()[0] == host.m.run("id -u mipart").stdout.strip()
+    assert host.status_of(pid)["Uid"].split()[0] == "70002"
     status, answer = host.post(host.values["real_port"], SERVED)
     assert status == 200, answer
     assert answer["model"] == SERVED and isinstance(answer["choices"][0]["text"], str), answer
@@ -222,9 +230,9 @@ def test_a_real_vllm_serves_a_completion_through_nginx(host: Host):
 
 def test_an_instance_opens_its_own_gpu_nodes_and_is_refused_another(host: Host):
     m = host.m
-    # The same user outside the units opens all three: the refusal below is the unit's policy.
+    # The same uid and groups outside the units open all three: the refusal below is the unit's policy.
     outside = m.run(
-        'setpriv --reuid mipart --regid mipart --init-groups python3 -c "import os\n'
+        f'setpriv --reuid 70000 --regid mipart --groups {groups(m)} python3 -c "import os\n'
         + "".join(f"os.close(os.open('{p}', os.O_RDWR))\n" for p in STAND_INS)
         + '"',
         check=False,
@@ -232,7 +240,7 @@ def test_an_instance_opens_its_own_gpu_nodes_and_is_refused_another(host: Host):
     assert outside.returncode == 0, outside.stderr
     for number, own in OWN.items():
         other = OWN[1 - number]
-        seen = m.run(f"cat /var/lib/mipart/devprobe-{number}.txt").stdout.split("\n")
+        seen = m.run(f"cat /var/lib/mipart/home/{number}/devprobe.txt").stdout.split("\n")
         assert "/dev/kfd ok" in seen and f"{own} ok" in seen and f"{other} EPERM" in seen, (number, seen)
         assert host.show(f"mipart-vllm@{number}", "DevicePolicy") == {"DevicePolicy": "closed"}
         allowed = m.run(f"systemctl show -p DeviceAllow --value mipart-vllm@{number}").stdout.splitlines()
@@ -255,3 +263,24 @@ def test_a_removed_instance_loses_its_drop_in_and_the_others_keep_serving(host: 
     assert host.m.run(f"test -e {dropin.format(0)}", check=False).returncode == 0
     assert host.main_pid("mipart-vllm@2") == real_pid  # its spec did not change: not restarted
     assert host.post(host.values["real_port"], SERVED)[0] == 200
+
+
+def test_an_instances_unit_can_neither_reach_another_instances_socket_nor_read_its_environment(host: Host):
+    """Issue 20: instances shared one uid, so one read another's secrets from /proc/PID/environ and
+    could have listened where it did. Run as instance 0 runs: its uid and groups, in its unit's mount
+    namespace (ProtectProc=, the read-only tree); its own socket and environment are the control."""
+    m = host.m
+    host.put("/usr/local/lib/mipart-test/try.py", SCRIPT)
+    pids = {n: host.main_pid(f"mipart-vllm@{n}") for n in (0, 2)}  # a fake engine and the real vLLM
+    assert all(pids.values()), pids
+
+    def as_instance(number: int, what: str, target: str) -> str:
+        inside = f"nsenter -t {pids[number]} -m"  # the unit's own view of the file system and /proc
+        drop = f"setpriv --reuid {70000 + number} --regid mipart --groups {groups(m)}"
+        return m.run(f"{inside} {drop} python3 /usr/local/lib/mipart-test/try.py {what} {target}").stdout.strip()
+
+    assert as_instance(0, "connect", "/run/mipart-vllm/sockets/2/http.sock") == "PermissionError"
+    assert as_instance(0, "environ", str(pids[2])) in ("PermissionError", "FileNotFoundError")  # ProtectProc hides it
+    assert as_instance(0, "kill", str(pids[2])) in ("PermissionError", "ProcessLookupError")
+    assert as_instance(0, "connect", "/run/mipart-vllm/sockets/0/http.sock") == "done"
+    assert as_instance(0, "environ", str(pids[0])).endswith("done")  # its own, read: the control

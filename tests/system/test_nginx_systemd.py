@@ -1,21 +1,28 @@
-"""mipart-nginx.service on a real systemd: a master that dies costs no request.
+"""mipart-nginx.service (the back layer) and mipart-nginx-front.service on a real systemd: a master
+that dies costs no request, and a back that restarts costs kept-alive clients no connection.
 
-nginx workers outlive a SIGKILLed master and keep the port with a frozen config. The unit's
-KillMode=process leaves them alive with the streams they carry, and Restart= runs
-`mipart exec-nginx`, which hands their listening sockets to the new master and tells them to
-quit: they finish their streams and exit, and the new master serves the agent's current config.
-(With KillMode=mixed systemd killed them, cutting every stream in flight: docs/faults.md.)
+nginx workers outlive a SIGKILLed master and keep the port (the front's) or the service's unix
+socket (the back's) with a frozen config. The units' KillMode=process leaves them alive with the
+streams they carry, and Restart= runs `mipart exec-nginx [--front]`, which hands their listening
+sockets to the new master and tells them to quit: they finish their streams and exit, and the new
+master serves the agent's current config. (With KillMode=mixed systemd killed them, cutting every
+stream in flight: docs/faults.md.) The front holds the clients' connections: `systemctl restart
+mipart-nginx` leaves them open, and the front answers its JSON 503 while the back is down.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from .nspawn import REPO
 from .test_serving_systemd import CHAT, Host, host  # noqa: F401  (the booted, serving machine: a fixture)
 
 pytestmark = pytest.mark.system
@@ -80,49 +87,106 @@ def short_requests(port: int, until: float, failures: list, count: list) -> None
         time.sleep(0.05)
 
 
-def test_a_killed_nginx_master_is_replaced_without_losing_a_request(host: Host):  # noqa: F811  (the fixture)
-    """On the serving tests' machine (their module fixture): installed, serving, all ready."""
-    m = host.m
-    host.wait_serving("chat")
-    assert host.show("mipart-nginx", "KillMode", "WorkingDirectory") == {
-        "KillMode": "process",
-        "WorkingDirectory": "/run/mipart/nginx",
-    }
-    master = int(host.show("mipart-nginx", "MainPID")["MainPID"])
-    workers = children(host, master)
-    assert workers, "no nginx workers under the unit's master"
+def killed_master_is_replaced(serving: Host, unit: str) -> None:
+    """SIGKILL the unit's master with a stream in flight and a request loop (a connection each) going:
+    the stream finishes on its old worker, the loop sees no failure, the new master inherits the sockets."""
+    m = serving.m
+    master = int(serving.show(unit, "MainPID")["MainPID"])
+    workers = children(serving, master)
+    assert workers, f"no nginx workers under {unit}'s master"
 
     stream: dict = {}
     failures: list = []
     sent: list = []
-    reader = threading.Thread(target=long_stream, args=(host.ports["chat_port"], stream), daemon=True)
+    reader = threading.Thread(target=long_stream, args=(serving.ports["chat_port"], stream), daemon=True)
     loop = threading.Thread(
-        target=short_requests, args=(host.ports["chat_port"], time.monotonic() + 6, failures, sent), daemon=True
+        target=short_requests, args=(serving.ports["chat_port"], time.monotonic() + 6, failures, sent), daemon=True
     )
     reader.start()
     loop.start()
     time.sleep(1.0)
     m.run(f"kill -KILL {master}")
     deadline = time.monotonic() + 20
-    while int(host.show("mipart-nginx", "MainPID")["MainPID"] or 0) in (0, master):
-        assert time.monotonic() < deadline, host.show("mipart-nginx", "ActiveState", "MainPID")
+    while int(serving.show(unit, "MainPID")["MainPID"] or 0) in (0, master):
+        assert time.monotonic() < deadline, serving.show(unit, "ActiveState", "MainPID")
         time.sleep(0.1)
     reader.join(30)
     loop.join(30)
     # The stream in flight finished on its old worker; no request in the loop was refused or failed.
     assert "data: [DONE]" in stream.get("body", ""), stream
     assert len(sent) > 20 and failures == [], (len(sent), failures)
-    journal = host.journal("mipart-nginx")
+    journal = serving.journal(unit)
     assert "using inherited sockets" in journal, journal[-3000:]
     deadline = time.monotonic() + 20
-    while alive(host, workers):  # they quit once their stream ended
-        assert time.monotonic() < deadline, alive(host, workers)
+    while alive(serving, workers):  # they quit once their stream ended
+        assert time.monotonic() < deadline, alive(serving, workers)
         time.sleep(0.2)
+
+
+def nginx_current(serving: Host) -> dict:
+    """/v1/status's nginx once both layers serve their current config with no stray (bounded wait)."""
     deadline = time.monotonic() + 10
-    while not (status := api_status(host)["nginx"])["current"] or status["stray_workers"]:
+    while True:
+        status = api_status(serving)["nginx"]
+        if all(layer["current"] and not layer["stray_workers"] for layer in (status, status["front"])):
+            return status
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
-    assert status["running"] is True
+
+
+def test_a_killed_nginx_master_is_replaced_without_losing_a_request(host: Host):  # noqa: F811  (the fixture)
+    """The back's master, on the serving tests' machine (their module fixture): installed, serving, all ready."""
+    host.wait_serving("chat")
+    assert host.show("mipart-nginx", "KillMode", "WorkingDirectory") == {
+        "KillMode": "process",
+        "WorkingDirectory": "/run/mipart/nginx",
+    }
+    front = host.show("mipart-nginx-front", "MainPID")["MainPID"]
+    killed_master_is_replaced(host, "mipart-nginx")
+    status = nginx_current(host)
+    assert status["running"] is True and status["front"]["running"] is True
+    assert host.show("mipart-nginx-front", "MainPID")["MainPID"] == front  # the clients' layer was not touched
     host.wait_serving("chat", timeout=20)
     assert host.backends("chat", 12) <= set(CHAT)
     assert "Traceback" not in host.journal("mipart-agent")
+
+
+def test_a_killed_front_master_is_replaced_without_losing_a_request(host: Host):  # noqa: F811  (the fixture)
+    host.wait_serving("chat")
+    assert host.show("mipart-nginx-front", "KillMode", "WorkingDirectory") == {
+        "KillMode": "process",
+        "WorkingDirectory": "/run/mipart/nginx-front",
+    }
+    killed_master_is_replaced(host, "mipart-nginx-front")
+    assert nginx_current(host)["front"]["running"] is True
+    assert host.backends("chat", 12) <= {0, 1, 2, 3}
+
+
+def test_a_back_restart_keeps_the_clients_connections(host: Host):  # noqa: F811  (the fixture)
+    """`systemctl restart mipart-nginx` with keep-alive clients on the front: they keep their
+    connections, and while the back is down get the front's JSON 503, nothing else."""
+    host.wait_serving("chat")
+    clients, seconds = 16, 8
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "perf" / "balancer_client.py"),
+            f"--port={host.ports['chat_port']}",
+            f"--concurrency={clients}",
+            f"--seconds={seconds}",
+            "--model=test/chat",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "agent")},
+    )
+    time.sleep(2)
+    back = host.show("mipart-nginx", "MainPID")["MainPID"]
+    host.m.run("systemctl restart mipart-nginx", timeout=60)
+    out, _ = client.communicate(timeout=seconds + 90)
+    result = json.loads(out)
+    assert host.show("mipart-nginx", "MainPID")["MainPID"] != back
+    assert result["requests"] > 100 and set(result["failures"]) <= {"http 503"}, result["failures"]
+    assert result["connections_opened"] == clients
+    host.wait_serving("chat", timeout=20)
+    nginx_current(host)

@@ -90,7 +90,11 @@ def test_prometheus_in_the_machine_finds_every_instance_and_scrapes_the_agent(tm
         ]
         assert {r["metric"]["job"] for r in up} == {"mipart-agent", "mipart-vllm"} and len(up) == want + 1
         nine = next(t for t in vllm if t["labels"]["instance_unit"] == "mipart-vllm@9.service")
-        assert nine["scrapeUrl"] == f"http://127.0.0.1:{host.base + 9}/metrics" and nine["labels"]["service"] == "chat"
+        assert (
+            nine["scrapeUrl"]
+            == f"http://127.0.0.1:{host.ports['api_port']}/v1/instances/9/metrics"  # through the agent
+            and nine["labels"]["service"] == "chat"
+        )
         waiting = query(web, "/api/v1/query?query=vllm%3Anum_requests_waiting")["result"]
         assert len(waiting) == want  # every instance's own metrics, with the agent's labels
         assert {r["metric"]["gpu"]: r["value"][1] for r in temperature if r["metric"]["sensor"] == "junction"} == {

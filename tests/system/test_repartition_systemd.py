@@ -36,7 +36,6 @@ services:
     runtime: native
     command: {engine}
     args: []
-instances: {{base_port: {base}}}
 health: {{interval: 1s, timeout: 800ms, unhealthy_after: 3, restart_backoff: 500ms}}
 api: {{listen: "127.0.0.1:{api}"}}
 """
@@ -54,13 +53,15 @@ DPX = [8 * gpu + partition for gpu in range(8) for partition in range(2)]  # mip
 READY_TIMEOUT = 300
 DIGESTS = r"""
 import json, pathlib, subprocess
+from mipart.runners.records import launches
 from mipart.serving.spec import InstanceSpec
 specs = {int(p.stem): InstanceSpec.from_file_text(p.read_text()) for p in pathlib.Path("/run/mipart/instances").glob("*.json")}
+launched = launches(pathlib.Path("/run/mipart-vllm"))  # the launcher's record of each server, root's
 out = {}
 for n, spec in sorted(specs.items()):
     pid = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", f"mipart-vllm@{n}"], capture_output=True, text=True).stdout.strip()
-    env = dict(kv.split("=", 1) for kv in open(f"/proc/{pid}/environ").read().split("\0") if "=" in kv) if pid != "0" else {}
-    out[n] = {"pid": pid, "running": env.get("MIPART_SPEC_DIGEST"), "spec": spec.digest(), "render": list(spec.render_nodes)}
+    running = launched[n].digest if n in launched and str(launched[n].pid) == pid else None
+    out[n] = {"pid": pid, "running": running, "spec": spec.digest(), "render": list(spec.render_nodes)}
 print(json.dumps(out))
 """
 
@@ -71,11 +72,11 @@ class Serving:
     def __init__(self, m: Machine):
         from mipart.sim.ports import free_block
 
-        first = free_block(74)  # the listener, the API, and base_port .. base_port + 71
-        self.m, self.listen, self.api, self.base = m, first, first + 1, first + 2
+        first = free_block(2)  # the listener and the API; instances listen on unix sockets
+        self.m, self.listen, self.api = m, first, first + 1
 
     def write_profile(self, compute: str) -> None:
-        text = PROFILE.format(compute=compute, listen=self.listen, base=self.base, api=self.api, engine=ENGINE)
+        text = PROFILE.format(compute=compute, listen=self.listen, api=self.api, engine=ENGINE)
         self.m.run(f"cat >/etc/mipart/profile.yaml <<'EOF'\n{text}EOF")
 
     def show(self, unit: str, *props: str) -> dict[str, str]:

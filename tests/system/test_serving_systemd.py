@@ -41,22 +41,18 @@ services:
     runtime: native
     command: {engine}
     args: {code_args}
-instances: {{base_port: {base}}}
 health: {{interval: 500ms, timeout: 400ms, unhealthy_after: 2, restart_backoff: 200ms}}
 api: {{listen: "127.0.0.1:{api_port}"}}
 """
 
 
 # -- ports and the profile ------------------------------------------------------------------------
-def free_ports(span: int = 72) -> dict[str, int]:
-    """Three listeners just below a base port with SPAN free ports after it (the profile
-    reserves base_port .. base_port + 71 for instances), all below the ephemeral range: a
-    SIGKILLed instance must be able to bind its port again."""
+def free_ports() -> dict[str, int]:
+    """The two services' listeners and the API (instances listen on unix sockets), below the ephemeral range."""
     from mipart.sim.ports import free_block
 
-    first = free_block(span + 3)
-    base = first + 3
-    return {"base": base, "chat_port": first, "code_port": first + 1, "api_port": first + 2}
+    first = free_block(3)
+    return {"chat_port": first, "code_port": first + 1, "api_port": first + 2}
 
 
 class Host:
@@ -71,10 +67,6 @@ class Host:
         ranges = (part.split("-") for part in code_partitions.split(","))
         self.code = tuple(n for bounds in ranges for n in range(int(bounds[0]), int(bounds[-1]) + 1))
         self.numbers = CHAT + self.code
-
-    @property
-    def base(self) -> int:
-        return self.ports["base"]
 
     def profile_text(self, **changes) -> str:
         return PROFILE.format(**{**self.values, **changes})
@@ -179,7 +171,7 @@ class Host:
         for _ in range(count):
             status, engine = self.request(service)
             assert status == 200, (service, status)
-            seen.add(int(engine.rsplit(":", 1)[1]) - self.base)
+            seen.add(instance_of(engine))
         return seen
 
 
@@ -215,13 +207,20 @@ class Traffic:
         self._thread.join(30)
 
 
-def listening_inodes(m: Machine, port: int) -> set[str]:
-    rows = m.run("cat /proc/net/tcp /proc/net/tcp6").stdout.splitlines()
-    return {
-        r.split()[9]
-        for r in rows
-        if len(r.split()) > 9 and r.split()[3] == "0A" and r.split()[1].rsplit(":", 1)[1] == f"{port:04X}"
-    }
+def socket_of(number: int) -> str:
+    return f"/run/mipart-vllm/sockets/{number}/http.sock"
+
+
+def instance_of(engine: str) -> int:
+    """The instance an X-Fake-Engine header names: unix:/run/mipart-vllm/sockets/N/http.sock."""
+    assert engine.startswith("unix:/run/mipart-vllm/sockets/"), engine
+    return int(engine.split("/")[-2])
+
+
+def listening_inodes(m: Machine, path: str) -> set[str]:
+    """The inodes of the unix sockets listening at PATH (/proc/net/unix: state 01 with the accept flag)."""
+    rows = m.run("cat /proc/net/unix").stdout.splitlines()
+    return {r.split()[6] for r in rows if len(r.split()) > 7 and r.split()[7] == path and r.split()[3] == "00010000"}
 
 
 def socket_inodes(m: Machine, pid: int) -> set[str]:
@@ -230,15 +229,16 @@ def socket_inodes(m: Machine, pid: int) -> set[str]:
 
 
 def assert_model_cache_writable(host: Host) -> None:
-    """Instances run as mipart and download models into HF_HOME: it must be theirs."""
+    """Instances run as uids of their own in the mipart group and download models into HF_HOME: the
+    group may write it; its parent is root's, so no instance can swap the cache under the launcher."""
     probe = (
-        "setpriv --reuid mipart --regid mipart --init-groups "
-        "sh -c 'touch /var/lib/mipart/huggingface/.probe && rm /var/lib/mipart/huggingface/.probe'"
+        "setpriv --reuid 70005 --regid mipart --clear-groups "
+        "sh -c 'umask 0007 && touch /var/lib/mipart/huggingface/.probe && rm /var/lib/mipart/huggingface/.probe'"
     )
     p = host.m.run(probe, check=False)
-    owners = host.m.run("stat -c '%U:%G %n' /var/lib/mipart /var/lib/mipart/huggingface", check=False).stdout
+    owners = host.m.run("stat -c '%U:%G %a %n' /var/lib/mipart /var/lib/mipart/huggingface", check=False).stdout
     assert p.returncode == 0, f"{p.stderr}\n{owners}"
-    assert host.m.run("stat -c %U /var/lib/mipart").stdout.strip() == "mipart", owners
+    assert host.m.run("stat -c %U:%a /var/lib/mipart").stdout.strip() == "root:755", owners
 
 
 def changed(before: dict, after: dict) -> set[int]:
@@ -274,15 +274,16 @@ def test_units_serve_through_nginx(host: Host):
     assert "logical GPU 9" in status, status
     pid = int(host.show("mipart-vllm@9", "MainPID")["MainPID"])
     argv = m.run(f"tr '\\0' '\\n' </proc/{pid}/cmdline").stdout.splitlines()
-    assert argv[argv.index("--port") + 1] == str(host.base + 9), argv
+    assert argv[argv.index("--uds") + 1] == socket_of(9), argv
     assert "mipart.sim.engine" in argv, argv  # the launcher exec'd: the main PID is the server
-    assert m.run(f"stat -c %U /proc/{pid}").stdout.strip() == "mipart"
+    assert m.run(f"stat -c %u:%G /proc/{pid}").stdout.strip() == "70009:mipart"  # a uid of its own: 70000 + N
     env = m.run(f"tr '\\0' '\\n' </proc/{pid}/environ").stdout.splitlines()
     assert "MIPART_INSTANCE=9" in env and "CUDA_VISIBLE_DEVICES=0" in env, env
     assert "HF_HOME=/var/lib/mipart/huggingface" in env, env
     assert_model_cache_writable(host)
-    # the main PID itself holds the listening socket on base_port + 9
-    assert listening_inodes(m, host.base + 9) & socket_inodes(m, pid), "main PID does not listen"
+    # the main PID itself holds the listening socket, in a directory only it and nginx's workers enter
+    assert listening_inodes(m, socket_of(9)) & socket_inodes(m, pid), "main PID does not listen"
+    assert m.run("stat -c %u:%G:%a /run/mipart-vllm/sockets/9").stdout.strip() == "70009:www-data:750"
 
     assert host.backends("chat", 24) == set(CHAT)
     assert host.backends("code", 24) == set(host.code)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 
 from eventlog import Log
 from specs import SPECS
@@ -16,10 +15,9 @@ from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.daemon import probing, profiles, recovery, specfiles
 from mipart.daemon.notify import status_line
-from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, LayerState
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
-from mipart.profile import check_profile
 from mipart.profile.schema import HealthSpec
 from mipart.values import UnitState
 
@@ -29,7 +27,7 @@ from mipart.values import UnitState
 def test_spec_files_are_written_once_restored_and_pruned(tmp_path):
     specfiles.write_specs(tmp_path, SPECS)
     path = tmp_path / "instances" / "2.json"
-    assert json.loads(path.read_text())["port"] == 21002
+    assert json.loads(path.read_text())["socket"] == "/run/mipart-vllm/sockets/2/http.sock"
     before = path.stat().st_mtime_ns
     time.sleep(0.01)
     specfiles.write_specs(tmp_path, SPECS)
@@ -80,18 +78,21 @@ def test_counts_and_status_line():
     assert snap.ready_count == 2  # instance 7 is not in the profile
     assert status_line(snap) == "2/4 instances ready"
     assert (
-        status_line(snapshot(profile_error="p:1:1: bad", nginx_error="x"))
+        status_line(snapshot(profile_error="p:1:1: bad", nginx=LayerState(error="x")))
         == "2/4 instances ready; profile rejected, running the last good one: p:1:1: bad"
     )
-    assert status_line(snapshot(reconcile_error="does not fit", nginx_error="x")) == "2/4 instances ready; does not fit"
-    assert status_line(snapshot(nginx_error="emerg")) == "2/4 instances ready; nginx config rejected: emerg"
+    assert (
+        status_line(snapshot(reconcile_error="does not fit", nginx=LayerState(error="x")))
+        == "2/4 instances ready; does not fit"
+    )
+    assert status_line(snapshot(nginx=LayerState(error="emerg"))) == "2/4 instances ready; nginx config rejected: emerg"
     sweeping = "profile override by mipart bench sweep: /run/mipart/profile.override.yaml"
     assert (
         status_line(snapshot(profile_override="/run/mipart/profile.override.yaml"))
         == f"2/4 instances ready; {sweeping}"
     )
     assert (
-        status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx_error="emerg"))
+        status_line(snapshot(profile_override="/run/mipart/profile.override.yaml", nginx=LayerState(error="emerg")))
         == f"2/4 instances ready; nginx config rejected: emerg; {sweeping}"
     )  # the override is said whatever else is wrong
 
@@ -100,7 +101,7 @@ def test_views_fill_the_response_types():
     snap = snapshot(last_reconcile=1_700_000_000.0)
     host = HostSnapshot(units={2: ("active", "running")}, nginx_running=True)
     one = json.loads(to_json_text(views.instance(snap.instances[2], host)))
-    assert one["api_version"] == 1 and one["state"] == "draining" and one["ready"] is False and one["restarts"] == 2
+    assert one["api_version"] == 2 and one["state"] == "draining" and one["ready"] is False and one["restarts"] == 2
     assert (one["active_state"], one["sub_state"]) == ("active", "running") and one["devices"] == [
         "/dev/kfd",
         "/dev/dri/renderD130",
@@ -110,7 +111,9 @@ def test_views_fill_the_response_types():
     st = json.loads(to_json_text(views.status(snap, host)))
     assert st["instances"]["draining"] == 1 and st["instances"]["total"] == 4
     assert st["partition"]["matches"] is None and st["reconcile"]["last"] == "2023-11-14T22:13:20Z"
-    assert views.targets(snap)[1]["labels"]["gpu"] == "1"
+    [target] = [t for t in views.targets(snap, "127.0.0.1:8049") if t["labels"]["instance_unit"].endswith("@1.service")]
+    assert target["targets"] == ["127.0.0.1:8049"]  # the agent's API: instances have no port
+    assert target["labels"]["gpu"] == "1" and target["labels"]["__metrics_path__"] == "/v1/instances/1/metrics"
 
 
 # -- probing and recovery ------------------------------------------------------------------------------
@@ -224,19 +227,3 @@ def test_a_bad_profile_is_reported_and_the_good_digest_kept(tmp_path):
     profile, error = profiles.read_profile(str(path), log, "0123456789abcdef")
     assert profile is None and error.startswith(str(path))
     assert log.events and all(e[1] == "profile.invalid" and e[2]["kept"] == "0123456789ab" for e in log.events)
-
-
-def test_ports_in_the_ephemeral_range_are_warned_about(tmp_path):
-    profile = check_profile(
-        "version: 1\nservices:\n  chat: {model: org/m, listen: 8040}\ninstances: {base_port: 40000}\n"
-    )
-    ranges = tmp_path / "range"
-    ranges.write_text("32768\t60999\n")
-    log = Log()
-    profiles.warn_ephemeral_ports(profile, log, ranges)
-    assert [e[1] for e in log.events] == ["profile.ephemeral_ports"]
-    assert log.events[0][2]["ports"] == "40000-40071" and log.events[0][2]["ephemeral"] == "32768-60999"
-    log = Log()
-    profiles.warn_ephemeral_ports(replace(profile, instances=replace(profile.instances, base_port=8081)), log, ranges)
-    profiles.warn_ephemeral_ports(profile, log, tmp_path / "missing")
-    assert log.events == []

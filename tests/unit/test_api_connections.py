@@ -56,6 +56,46 @@ def test_an_idle_connection_is_closed_after_the_timeout_and_a_busy_one_is_not():
     run(scenario())
 
 
+def test_a_request_that_takes_too_long_to_arrive_and_be_answered_is_closed():
+    async def scenario():
+        guard = ConnectionGuard(limit=10, idle_timeout=60, busy_timeout=0.05)
+        trickle = Transport("trickle")  # headers a byte at a time, forever
+        guard.admit(trickle)
+        guard.busy(trickle)
+        guard.busy(trickle)  # more bytes: the clock does not start again
+        await asyncio.sleep(0.2)
+        assert trickle.aborted and guard.held == set() and guard.busy_since == {}
+
+    run(scenario())
+
+
+class Inner(asyncio.Protocol):
+    """aiohttp's per-connection protocol, standing in: it only takes what it is given."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+def test_a_flood_of_silent_connections_never_evicts_a_client_whose_request_arrived():
+    """Issue 20: an API flood made /v1/status time out. A connection is busy from its first byte, so
+    connections that send nothing only ever make room by evicting each other."""
+
+    async def scenario():
+        guard = ConnectionGuard(limit=4, idle_timeout=60)
+        guard.factory = Inner
+        client = Transport("client")
+        connection = guard()
+        connection.connection_made(client)
+        connection.data_received(b"GET /v1/status HTTP/1.1\r\n")  # its handler has not run yet
+        flood = [Transport(f"flood{i}") for i in range(100)]
+        for transport in flood:
+            guard().connection_made(transport)
+        assert not client.aborted and client in guard.held
+        assert sum(not t.aborted for t in flood) == 3  # the rest were evicted, by each other
+
+    run(scenario())
+
+
 def test_a_closed_connection_is_forgotten():
     async def scenario():
         guard = ConnectionGuard(limit=1, idle_timeout=60)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +23,15 @@ from mipart.bench.layouts import (
     parse_target,
     verdict,
 )
-from mipart.bench.reload import is_agent_argv
+from mipart.bench.reload import find_agent
 from mipart.bench.results import Quantiles, Results, ServiceRun, Step, Tags
 from mipart.bench.serving import Before, failed, waiting_for
 from mipart.daemon import profiles
 from mipart.errors import UserError
+from mipart.names import RUN_DIR_VAR
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
+from mipart.runners import records
 
 PROFILE = """# the operator's own words
 version: 1
@@ -179,10 +183,22 @@ def test_only_a_new_failure_ends_the_wait():
     )
 
 
-def test_the_agent_is_known_by_its_argv():
-    assert is_agent_argv(["/usr/bin/python3", "-m", "mipart", "agent", "--profile", "x"])
-    assert is_agent_argv(["/usr/bin/python3", "/usr/bin/mipart", "agent"]) and is_agent_argv(["mipart", "agent"])
-    assert not is_agent_argv(["/usr/bin/python3", "-m", "mipart", "exec", "agent"]) and not is_agent_argv(["mipart"])
+def test_the_agent_is_known_by_its_record_not_by_an_argv_or_environment_anyone_can_copy(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    copy = [sys.executable, "-c", "import time; time.sleep(60)", "/usr/bin/mipart", "agent"]  # argv and env of one
+    impostor = subprocess.Popen(copy, env={**os.environ, RUN_DIR_VAR: str(run)})
+    try:
+        with pytest.raises(UserError, match=f"no mipart agent runs with run dir {run}"):
+            find_agent(run)
+        records.write_record(run, records.AGENT)  # what the agent writes at its start (daemon.loop)
+        assert find_agent(run).pid == os.getpid()
+        os.chown(run / records.AGENT, 65534, 65534)  # a record root did not write counts for nothing
+        with pytest.raises(UserError, match="no mipart agent runs"):
+            find_agent(run)
+    finally:
+        impostor.kill()
+        impostor.wait()
 
 
 # -- the override seam -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ DOCS = REPO / "docs"
 INDEX = DOCS / "index.md"
 README = REPO / "README.md"
 # Places where code names a docs page in a comment or docstring.
-CODE_DIRS = ("agent", "perf", "tests", "units", "packaging", "debian", "etc", "monitoring")
+CODE_DIRS = ("agent", "perf", "tests", "units", "packaging", "debian", "etc", "monitoring", "ansible_collections")
 CODE_SUFFIXES = {".py", ".yaml", ".yml", ".service", ".target", ".conf", ".json", ""}
 # Notes kept outside the repository, which code and docs once cited (../shared/docs).
 OUTSIDE_DOCS = re.compile(r"\b(?:hardware|design)\.md\b")

@@ -247,6 +247,36 @@ def test_metrics_track_running_stream(start_engine):
     assert 'vllm:request_success_total{finished_reason="length",model_name="fake-model"} 1.0' in body.decode()
 
 
+def test_a_long_prefill_delays_the_first_token_then_streams(start_engine):
+    """--first-token-delay: the request runs, nothing is counted until its first token (vLLM 0.32 counts
+    a prompt's tokens when its prefill is done), then the tokens stream at the engine's pace."""
+    engine = start_engine("--tokens-per-second", "20", "--first-token-delay", "1")
+    started = time.monotonic()
+    conn, resp = open_stream(engine.port, "/v1/completions", {"prompt": "a b c", "max_tokens": 4})
+    try:
+        events = read_events(resp)
+        time.sleep(0.3)
+        assert metric_value(engine.port, "vllm:num_requests_running") == 1
+        assert metric_value(engine.port, "vllm:prompt_tokens_total") == 0
+        assert metric_value(engine.port, "vllm:generation_tokens_total") == 0
+        first, _ = next(events)
+        assert first - started >= 1.0
+        assert metric_value(engine.port, "vllm:prompt_tokens_total") == 3
+        assert [data for _, data in events][-1] == "[DONE]"
+    finally:
+        conn.close()
+    assert metric_value(engine.port, "vllm:generation_tokens_total") == 4
+
+
+def test_metrics_by_name_answer_those_series_alone(start_engine):
+    """As prometheus_client answers /metrics?name[]=... (vLLM's /metrics): what the progress probe reads."""
+    engine = start_engine()
+    query = "name[]=vllm:num_requests_running&name[]=vllm:generation_tokens_total"
+    status, _, body = request(engine.port, "GET", f"/metrics?{query}")
+    names = {line.split("{")[0] for line in body.decode().splitlines() if not line.startswith("#")}
+    assert status == 200 and names == {"vllm:num_requests_running", "vllm:generation_tokens_total"}
+
+
 def test_sigusr1_engine_dead_port_open(start_engine):
     engine = start_engine()
     assert request(engine.port, "GET", "/health")[0] == 200

@@ -18,9 +18,10 @@ from mipart.api.contract import to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.api.metrics import prometheus_metrics
 from mipart.daemon import probing, routing, specfiles
+from mipart.daemon.nginx_layer import NginxLayer
 from mipart.daemon.notify import status_line
 from mipart.daemon.retry import BACKOFF_MAX, Backoff
-from mipart.daemon.snapshot import AgentSnapshot, AgentStatus
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, LayerState
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import ProbeResult
 from mipart.nginx.conf import generation_of, render_nginx
@@ -28,6 +29,7 @@ from mipart.nginx.files import NginxFiles
 from mipart.profile import check_profile
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sum
+from mipart.runners.unit_state import SystemdUnreadable
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets():
@@ -39,9 +41,16 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
     assert b.due(0.0) and b.error == ""
 
 
+def test_a_failure_is_told_once_per_error_with_its_next_try():
+    b = Backoff()
+    assert b.failure("disk full", 0.0, "keeps serving") == "keeps serving; retries with backoff (next in 0.5s)"
+    assert b.failure("disk full", 1.0, "keeps serving") is None and b.failures == 2
+    assert b.failure("gone", 2.0, "keeps serving") == "keeps serving; retries with backoff (next in 2s)"
+
+
 def test_spec_files_report_a_directory_in_the_way_once_and_clear_when_it_is_gone(tmp_path):
     status, log = AgentStatus(), Log()
-    files = specfiles.SpecFiles(tmp_path, log, status)
+    files = specfiles.SpecFiles(tmp_path, tmp_path / "serving", log, status)
     (tmp_path / "instances/2.json").mkdir(parents=True)
     assert files.write(SPECS) is False
     assert "2.json" in status.spec_files_error and status.files_error == status.spec_files_error
@@ -223,7 +232,9 @@ NGINX_LINES = [
 
 def test_upstream_failures_are_read_from_nginx_log_once(tmp_path):
     files = NginxFiles(tmp_path)
-    router = routing.Router(files, runner=None, log=Log(), status=AgentStatus())
+    router = routing.Router(
+        files, NginxFiles(tmp_path / "front", "front"), runner=None, log=Log(), status=AgentStatus()
+    )
     assert router.upstream_failures() == {}
     files.upstream_log.write_text("\n".join(NGINX_LINES) + "\n")
     assert router.upstream_failures() == {
@@ -235,28 +246,73 @@ def test_upstream_failures_are_read_from_nginx_log_once(tmp_path):
     assert list(router.upstream_failures()) == ["127.0.0.1:21002"]
 
 
+class Unreadable:
+    """A runner whose systemd does not answer (a unit state read killed under the agent's restart)."""
+
+    def nginx_running(self, files):
+        raise SystemdUnreadable("systemctl show failed: exit status -15")
+
+
+def test_an_unreadable_nginx_state_is_no_verdict_and_no_step_failure(tmp_path):
+    files = NginxFiles(tmp_path)
+    files.conf.write_text("# what runs\n")
+    log = Log()
+    layer = NginxLayer(files, Unreadable(), log, LayerState())
+    assert asyncio.run(layer.running()) is None
+    assert asyncio.run(layer.needs_update()) is False  # neither gone nor started again on an unknown
+    assert log.events == []
+
+
 def test_stray_workers_stale_config_and_file_errors_reach_status_api_and_metrics():
-    def snap(**status):
-        return AgentSnapshot.of(
-            "/p", True, AgentStatus(**{"nginx_generation": "aaa", "nginx_serving": "aaa", **status}), SPECS, {}
-        )
+    def snap(back: dict | None = None, front: dict | None = None, **status):
+        layers = {
+            name: LayerState(**{"generation": "aaa", "serving": "aaa", **(fields or {})})
+            for name, fields in (("nginx", back), ("front", front))
+        }
+        return AgentSnapshot.of("/p", True, AgentStatus(**layers, **status), SPECS, {})
+
+    def layer_value(text: str, name: str, layer: str) -> float:
+        [line] = [line for line in text.splitlines() if line.startswith(f'{name}{{layer="{layer}"}} ')]
+        return float(line.rsplit(" ", 1)[1])
 
     assert status_line(snap()) == "0/4 instances ready"
     assert (
-        status_line(snap(nginx_strays=2))
+        status_line(snap({"strays": 2}))
         == "0/4 instances ready; 2 nginx workers serve a frozen config without their master"
     )
-    stale = snap(nginx_serving="old", nginx_overdue=True)
+    stale = snap({"serving": "old", "overdue": True})
     assert status_line(stale) == "0/4 instances ready; nginx still serves config generation old, not aaa"
     assert status_line(snap(spec_files_error="cannot write /run/x: Not a directory")).endswith(
         "Not a directory (retrying)"
     )
-    body = json.loads(to_json_text(views.status(stale, HostSnapshot(nginx_running=True))))
+    # The front layer's own troubles reach STATUS= too, named as the front's.
+    assert (
+        status_line(snap(front={"strays": 1}))
+        == "0/4 instances ready; nginx front: 1 nginx workers serve a frozen config without their master"
+    )
+    assert status_line(snap(front={"error": "bind() failed"})) == (
+        "0/4 instances ready; nginx front config rejected: bind() failed"
+    )
+    body = json.loads(to_json_text(views.status(stale, HostSnapshot(nginx_running=True, front_running=False))))
     assert (
         body["nginx"]["current"] is False and body["nginx"]["serving_generation"] == "old" and body["nginx"]["problem"]
     )
-    strays = snap(nginx_strays=3, nginx_files_error="cannot write /run/mipart/nginx: Not a directory")
+    assert body["nginx"]["front"] == {
+        "config_valid": True,
+        "error": "",
+        "running": False,
+        "generation": "aaa",
+        "serving_generation": "aaa",
+        "current": True,
+        "stray_workers": 0,
+        "problem": "",
+    }
+    strays = snap({"strays": 3, "files_error": "cannot write /run/mipart/nginx: Not a directory"})
     text = prometheus_metrics(strays)
-    assert metric_sum(text, "mipart_nginx_stray_workers") == 3 and metric_sum(text, "mipart_nginx_config_current") == 0
+    assert layer_value(text, "mipart_nginx_stray_workers", "back") == 3
+    assert layer_value(text, "mipart_nginx_config_current", "back") == 0
+    assert layer_value(text, "mipart_nginx_config_current", "front") == 1
     assert metric_sum(text, "mipart_files_ok") == 0
-    assert metric_sum(prometheus_metrics(snap()), "mipart_nginx_config_current") == 1
+    assert metric_sum(prometheus_metrics(snap()), "mipart_nginx_config_current") == 2  # both layers current
+    front_file = snap(front={"files_error": "cannot write /run/mipart/nginx-front: Not a directory"})
+    assert metric_sum(prometheus_metrics(front_file), "mipart_files_ok") == 0

@@ -1,6 +1,6 @@
 """Health from the GPU side: RAS counters and hwmon read through the backend seam (on a simulated
-root the simulator's gpu_signals writes), the RAS and generation probes, and the state machine's
-reaction to a decisive failure."""
+root the simulator's gpu_signals writes), the RAS, generation and progress probes, and the state
+machine's reaction to a decisive failure."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mipart.health.generation import GenerationCheck
 from mipart.health.gpu_errors import GpuErrors
 from mipart.health.machine import InstanceHealth
 from mipart.health.probe import PASSED, ProbeResult
+from mipart.health.progress import TokenProgress
 from mipart.health.states import DEGRADED, FAILED, READY, STARTING, UNHEALTHY
 from mipart.profile.schema import GenerationProbe, HealthSpec
 from mipart.prometheus import Exposition
@@ -28,9 +29,9 @@ from mipart.sim import gpu_signals, kernel
 from mipart.values import GpuSignals
 
 
-def spec(number: int, gpu: int, port: int = 21000) -> InstanceSpec:
+def spec(number: int, gpu: int, socket: str = "") -> InstanceSpec:
     bare = replace(specs.spec(number), model="m", served_model_name="m", render_nodes=(), argv=())
-    return replace(bare, physical_gpus=(gpu,), port=port + number)
+    return replace(bare, physical_gpus=(gpu,), socket=socket or bare.socket)
 
 
 @pytest.fixture
@@ -144,18 +145,18 @@ def test_a_wedged_engine_leaves_rotation_at_once_and_is_restarted_but_not_while_
 
 
 class Engine:
-    """A stand-in session for one engine: its token counter, and completions that work or hang."""
+    """A stand-in client for one engine: its token counter, and completions that work or hang."""
 
     def __init__(self):
         self.tokens, self.wedged, self.posts = 0.0, False, []
 
-    def get(self, url, timeout=None):
-        assert url.endswith("/metrics")
+    async def get(self, socket, path, timeout, limit=None):
+        assert path == "/metrics" and socket == spec(0, 0).socket
         return Response(200, f'vllm:generation_tokens_total{{model_name="m"}} {self.tokens}\n')
 
-    def post(self, url, json=None, timeout=None):
-        assert url.endswith("/v1/completions") and json["max_tokens"] == 1 and json["model"] == "m"
-        self.posts.append(timeout.total)
+    async def post_json(self, socket, path, data, timeout, limit=None):
+        assert path == "/v1/completions" and data["max_tokens"] == 1 and data["model"] == "m"
+        self.posts.append(timeout)
         if self.wedged:
             raise asyncio.TimeoutError()
         self.tokens += 1
@@ -167,10 +168,10 @@ HEALTH = HealthSpec(generation_probes=(("chat", GenerationProbe(idle=0.3, timeou
 
 def test_without_a_generation_probe_nothing_is_asked():
     class Nothing:
-        def get(self, *a, **k):
+        async def get(self, *a, **k):
             raise AssertionError("asked")
 
-        post = get
+        post_json = get
 
     assert asyncio.run(GenerationCheck().check(Nothing(), spec(0, 0), HealthSpec())) == PASSED
 
@@ -210,6 +211,72 @@ def test_a_wedged_engine_fails_decisively_even_after_traffic(monkeypatch):
     result = check(0.2)  # 0.4 s since the last moment it is known to have generated
     assert not result.ok and result.decisive and result.restart
     assert "did not finish within 2s" in result.error and "wedged" in result.error
+
+
+class Loaded:
+    """One engine's three series as the progress probe reads them (running, generated, prompt), and the
+    probe's clock (seconds, moved by hand)."""
+
+    def __init__(self, monkeypatch):
+        self.now, self.running, self.generated, self.prompt = 100.0, 0, 0.0, 0.0
+        self.probe, self.asked = TokenProgress(), []
+        monkeypatch.setattr("mipart.health.progress.time.monotonic", lambda: self.now)
+
+    async def get(self, socket, path, timeout, limit=None):
+        self.asked.append(path.split("?", 1)[1])
+        return Response(
+            200,
+            f'vllm:num_requests_running{{model_name="m"}} {self.running}\n'
+            f'vllm:generation_tokens_total{{model_name="m"}} {self.generated}\n'
+            f'vllm:prompt_tokens_total{{model_name="m"}} {self.prompt}\n',
+        )
+
+    def check(self, after: float = 0.0, socket: str = "") -> ProbeResult:
+        self.now += after
+        return asyncio.run(self.probe.check(self, spec(0, 0, socket), HealthSpec(stall_after=10.0)))
+
+
+def test_a_loaded_engine_that_makes_no_token_for_stall_after_leaves_rotation(monkeypatch):
+    engine = Loaded(monkeypatch)
+    assert engine.check() == PASSED
+    assert engine.asked == [
+        "name[]=vllm:num_requests_running&name[]=vllm:generation_tokens_total&name[]=vllm:prompt_tokens_total"
+    ]
+    engine.running = 3
+    for _ in range(4):  # load with progress: tokens move between reads
+        engine.generated += 50
+        assert engine.check(2.0) == PASSED
+    assert engine.check(9.9) == PASSED  # no token for 9.9 s: not yet
+    result = engine.check(0.2)  # 10.1 s since the counters last moved, 3 requests running
+    assert not result.ok and result.decisive and result.restart
+    assert result.error.startswith("3 requests running and no token generated or prefilled for 10.1s")
+    assert "health.stall_after 10s" in result.error and "wedged" in result.error
+
+
+def test_prefill_progress_an_idle_engine_and_a_new_server_restart_the_clock(monkeypatch):
+    engine = Loaded(monkeypatch)
+    engine.running = 1
+    engine.check()
+    engine.prompt += 8000  # a long prefill done: its prompt counted with its first token
+    assert engine.check(9.0) == PASSED
+    assert engine.check(9.0) == PASSED  # 9 s since the prompt counter moved
+    engine.running = 0
+    assert engine.check(9.0) == PASSED  # nothing running: nothing can stall
+    engine.running = 1
+    assert engine.check(0.1) == PASSED and engine.check(9.8) == PASSED  # the clock restarted when it went idle
+    elsewhere = "/run/mipart-vllm/sockets/9/http.sock"
+    assert engine.check(5.0, socket=elsewhere) == PASSED  # another server (restarted elsewhere): a new clock
+    assert not engine.check(10.0, socket=elsewhere).ok
+
+
+def test_an_engine_without_the_series_gets_no_verdict(monkeypatch):
+    engine = Loaded(monkeypatch)
+
+    async def without(socket, path, timeout, limit=None):
+        return Response(200, "# no vllm series here\n")
+
+    engine.get = without
+    assert all(engine.check(30.0) == PASSED for _ in range(3))
 
 
 def test_gpu_metrics_per_gpu_and_partition():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import mipart
 from rendered import render_run_dir
+
+from mipart.serving.spec import InstanceSpec
 
 
 def write(tmp_path, text: str):
@@ -23,26 +26,27 @@ def plan_json(tmp_path, sim_env, text: str) -> dict:
 DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]  # 0-1,8-9,...,56-57
 
 
-def test_one_instance_per_logical_gpu_with_its_own_devices_and_port(tmp_path, sim_env):
+def test_one_instance_per_logical_gpu_with_its_own_devices_and_socket(tmp_path, sim_env):
     plan = plan_json(tmp_path, sim_env, "services:\n  chat: {model: org/m, listen: 8040}\n")
     instances = {i["number"]: i for i in plan["instances"]}
     assert list(instances) == DPX_NUMBERS  # N = 8 x GPU + partition, with gaps
     ninth = instances[9]
-    assert ninth["port"] == 8081 + 9
+    socket = f"{sim_env['MIPART_SERVING_DIR']}/sockets/9/http.sock"
+    assert ninth["socket"] == socket and "port" not in ninth
     assert ninth["render_nodes"] == ["/dev/dri/renderD137"]  # GPU 1, partition 1
     env = dict(ninth["env"])
     # ROCm's index is resolved when the server starts, where it runs (serving/visible.py)
     assert "CUDA_VISIBLE_DEVICES" not in env and ninth["visible_devices_env"] == "CUDA_VISIBLE_DEVICES"
     assert env["VLLM_ROCM_USE_AITER"] == "1" and "NCCL_MIN_NCHANNELS" not in env
     assert ninth["argv"][:3] == ["vllm", "serve", "org/m"]
-    assert ninth["argv"][3:9] == ["--host", "127.0.0.1", "--port", "8090", "--served-model-name", "org/m"]
+    assert ninth["argv"][3:7] == ["--uds", socket, "--served-model-name", "org/m"]
     assert plan["upstreams"] == [
         {
             "service": "chat",
             "listen": "0.0.0.0:8040",
             "model": "org/m",
             "routing": "least_conn",
-            "servers": [f"127.0.0.1:{8081 + n}" for n in DPX_NUMBERS],
+            "servers": [f"unix:{sim_env['MIPART_SERVING_DIR']}/sockets/{n}/http.sock" for n in DPX_NUMBERS],
         }
     ]
 
@@ -74,7 +78,10 @@ def test_containers_get_only_their_own_gpus(tmp_path, sim_env):
     assert "--privileged" not in argv and "/dev/dri" not in argv
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "--device"]
     assert devices == ["/dev/kfd", "/dev/dri/renderD145"]  # logical 17 = GPU 2, partition 1
-    assert "-p" in argv and argv[argv.index("-p") + 1] == "127.0.0.1:8098:8098"
+    sockets = f"{sim_env['MIPART_SERVING_DIR']}/sockets/17"
+    assert "-p" not in argv and argv[argv.index("-v") + 1] == f"{sockets}:{sockets}"  # its socket, at the same path
+    assert argv[argv.index("rocm/vllm:latest") + 1 :][:4] == ["sh", "-c", 'umask 0007 && exec "$@"', "mipart-vllm"]
+    assert argv[-4:-2] == ["--uds", f"{sockets}/http.sock"]  # the cache's -v is the launcher's (resolved)
     assert "s3cr3t" not in " ".join(argv) and "SECRET_TOKEN" not in argv  # env never in argv
     assert "-e" not in argv and "--env" not in argv  # the launcher adds an --env-file (test_security_container_env)
     assert dict(plan["instances"][0]["env"])["CUDA_VISIBLE_DEVICES"] == "0"  # inside, its only GPU
@@ -109,9 +116,18 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, sim_env):
     )
     assert done.returncode == 0, done.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["run/mipart/instances/0.json", "run/mipart/instances/1.json", "run/mipart/nginx/nginx.conf"]
+    assert files == [
+        "run/mipart/instances/0.json",
+        "run/mipart/instances/1.json",
+        "run/mipart/nginx-front/nginx.conf",
+        "run/mipart/nginx/nginx.conf",
+    ]
     conf = (out / "run/mipart/nginx/nginx.conf").read_text()
-    assert "pid /run/mipart/nginx/nginx.pid;" in conf and "server 127.0.0.1:8082 max_fails=1 fail_timeout=2s;" in conf
+    assert "pid /run/mipart/nginx/nginx.pid;" in conf
+    assert "server unix:/run/mipart-vllm/sockets/1/http.sock max_fails=1 fail_timeout=2s;" in conf  # host paths
+    assert "listen unix:/run/mipart/nginx/svc-chat.sock;" in conf and "listen 8040;" not in conf
+    front = (out / "run/mipart/nginx-front/nginx.conf").read_text()
+    assert "listen 0.0.0.0:8040;" in front and "server unix:/run/mipart/nginx/svc-chat.sock;" in front
     assert not (tmp_path / "run").exists()  # nothing outside --root
 
 
@@ -130,7 +146,9 @@ def test_launcher_execs_the_server_with_its_spec(tmp_path, sim_env):
     assert "HIP_VISIBLE_DEVICES" not in env and "ROCR_VISIBLE_DEVICES" not in env
     assert "mipart: instance 9: CUDA_VISIBLE_DEVICES=0 (/dev/dri/renderD137 among the 1 GPUs" in done.stderr
     spec = json.loads((run / "instances/9.json").read_text())
-    assert len(env["MIPART_SPEC_DIGEST"]) == 16 and spec["argv"][:3] == ["/bin/sh", "-c", "env"]
+    assert "MIPART_SPEC_DIGEST" not in env and spec["argv"][:3] == ["/bin/sh", "-c", "env"]
+    launch = json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/9.json").read_text())  # what it trusts instead
+    assert launch["digest"] == InstanceSpec.from_json({k: v for k, v in spec.items() if k != "version"}).digest()
 
 
 def test_launcher_errors_are_one_line(tmp_path, sim_env):
@@ -169,11 +187,11 @@ def test_launcher_refuses_a_spec_of_an_unknown_version(tmp_path, sim_env):
     run = render_run_dir(tmp_path, sim_env, 'partitions: [0], command: ["/bin/true"]')
     path = run / "instances/0.json"
     spec = json.loads(path.read_text())
-    assert spec["version"] == 1
-    path.write_text(json.dumps({**spec, "version": 2}))
+    assert spec["version"] == 2
+    path.write_text(json.dumps({**spec, "version": 1}))  # an older agent's: instances on ports
     done = mipart("exec", "0", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1
     assert (
         done.stderr
-        == f"mipart: instance 0: spec {path} has version 2, but this mipart reads version 1; restart mipart-agent to rewrite it\n"
+        == f"mipart: instance 0: spec {path} has version 1, but this mipart reads version 2; restart mipart-agent to rewrite it\n"
     )

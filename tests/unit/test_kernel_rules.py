@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SimRoot, create_sim, mipart
@@ -19,9 +20,12 @@ from mipart.api.views import partition as partition_view
 from mipart.daemon.snapshot import AgentStatus
 from mipart.gpu import open_backend
 from mipart.names import RUN_DIR_VAR
+from mipart.nginx.files import BACK, FRONT, NginxFiles
 from mipart.sim import kernel
 
 BDF0 = "0000:05:00.0"
+
+NGINX = (NginxFiles.of(BACK, Path("/nonexistent")), NginxFiles.of(FRONT, Path("/nonexistent")))
 
 
 def config(host: SimRoot, name: str, bdf: str = BDF0) -> str:
@@ -157,7 +161,7 @@ def test_export_carries_the_table_as_comments_and_still_validates(tmp_path):
 def test_status_api_carries_the_table(tmp_path, monkeypatch):
     host = create_sim(tmp_path, rules="rocm-mi300x", gpus=2)
     monkeypatch.setenv(RUN_DIR_VAR, str(host.run_dir))
-    snap = collect_host(host.root, runner=None, nginx=None, gpu_spec=None)  # runner/nginx unknown: reported as such
+    snap = collect_host(host.root, runner=None, nginx=NGINX, gpu_spec=None)  # runner unknown: reported as such
     sent = json.loads(to_json_text(partition_view(snap, AgentStatus())))
     assert sent["warnings"] == []
     assert sent["rules"] == [
@@ -197,7 +201,7 @@ def test_the_status_api_names_a_hidden_partition(tmp_path, monkeypatch):
     host = create_sim(tmp_path, "--bmc-ast", compute="CPX", memory="NPS1")
     monkeypatch.setenv(RUN_DIR_VAR, str(host.run_dir))
     sent = json.loads(
-        to_json_text(partition_view(collect_host(host.root, runner=None, nginx=None, gpu_spec=None), AgentStatus()))
+        to_json_text(partition_view(collect_host(host.root, runner=None, nginx=NGINX, gpu_spec=None), AgentStatus()))
     )
     assert [w.split(":")[0] for w in sent["warnings"]] == ["GPU 7 (0000"]
     assert "`ast` DRM driver" in sent["warnings"][0]

@@ -119,7 +119,13 @@ def test_every_click_command_lives_under_cli():
 
 def test_names_are_spelled_in_one_module():
     """The unit name and the default API address are defined in mipart.names only."""
-    literals = ("mipart-vllm@", "127.0.0.1:8049", "mipart-nginx.service", "/etc/mipart/profile.yaml")
+    literals = (
+        "mipart-vllm@",
+        "127.0.0.1:8049",
+        "mipart-nginx.service",
+        "mipart-nginx-front.service",
+        "/etc/mipart/profile.yaml",
+    )
     spelled = []
     for name, path in modules().items():
         if name == "mipart.names":

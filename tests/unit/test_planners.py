@@ -2,7 +2,7 @@
 
 Profiles come from YAML text through the real loader; GPUs, unit states and digests are
 the shared value types (mipart.values). Each planner has one block below:
-plan_instances, render_nginx, plan_actions, plan_partitions.
+plan_instances, render_nginx and render_front, plan_actions, plan_partitions.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gpus import PARTS, bdf, logical_gpus
 
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
 from mipart.nginx.conf import render_nginx
+from mipart.nginx.front import render_front
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
@@ -38,26 +39,17 @@ CHAT = 'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040"}\n'
 DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]
 
 
-def test_one_instance_per_logical_gpu_numbered_by_its_slot_with_its_port_and_devices():
+def test_one_instance_per_logical_gpu_numbered_by_its_slot_with_its_socket_and_devices():
     specs = {s.number: s for s in plan_instances(profile(CHAT), logical_gpus("DPX"))}
     assert list(specs) == DPX_NUMBERS  # N = 8 x physical GPU + partition
     ninth = specs[9]
-    assert (ninth.port, ninth.address, ninth.unit) == (8090, "127.0.0.1:8090", "mipart-vllm@9.service")
+    socket = "/run/mipart-vllm/sockets/9/http.sock"
+    assert (ninth.socket, ninth.address, ninth.unit) == (socket, f"unix:{socket}", "mipart-vllm@9.service")
     assert ninth.logical_gpus == (9,) and ninth.physical_gpus == (1,)  # GPU 1, partition 1
     assert ninth.devices == ("/dev/kfd", "/dev/dri/renderD137")
     # ROCm's index is the launcher's to resolve at start (serving/visible.py), not the planner's.
     assert "CUDA_VISIBLE_DEVICES" not in dict(ninth.env) and ninth.visible_devices_env == "CUDA_VISIBLE_DEVICES"
-    assert ninth.argv[:9] == (
-        "vllm",
-        "serve",
-        "org/m",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "8090",
-        "--served-model-name",
-        "org/m",
-    )
+    assert ninth.argv[:7] == ("vllm", "serve", "org/m", "--uds", socket, "--served-model-name", "org/m")
 
 
 def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_the_first():
@@ -67,9 +59,9 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
         ),
         logical_gpus("DPX"),
     )
-    assert [(s.number, s.logical_gpus, s.physical_gpus, s.port) for s in specs] == [
-        (32, (32, 33, 40, 41), (4, 5), 8113),
-        (48, (48, 49, 56, 57), (6, 7), 8129),
+    assert [(s.number, s.logical_gpus, s.physical_gpus, s.socket) for s in specs] == [
+        (32, (32, 33, 40, 41), (4, 5), "/run/mipart-vllm/sockets/32/http.sock"),
+        (48, (48, 49, 56, 57), (6, 7), "/run/mipart-vllm/sockets/48/http.sock"),
     ]
     assert specs[0].render_nodes == (
         "/dev/dri/renderD160",
@@ -81,17 +73,19 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
     assert specs[0].argv[-2:] == ("--tensor-parallel-size", "4")
 
 
-def test_two_services_share_the_host_by_partitions_and_ports_follow_the_gpu():
+def test_two_services_share_the_host_by_partitions_and_sockets_follow_the_gpu():
     text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-1,8-9"}\n  code: {model: org/b, listen: 8041, partitions: [48, 49]}\ninstances: {base_port: 9000}\n'
-    specs = plan_instances(profile(text), logical_gpus("DPX"))
-    assert [(s.number, s.service, s.port) for s in specs] == [
-        (0, "chat", 9000),
-        (1, "chat", 9001),
-        (8, "chat", 9008),
-        (9, "chat", 9009),
-        (48, "code", 9048),
-        (49, "code", 9049),
+    specs = plan_instances(profile(text), logical_gpus("DPX"), Path("/run/x/sockets"))  # base_port: unused
+    assert [(s.number, s.service, s.socket) for s in specs] == [
+        (n, service, f"/run/x/sockets/{n}/http.sock")
+        for n, service in ((0, "chat"), (1, "chat"), (8, "chat"), (9, "chat"), (48, "code"), (49, "code"))
     ]
+
+
+def test_a_socket_path_longer_than_a_unix_socket_takes_is_one_clear_error():
+    deep = Path("/run/" + "x" * 90 + "/sockets")
+    with pytest.raises(InstancePlanError, match=r"socket .* is longer than 107 bytes, .* use a shorter serving dir"):
+        plan_instances(profile(CHAT), logical_gpus("DPX"), deep)
 
 
 def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
@@ -131,7 +125,7 @@ def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
 )
 def test_a_profile_that_does_not_fit_the_host_is_one_clear_error(body, logical, layout, message):
     with pytest.raises(InstancePlanError, match=re.escape(message)):
-        plan_instances(profile("services:\n" + body), logical, layout)
+        plan_instances(profile("services:\n" + body), logical, layout=layout)
 
 
 # -- render_nginx: upstreams, readiness, the 503 answer, sizing -----------------------------------
@@ -146,9 +140,9 @@ def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
     conf = nginx_conf(CHAT, ready={0, 8})
     assert "# service chat: 2/16 instances ready" in conf
     # a ready instance leaves every worker's choice for a health interval after one failure (issue 13)
-    assert "server 127.0.0.1:8081 max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
-    assert "server 127.0.0.1:8089 max_fails=1 fail_timeout=2s;  # mipart-vllm@8" in conf
-    assert "server 127.0.0.1:8082 down;  # mipart-vllm@1" in conf
+    assert "server unix:/run/mipart-vllm/sockets/0/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
+    assert "server unix:/run/mipart-vllm/sockets/8/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@8" in conf
+    assert "server unix:/run/mipart-vllm/sockets/1/http.sock down;  # mipart-vllm@1" in conf
     assert conf.count(" down;") == 14
     assert "proxy_pass http://mipart_chat;" in conf and "least_conn;" in conf
     assert "proxy_buffering off;" in conf  # streams pass as they come
@@ -198,6 +192,56 @@ def test_worker_connections_fit_every_instance_full_at_once(service, compute, co
     assert f"worker_rlimit_nofile {connections * 2};" in conf
 
 
+# -- render_front: the clients' layer, and the back reached over its sockets -------------------------
+
+
+TWO = (  # GPUs 0-3 and 4-7 in DPX
+    'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040", partitions: "0-1,8-9,16-17,24-25"}\n'
+    '  code: {model: org/c, listen: 8041, partitions: "32-33,40-41,48-49,56-57"}\n'
+)
+
+
+def test_the_back_listens_on_a_socket_per_service_and_the_front_on_the_profiles_listeners():
+    prof = profile(TWO)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    back = render_nginx(prof, specs, frozenset(DPX_NUMBERS), Path("/run/test/nginx"))
+    front = render_front(prof, specs, Path("/run/test/nginx"), Path("/run/test/nginx-front"))
+    assert "listen unix:/run/test/nginx/svc-chat.sock;" in back and "listen unix:/run/test/nginx/svc-code.sock;" in back
+    assert "listen 127.0.0.1:8040;" not in back and "keepalive_timeout 0;" in back
+    assert "listen 127.0.0.1:8040;" in front and "listen 0.0.0.0:8041;" in front
+    assert "upstream mipart_back_chat { server unix:/run/test/nginx/svc-chat.sock; }" in front
+    assert "keepalive_timeout 75s;" in front and "pid /run/test/nginx-front/nginx.pid;" in front
+    # every request on a connection of its own to the back, streamed back, its body read first
+    assert (
+        "        keepalive " not in front and "proxy_buffering off;" in front and "proxy_request_buffering on;" in front
+    )
+    # the back down: the same JSON 503 as the back's own for no ready instance
+    assert "error_page 502 504 = @unavailable;" in front
+    answers = re.compile(r"return 503 '([^']*)';")
+    assert answers.findall(front) == answers.findall(back) and len(answers.findall(front)) == 2
+    worker_connections = re.compile(r"worker_connections \d+;")
+    assert worker_connections.findall(front) == worker_connections.findall(back)
+
+
+def test_membership_leaves_the_front_alone_and_a_listener_changes_it():
+    prof = profile(TWO)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    fronts = {render_front(prof, specs, Path("/b"), Path("/f"))} | {
+        render_front(prof, specs[:3], Path("/b"), Path("/f"))
+    }
+    assert len({render_nginx(prof, specs, frozenset(ready), Path("/b")) for ready in ((), (0,), (0, 1))}) == 3
+    assert len(fronts) == 2  # planned instances size it; which are ready does not reach it
+    moved = profile(TWO.replace("8041", "8042"))
+    assert render_front(moved, specs, Path("/b"), Path("/f")) not in fronts
+
+
+def test_direct_the_back_serves_the_listeners_too_during_a_handover():
+    prof = profile(CHAT)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    conf = render_nginx(prof, specs, frozenset(DPX_NUMBERS), Path("/run/test/nginx"), direct=True)
+    assert "        listen unix:/run/test/nginx/svc-chat.sock;\n        listen 127.0.0.1:8040;\n" in conf
+
+
 # -- plan_actions: start, stop, restart from specs, unit states and running digests ---------------
 
 
@@ -221,11 +265,13 @@ def test_instances_on_their_current_spec_are_left_alone():
     assert (actions.start, actions.stop, actions.restart) == ((), (), ())
 
 
-def test_only_a_changed_spec_restarts_and_an_unknown_digest_keeps_serving():
+def test_a_changed_spec_restarts_and_so_does_a_server_without_a_launch_record():
+    """Issue 20: a digest the server kept in its own environment it could erase, and None kept it
+    serving for good. Now None is a server mipart cannot vouch for (an older mipart's, on a port)."""
     specs = three_specs()
     digests = {0: specs[0].digest(), 1: "0123456789abcdef", 2: None}
     actions = plan_actions(specs, running(0, 1, 2), digests)
-    assert (actions.start, actions.stop, actions.restart) == ((), (), (1,))
+    assert (actions.start, actions.stop, actions.restart) == ((), (), (1, 2))
 
 
 def test_units_without_a_spec_are_stopped_and_dead_ones_with_a_spec_started():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-import aiohttp
 import pytest
 from responses import Response
 from specs import spec
@@ -15,23 +14,26 @@ from mipart.health.generation import GenerationCheck
 from mipart.health.gpu_errors import GpuErrors
 from mipart.health.probe import ProbeResult
 from mipart.health.probes import PROBES, probe
+from mipart.health.progress import SERIES, TokenProgress
 from mipart.health.queue import QueueDepth
 from mipart.profile.schema import HealthSpec
+from mipart.unixhttp import HttpError
 
 SPEC = replace(spec(3), model="m", served_model_name="m", argv=())
 HEALTH = HealthSpec(timeout=1.0)
 
 
 class Session:
-    """Answers GETs from a list per path: a Response, or an exception to raise."""
+    """Answers GETs from a list per path: a Response, or an exception to raise. The progress probe's
+    series are answered with no request running unless `progress` says otherwise."""
 
-    def __init__(self, **answers):
+    def __init__(self, progress=(Response(200, "vllm:num_requests_running 0\n"),), **answers):
         self.answers = {"/" + path: list(items) for path, items in answers.items()}
+        self.answers[SERIES] = list(progress)
         self.asked: list[str] = []
 
-    def get(self, url: str, timeout=None):
-        path = "/" + url.split("/", 3)[3]
-        assert url.startswith(f"http://{SPEC.address}/")
+    async def get(self, socket: str, path: str, timeout: float, limit: int = 0):
+        assert socket == SPEC.socket
         self.asked.append(path)
         answer = self.answers[path].pop(0) if len(self.answers[path]) > 1 else self.answers[path][0]
         if isinstance(answer, BaseException):
@@ -43,16 +45,17 @@ def run(session, health=HEALTH, probes=PROBES) -> ProbeResult:
     return asyncio.run(probe(session, SPEC, health, probes))
 
 
-def test_the_registry_runs_the_gpu_errors_health_endpoint_generation_then_the_queue_depth():
-    assert [p.name for p in PROBES] == ["gpu_errors", "health", "generation", "queue_depth"]
+def test_the_registry_runs_the_gpu_errors_health_endpoint_progress_generation_then_the_queue_depth():
+    assert [p.name for p in PROBES] == ["gpu_errors", "health", "progress", "generation", "queue_depth"]
     assert isinstance(PROBES[0], GpuErrors) and isinstance(PROBES[1], HealthEndpoint)
-    assert isinstance(PROBES[2], GenerationCheck) and isinstance(PROBES[3], QueueDepth)
+    assert isinstance(PROBES[2], TokenProgress) and isinstance(PROBES[3], GenerationCheck)
+    assert isinstance(PROBES[4], QueueDepth)
 
 
-def test_healthy_without_a_queue_limit_reads_no_metrics():
+def test_healthy_without_a_queue_limit_reads_only_the_progress_series():
     session = Session(health=[Response(200)])
     assert run(session) == ProbeResult(True, "")
-    assert session.asked == ["/health"]
+    assert session.asked == ["/health", SERIES]
 
 
 def test_a_refusal_stops_the_round():
@@ -75,7 +78,12 @@ def test_queue_depth_over_the_limit_is_a_warning():
     "error, words",
     [
         (asyncio.TimeoutError(), "/health did not answer within 1s"),
-        (aiohttp.ClientConnectionError(), "/health failed: ClientConnectionError"),
+        (ConnectionRefusedError(), "/health failed: ConnectionRefusedError"),
+        (FileNotFoundError(), "/health failed: FileNotFoundError"),  # no socket yet
+        (
+            HttpError("an answer over the 65536 bytes this reader takes"),
+            "/health failed: an answer over the 65536 bytes this reader takes",
+        ),
     ],
 )
 def test_a_server_that_does_not_answer(error, words):
@@ -84,15 +92,7 @@ def test_a_server_that_does_not_answer(error, words):
     assert run(
         Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)
     ) == ProbeResult(False, words)
-
-
-def test_a_closed_keep_alive_connection_gets_one_retry():
-    session = Session(health=[aiohttp.ServerDisconnectedError(), Response(200)])
-    assert run(session) == ProbeResult(True, "")
-    assert session.asked == ["/health", "/health"]
-    session = Session(health=[aiohttp.ServerDisconnectedError()])
-    assert run(session) == ProbeResult(False, "/health failed: ServerDisconnectedError")
-    assert session.asked == ["/health", "/health"]
+    assert run(Session(progress=[error], health=[Response(200)])) == ProbeResult(False, words)
 
 
 def test_a_new_probe_slots_in_and_the_first_warning_is_kept():

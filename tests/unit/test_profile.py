@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import textwrap
@@ -59,11 +60,6 @@ BAD = [
         "duplicate-ports",
         "version: 1\nservices:\n  a: {model: a/b, listen: 8040, partitions: [0]}\n  b: {model: a/c, listen: 8040, partitions: [1]}\n",
         "4:27: services.b.listen port 8040 is already used by services.a.listen; give each listener its own port",
-    ),
-    (
-        "port-in-instance-range",
-        "version: 1\nservices:\n  a: {model: a/b, listen: 8090}\n",
-        "3:27: services.a.listen port 8090 is inside the instance port range 8081-8152 (instances.base_port + logical GPU); choose a port outside it",
     ),
     (
         "partitions-overlap",
@@ -219,6 +215,30 @@ def test_unusable_files_get_one_line(tmp_path, kind):
     assert done.returncode == 1, done.stderr
     sep = ":" if expected[0].isdigit() else ": "
     assert done.stderr.splitlines() == [f"{path}{sep}{expected}"]
+
+
+def test_json_names_the_digest_the_agent_reports_once_loaded(tmp_path):
+    """Fleet tools (the Ansible collection's modules) wait for this digest in /v1/status."""
+    from mipart.profile import load_profile
+
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    done = mipart("validate", "--json", path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "path": str(path),
+        "digest": load_profile(str(path)).digest,
+        "services": ["chat"],
+    }
+    two = GOOD.replace("listen: 8040,", "listen: 8040, partitions: [0],")
+    path.write_text(
+        two + "  code: {model: o/c, listen: 8041, partitions: [1], runtime: docker, image: rocm/vllm:latest}\n"
+    )
+    assert json.loads(mipart("validate", "--json", path).stdout)["services"] == ["chat", "code"]
+    path.write_text("version: 1\ngpus:\n  computer: DPX\n")
+    bad = mipart("validate", "--json", path)
+    assert (bad.returncode, bad.stdout) == (1, "")  # problems stay one line each on stderr
+    assert bad.stderr.startswith(f"{path}:3:3: unknown key")
 
 
 def test_usage_errors_exit_2(tmp_path):

@@ -137,7 +137,9 @@ def test_affinity_hashes_the_header_as_nginx_names_it():
     block = upstream(conf)
     # the balancer comes before keepalive (nginx: "activate them before the keepalive directive")
     assert block.index("        hash $http_x_session_id consistent;\n") < block.index("keepalive")
-    assert "server 127.0.0.1:8082 down;" in block  # not-ready instances stay listed: the hash ring does not move
+    assert (
+        "server unix:/run/mipart-vllm/sockets/1/http.sock down;" in block
+    )  # not-ready instances stay listed: the hash ring does not move
     assert "# service chat: 2/4 instances ready; routing affinity on X-Session-Id (hash consistent)\n" in conf
     assert "least_conn" not in block
 

@@ -40,8 +40,15 @@ def hf_home(path: str) -> list[str]:
         ("/boot/", "is inside the system directory /boot"),
         ("/proc/self", "is inside the system directory /proc"),
         ("/run/mipart", "is inside the system directory /run"),
-        ("/root/.cache", "is inside the system directory /root"),
-        ("/home", "is a directory many things share"),
+        ("/root/.cache", "is inside /root, a home directory"),
+        ("/home", "is inside /home, a home directory"),
+        ("/home/models/hf", "is inside /home, a home directory"),
+        ("/var/spool/cron/crontabs", "is inside /var/spool, a spool (mail, cron and at jobs, print queues)"),
+        ("/var/mail", "is inside /var/mail, a spool"),
+        ("/var/lib/docker", "is inside /var/lib/docker, a container runtime's state"),
+        ("/var/lib/containers/storage/overlay", "is inside /var/lib/containers, a container runtime's state"),
+        ("/var/lib/machines/debian", "is inside /var/lib/machines, a container runtime's state"),
+        ("/var/log/journal", "is inside /var/log, the system's logs"),
         ("/var", "is a directory many things share"),
         ("/var/lib", "is a directory many things share"),
         ("/tmp", "is a directory many things share"),
@@ -57,7 +64,7 @@ def test_hf_home_must_be_a_directory_of_its_own(path, words):
 
 @pytest.mark.parametrize(
     "path",
-    ["/var/lib/mipart/huggingface", "/data/hf-cache", "/home/models/hf", "/tmp/bench/hf", "/srv/hf", "/library/hf"],
+    ["/var/lib/mipart/huggingface", "/data/hf-cache", "/tmp/bench/hf", "/srv/hf", "/library/hf", "/var/lib/dockerish"],
 )
 def test_dedicated_cache_directories_are_taken(path):
     assert hf_home(path) == []

@@ -14,7 +14,7 @@ from conftest import AGENT, SimRoot, mipart
 
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
-from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, INSTANCE_VAR, RELOAD_CMD_VAR, SYSFS_ROOT_VAR
+from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
 from mipart.sim import kernel
 from mipart.sim.state import read_state
 
@@ -182,7 +182,7 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
     """The agent serves on them: the one line says what repartitions while serving."""
     root = seed_root
     for number, minor in ((0, 128), (1, 129), (2, 136), (3, 137), (4, 144)):
-        opener(devices(root, minor), {INSTANCE_VAR: str(number)})
+        opener(devices(root, minor), instance=number)
     sim = SimRoot(root.parent)
     done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1
@@ -196,6 +196,19 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
     assert record["ok"] is False and "systemctl reload mipart-agent" in record["error"]
 
 
+def test_a_process_that_only_carries_an_instances_tags_is_not_one(seed_root, opener, tmp_path):
+    """Any user can put MIPART_INSTANCE in an environment; only the launcher's record makes an instance."""
+    root = seed_root
+    tags = {"MIPART_INSTANCE": "0", RUN_DIR_VAR: str(tmp_path / "run")}
+    proc = opener(devices(root, 128), {**confined(devices(root, 128)), **tags})
+    sim = SimRoot(root.parent)
+    done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"mipart: GPUs in use: PID {proc.pid} (python, no unit) on GPU 0; nothing was changed"
+    )
+
+
 def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root, opener, tmp_path):
     """apply(instances_stopped=True), as the agent calls it: servers still exiting get a moment."""
     root = seed_root
@@ -203,7 +216,7 @@ def test_a_process_holding_a_gpu_it_opened_is_waited_for_once_stopped(seed_root,
     from mipart.partition.apply import apply
     from mipart.profile.schema import GpuSpec
 
-    proc = opener(devices(root, 128), {INSTANCE_VAR: "0"})
+    proc = opener(devices(root, 128), instance=0)
     killer = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill {proc.pid}"])  # a server that takes a moment to exit
     try:
         result = apply(

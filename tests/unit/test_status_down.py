@@ -83,11 +83,11 @@ def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, sim_env):
         if line.startswith("mipart-vllm@")
     }
     assert (
-        table["mipart-vllm@0.service"][7]
+        table["mipart-vllm@0.service"][6]
         == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
     )
-    assert table["mipart-vllm@1.service"][7] == "killed by signal 9 (signal); ValueError: model not found"
-    assert table["mipart-vllm@8.service"][7] == "-"
+    assert table["mipart-vllm@1.service"][6] == "killed by signal 9 (signal); ValueError: model not found"
+    assert table["mipart-vllm@8.service"][6] == "-"
     data = json.loads(
         mipart(
             "status",

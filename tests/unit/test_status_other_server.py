@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -58,17 +60,17 @@ HTML = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><bod
 def test_another_server_is_one_line_naming_what_it_answered(server, body, code, content_type, answered):
     server.answer("/v1/status", body, code, content_type)
     assert refused("--api", server.address) == (
-        f"mipart: {server.address} does not answer as mipart's status API v1: {answered}; check --api"
+        f"mipart: {server.address} does not answer as mipart's status API v2: {answered}; check --api"
     )
     assert refused("--api", server.address, "--json").endswith(f"{answered}; check --api")
 
 
 def test_another_api_version_is_named(server):
-    newer = {**json.loads(to_json_text(statuses.status())), "api_version": 2}
-    server.answer("/v1/status", json.dumps(newer))
+    older = {**json.loads(to_json_text(statuses.status())), "api_version": 1}
+    server.answer("/v1/status", json.dumps(older))
     assert refused("--api", f"http://{server.address}/") == (
-        f"mipart: {server.address} does not answer as mipart's status API v1: "
-        "/v1/status: api_version 2, but this mipart reads api_version 1; check --api"
+        f"mipart: {server.address} does not answer as mipart's status API v2: "
+        "/v1/status: api_version 1, but this mipart reads api_version 2; check --api"
     )
 
 
@@ -121,7 +123,7 @@ def test_a_server_that_does_not_speak_http_is_named(tmp_path):
         line = refused("--api", f"127.0.0.1:{port}")
         thread.join(timeout=10)
     assert line == (
-        f"mipart: 127.0.0.1:{port} does not answer as mipart's status API v1: "
+        f"mipart: 127.0.0.1:{port} does not answer as mipart's status API v2: "
         '/v1/status: the answer is not HTTP: "SSH-2.0-OpenSSH_9.2p1 Debian-2"; check --api'
     )
 
@@ -132,5 +134,39 @@ def test_an_endless_answer_is_cut_short(server, monkeypatch):
     with pytest.raises(client.NotStatusApi) as caught:
         client.Api(server.address).read(Status)
     assert str(caught.value) == (
-        f"{server.address} does not answer as mipart's status API v1: /v1/status answered 200 with more than 1000 bytes"
+        f"{server.address} does not answer as mipart's status API v2: /v1/status answered 200 with more than 1000 bytes"
     )
+
+
+def test_a_listener_another_user_holds_is_not_asked(tmp_path):
+    """Issue 20: any user may listen where the agent would (while it retries its bind) and answer "all
+    ready". The kernel says whose socket it is; root's (the agent's) or our own are believed."""
+    from mipart.sim.ports import free_block
+
+    port = free_block(1, low=21000)
+    hold = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(60)"
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    squatter = subprocess.Popen([*drop, sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout.readline().strip() == "up"
+        assert refused("--api", f"127.0.0.1:{port}") == (
+            f"mipart: 127.0.0.1:{port} does not answer as mipart's status API v2: its listener belongs to uid 65534, "
+            "not root (the agent's user); check --api"
+        )
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_what_the_servers_logged_reaches_the_terminal_without_its_control_characters(server):
+    """A server's last log line is shown as LAST ERROR: an escape sequence in it must not drive the terminal."""
+    from dataclasses import replace
+
+    from mipart.api.contract import Instances
+
+    server.answer("/v1/status", to_json_text(statuses.status()))
+    evil = replace(statuses.instance(0, "unhealthy"), last_error="boom\x1b[2J\x1b]0;owned\x07 \u202eevil")
+    server.answer("/v1/instances", to_json_text(Instances((evil, *statuses.instances(4).instances[1:]))))
+    done = mipart("status", "--api", server.address)
+    assert "boom?[2J?]0;owned? ?evil" in done.stdout
+    assert not any(c in done.stdout for c in "\x1b\x07\u202e")

@@ -188,22 +188,23 @@ def test_the_runner_resets_a_failed_unit_before_it_starts_it(systemd, runner):
     ]
 
 
+@pytest.mark.parametrize("layer, unit", [("back", "mipart-nginx.service"), ("front", "mipart-nginx-front.service")])
 @pytest.mark.parametrize(
     "nginx, calls",
     [
-        (running(5), [("ReloadUnit", "mipart-nginx.service", "replace")]),
-        ({"ActiveState": "reloading", "MainPID": "5"}, [("ReloadUnit", "mipart-nginx.service", "replace")]),
-        ({}, [("StartUnit", "mipart-nginx.service", "replace")]),
-        (FAILED, [("ResetFailedUnit", "mipart-nginx.service"), ("StartUnit", "mipart-nginx.service", "replace")]),
+        (running(5), [("ReloadUnit", "{unit}", "replace")]),
+        ({"ActiveState": "reloading", "MainPID": "5"}, [("ReloadUnit", "{unit}", "replace")]),
+        ({}, [("StartUnit", "{unit}", "replace")]),
+        (FAILED, [("ResetFailedUnit", "{unit}"), ("StartUnit", "{unit}", "replace")]),
     ],
 )
-def test_nginx_is_reloaded_when_up_and_started_otherwise(systemd, runner, tmp_path, nginx, calls):
-    systemd.set({"mipart-nginx.service": nginx} if nginx else {})
-    runner.ensure_nginx(NginxFiles(tmp_path / "nginx"))
-    assert runner.manager.calls == calls
-    assert (
-        runner.nginx_running(NginxFiles(tmp_path / "nginx")) is UnitState(nginx.get("ActiveState", "inactive")).active
-    )
+def test_nginx_is_reloaded_when_up_and_started_otherwise(systemd, runner, tmp_path, nginx, calls, layer, unit):
+    """Each layer is its own unit: the runner reloads or starts the one the files name."""
+    systemd.set({unit: nginx} if nginx else {})
+    files = NginxFiles(tmp_path / layer, layer)
+    runner.ensure_nginx(files)
+    assert runner.manager.calls == [tuple(part.format(unit=unit) for part in call) for call in calls]
+    assert runner.nginx_running(files) is UnitState(nginx.get("ActiveState", "inactive")).active
 
 
 def test_last_exit_is_systemds_word_for_it(systemd, runner):
@@ -214,7 +215,7 @@ def test_last_exit_is_systemds_word_for_it(systemd, runner):
 
 def test_the_systemd_runner_refuses_to_stop_units_that_outlive_the_agent(runner, tmp_path):
     with pytest.raises(UserError) as caught:
-        runner.shutdown(NginxFiles(tmp_path / "nginx"))
+        runner.shutdown((NginxFiles(tmp_path / "nginx"), NginxFiles(tmp_path / "nginx-front", "front")))
     assert "instances are units of their own" in str(caught.value)
     assert runner.manager.calls == []
 

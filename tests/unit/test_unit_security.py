@@ -1,6 +1,7 @@
 """The units' exposure, as systemd itself scores it (`systemd-analyze security --offline=true`).
 
-Lower is safer; the targets are issue 9's, and docs/security.md ("What each unit may touch")
+Lower is safer; the targets are the scores the units had when issue 20 was taken up (none may
+rise), and docs/security.md ("What each unit may touch")
 says what each unit keeps and why. That the hardened units still serve is proven on a real
 systemd in tests/system/test_hardening_systemd.py.
 """
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "units"
+# Issue 9's targets were 5.0, 4.0, 5.5 and 7.0; issue 20 holds each unit to the score it had then.
 TARGETS = {
-    "mipart-agent.service": 5.0,
-    "mipart-nginx.service": 4.0,
-    "mipart-vllm@.service": 5.5,
-    "mipart-partition.service": 7.0,
+    "mipart-agent.service": 3.9,
+    "mipart-nginx.service": 3.1,
+    "mipart-nginx-front.service": 3.1,  # the back's sandbox: it came after issue 20 took the scores
+    "mipart-vllm@.service": 2.7,
+    "mipart-partition.service": 2.8,
 }
 OVERALL = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
 

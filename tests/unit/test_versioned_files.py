@@ -14,20 +14,23 @@ from mipart.serving.spec import SPEC_VERSION, InstanceSpec, SpecVersionError
 
 def test_a_spec_file_carries_its_version_and_reads_back():
     data = json.loads(SPEC.file_text())
-    assert data["version"] == SPEC_VERSION == 1
+    assert data["version"] == SPEC_VERSION == 2
     assert InstanceSpec.from_file_text(SPEC.file_text()) == SPEC
 
 
-def test_a_spec_file_from_before_versions_is_version_1():
+def test_a_spec_file_from_before_versions_is_version_1_and_refused():
+    """Version 1 (and the files before versions) had instances on loopback ports."""
     legacy = json.dumps(SPEC.to_json(), indent=1, sort_keys=True) + "\n"
     assert "version" not in legacy
-    assert InstanceSpec.from_file_text(legacy) == SPEC
+    with pytest.raises(SpecVersionError, match="^version 1, but this mipart reads version 2$"):
+        InstanceSpec.from_file_text(legacy)
 
 
-def test_a_spec_file_of_an_unknown_version_is_refused():
+@pytest.mark.parametrize("version", [1, 3])
+def test_a_spec_file_of_another_version_is_refused(version):
     with pytest.raises(SpecVersionError) as caught:
-        InstanceSpec.from_file_text(json.dumps({**SPEC.to_json(), "version": 2}))
-    assert str(caught.value) == "version 2, but this mipart reads version 1"
+        InstanceSpec.from_file_text(json.dumps({**SPEC.to_json(), "version": version}))
+    assert str(caught.value) == f"version {version}, but this mipart reads version 2"
 
 
 def test_the_digest_is_about_the_server_not_the_file_format():

@@ -19,6 +19,7 @@ import pytest
 from serving import TEST_PORTS
 from streaming import Inconclusive, SseReader, prove_live
 
+from mipart.api.client import UnixHTTPConnection
 from mipart.prometheus import metric_sum
 from mipart.sim.fake_profile import Ports
 from mipart.sim.host import SimulatedHost
@@ -44,7 +45,7 @@ services:
     command: ["{vllm_python}", "-m", "vllm.entrypoints.openai.api_server"]
     args: [{vllm_args}]
     env: {{HF_HUB_OFFLINE: "1", VLLM_CPU_KVCACHE_SPACE: "1", VLLM_NO_USAGE_STATS: "1", DO_NOT_TRACK: "1", VLLM_CPU_OMP_THREADS_BIND: nobind}}
-instances: {{base_port: {base}, user: root, hf_home: "{hf_home}"}}
+instances: {{user: root, hf_home: "{hf_home}"}}
 health: {{interval: 1s, timeout: 1s, unhealthy_after: 2, startup_timeout: 10m, restart_backoff: 1s}}
 api: {{listen: "127.0.0.1:{api}"}}
 """
@@ -74,7 +75,6 @@ class VllmProfile:
             listen=self.ports.listen,
             vllm_python=self.vllm_python,
             vllm_args=self.vllm_args,
-            base=self.ports.base,
             hf_home=self.hf_home,
             api=self.ports.api,
         )
@@ -84,7 +84,7 @@ class VllmHost(SimulatedHost):
     """The simulated host serving real vLLM servers."""
 
     def __init__(self, tmp: Path, vllm_python: Path, model: Path):
-        super().__init__(tmp, VllmProfile(Ports.free(64, low=TEST_PORTS), vllm_python, model, tmp / "hf"), expected=2)
+        super().__init__(tmp, VllmProfile(Ports.free(low=TEST_PORTS), vllm_python, model, tmp / "hf"), expected=2)
 
     # -- processes: a vLLM server is a process tree. The launcher's tag (its environment)
     # is on the API server and its plain children, but not on the engine core: vLLM's
@@ -138,8 +138,13 @@ class VllmHost(SimulatedHost):
         self.close()  # nginx, and anything else tagged with our run dir
 
     # -- clients ----------------------------------------------------------------
-    def call(self, method: str, path: str, body: dict | None = None, port: int | None = None, timeout: float = 60):
-        conn = http.client.HTTPConnection("127.0.0.1", port or self.listen, timeout=timeout)
+    def call(self, method: str, path: str, body: dict | None = None, instance: int | None = None, timeout: float = 60):
+        """Through nginx, or (instance=N) straight to instance N's unix socket."""
+        conn = (
+            UnixHTTPConnection(self.backend(instance).removeprefix("unix:"), timeout)
+            if instance is not None
+            else http.client.HTTPConnection("127.0.0.1", self.listen, timeout=timeout)
+        )
         try:
             conn.request(
                 method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"}
@@ -163,7 +168,7 @@ class VllmHost(SimulatedHost):
 
     def instance_health(self, number: int) -> str:
         try:
-            return str(self.call("GET", "/health", port=self.base + number, timeout=2)[0])
+            return str(self.call("GET", "/health", instance=number, timeout=2)[0])
         except OSError as exc:
             return exc.__class__.__name__
 
@@ -235,8 +240,9 @@ def test_both_instances_become_ready_behind_nginx(host):
     conf = host.nginx_conf()
     assert "# service chat: 2/2 instances ready" in conf
     for n in (0, 1):
-        assert f"server 127.0.0.1:{host.base + n} max_fails=" in conf  # in rotation (not "down;")
+        assert f"server {host.backend(n)} max_fails=" in conf  # in rotation (not "down;"), on its unix socket
         assert host.main_pid(n), host.tagged()
+        assert f"--uds {host.backend(n).removeprefix('unix:')}" in _cmdline(host.main_pid(n))  # vLLM's own flag
     assert sorted(host.instance_pids()) == [0, 1]
     log = host.log_text()
     assert "event='instance.ready' unit='mipart-vllm@0'" in log and "event='instance.ready' unit='mipart-vllm@1'" in log
@@ -279,7 +285,7 @@ def _generation_tokens(host: VllmHost) -> int:
     """Tokens both servers have sent so far (vLLM counts them in its API server, which a frozen engine leaves running)."""
     total = 0.0
     for n in (0, 1):
-        status, raw = host.call("GET", "/metrics", port=host.base + n, timeout=10)
+        status, raw = host.call("GET", "/metrics", instance=n, timeout=10)
         assert status == 200, raw
         total += metric_sum(raw.decode(), "vllm:generation_tokens_total") or 0.0
     return int(total)
@@ -348,7 +354,7 @@ def test_streaming_arrives_chunk_by_chunk(host):
 
 
 def test_instance_metrics_are_vllms(host):
-    status, raw = host.call("GET", "/metrics", port=host.base)
+    status, raw = host.call("GET", "/metrics", instance=0)
     assert status == 200
     text = raw.decode()
     assert "vllm:num_requests_running" in text and "vllm:num_requests_waiting" in text
@@ -377,7 +383,7 @@ def test_a_dead_engine_is_taken_out_and_restarted_while_the_other_serves(host):
     )
     assert timeline[-1].split()[-1] != "200", "vLLM /health kept answering 200 with its engine dead"
 
-    marked_down = f"server 127.0.0.1:{host.base} down;"
+    marked_down = f"server {host.backend(0)} down;"
     host.wait_for(lambda: marked_down in host.nginx_conf(), timeout=30, what="instance 0 out of nginx")
     print(f"out of nginx {time.monotonic() - killed:.1f}s after the kill")
 

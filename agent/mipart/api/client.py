@@ -3,18 +3,21 @@
 Three outcomes besides the response: nothing answers (AgentDown: the caller falls back to
 what the units report), something answers but not as mipart's status API does (NotStatusApi:
 a user error naming what it answered), or the agent answers 5xx (AgentDown with its message:
-it is there but cannot say).
+it is there but cannot say). A listener another user holds (the kernel's word: its socket's
+owner) is not asked at all: any user may listen where the agent would (mipart.listeners).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 
 from mipart.api.contract import API_VERSION, ErrorBody, R
 from mipart.api.reader import ContractError, read_json
 from mipart.errors import UserError
+from mipart.listeners import listener_uids
 
 TIMEOUT = 2.0
 MAX_BODY = 8 << 20  # /v1/instances of 64 instances is about 40 KiB
@@ -70,6 +73,7 @@ class Api:
 
     def read(self, response: type[R]) -> R:
         """GET the response type's path and read it as that type; AgentDown or NotStatusApi when that fails."""
+        self._check_listener()
         path = response.path
         code, content_type, body = self._get(path)
         try:
@@ -121,6 +125,19 @@ class Api:
         if len(body) > MAX_BODY:
             raise self._not_ours(f"{path} answered {response.status} with more than {MAX_BODY} bytes")
         return response.status, response.getheader("Content-Type", "").split(";")[0].strip(), body
+
+    def _check_listener(self) -> None:
+        """NotStatusApi when the listener is another user's: neither root (the agent's) nor ours."""
+        if self.unix:
+            try:
+                owners = {os.lstat(self.unix).st_uid}
+            except OSError:
+                return  # nothing there: connecting says so
+        else:
+            owners = listener_uids(self.host, self.port)
+        strangers = owners - {0, os.geteuid()}
+        if strangers:
+            raise self._not_ours(f"its listener belongs to uid {min(strangers)}, not root (the agent's user)")
 
     def _not_ours(self, what: str) -> NotStatusApi:
         return NotStatusApi(f"{self.label} does not answer as mipart's status API v{API_VERSION}: {what}")

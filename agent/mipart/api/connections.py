@@ -5,11 +5,14 @@ clients open; about a thousand idle ones would use up the agent's file descripto
 (systemd's default soft limit is 1024) and everything else the agent opens would then
 fail with EMFILE. So every connection passes through a ConnectionGuard:
 
-- it is closed when it has been idle for IDLE_TIMEOUT: no request begun since it was
-  opened (a client that connects and waits, or sends its headers a byte at a time) or
-  since its last answer (an idle keep-alive);
+- it is closed when it has been idle for IDLE_TIMEOUT: no byte received since it was opened
+  (a client that connects and waits) or since its last answer (an idle keep-alive);
+- it is closed when it has been busy for BUSY_TIMEOUT: a request that takes longer to arrive
+  and be answered (headers sent a byte at a time) holds a slot no longer than that;
 - at most `limit` are held; a new one beyond that takes the place of the connection idle
-  the longest, and is closed at once only when every held one is in the middle of a request.
+  the longest, and is closed at once only when every held one is busy. A connection counts as
+  busy from its first byte, so a flood of connections that send nothing (issue 20: a flood made
+  /v1/status time out) only ever evicts its own, never a client whose request has arrived.
 
 When accept() itself fails (EMFILE, ENFILE), asyncio logs it and retries a second later
 (asyncio.selector_events, ACCEPT_RETRY_DELAY): the listener keeps serving.
@@ -23,6 +26,7 @@ import resource
 from aiohttp import web
 
 IDLE_TIMEOUT = 10.0
+BUSY_TIMEOUT = 15.0  # above every handler's own bound (an instance's metrics: api.server.PROXY_TIMEOUT)
 MAX_CONNECTIONS = 256
 SHUTDOWN_TIMEOUT = 2.0  # in-flight requests at agent stop get this long
 
@@ -36,12 +40,13 @@ def connection_limit(cap: int = MAX_CONNECTIONS) -> int:
 class ConnectionGuard:
     """A protocol factory in front of aiohttp's: admits, times out and evicts connections."""
 
-    def __init__(self, limit: int, idle_timeout: float = IDLE_TIMEOUT):
+    def __init__(self, limit: int, idle_timeout: float = IDLE_TIMEOUT, busy_timeout: float = BUSY_TIMEOUT):
         self.limit = limit
-        self.idle_timeout = idle_timeout
+        self.idle_timeout, self.busy_timeout = idle_timeout, busy_timeout
         self.factory = None  # aiohttp's web.Server, set when the site starts
         self.held: set[asyncio.BaseTransport] = set()
         self.idle: dict[asyncio.BaseTransport, asyncio.TimerHandle] = {}  # idle the longest first
+        self.busy_since: dict[asyncio.BaseTransport, asyncio.TimerHandle] = {}
 
     def __call__(self) -> asyncio.Protocol:
         return _Guarded(self)
@@ -57,23 +62,31 @@ class ConnectionGuard:
 
     def went_idle(self, transport) -> None:
         """Between requests (or before the first): the idle clock runs."""
-        self.busy(transport)
+        self._stop_clocks(transport)
         if transport in self.held:
             self.idle[transport] = asyncio.get_running_loop().call_later(self.idle_timeout, self.drop, transport)
 
     def busy(self, transport) -> None:
+        """A request arriving or being answered: not evicted, and the busy clock runs (once)."""
         handle = self.idle.pop(transport, None)
         if handle is not None:
             handle.cancel()
+        if transport in self.held and transport not in self.busy_since:
+            self.busy_since[transport] = asyncio.get_running_loop().call_later(self.busy_timeout, self.drop, transport)
 
     def drop(self, transport) -> None:
-        self.busy(transport)
-        self.held.discard(transport)
+        self.closed(transport)
         transport.abort()
 
     def closed(self, transport) -> None:
-        self.busy(transport)
+        self._stop_clocks(transport)
         self.held.discard(transport)
+
+    def _stop_clocks(self, transport) -> None:
+        for clocks in (self.idle, self.busy_since):
+            handle = clocks.pop(transport, None)
+            if handle is not None:
+                handle.cancel()
 
 
 GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard) if hasattr(web, "AppKey") else "connection_guard"
@@ -96,7 +109,8 @@ class _Guarded(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
+        if self.inner is not None and self.transport is not None:
+            self.guard.busy(self.transport)  # its request is arriving: no longer a candidate to evict
             self.inner.data_received(data)
 
     def eof_received(self):

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from mipart.api.reader import read_json
 
-API_VERSION = 1
+API_VERSION = 2  # 2: an instance has no port; its address is unix:PATH
 
 R = TypeVar("R", bound="Response")
 
@@ -74,8 +74,7 @@ class Instance(Response):
     since: str | None  # when the state last changed
     last_error: str
     restarts: int  # by the agent since it started
-    port: int
-    address: str
+    address: str  # unix:PATH, where nginx reaches it
     devices: tuple[str, ...]
     logical_gpus: tuple[int, ...]
     physical_gpus: tuple[int, ...]
@@ -193,7 +192,9 @@ class InstanceCounts:
 
 
 @dataclass(frozen=True)
-class Nginx:
+class NginxLayer:
+    """One nginx layer: the back (the fields of `nginx` itself) or the front (`nginx.front`)."""
+
     config_valid: bool
     error: str
     running: bool | None
@@ -202,6 +203,13 @@ class Nginx:
     current: bool  # nginx serves the installed config, and no stray worker serves an older one
     stray_workers: int  # nginx workers of ours serving without their master (a frozen config)
     problem: str  # what is wrong with the nginx in force; "" when nothing is
+
+
+@dataclass(frozen=True)
+class Nginx(NginxLayer):
+    """The back layer, which lists the instances and is reloaded on every membership change, and the front."""
+
+    front: NginxLayer  # holds the clients' connections; reloaded on a change of listeners only
 
 
 @dataclass(frozen=True)

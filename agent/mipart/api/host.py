@@ -36,7 +36,8 @@ class HostSnapshot:
     last_apply: LastApply | None = None
     units: dict[int, tuple[str, str]] | None = None  # number -> (ActiveState, SubState); None: unknown
     units_error: str = ""
-    nginx_running: bool | None = None
+    nginx_running: bool | None = None  # the back layer
+    front_running: bool | None = None
     rules: tuple[RuleGroup, ...] = ()  # the kernel's pair tables (partition.host_rules)
     warnings: tuple[str, ...] = ()  # known traps seen on the host (partition.traps)
     signals: tuple[GpuSignals, ...] = ()  # each GPU's RAS counters and hwmon sensors
@@ -48,7 +49,9 @@ class HostSnapshot:
         return all(g.matches for g in self.gpus) if self.gpus and not self.partition_error else None
 
 
-def collect_host(sysfs_root: Path, runner: Runner, nginx: NginxFiles, gpu_spec: GpuSpec | None) -> HostSnapshot:
+def collect_host(
+    sysfs_root: Path, runner: Runner, nginx: tuple[NginxFiles, NginxFiles], gpu_spec: GpuSpec | None
+) -> HostSnapshot:
     """Never raises: what cannot be read is reported in the snapshot's error fields."""
     snap = HostSnapshot()
     try:
@@ -75,11 +78,15 @@ def collect_host(sysfs_root: Path, runner: Runner, nginx: NginxFiles, gpu_spec: 
         snap.units = {n: (s.active_state, s.sub_state) for n, s in runner.list_instances().items()}
     except Exception as exc:  # systemd unreachable, /proc unreadable: report, never fail the request
         snap.units, snap.units_error = None, str(exc) or exc.__class__.__name__
-    try:
-        snap.nginx_running = bool(runner.nginx_running(nginx))
-    except Exception:
-        snap.nginx_running = None
+    snap.nginx_running, snap.front_running = (_running(runner, files) for files in nginx)
     return snap
+
+
+def _running(runner: Runner, files: NginxFiles) -> bool | None:
+    try:
+        return bool(runner.nginx_running(files))
+    except Exception:  # systemd unreachable: unknown
+        return None
 
 
 def _partition_gpu(gpu, state, gpu_spec: GpuSpec | None) -> PartitionGpu:

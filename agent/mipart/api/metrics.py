@@ -23,24 +23,25 @@ def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) ->
         "1 when the profile on disk was accepted, 0 when the agent runs the last good one.",
         [({}, not st.profile_error)],
     )
+    layers = {"back": st.nginx, "front": st.front}
     out.family(
         "mipart_nginx_config_valid",
         "gauge",
-        "1 when the last generated nginx config passed nginx -t.",
-        [({}, not st.nginx_error)],
+        "1 when the last generated nginx config passed nginx -t, per layer (back, front).",
+        [({"layer": name}, not layer.error) for name, layer in layers.items()],
     )
     out.family("mipart_reconcile_ok", "gauge", "1 when the last reconcile succeeded.", [({}, not st.reconcile_error)])
     out.family(
         "mipart_nginx_config_current",
         "gauge",
-        "1 when nginx serves the config installed last (0 while a reload takes).",
-        [({}, st.nginx_current)],
+        "1 when nginx serves the config installed last (0 while a reload takes), per layer.",
+        [({"layer": name}, layer.current) for name, layer in layers.items()],
     )
     out.family(
         "mipart_nginx_stray_workers",
         "gauge",
-        "nginx workers of mipart's serving a frozen config without their master.",
-        [({}, st.nginx_strays)],
+        "nginx workers of mipart's serving a frozen config without their master, per layer.",
+        [({"layer": name}, layer.strays) for name, layer in layers.items()],
     )
     out.family(
         "mipart_files_ok",
@@ -69,8 +70,14 @@ def prometheus_metrics(snap: AgentSnapshot, host: HostSnapshot | None = None) ->
                 f"1 when the host's layout differs from the profile's gpus: (repartition with {REPARTITION_COMMAND}).",
                 [({}, not host.partitions_match)],
             )
-        if host.nginx_running is not None:
-            out.family("mipart_nginx_running", "gauge", "1 when mipart's nginx is running.", [({}, host.nginx_running)])
+        running = {"back": host.nginx_running, "front": host.front_running}
+        if any(up is not None for up in running.values()):
+            out.family(
+                "mipart_nginx_running",
+                "gauge",
+                "1 when mipart's nginx is running, per layer (back, front).",
+                [({"layer": name}, up) for name, up in running.items() if up is not None],
+            )
         gpu_metrics(out, host)
     out.family(
         "mipart_repartition_running",

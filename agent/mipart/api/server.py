@@ -29,16 +29,22 @@ from mipart.api.connections import GUARD_KEY, IDLE_TIMEOUT, ConnectionGuard, Gua
 from mipart.api.contract import ErrorBody, ErrorDetail, Instance, Instances, Status, to_json_text
 from mipart.api.host import HostSnapshot
 from mipart.api.metrics import prometheus_metrics
-from mipart.daemon.snapshot import AgentSnapshot
+from mipart.daemon.snapshot import AgentSnapshot, InstanceView
 from mipart.errors import UserError
 from mipart.names import DEFAULT_API_LISTEN
 from mipart.profile.addresses import API_SOCKET_DIR, is_loopback
 from mipart.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from mipart.unixhttp import METRICS_LIMIT, HttpError, InstanceClient
 
 HOST_CACHE_SECONDS = 1.0
 SOCKET_MODE = 0o660
+# Instance metrics read at once, each within PROXY_TIMEOUT and METRICS_LIMIT: a flood of them
+# costs the agent at most this many reads (and MiB) and never delays /v1/status.
+PROXY_READS = 8
+PROXY_TIMEOUT = 5.0
 SOURCE_KEY = web.AppKey("source", object) if hasattr(web, "AppKey") else "source"
 CACHE_KEY = web.AppKey("host_cache", object) if hasattr(web, "AppKey") else "host_cache"
+PROXY_KEY = web.AppKey("proxy_reads", object) if hasattr(web, "AppKey") else "proxy_reads"
 
 
 class StatusSource(Protocol):
@@ -138,7 +144,8 @@ async def _instances(request: web.Request) -> web.Response:
     return _json(views.instances(_snapshot(request), host))
 
 
-async def _instance(request: web.Request) -> web.Response:
+def _asked_instance(request: web.Request) -> InstanceView | web.Response:
+    """The instance the path names, or the error response saying why there is none."""
     raw = request.match_info["n"]
     if not (raw.isascii() and raw.isdigit()):
         return error_response(400, f"instance number must be a non-negative integer, not {raw!r}")
@@ -146,8 +153,35 @@ async def _instance(request: web.Request) -> web.Response:
     if number not in snap.instances:
         known = ", ".join(map(str, snap.instances)) or "none"
         return error_response(404, f"no instance {number}; instances: {known}")
+    return snap.instances[number]
+
+
+async def _instance(request: web.Request) -> web.Response:
+    view = _asked_instance(request)
+    if isinstance(view, web.Response):
+        return view
     host = await request.app[CACHE_KEY].get()
-    return _json(views.instance(snap.instances[number], host))
+    return _json(views.instance(view, host))
+
+
+async def _instance_metrics(request: web.Request) -> web.Response:
+    """The instance's own /metrics, read over its socket with a bound (Prometheus cannot reach the socket)."""
+    view = _asked_instance(request)
+    if isinstance(view, web.Response):
+        return view
+    number, reads = view.spec.number, request.app[PROXY_KEY]
+    if reads.locked():
+        return error_response(503, f"{PROXY_READS} instance metrics reads are under way; retry")
+    async with reads:
+        try:
+            reply = await InstanceClient().get(view.spec.socket, "/metrics", PROXY_TIMEOUT, METRICS_LIMIT)
+        except asyncio.TimeoutError:
+            return error_response(504, f"instance {number} did not answer /metrics within {PROXY_TIMEOUT:g}s")
+        except (OSError, HttpError) as exc:
+            return error_response(502, f"instance {number}: /metrics failed: {exc.__class__.__name__}: {exc}")
+    if reply.status != 200:
+        return error_response(502, f"instance {number} answered /metrics with {reply.status}")
+    return web.Response(body=reply.body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -163,7 +197,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _targets(request: web.Request) -> web.Response:
-    return _json(views.targets(_snapshot(request)))
+    return _json(views.targets(_snapshot(request), request.host))
 
 
 def openapi_text() -> str:
@@ -179,6 +213,7 @@ def make_app(source: StatusSource) -> web.Application:
     app[SOURCE_KEY] = source
     app[CACHE_KEY] = HostCache(source)
     app[GUARD_KEY] = ConnectionGuard(connection_limit())
+    app[PROXY_KEY] = asyncio.Semaphore(PROXY_READS)
 
     async def close_cache(app: web.Application) -> None:
         app[CACHE_KEY].close()
@@ -187,6 +222,7 @@ def make_app(source: StatusSource) -> web.Application:
     app.router.add_get(Status.path, _status)
     app.router.add_get(Instances.path, _instances)
     app.router.add_get(Instance.path, _instance)
+    app.router.add_get(views.METRICS_PATH, _instance_metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/targets", _targets)

@@ -8,6 +8,7 @@ from mipart.api.contract import (
     InstanceCounts,
     Instances,
     Nginx,
+    NginxLayer,
     PairRule,
     Partition,
     PartitionRules,
@@ -20,8 +21,10 @@ from mipart.api.contract import (
     iso_utc,
 )
 from mipart.api.host import HostSnapshot
-from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, gpu_label
+from mipart.daemon.snapshot import AgentSnapshot, AgentStatus, InstanceView, LayerState, gpu_label
 from mipart.names import REPARTITION_COMMAND
+
+METRICS_PATH = "/v1/instances/{n}/metrics"  # an instance's own /metrics, through the API (api/server.py)
 
 
 def instance(view: InstanceView, host: HostSnapshot | None = None) -> Instance:
@@ -37,7 +40,6 @@ def instance(view: InstanceView, host: HostSnapshot | None = None) -> Instance:
         since=iso_utc(view.since),
         last_error=view.last_error,
         restarts=view.restarts,
-        port=spec.port,
         address=spec.address,
         devices=tuple(spec.devices),
         logical_gpus=tuple(spec.logical_gpus),
@@ -69,19 +71,23 @@ def status(snap: AgentSnapshot, host: HostSnapshot) -> Status:
         last_apply=host.last_apply,
         instances=InstanceCounts(total=len(snap.instances), **snap.counts()),
         services=services(snap),
-        nginx=Nginx(
-            config_valid=not st.nginx_error,
-            error=st.nginx_error,
-            running=host.nginx_running,
-            generation=st.nginx_generation,
-            serving_generation=st.nginx_serving,
-            current=st.nginx_current,
-            stray_workers=st.nginx_strays,
-            problem=st.nginx_problem,
-        ),
+        nginx=Nginx(**vars(nginx_layer(st.nginx, host.nginx_running)), front=nginx_layer(st.front, host.front_running)),
         reconcile=Reconcile(last=iso_utc(st.last_reconcile), error=st.reconcile_error),
         units_error=host.units_error,
         files_error=st.files_error,
+    )
+
+
+def nginx_layer(layer: LayerState, running: bool | None) -> NginxLayer:
+    return NginxLayer(
+        config_valid=not layer.error,
+        error=layer.error,
+        running=running,
+        generation=layer.generation,
+        serving_generation=layer.serving,
+        current=layer.current,
+        stray_workers=layer.strays,
+        problem=layer.problem,
     )
 
 
@@ -127,17 +133,18 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
     )
 
 
-def targets(snap: AgentSnapshot) -> list[dict]:
-    """Prometheus HTTP service discovery (Prometheus's own format): every instance's /metrics."""
+def targets(snap: AgentSnapshot, api: str) -> list[dict]:
+    """Prometheus HTTP service discovery (Prometheus's own format): every instance's metrics, read through
+    this API at `api` (host:port as the request reached it): instances listen only on their sockets."""
     return [
         {
-            "targets": [view.spec.address],
+            "targets": [api],
             "labels": {
                 "service": view.spec.service,
                 "instance_unit": view.spec.unit,
                 "gpu": gpu_label(view.spec),
                 "model": view.spec.served_model_name,
-                "__metrics_path__": "/metrics",
+                "__metrics_path__": METRICS_PATH.format(n=view.spec.number),
             },
         }
         for view in snap.instances.values()

@@ -23,6 +23,9 @@ from mipart.profile.load import ProfileError, check_profile, read_profile_text
 from mipart.profile.schema import Profile
 
 RESTORE_COMMAND = "mipart bench sweep --restore"
+# The operator's profile is 0640 because it may hold a token in `env`; its rewrite is root's alone
+# (issue 20: written 0644, any user read HF_TOKEN from it). The lock holds a pid: root's alone too.
+OVERRIDE_MODE = 0o600
 
 
 def override_text(operator: Profile, layout: Layout) -> str:
@@ -69,7 +72,7 @@ def owned(run_dir: Path | None = None) -> Iterator[None]:
     """
     path = sweep_lock_path(run_dir)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, OVERRIDE_MODE)
     except OSError as exc:
         raise UserError(
             f"{path}: cannot open the sweep lock: {exc.strerror}; run as the agent's user (root); nothing was changed"
@@ -83,6 +86,7 @@ def owned(run_dir: Path | None = None) -> Iterator[None]:
                 f"another `mipart bench sweep` runs on this agent (PID {owner}); wait for it, or stop it with Ctrl-C "
                 f"or `kill {owner}` (it restores the operator's profile); nothing was changed"
             ) from None
+        os.fchmod(fd, OVERRIDE_MODE)  # one an older mipart made 0644
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -98,7 +102,7 @@ def existing(run_dir: Path | None = None) -> Path | None:
 def put(text: str, run_dir: Path | None = None) -> Path:
     path = profile_override_path(run_dir)
     try:
-        write_atomic(path, text, mode=0o644)
+        write_atomic(path, text, mode=OVERRIDE_MODE)
     except OSError as exc:
         raise UserError(
             f"{path}: cannot write the profile override: {exc.strerror}; run as the agent's user (root)"

@@ -2,9 +2,9 @@
 
 Under systemd that is `systemctl reload mipart-agent` (ExecReload sends SIGHUP; systemd then
 knows a reload runs). An agent on the process runner (the simulated host, `make demo`) has
-no unit: it gets the SIGHUP itself. The agent is found in /proc as SimulatedHost finds its
-processes: by its argv (`mipart agent`) and its run dir (MIPART_RUN_DIR, else /run/mipart).
-A systemd agent is told apart by its cgroup, which names its unit.
+no unit: it gets the SIGHUP itself. The agent is found by the record it keeps in its run dir
+(runners.records: root's file naming it by pid and start time), never by an argv or an
+environment any process may copy. A systemd agent is told apart by its cgroup, which names its unit.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.names import AGENT_UNIT, DEFAULT_RUN_DIR, REPARTITION_COMMAND, RUN_DIR_VAR
-from mipart.runners import procfs
+from mipart.names import AGENT_UNIT, REPARTITION_COMMAND
+from mipart.runners import procfs, records
 
 SYSTEMCTL_TIMEOUT = 60.0
 
@@ -31,19 +31,6 @@ class AgentProcess:
         return f"`{REPARTITION_COMMAND}`" if self.systemd else f"SIGHUP to the agent (PID {self.pid}, process runner)"
 
 
-def is_agent_argv(argv: list[str]) -> bool:
-    """`mipart agent ...`, `python3 /usr/bin/mipart agent ...` or `python -m mipart agent ...`."""
-    return any(os.path.basename(word) == "mipart" and argv[i + 1 : i + 2] == ["agent"] for i, word in enumerate(argv))
-
-
-def _argv(pid: int) -> list[str]:
-    try:
-        raw = (procfs.PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return []
-    return [word.decode(errors="replace") for word in raw.split(b"\0") if word]
-
-
 def _under_systemd(pid: int) -> bool:
     try:
         return f"/{AGENT_UNIT}" in (procfs.PROC / str(pid) / "cgroup").read_text()
@@ -52,25 +39,13 @@ def _under_systemd(pid: int) -> bool:
 
 
 def find_agent(run_dir: Path) -> AgentProcess:
-    """The one agent serving from `run_dir`; UserError when there is none, or more than one."""
-    found = [
-        pid
-        for pid in procfs.pids()
-        if pid != os.getpid()
-        and is_agent_argv(_argv(pid))
-        and procfs.alive(pid)
-        and procfs.environ_of(pid).get(RUN_DIR_VAR, DEFAULT_RUN_DIR) == str(run_dir)
-    ]
-    if not found:
+    """The agent serving from `run_dir`, by the record it keeps there (runners.records); UserError when none runs."""
+    record = records.read_record(run_dir / records.AGENT)
+    if record is None:
         raise UserError(
             f"no mipart agent runs with run dir {run_dir}; start it (systemctl start mipart-agent); nothing was changed"
         )
-    if len(found) > 1:
-        raise UserError(
-            f"{len(found)} mipart agents run with run dir {run_dir} (PIDs {', '.join(map(str, found))}); "
-            "stop all but one; nothing was changed"
-        )
-    return AgentProcess(found[0], _under_systemd(found[0]))
+    return AgentProcess(record.pid, _under_systemd(record.pid))
 
 
 def reload_agent(agent: AgentProcess) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,6 +24,14 @@ def bench() -> None:
 
 SWEEP_OPTIONS = (
     click.option(
+        "--preset",
+        type=Choice(PRESET_NAMES, aliases=OLD_PRESETS),
+        default="small",
+        show_default=True,
+        help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; full: a sweep of 10 rates up to 1024 users, "
+        "30 s + 120 s a step (the hand-run benchmark mipart replaces).",
+    ),
+    click.option(
         "--concurrency",
         default=None,
         metavar="N,N,...",
@@ -37,36 +47,41 @@ SWEEP_OPTIONS = (
     click.option("--duration", type=float, default=None, metavar="SECONDS", help="Measured seconds per step."),
     click.option("--prompt-tokens", type=int, default=None, help="Prompt length of each request."),
     click.option("--output-tokens", type=int, default=None, help="Generated tokens asked of each request."),
+    click.option("--service", default=None, help="Drive only this service (default: every service in the profile)."),
+    click.option(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="A local dir with the model's tokenizer (default: the model from the model cache; a word tokenizer "
+        "for fake engines).",
+    ),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="The load tool's live progress (default: when stderr is a terminal).",
+    ),
 )
 
 
-def sweep_options(command):
-    """The load levels and request shape, the same words for `run` and `sweep`."""
+def sweep_options(command: Callable[..., int]) -> Callable[..., int]:
+    """The preset, load levels, request shape and load tool's options, the same words for `run` and
+    `sweep`; the command gets the load as one Sweep (`load`)."""
+
+    @functools.wraps(command)
+    def with_load(preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens, **options) -> int:
+        from mipart.bench.sweep import build_sweep
+
+        load = build_sweep(preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens)
+        return command(load=load, **options)
+
     for option in reversed(SWEEP_OPTIONS):
-        command = option(command)
-    return command
+        with_load = option(with_load)
+    return with_load
 
 
 @bench.command("run")
 @profile_option
-@click.option("--service", default=None, help="Drive only this service (default: every service in the profile).")
-@click.option(
-    "--preset",
-    type=Choice(PRESET_NAMES, aliases=OLD_PRESETS),
-    default="small",
-    show_default=True,
-    help="small: 1,4,16 streams, 2 s warm-up, 10 s a step; full: a sweep of 10 rates up to 1024 users, 30 s + 120 s a "
-    "step "
-    "(the hand-run benchmark mipart replaces).",
-)
 @sweep_options
-@click.option(
-    "--tokenizer",
-    default=None,
-    metavar="DIR",
-    help="A local dir with the model's tokenizer (default: the model from the model cache; a word tokenizer for fake "
-    "engines).",
-)
 @click.option("--label", default=None, help="The series name in `bench compare` (default: the partition layout).")
 @click.option(
     "-o",
@@ -75,35 +90,16 @@ def sweep_options(command):
     default=None,
     help="Results file (default: mipart-bench-<UTC time>.json here).",
 )
-@click.option(
-    "--progress/--no-progress", default=None, help="The load tool's live progress (default: when stderr is a terminal)."
-)
-def run(
-    profile_path: str,
-    service,
-    preset,
-    concurrency,
-    rates,
-    warmup,
-    duration,
-    prompt_tokens,
-    output_tokens,
-    tokenizer,
-    label,
-    output,
-    progress,
-) -> int:
+def run(profile_path: str, load, service, tokenizer, progress, label, output) -> int:
     """Drive each service's listener through a sweep of load levels; write a tagged results file."""
     from mipart.bench.run import RunRequest, run_bench
-    from mipart.bench.sweep import build_sweep
     from mipart.bench.table import markdown_table
     from mipart.profile import load_profile
 
-    sweep = build_sweep(preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens)
     profile = load_profile(profile_path)
     output = output or Path(time.strftime("mipart-bench-%Y%m%d-%H%M%S.json", time.gmtime()))
     show = sys.stderr.isatty() if progress is None else progress
-    request = RunRequest(profile, service, sweep, output, label, tokenizer, show)
+    request = RunRequest(profile, service, load, output, label, tokenizer, show)
     results = run_bench(request, _say)
     click.echo(markdown_table([results]))
     fake = " (fake engines: these figures measure the serving path, not a model)" if results.tags.engine_fake else ""
@@ -139,16 +135,7 @@ def run(
     default=None,
     help="Where <layout>.json go (default: mipart-sweep-<UTC time> here).",
 )
-@click.option("--service", default=None, help="Drive only this service (default: every service in the profile).")
-@click.option(
-    "--preset",
-    type=Choice(PRESET_NAMES, aliases=OLD_PRESETS),
-    default="small",
-    show_default=True,
-    help="As for `bench run`.",
-)
 @sweep_options
-@click.option("--tokenizer", default=None, metavar="DIR", help="As for `bench run`.")
 @click.option(
     "--ready-timeout",
     type=click.FloatRange(1, 86400),
@@ -157,32 +144,22 @@ def run(
     metavar="SECONDS",
     help="How long each repartition may take to reach full serving.",
 )
-@click.option(
-    "--progress/--no-progress", default=None, help="The load tool's live progress (default: when stderr is a terminal)."
-)
 def sweep(
     profile_path: str,
+    load,
+    service,
+    tokenizer,
+    progress,
     layouts,
     latency_target,
     restore_only,
     directory,
-    service,
-    preset,
-    concurrency,
-    rates,
-    warmup,
-    duration,
-    prompt_tokens,
-    output_tokens,
-    tokenizer,
     ready_timeout,
-    progress,
 ) -> int:
     """Repartition through each layout in turn (as `systemctl reload mipart-agent` does), run the sweep, restore the
     profile's layout."""
     from mipart.bench import layout_sweep
     from mipart.bench.layouts import parse_layouts, parse_target, verdict
-    from mipart.bench.sweep import build_sweep
     from mipart.bench.table import markdown_table, tags_lines
     from mipart.profile import load_profile
 
@@ -201,7 +178,7 @@ def sweep(
         chosen,
         directory or Path(time.strftime("mipart-sweep-%Y%m%d-%H%M%S", time.gmtime())),
         service,
-        build_sweep(preset, concurrency, rates, warmup, duration, prompt_tokens, output_tokens),
+        load,
         tokenizer,
         sys.stderr.isatty() if progress is None else progress,
         ready_timeout,

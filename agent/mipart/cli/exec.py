@@ -1,4 +1,5 @@
-"""`mipart exec N`: the ExecStart of mipart-vllm@N (the launcher); `mipart exec-nginx`, mipart-nginx's."""
+"""`mipart exec N`: the ExecStart of mipart-vllm@N (the launcher); `mipart exec-nginx [--front]`, mipart-nginx's
+and mipart-nginx-front's."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def exec_instance(number: int, cleanup: bool) -> int:
 
 
 @click.command("exec-nginx")
-def exec_nginx() -> None:
+@click.option("--front", is_flag=True, help="The front layer, which holds clients' connections (mipart-nginx-front).")
+def exec_nginx(front: bool) -> None:
     """Run mipart's nginx in the foreground, taking over a killed master's sockets (used by mipart-nginx.service)."""
+    from mipart.nginx.files import BACK, FRONT
     from mipart.nginx.launcher import exec_nginx as run
 
-    run()
+    run(FRONT if front else BACK)

@@ -10,14 +10,16 @@ import click
 from mipart.cli import profile_option
 
 
-def planned(profile_path: str):
-    """The profile, and what the host will serve under it (serving.planned.PlannedHost)."""
+def planned(profile_path: str, serving: Path | None = None):
+    """The profile, and what the host will serve under it (serving.planned.PlannedHost), its instances
+    listening under serving dir `serving` (default: MIPART_SERVING_DIR, else /run/mipart-vllm)."""
     from mipart.gpu import open_backend
+    from mipart.paths import sockets_dir
     from mipart.profile import load_profile
     from mipart.serving.planned import plan_serving
 
     profile = load_profile(profile_path)
-    return profile, plan_serving(profile, open_backend())
+    return profile, plan_serving(profile, open_backend(), sockets_dir(serving))
 
 
 def _upstreams(profile, specs) -> list[dict]:
@@ -60,11 +62,9 @@ def plan(profile_path: str, as_json: bool) -> int:
         )
         return 0
     click.echo("partitions:\n" + format_plan(partition_plan))
-    rows = [("UNIT", "SERVICE", "GPUS", "PORT", "DEVICES", "RUNTIME")]
+    rows = [("UNIT", "SERVICE", "GPUS", "DEVICES", "RUNTIME", "SOCKET")]
     for s in specs:
-        rows.append(
-            (s.unit, s.service, ",".join(map(str, s.logical_gpus)), str(s.port), ",".join(s.devices), s.runtime)
-        )
+        rows.append((s.unit, s.service, ",".join(map(str, s.logical_gpus)), ",".join(s.devices), s.runtime, s.socket))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo(f"instances: {len(specs)}")
     for row in rows:
@@ -95,18 +95,22 @@ def plan(profile_path: str, as_json: bool) -> int:
     help="Which instances the nginx config marks as up.",
 )
 def render(profile_path: str, root: Path, ready: str) -> int:
-    """Write every generated file (instance specs, nginx.conf) under ROOT at its host path."""
+    """Write every generated file (instance specs, both layers' nginx.conf) under ROOT at its host path."""
     from mipart.daemon.specfiles import SPEC_MODE, instance_files
     from mipart.fsutil import write_atomic
+    from mipart.names import DEFAULT_RUN_DIR, DEFAULT_SERVING_DIR
     from mipart.nginx.conf import render_nginx
-    from mipart.paths import nginx_prefix
+    from mipart.nginx.files import BACK, FRONT, NginxFiles
+    from mipart.nginx.front import render_front
 
-    profile, host = planned(profile_path)
+    host_run = Path(DEFAULT_RUN_DIR)
+    profile, host = planned(profile_path, Path(DEFAULT_SERVING_DIR))
     specs = host.instances
-    host_run = Path("/run/mipart")
     up = frozenset(s.number for s in specs) if ready == "all" else frozenset()
     files = {path: (text, SPEC_MODE) for s in specs for path, text in instance_files(host_run, s).items()}
-    files[nginx_prefix(host_run) / "nginx.conf"] = (render_nginx(profile, specs, up, nginx_prefix(host_run)), 0o644)
+    back, front = NginxFiles.of(BACK, host_run), NginxFiles.of(FRONT, host_run)
+    files[back.conf] = (render_nginx(profile, specs, up, back.prefix), 0o644)
+    files[front.conf] = (render_front(profile, specs, back.prefix, front.prefix), 0o644)
     for path, (text, mode) in sorted(files.items()):
         target = root / path.relative_to("/")
         write_atomic(target, text, mode)

@@ -14,10 +14,11 @@ from datetime import datetime
 import click
 
 from mipart.api.client import AgentDown, Api, NotStatusApi
-from mipart.api.contract import Instance, Instances, Status, to_json
+from mipart.api.contract import Instance, Instances, NginxLayer, Status, to_json
 from mipart.cli import profile_option, units
 from mipart.errors import UserError
 from mipart.health.states import READY, STATES
+from mipart.listeners import printable
 from mipart.names import DEFAULT_API_LISTEN
 from mipart.profile.schema import Routing
 
@@ -76,7 +77,16 @@ def _short(text: str) -> str:
     return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 3] + "..."
 
 
-HEADER = ("UNIT", "SERVICE", "GPU", "PORT", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
+def _layer(layer: NginxLayer) -> str:
+    """One nginx layer in a few words: whether it runs, and the config generation it serves."""
+    running = {True: "running", False: "NOT RUNNING", None: "state unknown"}[layer.running]
+    serving = layer.serving_generation or "unknown"
+    if layer.current or serving == layer.generation:
+        return f"{running} (config {serving})"
+    return f"{running} (config {serving}, installed {layer.generation or 'none'})"
+
+
+HEADER = ("UNIT", "SERVICE", "GPU", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
 
 
 def _indented(error: str) -> str:
@@ -127,12 +137,13 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
         lines.append(f"  last repartition failed: {_indented(repartition.error)}")
     if status.reconcile.error:
         lines.append(f"  reconcile: {status.reconcile.error}")
-    if status.nginx.error:
-        lines.append(f"  nginx config rejected (the previous one still serves): {status.nginx.error}")
-    if status.nginx.running is False:
-        lines.append("  nginx is not running")
-    if status.nginx.problem:
-        lines.append(f"  nginx: {status.nginx.problem}")
+    layers = (("front", status.nginx.front), ("back", status.nginx))
+    lines.append("  nginx: " + ", ".join(f"{name} {_layer(layer)}" for name, layer in layers))
+    for name, layer in layers:
+        if layer.error:
+            lines.append(f"  nginx {name} config rejected (the previous one still serves): {layer.error}")
+        if layer.problem:
+            lines.append(f"  nginx {name}: {layer.problem}")
     if status.files_error:
         lines.append(f"  files: {status.files_error} (the agent retries)")
     for service in status.services:
@@ -149,7 +160,6 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
                 i.unit,
                 i.service,
                 ",".join(map(str, i.logical_gpus)),
-                str(i.port),
                 i.state,
                 relative(_parse_iso(i.since), now),
                 str(i.restarts),
@@ -177,7 +187,6 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
                 spec.unit,
                 spec.service,
                 ",".join(map(str, spec.logical_gpus)),
-                str(spec.port),
                 state,
                 since,
                 "-",
@@ -190,7 +199,7 @@ def format_down(api: str, reason: str, specs, states: dict[str, dict]) -> tuple[
                 "unit": spec.unit,
                 "service": spec.service,
                 "model": spec.served_model_name,
-                "port": spec.port,
+                "address": spec.address,
                 "logical_gpus": list(spec.logical_gpus),
                 "physical_gpus": list(spec.physical_gpus),
                 "active_state": props.get("ActiveState") if props else None,
@@ -229,7 +238,7 @@ def status(profile_path: str, as_json: bool, api: str | None) -> int:
         answer = {"answering": True, "api": target.label}
         click.echo(json.dumps({"agent": answer, "status": to_json(st), "instances": to_json(instances)}, indent=2))
     else:
-        click.echo("\n".join(format_live(st, instances, target.label)))
+        click.echo("\n".join(map(printable, format_live(st, instances, target.label))))
     return 0 if st.instances.in_rotation == st.instances.total else EXIT_NOT_READY  # degraded still serves
 
 
@@ -264,7 +273,7 @@ def _down(profile_path: str, api: str, reason: str, as_json: bool) -> int:
             json.dumps({"agent": {"answering": False, "api": api, "reason": reason}, "instances": report}, indent=2)
         )
     else:
-        click.echo("\n".join(lines))
+        click.echo("\n".join(map(printable, lines)))  # the last errors are the servers' own log lines
     return EXIT_NOT_READY
 
 

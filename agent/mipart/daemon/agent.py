@@ -30,19 +30,20 @@ from mipart.errors import UserError
 from mipart.gpu import discover
 from mipart.health.machine import InstanceHealth
 from mipart.log import Log
-from mipart.names import DIGEST_VAR, instance_name
-from mipart.nginx.files import NginxFiles
-from mipart.paths import nginx_prefix
+from mipart.names import instance_name
+from mipart.nginx.files import BACK, FRONT, NginxFiles
+from mipart.paths import serving_dir, sockets_dir
 from mipart.profile.schema import Profile
-from mipart.runners import procfs
+from mipart.runners import records
 from mipart.runners.base import Runner
+from mipart.safedirs import UnsafePath
 from mipart.serving.instances import plan_instances
 from mipart.serving.reconcile import Actions, plan_actions
 from mipart.serving.spec import InstanceSpec
 from mipart.values import UnitState
 
 if TYPE_CHECKING:
-    from aiohttp import ClientSession
+    from mipart.unixhttp import InstanceClient
 
 Specs = dict[int, InstanceSpec]
 
@@ -61,13 +62,14 @@ class Agent:
         self.runner = runner
         self.stops_instances = stops_instances  # --stop-on-exit: the caller stops them after loop.run()
         self.run_dir = run_dir
+        self.serving_dir = serving_dir()  # sockets and launch records: apart from the run dir
         self.sysfs_root = sysfs_root
         self.log = log
-        self.nginx = NginxFiles(nginx_prefix(run_dir))
+        self.nginx = (NginxFiles.of(BACK, run_dir), NginxFiles.of(FRONT, run_dir))  # the two layers
         self.notifier = Notifier()
         self.status = AgentStatus()
-        self.router = routing.Router(self.nginx, runner, log, self.status)
-        self.spec_files = specfiles.SpecFiles(run_dir, log, self.status)
+        self.router = routing.Router(*self.nginx, runner, log, self.status)
+        self.spec_files = specfiles.SpecFiles(run_dir, self.serving_dir, log, self.status)
         self.wake = asyncio.Event()
         self.prober = probing.Prober(self.wake.set)
         self.profile: Profile | None = None
@@ -75,7 +77,7 @@ class Agent:
         self.health: dict[int, InstanceHealth] = {}
         self.rolling: dict[int, None] = {}  # instances waiting for their turn to restart, in order
         self.rolling_active: set[int] = set()
-        self.session: ClientSession | None = None  # the probe session, shared with draining
+        self.client: InstanceClient | None = None  # how probes and draining reach instances; set while serving
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -122,7 +124,8 @@ class Agent:
         try:
             state = await asyncio.to_thread(discover, self.sysfs_root)
             layout = {g.index: g.compute for g in state.physical}
-            specs = {s.number: s for s in plan_instances(self.loaded, state.logical, layout)}
+            sockets = sockets_dir(self.serving_dir)
+            specs = {s.number: s for s in plan_instances(self.loaded, state.logical, sockets, layout)}
         except UserError as exc:
             self.status.reconcile_error = str(exc)
             self.log.error("reconcile.failed", reason=str(exc))
@@ -148,10 +151,16 @@ class Agent:
         self.status.last_reconcile = time.time()
         await self.update_nginx()
 
-    @staticmethod
-    def _running_digests(states: Mapping[int, UnitState]) -> dict[int, str | None]:
-        """The spec digest each running server was started with (from its environment)."""
-        return {n: procfs.environ_of(s.main_pid).get(DIGEST_VAR) for n, s in states.items() if s.main_pid}
+    def _running_digests(self, states: Mapping[int, UnitState]) -> dict[int, str | None]:
+        """The spec digest each running server was started with, from the launcher's record of
+        that very process (runners.records): None when there is none, so it counts as changed."""
+        launched = records.launches(self.serving_dir)
+        found: dict[int, str | None] = {}
+        for number, state in states.items():
+            if state.main_pid:
+                launch = launched.get(number)
+                found[number] = launch.digest if launch is not None and launch.pid == state.main_pid else None
+        return found
 
     async def _run_actions(self, actions: Actions) -> None:
         """All starts (and stops) at once: one slow model load never delays the others.
@@ -211,9 +220,9 @@ class Agent:
     async def _drain_then(self, numbers: list[int], action: Callable[[int], None]) -> None:
         """Let nginx switch workers and in-flight requests finish, then act (bounded)."""
         await self.router.wait_settled()  # no nginx worker from before the reload picks them any more
-        addresses = [self.specs[n].address for n in numbers if n in self.specs]
+        sockets = [self.specs[n].socket for n in numbers if n in self.specs]
         profile = self.loaded
-        await drain.wait_drained(self.session, addresses, profile.health.timeout, drain.drain_limit(profile))
+        await drain.wait_drained(self.client, sockets, profile.health.timeout, drain.drain_limit(profile))
         await self._gather([asyncio.to_thread(action, n) for n in numbers])
         for number in numbers:  # probed again only now: the old server can no longer answer
             if number in self.health:
@@ -238,12 +247,22 @@ class Agent:
     async def check_files(self) -> bool:
         """Someone removed /run/mipart files: write the specs again, and nginx.conf, start nginx if gone."""
         await asyncio.to_thread(self.spec_files.restore, self.specs)
+        if not (self.run_dir / records.AGENT).exists():
+            await asyncio.to_thread(self.record_self)
         return await self.router.needs_update()
 
-    async def probe_all(self, session: ClientSession, force: bool = False) -> bool:
+    def record_self(self) -> None:
+        """The agent's own record in its run dir, by which `mipart bench sweep` finds it (runners.records)."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            records.write_record(self.run_dir, records.AGENT)
+        except (OSError, UnsafePath) as exc:
+            self.log.warning("agent.record_failed", reason=str(exc), action="`mipart bench sweep` cannot find it")
+
+    async def probe_all(self, client: InstanceClient, force: bool = False) -> bool:
         health = self.loaded.health
         due, results = await self.prober.round(
-            session, self.health, self.specs, health, force, self.router.upstream_failures()
+            client, self.health, self.specs, health, force, self.router.upstream_failures()
         )
         if not due:
             return False

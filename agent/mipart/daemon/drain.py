@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from mipart.profile.schema import Profile
 from mipart.prometheus import metric_sum
+from mipart.unixhttp import METRICS_LIMIT, HttpError
 
 if TYPE_CHECKING:
-    from aiohttp import ClientSession
+    from mipart.unixhttp import InstanceClient
 
 # A planned restart waits at most this long (or request_timeout) for in-flight requests.
 DRAIN_MAX = 60.0
@@ -21,22 +22,20 @@ def drain_limit(profile: Profile) -> float:
     return min(DRAIN_MAX, max((s.request_timeout for s in profile.services), default=DRAIN_MAX))
 
 
-async def wait_drained(session: ClientSession | None, addresses: list[str], timeout: float, limit: float) -> None:
-    """Until no request runs on these instances (host:port), or `limit` seconds; at once without a session."""
+async def wait_drained(client: InstanceClient | None, sockets: list[str], timeout: float, limit: float) -> None:
+    """Until no request runs on these instances (by socket), or `limit` seconds; at once without a client."""
     deadline = time.monotonic() + limit
-    while session is not None and time.monotonic() < deadline:
-        running = await asyncio.gather(*(running_requests(session, a, timeout) for a in addresses))
+    while client is not None and time.monotonic() < deadline:
+        running = await asyncio.gather(*(running_requests(client, s, timeout) for s in sockets))
         if not any(running):
             return
         await asyncio.sleep(POLL)
 
 
-async def running_requests(session: ClientSession, address: str, timeout: float) -> float:
-    """Requests an instance is still generating (0 when it cannot tell)."""
-    import aiohttp
-
+async def running_requests(client: InstanceClient, socket: str, timeout: float) -> float:
+    """Requests an instance is still generating (0 when it cannot tell: no answer, or one over METRICS_LIMIT)."""
     try:
-        async with session.get(f"http://{address}/metrics", timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            return metric_sum(await response.text(), "vllm:num_requests_running") or 0.0
-    except (asyncio.TimeoutError, aiohttp.ClientError):
+        reply = await client.get(socket, "/metrics", timeout, METRICS_LIMIT)
+    except (asyncio.TimeoutError, OSError, HttpError):
         return 0.0
+    return metric_sum(reply.text(), "vllm:num_requests_running") or 0.0

@@ -12,18 +12,18 @@ import asyncio
 import signal
 import time
 import traceback
-from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from mipart.api.server import start_api
 from mipart.daemon import recovery, repartition
 from mipart.daemon.agent import Agent
 from mipart.daemon.notify import status_line
 from mipart.daemon.profiles import read_profile_off_loop
+from mipart.daemon.retry import Backoff
 from mipart.errors import UserError
 from mipart.health.machine import InstanceHealth
-
-if TYPE_CHECKING:
-    from aiohttp import ClientSession
+from mipart.unixhttp import InstanceClient
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
 STEP_RETRY = 1.0
@@ -39,11 +39,15 @@ async def run(agent: Agent) -> None:
     loop.add_signal_handler(signal.SIGHUP, _signalled, agent, agent.reload_requested)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _signalled, agent, agent.stopping)
-    api = await start_api(agent, agent.loaded.api.listen)  # a port in use is one clear line
+    agent.record_self()
+    api = asyncio.create_task(keep_api(agent))  # a squatted address delays the API, never serving
     try:
         await _serve(agent)
     finally:
-        await api.cleanup()
+        api.cancel()
+        runner = (await asyncio.gather(api, return_exceptions=True))[0]
+        if isinstance(runner, web.AppRunner):
+            await runner.cleanup()
     agent.notifier.send("STOPPING=1")
     agent.log.info(
         "agent.stopping", instances="stopping them (--stop-on-exit)" if agent.stops_instances else "left running"
@@ -51,14 +55,10 @@ async def run(agent: Agent) -> None:
 
 
 async def _serve(agent: Agent) -> None:
-    import aiohttp
-
-    # Keep-alive probes cost a third less CPU; below uvicorn's 5 s so the client closes first.
-    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=3.0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        agent.session = session
+    client = agent.client = InstanceClient()
+    try:
         agent.specs = {}
-        await _first_reconcile(agent, session)
+        await _first_reconcile(agent, client)
         agent.notifier.send("READY=1")
         agent.notifier.status(status_line(agent.snapshot()))
         agent.log.info("agent.ready", status=status_line(agent.snapshot()))
@@ -66,7 +66,7 @@ async def _serve(agent: Agent) -> None:
         while not agent.stopping.is_set():
             agent.wake.clear()  # what comes during the tick wakes the next one at once
             try:
-                next_check = await _tick(agent, session, next_check)
+                next_check = await _tick(agent, client, next_check)
                 pause = agent.prober.pause(agent.health, agent.specs, agent.loaded.health, TICK)
             except Exception as exc:  # no step's failure ends the agent: logged, tried again after a pause
                 where = traceback.extract_tb(exc.__traceback__)[-1]
@@ -86,7 +86,28 @@ async def _serve(agent: Agent) -> None:
         for task in agent.tasks:
             task.cancel()  # a pending drain: the restart it waited for is left to the next agent
         await asyncio.gather(*agent.tasks, return_exceptions=True)
-        agent.session = None
+    finally:
+        agent.client = None
+
+
+async def keep_api(agent: Agent) -> web.AppRunner:
+    """The status API, listening as soon as it can: a bind that fails (someone holds the port, the
+    address is not there yet) is logged once, shown in STATUS=, and tried again with backoff while the
+    agent serves on; it never stops reconciliation or failover."""
+    listen, retry = agent.loaded.api.listen, Backoff()
+    while True:
+        try:
+            runner = await start_api(agent, listen)
+        except UserError as exc:
+            if str(exc) != retry.error:
+                agent.log.error("api.bind_failed", reason=str(exc), action="serving goes on; retrying with backoff")
+            agent.status.api_error = str(exc)
+            await asyncio.sleep(retry.failed(str(exc), time.monotonic()))
+            continue
+        if retry.error:
+            agent.log.info("api.listening", listen=listen, after=f"{retry.failures} failed tries")
+        agent.status.api_error = ""
+        return runner
 
 
 def _signalled(agent: Agent, event: asyncio.Event) -> None:
@@ -94,10 +115,10 @@ def _signalled(agent: Agent, event: asyncio.Event) -> None:
     agent.wake.set()
 
 
-async def _tick(agent: Agent, session: ClientSession, next_check: float) -> float:
+async def _tick(agent: Agent, client: InstanceClient, next_check: float) -> float:
     if agent.reload_requested.is_set():
         await _reload(agent)
-    changed = await agent.probe_all(session)
+    changed = await agent.probe_all(client)
     if time.monotonic() >= next_check:
         next_check = time.monotonic() + agent.loaded.health.interval
         changed |= await agent.check_units()
@@ -111,12 +132,12 @@ async def _tick(agent: Agent, session: ClientSession, next_check: float) -> floa
     return next_check
 
 
-async def _first_reconcile(agent: Agent, session: ClientSession) -> None:
+async def _first_reconcile(agent: Agent, client: InstanceClient) -> None:
     """Probe what already serves before touching nginx, so a restart drops nothing."""
     specs = await agent.desired_specs()
     agent.specs = specs or {}
     agent.health = {n: InstanceHealth(n) for n in agent.specs}
-    await agent.probe_all(session, force=True)
+    await agent.probe_all(client, force=True)
     if specs is None:
         await agent.update_nginx()  # nothing fits: listeners answer 503 with the reason logged
     else:

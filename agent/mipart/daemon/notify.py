@@ -17,9 +17,12 @@ def status_line(snap: AgentSnapshot) -> str:
         st.repartition_phase and f"repartitioning: {st.repartition_phase}",
         st.repartition_error and f"repartition failed: {st.repartition_error}",
         st.reconcile_error,
-        st.nginx_error and f"nginx config rejected: {st.nginx_error}",
-        st.nginx_problem,
+        st.nginx.error and f"nginx config rejected: {st.nginx.error}",
+        st.nginx.problem,
+        st.front.error and f"nginx front config rejected: {st.front.error}",
+        st.front.problem and f"nginx front: {st.front.problem}",
         st.files_error and f"{st.files_error} (retrying)",
+        st.api_error and f"status API not listening: {st.api_error} (retrying)",
     )
     # A repartition that failed midway says the host's layout on further lines: STATUS= is one line.
     first = next((problem for problem in problems if problem), "").split("\n", 1)[0]

@@ -28,7 +28,7 @@ from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 
 if TYPE_CHECKING:
-    from aiohttp import ClientSession
+    from mipart.unixhttp import InstanceClient
 
 OLD_SERVER = ProbeResult(False, "the previous server is still answering")
 # What a confirmation must leave room for: the loop's tick before a probe starts, the tick
@@ -69,7 +69,7 @@ class Prober:
 
     async def round(
         self,
-        session: ClientSession,
+        client: InstanceClient,
         health: Mapping[int, InstanceHealth],
         specs: Mapping[int, InstanceSpec],
         spec: HealthSpec,
@@ -87,7 +87,7 @@ class Prober:
                 due.append(h)
                 results.append(ProbeResult(False, f"nginx: {what}"))
                 h.last_probe = 0.0  # probe it now
-        self._launch(session, health, specs, spec, force)
+        self._launch(client, health, specs, spec, force)
         if force:
             await asyncio.gather(
                 *(f.task for flights in self.flights.values() for f in flights), return_exceptions=True
@@ -116,7 +116,7 @@ class Prober:
 
     def _launch(
         self,
-        session: ClientSession,
+        client: InstanceClient,
         health: Mapping[int, InstanceHealth],
         specs: Mapping[int, InstanceSpec],
         spec: HealthSpec,
@@ -132,7 +132,7 @@ class Prober:
             if not (force and not flights) and (at is None or now < at):
                 continue
             h.last_probe = now
-            task = asyncio.ensure_future(probe(session, specs[number], spec))
+            task = asyncio.ensure_future(probe(client, specs[number], spec))
             task.add_done_callback(self._on_done)
             flights.append(Flight(task, now, h.started_at))
 

@@ -21,9 +21,8 @@ from mipart.log import Log
 from mipart.paths import profile_override_path
 from mipart.profile import load_profile
 from mipart.profile.problems import ProfileError
-from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile
+from mipart.profile.schema import Profile
 
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # A profile is at most 1 MiB (profile.source): it validates in well under a second.
 LOAD_TIMEOUT = 10.0
 
@@ -61,7 +60,6 @@ def read_profile(path: str, log: Log, kept_digest: str, run_dir: Path | None = N
         )
         log.error("profile.check_failed", problem=line, at=f"{where.filename}:{where.lineno}", kept=kept)
         return None, line
-    warn_ephemeral_ports(profile, log)
     return profile, ""
 
 
@@ -75,20 +73,3 @@ async def read_profile_off_loop(
         line = f"{path}: reading the profile took longer than {timeout:g}s; the last good profile is kept"
         log.error("profile.invalid", problem=line, kept=kept_digest[:12] or "none")
         return None, line
-
-
-def warn_ephemeral_ports(profile: Profile, log: Log, range_file: Path = EPHEMERAL_RANGE) -> None:
-    """Ports inside the kernel's ephemeral range can be taken by any outgoing connection."""
-    try:
-        low, high = map(int, range_file.read_text().split())
-    except (OSError, ValueError):
-        return
-    base = profile.instances.base_port
-    if base <= high and base + INSTANCE_PORT_SPAN - 1 >= low:
-        log.warning(
-            "profile.ephemeral_ports",
-            ports=f"{base}-{base + INSTANCE_PORT_SPAN - 1}",
-            ephemeral=f"{low}-{high}",
-            advice="instances may fail to bind after a restart; choose instances.base_port below the ephemeral range "
-            "(net.ipv4.ip_local_port_range)",
-        )

@@ -160,8 +160,8 @@ async def _drain_all(agent: Agent) -> None:
         health.drain()
     await agent.update_nginx()
     await agent.router.wait_settled()  # no nginx worker from before the reload picks an instance any more
-    addresses = [spec.address for spec in agent.specs.values()]
-    await drain.wait_drained(agent.session, addresses, agent.loaded.health.timeout, drain.drain_limit(agent.loaded))
+    sockets = [spec.socket for spec in agent.specs.values()]
+    await drain.wait_drained(agent.client, sockets, agent.loaded.health.timeout, drain.drain_limit(agent.loaded))
 
 
 async def _stop_all(agent: Agent) -> None:

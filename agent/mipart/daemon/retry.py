@@ -33,5 +33,12 @@ class Backoff:
         self.error, self.failures, self.next_try = error, self.failures + 1, now + delay
         return delay
 
+    def failure(self, error: str, now: float, action: str) -> str | None:
+        """Records the failure; what to log as its action, once per distinct error: `action`, then when it
+        is tried again. None: the error is the one already logged."""
+        new = error != self.error
+        delay = self.failed(error, now)
+        return f"{action}; retries with backoff (next in {delay:g}s)" if new else None
+
     def succeeded(self) -> None:
         self.error, self.failures, self.next_try = "", 0, 0.0

@@ -5,12 +5,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from mipart.health.machine import InstanceHealth
 from mipart.health.states import IN_ROTATION, STARTING, STATES
 from mipart.profile.schema import ServiceSpec
 from mipart.serving.spec import InstanceSpec
+
+
+@dataclass
+class LayerState:
+    """One nginx layer's last outcomes (daemon.nginx_layer): the back, reloaded on membership, or the front."""
+
+    error: str = ""  # nginx -t refused the last config ("" when it took it)
+    generation: str = ""  # of the config installed last
+    serving: str = ""  # the generation its accepting workers run ("" until known)
+    strays: int = 0  # its workers accepting without their master
+    overdue: bool = False  # the last reload has not taken within nginx_layer.SWITCH_LIMIT
+    files_error: str = ""  # writing its config or starting it failed (retried)
+
+    @property
+    def current(self) -> bool:
+        """It serves the config installed last, and only nginx of ours does (False while a reload takes)."""
+        return bool(self.generation) and self.serving == self.generation and not self.strays
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with the nginx in force, in one phrase; "" when nothing is (or a reload is still taking)."""
+        if self.strays:
+            return f"{self.strays} nginx workers serve a frozen config without their master"
+        if self.overdue:
+            return f"nginx still serves config generation {self.serving or 'unknown'}, not {self.generation}"
+        return ""
 
 
 @dataclass
@@ -20,15 +46,12 @@ class AgentStatus:
     profile_digest: str = ""
     profile_error: str = ""
     profile_override: str = ""  # the override in force (mipart bench sweep's, under the run dir); "" when none
-    nginx_error: str = ""
     last_reconcile: float = 0.0
     reconcile_error: str = ""
-    nginx_generation: str = ""  # of the nginx.conf installed last
-    nginx_serving: str = ""  # the generation nginx's accepting workers run ("" until known)
-    nginx_strays: int = 0  # nginx workers of ours accepting without their master
-    nginx_overdue: bool = False  # the last reload has not taken within routing.SWITCH_LIMIT
-    nginx_files_error: str = ""  # writing nginx.conf or starting nginx failed (retried)
+    nginx: LayerState = field(default_factory=LayerState)  # the back layer, which lists the instances
+    front: LayerState = field(default_factory=LayerState)  # the front layer, which holds clients' connections
     spec_files_error: str = ""  # writing instance spec files failed (retried)
+    api_error: str = ""  # the status API could not listen (retried: daemon.loop.keep_api)
 
     repartition_phase: str = ""  # daemon.repartition's step while one runs
     repartition_started: float = 0.0
@@ -37,23 +60,10 @@ class AgentStatus:
 
     @property
     def files_error(self) -> str:
-        return self.nginx_files_error or self.spec_files_error
+        return self.nginx.files_error or self.front.files_error or self.spec_files_error
 
-    @property
-    def nginx_current(self) -> bool:
-        """nginx serves the config installed last, and only nginx of ours does (False while a reload takes)."""
-        return bool(self.nginx_generation) and self.nginx_serving == self.nginx_generation and not self.nginx_strays
-
-    @property
-    def nginx_problem(self) -> str:
-        """What is wrong with the nginx in force, in one phrase; "" when nothing is (or a reload is still taking)."""
-        if self.nginx_strays:
-            return f"{self.nginx_strays} nginx workers serve a frozen config without their master"
-        if self.nginx_overdue:
-            return (
-                f"nginx still serves config generation {self.nginx_serving or 'unknown'}, not {self.nginx_generation}"
-            )
-        return ""
+    def copy(self) -> AgentStatus:
+        return replace(self, nginx=replace(self.nginx), front=replace(self.front))
 
 
 def instance_state(h: InstanceHealth | None) -> str:
@@ -108,7 +118,7 @@ class AgentSnapshot:
         services: tuple[ServiceSpec, ...] = (),
     ) -> AgentSnapshot:
         views = {n: InstanceView.of(specs[n], health.get(n)) for n in sorted(specs)}
-        return cls(str(profile_path), profile_loaded, replace(status), views, stopping, services)
+        return cls(str(profile_path), profile_loaded, status.copy(), views, stopping, services)
 
     @property
     def ready_count(self) -> int:

@@ -1,4 +1,7 @@
-"""The instance files under /run/mipart/instances/: what each launcher reads at start.
+"""The instance files under /run/mipart/instances/: what each launcher reads at start; and the
+two directories the launchers write in, under the serving dir (/run/mipart-vllm), root's and
+0755: sockets/ (each instance's socket directory, serving.dirs) and launched/ (the launchers'
+records, runners.records).
 
 Blocking file I/O: the agent calls these from a worker thread. Nothing here raises on a
 damaged run dir (instances/ replaced by a file, a spec path taken by a directory, a full
@@ -18,11 +21,26 @@ from mipart.daemon.snapshot import AgentStatus
 from mipart.envfile import EnvFileError
 from mipart.fsutil import write_atomic
 from mipart.log import Log
-from mipart.paths import instance_env_path, instance_spec_path
+from mipart.paths import instance_env_path, instance_spec_path, launched_dir, sockets_dir
 from mipart.serving.spec import InstanceSpec
 
 # A spec and an env file carry the instance's env, which may hold a token: only root (the launcher) reads them.
 SPEC_MODE = 0o600
+LAUNCHER_DIR_MODE = 0o755  # nginx's workers pass through sockets/; the agent reads launched/
+
+
+def launcher_dirs(serving: Path) -> tuple[Path, ...]:
+    return sockets_dir(serving), launched_dir(serving)
+
+
+def make_launcher_dirs(serving: Path) -> str:
+    """The serving dir's sockets/ and launched/ (root's, 0755); the failure in one line, "" when they are there."""
+    try:
+        for directory in launcher_dirs(serving):
+            directory.mkdir(mode=LAUNCHER_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        return describe(exc)
+    return ""
 
 
 def instance_files(run_dir: Path, spec: InstanceSpec) -> dict[Path, str]:
@@ -83,19 +101,19 @@ def restore_missing(run_dir: Path, specs: Mapping[int, InstanceSpec], log: Log) 
     ]
     if not missing:
         return ""
-    log.warning("files.missing", specs=",".join(map(str, missing)), action="rewrite")
+    log.warning("files.missing", specs=",".join(map(str, missing)) or "none", action="rewrite")
     return write_specs(run_dir, specs)
 
 
 class SpecFiles:
     """The spec files with their failures reported (status.spec_files_error) and retried with backoff."""
 
-    def __init__(self, run_dir: Path, log: Log, status: AgentStatus):
-        self.run_dir, self.log, self.status = run_dir, log, status
+    def __init__(self, run_dir: Path, serving: Path, log: Log, status: AgentStatus):
+        self.run_dir, self.serving, self.log, self.status = run_dir, serving, log, status
         self.retry = Backoff()
 
     def write(self, specs: Mapping[int, InstanceSpec]) -> bool:
-        return self._outcome(write_specs(self.run_dir, specs))
+        return self._outcome(make_launcher_dirs(self.serving) or write_specs(self.run_dir, specs))
 
     def restore(self, specs: Mapping[int, InstanceSpec]) -> None:
         """Periodic: rewrite missing specs, or all of them when the last write failed and is due again."""
@@ -103,7 +121,7 @@ class SpecFiles:
             if self.retry.due(time.monotonic()):
                 self.write(specs)
             return
-        self._outcome(restore_missing(self.run_dir, specs, self.log))
+        self._outcome(make_launcher_dirs(self.serving) or restore_missing(self.run_dir, specs, self.log))
 
     def remove_stale(self, keep: Iterable[int]) -> None:
         remove_stale_specs(self.run_dir, keep)
@@ -115,13 +133,8 @@ class SpecFiles:
             self.retry.succeeded()
             self.status.spec_files_error = ""
             return True
-        new = problem != self.retry.error
-        delay = self.retry.failed(problem, time.monotonic())
+        action = self.retry.failure(problem, time.monotonic(), "running instances keep serving")
         self.status.spec_files_error = problem
-        if new:
-            self.log.error(
-                "files.write_failed",
-                reason=problem,
-                action=f"running instances keep serving; retries with backoff (next in {delay:g}s)",
-            )
+        if action:
+            self.log.error("files.write_failed", reason=problem, action=action)
         return False

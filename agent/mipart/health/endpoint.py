@@ -8,13 +8,13 @@ from mipart.health.probe import PASSED, ProbeResult, http_get
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 
-if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
-    from aiohttp import ClientSession
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
 
 
 class HealthEndpoint:
     name = "health"
 
-    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
-        status, _ = await http_get(session, spec, "/health", health.timeout, read=False)
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+        status, _ = await http_get(client, spec, "/health", health.timeout)
         return PASSED if status == 200 else ProbeResult(False, f"/health answered {status}")

@@ -20,9 +20,10 @@ from mipart.health.probe import PASSED, ProbeResult, http_get
 from mipart.profile.schema import GenerationProbe, HealthSpec
 from mipart.prometheus import metric_sum
 from mipart.serving.spec import InstanceSpec
+from mipart.unixhttp import METRICS_LIMIT
 
-if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
-    from aiohttp import ClientSession
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
 
 TOKENS = "vllm:generation_tokens_total"
 PROMPT = "ping"
@@ -32,7 +33,7 @@ PROMPT = "ping"
 class Seen:
     """One server's last proof of generating, and its token counter then."""
 
-    port: int
+    socket: str
     read_at: float
     proof: float
     tokens: float | None
@@ -44,38 +45,35 @@ class GenerationCheck:
     def __init__(self) -> None:
         self.seen: dict[int, Seen] = {}
 
-    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         probe = health.generation_probe(spec.service)
         if probe is None:
             self.seen.pop(spec.number, None)
             return PASSED
         now = time.monotonic()
-        _, text = await http_get(session, spec, "/metrics", health.timeout)
+        _, text = await http_get(client, spec, "/metrics", health.timeout, METRICS_LIMIT)
         tokens = metric_sum(text, TOKENS)
         seen = self.seen.get(spec.number)
-        if seen is not None and seen.port == spec.port:
+        if seen is not None and seen.socket == spec.socket:
             if tokens is not None and seen.tokens is not None and tokens > seen.tokens:
                 seen.proof = seen.read_at
             seen.read_at, seen.tokens = now, tokens if tokens is not None else seen.tokens
             if now - seen.proof < probe.idle:
                 return PASSED
-        result, produced = await _generate(session, spec, probe)
+        result, produced = await _generate(client, spec, probe)
         if result.ok:
             done = time.monotonic()
-            self.seen[spec.number] = Seen(spec.port, done, done, None if tokens is None else tokens + produced)
+            self.seen[spec.number] = Seen(spec.socket, done, done, None if tokens is None else tokens + produced)
         return result
 
 
-async def _generate(session: ClientSession, spec: InstanceSpec, probe: GenerationProbe) -> tuple[ProbeResult, int]:
+async def _generate(client: InstanceClient, spec: InstanceSpec, probe: GenerationProbe) -> tuple[ProbeResult, int]:
     """(result, tokens generated); a timeout or a server error is decisive, a refusal (4xx) only a warning."""
-    import aiohttp
-
     body = {"model": spec.served_model_name, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
-    url = f"http://{spec.address}/v1/completions"
     try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=probe.timeout)) as response:
-            status = response.status
-            data = await response.json(content_type=None) if status == 200 else None
+        reply = await client.post_json(spec.socket, "/v1/completions", body, probe.timeout)
+        status = reply.status
+        data = reply.json() if status == 200 else None
     except asyncio.TimeoutError:
         return ProbeResult(
             False,

@@ -26,8 +26,8 @@ from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
 from mipart.values import GpuSignals, PhysicalGpu
 
-if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
-    from aiohttp import ClientSession
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
 
 REDISCOVER = 30.0  # seconds: the GPUs are found again this often (their counters are read every round)
 ADVICE = "reset or replace the GPU, then restart mipart-agent"
@@ -67,7 +67,7 @@ class GpuErrors:
         self._gpus: tuple[PhysicalGpu, ...] = ()
         self._found_at = 0.0
 
-    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         await self.refresh(health.interval if self.fresh_for is None else self.fresh_for)
         reasons = [self.faulted[g] for g in spec.physical_gpus if g in self.faulted]
         return ProbeResult(False, "; ".join(reasons), decisive=True, restart=False) if reasons else PASSED

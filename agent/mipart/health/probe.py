@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from mipart.profile.schema import HealthSpec
 from mipart.serving.spec import InstanceSpec
+from mipart.unixhttp import BODY_LIMIT
 
-if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
-    from aiohttp import ClientSession
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
 
 
 @dataclass(frozen=True)
@@ -38,29 +39,14 @@ PASSED = ProbeResult(True)
 class Probe(Protocol):
     name: str
 
-    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
-        """Raise asyncio.TimeoutError or aiohttp.ClientError when the server does not answer."""
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+        """Raise asyncio.TimeoutError, OSError or unixhttp.HttpError when the server does not answer."""
         ...
 
 
 async def http_get(
-    session: ClientSession, spec: InstanceSpec, path: str, timeout: float, read: bool = True
+    client: InstanceClient, spec: InstanceSpec, path: str, timeout: float, limit: int = BODY_LIMIT
 ) -> tuple[int, str]:
-    """GET on the instance's own port: (status, body, "" unless read).
-
-    A kept-alive connection the server had just closed gets one retry, not a failure.
-    """
-    import aiohttp
-
-    url = f"http://{spec.address}{path}"
-    try:
-        return await _get(session, url, timeout, read)
-    except aiohttp.ServerDisconnectedError:
-        return await _get(session, url, timeout, read)
-
-
-async def _get(session: ClientSession, url: str, timeout: float, read: bool) -> tuple[int, str]:
-    import aiohttp
-
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-        return response.status, await response.text() if read else ""
+    """GET on the instance's own socket: (status, body), the body read up to `limit` bytes."""
+    reply = await client.get(spec.socket, path, timeout, limit)
+    return reply.status, reply.text()

@@ -11,9 +11,10 @@ from mipart.health.probe import PASSED, ProbeResult, http_get
 from mipart.profile.schema import HealthSpec
 from mipart.prometheus import metric_sum
 from mipart.serving.spec import InstanceSpec
+from mipart.unixhttp import METRICS_LIMIT
 
-if TYPE_CHECKING:  # aiohttp is imported where it runs: `mipart` verbs that never probe pay nothing for it
-    from aiohttp import ClientSession
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
 
 
 def queue_depth(metrics: str) -> float | None:
@@ -23,10 +24,10 @@ def queue_depth(metrics: str) -> float | None:
 class QueueDepth:
     name = "queue_depth"
 
-    async def check(self, session: ClientSession, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
         if health.queue_depth_limit is None:
             return PASSED
-        _, text = await http_get(session, spec, "/metrics", health.timeout)
+        _, text = await http_get(client, spec, "/metrics", health.timeout, METRICS_LIMIT)
         waiting = queue_depth(text)
         if waiting is not None and waiting > health.queue_depth_limit:
             return ProbeResult(

@@ -1,4 +1,9 @@
-"""Who holds the GPUs, and stopping/restarting the profile's client_services around a change."""
+"""Who holds the GPUs, and stopping/restarting the profile's client_services around a change.
+
+Which unit, or which of mipart's instances, a holder belongs to is decided by what no user can
+forge: the control group systemd made for a system unit, or the launcher's record of the server
+whose session the holder is in (runners.records), never a name or an environment variable.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mipart.errors import UserError
-from mipart.names import INSTANCE_VAR, instance_number
+from mipart.names import instance_number
+from mipart.paths import serving_dir
 from mipart.profile.indices import format_indices
-from mipart.runners import unit_state
-from mipart.runners.procfs import environ_of
+from mipart.runners import procfs, records, unit_state
 from mipart.values import GpuUser
 
 PROC = Path("/proc")
@@ -39,39 +44,39 @@ def named(holders: list[Holder]) -> str:
     return "; ".join(h.describe() for h in holders)
 
 
-def instance_of(pid: int, unit: str | None) -> int | None:
-    """mipart's own instance N: its unit is mipart-vllm@N (systemd), or the process runner's
-    tag is in its environment (the launcher puts it there either way)."""
-    number = instance_number(unit) if unit else None
-    if number is not None:
-        return number
-    tag = environ_of(pid).get(INSTANCE_VAR, "")
-    return int(tag) if tag.isdigit() and tag.isascii() else None
+def confirmed_units(cgroups: dict[int, str | None]) -> dict[int, str]:
+    """pid -> its unit, where the process's control group is the one systemd made for that system unit.
 
-
-def unit_of_pid(pid: int) -> str | None:
-    """The systemd unit a process runs in, from its cgroup path (None outside a unit)."""
+    A name alone proves nothing: a user's own manager runs units of any name (under user@UID.service),
+    so a unit counts only when systemd's ControlGroup for it is exactly the process's."""
+    claimed = {pid: unit for pid, cgroup in cgroups.items() if (unit := procfs.unit_in(cgroup)) is not None}
     try:
-        lines = (PROC / str(pid) / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        path = line.split(":", 2)[-1]
-        for part in reversed(path.split("/")):
-            if part.endswith((".service", ".scope")):
-                return part
-    return None
+        groups = unit_state.show(sorted(set(claimed.values())), ("ControlGroup",))
+    except unit_state.SystemdUnreadable:
+        return {}
+    return {pid: unit for pid, unit in claimed.items() if groups.get(unit, {}).get("ControlGroup") == cgroups[pid]}
+
+
+def launched_instance(pid: int, launches: dict[int, records.Launch]) -> int | None:
+    """The instance whose server leads this process's session and runs as its uid (the process runner's servers
+    start in sessions of their own), by the launcher's records."""
+    session, uid = procfs.session_of(pid), procfs.uid_of(pid)
+    return next((n for n, launch in launches.items() if launch.pid == session and launch.uid == uid), None)
 
 
 def describe_holders(users: list[GpuUser]) -> list[Holder]:
+    cgroups = {user.pid: procfs.cgroup_of(user.pid) for user in users}
+    units = confirmed_units(cgroups) if users else {}
+    launches = records.launches(serving_dir()) if users else {}
     holders = []
     for user in users:
         try:
             command = (PROC / str(user.pid) / "comm").read_text().strip()
         except OSError:
             command = "exited"
-        unit = unit_of_pid(user.pid)
-        holders.append(Holder(user.pid, user.physical_indices, command, unit, instance_of(user.pid, unit)))
+        unit = units.get(user.pid)
+        number = instance_number(unit) if unit else launched_instance(user.pid, launches)
+        holders.append(Holder(user.pid, user.physical_indices, command, unit, number))
     return holders
 
 

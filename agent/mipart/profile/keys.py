@@ -18,12 +18,12 @@ from mipart.profile.schema import (
     DEFAULT_HF_HOME,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_NATIVE_COMMAND,
-    INSTANCE_PORT_SPAN,
+    MAX_INSTANCES,
     RUNTIMES,
 )
 
 MAX_INDEX = 1023  # physical GPU indices a profile may name
-MAX_LOGICAL = INSTANCE_PORT_SPAN - 1  # instance N listens on base_port + N
+MAX_LOGICAL = MAX_INSTANCES - 1
 
 # Each kind of value and how it is written; the loader has one check per kind (profile/sections.py).
 KINDS = {
@@ -148,8 +148,8 @@ ROWS: tuple[Key, ...] = (
     _key(S + "routing.affinity.header", "header", None, "", "the header; requests without it: round robin",
          required=True),
     _key("instances", "mapping", None, "", "how every instance runs"),
-    _key("instances.base_port", "integer", "8081", f"1..{65536 - INSTANCE_PORT_SPAN}",
-         f"instance N listens on this + N: {INSTANCE_PORT_SPAN} ports are reserved"),
+    _key("instances.base_port", "integer", "8081", "1..65472",
+         "unused: instances listen on unix sockets; still accepted, so older profiles load"),
     _key("instances.hf_home", "directory", DEFAULT_HF_HOME, "", "the Hugging Face cache, mounted into containers"),
     _key("instances.user", "user", "mipart", "", "the system user native servers run as"),
     _key("health", "mapping", None, "", "how the agent probes instances and restarts them"),
@@ -162,6 +162,8 @@ ROWS: tuple[Key, ...] = (
     # The backoff doubles per restart: 2**1000 still fits a float, and nobody waits that many out.
     _key("health.max_restarts", "integer", "5", "1..1000", "restarts in a row without ready before `failed`"),
     _key("health.queue_depth_limit", "integer", None, "1..1000000", "waiting requests over this: `degraded`"),
+    _key("health.stall_after", "duration", "60s", "1s..1d",
+         "requests running, no token generated or prefilled this long: out of rotation, restarted"),
     _key("api", "mapping", None, "", "the agent's read-only status API"),
     _key("api.listen", "api listen", DEFAULT_API_LISTEN, "", "where the API listens; off loopback, it is logged"),
 )

@@ -58,7 +58,7 @@ def _check_root(c: f.Checker, root: yaml.Node) -> Profile:
     health = _check_health(c, items["health"]) if "health" in items else HealthSpec()
     api = _check_api(c, items["api"]) if "api" in items else ApiSpec()
     services = check_services(c, items["services"]) if "services" in items else []
-    check_ports(c, items.get("api") or items.get("instances") or root, services, instances, api, "api" in items)
+    check_ports(c, services, api)
     if c.problems:
         return Profile()
     built = tuple(build_service(service.values) for service in services)

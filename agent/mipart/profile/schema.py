@@ -8,9 +8,9 @@ from mipart.gpu.modes import LOGICAL_SLOTS
 from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
-# Instance N listens on base_port + N, and N is a logical GPU slot: 8 per GPU, at most 9
-# partitionable GPUs a host (gpu.modes), so the range reserves 72 ports.
-INSTANCE_PORT_SPAN = LOGICAL_SLOTS
+# Instance N is a logical GPU slot: 8 per GPU, at most 9 partitionable GPUs a host (gpu.modes),
+# so mipart serves instances 0-71 (their uids, names.instance_uid, stay within the range reserved).
+MAX_INSTANCES = LOGICAL_SLOTS
 RUNTIMES = ("native", *CONTAINER_RUNTIMES)
 DEFAULT_NATIVE_COMMAND = ("vllm", "serve")
 # vLLM's default --max-num-seqs; sizes nginx when the service does not say otherwise.
@@ -106,7 +106,7 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class InstancesSpec:
-    base_port: int = 8081
+    base_port: int = 8081  # unused since instances listen on unix sockets; still a valid key
     hf_home: str = DEFAULT_HF_HOME
     user: str = "mipart"
 
@@ -121,6 +121,7 @@ class HealthSpec:
     restart_backoff_max: float = 60.0
     max_restarts: int = 5
     queue_depth_limit: int | None = None
+    stall_after: float = 60.0  # requests running and no token made this long: wedged (health/progress.py)
     generation_probes: tuple[tuple[str, GenerationProbe], ...] = ()  # by service, from the services' health:
 
     def generation_probe(self, service: str) -> GenerationProbe | None:

@@ -16,10 +16,8 @@ from mipart.profile.indices import ALL, format_indices
 from mipart.profile.nodes import CONTROL, cut, shown
 from mipart.profile.schema import (
     DEFAULT_NATIVE_COMMAND,
-    INSTANCE_PORT_SPAN,
     ApiSpec,
     GenerationProbe,
-    InstancesSpec,
     Routing,
     ServiceSpec,
 )
@@ -230,10 +228,8 @@ def _check_partitions_disjoint(c: f.Checker, services: list[Checked]) -> None:
             claimed.setdefault(index, name)
 
 
-def check_ports(
-    c: f.Checker, api_node, services: list[Checked], instances: InstancesSpec, api: ApiSpec, api_given: bool = True
-) -> None:
-    low, high = instances.base_port, instances.base_port + INSTANCE_PORT_SPAN - 1
+def check_ports(c: f.Checker, services: list[Checked], api: ApiSpec) -> None:
+    """Each listener (a port or a socket), the API's among them, is used once."""
     seen: dict[int | str, str] = {}
     port = api_port(api.listen)
     seen[port if port is not None else api.listen[5:]] = "api.listen"
@@ -256,15 +252,4 @@ def check_ports(
                 node,
                 f"{where} port {listen.port} is already used by {seen[listen.port]}; give each listener its own port",
             )
-        elif low <= listen.port <= high:
-            c.problem(
-                node,
-                f"{where} port {listen.port} is inside the instance port range {low}-{high} (instances.base_port + "
-                "logical GPU); choose a port outside it",
-            )
         seen.setdefault(listen.port, where)
-    if port is not None and low <= port <= high:
-        which = "api.listen" if api_given else f"the default api.listen {api.listen}"
-        c.problem(
-            api_node, f"{which} port {port} is inside the instance port range {low}-{high}; choose a port outside it"
-        )

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mipart.runners.base import Runner
+if TYPE_CHECKING:  # base imports nginx.files: a CLI verb that only reads unit states must not pay for it
+    from mipart.runners.base import Runner
 
 # kind -> "module:class"; imported only when chosen (pydbus is slow to import and may be absent).
 RUNNERS = {
@@ -18,6 +20,8 @@ RUNNERS = {
 
 
 def make_runner(kind: str, run_dir: Path) -> Runner:
+    from mipart.runners.base import Runner
+
     module, name = RUNNERS[kind].split(":")
     runner = getattr(importlib.import_module(module), name)(run_dir)
     if not isinstance(runner, Runner):  # a registry line that names something else

@@ -32,14 +32,23 @@ class Runner(Protocol):
         ...
 
     def ensure_nginx(self, files: NginxFiles) -> None:
-        """Start nginx on `files`, or make a running one re-read its config; nginx workers of
-        ours left without their master (nginx.procs strays) must not keep the port."""
+        """Start the nginx of `files.layer` (the back or the front) on `files`, or make a running
+        one re-read its config; nginx workers of ours left without their master (nginx.procs
+        strays) must not keep the port."""
         ...
 
-    def nginx_running(self, files: NginxFiles) -> bool: ...
+    def replace_nginx(self, files: NginxFiles) -> None:
+        """A new master for `files.layer` that binds its listeners afresh: one of its unix sockets lost
+        its file (deleted with the run dir), which no reload can bind again. The old master is killed,
+        so it deletes no file on its way out; its workers finish what they carry (nginx.procs strays)."""
+        ...
 
-    def shutdown(self, files: NginxFiles) -> None:
-        """Stop every instance and nginx this runner serves (`mipart agent --stop-on-exit`, the
-        demo's Ctrl-C). A runner whose servers outlive the agent by design (systemd's) refuses
-        with UserError."""
+    def nginx_running(self, files: NginxFiles) -> bool:
+        """Whether the nginx of `files.layer` runs."""
+        ...
+
+    def shutdown(self, nginx: tuple[NginxFiles, ...]) -> None:
+        """Stop every instance and each nginx layer in `nginx` this runner serves (`mipart agent
+        --stop-on-exit`, the demo's Ctrl-C). A runner whose servers outlive the agent by design
+        (systemd's) refuses with UserError."""
         ...

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from mipart.names import instance_name
+from mipart.names import instance_name, instance_unit
 
 ENDINGS = {"1": "exited with status", "2": "killed by signal", "3": "dumped core on signal"}
 TAIL_BYTES = 4096
@@ -54,11 +54,13 @@ def log_file_line(number: int, log_dir: Path) -> str:
 
 
 def journal_line(number: int) -> str:
-    """The server's own last line. By its SyslogIdentifier (mipart-vllm@N, set in the template),
-    not by unit: systemd's lines about the unit ("Failed with result 'signal'") come last."""
+    """The server's own last line: from the processes of its unit, by the field journald stamps
+    from the sender's control group (_SYSTEMD_UNIT), which no process can set. Not by syslog
+    identifier (-t), which any user may log under, nor by -u, which adds systemd's own lines about
+    the unit ("Failed with result 'signal'", logged by PID 1), and those come last."""
     try:
         done = subprocess.run(
-            ["journalctl", "-t", instance_name(number), "-n", "1", "-o", "cat", "--no-pager"],
+            ["journalctl", f"_SYSTEMD_UNIT={instance_unit(number)}", "-n", "1", "-o", "cat", "--no-pager"],
             capture_output=True,
             text=True,
             timeout=5,

@@ -2,7 +2,8 @@
 
 It mirrors the few things the agent asks of systemd (list, start, stop, restart, and
 nginx), and like systemd it keeps serving when the agent restarts: servers run in
-their own sessions and are found again through /proc by their MIPART_INSTANCE tag.
+their own sessions and are found again by the launcher's records of them (runners.records:
+root's files naming each server by pid and start time, never a tag any process may copy).
 """
 
 from __future__ import annotations
@@ -14,13 +15,24 @@ import sys
 import time
 from pathlib import Path
 
-from mipart.names import INSTANCE_VAR, RUN_DIR_VAR, instance_name
+from mipart.names import RUN_DIR_VAR, instance_name
 from mipart.nginx import procs as nginx_procs
-from mipart.nginx.files import NginxFiles
-from mipart.runners import exits, procfs
+from mipart.nginx.files import Layer, NginxFiles
+from mipart.nginx.launcher import inherited_sockets
+from mipart.paths import serving_dir
+from mipart.runners import exits, procfs, records
 from mipart.values import UnitState
 
 STOP_TIMEOUT = 10.0
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding this mipart/
+# Isolated (-I: no working directory on sys.path, no PYTHON* variables): `python -m mipart` would
+# import a mipart/ planted in the agent's working directory, and run it as root.
+RUN_OWN_PACKAGE = "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('mipart', alter_sys=True)"
+
+
+def launcher_argv(number: int) -> list[str]:
+    """`mipart exec N` from the package this runner is, whatever the working directory holds."""
+    return [sys.executable, "-I", "-c", RUN_OWN_PACKAGE, PACKAGE_PARENT, "exec", str(number)]
 
 
 class ProcessRunner:
@@ -28,13 +40,14 @@ class ProcessRunner:
 
     def __init__(self, run_dir: Path, log_dir: Path | None = None):
         self.run_dir = run_dir
+        self.serving_dir = serving_dir()
         self.log_dir = log_dir or run_dir / "logs"
         self.children: dict[int, subprocess.Popen[bytes]] = {}
-        self.nginx: subprocess.Popen[bytes] | None = None
+        self.nginx: dict[Layer, subprocess.Popen[bytes]] = {}  # the masters it started, by layer
 
     # -- instances -----------------------------------------------------------
     def _adopted(self) -> dict[int, int]:
-        return procfs.tagged_servers(str(self.run_dir), INSTANCE_VAR, RUN_DIR_VAR)
+        return {n: launch.pid for n, launch in records.launches(self.serving_dir).items()}
 
     def list_instances(self) -> dict[int, UnitState]:
         states = {n: UnitState("active", "running", pid) for n, pid in self._adopted().items()}
@@ -53,7 +66,7 @@ class ProcessRunner:
         env = {**os.environ, RUN_DIR_VAR: str(self.run_dir)}
         with open(self.log_dir / f"{instance_name(number)}.log", "ab") as log:
             self.children[number] = subprocess.Popen(
-                [sys.executable, "-m", "mipart", "exec", str(number)],
+                launcher_argv(number),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -86,22 +99,33 @@ class ProcessRunner:
         """Reload the master of ours that runs, or start one; strays (workers whose master died,
         still serving a frozen config) hand their listening sockets to it and quit gracefully."""
         found = nginx_procs.scan(files.prefix)
-        master = (
-            self.nginx.pid if self.nginx is not None and self.nginx.poll() is None else next(iter(found.masters), None)
-        )
+        master = self._master(files) or next(iter(found.masters), None)
         if master is not None:
             os.kill(master, signal.SIGHUP)  # by pid, not the pid file: it may be gone
+            nginx_procs.quit_gracefully(found.strays)
         else:
-            self._start_nginx(files, found.strays)
-        nginx_procs.quit_gracefully(found.strays)
+            self._start_nginx(files)
 
-    def _start_nginx(self, files: NginxFiles, strays: list[int]) -> None:
-        inherited = nginx_procs.take_over(strays)
+    def replace_nginx(self, files: NginxFiles) -> None:
+        child = self.nginx.pop(files.layer, None)
+        for master in {*nginx_procs.scan(files.prefix).masters, *([child.pid] if child else [])}:
+            _terminate(master, signal.SIGKILL)  # dead, its workers are strays: the new master takes them over
+        if child is not None:
+            child.wait(timeout=STOP_TIMEOUT)
+        self._start_nginx(files)
+
+    def _master(self, files: NginxFiles) -> int | None:
+        """The master this runner started for FILES' layer, while it runs."""
+        child = self.nginx.get(files.layer)
+        return child.pid if child is not None and child.poll() is None else None
+
+    def _start_nginx(self, files: NginxFiles) -> None:
+        inherited = inherited_sockets(files)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **nginx_procs.inherit_env(inherited)} if inherited else None
         try:
-            with open(self.log_dir / "mipart-nginx.log", "ab") as log:
-                self.nginx = subprocess.Popen(
+            with open(self.log_dir / f"{files.unit.removesuffix('.service')}.log", "ab") as log:
+                self.nginx[files.layer] = subprocess.Popen(
                     files.argv(),
                     cwd=files.prefix,
                     env=env,
@@ -116,20 +140,20 @@ class ProcessRunner:
                 os.close(fd)
 
     def nginx_running(self, files: NginxFiles) -> bool:
-        if self.nginx is not None and self.nginx.poll() is None:
-            return True
-        return bool(nginx_procs.scan(files.prefix).masters)
+        return self._master(files) is not None or bool(nginx_procs.scan(files.prefix).masters)
 
-    def shutdown(self, files: NginxFiles) -> None:
-        """Stop everything this runner serves (the demo's Ctrl-C)."""
+    def shutdown(self, nginx: tuple[NginxFiles, ...]) -> None:
+        """Stop everything this runner serves (the demo's Ctrl-C): instances, then the front and the back."""
         for number in set(self._adopted()) | set(self.children):
             self.stop(number)
-        found = nginx_procs.scan(files.prefix)
-        nginx_procs.quit_gracefully(found.strays)
-        for master in found.masters:
-            _terminate(master, signal.SIGQUIT)
-        if self.nginx is not None:
-            self.nginx.wait(timeout=STOP_TIMEOUT)
+        for files in nginx:
+            found = nginx_procs.scan(files.prefix)
+            nginx_procs.quit_gracefully(found.strays)
+            for master in found.masters:
+                _terminate(master, signal.SIGQUIT)
+            child = self.nginx.pop(files.layer, None)
+            if child is not None:
+                child.wait(timeout=STOP_TIMEOUT)
 
 
 def _kill_group(pgid: int) -> None:

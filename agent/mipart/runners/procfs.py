@@ -1,11 +1,9 @@
-"""Reading /proc: which server runs which instance spec, whoever started it."""
+"""Reading /proc: facts the kernel reports about a process (its state, session, owner, start time)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from mipart.names import INSTANCE_VAR, RUN_DIR_VAR
 
 PROC = Path("/proc")
 
@@ -19,22 +17,74 @@ def environ_of(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses): field 3 first."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks after boot (field 22): with the pid, it names one process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
 def alive(pid: int) -> bool:
     """True for a live process (a zombie counts as dead)."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def stopped(pid: int) -> bool:
     """Frozen by SIGSTOP (or a tracer): it can act on no signal but SIGKILL until it is continued."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] in ("T", "t")
+
+
+def session_of(pid: int) -> int | None:
+    """The process's session id (field 6): a process cannot join a session another one leads."""
+    fields = _stat_fields(pid)
+    return int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
+
+
+def cgroup_of(pid: int) -> str | None:
+    """The process's control group as the kernel reports it (the unified line, else systemd's own)."""
     try:
-        stat = (PROC / str(pid) / "stat").read_text()
+        lines = (PROC / str(pid) / "cgroup").read_text().splitlines()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+        return None
+    paths = {hierarchy: path for hierarchy, _, path in (line.partition(":")[2].partition(":") for line in lines)}
+    return paths.get("") or paths.get("name=systemd")
+
+
+def unit_in(cgroup: str | None) -> str | None:
+    """The unit a control group path names (its last .service or .scope): only a claim until systemd confirms it."""
+    for part in reversed((cgroup or "").split("/")):
+        if part.endswith((".service", ".scope")):
+            return part
+    return None
+
+
+def netns_of(pid: int | str) -> tuple[int, int] | None:
+    """The network namespace a process is in, as (device, inode) of /proc/PID/ns/net."""
+    try:
+        info = os.stat(PROC / str(pid) / "ns" / "net")
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def uid_of(pid: int) -> int | None:
+    """The real uid, as the kernel maps it into our user namespace (/proc/PID/status)."""
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
 
 
 def session_leader(pid: int) -> bool:
@@ -46,18 +96,3 @@ def session_leader(pid: int) -> bool:
 
 def pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
-
-
-def tagged_servers(run_dir: str, instance_var: str = INSTANCE_VAR, run_dir_var: str = RUN_DIR_VAR) -> dict[int, int]:
-    """instance number -> pid of each live server started for `run_dir`.
-
-    Servers start in their own session, so the server is the session leader; its children
-    (vLLM's engine core, a resource tracker) inherit the tags but are not it.
-    """
-    found = {}
-    for pid in pids():
-        env = environ_of(pid)
-        tag = env.get(instance_var, "")  # any process may carry any value: ASCII digits only ('²'.isdigit() is True)
-        if env.get(run_dir_var) == run_dir and tag.isascii() and tag.isdigit() and session_leader(pid) and alive(pid):
-            found[int(tag)] = pid
-    return found

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mipart.errors import UserError
-from mipart.names import INSTANCE_PATTERN, NGINX_UNIT, instance_number, instance_unit
+from mipart.names import INSTANCE_PATTERN, instance_number, instance_unit
 from mipart.nginx.files import NginxFiles
 from mipart.paths import run_dir as default_run_dir
 from mipart.runners import exits, procfs, unit_state
@@ -92,17 +92,22 @@ class SystemdRunner:
         self._manager().RestartUnit(unit, "replace")
 
     def ensure_nginx(self, files: NginxFiles) -> None:
-        """mipart-nginx.service's ExecReload runs `nginx -t` and HUPs; start it when down."""
-        manager, state = self._manager(), self._state(NGINX_UNIT)
+        """The layer's unit (mipart-nginx, mipart-nginx-front): its ExecReload runs `nginx -t` and
+        HUPs; start it when down."""
+        manager, state = self._manager(), self._state(files.unit)
         if state.up:
-            manager.ReloadUnit(NGINX_UNIT, "replace")
+            manager.ReloadUnit(files.unit, "replace")
         else:  # the unit's `mipart exec-nginx` takes over the sockets of any strays (nginx.launcher)
             if state.failed:
-                manager.ResetFailedUnit(NGINX_UNIT)
-            manager.StartUnit(NGINX_UNIT, "replace")
+                manager.ResetFailedUnit(files.unit)
+            manager.StartUnit(files.unit, "replace")
+
+    def replace_nginx(self, files: NginxFiles) -> None:
+        """The unit's main process killed: Restart= runs `mipart exec-nginx`, which binds the lost socket anew."""
+        self._manager().KillUnit(files.unit, "main", signal.SIGKILL)
 
     def nginx_running(self, files: NginxFiles) -> bool:
-        return self._state(NGINX_UNIT).active
+        return self._state(files.unit).active
 
     def last_exit(self, number: int) -> str:
         """How the unit's main process last ended, from systemd, and its last journal line."""
@@ -110,6 +115,6 @@ class SystemdRunner:
         props = unit_state.show([unit], unit_state.EXIT).get(unit)
         return exits.describe(exits.exit_status(props), exits.journal_line(number))
 
-    def shutdown(self, files: NginxFiles) -> None:
+    def shutdown(self, nginx: tuple[NginxFiles, ...]) -> None:
         """Refused: the units outlive the agent by design, and systemd stops them, not mipart."""
         raise UserError(UNITS_OUTLIVE_THE_AGENT)

@@ -18,7 +18,7 @@ from mipart import envfile
 from mipart.errors import UserError
 from mipart.names import CACHE_VAR, RESERVED_ENV_PREFIX, VISIBLE_DEVICE_VARS
 from mipart.paths import instance_env_path
-from mipart.serving.spec import InstanceSpec
+from mipart.serving.spec import CONTAINER_HF_HOME, InstanceSpec
 
 CLIENT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # root-owned directories only
 
@@ -30,10 +30,12 @@ def client_env(tags: dict[str, str]) -> dict[str, str]:
     return {"PATH": CLIENT_PATH, "HOME": pwd.getpwuid(os.geteuid()).pw_dir, **tags}
 
 
-def client_argv(spec: InstanceSpec, env_path: str) -> list[str]:
-    """`docker|podman run --env-file ...`: the spec's command with its env files put in."""
+def client_argv(spec: InstanceSpec, env_path: str, cache: str) -> list[str]:
+    """`docker|podman run --env-file ... -v CACHE:...`: the spec's command with its env files and the model
+    cache put in, the cache as the path the launcher resolved and checked (a link swapped in later moves nothing)."""
     files = [env_path, *spec.env_files]
-    return [*spec.argv[:2], *(part for path in files for part in ("--env-file", path)), *spec.argv[2:]]
+    inserted = [*(part for path in files for part in ("--env-file", path)), "-v", f"{cache}:{CONTAINER_HF_HOME}"]
+    return [*spec.argv[:2], *inserted, *spec.argv[2:]]
 
 
 def checked_env_file(spec: InstanceSpec) -> str:

@@ -1,22 +1,25 @@
 """Profile + discovered logical GPUs -> one instance spec per server: pure, no I/O.
 
-Instance N is the server whose first logical GPU is N (`mipart-vllm@N`), on port
-base_port + N. Logical GPU numbers are mipart's slots (gpu.modes.logical_number): N is
-partition N % 8 of physical GPU N // 8, before and after any switch or reload, with gaps
-where a GPU has fewer partitions. A spec holds everything the launcher needs, so a changed
-spec (and only that) is a reason to restart an instance.
+Instance N is the server whose first logical GPU is N (`mipart-vllm@N`), listening on
+its unix socket `<serving dir>/sockets/N/http.sock` (vLLM's `--uds`). Logical GPU numbers are
+mipart's slots (gpu.modes.logical_number): N is partition N % 8 of physical GPU N // 8, before
+and after any switch or reload, with gaps where a GPU has fewer partitions. A spec holds
+everything the launcher needs, so a changed spec (and only that) is a reason to restart an
+instance.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.gpu.modes import PARTITION_SLOTS
-from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES
+from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES, DEFAULT_SERVING_DIR, SOCKETS_DIR
+from mipart.paths import instance_socket
 from mipart.profile.indices import format_indices
-from mipart.profile.schema import INSTANCE_PORT_SPAN, Profile, ServiceSpec
-from mipart.serving.spec import INSTANCE_HOST, InstanceSpec
+from mipart.profile.schema import MAX_INSTANCES, Profile, ServiceSpec
+from mipart.serving.spec import CONTAINER_HF_HOME, InstanceSpec
 from mipart.values import LogicalGpu
 
 # AMD's vLLM tuning guide (docs/vllm-nginx.md): overridable defaults for every instance.
@@ -26,8 +29,12 @@ ROCM_ENV_DEFAULTS = (
     ("TORCH_BLAS_PREFER_HIPBLASLT", "1"),
 )
 MULTI_GPU_ENV_DEFAULTS = (("NCCL_MIN_NCHANNELS", "112"),)
-CONTAINER_HF_HOME = "/root/.cache/huggingface"
 CONTAINER_SHM = "16g"
+# docker has no --umask: the server in the container makes its socket under this umask, so
+# nginx's workers (the socket directory's group) may connect to it (serving/sockets.py).
+CONTAINER_UMASK = ["sh", "-c", 'umask 0007 && exec "$@"', "mipart-vllm"]
+HOST_SOCKETS = Path(DEFAULT_SERVING_DIR) / SOCKETS_DIR
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL (unix(7))
 
 
 class InstancePlanError(UserError):
@@ -35,11 +42,15 @@ class InstancePlanError(UserError):
 
 
 def plan_instances(
-    profile: Profile, logical: tuple[LogicalGpu, ...], layout: Mapping[int, str] | None = None
+    profile: Profile,
+    logical: tuple[LogicalGpu, ...],
+    sockets: Path = HOST_SOCKETS,
+    layout: Mapping[int, str] | None = None,
 ) -> tuple[InstanceSpec, ...]:
     """Raises InstancePlanError when the profile does not fit this host's logical GPUs.
 
-    `layout`: physical GPU -> its compute mode, which a refusal names."""
+    sockets: the serving dir's sockets directory (paths.sockets_dir), where each instance listens;
+    layout: physical GPU -> its compute mode, which a refusal names."""
     by_number = {g.index: g for g in logical}
     specs: list[InstanceSpec] = []
     for service in profile.services:
@@ -47,7 +58,7 @@ def plan_instances(
         tp = service.tensor_parallel
         for start in range(0, len(numbers), tp):
             group = numbers[start : start + tp]
-            specs.append(_instance(profile, service, tuple(by_number[n] for n in group)))
+            specs.append(_instance(profile, service, tuple(by_number[n] for n in group), sockets))
     return tuple(sorted(specs, key=lambda s: s.number))
 
 
@@ -92,19 +103,24 @@ def _in_layout(layout: Mapping[int, str]) -> str:
     )
 
 
-def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...]) -> InstanceSpec:
+def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...], sockets: Path) -> InstanceSpec:
     number = group[0].index
-    if number >= INSTANCE_PORT_SPAN:
+    if number >= MAX_INSTANCES:
         raise InstancePlanError(
-            f"logical GPU {number} is past the {INSTANCE_PORT_SPAN} instance ports reserved from instances.base_port; "
-            "this host has more logical GPUs than mipart supports"
+            f"logical GPU {number} is past the {MAX_INSTANCES} instances mipart serves (logical GPUs 0-"
+            f"{MAX_INSTANCES - 1}); this host has more logical GPUs than mipart supports"
         )
-    port = profile.instances.base_port + number
+    socket = str(instance_socket(number, sockets))
+    if len(socket.encode()) > MAX_SOCKET_PATH:
+        raise InstancePlanError(
+            f"instance {number}'s socket {socket} is longer than {MAX_SOCKET_PATH} bytes, the most a unix socket path "
+            "may be (unix(7)); use a shorter serving dir (MIPART_SERVING_DIR)"
+        )
     container = service.runtime in CONTAINER_RUNTIMES
     env = _environment(profile, service, group, container)
-    serve = _serve_argv(service, port, container)
+    serve = _serve_argv(service, socket)
     if container:
-        argv = _container_argv(service, number, port, group, profile.instances.hf_home) + serve
+        argv = _container_argv(service, number, socket, group) + CONTAINER_UMASK + serve
     else:
         argv = serve
     return InstanceSpec(
@@ -115,7 +131,7 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
         logical_gpus=tuple(g.index for g in group),
         physical_gpus=tuple(sorted({g.physical_index for g in group})),
         render_nodes=tuple(g.render_node for g in group),
-        port=port,
+        socket=socket,
         runtime=service.runtime,
         argv=tuple(argv),
         env=env,
@@ -142,28 +158,28 @@ def _environment(
     return tuple(sorted(env.items()))
 
 
-def _serve_argv(service: ServiceSpec, port: int, container: bool) -> list[str]:
+def _serve_argv(service: ServiceSpec, socket: str) -> list[str]:
     """The engine's own command line: command, model, listener, TP, then the user's args."""
     command = [part.replace("{model}", service.model) for part in service.command]
     if not any("{model}" in part for part in service.command):
         command += [service.model] if command[-1:] == ["serve"] else ["--model", service.model]
-    command += ["--host", "0.0.0.0" if container else INSTANCE_HOST, "--port", str(port)]
+    command += ["--uds", socket]
     command += ["--served-model-name", service.model_name]
     if service.tensor_parallel > 1:
         command += ["--tensor-parallel-size", str(service.tensor_parallel)]
     return command + list(service.args)
 
 
-def _container_argv(
-    service: ServiceSpec, number: int, port: int, group: tuple[LogicalGpu, ...], hf_home: str
-) -> list[str]:
-    """`docker|podman run` with only this instance's GPUs: no --privileged, no whole /dev/dri.
+def _container_argv(service: ServiceSpec, number: int, socket: str, group: tuple[LogicalGpu, ...]) -> list[str]:
+    """`docker|podman run` with only this instance's GPUs: no --privileged, no whole /dev/dri, no port.
 
-    The env is not here: the launcher puts it in env files (serving.launcher.client_argv)."""
+    Its socket directory is mounted at the same path. The env and the model cache are not here:
+    the launcher adds env files and the cache as the path it resolved (serving.execenv.client_argv)."""
     argv = [service.runtime, "run", "--rm", "--name", f"mipart-vllm-{number}", "--init"]
     argv += ["--device", "/dev/kfd"]
     for gpu in group:
         argv += ["--device", gpu.render_node]
     argv += ["--group-add", "video", "--shm-size", CONTAINER_SHM]
-    argv += ["-p", f"{INSTANCE_HOST}:{port}:{port}", "-v", f"{hf_home}:{CONTAINER_HF_HOME}"]
+    directory = str(Path(socket).parent)
+    argv += ["-v", f"{directory}:{directory}"]
     return argv + [service.image or ""]

@@ -8,6 +8,7 @@ Reads the host once, through its GPU backend; `mipart plan`, `mipart render` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mipart.gpu.partitioning import Partitioning
 from mipart.partition.apply import plan_host
@@ -24,7 +25,8 @@ class PlannedHost:
     instances: tuple[InstanceSpec, ...]
 
 
-def plan_serving(profile: Profile, backend: Partitioning) -> PlannedHost:
+def plan_serving(profile: Profile, backend: Partitioning, sockets: Path) -> PlannedHost:
+    """sockets: the serving dir's sockets directory the instances listen in (paths.sockets_dir)."""
     state, partition = plan_host(profile.gpus, backend)
     bdf = {g.index: g.bdf for g in state.physical}
     logical = tuple(
@@ -40,4 +42,4 @@ def plan_serving(profile: Profile, backend: Partitioning) -> PlannedHost:
         for p in partition.logical
     )
     layout = {g.index: g.compute_final for g in partition.gpus}
-    return PlannedHost(partition, plan_instances(profile, logical, layout))
+    return PlannedHost(partition, plan_instances(profile, logical, sockets, layout))

@@ -1,7 +1,9 @@
 """What to start, stop and restart so running instances match their specs: pure.
 
-A running server carries the digest of the spec it was started with (MIPART_SPEC_DIGEST
-in its environment), so after an agent restart only changed specs are restarted.
+The launcher records the digest of the spec each server was started with (runners.records:
+root's, the server cannot change it), so after an agent restart only changed specs are
+restarted. A running server without a record is restarted too: one mipart cannot vouch for
+(started by an older mipart, on a port nginx no longer reaches; or its record deleted).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def plan_actions(
         state = states.get(number)
         if state is None or not state.active:
             start.append(number)
-        elif running_digests.get(number) not in (None, spec.digest()):
-            restart.append(number)  # None: digest unknown (e.g. container client); leave it serving
+        elif running_digests.get(number) != spec.digest():
+            restart.append(number)  # None: no record of its launch
     stop = [n for n, state in sorted(states.items()) if n not in specs and state.active]
     return Actions(start=tuple(start), stop=tuple(stop), restart=tuple(restart))

@@ -3,6 +3,7 @@
 Its file is the contract between the agent (writer) and the launcher (reader), which
 may come from different mipart versions during an upgrade: `file_text` carries
 SPEC_VERSION, and a file without one predates versions and is version 1.
+The launcher reads only its own version: an older file is refused in one line.
 Kept free of profile and GPU imports: `mipart exec` reads it at every instance start.
 """
 
@@ -16,9 +17,10 @@ from typing import Any
 from mipart import envfile
 from mipart.names import CONTAINER_RUNTIMES, instance_unit
 
-INSTANCE_HOST = "127.0.0.1"  # instances are reached through nginx only
-SPEC_VERSION = 1
+# 2: the server listens on a unix socket (`socket`), no longer on a loopback port.
+SPEC_VERSION = 2
 OPTIONAL_FIELDS = ("env_files", "cache_owner", "visible_devices_env")
+CONTAINER_HF_HOME = "/root/.cache/huggingface"  # where a container sees the model cache
 
 
 class SpecVersionError(ValueError):
@@ -34,13 +36,13 @@ class InstanceSpec:
     logical_gpus: tuple[int, ...]
     physical_gpus: tuple[int, ...]
     render_nodes: tuple[str, ...]
-    port: int
+    socket: str  # the unix socket it listens on, in a directory only it and nginx's workers enter
     runtime: str
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     user: str | None  # None: root, which a container client needs for the daemon socket
     hf_home: str
-    # Added within version 1, written only when set: a file without them reads (and digests) as before.
+    # Written only when set, so a spec without them digests as before they existed.
     env_files: tuple[str, ...] = ()  # root-only files the launcher passes on at each start (secrets)
     cache_owner: str | None = None  # who owns hf_home when the launcher creates it; None: `user`
     # A native server's visible-devices variable, which the launcher sets from the live topology
@@ -57,7 +59,8 @@ class InstanceSpec:
 
     @property
     def address(self) -> str:
-        return f"{INSTANCE_HOST}:{self.port}"
+        """As nginx's upstream `server` and the status API name it."""
+        return f"unix:{self.socket}"
 
     @property
     def container(self) -> bool:

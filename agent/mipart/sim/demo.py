@@ -21,7 +21,7 @@ from mipart.sim.host import HostError, SimulatedHost
 from mipart.sim.ports import port_free
 
 LISTEN_PORT = int(os.environ.get("MIPART_DEMO_PORT", "8040"))
-BASE_PORT = int(os.environ.get("MIPART_DEMO_BASE_PORT", "18081"))
+API_PORT = int(os.environ.get("MIPART_DEMO_API_PORT", "18079"))
 INSTANCES = 16
 READY_TIMEOUT = 120.0
 MODEL = "mipart-demo/fake-llm"
@@ -40,11 +40,11 @@ def say(text: str) -> None:
 
 
 def main() -> None:
-    ports = Ports(api=BASE_PORT - 2, listen=LISTEN_PORT, base=BASE_PORT)
-    busy = [p for p in ports.all(INSTANCES) if not port_free(p)]
+    ports = Ports(api=API_PORT, listen=LISTEN_PORT)
+    busy = [p for p in ports.all() if not port_free(p)]
     if busy:
         raise SystemExit(
-            f"demo: port(s) {busy} already in use; set MIPART_DEMO_PORT / MIPART_DEMO_BASE_PORT to free ones"
+            f"demo: port(s) {busy} already in use; set MIPART_DEMO_PORT / MIPART_DEMO_API_PORT to free ones"
         )
     profile = FakeEngineProfile(
         ports,

@@ -1,5 +1,6 @@
-"""The profile of a simulated serving host: its loopback ports, and a profile whose service runs
-the fake engine (mipart.sim.engine), written as YAML the way an operator would."""
+"""The profile of a simulated serving host: its two loopback ports, and a profile whose service runs
+the fake engine (mipart.sim.engine), written as YAML the way an operator would. The instances
+listen on unix sockets under the host's run dir, so they need no port."""
 
 from __future__ import annotations
 
@@ -16,19 +17,18 @@ SERVICE = "chat"
 
 @dataclass(frozen=True)
 class Ports:
-    """The agent's API, the nginx listener, and instance N on base + N, in one block of loopback ports."""
+    """The agent's API and the nginx listener: two consecutive loopback ports."""
 
     api: int
     listen: int
-    base: int
 
     @classmethod
-    def free(cls, instances: int = 64, low: int = 20000, high: int = EPHEMERAL_START) -> Ports:
-        start = free_block(instances + 2, low=low, high=high)
-        return cls(api=start, listen=start + 1, base=start + 2)
+    def free(cls, low: int = 20000, high: int = EPHEMERAL_START) -> Ports:
+        start = free_block(2, low=low, high=high)
+        return cls(api=start, listen=start + 1)
 
-    def all(self, instances: int) -> list[int]:
-        return [self.api, self.listen, *range(self.base, self.base + instances)]
+    def all(self) -> list[int]:
+        return [self.api, self.listen]
 
 
 class ProfileSource(Protocol):
@@ -69,6 +69,7 @@ class FakeEngineProfile:
     restart_backoff: str = "200ms"
     max_restarts: int | None = None
     hf_home: str | None = None
+    user: str = "root"  # instances.user: another makes each native server a uid of its own
     python: str = sys.executable
     services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
@@ -90,6 +91,7 @@ class FakeEngineProfile:
             "args": self.args,
             **{key: json.dumps(value) for key, value in self.services.get(SERVICE, {}).items()},
         }
+        cache = "" if self.hf_home is None else f", hf_home: {json.dumps(self.hf_home)}"
         lines = [
             "version: 1",
             f"gpus: {{compute: {self.compute}, memory: {self.memory}"
@@ -98,8 +100,7 @@ class FakeEngineProfile:
             f"  {SERVICE}:",
             *(f"    {key}: {value}" for key, value in chat.items() if value is not None),
             *(f"  {name}: {json.dumps(fields)}" for name, fields in self.services.items() if name != SERVICE),
-            f"instances: {{base_port: {self.ports.base}, user: "
-            f"root{'' if self.hf_home is None else f', hf_home: {json.dumps(self.hf_home)}'}}}",
+            f"instances: {{user: {self.user}{cache}}}",
             f"health: {{interval: {self.interval}, timeout: {self.timeout}, unhealthy_after: {self.unhealthy_after}, "
             f"restart_backoff: {self.restart_backoff}"
             f"{'' if self.max_restarts is None else f', max_restarts: {self.max_restarts}'}}}",

@@ -2,11 +2,15 @@
 
 The demo, the serving tests and the benchmarks all build their host here, so they start,
 wait and clean up the same way. A host lives in a work dir of its own (the sysfs tree,
-the profile, the agent's run dir and log), and it stops only what it started, by PID:
+the profile, the instances' state dir, the agent's log), and its run and serving dirs are
+directories of their own under /tmp, 0755 like /run/mipart and /run/mipart-vllm: nginx's
+workers (www-data) must pass through every directory above an instance's socket, and a
+test's work dir is its owner's alone. A host stops only what it started, by PID:
 the agents it spawned, every process whose environment carries MIPART_RUN_DIR=<its run
-dir> (launchers, servers and their process groups), and the nginx master named by its
-pid file, checked to be ours first. Readiness is read through the agent's status API and
-nginx.conf, and proven by one request through nginx.
+dir> (launchers, servers and their process groups), and both nginx layers' processes, found
+in /proc by their prefix (nginx.procs) or named by their pid files, checked to be ours first.
+Readiness is read through the agent's status API and nginx.conf, and proven by one request
+through nginx.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from mipart.api.contract import InstanceCounts, Instances, R, Status
-from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
-from mipart.runners import procfs
+from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR, STATE_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.nginx import procs as nginx_procs
+from mipart.paths import instance_socket, sockets_dir
+from mipart.runners import procfs, records
 from mipart.sim.fake_profile import SERVICE, ProfileSource
 
 PACKAGE_PATH = str(Path(__file__).resolve().parents[2])  # the dir holding mipart/, for PYTHONPATH
@@ -69,7 +77,8 @@ class SimulatedHost:
         rules: str = "mainline",
     ):
         self.work = work
-        self.root, self.run_dir, self.log = work / "sys", work / "run", work / "agent.log"
+        self.run_dir, self.serving_dir = _open_dir("mipart-run-"), _open_dir("mipart-vllm-")
+        self.root, self.log = work / "sys", work / "agent.log"
         self.profile = work / "profile.yaml"
         self.spec = profile
         self.expected = expected  # instances wait_ready() waits for by default
@@ -78,6 +87,8 @@ class SimulatedHost:
             "PYTHONPATH": PACKAGE_PATH,
             SYSFS_ROOT_VAR: str(self.root),
             RUN_DIR_VAR: str(self.run_dir),
+            SERVING_DIR_VAR: str(self.serving_dir),
+            STATE_DIR_VAR: str(work / "state"),
             RELOAD_CMD_VAR: f"{sys.executable} -m mipart sim reload {self.root}",
         }
         self.agent: subprocess.Popen | None = None
@@ -103,7 +114,7 @@ class SimulatedHost:
         """Rewrite the profile with some fields changed (the agent reads it at start and on SIGHUP)."""
         self.spec = replace(self.spec, **changes)
         self.ports = self.spec.ports
-        self.listen, self.base, self.api_port = self.ports.listen, self.ports.base, self.ports.api
+        self.listen, self.api_port = self.ports.listen, self.ports.api
         self.profile.write_text(self.spec.text())
 
     def mipart(self, *args: str) -> str:
@@ -152,8 +163,12 @@ class SimulatedHost:
 
     # -- what runs -----------------------------------------------------------------------------
     def instance_pids(self) -> dict[int, int]:
-        """Instance number -> its server's pid, found by the tags the runner gave it."""
-        return procfs.tagged_servers(str(self.run_dir))
+        """Instance number -> its server's pid, by the launcher's records (runners.records)."""
+        return {n: launch.pid for n, launch in records.launches(self.serving_dir).items()}
+
+    def backend(self, number: int) -> str:
+        """Instance N's address, as nginx.conf and the fake engine's X-Fake-Engine header name it."""
+        return f"unix:{instance_socket(number, sockets_dir(self.serving_dir))}"
 
     def nginx_conf(self) -> str:
         try:
@@ -206,14 +221,9 @@ class SimulatedHost:
         except NOT_ANSWERING:
             return None
 
-    def nginx_master(self) -> int | None:
-        """The nginx master pid from our pid file, only if its command line names our run dir."""
-        try:
-            pid = int((self.run_dir / "nginx/nginx.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except (OSError, ValueError):
-            return None
-        return pid if str(self.run_dir) in cmdline else None
+    def nginx_master(self, layer: str = "nginx") -> int | None:
+        """The master of a layer ("nginx", the back, or "nginx-front") by its pid file, if it names our run dir."""
+        return _nginx_master(self.run_dir, layer)
 
     def nginx_workers(self) -> set[int]:
         """Children of our nginx master (workers, old workers shutting down, cache helpers)."""
@@ -284,12 +294,40 @@ class SimulatedHost:
         """Stop everything this host started, by PID; safe to call more than once."""
         for agent in self.spawned:
             _stop(agent, timeout=10)
-        master = self.nginx_master()
+        nginx = _nginx_processes(self.run_dir)
         for pid in procfs.pids():  # launchers and servers carry our run dir in their environment
-            if pid not in (os.getpid(), master) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
+            if pid not in (os.getpid(), *nginx) and procfs.environ_of(pid).get(RUN_DIR_VAR) == str(self.run_dir):
                 _kill(pid, group=procfs.session_leader(pid))  # a server's group holds its children
-        if master:
-            _kill(master, group=True)  # its own session: master, workers, old workers
+        for pid in nginx:
+            _kill(pid, group=procfs.session_leader(pid))  # a master's session: its workers, old workers
+        for made in (self.run_dir, self.serving_dir):  # made by this host, under /tmp
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _nginx_master(run_dir: Path, layer: str) -> int | None:
+    try:
+        pid = int((run_dir / layer / "nginx.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if str(run_dir) in cmdline else None
+
+
+def _nginx_processes(run_dir: Path) -> list[int]:
+    """Both layers' masters (by pid file, or found in /proc by their prefix when a fault removed the
+    file), their workers and strays: nginx rewrites its environment, so no run dir tag names them."""
+    found = [m for m in (_nginx_master(run_dir, "nginx"), _nginx_master(run_dir, "nginx-front")) if m]
+    for layer in ("nginx", "nginx-front"):
+        procs = nginx_procs.scan(run_dir / layer)
+        found += procs.masters + procs.workers + procs.strays + procs.shutting_down
+    return list(dict.fromkeys(found))
+
+
+def _open_dir(prefix: str) -> Path:
+    """A directory of the host's own under /tmp that nginx's workers may pass through (0755)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
 
 
 def _stop(process: subprocess.Popen, timeout: float) -> None:

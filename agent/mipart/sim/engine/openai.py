@@ -132,7 +132,6 @@ async def admit(cfg: EngineConfig, state: EngineState, prompt_tokens: int) -> No
         state.waiting -= 1
     state.running += 1
     state.kv_tokens += prompt_tokens
-    state.prompt_tokens += prompt_tokens
 
 
 def release(state: EngineState, used_tokens: int, finished: str | None) -> None:
@@ -145,9 +144,12 @@ def release(state: EngineState, used_tokens: int, finished: str | None) -> None:
 
 
 async def generate(cfg: EngineConfig, state: EngineState, n: int):
-    """Yield n tokens at --tokens-per-second; stall when hung or wedged, stop when the engine dies."""
+    """Yield n tokens at --tokens-per-second, the first after --first-token-delay (a long prefill);
+    stall when hung or wedged, stop when the engine dies."""
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = loop.time() + cfg.first_token_delay
+    if cfg.first_token_delay:
+        await asyncio.sleep(cfg.first_token_delay)
     for i in range(n):
         if cfg.tokens_per_second > 0:
             await asyncio.sleep(max(0.0, start + (i + 1) / cfg.tokens_per_second - loop.time()))
@@ -172,8 +174,11 @@ class Generation:
         return self
 
     async def tokens(self):
-        """Tokens as produced; the last one is followed by no more."""
+        """Tokens as produced; the last one is followed by no more. The prompt's tokens are counted
+        with the first, when its prefill is done (as vLLM 0.32 counts vllm:prompt_tokens_total)."""
         async for tok in generate(self.cfg, self.state, self.n):
+            if not self.produced and self.state is not None:
+                self.state.prompt_tokens += self.prompt_tokens
             self.produced += 1
             yield tok
 
@@ -324,11 +329,12 @@ async def models(cfg: EngineConfig, state: EngineState, request: web.Request) ->
     return web.json_response({"object": "list", "data": [card]})
 
 
-def render_metrics(cfg: EngineConfig, state: EngineState) -> str:
-    """The vLLM metrics the agent reads, with vLLM's names and model_name label (values as floats, like vLLM)."""
+def render_metrics(cfg: EngineConfig, state: EngineState, names: tuple[str, ...] = ()) -> str:
+    """The vLLM metrics the agent reads, with vLLM's names and model_name label (values as floats, like vLLM);
+    only the series `names` when given, as prometheus_client answers /metrics?name[]=..."""
     model = {"model_name": cfg.model}
     kv = min(1.0, state.kv_tokens / cfg.kv_cache_tokens) if cfg.kv_cache_tokens else 0.0
-    out = Exposition()
+    out = Exposition(names)
     out.family(
         "vllm:num_requests_running",
         "gauge",
@@ -365,7 +371,8 @@ def render_metrics(cfg: EngineConfig, state: EngineState) -> str:
 
 async def metrics(cfg: EngineConfig, state: EngineState, request: web.Request) -> web.Response:
     """GET /metrics (Prometheus text)."""
-    return web.Response(body=render_metrics(cfg, state).encode(), headers={"Content-Type": CONTENT_TYPE})
+    text = render_metrics(cfg, state, tuple(request.query.getall("name[]", ())))
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 # ---------------------------------------------------------------- app and lifecycle

@@ -105,8 +105,9 @@ async def serve(cfg: EngineConfig, started: float, gpus: dict | None = None) -> 
         return 0
     runner = web.AppRunner(make_app(cfg, state), access_log=None, handle_signals=False)
     await runner.setup()
+    site = web.UnixSite(runner, cfg.uds) if cfg.uds else web.TCPSite(runner, cfg.host, cfg.port)
     try:
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
+        await site.start()  # a unix socket made as vLLM makes it, its mode from the umask
     except OSError as exc:
         log(cfg, f"cannot listen: {exc}")
         await runner.cleanup()
@@ -136,8 +137,13 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         description="Fake OpenAI-compatible engine behaving like vLLM (SIGUSR1: engine dies, SIGUSR2: hang, SIGWINCH: "
         "wedged).",
     )
+
+    def seconds(flag: str, help_text: str) -> None:
+        parser.add_argument(flag, type=at_least(0, float), default=0.0, metavar="SECONDS", help=help_text)
+
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
-    parser.add_argument("--port", required=True, type=at_least(1, int), help="Port to listen on.")
+    parser.add_argument("--port", type=at_least(1, int), help="Port to listen on (unless --uds).")
+    parser.add_argument("--uds", metavar="PATH", help="Listen on this unix socket instead, as vLLM's --uds.")
     parser.add_argument(
         "--model", default="fake-model", help="Model (served under this name unless --served-model-name)."
     )
@@ -145,15 +151,13 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
     parser.add_argument(
         "--tensor-parallel-size", type=at_least(1, int), default=1, help="Accepted as vLLM does; the fake has no GPUs."
     )
-    parser.add_argument(
-        "--startup-delay",
-        type=at_least(0, float),
-        default=0.0,
-        metavar="SECONDS",
-        help="Do not listen at all until this has elapsed (model loading).",
-    )
+    seconds("--startup-delay", "Do not listen at all until this has elapsed (model loading).")
     parser.add_argument(
         "--tokens-per-second", type=at_least(0, float), default=50.0, help="Generation speed per request; 0 = instant."
+    )
+    seconds(
+        "--first-token-delay",
+        "Each request's first token comes this long after it is admitted (a long prefill), then it streams.",
     )
     parser.add_argument(
         "--max-tokens-default",
@@ -174,21 +178,19 @@ def parse_args(argv: list[str] | None = None) -> EngineConfig:
         help="die: exit 1; hang: never answer again; 503: engine dead, port open; "
         "wedge: /health 200, generations hang.",
     )
-    parser.add_argument(
-        "--fault-after",
-        type=at_least(0, float),
-        default=0.0,
-        metavar="SECONDS",
-        help="When the fault starts, counted from process start.",
-    )
+    seconds("--fault-after", "When the fault starts, counted from process start.")
     args = parser.parse_args(argv)
-    if args.port > 65535:
+    if args.port is None and args.uds is None:
+        parser.error("one of --port and --uds is required")
+    if args.port is not None and args.port > 65535:
         parser.error("--port must be <= 65535")
     return EngineConfig(
         host=args.host,
-        port=args.port,
+        port=args.port or 0,
+        uds=args.uds,
         model=args.served_model_name or args.model,
         startup_delay=args.startup_delay,
+        first_token_delay=args.first_token_delay,
         tokens_per_second=args.tokens_per_second,
         max_tokens_default=args.max_tokens_default,
         fault=args.fault,

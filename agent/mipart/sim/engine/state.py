@@ -21,8 +21,10 @@ class EngineConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    uds: str | None = None  # a unix socket to listen on instead (vLLM's --uds): host and port are ignored
     model: str = "fake-model"
     startup_delay: float = 0.0
+    first_token_delay: float = 0.0
     tokens_per_second: float = 50.0
     max_tokens_default: int = 16
     fault: str = "none"
@@ -33,7 +35,8 @@ class EngineConfig:
 
     @property
     def instance(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Where it listens, as its X-Fake-Engine header says: host:port, or unix:PATH."""
+        return f"unix:{self.uds}" if self.uds else f"{self.host}:{self.port}"
 
 
 @dataclass

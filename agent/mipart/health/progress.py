@@ -1,0 +1,70 @@
+"""A wedged engine under load: requests running, and no token made for `health.stall_after`.
+
+/health can stay 200 while nothing generates (vllm#36960). An instance with traffic shows its
+progress in its own counters, so each probe round reads three series from its /metrics, asked
+for by name (prometheus_client, which vLLM's /metrics is, answers `name[]` with those alone):
+requests running, generated tokens and prompt tokens. While requests run and neither counter
+moves for `stall_after`, the failure is decisive: out of rotation at once, then restarted like
+any failed instance. A counter that moves, or no request running, or another server (a restart
+sets the counters back), starts the clock again at that read.
+
+vLLM 0.32 counts a prompt's tokens only when its prefill is done, together with its first
+generated token (the engine core emits no output for a partial prefill, and prompt tokens are
+counted from its outputs), so a long prefill alone looks like a wedge for as long as it takes:
+`stall_after` must exceed the longest prefill (docs/gpu-health.md). An idle instance is the
+generation probe's (health/generation.py). An engine that exports none of the series gets no
+verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mipart.health.probe import PASSED, ProbeResult, http_get
+from mipart.profile.schema import HealthSpec
+from mipart.prometheus import metric_sums
+from mipart.serving.spec import InstanceSpec
+from mipart.unixhttp import METRICS_LIMIT
+
+if TYPE_CHECKING:
+    from mipart.unixhttp import InstanceClient
+
+RUNNING = "vllm:num_requests_running"
+COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total")
+SERIES = "/metrics?" + "&".join(f"name[]={name}" for name in (RUNNING, *COUNTERS))
+
+
+@dataclass
+class Seen:
+    """One server's counters as last read, and since when they have not moved under load."""
+
+    server: str
+    counters: tuple[float | None, ...]
+    since: float
+
+
+class TokenProgress:
+    name = "progress"
+
+    def __init__(self) -> None:
+        self.seen: dict[int, Seen] = {}
+
+    async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+        _, text = await http_get(client, spec, SERIES, health.timeout, METRICS_LIMIT)  # an engine may send all
+        now, values = time.monotonic(), metric_sums(text, (RUNNING, *COUNTERS))
+        running, counters = values[RUNNING], tuple(values[name] for name in COUNTERS)
+        seen = self.seen.get(spec.number)
+        if seen is None or seen.server != spec.address or seen.counters != counters or not running:
+            self.seen[spec.number] = Seen(spec.address, counters, now)
+            return PASSED
+        stalled = now - seen.since
+        if stalled < health.stall_after:
+            return PASSED
+        return ProbeResult(
+            False,
+            f"{running:g} requests running and no token generated or prefilled for {stalled:.1f}s "
+            f"(health.stall_after {health.stall_after:g}s; /health is not enough: the engine is wedged)",
+            decisive=True,
+        )

@@ -1,0 +1,55 @@
+"""nginx.conf for the front layer, as a pure function of the profile and the planned instances.
+
+The front holds the clients' connections, keep-alive included, and passes each request,
+streaming both ways, to the back layer (nginx.conf) over the service's unix socket, on a
+fresh connection each time (no upstream `keepalive`). The back is reloaded on every
+membership change; its old workers serve a fresh connection to its end, so the reload never
+meets a kept-alive client. The front's own text depends on the listeners and services only,
+so it reloads on a profile change of those alone (docs/routing.md). When the back cannot be
+reached (down, restarting), the front answers the same JSON 503 as the back does when no
+instance is ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mipart.nginx.conf import head, server_timeouts, service_socket, unavailable_block, with_generation
+from mipart.profile.schema import Profile, ServiceSpec
+from mipart.serving.spec import InstanceSpec
+
+# nginx's default; clients (and fleet balancers) keep their connections this long between requests.
+CLIENT_KEEPALIVE = "75s"
+
+
+def render_front(profile: Profile, specs: tuple[InstanceSpec, ...], back_prefix: Path, prefix: Path) -> str:
+    """SPECS size worker_connections as in the back (nginx.conf.worker_connections); readiness plays no part."""
+    lines = head(profile, specs, prefix)
+    lines += [
+        f"    keepalive_timeout {CLIENT_KEEPALIVE};",
+        # The body is read whole before the back is reached (in memory up to 1 MiB; prompts are
+        # small). Unread, a body nginx cannot discard when the back is down makes it close the
+        # connection after its 503: clients saw "Can not write request body" and reconnected.
+        "    proxy_request_buffering on;",
+        "    client_body_buffer_size 1m;",
+        "    proxy_connect_timeout 2s;",
+    ]
+    for service in profile.services:
+        lines += _service_block(service, back_prefix)
+    lines.append("}")
+    return with_generation(profile, lines)
+
+
+def _service_block(service: ServiceSpec, back_prefix: Path) -> list[str]:
+    name = f"mipart_back_{service.name.replace('-', '_')}"
+    return [
+        f"    # service {service.name}: to the back layer",
+        # No `keepalive`: every request reaches the back on a connection of its own.
+        f"    upstream {name} {{ server unix:{service_socket(back_prefix, service.name)}; }}",
+        "    server {",
+        f"        listen {service.listen};",
+        *server_timeouts(service),
+        *unavailable_block(service),
+        f"        location / {{ proxy_pass http://{name}; }}",
+        "    }",
+    ]
