@@ -98,6 +98,18 @@ def test_a_uid_that_passwd_gives_to_someone_is_refused(monkeypatch):
     )
 
 
+def test_a_host_tree_the_servers_uid_may_not_read_is_one_line(tmp_path, sim_env, open_dir):
+    """The GPUs ROCm sees are read as the server's uid; a sysfs root only root may enter (sim_env's, in a
+    tmp_path of root's own) is refused in one line that names the file, never a traceback."""
+    instances = f'{{user: nobody, hf_home: "{open_dir / "hf"}"}}'
+    run = render_run_dir(tmp_path, sim_env, 'partitions: [9], command: ["/bin/true"]', instances=instances)
+    done = mipart("exec", "9", env={**sim_env, RUN_DIR_VAR: str(run), STATE_DIR_VAR: str(open_dir / "state")})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"mipart: {sim_env['MIPART_SYSFS_ROOT']}/class/kfd/kfd/topology/generation_id: cannot read: Permission denied"
+    ]
+
+
 def test_a_cache_swapped_for_a_link_under_the_launcher_changes_no_owner(tmp_path, sim_env, open_dir):
     """The instance's user owns the cache's parent and swaps a link to a root-owned directory in while
     the launcher runs, again and again (issue 20, finding 3: a root directory became the attacker's)."""

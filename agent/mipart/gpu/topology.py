@@ -59,6 +59,8 @@ def gpu_nodes(root: Path) -> tuple[KfdNode, ...]:
         names = [name for name in os.listdir(nodes_dir) if name.isdigit()]
     except FileNotFoundError:
         return ()  # no KFD (amdkfd not loaded, or a tree without one)
+    except OSError as exc:  # e.g. a server's user who may not read it
+        raise attrs.read_error(nodes_dir, exc) from exc
     found = []
     for name in sorted(names, key=int):
         node = nodes_dir / name
@@ -71,8 +73,12 @@ def gpu_nodes(root: Path) -> tuple[KfdNode, ...]:
 def generation(root: Path) -> int | None:
     """topology/generation_id; None where there is none (an older kernel, a hand-made tree)."""
     path = root / GENERATION
-    if not path.exists():
+    try:
+        path.stat()
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise attrs.read_error(path, exc) from exc
     return attrs.integer(path)
 
 
