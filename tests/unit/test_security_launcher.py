@@ -27,7 +27,8 @@ from conftest import create_sim, mipart
 from rendered import render_run_dir
 
 from mipart.errors import UserError
-from mipart.names import RUN_DIR_VAR, STATE_DIR_VAR
+from mipart.names import RUN_DIR_VAR, STATE_DIR_VAR, instance_uid
+from mipart.profile.schema import MAX_INSTANCES
 from mipart.serving import launcher
 
 NOBODY = pwd.getpwnam("nobody")
@@ -108,6 +109,14 @@ def test_a_host_tree_the_servers_uid_may_not_read_is_one_line(tmp_path, sim_env,
     assert done.stderr.splitlines() == [
         f"mipart: {sim_env['MIPART_SYSFS_ROOT']}/class/kfd/kfd/topology/generation_id: cannot read: Permission denied"
     ]
+
+
+def test_every_instance_number_has_a_uid_in_the_range_security_md_names():
+    """N is a slot, 8 x GPU + partition, below 72 (9 partitionable GPUs): uids 70000-70071, within what
+    systemd leaves unused (65536-524287) and below the subordinate ids useradd hands out (100000)."""
+    uids = [instance_uid(n) for n in range(MAX_INSTANCES)]
+    assert (uids[0], uids[-1]) == (70000, 70071)
+    assert uids[0] >= 65536 and uids[-1] < 100000
 
 
 def test_a_cache_swapped_for_a_link_under_the_launcher_changes_no_owner(tmp_path, sim_env, open_dir):
