@@ -98,6 +98,25 @@ def test_a_back_that_restarts_costs_kept_connections_nothing_but_the_json_503(se
     assert serving_host.backend_of_one_request()[0] == 200
 
 
+def test_an_agent_restart_cuts_no_kept_connection(serving_host):
+    """The agent restarts under keep-alive load: the new agent finds the front running the config it
+    would write and adopts it (no reload, which would close the clients' idle connections)."""
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    front = nginx_procs.scan(serving_host.run_dir / "nginx-front")
+    client = start_client(serving_host, seconds=8)
+    time.sleep(2)
+    serving_host.stop_agent()
+    serving_host.start_agent()
+    serving_host.wait_ready(timeout=20)
+    result = finish(client, 8)
+    assert result["requests"] > 200 and result["errors"] == 0, result["failures"]
+    assert CLIENTS <= result["connections_opened"] <= kept(result)
+    assert "event='nginx.adopted'" in serving_host.log_text() and "layer='front'" in serving_host.log_text()
+    now = nginx_procs.scan(serving_host.run_dir / "nginx-front")
+    assert (now.masters, now.workers) == (front.masters, front.workers)  # neither restarted nor reloaded
+
+
 def test_a_single_layer_nginx_hands_its_listeners_to_the_front(serving_host):
     """What an upgrade from a single-layer mipart finds: no front, the back serving the service's port
     itself. The agent has the back listen on both, starts the front on copies of those sockets, and

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from mipart.daemon.retry import Backoff, describe
 from mipart.daemon.snapshot import LayerState
 from mipart.errors import UserError
+from mipart.fsutil import write_atomic
 from mipart.log import Log
 from mipart.nginx import procs as nginx_procs
 from mipart.nginx.conf import generation_of
@@ -60,12 +61,16 @@ class NginxLayer:
         self.dirty = False
         try:
             await asyncio.to_thread(install_config, self.files, text)
+            if not self.reloaded and await asyncio.to_thread(self._serves, text):
+                self.reloaded, self.text, self.state.serving = True, text, generation_of(text)
+                self.log.info("nginx.adopted", generation=generation_of(text), layer=self.files.layer)
             if text != self.text or not self.reloaded or self.stale:
                 old = await asyncio.to_thread(nginx_procs.scan, self.files.prefix)
                 if old.strays:
                     self._strays_found(old.strays)
                 act = self.runner.replace_nginx if self.lost and old.masters else self.runner.ensure_nginx
                 await asyncio.to_thread(act, self.files)
+                await asyncio.to_thread(write_atomic, self.files.handed, generation_of(text) + "\n")
                 self.switch = Switch(generation_of(text), frozenset(old.accepting), time.monotonic())
                 self.reloaded, self.stale, self.lost, self.text = True, False, (), text
                 self.log.info("nginx.updated", **what, generation=generation_of(text), layer=self.files.layer)
@@ -93,6 +98,19 @@ class NginxLayer:
             self.log.info("nginx.files_ok", file=str(self.files.conf), layer=self.files.layer)
         self.retry.succeeded()
         self.state.files_error = ""
+
+    def _serves(self, text: str) -> bool:
+        """At agent start: the nginx of the last agent runs `text` already (it was handed that config, no
+        stray, every socket there). Then no reload, which would close clients' idle keep-alive connections:
+        restarting the agent never disturbs serving."""
+        try:
+            handed = self.files.handed.read_text().strip()
+        except OSError:
+            return False
+        if handed != generation_of(text) or _missing(unix_listeners(text)):
+            return False
+        found = nginx_procs.scan(self.files.prefix)
+        return bool(found.masters and found.workers) and not found.strays
 
     async def running(self) -> bool | None:
         """None when it cannot be told (systemd unreadable; the agent's unit check says so): no verdict."""

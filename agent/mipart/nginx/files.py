@@ -73,6 +73,11 @@ class NginxFiles:
         return self.prefix / "nginx.conf.rejected"
 
     @property
+    def handed(self) -> Path:
+        """The generation of the config nginx was last told to run (written after the reload or start)."""
+        return self.prefix / "nginx.conf.handed"
+
+    @property
     def upstream_log(self) -> Path:
         return self.prefix / UPSTREAM_LOG
 
