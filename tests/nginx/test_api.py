@@ -318,16 +318,16 @@ def test_an_instances_metrics_are_read_through_the_api_with_a_bound(sim_api_host
     one hostile /metrics of 1 GiB grew the agent to 752 MiB)."""
     from mipart.api import server
 
-    status, headers, body = get(sim_api_host, "/v1/instances/3/metrics")
+    status, headers, body = get(sim_api_host, "/v1/instances/9/metrics")
     assert status == 200 and body == sim_api_host.instances.METRICS and headers["content-type"].startswith("text/plain")
     sockets = {n: spec.socket for n, spec in sim_api_host.agent.specs.items()}
     sim_api_host.instances.bodies[sockets[1]] = b"x" * ((1 << 20) + 1)
     status, _, body = get(sim_api_host, "/v1/instances/1/metrics")
     assert status == 502 and b"over the 1048576 bytes" in body
     monkeypatch.setattr(server, "PROXY_TIMEOUT", 0.3)
-    sim_api_host.instances.bodies[sockets[2]] = None  # never answers
-    status, _, body = get(sim_api_host, "/v1/instances/2/metrics")
-    assert status == 504 and json.loads(body)["error"]["message"] == "instance 2 did not answer /metrics within 0.3s"
+    sim_api_host.instances.bodies[sockets[8]] = None  # never answers
+    status, _, body = get(sim_api_host, "/v1/instances/8/metrics")
+    assert status == 504 and json.loads(body)["error"]["message"] == "instance 8 did not answer /metrics within 0.3s"
     assert get(sim_api_host, "/v1/instances/99/metrics")[0] == 404
 
 
