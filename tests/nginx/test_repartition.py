@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 from serving import ServingHost
 
+from mipart.names import RELOAD_CMD_VAR
 from mipart.runners import records
 from mipart.serving.spec import InstanceSpec
 from mipart.sim.clients import ClientLoop
@@ -77,10 +79,8 @@ def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(serving_h
     new = running_digests(serving_host)
     assert sorted(new) == list(range(64)) and new == spec_digests(serving_host)  # every server runs its new spec
     assert not set(old_pids.values()) & set(serving_host.instance_pids().values())  # each one started anew
-    assert sorted(n for n in old if old[n] == new[n]) == [
-        0,
-        1,
-    ]  # the only specs CPX keeps: GPU 0's first two partitions
+    # N = 8 x GPU + partition: each DPX instance keeps its number, socket and partition in CPX, so its spec too
+    assert sorted(n for n in old if old[n] == new[n]) == sorted(old)
     assert layout(serving_host) == ["CPX"] * 8
     serving_host.wait_for(
         lambda: status(serving_host)["partition"]["drift"] is False,
@@ -105,10 +105,14 @@ def test_reload_with_a_new_layout_drains_repartitions_and_serves_on_it(serving_h
 
 
 def test_refused_and_failed_repartitions_leave_serving_up_and_say_why(serving_host):
-    serving_host.start_agent()
+    # A GPU user that appears while the driver reloads (the reload command makes it hold GPU 3)
+    # fails the apply midway, after serving went down.
+    late = subprocess.Popen(["sleep", "300"])
+    appears = f"{sys.executable} -m mipart sim hold {serving_host.root} 3 --pid {late.pid}"
+    serving_host.start_agent({RELOAD_CMD_VAR: f"{serving_host.env[RELOAD_CMD_VAR]} && {appears}"})
     serving_host.wait_ready(16)
     pids = serving_host.instance_pids()
-    serving_host.write_profile(compute="CPX")
+    serving_host.write_profile(compute="CPX", memory="NPS1")
 
     # A process the agent cannot stop holds GPU 0: refused before anything stops.
     holder = subprocess.Popen(["sleep", "300"])
@@ -135,23 +139,29 @@ def test_refused_and_failed_repartitions_leave_serving_up_and_say_why(serving_ho
         holder.kill()
         holder.wait()
 
-    # A GPU mid-reset fails the apply after serving went down: serving comes back on the layout
-    # the host has then (GPUs 0-2 switched to CPX, 3-7 still DPX: 3 x 8 + 5 x 2 = 34).
-    serving_host.mipart("sim", "reset", str(serving_host.root), "3", "--on")
-    serving_host.hup()
-    serving_host.wait_for(
-        lambda: "event='repartition.done'" in serving_host.log_text(), timeout=60, what="the repartition"
-    )
-    serving_host.wait_ready(34, timeout=120)
-    assert layout(serving_host) == ["CPX"] * 3 + ["DPX"] * 5
+    try:
+        serving_host.hup()
+        serving_host.wait_for(
+            lambda: "event='repartition.done'" in serving_host.log_text(), timeout=120, what="the repartition"
+        )
+        # Serving comes back on the layout the host has then: GPUs 0-2 switched to CPX, 3-7 as the
+        # reload into NPS1 left them (SPX): 3 x 8 + 5 x 1 = 29 instances.
+        serving_host.wait_ready(29, timeout=120)
+    finally:
+        late.kill()
+        late.wait()
+    assert layout(serving_host) == ["CPX"] * 3 + ["SPX"] * 5
     st = status(serving_host)
-    assert (
-        st["repartition"]["error"]
-        == "GPU 3 (0000:65:00.0): current_compute_partition: GPU reset in progress; retry after it finishes"
+    error = st["repartition"]["error"].splitlines()  # the refusal, then the layout the host is in now
+    assert error[0] == (
+        f"GPU 3 (0000:65:00.0): current_compute_partition busy: PID {late.pid} (sleep, no unit) on GPU 3 holds the "
+        "GPU; stop it, then rerun"
     )
+    assert error[1] == "the host now:" and error[5] == "  GPU 3 (0000:65:00.0): SPX/NPS1, the profile wants CPX/NPS1"
     assert st["last_apply"]["ok"] is False and st["last_apply"]["error"] == st["repartition"]["error"]
     assert st["partition"]["drift"] is True and "systemctl reload mipart-agent" in st["partition"]["action"]
     new = running_digests(serving_host)
-    assert sorted(new) == sorted(spec_digests(serving_host)) and new == spec_digests(serving_host) and len(new) == 34
+    assert sorted(new) == [*range(24), 24, 32, 40, 48, 56]  # N = 8 x GPU + partition
+    assert new == spec_digests(serving_host)
     assert "mipart_repartition_last_ok 0" in serving_host.api_text("/metrics")
     assert "event='repartition.failed'" in serving_host.log_text()

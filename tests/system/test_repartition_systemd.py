@@ -48,6 +48,7 @@ Description=A ROCm application holding GPU 0 (test stand-in)
 ExecStart=/bin/sleep infinity
 ExecStartPost=/bin/sh -c 'mipart sim hold {SIM} 0 --pid $MAINPID'
 """
+DPX = [8 * gpu + partition for gpu in range(8) for partition in range(2)]  # mipart's numbers: 8 x GPU + partition
 # 64 fake engines on two shared cores take about 15 s of CPU to start: generous bounds.
 READY_TIMEOUT = 300
 DIGESTS = r"""
@@ -94,9 +95,9 @@ class Serving:
             time.sleep(0.5)
         raise AssertionError(f"not {want} after {timeout}s: {state}\n{self.journal('mipart-agent')[-4000:]}")
 
-    def units(self, count: int) -> dict[int, tuple[str, str]]:
+    def units(self, numbers: list[int]) -> dict[int, tuple[str, str]]:
         """Per instance: (MainPID, ExecMainStartTimestampMonotonic), each unit active."""
-        units = " ".join(f"mipart-vllm@{n}" for n in range(count))
+        units = " ".join(f"mipart-vllm@{n}" for n in numbers)
         out = self.m.run(
             f"systemctl show -p Id -p ActiveState -p MainPID -p ExecMainStartTimestampMonotonic {units}"
         ).stdout
@@ -151,7 +152,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     m.run("systemctl daemon-reload && systemctl start gpu-client mipart-partition mipart-agent", timeout=180)
     host.wait_ready(16)
     assert holders(m) == {0: 3, **{g: 2 for g in range(1, 8)}}  # two servers per GPU, and the client on GPU 0
-    before = host.units(16)
+    before = host.units(DPX)
     client = host.show("gpu-client", "MainPID")["MainPID"]
     host.write_profile("CPX")
 
@@ -159,7 +160,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     restarted = m.run("systemctl restart mipart-partition", check=False, timeout=120)
     assert restarted.returncode != 0
     said = [line for line in host.journal("mipart-partition").splitlines() if line.startswith("mipart: ")][-1]
-    assert "mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@2 and 13 more)" in said, (
+    assert "mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@8 and 13 more)" in said, (
         said
     )
     assert "apply gpus: while serving with `systemctl reload mipart-agent`" in said, said
@@ -182,7 +183,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
         f"GPUs in use by processes mipart does not manage: PID {holder} (sleep, rocm-app.service) on GPU 0; "
         "nothing was stopped or changed"
     ), error
-    assert host.units(16) == before
+    assert host.units(DPX) == before
     assert json.loads(m.run("cat /run/mipart/partition.json").stdout)["error"] == error
     assert (
         host.show("mipart-agent", "StatusText")["StatusText"] == f"16/16 instances ready; repartition failed: {error}"
@@ -201,7 +202,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     assert set(clients.seen) <= {"200", "503 ServiceUnavailable"}, clients.seen
     assert clients.seen.get("503 ServiceUnavailable"), clients.seen  # the gap was answered, never hung
 
-    after = host.units(64)
+    after = host.units(list(range(64)))
     assert not {pid for pid, _ in before.values()} & {pid for pid, _ in after.values()}
     digests = host.digests()
     assert sorted(digests) == list(range(64))

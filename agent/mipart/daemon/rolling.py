@@ -26,9 +26,10 @@ from mipart.daemon.snapshot import gpu_label
 from mipart.daemon.stopping import cancel_planned_restarts, describe, keep_systemd_informed, stop_and_wait
 from mipart.health.states import FAILED
 from mipart.names import instance_name
-from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host
+from mipart.partition.apply import apply, busy_holders, plan_host
 from mipart.partition.record import record_apply
 from mipart.partition.rolling import ROLLING, Rollout, Step
+from mipart.partition.writes import ApplyBackend
 
 Tend = Callable[[], Awaitable[None]]
 TICK = 0.1  # how often a step's wait tends the instances and looks at the new ones
