@@ -57,7 +57,9 @@ def test_moving_one_gpu_to_qpx_under_clients_keeps_the_other_gpu_s_units(machine
     before = host.units(GPU_0 + GPU_1)
     host.write_layout(", overrides: [{select: [1], compute: QPX}]")
 
-    planned = json.loads(m.run("mipart plan --json --profile /etc/mipart/profile.yaml").stdout)["rollout"]
+    planned = json.loads(
+        m.run(f"MIPART_SYSFS_ROOT={SIM} mipart plan --json --profile /etc/mipart/profile.yaml").stdout
+    )["rollout"]
     assert planned["mode"] == "rolling" and planned["dark"] == {}, planned
     [step] = planned["steps"]
     assert step["gpus"] == [1] and step["stop"] == GPU_1 and step["start"] == [8, 9, 10, 11]
