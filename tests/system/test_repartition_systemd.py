@@ -28,7 +28,7 @@ SIM = "/var/lib/mipart-sim"
 ENGINE = '["/usr/bin/python3", "-m", "mipart.sim.engine", "--startup-delay", "1"]'
 PROFILE = """\
 version: 1
-gpus: {{compute: {compute}, memory: NPS2, client_services: [gpu-client.service]}}
+gpus: {{compute: {compute}, memory: {memory}, client_services: [gpu-client.service]{overrides}}}
 services:
   chat:
     model: test/chat
@@ -75,8 +75,12 @@ class Serving:
         first = free_block(2)  # the listener and the API; instances listen on unix sockets
         self.m, self.listen, self.api = m, first, first + 1
 
-    def write_profile(self, compute: str) -> None:
-        text = PROFILE.format(compute=compute, listen=self.listen, api=self.api, engine=ENGINE)
+    def write_profile(self, compute: str, memory: str = "NPS2", overrides: str = "") -> None:
+        """overrides: gpus.overrides as YAML flow text, e.g. "[{select: [1], compute: QPX}]"."""
+        more = f", overrides: {overrides}" if overrides else ""
+        text = PROFILE.format(
+            compute=compute, memory=memory, overrides=more, listen=self.listen, api=self.api, engine=ENGINE
+        )
         self.m.run(f"cat >/etc/mipart/profile.yaml <<'EOF'\n{text}EOF")
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
@@ -125,6 +129,18 @@ class Serving:
 
     def request(self) -> str:
         return ClientLoop(self.listen, "test/chat").answer()
+
+
+def serve_simulated(m: Machine, deb, gpus: int, compute: str, memory: str) -> Serving:
+    """The .deb installed, a simulated MI300X host (`--gpus`, its layout), the profile for that
+    layout, and the partition and agent units started."""
+    install_deb(m, deb)
+    host = Serving(m)
+    m.run(f"mipart sim create {SIM} --model mi300x --gpus {gpus} --compute {compute} --memory {memory}")
+    m.run(f"printf 'MIPART_SYSFS_ROOT={SIM}\\n' >/etc/default/mipart")  # the simulated root reloads itself
+    host.write_profile(compute, memory)
+    m.run("systemctl daemon-reload && systemctl start mipart-partition mipart-agent", timeout=180)
+    return host
 
 
 def holders(m: Machine) -> dict[int, int]:

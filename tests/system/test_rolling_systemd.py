@@ -17,45 +17,21 @@ import pytest
 
 from mipart.sim.clients import ClientLoop
 
-from .nspawn import Machine, install_deb
-from .test_repartition_systemd import ENGINE, SIM, Serving
+from .nspawn import Machine
+from .test_repartition_systemd import SIM, serve_simulated
 
 pytestmark = pytest.mark.system
 
-PROFILE = """\
-version: 1
-gpus: {{compute: DPX, memory: NPS1{overrides}}}
-services:
-  chat:
-    model: test/chat
-    listen: "127.0.0.1:{listen}"
-    runtime: native
-    command: {engine}
-    args: []
-health: {{interval: 1s, timeout: 800ms, unhealthy_after: 3, restart_backoff: 500ms}}
-api: {{listen: "127.0.0.1:{api}"}}
-"""
 GPU_0, GPU_1 = [0, 1], [8, 9]  # mipart's numbers: 8 x GPU + partition
 READY_TIMEOUT = 180
 
 
-class Rolling(Serving):
-    def write_layout(self, overrides: str = "") -> None:
-        text = PROFILE.format(overrides=overrides, listen=self.listen, api=self.api, engine=ENGINE)
-        self.m.run(f"cat >/etc/mipart/profile.yaml <<'EOF'\n{text}EOF")
-
-
 def test_moving_one_gpu_to_qpx_under_clients_keeps_the_other_gpu_s_units(machine: Machine, deb):
     m = machine
-    install_deb(m, deb)
-    host = Rolling(m)
-    m.run(f"mipart sim create {SIM} --model mi300x --gpus 2 --compute DPX --memory NPS1")
-    m.run(f"printf 'MIPART_SYSFS_ROOT={SIM}\\n' >/etc/default/mipart")
-    host.write_layout()
-    m.run("systemctl daemon-reload && systemctl start mipart-partition mipart-agent", timeout=180)
+    host = serve_simulated(m, deb, gpus=2, compute="DPX", memory="NPS1")
     host.wait_ready(4, READY_TIMEOUT)
     before = host.units(GPU_0 + GPU_1)
-    host.write_layout(", overrides: [{select: [1], compute: QPX}]")
+    host.write_profile("DPX", "NPS1", overrides="[{select: [1], compute: QPX}]")
 
     planned = json.loads(
         m.run(f"MIPART_SYSFS_ROOT={SIM} mipart plan --json --profile /etc/mipart/profile.yaml").stdout
