@@ -60,6 +60,7 @@ class Target(Protocol):
     profile: Path
 
     def address(self, number: int) -> str: ...
+    def numbers(self) -> list[int]: ...  # the instances it runs now (mipart's numbers: 8 x GPU + partition)
     def instance_pid(self, number: int) -> int: ...
     def master(self, front: bool = False) -> int | None: ...  # the back's nginx master, or the front's
     def nginx_conf(self) -> str: ...
@@ -84,6 +85,9 @@ class ProcessTarget:
 
     def address(self, number: int) -> str:
         return self.host.backend(number)
+
+    def numbers(self) -> list[int]:
+        return sorted(self.host.instance_pids())
 
     def instance_pid(self, number: int) -> int:
         return self.host.instance_pids()[number]
@@ -155,7 +159,7 @@ def settled(target: Target, timeout: float = 60) -> None:
 
 def engine_signal(sig: int, label: str):
     def inject(target: Target) -> Injected:
-        number = random.randrange(target.count)
+        number = random.choice(target.numbers())
         pid = target.instance_pid(number)
         fault = harness.Fault(label, time.time(), target.address(number))
         os.kill(pid, sig)

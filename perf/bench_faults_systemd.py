@@ -43,10 +43,12 @@ from mipart.api.client import AgentDown, Api  # noqa: E402
 from mipart.api.contract import Status, to_json  # noqa: E402
 from mipart.names import (  # noqa: E402
     AGENT_UNIT,
+    INSTANCE_PATTERN,
     NGINX_FRONT_UNIT,
     NGINX_UNIT,
     RELOAD_CMD_VAR,
     SYSFS_ROOT_VAR,
+    instance_number,
     instance_unit,
 )
 from mipart.sim.fake_profile import FakeEngineProfile, Ports  # noqa: E402
@@ -93,6 +95,10 @@ class SystemdTarget:
 
     def address(self, number: int) -> str:
         return f"unix:/run/mipart-vllm/sockets/{number}/http.sock"  # as the machine's agent plans it
+
+    def numbers(self) -> list[int]:
+        units = self.m.run(f"systemctl list-units --plain --no-legend '{INSTANCE_PATTERN}'").stdout.split()
+        return sorted(n for n in map(instance_number, units) if n is not None)
 
     def instance_pid(self, number: int) -> int:
         pid = self.host_pid(instance_unit(number))

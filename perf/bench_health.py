@@ -209,7 +209,8 @@ def out_of_rotation(host: BenchHost, repeats: int) -> list[dict]:
         f"{'#':>3} {'inst':>4} {'pause':>6} {'degraded':>8} {'detect':>8} {'conf':>8} {'reload':>8}   after: requests ok / hung-or-failed"
     )
     rows = []
-    victims = random.Random().sample(range(INSTANCES), k=min(repeats, INSTANCES)) * (repeats // INSTANCES + 1)
+    numbers = sorted(host.instance_pids())  # mipart's numbers: 8 x GPU + partition, with gaps
+    victims = random.Random().sample(numbers, k=min(repeats, INSTANCES)) * (repeats // INSTANCES + 1)
     for index in range(repeats):
         settle(host)
         pause = random.uniform(0, INTERVAL)
@@ -287,7 +288,7 @@ def fault_under_load(
     host: BenchHost, tmp: Path, kind: str, clients: int, seconds: float, think: float, fault_in: float
 ) -> dict:
     settle(host)
-    number = random.randrange(INSTANCES)
+    number = random.choice(sorted(host.instance_pids()))
     pid = host.instance_pids()[number]
     workers = host.nginx_workers()
     master = host.nginx_master()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from mipart.names import RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR, SYSFS_ROOT_VAR
+from mipart.paths import launched_dir
+from mipart.runners import records
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / "agent"
@@ -25,6 +27,12 @@ def mipart(*args: str, env: dict | None = None, timeout: float = 120) -> subproc
         text=True,
         timeout=timeout,
     )
+
+
+def error_lines(stderr: str) -> list[str]:
+    """A CLI run's error and the lines after it (the log lines before it are structlog's)."""
+    lines = stderr.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("mipart: ")) :]
 
 
 class SimRoot:
@@ -90,6 +98,41 @@ def live_pids():
         return sorted(p.pid for p in started[-count:])
 
     yield make
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+OPEN_AND_WAIT = (
+    "import os, sys, time; fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]; print('open', flush=True); "
+    "time.sleep(300)"
+)
+
+
+@pytest.fixture
+def opener(tmp_path, monkeypatch):
+    """start(paths, env) runs a process that holds `paths` open (as a GPU server holds its devices), with
+    `env` added (e.g. its simulated device cgroup); it is killed by PID afterwards.
+
+    instance=N: it is instance N's server, as the launcher leaves one: in a session of its own, with
+    the launcher's record of it in the serving dir (tmp_path/serving, as SimRoot's env says, also
+    this process's MIPART_SERVING_DIR)."""
+    started: list[subprocess.Popen] = []
+    serving = tmp_path / "serving"
+    monkeypatch.setenv(SERVING_DIR_VAR, str(serving))
+
+    def start(paths: list[str], env: dict | None = None, instance: int | None = None) -> subprocess.Popen:
+        full = {**os.environ, "PYTHONPATH": str(AGENT), **(env or {})}
+        argv = [sys.executable, "-c", OPEN_AND_WAIT, *paths]
+        proc = subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "open"
+        if instance is not None:
+            launched_dir(serving).mkdir(parents=True, exist_ok=True)
+            records.write_record(launched_dir(serving), f"{instance}.json", proc.pid, digest="d", uid=os.getuid())
+        return proc
+
+    yield start
     for proc in started:
         proc.kill()
         proc.wait()

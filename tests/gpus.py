@@ -1,7 +1,8 @@
-"""Logical GPUs of 8 x MI300X hosts built by hand, numbered as the driver numbers them."""
+"""Logical GPUs of 8 x MI300X hosts built by hand, numbered as mipart numbers them."""
 
 from __future__ import annotations
 
+from mipart.gpu.modes import logical_number, render_minor
 from mipart.values import LogicalGpu
 
 PARTS = {"SPX": 1, "DPX": 2, "QPX": 4, "CPX": 8}  # logical GPUs per MI300X in each compute mode
@@ -12,14 +13,15 @@ def bdf(gpu: int) -> str:
 
 
 def logical_gpus(compute: str = "DPX", physical: int = 8) -> tuple[LogicalGpu, ...]:
-    """KFD order: physical GPUs in PCI order, partitions within each; render minors as the driver numbers them."""
+    """Physical GPUs in PCI order, partitions within each, numbered by slot (8 x GPU + partition);
+    render minors as the driver numbers them."""
     per = PARTS[compute]
     return tuple(
         LogicalGpu(
-            index=p * per + k,
+            index=logical_number(p, k),
             node_id=p * per + k + 1,
             gpu_id=40000 + p * per + k,
-            render_minor=128 + 8 * p + k,
+            render_minor=render_minor(logical_number(p, k)),
             physical_index=p,
             partition=k,
             bdf=bdf(p),

@@ -82,6 +82,7 @@ def status(
                 ),
             ),
             warnings=("a known trap, in one line",),
+            pending_memory="",
         ),
         repartition=repartition,
         last_apply=contract.LastApply(

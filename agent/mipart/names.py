@@ -37,8 +37,8 @@ NGINX_WORKER_USER = "www-data"
 # A native server of a non-root instances.user runs as uid INSTANCE_UID_BASE + N, a uid of its
 # own (no other instance can read its environment or signal it), with that user's groups. The
 # range lies in what systemd leaves unused (65536-524287, its "Users, Groups, UIDs and GIDs" page) and below
-# the subordinate ids useradd hands out (SUB_UID_MIN 100000); the launcher refuses a uid that
-# /etc/passwd gives to someone.
+# the subordinate ids useradd hands out (SUB_UID_MIN 100000): N is a logical GPU slot below 72
+# (gpu.modes.LOGICAL_SLOTS), so 70000-70071. The launcher refuses a uid that /etc/passwd gives to someone.
 INSTANCE_UID_BASE = 70000
 DEFAULT_SYSFS_ROOT = "/sys"
 # In a root that is no real host (a simulated one): the file naming its GPU backend (mipart.gpu).
@@ -56,6 +56,9 @@ RELOAD_CMD_VAR = "MIPART_RELOAD_CMD"
 RELOAD_TIMEOUT_VAR = "MIPART_RELOAD_TIMEOUT"
 INSTANCE_VAR = "MIPART_INSTANCE"
 DEVICES_VAR = "MIPART_DEVICES"  # on a simulated host only: the device files the server holds open
+# On a simulated host only: the device files a server's device cgroup allows (the simulator cannot
+# see cgroups; the launcher declares what the unit's DeviceAllow= gives); absent: unconfined.
+DEVICE_CGROUP_VAR = "MIPART_DEVICE_CGROUP"
 RESERVED_ENV_PREFIX = "MIPART_"  # mipart's own variables: never the profile's
 # Set by mipart for each instance (its GPUs, its model cache): neither `env` nor an env file may.
 VISIBLE_DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")

@@ -20,16 +20,21 @@ class PhysicalGpu:
     memory: str  # "" when the driver exposes no memory partitioning
     memory_available: tuple[str, ...]
     path: Path  # the PCI device dir that carries the partition attributes
+    xcc_count: int = 0  # XCCs, from KFD's num_xcc (0: not known from KFD; gpu.amdgpu.xcc_count falls back)
+    hive_id: int = 0  # KFD's hive_id: GPUs of one XGMI hive share it; 0: in no hive
 
 
 @dataclass(frozen=True)
 class LogicalGpu:
-    index: int  # KFD topology order among GPU nodes = the CUDA/HIP_VISIBLE_DEVICES index
+    # mipart's logical GPU number, a slot: PARTITION_SLOTS x physical_index + partition
+    # (gpu.modes.logical_number). Never KFD node order, which a runtime switch changes: the
+    # visible-devices index ROCm wants is resolved when a server starts (gpu.rocm_order).
+    index: int
     node_id: int
     gpu_id: int
     render_minor: int
     physical_index: int
-    partition: int  # order within its physical GPU
+    partition: int  # order within its physical GPU (by render minor)
     bdf: str
 
     @property
@@ -41,6 +46,23 @@ class LogicalGpu:
 class HostState:
     physical: tuple[PhysicalGpu, ...]
     logical: tuple[LogicalGpu, ...]
+
+
+@dataclass(frozen=True)
+class LoadMode:
+    """amdgpu.user_partt_mode as the next driver load reads it (gpu/modprobe.py)."""
+
+    mode: str  # "AUTO", a compute mode name, or the value as given when the driver knows no such mode
+    where: str  # the file and line or the kernel command line; "" for the driver's default
+
+
+@dataclass(frozen=True)
+class PendingMemory:
+    """A memory (NPS) request mipart wrote and no reload has applied yet (partition/pending.py)."""
+
+    memory: str  # the mode asked for
+    bdfs: tuple[str, ...]  # the GPUs it was written on, one per hive
+    since: float  # when, seconds since the epoch
 
 
 @dataclass(frozen=True)

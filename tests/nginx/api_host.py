@@ -25,6 +25,10 @@ api: {{listen: "{api}"}}
 """
 
 
+# mipart's numbers on an 8 x MI300X host in DPX: 8 x GPU + partition (gpu.modes.logical_number).
+DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,7 +41,7 @@ class DummyRunner:
     def __init__(self):
         from mipart.values import UnitState
 
-        self.states = {n: UnitState("active", "running", 0) for n in range(16)}
+        self.states = {n: UnitState("active", "running", 0) for n in DPX_NUMBERS}
         self.nginx = {"back": True, "front": True}  # by layer
 
     def list_instances(self):
@@ -86,18 +90,18 @@ class SimApiHost:
         h[1] = InstanceHealth(
             1, state="degraded", since=now - 2, failures=1, last_error="/health did not answer within 1s"
         )
-        h[2] = InstanceHealth(2, state="starting", since=now - 5)
-        h[3] = InstanceHealth(
-            3, state="restarting", since=now - 20, restart_attempts=2, restarts_total=2, last_error="unit failed/failed"
+        h[8] = InstanceHealth(8, state="starting", since=now - 5)
+        h[9] = InstanceHealth(
+            9, state="restarting", since=now - 20, restart_attempts=2, restarts_total=2, last_error="unit failed/failed"
         )
-        h[4] = InstanceHealth(
-            4,
+        h[16] = InstanceHealth(
+            16,
             state="failed",
             since=now - 60,
             restarts_total=5,
             last_error="unit failed/failed; gave up after 5 restarts",
         )
-        h[5] = InstanceHealth(5, state="unhealthy", since=now - 30, failures=3, last_error="/health answered 503")
+        h[17] = InstanceHealth(17, state="unhealthy", since=now - 30, failures=3, last_error="/health answered 503")
         agent.status.last_reconcile = now - 10
         return agent
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import AGENT
 
-from .api_host import LiveApi, SimApiHost
+from .api_host import DPX_NUMBERS, LiveApi, SimApiHost
 
 
 def get(host: SimApiHost, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
@@ -139,15 +139,15 @@ def test_instances_list_and_one(sim_api_host, live_api):
     data = get_json(sim_api_host, "/v1/instances")
     assert data["api_version"] == 2
     instances = data["instances"]
-    assert [i["number"] for i in instances] == list(range(16))
+    assert [i["number"] for i in instances] == DPX_NUMBERS
     states = {i["number"]: i["state"] for i in instances}
-    assert states[0] == "ready" and states[1] == "degraded" and states[2] == "starting"
-    assert states[3] == "restarting" and states[4] == "failed" and states[5] == "unhealthy"
-    one = get_json(sim_api_host, "/v1/instances/3")
+    assert states[0] == "ready" and states[1] == "degraded" and states[8] == "starting"
+    assert states[9] == "restarting" and states[16] == "failed" and states[17] == "unhealthy"
+    one = get_json(sim_api_host, "/v1/instances/9")
     assert one == instances[3] and one["api_version"] == 2
-    assert one["unit"] == "mipart-vllm@3.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
-    assert "port" not in one and one["address"] == f"unix:{sim_api_host.serving_dir}/sockets/3/http.sock"
-    assert one["logical_gpus"] == [3] and one["physical_gpus"] == [1]
+    assert one["unit"] == "mipart-vllm@9.service" and one["service"] == "chat" and one["model"] == "test/fake-llm"
+    assert "port" not in one and one["address"] == f"unix:{sim_api_host.serving_dir}/sockets/9/http.sock"
+    assert one["logical_gpus"] == [9] and one["physical_gpus"] == [1]
     assert one["devices"][0] == "/dev/kfd" and one["devices"][1].startswith("/dev/dri/renderD")
     assert one["restarts"] == 2 and one["last_error"] == "unit failed/failed"
     assert (one["active_state"], one["sub_state"]) == ("active", "running")
@@ -157,10 +157,10 @@ def test_instances_list_and_one(sim_api_host, live_api):
 def test_a_draining_instance_is_reported_as_draining(sim_api_host, live_api):
     from mipart.health.machine import InstanceHealth
 
-    sim_api_host.agent.instances.health[6] = InstanceHealth(6, state="ready")
-    sim_api_host.agent.instances.health[6].drain()
-    assert get_json(sim_api_host, "/v1/instances/6")["state"] == "draining"
-    assert get_json(sim_api_host, "/v1/instances/6")["ready"] is False
+    sim_api_host.agent.instances.health[24] = InstanceHealth(24, state="ready")
+    sim_api_host.agent.instances.health[24].drain()
+    assert get_json(sim_api_host, "/v1/instances/24")["state"] == "draining"
+    assert get_json(sim_api_host, "/v1/instances/24")["ready"] is False
     assert get_json(sim_api_host, "/v1/status")["instances"]["draining"] == 1
 
 
@@ -274,10 +274,10 @@ def test_metrics_text_format(sim_api_host, live_api):
     }
     ready = {labels["instance"]: (labels, value) for labels, value in families["mipart_instance_ready"]}
     assert len(ready) == 16
-    assert ready["mipart-vllm@3.service"] == ({"service": "chat", "instance": "mipart-vllm@3.service", "gpu": "3"}, 0.0)
+    assert ready["mipart-vllm@9.service"] == ({"service": "chat", "instance": "mipart-vllm@9.service", "gpu": "9"}, 0.0)
     assert ready["mipart-vllm@0.service"][1] == 1.0
     restarts = {labels["instance"]: value for labels, value in families["mipart_instance_restarts_total"]}
-    assert restarts["mipart-vllm@4.service"] == 5 and restarts["mipart-vllm@0.service"] == 0
+    assert restarts["mipart-vllm@16.service"] == 5 and restarts["mipart-vllm@0.service"] == 0
 
 
 def test_metrics_escape_label_values_and_follow_errors(sim_api_host):
@@ -303,7 +303,7 @@ def test_metrics_pass_promtool(sim_api_host, live_api):
 def test_targets_are_prometheus_http_sd(sim_api_host, live_api):
     groups = get_json(sim_api_host, "/v1/targets")
     assert isinstance(groups, list) and len(groups) == 16
-    for n, group in enumerate(groups):
+    for n, group in zip(DPX_NUMBERS, groups, strict=True):
         assert set(group) == {"targets", "labels"}
         assert group["targets"] == [sim_api_host.api]  # the API itself: instances listen on unix sockets
         labels = group["labels"]
@@ -318,16 +318,16 @@ def test_an_instances_metrics_are_read_through_the_api_with_a_bound(sim_api_host
     one hostile /metrics of 1 GiB grew the agent to 752 MiB)."""
     from mipart.api import server
 
-    status, headers, body = get(sim_api_host, "/v1/instances/3/metrics")
+    status, headers, body = get(sim_api_host, "/v1/instances/9/metrics")
     assert status == 200 and body == sim_api_host.instances.METRICS and headers["content-type"].startswith("text/plain")
     sockets = {n: spec.socket for n, spec in sim_api_host.agent.specs.items()}
     sim_api_host.instances.bodies[sockets[1]] = b"x" * ((1 << 20) + 1)
     status, _, body = get(sim_api_host, "/v1/instances/1/metrics")
     assert status == 502 and b"over the 1048576 bytes" in body
     monkeypatch.setattr(server, "PROXY_TIMEOUT", 0.3)
-    sim_api_host.instances.bodies[sockets[2]] = None  # never answers
-    status, _, body = get(sim_api_host, "/v1/instances/2/metrics")
-    assert status == 504 and json.loads(body)["error"]["message"] == "instance 2 did not answer /metrics within 0.3s"
+    sim_api_host.instances.bodies[sockets[8]] = None  # never answers
+    status, _, body = get(sim_api_host, "/v1/instances/8/metrics")
+    assert status == 504 and json.loads(body)["error"]["message"] == "instance 8 did not answer /metrics within 0.3s"
     assert get(sim_api_host, "/v1/instances/99/metrics")[0] == 404
 
 

@@ -180,7 +180,7 @@ def test_after_an_agent_restart_a_killed_master_is_replaced_and_changes_reach_ng
     serving_host.wait_for(lambda: master(serving_host) not in (None, old), timeout=10, what="a new nginx master")
     assert "event='nginx.strays'" in serving_host.log_text()  # detected, and reported before it was replaced
     generation = nginx_status(serving_host)["generation"]
-    victim = serving_host.instance_pids()[2]
+    victim = serving_host.instance_pids()[8]
     os.kill(victim, signal.SIGKILL)  # a readiness change after the fault must reach the nginx that serves
     serving_host.wait_for(
         lambda: nginx_status(serving_host)["generation"] != generation and nginx_status(serving_host)["current"],
@@ -189,7 +189,7 @@ def test_after_an_agent_restart_a_killed_master_is_replaced_and_changes_reach_ng
     )
     for _ in range(20):
         status, backend = serving_host.backend_of_one_request()
-        assert status == 200 and backend != address(serving_host, 2)
+        assert status == 200 and backend != address(serving_host, 8)
     assert nginx_status(serving_host)["stray_workers"] == 0
 
 
@@ -226,19 +226,19 @@ def test_damaged_run_files_are_reported_and_retried_and_serving_goes_on(serving_
     (run / "instances").unlink()
     shutil.rmtree(run / "instances.moved")
     serving_host.wait_for(
-        lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the specs rewritten"
+        lambda: files_error() == "" and (run / "instances/9.json").is_file(), timeout=40, what="the specs rewritten"
     )
 
     # a spec path taken by a directory while a SIGHUP changes every spec
-    (run / "instances/3.json").unlink()
-    (run / "instances/3.json").mkdir()
+    (run / "instances/9.json").unlink()
+    (run / "instances/9.json").mkdir()
     serving_host.write_profile(args='["--max-tokens-default", "4"]')
     serving_host.hup()
-    serving_host.wait_for(lambda: "3.json" in files_error(), timeout=10, what="the spec path reported")
+    serving_host.wait_for(lambda: "9.json" in files_error(), timeout=10, what="the spec path reported")
     assert serving_host.agent.poll() is None and serving_host.status_of_one_request() == 200
-    (run / "instances/3.json").rmdir()
+    (run / "instances/9.json").rmdir()
     serving_host.wait_for(
-        lambda: files_error() == "" and (run / "instances/3.json").is_file(), timeout=40, what="the spec rewritten"
+        lambda: files_error() == "" and (run / "instances/9.json").is_file(), timeout=40, what="the spec rewritten"
     )
     assert serving_host.agent.poll() is None
     assert "event='agent.step_failed'" not in serving_host.log_text()  # each error was handled where it happened
@@ -261,7 +261,7 @@ def test_a_hung_instance_leaves_rotation_in_the_bound_and_is_restarted_only_afte
     for sample in range(4):
         serving_host.wait_ready(timeout=30)
         time.sleep(rng.uniform(0.2, 1.2))  # a random phase against the probe schedule
-        number = sample % harness.INSTANCES
+        number = sorted(serving_host.instance_pids())[sample % harness.INSTANCES]  # 0, 1, 8, 9: 8 x GPU + partition
         pid = serving_host.instance_pids()[number]
         before = set(nginx_procs.scan(serving_host.run_dir / "nginx").accepting)
         down = f"server {address(serving_host, number)} down;"

@@ -16,7 +16,7 @@ def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, si
     profile = tmp_path / "profile.yaml"
     profile.write_text(
         "version: 1\ngpus: {compute: DPX, memory: NPS2}\n"
-        + 'services:\n  chat: {model: org/m, listen: "127.0.0.1:18040", partitions: "0-7", args: ["--max-num-seqs", "512"]}\n  code: {model: org/c, listen: 18041, partitions: "8-15"}\n'
+        + 'services:\n  chat: {model: org/m, listen: "127.0.0.1:18040", partitions: "0-1,8-9,16-17,24-25", args: ["--max-num-seqs", "512"]}\n  code: {model: org/c, listen: 18041, partitions: "32-33,40-41,48-49,56-57"}\n'
     )
     assert mipart("render", "--root", out, "--ready", "none", "--profile", profile, env=sim_env).returncode == 0
     conf = out / "run/mipart/nginx/nginx.conf"

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ import pytest
 from conftest import REPO
 
 from mipart.serving.spec import read_spec_files
+from mipart.sim.clients import ClientLoop
 from mipart.sim.fake_profile import Ports
 from mipart.sim.host import SimulatedHost
 from mipart.sim.ports import EPHEMERAL_START
@@ -27,6 +29,7 @@ import faults as harness  # noqa: E402  (the fault harness: perf/faults.py)
 
 pytestmark = pytest.mark.nginx
 GPU_1_TO_QPX = "[{select: [1], compute: QPX}]"
+BOTH_TO_QPX = "[{select: [0, 1], compute: QPX}]"
 
 
 def rolling_host(tmp_path, **fields) -> SimulatedHost:
@@ -54,6 +57,10 @@ def steps_logged(host) -> list[dict[str, str]]:
 
 def status(host) -> dict:
     return host.api_get("/v1/status")
+
+
+def layout(host) -> list[str]:
+    return [g["compute"] for g in json.loads(host.mipart("sim", "show", str(host.root), "--json"))["gpus"]]
 
 
 def test_moving_gpu_1_to_qpx_keeps_gpu_0_serving_with_no_failed_request(host, tmp_path):
@@ -146,4 +153,56 @@ def test_an_agent_killed_mid_step_says_where_it_stopped_and_a_reload_finishes(tm
         host.wait_for(lambda: not status(host)["repartition"]["error"], timeout=30, what="the error cleared")
         assert not (host.run_dir / "rolling.json").exists()
     finally:
+        host.close()
+
+
+def test_a_holder_on_the_next_gpu_stops_the_change_at_its_boundary_and_a_reload_resumes(tmp_path):
+    """Both GPUs to QPX, GPU 0 first: once GPU 0 has switched, a process mipart does not manage opens
+    GPU 1. The change stops before GPU 1's instances stop; GPU 0 serves on QPX, GPU 1 on DPX."""
+    host = rolling_host(tmp_path, delay=3.0)  # GPU 0's new engines load for 3 s: the holder comes first
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        host.start_agent()
+        host.wait_ready(4, timeout=60)
+        gpu1 = {n: pid for n, pid in host.instance_pids().items() if n in on_gpu(host, 1)}
+        host.write_profile(overrides=BOTH_TO_QPX)
+        with ClientLoop(host.listen, host.spec.model, limit=120) as clients:
+            host.hup()
+            host.wait_for(lambda: "event='repartition.applied'" in host.log_text(), timeout=60, what="GPU 0 switched")
+            host.mipart("sim", "hold", str(host.root), "1", "--pid", str(holder.pid))
+            host.wait_for(lambda: "event='repartition.done'" in host.log_text(), timeout=60, what="the change to stop")
+            host.wait_ready(6, timeout=60)  # GPU 0's four on QPX beside GPU 1's two on DPX
+        assert set(clients.seen) == {"200"}, clients.seen  # GPU 1 served while GPU 0 switched, and after
+        error = status(host)["repartition"]["error"]
+        assert error.startswith(
+            "rolling repartition stopped at step 2 of 2 (GPU 1): GPUs switched before it: 0: "
+            f"GPUs in use by processes mipart does not manage: PID {holder.pid} (sleep, "
+        ), error
+        assert error.endswith(
+            "`systemctl reload mipart-agent` to resume: it plans again from the host's layout, "
+            "so only the GPUs left (1) switch"
+        ), error
+        assert layout(host) == ["QPX", "DPX"] and on_gpu(host, 0) == [0, 1, 2, 3]
+        assert {n: pid for n, pid in host.instance_pids().items() if n in gpu1} == gpu1  # GPU 1 never stopped
+        record = json.loads((host.run_dir / "rolling.json").read_text())
+        assert record["state"] == "stopped" and record["gpus"] == [1] and record["switched"] == [0]
+        assert [(s["phase"], s["gpus"], s.get("ok", "")) for s in steps_logged(host)] == [
+            ("start", "0", ""),
+            ("end", "0", "True"),
+            ("start", "1", ""),
+            ("end", "1", "False"),
+        ]
+
+        holder.kill()
+        holder.wait()
+        gpu0 = {n: pid for n, pid in host.instance_pids().items() if n in on_gpu(host, 0)}
+        host.hup()  # resumes: only GPU 1 is left
+        host.wait_ready(8, timeout=60)
+        host.wait_for(lambda: not status(host)["repartition"]["error"], timeout=30, what="the error cleared")
+        assert layout(host) == ["QPX", "QPX"] and on_gpu(host, 1) == [8, 9, 10, 11]
+        assert {n: pid for n, pid in host.instance_pids().items() if n in gpu0} == gpu0  # GPU 0 kept serving
+        assert not (host.run_dir / "rolling.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
         host.close()

@@ -22,7 +22,8 @@ from mipart.sim.host import SimulatedHost
 
 pytestmark = pytest.mark.nginx
 
-INSTANCES = 4
+NUMBERS = (0, 1, 8, 9)  # GPUs 0 and 1 in DPX: N = 8 x GPU + partition
+INSTANCES = len(NUMBERS)
 # A (re)started engine is ready only after this: the instance taken down stays down that long
 # after its restart, long enough to send every session again while it is out.
 STARTUP = 15
@@ -32,7 +33,7 @@ AFFINITY = {"affinity": {"header": HEADER}}
 
 @pytest.fixture(scope="module")
 def serving_host(tmp_path_factory):
-    profile = FakeEngineProfile(Ports.free(low=TEST_PORTS), partitions='"0-3"', delay=STARTUP)
+    profile = FakeEngineProfile(Ports.free(low=TEST_PORTS), partitions='"0-1,8-9"', delay=STARTUP)
     serving = SimulatedHost(tmp_path_factory.mktemp("routing"), profile, expected=INSTANCES)
     serving.start_agent()
     serving.wait_ready(INSTANCES, timeout=90 + STARTUP)
@@ -70,7 +71,7 @@ def backend(host: SimulatedHost, headers: dict[str, str] | None = None) -> str:
 
 
 def every_instance(host: SimulatedHost) -> set[str]:
-    return {host.backend(n) for n in range(INSTANCES)}
+    return {host.backend(n) for n in NUMBERS}
 
 
 def sessions(host: SimulatedHost, count: int = 24, repeats: int = 4) -> dict[str, str]:
@@ -112,7 +113,7 @@ def test_an_instance_taken_down_moves_only_its_own_sessions(serving_host):
     use(serving_host, AFFINITY, f"affinity on {HEADER} (hash consistent)")
     before = sessions(serving_host, count=32, repeats=2)
     victim = before["conversation-0"]
-    number = next(n for n in range(INSTANCES) if serving_host.backend(n) == victim)
+    number = next(n for n in NUMBERS if serving_host.backend(n) == victim)
     os.kill(
         serving_host.instance_pids()[number], signal.SIGUSR1
     )  # engine dead, port open: /health 503, completions 500

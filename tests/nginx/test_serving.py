@@ -29,7 +29,9 @@ def test_sixteen_instances_serve_and_nginx_reaches_all(serving_host):
         status, backend = serving_host.backend_of_one_request()
         assert status == 200
         backends.add(backend)
-    assert backends == {serving_host.backend(n) for n in range(16)}  # each on its own socket
+    numbers = [8 * gpu + part for gpu in range(8) for part in range(2)]  # DPX: N = 8 x GPU + partition
+    assert backends == {serving_host.backend(n) for n in numbers}  # each on its own socket
+    assert sorted(serving_host.instance_pids()) == numbers
     conf = serving_host.nginx_conf()
     assert "least_conn;" in conf and "zone mipart_chat" in conf and "proxy_buffering off;" in conf
     # sized from what the instances accept (16 x 256 seqs x 2 connections + headroom), not a constant
@@ -72,10 +74,10 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
     serving_host.start_agent()
     serving_host.wait_ready(16)
     pids = serving_host.instance_pids()
-    os.kill(pids[5], signal.SIGUSR1)  # engine dead, port open: /health 503, completions 500
-    marked_down = f"server {serving_host.backend(5)} down;"
+    os.kill(pids[17], signal.SIGUSR1)  # engine dead, socket open: /health 503, completions 500
+    marked_down = f"server {serving_host.backend(17)} down;"
     serving_host.wait_for(
-        lambda: marked_down in serving_host.nginx_conf(), timeout=10, what="instance 5 out of rotation"
+        lambda: marked_down in serving_host.nginx_conf(), timeout=10, what="instance 17 out of rotation"
     )
     checked = 0
     deadline = time.monotonic() + 3
@@ -84,15 +86,15 @@ def test_an_unready_instance_is_never_routed_to_and_rejoins_after_restart(servin
         status, backend = serving_host.backend_of_one_request()
         if down_before and marked_down in serving_host.nginx_conf():
             checked += 1
-            assert backend != serving_host.backend(5), "routed to an instance marked down"
+            assert backend != serving_host.backend(17), "routed to an instance marked down"
             assert status == 200
     assert checked > 10
     # The agent restarts it; it rejoins only once its /health answers 200 again.
     serving_host.wait_for(
-        lambda: serving_host.instance_pids().get(5) not in (None, pids[5]), timeout=15, what="a new instance 5"
+        lambda: serving_host.instance_pids().get(17) not in (None, pids[17]), timeout=15, what="a new instance 17"
     )
     serving_host.wait_ready(16, timeout=15)
-    assert "event='instance.restart' unit='mipart-vllm@5'" in serving_host.log_text()
+    assert "event='instance.restart' unit='mipart-vllm@17'" in serving_host.log_text()
 
 
 def test_nginx_refused_front_config_keeps_the_old_one_serving(serving_host):
@@ -173,7 +175,7 @@ def test_changed_spec_restarts_rolling_and_the_service_keeps_serving(serving_hos
         status = serving_host.backend_of_one_request_or_none()
         failures += status != 200
         pids = serving_host.instance_pids()
-        if len(pids) == 16 and all(pids[n] != before[n] for n in range(16)) and serving_host.ready_count() == 16:
+        if len(pids) == 16 and all(pids[n] != before[n] for n in before) and serving_host.ready_count() == 16:
             break
     else:
         raise AssertionError(f"rolling restart did not finish\n{serving_host.log_text()[-3000:]}")

@@ -9,7 +9,7 @@ import time
 
 from conftest import mipart
 
-from .api_host import LiveApi, SimApiHost
+from .api_host import DPX_NUMBERS, LiveApi, SimApiHost
 
 
 def status(host: SimApiHost, *args: str, path: str | None = None):
@@ -65,18 +65,18 @@ def test_human_table_from_the_live_api(sim_api_host, live_api):
         "0",
         "-",
     ]
-    row = table["mipart-vllm@3.service"]
-    assert row[:4] + row[5:] == ["mipart-vllm@3.service", "chat", "3", "restarting", "2", "unit failed/failed"]
+    row = table["mipart-vllm@9.service"]
+    assert row[:4] + row[5:] == ["mipart-vllm@9.service", "chat", "9", "restarting", "2", "unit failed/failed"]
     assert re.fullmatch(r"\d+s ago", row[4]) and 20 <= int(row[4].split("s")[0]) < 60  # set 20 s before the run
-    assert table["mipart-vllm@4.service"][3:6] == ["failed", "1min ago", "5"]
-    assert table["mipart-vllm@5.service"][3] == "unhealthy"
+    assert table["mipart-vllm@16.service"][3:6] == ["failed", "1min ago", "5"]
+    assert table["mipart-vllm@17.service"][3] == "unhealthy"
 
 
 def test_exit_zero_when_every_instance_serves(sim_api_host, live_api):
     from mipart.health.machine import InstanceHealth
 
     sim_api_host.agent.instances.health = {n: InstanceHealth(n, state="ready") for n in sim_api_host.agent.specs}
-    sim_api_host.agent.instances.health[7].state = "degraded"  # still in rotation
+    sim_api_host.agent.instances.health[25].state = "degraded"  # still in rotation
     done = status(sim_api_host)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "16/16 instances ready (1 degraded)" in done.stdout.splitlines()[0]
@@ -88,8 +88,8 @@ def test_json(sim_api_host, live_api):
     data = json.loads(done.stdout)
     assert data["agent"] == {"answering": True, "api": sim_api_host.api}
     assert data["status"]["instances"]["total"] == 16 and data["status"]["partition"]["matches"] is True
-    assert [i["number"] for i in data["instances"]] == list(range(16))
-    assert data["instances"][2]["state"] == "starting"
+    assert [i["number"] for i in data["instances"]] == DPX_NUMBERS
+    assert data["instances"][2]["number"] == 8 and data["instances"][2]["state"] == "starting"
 
 
 def test_errors_are_shown_under_the_header(sim_api_host, live_api):
@@ -144,8 +144,8 @@ def test_agent_down_lists_the_planned_instances(sim_api_host):
         == f"mipart-agent is not answering on {sim_api_host.api} (connection refused); showing what the units report"
     )
     table = rows(done.stdout)
-    assert sorted(table) == sorted(f"mipart-vllm@{n}.service" for n in range(16))
-    assert table["mipart-vllm@5.service"][1:4] == ["chat", "5", "unknown"]  # no systemd on this host
+    assert sorted(table) == sorted(f"mipart-vllm@{n}.service" for n in DPX_NUMBERS)
+    assert table["mipart-vllm@17.service"][1:4] == ["chat", "17", "unknown"]  # no systemd on this host
 
 
 def test_agent_down_and_no_systemctl(sim_api_host, tmp_path):
@@ -175,7 +175,7 @@ def test_agent_down_reads_unit_states_in_one_systemctl_call(sim_api_host, tmp_pa
     body = f"""echo "$@" >> {calls}
 for unit in "$@"; do
   case "$unit" in
-    mipart-vllm@3.service) printf 'Id=%s\\nActiveState=failed\\nSubState=failed\\nExecMainStartTimestampMonotonic=0\\n\\n' "$unit" ;;
+    mipart-vllm@9.service) printf 'Id=%s\\nActiveState=failed\\nSubState=failed\\nExecMainStartTimestampMonotonic=0\\n\\n' "$unit" ;;
     mipart-vllm@*) printf 'Id=%s\\nActiveState=active\\nSubState=running\\nExecMainStartTimestampMonotonic={started}\\n\\n' "$unit" ;;
   esac
 done
@@ -185,7 +185,7 @@ done
     assert len(calls.read_text().splitlines()) == 1
     table = rows(done.stdout)
     assert table["mipart-vllm@0.service"][3:5] == ["active/running", "5min ago"]
-    assert table["mipart-vllm@3.service"][3:5] == ["failed/failed", "-"]
+    assert table["mipart-vllm@9.service"][3:5] == ["failed/failed", "-"]
     js = status(sim_api_host, "--json", path=fake_systemctl(tmp_path, body))
     data = json.loads(js.stdout)
     assert data["agent"] == {"answering": False, "api": sim_api_host.api, "reason": "connection refused"}

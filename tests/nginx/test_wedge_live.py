@@ -28,7 +28,14 @@ INTERVAL, TIMEOUT = 0.5, 0.3  # ServingHost's health interval and timeout
 
 
 def serving(tmp_path, **fields) -> ServingHost:
-    return ServingHost(tmp_path, instances=4, partitions='"0-3"', interval="500ms", timeout="300ms", **fields)
+    return ServingHost(
+        tmp_path,
+        instances=4,
+        partitions='"0-1,8-9"',  # GPUs 0-1 in DPX
+        interval="500ms",
+        timeout="300ms",
+        **fields,
+    )
 
 
 def load(host, tmp_path, seconds: float, clients: int = 16, max_tokens: int = 20):
@@ -50,11 +57,11 @@ def test_a_wedged_engine_under_load_leaves_rotation_within_the_bound(tmp_path):
         seconds = 5 + STALL_AFTER + 15
         client, out = load(host, tmp_path, seconds)
         time.sleep(5)
-        victim = host.instance_pids()[2]
+        victim = host.instance_pids()[8]
         wedged_at = time.time()
         os.kill(victim, signal.SIGWINCH)  # /health and /metrics answer 200; no token is made again
         records = harness.finish_load(client, out, seconds)
-        out_at = left_rotation(host.log_text(), 2)
+        out_at = left_rotation(host.log_text(), 8)
         assert out_at is not None, host.log_tail()
         # stall_after from the last read that saw a token, the read after it, its timeout, nginx -t and reload
         bound = STALL_AFTER + 2 * INTERVAL + TIMEOUT + 1.0
@@ -63,7 +70,7 @@ def test_a_wedged_engine_under_load_leaves_rotation_within_the_bound(tmp_path):
         assert "requests running and no token generated or prefilled" in reason, reason
         after = [r for r in records if r.start > out_at + 1.0]  # the reload has taken by then
         assert len(after) > 100 and all(r.outcome == harness.OK for r in after), {r.outcome for r in after}
-        host.wait_for(lambda: host.instance_pids().get(2) not in (None, victim), timeout=20, what="a new instance 2")
+        host.wait_for(lambda: host.instance_pids().get(8) not in (None, victim), timeout=20, what="a new instance 8")
     finally:
         host.close()
 

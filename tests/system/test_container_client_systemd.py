@@ -36,7 +36,7 @@ PROFILE = """\
 version: 1
 gpus: {{compute: DPX, memory: NPS2}}
 services:
-  chat: {{model: test/chat, partitions: [3], listen: "127.0.0.1:{listen}", runtime: docker, image: "rocm/vllm:latest",
+  chat: {{model: test/chat, partitions: [9], listen: "127.0.0.1:{listen}", runtime: docker, image: "rocm/vllm:latest",
          env: {{{env}}}, env_files: [/etc/mipart/secrets/chat.env]}}
 instances: {{hf_home: /var/lib/mipart/hf-docker}}
 api: {{listen: "127.0.0.1:{api}"}}
@@ -71,41 +71,41 @@ def test_the_container_client_runs_with_a_fixed_environment(tmp_path, system_rea
         while time.monotonic() < deadline and not any(c["argv"][:1] == ["run"] for c in calls):
             time.sleep(0.5)
             calls = recorder.calls(m.run(f"cat {CALLS} 2>/dev/null", check=False).stdout)
-        journal = m.run("journalctl -q --no-pager -o cat -u mipart-agent -u mipart-vllm@3", check=False).stdout
+        journal = m.run("journalctl -q --no-pager -o cat -u mipart-agent -u mipart-vllm@9", check=False).stdout
         assert any(c["argv"][:1] == ["run"] for c in calls), journal[-6000:]
 
         assert {c["who"] for c in calls} == {"fixed"}, calls  # the profile's PATH found nothing
         remove, run = calls[0], next(c for c in calls if c["argv"][:1] == ["run"])
-        assert remove["argv"] == ["rm", "-f", "mipart-vllm-3"]
+        assert remove["argv"] == ["rm", "-f", "mipart-vllm-9"]
         for call in (remove, run):
             client_env = dict(call["env"])
             assert client_env.pop("PATH") == FIXED_PATH and client_env.pop("HOME") == "/root"
-            assert client_env.pop("MIPART_INSTANCE") == "3" and client_env.pop("MIPART_RUN_DIR") == "/run/mipart"
+            assert client_env.pop("MIPART_INSTANCE") == "9" and client_env.pop("MIPART_RUN_DIR") == "/run/mipart"
             assert client_env == {}, client_env
 
         argv = run["argv"]
         assert argv[:7] == [
             "run",
             "--env-file",
-            "/run/mipart/instances/3.env",
+            "/run/mipart/instances/9.env",
             "--env-file",
             "/etc/mipart/secrets/chat.env",
             "-v",
             "/var/lib/mipart/hf-docker:/root/.cache/huggingface",  # the cache as the launcher resolved it
         ], argv
-        sockets = "/run/mipart-vllm/sockets/3"
+        sockets = "/run/mipart-vllm/sockets/9"
         assert argv[argv.index("-v", 6) + 1] == f"{sockets}:{sockets}" and "-p" not in argv  # its socket, no port
         assert argv[-4:-2] == ["--uds", f"{sockets}/http.sock"], argv
         assert m.run(f"stat -c %U:%G:%a {sockets}").stdout.strip() == "root:www-data:750"
         assert not any(v in " ".join(argv) for v in (*HOSTILE.values(), "hf_in_file_2")), argv
         assert "-e" not in argv and "--privileged" not in argv
-        assert m.run("stat -c '%a %U' /run/mipart/instances/3.env /run/mipart/instances/3.json").stdout.split("\n")[
+        assert m.run("stat -c '%a %U' /run/mipart/instances/9.env /run/mipart/instances/9.json").stdout.split("\n")[
             :2
         ] == ["600 root", "600 root"]
-        lines = m.run("cat /run/mipart/instances/3.env").stdout.splitlines()
+        lines = m.run("cat /run/mipart/instances/9.env").stdout.splitlines()
         for key, value in HOSTILE.items():
             assert f"{key}={value}" in lines
-        assert "hf_in_file_2" not in m.run("cat /run/mipart/instances/3.env /run/mipart/instances/3.json").stdout
+        assert "hf_in_file_2" not in m.run("cat /run/mipart/instances/9.env /run/mipart/instances/9.json").stdout
         assert "hf_in_file_2" not in journal and "hf_in_env_1" not in journal
         # The model cache, created by the launcher for instances.user, shared through its group.
         assert m.run("stat -c '%U:%G:%a' /var/lib/mipart/hf-docker").stdout.strip() == "mipart:mipart:770"

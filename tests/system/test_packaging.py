@@ -33,7 +33,7 @@ def version_of(m: Machine) -> str:
 def serve_16(m: Machine, deb: Path) -> Host:
     """The package installed and serving 16 fake instances (8 x MI300X in DPX/NPS2) under systemd."""
     install_deb(m, deb)
-    host = Host(m, code_partitions="4-15")
+    host = Host(m, code_partitions="16-17,24-25,32-33,40-41,48-49,56-57")
     m.run(f"mipart sim create {SIM} --model mi300x --gpus 8 --compute DPX --memory NPS2")
     host.write_default()
     host.write_profile()

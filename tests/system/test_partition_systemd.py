@@ -42,8 +42,9 @@ def test_busy_gpu_names_the_pid_and_its_unit_and_changes_nothing(machine: Machin
     done = machine.run("MIPART_SYSFS_ROOT=/var/lib/mipart-sim mipart partition apply", check=False)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        f"mipart: GPUs in use: PID {pid} (sleep, gpu-client.service) on GPU 0; nothing was changed: stop these processes, "
-        "or list their units in gpus.client_services, then rerun `mipart partition apply`"
+        f"mipart: GPUs in use: PID {pid} (sleep, gpu-client.service) on GPU 0 (a driver reload needs every /dev/kfd, "
+        "card and render node of it closed); nothing was changed: stop these processes, or list their units in "
+        "gpus.client_services, then rerun `mipart partition apply`"
     )
     shown = machine.run(f"mipart sim show {SIM} --json").stdout
     assert '"writes": 0' in shown and '"reloads": 0' in shown

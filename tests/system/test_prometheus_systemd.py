@@ -89,11 +89,11 @@ def test_prometheus_in_the_machine_finds_every_instance_and_scrapes_the_agent(tm
             (t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets
         ]
         assert {r["metric"]["job"] for r in up} == {"mipart-agent", "mipart-vllm"} and len(up) == want + 1
-        three = next(t for t in vllm if t["labels"]["instance_unit"] == "mipart-vllm@3.service")
+        nine = next(t for t in vllm if t["labels"]["instance_unit"] == "mipart-vllm@9.service")
         assert (
-            three["scrapeUrl"]
-            == f"http://127.0.0.1:{host.ports['api_port']}/v1/instances/3/metrics"  # through the agent
-            and three["labels"]["service"] == "chat"
+            nine["scrapeUrl"]
+            == f"http://127.0.0.1:{host.ports['api_port']}/v1/instances/9/metrics"  # through the agent
+            and nine["labels"]["service"] == "chat"
         )
         waiting = query(web, "/api/v1/query?query=vllm%3Anum_requests_waiting")["result"]
         assert len(waiting) == want  # every instance's own metrics, with the agent's labels

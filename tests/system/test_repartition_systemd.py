@@ -28,7 +28,7 @@ SIM = "/var/lib/mipart-sim"
 ENGINE = '["/usr/bin/python3", "-m", "mipart.sim.engine", "--startup-delay", "1"]'
 PROFILE = """\
 version: 1
-gpus: {{compute: {compute}, memory: NPS2, client_services: [gpu-client.service]}}
+gpus: {{compute: {compute}, memory: {memory}, client_services: [gpu-client.service]{overrides}}}
 services:
   chat:
     model: test/chat
@@ -48,6 +48,7 @@ Description=A ROCm application holding GPU 0 (test stand-in)
 ExecStart=/bin/sleep infinity
 ExecStartPost=/bin/sh -c 'mipart sim hold {SIM} 0 --pid $MAINPID'
 """
+DPX = [8 * gpu + partition for gpu in range(8) for partition in range(2)]  # mipart's numbers: 8 x GPU + partition
 # 64 fake engines on two shared cores take about 15 s of CPU to start: generous bounds.
 READY_TIMEOUT = 300
 DIGESTS = r"""
@@ -74,8 +75,12 @@ class Serving:
         first = free_block(2)  # the listener and the API; instances listen on unix sockets
         self.m, self.listen, self.api = m, first, first + 1
 
-    def write_profile(self, compute: str) -> None:
-        text = PROFILE.format(compute=compute, listen=self.listen, api=self.api, engine=ENGINE)
+    def write_profile(self, compute: str, memory: str = "NPS2", overrides: str = "") -> None:
+        """overrides: gpus.overrides as YAML flow text, e.g. "[{select: [1], compute: QPX}]"."""
+        more = f", overrides: {overrides}" if overrides else ""
+        text = PROFILE.format(
+            compute=compute, memory=memory, overrides=more, listen=self.listen, api=self.api, engine=ENGINE
+        )
         self.m.run(f"cat >/etc/mipart/profile.yaml <<'EOF'\n{text}EOF")
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
@@ -94,9 +99,9 @@ class Serving:
             time.sleep(0.5)
         raise AssertionError(f"not {want} after {timeout}s: {state}\n{self.journal('mipart-agent')[-4000:]}")
 
-    def units(self, count: int) -> dict[int, tuple[str, str]]:
+    def units(self, numbers: list[int]) -> dict[int, tuple[str, str]]:
         """Per instance: (MainPID, ExecMainStartTimestampMonotonic), each unit active."""
-        units = " ".join(f"mipart-vllm@{n}" for n in range(count))
+        units = " ".join(f"mipart-vllm@{n}" for n in numbers)
         out = self.m.run(
             f"systemctl show -p Id -p ActiveState -p MainPID -p ExecMainStartTimestampMonotonic {units}"
         ).stdout
@@ -126,6 +131,18 @@ class Serving:
         return ClientLoop(self.listen, "test/chat").answer()
 
 
+def serve_simulated(m: Machine, deb, gpus: int, compute: str, memory: str) -> Serving:
+    """The .deb installed, a simulated MI300X host (`--gpus`, its layout), the profile for that
+    layout, and the partition and agent units started."""
+    install_deb(m, deb)
+    host = Serving(m)
+    m.run(f"mipart sim create {SIM} --model mi300x --gpus {gpus} --compute {compute} --memory {memory}")
+    m.run(f"printf 'MIPART_SYSFS_ROOT={SIM}\\n' >/etc/default/mipart")  # the simulated root reloads itself
+    host.write_profile(compute, memory)
+    m.run("systemctl daemon-reload && systemctl start mipart-partition mipart-agent", timeout=180)
+    return host
+
+
 def holders(m: Machine) -> dict[int, int]:
     """Per physical GPU, how many processes hold it (`mipart sim show`)."""
     shown = m.run(f"mipart sim show {SIM}").stdout
@@ -151,7 +168,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     m.run("systemctl daemon-reload && systemctl start gpu-client mipart-partition mipart-agent", timeout=180)
     host.wait_ready(16)
     assert holders(m) == {0: 3, **{g: 2 for g in range(1, 8)}}  # two servers per GPU, and the client on GPU 0
-    before = host.units(16)
+    before = host.units(DPX)
     client = host.show("gpu-client", "MainPID")["MainPID"]
     host.write_profile("CPX")
 
@@ -159,7 +176,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     restarted = m.run("systemctl restart mipart-partition", check=False, timeout=120)
     assert restarted.returncode != 0
     said = [line for line in host.journal("mipart-partition").splitlines() if line.startswith("mipart: ")][-1]
-    assert "mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@2 and 13 more)" in said, (
+    assert "mipart's own instances hold these GPUs (mipart-vllm@0, mipart-vllm@1, mipart-vllm@8 and 13 more)" in said, (
         said
     )
     assert "apply gpus: while serving with `systemctl reload mipart-agent`" in said, said
@@ -182,7 +199,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
         f"GPUs in use by processes mipart does not manage: PID {holder} (sleep, rocm-app.service) on GPU 0; "
         "nothing was stopped or changed"
     ), error
-    assert host.units(16) == before
+    assert host.units(DPX) == before
     assert json.loads(m.run("cat /run/mipart/partition.json").stdout)["error"] == error
     assert (
         host.show("mipart-agent", "StatusText")["StatusText"] == f"16/16 instances ready; repartition failed: {error}"
@@ -201,7 +218,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     assert set(clients.seen) <= {"200", "503 ServiceUnavailable"}, clients.seen
     assert clients.seen.get("503 ServiceUnavailable"), clients.seen  # the gap was answered, never hung
 
-    after = host.units(64)
+    after = host.units(list(range(64)))
     assert not {pid for pid, _ in before.values()} & {pid for pid, _ in after.values()}
     digests = host.digests()
     assert sorted(digests) == list(range(64))

@@ -22,14 +22,14 @@ pytestmark = pytest.mark.system
 
 SIM = "/var/lib/mipart-sim"
 ENGINE = '["/usr/bin/python3", "-m", "mipart.sim.engine", "--startup-delay", "1"]'
-CHAT = (0, 1, 2, 3)
+CHAT = (0, 1, 8, 9)  # mipart's numbers: 8 x GPU + partition (GPUs 0 and 1 in DPX)
 PROFILE = """\
 version: 1
 gpus: {{compute: DPX, memory: NPS2}}
 services:
   chat:
     model: {chat_model}
-    partitions: "0-3"
+    partitions: "0-1,8-9"
     listen: "127.0.0.1:{chat_port}"
     runtime: native
     command: {engine}
@@ -58,14 +58,14 @@ def free_ports() -> dict[str, int]:
 class Host:
     """A booted machine with mipart installed, the profile it serves, and what to ask it."""
 
-    def __init__(self, m: Machine, code_partitions: str = "4-7"):
+    def __init__(self, m: Machine, code_partitions: str = "16-17,24-25"):
         self.m = m
         self.ports = free_ports()
         self.values = dict(
             self.ports, engine=ENGINE, chat_model="test/chat", code_args="[]", code_partitions=code_partitions
         )
-        first, last = map(int, code_partitions.split("-"))
-        self.code = tuple(range(first, last + 1))
+        ranges = (part.split("-") for part in code_partitions.split(","))
+        self.code = tuple(n for bounds in ranges for n in range(int(bounds[0]), int(bounds[-1]) + 1))
         self.numbers = CHAT + self.code
 
     def profile_text(self, **changes) -> str:
@@ -270,20 +270,20 @@ def host(tmp_path_factory, system_ready, deb):
 
 def test_units_serve_through_nginx(host: Host):
     m = host.m
-    status = m.run("systemctl status --no-pager mipart-vllm@3", check=False).stdout
-    assert "logical GPU 3" in status, status
-    pid = int(host.show("mipart-vllm@3", "MainPID")["MainPID"])
+    status = m.run("systemctl status --no-pager mipart-vllm@9", check=False).stdout
+    assert "logical GPU 9" in status, status
+    pid = int(host.show("mipart-vllm@9", "MainPID")["MainPID"])
     argv = m.run(f"tr '\\0' '\\n' </proc/{pid}/cmdline").stdout.splitlines()
-    assert argv[argv.index("--uds") + 1] == socket_of(3), argv
+    assert argv[argv.index("--uds") + 1] == socket_of(9), argv
     assert "mipart.sim.engine" in argv, argv  # the launcher exec'd: the main PID is the server
-    assert m.run(f"stat -c %u:%G /proc/{pid}").stdout.strip() == "70003:mipart"  # a uid of its own
+    assert m.run(f"stat -c %u:%G /proc/{pid}").stdout.strip() == "70009:mipart"  # a uid of its own: 70000 + N
     env = m.run(f"tr '\\0' '\\n' </proc/{pid}/environ").stdout.splitlines()
-    assert "MIPART_INSTANCE=3" in env and "CUDA_VISIBLE_DEVICES=3" in env, env
+    assert "MIPART_INSTANCE=9" in env and "CUDA_VISIBLE_DEVICES=0" in env, env
     assert "HF_HOME=/var/lib/mipart/huggingface" in env, env
     assert_model_cache_writable(host)
     # the main PID itself holds the listening socket, in a directory only it and nginx's workers enter
-    assert listening_inodes(m, socket_of(3)) & socket_inodes(m, pid), "main PID does not listen"
-    assert m.run("stat -c %u:%G:%a /run/mipart-vllm/sockets/3").stdout.strip() == "70003:www-data:750"
+    assert listening_inodes(m, socket_of(9)) & socket_inodes(m, pid), "main PID does not listen"
+    assert m.run("stat -c %u:%G:%a /run/mipart-vllm/sockets/9").stdout.strip() == "70009:www-data:750"
 
     assert host.backends("chat", 24) == set(CHAT)
     assert host.backends("code", 24) == set(host.code)
@@ -301,7 +301,7 @@ def test_units_serve_through_nginx(host: Host):
     assert "Traceback" not in log, log
     # in a whole-boot journal, each line names the unit that wrote it
     short = m.run("journalctl -q --no-pager -b -u 'mipart*'").stdout
-    for ident in ("mipart-agent[", "mipart-partition[", "mipart-vllm@3["):
+    for ident in ("mipart-agent[", "mipart-partition[", "mipart-vllm@9["):
         assert ident in short, ident
 
 
@@ -403,7 +403,7 @@ def test_a_stale_sweep_override_is_said_and_restore_reloads_through_systemd(host
 
 def test_sigkilled_instance_is_restarted_through_systemd(host: Host):
     before = host.units()
-    victim = 2
+    victim = 8
     old_pid = before[victim][1]
     mark = host.cursor()
     host.m.run(f"kill -KILL {old_pid}")
@@ -434,7 +434,7 @@ def test_sigkilled_instance_is_restarted_through_systemd(host: Host):
 def test_baked_image_partitions_and_serves_at_first_boot(tmp_path, system_ready, deb):
     """Installed, configured and the GPUs in the wrong layout before boot; the boot does the rest."""
     with Machine(tmp_path / "machine", boot_timeout=120) as m:
-        host = Host(m, code_partitions="12-15")  # only exists once DPX is applied
+        host = Host(m, code_partitions="49,57")  # partition 1 of GPUs 6 and 7: only once DPX is applied
 
         def bake(m: Machine):
             m.copy_in(deb, f"/var/tmp/{deb.name}")

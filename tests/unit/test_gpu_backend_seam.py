@@ -18,12 +18,13 @@ from mipart.errors import UserError
 from mipart.gpu.backend import GpuBackend
 from mipart.gpu.health_signals import HealthSignals
 from mipart.gpu.holders import GpuHolders
+from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, logical_number
 from mipart.gpu.pair_tables import PairTable
 from mipart.gpu.partitioning import MEMORY_ATTR, Partitioning
 from mipart.partition.apply import GpuBusyError, apply, plan_host
 from mipart.partition.plan import PlanError, assert_lines
 from mipart.profile.schema import GpuSpec
-from mipart.values import GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.values import GpuUser, HostState, LoadMode, LogicalGpu, PhysicalGpu
 
 
 class MemoryBackend:
@@ -41,15 +42,23 @@ class MemoryBackend:
     def discover(self) -> HostState:
         physical = tuple(
             PhysicalGpu(
-                i, f"mem:{i}", 0, m["compute"], tuple(self.PAIRS), m["memory"], ("NPS1", "NPS2"), self.root / str(i)
+                i,
+                f"mem:{i}",
+                0,
+                m["compute"],
+                tuple(self.PAIRS),
+                m["memory"],
+                ("NPS1", "NPS2"),
+                self.root / str(i),
+                hive_id=1,  # both in one hive: one memory request
             )
             for i, m in enumerate(self.modes)
         )
         logical: list[LogicalGpu] = []
         for gpu in physical:
             for part in range(self.PARTS[gpu.compute]):
-                n = len(logical)
-                logical.append(LogicalGpu(n, n, 100 + n, 128 + n, gpu.index, part, gpu.bdf))
+                n = logical_number(gpu.index, part)
+                logical.append(LogicalGpu(n, len(logical), 100 + n, 128 + n, gpu.index, part, gpu.bdf))
         return HostState(physical, tuple(logical))
 
     def pair_table(self, gpu: PhysicalGpu) -> PairTable:
@@ -61,8 +70,8 @@ class MemoryBackend:
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
         return self.PARTS[compute]
 
-    def compute_after_reload(self, memory: str) -> str:
-        return "DPX" if memory == "NPS2" else "SPX"
+    def load_mode(self) -> LoadMode:
+        return LoadMode("AUTO", "")
 
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
         self.writes.append((gpu.index, name, value))
@@ -86,15 +95,21 @@ class MemoryBackend:
         self.reloads += 1
         for mode in self.modes:
             mode["memory"] = self.pending or mode["memory"]
-            mode["compute"] = self.compute_after_reload(mode["memory"])
+            mode["compute"] = AUTO_COMPUTE_FOR_MEMORY[mode["memory"]]
         self.pending = None
         assert wait_until_back()
 
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return list(self.users)
 
+    def device_openers(self, state: HostState) -> list[GpuUser]:
+        return list(self.users)
+
     def device_env(self, devices) -> dict[str, str]:
         return {}
+
+    def rocm_devices(self, environ) -> tuple[str, ...]:
+        return ()
 
 
 class Log:
@@ -158,11 +173,19 @@ def test_a_gpu_user_on_the_second_backend_stops_the_apply_before_any_write():
     assert backend.writes == []
 
 
-def test_a_refused_write_is_one_line_from_the_backend():
+def test_a_write_refused_midway_is_the_backends_line_then_the_layout_the_host_is_in():
+    """Finding 8: GPU 0 was switched before GPU 1 refused; the error says so, and what to run next."""
     backend = MemoryBackend()
     backend.PAIRS = {**MemoryBackend.PAIRS, "DPX": ("NPS1",)}  # the driver says yes ...
     backend.modes[1]["memory"] = "NPS2"  # ... but GPU 1 is under NPS2, so its kernel refuses
     with pytest.raises(UserError) as caught:
         apply(GpuSpec(compute="DPX"), backend, Log())
-    assert str(caught.value) == "GPU 1: current_compute_partition=DPX refused: Invalid argument"
+    assert str(caught.value).splitlines() == [
+        "GPU 1: current_compute_partition=DPX refused: Invalid argument",
+        "the host now:",
+        "  GPU 0 (mem:0): DPX/NPS1, as the profile wants",
+        "  GPU 1 (mem:1): SPX/NPS2, the profile wants DPX/NPS2",
+        "next: do what the first line says, then rerun `mipart partition apply` (while mipart-agent serves: "
+        "`systemctl reload mipart-agent`); it does only what is left",
+    ]
     assert backend.writes == [(0, "current_compute_partition", "DPX"), (1, "current_compute_partition", "DPX")]

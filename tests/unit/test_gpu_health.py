@@ -106,6 +106,25 @@ def test_a_counter_the_driver_resets_on_read_still_shows_a_rise(root):
     assert check() == result  # once faulted, faulted for this agent
 
 
+def test_a_counter_inaccessible_during_a_reset_is_no_reading(root):
+    """ue 3, `Query currently inaccessible`, ue 3 is no rise (finding 10): the last real count is kept."""
+    probe = GpuErrors(root, fresh_for=0)
+    gpu_signals.add_errors(root, 0, "umc", uncorrectable=3)
+
+    def check() -> ProbeResult:
+        return asyncio.run(probe.check(None, spec(0, 0), HealthSpec()))
+
+    assert check() == PASSED
+    kernel.set_resetting(root, 0, True)
+    dev = root / "bus/pci/devices/0000:05:00.0"
+    assert (dev / "ras/umc_err_count").read_text() == "Query currently inaccessible\n"
+    assert check() == PASSED  # inaccessible: not a reading
+    kernel.set_resetting(root, 0, False)
+    assert check() == PASSED  # 3 again: no rise
+    gpu_signals.add_errors(root, 0, "umc", uncorrectable=1)
+    assert "umc 3 -> 4" in check().error
+
+
 def test_a_host_without_gpus_gives_no_verdict(tmp_path):
     assert asyncio.run(GpuErrors(tmp_path).check(None, spec(0, 0), HealthSpec())) == PASSED
 

@@ -19,7 +19,7 @@ from mipart.names import BACKEND_MARKER
 from mipart.sim import kernel
 from mipart.sim.backend import SimBackend
 from mipart.sim.state import read_state
-from mipart.values import GpuUser, HostState
+from mipart.values import GpuUser, HostState, LoadMode
 
 NODES = "class/kfd/kfd/topology/nodes"
 BDFS = [
@@ -50,8 +50,8 @@ def test_spx_nps1_host_shows_one_logical_gpu_per_physical(tmp_path):
     assert gpu.compute_available == ("SPX", "DPX", "QPX", "CPX")
     assert gpu.memory_available == ("NPS1", "NPS2", "NPS4")
     assert [(lg.index, lg.physical_index, lg.partition, lg.render_minor) for lg in state.logical] == [
-        (k, k, 0, 128 + 8 * k) for k in range(8)
-    ]
+        (8 * k, k, 0, 128 + 8 * k) for k in range(8)
+    ]  # mipart's numbers are slots: 8 x GPU + partition
     assert [lg.node_id for lg in state.logical] == list(range(2, 10))  # after the 2 CPU nodes
 
 
@@ -89,12 +89,12 @@ def test_partition_number_in_location_id_high_bits_still_maps(tmp_path):
     assert [(lg.physical_index, lg.partition) for lg in state.logical] == [(k, p) for k in range(8) for p in range(2)]
 
 
-def test_kfd_gpu_without_partition_attributes_still_takes_an_index(tmp_path):
+def test_kfd_gpu_without_partition_attributes_is_no_logical_gpu_and_moves_no_number(tmp_path):
     root = sim(tmp_path, gpus=2)
     props = root / NODES / "2" / "properties"
     props.write_text(props.read_text().replace("location_id 1280", "location_id 1024"))  # 04:00.0
 
-    assert [(lg.index, lg.physical_index) for lg in discover(root).logical] == [(1, 1)]
+    assert [(lg.index, lg.physical_index) for lg in discover(root).logical] == [(8, 1)]
 
 
 def test_other_pci_devices_are_not_gpus(tmp_path):
@@ -323,12 +323,25 @@ def test_pair_table_and_partitions_are_the_kernel_rules_for_eight_xccs(tmp_path)
     assert [backend.partitions(gpu, mode) for mode in ("SPX", "DPX", "QPX", "CPX")] == [1, 2, 4, 8]
 
 
-def test_compute_after_reload_follows_user_partt_mode(tmp_path):
+def test_the_next_load_reads_modprobe_d_then_the_kernel_command_line(tmp_path):
+    """What counts is what the next `modprobe amdgpu` passes, not the loaded module's value (finding 2)."""
     root = sim(tmp_path)
     backend = open_backend(root)
-    assert [backend.compute_after_reload(m) for m in ("NPS1", "NPS2", "NPS4")] == ["SPX", "DPX", "CPX"]
-    kernel.set_user_partt_mode(root, 3)  # QPX
-    assert backend.compute_after_reload("NPS4") == "QPX"
+    assert backend.load_mode() == LoadMode("AUTO", "")
+    kernel.set_user_partt_mode(root, 3)  # QPX, for the next load
+    assert backend.load_mode() == LoadMode("QPX", f"{root}/etc/modprobe.d/amdgpu-partition.conf:1")
+    assert (root / "module/amdgpu/parameters/user_partt_mode").read_text() == "4294967294\n"  # loaded: AUTO
+    (root / "etc/modprobe.d/zz-local.conf").write_text(
+        "# later file, later value\noptions amdgpu \\\n  user-partt-mode=1\n"
+    )
+    assert backend.load_mode() == LoadMode("DPX", f"{root}/etc/modprobe.d/zz-local.conf:2")
+    (root / "lib/modprobe.d").mkdir(parents=True)
+    (root / "lib/modprobe.d/zz-local.conf").write_text("options amdgpu user_partt_mode=0\n")  # hidden by /etc's
+    (root / "proc").mkdir()
+    (root / "proc/cmdline").write_text("ro quiet amdgpu.user_partt_mode=4294967294\n")
+    assert backend.load_mode() == LoadMode("AUTO", f"the kernel command line ({root}/proc/cmdline)")
+    (root / "proc/cmdline").write_text("amdgpu.user_partt_mode=9\n")
+    assert backend.load_mode().mode == "9"
 
 
 def test_a_simulated_host_reloads_its_own_driver_unless_told_otherwise(tmp_path, monkeypatch):

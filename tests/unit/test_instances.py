@@ -23,26 +23,30 @@ def plan_json(tmp_path, sim_env, text: str) -> dict:
     return json.loads(done.stdout)
 
 
+DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]  # 0-1,8-9,...,56-57
+
+
 def test_one_instance_per_logical_gpu_with_its_own_devices_and_socket(tmp_path, sim_env):
     plan = plan_json(tmp_path, sim_env, "services:\n  chat: {model: org/m, listen: 8040}\n")
-    instances = plan["instances"]
-    assert [i["number"] for i in instances] == list(range(16))
-    third = instances[3]
-    socket = f"{sim_env['MIPART_SERVING_DIR']}/sockets/3/http.sock"
-    assert third["socket"] == socket and "port" not in third
-    assert third["render_nodes"] == ["/dev/dri/renderD137"]  # GPU 1, partition 1
-    env = dict(third["env"])
-    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    instances = {i["number"]: i for i in plan["instances"]}
+    assert list(instances) == DPX_NUMBERS  # N = 8 x GPU + partition, with gaps
+    ninth = instances[9]
+    socket = f"{sim_env['MIPART_SERVING_DIR']}/sockets/9/http.sock"
+    assert ninth["socket"] == socket and "port" not in ninth
+    assert ninth["render_nodes"] == ["/dev/dri/renderD137"]  # GPU 1, partition 1
+    env = dict(ninth["env"])
+    # ROCm's index is resolved when the server starts, where it runs (serving/visible.py)
+    assert "CUDA_VISIBLE_DEVICES" not in env and ninth["visible_devices_env"] == "CUDA_VISIBLE_DEVICES"
     assert env["VLLM_ROCM_USE_AITER"] == "1" and "NCCL_MIN_NCHANNELS" not in env
-    assert third["argv"][:3] == ["vllm", "serve", "org/m"]
-    assert third["argv"][3:7] == ["--uds", socket, "--served-model-name", "org/m"]
+    assert ninth["argv"][:3] == ["vllm", "serve", "org/m"]
+    assert ninth["argv"][3:7] == ["--uds", socket, "--served-model-name", "org/m"]
     assert plan["upstreams"] == [
         {
             "service": "chat",
             "listen": "0.0.0.0:8040",
             "model": "org/m",
             "routing": "least_conn",
-            "servers": [f"unix:{sim_env['MIPART_SERVING_DIR']}/sockets/{n}/http.sock" for n in range(16)],
+            "servers": [f"unix:{sim_env['MIPART_SERVING_DIR']}/sockets/{n}/http.sock" for n in DPX_NUMBERS],
         }
     ]
 
@@ -51,49 +55,52 @@ def test_tensor_parallel_groups_and_multi_gpu_defaults(tmp_path, sim_env):
     plan = plan_json(
         tmp_path,
         sim_env,
-        'services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4, env: {NCCL_MIN_NCHANNELS: "64"}}\n',
+        'services:\n  big: {model: org/m, listen: 8040, partitions: "8-9,16-17,24-25,32-33", tensor_parallel: 4, '
+        'env: {NCCL_MIN_NCHANNELS: "64"}}\n',
     )
     assert [(i["number"], i["logical_gpus"]) for i in plan["instances"]] == [
-        (8, [8, 9, 10, 11]),
-        (12, [12, 13, 14, 15]),
+        (8, [8, 9, 16, 17]),
+        (24, [24, 25, 32, 33]),
     ]
     first = plan["instances"][0]
     assert dict(first["env"])["NCCL_MIN_NCHANNELS"] == "64"  # the user's value wins over the default
     assert first["argv"][-2:] == ["--tensor-parallel-size", "4"]
-    assert first["physical_gpus"] == [4, 5]
+    assert first["physical_gpus"] == [1, 2]
 
 
 def test_containers_get_only_their_own_gpus(tmp_path, sim_env):
     plan = plan_json(
         tmp_path,
         sim_env,
-        'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5], env: {SECRET_TOKEN: "s3cr3t"}}\n',
+        'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [17], env: {SECRET_TOKEN: "s3cr3t"}}\n',
     )
     argv = plan["instances"][0]["argv"]
     assert "--privileged" not in argv and "/dev/dri" not in argv
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "--device"]
-    assert devices == ["/dev/kfd", "/dev/dri/renderD145"]  # logical 5 = GPU 2, partition 1
-    sockets = f"{sim_env['MIPART_SERVING_DIR']}/sockets/5"
+    assert devices == ["/dev/kfd", "/dev/dri/renderD145"]  # logical 17 = GPU 2, partition 1
+    sockets = f"{sim_env['MIPART_SERVING_DIR']}/sockets/17"
     assert "-p" not in argv and argv[argv.index("-v") + 1] == f"{sockets}:{sockets}"  # its socket, at the same path
     assert argv[argv.index("rocm/vllm:latest") + 1 :][:4] == ["sh", "-c", 'umask 0007 && exec "$@"', "mipart-vllm"]
     assert argv[-4:-2] == ["--uds", f"{sockets}/http.sock"]  # the cache's -v is the launcher's (resolved)
     assert "s3cr3t" not in " ".join(argv) and "SECRET_TOKEN" not in argv  # env never in argv
     assert "-e" not in argv and "--env" not in argv  # the launcher adds an --env-file (test_security_container_env)
     assert dict(plan["instances"][0]["env"])["CUDA_VISIBLE_DEVICES"] == "0"  # inside, its only GPU
-    assert plan["instances"][0]["user"] is None
+    assert plan["instances"][0]["user"] is None and "visible_devices_env" not in plan["instances"][0]
 
 
-def test_partitions_beyond_the_host_are_one_clear_line(tmp_path, sim_env):
+def test_partitions_the_host_does_not_have_are_one_clear_line(tmp_path, sim_env):
+    """A dense list from before the slot numbering (0-15 on a DPX host) does not silently change meaning."""
     done = mipart(
         "plan",
         "--profile",
-        write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "12-19"}\n'),
+        write(tmp_path, 'services:\n  chat: {model: org/m, listen: 8040, partitions: "0-15"}\n'),
         env=sim_env,
     )
     assert done.returncode == 1
-    assert (
-        done.stderr.strip()
-        == "mipart: services.chat.partitions names logical GPU 16-19, but this host has logical GPUs 0-15; check gpus.compute or the partitions list"
+    assert done.stderr == (
+        "mipart: services.chat.partitions names logical GPU 2-7,10-15, which this host does not have in DPX: its "
+        "logical GPUs are 0-1,8-9,16-17,24-25,32-33,40-41,48-49,56-57; N = 8 x GPU + partition (mipart-vllm@N is "
+        "partition N % 8 of GPU N // 8)\n"
     )
 
 
@@ -125,20 +132,22 @@ def test_render_writes_only_generated_files_at_host_paths(tmp_path, sim_env):
 
 
 def test_launcher_execs_the_server_with_its_spec(tmp_path, sim_env):
-    run = render_run_dir(tmp_path, sim_env, 'partitions: [2], command: ["/bin/sh", "-c", "env", "sh"], env: {FOO: bar}')
+    run = render_run_dir(tmp_path, sim_env, 'partitions: [9], command: ["/bin/sh", "-c", "env", "sh"], env: {FOO: bar}')
     # A visible-devices variable in the unit's environment (/etc/default/mipart) must not reach the server.
     done = mipart(
         "exec",
-        "2",
+        "9",
         env={**sim_env, "MIPART_RUN_DIR": str(run), "HIP_VISIBLE_DEVICES": "0,1", "ROCR_VISIBLE_DEVICES": "0"},
     )
     assert done.returncode == 0, done.stderr
     env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
-    assert env["FOO"] == "bar" and env["CUDA_VISIBLE_DEVICES"] == "2" and env["MIPART_INSTANCE"] == "2"
+    # Confined to its own render node (as its unit's DeviceAllow= confines it), ROCm sees one GPU: index 0.
+    assert env["FOO"] == "bar" and env["CUDA_VISIBLE_DEVICES"] == "0" and env["MIPART_INSTANCE"] == "9"
     assert "HIP_VISIBLE_DEVICES" not in env and "ROCR_VISIBLE_DEVICES" not in env
-    spec = json.loads((run / "instances/2.json").read_text())
+    assert "mipart: instance 9: CUDA_VISIBLE_DEVICES=0 (/dev/dri/renderD137 among the 1 GPUs" in done.stderr
+    spec = json.loads((run / "instances/9.json").read_text())
     assert "MIPART_SPEC_DIGEST" not in env and spec["argv"][:3] == ["/bin/sh", "-c", "env"]
-    launch = json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/2.json").read_text())  # what it trusts instead
+    launch = json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/9.json").read_text())  # what it trusts instead
     assert launch["digest"] == InstanceSpec.from_json({k: v for k, v in spec.items() if k != "version"}).digest()
 
 

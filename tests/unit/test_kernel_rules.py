@@ -84,12 +84,12 @@ def test_without_compute_partition_config_the_mainline_rules_stand_in_and_say_so
     assert done.returncode == 1
     # Mainline's CPX: NPS1 or NPS4, masked by what this platform offers (seed 000's: NPS1, NPS2).
     assert (
-        "CPX takes NPS1 on this host (per the mainline fallback (no compute_partition_config/: an older kernel))"
+        "CPX takes NPS1 on this host (per the mainline fallback (no compute_partition_config/: an older kernel, whose rules are those from before 6.16))"
         in done.stderr
     )
     shown = host.run("partition", "plan", "--profile", host.profile("gpus: {compute: DPX, memory: NPS2}\n")).stdout
     assert shown.splitlines()[0] == (
-        "partition rules for GPUs 0-7 (mainline fallback (no compute_partition_config/: an older kernel)): "
+        "partition rules for GPUs 0-7 (mainline fallback (no compute_partition_config/: an older kernel, whose rules are those from before 6.16)): "
         "SPX: NPS1; DPX: NPS1, NPS2; QPX: NPS1; CPX: NPS1"
     )
 

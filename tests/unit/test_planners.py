@@ -21,7 +21,7 @@ from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
 from mipart.serving.instances import InstancePlanError, plan_instances
 from mipart.serving.reconcile import plan_actions
-from mipart.values import HostState, PhysicalGpu, UnitState
+from mipart.values import HostState, LoadMode, PhysicalGpu, UnitState
 
 PAIRS = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS2", "NPS4")}
 
@@ -36,26 +36,32 @@ CHAT = 'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040"}\n'
 # -- plan_instances: profile + logical GPUs -> one spec per server ------------------------------
 
 
-def test_one_instance_per_logical_gpu_numbered_by_it_with_its_socket_and_devices():
-    specs = plan_instances(profile(CHAT), logical_gpus("DPX"))
-    assert [s.number for s in specs] == list(range(16))
-    third = specs[3]
-    socket = "/run/mipart-vllm/sockets/3/http.sock"
-    assert (third.socket, third.address, third.unit) == (socket, f"unix:{socket}", "mipart-vllm@3.service")
-    assert third.logical_gpus == (3,) and third.physical_gpus == (1,)  # GPU 1, partition 1
-    assert third.devices == ("/dev/kfd", "/dev/dri/renderD137")
-    assert dict(third.env)["CUDA_VISIBLE_DEVICES"] == "3"
-    assert third.argv[:7] == ("vllm", "serve", "org/m", "--uds", socket, "--served-model-name", "org/m")
+DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]
+
+
+def test_one_instance_per_logical_gpu_numbered_by_its_slot_with_its_socket_and_devices():
+    specs = {s.number: s for s in plan_instances(profile(CHAT), logical_gpus("DPX"))}
+    assert list(specs) == DPX_NUMBERS  # N = 8 x physical GPU + partition
+    ninth = specs[9]
+    socket = "/run/mipart-vllm/sockets/9/http.sock"
+    assert (ninth.socket, ninth.address, ninth.unit) == (socket, f"unix:{socket}", "mipart-vllm@9.service")
+    assert ninth.logical_gpus == (9,) and ninth.physical_gpus == (1,)  # GPU 1, partition 1
+    assert ninth.devices == ("/dev/kfd", "/dev/dri/renderD137")
+    # ROCm's index is the launcher's to resolve at start (serving/visible.py), not the planner's.
+    assert "CUDA_VISIBLE_DEVICES" not in dict(ninth.env) and ninth.visible_devices_env == "CUDA_VISIBLE_DEVICES"
+    assert ninth.argv[:7] == ("vllm", "serve", "org/m", "--uds", socket, "--served-model-name", "org/m")
 
 
 def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_the_first():
     specs = plan_instances(
-        profile('services:\n  big: {model: org/m, listen: 8040, partitions: "8-15", tensor_parallel: 4}\n'),
+        profile(
+            'services:\n  big: {model: org/m, listen: 8040, partitions: "32-33,40-41,48-49,56-57", tensor_parallel: 4}\n'
+        ),
         logical_gpus("DPX"),
     )
     assert [(s.number, s.logical_gpus, s.physical_gpus, s.socket) for s in specs] == [
-        (8, (8, 9, 10, 11), (4, 5), "/run/mipart-vllm/sockets/8/http.sock"),
-        (12, (12, 13, 14, 15), (6, 7), "/run/mipart-vllm/sockets/12/http.sock"),
+        (32, (32, 33, 40, 41), (4, 5), "/run/mipart-vllm/sockets/32/http.sock"),
+        (48, (48, 49, 56, 57), (6, 7), "/run/mipart-vllm/sockets/48/http.sock"),
     ]
     assert specs[0].render_nodes == (
         "/dev/dri/renderD160",
@@ -63,17 +69,16 @@ def test_tensor_parallel_groups_take_consecutive_logical_gpus_and_are_named_by_t
         "/dev/dri/renderD168",
         "/dev/dri/renderD169",
     )
-    assert dict(specs[0].env)["CUDA_VISIBLE_DEVICES"] == "8,9,10,11"
     assert dict(specs[0].env)["NCCL_MIN_NCHANNELS"] == "112"
     assert specs[0].argv[-2:] == ("--tensor-parallel-size", "4")
 
 
 def test_two_services_share_the_host_by_partitions_and_sockets_follow_the_gpu():
-    text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-3"}\n  code: {model: org/b, listen: 8041, partitions: [12, 13]}\ninstances: {base_port: 9000}\n'
+    text = 'services:\n  chat: {model: org/a, listen: 8040, partitions: "0-1,8-9"}\n  code: {model: org/b, listen: 8041, partitions: [48, 49]}\ninstances: {base_port: 9000}\n'
     specs = plan_instances(profile(text), logical_gpus("DPX"), Path("/run/x/sockets"))  # base_port: unused
     assert [(s.number, s.service, s.socket) for s in specs] == [
         (n, service, f"/run/x/sockets/{n}/http.sock")
-        for n, service in ((0, "chat"), (1, "chat"), (2, "chat"), (3, "chat"), (12, "code"), (13, "code"))
+        for n, service in ((0, "chat"), (1, "chat"), (8, "chat"), (9, "chat"), (48, "code"), (49, "code"))
     ]
 
 
@@ -84,9 +89,7 @@ def test_a_socket_path_longer_than_a_unix_socket_takes_is_one_clear_error():
 
 
 def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
-    text = (
-        'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [5]}\n'
-    )
+    text = 'services:\n  chat: {model: org/m, listen: 8040, runtime: docker, image: "rocm/vllm:latest", partitions: [17]}\n'
     [spec] = plan_instances(profile(text), logical_gpus("DPX"))
     devices = [spec.argv[i + 1] for i, arg in enumerate(spec.argv) if arg == "--device"]
     assert devices == ["/dev/kfd", "/dev/dri/renderD145"]
@@ -94,25 +97,35 @@ def test_a_container_sees_only_its_own_gpus_numbered_from_zero():
 
 
 @pytest.mark.parametrize(
-    "body, logical, message",
+    "body, logical, layout, message",
     [
         (
             '  chat: {model: org/m, listen: 8040, partitions: "0-15"}\n',
             logical_gpus("SPX"),
-            "names logical GPU 8-15, but this host has logical GPUs 0-7",
+            dict.fromkeys(range(8), "SPX"),
+            "names logical GPU 1-7,9-15, which this host does not have in SPX: its logical GPUs are 0,8,16,24,32,40,48,"
+            "56; N = 8 x GPU + partition (mipart-vllm@N is partition N % 8 of GPU N // 8)",
+        ),
+        (
+            "  chat: {model: org/m, listen: 8040, partitions: [2]}\n",
+            logical_gpus("DPX", physical=2) + logical_gpus("QPX")[8:],
+            {0: "DPX", 1: "DPX", **dict.fromkeys(range(2, 8), "QPX")},
+            "names logical GPU 2, which this host does not have in DPX (GPUs 0-1), QPX (GPUs 2-7): its logical GPUs "
+            "are 0-1,8-9,16-19,24-27,32-35,40-43,48-51,56-59;",
         ),
         (
             "  chat: {model: org/m, listen: 8040, tensor_parallel: 3}\n",
             logical_gpus("DPX"),
+            None,
             "tensor_parallel 3 does not divide its 16 logical GPUs",
         ),
-        ("  chat: {model: org/m, listen: 8040}\n", (), "has no logical GPU on this host"),
+        ("  chat: {model: org/m, listen: 8040}\n", (), None, "has no logical GPU on this host"),
     ],
-    ids=["missing-gpu", "tp-does-not-divide", "no-gpus"],
+    ids=["missing-gpu", "missing-on-a-mixed-host", "tp-does-not-divide", "no-gpus"],
 )
-def test_a_profile_that_does_not_fit_the_host_is_one_clear_error(body, logical, message):
+def test_a_profile_that_does_not_fit_the_host_is_one_clear_error(body, logical, layout, message):
     with pytest.raises(InstancePlanError, match=re.escape(message)):
-        plan_instances(profile("services:\n" + body), logical)
+        plan_instances(profile("services:\n" + body), logical, layout=layout)
 
 
 # -- render_nginx: upstreams, readiness, the 503 answer, sizing -----------------------------------
@@ -124,11 +137,11 @@ def nginx_conf(text: str, ready, compute: str = "DPX") -> str:
 
 
 def test_only_ready_instances_get_traffic_and_the_rest_are_listed_down():
-    conf = nginx_conf(CHAT, ready={0, 2})
+    conf = nginx_conf(CHAT, ready={0, 8})
     assert "# service chat: 2/16 instances ready" in conf
     # a ready instance leaves every worker's choice for a health interval after one failure (issue 13)
     assert "server unix:/run/mipart-vllm/sockets/0/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@0" in conf
-    assert "server unix:/run/mipart-vllm/sockets/2/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@2" in conf
+    assert "server unix:/run/mipart-vllm/sockets/8/http.sock max_fails=1 fail_timeout=2s;  # mipart-vllm@8" in conf
     assert "server unix:/run/mipart-vllm/sockets/1/http.sock down;  # mipart-vllm@1" in conf
     assert conf.count(" down;") == 14
     assert "proxy_pass http://mipart_chat;" in conf and "least_conn;" in conf
@@ -182,16 +195,16 @@ def test_worker_connections_fit_every_instance_full_at_once(service, compute, co
 # -- render_front: the clients' layer, and the back reached over its sockets -------------------------
 
 
-TWO = (
-    'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040", partitions: "0-7"}\n'
-    '  code: {model: org/c, listen: 8041, partitions: "8-15"}\n'
+TWO = (  # GPUs 0-3 and 4-7 in DPX
+    'services:\n  chat: {model: org/m, listen: "127.0.0.1:8040", partitions: "0-1,8-9,16-17,24-25"}\n'
+    '  code: {model: org/c, listen: 8041, partitions: "32-33,40-41,48-49,56-57"}\n'
 )
 
 
 def test_the_back_listens_on_a_socket_per_service_and_the_front_on_the_profiles_listeners():
     prof = profile(TWO)
     specs = plan_instances(prof, logical_gpus("DPX"))
-    back = render_nginx(prof, specs, frozenset(range(16)), Path("/run/test/nginx"))
+    back = render_nginx(prof, specs, frozenset(DPX_NUMBERS), Path("/run/test/nginx"))
     front = render_front(prof, specs, Path("/run/test/nginx"), Path("/run/test/nginx-front"))
     assert "listen unix:/run/test/nginx/svc-chat.sock;" in back and "listen unix:/run/test/nginx/svc-code.sock;" in back
     assert "listen 127.0.0.1:8040;" not in back and "keepalive_timeout 0;" in back
@@ -228,7 +241,7 @@ def test_membership_and_layout_leave_the_front_alone_and_a_listener_changes_it()
 def test_direct_the_back_serves_the_listeners_too_during_a_handover():
     prof = profile(CHAT)
     specs = plan_instances(prof, logical_gpus("DPX"))
-    conf = render_nginx(prof, specs, frozenset(range(16)), Path("/run/test/nginx"), direct=True)
+    conf = render_nginx(prof, specs, frozenset(DPX_NUMBERS), Path("/run/test/nginx"), direct=True)
     assert "        listen unix:/run/test/nginx/svc-chat.sock;\n        listen 127.0.0.1:8040;\n" in conf
 
 
@@ -237,7 +250,7 @@ def test_direct_the_back_serves_the_listeners_too_during_a_handover():
 
 def three_specs() -> dict:
     prof = profile('services:\n  chat: {model: org/m, listen: 8040, partitions: "0-2"}\n')
-    return {s.number: s for s in plan_instances(prof, logical_gpus("DPX"))}
+    return {s.number: s for s in plan_instances(prof, logical_gpus("CPX"))}
 
 
 def running(*numbers: int, state: str = "active") -> dict[int, UnitState]:
@@ -291,17 +304,21 @@ def host_state(compute: str, memory: str, gpus: int = 8) -> HostState:
             memory=memory,
             memory_available=("NPS1", "NPS2", "NPS4"),
             path=Path(f"/sys/bus/pci/devices/{bdf(g)}"),
+            hive_id=0x5EED,  # one XGMI hive of 8, as KFD's hive_id shows it
         )
         for g in range(gpus)
     )
     return HostState(physical=physical, logical=())
 
 
-def rules(compute_after_reload: str | None = None, gpus: int = 8) -> HostRules:
+def rules(load_mode: str | None = None, gpus: int = 8) -> HostRules:
+    """`load_mode`: amdgpu.user_partt_mode as the next load reads it (None: no reload asked)."""
     return HostRules(
         pairs={g: dict(PAIRS) for g in range(gpus)},
         partitions={g: dict(PARTS) for g in range(gpus)},
-        compute_after_reload=compute_after_reload,
+        load_mode=None
+        if load_mode is None
+        else LoadMode(load_mode, "" if load_mode == "AUTO" else "/etc/modprobe.d/x.conf:3"),
     )
 
 
@@ -318,25 +335,25 @@ def test_a_host_already_in_the_profiles_modes_needs_no_write_and_no_reload():
 
 def test_memory_is_written_once_for_the_hive_before_the_one_reload_then_compute_where_the_reload_left_it_wrong():
     plan = plan_partitions(
-        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(compute_after_reload="SPX")
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(load_mode="CPX")
     )
     assert plan.reload is True
     first, *rest = plan.writes
     assert (first.gpu, first.attribute, first.value, first.after_reload) == (0, MEMORY_ATTR, "NPS2", False)
     assert [(w.gpu, w.attribute, w.value, w.after_reload) for w in rest] == [
         (g, COMPUTE_ATTR, "DPX", True) for g in range(8)
-    ]
+    ]  # the reload sets CPX (user_partt_mode=4), so each GPU is written after it
     assert [w.attribute for w in plan.writes].count(MEMORY_ATTR) == 1
     assert [(lg.index, lg.physical, lg.partition, lg.render_minor) for lg in plan.logical[:3]] == [
         (0, 0, 0, 128),
         (1, 0, 1, 129),
-        (2, 1, 0, 136),
+        (8, 1, 0, 136),  # slots: 8 x GPU + partition, and renderD(128 + N)
     ]
 
 
 def test_no_compute_write_where_the_reload_already_gives_the_wanted_mode():
     plan = plan_partitions(
-        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(compute_after_reload="DPX")
+        gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(load_mode="AUTO")
     )
     assert plan.reload is True and [w.attribute for w in plan.writes] == [MEMORY_ATTR]
 
@@ -357,7 +374,7 @@ def test_compute_only_changes_need_no_reload_and_touch_only_the_gpus_the_profile
 
 def test_a_pair_this_hosts_driver_refuses_is_refused_before_any_write():
     """The profile validator knows MI300's rules; the planner checks the host's own table (read from its driver)."""
-    narrow = rules("SPX")
+    narrow = rules("AUTO")
     narrow.pairs[5]["DPX"] = ("NPS1",)
     with pytest.raises(
         PlanError,
@@ -369,3 +386,22 @@ def test_a_pair_this_hosts_driver_refuses_is_refused_before_any_write():
 def test_a_gpu_that_is_not_there_is_refused():
     with pytest.raises(PlanError, match=re.escape("name GPU 8, but this host has GPUs 0-7")):
         plan_partitions(gpus("gpus: {compute: DPX, select: [8]}"), host_state("SPX", "NPS1"), rules())
+
+
+@pytest.mark.parametrize(
+    "load, words",
+    [
+        ("SPX", "amdgpu.user_partt_mode=SPX, set in /etc/modprobe.d/x.conf:3, SPX does not run under NPS2 on GPU 0"),
+        ("7", "amdgpu.user_partt_mode=7, set in /etc/modprobe.d/x.conf:3, is no mode the driver knows"),
+    ],
+)
+def test_a_reload_that_would_leave_the_gpus_out_is_refused_before_any_write(load, words):
+    """gfx_v9_4_3_cp_resume fails GPU init on a user_partt_mode the new memory mode refuses (finding 2)."""
+    with pytest.raises(PlanError) as caught:
+        plan_partitions(gpus("gpus: {compute: DPX, memory: NPS2}"), host_state("SPX", "NPS1"), rules(load))
+    line = str(caught.value)
+    assert line.startswith("a driver reload into NPS2 would leave the GPUs out: " + words), line
+    assert line.endswith(
+        "so GPU init fails (gfx_v9_4_3_cp_resume) and the GPUs do not come back; set it to one that runs under NPS2 "
+        "(DPX, CPX) or to -2 (AUTO), or remove it; nothing was written or reloaded"
+    )

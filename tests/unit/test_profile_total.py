@@ -276,8 +276,9 @@ def test_two_services_without_their_own_partitions_are_refused():
 
 
 def test_logical_gpus_past_the_instance_ports_and_lists_too_long_are_refused():
-    assert "goes past 63" in problems(service('model: a/b, listen: 8040, partitions: "0-64"'))[0]
-    assert "use a number from 0 to 63" in problems(service("model: a/b, listen: 8040, partitions: [64]"))[0]
+    # 72 slots: 8 per GPU, at most 9 partitionable GPUs a host (gpu.modes)
+    assert "goes past 71" in problems(service('model: a/b, listen: 8040, partitions: "0-72"'))[0]
+    assert "use a number from 0 to 71" in problems(service("model: a/b, listen: 8040, partitions: [72]"))[0]
     assert (
         "more than the 1024 physical GPUs"
         in problems(B.replace("}", ', select: "' + ",".join(["0-1023"] * 2000) + '"}'))[0]

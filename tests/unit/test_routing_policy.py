@@ -31,7 +31,7 @@ PATH = "/etc/mipart/profile.yaml"
 
 def service(routing: str | None, name: str = "chat") -> str:
     line = "" if routing is None else f"    routing: {routing}\n"
-    return f'version: 1\ngpus: {{compute: DPX, memory: NPS2}}\nservices:\n  {name}:\n    model: org/m\n    listen: 8000\n    partitions: "0-3"\n{line}'
+    return f'version: 1\ngpus: {{compute: DPX, memory: NPS2}}\nservices:\n  {name}:\n    model: org/m\n    listen: 8000\n    partitions: "0-1,8-9"\n{line}'
 
 
 def routing_of(text: str) -> Routing:
@@ -105,14 +105,14 @@ def test_a_bad_routing_gets_one_located_line_with_what_is_right(written, expecte
 
 
 def test_service_names_nginx_would_name_alike_are_refused():
-    text = service(None, "a-b") + '  a_b:\n    model: org/m\n    listen: 8001\n    partitions: "4-5"\n'
+    text = service(None, "a-b") + '  a_b:\n    model: org/m\n    listen: 8001\n    partitions: "16-17"\n'
     with pytest.raises(
         ProfileError, match=r":8:3: service name 'a_b' and service 'a-b' differ only in '-' against '_'"
     ):
         check_profile(text, PATH)
 
 
-def render(text: str, ready=frozenset(range(16))) -> str:
+def render(text: str, ready=frozenset(range(64))) -> str:
     profile = check_profile(text, PATH)
     return render_nginx(
         profile, plan_instances(profile, logical_gpus("DPX")), frozenset(ready), Path("/run/test/nginx")
@@ -133,7 +133,7 @@ def test_least_conn_and_random_render_their_nginx_directive():
 
 
 def test_affinity_hashes_the_header_as_nginx_names_it():
-    conf = render(service("{affinity: {header: X-Session-Id}}"), ready={0, 2})
+    conf = render(service("{affinity: {header: X-Session-Id}}"), ready={0, 8})
     block = upstream(conf)
     # the balancer comes before keepalive (nginx: "activate them before the keepalive directive")
     assert block.index("        hash $http_x_session_id consistent;\n") < block.index("keepalive")
@@ -153,7 +153,7 @@ def test_plan_says_each_services_policy(tmp_path):
     host, path = create_sim(tmp_path, model="mi300x", gpus=8, compute="DPX", memory="NPS2"), tmp_path / "p.yaml"
     path.write_text(
         service("{affinity: {header: X-Session-Id}}")
-        + '  other:\n    model: org/n\n    listen: 8001\n    partitions: "4-5"\n    routing: random\n'
+        + '  other:\n    model: org/n\n    listen: 8001\n    partitions: "16-17"\n    routing: random\n'
     )
     done = host.run("plan", "--profile", path)
     assert done.returncode == 0, done.stderr
@@ -169,7 +169,7 @@ def test_plan_says_each_services_policy(tmp_path):
 def test_status_api_and_mipart_status_name_each_services_policy():
     text = (
         service("{affinity: {header: X-Session-Id}}")
-        + '  batch:\n    model: org/b\n    listen: 8001\n    partitions: "4-7"\n'
+        + '  batch:\n    model: org/b\n    listen: 8001\n    partitions: "16-17,24-25"\n'
         "    routing: random\n"
     )
     profile = check_profile(text, PATH)

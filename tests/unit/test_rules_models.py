@@ -21,10 +21,14 @@ from mipart.sim.state import read_state
 GPUS = 2
 EIGHT_XCDS = ("mi300x", "mi325x", "mi350x", "mi355x")
 MAINLINE_8 = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS4"), "CPX": ("NPS1", "NPS4")}
+# GC 9.5 (MI350X, MI355X) since 6.16-stable: QPX and CPX also take NPS2 ("Update supported modes for GC v9.5.0").
+MAINLINE_GC95 = {**MAINLINE_8, "QPX": ("NPS1", "NPS2", "NPS4"), "CPX": ("NPS1", "NPS2", "NPS4")}
 ROCM_MI300X_8 = {"SPX": ("NPS1",), "DPX": ("NPS1", "NPS2"), "QPX": ("NPS1", "NPS2"), "CPX": ("NPS1", "NPS2")}
-# MI300A: 6 XCDs (SPX, TPX, CPX); the simulated platform offers NPS1 only. Seed 000's table has no TPX row.
+# MI300A: 6 XCDs (SPX, TPX, CPX); an APU, whose platform cannot switch NPS (no supported_nps_configs):
+# every mode runs under its one memory mode. Seed 000's table has no TPX row.
 TABLES = {
-    **{(m, "mainline"): MAINLINE_8 for m in EIGHT_XCDS},
+    **{(m, "mainline"): MAINLINE_GC95 if m in ("mi350x", "mi355x") else MAINLINE_8 for m in EIGHT_XCDS},
+    **{(m, "mainline-before-6.16"): MAINLINE_8 for m in EIGHT_XCDS},
     **{(m, "rocm-mi300x"): ROCM_MI300X_8 for m in EIGHT_XCDS},
     ("mi300a", "mainline"): {"SPX": ("NPS1",), "TPX": ("NPS1",), "CPX": ("NPS1",)},
     ("mi300a", "rocm-mi300x"): {"SPX": ("NPS1",), "CPX": ("NPS1",)},

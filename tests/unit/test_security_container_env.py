@@ -64,7 +64,7 @@ def _render(tmp_path, sim_env, env: dict, env_files: list[str] = ()):
     return render_run_dir(
         tmp_path,
         sim_env,
-        f"runtime: docker, image: rocm/vllm, partitions: [3], env: {{{env_text}}}, env_files: {json.dumps(list(env_files))}",
+        f"runtime: docker, image: rocm/vllm, partitions: [8], env: {{{env_text}}}, env_files: {json.dumps(list(env_files))}",
     )
 
 
@@ -76,22 +76,22 @@ def test_the_client_gets_a_fixed_environment_and_the_env_only_through_a_root_onl
     _recorder(fixed, "fixed", log)
     _recorder(evil, "evil", log)  # what PATH: /tmp/evil would have found
     unit_env = {"DOCKER_HOST": "unix:///from-the-unit", "LD_LIBRARY_PATH": "/from-the-unit"}
-    done = _launch(sim_env, run, fixed, "3", extra=unit_env)
+    done = _launch(sim_env, run, fixed, "8", extra=unit_env)
     assert done.returncode == 0, done.stderr
     calls = _calls(log)
     assert [c["who"] for c in calls] == ["fixed", "fixed"]  # `rm -f` of a stale container, then `run`
     remove, run_call = calls
-    assert remove["argv"] == ["rm", "-f", "mipart-vllm-3"]
+    assert remove["argv"] == ["rm", "-f", "mipart-vllm-8"]
     for call in calls:
         client_env = call["env"]
         assert client_env.pop("PATH") == str(fixed)
         assert set(client_env) == {"HOME", "MIPART_INSTANCE", "MIPART_RUN_DIR"}, client_env
-        assert client_env["MIPART_INSTANCE"] == "3"
+        assert client_env["MIPART_INSTANCE"] == "8"
     argv = run_call["argv"]
-    assert argv[:3] == ["run", "--env-file", str(run / "instances/3.env")]
+    assert argv[:3] == ["run", "--env-file", str(run / "instances/8.env")]
     assert argv[3:5] == ["-v", f"{tmp_path / 'hf'}:/root/.cache/huggingface"]  # the cache as the launcher resolved it
     assert not any(v in " ".join(argv) for v in hostile.values()), argv  # no value on the command line
-    env_file = run / "instances/3.env"
+    env_file = run / "instances/8.env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600 and env_file.stat().st_uid == os.geteuid()
     lines = env_file.read_text().splitlines()
     for key, value in hostile.items():
@@ -103,10 +103,10 @@ def test_cleanup_removes_the_container_with_the_fixed_environment(tmp_path, sim_
     run = _render(tmp_path, sim_env, {"A": "1"})
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    done = _launch(sim_env, run, fixed, "3", "--cleanup")
+    done = _launch(sim_env, run, fixed, "8", "--cleanup")
     assert done.returncode == 0, done.stderr
     [call] = _calls(log)
-    assert call["argv"] == ["rm", "-f", "mipart-vllm-3"] and "A" not in call["env"]
+    assert call["argv"] == ["rm", "-f", "mipart-vllm-8"] and "A" not in call["env"]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_cleanup_removes_the_container_with_the_fixed_environment(tmp_path, sim_
 )
 def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, sim_env, damage, words):
     run = _render(tmp_path, sim_env, {"A": "1"})
-    path = run / "instances/3.env"
+    path = run / "instances/8.env"
     if damage == "missing":
         path.unlink()
     elif damage == "readable":
@@ -128,15 +128,15 @@ def test_an_env_file_that_is_missing_open_or_stale_is_refused(tmp_path, sim_env,
         path.write_text(path.read_text().replace("A=1", "A=2"))
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    done = _launch(sim_env, run, fixed, "3")
+    done = _launch(sim_env, run, fixed, "8")
     [line] = done.stderr.splitlines()
-    assert done.returncode == 1 and line.startswith(f"mipart: instance 3: env file {path} ") and words in line, line
+    assert done.returncode == 1 and line.startswith(f"mipart: instance 8: env file {path} ") and words in line, line
     assert not log.exists()  # refused before the client ran at all
 
 
 def test_a_client_missing_from_the_fixed_path_is_one_line(tmp_path, sim_env):
     run = _render(tmp_path, sim_env, {"A": "1"})
-    done = _launch(sim_env, run, tmp_path / "empty", "3")
+    done = _launch(sim_env, run, tmp_path / "empty", "8")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert (
         f"docker not found in {tmp_path / 'empty'} (the container client's fixed PATH); install it there" in done.stderr
@@ -151,11 +151,11 @@ def test_secrets_files_go_to_the_client_as_they_are_never_into_mipart_s_env_file
     run = _render(tmp_path, sim_env, {"A": "1"}, env_files=[str(secret)])
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    done = _launch(sim_env, run, fixed, "3")
+    done = _launch(sim_env, run, fixed, "8")
     assert done.returncode == 0, done.stderr
     _, call = _calls(log)
-    assert call["argv"][:5] == ["run", "--env-file", str(run / "instances/3.env"), "--env-file", str(secret)]
-    assert "hf_TopSecret" not in (run / "instances/3.env").read_text() + (run / "instances/3.json").read_text()
+    assert call["argv"][:5] == ["run", "--env-file", str(run / "instances/8.env"), "--env-file", str(secret)]
+    assert "hf_TopSecret" not in (run / "instances/8.env").read_text() + (run / "instances/8.json").read_text()
     assert "HF_TOKEN" not in call["env"]
 
 
@@ -164,11 +164,11 @@ def test_a_model_cache_that_is_a_link_to_a_system_directory_is_refused_at_start(
     (tmp_path / "hf").symlink_to("/etc")  # the profile's hf_home, made a link after validation
     log, fixed = tmp_path / "calls.jsonl", tmp_path / "fixed-bin"
     _recorder(fixed, "fixed", log)
-    done = _launch(sim_env, run, fixed, "3")
+    done = _launch(sim_env, run, fixed, "8")
     [line] = done.stderr.splitlines()
     assert (
         done.returncode == 1
         and line
-        == f"mipart: instance 3: instances.hf_home {tmp_path / 'hf'} resolves to /etc, which is inside the system directory /etc; give a directory of its own, e.g. /var/lib/mipart/huggingface"
+        == f"mipart: instance 8: instances.hf_home {tmp_path / 'hf'} resolves to /etc, which is inside the system directory /etc; give a directory of its own, e.g. /var/lib/mipart/huggingface"
     )
     assert not log.exists()

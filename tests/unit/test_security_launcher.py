@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import mipart
+from conftest import create_sim, mipart
 from rendered import render_run_dir
 
 from mipart.errors import UserError
-from mipart.names import RUN_DIR_VAR, STATE_DIR_VAR
+from mipart.names import RUN_DIR_VAR, STATE_DIR_VAR, instance_uid
+from mipart.profile.schema import MAX_INSTANCES
 from mipart.serving import launcher
 
 NOBODY = pwd.getpwnam("nobody")
@@ -57,30 +58,30 @@ def open_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_native_server_runs_as_a_uid_of_its_own_with_the_users_groups_and_a_home_of_its_own(
-    tmp_path, sim_env, open_dir
-):
+def test_a_native_server_runs_as_a_uid_of_its_own_with_the_users_groups_and_a_home_of_its_own(tmp_path, open_dir):
+    # The launcher finds the GPUs ROCm sees as the server's uid: it reads the host's sysfs, which any user may.
+    sim_env = create_sim(open_dir / "host", model="mi300x", gpus=8, compute="DPX", memory="NPS2").env
     run = render_run_dir(
         tmp_path,
         sim_env,
-        f'partitions: [3], command: ["/bin/sh", "-c", {json.dumps(SHOW)}]',
+        f'partitions: [9], command: ["/bin/sh", "-c", {json.dumps(SHOW)}]',
         instances=f'{{user: nobody, hf_home: "{open_dir / "hf"}"}}',
     )
     state = open_dir / "state"
     for _ in range(2):  # the second start finds its directories the first left, the instance's
-        done = mipart("exec", "3", env={**sim_env, RUN_DIR_VAR: str(run), STATE_DIR_VAR: str(state)})
+        done = mipart("exec", "9", env={**sim_env, RUN_DIR_VAR: str(run), STATE_DIR_VAR: str(state)})
         assert done.returncode == 0, done.stderr
     uid, gid, groups, umask, home, home_stat = done.stdout.split("\n")[:6]
-    assert (int(uid), int(gid), groups.split()) == (70003, NOBODY.pw_gid, [str(NOBODY.pw_gid)])
-    assert umask == "0007" and home == str(state / "home/3")
-    assert home_stat == f"70003:{NOBODY.pw_gid}:700"
-    sockets = (Path(sim_env["MIPART_SERVING_DIR"]) / "sockets/3").stat()  # nobody else may even enter it
-    assert (sockets.st_uid, sockets.st_gid) == (70003, grp.getgrnam("www-data").gr_gid)
+    assert (int(uid), int(gid), groups.split()) == (70009, NOBODY.pw_gid, [str(NOBODY.pw_gid)])
+    assert umask == "0007" and home == str(state / "home/9")
+    assert home_stat == f"70009:{NOBODY.pw_gid}:700"
+    sockets = (Path(sim_env["MIPART_SERVING_DIR"]) / "sockets/9").stat()  # nobody else may even enter it
+    assert (sockets.st_uid, sockets.st_gid) == (70009, grp.getgrnam("www-data").gr_gid)
     assert stat.S_IMODE(sockets.st_mode) == 0o750
-    acl = os.getxattr(Path(sim_env["MIPART_SERVING_DIR"]) / "sockets/3", "system.posix_acl_default")
+    acl = os.getxattr(Path(sim_env["MIPART_SERVING_DIR"]) / "sockets/9", "system.posix_acl_default")
     www = grp.getgrnam("www-data").gr_gid  # what the server makes in it, its socket, nginx's workers may use
     assert struct.pack("<HHI", 0x08, 7, www) in acl
-    assert json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/3.json").read_text())["uid"] == 70003
+    assert json.loads((Path(sim_env["MIPART_SERVING_DIR"]) / "launched/9.json").read_text())["uid"] == 70009
     cache = (open_dir / "hf").stat()
     assert (cache.st_uid, cache.st_gid, stat.S_IMODE(cache.st_mode)) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o770)
 
@@ -96,6 +97,26 @@ def test_a_uid_that_passwd_gives_to_someone_is_refused(monkeypatch):
     assert str(caught.value) == (
         "instance 3: uid 70003 (mipart runs instance N as 70000 + N) belongs to user 'backup2'; give that user another uid"
     )
+
+
+def test_a_host_tree_the_servers_uid_may_not_read_is_one_line(tmp_path, sim_env, open_dir):
+    """The GPUs ROCm sees are read as the server's uid; a sysfs root only root may enter (sim_env's, in a
+    tmp_path of root's own) is refused in one line that names the file, never a traceback."""
+    instances = f'{{user: nobody, hf_home: "{open_dir / "hf"}"}}'
+    run = render_run_dir(tmp_path, sim_env, 'partitions: [9], command: ["/bin/true"]', instances=instances)
+    done = mipart("exec", "9", env={**sim_env, RUN_DIR_VAR: str(run), STATE_DIR_VAR: str(open_dir / "state")})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"mipart: {sim_env['MIPART_SYSFS_ROOT']}/class/kfd/kfd/topology/generation_id: cannot read: Permission denied"
+    ]
+
+
+def test_every_instance_number_has_a_uid_in_the_range_security_md_names():
+    """N is a slot, 8 x GPU + partition, below 72 (9 partitionable GPUs): uids 70000-70071, within what
+    systemd leaves unused (65536-524287) and below the subordinate ids useradd hands out (100000)."""
+    uids = [instance_uid(n) for n in range(MAX_INSTANCES)]
+    assert (uids[0], uids[-1]) == (70000, 70071)
+    assert uids[0] >= 65536 and uids[-1] < 100000
 
 
 def test_a_cache_swapped_for_a_link_under_the_launcher_changes_no_owner(tmp_path, sim_env, open_dir):

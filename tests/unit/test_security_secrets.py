@@ -52,7 +52,7 @@ def _render(tmp_path, sim_env, env_files: list[str], env: str = "{FOO: bar}"):
     return render_run_dir(
         tmp_path,
         sim_env,
-        f"partitions: [2], command: [/bin/sh, -c, env, sh], env: {env}, env_files: {json.dumps(env_files)}",
+        f"partitions: [9], command: [/bin/sh, -c, env, sh], env: {env}, env_files: {json.dumps(env_files)}",
     )
 
 
@@ -67,9 +67,9 @@ def _secret(tmp_path, text: str, mode: int = 0o600, name: str = "chat.env"):
 def test_a_secret_reaches_the_server_and_no_file_mipart_writes(tmp_path, sim_env):
     secret = _secret(tmp_path, f"# the hub token\nHF_TOKEN={TOKEN}\n\nOTHER=a b=c\n")
     run = _render(tmp_path, sim_env, [secret])
-    spec_text = (run / "instances/2.json").read_text()
+    spec_text = (run / "instances/9.json").read_text()
     assert TOKEN not in spec_text and secret in spec_text
-    done = mipart("exec", "2", env={**sim_env, "MIPART_RUN_DIR": str(run)})
+    done = mipart("exec", "9", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 0, done.stderr
     env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     assert env["HF_TOKEN"] == TOKEN and env["OTHER"] == "a b=c" and env["FOO"] == "bar"
@@ -100,10 +100,10 @@ def test_a_secret_reaches_the_server_and_no_file_mipart_writes(tmp_path, sim_env
 def test_a_secrets_file_mipart_cannot_trust_or_read_alike_is_one_line(tmp_path, sim_env, text, mode, words):
     secret = _secret(tmp_path, text, mode)
     run = _render(tmp_path, sim_env, [secret])
-    done = mipart("exec", "2", env={**sim_env, "MIPART_RUN_DIR": str(run)})
+    done = mipart("exec", "9", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     [line] = done.stderr.splitlines()
-    assert line.startswith("mipart: instance 2: ") and secret in line and words in line, line
+    assert line.startswith("mipart: instance 9: ") and secret in line and words in line, line
     assert "=x" not in line and "0-7" not in line and "abc123" not in line  # a value is never shown
 
 
@@ -112,20 +112,20 @@ def test_a_missing_or_linked_secrets_file_is_one_line(tmp_path, sim_env):
     link = tmp_path / "secrets/link.env"
     link.symlink_to(real)
     run = _render(tmp_path, sim_env, [str(tmp_path / "secrets/none.env"), str(link)])
-    done = mipart("exec", "2", env={**sim_env, "MIPART_RUN_DIR": str(run)})
+    done = mipart("exec", "9", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1
     assert done.stderr.strip().endswith(
         "none.env does not exist; create it (owner root, mode 0600) or remove it from the profile"
     )
     run = _render(tmp_path, sim_env, [str(link)])
-    done = mipart("exec", "2", env={**sim_env, "MIPART_RUN_DIR": str(run)})
+    done = mipart("exec", "9", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert done.returncode == 1 and "it must be a regular file, not a symbolic link" in done.stderr, done.stderr
 
 
 def test_one_key_in_two_secrets_files_is_refused(tmp_path, sim_env):
     first, second = _secret(tmp_path, "A=1\n"), _secret(tmp_path, "A=2\n", name="two.env")
     run = _render(tmp_path, sim_env, [first, second])
-    done = mipart("exec", "2", env={**sim_env, "MIPART_RUN_DIR": str(run)})
+    done = mipart("exec", "9", env={**sim_env, "MIPART_RUN_DIR": str(run)})
     assert (
         done.returncode == 1 and f"{second} sets A, which services.chat.env or another env file sets too" in done.stderr
     )

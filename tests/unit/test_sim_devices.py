@@ -14,13 +14,9 @@ from conftest import AGENT, SimRoot, mipart
 
 from mipart.gpu import open_backend
 from mipart.gpu.driver import ReloadError, reloads_real_driver
-from mipart.names import DEVICES_VAR, RELOAD_CMD_VAR, RUN_DIR_VAR, SERVING_DIR_VAR
-from mipart.paths import launched_dir
-from mipart.runners import records
+from mipart.names import DEVICE_CGROUP_VAR, DEVICES_VAR, RELOAD_CMD_VAR, RUN_DIR_VAR, SYSFS_ROOT_VAR
 from mipart.sim import kernel
 from mipart.sim.state import read_state
-
-HOLD = "from mipart.sim.devices import open_devices; import time; held = open_devices(); print('open', flush=True); time.sleep(300)"
 
 
 @pytest.fixture
@@ -38,47 +34,23 @@ def seed_root(tmp_path):
     return root
 
 
-@pytest.fixture
-def opener(tmp_path, monkeypatch):
-    """Start a process that opens device files (as the fake engine does) and waits; killed by PID after.
-
-    instance=N: it is instance N's server, as the launcher leaves one: in a session of its own, with
-    the launcher's record of it in the serving dir (tmp_path/serving, as SimRoot's env says, also
-    this process's MIPART_SERVING_DIR)."""
-    started: list[subprocess.Popen] = []
-    serving = tmp_path / "serving"
-    monkeypatch.setenv(SERVING_DIR_VAR, str(serving))
-
-    def start(paths: list[str], instance: int | None = None, tags: dict | None = None) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(paths), **(tags or {})}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
-        )
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "open"
-        if instance is not None:
-            launched_dir(serving).mkdir(parents=True, exist_ok=True)
-            records.write_record(launched_dir(serving), f"{instance}.json", proc.pid, digest="d", uid=os.getuid())
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
-
-
 def devices(root, *minors: int) -> list[str]:
     return [str(root / "dev/kfd"), *(str(root / f"dev/dri/renderD{m}") for m in minors)]
 
 
-def test_an_open_render_node_makes_a_kfd_user_of_its_gpu_only(seed_root, opener):
+def confined(paths: list[str]) -> dict[str, str]:
+    """The device cgroup a unit's DeviceAllow= gives (as the launcher declares it on a simulated host)."""
+    return {DEVICE_CGROUP_VAR: ":".join(paths)}
+
+
+def test_a_kfd_user_holds_the_gpus_its_device_cgroup_allows(seed_root, opener):
     root = seed_root
-    proc = opener(devices(root, 136))  # GPU 1, partition 0
+    proc = opener(devices(root, 136), confined(devices(root, 136)))  # GPU 1, partition 0
     backend = open_backend(root)
     state = backend.discover()
     users = backend.gpu_users(state)
     assert [(u.pid, u.physical_indices) for u in users] == [(proc.pid, (1,))]
-    # The KFD tree shows it as the kernel would: one vram_<gpu_id> for the partition it opened.
+    # The KFD tree shows it as the kernel would: one vram_<gpu_id> per partition its cgroup allows.
     entry = root / "class/kfd/kfd/proc" / str(proc.pid)
     gpu_id = next(g.gpu_id for g in state.logical if g.render_minor == 136)
     assert os.listdir(entry) == [f"vram_{gpu_id}"]
@@ -102,10 +74,32 @@ def test_closing_by_exit_frees_the_gpu(root, opener):
     assert read_state(root).counters["reloads"] == 1 and read_state(root).openers == {}
 
 
-def test_kfd_alone_counts_as_every_gpu(root, opener):
-    proc = opener(devices(root))
+@pytest.mark.parametrize("minors", [(), (136,)], ids=["kfd-alone", "kfd-and-one-render-node"])
+def test_an_unconfined_kfd_user_holds_every_gpu_whatever_it_opened(seed_root, opener, minors):
+    """A process that opens /dev/kfd gets every GPU its device cgroup allows: unconfined, all of them."""
+    root = seed_root
+    proc = opener(devices(root, *minors))
     backend = open_backend(root)
     assert [(u.pid, u.physical_indices) for u in backend.gpu_users(backend.discover())] == [(proc.pid, tuple(range(8)))]
+    with pytest.raises(OSError) as busy:
+        kernel.kernel_write(root, backend.discover().physical[5].bdf, "current_compute_partition", "CPX")
+    assert busy.value.errno == 16
+
+
+@pytest.mark.parametrize("node", ["dri/renderD137", "dri/card9"])
+def test_a_drm_node_opener_is_no_kfd_user_but_keeps_the_driver_in_use(seed_root, opener, node):
+    """amd-smi's library and a metrics exporter open render nodes without /dev/kfd: no EBUSY, but no unload."""
+    root = seed_root
+    proc = opener([str(root / "dev" / node)])
+    backend = open_backend(root)
+    assert backend.gpu_users(backend.discover()) == []
+    kernel.kernel_write(root, backend.discover().physical[1].bdf, "current_compute_partition", "CPX")
+    with pytest.raises(subprocess.CalledProcessError) as in_use:
+        kernel.reload(root)
+    assert "Module amdgpu is in use" in in_use.value.stderr
+    proc.kill()
+    proc.wait()
+    kernel.reload(root)
 
 
 def test_another_hosts_devices_are_not_this_hosts_users(tmp_path, root, opener):
@@ -117,7 +111,7 @@ def test_another_hosts_devices_are_not_this_hosts_users(tmp_path, root, opener):
 
 
 def test_sim_show_names_openers(root, opener):
-    proc = opener(devices(root, 144))  # GPU 2
+    proc = opener(devices(root, 144), confined(devices(root, 144)))  # GPU 2
     shown = mipart("sim", "show", root)
     assert shown.returncode == 0, shown.stderr
     assert f"GPU 2 0000:46:00.0 DPX NPS2; held by {proc.pid}" in shown.stdout.splitlines()
@@ -125,7 +119,11 @@ def test_sim_show_names_openers(root, opener):
 
 def test_the_backend_names_the_devices_for_the_launcher_under_a_simulated_root_only(root, tmp_path):
     spec_devices = ("/dev/kfd", "/dev/dri/renderD136")
-    assert open_backend(root).device_env(spec_devices) == {DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136"}
+    assert open_backend(root).device_env(spec_devices) == {
+        DEVICES_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136",
+        DEVICE_CGROUP_VAR: f"{root}/dev/kfd:{root}/dev/dri/renderD136",  # what its unit would allow it
+        SYSFS_ROOT_VAR: str(root),  # the root the fake engine enumerates GPUs from
+    }
     (tmp_path / "plain").mkdir()
     assert open_backend(tmp_path / "plain").device_env(spec_devices) == {}
     assert open_backend(tmp_path.parent / "sys-not-there").device_env(spec_devices) == {}
@@ -133,6 +131,7 @@ def test_the_backend_names_the_devices_for_the_launcher_under_a_simulated_root_o
 
 def test_fake_engine_holds_its_devices_and_refuses_a_missing_one(root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(AGENT), DEVICES_VAR: ":".join(devices(root, 137))}
+    env.update(confined(devices(root, 137)))
     argv = [sys.executable, "-m", "mipart.sim.engine", "--port", "9", "--startup-delay", "60"]
     engine = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -200,7 +199,8 @@ def test_partition_apply_refuses_while_mipart_instances_hold_the_gpus(seed_root,
 def test_a_process_that_only_carries_an_instances_tags_is_not_one(seed_root, opener, tmp_path):
     """Any user can put MIPART_INSTANCE in an environment; only the launcher's record makes an instance."""
     root = seed_root
-    proc = opener(devices(root, 128), tags={"MIPART_INSTANCE": "0", RUN_DIR_VAR: str(tmp_path / "run")})
+    tags = {"MIPART_INSTANCE": "0", RUN_DIR_VAR: str(tmp_path / "run")}
+    proc = opener(devices(root, 128), {**confined(devices(root, 128)), **tags})
     sim = SimRoot(root.parent)
     done = sim.run("partition", "apply", "--profile", sim.profile("gpus: {compute: CPX, memory: NPS2}\n"))
     assert done.returncode == 1

@@ -11,7 +11,7 @@ import pytest
 from conftest import mipart
 
 from mipart.errors import UserError
-from mipart.gpu import discover
+from mipart.gpu import discover, open_backend
 from mipart.gpu.modes import USER_PARTT_MODE
 from mipart.sim import kernel
 from mipart.sim.state import read_state
@@ -128,14 +128,14 @@ def test_memory_request_is_hive_wide_and_waits_for_reload(make_root):
     assert write_errno(root, GPU3, MEMORY, "NPS3") == errno.EINVAL
     kernel.kernel_write(root, GPU3, MEMORY, "NPS4")
     assert modes(root) == [("SPX", "NPS1")] * 8  # still reads the old mode
-    assert read_state(root).pending_memory == "NPS4"
-    kernel.kernel_write(root, GPU3, MEMORY, "NPS1")  # the current mode: a no-op
-    assert read_state(root).pending_memory == "NPS4"
+    assert read_state(root).pending_memory == {"0": "NPS4"}  # the request of hive 0, all 8 GPUs
+    kernel.kernel_write(root, GPU3, MEMORY, "NPS1")  # the current mode: skipped, the request stays
+    assert read_state(root).pending_memory == {"0": "NPS4"}
 
     kernel.reload(root)
     assert modes(root) == [("CPX", "NPS4")] * 8  # AUTO: NPS4 -> CPX, on every GPU
     assert len(discover(root).logical) == 64
-    assert read_state(root).pending_memory is None
+    assert read_state(root).pending_memory == {}
 
 
 def test_reload_resets_compute_from_nps_in_auto_mode(make_root):
@@ -150,7 +150,6 @@ def test_reload_resets_compute_from_nps_in_auto_mode(make_root):
     [
         ("QPX", "NPS4", "QPX"),
         ("DPX", None, "DPX"),
-        ("SPX", "NPS2", "DPX"),  # the driver refuses SPX under NPS2: falls back to AUTO
     ],
 )
 def test_reload_takes_compute_from_user_partt_mode(make_root, partt, pending, expected):
@@ -162,11 +161,26 @@ def test_reload_takes_compute_from_user_partt_mode(make_root, partt, pending, ex
     assert [c for c, _ in modes(root)] == [expected] * 8
 
 
-def test_module_parameter_reads_as_on_a_real_host(make_root):
+def test_a_user_partt_mode_the_new_memory_mode_refuses_fails_gpu_init(make_root):
+    """gfx_v9_4_3_cp_resume returns -EINVAL: the GPUs do not come back until a load with a mode that runs."""
+    root = make_root(compute="SPX", memory="NPS1")
+    kernel.set_user_partt_mode(root, USER_PARTT_MODE["SPX"])
+    kernel.kernel_write(root, GPU3, MEMORY, "NPS2")
+    kernel.reload(root)
+    state = discover(root)
+    assert state.physical == () and state.logical == ()
+    kernel.set_user_partt_mode(root, USER_PARTT_MODE["AUTO"])
+    kernel.reload(root)
+    assert modes(root) == [("DPX", "NPS2")] * 8
+
+
+def test_module_parameter_shows_the_loaded_value_as_on_a_real_host(make_root):
     root = make_root()
     param = root / "module/amdgpu/parameters/user_partt_mode"
     assert param.read_text() == "4294967294\n"  # AUTO (-2) through the kernel's uint
     kernel.set_user_partt_mode(root, USER_PARTT_MODE["CPX"])
+    assert param.read_text() == "4294967294\n"  # configured for the next load only
+    kernel.reload(root)
     assert param.read_text() == "4\n"
     with pytest.raises(UserError):
         kernel.set_user_partt_mode(root, 7)
@@ -182,7 +196,7 @@ def test_reload_refused_while_a_gpu_is_held(make_root, live_pids):
     assert caught.value.returncode == 1
     assert caught.value.stderr == "modprobe: FATAL: Module amdgpu is in use.\n"
     state = read_state(root)
-    assert (state.pending_memory, state.counters["reloads"]) == ("NPS2", 0)
+    assert (state.pending_memory, state.counters["reloads"]) == ({"0": "NPS2"}, 0)
     assert modes(root) == [("SPX", "NPS1")] * 8
 
 
@@ -207,19 +221,40 @@ def test_gpu_ids_are_stable_for_a_layout(make_root, live_pids):
     assert [lg.gpu_id for lg in discover(root).logical] == ids
 
 
-def test_old_kfd_trees_are_cleaned_up(make_root, live_pids):
-    P = live_pids(2)
-    root = make_root()
-    for i in range(5):
-        kernel.hold(root, i, pid=P[0])
-    assert len([p for p in os.listdir(root / ".mipart-sim") if p.startswith("kfd-")]) <= 2
+def generation(root) -> int:
+    return int((root / "class/kfd/kfd/topology/generation_id").read_text())
 
 
-def test_more_than_eight_gpus_continue_in_the_next_pci_domain(make_root):
-    root = make_root(gpus=10, compute="DPX")
+def test_a_runtime_switch_moves_that_gpus_kfd_nodes_last_and_changes_the_generation(make_root, live_pids):
+    """kfd_topology_update_device_list: ROCm's order follows; mipart's numbers do not (finding 6)."""
+    root = make_root(compute="DPX", memory="NPS1")
+    before, first = discover(root), generation(root)
+    kernel.kernel_write(root, "0000:46:00.0", COMPUTE, "QPX")  # GPU 2
+    after = discover(root)
+    assert generation(root) > first
+    gpu2 = [lg for lg in after.logical if lg.physical_index == 2]
+    assert [lg.node_id for lg in gpu2] == [16, 17, 18, 19]  # after the 2 CPU nodes and the 7 other GPUs' 14
+    assert [lg.index for lg in gpu2] == [16, 17, 18, 19]  # 8 x 2 + partition
+    others = [(lg.index, lg.render_minor, lg.gpu_id) for lg in after.logical if lg.physical_index != 2]
+    assert others == [(lg.index, lg.render_minor, lg.gpu_id) for lg in before.logical if lg.physical_index != 2]
+    order = [minor for minor in open_backend(root).rocm_devices({})]
+    assert order[-4:] == [f"/dev/dri/renderD{m}" for m in (144, 145, 146, 147)]  # ROCm's order: GPU 2 last
+    P = live_pids(1)
+    kernel.hold(root, 5, pid=P[0])  # who holds a GPU is proc/, no topology change
+    assert generation(root) == first + 1 and not (root / "class/kfd/kfd").is_symlink()
+    kernel.release(root)
+    kernel.reload(root)  # a fresh load lists the GPUs in PCI order again
+    by_node = sorted(discover(root).logical, key=lambda lg: lg.node_id)
+    assert [lg.physical_index for lg in by_node] == list(range(8))
+
+
+def test_more_than_eight_gpus_continue_in_the_next_pci_domain_up_to_nine(make_root):
+    root = make_root(gpus=9, compute="DPX")
     state = discover(root)
-    assert [g.bdf for g in state.physical[7:]] == ["0000:e5:00.0", "0001:05:00.0", "0001:26:00.0"]
-    assert [(lg.physical_index, lg.render_minor) for lg in state.logical[-2:]] == [(9, 200), (9, 201)]
+    assert [g.bdf for g in state.physical[7:]] == ["0000:e5:00.0", "0001:05:00.0"]
+    assert [(lg.index, lg.physical_index, lg.render_minor) for lg in state.logical[-2:]] == [(64, 8, 192), (65, 8, 193)]
+    platform = sorted((p.name for p in (root / "devices/platform").iterdir()), key=lambda n: int(n.rsplit("_", 1)[1]))
+    assert len(platform) == 63 and platform[0] == "amdgpu_xcp_0"  # mainline's name, 7 per GPU, at most 64
 
 
 @pytest.mark.parametrize(
@@ -227,7 +262,7 @@ def test_more_than_eight_gpus_continue_in_the_next_pci_domain(make_root):
     [
         ({"compute": "SPX", "memory": "NPS4"}, "compute mode SPX is not valid under memory mode NPS4"),
         ({"model": "mi250"}, "unknown model 'mi250'"),
-        ({"gpus": 17}, "--gpus must be 1..16"),
+        ({"gpus": 10}, "--gpus must be 1..9, not 10: amdgpu creates at most 64 partition platform devices, 7 per GPU"),
         ({"compute": "TPX"}, "mi300x has no compute mode TPX"),
     ],
 )

@@ -9,6 +9,8 @@ import socket
 
 from conftest import mipart
 
+DPX_NUMBERS = [8 * gpu + partition for gpu in range(8) for partition in range(2)]
+
 
 def refused_port() -> int:
     with socket.socket() as sock:
@@ -58,7 +60,7 @@ def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, sim_env):
         "version: 1\ngpus: {compute: DPX, memory: NPS2}\nservices:\n  chat: {model: org/m, listen: 8040}\n"
     )
     units = "".join(
-        f"printf 'Id=mipart-vllm@{n}.service\\nActiveState=active\\nSubState=running\\n\\n'\n" for n in range(2, 16)
+        f"printf 'Id=mipart-vllm@{n}.service\\nActiveState=active\\nSubState=running\\n\\n'\n" for n in DPX_NUMBERS[2:]
     )
     systemctl = (
         "printf 'Id=mipart-vllm@0.service\\nActiveState=failed\\nSubState=failed\\nExecMainCode=1\\nExecMainStatus=1\\nResult=exit-code\\n\\n'\n"
@@ -85,7 +87,7 @@ def test_last_error_is_the_exit_status_and_the_last_log_line(tmp_path, sim_env):
         == "exited with status 1 (exit-code); torch.OutOfMemoryError: HIP out of memory"
     )
     assert table["mipart-vllm@1.service"][6] == "killed by signal 9 (signal); ValueError: model not found"
-    assert table["mipart-vllm@2.service"][6] == "-"
+    assert table["mipart-vllm@8.service"][6] == "-"
     data = json.loads(
         mipart(
             "status",

@@ -150,6 +150,7 @@ class Partition:
     action: str  # what to run about the drift; "" when there is none or a repartition runs
     rules: tuple[PartitionRules, ...]  # the pair tables plans are checked against
     warnings: tuple[str, ...]  # known traps seen on the host, one line each (e.g. a BMC's `ast` hiding partitions)
+    pending_memory: str  # a memory request mipart wrote that no driver reload applied yet, in one line; "" if none
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.names import SYSFS_ROOT_VAR
 from mipart.nginx.files import NginxFiles
+from mipart.partition import pending
 from mipart.partition.host_rules import kept_rule_groups
 from mipart.partition.plan import RuleGroup
 from mipart.partition.record import last_apply
@@ -40,6 +41,7 @@ class HostSnapshot:
     rules: tuple[RuleGroup, ...] = ()  # the kernel's pair tables (partition.host_rules)
     warnings: tuple[str, ...] = ()  # known traps seen on the host (partition.traps)
     signals: tuple[GpuSignals, ...] = ()  # each GPU's RAS counters and hwmon sensors
+    pending_memory: str = ""  # a memory request mipart placed that no reload applied (partition.pending)
 
     @property
     def partitions_match(self) -> bool | None:
@@ -67,6 +69,8 @@ def collect_host(
         implied = {g.index: {g.compute: backend.partitions(g, g.compute)} for g in state.physical}
         snap.warnings = tuple(hidden_partitions(state, implied, backend.drm_conflicts()))
         snap.signals = tuple(backend.signals(gpu) for gpu in state.physical)
+        placed = pending.current(state)
+        snap.pending_memory = pending.describe(placed, {g.bdf: g.index for g in state.physical}) if placed else ""
         if not state.physical:
             snap.partition_error = NO_GPUS
     snap.last_apply = _last_apply(last_apply())

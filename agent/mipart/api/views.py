@@ -137,6 +137,7 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
         action=action,
         rules=rules,
         warnings=host.warnings,
+        pending_memory=host.pending_memory,
     )
 
 

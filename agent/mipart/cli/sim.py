@@ -15,8 +15,9 @@ from mipart.cli import Choice
 from mipart.gpu.modes import COMPUTE_MODES, MEMORY_MODES, USER_PARTT_MODE
 from mipart.gpu.pair_tables import MAINLINE, RULE_SETS
 from mipart.gpu.parts import MODELS
-from mipart.sim import kernel
+from mipart.sim import kernel, users
 from mipart.sim.state import read_state
+from mipart.sim.users import KFD_LOCKS
 
 sim_dir = click.argument("root", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 gpu_index = click.argument("gpu", type=int)
@@ -48,11 +49,31 @@ def sim() -> None:
     help="Whether the kernel has compute_partition_config/ (older kernels do not).",
 )
 @click.option("--bmc-ast", is_flag=True, help="A BMC's `ast` DRM driver is loaded and takes a DRM minor.")
-def create(
-    root: Path, model: str, gpus: int, compute: str, memory: str, rules: str, partition_config: bool, bmc_ast: bool
-) -> None:
+@click.option("--sriov-vf", is_flag=True, help="The GPUs are SR-IOV VFs: a compute write succeeds and changes nothing.")
+@click.option(
+    "--hives",
+    type=int,
+    default=1,
+    show_default=True,
+    help="XGMI hives the GPUs form (split evenly in PCI order); a memory request switches its hive only. 0: none.",
+)
+@click.option(
+    "--kfd-lock",
+    type=click.Choice(KFD_LOCKS),
+    default=KFD_LOCKS[0],
+    show_default=True,
+    help="global: an older kernel's, where any KFD process refuses every compute switch.",
+)
+@click.option(
+    "--busy-after-exit",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Compute switches of a GPU refused with EBUSY after its KFD user exits (6.17-stable's teardown).",
+)
+def create(root: Path, model: str, gpus: int, compute: str, memory: str, **kernel_options: object) -> None:
     """Make DIR a simulated host; point the agent at it with MIPART_SYSFS_ROOT=DIR."""
-    kernel.create(root, model, gpus, compute, memory, rules, partition_config, bmc_ast)
+    kernel.create(root, model, gpus, compute, memory, **kernel_options)
 
 
 @sim.command()
@@ -111,13 +132,14 @@ def show(root: Path, as_json: bool) -> None:
     )
     for i, gpu in enumerate(state.gpus):
         line = f"GPU {i} {gpu['bdf']} {gpu['compute']} {gpu['memory']}"
-        holders = kernel.holders_of(state, i)
+        holders = users.holders_of(state, i)
         if holders:
             line += f"; held by {', '.join(map(str, holders))}"
         if i in state.resetting:
             line += "; resetting"
         click.echo(line)
-    click.echo(f"pending memory: {state.pending_memory or 'none'}")
+    pending = ", ".join(f"{mode} (hive {hive})" for hive, mode in sorted(state.pending_memory.items()))
+    click.echo(f"pending memory: {pending or 'none'}")
     click.echo(f"counters: writes={state.counters['writes']} reloads={state.counters['reloads']}")
 
 

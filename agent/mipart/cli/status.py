@@ -89,6 +89,11 @@ def _layer(layer: NginxLayer) -> str:
 HEADER = ("UNIT", "SERVICE", "GPU", "STATE", "SINCE", "RESTARTS", "LAST ERROR")
 
 
+def _indented(error: str) -> str:
+    """An error that says the host's layout on further lines, those lines under it."""
+    return error.replace("\n", "\n    ")
+
+
 def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> list[str]:
     counts, partition, profile = status.instances, status.partition, status.profile
     if partition.matches is True:
@@ -112,6 +117,8 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
         lines.append(f"  profile rejected, running the last good one: {status.profile_error}")
     if partition.error:
         lines.append(f"  partition: {partition.error}")
+    if partition.pending_memory:
+        lines.append(f"  pending: {partition.pending_memory}")
     for gpu in partition.gpus:
         if not gpu.matches:
             lines.append(
@@ -133,9 +140,9 @@ def format_live(status: Status, instances: tuple[Instance, ...], api: str) -> li
     elif repartition.phase:
         lines.append(f"  repartitioning: {repartition.phase}")
     if last and not last.ok:
-        lines.append(f"  last partition apply failed: {last.error}")
+        lines.append(f"  last partition apply failed: {_indented(last.error)}")
     elif repartition.error:
-        lines.append(f"  last repartition failed: {repartition.error}")
+        lines.append(f"  last repartition failed: {_indented(repartition.error)}")
     if status.reconcile.error:
         lines.append(f"  reconcile: {status.reconcile.error}")
     layers = (("front", status.nginx.front), ("back", status.nginx))

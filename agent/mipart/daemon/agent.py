@@ -127,8 +127,10 @@ class Agent:
     async def desired_specs(self) -> Specs | None:
         """Instance specs for the profile on this host's logical GPUs; None (logged) when they do not fit."""
         try:
-            logical = (await asyncio.to_thread(discover, self.sysfs_root)).logical
-            specs = {s.number: s for s in plan_instances(self.loaded, logical, sockets_dir(self.serving_dir))}
+            state = await asyncio.to_thread(discover, self.sysfs_root)
+            layout = {g.index: g.compute for g in state.physical}
+            sockets = sockets_dir(self.serving_dir)
+            specs = {s.number: s for s in plan_instances(self.loaded, state.logical, sockets, layout)}
         except UserError as exc:
             self.status.reconcile_error = str(exc)
             self.log.error("reconcile.failed", reason=str(exc))

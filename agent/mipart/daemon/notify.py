@@ -29,7 +29,8 @@ def summary(ready: int, instances: int, st: AgentStatus) -> str:
         st.files_error and f"{st.files_error} (retrying)",
         st.api_error and f"status API not listening: {st.api_error} (retrying)",
     )
-    first = next((problem for problem in problems if problem), "")
+    # A repartition that failed midway says the host's layout on further lines: STATUS= is one line.
+    first = next((problem for problem in problems if problem), "").split("\n", 1)[0]
     override = (
         st.profile_override and f"profile override by mipart bench sweep: {st.profile_override}"
     )  # whatever else is wrong

@@ -33,10 +33,11 @@ from mipart.daemon.stopping import POLL, cancel_planned_restarts, describe, keep
 from mipart.errors import UserError
 from mipart.gpu import open_backend
 from mipart.names import REPARTITION_COMMAND
-from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host, refuse_unmanaged
+from mipart.partition.apply import apply, busy_holders, plan_host, refuse_unmanaged
 from mipart.partition.plan import PartitionPlan
 from mipart.partition.record import record_apply
 from mipart.partition.rolling import ROLLING, Rollout
+from mipart.partition.writes import ApplyBackend
 from mipart.paths import sockets_dir
 from mipart.profile.schema import Profile
 from mipart.serving.planned import instances_after, rollout_of

@@ -1,9 +1,10 @@
 """The rolling repartition: a `gpus:` change that needs no driver reload, made a few GPUs at a
 time while the others serve (docs/repartition.md). It executes exactly partition.rolling's steps.
 
-Per step: only that step's instances leave nginx, their requests finish (bounded), they stop
-(bounded); the step's GPUs are checked for holders again, switched by the partition engine (for
-these GPUs only: writes, read-back), and the instances the host's layout now gives there start;
+Per step: the step's GPUs are checked for holders the agent cannot stop (one that appeared since
+the change began refuses the step while its instances still serve); only that step's instances
+leave nginx, their requests finish (bounded), they stop (bounded); the GPUs are switched by the
+partition engine (for these GPUs only: writes, read-back), and the instances the host's layout now gives there start;
 the next step begins once they are ready (bounded by health.startup_timeout). Instances on other
 GPUs are never stopped or restarted, and the loop's care for them (`tend`) runs while a step waits.
 
@@ -26,9 +27,10 @@ from mipart.daemon.snapshot import gpu_label
 from mipart.daemon.stopping import cancel_planned_restarts, describe, keep_systemd_informed, stop_and_wait
 from mipart.health.states import FAILED
 from mipart.names import instance_name
-from mipart.partition.apply import ApplyBackend, apply, busy_holders, plan_host
+from mipart.partition.apply import apply, busy_holders, plan_host
 from mipart.partition.record import record_apply
 from mipart.partition.rolling import ROLLING, Rollout, Step
+from mipart.partition.writes import ApplyBackend
 
 Tend = Callable[[], Awaitable[None]]
 TICK = 0.1  # how often a step's wait tends the instances and looks at the new ones
@@ -82,8 +84,10 @@ async def _one_step(agent: Agent, backend: ApplyBackend, step: Step, record: pro
     agent.log.info("repartition.step", phase="start", start=_list(step.start), **fields)
     started: tuple[int, ...] = ()
     try:
-        await _stop(agent, step)
-        error = await _switch(agent, backend, step)
+        error = await _foreign_holders(agent, backend, step)
+        if not error:
+            await _stop(agent, step)
+            error = await _switch(agent, backend, step)
         if not error:
             started, error = await _start(agent, step, set(record.switched) | set(step.gpus))
             error = error or await _ready(agent, started, tend)
@@ -107,17 +111,24 @@ async def _stop(agent: Agent, step: Step) -> None:
         raise RuntimeError(f"{', '.join(instance_name(n) for n in still)} did not stop; the GPUs were not switched")
 
 
-async def _switch(agent: Agent, backend: ApplyBackend, step: Step) -> str:
-    """The partition engine for the step's GPUs only; a holder the agent cannot stop refuses it first."""
+async def _foreign_holders(agent: Agent, backend: ApplyBackend, step: Step) -> str:
+    """A holder the agent cannot stop on the step's GPUs refuses the step before its instances stop,
+    so a GPU not switched keeps serving; "" when there is none."""
     gpus = replace(agent.loaded.gpus, select=step.gpus)
     state, plan = await asyncio.to_thread(plan_host, gpus, backend)
     holders = await asyncio.to_thread(busy_holders, backend, state, plan)
     foreign = [h for h in holders if h.instance is None and h.unit not in gpus.client_services]
-    if foreign:
-        return (
-            f"GPUs in use by processes mipart does not manage: {'; '.join(h.describe() for h in foreign)}; "
-            "the GPUs of this step were not switched"
-        )
+    if not foreign:
+        return ""
+    return (
+        f"GPUs in use by processes mipart does not manage: {'; '.join(h.describe() for h in foreign)}; "
+        "the GPUs of this step were not switched and their instances serve on"
+    )
+
+
+async def _switch(agent: Agent, backend: ApplyBackend, step: Step) -> str:
+    """The partition engine for the step's GPUs only (a holder that appeared while they drained refuses it)."""
+    gpus = replace(agent.loaded.gpus, select=step.gpus)
     try:
         result = await asyncio.to_thread(apply, gpus, backend, agent.log, True)
     except Exception as exc:

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
-from mipart.gpu import attrs, driver, modes, signals
+from mipart.gpu import attrs, driver, modes, modprobe, openers, rocm_order, signals, topology
 from mipart.gpu.kernel_table import read_table
 from mipart.gpu.pair_tables import PairTable
 from mipart.gpu.partitioning import MEMORY_ATTR
-from mipart.gpu.parts import model_for_device
-from mipart.values import GpuSignals, GpuUser, HostState, LogicalGpu, PhysicalGpu
+from mipart.gpu.parts import GC943, model_for_device
+from mipart.values import GpuSignals, GpuUser, HostState, LoadMode, LogicalGpu, PhysicalGpu
 
 AMD_VENDOR_ID = 0x1002
 PCI_DEVICES = Path("bus/pci/devices")
-KFD = Path("class/kfd/kfd")
-USER_PARTT_PARAM = Path("module/amdgpu/parameters/user_partt_mode")
 AST_MODULE = Path("module/ast")  # a BMC's DRM driver, loaded (docs/partitioning.md, "Known traps")
 DEFAULT_XCC_COUNT = 8  # every MI300-class part mipart knows; used for a GPU it has no model for
 
@@ -39,8 +38,8 @@ class AmdgpuBackend:
         return True  # the fallback: a root without GPUs reads as an empty host
 
     def discover(self) -> HostState:
-        physical = physical_gpus(self.root)
-        return HostState(physical, logical_gpus(self.root, physical))
+        """Read as ROCm reads the topology: again while it changes (gpu/topology.py)."""
+        return topology.consistent(self.root, lambda: read_host(self.root), state_settled)
 
     def pair_table(self, gpu: PhysicalGpu) -> PairTable:
         """The kernel's own table where it has one; else mainline's rules, masked by the GPU's memory modes."""
@@ -49,15 +48,19 @@ class AmdgpuBackend:
             lambda name, value: self.write_attribute(gpu, name, value),
             xcc_count(gpu),
             gpu.memory_available or modes.MEMORY_MODES,
+            gc_version(gpu),
         )
 
     def partitions(self, gpu: PhysicalGpu, compute: str) -> int:
         return modes.partitions_per_gpu(compute, xcc_count(gpu))
 
-    def compute_after_reload(self, memory: str) -> str:
-        """amdgpu.user_partt_mode decides; AUTO derives the mode from NPS (docs/partitioning.md, "Driver reload")."""
-        wanted = user_partt_mode(self.root)
-        return modes.AUTO_COMPUTE_FOR_MEMORY[memory] if wanted == "AUTO" else wanted
+    def load_mode(self) -> LoadMode:
+        """amdgpu.user_partt_mode as the next load reads it (gpu/modprobe.py), not the loaded module's."""
+        return modprobe.load_mode(self.host_path)
+
+    def host_path(self, path: str) -> Path:
+        """A path of the host's (/etc, /proc, /dev): as it is here; a simulated root has its own."""
+        return Path(path)
 
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
         # No O_CREAT: a missing attribute must fail with ENOENT, not become a new file.
@@ -101,28 +104,33 @@ class AmdgpuBackend:
     def gpu_users(self, state: HostState) -> list[GpuUser]:
         return kfd_users(self.root, state)
 
+    def device_openers(self, state: HostState) -> list[GpuUser]:
+        files = [os.path.realpath(self.host_path(f"/dev/{name}")) for name in ("kfd", *drm_nodes(self.root, state))]
+        every = tuple(g.index for g in state.physical)
+        return [GpuUser(pid, every) for pid in sorted(openers.holding(files))]
+
     def device_env(self, devices: Iterable[str]) -> dict[str, str]:
         return {}  # the server opens /dev/kfd and its render nodes itself
+
+    def rocm_devices(self, environ: Mapping[str, str]) -> tuple[str, ...]:
+        return rocm_order.render_nodes(self.root)  # this process's own cgroup and user decide
 
     def signals(self, gpu: PhysicalGpu) -> GpuSignals:
         return signals.read_signals(gpu)
 
 
 def xcc_count(gpu: PhysicalGpu) -> int:
+    """KFD's num_xcc where it tells; else the device-id table; else 8 (docs/partitioning.md)."""
+    if gpu.xcc_count:
+        return gpu.xcc_count
     model = model_for_device(gpu.device_id)
     return model.xcc_count if model else DEFAULT_XCC_COUNT
 
 
-def user_partt_mode(root: Path) -> str:
-    """The compute mode the driver picks at load: AUTO unless amdgpu.user_partt_mode says otherwise."""
-    try:
-        value = int((root / USER_PARTT_PARAM).read_text().strip())
-    except (OSError, ValueError):
-        return "AUTO"
-    if value >= 2**31:  # the kernel declares the parameter uint: AUTO (-2) reads 4294967294
-        value -= 2**32
-    names = {number: name for name, number in modes.USER_PARTT_MODE.items()}
-    return names.get(value, "AUTO")
+def gc_version(gpu: PhysicalGpu) -> tuple[int, int, int]:
+    """The device-id table's; a part mipart does not know is taken for GC 9.4.3 (MI300's), the older rules."""
+    model = model_for_device(gpu.device_id)
+    return model.gc if model else GC943
 
 
 def physical_gpus(root: Path) -> tuple[PhysicalGpu, ...]:
@@ -158,44 +166,95 @@ def _physical_gpu(index: int, dev: Path) -> PhysicalGpu:
     )
 
 
-def logical_gpus(root: Path, physical: tuple[PhysicalGpu, ...]) -> tuple[LogicalGpu, ...]:
-    nodes_dir = root / KFD / "topology/nodes"
-    if not nodes_dir.is_dir():
-        return ()
-    nodes = sorted((n for n in nodes_dir.iterdir() if n.name.isdigit()), key=lambda n: int(n.name))
-    # Match nodes to PCI devices on domain, bus and device, not the function: location_id
-    # is bus<<8 | devfn, but partitioned GPUs OR their node id into it, into bits 31:28 on
-    # some kernels and into the function bits on others (kfd_topology_add_device in
-    # kfd_topology.c). The GPU itself is always function 0 of its device.
-    by_device = {attrs.pci_address(g.bdf, g.path)[:3]: g for g in physical}
-    logical: list[LogicalGpu] = []
-    per_gpu: dict[int, int] = {}
-    gpu_nodes = 0
-    for node in nodes:
-        gpu_id = attrs.integer(node / "gpu_id")
-        if gpu_id == 0:  # a CPU node
-            continue
-        index = gpu_nodes
-        gpu_nodes += 1
-        props = attrs.properties(node / "properties", ("location_id", "domain", "drm_render_minor"))
-        location = props["location_id"]
-        owner = by_device.get((props["domain"], (location >> 8) & 0xFF, (location >> 3) & 0x1F))
-        if owner is None:  # a GPU without partition attributes; it still takes an index
-            continue
-        partition = per_gpu.get(owner.index, 0)
-        per_gpu[owner.index] = partition + 1
-        logical.append(
-            LogicalGpu(
-                index=index,
-                node_id=int(node.name),
-                gpu_id=gpu_id,
-                render_minor=props["drm_render_minor"],
-                physical_index=owner.index,
-                partition=partition,
-                bdf=owner.bdf,
-            )
+def read_host(root: Path) -> HostState:
+    """One pass over the PCI devices and the KFD topology (topology.consistent repeats it)."""
+    physical = physical_gpus(root)
+    nodes = topology.gpu_nodes(root)
+    owners = node_owners(physical, nodes)
+    logical = []
+    for gpu in physical:
+        mine = sorted(
+            (n for n in nodes if owners.get(n.node_id) == gpu.index), key=lambda n: n.prop("drm_render_minor")
         )
-    return tuple(logical)
+        logical += [
+            LogicalGpu(
+                index=modes.logical_number(gpu.index, partition),
+                node_id=node.node_id,
+                gpu_id=node.gpu_id,
+                render_minor=node.prop("drm_render_minor"),
+                physical_index=gpu.index,
+                partition=partition,
+                bdf=gpu.bdf,
+            )
+            for partition, node in enumerate(mine)
+        ]
+    facts = {g.index: _kfd_facts(g, [n for n in nodes if owners.get(n.node_id) == g.index]) for g in physical}
+    return HostState(
+        tuple(replace(g, xcc_count=facts[g.index][0], hive_id=facts[g.index][1]) for g in physical),
+        tuple(sorted(logical, key=lambda lg: lg.index)),
+    )
+
+
+def node_owners(physical: tuple[PhysicalGpu, ...], nodes: tuple[topology.KfdNode, ...]) -> dict[int, int]:
+    """KFD node id -> the physical GPU it is a partition of.
+
+    Matched on domain, bus and device, not the function: location_id is bus<<8 | devfn, but
+    partitioned GPUs OR their node id into it, into bits 31:28 on some kernels and into the
+    function bits on others (kfd_topology_add_device in kfd_topology.c). The GPU itself is
+    always function 0 of its device."""
+    by_device = {attrs.pci_address(g.bdf, g.path)[:3]: g.index for g in physical}
+    owners = {}
+    for node in nodes:
+        location = node.prop("location_id")
+        owner = by_device.get((node.prop("domain"), (location >> 8) & 0xFF, (location >> 3) & 0x1F))
+        if owner is not None:  # else a GPU without partition attributes: not one of ours
+            owners[node.node_id] = owner
+    return owners
+
+
+def _kfd_facts(gpu: PhysicalGpu, nodes: list[topology.KfdNode]) -> tuple[int, int]:
+    """(XCC count, hive_id) from the GPU's KFD nodes; 0 where they do not tell.
+
+    num_xcc is per partition: in a mode with a fixed partition count it times that count is
+    the GPU's; in CPX every partition has one XCC, so only a whole set of nodes tells, which
+    one hidden by another DRM driver would not: there the device-id table decides, and only for
+    a part it does not know do the nodes shown count."""
+    if not nodes:
+        return 0, 0
+    per_partition = nodes[0].prop("num_xcc")
+    fixed = modes.FIXED_PARTITIONS.get(gpu.compute)
+    if fixed:
+        xcc = per_partition * fixed
+    else:  # CPX: the table knows a part; for one it does not, the partitions shown are the best count
+        xcc = 0 if model_for_device(gpu.device_id) else len(nodes)
+    return xcc, nodes[0].prop("hive_id")
+
+
+def state_settled(state: HostState) -> bool:
+    """Every GPU shows the partitions its mode implies (a walk amid a rebuild does not)."""
+    shown: dict[int, int] = {}
+    for logical in state.logical:
+        shown[logical.physical_index] = shown.get(logical.physical_index, 0) + 1
+    return all(
+        gpu.compute not in modes.COMPUTE_MODES
+        or shown.get(gpu.index, 0) == modes.partitions_per_gpu(gpu.compute, xcc_count(gpu))
+        for gpu in state.physical
+    )
+
+
+def drm_nodes(root: Path, state: HostState) -> list[str]:
+    """amdgpu's DRM nodes as dri/<name>: each GPU's own (its PCI device's drm/) and its partitions'
+    (the amdgpu_xcp platform devices'; mainline names them amdgpu_xcp_N, older kernels amdgpu_xcp.N).
+    Another driver's (a BMC's ast) are not amdgpu's and do not keep it in use."""
+    dirs = [g.path / "drm" for g in state.physical]
+    dirs += [p / "drm" for p in (root / "devices/platform").glob("amdgpu_xcp[._]*")] if state.physical else []
+    names: set[str] = set()
+    for drm in dirs:
+        try:
+            names.update(n for n in os.listdir(drm) if n.startswith(("card", "renderD")))
+        except OSError:
+            continue
+    return [f"dri/{name}" for name in sorted(names)]
 
 
 def kfd_users(root: Path, state: HostState) -> list[GpuUser]:
@@ -205,7 +264,7 @@ def kfd_users(root: Path, state: HostState) -> list[GpuUser]:
     whose files name no GPU we know is counted as using all of them: stopping too much is
     safer than an EBUSY halfway through a repartition.
     """
-    proc = root / KFD / "proc"
+    proc = root / topology.KFD / "proc"
     if not proc.is_dir():
         return []
     owner = {g.gpu_id: g.physical_index for g in state.logical}

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from mipart.errors import UserError
+
+# During a GPU reset amdgpu refuses its partition attributes with EPERM (docs/partitioning.md).
+RESETTING = "GPU reset in progress (the kernel refuses it until the reset is done); retry after it finishes"
+
+
+class Vanished(UserError):
+    """The file went away while mipart read it (ENOENT, or ENODEV from an attribute of a removed
+    kobject): the kernel rebuilds KFD's node directories on every partition change."""
 
 
 def read(path: Path) -> str:
     try:
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"{path}: cannot read: {reason}") from exc
+        raise read_error(path, exc) from exc
+
+
+def read_error(path: Path, exc: OSError | UnicodeDecodeError) -> UserError:
+    """The one line for a file that cannot be read, by the errno the kernel gave."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENODEV):
+        return Vanished(f"{path}: cannot read: {exc.strerror}")
+    if isinstance(exc, OSError) and exc.errno == errno.EPERM:
+        return UserError(f"{path}: cannot read: {RESETTING}")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UserError(f"{path}: cannot read: {reason}")
 
 
 def _corrupt(path: Path, text: str) -> UserError:

@@ -15,21 +15,33 @@ from pathlib import Path
 
 from mipart.errors import UserError
 from mipart.gpu import attrs, pair_tables
+from mipart.gpu.parts import GC943
 
 PARTITION_CONFIG = "compute_partition_config"
 XCP_CONFIG = f"{PARTITION_CONFIG}/xcp_config"
+NPS_CONFIGS = "supported_nps_configs"
 # Another reader selecting a mode between our write and our read: retry that mode this often.
 PREVIEW_TRIES = 3
 
 
 def read_table(
-    device: Path, write: Callable[[str, str], None], xcc_count: int, memory_modes: tuple[str, ...]
+    device: Path,
+    write: Callable[[str, str], None],
+    xcc_count: int,
+    memory_modes: tuple[str, ...],
+    gc: tuple[int, int, int] = GC943,
 ) -> pair_tables.PairTable:
-    """`write(attribute, value)` writes one of the device's files (the backend's own write)."""
+    """`write(attribute, value)` writes one of the device's files (the backend's own write);
+    `memory_modes`: the GPU's own (available_memory_partition); `gc`: its graphics core's version."""
     config = device / PARTITION_CONFIG
     if not config.is_dir():
-        return fallback(xcc_count, memory_modes, f"no {PARTITION_CONFIG}/: an older kernel")
+        reason = f"no {PARTITION_CONFIG}/: an older kernel, whose rules are those from before 6.16"
+        return fallback(pair_tables.MAINLINE_BEFORE_6_16, xcc_count, memory_modes, gc, reason)
     supported = attrs.mode_list(config / "supported_xcp_configs")
+    if not (config / NPS_CONFIGS).exists():
+        # amdgpu_xcp_cfg_sysfs_init makes it only where the platform can switch NPS: not on an APU
+        # (MI300A) nor in an SR-IOV VF. There every mode runs under the one memory mode there is.
+        return pair_tables.PairTable(dict.fromkeys(supported, memory_modes), pair_tables.FROM_KERNEL)
     selected = attrs.word(config / "xcp_config")
     pairs: dict[str, tuple[str, ...]] = {}
     try:
@@ -38,25 +50,24 @@ def read_table(
             if memory:
                 pairs[mode] = memory
     except PermissionError as exc:
-        return fallback(
-            xcc_count,
-            memory_modes,
-            f"{XCP_CONFIG} not writable ({exc.strerror}): run as root to read the kernel's table",
-        )
+        reason = f"{XCP_CONFIG} not writable ({exc.strerror}): run as root to read the kernel's table"
+        return fallback(pair_tables.MAINLINE, xcc_count, memory_modes, gc, reason)
     finally:
         _restore(config, write, selected)
     return pair_tables.PairTable(pairs, pair_tables.FROM_KERNEL)
 
 
-def fallback(xcc_count: int, memory_modes: tuple[str, ...], reason: str) -> pair_tables.PairTable:
-    pairs = pair_tables.pairs_for(pair_tables.MAINLINE, xcc_count, memory_modes)
+def fallback(
+    rule_set: str, xcc_count: int, memory_modes: tuple[str, ...], gc: tuple[int, int, int], reason: str
+) -> pair_tables.PairTable:
+    pairs = pair_tables.pairs_for(rule_set, xcc_count, memory_modes, gc)
     return pair_tables.PairTable(pairs, f"{pair_tables.FROM_FALLBACK} ({reason})")
 
 
 def _preview(config: Path, write: Callable[[str, str], None], mode: str) -> tuple[str, ...]:
     for _ in range(PREVIEW_TRIES):
         _write(config, write, mode)
-        memory = attrs.mode_list(config / "supported_nps_configs")
+        memory = attrs.mode_list(config / NPS_CONFIGS)
         if attrs.word(config / "xcp_config") == mode:
             return memory
     raise UserError(

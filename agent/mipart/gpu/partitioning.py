@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from mipart.gpu.discovery import Discovery
 from mipart.gpu.pair_tables import PairTable
-from mipart.values import PhysicalGpu
+from mipart.values import LoadMode, PhysicalGpu
 
 # The two attributes a partition plan writes. Named as amdgpu's sysfs files, which the
 # plan's output shows; another backend maps them onto its own interface.
@@ -38,8 +38,9 @@ class Partitioning(Discovery, Protocol):
         """How many logical GPUs this GPU shows in a compute mode."""
         ...
 
-    def compute_after_reload(self, memory: str) -> str:
-        """The compute mode the driver gives every GPU when it loads under `memory`."""
+    def load_mode(self) -> LoadMode:
+        """The compute mode the driver's next load sets on every GPU (AUTO: from the memory mode),
+        and where that is configured; the planner refuses a reload that would leave GPUs out."""
         ...
 
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:

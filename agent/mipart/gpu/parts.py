@@ -22,17 +22,22 @@ class GpuModel:
     cus_per_xcc: int
     memory_gb: int
     memory_modes: tuple[str, ...]  # what the platform offers (the simulator's choice)
+    gc: tuple[int, int, int]  # its graphics core's version: kernels' pair tables differ by it
+    apu: bool = False  # an APU: the platform cannot switch memory mode (no supported_nps_configs)
 
+
+GC943 = (9, 4, 3)  # MI300 series (gfx942)
+GC95 = (9, 5, 0)  # MI350 series (gfx950)
 
 # docs/partitioning.md, "Compute and memory partitions"; PCI device ids as `lspci -nn` shows them.
 MODELS: dict[str, GpuModel] = {
     m.name: m
     for m in (
-        GpuModel("mi300a", "AMD Instinct MI300A", 0x74A0, 6, 38, 128, ("NPS1",)),
-        GpuModel("mi300x", "AMD Instinct MI300X", 0x74A1, 8, 38, 192, MEMORY_MODES),
-        GpuModel("mi325x", "AMD Instinct MI325X", 0x74A5, 8, 38, 256, MEMORY_MODES),
-        GpuModel("mi350x", "AMD Instinct MI350X", 0x75A0, 8, 32, 288, MEMORY_MODES),
-        GpuModel("mi355x", "AMD Instinct MI355X", 0x75A3, 8, 32, 288, MEMORY_MODES),
+        GpuModel("mi300a", "AMD Instinct MI300A", 0x74A0, 6, 38, 128, ("NPS1",), GC943, apu=True),
+        GpuModel("mi300x", "AMD Instinct MI300X", 0x74A1, 8, 38, 192, MEMORY_MODES, GC943),
+        GpuModel("mi325x", "AMD Instinct MI325X", 0x74A5, 8, 38, 256, MEMORY_MODES, GC943),
+        GpuModel("mi350x", "AMD Instinct MI350X", 0x75A0, 8, 32, 288, MEMORY_MODES, GC95),
+        GpuModel("mi355x", "AMD Instinct MI355X", 0x75A3, 8, 32, 288, MEMORY_MODES, GC95),
     )
 }
 

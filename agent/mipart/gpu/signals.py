@@ -14,6 +14,8 @@ from mipart.values import GpuSignals, PhysicalGpu
 
 RAS_DIR = "ras"
 RAS_SUFFIX = "_err_count"
+# What a counter reads while its GPU resets (amdgpu_ras.c); no count: the probe keeps the last real one.
+INACCESSIBLE = "Query currently inaccessible"
 _COUNT = re.compile(r"^\s*(ue|ce)\s*:\s*(\d+)\s*$", re.MULTILINE)
 _SENSOR = re.compile(r"^temp(\d+)_input$")
 
@@ -23,7 +25,7 @@ def read_signals(gpu: PhysicalGpu) -> GpuSignals:
 
 
 def ras_errors(dev: Path) -> tuple[tuple[str, int, int], ...]:
-    """Per block: amdgpu's ras/<block>_err_count reads 'ue: N' and 'ce: N' lines."""
+    """Per block: amdgpu's ras/<block>_err_count reads 'ue: N' and 'ce: N' lines (INACCESSIBLE, no block)."""
     found = []
     for path in sorted((dev / RAS_DIR).glob(f"*{RAS_SUFFIX}")):
         counts = dict((k, int(v)) for k, v in _COUNT.findall(_text(path)))

@@ -33,18 +33,23 @@ REDISCOVER = 30.0  # seconds: the GPUs are found again this often (their counter
 ADVICE = "reset or replace the GPU, then restart mipart-agent"
 
 
-def rises(before: Mapping[int, GpuSignals], now: Mapping[int, GpuSignals]) -> dict[int, str]:
-    """GPU index -> why it is faulted, for each GPU whose uncorrectable count rose since `before`.
+def rises(seen: dict[int, dict[str, int]], now: Mapping[int, GpuSignals]) -> dict[int, str]:
+    """GPU index -> why it is faulted, for each GPU whose uncorrectable count rose.
 
-    A GPU seen for the first time sets the counts it is compared with next (the agent accepts them).
+    `seen`: per GPU, per block, the last real count (updated here). A GPU seen for the first time
+    sets the counts it is compared with next (the agent accepts them). A block missing from a
+    reading, as one that reads `Query currently inaccessible` during a reset, keeps its last real
+    count: ue 3, inaccessible, ue 3 is no rise (docs/gpu-health.md).
     """
     found = {}
     for index, after in now.items():
-        if index not in before:
-            continue
-        old = {block: ue for block, ue, _ in before[index].errors}
-        blocks = [f"{block} {old.get(block, 0)} -> {ue}" for block, ue, _ in after.errors if ue > old.get(block, 0)]
-        if blocks:
+        first = index not in seen
+        counts = seen.setdefault(index, {})
+        blocks = [
+            f"{block} {counts.get(block, 0)} -> {ue}" for block, ue, _ in after.errors if ue > counts.get(block, 0)
+        ]
+        counts.update({block: ue for block, ue, _ in after.errors})
+        if blocks and not first:
             found[index] = f"GPU {index} ({after.bdf}) uncorrectable RAS errors rose ({', '.join(blocks)}); {ADVICE}"
     return found
 
@@ -55,7 +60,7 @@ class GpuErrors:
     def __init__(self, root: Path | None = None, fresh_for: float | None = None):  # None: the health interval
         self.root, self.fresh_for = root, fresh_for
         self.faulted: dict[int, str] = {}  # GPU index -> the reason, kept for this agent's life
-        self._last: dict[int, GpuSignals] = {}
+        self._seen: dict[int, dict[str, int]] = {}  # GPU -> block -> the last real uncorrectable count
         self._reading: asyncio.Future[None] | None = None
         self._taken = 0.0
         self._backend: HealthSignals | None = None
@@ -86,6 +91,5 @@ class GpuErrors:
             self._backend = backend = open_backend(self.root)
             self._gpus, self._found_at = backend.discover().physical, now
         reading = {gpu.index: backend.signals(gpu) for gpu in self._gpus}
-        for index, reason in rises(self._last, reading).items():
+        for index, reason in rises(self._seen, reading).items():
             self.faulted.setdefault(index, reason)
-        self._last = reading

@@ -2,23 +2,26 @@
 reload, verify.
 
 Order is AMD's own: memory request, one driver reload, compute modes, read back.
-Every step re-reads the host, so a rerun after any crash finishes the job.
+Every step re-reads the host, so a rerun after any crash finishes the job. Whoever would
+make it fail is named, by PID and unit, before anything is written: the holders of the GPUs
+a compute write touches, and for a reload everyone with a device file of the driver open.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
 
 from mipart.errors import UserError
-from mipart.gpu.holders import GpuHolders
 from mipart.gpu.partitioning import Partitioning
 from mipart.log import Log
 from mipart.names import REPARTITION_COMMAND, instance_name
-from mipart.partition.clients import Holder, SystemdClients, describe_holders
+from mipart.partition import pending, writes
+from mipart.partition.clients import GpuBusyError, Holder, SystemdClients, describe_holders, named
 from mipart.partition.host_rules import read_rules
+from mipart.partition.pending import describe
 from mipart.partition.plan import PartitionPlan, PlanError, Write, assert_lines, plan_partitions
+from mipart.partition.writes import ApplyBackend
 from mipart.profile.schema import GpuSpec
 from mipart.values import GpuUser, HostState
 
@@ -35,23 +38,18 @@ class ApplyResult:
     not_restarted: list[str] = field(default_factory=list)
 
 
-class GpuBusyError(UserError):
-    pass
-
-
-class ApplyBackend(Partitioning, GpuHolders, Protocol):
-    """What an apply asks of a GPU backend: partition its GPUs, and who holds them."""
-
-
 def plan_host(spec: GpuSpec, backend: Partitioning) -> tuple[HostState, PartitionPlan]:
+    """The plan for this host, with the memory request mipart placed that is still pending."""
     state = backend.discover()
-    return state, plan_partitions(spec, state, read_rules(backend, state, spec.memory))
+    plan = plan_partitions(spec, state, read_rules(backend, state, spec.memory))
+    return state, replace(plan, pending=pending.current(state))
 
 
 def apply(spec: GpuSpec, backend: ApplyBackend, log: Log, instances_stopped: bool = False) -> ApplyResult:
     """`instances_stopped`: the agent has just stopped mipart's own instances for this apply
     (their servers may still be exiting). Otherwise an instance holding a GPU refuses the
-    apply, with the command that repartitions while serving."""
+    apply, with the command that repartitions while serving. A failure after a change ends
+    with the layout the host is in now, per GPU, and what to run next."""
     state, plan = plan_host(spec, backend)
     result = ApplyResult(logical_gpus=len(state.logical))
     if plan.noop:
@@ -68,26 +66,60 @@ def apply(spec: GpuSpec, backend: ApplyBackend, log: Log, instances_stopped: boo
         log.info("partition.client_stopped", unit=unit)
     try:
         _refuse_while_busy(backend, state, plan, wait=bool(result.stopped) or instances_stopped)
-        _write_all(backend, state, [w for w in plan.writes if not w.after_reload], result, log)
-        if plan.reload:
-            log.info("partition.reload", command=backend.reload_command())
-            backend.reload(lambda: _gpus_back(backend, len(state.physical)))
-            result.reloads += 1
-            state, plan = plan_host(spec, backend)
-            _write_all(backend, state, list(plan.writes), result, log)
-        final_state, final_plan = plan_host(spec, backend)
-        diff = assert_lines(final_plan)
-        if diff:
-            raise PlanError(
-                f"read-back does not match the profile after apply: {diff[0]}; rerun `mipart partition apply`"
-            )
-        result.logical_gpus = len(final_state.logical)
-        _report_traps(result, final_plan, log)
+        try:
+            _change(spec, backend, state, plan, result, log)
+        except UserError as exc:
+            if not (result.writes or result.reloads):
+                raise
+            raise type(exc)(f"{exc}\n{host_now(spec, backend)}") from None
     finally:
         result.not_restarted = clients.start(result.stopped)
         for unit in result.stopped:
             log.info("partition.client_started", unit=unit, ok=unit not in result.not_restarted)
     return result
+
+
+def _change(
+    spec: GpuSpec, backend: ApplyBackend, state: HostState, plan: PartitionPlan, result: ApplyResult, log: Log
+) -> None:
+    """Memory requests, the reload right after them (a request is never left for someone else's
+    reload), compute writes, then the read-back."""
+    requests = [w for w in plan.writes if not w.after_reload]
+    _write_all(backend, state, requests, result, log)
+    if plan.reload:
+        pending.place(spec.memory or "", tuple(g.bdf for g in state.physical if g.index in {w.gpu for w in requests}))
+        log.info("partition.reload", command=backend.reload_command())
+        backend.reload(lambda: _gpus_back(backend, len(state.physical)))
+        result.reloads += 1
+        pending.clear()
+        state, plan = plan_host(spec, backend)
+        _write_all(backend, state, list(plan.writes), result, log)
+    final_state, final_plan = plan_host(spec, backend)
+    diff = assert_lines(final_plan)
+    if diff:
+        raise PlanError(f"read-back does not match the profile after apply: {diff[0]}; rerun `mipart partition apply`")
+    result.logical_gpus = len(final_state.logical)
+    _report_traps(result, final_plan, log)
+
+
+def host_now(spec: GpuSpec, backend: Partitioning) -> str:
+    """The layout the host is in now, one line per GPU, then what to run next."""
+    try:
+        _, plan = plan_host(spec, backend)
+    except UserError as exc:
+        return f"the host cannot be read now ({exc}); check `journalctl -k`, then rerun `mipart partition apply`"
+    lines = ["the host now:"]
+    for gpu in plan.gpus:
+        want = f"{gpu.compute_want or gpu.compute_now}/{gpu.memory_want or gpu.memory_now}"
+        state = "as the profile wants" if gpu.matches else f"the profile wants {want}"
+        lines.append(f"  GPU {gpu.index} ({gpu.bdf}): {gpu.compute_now}/{gpu.memory_now}, {state}")
+    if plan.pending:
+        lines.append("  " + describe(plan.pending, {g.bdf: g.index for g in plan.gpus}))
+    lines.append(
+        "next: do what the first line says, then rerun `mipart partition apply` (while mipart-agent serves: "
+        f"`{REPARTITION_COMMAND}`); it does only what is left"
+    )
+    return "\n".join(lines)
 
 
 def _report_traps(result: ApplyResult, plan: PartitionPlan, log: Log) -> None:
@@ -97,8 +129,14 @@ def _report_traps(result: ApplyResult, plan: PartitionPlan, log: Log) -> None:
 
 
 def _users_in_the_way(backend: ApplyBackend, state: HostState, plan: PartitionPlan) -> list[GpuUser]:
-    """A reload needs every GPU free; a compute write needs its own GPU free (else EBUSY)."""
-    touched = {g.index for g in state.physical} if plan.reload else {w.gpu for w in plan.writes}
+    """A compute write needs its own GPU free of KFD users (else EBUSY); a reload needs every
+    device file of the driver closed, KFD users and card/render node openers alike (else the
+    module is in use)."""
+    if plan.reload:
+        users = backend.gpu_users(state)
+        kfd = {u.pid for u in users}
+        return users + [u for u in backend.device_openers(state) if u.pid not in kfd]
+    touched = {w.gpu for w in plan.writes}
     return [u for u in backend.gpu_users(state) if touched & set(u.physical_indices)]
 
 
@@ -113,7 +151,7 @@ def refuse_unmanaged(holders: list[Holder], client_services: tuple[str, ...]) ->
     unmanaged = [h for h in holders if h.instance is None and h.unit not in client_services]
     if unmanaged:
         raise GpuBusyError(
-            f"GPUs in use by processes mipart does not manage: {'; '.join(h.describe() for h in unmanaged)}; "
+            f"GPUs in use by processes mipart does not manage: {named(unmanaged)}; "
             "nothing was stopped or changed: stop these processes, or list their units in gpus.client_services, "
             f"then run `{REPARTITION_COMMAND}` again"
         )
@@ -141,23 +179,21 @@ def _refuse_while_busy(backend: ApplyBackend, state: HostState, plan: PartitionP
             break
         time.sleep(0.2)
     if users:
-        holders = "; ".join(h.describe() for h in describe_holders(users))
+        why = " (a driver reload needs every /dev/kfd, card and render node of it closed)" if plan.reload else ""
         raise GpuBusyError(
-            f"GPUs in use: {holders}; nothing was changed: stop these processes, "
+            f"GPUs in use: {named(describe_holders(users))}{why}; nothing was changed: stop these processes, "
             "or list their units in gpus.client_services, then rerun `mipart partition apply`"
         )
 
 
-def _write_all(backend: ApplyBackend, state: HostState, writes: list[Write], result: ApplyResult, log: Log) -> None:
+def _write_all(backend: ApplyBackend, state: HostState, changes: list[Write], result: ApplyResult, log: Log) -> None:
     by_index = {g.index: g for g in state.physical}
-    for write in writes:
-        gpu = by_index[write.gpu]
-        try:
-            backend.write_attribute(gpu, write.attribute, write.value)
-        except OSError as exc:
-            raise UserError(backend.describe_write_error(exc, gpu, write.attribute, write.value)) from None
+    for change in changes:
+        gpu = by_index[change.gpu]
+        writes.write(backend, state, gpu, change, log)
         result.writes += 1
-        log.info("partition.write", gpu=gpu.index, bdf=gpu.bdf, attribute=write.attribute, value=write.value)
+        log.info("partition.write", gpu=gpu.index, bdf=gpu.bdf, attribute=change.attribute, value=change.value)
+        writes.read_back(backend, gpu, change)
 
 
 def _gpus_back(backend: ApplyBackend, expected: int) -> bool:

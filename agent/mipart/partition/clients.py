@@ -15,6 +15,7 @@ from pathlib import Path
 from mipart.errors import UserError
 from mipart.names import instance_number
 from mipart.paths import serving_dir
+from mipart.profile.indices import format_indices
 from mipart.runners import procfs, records, unit_state
 from mipart.values import GpuUser
 
@@ -31,8 +32,16 @@ class Holder:
 
     def describe(self) -> str:
         where = self.unit or "no unit"
-        gpus = ",".join(map(str, self.gpus))
-        return f"PID {self.pid} ({self.command}, {where}) on GPU {gpus}"
+        return f"PID {self.pid} ({self.command}, {where}) on GPU {format_indices(self.gpus)}"
+
+
+class GpuBusyError(UserError):
+    """A process holds a GPU a change needs."""
+
+
+def named(holders: list[Holder]) -> str:
+    """'PID 12 (python3, x.service) on GPU 3; PID ...': who, in one line."""
+    return "; ".join(h.describe() for h in holders)
 
 
 def confirmed_units(cgroups: dict[int, str | None]) -> dict[int, str]:

@@ -26,7 +26,7 @@ def read_rules(backend: Partitioning, state: HostState, memory: str | None = Non
     return HostRules(
         pairs={index: table.pairs for index, table in tables.items()},
         partitions={g.index: {c: backend.partitions(g, c) for c in tables[g.index].pairs} for g in state.physical},
-        compute_after_reload=backend.compute_after_reload(memory) if memory else None,
+        load_mode=backend.load_mode() if memory else None,
         sources={index: table.source for index, table in tables.items()},
         drm_conflicts=backend.drm_conflicts(),
     )

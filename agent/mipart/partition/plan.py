@@ -1,6 +1,6 @@
 """What a host must do to match the profile's `gpus:` section: pure, no I/O.
 
-The plan holds the fewest writes: one memory request for the whole hive (the driver
+The plan holds the fewest writes: one memory request per XGMI hive that needs it (the driver
 applies it hive-wide), one driver reload at most, and compute writes only where the
 mode after that reload (the driver resets it from user_partt_mode) is not the wanted one.
 """
@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mipart.errors import UserError
+from mipart.gpu.modes import AUTO_COMPUTE_FOR_MEMORY, COMPUTE_MODES, logical_number, render_minor
 from mipart.gpu.pair_tables import FROM_KERNEL
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
+from mipart.partition.pending import describe
 from mipart.partition.traps import hidden_partitions
 from mipart.profile.fields import COMPUTE_CHOICES
 from mipart.profile.indices import format_indices
 from mipart.profile.schema import GpuSpec
-from mipart.values import HostState, PhysicalGpu
+from mipart.values import HostState, LoadMode, PendingMemory, PhysicalGpu
 
 
 class PlanError(UserError):
@@ -30,7 +32,7 @@ class HostRules:
 
     pairs: dict[int, dict[str, tuple[str, ...]]]  # physical GPU -> compute mode -> memory modes it runs under
     partitions: dict[int, dict[str, int]]  # physical GPU -> compute mode -> logical GPUs it shows
-    compute_after_reload: str | None  # every GPU's mode after a reload into gpus.memory; None: none asked
+    load_mode: LoadMode | None  # amdgpu.user_partt_mode the next load reads; None: no reload asked
     sources: dict[int, str] = field(default_factory=dict)  # physical GPU -> where its pairs came from (gpu.pair_tables)
     drm_conflicts: tuple[str, ...] = ()  # other DRM drivers loaded (a BMC's `ast`)
 
@@ -97,6 +99,7 @@ class PartitionPlan:
     logical: tuple[LogicalPrediction, ...] = field(default=())
     rules: tuple[RuleGroup, ...] = ()
     warnings: tuple[str, ...] = ()  # known traps on this host (partition.traps)
+    pending: PendingMemory | None = None  # a memory request mipart placed that no reload applied yet
 
     @property
     def noop(self) -> bool:
@@ -121,6 +124,7 @@ class PartitionPlan:
             "logical_gpus": [asdict(lg) for lg in self.logical],
             "rules": [asdict(group) for group in self.rules],
             "warnings": list(self.warnings),
+            "pending_memory": asdict(self.pending) if self.pending else None,
         }
 
 
@@ -138,11 +142,14 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
     memory_final = spec.memory or gpus[0].memory
     writes: list[Write] = []
     if reload:
-        writes.append(Write(gpus[0].index, MEMORY_ATTR, memory_final, after_reload=False))
+        writes += [
+            Write(gpu.index, MEMORY_ATTR, memory_final, after_reload=False)
+            for gpu in _hives_to_switch(gpus, memory_final)
+        ]
     changes = []
     for gpu in gpus:
         want = spec.compute_for(gpu.index)
-        start = _mode_before_writes(gpu, rules, reload)
+        start = _mode_before_writes(gpu, rules, reload, memory_final)
         if want is not None:
             _check_compute(gpu, want, memory_final, rules.pairs[gpu.index], rules.sources.get(gpu.index, FROM_KERNEL))
             if start != want:
@@ -167,6 +174,20 @@ def plan_partitions(spec: GpuSpec, state: HostState, rules: HostRules) -> Partit
         rules=rule_groups(rules),
         warnings=tuple(hidden_partitions(state, rules.partitions, rules.drm_conflicts)),
     )
+
+
+def _hives_to_switch(gpus: tuple[PhysicalGpu, ...], memory: str) -> list[PhysicalGpu]:
+    """Per XGMI hive not yet in `memory`, the GPU to write its request on: the kernel keeps one
+    request per hive (hive->requested_nps_mode; KFD's hive_id, 0: a GPU in no hive, its own),
+    and skips a write of the mode a GPU is in."""
+    hives: dict[tuple[int, int], list[PhysicalGpu]] = {}
+    for gpu in gpus:
+        hives.setdefault((gpu.hive_id, gpu.index if gpu.hive_id == 0 else -1), []).append(gpu)
+    return [
+        next(g for g in members if g.memory != memory)
+        for members in hives.values()
+        if any(g.memory != memory for g in members)
+    ]
 
 
 def _check_selection(spec: GpuSpec, gpus: tuple[PhysicalGpu, ...]) -> None:
@@ -208,22 +229,44 @@ def _check_compute(gpu: PhysicalGpu, want: str, memory: str, pairs: dict[str, tu
         )
 
 
-def _mode_before_writes(gpu: PhysicalGpu, rules: HostRules, reload: bool) -> str:
-    """A GPU's compute mode when the compute writes come: after a reload, the driver's choice."""
+def _mode_before_writes(gpu: PhysicalGpu, rules: HostRules, reload: bool, memory: str) -> str:
+    """A GPU's compute mode when the compute writes come: after a reload, the one the driver sets
+    from amdgpu.user_partt_mode (AUTO: by the memory mode); refused before any write when that
+    mode does not run under `memory`: GPU init fails and the GPUs do not come back."""
     if not reload:
         return gpu.compute
-    if rules.compute_after_reload is None:
+    load = rules.load_mode
+    if load is None:
         raise ValueError("a reload is planned, but the host's rules were read without gpus.memory")
-    return rules.compute_after_reload
+    if load.mode == "AUTO":
+        return AUTO_COMPUTE_FOR_MEMORY[memory]
+    pairs = rules.pairs[gpu.index]
+    if memory not in pairs.get(load.mode, ()):
+        where = f", set in {load.where}," if load.where else ""
+        why = (
+            f"{load.mode} does not run under {memory} on GPU {gpu.index} ({gpu.bdf})"
+            if load.mode in COMPUTE_MODES
+            else "is no mode the driver knows (-2 AUTO, 0 SPX, 1 DPX, 2 TPX, 3 QPX, 4 CPX)"
+        )
+        fits = [m for m, modes in pairs.items() if memory in modes]
+        raise PlanError(
+            f"a driver reload into {memory} would leave the GPUs out: amdgpu.user_partt_mode={load.mode}{where} "
+            f"{why}, so GPU init fails (gfx_v9_4_3_cp_resume) and the GPUs do not come back; set it to one that runs "
+            f"under {memory} ({', '.join(fits) or 'none'}) or to -2 (AUTO), or remove it; "
+            "nothing was written or reloaded"
+        )
+    return load.mode
 
 
 def _predict_logical(changes: list[GpuChange], partitions: dict[int, dict[str, int]]) -> tuple[LogicalPrediction, ...]:
-    """Logical GPUs in KFD order: physical GPUs in PCI order, partitions within each."""
-    result: list[LogicalPrediction] = []
-    for gpu in changes:
-        for part in range(partitions[gpu.index][gpu.compute_final]):
-            result.append(LogicalPrediction(len(result), gpu.index, part, 128 + 8 * gpu.index + part))
-    return tuple(result)
+    """mipart's logical GPUs: physical GPUs in PCI order, partitions within each, numbered by slot
+    (gpu.modes.logical_number); render minors as amdgpu gives them (docs/partitioning.md)."""
+    return tuple(
+        LogicalPrediction(number, gpu.index, part, render_minor(number))
+        for gpu in changes
+        for part in range(partitions[gpu.index][gpu.compute_final])
+        for number in (logical_number(gpu.index, part),)
+    )
 
 
 def assert_lines(plan: PartitionPlan) -> list[str]:
@@ -290,6 +333,9 @@ def format_plan(plan: PartitionPlan) -> str:
         reload = "1 driver reload (memory mode is applied hive-wide at reload)" if plan.reload else "no driver reload"
         out.append(f"{len(plan.writes)} writes, {reload}")
     count = len(plan.logical)
-    out.append(f"result: {count} logical GPUs ({format_indices(range(count))})" if count else "result: no logical GPUs")
+    numbers = format_indices(lg.index for lg in plan.logical)
+    out.append(f"result: {count} logical GPUs ({numbers})" if count else "result: no logical GPUs")
     out += [f"warning: {w}" for w in plan.warnings]
+    if plan.pending:
+        out.append("pending: " + describe(plan.pending, {g.bdf: g.index for g in plan.gpus}))
     return "\n".join(out)

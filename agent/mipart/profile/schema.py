@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mipart.gpu.modes import LOGICAL_SLOTS
 from mipart.names import CONTAINER_RUNTIMES, DEFAULT_API_LISTEN
 
 DEFAULT_HF_HOME = "/var/lib/mipart/huggingface"
-# An 8-GPU hive in CPX shows 64 logical GPUs: mipart serves at most that many instances.
-MAX_INSTANCES = 64
+# Instance N is a logical GPU slot: 8 per GPU, at most 9 partitionable GPUs a host (gpu.modes),
+# so mipart serves instances 0-71 (their uids, names.instance_uid, stay within the range reserved).
+MAX_INSTANCES = LOGICAL_SLOTS
 RUNTIMES = ("native", *CONTAINER_RUNTIMES)
 DEFAULT_NATIVE_COMMAND = ("vllm", "serve")
 # vLLM's default --max-num-seqs; sizes nginx when the service does not say otherwise.

@@ -1,15 +1,20 @@
 """Profile + discovered logical GPUs -> one instance spec per server: pure, no I/O.
 
 Instance N is the server whose first logical GPU is N (`mipart-vllm@N`), listening on
-its unix socket `<serving dir>/sockets/N/http.sock` (vLLM's `--uds`). A spec holds everything
-the launcher needs, so a changed spec (and only that) is a reason to restart an instance.
+its unix socket `<serving dir>/sockets/N/http.sock` (vLLM's `--uds`). Logical GPU numbers are
+mipart's slots (gpu.modes.logical_number): N is partition N % 8 of physical GPU N // 8, before
+and after any switch or reload, with gaps where a GPU has fewer partitions. A spec holds
+everything the launcher needs, so a changed spec (and only that) is a reason to restart an
+instance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from mipart.errors import UserError
+from mipart.gpu.modes import PARTITION_SLOTS
 from mipart.names import CACHE_VAR, CONTAINER_RUNTIMES, DEFAULT_SERVING_DIR, SOCKETS_DIR
 from mipart.paths import instance_socket
 from mipart.profile.indices import format_indices
@@ -37,46 +42,65 @@ class InstancePlanError(UserError):
 
 
 def plan_instances(
-    profile: Profile, logical: tuple[LogicalGpu, ...], sockets: Path = HOST_SOCKETS
+    profile: Profile,
+    logical: tuple[LogicalGpu, ...],
+    sockets: Path = HOST_SOCKETS,
+    layout: Mapping[int, str] | None = None,
 ) -> tuple[InstanceSpec, ...]:
     """Raises InstancePlanError when the profile does not fit this host's logical GPUs.
 
-    sockets: the serving dir's sockets directory (paths.sockets_dir), where each instance listens."""
+    sockets: the serving dir's sockets directory (paths.sockets_dir), where each instance listens;
+    layout: physical GPU -> its compute mode, which a refusal names."""
+    by_number = {g.index: g for g in logical}
     specs: list[InstanceSpec] = []
     for service in profile.services:
-        indices = _service_partitions(service, logical)
+        numbers = _service_partitions(service, by_number, layout or {})
         tp = service.tensor_parallel
-        for start in range(0, len(indices), tp):
-            group = indices[start : start + tp]
-            specs.append(_instance(profile, service, tuple(logical[i] for i in group), sockets))
+        for start in range(0, len(numbers), tp):
+            group = numbers[start : start + tp]
+            specs.append(_instance(profile, service, tuple(by_number[n] for n in group), sockets))
     return tuple(sorted(specs, key=lambda s: s.number))
 
 
-def _service_partitions(service: ServiceSpec, logical: tuple[LogicalGpu, ...]) -> list[int]:
-    present = len(logical)
+def _service_partitions(service: ServiceSpec, by_number: dict[int, LogicalGpu], layout: Mapping[int, str]) -> list[int]:
     if service.partitions is None:
-        indices = list(range(present))
+        numbers = sorted(by_number)
     else:
-        missing = [i for i in service.partitions if i >= present]
+        missing = [n for n in service.partitions if n not in by_number]
         if missing:
-            have = f"logical GPUs 0-{present - 1}" if present else "no logical GPUs"
             raise InstancePlanError(
-                f"services.{service.name}.partitions names logical GPU {format_indices(missing)}, but this host has "
-                f"{have}; "
-                "check gpus.compute or the partitions list"
+                f"services.{service.name}.partitions names logical GPU {format_indices(missing)}, which this host does "
+                f"not have{_in_layout(layout)}: {_its_numbers(by_number)}; N = {PARTITION_SLOTS} x GPU + partition "
+                f"(mipart-vllm@N is partition N % {PARTITION_SLOTS} of GPU N // {PARTITION_SLOTS})"
             )
-        indices = list(service.partitions)
-    if not indices:
+        numbers = list(service.partitions)
+    if not numbers:
         raise InstancePlanError(
             f"services.{service.name} has no logical GPU on this host; check that amdgpu is loaded and gpus: is applied"
         )
-    if len(indices) % service.tensor_parallel:
+    if len(numbers) % service.tensor_parallel:
         raise InstancePlanError(
-            f"services.{service.name}.tensor_parallel {service.tensor_parallel} does not divide its {len(indices)} "
+            f"services.{service.name}.tensor_parallel {service.tensor_parallel} does not divide its {len(numbers)} "
             "logical GPUs on this host; "
-            f"use a divisor of {len(indices)}"
+            f"use a divisor of {len(numbers)}"
         )
-    return indices
+    return numbers
+
+
+def _its_numbers(by_number: dict[int, LogicalGpu]) -> str:
+    return f"its logical GPUs are {format_indices(by_number)}" if by_number else "it has no logical GPUs"
+
+
+def _in_layout(layout: Mapping[int, str]) -> str:
+    """' in DPX', or ' in DPX (GPUs 0-5), CPX (GPUs 6-7)' for a mixed host; '' when unknown."""
+    by_mode: dict[str, list[int]] = {}
+    for index, mode in sorted(layout.items()):
+        by_mode.setdefault(mode, []).append(index)
+    if len(by_mode) == 1:
+        return f" in {next(iter(by_mode))}"
+    return (
+        " in " + ", ".join(f"{mode} (GPUs {format_indices(gpus)})" for mode, gpus in by_mode.items()) if by_mode else ""
+    )
 
 
 def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, ...], sockets: Path) -> InstanceSpec:
@@ -115,6 +139,9 @@ def _instance(profile: Profile, service: ServiceSpec, group: tuple[LogicalGpu, .
         hf_home=profile.instances.hf_home,
         env_files=service.env_files,
         cache_owner=profile.instances.user if container else None,
+        # A native server's ROCm index depends on where it runs and on the live KFD order: the
+        # launcher resolves it at each start (serving/visible.py).
+        visible_devices_env=None if container else service.visible_devices_env,
     )
 
 
@@ -125,9 +152,8 @@ def _environment(
     if service.tensor_parallel > 1:
         env.update(MULTI_GPU_ENV_DEFAULTS)
     env.update(service.env)
-    # Inside a container only its own render nodes exist, so its GPUs are 0..k-1 there.
-    visible = range(len(group)) if container else (g.index for g in group)
-    env[service.visible_devices_env] = ",".join(map(str, visible))
+    if container:  # only its own render nodes exist in there, so ROCm numbers its GPUs 0..k-1
+        env[service.visible_devices_env] = ",".join(map(str, range(len(group))))
     env[CACHE_VAR] = CONTAINER_HF_HOME if container else profile.instances.hf_home
     return tuple(sorted(env.items()))
 

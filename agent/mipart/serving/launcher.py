@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from mipart.runners import records
 from mipart.serving import dirs
 from mipart.serving.execenv import CLIENT_PATH, checked_env_file, client_argv, client_env, read_env_files
 from mipart.serving.spec import InstanceSpec, SpecVersionError
+from mipart.serving.visible import visible_value
 
 if TYPE_CHECKING:
     import pwd
@@ -119,6 +121,18 @@ def _drop_privileges(who: Identity, env: dict[str, str], home: str | None) -> No
     env["USER"] = env["LOGNAME"] = who.name
 
 
+def resolve_visible(spec: InstanceSpec, enumerated: tuple[str, ...]) -> str:
+    """The server's visible-devices value (serving/visible.py), said once in its unit's log."""
+    value = visible_value(spec.number, spec.render_nodes, enumerated)
+    print(
+        f"mipart: instance {spec.number}: {spec.visible_devices_env}={value} ({', '.join(spec.render_nodes)} among "
+        f"the {len(enumerated)} GPUs ROCm enumerates here)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return value
+
+
 def launch(number: int, cleanup: bool) -> int:
     """Exec the server for instance NUMBER (or, with cleanup, remove its container)."""
     spec = read_spec(number)
@@ -147,7 +161,8 @@ def launch(number: int, cleanup: bool) -> int:
         # beside the one the spec sets; only the spec's choice reaches the server.
         inherited = {k: v for k, v in os.environ.items() if k not in VISIBLE_DEVICE_VARS}
         env = {**inherited, **dict(spec.env), **secrets, **tags}
-        env.update(open_backend().device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
+        backend = open_backend()
+        env.update(backend.device_env(spec.devices))  # what the host's backend needs; amdgpu: nothing
         if who is not None:
             _drop_privileges(who, env, home)
         os.umask(dirs.SERVER_UMASK)
@@ -158,6 +173,8 @@ def launch(number: int, cleanup: bool) -> int:
                 f"instance {number}: command {argv[0]!r} not found; install it, or set services.{spec.service}.command"
             )
         program = found
+        if spec.visible_devices_env:  # as the server's user, in its cgroup: what ROCm will enumerate
+            env[spec.visible_devices_env] = resolve_visible(spec, backend.rocm_devices(env))
     try:
         os.execve(program, argv, env)
     except PermissionError:

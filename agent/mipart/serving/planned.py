@@ -59,7 +59,8 @@ def instances_after(
         )
         for p in partition.logical
     )
-    return plan_instances(profile, logical, sockets)
+    layout = {g.index: g.compute_final for g in partition.gpus}
+    return plan_instances(profile, logical, sockets, layout)
 
 
 def rollout_of(
@@ -81,6 +82,6 @@ def placements(specs: Iterable[InstanceSpec]) -> list[Placement]:
 def _instances_now(profile: Profile, state: HostState, sockets: Path) -> tuple[InstanceSpec, ...]:
     """What the profile gives on the layout the host has now; none when it does not fit there."""
     try:
-        return plan_instances(profile, state.logical, sockets)
+        return plan_instances(profile, state.logical, sockets, {g.index: g.compute for g in state.physical})
     except UserError:
         return ()

@@ -20,7 +20,7 @@ from mipart.names import CONTAINER_RUNTIMES, instance_unit
 
 # 2: the server listens on a unix socket (`socket`), no longer on a loopback port.
 SPEC_VERSION = 2
-OPTIONAL_FIELDS = ("env_files", "cache_owner")
+OPTIONAL_FIELDS = ("env_files", "cache_owner", "visible_devices_env")
 CONTAINER_HF_HOME = "/root/.cache/huggingface"  # where a container sees the model cache
 
 
@@ -46,6 +46,9 @@ class InstanceSpec:
     # Written only when set, so a spec without them digests as before they existed.
     env_files: tuple[str, ...] = ()  # root-only files the launcher passes on at each start (secrets)
     cache_owner: str | None = None  # who owns hf_home when the launcher creates it; None: `user`
+    # A native server's visible-devices variable, which the launcher sets from the live topology
+    # (serving/visible.py); None: `env` carries it (a container's 0..k-1).
+    visible_devices_env: str | None = None
 
     @property
     def unit(self) -> str:

@@ -11,16 +11,19 @@ refused: on a GPU host it would unload amdgpu under the real GPUs' users.
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from mipart.gpu import driver
-from mipart.gpu.amdgpu import AmdgpuBackend
+from mipart.gpu import attrs, driver, rocm_order
+from mipart.gpu.amdgpu import PCI_DEVICES, AmdgpuBackend
+from mipart.gpu.partitioning import COMPUTE_ATTR
 from mipart.names import RELOAD_CMD_VAR
 from mipart.sim import devices, kernel
-from mipart.sim.state import is_sim
+from mipart.sim.state import is_sim, read_state
 from mipart.values import GpuUser, HostState, PhysicalGpu
 
 
@@ -41,6 +44,18 @@ class SimBackend(AmdgpuBackend):
             )
         return command
 
+    def discover(self) -> HostState:
+        """During a GPU's reset the kernel refuses its partition attributes with EPERM."""
+        state = read_state(self.root)
+        for index in state.resetting:
+            path = self.root / PCI_DEVICES / state.gpus[index]["bdf"] / COMPUTE_ATTR
+            raise attrs.read_error(path, OSError(errno.EPERM, os.strerror(errno.EPERM), str(path)))
+        return super().discover()
+
+    def host_path(self, path: str) -> Path:
+        """The host's files (/etc/modprobe.d, /proc/cmdline, /dev) are the root's own."""
+        return self.root / path.lstrip("/")
+
     def write_attribute(self, gpu: PhysicalGpu, name: str, value: str) -> None:
         kernel.kernel_write(self.root, gpu.bdf, name, value)
 
@@ -51,3 +66,7 @@ class SimBackend(AmdgpuBackend):
     def device_env(self, devices_wanted: Iterable[str]) -> dict[str, str]:
         """The fake engine opens the root's device files (DEVICES_VAR), and so holds its GPUs."""
         return devices.device_env(self.root, devices_wanted)
+
+    def rocm_devices(self, environ: Mapping[str, str]) -> tuple[str, ...]:
+        """As ROCm would enumerate the root's GPUs for a server with `environ` (its device cgroup)."""
+        return rocm_order.render_nodes(self.root, devices.opener(self.root, environ))

@@ -46,8 +46,9 @@ class ProfileSource(Protocol):
 class FakeEngineProfile:
     """A profile whose service `chat` runs the fake engine (mipart.sim.engine).
 
-    Fields are YAML text where the profile has them as such (durations, `args`, `partitions`);
-    `partitions`, `args`, `max_restarts`, `hf_home` and `drain_notice` are left out of the file when None.
+    Fields are YAML text where the profile has them as such (durations, `args`, `partitions`, `overrides`);
+    `partitions`, `args`, `max_restarts`, `hf_home`, `drain_notice`, `overrides` and `rollout` are left out
+    of the file when None.
     `services` is more of the profile as data, written as YAML flow: under "chat", fields of
     that service (one named above is replaced, e.g. {"chat": {"routing": "random"}}); under
     any other name, a whole service of that name after it.
@@ -56,6 +57,7 @@ class FakeEngineProfile:
     ports: Ports
     compute: str = "DPX"
     memory: str = "NPS2"
+    overrides: str | None = None  # gpus.overrides as YAML flow text, e.g. "[{select: [2], compute: DPX}]"
     model: str = "test/fake-llm"
     listen_host: str = "127.0.0.1"
     partitions: str | None = None
@@ -72,7 +74,6 @@ class FakeEngineProfile:
     drain_notice: str | None = None  # gpus.drain_notice; None leaves the default
     python: str = sys.executable
     services: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
-    overrides: str | None = None  # gpus.overrides as YAML flow, e.g. "[{select: [1], compute: QPX}]"
     rollout: str | None = None  # gpus.rollout as YAML flow, e.g. "{max_unavailable: 2}"
     startup_timeout: str | None = None  # health.startup_timeout
 

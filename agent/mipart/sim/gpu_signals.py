@@ -11,7 +11,7 @@ from pathlib import Path
 from mipart.errors import UserError
 from mipart.fsutil import write_atomic
 from mipart.gpu.amdgpu import physical_gpus
-from mipart.gpu.signals import RAS_DIR, RAS_SUFFIX, ras_errors
+from mipart.gpu.signals import INACCESSIBLE, RAS_DIR, RAS_SUFFIX, ras_errors
 
 HWMON = "hwmon/hwmon0"
 
@@ -49,3 +49,18 @@ def set_sensors(
         write_atomic(hwmon / "temp2_input", f"{round(temperature * 1000)}\n")
     if power is not None:
         write_atomic(hwmon / "power1_average", f"{round(power * 1_000_000)}\n")
+
+
+def hide_ras(dev: Path) -> dict[str, str]:
+    """A GPU reset: every counter reads INACCESSIBLE; returns what they read before, for show_ras."""
+    saved = {}
+    for path in sorted((dev / RAS_DIR).glob(f"*{RAS_SUFFIX}")):
+        saved[path.name] = path.read_text()
+        write_atomic(path, INACCESSIBLE + "\n")
+    return saved
+
+
+def show_ras(dev: Path, saved: dict[str, str]) -> None:
+    """The reset is done: the counters read their values again."""
+    for name, text in saved.items():
+        write_atomic(dev / RAS_DIR / name, text)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 
 from aiohttp import web
 
+from mipart.errors import UserError
 from mipart.sim.devices import open_devices
+from mipart.sim.engine.gpus import GpuRefused, engine_gpus
 from mipart.sim.engine.openai import (
     chat_completions,
     completions,
@@ -59,6 +62,7 @@ def make_app(cfg: EngineConfig, state: EngineState) -> web.Application:
     app.router.add_get("/metrics", bind(metrics, cfg, state))
     app.router.add_post("/v1/completions", bind(completions, cfg, state))
     app.router.add_post("/v1/chat/completions", bind(chat_completions, cfg, state))
+    app.router.add_get("/mipart/devices", bind(devices_report, state))
     return app
 
 
@@ -85,9 +89,14 @@ async def shutdown(state: EngineState, runner: web.AppRunner) -> None:
         pass
 
 
-async def serve(cfg: EngineConfig, started: float) -> int:
+async def devices_report(state: EngineState, request: web.Request) -> web.Response:
+    """What the engine enumerated and runs on (sim/engine/gpus.py); {} off a simulated host."""
+    return web.json_response(state.gpus)
+
+
+async def serve(cfg: EngineConfig, started: float, gpus: dict | None = None) -> int:
     """Run the engine until SIGTERM; returns the exit code."""
-    state = EngineState(slots=asyncio.Semaphore(cfg.max_num_seqs))
+    state = EngineState(slots=asyncio.Semaphore(cfg.max_num_seqs), gpus=gpus or {})
     install_signals(cfg, state)
     schedule_fault(cfg, state, started)
     log(cfg, f"loading model={cfg.model} for {cfg.startup_delay}s (not listening yet)")
@@ -194,10 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     cfg = parse_args(argv)
     try:
+        gpus = engine_gpus(os.environ)  # as ROCm would see them here; refused like a vLLM without its GPU
+    except (GpuRefused, UserError) as exc:
+        log(cfg, f"refusing to start: {exc}")
+        return 1
+    if gpus:
+        log(cfg, gpus.line())
+    try:
         held = open_devices()  # vLLM holds its GPUs' /dev/kfd and render nodes until it exits
     except OSError as exc:
         log(cfg, f"cannot open GPU device {exc.filename}: {exc.strerror}")
         return 1
     if held:
         log(cfg, f"holding {len(held)} GPU device files")
-    return asyncio.run(serve(cfg, started))
+    return asyncio.run(serve(cfg, started, gpus.report() if gpus else None))

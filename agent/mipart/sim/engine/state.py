@@ -54,6 +54,7 @@ class EngineState:
     tasks: set = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     slots: asyncio.Semaphore | None = None
+    gpus: dict = field(default_factory=dict)  # what it enumerated and runs on (sim/engine/gpus.py)
 
 
 class EngineDead(Exception):
