@@ -28,7 +28,7 @@ from mipart.serving.instances import plan_instances
 
 PROFILE = check_profile(
     "version: 1\nservices:\n  chat: {model: org/m, listen: 8040, partitions: [0]}\n"
-    "  code: {model: org/c, listen: 8041, partitions: [1]}\n"
+    "  code: {model: org/c, listen: 8041, partitions: [8]}\n"
 )
 SINCE = 1767225600.0  # 2026-01-01T00:00:00Z
 ANSWER = r"location = (\S+) \{\n\s+default_type application/json;\n\s+return (\d+) '(.*)';"
