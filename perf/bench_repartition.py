@@ -2,8 +2,10 @@
 
 A simulated 8 x MI300X host serves through the real agent (`--runner process`), a real nginx
 and fake engines (1 s model load) that hold their simulated GPUs open. Each round edits
-`gpus:` (DPX/NPS2 <-> CPX/NPS2: 16 <-> 64 instances) and sends the agent SIGHUP, what
-`systemctl reload mipart-agent` does; it prints per round:
+`gpus:` (DPX/NPS2 <-> CPX/NPS1: 16 <-> 64 instances, a memory change, so the host-wide path with
+its driver reload; a change without one rolls GPU by GPU: perf/bench_rolling.py) and sends the agent
+SIGHUP, what `systemctl reload mipart-agent` does; the readiness notice is 1 s (gpus.drain_notice,
+10 s by default, is the fleet balancer's time and would only add itself). It prints per round:
 
   total    SIGHUP -> every new instance ready in nginx.conf and the status API, and one 200
            through nginx (the harness's wait_ready)
@@ -30,7 +32,7 @@ from host import MODEL, BenchHost, machine, workdir
 
 from mipart.sim.clients import ClientLoop
 
-LAYOUTS = (("DPX", 16), ("CPX", 64))
+LAYOUTS = (("DPX", "NPS2", 16), ("CPX", "NPS1", 64))
 EVENTS = {
     "stop": r"event='instance\.stop' unit='mipart-vllm@\d+' reason='repartition'",
     "applied": r"event='repartition\.applied'",
@@ -47,9 +49,9 @@ def first_time(log: str, pattern: str) -> float:
     raise SystemExit(f"no log line matches {pattern!r}")
 
 
-def run_round(host: BenchHost, compute: str, count: int) -> dict:
+def run_round(host: BenchHost, compute: str, memory: str, count: int) -> dict:
     offset = len(host.log_text())
-    host.write_profile(compute=compute)
+    host.write_profile(compute=compute, memory=memory, drain_notice="1s")
     sent, started = time.time(), time.monotonic()
     host.hup()
     host.wait_ready(count, timeout=600)
@@ -80,8 +82,8 @@ def main() -> None:
             print(f"{'#':>3} {'to':>9} {'total':>8} {'drain':>7} {'stop':>7} {'start':>7} {'ready':>7}")
             with ClientLoop(host.listen, MODEL, limit=1800, pause=0.02) as clients:
                 for index in range(args.rounds):
-                    compute, count = LAYOUTS[(index + 1) % 2]
-                    row = run_round(host, compute, count)
+                    compute, memory, count = LAYOUTS[(index + 1) % 2]
+                    row = run_round(host, compute, memory, count)
                     rows.append(row)
                     print(
                         f"{index + 1:>3} {row['to']:>9} {row['total']:>6.2f} s"

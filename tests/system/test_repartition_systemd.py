@@ -170,7 +170,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     assert holders(m) == {0: 3, **{g: 2 for g in range(1, 8)}}  # two servers per GPU, and the client on GPU 0
     before = host.units(DPX)
     client = host.show("gpu-client", "MainPID")["MainPID"]
-    host.write_profile("CPX")
+    host.write_profile("CPX", memory="NPS1")  # a memory change: a driver reload, host-wide (one GPU at a time: below)
 
     # The partition unit refuses while the agent's instances hold the GPUs, and says what to run.
     restarted = m.run("systemctl restart mipart-partition", check=False, timeout=120)
@@ -208,7 +208,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     assert "partition drift: run `systemctl reload mipart-agent`" in said, said
     m.run("systemctl stop rocm-app")  # the simulated kernel forgets a user that exited
 
-    # The documented command: drain, stop, apply, start 64 on the new layout.
+    # The documented command: readiness notice, drain, stop, apply (one driver reload), start 64 on the new layout.
     mark = host.cursor()
     with ClientLoop(host.listen, "test/chat", limit=READY_TIMEOUT + 60, pause=0.02) as clients:
         m.run("systemctl reload mipart-agent", timeout=60)
@@ -224,7 +224,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
     assert sorted(digests) == list(range(64))
     assert all(d["running"] == d["spec"] for d in digests.values()), digests  # every server runs its spec
     assert digests[8]["render"] == ["/dev/dri/renderD136"]  # CPX: instance 8 is GPU 1's first partition
-    assert "CPX NPS2" in m.run(f"mipart sim show {SIM}").stdout
+    assert "CPX NPS1" in m.run(f"mipart sim show {SIM}").stdout
     assert holders(m) == {0: 9, **{g: 8 for g in range(1, 8)}}  # eight servers per GPU, the client back on GPU 0
     now = host.show("gpu-client", "ActiveState", "MainPID")
     assert now["ActiveState"] == "active" and now["MainPID"] != client, now  # stopped for the change, started again
@@ -244,7 +244,7 @@ def test_reload_with_a_new_layout_repartitions_while_serving(machine: Machine, d
         assert time.monotonic() < deadline, status
         time.sleep(0.5)
     assert status["repartition"]["error"] == "" and status["partition"]["matches"] is True
-    assert status["last_apply"]["ok"] is True and status["last_apply"]["result"]["writes"] == 8
+    assert status["last_apply"]["ok"] is True and status["last_apply"]["result"]["writes"] >= 8  # 8 compute, the memory
     log = host.journal("mipart-agent", mark)
     assert "event='repartition.done' ok=True instances=64" in log, log[-3000:]
     assert "event='partition.client_stopped' unit='gpu-client.service'" in log

@@ -90,7 +90,7 @@ def test_mipart_status_shows_drift_the_phase_and_the_failure():
     shown = lines(snapshot(repartition_finished=2.0, repartition_error="GPU 3 busy"), DRIFTING)
     assert (
         "  partition drift: run `systemctl reload mipart-agent` to apply the profile's gpus: while serving "
-        "(it drains, stops and restarts the instances)" in shown
+        "(one GPU at a time when no driver reload is needed; `mipart plan` shows the steps)" in shown
     )
     assert "  last repartition failed: GPU 3 busy" in shown
     running = lines(snapshot(repartition_phase="starting"), DRIFTING)

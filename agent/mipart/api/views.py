@@ -122,7 +122,7 @@ def partition(host: HostSnapshot, st: AgentStatus) -> Partition:
     if drift and not st.repartition_phase:
         action = (
             f"run `{REPARTITION_COMMAND}` to apply the profile's gpus: while serving "
-            "(it drains, stops and restarts the instances)"
+            "(one GPU at a time when no driver reload is needed; `mipart plan` shows the steps)"
         )
     rules = tuple(
         PartitionRules(gpus=g.gpus, source=g.source, pairs=tuple(PairRule(c, m) for c, m in g.pairs.items()))
