@@ -2,7 +2,7 @@
 on a real systemd booted in nspawn (tests/system/nspawn.py) with the .deb installed.
 
 One machine serves the whole run: the issue's host (2 x MI300X in DPX/NPS2 simulated, 4 fake
-engines as mipart-vllm@0..3, mipart-nginx, mipart-agent; interval 1 s, timeout 1 s,
+engines as mipart-vllm@0, 1, 8, 9 (8 x GPU + partition), mipart-nginx, mipart-agent; interval 1 s, timeout 1 s,
 unhealthy_after 2), and after each fault it is settled again (every instance ready, nginx
 serving the current config). The container shares the host's network, so the load client
 (perf/faults.py, its own process) runs on the host against nginx on 127.0.0.1, and both
