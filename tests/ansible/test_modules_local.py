@@ -118,9 +118,9 @@ def test_plan_module_reports_facts_and_what_would_change(tmp_path, adhoc):
     assert [(w["gpu"], w["value"]) for w in facts["partition"]["writes"]] == [(0, "DPX"), (1, "DPX")]
     assert len(facts["instances"]) == 4 and facts["digest"] == plan["digest"]
     assert plan["changes"] == ["2 partition write(s) on GPU(s) 0, 1", "mipart-agent starts (it is not answering)"]
-    rollout = plan["rollout"]  # SPX -> DPX renumbers: instance 1 moves from GPU 1 to GPU 0
-    assert (rollout["mode"], plan["outage"], rollout["capacity"]) == ("host-wide", True, {"chat": 0}), rollout
-    assert rollout["description"].startswith("host-wide: ") and facts["rollout"] == rollout
+    rollout = plan["rollout"]  # SPX -> DPX needs no driver reload: GPU by GPU, the other serving meanwhile
+    assert (rollout["mode"], plan["outage"], rollout["capacity"]) == ("rolling", False, {"chat": 1}), rollout
+    assert rollout["description"].startswith("rolling: ") and facts["rollout"] == rollout
     assert plan["readiness"] is None  # no agent answers
 
     # The text to plan given as content (the file stays as it is): GPU 1 alone changes, GPU 0 serves meanwhile.
