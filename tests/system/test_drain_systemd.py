@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import pytest
 
@@ -37,6 +38,10 @@ def test_drain_and_undrain_flip_readiness_through_the_nginx_units_and_outlive_an
     host.write_profile("DPX")  # gpus.drain_notice left at its 10 s: `drain --wait` waits it out
     m.run("systemctl start mipart-partition mipart-agent", timeout=180)
     host.wait_ready(4)
+    deadline = time.monotonic() + 30  # ready once nginx serves an instance (a moment after the agent says so)
+    while ready(host.listen)[0] != 200:
+        assert time.monotonic() < deadline, ready(host.listen)
+        time.sleep(0.2)
     assert ready(host.listen) == (200, {"ready": True, "service": "chat"})
 
     said = json.loads(m.run("mipart drain --reason 'kernel update' --wait --json", timeout=120).stdout)
