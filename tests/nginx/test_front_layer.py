@@ -161,12 +161,31 @@ def test_a_deleted_run_dir_is_served_again_by_a_back_bound_anew(serving_host):
     serving_host.wait_ready()
     client = start_client(serving_host, seconds=6)
     time.sleep(1)
-    gone = serving_host.run_dir.with_name("run-deleted")  # out of the way at once: the agent writes there meanwhile
+    gone = serving_host.run_dir.with_name(serving_host.run_dir.name + "-deleted")  # at once: the agent writes there
     serving_host.run_dir.rename(gone)
     shutil.rmtree(gone, ignore_errors=True)
-    serving_host.wait_for(lambda: serving_host.status_of_one_request() == 200, timeout=20, what="serving again")
-    result = finish(client, 6)
+    try:
+        serving_host.wait_for(lambda: serving_host.status_of_one_request() == 200, timeout=20, what="serving again")
+        result = finish(client, 6)
+    finally:
+        end_workers_in(gone)  # the old back's, masterless in the deleted dir: no host's close() finds them
     assert set(result["failures"]) <= {"http 503"}, result["failures"]
     assert CLIENTS <= result["connections_opened"] <= kept(result)
     assert "event='nginx.socket_lost'" in serving_host.log_text()
     assert (serving_host.run_dir / "nginx/svc-chat.sock").is_socket()
+
+
+def end_workers_in(directory) -> None:
+    """SIGTERM, by PID, the nginx processes this test left working in DIRECTORY (their cwd), and wait for them."""
+    ours = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(f"{directory}/"):
+                ours.append(int(pid))
+        except OSError:
+            continue
+    for pid in ours:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in ours) and time.monotonic() < deadline:
+        time.sleep(0.1)
