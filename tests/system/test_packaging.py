@@ -93,13 +93,15 @@ def test_upgrade_and_downgrade_keep_serving(tmp_path, system_ready, deb, deb_nex
         assert version_of(m) == old
 
 
-def test_fleet_installs_and_upgrades_from_a_signed_apt_repo(tmp_path, system_ready, deb, deb_next):
+def test_fleet_installs_and_upgrades_from_a_signed_apt_repo(tmp_path, system_ready, deb, deb_next, request):
     """reprepro signs a repository holding two versions; the machine installs, then `apt upgrade`s."""
     for tool in ("reprepro", "gpg"):
         assert shutil.which(tool), f"{tool} is not installed (make test installs it)"
     gnupg, repo = tmp_path / "gnupg", tmp_path / "repo"
     gnupg.mkdir(mode=0o700)
     env = {"GNUPGHOME": str(gnupg), "PATH": "/usr/bin:/bin"}
+    # gpg (and reprepro's signing through it) starts a gpg-agent for this GNUPGHOME that outlives the suite
+    request.addfinalizer(lambda: subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, timeout=30))
 
     def sh(*args: str) -> str:
         return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
