@@ -19,6 +19,12 @@ For scale it also times, in this process, the unit read the process runner does 
 interval (ProcessRunner.list_instances: the launch records of 64 servers); under systemd that
 is one D-Bus list call instead (runners.unit_state; perf/bench_unit_read.py measures it).
 
+The agent runs under the interpreter mipart-agent.service runs (/usr/bin/python3 with Debian's
+packages) when that has the runtime dependencies: a test venv's extras (its .pth hooks; rich,
+which structlog imports when present) add about 5 MB an installed agent does not carry. Under
+systemd the agent also loads GLib's bindings for unit states over D-Bus (runners.unit_bus),
+which the process runner does not: the bench prints what they add, measured by import.
+
 Goals (issue 22): RSS <= 40 MB; idle CPU <= 1 % of one core, the median of several runs.
 Run: .venv/bin/python perf/bench_agent_resources.py [--seconds 60] [--settle 10] [--runs 5]
      [--compare OTHER_TREE/agent]
@@ -30,6 +36,7 @@ import argparse
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +47,7 @@ from host import cpu_seconds, machine, workdir
 INSTANCES = 64
 RSS_GOAL_MB, CPU_GOAL = 40.0, 1.0  # issue 22
 BENCH_DEADLINE = 1200.0
+DEB_PYTHON = "/usr/bin/python3"  # what mipart-agent.service runs
 WINDOW = 10.0
 
 
@@ -101,10 +109,45 @@ def unit_read_ms(serving_dir: Path) -> tuple[float, float]:
     return statistics.median(cpu) * 1000, statistics.median(wall) * 1000
 
 
-def measure(host, label: str, pythonpath: str | None, seconds: float, settle: float) -> dict[str, float]:
+def installed_python() -> str:
+    """The interpreter the .deb's agent runs (/usr/bin/python3 with Debian's packages) when it has the runtime
+    dependencies; else this one. A test venv's extras (.pth hooks, rich beside structlog) would add to the RSS."""
+    probe = (
+        subprocess.run(
+            [DEB_PYTHON, "-c", "import aiohttp, structlog, yaml, click, sdnotify"], capture_output=True, check=False
+        )
+        if Path(DEB_PYTHON).exists()
+        else None
+    )
+    return DEB_PYTHON if probe is not None and probe.returncode == 0 else sys.executable
+
+
+GIO_COST = """
+import mipart.daemon.loop, mipart.runners.systemd
+def rss(): return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+before = rss()
+from gi.repository import Gio
+print(f"{rss() - before:.1f}")
+"""
+
+
+def gio_cost(python: str, pythonpath: str) -> str:
+    """MB that GLib's bindings add to an agent's imports (what the systemd runner loads beside the process runner's)."""
+    done = subprocess.run(
+        [python, "-c", GIO_COST], capture_output=True, env={**os.environ, "PYTHONPATH": pythonpath}, check=False
+    )
+    return done.stdout.decode().strip() or f"? ({done.stderr.decode().strip().splitlines()[-1:]})"
+
+
+def platform_of(python: str) -> str:
+    done = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True)
+    return done.stdout.decode().strip() or "?"
+
+
+def measure(host, label: str, pythonpath: str | None, seconds: float, settle: float, python: str) -> dict[str, float]:
     """One agent's run: started on the host (its instances already serving, or started by it), 64/64 ready,
     `settle` seconds, then its memory and its CPU over `seconds`; stopped after."""
-    agent = host.start_agent({"PYTHONPATH": pythonpath} if pythonpath else None)
+    agent = host.start_agent({"PYTHONPATH": pythonpath} if pythonpath else None, python=python)
     try:
         took = host.wait_ready(INSTANCES, timeout=600)
         time.sleep(settle)
@@ -153,11 +196,18 @@ def main() -> None:
         metavar="DIR",
         help="also run the agent from DIR (another tree's agent/), interleaved with the first on the same host",
     )
+    parser.add_argument(
+        "--agent-python",
+        help="the interpreter that runs the agent; default: /usr/bin/python3 when it has the runtime dependencies "
+        "(as installed from the .deb), else this one",
+    )
     args = parser.parse_args()
+    python = args.agent_python or installed_python()
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
     print(machine())
     print(revision() if not args.agent_pythonpath else f"agent from {args.agent_pythonpath}")
+    print(f"agent interpreter: {python} (Python {platform_of(python)})")
     agents = [("A", args.agent_pythonpath)] + ([("B", args.compare)] if args.compare else [])
     if args.compare:
         print(f"B: agent from {args.compare}; order A B, B A, ... (one host, its engines kept across agents)")
@@ -168,7 +218,7 @@ def main() -> None:
             for run in range(args.runs):
                 for label, pythonpath in agents if run % 2 == 0 else agents[::-1]:
                     results[label].append(
-                        measure(host, f"run {run + 1} {label}", pythonpath, args.seconds, args.settle)
+                        measure(host, f"run {run + 1} {label}", pythonpath, args.seconds, args.settle, python)
                     )
             scan_cpu, scan_wall = unit_read_ms(host.serving_dir)
             print(
@@ -186,6 +236,10 @@ def main() -> None:
             f"goal RSS <= {RSS_GOAL_MB:g} MB: {'met' if rss <= RSS_GOAL_MB else 'MISSED'}; "
             f"goal idle CPU <= {CPU_GOAL:g} %: {'met' if cpu <= CPU_GOAL else 'MISSED'}"
         )
+    agent_tree = args.agent_pythonpath or str(Path(__file__).resolve().parents[1] / "agent")
+    print(
+        f"under systemd the agent also imports GLib's bindings (runners.unit_bus): +{gio_cost(python, agent_tree)} MB"
+    )
     if args.compare:
         a, b = (statistics.median(r["cpu"] for r in results[label]) for label in ("A", "B"))
         print(f"A / B median idle CPU: {a / b:.2f}")

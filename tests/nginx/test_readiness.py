@@ -180,7 +180,9 @@ def test_a_driver_reload_is_announced_on_the_readiness_path_before_any_503_and_a
     assert watch.ready_503 is not None and watch.service_503 is not None
     print(f"readiness 503 {watch.service_503 - watch.ready_503:.2f}s before the first 503 on the service port")
     assert watch.service_503 - watch.ready_503 >= NOTICE
-    assert watch.reasons == {"host-wide change: memory mode NPS1 needs a driver reload"}
+    assert watch.reasons == {
+        "host-wide change: memory mode NPS1 needs a driver reload, which takes every GPU of the hive at once"
+    }
     print(f"polite client: {watch.polite_sent} completions, {watch.polite_failed} failed")
     assert watch.polite_failed == 0 and watch.polite_resumed > 0
     assert completes(host) and ready(host)[0] == 200

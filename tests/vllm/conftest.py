@@ -35,3 +35,12 @@ def vllm_python() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(vllm_python) -> Path:
     return _built("tiny model", vllm_env.ensure_tiny_model)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (item.failed_call), for fixtures that explain a failure."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.failed_call = True
+    return report

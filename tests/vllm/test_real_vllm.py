@@ -46,7 +46,7 @@ services:
     args: [{vllm_args}]
     env: {{HF_HUB_OFFLINE: "1", VLLM_CPU_KVCACHE_SPACE: "1", VLLM_NO_USAGE_STATS: "1", DO_NOT_TRACK: "1", VLLM_CPU_OMP_THREADS_BIND: nobind}}
 instances: {{user: root, hf_home: "{hf_home}"}}
-health: {{interval: 1s, timeout: 1s, unhealthy_after: 2, startup_timeout: 10m, restart_backoff: 1s}}
+health: {{interval: 2s, timeout: 2s, startup_timeout: 10m, restart_backoff: 1s}}  # unhealthy_after: the default 3
 api: {{listen: "127.0.0.1:{api}"}}
 """
 
@@ -234,6 +234,20 @@ def host(tmp_path_factory, vllm_python, tiny_model):
         raise
     finally:
         serving.kill_everything()
+
+
+@pytest.fixture(autouse=True)
+def explain_failure(request, host):
+    """On a failure, what the agent saw and the servers said: a failure in CI is then explained by its own output."""
+    yield
+    if getattr(request.node, "failed_call", False):
+        noted = [
+            line for line in host.log_text().splitlines() if "level='debug'" not in line and "level='info'" not in line
+        ]
+        print("--- agent warnings and errors (end)\n" + "\n".join(noted[-30:]))
+        for n in (0, 1):
+            if (host.run_dir / "logs" / f"mipart-vllm@{n}.log").exists():
+                print(_log_tail(host, n))
 
 
 def test_both_instances_become_ready_behind_nginx(host):

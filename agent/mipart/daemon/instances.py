@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from mipart.daemon import rollout
 from mipart.health.machine import InstanceHealth
+from mipart.health.states import READY
 from mipart.serving.spec import InstanceSpec
 
 Specs = dict[int, InstanceSpec]
@@ -22,6 +23,10 @@ class Instances:
         self.health: dict[int, InstanceHealth] = {}
         self.queued: dict[int, None] = {}  # changed instances waiting for their turn to restart, in order
         self.restarting: set[int] = set()  # restarted by the rollout, not settled yet
+
+    def settled(self) -> bool:
+        """Every instance ready and no restart queued or running: nothing the loop must look at soon."""
+        return not self.queued and not self.restarting and all(h.state == READY for h in self.health.values())
 
     def reset(self, specs: Mapping[int, InstanceSpec]) -> None:
         """A fresh start (the agent's, or after a repartition): new health records, nothing queued."""

@@ -46,6 +46,7 @@ from mipart.serving.spec import InstanceSpec
 START_TRIES = 10
 NOTICE, DRAINING, STOPPING, APPLYING, STARTING = "notice", "draining", "stopping", "applying", "starting"
 Tend = rolling.Tend
+UNPLANNED = "the profile's services do not fit the new layout: every instance stops"  # a Change without a rollout
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ async def run(agent: Agent, change: Change) -> None:
     log.info("repartition.start", writes=len(change.plan.writes), reload=change.plan.reload, instances=len(agent.specs))
     keeper = asyncio.create_task(keep_systemd_informed(agent))
     try:
-        await _notice(agent, change.plan)
+        await _notice(agent, change)
         st.repartition_error = await _change(agent, change)
         _phase(agent, STARTING)
         await _serve_again(agent)
@@ -128,24 +129,17 @@ def _phase(agent: Agent, phase: str) -> None:
     agent.notifier.status(status_line(agent.snapshot()))
 
 
-async def _notice(agent: Agent, plan: PartitionPlan) -> None:
-    """Balancers first: readiness 503 for gpus.drain_notice while every instance still serves (daemon.readiness)."""
+async def _notice(agent: Agent, change: Change) -> None:
+    """Balancers first: readiness 503 for gpus.drain_notice while every instance still serves (daemon.readiness).
+    The reason is the rollout plan's (`mipart plan` says the same)."""
     _phase(agent, NOTICE)
 
     async def flip() -> None:
         await agent.update_nginx()
         await agent.router.wait_settled()  # nginx answers the 503 now: the notice counts from here
 
-    await agent.readiness.give_notice(host_wide_reason(plan), agent.loaded.gpus.drain_notice, flip)
-
-
-def host_wide_reason(plan: PartitionPlan) -> str:
-    """Why every instance of the host stops, for balancers and status."""
-    if plan.reload:
-        memory = next((g.memory_want for g in plan.gpus if g.memory_want), "")
-        return f"memory mode {memory} needs a driver reload"
-    changed = sorted({w.gpu for w in plan.writes})
-    return f"compute partitions of GPUs {','.join(map(str, changed))} change with every instance stopped"
+    reason = change.rollout.reason if change.rollout is not None else UNPLANNED
+    await agent.readiness.give_notice(reason, agent.loaded.gpus.drain_notice, flip)
 
 
 async def _change(agent: Agent, change: Change) -> str:

@@ -8,6 +8,12 @@ moves for `stall_after`, the failure is decisive: out of rotation at once, then 
 any failed instance. A counter that moves, or no request running, or another server (a restart
 sets the counters back), starts the clock again at that read.
 
+An instance that had no request running at its last read is read again only `stall_after / 4`
+later (IDLE_READS), not every round: the idle agent's probes of 64 instances are then one GET
+each, not two. Under load every round reads. The clock starts at the first read that sees
+requests running, so a wedge that catches the first requests after an idle spell is seen at
+most `stall_after / 4` later (docs/gpu-health.md gives the bound).
+
 vLLM 0.32 counts a prompt's tokens only when its prefill is done, together with its first
 generated token (the engine core emits no output for a partial prefill, and prompt tokens are
 counted from its outputs), so a long prefill alone looks like a wedge for as long as it takes:
@@ -34,6 +40,12 @@ if TYPE_CHECKING:
 RUNNING = "vllm:num_requests_running"
 COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total")
 SERIES = "/metrics?" + "&".join(f"name[]={name}" for name in (RUNNING, *COUNTERS))
+IDLE_READS = 4  # reads of an idle instance per stall_after
+
+
+def idle_read_every(health: HealthSpec) -> float:
+    """How far apart an idle instance's counters are read: the extra delay a wedge after idle can add."""
+    return health.stall_after / IDLE_READS
 
 
 @dataclass
@@ -42,7 +54,9 @@ class Seen:
 
     server: str
     counters: tuple[float | None, ...]
-    since: float
+    since: float  # when the clock started: the read that first saw these counters with requests running
+    running: bool
+    read_at: float
 
 
 class TokenProgress:
@@ -52,13 +66,21 @@ class TokenProgress:
         self.seen: dict[int, Seen] = {}
 
     async def check(self, client: InstanceClient, spec: InstanceSpec, health: HealthSpec) -> ProbeResult:
+        seen = self.seen.get(spec.number)
+        if (
+            seen is not None
+            and seen.server == spec.address
+            and not seen.running
+            and time.monotonic() - seen.read_at < idle_read_every(health)
+        ):
+            return PASSED
         _, text = await http_get(client, spec, SERIES, health.timeout, METRICS_LIMIT)  # an engine may send all
         now, values = time.monotonic(), metric_sums(text, (RUNNING, *COUNTERS))
         running, counters = values[RUNNING], tuple(values[name] for name in COUNTERS)
-        seen = self.seen.get(spec.number)
-        if seen is None or seen.server != spec.address or seen.counters != counters or not running:
-            self.seen[spec.number] = Seen(spec.address, counters, now)
+        if seen is None or seen.server != spec.address or seen.counters != counters or not running or not seen.running:
+            self.seen[spec.number] = Seen(spec.address, counters, now, bool(running), now)
             return PASSED
+        seen.read_at = now
         stalled = now - seen.since
         if stalled < health.stall_after:
             return PASSED

@@ -131,8 +131,11 @@ class SimulatedHost:
         return done.stdout.rstrip()
 
     # -- the agent ---------------------------------------------------------------------------
-    def start_agent(self, extra_env: dict | None = None, stop_on_exit: bool = False) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "mipart", "agent", "--profile", str(self.profile), "--runner", "process"]
+    def start_agent(
+        self, extra_env: dict | None = None, stop_on_exit: bool = False, python: str = sys.executable
+    ) -> subprocess.Popen:
+        """python: the interpreter that runs it (a bench measures the one the .deb runs, /usr/bin/python3)."""
+        argv = [python, "-m", "mipart", "agent", "--profile", str(self.profile), "--runner", "process"]
         with open(self.log, "ab") as log:
             self.agent = subprocess.Popen(
                 argv + ["--stop-on-exit"] * stop_on_exit,
