@@ -8,6 +8,7 @@ plan_instances, render_nginx and render_front, plan_actions, plan_partitions.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from gpus import PARTS, bdf, logical_gpus
 
 from mipart.gpu.partitioning import COMPUTE_ATTR, MEMORY_ATTR
-from mipart.nginx.conf import render_nginx
+from mipart.nginx.conf import nginx_workers, render_nginx
 from mipart.nginx.front import FRONT_SIZED_FOR, render_front
 from mipart.partition.plan import HostRules, PlanError, plan_partitions
 from mipart.profile.load import check_profile, load_profile
@@ -190,6 +191,16 @@ def test_worker_connections_fit_every_instance_full_at_once(service, compute, co
     conf = nginx_conf(f"services:\n  chat: {service}\n", ready=(), compute=compute)
     assert f"worker_connections {connections};" in conf
     assert f"worker_rlimit_nofile {connections * 2};" in conf
+
+
+def test_workers_are_this_hosts_cpus_at_most_four_in_both_layers():
+    """Each worker preallocates worker_connections (15 MB at 33280): `auto` on a 384-thread host holds ~11 GB."""
+    assert [nginx_workers(cpus) for cpus in (384, 64, 4, 2, 1)] == [4, 4, 4, 2, 1]
+    prof = profile(TWO)
+    specs = plan_instances(prof, logical_gpus("DPX"))
+    workers = f"\nworker_processes {nginx_workers(len(os.sched_getaffinity(0)))};\n"
+    assert workers in render_nginx(prof, specs, frozenset(), Path("/b"))
+    assert workers in render_front(prof, specs, Path("/b"), Path("/f"))
 
 
 # -- render_front: the clients' layer, and the back reached over its sockets -------------------------

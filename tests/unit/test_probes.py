@@ -41,8 +41,9 @@ class Session:
         return answer
 
 
-def run(session, health=HEALTH, probes=PROBES) -> ProbeResult:
-    return asyncio.run(probe(session, SPEC, health, probes))
+def run(session, health=HEALTH, probes=None) -> ProbeResult:
+    """One probe round with fresh probes (the agent's keep what they read: the progress probe's last read)."""
+    return asyncio.run(probe(session, SPEC, health, probes or tuple(type(p)() for p in PROBES)))
 
 
 def test_the_registry_runs_the_gpu_errors_health_endpoint_progress_generation_then_the_queue_depth():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -32,6 +33,18 @@ CONNECTIONS_PER_REQUEST = 2
 CONNECTION_HEADROOM = 512
 MIN_WORKER_CONNECTIONS = 1024
 MAX_WORKER_CONNECTIONS = 65535
+# Workers per layer: this host's CPUs, at most WORKERS_MAX. Each worker allocates and touches its
+# worker_connections up front (15 MB of RssAnon at 33280, measured: docs/vllm-nginx.md), so
+# `worker_processes auto` on a 384-thread MI300X host would hold ~11 GB in two layers; an LLM
+# host's request rate is far below what 4 workers proxy.
+WORKERS_MAX = 4
+
+
+def nginx_workers(cpus: int) -> int:
+    return max(1, min(cpus, WORKERS_MAX))
+
+
+WORKERS = nginx_workers(len(os.sched_getaffinity(0)))
 # A request an instance failed without answering is tried on at most this many instances in all,
 # and not after this many seconds from its start.
 NEXT_UPSTREAM_TRIES = 3
@@ -90,7 +103,7 @@ def head(
         # The workers talk to clients, so they do not run as root; their group may enter the
         # instances' socket directories. A master that is not root ignores the line.
         f"user {NGINX_WORKER_USER};",
-        "worker_processes auto;",
+        f"worker_processes {WORKERS};",
         f"worker_rlimit_nofile {connections * 2};",
         f"pid {prefix}/nginx.pid;",
         "error_log stderr notice;",
