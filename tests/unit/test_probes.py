@@ -12,7 +12,7 @@ from specs import spec
 from mipart.health.endpoint import HealthEndpoint
 from mipart.health.generation import GenerationCheck
 from mipart.health.gpu_errors import GpuErrors
-from mipart.health.probe import ProbeResult
+from mipart.health.probe import PASSED, ProbeResult
 from mipart.health.probes import PROBES, probe
 from mipart.health.progress import SERIES, TokenProgress
 from mipart.health.queue import QueueDepth
@@ -93,7 +93,8 @@ def test_a_server_that_does_not_answer(error, words):
     assert run(
         Session(health=[Response(200)], metrics=[error]), HealthSpec(timeout=1.0, queue_depth_limit=5)
     ) == ProbeResult(False, words)
-    assert run(Session(progress=[error], health=[Response(200)])) == ProbeResult(False, words)
+    slow = isinstance(error, asyncio.TimeoutError)  # after /health 200: slow, not hung; no verdict
+    assert run(Session(progress=[error], health=[Response(200)])) == (PASSED if slow else ProbeResult(False, words))
 
 
 def test_a_new_probe_slots_in_and_the_first_warning_is_kept():

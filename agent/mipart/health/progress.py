@@ -19,11 +19,14 @@ generated token (the engine core emits no output for a partial prefill, and prom
 counted from its outputs), so a long prefill alone looks like a wedge for as long as it takes:
 `stall_after` must exceed the longest prefill (docs/gpu-health.md). An idle instance is the
 generation probe's (health/generation.py). An engine that exports none of the series gets no
-verdict.
+verdict, nor does a read that times out: /health answered just before in the same round (a
+hung server fails that), so the server is slow, as a loaded one on a starved CPU can be, and
+restarting it would drop what it serves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -74,7 +77,10 @@ class TokenProgress:
             and time.monotonic() - seen.read_at < idle_read_every(health)
         ):
             return PASSED
-        _, text = await http_get(client, spec, SERIES, health.timeout, METRICS_LIMIT)  # an engine may send all
+        try:
+            _, text = await http_get(client, spec, SERIES, health.timeout, METRICS_LIMIT)  # an engine may send all
+        except asyncio.TimeoutError:
+            return PASSED  # /health answered this round: the server is slow (loaded), not hung; no verdict
         now, values = time.monotonic(), metric_sums(text, (RUNNING, *COUNTERS))
         running, counters = values[RUNNING], tuple(values[name] for name in COUNTERS)
         if seen is None or seen.server != spec.address or seen.counters != counters or not running or not seen.running:
