@@ -185,7 +185,10 @@ def end_workers_in(directory) -> None:
         except OSError:
             continue
     for pid in ours:
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it exited since the scan
     deadline = time.monotonic() + 10
     while any(os.path.exists(f"/proc/{pid}") for pid in ours) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 from serving import ServingHost
 
+from mipart.health.progress import idle_read_every
 from mipart.profile.schema import HealthSpec
 
 sys.path.insert(0, str(REPO / "perf"))
@@ -54,9 +55,12 @@ def test_a_wedged_engine_under_load_leaves_rotation_within_the_bound(tmp_path):
     try:
         host.start_agent()
         host.wait_ready()
-        seconds = 5 + STALL_AFTER + 15
+        # Under load for longer than an idle instance's reads are apart before the wedge: the bound
+        # for traffic (one that catches the first requests after an idle spell is stall_after / 4 longer).
+        lead = idle_read_every(HealthSpec()) + 2
+        seconds = lead + STALL_AFTER + 15
         client, out = load(host, tmp_path, seconds)
-        time.sleep(5)
+        time.sleep(lead)
         victim = host.instance_pids()[8]
         wedged_at = time.time()
         os.kill(victim, signal.SIGWINCH)  # /health and /metrics answer 200; no token is made again

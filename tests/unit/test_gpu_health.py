@@ -272,19 +272,29 @@ def test_prefill_progress_an_idle_engine_and_a_new_server_restart_the_clock(monk
 def test_an_idle_engine_is_read_every_quarter_stall_after_and_its_clock_starts_when_requests_do(monkeypatch):
     engine = Loaded(monkeypatch)  # stall_after 10 s: an idle engine is read every 2.5 s
     engine.check()
+    engine.check(2.0)  # nothing running, and nothing happened since the read before: idle
     for _ in range(4):
-        engine.check(0.6)  # idle at the last read: not read again within 2.5 s
-    assert len(engine.asked) == 1, engine.asked
-    engine.check(0.2)  # 2.6 s after it
+        engine.check(0.6)  # within 2.5 s of the last read: not read
     assert len(engine.asked) == 2, engine.asked
+    engine.check(0.2)  # 2.6 s after it
+    assert len(engine.asked) == 3, engine.asked
     engine.running = 2  # requests start, and the engine wedges before their first token
-    assert engine.check(2.4) == PASSED  # 2.4 s after the last read: not read yet
-    assert engine.check(0.2) == PASSED and len(engine.asked) == 3  # read: the clock starts here, not at the idle read
-    for reads in range(4, 8):
+    assert engine.check(2.4) == PASSED and len(engine.asked) == 3  # not read yet
+    assert engine.check(0.2) == PASSED and len(engine.asked) == 4  # read: the clock starts here, not at the idle read
+    for reads in range(5, 9):
         assert engine.check(2.0) == PASSED and len(engine.asked) == reads  # under load: every round reads
     assert engine.check(1.9) == PASSED  # 9.9 s since the read that first saw them running
     result = engine.check(0.2)
     assert not result.ok and result.error.startswith("2 requests running and no token generated or prefilled for 10.1s")
+
+
+def test_an_engine_caught_between_requests_is_read_every_round(monkeypatch):
+    engine = Loaded(monkeypatch)
+    engine.check()
+    engine.generated += 40  # traffic since: none running at this read, but not idle
+    engine.check(2.0)
+    engine.check(0.5)
+    assert len(engine.asked) == 3, engine.asked
 
 
 def test_an_engine_without_the_series_gets_no_verdict(monkeypatch):

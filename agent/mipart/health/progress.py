@@ -8,11 +8,12 @@ moves for `stall_after`, the failure is decisive: out of rotation at once, then 
 any failed instance. A counter that moves, or no request running, or another server (a restart
 sets the counters back), starts the clock again at that read.
 
-An instance that had no request running at its last read is read again only `stall_after / 4`
-later (IDLE_READS), not every round: the idle agent's probes of 64 instances are then one GET
-each, not two. Under load every round reads. The clock starts at the first read that sees
-requests running, so a wedge that catches the first requests after an idle spell is seen at
-most `stall_after / 4` later (docs/gpu-health.md gives the bound).
+An idle instance (no request running at its last read, and its counters as at the read before:
+no traffic in between) is read again only `stall_after / 4` later (IDLE_READS), not every
+round: the idle agent's probes of 64 instances are then one GET each, not two. An instance with
+traffic, even one caught between requests, is read every round. The clock starts at the first
+read that sees requests running, so a wedge that catches the first requests after an idle
+spell is seen at most `stall_after / 4` later (docs/gpu-health.md gives the bound).
 
 vLLM 0.32 counts a prompt's tokens only when its prefill is done, together with its first
 generated token (the engine core emits no output for a partial prefill, and prompt tokens are
@@ -60,6 +61,7 @@ class Seen:
     since: float  # when the clock started: the read that first saw these counters with requests running
     running: bool
     read_at: float
+    idle: bool  # nothing running, counters as at the read before: read again only stall_after / 4 later
 
 
 class TokenProgress:
@@ -73,7 +75,7 @@ class TokenProgress:
         if (
             seen is not None
             and seen.server == spec.address
-            and not seen.running
+            and seen.idle
             and time.monotonic() - seen.read_at < idle_read_every(health)
         ):
             return PASSED
@@ -84,7 +86,8 @@ class TokenProgress:
         now, values = time.monotonic(), metric_sums(text, (RUNNING, *COUNTERS))
         running, counters = values[RUNNING], tuple(values[name] for name in COUNTERS)
         if seen is None or seen.server != spec.address or seen.counters != counters or not running or not seen.running:
-            self.seen[spec.number] = Seen(spec.address, counters, now, bool(running), now)
+            same = seen is not None and seen.server == spec.address and seen.counters == counters
+            self.seen[spec.number] = Seen(spec.address, counters, now, bool(running), now, same and not running)
             return PASSED
         seen.read_at = now
         stalled = now - seen.since
