@@ -203,6 +203,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     python = args.agent_python or installed_python()
+    if not os.access(python, os.X_OK):
+        parser.error(
+            f"--agent-python {python}: not an executable file; give an interpreter path such as /usr/bin/python3"
+        )
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit(f"bench exceeded {BENCH_DEADLINE:g} s")))
     signal.alarm(int(BENCH_DEADLINE))
     print(machine())
