@@ -84,8 +84,10 @@ def test_reload_with_a_new_layout_rolls_gpu_by_gpu_and_serves_on_it(serving_host
     # N = 8 x GPU + partition: each DPX instance keeps its number, socket and partition in CPX, so its spec too
     assert sorted(n for n in old if old[n] == new[n]) == sorted(old)
     assert layout(serving_host) == ["CPX"] * 8
+    # The API's host snapshot is up to HOST_CACHE_SECONDS old, and served stale while it refreshes: one
+    # taken between the last GPU's switch and the change's record says no drift and the refused apply before.
     serving_host.wait_for(
-        lambda: status(serving_host)["partition"]["drift"] is False,
+        lambda: (snap := status(serving_host))["partition"]["drift"] is False and (snap["last_apply"] or {}).get("ok"),
         timeout=30,
         what="the serving_host snapshot after the change",
     )

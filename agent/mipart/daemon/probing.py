@@ -80,7 +80,8 @@ class Prober:
 
         force: probe every instance and wait for all answers (the agent's start).
         """
-        due, results = self._harvest(health)
+        due: list[InstanceHealth] = []
+        results: list[ProbeResult] = []
         reported = suspects or {}
         for h in health.values() if reported else ():  # nginx's reports: seldom any
             what = reported.get(specs[h.number].address) if h.number in specs else None
@@ -88,6 +89,9 @@ class Prober:
                 due.append(h)
                 results.append(ProbeResult(False, f"nginx: {what}"))
                 h.last_probe = 0.0  # probe it now
+        # nginx's word first: when a failed probe wakes the loop, a report already written is what it saw first
+        harvested = self._harvest(health)
+        due, results = due + harvested[0], results + harvested[1]
         self._launch(client, health, specs, spec, force)
         if force:
             await asyncio.gather(
