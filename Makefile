@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export MIPART_CACHE ?= $(HOME)/.cache/mipart-tests
 APT_PKGS := python3 python3-venv python3-pip python3-yaml python3-click python3-aiohttp \
-	python3-structlog python3-pydbus python3-gi python3-sdnotify nginx \
+	python3-structlog python3-jeepney python3-sdnotify nginx dbus-daemon \
 	systemd-container debootstrap dpkg-dev curl procps iproute2 lintian reprepro gnupg python3-matplotlib
 PYTEST_ARGS ?=
 TOOLS := $(abspath $(VENV))/tools

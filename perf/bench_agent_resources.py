@@ -21,9 +21,9 @@ is one D-Bus list call instead (runners.unit_state; perf/bench_unit_read.py meas
 
 The agent runs under the interpreter mipart-agent.service runs (/usr/bin/python3 with Debian's
 packages) when that has the runtime dependencies: a test venv's extras (its .pth hooks; rich,
-which structlog imports when present) add about 5 MB an installed agent does not carry. Under
-systemd the agent also loads GLib's bindings for unit states over D-Bus (runners.unit_bus),
-which the process runner does not: the bench prints what they add, measured by import.
+which structlog imports when present) add about 5 MB an installed agent does not carry. The
+agent here runs the process runner; the bench prints what the systemd runner's modules add to
+its imports (measured by import: D-Bus is runners.unit_bus, which both load).
 
 Goals (issue 22): RSS <= 40 MB; idle CPU <= 1 % of one core, the median of several runs.
 Run: .venv/bin/python perf/bench_agent_resources.py [--seconds 60] [--settle 10] [--runs 5]
@@ -122,19 +122,19 @@ def installed_python() -> str:
     return DEB_PYTHON if probe is not None and probe.returncode == 0 else sys.executable
 
 
-GIO_COST = """
-import mipart.daemon.loop, mipart.runners.systemd
+SYSTEMD_COST = """
+import mipart.daemon.loop, mipart.runners.process
 def rss(): return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
 before = rss()
-from gi.repository import Gio
+import mipart.runners.systemd
 print(f"{rss() - before:.1f}")
 """
 
 
-def gio_cost(python: str, pythonpath: str) -> str:
-    """MB that GLib's bindings add to an agent's imports (what the systemd runner loads beside the process runner's)."""
+def systemd_cost(python: str, pythonpath: str) -> str:
+    """MB that the systemd runner's imports add to an agent's beside the process runner's."""
     done = subprocess.run(
-        [python, "-c", GIO_COST], capture_output=True, env={**os.environ, "PYTHONPATH": pythonpath}, check=False
+        [python, "-c", SYSTEMD_COST], capture_output=True, env={**os.environ, "PYTHONPATH": pythonpath}, check=False
     )
     return done.stdout.decode().strip() or f"? ({done.stderr.decode().strip().splitlines()[-1:]})"
 
@@ -241,9 +241,7 @@ def main() -> None:
             f"goal idle CPU <= {CPU_GOAL:g} %: {'met' if cpu <= CPU_GOAL else 'MISSED'}"
         )
     agent_tree = args.agent_pythonpath or str(Path(__file__).resolve().parents[1] / "agent")
-    print(
-        f"under systemd the agent also imports GLib's bindings (runners.unit_bus): +{gio_cost(python, agent_tree)} MB"
-    )
+    print(f"under systemd the agent's runner imports add +{systemd_cost(python, agent_tree)} MB")
     if args.compare:
         a, b = (statistics.median(r["cpu"] for r in results[label]) for label in ("A", "B"))
         print(f"A / B median idle CPU: {a / b:.2f}")

@@ -95,23 +95,25 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(s
 # -- the host -------------------------------------------------------------------------------
 
 
+# The host's profile settings (FakeEngineProfile's fields): also bench_agent_systemd.py's, under systemd.
+HOST_PROFILE = {
+    "compute": "CPX",
+    "memory": "NPS4",
+    "delay": 1.0,
+    "tps": 50,
+    "interval": f"{INTERVAL:g}s",
+    "timeout": f"{TIMEOUT:g}s",
+    "unhealthy_after": UNHEALTHY_AFTER,
+    "restart_backoff": "1s",
+}
+
+
 def make_host(tmp: Path, instances: int = INSTANCES) -> BenchHost:
     """This bench's host, with the default health settings and 50 tokens/s engines.
 
     Also used by bench_api.py and bench_agent_resources.py (64 instances: partitions all)."""
     partitions = "all" if instances == 64 else f"0-{instances - 1}"
-    return BenchHost(
-        tmp,
-        compute="CPX",
-        memory="NPS4",
-        partitions=partitions,
-        delay=1.0,
-        tps=50,
-        interval=f"{INTERVAL:g}s",
-        timeout=f"{TIMEOUT:g}s",
-        unhealthy_after=UNHEALTHY_AFTER,
-        restart_backoff="1s",
-    )
+    return BenchHost(tmp, partitions=partitions, **HOST_PROFILE)
 
 
 def revision() -> str:

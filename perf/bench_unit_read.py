@@ -7,7 +7,7 @@ unit runs (NginxLayer's periodic check). This boots the system tier's container
 and both nginx units, then:
 
 - runs the reader itself inside the container (this tree's agent/ copied in, the container's
-  python3 and python3-gi), --calls times per read, old (`systemctl show`, the fallback) and new
+  python3 and python3-jeepney), --calls times per read, old (`systemctl show`, the fallback) and new
   (D-Bus in process, runners.unit_bus), and prints per call the CPU of the reading process (its
   own, all threads), of its children (systemctl) and of the container's systemd (PID 1:
   /proc/PID/stat, utime + stime, before and after); and the same for one health interval's reads;

@@ -26,12 +26,12 @@ from testcache import cache_dir, cached
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = "http://deb.debian.org/debian"
 # Bump the suffix whenever PACKAGES or the customisation below changes.
-ROOTFS_NAME = "rootfs-bookworm-v2"
+ROOTFS_NAME = "rootfs-bookworm-v3"
 # Everything the .deb depends on is pre-installed, so installing it needs no network
 # in the common case (apt still resolves; a missing dependency is fetched).
 PACKAGES = (
     "systemd,systemd-sysv,dbus,adduser,procps,python3,python3-yaml,python3-click,python3-aiohttp,"
-    "python3-structlog,python3-pydbus,python3-gi,python3-sdnotify,nginx"
+    "python3-structlog,python3-jeepney,python3-sdnotify,nginx"
 )
 HOST_TOOLS = {
     "systemd-nspawn": "systemd-container",

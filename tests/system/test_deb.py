@@ -63,7 +63,7 @@ def test_package_carries_units_conffiles_sysctl_and_debian_dependencies(deb):
         "python3-click",
         "python3-aiohttp",
         "python3-structlog",
-        "python3-pydbus",
+        "python3-jeepney",
         "python3-sdnotify",
     ):
         assert package in depends, (package, depends)

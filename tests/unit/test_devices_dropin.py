@@ -11,6 +11,7 @@ import specs
 
 from mipart.fsutil import write_atomic
 from mipart.paths import instance_spec_path
+from mipart.runners import unit_bus
 from mipart.runners.devices import DropinError, dropin_path, dropin_text
 from mipart.runners.dropins import Dropins
 from mipart.runners.systemd import SystemdRunner
@@ -115,16 +116,21 @@ def test_a_refused_spec_gets_no_drop_in_and_the_others_still_do(tmp_path):
     assert dropin_path(units, 0).is_file() and not dropin_path(units, 1).exists()
 
 
-class FakeManager:
+class FakeManager(unit_bus.Manager):
+    """The runner's Manager over a bus that records each call as (method, *args) and answers it."""
+
     def __init__(self):
+        super().__init__(self)  # its own connection
         self.calls: list[tuple] = []
 
-    def __getattr__(self, name):
-        return lambda *args: self.calls.append((name, *args))
+    def call(self, path, interface, method, signature, args, timeout):
+        assert (path, interface) == (unit_bus.MANAGER_PATH, unit_bus.MANAGER) and len(signature) == len(args)
+        self.calls.append((method, *args))
+        return ()
 
 
 class FakeRunner(SystemdRunner):
-    """The real start/stop paths over a recording manager (pydbus is not involved)."""
+    """The real start/stop paths over a recording bus."""
 
     def __init__(self, run_dir, unit_dir):
         super().__init__(run_dir, unit_dir)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # base imports nginx.files: a CLI verb that only reads unit states must not pay for it
     from mipart.runners.base import Runner
 
-# kind -> "module:class"; imported only when chosen (pydbus is slow to import and may be absent).
+# kind -> "module:class"; imported only when chosen (the systemd runner needs a system bus).
 RUNNERS = {
     "systemd": "mipart.runners.systemd:SystemdRunner",
     "process": "mipart.runners.process:ProcessRunner",

@@ -1,23 +1,21 @@
 """Instances and nginx as systemd units: changed through systemd's D-Bus API, read with the one
 reader of unit state (runners.unit_state).
 
-pydbus is unmaintained and its calls block: it stays inside this module, and the agent
-calls these methods from worker threads. Unit states come from runners.unit_state: one
-list call for all instances, a unit's main PID asked only where a process is looked at.
+The calls block (runners.unit_bus): the agent makes them from worker threads. Unit states come
+from runners.unit_state: one list call for all instances, a unit's main PID asked only where a
+process is looked at.
 """
 
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
-from typing import Any
 
 from mipart.errors import UserError
 from mipart.names import INSTANCE_PATTERN, instance_number, instance_unit
 from mipart.nginx.files import NginxFiles
 from mipart.paths import run_dir as default_run_dir
-from mipart.runners import exits, procfs, unit_state
+from mipart.runners import exits, procfs, unit_bus, unit_state
 from mipart.runners.devices import UNIT_DIR
 from mipart.runners.dropins import Dropins
 from mipart.values import UnitState
@@ -34,23 +32,16 @@ class SystemdRunner:
     def __init__(
         self, run_dir: Path | None = None, unit_dir: Path = UNIT_DIR
     ):  # units find the run dir through /etc/default/mipart
-        self._local = threading.local()
         self._dropins = Dropins(run_dir or default_run_dir(), unit_dir)
 
-    def _manager(self) -> Any:  # pydbus's proxy of org.freedesktop.systemd1.Manager: untyped, built at run time
-        """One bus connection per worker thread; GLib connections are not shared across threads safely."""
-        manager = getattr(self._local, "manager", None)
-        if manager is None:
-            try:
-                from pydbus import SystemBus
-
-                manager = SystemBus().get(".systemd1")
-            except Exception as exc:  # GLib.Error and friends: no bus, no systemd
-                raise UserError(
-                    f"cannot reach systemd over D-Bus ({exc}); run the agent under systemd, or use --runner process"
-                ) from None
-            self._local.manager = manager
-        return manager
+    def _manager(self) -> unit_bus.Manager:
+        connection = unit_bus.connect()
+        if connection is None:
+            raise UserError(
+                f"cannot reach systemd over D-Bus at {unit_bus.address()}; "
+                "run the agent under systemd, or use --runner process"
+            )
+        return unit_bus.Manager(connection)
 
     def _state(self, unit: str, pid: bool = False) -> UnitState:
         wanted = (*unit_state.STATE, unit_state.MAIN_PID) if pid else unit_state.STATE
@@ -67,7 +58,7 @@ class SystemdRunner:
 
     def _prepare(self, number: int) -> None:
         """The instance's devices and cache as a drop-in (runners/devices.py), loaded before it starts."""
-        refused = self._dropins.sync(self._manager().Reload).get(number)
+        refused = self._dropins.sync(self._manager().reload).get(number)
         if refused:
             raise UserError(refused)
 
@@ -75,12 +66,12 @@ class SystemdRunner:
         unit = instance_unit(number)
         self._prepare(number)
         if self._state(unit).failed:
-            self._manager().ResetFailedUnit(unit)
-        self._manager().StartUnit(unit, "replace")
+            self._manager().reset_failed(unit)
+        self._manager().start(unit)
 
     def stop(self, number: int) -> None:
         """Its drop-in goes with it; systemd reads that at the next reload (the next start's)."""
-        self._manager().StopUnit(instance_unit(number), "replace")
+        self._manager().stop(instance_unit(number))
         self._dropins.remove(number)
 
     def restart(self, number: int) -> None:
@@ -89,24 +80,24 @@ class SystemdRunner:
         unit = instance_unit(number)
         pid = self._state(unit, pid=True).main_pid
         if pid and procfs.stopped(pid):
-            self._manager().KillUnit(unit, "all", signal.SIGKILL)
+            self._manager().kill(unit, "all", signal.SIGKILL)
         self._prepare(number)
-        self._manager().RestartUnit(unit, "replace")
+        self._manager().restart(unit)
 
     def ensure_nginx(self, files: NginxFiles) -> None:
         """The layer's unit (mipart-nginx, mipart-nginx-front): its ExecReload runs `nginx -t` and
         HUPs; start it when down."""
         manager, state = self._manager(), self._state(files.unit)
         if state.up:
-            manager.ReloadUnit(files.unit, "replace")
+            manager.reload_unit(files.unit)
         else:  # the unit's `mipart exec-nginx` takes over the sockets of any strays (nginx.launcher)
             if state.failed:
-                manager.ResetFailedUnit(files.unit)
-            manager.StartUnit(files.unit, "replace")
+                manager.reset_failed(files.unit)
+            manager.start(files.unit)
 
     def replace_nginx(self, files: NginxFiles) -> None:
         """The unit's main process killed: Restart= runs `mipart exec-nginx`, which binds the lost socket anew."""
-        self._manager().KillUnit(files.unit, "main", signal.SIGKILL)
+        self._manager().kill(files.unit, "main", signal.SIGKILL)
 
     def nginx_running(self, files: NginxFiles) -> bool:
         return self._state(files.unit).active

@@ -1,5 +1,6 @@
-"""systemd's unit states over D-Bus, in the reader's own process: what runners.unit_state asks
-first, so the agent's periodic read costs no `systemctl` process and systemd no property dump.
+"""systemd's Manager over D-Bus, in the caller's own process: the unit states runners.unit_state
+asks first (so the agent's periodic read costs no `systemctl` process and systemd no property
+dump), and the changes the systemd runner makes (start, stop, reload...).
 
 systemd's Manager lists units in one call (org.freedesktop.systemd1(5)): ListUnitsByPatterns
 for the loaded units a glob matches, ListUnitsByNames for named ones (each loaded, answered in
@@ -7,9 +8,12 @@ the order asked, under its own Id: an alias as the unit it names; a name systemd
 is left out). A row carries the Id, LoadState, ActiveState and SubState (LISTED); any other
 property (MainPID, Result...) costs one Properties.GetAll per unit, asked only when wanted.
 
-The connection is private (not GLib's shared singleton, which exits the process when the bus
-goes away) and made again once closed. Without GLib's bindings or a system bus, `connect` says
-None and the reader falls back to `systemctl show`.
+jeepney (Debian's python3-jeepney, pure Python) speaks the protocol: GLib's bindings, which
+pydbus needed, cost the agent 5 MB of its 45 and kept MemoryDenyWriteExecute= off its unit.
+One private connection per process, used under a lock (jeepney's blocking connection is not
+thread-safe; the agent calls from worker threads), dropped on any transport failure and made
+again at the next call. Without a system bus `connect` says None: the reader falls back to
+`systemctl show`, the runner says so in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call
+from jeepney.bus import find_system_bus
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH, MANAGER = "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"
 SERVICE = "org.freedesktop.systemd1.Service"  # mipart reads services only: MainPID, Result, ExecMain*, ControlGroup
@@ -25,32 +33,104 @@ LISTED = ("Id", "LoadState", "ActiveState", "SubState")  # a ListUnits row's fir
 UNIT_TYPES = frozenset(
     ("service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope")
 )
-TIMEOUT_MS = 10_000
+READ_TIMEOUT = 10.0
+# systemctl's own (sd-bus's default): a daemon-reload on a host with many units takes seconds.
+CHANGE_TIMEOUT = 25.0
+JOB_MODE = "replace"  # what `systemctl start/stop/restart/reload` ask
 
 Row = Sequence[Any]  # (ssssssouso): id, description, load, active, sub, following, object path, job id, type, path
 
-_lock = threading.Lock()
-_connection: Any = None  # Gio.DBusConnection once made; untyped (GLib's bindings are built at run time)
-
 
 class BusError(Exception):
-    """A D-Bus call failed (systemd not on the bus, a timeout, the connection lost)."""
+    """A D-Bus call failed (systemd not on the bus, refused, a timeout, the connection lost)."""
 
 
-def connect() -> Any | None:
-    """The system bus, or None when GLib's bindings or the bus are missing (the caller falls back)."""
+class Connection:
+    """One bus connection shared by the process's threads, one call at a time."""
+
+    def __init__(self, connection: DBusConnection):
+        self._connection = connection
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def call(
+        self, path: str, interface: str, method: str, signature: str, args: tuple[Any, ...], timeout: float
+    ) -> tuple[Any, ...]:
+        """The reply's body; BusError for an error reply, or for a transport failure (which closes
+        the connection: a reply that comes late must not answer the next call)."""
+        message = new_method_call(DBusAddress(path, SYSTEMD, interface), method, signature or None, args)
+        with self._lock:
+            if self.closed:
+                raise BusError(f"{method}: the bus connection is closed")
+            try:
+                reply = self._connection.send_and_get_reply(message, timeout=timeout)
+            except Exception as exc:  # OSError, TimeoutError, a malformed message: the connection is not to be trusted
+                self.close()
+                raise BusError(f"{method}: {exc or type(exc).__name__}") from None
+        if reply.header.message_type is MessageType.error:
+            name = reply.header.fields.get(HeaderFields.error_name, "error")
+            detail = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise BusError(f"{method}: {name}: {detail}".rstrip(": "))
+        return tuple(reply.body)
+
+    def close(self) -> None:
+        self.closed = True
+        self._connection.close()
+
+
+_lock = threading.Lock()
+_connection: Connection | None = None
+
+
+def address() -> str:
+    """Where the system bus is looked for: DBUS_SYSTEM_BUS_ADDRESS, else /var/run/dbus/system_bus_socket."""
+    return str(find_system_bus())
+
+
+def connect() -> Connection | None:
+    """The system bus, or None when it cannot be reached (the caller falls back or says so)."""
     global _connection
     with _lock:
-        if _connection is None or _connection.is_closed():
+        if _connection is None or _connection.closed:
             try:
-                from gi.repository import Gio
-
-                address = Gio.dbus_address_get_for_bus_sync(Gio.BusType.SYSTEM, None)
-                flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
-                _connection = Gio.DBusConnection.new_for_address_sync(address, flags, None, None)
-            except Exception:  # ImportError, GLib.Error: no bindings, no bus
+                _connection = Connection(open_dbus_connection(bus="SYSTEM", auth_timeout=READ_TIMEOUT))
+            except Exception:  # OSError, an authentication refused: no bus
                 _connection = None
         return _connection
+
+
+class Manager:
+    """The Manager's changes the systemd runner makes; each raises BusError. Jobs are queued,
+    not waited for, as `systemctl --no-block` does: the agent reads the outcome as unit state."""
+
+    def __init__(self, connection: Connection):
+        self._connection = connection
+
+    def _call(self, method: str, signature: str, *args: Any) -> None:
+        self._connection.call(MANAGER_PATH, MANAGER, method, signature, args, CHANGE_TIMEOUT)
+
+    def reload(self) -> None:
+        """daemon-reload: systemd reads unit files and drop-ins again (returns once done)."""
+        self._call("Reload", "")
+
+    def start(self, unit: str) -> None:
+        self._call("StartUnit", "ss", unit, JOB_MODE)
+
+    def stop(self, unit: str) -> None:
+        self._call("StopUnit", "ss", unit, JOB_MODE)
+
+    def restart(self, unit: str) -> None:
+        self._call("RestartUnit", "ss", unit, JOB_MODE)
+
+    def reload_unit(self, unit: str) -> None:
+        self._call("ReloadUnit", "ss", unit, JOB_MODE)
+
+    def reset_failed(self, unit: str) -> None:
+        self._call("ResetFailedUnit", "s", unit)
+
+    def kill(self, unit: str, whom: str, signal: int) -> None:
+        """WHOM: main, control or all (systemd.kill(5))."""
+        self._call("KillUnit", "ssi", unit, whom, signal)
 
 
 def mangled(name: str) -> str:
@@ -72,51 +152,30 @@ def text(value: object) -> str | None:
     return None
 
 
-def show(connection: Any, names: list[str], globs: list[str], properties: Iterable[str]) -> dict[str, dict[str, str]]:
+def show(
+    connection: Connection, names: list[str], globs: list[str], properties: Iterable[str]
+) -> dict[str, dict[str, str]]:
     """Each named unit under its name as given, then each glob's matches under their Id, with LISTED
     and the other PROPERTIES asked. Raises BusError, also when systemd left a name out (not a unit
     name: systemctl says why)."""
     found: dict[str, Row] = {}
     if names:
-        rows = _manager(connection, "ListUnitsByNames", "(as)", ([mangled(n) for n in names],))
+        rows = _units(connection, "ListUnitsByNames", "as", [mangled(n) for n in names])
         if len(rows) != len(names):
             raise BusError(f"systemd listed {len(rows)} of {len(names)} units")
         found.update(zip(names, rows, strict=True))
     if globs:
-        found.update((str(row[0]), row) for row in _manager(connection, "ListUnitsByPatterns", "(asas)", ([], globs)))
+        found.update((str(row[0]), row) for row in _units(connection, "ListUnitsByPatterns", "asas", [], globs))
     extra = [p for p in dict.fromkeys(properties) if p not in LISTED]
     return {name: {**listed(row), **(_service(connection, row, extra) if extra else {})} for name, row in found.items()}
 
 
-def _manager(connection: Any, method: str, signature: str, args: tuple[Any, ...]) -> list[Row]:
-    reply = _call(connection, MANAGER_PATH, MANAGER, method, signature, args, "(a(ssssssouso))")
-    return list(reply[0])
+def _units(connection: Connection, method: str, signature: str, *args: Any) -> list[Row]:
+    return list(connection.call(MANAGER_PATH, MANAGER, method, signature, args, READ_TIMEOUT)[0])
 
 
-def _service(connection: Any, row: Row, wanted: list[str]) -> dict[str, str]:
-    """The WANTED properties of the unit at the row's object path, from one GetAll."""
-    reply = _call(connection, str(row[6]), "org.freedesktop.DBus.Properties", "GetAll", "(s)", (SERVICE,), "(a{sv})")
-    values = reply[0]
-    return {name: value for name in wanted if name in values and (value := text(values[name])) is not None}
-
-
-def _call(
-    connection: Any, path: str, interface: str, method: str, signature: str, args: tuple[Any, ...], reply: str
-) -> Any:
-    from gi.repository import Gio, GLib
-
-    try:
-        answer = connection.call_sync(
-            SYSTEMD,
-            path,
-            interface,
-            method,
-            GLib.Variant(signature, args),
-            GLib.VariantType(reply),
-            Gio.DBusCallFlags.NONE,
-            TIMEOUT_MS,
-            None,
-        )
-    except GLib.Error as exc:
-        raise BusError(f"{method}: {exc.message}") from None
-    return answer.unpack()
+def _service(connection: Connection, row: Row, wanted: list[str]) -> dict[str, str]:
+    """The WANTED properties of the unit at the row's object path, from one GetAll (each value a
+    variant: its signature and its value)."""
+    [values] = connection.call(str(row[6]), "org.freedesktop.DBus.Properties", "GetAll", "s", (SERVICE,), READ_TIMEOUT)
+    return {name: value for name in wanted if name in values and (value := text(values[name][1])) is not None}

@@ -4,7 +4,7 @@ when the agent is down (cli/units) and for the partition's client services.
 One read answers for many units, by name or by glob (the loaded units it matches, as
 ListUnitsByPatterns lists them). It asks systemd over D-Bus in the reader's own process
 (runners.unit_bus: the states in one call, other properties per unit only when asked), and
-`systemctl show` when that cannot be had: no GLib bindings, no system bus, or a call refused
+`systemctl show` when that cannot be had: no system bus, or a call refused or lost
 (systemctl then reads it, or says why in one line). Changes to units are each caller's own.
 """
 
