@@ -278,12 +278,22 @@ def test_neither_bus_nor_systemctl_is_one_line(systemd, on_bus, tmp_path, monkey
     assert str(caught.value).startswith("cannot run systemctl:") and "\n" not in str(caught.value)
 
 
-def test_no_system_bus_is_no_connection_and_the_runner_says_where_it_looked(monkeypatch, tmp_path):
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/system_bus_socket")
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        ("unix:path=/nonexistent/system_bus_socket", "No such file or directory"),
+        ("tcp:host=localhost,port=1", "not supported"),  # a transport jeepney does not speak
+        ("garbage", ""),
+    ],
+)
+def test_no_system_bus_is_no_connection_and_the_runner_says_where_it_looked(monkeypatch, tmp_path, address, why):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
     monkeypatch.setattr(unit_bus, "_connection", None)
     assert unit_bus.connect() is None
-    with pytest.raises(UserError, match=r"^cannot reach systemd over D-Bus at /nonexistent/system_bus_socket;"):
+    with pytest.raises(UserError) as caught:
         SystemdRunner(tmp_path / "run", unit_dir=tmp_path / "units").stop(0)
+    line = str(caught.value)
+    assert line.startswith(f"cannot reach systemd over D-Bus at {address} (") and why in line and "\n" not in line
 
 
 def test_the_runners_changes_reach_systemd_in_its_types_and_a_refusal_is_one_line(on_bus, tmp_path):
@@ -310,7 +320,7 @@ def test_the_runners_changes_reach_systemd_in_its_types_and_a_refusal_is_one_lin
 
 
 def test_a_reply_that_never_comes_is_a_bus_error_and_a_new_connection(systemd, on_bus, monkeypatch):
-    """The late reply must not answer the next call: the stalled connection is dropped."""
+    """The stalled connection is dropped; the next read makes a new one, and its answer is its own."""
     monkeypatch.setattr(unit_bus, "READ_TIMEOUT", 0.3)
     systemd.set({"a.service": running(3)})
     bus = on_bus({"a.service": running(3), "b.service": FAILED})

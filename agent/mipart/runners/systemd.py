@@ -38,7 +38,7 @@ class SystemdRunner:
         connection = unit_bus.connect()
         if connection is None:
             raise UserError(
-                f"cannot reach systemd over D-Bus at {unit_bus.address()}; "
+                f"cannot reach systemd over D-Bus at {unit_bus.address()} ({unit_bus.unreachable}); "
                 "run the agent under systemd, or use --runner process"
             )
         return unit_bus.Manager(connection)

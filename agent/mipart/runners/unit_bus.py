@@ -18,12 +18,12 @@ again at the next call. Without a system bus `connect` says None: the reader fal
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call
-from jeepney.bus import find_system_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 SYSTEMD = "org.freedesktop.systemd1"
@@ -33,6 +33,7 @@ LISTED = ("Id", "LoadState", "ActiveState", "SubState")  # a ListUnits row's fir
 UNIT_TYPES = frozenset(
     ("service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope")
 )
+SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"  # the D-Bus specification's default system bus
 READ_TIMEOUT = 10.0
 # systemctl's own (sd-bus's default): a daemon-reload on a host with many units takes seconds.
 CHANGE_TIMEOUT = 25.0
@@ -56,8 +57,9 @@ class Connection:
     def call(
         self, path: str, interface: str, method: str, signature: str, args: tuple[Any, ...], timeout: float
     ) -> tuple[Any, ...]:
-        """The reply's body; BusError for an error reply, or for a transport failure (which closes
-        the connection: a reply that comes late must not answer the next call)."""
+        """The reply's body; BusError for an error reply, or for a failure in transit or no reply in
+        time, which also closes the connection: what it holds half-read is unknown, and a new one
+        costs one handshake at the next call."""
         message = new_method_call(DBusAddress(path, SYSTEMD, interface), method, signature or None, args)
         with self._lock:
             if self.closed:
@@ -80,22 +82,23 @@ class Connection:
 
 _lock = threading.Lock()
 _connection: Connection | None = None
+unreachable = ""  # why the last connect() found no bus, for the caller's one line
 
 
 def address() -> str:
-    """Where the system bus is looked for: DBUS_SYSTEM_BUS_ADDRESS, else /var/run/dbus/system_bus_socket."""
-    return str(find_system_bus())
+    """Where the system bus is looked for: DBUS_SYSTEM_BUS_ADDRESS as set, else SYSTEM_BUS."""
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
 
 
 def connect() -> Connection | None:
     """The system bus, or None when it cannot be reached (the caller falls back or says so)."""
-    global _connection
+    global _connection, unreachable
     with _lock:
         if _connection is None or _connection.closed:
             try:
-                _connection = Connection(open_dbus_connection(bus="SYSTEM", auth_timeout=READ_TIMEOUT))
-            except Exception:  # OSError, an authentication refused: no bus
-                _connection = None
+                _connection = Connection(open_dbus_connection(bus=address(), auth_timeout=READ_TIMEOUT))
+            except Exception as exc:  # OSError, an address jeepney cannot use, an authentication refused: no bus
+                _connection, unreachable = None, str(exc) or type(exc).__name__
         return _connection
 
 
