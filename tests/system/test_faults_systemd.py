@@ -54,7 +54,8 @@ def test_faults_on_systemd_fail_no_request_that_is_not_excused(tmp_path, system_
     # client sent on one at that moment finds it closed before any answer (docs/faults.md). Nothing else.
     front = rows.pop("nginx-front-master")
     assert set(front.tally.kinds) <= RACE, report
-    assert all(r.tally.not_excused == 0 for r in rows.values()), report
+    unexcused = {name: report[name] for name, r in rows.items() if r.tally.not_excused}
+    assert not unexcused, unexcused  # the rows that failed, whole (the full report is cut short)
     assert all(r.tally.requests > 100 for r in rows.values()), report  # the load ran through every fault
     assert not [r.notes for r in rows.values() if "AGENT" in r.notes], report  # no traceback, no step failed
     # The repartition's gap was answered (nginx's 503 JSON, counted apart), never a hang or a reset.

@@ -12,7 +12,6 @@ import asyncio
 import signal
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -29,10 +28,6 @@ from mipart.unixhttp import KEEP_IDLE, InstanceClient
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
 QUIET_TICK = 0.5  # the longest while all is settled (at most a quarter of health.interval): see quiet_tick
 STEP_RETRY = 1.0
-# Threads for the blocking steps (D-Bus, /proc, files, `nginx -t`): asyncio's default is min(32, CPUs + 4),
-# 32 on a GPU host, each thread's stack and heap resident for good once a burst (the first start of 64
-# servers) made it. D-Bus calls go one at a time anyway (runners.unit_bus).
-WORKER_THREADS = 4
 
 
 async def run(agent: Agent) -> None:
@@ -42,7 +37,6 @@ async def run(agent: Agent) -> None:
             f"{agent.status.profile_error}; the agent needs a valid profile to start (check it with `mipart validate`)"
         )
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="mipart-worker"))
     loop.add_signal_handler(signal.SIGHUP, _signalled, agent, agent.reload_requested)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _signalled, agent, agent.stopping)
