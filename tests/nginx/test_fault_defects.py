@@ -92,15 +92,14 @@ def test_a_dead_engine_that_answers_500_loses_no_request(serving_host, tmp_path)
         f"{tally.not_excused} failed requests not excused: {dict(tally.kinds)}, e.g. {tally.examples}"
     )
     assert sum(1 for r in records if r.start > fault.at) > 100
-    # it left rotation on nginx's word and the probe that followed at once (then was restarted)
-    assert re.search(
-        r"event='instance.degraded' unit='mipart-vllm@1' gpu='1' reason='nginx: upstream server temporarily disabled'",
-        serving_host.log_text(),
-    )
-    assert (
-        "event='instance.unhealthy' unit='mipart-vllm@1' gpu='1' reason='/health answered 503'"
-        in serving_host.log_text()
-    )
+    # it left rotation on nginx's word and its own /health, in whichever order they came: nginx's report
+    # wakes a probe at once, but a scheduled probe may see the 503 first (then was restarted)
+    for reason in ("nginx: upstream server temporarily disabled", "/health answered 503"):
+        assert re.search(
+            rf"event='instance.(degraded|unhealthy)' unit='mipart-vllm@1' gpu='1' reason='{re.escape(reason)}'",
+            serving_host.log_text(),
+        ), reason
+    assert "event='instance.restart' unit='mipart-vllm@1'" in serving_host.log_text()
 
 
 # -- 2. nginx supervised: a killed master does not cut streams, its workers are replaced ----------
