@@ -118,3 +118,19 @@ def test_an_unsettled_state_is_walked_again_then_taken_once_it_repeats(tmp_path,
     walks.clear()
     assert consistent(tmp_path, lambda: walks.append(1) or "hidden", settled=lambda n: False) == "hidden"
     assert len(walks) == topology.SETTLE_TRIES + 1
+
+
+def test_the_same_half_built_state_in_one_rebuild_after_another_is_never_the_truth(tmp_path, generations):
+    """A writer switching back and forth shows each rebuild's window alike, a new generation each
+    time; walks in between that straddle a rebuild break the run, so it never counts as settled."""
+    walks = []
+
+    def read():
+        walks.append(1)
+        if len(walks) % 2:  # every other walk straddles the next rebuild
+            generations.write_text(f"{int(generations.read_text()) + 1}\n")
+        return "DPX showing 1 of 2"
+
+    with pytest.raises(TopologyChanging):
+        consistent(tmp_path, read, settled=lambda _: False)
+    assert len(walks) == topology.TRIES

@@ -87,9 +87,10 @@ def consistent(root: Path, read: Callable[[], T], settled: Callable[[T], bool] =
 
     The generation may move only after a rebuild, so a walk within one generation can still
     have met one: a walk that found a file gone, or a state not `settled`, is walked again, and
-    taken as the truth only when SETTLE_TRIES more walks in a row found the same (a missing
-    file is then reported as it is; an unsettled state is the host's, e.g. partitions a BMC's
-    DRM driver hides)."""
+    taken as the truth only when SETTLE_TRIES more walks in a row, all in one generation, found
+    the same (a missing file is then reported as it is; an unsettled state is the host's, e.g.
+    partitions a BMC's DRM driver hides). A writer that switches back and forth shows the same
+    half-built state in each rebuild, but in a new generation each time: never the truth."""
     last: object = None
     same = 0
     for _ in range(TRIES):
@@ -98,10 +99,12 @@ def consistent(root: Path, read: Callable[[], T], settled: Callable[[T], bool] =
             value: T | attrs.Vanished = read()
         except attrs.Vanished as exc:
             value = exc
-        if generation(root) == before:
+        if generation(root) != before:
+            last, same = None, 0  # a rebuild between walks: repeats across it are two rebuilds' windows
+        else:
             if not isinstance(value, attrs.Vanished) and settled(value):
                 return value
-            seen = str(value) if isinstance(value, attrs.Vanished) else value
+            seen = (before, str(value) if isinstance(value, attrs.Vanished) else value)
             same = same + 1 if seen == last else 0
             last = seen
             if same >= SETTLE_TRIES:

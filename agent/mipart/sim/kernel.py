@@ -294,5 +294,6 @@ def _check_index(state: SimState, gpu_index: int) -> None:
 def _commit(root: Path, state: SimState, render: bool = True) -> None:
     save(root, state)
     if render:
+        kfd.remove_stale(root, state)
         tree.render(root, state)
         kfd.render(root, state, users.kfd_holds(state))

@@ -39,12 +39,30 @@ PROPERTY_KEYS = (
 )
 
 
+def shown(state: SimState) -> int:
+    """generation_id once the layout's nodes are built; two steps a change (removed, then added)."""
+    return 2 * state.generation
+
+
+def remove_stale(root: Path, state: SimState) -> None:
+    """The nodes go first, the generation moving with them, before the PCI files show a new mode.
+
+    As the driver does: a switch removes the GPU's KFD device before it changes the mode and adds
+    it after (aqua_vanjaram's pre/post partition switch), and an unload removes every device;
+    each removal moves generation_id (kfd_topology_remove_device). So no walk within one
+    generation sees a new mode beside the old mode's nodes."""
+    generation = root / GENERATION
+    if generation.exists() and generation.read_text().strip() != str(shown(state)):
+        _clear(root / NODES)
+        _write(generation, f"{shown(state) - 1}\n")
+
+
 def render(root: Path, state: SimState, holds: dict[int, set[int]]) -> None:
     """The topology when its generation moved, and proc/ (`holds`: pid -> KFD gpu_ids) always."""
     generation = root / GENERATION
-    if not generation.exists() or generation.read_text().strip() != str(state.generation):
+    if not generation.exists() or generation.read_text().strip() != str(shown(state)):
         _topology(root / NODES, state)
-        _write(generation, f"{state.generation}\n")
+        _write(generation, f"{shown(state)}\n")
     proc = root / KFD / "proc"
     proc.mkdir(parents=True, exist_ok=True)
     for entry in proc.iterdir():
@@ -67,9 +85,7 @@ def nodes_by_gpu(state: SimState) -> list[list[tuple[int, int]]]:
 
 def _topology(nodes: Path, state: SimState) -> None:
     """CPU nodes, then each GPU's partitions, GPUs in KFD's list order; removed first, as the kernel does."""
-    if nodes.is_dir():
-        for old in sorted(nodes.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-            shutil.rmtree(old, ignore_errors=True)
+    _clear(nodes)
     nodes.mkdir(parents=True, exist_ok=True)
     spec = state.spec
     for n in range(CPU_NODES):
@@ -98,6 +114,12 @@ def _topology(nodes: Path, state: SimState) -> None:
             )
             _node(nodes / str(n), gpu_id, properties)
             n += 1
+
+
+def _clear(nodes: Path) -> None:
+    if nodes.is_dir():
+        for old in sorted(nodes.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _node(node: Path, gpu_id: int, properties: str) -> None:
