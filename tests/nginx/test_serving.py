@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from serving import ServingHost
@@ -36,6 +37,9 @@ def test_sixteen_instances_serve_and_nginx_reaches_all(serving_host):
     assert "least_conn;" in conf and "zone mipart_chat" in conf and "proxy_buffering off;" in conf
     # sized from what the instances accept (16 x 256 seqs x 2 connections + headroom), not a constant
     assert "worker_connections 8704;" in conf
+    # mipart.lean: the agent that serves (its config generations hashed) never mapped OpenSSL
+    maps = Path(f"/proc/{serving_host.agent.pid}/maps").read_text()
+    assert "libcrypto" not in maps and "libssl" not in maps, [line for line in maps.splitlines() if "lib" in line]
 
 
 def test_streaming_arrives_token_by_token(serving_host):

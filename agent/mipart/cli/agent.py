@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 from mipart.cli import profile_option
@@ -25,6 +23,11 @@ from mipart.runners import RUNNERS
 )
 def agent(profile_path: str, runner_kind: str, stop_on_exit: bool) -> int:
     """Run the mipart agent: instances, nginx and readiness for the profile."""
+    from mipart.lean import refuse_unused_modules
+
+    refuse_unused_modules()  # first: asyncio would load OpenSSL
+    import asyncio
+
     from mipart.daemon import loop
     from mipart.daemon.agent import Agent
     from mipart.gpu import sysfs_root
