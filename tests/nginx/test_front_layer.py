@@ -175,6 +175,25 @@ def test_a_deleted_run_dir_is_served_again_by_a_back_bound_anew(serving_host):
     assert (serving_host.run_dir / "nginx/svc-chat.sock").is_socket()
 
 
+def test_after_a_deleted_run_dir_the_next_agent_adopts_the_front(serving_host):
+    """`rm -rf /run/mipart` takes the front's record of the config it was handed; the front never
+    reloads for it, so the agent writes the record again: the next agent (an upgrade, a restart) then
+    adopts the front rather than reloading it, which would close the clients' idle connections."""
+    serving_host.start_agent()
+    serving_host.wait_ready()
+    shutil.rmtree(serving_host.run_dir)  # in place, as rm -rf does: the front's cwd reads "<prefix> (deleted)"
+    front_dir = serving_host.run_dir / "nginx-front"
+    serving_host.wait_for(lambda: (front_dir / "nginx.conf").exists(), timeout=20, what="the front's config rewritten")
+    serving_host.wait_for(lambda: serving_host.status_of_one_request() == 200, timeout=20, what="serving again")
+    front = nginx_procs.scan(front_dir)
+    assert front.masters and front.workers
+    serving_host.stop_agent()
+    serving_host.start_agent()
+    serving_host.wait_ready(timeout=20)
+    now = nginx_procs.scan(front_dir)
+    assert (now.masters, now.workers) == (front.masters, front.workers)  # neither restarted nor reloaded
+
+
 def end_workers_in(directory) -> None:
     """SIGTERM, by PID, the nginx processes this test left working in DIRECTORY (their cwd), and wait for them."""
     ours = []

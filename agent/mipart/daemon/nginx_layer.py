@@ -74,6 +74,8 @@ class NginxLayer:
                 self.switch = Switch(generation_of(text), frozenset(old.accepting), time.monotonic())
                 self.reloaded, self.stale, self.lost, self.text = True, False, (), text
                 self.log.info("nginx.updated", **what, generation=generation_of(text), layer=self.files.layer)
+            else:
+                await asyncio.to_thread(self._keep_handed, text)
         except NginxRejected as exc:
             if self.state.error != str(exc):
                 self.log.error(
@@ -98,6 +100,18 @@ class NginxLayer:
             self.log.info("nginx.files_ok", file=str(self.files.conf), layer=self.files.layer)
         self.retry.succeeded()
         self.state.files_error = ""
+
+    def _keep_handed(self, text: str) -> None:
+        """nginx runs `text` (this agent handed it): say so again where the record was lost with the run
+        dir. Else the next agent could not tell that nginx runs it, and would reload nginx, closing the
+        clients' idle connections."""
+        record = generation_of(text) + "\n"
+        try:
+            if self.files.handed.read_text() == record:
+                return
+        except OSError:
+            pass  # gone (or unreadable): written again below
+        write_atomic(self.files.handed, record)
 
     def _serves(self, text: str) -> bool:
         """At agent start: the nginx of the last agent runs `text` already (it was handed that config, no
