@@ -8,8 +8,8 @@ all of them. Variants:
   single-ka  one nginx serving the clients itself with keep-alive (keepalive_timeout 75s): the
              back's text as the agent writes it, listening on the port too (the reference)
   mipart     mipart's two layers as the agent writes them: the front (nginx/front.py, keep-alive
-             to clients) passes each request on a fresh connection over a unix socket to the back
-             (nginx/conf.py), which picks the engine
+             to clients) passes each request over a unix socket, on connections it keeps, to the
+             back (nginx/conf.py), which picks the engine
 Rows: guidellm streams at each level (tokens/s, ratio to direct, TTFT p50/p99, ITL p50, errors),
 short non-streaming requests at each short concurrency (balancer_client.py, keep-alive pool), and
 --reloads SIGHUPs with a changed config (an instance toggled `down`, as on a membership change)

@@ -218,14 +218,17 @@ def test_the_back_listens_on_a_socket_per_service_and_the_front_on_the_profiles_
     back = render_nginx(prof, specs, frozenset(DPX_NUMBERS), Path("/run/test/nginx"))
     front = render_front(prof, specs, Path("/run/test/nginx"), Path("/run/test/nginx-front"))
     assert "listen unix:/run/test/nginx/svc-chat.sock;" in back and "listen unix:/run/test/nginx/svc-code.sock;" in back
-    assert "listen 127.0.0.1:8040;" not in back and "keepalive_timeout 0;" in back
+    assert "listen 127.0.0.1:8040;" not in back and "keepalive_timeout 75s;" in back
     assert "listen 127.0.0.1:8040;" in front and "listen 0.0.0.0:8041;" in front
-    assert "upstream mipart_back_chat { server unix:/run/test/nginx/svc-chat.sock; }" in front
+    assert "upstream mipart_back_chat { server unix:/run/test/nginx/svc-chat.sock; keepalive 256; }" in front
     assert "keepalive_timeout 75s;" in front and "pid /run/test/nginx-front/nginx.pid;" in front
-    # every request on a connection of its own to the back, streamed back, its body read first
-    assert (
-        "        keepalive " not in front and "proxy_buffering off;" in front and "proxy_request_buffering on;" in front
-    )
+    # the front keeps its connections to the back and sends again, POST included, a request that met one
+    # the back's reload closed (only on error: not on a timeout); streamed back, its body read first
+    assert "proxy_next_upstream error non_idempotent;" in front
+    assert "proxy_buffering off;" in front and "proxy_request_buffering on;" in front
+    # serving clients itself (the handover from one layer), the back keeps no connection a reload could cut
+    direct = render_nginx(prof, specs, frozenset(DPX_NUMBERS), Path("/run/test/nginx"), direct=True)
+    assert "listen 127.0.0.1:8040;" in direct and "keepalive_timeout 0;" in direct
     # the back down: the same JSON 503 as the back's own for no ready instance
     assert "error_page 502 504 = @unavailable;" in front
     answers = re.compile(r"return 503 '([^']*)';")

@@ -28,6 +28,9 @@ from mipart.readiness import READY, ReadyState
 from mipart.serving.spec import InstanceSpec
 
 KEEPALIVE_PER_INSTANCE = 8
+# How long the back keeps the front's idle connections: past the front's upstream keepalive_timeout
+# (nginx's default, 60 s), so the front, not the back, closes them when idle.
+BACK_KEEPALIVE = "75s"
 # Each proxied request holds two connections (client + upstream) against worker_connections.
 CONNECTIONS_PER_REQUEST = 2
 CONNECTION_HEADROOM = 512
@@ -168,10 +171,10 @@ def _body(
     lines += [
         # Membership changes need a reload, and a reloading worker closes idle keep-alive
         # connections: a client reusing one at that instant gets a reset or an EOF (nginx
-        # 1.18/1.22 have no keepalive_min_timeout, 1.27.4+). This layer is only ever reached
-        # on a fresh connection per request (the front's upstream has no keepalive), so it
-        # keeps none; the front layer, which never reloads on membership, keeps the clients'.
-        "    keepalive_timeout 0;",
+        # 1.18/1.22 have no keepalive_min_timeout, 1.27.4+). Its only client is the front,
+        # which sends a request that met such a connection again on a new one (front.py);
+        # serving clients itself (direct: the handover from one layer) it keeps none.
+        f"    keepalive_timeout {0 if direct else BACK_KEEPALIVE};",
         # The request body is read whole before it goes to an instance (in memory up to 1 MiB,
         # prompts are small): only then can nginx send it again to another instance.
         "    proxy_request_buffering on;",

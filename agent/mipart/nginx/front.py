@@ -1,13 +1,15 @@
 """nginx.conf for the front layer, as a pure function of the profile and the planned instances.
 
 The front holds the clients' connections, keep-alive included, and passes each request,
-streaming both ways, to the back layer (nginx.conf) over the service's unix socket, on a
-fresh connection each time (no upstream `keepalive`). The back is reloaded on every
-membership change; its old workers serve a fresh connection to its end, so the reload never
-meets a kept-alive client. The front's own text depends on the listeners and services only,
-so it reloads on a profile change of those alone (docs/routing.md). When the back cannot be
-reached (down, restarting), the front answers the same JSON 503 as the back does when no
-instance is ready.
+streaming both ways, to the back layer (nginx.conf) over the service's unix socket, on
+connections it keeps (upstream `keepalive`). The back is reloaded on every membership
+change, and its old workers close the idle ones: a request the front sent on one that was
+closing failed on a cached connection, which nginx tries again on another at no cost to its
+tries (ngx_http_upstream_next), POST included (`non_idempotent`), before any byte of an
+answer reached the client. The back never read it, so nothing runs twice. The front's own
+text depends on the listeners and services only, so it reloads on a profile change of those
+alone (docs/routing.md). When the back cannot be reached (down, restarting), the front answers
+the same JSON 503 as the back does when no instance is ready.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ CLIENT_KEEPALIVE = "75s"
 # The front is sized for this many instances per service (8 GPUs in CPX), or more when more run, so a
 # change of layout (a rolling repartition) never changes its text: a reload would close idle clients.
 FRONT_SIZED_FOR = 64
+# Idle connections to the back each front worker keeps per service: one per client stream it may
+# pass on at once, up to this; more are opened and closed as needed.
+BACK_CONNECTIONS = 256
 
 
 def render_front(profile: Profile, specs: tuple[InstanceSpec, ...], back_prefix: Path, prefix: Path) -> str:
@@ -37,6 +42,9 @@ def render_front(profile: Profile, specs: tuple[InstanceSpec, ...], back_prefix:
         "    proxy_request_buffering on;",
         "    client_body_buffer_size 1m;",
         "    proxy_connect_timeout 2s;",
+        # A request that failed on a kept connection the back's reload closed is sent again on a
+        # new one; only that (`error`): a timeout is a back that took it, and may have passed it on.
+        "    proxy_next_upstream error non_idempotent;",
     ]
     for service in profile.services:
         lines += _service_block(service, back_prefix)
@@ -48,8 +56,8 @@ def _service_block(service: ServiceSpec, back_prefix: Path) -> list[str]:
     name = f"mipart_back_{service.name.replace('-', '_')}"
     return [
         f"    # service {service.name}: to the back layer",
-        # No `keepalive`: every request reaches the back on a connection of its own.
-        f"    upstream {name} {{ server unix:{service_socket(back_prefix, service.name)}; }}",
+        f"    upstream {name} {{ server unix:{service_socket(back_prefix, service.name)}; "
+        f"keepalive {BACK_CONNECTIONS}; }}",
         "    server {",
         f"        listen {service.listen};",
         # $host, passed to the back, is this name when a client sent none (HTTP/1.0, as HAProxy's default
