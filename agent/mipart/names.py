@@ -30,6 +30,10 @@ SWEEP_LOCK = "bench-sweep.lock"  # held (flock) by the one sweep that owns the o
 # the launchers' records (runners/records.py).
 SOCKETS_DIR = "sockets"
 INSTANCE_SOCKET = "http.sock"
+# How long a kept connection to an instance may sit idle, by whoever keeps it (the agent's probes,
+# the back nginx): under uvicorn's timeout_keep_alive, 5 s, which vLLM's server keeps, so the
+# server never closes one as a request is sent on it (docs/vllm-nginx.md).
+INSTANCE_KEEP_IDLE_S = 4
 LAUNCHED_DIR = "launched"
 # nginx's workers run as this user (nginx.conf's `user` line), and the instances' socket
 # directories belong to its group: Debian's base-passwd has www-data on every host.

@@ -23,6 +23,9 @@ def test_nginx_config_is_valid_for_nginx_and_sized_from_concurrency(tmp_path, si
     body = conf.read_text()
     assert "worker_connections 12800;" in body  # (8 x 512 + 8 x 256) x 2 + 512
     assert body.count(" down;") == 16 and "return 503" in body
+    # a kept connection to the instances for every request they admit at once, idle under uvicorn's 5 s
+    assert "keepalive 4096;" in body and "keepalive 2048;" in body  # 8 x 512, 8 x 256
+    assert body.count("keepalive_timeout 4s;") == 2
     fronts = out / "run/mipart/nginx-front/nginx.conf"
     front = fronts.read_text()
     # the front counts at least 64 instances a service: (64 x 512 + 64 x 256) x 2 + 512, over nginx's cap

@@ -21,13 +21,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from mipart.names import NGINX_WORKER_USER, READY_PATH, instance_name
+from mipart.names import INSTANCE_KEEP_IDLE_S, NGINX_WORKER_USER, READY_PATH, instance_name
 from mipart.profile.durations import nginx_time
 from mipart.profile.schema import Profile, Routing, ServiceSpec
 from mipart.readiness import READY, ReadyState
 from mipart.serving.spec import InstanceSpec
 
-KEEPALIVE_PER_INSTANCE = 8
 # How long the back keeps the front's idle connections: past the front's upstream keepalive_timeout
 # (nginx's default, 60 s), so the front, not the back, closes them when idle.
 BACK_KEEPALIVE = "75s"
@@ -36,6 +35,8 @@ CONNECTIONS_PER_REQUEST = 2
 CONNECTION_HEADROOM = 512
 MIN_WORKER_CONNECTIONS = 1024
 MAX_WORKER_CONNECTIONS = 65535
+# Idle connections a back worker keeps to a service's instances: at most what it can proxy at once.
+KEPT_MAX = MAX_WORKER_CONNECTIONS // CONNECTIONS_PER_REQUEST
 # Workers per layer: this host's CPUs, at most WORKERS_MAX. Each worker allocates and touches its
 # worker_connections up front (15 MB of RssAnon at 33280, measured: docs/vllm-nginx.md), so
 # `worker_processes auto` on a 384-thread MI300X host would hold ~11 GB in two layers; an LLM
@@ -244,7 +245,14 @@ def _service_block(
         lines.append(f"        server {spec.address}{state};  # {instance_name(spec.number)}")
     if not members:
         lines.append("        server 127.0.0.1:9 down;  # no instances planned")
-    lines += [f"        keepalive {max(KEEPALIVE_PER_INSTANCE * len(members), KEEPALIVE_PER_INSTANCE)};", "    }"]
+    # A kept connection for every request the instances admit at once: with fewer, a loaded worker
+    # closed and opened connections to them all the time, at a cost to their Python API servers
+    # (docs/vllm-nginx.md). Idle ones go before the instance would close them.
+    lines += [
+        f"        keepalive {min(max(1, service.max_concurrency * len(members)), KEPT_MAX)};",
+        f"        keepalive_timeout {INSTANCE_KEEP_IDLE_S}s;",
+        "    }",
+    ]
     lines += [
         "    server {",
         *(f"        listen {listen};" for listen in listens),

@@ -329,6 +329,9 @@ async def models(cfg: EngineConfig, state: EngineState, request: web.Request) ->
     return web.json_response({"object": "list", "data": [card]})
 
 
+CONNECTIONS_OPENED = "fake_engine:connections_opened_total"
+
+
 def render_metrics(cfg: EngineConfig, state: EngineState, names: tuple[str, ...] = ()) -> str:
     """The vLLM metrics the agent reads, with vLLM's names and model_name label (values as floats, like vLLM);
     only the series `names` when given, as prometheus_client answers /metrics?name[]=..."""
@@ -343,6 +346,12 @@ def render_metrics(cfg: EngineConfig, state: EngineState, names: tuple[str, ...]
         ("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", state.generation_tokens),
     ):
         out.family(name, kind, text, [(model, float(value))])
+    out.family(
+        CONNECTIONS_OPENED,
+        "counter",
+        "Connections the fake engine was sent requests on (not a vLLM series).",
+        [({}, float(state.connections_opened))],
+    )
     out.family(
         "vllm:request_success_total",
         "counter",

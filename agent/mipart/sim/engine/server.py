@@ -32,10 +32,14 @@ from mipart.sim.engine.state import (
 
 
 def make_guard(state: EngineState):
-    """Middleware: track handler tasks (cancelled at shutdown) and stall everything when hung."""
+    """Middleware: count connections, track handler tasks (cancelled at shutdown) and stall everything when hung."""
 
     @web.middleware
     async def guard(request: web.Request, handler):
+        transport = request.transport  # weakly held: aiohttp's handler cannot be
+        if transport is not None and transport not in state.connections:
+            state.connections.add(transport)
+            state.connections_opened += 1
         task = asyncio.current_task()
         state.tasks.add(task)
         try:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -55,6 +56,10 @@ class EngineState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     slots: asyncio.Semaphore | None = None
     gpus: dict = field(default_factory=dict)  # what it enumerated and runs on (sim/engine/gpus.py)
+    # Connections it was asked on (each counted at its first request): what a test reads to tell kept
+    # connections from ones opened per request. The fake's own series, not vLLM's.
+    connections: weakref.WeakSet = field(default_factory=weakref.WeakSet)
+    connections_opened: int = 0
 
 
 class EngineDead(Exception):
