@@ -53,14 +53,25 @@ class Setups(Bench):
             self.nginx[layers] = [Nginx(procs, back, fewer(back_text), None), Nginx(procs, front, front_text, port)]
 
 
+def levels_of(text: str) -> list[int]:
+    """--levels: positive concurrencies, comma-separated (argparse's one line for anything else)."""
+    try:
+        levels = [int(level) for level in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want positive integers, comma-separated, as 64,256")
+    return levels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kept", type=int, default=16, help="the back's keepalive to compare with (default 16)")
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=12.0, help="each measurement's length")
-    parser.add_argument("--levels", default="64,256", help="client concurrencies, comma-separated")
+    parser.add_argument("--levels", type=levels_of, default="64,256", help="client concurrencies, comma-separated")
     args = parser.parse_args()
-    levels = [int(level) for level in args.levels.split(",")]
+    levels = args.levels
     before = machine()
     procs = Procs()
     with workdir() as tmp:
