@@ -24,12 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mipart.names import INSTANCE_KEEP_IDLE_S
-
 HEAD_LIMIT = 16 << 10  # the status line and headers; also the longest chunk-size line
 BODY_LIMIT = 64 << 10  # /health, a one-token completion
 METRICS_LIMIT = 1 << 20  # a vLLM /metrics is tens of KiB (docs/vllm-nginx.md)
-KEEP_IDLE = float(INSTANCE_KEEP_IDLE_S)
 
 
 class HttpError(Exception):

@@ -23,7 +23,8 @@ from mipart.daemon.notify import status_line
 from mipart.daemon.profiles import read_profile_off_loop
 from mipart.daemon.retry import Backoff
 from mipart.errors import UserError
-from mipart.unixhttp import KEEP_IDLE, InstanceClient
+from mipart.names import INSTANCE_KEEP_IDLE_S
+from mipart.unixhttp import InstanceClient
 
 TICK = 0.1  # the longest the loop sleeps; it wakes sooner for a confirming probe, a failed one or a signal
 QUIET_TICK = 0.5  # the longest while all is settled (at most a quarter of health.interval): see quiet_tick
@@ -56,7 +57,7 @@ async def run(agent: Agent) -> None:
 
 
 async def _serve(agent: Agent) -> None:
-    client = agent.client = InstanceClient(keep_idle=KEEP_IDLE)  # probes reuse one connection per instance
+    client = agent.client = InstanceClient(keep_idle=INSTANCE_KEEP_IDLE_S)  # probes reuse one connection per instance
     try:
         agent.instances.reset({})
         agent.status.repartition_error = await asyncio.to_thread(progress.on_start, agent.run_dir)
